@@ -1,0 +1,338 @@
+//! The data model of SPEC §1: enums with their Windows values, triggers, conditions, task groups,
+//! the builder and the registered task record.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+
+/// Declares a `u32`-valued enum with `from_u32` (fallible, message names the value), `name`
+/// and `ALL`.
+macro_rules! value_enum {
+    ($(#[$m:meta])* $name:ident, $what:literal { $($(#[$vm:meta])* $variant:ident = $value:literal => $text:literal,)+ }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[repr(u32)]
+        pub enum $name { $($(#[$vm])* $variant = $value,)+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// Converts a raw value; an unknown value is `InvalidArgument` naming it.
+            pub fn from_u32(value: u32) -> Result<Self> {
+                match value {
+                    $($value => Ok($name::$variant),)+
+                    other => Err(Error::invalid(format!(concat!("unknown ", $what, " value {}"), other))),
+                }
+            }
+
+            /// The SCREAMING_CASE name used by the C header and Python.
+            pub fn name(self) -> &'static str {
+                match self { $($name::$variant => $text,)+ }
+            }
+        }
+    };
+}
+
+value_enum!(
+    /// Windows `SystemTriggerType`.
+    SystemTriggerType, "system trigger type" {
+        SmsReceived = 1 => "SMS_RECEIVED",
+        UserPresent = 2 => "USER_PRESENT",
+        UserAway = 3 => "USER_AWAY",
+        NetworkStateChange = 4 => "NETWORK_STATE_CHANGE",
+        ControlChannelReset = 5 => "CONTROL_CHANNEL_RESET",
+        InternetAvailable = 6 => "INTERNET_AVAILABLE",
+        SessionConnected = 7 => "SESSION_CONNECTED",
+        ServicingComplete = 8 => "SERVICING_COMPLETE",
+        LockScreenApplicationAdded = 9 => "LOCK_SCREEN_APPLICATION_ADDED",
+        LockScreenApplicationRemoved = 10 => "LOCK_SCREEN_APPLICATION_REMOVED",
+        TimeZoneChange = 11 => "TIME_ZONE_CHANGE",
+        OnlineIdConnectedStateChange = 12 => "ONLINE_ID_CONNECTED_STATE_CHANGE",
+        BackgroundWorkCostChange = 13 => "BACKGROUND_WORK_COST_CHANGE",
+        PowerStateChange = 14 => "POWER_STATE_CHANGE",
+        DefaultSignInAccountChange = 15 => "DEFAULT_SIGN_IN_ACCOUNT_CHANGE",
+    }
+);
+
+value_enum!(
+    /// Windows `SystemConditionType`, plus btb's own from 100.
+    SystemConditionType, "system condition type" {
+        UserPresent = 1 => "USER_PRESENT",
+        UserNotPresent = 2 => "USER_NOT_PRESENT",
+        InternetAvailable = 3 => "INTERNET_AVAILABLE",
+        InternetNotAvailable = 4 => "INTERNET_NOT_AVAILABLE",
+        SessionConnected = 5 => "SESSION_CONNECTED",
+        SessionDisconnected = 6 => "SESSION_DISCONNECTED",
+        FreeNetworkAvailable = 7 => "FREE_NETWORK_AVAILABLE",
+        BackgroundWorkCostNotHigh = 8 => "BACKGROUND_WORK_COST_NOT_HIGH",
+        OnAcPower = 100 => "ON_AC_POWER",
+        BatteryNotLow = 101 => "BATTERY_NOT_LOW",
+        StorageNotLow = 102 => "STORAGE_NOT_LOW",
+        DeviceIdle = 103 => "DEVICE_IDLE",
+    }
+);
+
+value_enum!(
+    /// Windows `BackgroundTaskCancellationReason`.
+    CancellationReason, "cancellation reason" {
+        Abort = 0 => "ABORT",
+        Terminating = 1 => "TERMINATING",
+        LoggingOff = 2 => "LOGGING_OFF",
+        ServicingUpdate = 3 => "SERVICING_UPDATE",
+        IdleTask = 4 => "IDLE_TASK",
+        Uninstall = 5 => "UNINSTALL",
+        ConditionLoss = 6 => "CONDITION_LOSS",
+        SystemPolicy = 7 => "SYSTEM_POLICY",
+        QuietHoursEntered = 8 => "QUIET_HOURS_ENTERED",
+        ExecutionTimeExceeded = 9 => "EXECUTION_TIME_EXCEEDED",
+        ResourceRevocation = 10 => "RESOURCE_REVOCATION",
+        EnergySaver = 11 => "ENERGY_SAVER",
+    }
+);
+
+value_enum!(
+    /// Windows `ApplicationTriggerResult`.
+    ApplicationTriggerResult, "application trigger result" {
+        Allowed = 0 => "ALLOWED",
+        CurrentlyRunning = 1 => "CURRENTLY_RUNNING",
+        DisabledByPolicy = 2 => "DISABLED_BY_POLICY",
+        UnknownError = 3 => "UNKNOWN_ERROR",
+    }
+);
+
+value_enum!(
+    /// Windows `CustomSystemEventTriggerRecurrence`.
+    CustomRecurrence, "custom system event trigger recurrence" {
+        Once = 0 => "ONCE",
+        Always = 1 => "ALWAYS",
+    }
+);
+
+value_enum!(
+    /// Windows `BackgroundWorkCostValue`.
+    BackgroundWorkCostValue, "background work cost value" {
+        Low = 0 => "LOW",
+        Medium = 1 => "MEDIUM",
+        High = 2 => "HIGH",
+    }
+);
+
+value_enum!(
+    /// What `register` does when a registration with the same name exists in the same scope
+    /// (the same task group, or no group). Beyond Windows, after WorkManager's unique work.
+    NamePolicy, "name policy" {
+        Allow = 0 => "ALLOW",
+        Keep = 1 => "KEEP",
+        Replace = 2 => "REPLACE",
+        Fail = 3 => "FAIL",
+    }
+);
+
+value_enum!(
+    /// The outcome of one run.
+    TaskOutcome, "task outcome" {
+        Succeeded = 0 => "SUCCEEDED",
+        Failed = 1 => "FAILED",
+        Canceled = 2 => "CANCELED",
+    }
+);
+
+value_enum!(
+    /// The kind of a trigger, also the key of per-kind policy limits.
+    TriggerKind, "trigger kind" {
+        Time = 0 => "TIME",
+        Maintenance = 1 => "MAINTENANCE",
+        System = 2 => "SYSTEM",
+        Application = 3 => "APPLICATION",
+        CustomEvent = 4 => "CUSTOM_EVENT",
+        Calendar = 5 => "CALENDAR",
+    }
+);
+
+value_enum!(
+    /// Windows manifest background task types (`<Task Type="…"/>`).
+    TaskType, "task type" {
+        General = 0 => "general",
+        Audio = 1 => "audio",
+        ControlChannel = 2 => "controlChannel",
+        SystemEvent = 3 => "systemEvent",
+        Timer = 4 => "timer",
+        PushNotification = 5 => "pushNotification",
+        Location = 6 => "location",
+        DeviceUse = 7 => "deviceUse",
+        DeviceServicing = 8 => "deviceServicing",
+        DeviceConnectionChange = 9 => "deviceConnectionChange",
+        Bluetooth = 10 => "bluetooth",
+    }
+);
+
+impl TaskType {
+    /// Parses the manifest spelling (case-sensitive, as in an AppX manifest).
+    pub fn parse(text: &str) -> Option<TaskType> {
+        TaskType::ALL.iter().copied().find(|t| t.name() == text)
+    }
+}
+
+/// A trigger as described by the app. Enum-typed fields hold the raw value so that an unknown
+/// value is reported at registration, in the order of SPEC §2, like every other mistake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Trigger {
+    Time {
+        freshness_minutes: u32,
+        one_shot: bool,
+    },
+    Maintenance {
+        freshness_minutes: u32,
+        one_shot: bool,
+    },
+    System {
+        trigger_type: u32,
+        one_shot: bool,
+    },
+    /// `id` identifies this trigger object: `request` on it (or on a registration holding it)
+    /// fires the registrations made with it, also after a restart.
+    Application { id: Uuid },
+    CustomEvent { trigger_id: String, recurrence: u32 },
+    Calendar { expression: String },
+}
+
+impl Trigger {
+    pub fn application() -> Trigger {
+        Trigger::Application { id: Uuid::new_v4() }
+    }
+
+    pub fn kind(&self) -> TriggerKind {
+        match self {
+            Trigger::Time { .. } => TriggerKind::Time,
+            Trigger::Maintenance { .. } => TriggerKind::Maintenance,
+            Trigger::System { .. } => TriggerKind::System,
+            Trigger::Application { .. } => TriggerKind::Application,
+            Trigger::CustomEvent { .. } => TriggerKind::CustomEvent,
+            Trigger::Calendar { .. } => TriggerKind::Calendar,
+        }
+    }
+
+    /// The manifest task type the trigger needs (SPEC §5).
+    pub fn required_task_type(&self) -> TaskType {
+        match self.kind() {
+            TriggerKind::Time | TriggerKind::Calendar => TaskType::Timer,
+            TriggerKind::Maintenance | TriggerKind::Application => TaskType::General,
+            TriggerKind::System | TriggerKind::CustomEvent => TaskType::SystemEvent,
+        }
+    }
+
+    pub fn one_shot(&self) -> bool {
+        match self {
+            Trigger::Time { one_shot, .. }
+            | Trigger::Maintenance { one_shot, .. }
+            | Trigger::System { one_shot, .. } => *one_shot,
+            _ => false,
+        }
+    }
+
+    pub fn freshness_minutes(&self) -> Option<u32> {
+        match self {
+            Trigger::Time {
+                freshness_minutes, ..
+            }
+            | Trigger::Maintenance {
+                freshness_minutes, ..
+            } => Some(*freshness_minutes),
+            _ => None,
+        }
+    }
+}
+
+/// A task group: `(id, name)`. Naming it in a builder creates it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TaskGroup {
+    pub id: String,
+    pub name: String,
+}
+
+impl TaskGroup {
+    /// A group; without a name the name is the id (as Windows' one-argument constructor).
+    pub fn new(id: impl Into<String>, name: Option<String>) -> Result<TaskGroup> {
+        let id = id.into();
+        check_text("task group id", &id, 256)?;
+        let name = name.unwrap_or_else(|| id.clone());
+        if name.contains('\0') {
+            return Err(Error::invalid(format!(
+                "task group name {name:?} contains a NUL byte"
+            )));
+        }
+        Ok(TaskGroup { id, name })
+    }
+}
+
+/// Checks a required identifier-like string: 1..=max bytes, no NUL.
+pub(crate) fn check_text(what: &str, value: &str, max: usize) -> Result<()> {
+    if value.is_empty() {
+        return Err(Error::invalid(format!("{what} is empty")));
+    }
+    if value.len() > max {
+        return Err(Error::invalid(format!(
+            "{what} is {} bytes long; the limit is {max} bytes",
+            value.len()
+        )));
+    }
+    if value.contains('\0') {
+        return Err(Error::invalid(format!("{what} {value:?} contains a NUL byte")));
+    }
+    Ok(())
+}
+
+/// `BackgroundTaskBuilder`: a mutable description of one task before registration. Every field is
+/// public: the builder is plain data, validated only by `register`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Builder {
+    pub name: Option<String>,
+    pub task_entry_point: Option<String>,
+    pub task_group: Option<TaskGroup>,
+    pub cancel_on_condition_loss: bool,
+    pub is_network_requested: bool,
+    /// Raw `NamePolicy` value (validated at registration); default `ALLOW`.
+    pub name_policy: u32,
+    pub trigger: Option<Trigger>,
+    /// Raw `SystemConditionType` values in the order added; duplicates collapse.
+    pub conditions: Vec<u32>,
+}
+
+impl Builder {
+    pub fn new() -> Builder {
+        Builder::default()
+    }
+
+    pub fn set_trigger(&mut self, trigger: Trigger) {
+        self.trigger = Some(trigger);
+    }
+
+    /// Appends a condition; adding one already present changes nothing.
+    pub fn add_condition(&mut self, condition: u32) {
+        if !self.conditions.contains(&condition) {
+            self.conditions.push(condition);
+        }
+    }
+}
+
+/// A registered task, as persisted. Immutable once registered except `spent`, which the system
+/// tracks separately.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskRecord {
+    pub task_id: Uuid,
+    pub name: String,
+    pub task_entry_point: Option<String>,
+    pub task_group: Option<TaskGroup>,
+    pub cancel_on_condition_loss: bool,
+    pub is_network_requested: bool,
+    pub trigger: Trigger,
+    pub conditions: Vec<SystemConditionType>,
+    /// Registration instant, milliseconds since the Unix epoch (system clock).
+    pub registered_at_ms: i64,
+    /// The next due instant of a time or maintenance trigger (ms since the epoch).
+    pub next_due_ms: Option<i64>,
+    /// Insertion order, so listings are stable.
+    pub seq: i64,
+}

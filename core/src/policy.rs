@@ -1,0 +1,101 @@
+//! Policy: the system-wide knobs of SPEC §2–§4, each visible, none applied silently.
+
+use crate::error::{Error, Result};
+use crate::model::TriggerKind;
+
+/// How hard a registration is pushed to disk before `register` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u32)]
+pub enum Durability {
+    /// `synchronous=FULL`: a returned registration survives power loss (default).
+    #[default]
+    Full = 0,
+    /// `synchronous=NORMAL`: survives a process crash; the last commits may be lost on power loss.
+    Normal = 1,
+}
+
+impl Durability {
+    pub fn from_u32(value: u32) -> Result<Durability> {
+        match value {
+            0 => Ok(Durability::Full),
+            1 => Ok(Durability::Normal),
+            v => Err(Error::invalid(format!("unknown durability value {v} (0 = FULL, 1 = NORMAL)"))),
+        }
+    }
+}
+
+/// Windows' minimum freshness for time and maintenance triggers.
+pub const WINDOWS_MIN_FRESHNESS_MINUTES: u32 = 15;
+/// Windows' maximum freshness: 30 days.
+pub const MAX_FRESHNESS_MINUTES: u32 = 43_200;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Lowest accepted freshness for time and maintenance triggers (default 15, as Windows).
+    pub min_freshness_minutes: u32,
+    /// A due timer runs within `[due, due + window]` (default 900 s, as Windows; 0 = exact).
+    pub timer_window_seconds: u32,
+    /// Time a canceled task gets to finish (default 5 s).
+    pub grace_ms: u32,
+    /// Run-time limit per trigger kind in seconds, indexed by `TriggerKind` (0 = none).
+    pub time_limit_seconds: [u32; 6],
+    /// Worker pool size (default: number of CPUs).
+    pub max_concurrent: u32,
+    pub durability: Durability,
+    /// Runs kept in the history of each registration (default 100).
+    pub history_limit: u32,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        Policy {
+            min_freshness_minutes: WINDOWS_MIN_FRESHNESS_MINUTES,
+            timer_window_seconds: 900,
+            grace_ms: 5_000,
+            time_limit_seconds: [25, 600, 25, 600, 25, 25],
+            max_concurrent: cpus,
+            durability: Durability::Full,
+            history_limit: 100,
+        }
+    }
+}
+
+impl Policy {
+    pub fn time_limit(&self, kind: TriggerKind) -> u32 {
+        self.time_limit_seconds[kind as usize]
+    }
+
+    pub fn set_time_limit(&mut self, kind: TriggerKind, seconds: u32) {
+        self.time_limit_seconds[kind as usize] = seconds;
+    }
+
+    /// Checks the ranges; called when a system opens.
+    pub fn validate(&self) -> Result<()> {
+        if self.min_freshness_minutes == 0 || self.min_freshness_minutes > MAX_FRESHNESS_MINUTES {
+            return Err(Error::invalid(format!(
+                "policy min_freshness_minutes {} is out of range 1..{MAX_FRESHNESS_MINUTES}",
+                self.min_freshness_minutes
+            )));
+        }
+        if self.max_concurrent == 0 || self.max_concurrent > 4096 {
+            return Err(Error::invalid(format!(
+                "policy max_concurrent {} is out of range 1..4096",
+                self.max_concurrent
+            )));
+        }
+        if self.timer_window_seconds > 86_400 {
+            return Err(Error::invalid(format!(
+                "policy timer_window_seconds {} is above one day",
+                self.timer_window_seconds
+            )));
+        }
+        if self.history_limit > 100_000 {
+            return Err(Error::invalid(format!(
+                "policy history_limit {} is above 100000",
+                self.history_limit
+            )));
+        }
+        Ok(())
+    }
+}

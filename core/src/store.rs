@@ -1,0 +1,430 @@
+//! The embedded store (SPEC §7): one SQLite file per app id, WAL, a schema version with forward
+//! migrations, `synchronous=FULL` by default. A corrupt, foreign or newer-schema file is an error
+//! naming its path and is never written to. One system at a time holds a store (an exclusive
+//! `flock` on `<file>.lock`), so a second process gets a clear error instead of a second scheduler.
+
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::io::{ErrorKind as IoErrorKind, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::model::{SystemConditionType, TaskGroup, TaskRecord, Trigger};
+use crate::policy::Durability;
+
+/// Where a system keeps its registrations.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StoreLocation {
+    /// `$XDG_STATE_HOME/btb/<app_id>/btb.sqlite3` (`~/.local/state` when unset).
+    #[default]
+    Default,
+    /// Ephemeral, in memory (`":memory:"`).
+    Memory,
+    /// This SQLite file.
+    File(PathBuf),
+}
+
+impl StoreLocation {
+    /// `":memory:"` → memory, anything else → that file.
+    pub fn parse(text: &str) -> StoreLocation {
+        if text == ":memory:" {
+            StoreLocation::Memory
+        } else {
+            StoreLocation::File(PathBuf::from(text))
+        }
+    }
+
+    /// The default file for an app id.
+    pub fn default_path(app_id: &str) -> Result<PathBuf> {
+        let base = match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+            Some(dir) => PathBuf::from(dir),
+            None => match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+                Some(home) => PathBuf::from(home).join(".local/state"),
+                None => {
+                    return Err(Error::new(
+                        crate::ErrorKind::Store,
+                        "neither XDG_STATE_HOME nor HOME is set: cannot place the default store; pass a store path",
+                    ));
+                }
+            },
+        };
+        Ok(base.join("btb").join(app_id).join("btb.sqlite3"))
+    }
+}
+
+/// The newest schema this build knows.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Forward migrations: `MIGRATIONS[n]` takes a store from version `n` to `n + 1`.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE task_groups (
+    id   TEXT PRIMARY KEY NOT NULL,
+    name TEXT NOT NULL
+);
+CREATE TABLE registrations (
+    task_id                  BLOB PRIMARY KEY NOT NULL,
+    seq                      INTEGER NOT NULL UNIQUE,
+    name                     TEXT NOT NULL,
+    entry_point              TEXT,
+    group_id                 TEXT REFERENCES task_groups(id),
+    cancel_on_condition_loss INTEGER NOT NULL,
+    is_network_requested     INTEGER NOT NULL,
+    trigger                  TEXT NOT NULL,
+    conditions               TEXT NOT NULL,
+    registered_at_ms         INTEGER NOT NULL,
+    next_due_ms              INTEGER,
+    pending_fire             INTEGER NOT NULL DEFAULT 0,
+    spent                    INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX registrations_by_name ON registrations(group_id, name);
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY NOT NULL,
+    value TEXT NOT NULL
+);
+"#];
+
+/// A record as loaded: the registration and its spent flag.
+#[derive(Debug, Clone)]
+pub struct StoredTask {
+    pub record: TaskRecord,
+    pub spent: bool,
+}
+
+pub struct Store {
+    conn: Connection,
+    path: String,
+    // Held for the store's lifetime: dropping it releases the flock.
+    _lock: Option<File>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store for `app_id`.
+    pub fn open(location: &StoreLocation, app_id: &str, durability: Durability) -> Result<Store> {
+        match location {
+            StoreLocation::Memory => {
+                let conn = Connection::open_in_memory().map_err(|e| Error::store(":memory:", e))?;
+                let mut store = Store {
+                    conn,
+                    path: ":memory:".into(),
+                    _lock: None,
+                };
+                store.prepare(durability)?;
+                Ok(store)
+            }
+            StoreLocation::Default => {
+                let path = StoreLocation::default_path(app_id)?;
+                Self::open_file(&path, durability)
+            }
+            StoreLocation::File(path) => Self::open_file(path, durability),
+        }
+    }
+
+    fn open_file(path: &Path, durability: Durability) -> Result<Store> {
+        let shown = path.display().to_string();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.exists()
+        {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| Error::store(&shown, format!("cannot create directory {}: {e}", dir.display())))?;
+        }
+        let lock = Self::lock(path, &shown)?;
+        match OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+            Ok(_) => {}
+            Err(e) if e.kind() == IoErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::store(&shown, format!("cannot create: {e}"))),
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| Error::store(&shown, format!("cannot open: {e}")))?;
+        let mut store = Store {
+            conn,
+            path: shown,
+            _lock: Some(lock),
+        };
+        store.prepare(durability)?;
+        Ok(store)
+    }
+
+    /// Takes the exclusive lock that makes this system the store's one broker.
+    fn lock(path: &Path, shown: &str) -> Result<File> {
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(|e| Error::store(shown, format!("cannot open lock file: {e}")))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&lock_path).unwrap_or_default();
+                let holder = holder.trim();
+                return Err(Error::store(
+                    shown,
+                    format!(
+                        "is in use by another btb system{}; one system at a time may open a store \
+                         (close the other one, or give this one another store)",
+                        if holder.is_empty() { String::new() } else { format!(" (pid {holder})") }
+                    ),
+                ));
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(Error::store(shown, format!("cannot lock: {e}")));
+            }
+        }
+        let _ = file.set_len(0);
+        let _ = writeln!(file, "{}", std::process::id());
+        Ok(file)
+    }
+
+    /// Checks what the file is before changing anything, then sets pragmas and migrates.
+    fn prepare(&mut self, durability: Durability) -> Result<()> {
+        let path = self.path.clone();
+        let tables: Vec<String> = (|| -> rusqlite::Result<Vec<String>> {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")?;
+            stmt.query_map([], |r| r.get(0))?.collect()
+        })()
+        .map_err(|e| Error::store(&path, format!("is corrupt or not a SQLite database ({e}); left untouched")))?;
+        let version = if tables.iter().any(|t| t == "btb_schema") {
+            self.conn
+                .query_row("SELECT version FROM btb_schema", [], |r| r.get::<_, i64>(0))
+                .map_err(|e| Error::store(&path, format!("has an unreadable schema version ({e}); left untouched")))?
+        } else if tables.is_empty() {
+            0
+        } else {
+            return Err(Error::store(
+                &path,
+                "is a SQLite database but not a btb store (no btb_schema table); left untouched",
+            ));
+        };
+        if version > SCHEMA_VERSION {
+            return Err(Error::store(
+                &path,
+                format!(
+                    "has schema version {version}, newer than this btb knows ({SCHEMA_VERSION}); \
+                     left untouched — use a newer btb"
+                ),
+            ));
+        }
+        let sync = match durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        };
+        let pragmas = format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; PRAGMA foreign_keys = ON;"
+        );
+        self.conn
+            .execute_batch(&pragmas)
+            .map_err(|e| Error::store(&path, format!("cannot configure: {e}")))?;
+        self.conn
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(|e| Error::store(&path, e))?;
+        if version < SCHEMA_VERSION {
+            self.migrate(version)?;
+        }
+        Ok(())
+    }
+
+    fn migrate(&mut self, from: i64) -> Result<()> {
+        let path = self.path.clone();
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|e| Error::store(&path, format!("cannot migrate: {e}")))?;
+        if from == 0 {
+            tx.execute_batch("CREATE TABLE btb_schema (version INTEGER NOT NULL); INSERT INTO btb_schema VALUES (0);")
+                .map_err(|e| Error::store(&path, format!("cannot migrate: {e}")))?;
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(from as usize) {
+            tx.execute_batch(sql)
+                .and_then(|_| tx.execute("UPDATE btb_schema SET version = ?1", [i as i64 + 1]))
+                .map_err(|e| Error::store(&path, format!("cannot migrate to schema {}: {e}", i + 1)))?;
+        }
+        tx.commit()
+            .map_err(|e| Error::store(&path, format!("cannot migrate: {e}")))
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    fn err(&self, what: &str, e: impl std::fmt::Display) -> Error {
+        Error::store(&self.path, format!("cannot {what}: {e}"))
+    }
+
+    /// Inserts a registration (creating or renaming its group) and removes `replaced`, in one
+    /// transaction. Returns after the commit.
+    pub fn insert(&mut self, record: &TaskRecord, replaced: &[Uuid]) -> Result<()> {
+        let trigger = serde_json::to_string(&record.trigger).map_err(|e| self.err("encode trigger", e))?;
+        let conditions: Vec<u32> = record.conditions.iter().map(|c| *c as u32).collect();
+        let conditions = serde_json::to_string(&conditions).map_err(|e| self.err("encode conditions", e))?;
+        let path = self.path.clone();
+        let fail = |e: rusqlite::Error| Error::store(&path, format!("cannot write registration: {e}"));
+        let tx = self.conn.transaction().map_err(fail)?;
+        for id in replaced {
+            delete_in(&tx, id).map_err(fail)?;
+        }
+        if let Some(group) = &record.task_group {
+            tx.prepare_cached(
+                "INSERT INTO task_groups (id, name) VALUES (?1, ?2)
+                 ON CONFLICT(id) DO UPDATE SET name = excluded.name",
+            )
+            .and_then(|mut s| s.execute(params![group.id, group.name]))
+            .map_err(fail)?;
+        }
+        tx.prepare_cached(
+            "INSERT INTO registrations (task_id, seq, name, entry_point, group_id,
+                 cancel_on_condition_loss, is_network_requested, trigger, conditions,
+                 registered_at_ms, next_due_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                record.task_id.as_bytes(),
+                record.seq,
+                record.name,
+                record.task_entry_point,
+                record.task_group.as_ref().map(|g| &g.id),
+                record.cancel_on_condition_loss,
+                record.is_network_requested,
+                trigger,
+                conditions,
+                record.registered_at_ms,
+                record.next_due_ms,
+            ])
+        })
+        .map_err(fail)?;
+        tx.commit().map_err(fail)
+    }
+
+    /// Removes a registration (and its group when it was the group's last). `false` if absent.
+    pub fn delete(&mut self, task_id: &Uuid) -> Result<bool> {
+        let path = self.path.clone();
+        let fail = |e: rusqlite::Error| Error::store(&path, format!("cannot remove registration: {e}"));
+        let tx = self.conn.transaction().map_err(fail)?;
+        let found = delete_in(&tx, task_id).map_err(fail)?;
+        tx.commit().map_err(fail)?;
+        Ok(found)
+    }
+
+    /// Every registration in registration order.
+    pub fn load(&self) -> Result<Vec<StoredTask>> {
+        let fail = |e: rusqlite::Error| self.err("read registrations", e);
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT r.task_id, r.seq, r.name, r.entry_point, r.group_id, g.name,
+                        r.cancel_on_condition_loss, r.is_network_requested, r.trigger, r.conditions,
+                        r.registered_at_ms, r.next_due_ms, r.spent
+                 FROM registrations r LEFT JOIN task_groups g ON g.id = r.group_id
+                 ORDER BY r.seq",
+            )
+            .map_err(fail)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                    r.get::<_, bool>(6)?,
+                    r.get::<_, bool>(7)?,
+                    r.get::<_, String>(8)?,
+                    r.get::<_, String>(9)?,
+                    r.get::<_, i64>(10)?,
+                    r.get::<_, Option<i64>>(11)?,
+                    r.get::<_, bool>(12)?,
+                ))
+            })
+            .map_err(fail)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, seq, name, ep, gid, gname, col, net, trig, conds, at, due, spent) = row.map_err(fail)?;
+            let task_id = Uuid::from_slice(&id).map_err(|e| self.err("read a task id", e))?;
+            let trigger: Trigger = serde_json::from_str(&trig)
+                .map_err(|e| self.err(&format!("decode the trigger of task {task_id}"), e))?;
+            let raw: Vec<u32> = serde_json::from_str(&conds)
+                .map_err(|e| self.err(&format!("decode the conditions of task {task_id}"), e))?;
+            let conditions = raw
+                .into_iter()
+                .map(SystemConditionType::from_u32)
+                .collect::<Result<Vec<_>>>()
+                .map_err(|e| self.err(&format!("decode the conditions of task {task_id}"), e))?;
+            out.push(StoredTask {
+                record: TaskRecord {
+                    task_id,
+                    name,
+                    task_entry_point: ep,
+                    task_group: gid.map(|id| TaskGroup {
+                        name: gname.unwrap_or_else(|| id.clone()),
+                        id,
+                    }),
+                    cancel_on_condition_loss: col,
+                    is_network_requested: net,
+                    trigger,
+                    conditions,
+                    registered_at_ms: at,
+                    next_due_ms: due,
+                    seq,
+                },
+                spent,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn get_meta(&self, key: &str) -> Result<Option<String>> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(|e| self.err("read metadata", e))
+    }
+
+    pub fn set_meta(&mut self, key: &str, value: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [key, value],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err("write metadata", e))
+    }
+}
+
+fn delete_in(tx: &rusqlite::Transaction<'_>, task_id: &Uuid) -> rusqlite::Result<bool> {
+    let group: Option<Option<String>> = tx
+        .prepare_cached("DELETE FROM registrations WHERE task_id = ?1 RETURNING group_id")?
+        .query_row([task_id.as_bytes()], |r| r.get(0))
+        .optional()?;
+    let Some(group) = group else { return Ok(false) };
+    if let Some(gid) = group {
+        tx.prepare_cached(
+            "DELETE FROM task_groups WHERE id = ?1
+             AND NOT EXISTS (SELECT 1 FROM registrations WHERE group_id = ?1)",
+        )?
+        .execute([gid])?;
+    }
+    Ok(true)
+}
