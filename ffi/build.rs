@@ -5,10 +5,6 @@ fn main() {
     let target = std::env::var("TARGET").unwrap_or_default();
     if target.contains("linux") || target.contains("bsd") {
         println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libbtb.so.{major}");
-        // Export only btb_* symbols from the cdylib.
-        let script = std::path::Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("btb.map");
-        println!("cargo:rustc-cdylib-link-arg=-Wl,--version-script={}", script.display());
-        println!("cargo:rerun-if-changed=btb.map");
     }
     println!("cargo:rerun-if-changed=build.rs");
 }

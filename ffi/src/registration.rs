@@ -1,0 +1,343 @@
+//! `btb_registration`, `btb_task_group` and the list types returned by the system's listings.
+
+use std::ffi::{CString, c_char};
+use std::sync::Arc;
+
+use btb_core::{Error, ErrorKind, Registration, TaskGroup};
+
+use crate::builder::copy_u32s;
+use crate::error::{btb_status, guard};
+use crate::handle::{self, handle_type, out_ptr, write};
+use crate::strings::{arg, c_string, opt_arg, owned};
+use crate::trigger::{btb_trigger, new_trigger};
+
+/// A 128-bit task or instance id, in RFC 9562 byte order.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct btb_uuid {
+    pub bytes: [u8; 16],
+}
+
+/// A registered task (`BackgroundTaskRegistration`): an immutable snapshot of what was registered,
+/// tied to its system. Thread-safe. Free with `btb_registration_free` (freeing the handle does not
+/// unregister the task).
+pub struct btb_registration {
+    _private: [u8; 0],
+}
+
+/// A task group (`BackgroundTaskRegistrationGroup`): `(id, name)`. Immutable; thread-safe.
+/// Free with `btb_task_group_free`.
+pub struct btb_task_group {
+    _private: [u8; 0],
+}
+
+/// A snapshot list of registrations. Immutable; thread-safe. Free with `btb_registration_list_free`.
+pub struct btb_registration_list {
+    _private: [u8; 0],
+}
+
+/// A snapshot list of task groups. Immutable; thread-safe. Free with `btb_task_group_list_free`.
+pub struct btb_task_group_list {
+    _private: [u8; 0],
+}
+
+pub(crate) struct RegistrationData {
+    registration: Registration,
+    name: CString,
+    entry_point: Option<CString>,
+}
+
+pub(crate) struct GroupData {
+    pub(crate) group: TaskGroup,
+    id: CString,
+    name: CString,
+}
+
+pub(crate) type RegistrationRef = Arc<RegistrationData>;
+pub(crate) type GroupRef = Arc<GroupData>;
+pub(crate) type RegistrationListRef = Arc<Vec<Registration>>;
+pub(crate) type GroupListRef = Arc<Vec<TaskGroup>>;
+
+handle_type!(btb_registration, 7, Registration, RegistrationRef);
+handle_type!(btb_task_group, 8, TaskGroup, GroupRef);
+handle_type!(btb_registration_list, 9, RegistrationList, RegistrationListRef);
+handle_type!(btb_task_group_list, 10, TaskGroupList, GroupListRef);
+
+pub(crate) fn new_registration(registration: Registration) -> *mut btb_registration {
+    let data = RegistrationData {
+        name: c_string(registration.name()),
+        entry_point: registration.task_entry_point().map(c_string),
+        registration,
+    };
+    handle::insert::<btb_registration>(Arc::new(data))
+}
+
+pub(crate) fn new_group(group: TaskGroup) -> *mut btb_task_group {
+    let data = GroupData {
+        id: c_string(&group.id),
+        name: c_string(&group.name),
+        group,
+    };
+    handle::insert::<btb_task_group>(Arc::new(data))
+}
+
+pub(crate) fn new_registration_list(list: Vec<Registration>) -> *mut btb_registration_list {
+    handle::insert::<btb_registration_list>(Arc::new(list))
+}
+
+pub(crate) fn new_group_list(list: Vec<TaskGroup>) -> *mut btb_task_group_list {
+    handle::insert::<btb_task_group_list>(Arc::new(list))
+}
+
+fn read<T>(
+    registration: *const btb_registration,
+    out: *mut T,
+    f: impl FnOnce(&RegistrationData) -> Result<T, Error>,
+) -> btb_status {
+    guard(|| {
+        let out = out_ptr(out, "out")?;
+        let r = handle::get(registration, "registration")?;
+        write(out, f(&r)?);
+        Ok(())
+    })
+}
+
+/// Writes the task id to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`.
+/// Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_registration_task_id(registration: *const btb_registration, out: *mut btb_uuid) -> btb_status {
+    read(registration, out, |r| Ok(btb_uuid { bytes: *r.registration.task_id().as_bytes() }))
+}
+
+/// Writes the canonical text form of a uuid (36 characters, lowercase, hyphenated) to `*out`; the
+/// caller frees it with `btb_string_free`. Errors: `BTB_ERROR_NULL_ARGUMENT`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_uuid_to_string(id: *const btb_uuid, out: *mut *mut c_char) -> btb_status {
+    guard(|| {
+        let out = out_ptr(out, "out")?;
+        if id.is_null() {
+            return Err(Error::new(ErrorKind::NullArgument, "id is NULL"));
+        }
+        // SAFETY: non-NULL; the caller promises a readable btb_uuid.
+        let bytes = unsafe { (*id).bytes };
+        write(out, owned(&uuid::Uuid::from_bytes(bytes).to_string()));
+        Ok(())
+    })
+}
+
+/// Writes the task name to `*out` (borrowed: valid while the registration handle lives).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_registration_name(registration: *const btb_registration, out: *mut *const c_char) -> btb_status {
+    read(registration, out, |r| Ok(r.name.as_ptr()))
+}
+
+/// Writes the entry point to `*out`, or NULL for a task without one (borrowed: valid while the
+/// registration handle lives). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`.
+/// Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_registration_task_entry_point(
+    registration: *const btb_registration,
+    out: *mut *const c_char,
+) -> btb_status {
+    read(registration, out, |r| Ok(r.entry_point.as_ref().map_or(std::ptr::null(), |c| c.as_ptr())))
+}
+
+/// Writes a new handle to the registration's task group to `*out`, or NULL if it has none (free with
+/// `btb_task_group_free`). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_registration_task_group(
+    registration: *const btb_registration,
+    out: *mut *mut btb_task_group,
+) -> btb_status {
+    read(registration, out, |r| Ok(r.registration.task_group().cloned().map_or(std::ptr::null_mut(), new_group)))
+}
+
+/// Writes a new handle to a copy of the registration's trigger to `*out` (free with
+/// `btb_trigger_free`). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_registration_trigger(registration: *const btb_registration, out: *mut *mut btb_trigger) -> btb_status {
+    read(registration, out, |r| Ok(new_trigger(r.registration.trigger().clone())))
+}
+
+/// Copies up to `capacity` condition types (`BTB_CONDITION_*`) to `conditions` and writes their total
+/// number to `*out_len`. `conditions` may be NULL when `capacity` is 0.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_registration_conditions(
+    registration: *const btb_registration,
+    conditions: *mut u32,
+    capacity: usize,
+    out_len: *mut usize,
+) -> btb_status {
+    guard(|| {
+        let out_len = out_ptr(out_len, "out_len")?;
+        if capacity > 0 {
+            out_ptr(conditions, "conditions")?;
+        }
+        let r = handle::get(registration, "registration")?;
+        let values: Vec<u32> = r.registration.conditions().iter().map(|c| *c as u32).collect();
+        copy_u32s(&values, conditions, capacity);
+        write(out_len, values.len());
+        Ok(())
+    })
+}
+
+/// Writes `cancel_on_condition_loss` to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
+/// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_registration_cancel_on_condition_loss(registration: *const btb_registration, out: *mut bool) -> btb_status {
+    read(registration, out, |r| Ok(r.registration.cancel_on_condition_loss()))
+}
+
+/// Writes `is_network_requested` to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
+/// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_registration_is_network_requested(registration: *const btb_registration, out: *mut bool) -> btb_status {
+    read(registration, out, |r| Ok(r.registration.is_network_requested()))
+}
+
+/// Writes whether the registration is spent (its one-shot trigger fired; it never fires again) to
+/// `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_registration_is_spent(registration: *const btb_registration, out: *mut bool) -> btb_status {
+    read(registration, out, |r| Ok(r.registration.is_spent()))
+}
+
+/// Unregisters the task durably. With `cancel_task`, a running instance is canceled with
+/// `BTB_CANCELLATION_ABORT`; otherwise it finishes. The handle stays valid (free it as usual).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_NOT_FOUND` (already
+/// unregistered), `BTB_ERROR_STORE`, `BTB_ERROR_STATE` (closed system, forked child). Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_registration_unregister(registration: *mut btb_registration, cancel_task: bool) -> btb_status {
+    guard(|| {
+        handle::get(registration as *const btb_registration, "registration")?
+            .registration
+            .unregister(cancel_task)
+    })
+}
+
+/// Frees a registration handle (the task stays registered). NULL is a no-op.
+/// Errors: `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_registration_free(registration: *mut btb_registration) -> btb_status {
+    guard(|| handle::free(registration).map(drop))
+}
+
+/// Creates a task group `(id, name)`; `name` NULL means the id. Both copied. Use it with
+/// `btb_set_task_group`; naming a group in a builder creates it at registration.
+/// On success `*out` is a new group (free with `btb_task_group_free`).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_INVALID_ARGUMENT`
+/// (empty or longer than 256 bytes). Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_task_group_new(id: *const c_char, name: *const c_char, out: *mut *mut btb_task_group) -> btb_status {
+    guard(|| {
+        let out = out_ptr(out, "out")?;
+        let group = TaskGroup::new(arg(id, "id")?, opt_arg(name, "name")?.map(str::to_owned))?;
+        write(out, new_group(group));
+        Ok(())
+    })
+}
+
+fn read_group<T>(group: *const btb_task_group, out: *mut T, f: impl FnOnce(&GroupData) -> T) -> btb_status {
+    guard(|| {
+        let out = out_ptr(out, "out")?;
+        let g = handle::get(group, "group")?;
+        write(out, f(&g));
+        Ok(())
+    })
+}
+
+/// Writes the group id to `*out` (borrowed: valid while the group handle lives).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_task_group_id(group: *const btb_task_group, out: *mut *const c_char) -> btb_status {
+    read_group(group, out, |g| g.id.as_ptr())
+}
+
+/// Writes the group's friendly name to `*out` (borrowed: valid while the group handle lives).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_task_group_name(group: *const btb_task_group, out: *mut *const c_char) -> btb_status {
+    read_group(group, out, |g| g.name.as_ptr())
+}
+
+/// Frees a task group handle. NULL is a no-op. Errors: `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_task_group_free(group: *mut btb_task_group) -> btb_status {
+    guard(|| handle::free(group).map(drop))
+}
+
+/// Writes the number of registrations in the list to `*out`.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_registration_list_len(list: *const btb_registration_list, out: *mut usize) -> btb_status {
+    guard(|| {
+        let out = out_ptr(out, "out")?;
+        write(out, handle::get(list, "list")?.len());
+        Ok(())
+    })
+}
+
+/// Writes a new handle to the registration at `index` to `*out` (free with `btb_registration_free`).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
+/// (index out of range). Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_registration_list_get(
+    list: *const btb_registration_list,
+    index: usize,
+    out: *mut *mut btb_registration,
+) -> btb_status {
+    guard(|| {
+        let out = out_ptr(out, "out")?;
+        let l = handle::get(list, "list")?;
+        let r = l.get(index).ok_or_else(|| {
+            Error::invalid(format!("index {index} is out of range for a list of {} registrations", l.len()))
+        })?;
+        write(out, new_registration(r.clone()));
+        Ok(())
+    })
+}
+
+/// Frees a registration list. NULL is a no-op. Errors: `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_registration_list_free(list: *mut btb_registration_list) -> btb_status {
+    guard(|| handle::free(list).map(drop))
+}
+
+/// Writes the number of groups in the list to `*out`.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_task_group_list_len(list: *const btb_task_group_list, out: *mut usize) -> btb_status {
+    guard(|| {
+        let out = out_ptr(out, "out")?;
+        write(out, handle::get(list, "list")?.len());
+        Ok(())
+    })
+}
+
+/// Writes a new handle to the group at `index` to `*out` (free with `btb_task_group_free`).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
+/// (index out of range). Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_task_group_list_get(
+    list: *const btb_task_group_list,
+    index: usize,
+    out: *mut *mut btb_task_group,
+) -> btb_status {
+    guard(|| {
+        let out = out_ptr(out, "out")?;
+        let l = handle::get(list, "list")?;
+        let g = l.get(index).ok_or_else(|| {
+            Error::invalid(format!("index {index} is out of range for a list of {} task groups", l.len()))
+        })?;
+        write(out, new_group(g.clone()));
+        Ok(())
+    })
+}
+
+/// Frees a task group list. NULL is a no-op. Errors: `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_task_group_list_free(list: *mut btb_task_group_list) -> btb_status {
+    guard(|| handle::free(list).map(drop))
+}

@@ -1,0 +1,467 @@
+//! `btb_manifest`, `btb_system_options` and `btb_system`: opening, configuring and closing a system.
+
+use std::ffi::{CString, c_char};
+use std::sync::{Arc, Mutex};
+
+use btb_core::{
+    Clock, Durability, Error, ErrorKind, Instance, Manifest, ManualClock, StoreLocation, System,
+    SystemOptions, TaskDeclaration, TriggerKind,
+};
+
+use crate::error::{btb_status, guard};
+use crate::handle::{self, UserData, handle_type, out_ptr, write};
+use crate::registration::{
+    btb_registration, btb_registration_list, btb_task_group, btb_task_group_list, new_group, new_registration,
+};
+use crate::strings::{arg, arg_array, c_string, opt_arg, owned};
+
+/// An app manifest: app id, version and declared entry points. Thread-safe. Free with
+/// `btb_manifest_free`.
+pub struct btb_manifest {
+    _private: [u8; 0],
+}
+
+/// Options for `btb_system_open`. Thread-safe. Free with `btb_system_options_free`.
+pub struct btb_system_options {
+    _private: [u8; 0],
+}
+
+/// One broker: app identity and manifest, store, clock and policy. Thread-safe. Close (and free)
+/// with `btb_system_close`. Registrations obtained from it stay valid handles after it closes, but
+/// calls that need the system then fail with `BTB_ERROR_STATE`.
+pub struct btb_system {
+    _private: [u8; 0],
+}
+
+/// One run of a task, handed to run functions and activation handlers (the next release runs tasks).
+pub struct btb_instance {
+    _private: [u8; 0],
+}
+
+/// A background-activated handler: called on a btb worker thread (never the thread that called
+/// btb, never with a btb lock held) with the instance to run and the `user_data` given when it was set.
+pub type btb_activated_fn = Option<unsafe extern "C" fn(instance: *mut btb_instance, user_data: *mut std::ffi::c_void)>;
+
+pub(crate) type ManifestRef = Arc<Mutex<Manifest>>;
+pub(crate) type OptionsRef = Arc<Mutex<SystemOptions>>;
+
+pub(crate) struct SystemData {
+    pub(crate) system: System,
+    app_id: CString,
+    store_path: CString,
+}
+pub(crate) type SystemRef = Arc<SystemData>;
+
+handle_type!(btb_manifest, 5, Manifest, ManifestRef);
+handle_type!(btb_system_options, 4, Options, OptionsRef);
+handle_type!(btb_system, 6, System, SystemRef);
+
+fn new_manifest(out: *mut *mut btb_manifest, make: impl FnOnce() -> Result<Manifest, Error>) -> btb_status {
+    guard(|| {
+        let out = out_ptr(out, "out")?;
+        let manifest = make()?;
+        write(out, handle::insert::<btb_manifest>(Arc::new(Mutex::new(manifest))));
+        Ok(())
+    })
+}
+
+/// Creates an empty manifest declared in code. `app_id` is reverse-DNS (it names the store and the
+/// control socket); `version` may be NULL or empty (= "0"). Both are copied.
+/// On success `*out` is a new manifest (free with `btb_manifest_free`).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_INVALID_ARGUMENT`
+/// (app id not reverse-DNS). Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_manifest_new(app_id: *const c_char, version: *const c_char, out: *mut *mut btb_manifest) -> btb_status {
+    new_manifest(out, || Manifest::new(arg(app_id, "app_id")?, opt_arg(version, "version")?.unwrap_or("")))
+}
+
+/// Loads a TOML manifest file. On success `*out` is a new manifest (free with `btb_manifest_free`).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_INVALID_ARGUMENT` (cannot
+/// read, bad TOML, unknown key or task type — the message names the line). Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_manifest_load(path: *const c_char, out: *mut *mut btb_manifest) -> btb_status {
+    new_manifest(out, || Manifest::load(arg(path, "path")?))
+}
+
+/// Parses a TOML manifest from text. Same contract as `btb_manifest_load`.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_manifest_from_toml(toml: *const c_char, out: *mut *mut btb_manifest) -> btb_status {
+    new_manifest(out, || Manifest::from_toml(arg(toml, "toml")?))
+}
+
+/// Declares an entry point with `n_types` task types as a manifest spells them (`"timer"`,
+/// `"systemEvent"`, `"general"`, …) and, optionally, an out-of-process host command (`exec`,
+/// `n_exec` strings, `exec[0]` an absolute path; NULL/0 for none). Everything is copied.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
+/// `BTB_ERROR_INVALID_ARGUMENT` (unknown type, entry point declared twice, relative exec path).
+/// Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_manifest_declare(
+    manifest: *mut btb_manifest,
+    entry_point: *const c_char,
+    types: *const *const c_char,
+    n_types: usize,
+    exec: *const *const c_char,
+    n_exec: usize,
+) -> btb_status {
+    guard(|| {
+        let m = handle::get(manifest as *const btb_manifest, "manifest")?;
+        let mut decl = TaskDeclaration::new(arg(entry_point, "entry_point")?, &arg_array(types, n_types, "types")?)?;
+        if n_exec > 0 {
+            decl = decl.with_exec(arg_array(exec, n_exec, "exec")?)?;
+        }
+        m.lock().unwrap_or_else(|p| p.into_inner()).declare(decl)
+    })
+}
+
+/// Writes a copy of the manifest's app id to `*out`; free it with `btb_string_free`.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_manifest_app_id(manifest: *const btb_manifest, out: *mut *mut c_char) -> btb_status {
+    guard(|| {
+        let out = out_ptr(out, "out")?;
+        let m = handle::get(manifest, "manifest")?;
+        write(out, owned(m.lock().unwrap_or_else(|p| p.into_inner()).app_id()));
+        Ok(())
+    })
+}
+
+/// Frees a manifest. NULL is a no-op. Errors: `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_manifest_free(manifest: *mut btb_manifest) -> btb_status {
+    guard(|| handle::free(manifest).map(drop))
+}
+
+/// Creates system options with the defaults: no manifest (one must be set), the per-app store under
+/// `$XDG_STATE_HOME/btb/<app_id>/`, the real clock, the real platform sources, and the Windows
+/// policy (15-minute minimum freshness, 15-minute timer window, 5 s grace, 25 s / 10 min limits,
+/// `max_concurrent` = CPUs, `synchronous=FULL`). On success `*out` is new options (free with
+/// `btb_system_options_free`). Errors: `BTB_ERROR_NULL_ARGUMENT`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_options_new(out: *mut *mut btb_system_options) -> btb_status {
+    guard(|| {
+        let out = out_ptr(out, "out")?;
+        write(out, handle::insert::<btb_system_options>(Arc::new(Mutex::new(SystemOptions::default()))));
+        Ok(())
+    })
+}
+
+/// Frees options. NULL is a no-op. Errors: `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_options_free(options: *mut btb_system_options) -> btb_status {
+    guard(|| handle::free(options).map(drop))
+}
+
+fn edit(options: *mut btb_system_options, f: impl FnOnce(&mut SystemOptions) -> Result<(), Error>) -> btb_status {
+    guard(|| {
+        let o = handle::get(options as *const btb_system_options, "options")?;
+        f(&mut o.lock().unwrap_or_else(|p| p.into_inner()))
+    })
+}
+
+/// Sets the manifest (copied; the caller still frees `manifest`).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_options_set_manifest(options: *mut btb_system_options, manifest: *const btb_manifest) -> btb_status {
+    edit(options, |o| {
+        let m = handle::get(manifest, "manifest")?;
+        o.manifest = Some(m.lock().unwrap_or_else(|p| p.into_inner()).clone());
+        Ok(())
+    })
+}
+
+/// Sets the store: a file path (created 0600 in a 0700 directory if missing) or `":memory:"`;
+/// NULL restores the per-app default. Copied.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT` (options), `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`.
+/// Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_options_set_store(options: *mut btb_system_options, store: *const c_char) -> btb_status {
+    edit(options, |o| {
+        o.store = opt_arg(store, "store")?.map_or(StoreLocation::Default, StoreLocation::parse);
+        Ok(())
+    })
+}
+
+/// Uses a manual clock standing at `start_unix_ms` (milliseconds since the Unix epoch, UTC) instead
+/// of the real clock: time then moves only by `btb_system_advance_clock`.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_options_set_manual_clock(options: *mut btb_system_options, start_unix_ms: i64) -> btb_status {
+    edit(options, |o| {
+        o.clock = Clock::Manual(ManualClock::new(start_unix_ms));
+        Ok(())
+    })
+}
+
+/// Uses the simulated state source (states and events set by the app) instead of the platform's.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_options_set_simulated(options: *mut btb_system_options, simulated: bool) -> btb_status {
+    edit(options, |o| {
+        o.simulated = simulated;
+        Ok(())
+    })
+}
+
+/// Policy: the lowest accepted freshness of time and maintenance triggers (default 15; range
+/// 1–43,200, checked by `btb_system_open`). A visible test option, never applied silently.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_options_set_min_freshness_minutes(options: *mut btb_system_options, minutes: u32) -> btb_status {
+    edit(options, |o| {
+        o.policy.min_freshness_minutes = minutes;
+        Ok(())
+    })
+}
+
+/// Policy: the timer window in seconds (default 900; 0 = exact; at most 86,400).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_options_set_timer_window_seconds(options: *mut btb_system_options, seconds: u32) -> btb_status {
+    edit(options, |o| {
+        o.policy.timer_window_seconds = seconds;
+        Ok(())
+    })
+}
+
+/// Policy: the grace period after cancellation in milliseconds (default 5,000).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_options_set_grace_ms(options: *mut btb_system_options, ms: u32) -> btb_status {
+    edit(options, |o| {
+        o.policy.grace_ms = ms;
+        Ok(())
+    })
+}
+
+/// Policy: the run-time limit in seconds for tasks with a trigger of `trigger_kind`
+/// (`BTB_TRIGGER_KIND_*`); 0 = none. Defaults: 25 s, and 600 s for application and maintenance.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
+/// (unknown kind). Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_options_set_time_limit_seconds(
+    options: *mut btb_system_options,
+    trigger_kind: u32,
+    seconds: u32,
+) -> btb_status {
+    edit(options, |o| {
+        o.policy.set_time_limit(TriggerKind::from_u32(trigger_kind)?, seconds);
+        Ok(())
+    })
+}
+
+/// Policy: the most task instances running at once (default: CPUs; range 1–4,096).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_options_set_max_concurrent(options: *mut btb_system_options, max: u32) -> btb_status {
+    edit(options, |o| {
+        o.policy.max_concurrent = max;
+        Ok(())
+    })
+}
+
+/// Policy: durability of registrations, `BTB_DURABILITY_FULL` (default, `synchronous=FULL`) or
+/// `BTB_DURABILITY_NORMAL` (`synchronous=NORMAL`: survives a crash, not necessarily power loss).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`.
+/// Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_options_set_durability(options: *mut btb_system_options, durability: u32) -> btb_status {
+    edit(options, |o| {
+        o.policy.durability = Durability::from_u32(durability)?;
+        Ok(())
+    })
+}
+
+fn new_system(system: System) -> *mut btb_system {
+    let data = SystemData {
+        app_id: c_string(system.app_id()),
+        store_path: c_string(system.store_path()),
+        system,
+    };
+    handle::insert::<btb_system>(Arc::new(data))
+}
+
+/// Opens a system: checks the policy, opens (creating or migrating) the store and loads its
+/// registrations. `options` is read, not consumed. On success `*out` is a new system; close it with
+/// `btb_system_close`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`,
+/// `BTB_ERROR_INVALID_ARGUMENT` (no manifest, policy out of range), `BTB_ERROR_STORE` (corrupt or
+/// newer-schema file, left untouched; store in use by another system; the message names the path).
+/// Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_open(options: *const btb_system_options, out: *mut *mut btb_system) -> btb_status {
+    guard(|| {
+        let out = out_ptr(out, "out")?;
+        let o = handle::get(options, "options")?;
+        let options = o.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        write(out, new_system(System::open(options)?));
+        Ok(())
+    })
+}
+
+/// Closes a system and frees its handle: releases the store and its lock. NULL is a no-op.
+/// Errors: `BTB_ERROR_INVALID_HANDLE` (freed, foreign, another type, closed twice),
+/// `BTB_ERROR_STATE` (called in a forked child; the handle stays valid). Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_close(system: *mut btb_system) -> btb_status {
+    guard(|| {
+        if system.is_null() {
+            return Ok(());
+        }
+        handle::get(system as *const btb_system, "system")?.system.close()?;
+        handle::free(system).map(drop)
+    })
+}
+
+/// Makes `system` the default system used by `btb_register` (NULL clears it, so the next
+/// `btb_register` opens one from `BTB_MANIFEST` again). The default holds its own reference: closing
+/// `system` later makes the default fail with `BTB_ERROR_STATE`.
+/// Errors: `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_set_default(system: *mut btb_system) -> btb_status {
+    guard(|| {
+        let s = if system.is_null() {
+            None
+        } else {
+            Some(handle::get(system as *const btb_system, "system")?.system.clone())
+        };
+        btb_core::set_default_system(s);
+        Ok(())
+    })
+}
+
+fn read<T>(system: *const btb_system, out: *mut T, f: impl FnOnce(&SystemData) -> Result<T, Error>) -> btb_status {
+    guard(|| {
+        let out = out_ptr(out, "out")?;
+        let s = handle::get(system, "system")?;
+        write(out, f(&s)?);
+        Ok(())
+    })
+}
+
+/// Writes the system's app id to `*out` (borrowed: valid while the system handle lives).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_app_id(system: *const btb_system, out: *mut *const c_char) -> btb_status {
+    read(system, out, |s| Ok(s.app_id.as_ptr()))
+}
+
+/// Writes the store's path (`":memory:"` for an ephemeral store) to `*out` (borrowed: valid while
+/// the system handle lives). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_store_path(system: *const btb_system, out: *mut *const c_char) -> btb_status {
+    read(system, out, |s| Ok(s.store_path.as_ptr()))
+}
+
+/// Writes the system clock's time (ms since the Unix epoch) to `*out`.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_now_ms(system: *const btb_system, out: *mut i64) -> btb_status {
+    read(system, out, |s| Ok(s.system.clock().now_ms()))
+}
+
+/// Moves a manual clock forward by `ms` milliseconds (negative values are ignored).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE` (the system
+/// uses the real clock). Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_advance_clock(system: *mut btb_system, ms: i64) -> btb_status {
+    guard(|| match handle::get(system as *const btb_system, "system")?.system.clock() {
+        Clock::Manual(clock) => {
+            clock.advance_ms(ms);
+            Ok(())
+        }
+        Clock::Real => Err(Error::state("this system uses the real clock; open it with a manual clock to advance time")),
+    })
+}
+
+/// Sets (or, with `handler` NULL, removes) the background-activated handler of the system
+/// (`group_id` NULL) or of the task group `group_id`: it runs registered tasks that have no entry
+/// point. `user_data` is passed back as given; btb never dereferences it. Tasks run from the next
+/// release; today the handler makes entry-point-less registrations valid.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
+/// `BTB_ERROR_STATE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_set_background_activated(
+    system: *mut btb_system,
+    group_id: *const c_char,
+    handler: btb_activated_fn,
+    user_data: *mut std::ffi::c_void,
+) -> btb_status {
+    guard(|| {
+        let s = handle::get(system as *const btb_system, "system")?;
+        let group = opt_arg(group_id, "group_id")?;
+        let user_data = UserData(user_data);
+        let handler = handler.map(|f| {
+            Arc::new(move |_instance: &Instance| {
+                let user_data = user_data;
+                // The instance handle arrives with the task runner (next release).
+                // SAFETY: the C caller promised `f` is callable with these arguments.
+                unsafe { f(std::ptr::null_mut(), user_data.0) }
+            }) as btb_core::ActivationHandler
+        });
+        s.system.set_background_activated(group, handler)
+    })
+}
+
+/// Writes a new list of the registrations outside any task group, in registration order, to
+/// `*out` (Windows `AllTasks`); free it with `btb_registration_list_free`.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_all_tasks(system: *const btb_system, out: *mut *mut btb_registration_list) -> btb_status {
+    read(system, out, |s| Ok(crate::registration::new_registration_list(s.system.all_tasks()?)))
+}
+
+/// Writes a new list of the registrations in task group `group_id` to `*out` (empty if none);
+/// free it with `btb_registration_list_free`.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
+/// `BTB_ERROR_STATE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_group_tasks(
+    system: *const btb_system,
+    group_id: *const c_char,
+    out: *mut *mut btb_registration_list,
+) -> btb_status {
+    read(system, out, |s| {
+        let gid = arg(group_id, "group_id")?;
+        Ok(crate::registration::new_registration_list(s.system.group_tasks(gid)?))
+    })
+}
+
+/// Writes a new list of the task groups that hold registrations, ordered by id, to `*out`
+/// (Windows `AllTaskGroups`); free it with `btb_task_group_list_free`.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_all_task_groups(system: *const btb_system, out: *mut *mut btb_task_group_list) -> btb_status {
+    read(system, out, |s| Ok(crate::registration::new_group_list(s.system.all_task_groups()?)))
+}
+
+/// Writes a new handle to the task group `group_id` to `*out` (free with `btb_task_group_free`).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
+/// `BTB_ERROR_NOT_FOUND` (no registration in that group), `BTB_ERROR_STATE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_get_task_group(
+    system: *const btb_system,
+    group_id: *const c_char,
+    out: *mut *mut btb_task_group,
+) -> btb_status {
+    read(system, out, |s| Ok(new_group(s.system.task_group(arg(group_id, "group_id")?)?)))
+}
+
+/// Writes a new handle to the registration with task id `task_id` (grouped or not) to `*out`
+/// (free with `btb_registration_free`).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_NOT_FOUND`,
+/// `BTB_ERROR_STATE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_find_task(
+    system: *const btb_system,
+    task_id: *const crate::registration::btb_uuid,
+    out: *mut *mut btb_registration,
+) -> btb_status {
+    read(system, out, |s| {
+        if task_id.is_null() {
+            return Err(Error::new(ErrorKind::NullArgument, "task_id is NULL"));
+        }
+        // SAFETY: non-NULL, and the caller promises a readable btb_uuid (documented).
+        let id = uuid::Uuid::from_bytes(unsafe { (*task_id).bytes });
+        Ok(new_registration(s.system.find(&id)?))
+    })
+}

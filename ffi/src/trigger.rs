@@ -1,0 +1,225 @@
+//! Triggers and conditions: immutable values, copied into a builder by `btb_set_trigger` /
+//! `btb_add_condition`. Enum-valued arguments are plain integers; an unknown value is reported by
+//! `btb_register` (in the order of the registration checks), not here.
+
+use std::ffi::{CString, c_char};
+use std::sync::Arc;
+
+use btb_core::{Error, Trigger};
+
+use crate::error::{btb_status, guard};
+use crate::handle::{self, handle_type, out_ptr, write};
+use crate::strings::{arg, c_string};
+
+/// A trigger: what makes a task due. Immutable; thread-safe. Free with `btb_trigger_free`.
+pub struct btb_trigger {
+    _private: [u8; 0],
+}
+
+/// A system condition: a state that must hold for a task to start. Immutable; thread-safe.
+/// Free with `btb_condition_free`.
+pub struct btb_condition {
+    _private: [u8; 0],
+}
+
+pub(crate) struct TriggerData {
+    pub(crate) trigger: Trigger,
+    /// The custom event id or calendar expression, for borrowed getters.
+    text: Option<CString>,
+}
+
+pub(crate) type TriggerRef = Arc<TriggerData>;
+handle_type!(btb_trigger, 2, Trigger, TriggerRef);
+handle_type!(btb_condition, 3, Condition, u32);
+
+/// Makes a trigger handle (also used by registrations' `trigger` getters).
+pub(crate) fn new_trigger(trigger: Trigger) -> *mut btb_trigger {
+    let text = match &trigger {
+        Trigger::CustomEvent { trigger_id, .. } => Some(c_string(trigger_id)),
+        Trigger::Calendar { expression } => Some(c_string(expression)),
+        _ => None,
+    };
+    handle::insert::<btb_trigger>(Arc::new(TriggerData { trigger, text }))
+}
+
+fn make(out: *mut *mut btb_trigger, trigger: impl FnOnce() -> Result<Trigger, Error>) -> btb_status {
+    guard(|| {
+        let out = out_ptr(out, "out")?;
+        write(out, new_trigger(trigger()?));
+        Ok(())
+    })
+}
+
+/// Creates a time trigger (`TimeTrigger`): due `freshness_minutes` after registration, then every
+/// `freshness_minutes` unless `one_shot`. The freshness is checked by `btb_register` (minimum 15
+/// minutes unless the system's policy lowers it; maximum 43,200).
+///
+/// On success `*out` is a new trigger the caller frees with `btb_trigger_free`.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT` (`out`). Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_time_trigger_new(freshness_minutes: u32, one_shot: bool, out: *mut *mut btb_trigger) -> btb_status {
+    make(out, || Ok(Trigger::Time { freshness_minutes, one_shot }))
+}
+
+/// Creates a maintenance trigger (`MaintenanceTrigger`): like a time trigger, but runs only on AC
+/// power. On success `*out` is a new trigger (free with `btb_trigger_free`).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_maintenance_trigger_new(
+    freshness_minutes: u32,
+    one_shot: bool,
+    out: *mut *mut btb_trigger,
+) -> btb_status {
+    make(out, || Ok(Trigger::Maintenance { freshness_minutes, one_shot }))
+}
+
+/// Creates a system-event trigger (`SystemTrigger`) for a `BTB_SYSTEM_TRIGGER_*` value.
+/// On success `*out` is a new trigger (free with `btb_trigger_free`). An unknown type is reported
+/// by `btb_register` as `BTB_ERROR_INVALID_ARGUMENT`. Errors: `BTB_ERROR_NULL_ARGUMENT`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_trigger_new(trigger_type: u32, one_shot: bool, out: *mut *mut btb_trigger) -> btb_status {
+    make(out, || Ok(Trigger::System { trigger_type, one_shot }))
+}
+
+/// Creates an application trigger (`ApplicationTrigger`), fired by the app's own request.
+/// On success `*out` is a new trigger (free with `btb_trigger_free`).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_application_trigger_new(out: *mut *mut btb_trigger) -> btb_status {
+    make(out, || Ok(Trigger::application()))
+}
+
+/// Creates a custom-event trigger (`CustomSystemEventTrigger`): fires when any process of the same
+/// user signals `trigger_id`; `recurrence` is a `BTB_CUSTOM_RECURRENCE_*` value. `trigger_id` is
+/// copied. On success `*out` is a new trigger (free with `btb_trigger_free`).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_UTF8`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_custom_trigger_new(
+    trigger_id: *const c_char,
+    recurrence: u32,
+    out: *mut *mut btb_trigger,
+) -> btb_status {
+    make(out, || {
+        Ok(Trigger::CustomEvent {
+            trigger_id: arg(trigger_id, "trigger_id")?.to_owned(),
+            recurrence,
+        })
+    })
+}
+
+/// Creates a calendar trigger (beyond Windows) from a systemd `OnCalendar`-style expression such as
+/// `"Mon..Fri *-*-* 09:30"` or `"daily"`; the expression is parsed by `btb_register`.
+/// On success `*out` is a new trigger (free with `btb_trigger_free`).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_UTF8`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_calendar_trigger_new(expression: *const c_char, out: *mut *mut btb_trigger) -> btb_status {
+    make(out, || Ok(Trigger::Calendar { expression: arg(expression, "expression")?.to_owned() }))
+}
+
+/// Frees a trigger. NULL is a no-op. Errors: `BTB_ERROR_INVALID_HANDLE` (freed, foreign or another
+/// type — a double free included). Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_trigger_free(trigger: *mut btb_trigger) -> btb_status {
+    guard(|| handle::free(trigger).map(drop))
+}
+
+fn read<T>(trigger: *const btb_trigger, out: *mut T, f: impl FnOnce(&TriggerData) -> Result<T, Error>) -> btb_status {
+    guard(|| {
+        let out = out_ptr(out, "out")?;
+        let data = handle::get(trigger, "trigger")?;
+        write(out, f(&data)?);
+        Ok(())
+    })
+}
+
+fn not_applicable(data: &TriggerData, what: &str) -> Error {
+    Error::invalid(format!(
+        "a {} trigger has no {what}",
+        data.trigger.kind().name().to_ascii_lowercase().replace('_', " ")
+    ))
+}
+
+/// Writes the trigger's kind (`BTB_TRIGGER_KIND_*`) to `*out`.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_trigger_kind(trigger: *const btb_trigger, out: *mut u32) -> btb_status {
+    read(trigger, out, |d| Ok(d.trigger.kind() as u32))
+}
+
+/// Writes the freshness in minutes of a time or maintenance trigger to `*out`.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
+/// (another kind of trigger). Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_trigger_freshness_minutes(trigger: *const btb_trigger, out: *mut u32) -> btb_status {
+    read(trigger, out, |d| d.trigger.freshness_minutes().ok_or_else(|| not_applicable(d, "freshness")))
+}
+
+/// Writes whether the trigger is one-shot to `*out` (always false for application, custom-event
+/// and calendar triggers). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_trigger_one_shot(trigger: *const btb_trigger, out: *mut bool) -> btb_status {
+    read(trigger, out, |d| Ok(d.trigger.one_shot()))
+}
+
+/// Writes the `BTB_SYSTEM_TRIGGER_*` type of a system trigger to `*out`.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
+/// (not a system trigger). Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_trigger_system_type(trigger: *const btb_trigger, out: *mut u32) -> btb_status {
+    read(trigger, out, |d| match d.trigger {
+        Trigger::System { trigger_type, .. } => Ok(trigger_type),
+        _ => Err(not_applicable(d, "system trigger type")),
+    })
+}
+
+/// Writes the `BTB_CUSTOM_RECURRENCE_*` value of a custom-event trigger to `*out`.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`.
+/// Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_trigger_recurrence(trigger: *const btb_trigger, out: *mut u32) -> btb_status {
+    read(trigger, out, |d| match d.trigger {
+        Trigger::CustomEvent { recurrence, .. } => Ok(recurrence),
+        _ => Err(not_applicable(d, "recurrence")),
+    })
+}
+
+/// Writes the event id of a custom-event trigger, or the expression of a calendar trigger, to
+/// `*out`. The string is borrowed: valid while the trigger handle lives.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
+/// (a trigger without text). Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_trigger_text(trigger: *const btb_trigger, out: *mut *const c_char) -> btb_status {
+    read(trigger, out, |d| {
+        // The CString lives in the Arc'd data, which lives as long as the handle.
+        d.text.as_ref().map(|t| t.as_ptr()).ok_or_else(|| not_applicable(d, "event id or expression"))
+    })
+}
+
+/// Creates a system condition (`SystemCondition`) for a `BTB_CONDITION_*` value; an unknown value is
+/// reported by `btb_register`. On success `*out` is a new condition (free with `btb_condition_free`).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_condition_new(condition_type: u32, out: *mut *mut btb_condition) -> btb_status {
+    guard(|| {
+        let out = out_ptr(out, "out")?;
+        write(out, handle::insert::<btb_condition>(condition_type));
+        Ok(())
+    })
+}
+
+/// Writes the condition's `BTB_CONDITION_*` type to `*out`.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_condition_type(condition: *const btb_condition, out: *mut u32) -> btb_status {
+    guard(|| {
+        let out = out_ptr(out, "out")?;
+        write(out, handle::get(condition, "condition")?);
+        Ok(())
+    })
+}
+
+/// Frees a condition. NULL is a no-op. Errors: `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_condition_free(condition: *mut btb_condition) -> btb_status {
+    guard(|| handle::free(condition).map(drop))
+}
