@@ -63,7 +63,10 @@ impl CalendarSpec {
         }
         let mut i = 0;
         if let Some(first) = parts.first()
-            && first.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+            && first
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic())
         {
             spec.weekdays = parse_weekdays(expr, first)?;
             i = 1;
@@ -181,11 +184,12 @@ fn parse_field(expr: &str, what: &str, text: &str, min: u32, max: u32) -> Result
     for item in text.split(',') {
         let (range, step) = match item.split_once('/') {
             Some((r, s)) => {
-                let step: u32 = s
-                    .parse()
-                    .ok()
-                    .filter(|&s| s > 0)
-                    .ok_or_else(|| bad(expr, format!("{what} repetition {s:?} is not a positive number")))?;
+                let step: u32 = s.parse().ok().filter(|&s| s > 0).ok_or_else(|| {
+                    bad(
+                        expr,
+                        format!("{what} repetition {s:?} is not a positive number"),
+                    )
+                })?;
                 (r, Some(step))
             }
             None => (item, None),
@@ -220,7 +224,10 @@ mod tests {
         assert_eq!(daily.days.len(), 31);
         let s = CalendarSpec::parse("Mon..Fri *-*-* 09:30").unwrap();
         assert_eq!(s.weekdays, 0b0011111);
-        assert_eq!((s.hours.clone(), s.minutes.clone(), s.seconds.clone()), (vec![9], vec![30], vec![0]));
+        assert_eq!(
+            (s.hours.clone(), s.minutes.clone(), s.seconds.clone()),
+            (vec![9], vec![30], vec![0])
+        );
         let s = CalendarSpec::parse("Sat,Sun 2030-01,07-01 12:00:00 UTC").unwrap();
         assert_eq!(s.weekdays, 0b1100000);
         assert_eq!(s.years, Some(vec![2030]));
@@ -249,7 +256,11 @@ mod tests {
             ("1..x-01", "\"x\" is not a number"),
         ] {
             let err = CalendarSpec::parse(expr).unwrap_err();
-            assert!(err.message().contains(needle), "{expr:?}: {}", err.message());
+            assert!(
+                err.message().contains(needle),
+                "{expr:?}: {}",
+                err.message()
+            );
             assert!(err.message().contains("bad calendar expression"));
         }
     }

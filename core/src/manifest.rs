@@ -180,7 +180,11 @@ impl Manifest {
     fn parse(text: &str, origin: &str) -> Result<Manifest> {
         let line = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
         let at = |offset: usize, e: Error| {
-            Error::invalid(format!("manifest {origin}: line {}: {}", line(offset), e.message()))
+            Error::invalid(format!(
+                "manifest {origin}: line {}: {}",
+                line(offset),
+                e.message()
+            ))
         };
         let file: FileManifest = toml::from_str(text).map_err(|e| {
             let where_ = e
@@ -189,8 +193,9 @@ impl Manifest {
                 .unwrap_or_default();
             Error::invalid(format!("manifest {origin}: {where_}{}", e.message().trim()))
         })?;
-        let mut manifest = Manifest::new(file.app_id.get_ref(), file.version.as_deref().unwrap_or(""))
-            .map_err(|e| at(file.app_id.span().start, e))?;
+        let mut manifest =
+            Manifest::new(file.app_id.get_ref(), file.version.as_deref().unwrap_or(""))
+                .map_err(|e| at(file.app_id.span().start, e))?;
         for task in file.task {
             let start = task.entry_point.span().start;
             let ep = task.entry_point.get_ref();
@@ -276,9 +281,18 @@ exec        = ["/usr/bin/notes", "--background-task"]
         assert_eq!(m.app_id(), "org.example.notes");
         assert_eq!(m.version(), "1.4.0");
         assert_eq!(m.tasks().len(), 2);
-        assert_eq!(m.find("notes.Sync").unwrap().types, vec![TaskType::Timer, TaskType::SystemEvent]);
-        assert_eq!(m.find("notes.Index").unwrap().exec.as_ref().unwrap()[0], "/usr/bin/notes");
-        assert!(m.find("notes.sync").is_none(), "entry points are case-sensitive");
+        assert_eq!(
+            m.find("notes.Sync").unwrap().types,
+            vec![TaskType::Timer, TaskType::SystemEvent]
+        );
+        assert_eq!(
+            m.find("notes.Index").unwrap().exec.as_ref().unwrap()[0],
+            "/usr/bin/notes"
+        );
+        assert!(
+            m.find("notes.sync").is_none(),
+            "entry points are case-sensitive"
+        );
     }
 
     fn err(text: &str) -> String {
@@ -296,7 +310,9 @@ exec        = ["/usr/bin/notes", "--background-task"]
 
     #[test]
     fn unknown_type_names_its_line_and_value() {
-        let m = err("app_id = \"a.b\"\n[[task]]\nentry_point = \"x\"\ntypes = [\"timer\",\n  \"teleport\"]\n");
+        let m = err(
+            "app_id = \"a.b\"\n[[task]]\nentry_point = \"x\"\ntypes = [\"timer\",\n  \"teleport\"]\n",
+        );
         assert!(m.contains("line 5"), "{m}");
         assert!(m.contains("\"teleport\""), "{m}");
     }
@@ -304,25 +320,52 @@ exec        = ["/usr/bin/notes", "--background-task"]
     #[test]
     fn other_mistakes() {
         assert!(err("version = \"1\"\n").contains("app_id"));
-        assert!(err("app_id = \"notes\"\n").contains("line 1: app id \"notes\" is not a reverse-DNS"));
-        assert!(err("app_id = \"a.b\"\n[[task]]\nentry_point = \"x\"\ntypes = []\nexec = [\"notes\"]\n")
-            .contains("line 5: entry point \"x\": exec program \"notes\" is not an absolute path"));
+        assert!(
+            err("app_id = \"notes\"\n").contains("line 1: app id \"notes\" is not a reverse-DNS")
+        );
+        assert!(
+            err(
+                "app_id = \"a.b\"\n[[task]]\nentry_point = \"x\"\ntypes = []\nexec = [\"notes\"]\n"
+            )
+            .contains("line 5: entry point \"x\": exec program \"notes\" is not an absolute path")
+        );
         assert!(err("app_id = \"a.b\"\n[[task]]\nentry_point = \"x\"\ntypes = []\n[[task]]\nentry_point = \"x\"\ntypes = []\n")
             .contains("line 6: entry point \"x\" is declared twice"));
-        assert!(err("app_id = \"a.b\"\n[[task]]\nentry_point = \"has space\"\ntypes = []\n").contains("line 3"));
+        assert!(
+            err("app_id = \"a.b\"\n[[task]]\nentry_point = \"has space\"\ntypes = []\n")
+                .contains("line 3")
+        );
         assert!(err("app_id = 5\n").contains("line 1"));
-        assert!(err("app_id = \"a.b\"\n[[task]]\nentry_point = \"x\"\ntypes = [\"timer\"]\nexec = []\n").contains("exec is empty"));
+        assert!(
+            err(
+                "app_id = \"a.b\"\n[[task]]\nentry_point = \"x\"\ntypes = [\"timer\"]\nexec = []\n"
+            )
+            .contains("exec is empty")
+        );
     }
 
     #[test]
     fn in_code_declarations() {
         let mut m = Manifest::new("org.example.app", "").unwrap();
         assert_eq!(m.version(), "0");
-        m.declare(TaskDeclaration::new("a.B", &["general"]).unwrap()).unwrap();
-        assert!(m.declare(TaskDeclaration::new("a.B", &["timer"]).unwrap()).is_err());
+        m.declare(TaskDeclaration::new("a.B", &["general"]).unwrap())
+            .unwrap();
+        assert!(
+            m.declare(TaskDeclaration::new("a.B", &["timer"]).unwrap())
+                .is_err()
+        );
         let e = TaskDeclaration::new("a.C", &["Timer"]).unwrap_err();
-        assert!(e.message().contains("unknown task type \"Timer\""), "{}", e.message());
-        assert!(TaskDeclaration::new("a.C", &["timer"]).unwrap().with_exec(vec!["rel".into()]).is_err());
+        assert!(
+            e.message().contains("unknown task type \"Timer\""),
+            "{}",
+            e.message()
+        );
+        assert!(
+            TaskDeclaration::new("a.C", &["timer"])
+                .unwrap()
+                .with_exec(vec!["rel".into()])
+                .is_err()
+        );
         assert!(Manifest::new("../evil", "1").is_err());
         assert!(Manifest::new("org..x", "1").is_err());
     }

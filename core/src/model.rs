@@ -193,9 +193,16 @@ pub enum Trigger {
     },
     /// `id` identifies this trigger object: `request` on it (or on a registration holding it)
     /// fires the registrations made with it, also after a restart.
-    Application { id: Uuid },
-    CustomEvent { trigger_id: String, recurrence: u32 },
-    Calendar { expression: String },
+    Application {
+        id: Uuid,
+    },
+    CustomEvent {
+        trigger_id: String,
+        recurrence: u32,
+    },
+    Calendar {
+        expression: String,
+    },
 }
 
 impl Trigger {
@@ -279,7 +286,9 @@ pub(crate) fn check_text(what: &str, value: &str, max: usize) -> Result<()> {
         )));
     }
     if value.contains('\0') {
-        return Err(Error::invalid(format!("{what} {value:?} contains a NUL byte")));
+        return Err(Error::invalid(format!(
+            "{what} {value:?} contains a NUL byte"
+        )));
     }
     Ok(())
 }

@@ -19,7 +19,9 @@ impl Durability {
         match value {
             0 => Ok(Durability::Full),
             1 => Ok(Durability::Normal),
-            v => Err(Error::invalid(format!("unknown durability value {v} (0 = FULL, 1 = NORMAL)"))),
+            v => Err(Error::invalid(format!(
+                "unknown durability value {v} (0 = FULL, 1 = NORMAL)"
+            ))),
         }
     }
 }

@@ -4,7 +4,7 @@
 //! `flock` on `<file>.lock`), so a second process gets a clear error instead of a second scheduler.
 
 use std::fs::{DirBuilder, File, OpenOptions};
-use std::io::{ErrorKind as IoErrorKind, Write};
+use std::io::{ErrorKind as IoErrorKind, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -137,12 +137,35 @@ impl Store {
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
-                .map_err(|e| Error::store(&shown, format!("cannot create directory {}: {e}", dir.display())))?;
+                .map_err(|e| {
+                    Error::store(
+                        &shown,
+                        format!("cannot create directory {}: {e}", dir.display()),
+                    )
+                })?;
         }
         let lock = Self::lock(path, &shown)?;
-        match OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+        {
             Ok(_) => {}
-            Err(e) if e.kind() == IoErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == IoErrorKind::AlreadyExists => {
+                // SQLite takes a 1-byte file for an empty database (a work-around in its unix VFS)
+                // and would overwrite it: a non-empty file must start with the SQLite header.
+                let mut head = Vec::with_capacity(16);
+                File::open(path)
+                    .and_then(|f| f.take(16).read_to_end(&mut head))
+                    .map_err(|e| Error::store(&shown, format!("cannot read: {e}")))?;
+                if !head.is_empty() && head != b"SQLite format 3\0" {
+                    return Err(Error::store(
+                        &shown,
+                        "is corrupt or not a SQLite database (no SQLite header); left untouched",
+                    ));
+                }
+            }
             Err(e) => return Err(Error::store(&shown, format!("cannot create: {e}"))),
         }
         let conn = Connection::open_with_flags(
@@ -181,7 +204,11 @@ impl Store {
                     format!(
                         "is in use by another btb system{}; one system at a time may open a store \
                          (close the other one, or give this one another store)",
-                        if holder.is_empty() { String::new() } else { format!(" (pid {holder})") }
+                        if holder.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (pid {holder})")
+                        }
                     ),
                 ));
             }
@@ -203,11 +230,21 @@ impl Store {
                 .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")?;
             stmt.query_map([], |r| r.get(0))?.collect()
         })()
-        .map_err(|e| Error::store(&path, format!("is corrupt or not a SQLite database ({e}); left untouched")))?;
+        .map_err(|e| {
+            Error::store(
+                &path,
+                format!("is corrupt or not a SQLite database ({e}); left untouched"),
+            )
+        })?;
         let version = if tables.iter().any(|t| t == "btb_schema") {
             self.conn
                 .query_row("SELECT version FROM btb_schema", [], |r| r.get::<_, i64>(0))
-                .map_err(|e| Error::store(&path, format!("has an unreadable schema version ({e}); left untouched")))?
+                .map_err(|e| {
+                    Error::store(
+                        &path,
+                        format!("has an unreadable schema version ({e}); left untouched"),
+                    )
+                })?
         } else if tables.is_empty() {
             0
         } else {
@@ -251,13 +288,18 @@ impl Store {
             .transaction()
             .map_err(|e| Error::store(&path, format!("cannot migrate: {e}")))?;
         if from == 0 {
-            tx.execute_batch("CREATE TABLE btb_schema (version INTEGER NOT NULL); INSERT INTO btb_schema VALUES (0);")
-                .map_err(|e| Error::store(&path, format!("cannot migrate: {e}")))?;
+            tx.execute_batch(
+                "CREATE TABLE IF NOT EXISTS btb_schema (version INTEGER NOT NULL);
+                 INSERT INTO btb_schema SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM btb_schema);",
+            )
+            .map_err(|e| Error::store(&path, format!("cannot migrate: {e}")))?;
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(from as usize) {
             tx.execute_batch(sql)
                 .and_then(|_| tx.execute("UPDATE btb_schema SET version = ?1", [i as i64 + 1]))
-                .map_err(|e| Error::store(&path, format!("cannot migrate to schema {}: {e}", i + 1)))?;
+                .map_err(|e| {
+                    Error::store(&path, format!("cannot migrate to schema {}: {e}", i + 1))
+                })?;
         }
         tx.commit()
             .map_err(|e| Error::store(&path, format!("cannot migrate: {e}")))
@@ -271,22 +313,24 @@ impl Store {
         Error::store(&self.path, format!("cannot {what}: {e}"))
     }
 
-    /// Inserts a registration (creating or renaming its group) and removes `replaced`, in one
+    /// Inserts a registration (creating its group if new) and removes `replaced`, in one
     /// transaction. Returns after the commit.
     pub fn insert(&mut self, record: &TaskRecord, replaced: &[Uuid]) -> Result<()> {
-        let trigger = serde_json::to_string(&record.trigger).map_err(|e| self.err("encode trigger", e))?;
+        let trigger =
+            serde_json::to_string(&record.trigger).map_err(|e| self.err("encode trigger", e))?;
         let conditions: Vec<u32> = record.conditions.iter().map(|c| *c as u32).collect();
-        let conditions = serde_json::to_string(&conditions).map_err(|e| self.err("encode conditions", e))?;
+        let conditions =
+            serde_json::to_string(&conditions).map_err(|e| self.err("encode conditions", e))?;
         let path = self.path.clone();
-        let fail = |e: rusqlite::Error| Error::store(&path, format!("cannot write registration: {e}"));
+        let fail =
+            |e: rusqlite::Error| Error::store(&path, format!("cannot write registration: {e}"));
         let tx = self.conn.transaction().map_err(fail)?;
         for id in replaced {
             delete_in(&tx, id).map_err(fail)?;
         }
         if let Some(group) = &record.task_group {
             tx.prepare_cached(
-                "INSERT INTO task_groups (id, name) VALUES (?1, ?2)
-                 ON CONFLICT(id) DO UPDATE SET name = excluded.name",
+                "INSERT INTO task_groups (id, name) VALUES (?1, ?2) ON CONFLICT(id) DO NOTHING",
             )
             .and_then(|mut s| s.execute(params![group.id, group.name]))
             .map_err(fail)?;
@@ -319,7 +363,8 @@ impl Store {
     /// Removes a registration (and its group when it was the group's last). `false` if absent.
     pub fn delete(&mut self, task_id: &Uuid) -> Result<bool> {
         let path = self.path.clone();
-        let fail = |e: rusqlite::Error| Error::store(&path, format!("cannot remove registration: {e}"));
+        let fail =
+            |e: rusqlite::Error| Error::store(&path, format!("cannot remove registration: {e}"));
         let tx = self.conn.transaction().map_err(fail)?;
         let found = delete_in(&tx, task_id).map_err(fail)?;
         tx.commit().map_err(fail)?;
@@ -360,7 +405,8 @@ impl Store {
             .map_err(fail)?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, seq, name, ep, gid, gname, col, net, trig, conds, at, due, spent) = row.map_err(fail)?;
+            let (id, seq, name, ep, gid, gname, col, net, trig, conds, at, due, spent) =
+                row.map_err(fail)?;
             let task_id = Uuid::from_slice(&id).map_err(|e| self.err("read a task id", e))?;
             let trigger: Trigger = serde_json::from_str(&trig)
                 .map_err(|e| self.err(&format!("decode the trigger of task {task_id}"), e))?;

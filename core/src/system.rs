@@ -81,7 +81,9 @@ impl System {
     /// Opens a system: checks the policy, opens (and migrates) the store, loads its registrations.
     pub fn open(options: SystemOptions) -> Result<System> {
         let manifest = options.manifest.ok_or_else(|| {
-            Error::invalid("no manifest: a system needs one (a TOML file or declarations made in code)")
+            Error::invalid(
+                "no manifest: a system needs one (a TOML file or declarations made in code)",
+            )
         })?;
         options.policy.validate()?;
         let store = Store::open(&options.store, manifest.app_id(), options.policy.durability)?;
@@ -173,7 +175,11 @@ impl System {
 
     /// Sets (or with `None` removes) the background-activated handler of the system
     /// (`group = None`) or of a task group.
-    pub fn set_background_activated(&self, group: Option<&str>, handler: Option<ActivationHandler>) -> Result<()> {
+    pub fn set_background_activated(
+        &self,
+        group: Option<&str>,
+        handler: Option<ActivationHandler>,
+    ) -> Result<()> {
         let mut state = self.state()?;
         let key = group.map(str::to_owned);
         let old = match handler {
@@ -196,7 +202,9 @@ impl System {
         let mut same_name: Vec<&Arc<TaskRecord>> = state
             .tasks
             .values()
-            .filter(|t| t.name == valid.name && t.task_group.as_ref().map(|g| g.id.as_str()) == group_id)
+            .filter(|t| {
+                t.name == valid.name && t.task_group.as_ref().map(|g| g.id.as_str()) == group_id
+            })
             .collect();
         same_name.sort_by_key(|t| t.seq);
         let mut replaced = Vec::new();
@@ -205,7 +213,10 @@ impl System {
             NamePolicy::Keep => {
                 if let Some(existing) = same_name.first() {
                     let record = Arc::clone(existing);
-                    return Ok(Registration { system: self.clone(), record });
+                    return Ok(Registration {
+                        system: self.clone(),
+                        record,
+                    });
                 }
             }
             NamePolicy::Fail => {
@@ -215,7 +226,9 @@ impl System {
                         format!(
                             "a task named {:?} is already registered{} (task id {}) and the name policy is FAIL",
                             valid.name,
-                            group_id.map(|g| format!(" in task group {g:?}")).unwrap_or_default(),
+                            group_id
+                                .map(|g| format!(" in task group {g:?}"))
+                                .unwrap_or_default(),
                             existing.task_id
                         ),
                     ));
@@ -225,16 +238,27 @@ impl System {
         }
         let now = self.shared.clock.now_ms();
         let next_due_ms = match &valid.trigger {
-            Trigger::Time { freshness_minutes, .. } | Trigger::Maintenance { freshness_minutes, .. } => {
-                Some(now + i64::from(*freshness_minutes) * 60_000)
+            Trigger::Time {
+                freshness_minutes, ..
             }
+            | Trigger::Maintenance {
+                freshness_minutes, ..
+            } => Some(now + i64::from(*freshness_minutes) * 60_000),
             _ => None,
         };
+        // A group keeps the name it was created with; naming it again with another name joins it.
+        let task_group = builder.task_group.as_ref().map(|g| {
+            state
+                .groups
+                .get(&g.id)
+                .cloned()
+                .unwrap_or_else(|| g.clone())
+        });
         let record = Arc::new(TaskRecord {
             task_id: Uuid::new_v4(),
             name: valid.name,
             task_entry_point: valid.task_entry_point,
-            task_group: builder.task_group.clone(),
+            task_group,
             cancel_on_condition_loss: builder.cancel_on_condition_loss,
             is_network_requested: builder.is_network_requested,
             trigger: valid.trigger,
@@ -257,7 +281,10 @@ impl System {
             state.groups.insert(g.id.clone(), g.clone());
         }
         state.tasks.insert(record.task_id, Arc::clone(&record));
-        Ok(Registration { system: self.clone(), record })
+        Ok(Registration {
+            system: self.clone(),
+            record,
+        })
     }
 
     /// Removes a registration durably. `cancel_task` cancels a running instance with `ABORT`
@@ -270,11 +297,18 @@ impl System {
                 format!("task {task_id} is not registered (already unregistered?)"),
             ));
         }
-        state.store.as_mut().expect("checked open").delete(task_id)?;
+        state
+            .store
+            .as_mut()
+            .expect("checked open")
+            .delete(task_id)?;
         let record = state.tasks.remove(task_id).expect("present");
         state.spent.remove(task_id);
         if let Some(g) = &record.task_group
-            && !state.tasks.values().any(|t| t.task_group.as_ref().is_some_and(|h| h.id == g.id))
+            && !state
+                .tasks
+                .values()
+                .any(|t| t.task_group.as_ref().is_some_and(|h| h.id == g.id))
         {
             state.groups.remove(&g.id);
         }
@@ -283,12 +317,16 @@ impl System {
 
     fn list(&self, keep: impl Fn(&TaskRecord) -> bool) -> Result<Vec<Registration>> {
         let state = self.state()?;
-        let mut records: Vec<Arc<TaskRecord>> = state.tasks.values().filter(|t| keep(t)).cloned().collect();
+        let mut records: Vec<Arc<TaskRecord>> =
+            state.tasks.values().filter(|t| keep(t)).cloned().collect();
         drop(state);
         records.sort_by_key(|t| t.seq);
         Ok(records
             .into_iter()
-            .map(|record| Registration { system: self.clone(), record })
+            .map(|record| Registration {
+                system: self.clone(),
+                record,
+            })
             .collect())
     }
 
@@ -310,16 +348,25 @@ impl System {
     /// One group by id (Windows `GetTaskGroup`).
     pub fn task_group(&self, group_id: &str) -> Result<TaskGroup> {
         self.state()?.groups.get(group_id).cloned().ok_or_else(|| {
-            Error::new(ErrorKind::NotFound, format!("task group {group_id:?} has no registrations"))
+            Error::new(
+                ErrorKind::NotFound,
+                format!("task group {group_id:?} has no registrations"),
+            )
         })
     }
 
     /// Any registration by task id, grouped or not.
     pub fn find(&self, task_id: &Uuid) -> Result<Registration> {
         let record = self.state()?.tasks.get(task_id).cloned().ok_or_else(|| {
-            Error::new(ErrorKind::NotFound, format!("task {task_id} is not registered"))
+            Error::new(
+                ErrorKind::NotFound,
+                format!("task {task_id} is not registered"),
+            )
         })?;
-        Ok(Registration { system: self.clone(), record })
+        Ok(Registration {
+            system: self.clone(),
+            record,
+        })
     }
 
     fn is_spent(&self, task_id: &Uuid) -> bool {
@@ -419,7 +466,10 @@ static DEFAULT: Mutex<Option<System>> = Mutex::new(None);
 
 /// Sets (or clears) the default system used by `register` without a system.
 pub fn set_default_system(system: Option<System>) {
-    let old = std::mem::replace(&mut *DEFAULT.lock().unwrap_or_else(|p| p.into_inner()), system);
+    let old = std::mem::replace(
+        &mut *DEFAULT.lock().unwrap_or_else(|p| p.into_inner()),
+        system,
+    );
     drop(old);
 }
 
@@ -431,13 +481,15 @@ pub fn default_system() -> Result<System> {
     if let Some(system) = slot.as_ref() {
         return Ok(system.clone());
     }
-    let manifest_path = std::env::var_os("BTB_MANIFEST").filter(|v| !v.is_empty()).ok_or_else(|| {
-        Error::state(
-            "no default btb system: set BTB_MANIFEST to the path of your btb.toml manifest \
+    let manifest_path = std::env::var_os("BTB_MANIFEST")
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            Error::state(
+                "no default btb system: set BTB_MANIFEST to the path of your btb.toml manifest \
              (and optionally BTB_STORE), or open a system and make it the default \
              (btb_system_set_default / btb.set_default_system)",
-        )
-    })?;
+            )
+        })?;
     let manifest = Manifest::load(&manifest_path)?;
     let store = match std::env::var("BTB_STORE") {
         Ok(s) if !s.is_empty() => StoreLocation::parse(&s),

@@ -25,9 +25,18 @@ pub struct Validated {
 pub const MAX_NAME_BYTES: usize = 256;
 
 const CONTRADICTIONS: [(SystemConditionType, SystemConditionType); 3] = [
-    (SystemConditionType::InternetAvailable, SystemConditionType::InternetNotAvailable),
-    (SystemConditionType::UserPresent, SystemConditionType::UserNotPresent),
-    (SystemConditionType::SessionConnected, SystemConditionType::SessionDisconnected),
+    (
+        SystemConditionType::InternetAvailable,
+        SystemConditionType::InternetNotAvailable,
+    ),
+    (
+        SystemConditionType::UserPresent,
+        SystemConditionType::UserNotPresent,
+    ),
+    (
+        SystemConditionType::SessionConnected,
+        SystemConditionType::SessionDisconnected,
+    ),
 ];
 
 /// Runs every check but the name policy and the store (which need the system's state).
@@ -44,6 +53,16 @@ pub fn validate(
     })?;
     check_text("task name", name, MAX_NAME_BYTES)?;
 
+    if let Some(group) = &builder.task_group {
+        check_text("task group id", &group.id, 256)?;
+        if group.name.contains('\0') {
+            return Err(Error::invalid(format!(
+                "task group name {:?} contains a NUL byte",
+                group.name
+            )));
+        }
+    }
+
     // 2. trigger
     let trigger = builder.trigger.as_ref().ok_or_else(|| {
         Error::new(
@@ -53,11 +72,16 @@ pub fn validate(
     })?;
 
     // 3-5. entry point, its declaration, the trigger's task type
-    let entry_point = builder.task_entry_point.as_deref().filter(|e| !e.is_empty());
+    let entry_point = builder
+        .task_entry_point
+        .as_deref()
+        .filter(|e| !e.is_empty());
     match entry_point {
         None => {
             let group = builder.task_group.as_ref().map(|g| g.id.as_str());
-            if !(group.is_some_and(|g| has_activation_handler(Some(g))) || has_activation_handler(None)) {
+            if !(group.is_some_and(|g| has_activation_handler(Some(g)))
+                || has_activation_handler(None))
+            {
                 let whose = match group {
                     Some(g) => format!("neither its task group {g:?} nor the system has"),
                     None => "the system has no".to_owned(),
@@ -136,13 +160,19 @@ pub fn validate(
 
 fn check_trigger(trigger: &Trigger, policy: &Policy) -> Result<()> {
     match trigger {
-        Trigger::Time { freshness_minutes, .. } | Trigger::Maintenance { freshness_minutes, .. } => {
+        Trigger::Time {
+            freshness_minutes, ..
+        }
+        | Trigger::Maintenance {
+            freshness_minutes, ..
+        } => {
             let kind = trigger.kind().name().to_ascii_lowercase();
             if *freshness_minutes < policy.min_freshness_minutes {
                 return Err(Error::invalid(format!(
                     "{kind} trigger freshness {freshness_minutes} minutes is below the minimum of {} minutes{}",
                     policy.min_freshness_minutes,
-                    if policy.min_freshness_minutes == crate::policy::WINDOWS_MIN_FRESHNESS_MINUTES {
+                    if policy.min_freshness_minutes == crate::policy::WINDOWS_MIN_FRESHNESS_MINUTES
+                    {
                         " (as on Windows; a test policy may lower it with min_freshness_minutes)"
                     } else {
                         " (policy min_freshness_minutes)"
@@ -156,7 +186,10 @@ fn check_trigger(trigger: &Trigger, policy: &Policy) -> Result<()> {
                 )));
             }
         }
-        Trigger::System { trigger_type, one_shot } => {
+        Trigger::System {
+            trigger_type,
+            one_shot,
+        } => {
             let t = SystemTriggerType::from_u32(*trigger_type)?;
             if t == SystemTriggerType::ControlChannelReset && *one_shot {
                 return Err(Error::invalid(
@@ -165,7 +198,10 @@ fn check_trigger(trigger: &Trigger, policy: &Policy) -> Result<()> {
             }
         }
         Trigger::Application { .. } => {}
-        Trigger::CustomEvent { trigger_id, recurrence } => {
+        Trigger::CustomEvent {
+            trigger_id,
+            recurrence,
+        } => {
             check_text("custom event trigger id", trigger_id, 256)?;
             CustomRecurrence::from_u32(*recurrence)?;
         }

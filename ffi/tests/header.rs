@@ -9,7 +9,8 @@ fn root() -> PathBuf {
 
 fn generate() -> String {
     let crate_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).expect("cbindgen.toml");
+    let config =
+        cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).expect("cbindgen.toml");
     let mut out = Vec::new();
     cbindgen::Builder::new()
         .with_crate(&crate_dir)
@@ -39,7 +40,10 @@ fn header_is_fresh() {
 fn header_names_every_core_value() {
     let h = std::fs::read_to_string(root().join("include/btb.h")).unwrap();
     let has = |name: &str, value: u32| {
-        assert!(h.contains(&format!("{name} = {value},")), "header lacks `{name} = {value}`");
+        assert!(
+            h.contains(&format!("{name} = {value},")),
+            "header lacks `{name} = {value}`"
+        );
     };
     for t in btb_core::SystemTriggerType::ALL {
         has(&format!("BTB_SYSTEM_TRIGGER_{}", t.name()), *t as u32);
@@ -71,7 +75,10 @@ fn header_names_every_core_value() {
     for k in btb_core::ErrorKind::ALL {
         has(k.status_name(), k.code());
     }
-    let version = format!("#define BTB_VERSION_STRING \"{}\"", env!("CARGO_PKG_VERSION"));
+    let version = format!(
+        "#define BTB_VERSION_STRING \"{}\"",
+        env!("CARGO_PKG_VERSION")
+    );
     assert!(h.contains(&version), "header lacks `{version}`");
 }
 
@@ -95,13 +102,26 @@ fn every_export_is_panic_guarded() {
         for chunk in text.split("#[unsafe(no_mangle)]").skip(1) {
             exports += 1;
             let body = chunk.split("\n}\n").next().unwrap();
-            let sig = body.lines().find(|l| l.contains("extern \"C\" fn")).unwrap_or("?");
-            assert!(sig.starts_with("pub extern \"C\" fn"), "{}: export is not a literal pub extern fn: {sig}", path.display());
+            let sig = body
+                .lines()
+                .find(|l| l.contains("extern \"C\" fn"))
+                .unwrap_or("?");
+            assert!(
+                sig.starts_with("pub extern \"C\" fn"),
+                "{}: export is not a literal pub extern fn: {sig}",
+                path.display()
+            );
             let opens = body.split_once('{').map(|x| x.1).unwrap_or("");
             let guarded = opens.contains("guard(")
                 || opens.contains("guard_value(")
-                || helpers.iter().any(|h| opens.trim_start().starts_with(h.as_str()));
-            assert!(guarded, "{}: {sig} does not run inside guard()", path.display());
+                || helpers
+                    .iter()
+                    .any(|h| opens.trim_start().starts_with(h.as_str()));
+            assert!(
+                guarded,
+                "{}: {sig} does not run inside guard()",
+                path.display()
+            );
         }
     }
     assert!(exports > 80, "found only {exports} exports");

@@ -1,0 +1,80 @@
+# btb — top-level build. The two commands of the README:
+#   make demo    build the library, header and Python module; run the C and Python examples
+#   make test    run every test suite: Rust (core, C ABI incl. ASan/valgrind), Python, install
+# Also: make install PREFIX=/usr/local [DESTDIR=…], make bench, make lint.
+
+PREFIX ?= /usr/local
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+MAJOR := $(firstword $(subst ., ,$(VERSION)))
+CARGO ?= cargo
+VENV ?= .venv
+PY := $(abspath $(VENV))/bin/python
+# What a static link of libbtb.a needs besides libc (rustc --print native-static-libs on Linux).
+NATIVE_STATIC_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
+RELEASE := target/release
+
+.PHONY: all lib header python demo test test-rust test-python test-install install lint bench clean
+
+all: lib header python
+
+lib:
+	$(CARGO) build --release -p btb-ffi
+
+header:
+	$(CARGO) test -q -p btb-ffi --test header
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -r bindings-python/requirements-dev.txt
+
+python: $(PY)
+	cd bindings-python && VIRTUAL_ENV=$(abspath $(VENV)) $(abspath $(VENV))/bin/maturin develop -q --release
+
+demo: all
+	$(MAKE) -C examples-c run
+	$(PY) bindings-python/examples/register.py
+
+test: test-rust test-python test-install
+
+test-rust:
+	$(CARGO) test
+
+test-python: python
+	cd bindings-python && $(PY) -m pytest -q
+
+test-install: lib
+	rm -rf build/install-test && mkdir -p build/install-test
+	$(MAKE) install PREFIX=$(abspath build/install-test/prefix)
+	PKG_CONFIG_PATH=$(abspath build/install-test/prefix)/lib/pkgconfig \
+	  $(MAKE) -C examples-c PKG=1 BUILD=$(abspath build/install-test/pkg) run
+	cmake -S examples-c -B build/install-test/cmake -DCMAKE_PREFIX_PATH=$(abspath build/install-test/prefix) >/dev/null
+	cmake --build build/install-test/cmake >/dev/null
+	build/install-test/cmake/register >/dev/null && echo "cmake package: example built and ran"
+	readelf -d build/install-test/cmake/register | grep -q 'NEEDED.*libbtb.so.$(MAJOR)' && echo "example links libbtb.so.$(MAJOR)"
+
+install: lib
+	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(LIBDIR)/cmake/btb
+	install -m 0755 $(RELEASE)/libbtb.so $(DESTDIR)$(LIBDIR)/libbtb.so.$(VERSION)
+	ln -sf libbtb.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libbtb.so.$(MAJOR)
+	ln -sf libbtb.so.$(MAJOR) $(DESTDIR)$(LIBDIR)/libbtb.so
+	install -m 0644 $(RELEASE)/libbtb.a $(DESTDIR)$(LIBDIR)/libbtb.a
+	install -m 0644 include/btb.h $(DESTDIR)$(INCLUDEDIR)/btb.h
+	sed -e 's|@PREFIX@|$(PREFIX)|; s|@LIBDIR@|$(LIBDIR)|; s|@INCLUDEDIR@|$(INCLUDEDIR)|; s|@VERSION@|$(VERSION)|; s|@LIBS_PRIVATE@|$(NATIVE_STATIC_LIBS)|' \
+	  packaging/btb.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/btb.pc
+	sed -e 's|@VERSION@|$(VERSION)|; s|@MAJOR@|$(MAJOR)|' packaging/btbConfig.cmake.in > $(DESTDIR)$(LIBDIR)/cmake/btb/btbConfig.cmake
+	sed -e 's|@VERSION@|$(VERSION)|; s|@MAJOR@|$(MAJOR)|' packaging/btbConfigVersion.cmake.in > $(DESTDIR)$(LIBDIR)/cmake/btb/btbConfigVersion.cmake
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench: python
+	$(CARGO) bench -p btb-ffi --bench register
+	$(PY) bench/compare_apscheduler.py
+
+clean:
+	$(CARGO) clean
+	rm -rf build examples-c/build

@@ -1,0 +1,125 @@
+//! Helpers shared by the integration tests. Each test binary uses a different subset.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use btb_core::{
+    Builder, Clock, Error, ErrorKind, Manifest, ManualClock, Policy, Registration, Result,
+    StoreLocation, System, SystemOptions, TaskDeclaration, TaskGroup, Trigger,
+};
+
+/// The manual clock's start: 2023-11-14T22:13:20Z.
+pub const T0: i64 = 1_700_000_000_000;
+
+pub const APP_ID: &str = "org.example.btbtest";
+
+/// A manifest declaring:
+/// - `app.All`: every task type a trigger can need (general, systemEvent, timer);
+/// - `app.Timer`, `app.General`, `app.SystemEvent`: one type each;
+/// - `app.Bluetooth`: a type no btb trigger needs.
+pub fn manifest() -> Manifest {
+    let mut m = Manifest::new(APP_ID, "1.0").unwrap();
+    for (ep, types) in [
+        ("app.All", &["general", "systemEvent", "timer"][..]),
+        ("app.Timer", &["timer"][..]),
+        ("app.General", &["general"][..]),
+        ("app.SystemEvent", &["systemEvent"][..]),
+        ("app.Bluetooth", &["bluetooth"][..]),
+    ] {
+        m.declare(TaskDeclaration::new(ep, types).unwrap()).unwrap();
+    }
+    m
+}
+
+pub fn options(store: StoreLocation, clock: &ManualClock, policy: Policy) -> SystemOptions {
+    SystemOptions {
+        manifest: Some(manifest()),
+        store,
+        clock: Clock::Manual(clock.clone()),
+        simulated: true,
+        policy,
+    }
+}
+
+/// An ephemeral system with a manual clock standing at [`T0`].
+pub fn memory_system() -> (System, ManualClock) {
+    memory_system_with(Policy::default())
+}
+
+pub fn memory_system_with(policy: Policy) -> (System, ManualClock) {
+    let clock = ManualClock::new(T0);
+    let system = System::open(options(StoreLocation::Memory, &clock, policy)).unwrap();
+    (system, clock)
+}
+
+/// A system on a store file, manual clock at [`T0`], default policy.
+pub fn file_system(path: &Path) -> Result<System> {
+    let clock = ManualClock::new(T0);
+    System::open(options(
+        StoreLocation::File(path.to_owned()),
+        &clock,
+        Policy::default(),
+    ))
+}
+
+pub fn time(freshness_minutes: u32) -> Trigger {
+    Trigger::Time {
+        freshness_minutes,
+        one_shot: false,
+    }
+}
+
+/// A valid builder: `name`, entry point `app.All`, a 30-minute time trigger.
+pub fn builder(name: &str) -> Builder {
+    let mut b = Builder::new();
+    b.name = Some(name.to_owned());
+    b.task_entry_point = Some("app.All".to_owned());
+    b.set_trigger(time(30));
+    b
+}
+
+pub fn group(id: &str, name: &str) -> TaskGroup {
+    TaskGroup::new(id, Some(name.to_owned())).unwrap()
+}
+
+pub fn noop_handler() -> btb_core::ActivationHandler {
+    Arc::new(|_| {})
+}
+
+/// Asserts that `result` failed with `kind` and a message containing every needle.
+#[track_caller]
+pub fn expect_err<T: std::fmt::Debug>(
+    result: Result<T>,
+    kind: ErrorKind,
+    needles: &[&str],
+) -> Error {
+    let err = match result {
+        Ok(v) => panic!("expected {kind:?} containing {needles:?}, got Ok({v:?})"),
+        Err(e) => e,
+    };
+    assert_eq!(
+        err.kind(),
+        kind,
+        "wrong kind for message {:?} (wanted {kind:?})",
+        err.message()
+    );
+    for needle in needles {
+        assert!(
+            err.message().contains(needle),
+            "message {:?} lacks {needle:?}",
+            err.message()
+        );
+    }
+    err
+}
+
+/// Every registration of a system, grouped or not, in registration order.
+pub fn everything(system: &System) -> Vec<Registration> {
+    let mut all = system.all_tasks().unwrap();
+    for g in system.all_task_groups().unwrap() {
+        all.extend(system.group_tasks(&g.id).unwrap());
+    }
+    all.sort_by_key(|r| r.record().seq);
+    all
+}

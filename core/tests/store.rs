@@ -1,0 +1,524 @@
+//! SPEC §7 with real SQLite files in temporary directories: round trips across reopen, file and
+//! directory modes, WAL, corrupt / foreign / newer-schema / damaged files (a Store error naming the
+//! path, and the file left byte-for-byte untouched), forward migration, one system per store.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use btb_core::store::SCHEMA_VERSION;
+use btb_core::{
+    Durability, ErrorKind, ManualClock, Policy, StoreLocation, System, SystemConditionType,
+    SystemTriggerType, TaskRecord, Trigger,
+};
+use common::*;
+use rusqlite::{Connection, OpenFlags};
+
+fn store_in(dir: &Path) -> PathBuf {
+    dir.join("btb.sqlite3")
+}
+
+fn records(system: &System) -> Vec<TaskRecord> {
+    everything(system)
+        .iter()
+        .map(|r| r.record().clone())
+        .collect()
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Every file of a directory and its bytes, except the lock file (creating that next to a file is
+/// not writing to it).
+fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| !e.file_name().to_string_lossy().ends_with(".lock"))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Opening `path` must fail with a Store error that names it (and every needle), and must leave
+/// the directory exactly as it was.
+#[track_caller]
+fn refused_untouched(path: &Path, needles: &[&str]) -> String {
+    let dir = path.parent().unwrap();
+    let before = snapshot(dir);
+    assert!(before.contains_key("btb.sqlite3"));
+    let shown = path.display().to_string();
+    let mut all = vec![shown.as_str()];
+    all.extend_from_slice(needles);
+    let err = expect_err(file_system(path), ErrorKind::Store, &all);
+    assert_eq!(
+        snapshot(dir),
+        before,
+        "a refused store was modified ({})",
+        err.message()
+    );
+    // And again: the refusal is stable, nothing was "repaired" the first time.
+    let again = expect_err(file_system(path), ErrorKind::Store, &all);
+    assert_eq!(again.message(), err.message());
+    assert_eq!(snapshot(dir), before);
+    err.message().to_owned()
+}
+
+/// A store with a couple of registrations, closed.
+fn make_store(dir: &Path) -> PathBuf {
+    let path = store_in(dir);
+    let system = file_system(&path).unwrap();
+    system.register(&builder("one")).unwrap();
+    let mut b = builder("two");
+    b.task_group = Some(group("g", "G"));
+    system.register(&b).unwrap();
+    system.close().unwrap();
+    path
+}
+
+#[test]
+fn reopening_sees_every_field_of_every_registration() {
+    use SystemConditionType as C;
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_in(dir.path());
+    let clock = ManualClock::new(T0);
+    let open = |durability| {
+        let policy = Policy {
+            durability,
+            ..Policy::default()
+        };
+        System::open(options(StoreLocation::File(path.clone()), &clock, policy)).unwrap()
+    };
+    let system = open(Durability::Full);
+    assert_eq!(system.store_path(), path.display().to_string());
+    system
+        .set_background_activated(None, Some(noop_handler()))
+        .unwrap();
+    let app_trigger = Trigger::application();
+    let mut cases: Vec<btb_core::Builder> = Vec::new();
+    {
+        let mut b = builder(&"ñ".repeat(128));
+        b.task_entry_point = Some("app.Timer".into());
+        b.set_trigger(Trigger::Time {
+            freshness_minutes: 20,
+            one_shot: true,
+        });
+        b.cancel_on_condition_loss = true;
+        b.is_network_requested = true;
+        for c in [C::OnAcPower, C::InternetAvailable, C::UserPresent] {
+            b.add_condition(c as u32);
+        }
+        cases.push(b);
+    }
+    {
+        let mut b = builder("maintenance");
+        b.task_entry_point = Some("app.General".into());
+        b.task_group = Some(group("g.one", "Group One"));
+        b.set_trigger(Trigger::Maintenance {
+            freshness_minutes: 43_200,
+            one_shot: false,
+        });
+        b.cancel_on_condition_loss = true;
+        cases.push(b);
+    }
+    {
+        let mut b = builder("system");
+        b.task_entry_point = Some("app.SystemEvent".into());
+        b.task_group = Some(group("g.one", "Group One"));
+        b.set_trigger(Trigger::System {
+            trigger_type: SystemTriggerType::PowerStateChange as u32,
+            one_shot: true,
+        });
+        b.is_network_requested = true;
+        b.add_condition(C::SessionDisconnected as u32);
+        cases.push(b);
+    }
+    {
+        let mut b = builder("application");
+        b.task_entry_point = Some("app.General".into());
+        b.task_group = Some(group("g.two", "Ĝroup two ✓"));
+        b.set_trigger(app_trigger.clone());
+        cases.push(b);
+    }
+    {
+        let mut b = builder("custom");
+        b.task_entry_point = Some("app.SystemEvent".into());
+        b.set_trigger(Trigger::CustomEvent {
+            trigger_id: "evt-ü/1 \"quoted\"".into(),
+            recurrence: 0,
+        });
+        cases.push(b);
+    }
+    {
+        let mut b = builder("calendar, no entry point");
+        b.task_entry_point = None;
+        b.set_trigger(Trigger::Calendar {
+            expression: "Mon..Fri *-*-* 09:30".into(),
+        });
+        for c in [
+            C::BatteryNotLow,
+            C::StorageNotLow,
+            C::DeviceIdle,
+            C::FreeNetworkAvailable,
+        ] {
+            b.add_condition(c as u32);
+        }
+        b.add_condition(C::BackgroundWorkCostNotHigh as u32);
+        cases.push(b);
+    }
+    for b in &cases {
+        clock.advance_ms(1_001);
+        system.register(b).unwrap();
+    }
+    let before = records(&system);
+    let groups = system.all_task_groups().unwrap();
+    assert_eq!(before.len(), cases.len());
+    assert_eq!(groups.len(), 2);
+    system.close().unwrap();
+
+    // Reopened (no activation handler needed to load a task without entry point).
+    let system = open(Durability::Normal);
+    assert_eq!(records(&system), before);
+    assert_eq!(system.all_task_groups().unwrap(), groups);
+    assert_eq!(system.task_group("g.two").unwrap().name, "Ĝroup two ✓");
+    assert_eq!(system.all_tasks().unwrap().len(), 3);
+    assert_eq!(system.group_tasks("g.one").unwrap().len(), 2);
+    let app = before.iter().find(|r| r.name == "application").unwrap();
+    assert_eq!(
+        app.trigger, app_trigger,
+        "the application trigger keeps its id"
+    );
+    let first = &before[0];
+    assert_eq!(first.next_due_ms, Some(T0 + 1_001 + 20 * 60_000));
+    assert_eq!(
+        first.conditions,
+        vec![C::OnAcPower, C::InternetAvailable, C::UserPresent]
+    );
+    // Every builder field made it, field by field.
+    for (b, r) in cases.iter().zip(&before) {
+        assert_eq!(Some(&r.name), b.name.as_ref());
+        assert_eq!(r.task_entry_point, b.task_entry_point);
+        assert_eq!(r.task_group, b.task_group);
+        assert_eq!(r.cancel_on_condition_loss, b.cancel_on_condition_loss);
+        assert_eq!(r.is_network_requested, b.is_network_requested);
+        assert_eq!(Some(&r.trigger), b.trigger.as_ref());
+        let raw: Vec<u32> = r.conditions.iter().map(|c| *c as u32).collect();
+        assert_eq!(raw, b.conditions);
+    }
+
+    // New registrations continue after the loaded ones.
+    let late = system.register(&builder("late")).unwrap();
+    assert!(before.iter().all(|r| r.seq < late.record().seq));
+    assert_eq!(system.all_tasks().unwrap().last().unwrap(), &late);
+    system.close().unwrap();
+    let system = open(Durability::Full);
+    assert_eq!(records(&system).len(), cases.len() + 1);
+}
+
+#[test]
+fn unregister_and_replace_are_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_in(dir.path());
+    let system = file_system(&path).unwrap();
+    let gone = system.register(&builder("gone")).unwrap();
+    let mut b = builder("grouped");
+    b.task_group = Some(group("lib", "Lib"));
+    let grouped = system.register(&b).unwrap();
+    let old = system.register(&builder("replaced")).unwrap();
+    let mut r = builder("replaced");
+    r.name_policy = btb_core::NamePolicy::Replace as u32;
+    r.set_trigger(time(99));
+    let new = system.register(&r).unwrap();
+    gone.unregister(false).unwrap();
+    grouped.unregister(true).unwrap();
+    system.close().unwrap();
+
+    let system = file_system(&path).unwrap();
+    let ids: Vec<_> = everything(&system).iter().map(|r| r.task_id()).collect();
+    assert_eq!(ids, vec![new.task_id()]);
+    assert!(system.find(&old.task_id()).is_err());
+    assert_eq!(system.find(&new.task_id()).unwrap().trigger(), &time(99));
+    assert!(
+        system.all_task_groups().unwrap().is_empty(),
+        "the group outlived its last task"
+    );
+    system.close().unwrap();
+
+    // Also in the file itself: no orphan group row.
+    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let groups: i64 = conn
+        .query_row("SELECT count(*) FROM task_groups", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(groups, 0);
+}
+
+#[test]
+fn a_new_store_is_private_and_in_wal_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two directory levels that do not exist yet.
+    let path = dir.path().join("a").join("b").join("btb.sqlite3");
+    let system = file_system(&path).unwrap();
+    system.register(&builder("x")).unwrap();
+    assert_eq!(mode(&dir.path().join("a")), 0o700);
+    assert_eq!(mode(&dir.path().join("a/b")), 0o700);
+    assert_eq!(mode(&path), 0o600);
+    let sibling = |suffix: &str| {
+        let mut p = path.clone().into_os_string();
+        p.push(suffix);
+        PathBuf::from(p)
+    };
+    for extra in ["-wal", "-shm", ".lock"] {
+        let p = sibling(extra);
+        assert!(
+            p.exists(),
+            "{} missing while the store is open",
+            p.display()
+        );
+        assert_eq!(mode(&p), 0o600, "{}", p.display());
+    }
+
+    // WAL is persistent, so a second connection sees it; so does the file header
+    // (bytes 18 and 19 are 2 for WAL).
+    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let journal: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(journal, "wal");
+    drop(conn);
+    system.close().unwrap();
+    let header = std::fs::read(&path).unwrap();
+    assert_eq!(&header[..16], b"SQLite format 3\0");
+    assert_eq!((header[18], header[19]), (2, 2), "not in WAL mode");
+}
+
+#[test]
+fn an_existing_directory_keeps_its_mode() {
+    // "0700 when created": btb does not chmod a directory it did not create.
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+    file_system(&shared.join("btb.sqlite3")).unwrap();
+    assert_eq!(mode(&shared), 0o755);
+    assert_eq!(mode(&shared.join("btb.sqlite3")), 0o600);
+}
+
+#[test]
+fn garbage_is_a_store_error_naming_the_path_and_is_left_untouched() {
+    let mut random = Vec::with_capacity(16_384);
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    for _ in 0..16_384 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        random.push((x >> 24) as u8);
+    }
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("one byte", vec![b'x']),
+        (
+            "text",
+            b"this is not a database, it is a shopping list\n".to_vec(),
+        ),
+        ("random 16 KiB", random.clone()),
+        ("zeros 8 KiB", vec![0u8; 8192]),
+    ];
+    for (what, bytes) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let path = store_in(dir.path());
+        std::fs::write(&path, &bytes).unwrap();
+        let message = refused_untouched(&path, &["not a SQLite database"]);
+        assert!(message.contains("left untouched"), "{what}: {message}");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "{what}");
+    }
+}
+
+#[test]
+fn a_store_with_a_valid_header_and_garbage_pages_is_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = make_store(dir.path());
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.len() > 4096);
+    for (i, b) in bytes.iter_mut().enumerate().skip(100) {
+        *b = (i * 7 % 251) as u8;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    refused_untouched(&path, &[]);
+}
+
+#[test]
+fn a_store_truncated_to_its_first_page_is_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = make_store(dir.path());
+    let bytes = std::fs::read(&path).unwrap();
+    let page = u16::from_be_bytes([bytes[16], bytes[17]]) as usize;
+    assert!(bytes.len() > page);
+    std::fs::write(&path, &bytes[..page]).unwrap();
+    refused_untouched(&path, &[]);
+}
+
+#[test]
+fn a_sqlite_database_that_is_not_a_btb_store_is_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_in(dir.path());
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT);
+             INSERT INTO notes (body) VALUES ('keep me');",
+        )
+        .unwrap();
+    }
+    let message = refused_untouched(&path, &["not a btb store"]);
+    assert!(message.contains("left untouched"), "{message}");
+    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let journal: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(journal, "delete", "btb switched a foreign database to WAL");
+}
+
+#[test]
+fn a_newer_schema_is_a_store_error_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = make_store(dir.path());
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute("UPDATE btb_schema SET version = ?1", [SCHEMA_VERSION + 1])
+            .unwrap();
+    }
+    let message = refused_untouched(
+        &path,
+        &[
+            &format!("schema version {}", SCHEMA_VERSION + 1),
+            &format!("({SCHEMA_VERSION})"),
+            "newer",
+        ],
+    );
+    assert!(message.contains("left untouched"), "{message}");
+    // Much newer, too.
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute("UPDATE btb_schema SET version = 1000", [])
+            .unwrap();
+    }
+    refused_untouched(&path, &["schema version 1000"]);
+}
+
+#[test]
+fn a_row_that_cannot_be_decoded_is_a_store_error_naming_the_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = make_store(dir.path());
+    let id: uuid::Uuid = {
+        let conn = Connection::open(&path).unwrap();
+        let raw: Vec<u8> = conn
+            .query_row(
+                "SELECT task_id FROM registrations WHERE name = 'two'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        conn.execute(
+            "UPDATE registrations SET trigger = '{\"kind\":\"warp_drive\"}' WHERE name = 'two'",
+            [],
+        )
+        .unwrap();
+        uuid::Uuid::from_slice(&raw).unwrap()
+    };
+    refused_untouched(&path, &["decode the trigger", &id.to_string()]);
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute(
+            "UPDATE registrations SET trigger = '{\"kind\":\"application\",\"id\":\"00000000-0000-0000-0000-000000000001\"}',
+                                      conditions = '[1, 999]' WHERE name = 'two'",
+            [],
+        )
+        .unwrap();
+    }
+    refused_untouched(&path, &["decode the conditions", &id.to_string(), "999"]);
+}
+
+#[test]
+fn an_empty_file_becomes_a_store_at_the_current_schema() {
+    // A zero-length file is an empty database, not a corrupt one: it is migrated from scratch.
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_in(dir.path());
+    std::fs::write(&path, b"").unwrap();
+    let system = file_system(&path).unwrap();
+    let r = system.register(&builder("x")).unwrap();
+    system.close().unwrap();
+    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let versions: Vec<i64> = conn
+        .prepare("SELECT version FROM btb_schema")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(versions, vec![SCHEMA_VERSION]);
+    drop(conn);
+    let system = file_system(&path).unwrap();
+    assert_eq!(system.find(&r.task_id()).unwrap().record(), r.record());
+}
+
+#[test]
+fn one_system_per_store_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_in(dir.path());
+    let first = file_system(&path).unwrap();
+    let a = first.register(&builder("a")).unwrap();
+    let err = expect_err(
+        file_system(&path),
+        ErrorKind::Store,
+        &[
+            &path.display().to_string(),
+            "in use",
+            &format!("pid {}", std::process::id()),
+        ],
+    );
+    assert!(
+        err.message().contains("close the other one"),
+        "{}",
+        err.message()
+    );
+    // The refused open did not disturb the first.
+    let b = first.register(&builder("b")).unwrap();
+    assert_eq!(first.all_tasks().unwrap(), vec![a.clone(), b.clone()]);
+
+    // After close, the next one opens and sees everything.
+    first.close().unwrap();
+    let second = file_system(&path).unwrap();
+    let ids: Vec<_> = second
+        .all_tasks()
+        .unwrap()
+        .iter()
+        .map(|r| r.task_id())
+        .collect();
+    assert_eq!(ids, vec![a.task_id(), b.task_id()]);
+    // Dropping the last handle releases the store as well.
+    drop(second);
+    let third = file_system(&path).unwrap();
+    expect_err(file_system(&path), ErrorKind::Store, &["in use"]);
+    drop(third);
+    file_system(&path).unwrap();
+}
+
+#[test]
+fn a_directory_where_the_file_should_be_is_a_store_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_in(dir.path());
+    std::fs::create_dir(&path).unwrap();
+    expect_err(
+        file_system(&path),
+        ErrorKind::Store,
+        &[&path.display().to_string()],
+    );
+    assert!(path.is_dir());
+    assert_eq!(std::fs::read_dir(&path).unwrap().count(), 0);
+}

@@ -1,0 +1,347 @@
+//! What the store does at the I/O level, observed through a SQLite VFS shim that this test binary
+//! installs as the process's default VFS (the core opens its connections with the default VFS, and
+//! the core and this test link one bundled SQLite). The shim counts `xSync` calls and injects
+//! write or sync failures for files under a watched directory, so:
+//! - `synchronous=FULL` (default) is checked by behaviour: every commit syncs; `NORMAL` does not;
+//! - a store that cannot be written is simulated in a way that also fails for root (permissions
+//!   do not stop root; a full disk is not available in a test).
+//!
+//! Watches are per directory, so the tests of this binary can run in parallel.
+
+mod common;
+
+use std::collections::HashMap;
+use std::ffi::{CStr, OsStr, c_int, c_void};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once, OnceLock};
+
+use btb_core::{Durability, ErrorKind, ManualClock, NamePolicy, Policy, StoreLocation, System};
+use common::*;
+use rusqlite::ffi;
+
+#[derive(Default)]
+struct Watch {
+    dir: PathBuf,
+    syncs: AtomicU64,
+    writes: AtomicU64,
+    fail_writes: AtomicBool,
+    fail_syncs: AtomicBool,
+}
+
+/// Raw pointers as integers, so the tables are `Send`.
+static ORIGINAL_VFS: OnceLock<usize> = OnceLock::new();
+static WATCHES: Mutex<Vec<Arc<Watch>>> = Mutex::new(Vec::new());
+/// Open `sqlite3_file`s under a watched directory → their watch.
+static FILES: Mutex<Option<HashMap<usize, Arc<Watch>>>> = Mutex::new(None);
+/// Original `sqlite3_io_methods` → our wrapped copy (leaked: a handful per process).
+static WRAPPED: Mutex<Option<HashMap<usize, usize>>> = Mutex::new(None);
+
+#[repr(C)]
+struct WrappedMethods {
+    methods: ffi::sqlite3_io_methods,
+    original: *const ffi::sqlite3_io_methods,
+}
+
+fn install_shim() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        // SAFETY: sqlite3_vfs_find/register are thread-safe; the shim is leaked, so it lives as
+        // long as the process, as SQLite requires of a registered VFS.
+        unsafe {
+            let original = ffi::sqlite3_vfs_find(std::ptr::null());
+            assert!(!original.is_null(), "no default SQLite VFS");
+            let mut shim: ffi::sqlite3_vfs = *original;
+            shim.zName = c"btb-test-shim".as_ptr();
+            shim.pNext = std::ptr::null_mut();
+            shim.xOpen = Some(shim_open);
+            ORIGINAL_VFS.set(original as usize).unwrap();
+            let rc = ffi::sqlite3_vfs_register(Box::leak(Box::new(shim)), 1);
+            assert_eq!(rc, ffi::SQLITE_OK, "cannot register the VFS shim");
+        }
+    });
+}
+
+/// Watches every SQLite file opened under `dir` from now on.
+fn watch(dir: &Path) -> Arc<Watch> {
+    install_shim();
+    let w = Arc::new(Watch {
+        dir: dir.canonicalize().unwrap(),
+        ..Watch::default()
+    });
+    WATCHES.lock().unwrap().push(Arc::clone(&w));
+    w
+}
+
+fn watch_of(file: *mut ffi::sqlite3_file) -> Option<Arc<Watch>> {
+    FILES
+        .lock()
+        .unwrap()
+        .as_ref()
+        .and_then(|m| m.get(&(file as usize)).cloned())
+}
+
+/// # Safety
+/// `file` must be a file whose methods were replaced by [`wrap_methods`].
+unsafe fn original_methods(file: *mut ffi::sqlite3_file) -> *const ffi::sqlite3_io_methods {
+    // SAFETY: pMethods points at the first field of a WrappedMethods (repr(C)).
+    unsafe { (*((*file).pMethods as *const WrappedMethods)).original }
+}
+
+fn wrap_methods(original: *const ffi::sqlite3_io_methods) -> *const ffi::sqlite3_io_methods {
+    let mut table = WRAPPED.lock().unwrap();
+    let table = table.get_or_insert_with(HashMap::new);
+    *table.entry(original as usize).or_insert_with(|| {
+        // SAFETY: `original` is a live, static method table of the unix VFS.
+        let mut methods = unsafe { *original };
+        methods.xClose = Some(shim_close);
+        methods.xWrite = Some(shim_write);
+        methods.xSync = Some(shim_sync);
+        Box::leak(Box::new(WrappedMethods { methods, original })) as *const WrappedMethods as usize
+    }) as *const ffi::sqlite3_io_methods
+}
+
+unsafe extern "C" fn shim_open(
+    _vfs: *mut ffi::sqlite3_vfs,
+    name: ffi::sqlite3_filename,
+    file: *mut ffi::sqlite3_file,
+    flags: c_int,
+    out_flags: *mut c_int,
+) -> c_int {
+    let original = *ORIGINAL_VFS.get().unwrap() as *mut ffi::sqlite3_vfs;
+    // SAFETY: forwarding SQLite's own arguments to the VFS we copied.
+    unsafe {
+        let rc = ((*original).xOpen.unwrap())(original, name, file, flags, out_flags);
+        if rc != ffi::SQLITE_OK || name.is_null() || (*file).pMethods.is_null() {
+            return rc;
+        }
+        let path = Path::new(OsStr::from_bytes(CStr::from_ptr(name).to_bytes()));
+        let found = WATCHES
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|w| path.starts_with(&w.dir))
+            .cloned();
+        if let Some(w) = found {
+            FILES
+                .lock()
+                .unwrap()
+                .get_or_insert_with(HashMap::new)
+                .insert(file as usize, w);
+            (*file).pMethods = wrap_methods((*file).pMethods);
+        }
+        rc
+    }
+}
+
+unsafe extern "C" fn shim_close(file: *mut ffi::sqlite3_file) -> c_int {
+    // SAFETY: only installed on wrapped files.
+    unsafe {
+        let original = original_methods(file);
+        if let Some(m) = FILES.lock().unwrap().as_mut() {
+            m.remove(&(file as usize));
+        }
+        ((*original).xClose.unwrap())(file)
+    }
+}
+
+unsafe extern "C" fn shim_write(
+    file: *mut ffi::sqlite3_file,
+    data: *const c_void,
+    amount: c_int,
+    offset: ffi::sqlite3_int64,
+) -> c_int {
+    if let Some(w) = watch_of(file) {
+        if w.fail_writes.load(Ordering::SeqCst) {
+            return ffi::SQLITE_FULL;
+        }
+        w.writes.fetch_add(1, Ordering::SeqCst);
+    }
+    // SAFETY: only installed on wrapped files.
+    unsafe { ((*original_methods(file)).xWrite.unwrap())(file, data, amount, offset) }
+}
+
+unsafe extern "C" fn shim_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
+    if let Some(w) = watch_of(file) {
+        if w.fail_syncs.load(Ordering::SeqCst) {
+            return ffi::SQLITE_IOERR_FSYNC;
+        }
+        w.syncs.fetch_add(1, Ordering::SeqCst);
+    }
+    // SAFETY: only installed on wrapped files.
+    unsafe { ((*original_methods(file)).xSync.unwrap())(file, flags) }
+}
+
+fn open(path: &Path, durability: Durability) -> btb_core::Result<System> {
+    let clock = ManualClock::new(T0);
+    let policy = Policy {
+        durability,
+        ..Policy::default()
+    };
+    System::open(options(
+        StoreLocation::File(path.to_owned()),
+        &clock,
+        policy,
+    ))
+}
+
+/// Syncs made while registering `n` tasks.
+fn syncs_for(durability: Durability, n: usize) -> (u64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let w = watch(dir.path());
+    let system = open(&dir.path().join("btb.sqlite3"), durability).unwrap();
+    let (syncs, writes) = (
+        w.syncs.load(Ordering::SeqCst),
+        w.writes.load(Ordering::SeqCst),
+    );
+    for i in 0..n {
+        system.register(&builder(&format!("t{i}"))).unwrap();
+    }
+    let result = (
+        w.syncs.load(Ordering::SeqCst) - syncs,
+        w.writes.load(Ordering::SeqCst) - writes,
+    );
+    system.close().unwrap();
+    result
+}
+
+#[test]
+fn the_shim_sees_the_stores_io() {
+    // Guards the tests below: if the shim were not in the path, "no syncs" would prove nothing.
+    let (_, writes) = syncs_for(Durability::Normal, 5);
+    assert!(
+        writes >= 5,
+        "the shim saw only {writes} writes for 5 registrations"
+    );
+}
+
+#[test]
+fn synchronous_full_by_default_syncs_every_commit() {
+    assert_eq!(Policy::default().durability, Durability::Full);
+    let n = 20;
+    let (syncs, _) = syncs_for(Policy::default().durability, n);
+    assert!(
+        syncs >= n as u64,
+        "{syncs} syncs for {n} durable registrations: register returned before its commit was synced"
+    );
+}
+
+#[test]
+fn synchronous_normal_does_not_sync_each_commit() {
+    let n = 20;
+    let (syncs, writes) = syncs_for(Durability::Normal, n);
+    assert!(writes >= n as u64);
+    assert!(
+        syncs < n as u64 / 2,
+        "{syncs} syncs for {n} registrations with Durability::Normal: synchronous is not NORMAL"
+    );
+}
+
+#[test]
+fn a_store_that_cannot_be_written_fails_register_and_stores_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = watch(dir.path());
+    let path = dir.path().join("btb.sqlite3");
+    let shown = path.display().to_string();
+    let system = open(&path, Durability::Full).unwrap();
+    let a = system.register(&builder("a")).unwrap();
+
+    w.fail_writes.store(true, Ordering::SeqCst);
+    let mut grouped = builder("b");
+    grouped.task_group = Some(group("g", "G"));
+    let err = expect_err(
+        system.register(&grouped),
+        ErrorKind::Store,
+        &[&shown, "cannot write registration"],
+    );
+    assert!(err.message().contains("full"), "{}", err.message());
+    assert_eq!(system.all_tasks().unwrap(), vec![a.clone()]);
+    assert!(
+        system.all_task_groups().unwrap().is_empty(),
+        "a failed register created its group"
+    );
+
+    // REPLACE that cannot be written leaves the old registration in place.
+    let mut replace = builder("a");
+    replace.name_policy = NamePolicy::Replace as u32;
+    expect_err(system.register(&replace), ErrorKind::Store, &[&shown]);
+    assert_eq!(system.all_tasks().unwrap(), vec![a.clone()]);
+
+    // So does an unregister that cannot be written.
+    expect_err(
+        a.unregister(true),
+        ErrorKind::Store,
+        &[&shown, "cannot remove registration"],
+    );
+    assert_eq!(system.find(&a.task_id()).unwrap(), a);
+
+    // The disk has room again: the same builder registers.
+    w.fail_writes.store(false, Ordering::SeqCst);
+    let b = system.register(&grouped).unwrap();
+    assert_eq!(system.group_tasks("g").unwrap(), vec![b.clone()]);
+    let expected: Vec<_> = everything(&system)
+        .iter()
+        .map(|r| r.record().clone())
+        .collect();
+    assert_eq!(expected.len(), 2);
+    system.close().unwrap();
+
+    // On disk: exactly what succeeded.
+    let reopened = open(&path, Durability::Full).unwrap();
+    let found: Vec<_> = everything(&reopened)
+        .iter()
+        .map(|r| r.record().clone())
+        .collect();
+    assert_eq!(found, expected);
+}
+
+#[test]
+fn a_store_that_cannot_be_created_fails_open_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = watch(dir.path());
+    let path = dir.path().join("btb.sqlite3");
+    w.fail_writes.store(true, Ordering::SeqCst);
+    expect_err(
+        open(&path, Durability::Full),
+        ErrorKind::Store,
+        &[&path.display().to_string()],
+    );
+    w.fail_writes.store(false, Ordering::SeqCst);
+    // Nothing half-made is left that would stop a later open.
+    let system = open(&path, Durability::Full).unwrap();
+    system.register(&builder("x")).unwrap();
+}
+
+#[test]
+fn a_failed_sync_fails_register() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = watch(dir.path());
+    let path = dir.path().join("btb.sqlite3");
+    let system = open(&path, Durability::Full).unwrap();
+    let a = system.register(&builder("a")).unwrap();
+    w.fail_syncs.store(true, Ordering::SeqCst);
+    expect_err(
+        system.register(&builder("b")),
+        ErrorKind::Store,
+        &[&path.display().to_string()],
+    );
+    assert_eq!(system.all_tasks().unwrap(), vec![a.clone()]);
+    w.fail_syncs.store(false, Ordering::SeqCst);
+    // Reopened right away (the failed commit's frames are still in the WAL): not there.
+    system.close().unwrap();
+    let reopened = open(&path, Durability::Full).unwrap();
+    assert_eq!(names(&reopened), ["a"]);
+    reopened.register(&builder("c")).unwrap();
+    reopened.close().unwrap();
+    assert_eq!(names(&open(&path, Durability::Full).unwrap()), ["a", "c"]);
+}
+
+fn names(system: &System) -> Vec<String> {
+    system
+        .all_tasks()
+        .unwrap()
+        .iter()
+        .map(|r| r.name().to_owned())
+        .collect()
+}
