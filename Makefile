@@ -30,8 +30,11 @@ $(PY):
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -r bindings-python/requirements-dev.txt
 
+# A real wheel (abi3), installed into the venv: the tests import the installed package.
 python: $(PY)
-	cd bindings-python && VIRTUAL_ENV=$(abspath $(VENV)) $(abspath $(VENV))/bin/maturin develop -q --release
+	rm -rf build/wheels
+	cd bindings-python && $(abspath $(VENV))/bin/maturin build --release -q -o $(abspath build/wheels)
+	$(VENV)/bin/pip install -q --force-reinstall --no-deps build/wheels/btb-*.whl
 
 demo: all
 	$(MAKE) -C examples-c run

@@ -949,9 +949,10 @@ btb_status btb_system_store_path(const btb_system *system,
 btb_status btb_system_now_ms(const btb_system *system, int64_t *out);
 
 /**
- * Moves a manual clock forward by `ms` milliseconds (negative values are ignored).
- * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE` (the system
- * uses the real clock). Thread-safe.
+ * Moves a manual clock forward by `ms` milliseconds.
+ * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
+ * (negative `ms`: time never runs backwards), `BTB_ERROR_STATE` (the system uses the real clock).
+ * Thread-safe.
  */
 btb_status btb_system_advance_clock(btb_system *system, int64_t ms);
 

@@ -1,0 +1,89 @@
+//! `btb._btb`: the Python binding of btb-core (SPEC §9). It calls the core directly and adds no
+//! logic of its own beyond converting values at the boundary; the pure-Python parts of the
+//! package (`IntEnum`s, the exception classes, the default-system class attributes and the exit
+//! hook) live in `python/btb/`.
+
+mod builder;
+mod convert;
+mod errors;
+mod manifest;
+mod policy;
+mod system;
+mod trigger;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+mod _btb {
+    use btb_core::{
+        ApplicationTriggerResult, BackgroundWorkCostValue, CancellationReason, CustomRecurrence,
+        Durability, ErrorKind, NamePolicy, SystemConditionType, SystemTriggerType, TaskOutcome,
+    };
+    use pyo3::prelude::*;
+    use pyo3::types::PyDict;
+
+    #[pymodule_export]
+    use crate::builder::BackgroundTaskBuilder;
+    #[pymodule_export]
+    use crate::manifest::{Manifest, TaskDeclaration};
+    #[pymodule_export]
+    use crate::policy::{ManualClock, Policy};
+    #[pymodule_export]
+    use crate::system::{
+        BackgroundTaskRegistration, BackgroundTaskRegistrationGroup, System, py_default_system,
+        set_default_system,
+    };
+    #[pymodule_export]
+    use crate::trigger::{
+        ApplicationTrigger, CalendarTrigger, CustomSystemEventTrigger, IBackgroundTrigger,
+        MaintenanceTrigger, SystemCondition, SystemTrigger, TimeTrigger,
+    };
+
+    /// Every core enum as `name → value`, keyed by the Python class name: the tests check
+    /// `btb._enums` against it.
+    fn enum_values(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+        macro_rules! table {
+            ($ty:ty) => {
+                <$ty>::ALL
+                    .iter()
+                    .map(|&e| (e.name(), e as u32))
+                    .collect::<Vec<_>>()
+            };
+        }
+        let dict = PyDict::new(py);
+        dict.set_item("SystemTriggerType", table!(SystemTriggerType))?;
+        dict.set_item("SystemConditionType", table!(SystemConditionType))?;
+        dict.set_item(
+            "BackgroundTaskCancellationReason",
+            table!(CancellationReason),
+        )?;
+        dict.set_item("ApplicationTriggerResult", table!(ApplicationTriggerResult))?;
+        dict.set_item(
+            "CustomSystemEventTriggerRecurrence",
+            table!(CustomRecurrence),
+        )?;
+        dict.set_item("BackgroundWorkCostValue", table!(BackgroundWorkCostValue))?;
+        dict.set_item("NamePolicy", table!(NamePolicy))?;
+        dict.set_item("TaskOutcome", table!(TaskOutcome))?;
+        dict.set_item(
+            "Durability",
+            vec![
+                ("FULL", Durability::Full as u32),
+                ("NORMAL", Durability::Normal as u32),
+            ],
+        )?;
+        Ok(dict)
+    }
+
+    #[pymodule_init]
+    fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.add("__version__", btb_core::VERSION)?;
+        let errors: Vec<(u32, &str, &str)> = ErrorKind::ALL
+            .iter()
+            .map(|&k| (k.code(), k.status_name(), crate::errors::exception_name(k)))
+            .collect();
+        m.add("_ERROR_CLASSES", errors)?;
+        m.add("_ENUM_VALUES", enum_values(m.py())?)?;
+        Ok(())
+    }
+}

@@ -21,10 +21,17 @@ impl ManualClock {
         *self.now_ms.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Moves the clock forward by `ms` (negative values are ignored: time never runs backwards).
-    pub fn advance_ms(&self, ms: i64) {
+    /// Moves the clock forward by `ms`; a negative amount is `InvalidArgument` (time never runs
+    /// backwards, and a silent clamp would hide the caller's bug).
+    pub fn advance_ms(&self, ms: i64) -> crate::Result<()> {
+        if ms < 0 {
+            return Err(crate::Error::invalid(format!(
+                "cannot advance a manual clock by {ms} ms: time never runs backwards"
+            )));
+        }
         let mut now = self.now_ms.lock().unwrap_or_else(|p| p.into_inner());
-        *now = now.saturating_add(ms.max(0));
+        *now = now.saturating_add(ms);
+        Ok(())
     }
 }
 

@@ -65,8 +65,8 @@ CREATE TABLE task_groups (
     name TEXT NOT NULL
 );
 CREATE TABLE registrations (
-    task_id                  BLOB PRIMARY KEY NOT NULL,
-    seq                      INTEGER NOT NULL UNIQUE,
+    seq                      INTEGER PRIMARY KEY,
+    task_id                  BLOB NOT NULL UNIQUE,
     name                     TEXT NOT NULL,
     entry_point              TEXT,
     group_id                 TEXT REFERENCES task_groups(id),
@@ -79,7 +79,7 @@ CREATE TABLE registrations (
     pending_fire             INTEGER NOT NULL DEFAULT 0,
     spent                    INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX registrations_by_name ON registrations(group_id, name);
+CREATE INDEX registrations_by_group ON registrations(group_id) WHERE group_id IS NOT NULL;
 CREATE TABLE meta (
     key   TEXT PRIMARY KEY NOT NULL,
     value TEXT NOT NULL
@@ -324,40 +324,40 @@ impl Store {
         let path = self.path.clone();
         let fail =
             |e: rusqlite::Error| Error::store(&path, format!("cannot write registration: {e}"));
-        let tx = self.conn.transaction().map_err(fail)?;
-        for id in replaced {
-            delete_in(&tx, id).map_err(fail)?;
-        }
-        if let Some(group) = &record.task_group {
+        write_tx(&self.conn, |tx| {
+            for id in replaced {
+                delete_in(tx, id)?;
+            }
+            if let Some(group) = &record.task_group {
+                tx.prepare_cached(
+                    "INSERT INTO task_groups (id, name) VALUES (?1, ?2) ON CONFLICT(id) DO NOTHING",
+                )
+                .and_then(|mut s| s.execute(params![group.id, group.name]))?;
+            }
             tx.prepare_cached(
-                "INSERT INTO task_groups (id, name) VALUES (?1, ?2) ON CONFLICT(id) DO NOTHING",
-            )
-            .and_then(|mut s| s.execute(params![group.id, group.name]))
-            .map_err(fail)?;
-        }
-        tx.prepare_cached(
-            "INSERT INTO registrations (task_id, seq, name, entry_point, group_id,
+                "INSERT INTO registrations (task_id, seq, name, entry_point, group_id,
                  cancel_on_condition_loss, is_network_requested, trigger, conditions,
                  registered_at_ms, next_due_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        )
-        .and_then(|mut s| {
-            s.execute(params![
-                record.task_id.as_bytes(),
-                record.seq,
-                record.name,
-                record.task_entry_point,
-                record.task_group.as_ref().map(|g| &g.id),
-                record.cancel_on_condition_loss,
-                record.is_network_requested,
-                trigger,
-                conditions,
-                record.registered_at_ms,
-                record.next_due_ms,
-            ])
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    record.task_id.as_bytes(),
+                    record.seq,
+                    record.name,
+                    record.task_entry_point,
+                    record.task_group.as_ref().map(|g| &g.id),
+                    record.cancel_on_condition_loss,
+                    record.is_network_requested,
+                    trigger,
+                    conditions,
+                    record.registered_at_ms,
+                    record.next_due_ms,
+                ])
+            })?;
+            Ok(())
         })
-        .map_err(fail)?;
-        tx.commit().map_err(fail)
+        .map_err(fail)
     }
 
     /// Removes a registration (and its group when it was the group's last). `false` if absent.
@@ -365,10 +365,7 @@ impl Store {
         let path = self.path.clone();
         let fail =
             |e: rusqlite::Error| Error::store(&path, format!("cannot remove registration: {e}"));
-        let tx = self.conn.transaction().map_err(fail)?;
-        let found = delete_in(&tx, task_id).map_err(fail)?;
-        tx.commit().map_err(fail)?;
-        Ok(found)
+        write_tx(&self.conn, |tx| delete_in(tx, task_id)).map_err(fail)
     }
 
     /// Every registration in registration order.
@@ -459,7 +456,27 @@ impl Store {
     }
 }
 
-fn delete_in(tx: &rusqlite::Transaction<'_>, task_id: &Uuid) -> rusqlite::Result<bool> {
+/// Runs `body` in a write transaction and commits it; on any error rolls back. `BEGIN IMMEDIATE` /
+/// `COMMIT` are cached statements: `Connection::transaction` re-parses them on every call, which
+/// was a fifth of the cost of an in-memory registration.
+fn write_tx<T>(
+    conn: &Connection,
+    body: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+    let result = body(conn).and_then(|value| {
+        conn.prepare_cached("COMMIT")?.execute([])?;
+        Ok(value)
+    });
+    if result.is_err() && !conn.is_autocommit() {
+        let _ = conn
+            .prepare_cached("ROLLBACK")
+            .and_then(|mut s| s.execute([]));
+    }
+    result
+}
+
+fn delete_in(tx: &Connection, task_id: &Uuid) -> rusqlite::Result<bool> {
     let group: Option<Option<String>> = tx
         .prepare_cached("DELETE FROM registrations WHERE task_id = ?1 RETURNING group_id")?
         .query_row([task_id.as_bytes()], |r| r.get(0))

@@ -36,11 +36,17 @@ pub struct SystemOptions {
     pub policy: Policy,
 }
 
+/// Registrations are looked up by name scope `(group id, name)` for the name policy.
+type NameKey = (Option<String>, String);
+
 struct State {
     store: Option<Store>,
     tasks: HashMap<Uuid, Arc<TaskRecord>>,
+    /// Per name scope, the registrations by `seq` (oldest first).
+    by_name: HashMap<NameKey, BTreeMap<i64, Uuid>>,
     spent: std::collections::HashSet<Uuid>,
-    groups: BTreeMap<String, TaskGroup>,
+    /// Groups with the number of registrations in each.
+    groups: BTreeMap<String, (TaskGroup, usize)>,
     /// Activation handlers: `None` = the system's, `Some(id)` = a group's.
     activation: HashMap<Option<String>, ActivationHandler>,
     next_seq: i64,
@@ -77,6 +83,51 @@ impl PartialEq for System {
     }
 }
 
+fn name_key(record: &TaskRecord) -> NameKey {
+    (
+        record.task_group.as_ref().map(|g| g.id.clone()),
+        record.name.clone(),
+    )
+}
+
+impl State {
+    fn add(&mut self, record: Arc<TaskRecord>) {
+        self.next_seq = self.next_seq.max(record.seq + 1);
+        if let Some(g) = &record.task_group {
+            self.groups
+                .entry(g.id.clone())
+                .or_insert_with(|| (g.clone(), 0))
+                .1 += 1;
+        }
+        self.by_name
+            .entry(name_key(&record))
+            .or_default()
+            .insert(record.seq, record.task_id);
+        self.tasks.insert(record.task_id, record);
+    }
+
+    fn remove(&mut self, task_id: &Uuid) -> Option<Arc<TaskRecord>> {
+        let record = self.tasks.remove(task_id)?;
+        self.spent.remove(task_id);
+        let key = name_key(&record);
+        if let Some(ids) = self.by_name.get_mut(&key) {
+            ids.remove(&record.seq);
+            if ids.is_empty() {
+                self.by_name.remove(&key);
+            }
+        }
+        if let Some(g) = &record.task_group
+            && let Some(entry) = self.groups.get_mut(&g.id)
+        {
+            entry.1 -= 1;
+            if entry.1 == 0 {
+                self.groups.remove(&g.id);
+            }
+        }
+        Some(record)
+    }
+}
+
 impl System {
     /// Opens a system: checks the policy, opens (and migrates) the store, loads its registrations.
     pub fn open(options: SystemOptions) -> Result<System> {
@@ -91,20 +142,17 @@ impl System {
         let mut state = State {
             store: None,
             tasks: HashMap::with_capacity(stored.len()),
+            by_name: HashMap::new(),
             spent: Default::default(),
             groups: BTreeMap::new(),
             activation: HashMap::new(),
             next_seq: 1,
         };
         for t in stored {
-            state.next_seq = state.next_seq.max(t.record.seq + 1);
-            if let Some(g) = &t.record.task_group {
-                state.groups.insert(g.id.clone(), g.clone());
-            }
             if t.spent {
                 state.spent.insert(t.record.task_id);
             }
-            state.tasks.insert(t.record.task_id, Arc::new(t.record));
+            state.add(Arc::new(t.record));
         }
         let store_path = store.path().to_owned();
         state.store = Some(store);
@@ -199,20 +247,20 @@ impl System {
             state.activation.contains_key(&g.map(str::to_owned))
         })?;
         let group_id = builder.task_group.as_ref().map(|g| g.id.as_str());
-        let mut same_name: Vec<&Arc<TaskRecord>> = state
-            .tasks
-            .values()
-            .filter(|t| {
-                t.name == valid.name && t.task_group.as_ref().map(|g| g.id.as_str()) == group_id
-            })
-            .collect();
-        same_name.sort_by_key(|t| t.seq);
+        let same_name: Vec<Uuid> = match valid.name_policy {
+            NamePolicy::Allow => Vec::new(),
+            _ => state
+                .by_name
+                .get(&(group_id.map(str::to_owned), valid.name.clone()))
+                .map(|ids| ids.values().copied().collect())
+                .unwrap_or_default(),
+        };
         let mut replaced = Vec::new();
         match valid.name_policy {
             NamePolicy::Allow => {}
             NamePolicy::Keep => {
                 if let Some(existing) = same_name.first() {
-                    let record = Arc::clone(existing);
+                    let record = Arc::clone(&state.tasks[existing]);
                     return Ok(Registration {
                         system: self.clone(),
                         record,
@@ -224,17 +272,16 @@ impl System {
                     return Err(Error::new(
                         ErrorKind::Conflict,
                         format!(
-                            "a task named {:?} is already registered{} (task id {}) and the name policy is FAIL",
+                            "a task named {:?} is already registered{} (task id {existing}) and the name policy is FAIL",
                             valid.name,
                             group_id
                                 .map(|g| format!(" in task group {g:?}"))
                                 .unwrap_or_default(),
-                            existing.task_id
                         ),
                     ));
                 }
             }
-            NamePolicy::Replace => replaced = same_name.iter().map(|t| t.task_id).collect(),
+            NamePolicy::Replace => replaced = same_name,
         }
         let now = self.shared.clock.now_ms();
         let next_due_ms = match &valid.trigger {
@@ -251,8 +298,7 @@ impl System {
             state
                 .groups
                 .get(&g.id)
-                .cloned()
-                .unwrap_or_else(|| g.clone())
+                .map_or_else(|| g.clone(), |(existing, _)| existing.clone())
         });
         let record = Arc::new(TaskRecord {
             task_id: Uuid::new_v4(),
@@ -272,15 +318,10 @@ impl System {
             .as_mut()
             .expect("checked open")
             .insert(&record, &replaced)?;
-        state.next_seq += 1;
         for id in &replaced {
-            state.tasks.remove(id);
-            state.spent.remove(id);
+            state.remove(id);
         }
-        if let Some(g) = &record.task_group {
-            state.groups.insert(g.id.clone(), g.clone());
-        }
-        state.tasks.insert(record.task_id, Arc::clone(&record));
+        state.add(Arc::clone(&record));
         Ok(Registration {
             system: self.clone(),
             record,
@@ -302,16 +343,7 @@ impl System {
             .as_mut()
             .expect("checked open")
             .delete(task_id)?;
-        let record = state.tasks.remove(task_id).expect("present");
-        state.spent.remove(task_id);
-        if let Some(g) = &record.task_group
-            && !state
-                .tasks
-                .values()
-                .any(|t| t.task_group.as_ref().is_some_and(|h| h.id == g.id))
-        {
-            state.groups.remove(&g.id);
-        }
+        state.remove(task_id);
         Ok(())
     }
 
@@ -342,17 +374,26 @@ impl System {
 
     /// Groups that hold at least one registration, by id (Windows `AllTaskGroups`).
     pub fn all_task_groups(&self) -> Result<Vec<TaskGroup>> {
-        Ok(self.state()?.groups.values().cloned().collect())
+        Ok(self
+            .state()?
+            .groups
+            .values()
+            .map(|(g, _)| g.clone())
+            .collect())
     }
 
     /// One group by id (Windows `GetTaskGroup`).
     pub fn task_group(&self, group_id: &str) -> Result<TaskGroup> {
-        self.state()?.groups.get(group_id).cloned().ok_or_else(|| {
-            Error::new(
-                ErrorKind::NotFound,
-                format!("task group {group_id:?} has no registrations"),
-            )
-        })
+        self.state()?
+            .groups
+            .get(group_id)
+            .map(|(g, _)| g.clone())
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::NotFound,
+                    format!("task group {group_id:?} has no registrations"),
+                )
+            })
     }
 
     /// Any registration by task id, grouped or not.

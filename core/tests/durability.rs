@@ -114,7 +114,7 @@ fn child_writer() {
     let system = open(Path::new(&path), durability, &clock);
     let mut out = std::io::stdout().lock();
     for n in 0..WRITER_LIMIT {
-        clock.advance_ms(1);
+        clock.advance_ms(1).unwrap();
         let r = system.register(&nth_builder(n)).unwrap();
         // One write per line (below PIPE_BUF, so atomic), flushed before the next register.
         let line = format!("ACK {} {n}\n", r.task_id());
@@ -301,7 +301,7 @@ fn kill_writer_and_check(kill_after: usize, mode: &str) {
         .collect();
     assert_eq!(groups, used);
     // The store keeps working after the crash.
-    clock.advance_ms(stored.len() as i64 + 1);
+    clock.advance_ms(stored.len() as i64 + 1).unwrap();
     let next = system.register(&nth_builder(stored.len() as u64)).unwrap();
     check_record(next.record(), stored.len() as u64);
     system.close().unwrap();

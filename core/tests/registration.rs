@@ -621,7 +621,7 @@ fn name_policy_keep_returns_the_existing_registration() {
     b.name_policy = NamePolicy::Keep as u32;
     // Nothing to keep yet: registers.
     let first = system.register(&b).unwrap();
-    clock.advance_ms(60_000);
+    clock.advance_ms(60_000).unwrap();
     // A different description under KEEP still returns the original, unchanged.
     b.set_trigger(time(120));
     b.add_condition(SystemConditionType::OnAcPower as u32);
@@ -1076,7 +1076,7 @@ fn next_due_is_registration_time_plus_freshness() {
     assert_eq!(r.record().registered_at_ms, T0);
     assert_eq!(r.record().next_due_ms, Some(T0 + 30 * 60_000));
 
-    clock.advance_ms(123_456);
+    clock.advance_ms(123_456).unwrap();
     let mut b = builder("m45");
     b.set_trigger(maintenance(45));
     b.task_entry_point = Some("app.General".to_owned());
@@ -1084,7 +1084,7 @@ fn next_due_is_registration_time_plus_freshness() {
     assert_eq!(m.record().registered_at_ms, T0 + 123_456);
     assert_eq!(m.record().next_due_ms, Some(T0 + 123_456 + 45 * 60_000));
 
-    clock.advance_ms(1);
+    clock.advance_ms(1).unwrap();
     let mut b = builder("max");
     b.set_trigger(time(43_200));
     let max = system.register(&b).unwrap();

@@ -174,7 +174,7 @@ fn reopening_sees_every_field_of_every_registration() {
         cases.push(b);
     }
     for b in &cases {
-        clock.advance_ms(1_001);
+        clock.advance_ms(1_001).unwrap();
         system.register(b).unwrap();
     }
     let before = records(&system);

@@ -26,14 +26,21 @@ fn lock(b: &BuilderRef) -> MutexGuard<'_, Builder> {
     b.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn edit(builder: *mut btb_builder, f: impl FnOnce(&mut Builder) -> Result<(), Error>) -> btb_status {
+fn edit(
+    builder: *mut btb_builder,
+    f: impl FnOnce(&mut Builder) -> Result<(), Error>,
+) -> btb_status {
     guard(|| {
         let b = handle::get(builder as *const btb_builder, "builder")?;
         f(&mut lock(&b))
     })
 }
 
-fn read<T>(builder: *const btb_builder, out: *mut T, f: impl FnOnce(&Builder) -> Result<T, Error>) -> btb_status {
+fn read<T>(
+    builder: *const btb_builder,
+    out: *mut T,
+    f: impl FnOnce(&Builder) -> Result<T, Error>,
+) -> btb_status {
     guard(|| {
         let out = out_ptr(out, "out")?;
         let b = handle::get(builder, "builder")?;
@@ -50,7 +57,10 @@ fn read<T>(builder: *const btb_builder, out: *mut T, f: impl FnOnce(&Builder) ->
 pub extern "C" fn btb_new(out: *mut *mut btb_builder) -> btb_status {
     guard(|| {
         let out = out_ptr(out, "out")?;
-        write(out, handle::insert::<btb_builder>(Arc::new(Mutex::new(Builder::new()))));
+        write(
+            out,
+            handle::insert::<btb_builder>(Arc::new(Mutex::new(Builder::new()))),
+        );
         Ok(())
     })
 }
@@ -76,9 +86,14 @@ pub extern "C" fn btb_set_name(builder: *mut btb_builder, name: *const c_char) -
 /// Errors: `BTB_ERROR_NULL_ARGUMENT` (builder), `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`.
 /// Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_set_task_entry_point(builder: *mut btb_builder, entry_point: *const c_char) -> btb_status {
+pub extern "C" fn btb_set_task_entry_point(
+    builder: *mut btb_builder,
+    entry_point: *const c_char,
+) -> btb_status {
     edit(builder, |b| {
-        b.task_entry_point = opt_arg(entry_point, "entry_point")?.filter(|s| !s.is_empty()).map(str::to_owned);
+        b.task_entry_point = opt_arg(entry_point, "entry_point")?
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned);
         Ok(())
     })
 }
@@ -86,9 +101,16 @@ pub extern "C" fn btb_set_task_entry_point(builder: *mut btb_builder, entry_poin
 /// Sets (copied) or, with NULL, clears the task group. Naming a group creates it at registration.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT` (builder), `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_set_task_group(builder: *mut btb_builder, group: *const btb_task_group) -> btb_status {
+pub extern "C" fn btb_set_task_group(
+    builder: *mut btb_builder,
+    group: *const btb_task_group,
+) -> btb_status {
     edit(builder, |b| {
-        b.task_group = if group.is_null() { None } else { Some(handle::get(group, "group")?.group.clone()) };
+        b.task_group = if group.is_null() {
+            None
+        } else {
+            Some(handle::get(group, "group")?.group.clone())
+        };
         Ok(())
     })
 }
@@ -96,7 +118,10 @@ pub extern "C" fn btb_set_task_group(builder: *mut btb_builder, group: *const bt
 /// Sets `cancel_on_condition_loss` (default false). Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_set_cancel_on_condition_loss(builder: *mut btb_builder, value: bool) -> btb_status {
+pub extern "C" fn btb_set_cancel_on_condition_loss(
+    builder: *mut btb_builder,
+    value: bool,
+) -> btb_status {
     edit(builder, |b| {
         b.cancel_on_condition_loss = value;
         Ok(())
@@ -106,7 +131,10 @@ pub extern "C" fn btb_set_cancel_on_condition_loss(builder: *mut btb_builder, va
 /// Sets `is_network_requested` (default false). Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_set_is_network_requested(builder: *mut btb_builder, value: bool) -> btb_status {
+pub extern "C" fn btb_set_is_network_requested(
+    builder: *mut btb_builder,
+    value: bool,
+) -> btb_status {
     edit(builder, |b| {
         b.is_network_requested = value;
         Ok(())
@@ -126,7 +154,10 @@ pub extern "C" fn btb_set_name_policy(builder: *mut btb_builder, policy: u32) ->
 /// Sets the trigger (copied; replaces any previous one). The caller still owns and frees `trigger`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_set_trigger(builder: *mut btb_builder, trigger: *const btb_trigger) -> btb_status {
+pub extern "C" fn btb_set_trigger(
+    builder: *mut btb_builder,
+    trigger: *const btb_trigger,
+) -> btb_status {
     edit(builder, |b| {
         b.set_trigger(handle::get(trigger, "trigger")?.trigger.clone());
         Ok(())
@@ -136,7 +167,10 @@ pub extern "C" fn btb_set_trigger(builder: *mut btb_builder, trigger: *const btb
 /// Appends a condition (copied); adding one already present changes nothing. The caller still owns
 /// `condition`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_add_condition(builder: *mut btb_builder, condition: *const btb_condition) -> btb_status {
+pub extern "C" fn btb_add_condition(
+    builder: *mut btb_builder,
+    condition: *const btb_condition,
+) -> btb_status {
     edit(builder, |b| {
         b.add_condition(handle::get(condition, "condition")?);
         Ok(())
@@ -147,34 +181,54 @@ pub extern "C" fn btb_add_condition(builder: *mut btb_builder, condition: *const
 /// `btb_string_free`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn btb_get_name(builder: *const btb_builder, out: *mut *mut c_char) -> btb_status {
-    read(builder, out, |b| Ok(b.name.as_deref().map_or(std::ptr::null_mut(), owned)))
+    read(builder, out, |b| {
+        Ok(b.name.as_deref().map_or(std::ptr::null_mut(), owned))
+    })
 }
 
 /// Writes a copy of the entry point to `*out` (NULL when unset); free it with `btb_string_free`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_get_task_entry_point(builder: *const btb_builder, out: *mut *mut c_char) -> btb_status {
-    read(builder, out, |b| Ok(b.task_entry_point.as_deref().map_or(std::ptr::null_mut(), owned)))
+pub extern "C" fn btb_get_task_entry_point(
+    builder: *const btb_builder,
+    out: *mut *mut c_char,
+) -> btb_status {
+    read(builder, out, |b| {
+        Ok(b.task_entry_point
+            .as_deref()
+            .map_or(std::ptr::null_mut(), owned))
+    })
 }
 
 /// Writes a new handle to the builder's task group to `*out` (NULL when unset); free it with
 /// `btb_task_group_free`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_get_task_group(builder: *const btb_builder, out: *mut *mut btb_task_group) -> btb_status {
-    read(builder, out, |b| Ok(b.task_group.clone().map_or(std::ptr::null_mut(), new_group)))
+pub extern "C" fn btb_get_task_group(
+    builder: *const btb_builder,
+    out: *mut *mut btb_task_group,
+) -> btb_status {
+    read(builder, out, |b| {
+        Ok(b.task_group.clone().map_or(std::ptr::null_mut(), new_group))
+    })
 }
 
 /// Writes `cancel_on_condition_loss` to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_get_cancel_on_condition_loss(builder: *const btb_builder, out: *mut bool) -> btb_status {
+pub extern "C" fn btb_get_cancel_on_condition_loss(
+    builder: *const btb_builder,
+    out: *mut bool,
+) -> btb_status {
     read(builder, out, |b| Ok(b.cancel_on_condition_loss))
 }
 
 /// Writes `is_network_requested` to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_get_is_network_requested(builder: *const btb_builder, out: *mut bool) -> btb_status {
+pub extern "C" fn btb_get_is_network_requested(
+    builder: *const btb_builder,
+    out: *mut bool,
+) -> btb_status {
     read(builder, out, |b| Ok(b.is_network_requested))
 }
 
@@ -189,7 +243,10 @@ pub extern "C" fn btb_get_name_policy(builder: *const btb_builder, out: *mut u32
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_NOT_FOUND` (no trigger
 /// set). Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_get_trigger(builder: *const btb_builder, out: *mut *mut btb_trigger) -> btb_status {
+pub extern "C" fn btb_get_trigger(
+    builder: *const btb_builder,
+    out: *mut *mut btb_trigger,
+) -> btb_status {
     read(builder, out, |b| {
         b.trigger
             .clone()
@@ -230,11 +287,17 @@ pub(crate) fn copy_u32s(values: &[u32], dst: *mut u32, capacity: usize) {
     }
 }
 
-fn register(system: Option<*mut btb_system>, builder: *const btb_builder, out: *mut *mut btb_registration) -> btb_status {
+fn register(
+    system: Option<*mut btb_system>,
+    builder: *const btb_builder,
+    out: *mut *mut btb_registration,
+) -> btb_status {
     guard(|| {
         let out = out_ptr(out, "out")?;
         let system = match system {
-            Some(s) => handle::get(s as *const btb_system, "system")?.system.clone(),
+            Some(s) => handle::get(s as *const btb_system, "system")?
+                .system
+                .clone(),
             None => btb_core::default_system()?,
         };
         let b = handle::get(builder, "builder")?;
@@ -251,7 +314,10 @@ fn register(system: Option<*mut btb_system>, builder: *const btb_builder, out: *
 /// `btb_register_in`; without a default system it fails with `BTB_ERROR_STATE` and a message that
 /// says how to provide a manifest.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_register(builder: *const btb_builder, out: *mut *mut btb_registration) -> btb_status {
+pub extern "C" fn btb_register(
+    builder: *const btb_builder,
+    out: *mut *mut btb_registration,
+) -> btb_status {
     register(None, builder, out)
 }
 

@@ -87,7 +87,9 @@ pub(crate) fn guard(body: impl FnOnce() -> Result<(), Error>) -> btb_status {
                 .map(|s| s.to_string())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            set_last_error(&format!("internal error (a panic inside btb, please report it): {what}"));
+            set_last_error(&format!(
+                "internal error (a panic inside btb, please report it): {what}"
+            ));
             btb_status::BTB_ERROR_INTERNAL
         }
     }
@@ -104,7 +106,9 @@ pub(crate) fn guard_value<T>(fallback: T, body: impl FnOnce() -> T) -> T {
 /// this thread's next failing btb call. Thread-safe (per-thread storage).
 #[unsafe(no_mangle)]
 pub extern "C" fn btb_last_error_message() -> *const c_char {
-    guard_value(c"".as_ptr(), || LAST_ERROR.with(|slot| slot.borrow().as_ptr()))
+    guard_value(c"".as_ptr(), || {
+        LAST_ERROR.with(|slot| slot.borrow().as_ptr())
+    })
 }
 
 /// The static name of a status, e.g. `"BTB_ERROR_NO_TRIGGER"`; `"BTB_UNKNOWN_STATUS"` for a number

@@ -112,7 +112,8 @@ pub(crate) fn insert<H: Handle>(inner: H::Inner) -> *mut H {
     };
     let slot = &mut t.slots[index as usize];
     slot.object = Some(object);
-    let value = (MAGIC << 60) | (H::TAG << 56) | (u64::from(slot.generation) << 32) | u64::from(index);
+    let value =
+        (MAGIC << 60) | (H::TAG << 56) | (u64::from(slot.generation) << 32) | u64::from(index);
     value as usize as *mut H
 }
 
@@ -125,16 +126,23 @@ fn invalid<H: Handle>(value: u64, why: &str) -> Error {
 
 fn decode<H: Handle>(ptr: *const H, what: &str) -> Result<(u64, usize, u32)> {
     if ptr.is_null() {
-        return Err(Error::new(ErrorKind::NullArgument, format!("{what} is NULL")));
+        return Err(Error::new(
+            ErrorKind::NullArgument,
+            format!("{what} is NULL"),
+        ));
     }
     let value = ptr as usize as u64;
     if value >> 60 != MAGIC {
         return Err(invalid::<H>(value, "it was not made by btb"));
     }
-    Ok((value, (value & 0xFFFF_FFFF) as usize, ((value >> 32) as u32) & GEN_MASK))
+    Ok((
+        value,
+        (value & 0xFFFF_FFFF) as usize,
+        ((value >> 32) as u32) & GEN_MASK,
+    ))
 }
 
-fn check<'t, H: Handle>(t: &'t Table, value: u64, index: usize, generation: u32) -> Result<&'t Object> {
+fn check<H: Handle>(t: &Table, value: u64, index: usize, generation: u32) -> Result<&Object> {
     let slot = t
         .slots
         .get(index)
@@ -142,7 +150,10 @@ fn check<'t, H: Handle>(t: &'t Table, value: u64, index: usize, generation: u32)
     match &slot.object {
         Some(object) if slot.generation == generation => {
             if (value >> 56) & 0xF != H::TAG || H::unwrap(object).is_none() {
-                return Err(invalid::<H>(value, &format!("it is a {}", object.type_name())));
+                return Err(invalid::<H>(
+                    value,
+                    &format!("it is a {}", object.type_name()),
+                ));
             }
             Ok(object)
         }
@@ -188,7 +199,10 @@ pub(crate) fn write<T>(out: *mut T, value: T) {
 /// Checks an out-pointer before any work is done, so no result is lost to a NULL `out`.
 pub(crate) fn out_ptr<T>(out: *mut T, what: &str) -> Result<*mut T> {
     if out.is_null() {
-        Err(Error::new(ErrorKind::NullArgument, format!("{what} is NULL")))
+        Err(Error::new(
+            ErrorKind::NullArgument,
+            format!("{what} is NULL"),
+        ))
     } else {
         Ok(out)
     }

@@ -29,7 +29,9 @@ pub const BTB_VERSION_PATCH: u32 = 0;
 #[unsafe(no_mangle)]
 pub extern "C" fn btb_version() -> *const c_char {
     error::guard_value(c"?".as_ptr(), || {
-        static VERSION: &std::ffi::CStr = match std::ffi::CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+        static VERSION: &std::ffi::CStr = match std::ffi::CStr::from_bytes_with_nul(
+            concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes(),
+        ) {
             Ok(v) => v,
             Err(_) => c"?",
         };
@@ -41,9 +43,18 @@ pub extern "C" fn btb_version() -> *const c_char {
 mod tests {
     #[test]
     fn version_macros_match_the_crate() {
-        assert_eq!(super::BTB_VERSION_MAJOR.to_string(), env!("CARGO_PKG_VERSION_MAJOR"));
-        assert_eq!(super::BTB_VERSION_MINOR.to_string(), env!("CARGO_PKG_VERSION_MINOR"));
-        assert_eq!(super::BTB_VERSION_PATCH.to_string(), env!("CARGO_PKG_VERSION_PATCH"));
+        assert_eq!(
+            super::BTB_VERSION_MAJOR.to_string(),
+            env!("CARGO_PKG_VERSION_MAJOR")
+        );
+        assert_eq!(
+            super::BTB_VERSION_MINOR.to_string(),
+            env!("CARGO_PKG_VERSION_MINOR")
+        );
+        assert_eq!(
+            super::BTB_VERSION_PATCH.to_string(),
+            env!("CARGO_PKG_VERSION_PATCH")
+        );
         let v = unsafe { std::ffi::CStr::from_ptr(super::btb_version()) };
         assert_eq!(v.to_str().unwrap(), btb_core::VERSION);
     }

@@ -60,7 +60,12 @@ pub(crate) type GroupListRef = Arc<Vec<TaskGroup>>;
 
 handle_type!(btb_registration, 7, Registration, RegistrationRef);
 handle_type!(btb_task_group, 8, TaskGroup, GroupRef);
-handle_type!(btb_registration_list, 9, RegistrationList, RegistrationListRef);
+handle_type!(
+    btb_registration_list,
+    9,
+    RegistrationList,
+    RegistrationListRef
+);
 handle_type!(btb_task_group_list, 10, TaskGroupList, GroupListRef);
 
 pub(crate) fn new_registration(registration: Registration) -> *mut btb_registration {
@@ -105,8 +110,15 @@ fn read<T>(
 /// Writes the task id to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`.
 /// Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_registration_task_id(registration: *const btb_registration, out: *mut btb_uuid) -> btb_status {
-    read(registration, out, |r| Ok(btb_uuid { bytes: *r.registration.task_id().as_bytes() }))
+pub extern "C" fn btb_registration_task_id(
+    registration: *const btb_registration,
+    out: *mut btb_uuid,
+) -> btb_status {
+    read(registration, out, |r| {
+        Ok(btb_uuid {
+            bytes: *r.registration.task_id().as_bytes(),
+        })
+    })
 }
 
 /// Writes the canonical text form of a uuid (36 characters, lowercase, hyphenated) to `*out`; the
@@ -128,7 +140,10 @@ pub extern "C" fn btb_uuid_to_string(id: *const btb_uuid, out: *mut *mut c_char)
 /// Writes the task name to `*out` (borrowed: valid while the registration handle lives).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_registration_name(registration: *const btb_registration, out: *mut *const c_char) -> btb_status {
+pub extern "C" fn btb_registration_name(
+    registration: *const btb_registration,
+    out: *mut *const c_char,
+) -> btb_status {
     read(registration, out, |r| Ok(r.name.as_ptr()))
 }
 
@@ -140,7 +155,11 @@ pub extern "C" fn btb_registration_task_entry_point(
     registration: *const btb_registration,
     out: *mut *const c_char,
 ) -> btb_status {
-    read(registration, out, |r| Ok(r.entry_point.as_ref().map_or(std::ptr::null(), |c| c.as_ptr())))
+    read(registration, out, |r| {
+        Ok(r.entry_point
+            .as_ref()
+            .map_or(std::ptr::null(), |c| c.as_ptr()))
+    })
 }
 
 /// Writes a new handle to the registration's task group to `*out`, or NULL if it has none (free with
@@ -150,14 +169,24 @@ pub extern "C" fn btb_registration_task_group(
     registration: *const btb_registration,
     out: *mut *mut btb_task_group,
 ) -> btb_status {
-    read(registration, out, |r| Ok(r.registration.task_group().cloned().map_or(std::ptr::null_mut(), new_group)))
+    read(registration, out, |r| {
+        Ok(r.registration
+            .task_group()
+            .cloned()
+            .map_or(std::ptr::null_mut(), new_group))
+    })
 }
 
 /// Writes a new handle to a copy of the registration's trigger to `*out` (free with
 /// `btb_trigger_free`). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_registration_trigger(registration: *const btb_registration, out: *mut *mut btb_trigger) -> btb_status {
-    read(registration, out, |r| Ok(new_trigger(r.registration.trigger().clone())))
+pub extern "C" fn btb_registration_trigger(
+    registration: *const btb_registration,
+    out: *mut *mut btb_trigger,
+) -> btb_status {
+    read(registration, out, |r| {
+        Ok(new_trigger(r.registration.trigger().clone()))
+    })
 }
 
 /// Copies up to `capacity` condition types (`BTB_CONDITION_*`) to `conditions` and writes their total
@@ -176,7 +205,12 @@ pub extern "C" fn btb_registration_conditions(
             out_ptr(conditions, "conditions")?;
         }
         let r = handle::get(registration, "registration")?;
-        let values: Vec<u32> = r.registration.conditions().iter().map(|c| *c as u32).collect();
+        let values: Vec<u32> = r
+            .registration
+            .conditions()
+            .iter()
+            .map(|c| *c as u32)
+            .collect();
         copy_u32s(&values, conditions, capacity);
         write(out_len, values.len());
         Ok(())
@@ -186,21 +220,34 @@ pub extern "C" fn btb_registration_conditions(
 /// Writes `cancel_on_condition_loss` to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_registration_cancel_on_condition_loss(registration: *const btb_registration, out: *mut bool) -> btb_status {
-    read(registration, out, |r| Ok(r.registration.cancel_on_condition_loss()))
+pub extern "C" fn btb_registration_cancel_on_condition_loss(
+    registration: *const btb_registration,
+    out: *mut bool,
+) -> btb_status {
+    read(registration, out, |r| {
+        Ok(r.registration.cancel_on_condition_loss())
+    })
 }
 
 /// Writes `is_network_requested` to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_registration_is_network_requested(registration: *const btb_registration, out: *mut bool) -> btb_status {
-    read(registration, out, |r| Ok(r.registration.is_network_requested()))
+pub extern "C" fn btb_registration_is_network_requested(
+    registration: *const btb_registration,
+    out: *mut bool,
+) -> btb_status {
+    read(registration, out, |r| {
+        Ok(r.registration.is_network_requested())
+    })
 }
 
 /// Writes whether the registration is spent (its one-shot trigger fired; it never fires again) to
 /// `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_registration_is_spent(registration: *const btb_registration, out: *mut bool) -> btb_status {
+pub extern "C" fn btb_registration_is_spent(
+    registration: *const btb_registration,
+    out: *mut bool,
+) -> btb_status {
     read(registration, out, |r| Ok(r.registration.is_spent()))
 }
 
@@ -209,7 +256,10 @@ pub extern "C" fn btb_registration_is_spent(registration: *const btb_registratio
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_NOT_FOUND` (already
 /// unregistered), `BTB_ERROR_STORE`, `BTB_ERROR_STATE` (closed system, forked child). Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_registration_unregister(registration: *mut btb_registration, cancel_task: bool) -> btb_status {
+pub extern "C" fn btb_registration_unregister(
+    registration: *mut btb_registration,
+    cancel_task: bool,
+) -> btb_status {
     guard(|| {
         handle::get(registration as *const btb_registration, "registration")?
             .registration
@@ -230,7 +280,11 @@ pub extern "C" fn btb_registration_free(registration: *mut btb_registration) -> 
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_INVALID_ARGUMENT`
 /// (empty or longer than 256 bytes). Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_task_group_new(id: *const c_char, name: *const c_char, out: *mut *mut btb_task_group) -> btb_status {
+pub extern "C" fn btb_task_group_new(
+    id: *const c_char,
+    name: *const c_char,
+    out: *mut *mut btb_task_group,
+) -> btb_status {
     guard(|| {
         let out = out_ptr(out, "out")?;
         let group = TaskGroup::new(arg(id, "id")?, opt_arg(name, "name")?.map(str::to_owned))?;
@@ -239,7 +293,11 @@ pub extern "C" fn btb_task_group_new(id: *const c_char, name: *const c_char, out
     })
 }
 
-fn read_group<T>(group: *const btb_task_group, out: *mut T, f: impl FnOnce(&GroupData) -> T) -> btb_status {
+fn read_group<T>(
+    group: *const btb_task_group,
+    out: *mut T,
+    f: impl FnOnce(&GroupData) -> T,
+) -> btb_status {
     guard(|| {
         let out = out_ptr(out, "out")?;
         let g = handle::get(group, "group")?;
@@ -251,14 +309,20 @@ fn read_group<T>(group: *const btb_task_group, out: *mut T, f: impl FnOnce(&Grou
 /// Writes the group id to `*out` (borrowed: valid while the group handle lives).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_task_group_id(group: *const btb_task_group, out: *mut *const c_char) -> btb_status {
+pub extern "C" fn btb_task_group_id(
+    group: *const btb_task_group,
+    out: *mut *const c_char,
+) -> btb_status {
     read_group(group, out, |g| g.id.as_ptr())
 }
 
 /// Writes the group's friendly name to `*out` (borrowed: valid while the group handle lives).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_task_group_name(group: *const btb_task_group, out: *mut *const c_char) -> btb_status {
+pub extern "C" fn btb_task_group_name(
+    group: *const btb_task_group,
+    out: *mut *const c_char,
+) -> btb_status {
     read_group(group, out, |g| g.name.as_ptr())
 }
 
@@ -271,7 +335,10 @@ pub extern "C" fn btb_task_group_free(group: *mut btb_task_group) -> btb_status 
 /// Writes the number of registrations in the list to `*out`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_registration_list_len(list: *const btb_registration_list, out: *mut usize) -> btb_status {
+pub extern "C" fn btb_registration_list_len(
+    list: *const btb_registration_list,
+    out: *mut usize,
+) -> btb_status {
     guard(|| {
         let out = out_ptr(out, "out")?;
         write(out, handle::get(list, "list")?.len());
@@ -292,7 +359,10 @@ pub extern "C" fn btb_registration_list_get(
         let out = out_ptr(out, "out")?;
         let l = handle::get(list, "list")?;
         let r = l.get(index).ok_or_else(|| {
-            Error::invalid(format!("index {index} is out of range for a list of {} registrations", l.len()))
+            Error::invalid(format!(
+                "index {index} is out of range for a list of {} registrations",
+                l.len()
+            ))
         })?;
         write(out, new_registration(r.clone()));
         Ok(())
@@ -308,7 +378,10 @@ pub extern "C" fn btb_registration_list_free(list: *mut btb_registration_list) -
 /// Writes the number of groups in the list to `*out`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_task_group_list_len(list: *const btb_task_group_list, out: *mut usize) -> btb_status {
+pub extern "C" fn btb_task_group_list_len(
+    list: *const btb_task_group_list,
+    out: *mut usize,
+) -> btb_status {
     guard(|| {
         let out = out_ptr(out, "out")?;
         write(out, handle::get(list, "list")?.len());
@@ -329,7 +402,10 @@ pub extern "C" fn btb_task_group_list_get(
         let out = out_ptr(out, "out")?;
         let l = handle::get(list, "list")?;
         let g = l.get(index).ok_or_else(|| {
-            Error::invalid(format!("index {index} is out of range for a list of {} task groups", l.len()))
+            Error::invalid(format!(
+                "index {index} is out of range for a list of {} task groups",
+                l.len()
+            ))
         })?;
         write(out, new_group(g.clone()));
         Ok(())

@@ -10,21 +10,31 @@ use crate::error::{btb_status, guard};
 /// Reads a required C string argument.
 pub(crate) fn arg<'a>(ptr: *const c_char, what: &str) -> Result<&'a str> {
     if ptr.is_null() {
-        return Err(Error::new(ErrorKind::NullArgument, format!("{what} is NULL")));
+        return Err(Error::new(
+            ErrorKind::NullArgument,
+            format!("{what} is NULL"),
+        ));
     }
     // SAFETY: the caller promises a NUL-terminated string that lives for the call (documented).
     let bytes = unsafe { CStr::from_ptr(ptr) }.to_bytes();
     std::str::from_utf8(bytes).map_err(|e| {
         Error::new(
             ErrorKind::InvalidUtf8,
-            format!("{what} is not valid UTF-8 (invalid byte at offset {})", e.valid_up_to()),
+            format!(
+                "{what} is not valid UTF-8 (invalid byte at offset {})",
+                e.valid_up_to()
+            ),
         )
     })
 }
 
 /// Reads an optional C string argument (NULL = none).
 pub(crate) fn opt_arg<'a>(ptr: *const c_char, what: &str) -> Result<Option<&'a str>> {
-    if ptr.is_null() { Ok(None) } else { arg(ptr, what).map(Some) }
+    if ptr.is_null() {
+        Ok(None)
+    } else {
+        arg(ptr, what).map(Some)
+    }
 }
 
 /// Reads an array of `n` C strings.
@@ -33,7 +43,10 @@ pub(crate) fn arg_array(ptr: *const *const c_char, n: usize, what: &str) -> Resu
         return Ok(Vec::new());
     }
     if ptr.is_null() {
-        return Err(Error::new(ErrorKind::NullArgument, format!("{what} is NULL but its length is {n}")));
+        return Err(Error::new(
+            ErrorKind::NullArgument,
+            format!("{what} is NULL but its length is {n}"),
+        ));
     }
     // SAFETY: the caller promises `n` readable pointers (documented).
     let items = unsafe { std::slice::from_raw_parts(ptr, n) };

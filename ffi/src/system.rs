@@ -11,7 +11,8 @@ use btb_core::{
 use crate::error::{btb_status, guard};
 use crate::handle::{self, UserData, handle_type, out_ptr, write};
 use crate::registration::{
-    btb_registration, btb_registration_list, btb_task_group, btb_task_group_list, new_group, new_registration,
+    btb_registration, btb_registration_list, btb_task_group, btb_task_group_list, new_group,
+    new_registration,
 };
 use crate::strings::{arg, arg_array, c_string, opt_arg, owned};
 
@@ -40,7 +41,8 @@ pub struct btb_instance {
 
 /// A background-activated handler: called on a btb worker thread (never the thread that called
 /// btb, never with a btb lock held) with the instance to run and the `user_data` given when it was set.
-pub type btb_activated_fn = Option<unsafe extern "C" fn(instance: *mut btb_instance, user_data: *mut std::ffi::c_void)>;
+pub type btb_activated_fn =
+    Option<unsafe extern "C" fn(instance: *mut btb_instance, user_data: *mut std::ffi::c_void)>;
 
 pub(crate) type ManifestRef = Arc<Mutex<Manifest>>;
 pub(crate) type OptionsRef = Arc<Mutex<SystemOptions>>;
@@ -56,11 +58,17 @@ handle_type!(btb_manifest, 5, Manifest, ManifestRef);
 handle_type!(btb_system_options, 4, Options, OptionsRef);
 handle_type!(btb_system, 6, System, SystemRef);
 
-fn new_manifest(out: *mut *mut btb_manifest, make: impl FnOnce() -> Result<Manifest, Error>) -> btb_status {
+fn new_manifest(
+    out: *mut *mut btb_manifest,
+    make: impl FnOnce() -> Result<Manifest, Error>,
+) -> btb_status {
     guard(|| {
         let out = out_ptr(out, "out")?;
         let manifest = make()?;
-        write(out, handle::insert::<btb_manifest>(Arc::new(Mutex::new(manifest))));
+        write(
+            out,
+            handle::insert::<btb_manifest>(Arc::new(Mutex::new(manifest))),
+        );
         Ok(())
     })
 }
@@ -71,21 +79,36 @@ fn new_manifest(out: *mut *mut btb_manifest, make: impl FnOnce() -> Result<Manif
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_INVALID_ARGUMENT`
 /// (app id not reverse-DNS). Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_manifest_new(app_id: *const c_char, version: *const c_char, out: *mut *mut btb_manifest) -> btb_status {
-    new_manifest(out, || Manifest::new(arg(app_id, "app_id")?, opt_arg(version, "version")?.unwrap_or("")))
+pub extern "C" fn btb_manifest_new(
+    app_id: *const c_char,
+    version: *const c_char,
+    out: *mut *mut btb_manifest,
+) -> btb_status {
+    new_manifest(out, || {
+        Manifest::new(
+            arg(app_id, "app_id")?,
+            opt_arg(version, "version")?.unwrap_or(""),
+        )
+    })
 }
 
 /// Loads a TOML manifest file. On success `*out` is a new manifest (free with `btb_manifest_free`).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_INVALID_ARGUMENT` (cannot
 /// read, bad TOML, unknown key or task type — the message names the line). Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_manifest_load(path: *const c_char, out: *mut *mut btb_manifest) -> btb_status {
+pub extern "C" fn btb_manifest_load(
+    path: *const c_char,
+    out: *mut *mut btb_manifest,
+) -> btb_status {
     new_manifest(out, || Manifest::load(arg(path, "path")?))
 }
 
 /// Parses a TOML manifest from text. Same contract as `btb_manifest_load`.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_manifest_from_toml(toml: *const c_char, out: *mut *mut btb_manifest) -> btb_status {
+pub extern "C" fn btb_manifest_from_toml(
+    toml: *const c_char,
+    out: *mut *mut btb_manifest,
+) -> btb_status {
     new_manifest(out, || Manifest::from_toml(arg(toml, "toml")?))
 }
 
@@ -106,7 +129,10 @@ pub extern "C" fn btb_manifest_declare(
 ) -> btb_status {
     guard(|| {
         let m = handle::get(manifest as *const btb_manifest, "manifest")?;
-        let mut decl = TaskDeclaration::new(arg(entry_point, "entry_point")?, &arg_array(types, n_types, "types")?)?;
+        let mut decl = TaskDeclaration::new(
+            arg(entry_point, "entry_point")?,
+            &arg_array(types, n_types, "types")?,
+        )?;
         if n_exec > 0 {
             decl = decl.with_exec(arg_array(exec, n_exec, "exec")?)?;
         }
@@ -117,11 +143,17 @@ pub extern "C" fn btb_manifest_declare(
 /// Writes a copy of the manifest's app id to `*out`; free it with `btb_string_free`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_manifest_app_id(manifest: *const btb_manifest, out: *mut *mut c_char) -> btb_status {
+pub extern "C" fn btb_manifest_app_id(
+    manifest: *const btb_manifest,
+    out: *mut *mut c_char,
+) -> btb_status {
     guard(|| {
         let out = out_ptr(out, "out")?;
         let m = handle::get(manifest, "manifest")?;
-        write(out, owned(m.lock().unwrap_or_else(|p| p.into_inner()).app_id()));
+        write(
+            out,
+            owned(m.lock().unwrap_or_else(|p| p.into_inner()).app_id()),
+        );
         Ok(())
     })
 }
@@ -141,7 +173,10 @@ pub extern "C" fn btb_manifest_free(manifest: *mut btb_manifest) -> btb_status {
 pub extern "C" fn btb_system_options_new(out: *mut *mut btb_system_options) -> btb_status {
     guard(|| {
         let out = out_ptr(out, "out")?;
-        write(out, handle::insert::<btb_system_options>(Arc::new(Mutex::new(SystemOptions::default()))));
+        write(
+            out,
+            handle::insert::<btb_system_options>(Arc::new(Mutex::new(SystemOptions::default()))),
+        );
         Ok(())
     })
 }
@@ -152,7 +187,10 @@ pub extern "C" fn btb_system_options_free(options: *mut btb_system_options) -> b
     guard(|| handle::free(options).map(drop))
 }
 
-fn edit(options: *mut btb_system_options, f: impl FnOnce(&mut SystemOptions) -> Result<(), Error>) -> btb_status {
+fn edit(
+    options: *mut btb_system_options,
+    f: impl FnOnce(&mut SystemOptions) -> Result<(), Error>,
+) -> btb_status {
     guard(|| {
         let o = handle::get(options as *const btb_system_options, "options")?;
         f(&mut o.lock().unwrap_or_else(|p| p.into_inner()))
@@ -162,7 +200,10 @@ fn edit(options: *mut btb_system_options, f: impl FnOnce(&mut SystemOptions) -> 
 /// Sets the manifest (copied; the caller still frees `manifest`).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_system_options_set_manifest(options: *mut btb_system_options, manifest: *const btb_manifest) -> btb_status {
+pub extern "C" fn btb_system_options_set_manifest(
+    options: *mut btb_system_options,
+    manifest: *const btb_manifest,
+) -> btb_status {
     edit(options, |o| {
         let m = handle::get(manifest, "manifest")?;
         o.manifest = Some(m.lock().unwrap_or_else(|p| p.into_inner()).clone());
@@ -175,7 +216,10 @@ pub extern "C" fn btb_system_options_set_manifest(options: *mut btb_system_optio
 /// Errors: `BTB_ERROR_NULL_ARGUMENT` (options), `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`.
 /// Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_system_options_set_store(options: *mut btb_system_options, store: *const c_char) -> btb_status {
+pub extern "C" fn btb_system_options_set_store(
+    options: *mut btb_system_options,
+    store: *const c_char,
+) -> btb_status {
     edit(options, |o| {
         o.store = opt_arg(store, "store")?.map_or(StoreLocation::Default, StoreLocation::parse);
         Ok(())
@@ -186,7 +230,10 @@ pub extern "C" fn btb_system_options_set_store(options: *mut btb_system_options,
 /// of the real clock: time then moves only by `btb_system_advance_clock`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_system_options_set_manual_clock(options: *mut btb_system_options, start_unix_ms: i64) -> btb_status {
+pub extern "C" fn btb_system_options_set_manual_clock(
+    options: *mut btb_system_options,
+    start_unix_ms: i64,
+) -> btb_status {
     edit(options, |o| {
         o.clock = Clock::Manual(ManualClock::new(start_unix_ms));
         Ok(())
@@ -196,7 +243,10 @@ pub extern "C" fn btb_system_options_set_manual_clock(options: *mut btb_system_o
 /// Uses the simulated state source (states and events set by the app) instead of the platform's.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_system_options_set_simulated(options: *mut btb_system_options, simulated: bool) -> btb_status {
+pub extern "C" fn btb_system_options_set_simulated(
+    options: *mut btb_system_options,
+    simulated: bool,
+) -> btb_status {
     edit(options, |o| {
         o.simulated = simulated;
         Ok(())
@@ -207,7 +257,10 @@ pub extern "C" fn btb_system_options_set_simulated(options: *mut btb_system_opti
 /// 1–43,200, checked by `btb_system_open`). A visible test option, never applied silently.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_system_options_set_min_freshness_minutes(options: *mut btb_system_options, minutes: u32) -> btb_status {
+pub extern "C" fn btb_system_options_set_min_freshness_minutes(
+    options: *mut btb_system_options,
+    minutes: u32,
+) -> btb_status {
     edit(options, |o| {
         o.policy.min_freshness_minutes = minutes;
         Ok(())
@@ -217,7 +270,10 @@ pub extern "C" fn btb_system_options_set_min_freshness_minutes(options: *mut btb
 /// Policy: the timer window in seconds (default 900; 0 = exact; at most 86,400).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_system_options_set_timer_window_seconds(options: *mut btb_system_options, seconds: u32) -> btb_status {
+pub extern "C" fn btb_system_options_set_timer_window_seconds(
+    options: *mut btb_system_options,
+    seconds: u32,
+) -> btb_status {
     edit(options, |o| {
         o.policy.timer_window_seconds = seconds;
         Ok(())
@@ -227,7 +283,10 @@ pub extern "C" fn btb_system_options_set_timer_window_seconds(options: *mut btb_
 /// Policy: the grace period after cancellation in milliseconds (default 5,000).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_system_options_set_grace_ms(options: *mut btb_system_options, ms: u32) -> btb_status {
+pub extern "C" fn btb_system_options_set_grace_ms(
+    options: *mut btb_system_options,
+    ms: u32,
+) -> btb_status {
     edit(options, |o| {
         o.policy.grace_ms = ms;
         Ok(())
@@ -245,7 +304,8 @@ pub extern "C" fn btb_system_options_set_time_limit_seconds(
     seconds: u32,
 ) -> btb_status {
     edit(options, |o| {
-        o.policy.set_time_limit(TriggerKind::from_u32(trigger_kind)?, seconds);
+        o.policy
+            .set_time_limit(TriggerKind::from_u32(trigger_kind)?, seconds);
         Ok(())
     })
 }
@@ -253,7 +313,10 @@ pub extern "C" fn btb_system_options_set_time_limit_seconds(
 /// Policy: the most task instances running at once (default: CPUs; range 1–4,096).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_system_options_set_max_concurrent(options: *mut btb_system_options, max: u32) -> btb_status {
+pub extern "C" fn btb_system_options_set_max_concurrent(
+    options: *mut btb_system_options,
+    max: u32,
+) -> btb_status {
     edit(options, |o| {
         o.policy.max_concurrent = max;
         Ok(())
@@ -265,7 +328,10 @@ pub extern "C" fn btb_system_options_set_max_concurrent(options: *mut btb_system
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`.
 /// Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_system_options_set_durability(options: *mut btb_system_options, durability: u32) -> btb_status {
+pub extern "C" fn btb_system_options_set_durability(
+    options: *mut btb_system_options,
+    durability: u32,
+) -> btb_status {
     edit(options, |o| {
         o.policy.durability = Durability::from_u32(durability)?;
         Ok(())
@@ -288,7 +354,10 @@ fn new_system(system: System) -> *mut btb_system {
 /// newer-schema file, left untouched; store in use by another system; the message names the path).
 /// Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_system_open(options: *const btb_system_options, out: *mut *mut btb_system) -> btb_status {
+pub extern "C" fn btb_system_open(
+    options: *const btb_system_options,
+    out: *mut *mut btb_system,
+) -> btb_status {
     guard(|| {
         let out = out_ptr(out, "out")?;
         let o = handle::get(options, "options")?;
@@ -307,7 +376,9 @@ pub extern "C" fn btb_system_close(system: *mut btb_system) -> btb_status {
         if system.is_null() {
             return Ok(());
         }
-        handle::get(system as *const btb_system, "system")?.system.close()?;
+        handle::get(system as *const btb_system, "system")?
+            .system
+            .close()?;
         handle::free(system).map(drop)
     })
 }
@@ -322,14 +393,22 @@ pub extern "C" fn btb_system_set_default(system: *mut btb_system) -> btb_status 
         let s = if system.is_null() {
             None
         } else {
-            Some(handle::get(system as *const btb_system, "system")?.system.clone())
+            Some(
+                handle::get(system as *const btb_system, "system")?
+                    .system
+                    .clone(),
+            )
         };
         btb_core::set_default_system(s);
         Ok(())
     })
 }
 
-fn read<T>(system: *const btb_system, out: *mut T, f: impl FnOnce(&SystemData) -> Result<T, Error>) -> btb_status {
+fn read<T>(
+    system: *const btb_system,
+    out: *mut T,
+    f: impl FnOnce(&SystemData) -> Result<T, Error>,
+) -> btb_status {
     guard(|| {
         let out = out_ptr(out, "out")?;
         let s = handle::get(system, "system")?;
@@ -341,14 +420,20 @@ fn read<T>(system: *const btb_system, out: *mut T, f: impl FnOnce(&SystemData) -
 /// Writes the system's app id to `*out` (borrowed: valid while the system handle lives).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_system_app_id(system: *const btb_system, out: *mut *const c_char) -> btb_status {
+pub extern "C" fn btb_system_app_id(
+    system: *const btb_system,
+    out: *mut *const c_char,
+) -> btb_status {
     read(system, out, |s| Ok(s.app_id.as_ptr()))
 }
 
 /// Writes the store's path (`":memory:"` for an ephemeral store) to `*out` (borrowed: valid while
 /// the system handle lives). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_system_store_path(system: *const btb_system, out: *mut *const c_char) -> btb_status {
+pub extern "C" fn btb_system_store_path(
+    system: *const btb_system,
+    out: *mut *const c_char,
+) -> btb_status {
     read(system, out, |s| Ok(s.store_path.as_ptr()))
 }
 
@@ -359,17 +444,22 @@ pub extern "C" fn btb_system_now_ms(system: *const btb_system, out: *mut i64) ->
     read(system, out, |s| Ok(s.system.clock().now_ms()))
 }
 
-/// Moves a manual clock forward by `ms` milliseconds (negative values are ignored).
-/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE` (the system
-/// uses the real clock). Thread-safe.
+/// Moves a manual clock forward by `ms` milliseconds.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
+/// (negative `ms`: time never runs backwards), `BTB_ERROR_STATE` (the system uses the real clock).
+/// Thread-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn btb_system_advance_clock(system: *mut btb_system, ms: i64) -> btb_status {
-    guard(|| match handle::get(system as *const btb_system, "system")?.system.clock() {
-        Clock::Manual(clock) => {
-            clock.advance_ms(ms);
-            Ok(())
+    guard(|| {
+        match handle::get(system as *const btb_system, "system")?
+            .system
+            .clock()
+        {
+            Clock::Manual(clock) => clock.advance_ms(ms),
+            Clock::Real => Err(Error::state(
+                "this system uses the real clock; open it with a manual clock to advance time",
+            )),
         }
-        Clock::Real => Err(Error::state("this system uses the real clock; open it with a manual clock to advance time")),
     })
 }
 
@@ -406,8 +496,15 @@ pub extern "C" fn btb_system_set_background_activated(
 /// `*out` (Windows `AllTasks`); free it with `btb_registration_list_free`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_system_all_tasks(system: *const btb_system, out: *mut *mut btb_registration_list) -> btb_status {
-    read(system, out, |s| Ok(crate::registration::new_registration_list(s.system.all_tasks()?)))
+pub extern "C" fn btb_system_all_tasks(
+    system: *const btb_system,
+    out: *mut *mut btb_registration_list,
+) -> btb_status {
+    read(system, out, |s| {
+        Ok(crate::registration::new_registration_list(
+            s.system.all_tasks()?,
+        ))
+    })
 }
 
 /// Writes a new list of the registrations in task group `group_id` to `*out` (empty if none);
@@ -422,7 +519,9 @@ pub extern "C" fn btb_system_group_tasks(
 ) -> btb_status {
     read(system, out, |s| {
         let gid = arg(group_id, "group_id")?;
-        Ok(crate::registration::new_registration_list(s.system.group_tasks(gid)?))
+        Ok(crate::registration::new_registration_list(
+            s.system.group_tasks(gid)?,
+        ))
     })
 }
 
@@ -430,8 +529,15 @@ pub extern "C" fn btb_system_group_tasks(
 /// (Windows `AllTaskGroups`); free it with `btb_task_group_list_free`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_system_all_task_groups(system: *const btb_system, out: *mut *mut btb_task_group_list) -> btb_status {
-    read(system, out, |s| Ok(crate::registration::new_group_list(s.system.all_task_groups()?)))
+pub extern "C" fn btb_system_all_task_groups(
+    system: *const btb_system,
+    out: *mut *mut btb_task_group_list,
+) -> btb_status {
+    read(system, out, |s| {
+        Ok(crate::registration::new_group_list(
+            s.system.all_task_groups()?,
+        ))
+    })
 }
 
 /// Writes a new handle to the task group `group_id` to `*out` (free with `btb_task_group_free`).
@@ -443,7 +549,9 @@ pub extern "C" fn btb_system_get_task_group(
     group_id: *const c_char,
     out: *mut *mut btb_task_group,
 ) -> btb_status {
-    read(system, out, |s| Ok(new_group(s.system.task_group(arg(group_id, "group_id")?)?)))
+    read(system, out, |s| {
+        Ok(new_group(s.system.task_group(arg(group_id, "group_id")?)?))
+    })
 }
 
 /// Writes a new handle to the registration with task id `task_id` (grouped or not) to `*out`

@@ -42,7 +42,10 @@ pub(crate) fn new_trigger(trigger: Trigger) -> *mut btb_trigger {
     handle::insert::<btb_trigger>(Arc::new(TriggerData { trigger, text }))
 }
 
-fn make(out: *mut *mut btb_trigger, trigger: impl FnOnce() -> Result<Trigger, Error>) -> btb_status {
+fn make(
+    out: *mut *mut btb_trigger,
+    trigger: impl FnOnce() -> Result<Trigger, Error>,
+) -> btb_status {
     guard(|| {
         let out = out_ptr(out, "out")?;
         write(out, new_trigger(trigger()?));
@@ -57,8 +60,17 @@ fn make(out: *mut *mut btb_trigger, trigger: impl FnOnce() -> Result<Trigger, Er
 /// On success `*out` is a new trigger the caller frees with `btb_trigger_free`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT` (`out`). Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_time_trigger_new(freshness_minutes: u32, one_shot: bool, out: *mut *mut btb_trigger) -> btb_status {
-    make(out, || Ok(Trigger::Time { freshness_minutes, one_shot }))
+pub extern "C" fn btb_time_trigger_new(
+    freshness_minutes: u32,
+    one_shot: bool,
+    out: *mut *mut btb_trigger,
+) -> btb_status {
+    make(out, || {
+        Ok(Trigger::Time {
+            freshness_minutes,
+            one_shot,
+        })
+    })
 }
 
 /// Creates a maintenance trigger (`MaintenanceTrigger`): like a time trigger, but runs only on AC
@@ -70,15 +82,29 @@ pub extern "C" fn btb_maintenance_trigger_new(
     one_shot: bool,
     out: *mut *mut btb_trigger,
 ) -> btb_status {
-    make(out, || Ok(Trigger::Maintenance { freshness_minutes, one_shot }))
+    make(out, || {
+        Ok(Trigger::Maintenance {
+            freshness_minutes,
+            one_shot,
+        })
+    })
 }
 
 /// Creates a system-event trigger (`SystemTrigger`) for a `BTB_SYSTEM_TRIGGER_*` value.
 /// On success `*out` is a new trigger (free with `btb_trigger_free`). An unknown type is reported
 /// by `btb_register` as `BTB_ERROR_INVALID_ARGUMENT`. Errors: `BTB_ERROR_NULL_ARGUMENT`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_system_trigger_new(trigger_type: u32, one_shot: bool, out: *mut *mut btb_trigger) -> btb_status {
-    make(out, || Ok(Trigger::System { trigger_type, one_shot }))
+pub extern "C" fn btb_system_trigger_new(
+    trigger_type: u32,
+    one_shot: bool,
+    out: *mut *mut btb_trigger,
+) -> btb_status {
+    make(out, || {
+        Ok(Trigger::System {
+            trigger_type,
+            one_shot,
+        })
+    })
 }
 
 /// Creates an application trigger (`ApplicationTrigger`), fired by the app's own request.
@@ -112,8 +138,15 @@ pub extern "C" fn btb_custom_trigger_new(
 /// On success `*out` is a new trigger (free with `btb_trigger_free`).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_UTF8`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_calendar_trigger_new(expression: *const c_char, out: *mut *mut btb_trigger) -> btb_status {
-    make(out, || Ok(Trigger::Calendar { expression: arg(expression, "expression")?.to_owned() }))
+pub extern "C" fn btb_calendar_trigger_new(
+    expression: *const c_char,
+    out: *mut *mut btb_trigger,
+) -> btb_status {
+    make(out, || {
+        Ok(Trigger::Calendar {
+            expression: arg(expression, "expression")?.to_owned(),
+        })
+    })
 }
 
 /// Frees a trigger. NULL is a no-op. Errors: `BTB_ERROR_INVALID_HANDLE` (freed, foreign or another
@@ -123,7 +156,11 @@ pub extern "C" fn btb_trigger_free(trigger: *mut btb_trigger) -> btb_status {
     guard(|| handle::free(trigger).map(drop))
 }
 
-fn read<T>(trigger: *const btb_trigger, out: *mut T, f: impl FnOnce(&TriggerData) -> Result<T, Error>) -> btb_status {
+fn read<T>(
+    trigger: *const btb_trigger,
+    out: *mut T,
+    f: impl FnOnce(&TriggerData) -> Result<T, Error>,
+) -> btb_status {
     guard(|| {
         let out = out_ptr(out, "out")?;
         let data = handle::get(trigger, "trigger")?;
@@ -135,7 +172,11 @@ fn read<T>(trigger: *const btb_trigger, out: *mut T, f: impl FnOnce(&TriggerData
 fn not_applicable(data: &TriggerData, what: &str) -> Error {
     Error::invalid(format!(
         "a {} trigger has no {what}",
-        data.trigger.kind().name().to_ascii_lowercase().replace('_', " ")
+        data.trigger
+            .kind()
+            .name()
+            .to_ascii_lowercase()
+            .replace('_', " ")
     ))
 }
 
@@ -150,8 +191,15 @@ pub extern "C" fn btb_trigger_kind(trigger: *const btb_trigger, out: *mut u32) -
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
 /// (another kind of trigger). Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_trigger_freshness_minutes(trigger: *const btb_trigger, out: *mut u32) -> btb_status {
-    read(trigger, out, |d| d.trigger.freshness_minutes().ok_or_else(|| not_applicable(d, "freshness")))
+pub extern "C" fn btb_trigger_freshness_minutes(
+    trigger: *const btb_trigger,
+    out: *mut u32,
+) -> btb_status {
+    read(trigger, out, |d| {
+        d.trigger
+            .freshness_minutes()
+            .ok_or_else(|| not_applicable(d, "freshness"))
+    })
 }
 
 /// Writes whether the trigger is one-shot to `*out` (always false for application, custom-event
@@ -165,7 +213,10 @@ pub extern "C" fn btb_trigger_one_shot(trigger: *const btb_trigger, out: *mut bo
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
 /// (not a system trigger). Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_trigger_system_type(trigger: *const btb_trigger, out: *mut u32) -> btb_status {
+pub extern "C" fn btb_trigger_system_type(
+    trigger: *const btb_trigger,
+    out: *mut u32,
+) -> btb_status {
     read(trigger, out, |d| match d.trigger {
         Trigger::System { trigger_type, .. } => Ok(trigger_type),
         _ => Err(not_applicable(d, "system trigger type")),
@@ -188,10 +239,16 @@ pub extern "C" fn btb_trigger_recurrence(trigger: *const btb_trigger, out: *mut 
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
 /// (a trigger without text). Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_trigger_text(trigger: *const btb_trigger, out: *mut *const c_char) -> btb_status {
+pub extern "C" fn btb_trigger_text(
+    trigger: *const btb_trigger,
+    out: *mut *const c_char,
+) -> btb_status {
     read(trigger, out, |d| {
         // The CString lives in the Arc'd data, which lives as long as the handle.
-        d.text.as_ref().map(|t| t.as_ptr()).ok_or_else(|| not_applicable(d, "event id or expression"))
+        d.text
+            .as_ref()
+            .map(|t| t.as_ptr())
+            .ok_or_else(|| not_applicable(d, "event id or expression"))
     })
 }
 
@@ -199,7 +256,10 @@ pub extern "C" fn btb_trigger_text(trigger: *const btb_trigger, out: *mut *const
 /// reported by `btb_register`. On success `*out` is a new condition (free with `btb_condition_free`).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`. Thread-safe.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_system_condition_new(condition_type: u32, out: *mut *mut btb_condition) -> btb_status {
+pub extern "C" fn btb_system_condition_new(
+    condition_type: u32,
+    out: *mut *mut btb_condition,
+) -> btb_status {
     guard(|| {
         let out = out_ptr(out, "out")?;
         write(out, handle::insert::<btb_condition>(condition_type));

@@ -9,10 +9,24 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// `target/<profile>`: where cargo put `libbtb.so` for this test run.
+/// `target/<profile>`, after building the cdylib there: `cargo test` links integration tests
+/// against the rlib and does not (re)build `libbtb.so` itself.
 fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent().unwrap().parent().unwrap().to_owned()
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().unwrap();
+            let dir = exe.parent().unwrap().parent().unwrap().to_owned();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.args(["build", "--lib", "-p", "btb-ffi"]);
+            if dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            run(&mut cmd);
+            dir
+        })
+        .clone()
 }
 
 /// A directory with `libbtb.so` and its soname link `libbtb.so.0`.

@@ -425,6 +425,8 @@ static void test_registration_checks(void) {
     EXPECT(btb_system_advance_clock(s, 60000), BTB_OK);
     EXPECT(btb_system_now_ms(s, &t1), BTB_OK);
     CHECK(t1 == t0 + 60000);
+    EXPECT(btb_system_advance_clock(s, -1), BTB_ERROR_INVALID_ARGUMENT);
+    MSG_HAS("-1 ms");
 
     /* closing: the system handle is gone, registrations report STATE */
     EXPECT(btb_system_close(s), BTB_OK);

@@ -1,0 +1,139 @@
+"""btb: the Windows background-task model (``Windows.ApplicationModel.Background``) for Linux.
+
+Describe a task with a :class:`BackgroundTaskBuilder`, register it in a :class:`System`, and the
+broker validates it at once and keeps it until it is unregistered. Names are the snake_case of the
+WinRT projection, so Windows code ports line by line.
+"""
+
+from __future__ import annotations
+
+import atexit
+import weakref
+from typing import Any
+
+from . import _btb
+from ._btb import (
+    ApplicationTrigger,
+    BackgroundTaskBuilder,
+    BackgroundTaskRegistration,
+    BackgroundTaskRegistrationGroup,
+    CalendarTrigger,
+    CustomSystemEventTrigger,
+    IBackgroundTrigger,
+    MaintenanceTrigger,
+    Manifest,
+    ManualClock,
+    Policy,
+    System,
+    SystemCondition,
+    SystemTrigger,
+    TaskDeclaration,
+    TimeTrigger,
+    default_system,
+    set_default_system,
+)
+from ._enums import (
+    ApplicationTriggerResult,
+    BackgroundTaskCancellationReason,
+    BackgroundWorkCostValue,
+    CustomSystemEventTriggerRecurrence,
+    Durability,
+    NamePolicy,
+    SystemConditionType,
+    SystemTriggerType,
+    TaskOutcome,
+)
+from ._errors import (
+    BtbError,
+    ConflictError,
+    InternalError,
+    InvalidArgumentError,
+    InvalidHandleError,
+    InvalidUtf8Error,
+    NoEntryPointError,
+    NoTriggerError,
+    NotDeclaredError,
+    NotFoundError,
+    NullArgumentError,
+    PolicyError,
+    StateError,
+    StoreError,
+    UnsupportedError,
+)
+
+__version__: str = _btb.__version__
+
+__all__ = [
+    "ApplicationTrigger",
+    "ApplicationTriggerResult",
+    "BackgroundTaskBuilder",
+    "BackgroundTaskCancellationReason",
+    "BackgroundTaskRegistration",
+    "BackgroundTaskRegistrationGroup",
+    "BackgroundWorkCostValue",
+    "BtbError",
+    "CalendarTrigger",
+    "ConflictError",
+    "CustomSystemEventTrigger",
+    "CustomSystemEventTriggerRecurrence",
+    "Durability",
+    "IBackgroundTrigger",
+    "InternalError",
+    "InvalidArgumentError",
+    "InvalidHandleError",
+    "InvalidUtf8Error",
+    "MaintenanceTrigger",
+    "Manifest",
+    "ManualClock",
+    "NamePolicy",
+    "NoEntryPointError",
+    "NoTriggerError",
+    "NotDeclaredError",
+    "NotFoundError",
+    "NullArgumentError",
+    "Policy",
+    "PolicyError",
+    "StateError",
+    "StoreError",
+    "System",
+    "SystemCondition",
+    "SystemConditionType",
+    "SystemTrigger",
+    "SystemTriggerType",
+    "TaskDeclaration",
+    "TaskOutcome",
+    "TimeTrigger",
+    "UnsupportedError",
+    "default_system",
+    "set_default_system",
+]
+
+# Every System opened in this process (the extension adds each one); closed by the exit hook
+# before interpreter finalization.
+_OPEN_SYSTEMS: weakref.WeakSet[System] = weakref.WeakSet()
+
+
+class _DefaultSystemAttribute:
+    """A class attribute that reads an attribute of the default system, as WinRT's static
+    ``BackgroundTaskRegistration.AllTasks`` / ``AllTaskGroups`` do."""
+
+    def __init__(self, attribute: str) -> None:
+        self._attribute = attribute
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        return getattr(default_system(), self._attribute)
+
+
+_registration_type: Any = BackgroundTaskRegistration
+_registration_type.all_tasks = _DefaultSystemAttribute("all_tasks")
+_registration_type.all_task_groups = _DefaultSystemAttribute("all_task_groups")
+
+
+@atexit.register
+def _close_open_systems() -> None:
+    set_default_system(None)
+    for system in list(_OPEN_SYSTEMS):
+        try:
+            system.close()
+        except StateError:
+            pass  # opened by the parent of this forked process: not ours to close

@@ -1,0 +1,257 @@
+//! `btb.Policy` (the system-wide knobs of SPEC §2–§4) and `btb.ManualClock`.
+
+use btb_core::{Durability, TriggerKind};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{
+    PyDateTime, PyDelta, PyDeltaAccess, PyDict, PyFloat, PyInt, PyString, PyTzInfo, PyTzInfoAccess,
+};
+
+use crate::convert::{enum_or_int, uint, utf8};
+use crate::errors::{OrRaise, invalid};
+
+/// The policy a system is opened with. Every argument is optional and keyword-only; omitted ones
+/// keep the core defaults (Windows' values).
+#[pyclass(frozen, eq, module = "btb")]
+#[derive(PartialEq)]
+pub struct Policy {
+    pub(crate) inner: btb_core::Policy,
+}
+
+#[pymethods]
+impl Policy {
+    #[new]
+    #[pyo3(signature = (
+        *,
+        min_freshness_minutes = None,
+        timer_window_seconds = None,
+        grace_seconds = None,
+        max_concurrent = None,
+        durability = None,
+        time_limits = None,
+        history_limit = None,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        min_freshness_minutes: Option<&Bound<'_, PyAny>>,
+        timer_window_seconds: Option<&Bound<'_, PyAny>>,
+        grace_seconds: Option<f64>,
+        max_concurrent: Option<&Bound<'_, PyAny>>,
+        durability: Option<&Bound<'_, PyAny>>,
+        time_limits: Option<&Bound<'_, PyAny>>,
+        history_limit: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let mut policy = btb_core::Policy::default();
+        if let Some(v) = min_freshness_minutes {
+            policy.min_freshness_minutes = uint(v, "policy min_freshness_minutes")?;
+        }
+        if let Some(v) = timer_window_seconds {
+            policy.timer_window_seconds = uint(v, "policy timer_window_seconds")?;
+        }
+        if let Some(seconds) = grace_seconds {
+            let ms = milliseconds(seconds, "policy grace_seconds")?;
+            policy.grace_ms = u32::try_from(ms)
+                .map_err(|_| invalid(format!("policy grace_seconds {seconds} is out of range")))?;
+        }
+        if let Some(v) = max_concurrent {
+            policy.max_concurrent = uint(v, "policy max_concurrent")?;
+        }
+        if let Some(v) = durability {
+            policy.durability = durability_of(v)?;
+        }
+        if let Some(limits) = time_limits {
+            for item in limits.call_method0("items")?.try_iter()? {
+                let (kind, seconds): (Bound<'_, PyString>, Bound<'_, PyAny>) = item?.extract()?;
+                let kind = utf8(&kind, "trigger kind")?;
+                let known = TriggerKind::ALL
+                    .iter()
+                    .find(|k| k.name().eq_ignore_ascii_case(&kind))
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "policy time_limits: unknown trigger kind {kind:?} (known: {})",
+                            kind_names().join(", ")
+                        ))
+                    })?;
+                policy.set_time_limit(
+                    *known,
+                    uint(&seconds, &format!("policy time limit for {kind:?}"))?,
+                );
+            }
+        }
+        if let Some(v) = history_limit {
+            policy.history_limit = uint(v, "policy history_limit")?;
+        }
+        policy.validate().or_raise()?;
+        Ok(Policy { inner: policy })
+    }
+
+    #[getter]
+    fn min_freshness_minutes(&self) -> u32 {
+        self.inner.min_freshness_minutes
+    }
+
+    #[getter]
+    fn timer_window_seconds(&self) -> u32 {
+        self.inner.timer_window_seconds
+    }
+
+    #[getter]
+    fn grace_seconds(&self) -> f64 {
+        f64::from(self.inner.grace_ms) / 1000.0
+    }
+
+    #[getter]
+    fn max_concurrent(&self) -> u32 {
+        self.inner.max_concurrent
+    }
+
+    /// A `btb.Durability`.
+    #[getter]
+    fn durability<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        enum_or_int(py, "Durability", self.inner.durability as u32, true)
+    }
+
+    /// Run-time limit in seconds per trigger kind (`"time"`, `"maintenance"`, `"system"`,
+    /// `"application"`, `"custom_event"`, `"calendar"`); 0 = none.
+    #[getter]
+    fn time_limits<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let dict = PyDict::new(py);
+        for kind in TriggerKind::ALL {
+            dict.set_item(
+                kind.name().to_ascii_lowercase(),
+                self.inner.time_limit(*kind),
+            )?;
+        }
+        Ok(dict)
+    }
+
+    #[getter]
+    fn history_limit(&self) -> u32 {
+        self.inner.history_limit
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!(
+            "Policy(min_freshness_minutes={}, timer_window_seconds={}, grace_seconds={:?}, \
+             max_concurrent={}, durability={}, time_limits={}, history_limit={})",
+            self.inner.min_freshness_minutes,
+            self.inner.timer_window_seconds,
+            self.grace_seconds(),
+            self.inner.max_concurrent,
+            self.durability(py)?.repr()?,
+            self.time_limits(py)?.repr()?,
+            self.inner.history_limit
+        ))
+    }
+}
+
+fn kind_names() -> Vec<String> {
+    TriggerKind::ALL
+        .iter()
+        .map(|k| k.name().to_ascii_lowercase())
+        .collect()
+}
+
+/// `"full"` / `"normal"` (any case) or a `btb.Durability` / int.
+fn durability_of(value: &Bound<'_, PyAny>) -> PyResult<Durability> {
+    if let Ok(name) = value.cast::<PyString>() {
+        return match utf8(name, "durability")?.to_ascii_lowercase().as_str() {
+            "full" => Ok(Durability::Full),
+            "normal" => Ok(Durability::Normal),
+            other => Err(invalid(format!(
+                "unknown durability {other:?} (\"full\" or \"normal\")"
+            ))),
+        };
+    }
+    Durability::from_u32(uint(value, "durability")?).or_raise()
+}
+
+/// Seconds (int or float) as whole milliseconds; NaN and infinities are refused.
+fn milliseconds(seconds: f64, what: &str) -> PyResult<i64> {
+    let ms = (seconds * 1000.0).round();
+    if !ms.is_finite() || ms.abs() > 9.0e15 {
+        return Err(invalid(format!(
+            "{what} {seconds} is not a usable number of seconds"
+        )));
+    }
+    Ok(ms as i64)
+}
+
+fn unix_epoch(py: Python<'_>) -> PyResult<&Bound<'_, PyDateTime>> {
+    static EPOCH: PyOnceLock<Py<PyDateTime>> = PyOnceLock::new();
+    Ok(EPOCH
+        .get_or_try_init(py, || {
+            let utc = PyTzInfo::utc(py)?;
+            PyResult::Ok(PyDateTime::new(py, 1970, 1, 1, 0, 0, 0, 0, Some(&utc))?.unbind())
+        })?
+        .bind(py))
+}
+
+fn delta_ms(delta: &Bound<'_, PyDelta>) -> i64 {
+    i64::from(delta.get_days()) * 86_400_000
+        + i64::from(delta.get_seconds()) * 1000
+        + i64::from(delta.get_microseconds()) / 1000
+}
+
+/// A clock that moves only by `advance` (tests, simulations). Systems opened with it share it.
+#[pyclass(frozen, module = "btb")]
+pub struct ManualClock {
+    pub(crate) inner: btb_core::ManualClock,
+}
+
+#[pymethods]
+impl ManualClock {
+    /// `start`: an aware `datetime`, or seconds since the Unix epoch.
+    #[new]
+    fn new(start: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let start_ms = if let Ok(instant) = start.cast::<PyDateTime>() {
+            if instant.get_tzinfo().is_none() {
+                return Err(invalid(format!(
+                    "ManualClock start {} is a naive datetime: give it a tzinfo (e.g. datetime.timezone.utc)",
+                    instant.repr()?
+                )));
+            }
+            delta_ms(instant.sub(unix_epoch(start.py())?)?.cast::<PyDelta>()?)
+        } else if start.is_instance_of::<PyInt>() || start.is_instance_of::<PyFloat>() {
+            milliseconds(start.extract()?, "ManualClock start")?
+        } else {
+            return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                "ManualClock start must be an aware datetime or seconds since the epoch, not {}",
+                start.get_type().name()?
+            )));
+        };
+        Ok(ManualClock {
+            inner: btb_core::ManualClock::new(start_ms),
+        })
+    }
+
+    /// The clock's time, an aware UTC `datetime`.
+    #[getter]
+    fn now<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let ms = self.inner.now_ms();
+        let rest = ms.rem_euclid(86_400_000);
+        let days = i32::try_from(ms.div_euclid(86_400_000))?;
+        let delta = PyDelta::new(
+            py,
+            days,
+            (rest / 1000) as i32,
+            ((rest % 1000) * 1000) as i32,
+            false,
+        )?;
+        unix_epoch(py)?.add(delta)
+    }
+
+    /// Moves the clock forward by a `timedelta` or a number of seconds.
+    fn advance(&self, delta: &Bound<'_, PyAny>) -> PyResult<()> {
+        let ms = if let Ok(delta) = delta.cast::<PyDelta>() {
+            delta_ms(delta)
+        } else {
+            milliseconds(delta.extract()?, "ManualClock.advance amount")?
+        };
+        self.inner.advance_ms(ms).or_raise()
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!("ManualClock({})", self.now(py)?.repr()?))
+    }
+}
