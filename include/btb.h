@@ -374,6 +374,35 @@ typedef uint32_t btb_durability;
 #endif // __cplusplus
 
 /**
+ * Kinds of pull-queue events (`btb_event.kind`).
+ */
+enum btb_event_kind
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * The wait timed out.
+   */
+  BTB_EVENT_NONE = 0,
+  /**
+   * Run the instance on this thread, then call `btb_instance_finish_run`.
+   */
+  BTB_EVENT_RUN = 1,
+  /**
+   * A queued instance was canceled (`btb_event.reason`): stop it and finish its run.
+   */
+  BTB_EVENT_CANCELED = 2,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum btb_event_kind btb_event_kind;
+#else
+typedef uint32_t btb_event_kind;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * A mutable description of one task before registration (`BackgroundTaskBuilder`).
  * Thread-safe (calls on one builder are serialised). Free with `btb_free`.
  */
@@ -386,7 +415,16 @@ typedef struct btb_builder btb_builder;
 typedef struct btb_condition btb_condition;
 
 /**
- * One run of a task, handed to run functions and activation handlers (the next release runs tasks).
+ * A deferral (`BackgroundTaskDeferral`): the instance completes only once every deferral is
+ * completed. Thread-safe; complete it from any thread. Free with `btb_deferral_free` (freeing does
+ * not complete it).
+ */
+typedef struct btb_deferral btb_deferral;
+
+/**
+ * One run of a registered task (`IBackgroundTaskInstance`). Thread-safe. A handle passed to a
+ * callback is borrowed (valid until the callback returns); handles from `btb_instance_clone` and
+ * `btb_system_next_event` are owned: free them with `btb_instance_free`.
  */
 typedef struct btb_instance btb_instance;
 
@@ -407,6 +445,12 @@ typedef struct btb_registration btb_registration;
  * A snapshot list of registrations. Immutable; thread-safe. Free with `btb_registration_list_free`.
  */
 typedef struct btb_registration_list btb_registration_list;
+
+/**
+ * A snapshot of a registration's run history. Immutable; thread-safe. Free with
+ * `btb_run_list_free`.
+ */
+typedef struct btb_run_list btb_run_list;
 
 /**
  * One broker: app identity and manifest, store, clock and policy. Thread-safe. Close (and free)
@@ -444,10 +488,103 @@ typedef struct {
 } btb_uuid;
 
 /**
- * A background-activated handler: called on a btb worker thread (never the thread that called
- * btb, never with a btb lock held) with the instance to run and the `user_data` given when it was set.
+ * A canceled handler: called on a btb thread with the (borrowed) instance and a
+ * `BTB_CANCELLATION_*` reason, as soon as the instance is canceled.
  */
-typedef void (*btb_activated_fn)(btb_instance *instance, void *user_data);
+typedef void (*btb_canceled_fn)(btb_instance *instance, uint32_t reason, void *user_data);
+
+/**
+ * How a run ended, as completed handlers see it. Borrowed for the duration of the callback.
+ */
+typedef struct {
+  btb_uuid instance_id;
+  /**
+   * `BTB_TASK_OUTCOME_*`.
+   */
+  uint32_t outcome;
+  /**
+   * `BTB_CANCELLATION_*` when the outcome is CANCELED, else 0.
+   */
+  uint32_t reason;
+  /**
+   * The failure message, or a description of the cancellation; NULL on success.
+   */
+  const char *message;
+  uint32_t last_progress;
+} btb_completion;
+
+/**
+ * A completed handler (`BackgroundTaskCompletedEventHandler`): called on a btb thread with no btb
+ * lock held, with the registration and completion borrowed for the call. It may call any btb
+ * function, including unregistering.
+ */
+typedef void (*btb_completed_fn)(btb_registration *registration,
+                                 const btb_completion *completion,
+                                 void *user_data);
+
+/**
+ * A progress handler (`BackgroundTaskProgressEventHandler`): called on a btb thread, in order,
+ * for each change of an instance's progress.
+ */
+typedef void (*btb_progress_fn)(btb_registration *registration,
+                                const btb_uuid *instance_id,
+                                uint32_t progress,
+                                void *user_data);
+
+/**
+ * One recorded run. Its strings are borrowed from the list (valid while the list lives).
+ */
+typedef struct {
+  btb_uuid instance_id;
+  /**
+   * `BTB_TRIGGER_KIND_*`.
+   */
+  uint32_t trigger_kind;
+  /**
+   * What fired it as JSON (application trigger arguments), or NULL.
+   */
+  const char *trigger_details;
+  int64_t started_ms;
+  int64_t ended_ms;
+  /**
+   * `BTB_TASK_OUTCOME_*`.
+   */
+  uint32_t outcome;
+  /**
+   * `BTB_CANCELLATION_*` when canceled, else -1.
+   */
+  int32_t reason;
+  /**
+   * Failure or cancellation message, or NULL.
+   */
+  const char *message;
+  uint32_t last_progress;
+} btb_run;
+
+/**
+ * A run function: runs one instance on a btb worker thread (never the caller's thread, never with
+ * a btb lock held). `instance` is borrowed for the call. Report failure with
+ * `btb_instance_report_failure`; take a deferral to finish later from another thread.
+ */
+typedef void (*btb_run_fn)(btb_instance *instance, void *user_data);
+
+/**
+ * An entry of the pull queue.
+ */
+typedef struct {
+  /**
+   * `BTB_EVENT_*`.
+   */
+  uint32_t kind;
+  /**
+   * The instance (owned: free with `btb_instance_free`); NULL for `BTB_EVENT_NONE`.
+   */
+  btb_instance *instance;
+  /**
+   * `BTB_CANCELLATION_*` for `BTB_EVENT_CANCELED`, else 0.
+   */
+  uint32_t reason;
+} btb_event;
 
 #ifdef __cplusplus
 extern "C" {
@@ -616,6 +753,128 @@ const char *btb_last_error_message(void);
 const char *btb_status_name(uint32_t status);
 
 /**
+ * Writes a new owned handle to the same instance to `*out` (free with `btb_instance_free`), to keep
+ * it beyond the callback that lent it. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`.
+ * Thread-safe.
+ */
+btb_status btb_instance_clone(const btb_instance *instance,
+                              btb_instance **out);
+
+/**
+ * Frees an owned instance handle (from `btb_instance_clone` or `btb_system_next_event`). NULL is a
+ * no-op. Errors: `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ */
+btb_status btb_instance_free(btb_instance *instance);
+
+/**
+ * Writes the instance id (new for every run) to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
+ * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ */
+btb_status btb_instance_id(const btb_instance *instance, btb_uuid *out);
+
+/**
+ * Writes a new handle to the registration this is a run of to `*out` (free with
+ * `btb_registration_free`). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ */
+btb_status btb_instance_task(const btb_instance *instance,
+                             btb_registration **out);
+
+/**
+ * Writes the trigger details to `*out`: the application trigger's arguments as a JSON object text,
+ * or NULL for other triggers. Borrowed: valid while this instance handle lives.
+ * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ */
+btb_status btb_instance_trigger_details(const btb_instance *instance, const char **out);
+
+/**
+ * Writes the current progress to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
+ * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ */
+btb_status btb_instance_progress(const btb_instance *instance, uint32_t *out);
+
+/**
+ * Sets the progress; each change reaches the registration's progress handlers (on a btb thread).
+ * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ */
+btb_status btb_instance_set_progress(btb_instance *instance, uint32_t progress);
+
+/**
+ * Writes the suspended count to `*out` (btb never suspends a task: always 0).
+ * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ */
+btb_status btb_instance_suspended_count(const btb_instance *instance, uint32_t *out);
+
+/**
+ * Writes whether the instance has been canceled to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
+ * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ */
+btb_status btb_instance_canceled(const btb_instance *instance, bool *out);
+
+/**
+ * Writes the `BTB_CANCELLATION_*` reason to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
+ * `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_NOT_FOUND` (not canceled). Thread-safe.
+ */
+btb_status btb_instance_cancellation_reason(const btb_instance *instance, uint32_t *out);
+
+/**
+ * Writes whether the broker holds a sleep inhibitor for this run (`is_network_requested`) to
+ * `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ */
+btb_status btb_instance_is_network_granted(const btb_instance *instance, bool *out);
+
+/**
+ * Marks the run as failed with `message` (copied): its outcome is `BTB_TASK_OUTCOME_FAILED` once
+ * it ends. The last report wins. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`,
+ * `BTB_ERROR_INVALID_UTF8`. Thread-safe.
+ */
+btb_status btb_instance_report_failure(btb_instance *instance, const char *message);
+
+/**
+ * For instances taken from the pull queue (`btb_system_next_event`): tells btb the run is over on
+ * the host's side (as a run function returning). The instance completes once its deferrals do.
+ * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE` (already
+ * finished). Thread-safe.
+ */
+btb_status btb_instance_finish_run(btb_instance *instance);
+
+/**
+ * Adds a canceled handler (called on a btb thread at once if the instance is already canceled);
+ * writes a token for `btb_instance_remove_canceled` to `*out_token` (may be NULL).
+ * Errors: `BTB_ERROR_NULL_ARGUMENT` (instance or handler), `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ */
+btb_status btb_instance_add_canceled(btb_instance *instance,
+                                     btb_canceled_fn handler,
+                                     void *user_data,
+                                     uint64_t *out_token);
+
+/**
+ * Removes a canceled handler. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`,
+ * `BTB_ERROR_NOT_FOUND` (unknown token). Thread-safe.
+ */
+btb_status btb_instance_remove_canceled(btb_instance *instance, uint64_t token);
+
+/**
+ * Takes a deferral: the instance completes only when every deferral is completed (and the run
+ * function has returned). Deferrals do not extend time limits. On success `*out` is a new deferral
+ * (free with `btb_deferral_free` after completing it).
+ * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE` (the instance
+ * already completed). Thread-safe.
+ */
+btb_status btb_instance_get_deferral(btb_instance *instance, btb_deferral **out);
+
+/**
+ * Completes a deferral (from any thread). Errors: `BTB_ERROR_NULL_ARGUMENT`,
+ * `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE` (already completed). Thread-safe.
+ */
+btb_status btb_deferral_complete(btb_deferral *deferral);
+
+/**
+ * Frees a deferral handle (without completing it). NULL is a no-op.
+ * Errors: `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ */
+btb_status btb_deferral_free(btb_deferral *deferral);
+
+/**
  * Writes the task id to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`.
  * Thread-safe.
  */
@@ -762,6 +1021,75 @@ btb_status btb_task_group_list_get(const btb_task_group_list *list,
  * Frees a task group list. NULL is a no-op. Errors: `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
  */
 btb_status btb_task_group_list_free(btb_task_group_list *list);
+
+/**
+ * Adds a completed handler; writes its token (for `btb_registration_remove_handler`) to
+ * `*out_token` (may be NULL). Errors: `BTB_ERROR_NULL_ARGUMENT` (registration or handler),
+ * `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`. Thread-safe.
+ */
+btb_status btb_registration_add_completed(btb_registration *registration,
+                                          btb_completed_fn handler,
+                                          void *user_data,
+                                          uint64_t *out_token);
+
+/**
+ * Adds a progress handler; writes its token to `*out_token` (may be NULL).
+ * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`. Thread-safe.
+ */
+btb_status btb_registration_add_progress(btb_registration *registration,
+                                         btb_progress_fn handler,
+                                         void *user_data,
+                                         uint64_t *out_token);
+
+/**
+ * Removes a completed or progress handler by token. A handler being called when it is removed
+ * finishes that call. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`,
+ * `BTB_ERROR_NOT_FOUND` (unknown token). Thread-safe.
+ */
+btb_status btb_registration_remove_handler(btb_registration *registration, uint64_t token);
+
+/**
+ * Requests a run through the registration's application trigger, with `arguments` (a JSON object
+ * text, or NULL); writes a `BTB_APPLICATION_TRIGGER_*` result to `*out`. Works after a restart.
+ * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
+ * `BTB_ERROR_INVALID_ARGUMENT` (not an application trigger; bad arguments), `BTB_ERROR_STATE`.
+ * Thread-safe.
+ */
+btb_status btb_registration_request(btb_registration *registration,
+                                    const char *arguments,
+                                    uint32_t *out);
+
+/**
+ * Writes when the registration's time, maintenance or calendar trigger is next due (ms since the
+ * Unix epoch) to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`,
+ * `BTB_ERROR_NOT_FOUND` (another kind of trigger, or spent). Thread-safe.
+ */
+btb_status btb_registration_next_due_ms(const btb_registration *registration, int64_t *out);
+
+/**
+ * Writes a new list of the registration's recorded runs (oldest first; the last 100 by default) to
+ * `*out`; free it with `btb_run_list_free`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
+ * `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STORE`, `BTB_ERROR_STATE`. Thread-safe.
+ */
+btb_status btb_registration_history(const btb_registration *registration, btb_run_list **out);
+
+/**
+ * Writes the number of runs in the list to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
+ * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ */
+btb_status btb_run_list_len(const btb_run_list *list, size_t *out);
+
+/**
+ * Writes the run at `index` to `*out` (strings borrowed from the list).
+ * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
+ * (index out of range). Thread-safe.
+ */
+btb_status btb_run_list_get(const btb_run_list *list, size_t index, btb_run *out);
+
+/**
+ * Frees a run list. NULL is a no-op. Errors: `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ */
+btb_status btb_run_list_free(btb_run_list *list);
 
 /**
  * Frees a string that btb returned as owned. NULL is a no-op. Passing any other pointer, or
@@ -958,16 +1286,135 @@ btb_status btb_system_advance_clock(btb_system *system, int64_t ms);
 
 /**
  * Sets (or, with `handler` NULL, removes) the background-activated handler of the system
- * (`group_id` NULL) or of the task group `group_id`: it runs registered tasks that have no entry
- * point. `user_data` is passed back as given; btb never dereferences it. Tasks run from the next
- * release; today the handler makes entry-point-less registrations valid.
+ * (`group_id` NULL) or of the task group `group_id` (Windows `OnBackgroundActivated` /
+ * `BackgroundTaskRegistrationGroup.BackgroundActivated`): it runs registered tasks that have no
+ * entry point, a group's own before the system's. `handler` runs on a btb worker thread with a
+ * borrowed instance; `user_data` is passed back as given (btb never dereferences it).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
  * `BTB_ERROR_STATE`. Thread-safe.
  */
 btb_status btb_system_set_background_activated(btb_system *system,
                                                const char *group_id,
-                                               btb_activated_fn handler,
+                                               btb_run_fn handler,
                                                void *user_data);
+
+/**
+ * Like `btb_system_set_background_activated`, but the runs go to the pull queue
+ * (`btb_system_next_event`) instead of a callback, so a host runs them on its own thread.
+ * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
+ * `BTB_ERROR_STATE`. Thread-safe.
+ */
+btb_status btb_system_set_background_activated_queued(btb_system *system, const char *group_id);
+
+/**
+ * Registers the in-process run function of a declared entry point (replacing any previous one).
+ * It runs on a btb worker thread with a borrowed instance.
+ * Errors: `BTB_ERROR_NULL_ARGUMENT` (system, entry point or handler), `BTB_ERROR_INVALID_HANDLE`,
+ * `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_NOT_DECLARED` (not in the manifest), `BTB_ERROR_STATE`.
+ * Thread-safe.
+ */
+btb_status btb_system_register_entry_point(btb_system *system,
+                                           const char *entry_point,
+                                           btb_run_fn handler,
+                                           void *user_data);
+
+/**
+ * Routes the runs of a declared entry point to the pull queue (`btb_system_next_event`), so a host
+ * runtime runs them on its own thread. Errors: as `btb_system_register_entry_point`. Thread-safe.
+ */
+btb_status btb_system_register_entry_point_queued(btb_system *system, const char *entry_point);
+
+/**
+ * Removes the handler of an entry point (its tasks then fail when they fire, saying so).
+ * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
+ * `BTB_ERROR_NOT_DECLARED`, `BTB_ERROR_STATE`. Thread-safe.
+ */
+btb_status btb_system_unregister_entry_point(btb_system *system, const char *entry_point);
+
+/**
+ * Raises a system event (`BTB_SYSTEM_TRIGGER_*`): every registration with a system trigger of that
+ * type fires. The platform source raises the events it sees; a host with its own source feeds its
+ * events here. Writes how many registrations fired to `*out_fired` (may be NULL).
+ * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
+ * (unknown type), `BTB_ERROR_STATE`. Thread-safe.
+ */
+btb_status btb_system_raise_event(btb_system *system, uint32_t event, size_t *out_fired);
+
+/**
+ * Signals the custom event `name` in this system (custom-event triggers with that id fire).
+ * Other processes use `btb_signal_event`. Writes how many registrations fired to `*out_fired`
+ * (may be NULL). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`,
+ * `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_STATE`. Thread-safe.
+ */
+btb_status btb_system_signal_event(btb_system *system, const char *name, size_t *out_fired);
+
+/**
+ * Signals the custom event `name` to the running broker of app `app_id`, from any process of the
+ * same user, through its socket under `$XDG_RUNTIME_DIR/btb/`. Returns once the broker has it.
+ * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_INVALID_ARGUMENT` (bad app
+ * id or name), `BTB_ERROR_NOT_FOUND` (no broker of that app runs), `BTB_ERROR_POLICY` (the socket
+ * belongs to another user), `BTB_ERROR_STATE` (no answer). Thread-safe.
+ */
+btb_status btb_signal_event(const char *app_id,
+                            const char *name);
+
+/**
+ * Sets a state of the simulated source (`BTB_CONDITION_*`, true = holds). Tasks whose conditions
+ * now hold run; running instances with `cancel_on_condition_loss` whose conditions stop holding are
+ * canceled with `BTB_CANCELLATION_CONDITION_LOSS`.
+ * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
+ * (unknown condition), `BTB_ERROR_STATE` (the system reads the platform, not the simulated
+ * source; closed). Thread-safe.
+ */
+btb_status btb_system_set_state(btb_system *system, uint32_t condition, bool value);
+
+/**
+ * Writes the state of a condition to `*out`: 1 holds, 0 does not, -1 unknown (which does not hold).
+ * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`,
+ * `BTB_ERROR_STATE`. Thread-safe.
+ */
+btb_status btb_system_get_state(const btb_system *system, uint32_t condition, int32_t *out);
+
+/**
+ * Writes Windows' background work cost (`BTB_BACKGROUND_WORK_COST_*`) to `*out`: LOW on AC power
+ * and a free network, HIGH when the battery is low, MEDIUM otherwise.
+ * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_NOT_FOUND` (the power
+ * state is unknown), `BTB_ERROR_STATE`. Thread-safe.
+ */
+btb_status btb_system_background_work_cost(const btb_system *system, uint32_t *out);
+
+/**
+ * Waits at most `timeout_ms` until nothing runs or is runnable and every handler has been called;
+ * writes whether that happened to `*out_idle`. Not from a btb handler (`BTB_ERROR_STATE`).
+ * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`. Thread-safe;
+ * blocks.
+ */
+btb_status btb_system_wait_idle(btb_system *system, uint32_t timeout_ms, bool *out_idle);
+
+/**
+ * Takes the next event of the pull queue, waiting at most `timeout_ms`: `BTB_EVENT_RUN` (run the
+ * instance on this thread, then call `btb_instance_finish_run`), `BTB_EVENT_CANCELED` (a queued
+ * instance was canceled: stop it and finish its run), or `BTB_EVENT_NONE` on timeout. Only runs of
+ * entry points and groups set up with the `*_queued` functions arrive here.
+ * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`. Thread-safe;
+ * blocks.
+ */
+btb_status btb_system_next_event(btb_system *system, uint32_t timeout_ms, btb_event *out);
+
+/**
+ * Fires the registrations made with application trigger `trigger` (Windows
+ * `ApplicationTrigger.RequestAsync`) in `system` (NULL: the default system), with `arguments` (a
+ * JSON object text, or NULL) as their trigger details. Writes a `BTB_APPLICATION_TRIGGER_*` result
+ * to `*out`: ALLOWED, CURRENTLY_RUNNING (nothing queued), DISABLED_BY_POLICY, or UNKNOWN_ERROR (no
+ * registration holds the trigger).
+ * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
+ * `BTB_ERROR_INVALID_ARGUMENT` (not an application trigger; arguments not a JSON object),
+ * `BTB_ERROR_STATE`. Thread-safe.
+ */
+btb_status btb_application_trigger_request(btb_system *system,
+                                           const btb_trigger *trigger,
+                                           const char *arguments,
+                                           uint32_t *out);
 
 /**
  * Writes a new list of the registrations outside any task group, in registration order, to

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 
-use btb_core::{ActivationHandler, Clock, StoreLocation, SystemOptions, TaskGroup};
+use btb_core::{Clock, Handler, StoreLocation, SystemOptions, TaskGroup};
 use pyo3::PyTraverseError;
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
@@ -47,8 +47,8 @@ struct Handlers {
     next_token: u64,
 }
 
-fn activation_marker() -> ActivationHandler {
-    Arc::new(|_instance| {})
+fn activation_marker() -> Handler {
+    Handler::Call(Arc::new(|_instance| {}))
 }
 
 /// One broker: app identity and manifest, store, clock and policy. A context manager.

@@ -4,9 +4,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A clock that moves only when told. Cheap to clone; clones share one time.
-#[derive(Debug, Clone)]
+type Listener = Arc<dyn Fn() + Send + Sync>;
+
+#[derive(Clone)]
 pub struct ManualClock {
     now_ms: Arc<Mutex<i64>>,
+    /// Told after every `advance` (systems using this clock wake their broker).
+    listeners: Arc<Mutex<Vec<Listener>>>,
+}
+
+impl std::fmt::Debug for ManualClock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManualClock")
+            .field("now_ms", &self.now_ms())
+            .finish()
+    }
 }
 
 impl ManualClock {
@@ -14,6 +26,7 @@ impl ManualClock {
     pub fn new(start_ms: i64) -> ManualClock {
         ManualClock {
             now_ms: Arc::new(Mutex::new(start_ms)),
+            listeners: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
@@ -29,9 +42,27 @@ impl ManualClock {
                 "cannot advance a manual clock by {ms} ms: time never runs backwards"
             )));
         }
-        let mut now = self.now_ms.lock().unwrap_or_else(|p| p.into_inner());
-        *now = now.saturating_add(ms);
+        {
+            let mut now = self.now_ms.lock().unwrap_or_else(|p| p.into_inner());
+            *now = now.saturating_add(ms);
+        }
+        let listeners = self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for listener in listeners {
+            listener();
+        }
         Ok(())
+    }
+
+    /// Calls `listener` after every advance.
+    pub(crate) fn subscribe(&self, listener: Listener) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(listener);
     }
 }
 

@@ -5,25 +5,31 @@
 pub mod calendar;
 pub mod clock;
 pub mod error;
+pub mod instance;
 pub mod manifest;
 pub mod model;
 pub mod policy;
+pub mod runtime;
+pub mod signal;
+pub mod source;
 pub mod store;
 pub mod system;
 pub mod validate;
 
 pub use clock::{Clock, ManualClock};
 pub use error::{Error, ErrorKind, Result};
+pub use instance::{CanceledFn, Completion, Deferral, Handler, Instance, RunFn};
 pub use manifest::{Manifest, TaskDeclaration};
 pub use model::{
     ApplicationTriggerResult, BackgroundWorkCostValue, Builder, CancellationReason,
-    CustomRecurrence, NamePolicy, SystemConditionType, SystemTriggerType, TaskGroup, TaskOutcome,
-    TaskRecord, TaskType, Trigger, TriggerKind,
+    CustomRecurrence, NamePolicy, RunRecord, SystemConditionType, SystemTriggerType, TaskGroup,
+    TaskOutcome, TaskRecord, TaskType, Trigger, TriggerKind,
 };
 pub use policy::{Durability, Policy};
+pub use runtime::Event;
 pub use store::{Store, StoreLocation};
 pub use system::{
-    ActivationHandler, Instance, Registration, System, SystemOptions, default_system,
+    CompletedFn, ProgressFn, Registration, Resolver, System, SystemOptions, default_system,
     set_default_system,
 };
 

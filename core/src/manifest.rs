@@ -88,7 +88,7 @@ fn check_exec(entry_point: &str, argv: &[String]) -> Result<()> {
 }
 
 /// Reverse-DNS app ids: they name the store directory and the control socket.
-fn check_app_id(app_id: &str) -> Result<()> {
+pub(crate) fn check_app_id(app_id: &str) -> Result<()> {
     check_text("app id", app_id, 255)?;
     let ok_chars = app_id
         .chars()

@@ -345,3 +345,19 @@ pub struct TaskRecord {
     /// Insertion order, so listings are stable.
     pub seq: i64,
 }
+
+/// One finished run of a registration, as kept in the run history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRecord {
+    pub instance_id: Uuid,
+    pub task_id: Uuid,
+    pub trigger_kind: TriggerKind,
+    /// What fired it, as JSON (application trigger arguments), if anything.
+    pub trigger_details: Option<String>,
+    pub started_ms: i64,
+    pub ended_ms: i64,
+    pub outcome: TaskOutcome,
+    pub reason: Option<CancellationReason>,
+    pub message: Option<String>,
+    pub last_progress: u32,
+}

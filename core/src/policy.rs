@@ -46,6 +46,9 @@ pub struct Policy {
     pub durability: Durability,
     /// Runs kept in the history of each registration (default 100).
     pub history_limit: u32,
+    /// Whether application triggers may run tasks (default true; false makes `request` answer
+    /// `DISABLED_BY_POLICY`, as Windows does under the user's background-activity policy).
+    pub allow_application_triggers: bool,
 }
 
 impl Default for Policy {
@@ -59,6 +62,7 @@ impl Default for Policy {
             max_concurrent: cpus,
             durability: Durability::Full,
             history_limit: 100,
+            allow_application_triggers: true,
         }
     }
 }

@@ -12,7 +12,10 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
-use crate::model::{SystemConditionType, TaskGroup, TaskRecord, Trigger};
+use crate::model::{
+    CancellationReason, RunRecord, SystemConditionType, TaskGroup, TaskOutcome, TaskRecord,
+    Trigger, TriggerKind,
+};
 use crate::policy::Durability;
 
 /// Where a system keeps its registrations.
@@ -55,11 +58,20 @@ impl StoreLocation {
     }
 }
 
+/// One change to a registration's scheduling state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScheduleChange {
+    NextDue(Uuid, Option<i64>),
+    Spent(Uuid),
+    Pending(Uuid, Option<Option<String>>),
+}
+
 /// The newest schema this build knows.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Forward migrations: `MIGRATIONS[n]` takes a store from version `n` to `n + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE task_groups (
     id   TEXT PRIMARY KEY NOT NULL,
     name TEXT NOT NULL
@@ -84,13 +96,33 @@ CREATE TABLE meta (
     key   TEXT PRIMARY KEY NOT NULL,
     value TEXT NOT NULL
 );
-"#];
+"#,
+    r#"
+ALTER TABLE registrations ADD COLUMN pending_details TEXT;
+CREATE TABLE run_history (
+    seq             INTEGER PRIMARY KEY,
+    instance_id     BLOB NOT NULL UNIQUE,
+    task_id         BLOB NOT NULL,
+    trigger_kind    INTEGER NOT NULL,
+    trigger_details TEXT,
+    started_ms      INTEGER NOT NULL,
+    ended_ms        INTEGER NOT NULL,
+    outcome         INTEGER NOT NULL,
+    reason          INTEGER,
+    message         TEXT,
+    last_progress   INTEGER NOT NULL
+);
+CREATE INDEX run_history_by_task ON run_history(task_id, seq);
+"#,
+];
 
-/// A record as loaded: the registration and its spent flag.
+/// A record as loaded: the registration, its spent flag and its latched fire.
 #[derive(Debug, Clone)]
 pub struct StoredTask {
     pub record: TaskRecord,
     pub spent: bool,
+    /// A latched fire waiting for its conditions: `Some(trigger details as JSON, if any)`.
+    pub pending: Option<Option<String>>,
 }
 
 pub struct Store {
@@ -376,7 +408,7 @@ impl Store {
             .prepare(
                 "SELECT r.task_id, r.seq, r.name, r.entry_point, r.group_id, g.name,
                         r.cancel_on_condition_loss, r.is_network_requested, r.trigger, r.conditions,
-                        r.registered_at_ms, r.next_due_ms, r.spent
+                        r.registered_at_ms, r.next_due_ms, r.spent, r.pending_fire, r.pending_details
                  FROM registrations r LEFT JOIN task_groups g ON g.id = r.group_id
                  ORDER BY r.seq",
             )
@@ -397,13 +429,30 @@ impl Store {
                     r.get::<_, i64>(10)?,
                     r.get::<_, Option<i64>>(11)?,
                     r.get::<_, bool>(12)?,
+                    r.get::<_, bool>(13)?,
+                    r.get::<_, Option<String>>(14)?,
                 ))
             })
             .map_err(fail)?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, seq, name, ep, gid, gname, col, net, trig, conds, at, due, spent) =
-                row.map_err(fail)?;
+            let (
+                id,
+                seq,
+                name,
+                ep,
+                gid,
+                gname,
+                col,
+                net,
+                trig,
+                conds,
+                at,
+                due,
+                spent,
+                pending,
+                details,
+            ) = row.map_err(fail)?;
             let task_id = Uuid::from_slice(&id).map_err(|e| self.err("read a task id", e))?;
             let trigger: Trigger = serde_json::from_str(&trig)
                 .map_err(|e| self.err(&format!("decode the trigger of task {task_id}"), e))?;
@@ -432,6 +481,127 @@ impl Store {
                     seq,
                 },
                 spent,
+                pending: pending.then_some(details),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Applies scheduler changes in one transaction: next due times, spent flags, latched fires
+    /// (`Some(details)` sets, `None` clears).
+    pub fn update_schedule(&mut self, changes: &[ScheduleChange]) -> Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let fail =
+            |e: rusqlite::Error| Error::store(&path, format!("cannot update the schedule: {e}"));
+        write_tx(&self.conn, |tx| {
+            for change in changes {
+                match change {
+                    ScheduleChange::NextDue(id, due) => tx
+                        .prepare_cached("UPDATE registrations SET next_due_ms = ?2 WHERE task_id = ?1")?
+                        .execute(params![id.as_bytes(), due])?,
+                    ScheduleChange::Spent(id) => tx
+                        .prepare_cached("UPDATE registrations SET spent = 1 WHERE task_id = ?1")?
+                        .execute(params![id.as_bytes()])?,
+                    ScheduleChange::Pending(id, Some(details)) => tx
+                        .prepare_cached(
+                            "UPDATE registrations SET pending_fire = 1, pending_details = ?2 WHERE task_id = ?1",
+                        )?
+                        .execute(params![id.as_bytes(), details])?,
+                    ScheduleChange::Pending(id, None) => tx
+                        .prepare_cached(
+                            "UPDATE registrations SET pending_fire = 0, pending_details = NULL WHERE task_id = ?1",
+                        )?
+                        .execute(params![id.as_bytes()])?,
+                };
+            }
+            Ok(())
+        })
+        .map_err(fail)
+    }
+
+    /// Records a finished run and keeps only the newest `limit` runs of its task.
+    pub fn insert_run(&mut self, run: &RunRecord, limit: u32) -> Result<()> {
+        let path = self.path.clone();
+        let fail = |e: rusqlite::Error| Error::store(&path, format!("cannot record a run: {e}"));
+        write_tx(&self.conn, |tx| {
+            tx.prepare_cached(
+                "INSERT INTO run_history (instance_id, task_id, trigger_kind, trigger_details,
+                     started_ms, ended_ms, outcome, reason, message, last_progress)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(params![
+                run.instance_id.as_bytes(),
+                run.task_id.as_bytes(),
+                run.trigger_kind as u32,
+                run.trigger_details,
+                run.started_ms,
+                run.ended_ms,
+                run.outcome as u32,
+                run.reason.map(|r| r as u32),
+                run.message,
+                run.last_progress,
+            ])?;
+            let seq = tx.last_insert_rowid();
+            tx.prepare_cached(
+                "DELETE FROM run_history WHERE task_id = ?1 AND seq <= (
+                     SELECT seq FROM run_history WHERE task_id = ?1 AND seq <= ?2
+                     ORDER BY seq DESC LIMIT 1 OFFSET ?3)",
+            )?
+            .execute(params![run.task_id.as_bytes(), seq, limit])?;
+            Ok(())
+        })
+        .map_err(fail)
+    }
+
+    /// The recorded runs of a task, oldest first.
+    pub fn history(&self, task_id: &Uuid) -> Result<Vec<RunRecord>> {
+        let fail = |e: rusqlite::Error| self.err("read the run history", e);
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT instance_id, trigger_kind, trigger_details, started_ms, ended_ms, outcome,
+                        reason, message, last_progress
+                 FROM run_history WHERE task_id = ?1 ORDER BY seq",
+            )
+            .map_err(fail)?;
+        let rows = stmt
+            .query_map([task_id.as_bytes()], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, u32>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, u32>(5)?,
+                    r.get::<_, Option<u32>>(6)?,
+                    r.get::<_, Option<String>>(7)?,
+                    r.get::<_, u32>(8)?,
+                ))
+            })
+            .map_err(fail)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, kind, details, started, ended, outcome, reason, message, progress) =
+                row.map_err(fail)?;
+            let bad = |e: Error| self.err("decode the run history", e);
+            out.push(RunRecord {
+                instance_id: Uuid::from_slice(&id)
+                    .map_err(|e| self.err("decode the run history", e))?,
+                task_id: *task_id,
+                trigger_kind: TriggerKind::from_u32(kind).map_err(bad)?,
+                trigger_details: details,
+                started_ms: started,
+                ended_ms: ended,
+                outcome: TaskOutcome::from_u32(outcome).map_err(bad)?,
+                reason: reason
+                    .map(CancellationReason::from_u32)
+                    .transpose()
+                    .map_err(bad)?,
+                message,
+                last_progress: progress,
             });
         }
         Ok(out)
@@ -482,6 +652,8 @@ fn delete_in(tx: &Connection, task_id: &Uuid) -> rusqlite::Result<bool> {
         .query_row([task_id.as_bytes()], |r| r.get(0))
         .optional()?;
     let Some(group) = group else { return Ok(false) };
+    tx.prepare_cached("DELETE FROM run_history WHERE task_id = ?1")?
+        .execute([task_id.as_bytes()])?;
     if let Some(gid) = group {
         tx.prepare_cached(
             "DELETE FROM task_groups WHERE id = ?1

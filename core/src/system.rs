@@ -1,29 +1,32 @@
-//! The system handle: one broker with an app identity and manifest, a store, a clock and a policy.
-//! This issue's half: open, register, list, unregister, close. Running tasks comes next.
+//! The system handle: one broker with an app identity and manifest, a store, a clock, a policy and
+//! the state of the machine. Registration lives here; running tasks lives in `runtime.rs`.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, Weak};
 
 use uuid::Uuid;
 
 use crate::clock::Clock;
 use crate::error::{Error, ErrorKind, Result};
+use crate::instance::{Completion, Handler, Instance};
 use crate::manifest::Manifest;
-use crate::model::{Builder, NamePolicy, SystemConditionType, TaskGroup, TaskRecord, Trigger};
+use crate::model::{
+    ApplicationTriggerResult, Builder, NamePolicy, RunRecord, SystemConditionType,
+    SystemTriggerType, TaskGroup, TaskRecord, Trigger,
+};
 use crate::policy::Policy;
-use crate::store::{Store, StoreLocation};
+use crate::runtime::{Event, Note, Pending, Running};
+use crate::source::States;
+use crate::store::{ScheduleChange, Store, StoreLocation};
 use crate::validate::validate;
 
-/// One run of a registration, as handed to a run function or an activation handler.
-#[derive(Clone)]
-pub struct Instance {
-    pub instance_id: Uuid,
-    pub task: Registration,
-}
-
-/// A background-activated handler (the analogue of `Application.OnBackgroundActivated`, or a
-/// group's `BackgroundActivated` event): runs tasks that have no entry point.
-pub type ActivationHandler = Arc<dyn Fn(&Instance) + Send + Sync>;
+/// A completed handler: `(registration, completion)`.
+pub type CompletedFn = Arc<dyn Fn(&Registration, &Completion) + Send + Sync>;
+/// A progress handler: `(registration, instance id, progress)`.
+pub type ProgressFn = Arc<dyn Fn(&Registration, Uuid, u32) + Send + Sync>;
+/// Resolves an entry point that has no registered handler (the Python layer imports
+/// `package.module:function` or `package.module.Class`). Called on a worker thread, no lock held.
+pub type Resolver = Arc<dyn Fn(&str) -> Option<Handler> + Send + Sync>;
 
 /// Everything needed to open a system.
 #[derive(Debug, Clone, Default)]
@@ -39,33 +42,97 @@ pub struct SystemOptions {
 /// Registrations are looked up by name scope `(group id, name)` for the name policy.
 type NameKey = (Option<String>, String);
 
-struct State {
-    store: Option<Store>,
-    tasks: HashMap<Uuid, Arc<TaskRecord>>,
+/// What an event-style trigger listens to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum EventKey {
+    Application(Uuid),
+    System(u32),
+    Custom(String),
+}
+
+pub(crate) struct State {
+    pub(crate) store: Option<Store>,
+    pub(crate) tasks: HashMap<Uuid, Arc<TaskRecord>>,
     /// Per name scope, the registrations by `seq` (oldest first).
     by_name: HashMap<NameKey, BTreeMap<i64, Uuid>>,
-    spent: std::collections::HashSet<Uuid>,
+    /// Event-style triggers: who listens to what.
+    pub(crate) by_event: HashMap<EventKey, BTreeSet<Uuid>>,
+    pub(crate) spent: HashSet<Uuid>,
     /// Groups with the number of registrations in each.
     groups: BTreeMap<String, (TaskGroup, usize)>,
-    /// Activation handlers: `None` = the system's, `Some(id)` = a group's.
-    activation: HashMap<Option<String>, ActivationHandler>,
     next_seq: i64,
+
+    // The broker's state (runtime.rs).
+    pub(crate) pending: HashMap<Uuid, Pending>,
+    pub(crate) pending_order: BTreeMap<u64, Uuid>,
+    pub(crate) fire_seq: u64,
+    pub(crate) running: HashMap<Uuid, Running>,
+    /// Due times of time, maintenance and calendar triggers.
+    pub(crate) timers: BTreeSet<(i64, Uuid)>,
+    pub(crate) due: HashMap<Uuid, i64>,
+    /// Custom-event registrations with recurrence ONCE that fired in this broker run.
+    pub(crate) once_fired: HashSet<Uuid>,
+    pub(crate) states: States,
+    pub(crate) jobs: VecDeque<Instance>,
+    pub(crate) idle_workers: usize,
+    pub(crate) notes: VecDeque<Note>,
+    pub(crate) notifying: bool,
+    pub(crate) events: VecDeque<Event>,
+    pub(crate) closing: bool,
+    pub(crate) stopping: bool,
 }
 
-struct Shared {
-    pid: u32,
-    manifest: Manifest,
-    clock: Clock,
-    simulated: bool,
-    policy: Policy,
-    store_path: String,
-    state: Mutex<State>,
+#[derive(Default)]
+pub(crate) struct Handlers {
+    pub(crate) entry_points: HashMap<String, Handler>,
+    /// Background-activated handlers: `None` = the system's, `Some(id)` = a group's.
+    pub(crate) activation: HashMap<Option<String>, Handler>,
+    pub(crate) resolver: Option<Resolver>,
+    pub(crate) completed: HashMap<Uuid, Vec<(u64, CompletedFn)>>,
+    pub(crate) progress: HashMap<Uuid, Vec<(u64, ProgressFn)>>,
+    pub(crate) next_token: u64,
 }
 
-/// A handle to an open system. Clones share one system.
+pub(crate) struct Shared {
+    pub(crate) pid: u32,
+    pub(crate) manifest: Manifest,
+    pub(crate) clock: Clock,
+    pub(crate) simulated: bool,
+    pub(crate) policy: Policy,
+    pub(crate) store_path: String,
+    pub(crate) state: Mutex<State>,
+    /// Wakes the broker thread.
+    pub(crate) broker_cv: Condvar,
+    /// Wakes idle workers.
+    pub(crate) work_cv: Condvar,
+    /// Wakes the notifier thread.
+    pub(crate) notify_cv: Condvar,
+    /// Signals any change that `wait_idle`, `next_event` and `close` wait for.
+    pub(crate) change_cv: Condvar,
+    pub(crate) handlers: RwLock<Handlers>,
+    pub(crate) threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    pub(crate) tz: jiff::tz::TimeZone,
+    /// Hears custom events signalled by other processes (file stores only).
+    pub(crate) listener: Mutex<Option<crate::signal::SignalListener>>,
+}
+
+/// Closes the system when the last user handle goes away.
+struct Owner(Weak<Shared>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.upgrade() {
+            let _ = shared.close();
+        }
+    }
+}
+
+/// A handle to an open system. Clones share one system; when the last handle returned by
+/// [`System::open`] (and its clones) is dropped, the system closes.
 #[derive(Clone)]
 pub struct System {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
+    _owner: Option<Arc<Owner>>,
 }
 
 impl std::fmt::Debug for System {
@@ -90,6 +157,15 @@ fn name_key(record: &TaskRecord) -> NameKey {
     )
 }
 
+pub(crate) fn event_key(trigger: &Trigger) -> Option<EventKey> {
+    match trigger {
+        Trigger::Application { id } => Some(EventKey::Application(*id)),
+        Trigger::System { trigger_type, .. } => Some(EventKey::System(*trigger_type)),
+        Trigger::CustomEvent { trigger_id, .. } => Some(EventKey::Custom(trigger_id.clone())),
+        _ => None,
+    }
+}
+
 impl State {
     fn add(&mut self, record: Arc<TaskRecord>) {
         self.next_seq = self.next_seq.max(record.seq + 1);
@@ -103,6 +179,9 @@ impl State {
             .entry(name_key(&record))
             .or_default()
             .insert(record.seq, record.task_id);
+        if let Some(key) = event_key(&record.trigger) {
+            self.by_event.entry(key).or_default().insert(record.task_id);
+        }
         self.tasks.insert(record.task_id, record);
     }
 
@@ -116,6 +195,14 @@ impl State {
                 self.by_name.remove(&key);
             }
         }
+        if let Some(key) = event_key(&record.trigger)
+            && let Some(ids) = self.by_event.get_mut(&key)
+        {
+            ids.remove(task_id);
+            if ids.is_empty() {
+                self.by_event.remove(&key);
+            }
+        }
         if let Some(g) = &record.task_group
             && let Some(entry) = self.groups.get_mut(&g.id)
         {
@@ -124,12 +211,18 @@ impl State {
                 self.groups.remove(&g.id);
             }
         }
+        self.unschedule(task_id);
+        if let Some(p) = self.pending.remove(task_id) {
+            self.pending_order.remove(&p.seq);
+        }
+        self.once_fired.remove(task_id);
         Some(record)
     }
 }
 
 impl System {
-    /// Opens a system: checks the policy, opens (and migrates) the store, loads its registrations.
+    /// Opens a system: checks the policy, opens (and migrates) the store, loads its registrations,
+    /// catches up on time that passed while nothing ran, and starts the broker.
     pub fn open(options: SystemOptions) -> Result<System> {
         let manifest = options.manifest.ok_or_else(|| {
             Error::invalid(
@@ -137,54 +230,111 @@ impl System {
             )
         })?;
         options.policy.validate()?;
-        let store = Store::open(&options.store, manifest.app_id(), options.policy.durability)?;
+        let mut store = Store::open(&options.store, manifest.app_id(), options.policy.durability)?;
         let stored = store.load()?;
+        let servicing = store.get_meta("manifest_version")?;
+        if servicing.as_deref() != Some(manifest.version()) {
+            store.set_meta("manifest_version", manifest.version())?;
+        }
         let mut state = State {
             store: None,
             tasks: HashMap::with_capacity(stored.len()),
             by_name: HashMap::new(),
-            spent: Default::default(),
+            by_event: HashMap::new(),
+            spent: HashSet::new(),
             groups: BTreeMap::new(),
-            activation: HashMap::new(),
             next_seq: 1,
+            pending: HashMap::new(),
+            pending_order: BTreeMap::new(),
+            fire_seq: 0,
+            running: HashMap::new(),
+            timers: BTreeSet::new(),
+            due: HashMap::new(),
+            once_fired: HashSet::new(),
+            states: States::default(),
+            jobs: VecDeque::new(),
+            idle_workers: 0,
+            notes: VecDeque::new(),
+            notifying: false,
+            events: VecDeque::new(),
+            closing: false,
+            stopping: false,
         };
+        let mut latched = Vec::new();
         for t in stored {
             if t.spent {
                 state.spent.insert(t.record.task_id);
+            }
+            if let Some(details) = t.pending {
+                latched.push((t.record.task_id, details));
             }
             state.add(Arc::new(t.record));
         }
         let store_path = store.path().to_owned();
         state.store = Some(store);
+        let shared = Arc::new(Shared {
+            pid: std::process::id(),
+            manifest,
+            clock: options.clock,
+            simulated: options.simulated,
+            policy: options.policy,
+            store_path,
+            state: Mutex::new(state),
+            broker_cv: Condvar::new(),
+            work_cv: Condvar::new(),
+            notify_cv: Condvar::new(),
+            change_cv: Condvar::new(),
+            handlers: RwLock::new(Handlers::default()),
+            threads: Mutex::new(Vec::new()),
+            tz: crate::calendar::system_time_zone(),
+            listener: Mutex::new(None),
+        });
+        {
+            let mut st = shared.lock();
+            shared.restore(
+                &mut st,
+                latched,
+                servicing.is_some() && servicing.as_deref() != Some(shared.manifest.version()),
+            )?;
+        }
+        shared.start_threads()?;
+        if let Clock::Manual(clock) = &shared.clock {
+            let weak = Arc::downgrade(&shared);
+            clock.subscribe(Arc::new(move || {
+                if let Some(shared) = weak.upgrade() {
+                    let _st = shared.lock();
+                    shared.broker_cv.notify_all();
+                    shared.change_cv.notify_all();
+                }
+            }));
+        }
+        if options.store != StoreLocation::Memory {
+            let weak = Arc::downgrade(&shared);
+            let on_signal: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |name: &str| {
+                if let Some(shared) = weak.upgrade()
+                    && let Ok(mut st) = shared.open_state()
+                {
+                    shared.fire_key(&mut st, &EventKey::Custom(name.to_owned()));
+                }
+            });
+            match crate::signal::SignalListener::bind(shared.manifest.app_id(), on_signal) {
+                Ok(l) => *shared.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(l),
+                Err(e) => eprintln!(
+                    "btb: custom events from other processes will not reach this system: {e}"
+                ),
+            }
+        }
+        let owner = Arc::new(Owner(Arc::downgrade(&shared)));
         Ok(System {
-            shared: Arc::new(Shared {
-                pid: std::process::id(),
-                manifest,
-                clock: options.clock,
-                simulated: options.simulated,
-                policy: options.policy,
-                store_path,
-                state: Mutex::new(state),
-            }),
+            shared,
+            _owner: Some(owner),
         })
     }
 
     /// Locks the state after checking the process (a forked child must not touch the parent's
     /// threads or locks) and that the system is open.
-    fn state(&self) -> Result<MutexGuard<'_, State>> {
-        let pid = std::process::id();
-        if pid != self.shared.pid {
-            return Err(Error::state(format!(
-                "this btb system was opened by process {} and cannot be used in a forked child \
-                 (pid {pid}); open a new system in the child",
-                self.shared.pid
-            )));
-        }
-        let state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
-        if state.store.is_none() {
-            return Err(Error::state("the btb system is closed"));
-        }
-        Ok(state)
+    pub(crate) fn state(&self) -> Result<MutexGuard<'_, State>> {
+        self.shared.open_state()
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -213,29 +363,61 @@ impl System {
     }
 
     pub fn is_closed(&self) -> bool {
+        self.shared.lock().store.is_none()
+    }
+
+    fn handlers(&self) -> std::sync::RwLockWriteGuard<'_, Handlers> {
         self.shared
-            .state
-            .lock()
+            .handlers
+            .write()
             .unwrap_or_else(|p| p.into_inner())
-            .store
-            .is_none()
     }
 
     /// Sets (or with `None` removes) the background-activated handler of the system
-    /// (`group = None`) or of a task group.
+    /// (`group = None`) or of a task group: it runs the tasks that have no entry point.
     pub fn set_background_activated(
         &self,
         group: Option<&str>,
-        handler: Option<ActivationHandler>,
+        handler: Option<Handler>,
     ) -> Result<()> {
-        let mut state = self.state()?;
+        drop(self.state()?);
         let key = group.map(str::to_owned);
         let old = match handler {
-            Some(h) => state.activation.insert(key, h),
-            None => state.activation.remove(&key),
+            Some(h) => self.handlers().activation.insert(key, h),
+            None => self.handlers().activation.remove(&key),
         };
-        drop(state);
         drop(old); // a handler may hold references that call back into btb: drop it unlocked
+        Ok(())
+    }
+
+    /// Registers (or with `None` removes) the in-process handler of a declared entry point.
+    pub fn register_entry_point(&self, entry_point: &str, handler: Option<Handler>) -> Result<()> {
+        drop(self.state()?);
+        if self.shared.manifest.find(entry_point).is_none() {
+            return Err(Error::new(
+                ErrorKind::NotDeclared,
+                format!(
+                    "entry point {entry_point:?} is not declared in the manifest of {:?}",
+                    self.app_id()
+                ),
+            ));
+        }
+        let old = match handler {
+            Some(h) => self
+                .handlers()
+                .entry_points
+                .insert(entry_point.to_owned(), h),
+            None => self.handlers().entry_points.remove(entry_point),
+        };
+        drop(old);
+        Ok(())
+    }
+
+    /// Sets the resolver asked for entry points without a registered handler.
+    pub fn set_entry_point_resolver(&self, resolver: Option<Resolver>) -> Result<()> {
+        drop(self.state()?);
+        let old = std::mem::replace(&mut self.handlers().resolver, resolver);
+        drop(old);
         Ok(())
     }
 
@@ -243,9 +425,16 @@ impl System {
     /// The builder is borrowed: on an error, fix it and call again.
     pub fn register(&self, builder: &Builder) -> Result<Registration> {
         let mut state = self.state()?;
-        let valid = validate(builder, &self.shared.manifest, &self.shared.policy, |g| {
-            state.activation.contains_key(&g.map(str::to_owned))
-        })?;
+        let valid = {
+            let handlers = self
+                .shared
+                .handlers
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
+            validate(builder, &self.shared.manifest, &self.shared.policy, |g| {
+                handlers.activation.contains_key(&g.map(str::to_owned))
+            })?
+        };
         let group_id = builder.task_group.as_ref().map(|g| g.id.as_str());
         let same_name: Vec<Uuid> = match valid.name_policy {
             NamePolicy::Allow => Vec::new(),
@@ -261,10 +450,7 @@ impl System {
             NamePolicy::Keep => {
                 if let Some(existing) = same_name.first() {
                     let record = Arc::clone(&state.tasks[existing]);
-                    return Ok(Registration {
-                        system: self.clone(),
-                        record,
-                    });
+                    return Ok(self.registration(record));
                 }
             }
             NamePolicy::Fail => {
@@ -284,15 +470,7 @@ impl System {
             NamePolicy::Replace => replaced = same_name,
         }
         let now = self.shared.clock.now_ms();
-        let next_due_ms = match &valid.trigger {
-            Trigger::Time {
-                freshness_minutes, ..
-            }
-            | Trigger::Maintenance {
-                freshness_minutes, ..
-            } => Some(now + i64::from(*freshness_minutes) * 60_000),
-            _ => None,
-        };
+        let next_due_ms = self.shared.first_due(&valid.trigger, now);
         // A group keeps the name it was created with; naming it again with another name joins it.
         let task_group = builder.task_group.as_ref().map(|g| {
             state
@@ -319,18 +497,28 @@ impl System {
             .expect("checked open")
             .insert(&record, &replaced)?;
         for id in &replaced {
+            self.shared
+                .cancel_task(&mut state, id, crate::CancellationReason::Abort, now);
             state.remove(id);
         }
         state.add(Arc::clone(&record));
-        Ok(Registration {
-            system: self.clone(),
-            record,
-        })
+        if let Some(due) = next_due_ms {
+            state.schedule(record.task_id, due);
+        }
+        self.shared.broker_cv.notify_all();
+        Ok(self.registration(record))
     }
 
-    /// Removes a registration durably. `cancel_task` cancels a running instance with `ABORT`
-    /// (instances run from the next issue on; today nothing runs).
-    pub fn unregister(&self, task_id: &Uuid, _cancel_task: bool) -> Result<()> {
+    fn registration(&self, record: Arc<TaskRecord>) -> Registration {
+        Registration {
+            shared: Arc::clone(&self.shared),
+            record,
+        }
+    }
+
+    /// Removes a registration durably. `cancel_task` cancels a running instance with `ABORT`;
+    /// otherwise it finishes.
+    pub fn unregister(&self, task_id: &Uuid, cancel_task: bool) -> Result<()> {
         let mut state = self.state()?;
         if !state.tasks.contains_key(task_id) {
             return Err(Error::new(
@@ -343,7 +531,18 @@ impl System {
             .as_mut()
             .expect("checked open")
             .delete(task_id)?;
+        if cancel_task {
+            let now = self.shared.clock.now_ms();
+            self.shared
+                .cancel_task(&mut state, task_id, crate::CancellationReason::Abort, now);
+        }
         state.remove(task_id);
+        let mut handlers = self.handlers();
+        let completed = handlers.completed.remove(task_id);
+        let progress = handlers.progress.remove(task_id);
+        drop(handlers);
+        drop(state);
+        drop((completed, progress));
         Ok(())
     }
 
@@ -353,13 +552,7 @@ impl System {
             state.tasks.values().filter(|t| keep(t)).cloned().collect();
         drop(state);
         records.sort_by_key(|t| t.seq);
-        Ok(records
-            .into_iter()
-            .map(|record| Registration {
-                system: self.clone(),
-                record,
-            })
-            .collect())
+        Ok(records.into_iter().map(|r| self.registration(r)).collect())
     }
 
     /// Registrations outside any task group, in registration order (Windows `AllTasks`).
@@ -404,38 +597,160 @@ impl System {
                 format!("task {task_id} is not registered"),
             )
         })?;
-        Ok(Registration {
-            system: self.clone(),
-            record,
-        })
+        Ok(self.registration(record))
     }
 
-    fn is_spent(&self, task_id: &Uuid) -> bool {
-        self.shared
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .spent
-            .contains(task_id)
-    }
-
-    /// Closes the system: releases the store (and its lock). Later calls fail with `STATE`.
-    /// Closing twice is harmless.
-    pub fn close(&self) -> Result<()> {
-        let pid = std::process::id();
-        if pid != self.shared.pid {
-            return Err(Error::state(format!(
-                "this btb system was opened by process {} and cannot be closed from a forked child (pid {pid})",
-                self.shared.pid
+    /// Fires the registrations made with application trigger `trigger_id` (Windows
+    /// `ApplicationTrigger.RequestAsync`). `arguments` (a JSON object) reach the instance as its
+    /// trigger details. `CURRENTLY_RUNNING` when one of them runs (nothing is queued),
+    /// `DISABLED_BY_POLICY` when the policy disallows application triggers, `UNKNOWN_ERROR` when no
+    /// registration holds the trigger.
+    pub fn request(
+        &self,
+        trigger_id: &Uuid,
+        arguments: Option<serde_json::Value>,
+    ) -> Result<ApplicationTriggerResult> {
+        if let Some(args) = &arguments
+            && !args.is_object()
+        {
+            return Err(Error::invalid(format!(
+                "application trigger arguments must be a JSON object, not {args}"
             )));
         }
-        let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
-        let store = state.store.take();
-        let handlers = std::mem::take(&mut state.activation);
-        drop(state);
-        drop(handlers);
-        drop(store);
+        let mut st = self.state()?;
+        if !self.shared.policy.allow_application_triggers {
+            return Ok(ApplicationTriggerResult::DisabledByPolicy);
+        }
+        let holders: Vec<Uuid> = st
+            .by_event
+            .get(&EventKey::Application(*trigger_id))
+            .map(|ids| ids.iter().copied().collect())
+            .unwrap_or_default();
+        if holders.is_empty() {
+            return Ok(ApplicationTriggerResult::UnknownError);
+        }
+        if holders.iter().any(|id| st.running.contains_key(id)) {
+            return Ok(ApplicationTriggerResult::CurrentlyRunning);
+        }
+        let now = self.shared.clock.now_ms();
+        let mut changes = Vec::new();
+        for id in holders {
+            self.shared
+                .fire(&mut st, id, arguments.clone(), now, &mut changes);
+        }
+        self.shared.commit(&mut st, changes);
+        self.shared.dispatch(&mut st, now);
+        Ok(ApplicationTriggerResult::Allowed)
+    }
+
+    /// Raises a system event (the platform source does this for the events it sees; apps with a
+    /// source of their own feed theirs). Returns how many registrations fired.
+    pub fn raise_event(&self, event: SystemTriggerType) -> Result<usize> {
+        self.fire_event(&EventKey::System(event as u32))
+    }
+
+    /// Signals a custom event in this system (other processes use [`crate::signal::signal_event`]).
+    pub fn signal_event(&self, trigger_id: &str) -> Result<usize> {
+        self.fire_event(&EventKey::Custom(trigger_id.to_owned()))
+    }
+
+    fn fire_event(&self, key: &EventKey) -> Result<usize> {
+        let mut st = self.state()?;
+        Ok(self.shared.fire_key(&mut st, key))
+    }
+
+    /// Sets a state of the simulated source; `STATE` on a system using the platform sources.
+    pub fn set_state(&self, condition: SystemConditionType, value: bool) -> Result<()> {
+        if !self.shared.simulated {
+            return Err(Error::state(
+                "set_state needs a system opened with the simulated source; this one reads the platform",
+            ));
+        }
+        let mut st = self.state()?;
+        self.shared.state_changed(&mut st, condition, value);
         Ok(())
+    }
+
+    /// The current state of a condition: `Some(holds)`, or `None` while unknown.
+    pub fn get_state(&self, condition: SystemConditionType) -> Result<Option<bool>> {
+        Ok(self.state()?.states.get(condition))
+    }
+
+    /// Windows `BackgroundWorkCost.CurrentBackgroundWorkCost` (`None` while unknown).
+    pub fn background_work_cost(&self) -> Result<Option<crate::BackgroundWorkCostValue>> {
+        Ok(self.state()?.states.background_work_cost())
+    }
+
+    /// Waits until nothing runs or is runnable and every handler has been called: `true`, or
+    /// `false` after `timeout`. Not from a btb handler thread (`STATE`).
+    pub fn wait_idle(&self, timeout: std::time::Duration) -> Result<bool> {
+        self.shared.wait_idle(timeout)
+    }
+
+    /// Takes the next event of the pull queue (runs of tasks whose handler is `Handler::Queued`,
+    /// and their cancellations), waiting at most `timeout`; `None` on timeout.
+    pub fn next_event(&self, timeout: std::time::Duration) -> Result<Option<Event>> {
+        self.shared.next_event(timeout)
+    }
+
+    /// Adds a completed handler for a registration; returns its token.
+    pub fn add_completed(&self, task_id: &Uuid, handler: CompletedFn) -> Result<u64> {
+        drop(self.state()?);
+        let mut h = self.handlers();
+        h.next_token += 1;
+        let token = h.next_token;
+        h.completed
+            .entry(*task_id)
+            .or_default()
+            .push((token, handler));
+        Ok(token)
+    }
+
+    /// Adds a progress handler for a registration; returns its token.
+    pub fn add_progress(&self, task_id: &Uuid, handler: ProgressFn) -> Result<u64> {
+        drop(self.state()?);
+        let mut h = self.handlers();
+        h.next_token += 1;
+        let token = h.next_token;
+        h.progress
+            .entry(*task_id)
+            .or_default()
+            .push((token, handler));
+        Ok(token)
+    }
+
+    /// Removes a completed or progress handler; `false` if the token is unknown.
+    pub fn remove_handler(&self, token: u64) -> bool {
+        let mut h = self.handlers();
+        let mut removed = Vec::new();
+        for list in h.completed.values_mut() {
+            if let Some(i) = list.iter().position(|(t, _)| *t == token) {
+                removed.push(Box::new(list.remove(i)) as Box<dyn std::any::Any>);
+            }
+        }
+        for list in h.progress.values_mut() {
+            if let Some(i) = list.iter().position(|(t, _)| *t == token) {
+                removed.push(Box::new(list.remove(i)) as Box<dyn std::any::Any>);
+            }
+        }
+        drop(h);
+        !removed.is_empty()
+    }
+
+    /// The recorded runs of a registration, oldest first.
+    pub fn history(&self, task_id: &Uuid) -> Result<Vec<RunRecord>> {
+        self.state()?
+            .store
+            .as_ref()
+            .expect("checked open")
+            .history(task_id)
+    }
+
+    /// Closes the system: cancels running instances with `TERMINATING`, waits at most the policy's
+    /// grace for them, records the rest as canceled, stops the broker and releases the store.
+    /// Later calls fail with `STATE`. Closing twice is harmless.
+    pub fn close(&self) -> Result<()> {
+        self.shared.close()
     }
 }
 
@@ -443,7 +758,7 @@ impl System {
 /// plus the system it lives in.
 #[derive(Clone)]
 pub struct Registration {
-    system: System,
+    shared: Arc<Shared>,
     record: Arc<TaskRecord>,
 }
 
@@ -458,11 +773,17 @@ impl std::fmt::Debug for Registration {
 
 impl PartialEq for Registration {
     fn eq(&self, other: &Self) -> bool {
-        self.record.task_id == other.record.task_id && self.system == other.system
+        self.record.task_id == other.record.task_id && Arc::ptr_eq(&self.shared, &other.shared)
     }
 }
 
 impl Registration {
+    pub(crate) fn new(shared: Arc<Shared>, record: Arc<TaskRecord>) -> Registration {
+        Registration { shared, record }
+    }
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
     pub fn task_id(&self) -> Uuid {
         self.record.task_id
     }
@@ -490,16 +811,53 @@ impl Registration {
     pub fn record(&self) -> &TaskRecord {
         &self.record
     }
-    pub fn system(&self) -> &System {
-        &self.system
+    /// The system this registration lives in (a handle that does not keep it open).
+    pub fn system(&self) -> System {
+        System {
+            shared: Arc::clone(&self.shared),
+            _owner: None,
+        }
+    }
+    /// When its time, maintenance or calendar trigger is next due (ms since the epoch), as the
+    /// broker plans it now; `None` for other triggers and spent ones.
+    pub fn next_due_ms(&self) -> Option<i64> {
+        self.shared.lock().due.get(&self.record.task_id).copied()
     }
     /// A one-shot trigger that has fired: the registration stays but never fires again.
     pub fn is_spent(&self) -> bool {
-        self.system.is_spent(&self.record.task_id)
+        self.shared.lock().spent.contains(&self.record.task_id)
     }
     /// Unregisters this task (see [`System::unregister`]).
     pub fn unregister(&self, cancel_task: bool) -> Result<()> {
-        self.system.unregister(&self.record.task_id, cancel_task)
+        self.system().unregister(&self.record.task_id, cancel_task)
+    }
+    /// Requests a run through this registration's application trigger (`INVALID_ARGUMENT` for
+    /// another kind of trigger).
+    pub fn request(
+        &self,
+        arguments: Option<serde_json::Value>,
+    ) -> Result<ApplicationTriggerResult> {
+        match &self.record.trigger {
+            Trigger::Application { id } => self.system().request(id, arguments),
+            other => Err(Error::invalid(format!(
+                "task {:?} has a {} trigger, not an application trigger",
+                self.record.name,
+                other.kind().name().to_ascii_lowercase().replace('_', " ")
+            ))),
+        }
+    }
+    pub fn add_completed(&self, handler: CompletedFn) -> Result<u64> {
+        self.system().add_completed(&self.record.task_id, handler)
+    }
+    pub fn add_progress(&self, handler: ProgressFn) -> Result<u64> {
+        self.system().add_progress(&self.record.task_id, handler)
+    }
+    pub fn remove_handler(&self, token: u64) -> bool {
+        self.system().remove_handler(token)
+    }
+    /// The recorded runs, oldest first.
+    pub fn history(&self) -> Result<Vec<RunRecord>> {
+        self.system().history(&self.record.task_id)
     }
 }
 
@@ -543,4 +901,13 @@ pub fn default_system() -> Result<System> {
     })?;
     *slot = Some(system.clone());
     Ok(system)
+}
+
+#[allow(unused)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<System>();
+    is::<Registration>();
+    is::<Instance>();
+    let _ = ScheduleChange::Spent(Uuid::nil());
 }

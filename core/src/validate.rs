@@ -203,6 +203,11 @@ fn check_trigger(trigger: &Trigger, policy: &Policy) -> Result<()> {
             recurrence,
         } => {
             check_text("custom event trigger id", trigger_id, 256)?;
+            if trigger_id.chars().any(char::is_control) {
+                return Err(Error::invalid(format!(
+                    "custom event trigger id {trigger_id:?} contains a control character"
+                )));
+            }
             CustomRecurrence::from_u32(*recurrence)?;
         }
         Trigger::Calendar { expression } => {

@@ -153,10 +153,14 @@ fn check_record(r: &TaskRecord, n: u64) {
     let raw: Vec<u32> = r.conditions.iter().map(|c| *c as u32).collect();
     assert_eq!(raw, b.conditions, "{what}");
     assert_eq!(r.registered_at_ms, registered_at(n), "{what}");
-    let due = r
-        .trigger
-        .freshness_minutes()
-        .map(|f| registered_at(n) + i64::from(f) * 60_000);
+    let due = match &r.trigger {
+        Trigger::Calendar { expression } => btb_core::calendar::CalendarSpec::parse(expression)
+            .unwrap()
+            .next_after(registered_at(n), &btb_core::calendar::system_time_zone()),
+        other => other
+            .freshness_minutes()
+            .map(|f| registered_at(n) + i64::from(f) * 60_000),
+    };
     assert_eq!(r.next_due_ms, due, "{what}");
 }
 

@@ -1059,7 +1059,7 @@ fn the_registration_holds_everything_the_builder_held() {
         ]
     );
     assert!(!r.is_spent());
-    assert_eq!(r.system(), &system);
+    assert_eq!(r.system(), system);
     assert_eq!(system.find(&r.task_id()).unwrap().record(), r.record());
 
     let plain = system.register(&builder("plain")).unwrap();
@@ -1093,16 +1093,25 @@ fn next_due_is_registration_time_plus_freshness() {
         Some(T0 + 123_457 + 43_200 * 60_000)
     );
 
-    // Only time and maintenance triggers have a due time.
+    // Calendar triggers are due at their next matching time; event triggers have no due time.
     for trigger in all_trigger_kinds()
         .into_iter()
         .filter(|t| !matches!(t.kind(), TriggerKind::Time | TriggerKind::Maintenance))
     {
         let mut b = builder("other");
-        b.set_trigger(trigger);
+        b.set_trigger(trigger.clone());
         let r = system.register(&b).unwrap();
         assert_eq!(r.record().registered_at_ms, T0 + 123_457);
-        assert_eq!(r.record().next_due_ms, None, "{:?}", r.trigger());
+        let expected = match &trigger {
+            btb_core::Trigger::Calendar { expression } => {
+                btb_core::calendar::CalendarSpec::parse(expression)
+                    .unwrap()
+                    .next_after(T0 + 123_457, &btb_core::calendar::system_time_zone())
+            }
+            _ => None,
+        };
+        assert_eq!(r.record().next_due_ms, expected, "{:?}", r.trigger());
+        assert_eq!(expected.is_some(), trigger.kind() == TriggerKind::Calendar);
     }
 }
 

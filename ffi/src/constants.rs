@@ -124,3 +124,14 @@ pub enum btb_durability {
     /// `synchronous=NORMAL`: survives a process crash; recent commits may be lost on power loss.
     BTB_DURABILITY_NORMAL = 1,
 }
+
+/// Kinds of pull-queue events (`btb_event.kind`).
+#[repr(u32)]
+pub enum btb_event_kind {
+    /// The wait timed out.
+    BTB_EVENT_NONE = 0,
+    /// Run the instance on this thread, then call `btb_instance_finish_run`.
+    BTB_EVENT_RUN = 1,
+    /// A queued instance was canceled (`btb_event.reason`): stop it and finish its run.
+    BTB_EVENT_CANCELED = 2,
+}

@@ -29,6 +29,9 @@ pub(crate) enum Object {
     TaskGroup(crate::registration::GroupRef),
     RegistrationList(crate::registration::RegistrationListRef),
     TaskGroupList(crate::registration::GroupListRef),
+    Instance(crate::instance::InstanceRef),
+    Deferral(crate::instance::DeferralRef),
+    RunList(crate::registration::RunListRef),
 }
 
 impl Object {
@@ -44,6 +47,9 @@ impl Object {
             Object::TaskGroup(_) => "btb_task_group",
             Object::RegistrationList(_) => "btb_registration_list",
             Object::TaskGroupList(_) => "btb_task_group_list",
+            Object::Instance(_) => "btb_instance",
+            Object::Deferral(_) => "btb_deferral",
+            Object::RunList(_) => "btb_run_list",
         }
     }
 }

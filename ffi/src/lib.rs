@@ -8,6 +8,7 @@ pub mod builder;
 pub mod constants;
 pub mod error;
 pub mod handle;
+pub mod instance;
 pub mod registration;
 pub mod strings;
 pub mod system;

@@ -1,13 +1,13 @@
 //! `btb_registration`, `btb_task_group` and the list types returned by the system's listings.
 
-use std::ffi::{CString, c_char};
+use std::ffi::{CString, c_char, c_void};
 use std::sync::Arc;
 
-use btb_core::{Error, ErrorKind, Registration, TaskGroup};
+use btb_core::{Completion, Error, ErrorKind, Registration, RunRecord, TaskGroup};
 
 use crate::builder::copy_u32s;
 use crate::error::{btb_status, guard};
-use crate::handle::{self, handle_type, out_ptr, write};
+use crate::handle::{self, UserData, handle_type, out_ptr, write};
 use crate::strings::{arg, c_string, opt_arg, owned};
 use crate::trigger::{btb_trigger, new_trigger};
 
@@ -415,5 +415,288 @@ pub extern "C" fn btb_task_group_list_get(
 /// Frees a task group list. NULL is a no-op. Errors: `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn btb_task_group_list_free(list: *mut btb_task_group_list) -> btb_status {
+    guard(|| handle::free(list).map(drop))
+}
+
+/// How a run ended, as completed handlers see it. Borrowed for the duration of the callback.
+#[repr(C)]
+pub struct btb_completion {
+    pub instance_id: btb_uuid,
+    /// `BTB_TASK_OUTCOME_*`.
+    pub outcome: u32,
+    /// `BTB_CANCELLATION_*` when the outcome is CANCELED, else 0.
+    pub reason: u32,
+    /// The failure message, or a description of the cancellation; NULL on success.
+    pub message: *const c_char,
+    pub last_progress: u32,
+}
+
+/// A completed handler (`BackgroundTaskCompletedEventHandler`): called on a btb thread with no btb
+/// lock held, with the registration and completion borrowed for the call. It may call any btb
+/// function, including unregistering.
+pub type btb_completed_fn = Option<
+    unsafe extern "C" fn(
+        registration: *mut btb_registration,
+        completion: *const btb_completion,
+        user_data: *mut c_void,
+    ),
+>;
+
+/// A progress handler (`BackgroundTaskProgressEventHandler`): called on a btb thread, in order,
+/// for each change of an instance's progress.
+pub type btb_progress_fn = Option<
+    unsafe extern "C" fn(
+        registration: *mut btb_registration,
+        instance_id: *const btb_uuid,
+        progress: u32,
+        user_data: *mut c_void,
+    ),
+>;
+
+fn borrowed_registration(registration: &Registration, f: impl FnOnce(*mut btb_registration)) {
+    let h = new_registration(registration.clone());
+    f(h);
+    let _ = handle::free(h);
+}
+
+/// Adds a completed handler; writes its token (for `btb_registration_remove_handler`) to
+/// `*out_token` (may be NULL). Errors: `BTB_ERROR_NULL_ARGUMENT` (registration or handler),
+/// `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_registration_add_completed(
+    registration: *mut btb_registration,
+    handler: btb_completed_fn,
+    user_data: *mut c_void,
+    out_token: *mut u64,
+) -> btb_status {
+    guard(|| {
+        let r = handle::get(registration as *const btb_registration, "registration")?;
+        let f = handler.ok_or_else(|| Error::new(ErrorKind::NullArgument, "handler is NULL"))?;
+        let user_data = UserData(user_data);
+        let token =
+            r.registration
+                .add_completed(Arc::new(move |reg: &Registration, c: &Completion| {
+                    let user_data = user_data;
+                    let message = c.message.as_deref().map(c_string);
+                    let completion = btb_completion {
+                        instance_id: btb_uuid {
+                            bytes: *c.instance_id.as_bytes(),
+                        },
+                        outcome: c.outcome as u32,
+                        reason: c.reason.map_or(0, |r| r as u32),
+                        message: message.as_ref().map_or(std::ptr::null(), |m| m.as_ptr()),
+                        last_progress: c.last_progress,
+                    };
+                    // SAFETY: the C caller promised `f` accepts these arguments.
+                    borrowed_registration(reg, |h| unsafe { f(h, &completion, user_data.0) });
+                }))?;
+        if !out_token.is_null() {
+            write(out_token, token);
+        }
+        Ok(())
+    })
+}
+
+/// Adds a progress handler; writes its token to `*out_token` (may be NULL).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_registration_add_progress(
+    registration: *mut btb_registration,
+    handler: btb_progress_fn,
+    user_data: *mut c_void,
+    out_token: *mut u64,
+) -> btb_status {
+    guard(|| {
+        let r = handle::get(registration as *const btb_registration, "registration")?;
+        let f = handler.ok_or_else(|| Error::new(ErrorKind::NullArgument, "handler is NULL"))?;
+        let user_data = UserData(user_data);
+        let token =
+            r.registration
+                .add_progress(Arc::new(move |reg: &Registration, id, progress| {
+                    let user_data = user_data;
+                    let id = btb_uuid {
+                        bytes: *id.as_bytes(),
+                    };
+                    // SAFETY: the C caller promised `f` accepts these arguments.
+                    borrowed_registration(reg, |h| unsafe { f(h, &id, progress, user_data.0) });
+                }))?;
+        if !out_token.is_null() {
+            write(out_token, token);
+        }
+        Ok(())
+    })
+}
+
+/// Removes a completed or progress handler by token. A handler being called when it is removed
+/// finishes that call. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`,
+/// `BTB_ERROR_NOT_FOUND` (unknown token). Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_registration_remove_handler(
+    registration: *mut btb_registration,
+    token: u64,
+) -> btb_status {
+    guard(|| {
+        let r = handle::get(registration as *const btb_registration, "registration")?;
+        if r.registration.remove_handler(token) {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorKind::NotFound,
+                format!("no handler with token {token}"),
+            ))
+        }
+    })
+}
+
+/// Requests a run through the registration's application trigger, with `arguments` (a JSON object
+/// text, or NULL); writes a `BTB_APPLICATION_TRIGGER_*` result to `*out`. Works after a restart.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
+/// `BTB_ERROR_INVALID_ARGUMENT` (not an application trigger; bad arguments), `BTB_ERROR_STATE`.
+/// Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_registration_request(
+    registration: *mut btb_registration,
+    arguments: *const c_char,
+    out: *mut u32,
+) -> btb_status {
+    guard(|| {
+        let out = out_ptr(out, "out")?;
+        let r = handle::get(registration as *const btb_registration, "registration")?;
+        let args = crate::system::parse_arguments(arguments)?;
+        write(out, r.registration.request(args)? as u32);
+        Ok(())
+    })
+}
+
+/// Writes when the registration's time, maintenance or calendar trigger is next due (ms since the
+/// Unix epoch) to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`,
+/// `BTB_ERROR_NOT_FOUND` (another kind of trigger, or spent). Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_registration_next_due_ms(
+    registration: *const btb_registration,
+    out: *mut i64,
+) -> btb_status {
+    read(registration, out, |r| {
+        r.registration
+            .next_due_ms()
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, "the registration has no due time"))
+    })
+}
+
+/// A snapshot of a registration's run history. Immutable; thread-safe. Free with
+/// `btb_run_list_free`.
+pub struct btb_run_list {
+    _private: [u8; 0],
+}
+
+/// One recorded run. Its strings are borrowed from the list (valid while the list lives).
+#[repr(C)]
+pub struct btb_run {
+    pub instance_id: btb_uuid,
+    /// `BTB_TRIGGER_KIND_*`.
+    pub trigger_kind: u32,
+    /// What fired it as JSON (application trigger arguments), or NULL.
+    pub trigger_details: *const c_char,
+    pub started_ms: i64,
+    pub ended_ms: i64,
+    /// `BTB_TASK_OUTCOME_*`.
+    pub outcome: u32,
+    /// `BTB_CANCELLATION_*` when canceled, else -1.
+    pub reason: i32,
+    /// Failure or cancellation message, or NULL.
+    pub message: *const c_char,
+    pub last_progress: u32,
+}
+
+pub(crate) struct RunRow {
+    run: RunRecord,
+    details: Option<CString>,
+    message: Option<CString>,
+}
+pub(crate) type RunListRef = Arc<Vec<RunRow>>;
+handle_type!(btb_run_list, 13, RunList, RunListRef);
+
+/// Writes a new list of the registration's recorded runs (oldest first; the last 100 by default) to
+/// `*out`; free it with `btb_run_list_free`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
+/// `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STORE`, `BTB_ERROR_STATE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_registration_history(
+    registration: *const btb_registration,
+    out: *mut *mut btb_run_list,
+) -> btb_status {
+    read(registration, out, |r| {
+        let rows = r
+            .registration
+            .history()?
+            .into_iter()
+            .map(|run| RunRow {
+                details: run.trigger_details.as_deref().map(c_string),
+                message: run.message.as_deref().map(c_string),
+                run,
+            })
+            .collect();
+        Ok(handle::insert::<btb_run_list>(Arc::new(rows)))
+    })
+}
+
+/// Writes the number of runs in the list to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
+/// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_run_list_len(list: *const btb_run_list, out: *mut usize) -> btb_status {
+    guard(|| {
+        let out = out_ptr(out, "out")?;
+        write(out, handle::get(list, "list")?.len());
+        Ok(())
+    })
+}
+
+/// Writes the run at `index` to `*out` (strings borrowed from the list).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
+/// (index out of range). Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_run_list_get(
+    list: *const btb_run_list,
+    index: usize,
+    out: *mut btb_run,
+) -> btb_status {
+    guard(|| {
+        let out = out_ptr(out, "out")?;
+        let l = handle::get(list, "list")?;
+        let row = l.get(index).ok_or_else(|| {
+            Error::invalid(format!(
+                "index {index} is out of range for a list of {} runs",
+                l.len()
+            ))
+        })?;
+        // The CStrings live in the Arc'd list, which lives as long as the handle.
+        write(
+            out,
+            btb_run {
+                instance_id: btb_uuid {
+                    bytes: *row.run.instance_id.as_bytes(),
+                },
+                trigger_kind: row.run.trigger_kind as u32,
+                trigger_details: row
+                    .details
+                    .as_ref()
+                    .map_or(std::ptr::null(), |c| c.as_ptr()),
+                started_ms: row.run.started_ms,
+                ended_ms: row.run.ended_ms,
+                outcome: row.run.outcome as u32,
+                reason: row.run.reason.map_or(-1, |r| r as i32),
+                message: row
+                    .message
+                    .as_ref()
+                    .map_or(std::ptr::null(), |c| c.as_ptr()),
+                last_progress: row.run.last_progress,
+            },
+        );
+        Ok(())
+    })
+}
+
+/// Frees a run list. NULL is a no-op. Errors: `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_run_list_free(list: *mut btb_run_list) -> btb_status {
     guard(|| handle::free(list).map(drop))
 }

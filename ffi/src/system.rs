@@ -3,13 +3,19 @@
 use std::ffi::{CString, c_char};
 use std::sync::{Arc, Mutex};
 
+use std::ffi::c_void;
+use std::time::Duration;
+
 use btb_core::{
-    Clock, Durability, Error, ErrorKind, Instance, Manifest, ManualClock, StoreLocation, System,
-    SystemOptions, TaskDeclaration, TriggerKind,
+    Clock, Durability, Error, ErrorKind, Event, Handler, Manifest, ManualClock, StoreLocation,
+    System, SystemConditionType, SystemOptions, SystemTriggerType, TaskDeclaration, TriggerKind,
 };
 
+use crate::instance::{btb_instance, btb_run_fn, new_instance, run_handler};
+use crate::trigger::btb_trigger;
+
 use crate::error::{btb_status, guard};
-use crate::handle::{self, UserData, handle_type, out_ptr, write};
+use crate::handle::{self, handle_type, out_ptr, write};
 use crate::registration::{
     btb_registration, btb_registration_list, btb_task_group, btb_task_group_list, new_group,
     new_registration,
@@ -33,16 +39,6 @@ pub struct btb_system_options {
 pub struct btb_system {
     _private: [u8; 0],
 }
-
-/// One run of a task, handed to run functions and activation handlers (the next release runs tasks).
-pub struct btb_instance {
-    _private: [u8; 0],
-}
-
-/// A background-activated handler: called on a btb worker thread (never the thread that called
-/// btb, never with a btb lock held) with the instance to run and the `user_data` given when it was set.
-pub type btb_activated_fn =
-    Option<unsafe extern "C" fn(instance: *mut btb_instance, user_data: *mut std::ffi::c_void)>;
 
 pub(crate) type ManifestRef = Arc<Mutex<Manifest>>;
 pub(crate) type OptionsRef = Arc<Mutex<SystemOptions>>;
@@ -464,32 +460,317 @@ pub extern "C" fn btb_system_advance_clock(system: *mut btb_system, ms: i64) -> 
 }
 
 /// Sets (or, with `handler` NULL, removes) the background-activated handler of the system
-/// (`group_id` NULL) or of the task group `group_id`: it runs registered tasks that have no entry
-/// point. `user_data` is passed back as given; btb never dereferences it. Tasks run from the next
-/// release; today the handler makes entry-point-less registrations valid.
+/// (`group_id` NULL) or of the task group `group_id` (Windows `OnBackgroundActivated` /
+/// `BackgroundTaskRegistrationGroup.BackgroundActivated`): it runs registered tasks that have no
+/// entry point, a group's own before the system's. `handler` runs on a btb worker thread with a
+/// borrowed instance; `user_data` is passed back as given (btb never dereferences it).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
 /// `BTB_ERROR_STATE`. Thread-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn btb_system_set_background_activated(
     system: *mut btb_system,
     group_id: *const c_char,
-    handler: btb_activated_fn,
-    user_data: *mut std::ffi::c_void,
+    handler: btb_run_fn,
+    user_data: *mut c_void,
 ) -> btb_status {
     guard(|| {
         let s = handle::get(system as *const btb_system, "system")?;
         let group = opt_arg(group_id, "group_id")?;
-        let user_data = UserData(user_data);
-        let handler = handler.map(|f| {
-            Arc::new(move |_instance: &Instance| {
-                let user_data = user_data;
-                // The instance handle arrives with the task runner (next release).
-                // SAFETY: the C caller promised `f` is callable with these arguments.
-                unsafe { f(std::ptr::null_mut(), user_data.0) }
-            }) as btb_core::ActivationHandler
-        });
-        s.system.set_background_activated(group, handler)
+        s.system
+            .set_background_activated(group, handler.map(|f| run_handler(f, user_data)))
     })
+}
+
+/// Like `btb_system_set_background_activated`, but the runs go to the pull queue
+/// (`btb_system_next_event`) instead of a callback, so a host runs them on its own thread.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
+/// `BTB_ERROR_STATE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_set_background_activated_queued(
+    system: *mut btb_system,
+    group_id: *const c_char,
+) -> btb_status {
+    guard(|| {
+        let s = handle::get(system as *const btb_system, "system")?;
+        s.system
+            .set_background_activated(opt_arg(group_id, "group_id")?, Some(Handler::Queued))
+    })
+}
+
+/// Registers the in-process run function of a declared entry point (replacing any previous one).
+/// It runs on a btb worker thread with a borrowed instance.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT` (system, entry point or handler), `BTB_ERROR_INVALID_HANDLE`,
+/// `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_NOT_DECLARED` (not in the manifest), `BTB_ERROR_STATE`.
+/// Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_register_entry_point(
+    system: *mut btb_system,
+    entry_point: *const c_char,
+    handler: btb_run_fn,
+    user_data: *mut c_void,
+) -> btb_status {
+    guard(|| {
+        let s = handle::get(system as *const btb_system, "system")?;
+        let ep = arg(entry_point, "entry_point")?;
+        let f = handler.ok_or_else(|| Error::new(ErrorKind::NullArgument, "handler is NULL"))?;
+        s.system
+            .register_entry_point(ep, Some(run_handler(f, user_data)))
+    })
+}
+
+/// Routes the runs of a declared entry point to the pull queue (`btb_system_next_event`), so a host
+/// runtime runs them on its own thread. Errors: as `btb_system_register_entry_point`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_register_entry_point_queued(
+    system: *mut btb_system,
+    entry_point: *const c_char,
+) -> btb_status {
+    guard(|| {
+        let s = handle::get(system as *const btb_system, "system")?;
+        s.system
+            .register_entry_point(arg(entry_point, "entry_point")?, Some(Handler::Queued))
+    })
+}
+
+/// Removes the handler of an entry point (its tasks then fail when they fire, saying so).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
+/// `BTB_ERROR_NOT_DECLARED`, `BTB_ERROR_STATE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_unregister_entry_point(
+    system: *mut btb_system,
+    entry_point: *const c_char,
+) -> btb_status {
+    guard(|| {
+        let s = handle::get(system as *const btb_system, "system")?;
+        s.system
+            .register_entry_point(arg(entry_point, "entry_point")?, None)
+    })
+}
+
+/// Raises a system event (`BTB_SYSTEM_TRIGGER_*`): every registration with a system trigger of that
+/// type fires. The platform source raises the events it sees; a host with its own source feeds its
+/// events here. Writes how many registrations fired to `*out_fired` (may be NULL).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
+/// (unknown type), `BTB_ERROR_STATE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_raise_event(
+    system: *mut btb_system,
+    event: u32,
+    out_fired: *mut usize,
+) -> btb_status {
+    guard(|| {
+        let s = handle::get(system as *const btb_system, "system")?;
+        let n = s.system.raise_event(SystemTriggerType::from_u32(event)?)?;
+        if !out_fired.is_null() {
+            write(out_fired, n);
+        }
+        Ok(())
+    })
+}
+
+/// Signals the custom event `name` in this system (custom-event triggers with that id fire).
+/// Other processes use `btb_signal_event`. Writes how many registrations fired to `*out_fired`
+/// (may be NULL). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`,
+/// `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_STATE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_signal_event(
+    system: *mut btb_system,
+    name: *const c_char,
+    out_fired: *mut usize,
+) -> btb_status {
+    guard(|| {
+        let s = handle::get(system as *const btb_system, "system")?;
+        let n = s.system.signal_event(arg(name, "name")?)?;
+        if !out_fired.is_null() {
+            write(out_fired, n);
+        }
+        Ok(())
+    })
+}
+
+/// Signals the custom event `name` to the running broker of app `app_id`, from any process of the
+/// same user, through its socket under `$XDG_RUNTIME_DIR/btb/`. Returns once the broker has it.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_INVALID_ARGUMENT` (bad app
+/// id or name), `BTB_ERROR_NOT_FOUND` (no broker of that app runs), `BTB_ERROR_POLICY` (the socket
+/// belongs to another user), `BTB_ERROR_STATE` (no answer). Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_signal_event(app_id: *const c_char, name: *const c_char) -> btb_status {
+    guard(|| btb_core::signal::signal_event(arg(app_id, "app_id")?, arg(name, "name")?))
+}
+
+/// Sets a state of the simulated source (`BTB_CONDITION_*`, true = holds). Tasks whose conditions
+/// now hold run; running instances with `cancel_on_condition_loss` whose conditions stop holding are
+/// canceled with `BTB_CANCELLATION_CONDITION_LOSS`.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
+/// (unknown condition), `BTB_ERROR_STATE` (the system reads the platform, not the simulated
+/// source; closed). Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_set_state(
+    system: *mut btb_system,
+    condition: u32,
+    value: bool,
+) -> btb_status {
+    guard(|| {
+        let s = handle::get(system as *const btb_system, "system")?;
+        s.system
+            .set_state(SystemConditionType::from_u32(condition)?, value)
+    })
+}
+
+/// Writes the state of a condition to `*out`: 1 holds, 0 does not, -1 unknown (which does not hold).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`,
+/// `BTB_ERROR_STATE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_get_state(
+    system: *const btb_system,
+    condition: u32,
+    out: *mut i32,
+) -> btb_status {
+    read(system, out, |s| {
+        Ok(
+            match s
+                .system
+                .get_state(SystemConditionType::from_u32(condition)?)?
+            {
+                Some(true) => 1,
+                Some(false) => 0,
+                None => -1,
+            },
+        )
+    })
+}
+
+/// Writes Windows' background work cost (`BTB_BACKGROUND_WORK_COST_*`) to `*out`: LOW on AC power
+/// and a free network, HIGH when the battery is low, MEDIUM otherwise.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_NOT_FOUND` (the power
+/// state is unknown), `BTB_ERROR_STATE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_background_work_cost(
+    system: *const btb_system,
+    out: *mut u32,
+) -> btb_status {
+    read(system, out, |s| {
+        s.system
+            .background_work_cost()?
+            .map(|c| c as u32)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::NotFound,
+                    "the background work cost is unknown (no power state yet)",
+                )
+            })
+    })
+}
+
+/// Waits at most `timeout_ms` until nothing runs or is runnable and every handler has been called;
+/// writes whether that happened to `*out_idle`. Not from a btb handler (`BTB_ERROR_STATE`).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`. Thread-safe;
+/// blocks.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_wait_idle(
+    system: *mut btb_system,
+    timeout_ms: u32,
+    out_idle: *mut bool,
+) -> btb_status {
+    read(system, out_idle, |s| {
+        s.system
+            .wait_idle(Duration::from_millis(u64::from(timeout_ms)))
+    })
+}
+
+/// An entry of the pull queue.
+#[repr(C)]
+pub struct btb_event {
+    /// `BTB_EVENT_*`.
+    pub kind: u32,
+    /// The instance (owned: free with `btb_instance_free`); NULL for `BTB_EVENT_NONE`.
+    pub instance: *mut btb_instance,
+    /// `BTB_CANCELLATION_*` for `BTB_EVENT_CANCELED`, else 0.
+    pub reason: u32,
+}
+
+/// Takes the next event of the pull queue, waiting at most `timeout_ms`: `BTB_EVENT_RUN` (run the
+/// instance on this thread, then call `btb_instance_finish_run`), `BTB_EVENT_CANCELED` (a queued
+/// instance was canceled: stop it and finish its run), or `BTB_EVENT_NONE` on timeout. Only runs of
+/// entry points and groups set up with the `*_queued` functions arrive here.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`. Thread-safe;
+/// blocks.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_next_event(
+    system: *mut btb_system,
+    timeout_ms: u32,
+    out: *mut btb_event,
+) -> btb_status {
+    read(system, out, |s| {
+        Ok(
+            match s
+                .system
+                .next_event(Duration::from_millis(u64::from(timeout_ms)))?
+            {
+                None => btb_event {
+                    kind: crate::constants::btb_event_kind::BTB_EVENT_NONE as u32,
+                    instance: std::ptr::null_mut(),
+                    reason: 0,
+                },
+                Some(Event::Run(i)) => btb_event {
+                    kind: crate::constants::btb_event_kind::BTB_EVENT_RUN as u32,
+                    instance: new_instance(i),
+                    reason: 0,
+                },
+                Some(Event::Canceled(i, r)) => btb_event {
+                    kind: crate::constants::btb_event_kind::BTB_EVENT_CANCELED as u32,
+                    instance: new_instance(i),
+                    reason: r as u32,
+                },
+            },
+        )
+    })
+}
+
+/// Fires the registrations made with application trigger `trigger` (Windows
+/// `ApplicationTrigger.RequestAsync`) in `system` (NULL: the default system), with `arguments` (a
+/// JSON object text, or NULL) as their trigger details. Writes a `BTB_APPLICATION_TRIGGER_*` result
+/// to `*out`: ALLOWED, CURRENTLY_RUNNING (nothing queued), DISABLED_BY_POLICY, or UNKNOWN_ERROR (no
+/// registration holds the trigger).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
+/// `BTB_ERROR_INVALID_ARGUMENT` (not an application trigger; arguments not a JSON object),
+/// `BTB_ERROR_STATE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_application_trigger_request(
+    system: *mut btb_system,
+    trigger: *const btb_trigger,
+    arguments: *const c_char,
+    out: *mut u32,
+) -> btb_status {
+    guard(|| {
+        let out = out_ptr(out, "out")?;
+        let t = handle::get(trigger, "trigger")?;
+        let btb_core::Trigger::Application { id } = t.trigger else {
+            return Err(Error::invalid("the trigger is not an application trigger"));
+        };
+        let args = parse_arguments(arguments)?;
+        let system = if system.is_null() {
+            btb_core::default_system()?
+        } else {
+            handle::get(system as *const btb_system, "system")?
+                .system
+                .clone()
+        };
+        write(out, system.request(&id, args)? as u32);
+        Ok(())
+    })
+}
+
+/// Parses optional application trigger arguments (a JSON object text).
+pub(crate) fn parse_arguments(
+    arguments: *const c_char,
+) -> Result<Option<serde_json::Value>, Error> {
+    opt_arg(arguments, "arguments")?
+        .map(|text| {
+            serde_json::from_str::<serde_json::Value>(text)
+                .map_err(|e| Error::invalid(format!("arguments are not valid JSON: {e}")))
+        })
+        .transpose()
 }
 
 /// Writes a new list of the registrations outside any task group, in registration order, to

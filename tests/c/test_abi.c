@@ -518,19 +518,28 @@ static void test_default_system(void) {
 static void test_fork(void) {
     btb_system *s = open_system(":memory:");
     btb_builder *b = timer_builder("f", 15);
+    int fds[2];
+    CHECK(pipe(fds) == 0);
     pid_t pid = fork();
     if (pid == 0) {
+        /* The verdict travels through a pipe: under valgrind the child's exit code reports the
+         * parent's threads' memory, which the child never owns. */
         btb_registration *r = NULL;
         btb_registration_list *l = NULL;
-        int ok = btb_register_in(s, b, &r) == BTB_ERROR_STATE &&
-                 strstr(btb_last_error_message(), "forked child") != NULL &&
-                 btb_system_all_tasks(s, &l) == BTB_ERROR_STATE &&
-                 btb_system_close(s) == BTB_ERROR_STATE;
-        _exit(ok ? 0 : 1);
+        char ok = btb_register_in(s, b, &r) == BTB_ERROR_STATE &&
+                  strstr(btb_last_error_message(), "forked child") != NULL &&
+                  btb_system_all_tasks(s, &l) == BTB_ERROR_STATE &&
+                  btb_system_close(s) == BTB_ERROR_STATE;
+        ssize_t w = write(fds[1], &ok, 1);
+        _exit(w == 1 ? 0 : 1);
     }
+    close(fds[1]);
+    char verdict = 0;
+    CHECK(read(fds[0], &verdict, 1) == 1);
+    CHECK(verdict == 1);
+    close(fds[0]);
     int status = 0;
     CHECK(waitpid(pid, &status, 0) == pid);
-    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     CHECK(count_all(s) == 0);
     btb_free(b);
     EXPECT(btb_system_close(s), BTB_OK);

@@ -83,8 +83,8 @@ pub fn group(id: &str, name: &str) -> TaskGroup {
     TaskGroup::new(id, Some(name.to_owned())).unwrap()
 }
 
-pub fn noop_handler() -> btb_core::ActivationHandler {
-    Arc::new(|_| {})
+pub fn noop_handler() -> btb_core::Handler {
+    btb_core::Handler::Call(Arc::new(|_| {}))
 }
 
 /// Asserts that `result` failed with `kind` and a message containing every needle.

@@ -1,0 +1,262 @@
+//! One run of a registration (`IBackgroundTaskInstance`): id, progress, trigger details,
+//! deferrals, cancellation, and how it ends. The broker (`runtime.rs`) creates and finishes them.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::model::{CancellationReason, TaskOutcome};
+use crate::system::Registration;
+
+/// A run function: what executes an instance (an entry point's handler, a group's or the system's
+/// background-activated handler). It reports failure with [`Instance::report_failure`]; a panic is
+/// a failure too.
+pub type RunFn = Arc<dyn Fn(&Instance) + Send + Sync>;
+
+/// How a task is executed.
+#[derive(Clone)]
+pub enum Handler {
+    /// Called on a btb worker thread.
+    Call(RunFn),
+    /// Delivered through the system's pull queue (`next_event`): the host runs it on its own
+    /// thread and then calls [`Instance::finish_run`].
+    Queued,
+}
+
+/// A canceled handler: `(instance, reason)`.
+pub type CanceledFn = Arc<dyn Fn(&Instance, CancellationReason) + Send + Sync>;
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Completion {
+    pub instance_id: Uuid,
+    pub outcome: TaskOutcome,
+    /// Failure message, or the reason spelled out for a cancellation.
+    pub message: Option<String>,
+    pub reason: Option<CancellationReason>,
+    pub last_progress: u32,
+}
+
+impl Completion {
+    /// `Ok` when the run succeeded, else an error describing the failure or cancellation
+    /// (Windows `CheckResult`).
+    pub fn check_result(&self) -> Result<()> {
+        match self.outcome {
+            TaskOutcome::Succeeded => Ok(()),
+            _ => Err(Error::new(
+                crate::ErrorKind::State,
+                self.message
+                    .clone()
+                    .unwrap_or_else(|| self.outcome.name().to_owned()),
+            )),
+        }
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Life {
+    pub(crate) deferrals: u32,
+    pub(crate) run_returned: bool,
+    pub(crate) failure: Option<String>,
+    pub(crate) canceled: Option<CancellationReason>,
+    pub(crate) canceled_handlers: Vec<(u64, CanceledFn)>,
+    pub(crate) next_token: u64,
+    /// Completed or abandoned: nothing it does counts any more.
+    pub(crate) done: bool,
+    /// Handed to a host through the pull queue (so its cancellation is queued too).
+    pub(crate) queued: bool,
+}
+
+pub(crate) struct Inner {
+    pub(crate) id: Uuid,
+    pub(crate) task: Registration,
+    pub(crate) trigger_details: Option<serde_json::Value>,
+    pub(crate) started_ms: i64,
+    pub(crate) progress: AtomicU32,
+    pub(crate) network_granted: AtomicBool,
+    pub(crate) life: Mutex<Life>,
+}
+
+/// One run of a registered task. Cheap to clone; clones share the run.
+#[derive(Clone)]
+pub struct Instance(pub(crate) Arc<Inner>);
+
+impl std::fmt::Debug for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instance")
+            .field("instance_id", &self.0.id)
+            .field("task", &self.0.task.name())
+            .finish()
+    }
+}
+
+impl PartialEq for Instance {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Instance {
+    pub(crate) fn new(
+        task: Registration,
+        trigger_details: Option<serde_json::Value>,
+        started_ms: i64,
+    ) -> Instance {
+        Instance(Arc::new(Inner {
+            id: Uuid::new_v4(),
+            task,
+            trigger_details,
+            started_ms,
+            progress: AtomicU32::new(0),
+            network_granted: AtomicBool::new(false),
+            life: Mutex::new(Life::default()),
+        }))
+    }
+
+    pub(crate) fn life(&self) -> MutexGuard<'_, Life> {
+        self.0.life.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn instance_id(&self) -> Uuid {
+        self.0.id
+    }
+
+    /// The registration this is a run of.
+    pub fn task(&self) -> &Registration {
+        &self.0.task
+    }
+
+    /// Application trigger arguments (a JSON object), or `None` for other triggers.
+    pub fn trigger_details(&self) -> Option<&serde_json::Value> {
+        self.0.trigger_details.as_ref()
+    }
+
+    pub fn started_ms(&self) -> i64 {
+        self.0.started_ms
+    }
+
+    pub fn progress(&self) -> u32 {
+        self.0.progress.load(Ordering::Acquire)
+    }
+
+    /// Sets the progress; each change reaches the registration's progress handlers.
+    pub fn set_progress(&self, value: u32) {
+        if self.0.progress.swap(value, Ordering::AcqRel) != value && !self.life().done {
+            self.0.task.shared().progress_changed(self, value);
+        }
+    }
+
+    /// Times resource policy suspended the task. btb never suspends a task: always 0.
+    pub fn suspended_count(&self) -> u32 {
+        0
+    }
+
+    /// Whether the broker holds a sleep inhibitor for this run (`is_network_requested`).
+    pub fn is_network_granted(&self) -> bool {
+        self.0.network_granted.load(Ordering::Acquire)
+    }
+
+    pub fn canceled(&self) -> bool {
+        self.life().canceled.is_some()
+    }
+
+    pub fn cancellation_reason(&self) -> Option<CancellationReason> {
+        self.life().canceled
+    }
+
+    /// Takes a deferral: the instance completes only when every deferral is completed (and the run
+    /// function has returned). Deferrals do not extend time limits.
+    pub fn get_deferral(&self) -> Result<Deferral> {
+        let mut life = self.life();
+        if life.done {
+            return Err(Error::state(format!(
+                "instance {} has already completed",
+                self.0.id
+            )));
+        }
+        life.deferrals += 1;
+        Ok(Deferral {
+            instance: self.clone(),
+            completed: AtomicBool::new(false),
+        })
+    }
+
+    /// Adds a canceled handler (called on a btb thread, at once if already canceled); returns a
+    /// token for [`Instance::remove_canceled`].
+    pub fn add_canceled(&self, handler: CanceledFn) -> u64 {
+        let mut life = self.life();
+        life.next_token += 1;
+        let token = life.next_token;
+        life.canceled_handlers.push((token, Arc::clone(&handler)));
+        if let Some(reason) = life.canceled {
+            drop(life);
+            self.0
+                .task
+                .shared()
+                .notify_canceled(self, vec![handler], reason);
+        }
+        token
+    }
+
+    /// Removes a canceled handler; `false` if the token is unknown.
+    pub fn remove_canceled(&self, token: u64) -> bool {
+        let mut life = self.life();
+        let before = life.canceled_handlers.len();
+        life.canceled_handlers.retain(|(t, _)| *t != token);
+        before != life.canceled_handlers.len()
+    }
+
+    /// Marks the run as failed with `message` (the run still ends when it returns and its
+    /// deferrals complete). The last report wins.
+    pub fn report_failure(&self, message: impl Into<String>) {
+        self.life().failure = Some(message.into());
+    }
+
+    /// Tells btb the run function returned (for queued instances run by a host; btb calls it
+    /// itself after a run function). Calling it twice is `STATE`.
+    pub fn finish_run(&self) -> Result<()> {
+        let mut life = self.life();
+        if life.run_returned {
+            return Err(Error::state(format!(
+                "instance {} already finished its run",
+                self.0.id
+            )));
+        }
+        life.run_returned = true;
+        let complete = life.deferrals == 0 && !life.done;
+        drop(life);
+        if complete {
+            self.0.task.shared().complete(self);
+        }
+        Ok(())
+    }
+}
+
+/// Keeps an instance alive after its run function returns, until completed.
+pub struct Deferral {
+    instance: Instance,
+    completed: AtomicBool,
+}
+
+impl Deferral {
+    /// Completes the deferral; completing it again is `STATE`.
+    pub fn complete(&self) -> Result<()> {
+        if self.completed.swap(true, Ordering::AcqRel) {
+            return Err(Error::state("this deferral was already completed"));
+        }
+        let mut life = self.instance.life();
+        life.deferrals -= 1;
+        let complete = life.deferrals == 0 && life.run_returned && !life.done;
+        drop(life);
+        if complete {
+            self.instance.0.task.shared().complete(&self.instance);
+        }
+        Ok(())
+    }
+
+    pub fn instance(&self) -> &Instance {
+        &self.instance
+    }
+}

@@ -1,0 +1,909 @@
+//! The broker at work (SPEC §3–§4): fires triggers, latches them until their conditions hold,
+//! runs instances on a bounded worker pool (or hands them to a host through the pull queue),
+//! enforces time limits and grace, records runs and delivers progress and completion.
+//!
+//! Threads: one broker thread (timers and deadlines; it sleeps until the next due time or a
+//! change, never polls), workers (spawned on demand, at most `max_concurrent` busy with live
+//! instances), one notifier thread (calls progress, completed and canceled handlers in order).
+//! One mutex (`Shared::state`) guards everything; no user code runs while it is held.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, MutexGuard};
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use crate::calendar::CalendarSpec;
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::instance::{CanceledFn, Completion, Handler, Instance};
+use crate::model::{
+    CancellationReason, CustomRecurrence, RunRecord, SystemConditionType, SystemTriggerType,
+    TaskOutcome, TaskRecord, Trigger, TriggerKind,
+};
+use crate::store::ScheduleChange;
+use crate::system::{EventKey, Registration, Shared, State};
+
+/// A latched fire waiting for its conditions, a free slot, or the end of the running instance.
+pub(crate) struct Pending {
+    pub(crate) seq: u64,
+    pub(crate) details: Option<serde_json::Value>,
+    /// Written to the store (so it survives a restart).
+    pub(crate) persisted: bool,
+}
+
+/// A live instance and its deadlines (clock milliseconds).
+pub(crate) struct Running {
+    pub(crate) instance: Instance,
+    pub(crate) limit_at: Option<i64>,
+    pub(crate) grace_at: Option<i64>,
+}
+
+/// Work for the notifier thread.
+pub(crate) enum Note {
+    Progress(Registration, Uuid, u32),
+    Completed(Registration, Completion),
+    Canceled(Instance, Vec<CanceledFn>, CancellationReason),
+}
+
+/// An entry of the pull queue (`System::next_event`).
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Run this instance on the host's thread, then call `Instance::finish_run`.
+    Run(Instance),
+    /// A queued instance was canceled: stop it and finish the run.
+    Canceled(Instance, CancellationReason),
+}
+
+thread_local! {
+    static ON_NOTIFIER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+impl State {
+    pub(crate) fn schedule(&mut self, task_id: Uuid, due: i64) {
+        self.unschedule(&task_id);
+        self.timers.insert((due, task_id));
+        self.due.insert(task_id, due);
+    }
+
+    pub(crate) fn unschedule(&mut self, task_id: &Uuid) {
+        if let Some(due) = self.due.remove(task_id) {
+            self.timers.remove(&(due, *task_id));
+        }
+    }
+}
+
+fn conditions_hold(st: &State, record: &TaskRecord) -> bool {
+    let ac_ok = !matches!(record.trigger, Trigger::Maintenance { .. })
+        || st.states.holds(SystemConditionType::OnAcPower);
+    ac_ok && record.conditions.iter().all(|c| st.states.holds(*c))
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn check_pid(&self) -> Result<()> {
+        let pid = std::process::id();
+        if pid != self.pid {
+            return Err(Error::state(format!(
+                "this btb system was opened by process {} and cannot be used in a forked child \
+                 (pid {pid}); open a new system in the child",
+                self.pid
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn open_state(&self) -> Result<MutexGuard<'_, State>> {
+        self.check_pid()?;
+        let st = self.lock();
+        if st.store.is_none() || st.closing {
+            return Err(Error::state("the btb system is closed"));
+        }
+        Ok(st)
+    }
+
+    fn window_ms(&self) -> i64 {
+        i64::from(self.policy.timer_window_seconds) * 1000
+    }
+
+    /// The first due time of a trigger registered at `now`.
+    pub(crate) fn first_due(&self, trigger: &Trigger, now: i64) -> Option<i64> {
+        match trigger {
+            Trigger::Time {
+                freshness_minutes, ..
+            }
+            | Trigger::Maintenance {
+                freshness_minutes, ..
+            } => Some(now + i64::from(*freshness_minutes) * 60_000),
+            Trigger::Calendar { expression } => CalendarSpec::parse(expression)
+                .ok()
+                .and_then(|spec| spec.next_after(now, &self.tz)),
+            _ => None,
+        }
+    }
+
+    /// The due time after `due` for a periodic trigger, the first one later than `now`
+    /// (drift-free: periodic due times advance from the previous due time; missed periods are
+    /// skipped so that a missed run fires once). `None` for one-shot triggers.
+    fn next_due(&self, record: &TaskRecord, due: i64, now: i64) -> Option<i64> {
+        match &record.trigger {
+            Trigger::Time {
+                freshness_minutes,
+                one_shot: false,
+            }
+            | Trigger::Maintenance {
+                freshness_minutes,
+                one_shot: false,
+            } => {
+                let period = i64::from(*freshness_minutes).max(1) * 60_000;
+                Some(due + period * ((now - due).max(0) / period + 1))
+            }
+            Trigger::Calendar { expression } => CalendarSpec::parse(expression)
+                .ok()
+                .and_then(|spec| spec.next_after(now.max(due), &self.tz)),
+            _ => None,
+        }
+    }
+
+    /// After opening: re-latch persisted fires, plan timers, catch up on missed time once, raise
+    /// SERVICING_COMPLETE when the manifest version changed.
+    pub(crate) fn restore(
+        self: &Arc<Self>,
+        st: &mut State,
+        latched: Vec<(Uuid, Option<String>)>,
+        serviced: bool,
+    ) -> Result<()> {
+        for (task_id, details) in latched {
+            st.fire_seq += 1;
+            let seq = st.fire_seq;
+            st.pending_order.insert(seq, task_id);
+            st.pending.insert(
+                task_id,
+                Pending {
+                    seq,
+                    details: details.and_then(|d| serde_json::from_str(&d).ok()),
+                    persisted: true,
+                },
+            );
+        }
+        let now = self.clock.now_ms();
+        let mut changes = Vec::new();
+        let timed: Vec<(Uuid, Option<i64>)> = st
+            .tasks
+            .values()
+            .filter(|t| !st.spent.contains(&t.task_id))
+            .filter(|t| {
+                matches!(
+                    t.trigger.kind(),
+                    TriggerKind::Time | TriggerKind::Maintenance | TriggerKind::Calendar
+                )
+            })
+            .map(|t| (t.task_id, t.next_due_ms))
+            .collect();
+        for (task_id, due) in timed {
+            let record = Arc::clone(&st.tasks[&task_id]);
+            let due = due.or_else(|| self.first_due(&record.trigger, record.registered_at_ms));
+            match due {
+                Some(due) if due <= now => {
+                    // Missed while nothing ran: fire once (systemd Persistent=true).
+                    self.fire(st, task_id, None, now, &mut changes);
+                    if let Some(next) = self.next_due(&record, due, now) {
+                        st.schedule(task_id, next);
+                        changes.push(ScheduleChange::NextDue(task_id, Some(next)));
+                    }
+                }
+                Some(due) => st.schedule(task_id, due),
+                None => {}
+            }
+        }
+        if serviced {
+            self.fire_key_into(
+                st,
+                &EventKey::System(SystemTriggerType::ServicingComplete as u32),
+                now,
+                &mut changes,
+            );
+        }
+        if let Some(store) = st.store.as_mut() {
+            store.update_schedule(&changes)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn start_threads(self: &Arc<Self>) -> Result<()> {
+        let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, body) in [
+            ("btb-broker", Self::broker_loop as fn(&Arc<Shared>)),
+            ("btb-notifier", Self::notifier_loop as fn(&Arc<Shared>)),
+        ] {
+            let shared = Arc::clone(self);
+            let handle = std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || body(&shared))
+                .map_err(|e| {
+                    Error::new(
+                        crate::ErrorKind::Internal,
+                        format!("cannot start the {name} thread: {e}"),
+                    )
+                })?;
+            threads.push(handle);
+        }
+        Ok(())
+    }
+
+    /// Latches a fire of one registration (one pending fire at most; further fires coalesce).
+    pub(crate) fn fire(
+        &self,
+        st: &mut State,
+        task_id: Uuid,
+        details: Option<serde_json::Value>,
+        _now: i64,
+        changes: &mut Vec<ScheduleChange>,
+    ) {
+        let Some(record) = st.tasks.get(&task_id).cloned() else {
+            return;
+        };
+        if st.spent.contains(&task_id) {
+            return;
+        }
+        if record.trigger.one_shot() {
+            st.spent.insert(task_id);
+            st.unschedule(&task_id);
+            changes.push(ScheduleChange::Spent(task_id));
+        }
+        if st.pending.contains_key(&task_id) {
+            return; // coalesces with the fire already pending
+        }
+        st.fire_seq += 1;
+        let seq = st.fire_seq;
+        st.pending_order.insert(seq, task_id);
+        st.pending.insert(
+            task_id,
+            Pending {
+                seq,
+                details,
+                persisted: false,
+            },
+        );
+    }
+
+    /// Fires every registration listening to `key`; returns how many fired.
+    pub(crate) fn fire_key(self: &Arc<Self>, st: &mut State, key: &EventKey) -> usize {
+        let now = self.clock.now_ms();
+        let mut changes = Vec::new();
+        let n = self.fire_key_into(st, key, now, &mut changes);
+        self.commit(st, changes);
+        self.dispatch(st, now);
+        n
+    }
+
+    fn fire_key_into(
+        &self,
+        st: &mut State,
+        key: &EventKey,
+        now: i64,
+        changes: &mut Vec<ScheduleChange>,
+    ) -> usize {
+        let ids: Vec<Uuid> = st
+            .by_event
+            .get(key)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        let mut n = 0;
+        for id in ids {
+            if st.spent.contains(&id) {
+                continue;
+            }
+            if let Some(Trigger::CustomEvent { recurrence, .. }) =
+                st.tasks.get(&id).map(|t| &t.trigger)
+                && *recurrence == CustomRecurrence::Once as u32
+                && !st.once_fired.insert(id)
+            {
+                continue;
+            }
+            self.fire(st, id, None, now, changes);
+            n += 1;
+        }
+        n
+    }
+
+    /// Writes scheduling changes; a store failure is reported on stderr and the broker carries on
+    /// with its in-memory state (it is retried with the next change of the same registration).
+    pub(crate) fn commit(&self, st: &mut State, changes: Vec<ScheduleChange>) {
+        if let Some(store) = st.store.as_mut()
+            && let Err(e) = store.update_schedule(&changes)
+        {
+            eprintln!("btb: {e}");
+        }
+    }
+
+    /// Starts every pending fire that can run now: not already running, conditions hold, a slot
+    /// is free. Latches the others durably.
+    pub(crate) fn dispatch(self: &Arc<Self>, st: &mut State, now: i64) {
+        if st.closing {
+            return;
+        }
+        let mut changes = Vec::new();
+        let order: Vec<(u64, Uuid)> = st.pending_order.iter().map(|(s, id)| (*s, *id)).collect();
+        for (seq, task_id) in order {
+            let Some(record) = st.tasks.get(&task_id).cloned() else {
+                st.pending_order.remove(&seq);
+                st.pending.remove(&task_id);
+                continue;
+            };
+            let runnable = !st.running.contains_key(&task_id)
+                && st.running.len() < self.policy.max_concurrent as usize
+                && conditions_hold(st, &record);
+            if !runnable {
+                let pending = st.pending.get_mut(&task_id).expect("pending");
+                if !pending.persisted {
+                    pending.persisted = true;
+                    let details = pending.details.as_ref().map(|d| d.to_string());
+                    changes.push(ScheduleChange::Pending(task_id, Some(details)));
+                }
+                continue;
+            }
+            st.pending_order.remove(&seq);
+            let pending = st.pending.remove(&task_id).expect("pending");
+            if pending.persisted {
+                changes.push(ScheduleChange::Pending(task_id, None));
+            }
+            let instance = Instance::new(
+                Registration::new(Arc::clone(self), record.clone()),
+                pending.details,
+                now,
+            );
+            let limit = self.policy.time_limit(record.trigger.kind());
+            st.running.insert(
+                task_id,
+                Running {
+                    instance: instance.clone(),
+                    limit_at: (limit > 0).then(|| now + i64::from(limit) * 1000),
+                    grace_at: None,
+                },
+            );
+            st.jobs.push_back(instance);
+            if st.idle_workers == 0 {
+                self.spawn_worker();
+            } else {
+                self.work_cv.notify_one();
+            }
+        }
+        self.commit(st, changes);
+        self.broker_cv.notify_all();
+        self.change_cv.notify_all();
+    }
+
+    fn spawn_worker(self: &Arc<Self>) {
+        let shared = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("btb-worker".into())
+            .spawn(move || shared.worker_loop());
+        if let Err(e) = spawned {
+            eprintln!("btb: cannot start a worker thread: {e}");
+        }
+    }
+
+    fn worker_loop(self: &Arc<Self>) {
+        loop {
+            let mut st = self.lock();
+            let instance = loop {
+                if st.stopping {
+                    return;
+                }
+                if let Some(i) = st.jobs.pop_front() {
+                    break i;
+                }
+                st.idle_workers += 1;
+                st = self.work_cv.wait(st).unwrap_or_else(|p| p.into_inner());
+                st.idle_workers -= 1;
+            };
+            drop(st);
+            match self.resolve(&instance) {
+                Ok(Handler::Call(run)) => {
+                    if let Err(panic) = catch_unwind(AssertUnwindSafe(|| run(&instance))) {
+                        instance.report_failure(format!(
+                            "the run function panicked: {}",
+                            panic_message(&panic)
+                        ));
+                    }
+                    let _ = instance.finish_run();
+                }
+                Ok(Handler::Queued) => {
+                    instance.life().queued = true;
+                    let mut st = self.lock();
+                    st.events.push_back(Event::Run(instance));
+                    self.change_cv.notify_all();
+                }
+                Err(message) => {
+                    instance.report_failure(message);
+                    let _ = instance.finish_run();
+                }
+            }
+        }
+    }
+
+    /// Entry point resolution, SPEC §4 order (out-of-process hosts arrive with a later release).
+    fn resolve(&self, instance: &Instance) -> std::result::Result<Handler, String> {
+        let record = instance.task().record();
+        let handlers = self.handlers.read().unwrap_or_else(|p| p.into_inner());
+        match &record.task_entry_point {
+            Some(ep) => {
+                if let Some(h) = handlers.entry_points.get(ep) {
+                    return Ok(h.clone());
+                }
+                let resolver = handlers.resolver.clone();
+                drop(handlers);
+                if let Some(found) = resolver.and_then(|r| r(ep)) {
+                    return Ok(found);
+                }
+                let exec = self.manifest.find(ep).is_some_and(|d| d.exec.is_some());
+                Err(format!(
+                    "no handler for entry point {ep:?}: looked for an in-process handler registered under \
+                     that name{}{}",
+                    if exec {
+                        " (its manifest exec host is not supported by this release)"
+                    } else {
+                        ""
+                    },
+                    if self.resolver_kind_hint() {
+                        " and an importable module path"
+                    } else {
+                        ""
+                    }
+                ))
+            }
+            None => {
+                let group = record.task_group.as_ref().map(|g| g.id.clone());
+                if let Some(h) = group
+                    .clone()
+                    .and_then(|g| handlers.activation.get(&Some(g)).cloned())
+                {
+                    return Ok(h);
+                }
+                if let Some(h) = handlers.activation.get(&None) {
+                    return Ok(h.clone());
+                }
+                Err(format!(
+                    "task {:?} has no entry point and no background-activated handler is set{}",
+                    record.name,
+                    group
+                        .map(|g| format!(" for task group {g:?} or the system"))
+                        .unwrap_or_else(|| " for the system".into())
+                ))
+            }
+        }
+    }
+
+    fn resolver_kind_hint(&self) -> bool {
+        self.handlers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .resolver
+            .is_some()
+    }
+
+    /// Cancels the running instance of a task, if any.
+    pub(crate) fn cancel_task(
+        &self,
+        st: &mut State,
+        task_id: &Uuid,
+        reason: CancellationReason,
+        now: i64,
+    ) {
+        if let Some(running) = st.running.get_mut(task_id) {
+            let instance = running.instance.clone();
+            let mut life = instance.life();
+            if life.done || life.canceled.is_some() {
+                return;
+            }
+            life.canceled = Some(reason);
+            let handlers: Vec<CanceledFn> = life
+                .canceled_handlers
+                .iter()
+                .map(|(_, h)| Arc::clone(h))
+                .collect();
+            drop(life);
+            running.grace_at = Some(now + i64::from(self.policy.grace_ms));
+            if !handlers.is_empty() {
+                st.notes
+                    .push_back(Note::Canceled(instance.clone(), handlers, reason));
+                self.notify_cv.notify_one();
+            }
+            if instance.life().queued {
+                st.events.push_back(Event::Canceled(instance, reason));
+            }
+            self.broker_cv.notify_all();
+            self.change_cv.notify_all();
+        }
+    }
+
+    pub(crate) fn notify_canceled(
+        &self,
+        instance: &Instance,
+        handlers: Vec<CanceledFn>,
+        reason: CancellationReason,
+    ) {
+        let mut st = self.lock();
+        st.notes
+            .push_back(Note::Canceled(instance.clone(), handlers, reason));
+        self.notify_cv.notify_one();
+    }
+
+    pub(crate) fn progress_changed(&self, instance: &Instance, value: u32) {
+        let mut st = self.lock();
+        st.notes.push_back(Note::Progress(
+            instance.task().clone(),
+            instance.instance_id(),
+            value,
+        ));
+        self.notify_cv.notify_one();
+    }
+
+    /// A state of the machine changed: run what it unblocks, cancel what it strands.
+    pub(crate) fn state_changed(
+        self: &Arc<Self>,
+        st: &mut State,
+        condition: SystemConditionType,
+        value: bool,
+    ) {
+        if !st.states.set(condition, value) {
+            return;
+        }
+        let now = self.clock.now_ms();
+        let stranded: Vec<(Uuid, CancellationReason)> = st
+            .running
+            .iter()
+            .filter_map(|(id, r)| {
+                let record = r.instance.task().record();
+                if matches!(record.trigger, Trigger::Maintenance { .. })
+                    && !st.states.holds(SystemConditionType::OnAcPower)
+                {
+                    Some((*id, CancellationReason::Abort)) // Windows: maintenance task off AC
+                } else if record.cancel_on_condition_loss && !conditions_hold(st, record) {
+                    Some((*id, CancellationReason::ConditionLoss))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for (id, reason) in stranded {
+            self.cancel_task(st, &id, reason, now);
+        }
+        self.dispatch(st, now);
+    }
+
+    /// Ends an instance: records the run, frees its slot, queues the completed handlers and runs
+    /// what was waiting. A late end of an abandoned instance is ignored.
+    pub(crate) fn complete(self: &Arc<Self>, instance: &Instance) {
+        let mut st = self.lock();
+        self.finish(&mut st, instance, None);
+    }
+
+    /// `abandon_reason`: the grace period ran out (the instance is recorded as canceled).
+    fn finish(
+        self: &Arc<Self>,
+        st: &mut State,
+        instance: &Instance,
+        abandon_reason: Option<CancellationReason>,
+    ) {
+        let task_id = instance.task().task_id();
+        if !st
+            .running
+            .get(&task_id)
+            .is_some_and(|r| r.instance == *instance)
+        {
+            return;
+        }
+        let mut life = instance.life();
+        if life.done {
+            return;
+        }
+        life.done = true;
+        let reason = life.canceled.or(abandon_reason);
+        let (outcome, message) = match (reason, life.failure.take()) {
+            (Some(r), _) => (
+                TaskOutcome::Canceled,
+                Some(format!("canceled: {}", r.name())),
+            ),
+            (None, Some(m)) => (TaskOutcome::Failed, Some(m)),
+            (None, None) => (TaskOutcome::Succeeded, None),
+        };
+        drop(life);
+        st.running.remove(&task_id);
+        let now = self.clock.now_ms();
+        let completion = Completion {
+            instance_id: instance.instance_id(),
+            outcome,
+            message,
+            reason,
+            last_progress: instance.progress(),
+        };
+        if st.tasks.contains_key(&task_id) {
+            let run = RunRecord {
+                instance_id: completion.instance_id,
+                task_id,
+                trigger_kind: instance.task().trigger().kind(),
+                trigger_details: instance.trigger_details().map(|d| d.to_string()),
+                started_ms: instance.started_ms(),
+                ended_ms: now,
+                outcome,
+                reason,
+                message: completion.message.clone(),
+                last_progress: completion.last_progress,
+            };
+            if let Some(store) = st.store.as_mut()
+                && let Err(e) = store.insert_run(&run, self.policy.history_limit)
+            {
+                eprintln!("btb: {e}");
+            }
+        }
+        st.notes
+            .push_back(Note::Completed(instance.task().clone(), completion));
+        self.notify_cv.notify_one();
+        self.dispatch(st, now);
+    }
+
+    /// Fires due timers, enforces limits and grace; returns the next instant that needs the broker.
+    fn tick(self: &Arc<Self>, st: &mut State, now: i64) -> Option<i64> {
+        let window = self.window_ms();
+        let mut changes = Vec::new();
+        if st
+            .timers
+            .first()
+            .is_some_and(|(due, _)| due + window <= now)
+        {
+            let due_now: Vec<(i64, Uuid)> = st
+                .timers
+                .iter()
+                .take_while(|(d, _)| *d <= now)
+                .copied()
+                .collect();
+            for (due, task_id) in due_now {
+                st.unschedule(&task_id);
+                let record = Arc::clone(&st.tasks[&task_id]);
+                self.fire(st, task_id, None, now, &mut changes);
+                let next = self.next_due(&record, due, now);
+                if let Some(next) = next {
+                    st.schedule(task_id, next);
+                }
+                changes.push(ScheduleChange::NextDue(task_id, next));
+            }
+        }
+        self.commit(st, changes);
+        let expired: Vec<Uuid> = st
+            .running
+            .iter()
+            .filter(|(_, r)| r.grace_at.is_none() && r.limit_at.is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.cancel_task(st, &id, CancellationReason::ExecutionTimeExceeded, now);
+        }
+        let abandoned: Vec<Instance> = st
+            .running
+            .values()
+            .filter(|r| r.grace_at.is_some_and(|t| t <= now))
+            .map(|r| r.instance.clone())
+            .collect();
+        for instance in abandoned {
+            self.finish(st, &instance, Some(CancellationReason::Terminating));
+        }
+        self.dispatch(st, now);
+        let timer = st.timers.first().map(|(due, _)| due + window);
+        let deadlines = st
+            .running
+            .values()
+            .filter_map(|r| r.grace_at.or(r.limit_at))
+            .min();
+        [timer, deadlines].into_iter().flatten().min()
+    }
+
+    fn broker_loop(self: &Arc<Self>) {
+        let mut st = self.lock();
+        loop {
+            if st.stopping {
+                return;
+            }
+            let now = self.clock.now_ms();
+            let next = self.tick(&mut st, now);
+            self.change_cv.notify_all();
+            st = match (&self.clock, next) {
+                // Manual time moves only by `advance`, which wakes this thread.
+                (Clock::Manual(_), _) | (Clock::Real, None) => {
+                    self.broker_cv.wait(st).unwrap_or_else(|p| p.into_inner())
+                }
+                (Clock::Real, Some(at)) => {
+                    let wait = Duration::from_millis((at - now).max(0) as u64);
+                    self.broker_cv
+                        .wait_timeout(st, wait)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+        }
+    }
+
+    fn notifier_loop(self: &Arc<Self>) {
+        ON_NOTIFIER.with(|f| f.set(true));
+        let mut st = self.lock();
+        loop {
+            let Some(note) = st.notes.pop_front() else {
+                if st.stopping {
+                    return;
+                }
+                st = self.notify_cv.wait(st).unwrap_or_else(|p| p.into_inner());
+                continue;
+            };
+            st.notifying = true;
+            drop(st);
+            self.deliver(note);
+            st = self.lock();
+            st.notifying = false;
+            self.change_cv.notify_all();
+        }
+    }
+
+    fn deliver(&self, note: Note) {
+        let call = |f: &dyn Fn()| {
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(f)) {
+                eprintln!("btb: a handler panicked: {}", panic_message(&panic));
+            }
+        };
+        match note {
+            Note::Progress(registration, instance_id, value) => {
+                let list = self.handlers_for(|h| h.progress.get(&registration.task_id()).cloned());
+                for (_, handler) in list {
+                    call(&|| handler(&registration, instance_id, value));
+                }
+            }
+            Note::Completed(registration, completion) => {
+                let list = self.handlers_for(|h| h.completed.get(&registration.task_id()).cloned());
+                for (_, handler) in list {
+                    call(&|| handler(&registration, &completion));
+                }
+            }
+            Note::Canceled(instance, handlers, reason) => {
+                for handler in handlers {
+                    call(&|| handler(&instance, reason));
+                }
+            }
+        }
+    }
+
+    fn handlers_for<T>(
+        &self,
+        pick: impl FnOnce(&crate::system::Handlers) -> Option<Vec<T>>,
+    ) -> Vec<T> {
+        pick(&self.handlers.read().unwrap_or_else(|p| p.into_inner())).unwrap_or_default()
+    }
+
+    fn is_idle(&self, st: &State, now: i64) -> bool {
+        st.running.is_empty()
+            && st.jobs.is_empty()
+            && st.notes.is_empty()
+            && !st.notifying
+            && st.events.is_empty()
+            && st
+                .timers
+                .first()
+                .is_none_or(|(due, _)| due + self.window_ms() > now)
+    }
+
+    pub(crate) fn wait_idle(&self, timeout: Duration) -> Result<bool> {
+        if ON_NOTIFIER.with(|f| f.get()) {
+            return Err(Error::state(
+                "wait_idle cannot be called from a btb handler (it would wait for itself)",
+            ));
+        }
+        let deadline = Instant::now() + timeout;
+        let mut st = self.open_state()?;
+        loop {
+            if self.is_idle(&st, self.clock.now_ms()) {
+                return Ok(true);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            st = self
+                .change_cv
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+            if st.store.is_none() {
+                return Err(Error::state("the btb system is closed"));
+            }
+        }
+    }
+
+    pub(crate) fn next_event(&self, timeout: Duration) -> Result<Option<Event>> {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.open_state()?;
+        loop {
+            if let Some(e) = st.events.pop_front() {
+                self.change_cv.notify_all();
+                return Ok(Some(e));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || st.store.is_none() {
+                return Ok(None);
+            }
+            st = self
+                .change_cv
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    pub(crate) fn close(self: &Arc<Self>) -> Result<()> {
+        self.check_pid()?;
+        let grace = Duration::from_millis(u64::from(self.policy.grace_ms));
+        let deadline = Instant::now() + grace;
+        let mut st = self.lock();
+        if st.store.is_none() || st.closing {
+            return Ok(());
+        }
+        st.closing = true;
+        let now = self.clock.now_ms();
+        let running: Vec<Uuid> = st.running.keys().copied().collect();
+        for id in running {
+            self.cancel_task(&mut st, &id, CancellationReason::Terminating, now);
+        }
+        // Wait (real time) for running instances to end and handlers to be called.
+        while !(st.running.is_empty() && st.notes.is_empty() && !st.notifying) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || ON_NOTIFIER.with(|f| f.get()) {
+                break;
+            }
+            st = self
+                .change_cv
+                .wait_timeout(st, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        let stuck: Vec<Instance> = st.running.values().map(|r| r.instance.clone()).collect();
+        for instance in stuck {
+            self.finish(&mut st, &instance, Some(CancellationReason::Terminating));
+        }
+        st.stopping = true;
+        let store = st.store.take();
+        st.jobs.clear();
+        self.broker_cv.notify_all();
+        self.work_cv.notify_all();
+        self.notify_cv.notify_all();
+        self.change_cv.notify_all();
+        drop(st);
+        drop(store);
+        let listener = self
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        drop(listener);
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        let me = std::thread::current().id();
+        for t in threads {
+            if t.thread().id() != me {
+                let _ = t.join();
+            }
+        }
+        // Drop handlers (they may hold references back to this system) outside every lock.
+        let handlers =
+            std::mem::take(&mut *self.handlers.write().unwrap_or_else(|p| p.into_inner()));
+        drop(handlers);
+        Ok(())
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}

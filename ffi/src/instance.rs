@@ -1,0 +1,319 @@
+//! `btb_instance` and `btb_deferral`: one run of a task as a run function sees it, and the
+//! deferrals that keep it alive after the run function returns.
+//!
+//! Handles passed *to* callbacks are borrowed: valid until the callback returns (btb frees them
+//! then; a later use is `BTB_ERROR_INVALID_HANDLE`, never undefined behaviour). Keep an instance
+//! beyond a callback with `btb_instance_clone`, which returns a handle the caller frees.
+
+use std::ffi::{CString, c_char, c_void};
+use std::sync::Arc;
+
+use btb_core::{Deferral, Error, ErrorKind, Handler, Instance};
+
+use crate::error::{btb_status, guard};
+use crate::handle::{self, UserData, handle_type, out_ptr, write};
+use crate::registration::{btb_registration, btb_uuid, new_registration};
+use crate::strings::arg;
+
+/// One run of a registered task (`IBackgroundTaskInstance`). Thread-safe. A handle passed to a
+/// callback is borrowed (valid until the callback returns); handles from `btb_instance_clone` and
+/// `btb_system_next_event` are owned: free them with `btb_instance_free`.
+pub struct btb_instance {
+    _private: [u8; 0],
+}
+
+/// A deferral (`BackgroundTaskDeferral`): the instance completes only once every deferral is
+/// completed. Thread-safe; complete it from any thread. Free with `btb_deferral_free` (freeing does
+/// not complete it).
+pub struct btb_deferral {
+    _private: [u8; 0],
+}
+
+/// A run function: runs one instance on a btb worker thread (never the caller's thread, never with
+/// a btb lock held). `instance` is borrowed for the call. Report failure with
+/// `btb_instance_report_failure`; take a deferral to finish later from another thread.
+pub type btb_run_fn =
+    Option<unsafe extern "C" fn(instance: *mut btb_instance, user_data: *mut c_void)>;
+
+/// A canceled handler: called on a btb thread with the (borrowed) instance and a
+/// `BTB_CANCELLATION_*` reason, as soon as the instance is canceled.
+pub type btb_canceled_fn =
+    Option<unsafe extern "C" fn(instance: *mut btb_instance, reason: u32, user_data: *mut c_void)>;
+
+pub(crate) struct InstanceData {
+    pub(crate) instance: Instance,
+    details: Option<CString>,
+}
+
+pub(crate) type InstanceRef = Arc<InstanceData>;
+pub(crate) type DeferralRef = Arc<Deferral>;
+handle_type!(btb_instance, 11, Instance, InstanceRef);
+handle_type!(btb_deferral, 12, Deferral, DeferralRef);
+
+/// A new (owned) handle for an instance.
+pub(crate) fn new_instance(instance: Instance) -> *mut btb_instance {
+    let details = instance
+        .trigger_details()
+        .map(|d| CString::new(d.to_string()).unwrap_or_default());
+    handle::insert::<btb_instance>(Arc::new(InstanceData { instance, details }))
+}
+
+/// Calls `f` with a handle to `instance` that is freed when `f` returns.
+pub(crate) fn with_borrowed(instance: &Instance, f: impl FnOnce(*mut btb_instance)) {
+    let h = new_instance(instance.clone());
+    f(h);
+    let _ = handle::free(h);
+}
+
+/// A core handler that calls a C run function.
+pub(crate) fn run_handler(
+    f: unsafe extern "C" fn(*mut btb_instance, *mut c_void),
+    user_data: *mut c_void,
+) -> Handler {
+    let user_data = UserData(user_data);
+    Handler::Call(Arc::new(move |instance: &Instance| {
+        let user_data = user_data;
+        // SAFETY: the C caller promised `f` accepts these arguments (documented).
+        with_borrowed(instance, |h| unsafe { f(h, user_data.0) });
+    }))
+}
+
+fn read<T>(
+    instance: *const btb_instance,
+    out: *mut T,
+    f: impl FnOnce(&InstanceData) -> Result<T, Error>,
+) -> btb_status {
+    guard(|| {
+        let out = out_ptr(out, "out")?;
+        let i = handle::get(instance, "instance")?;
+        write(out, f(&i)?);
+        Ok(())
+    })
+}
+
+fn act(instance: *mut btb_instance, f: impl FnOnce(&Instance) -> Result<(), Error>) -> btb_status {
+    guard(|| f(&handle::get(instance as *const btb_instance, "instance")?.instance))
+}
+
+/// Writes a new owned handle to the same instance to `*out` (free with `btb_instance_free`), to keep
+/// it beyond the callback that lent it. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`.
+/// Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_instance_clone(
+    instance: *const btb_instance,
+    out: *mut *mut btb_instance,
+) -> btb_status {
+    read(instance, out, |i| Ok(new_instance(i.instance.clone())))
+}
+
+/// Frees an owned instance handle (from `btb_instance_clone` or `btb_system_next_event`). NULL is a
+/// no-op. Errors: `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_instance_free(instance: *mut btb_instance) -> btb_status {
+    guard(|| handle::free(instance).map(drop))
+}
+
+/// Writes the instance id (new for every run) to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
+/// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_instance_id(instance: *const btb_instance, out: *mut btb_uuid) -> btb_status {
+    read(instance, out, |i| {
+        Ok(btb_uuid {
+            bytes: *i.instance.instance_id().as_bytes(),
+        })
+    })
+}
+
+/// Writes a new handle to the registration this is a run of to `*out` (free with
+/// `btb_registration_free`). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_instance_task(
+    instance: *const btb_instance,
+    out: *mut *mut btb_registration,
+) -> btb_status {
+    read(instance, out, |i| {
+        Ok(new_registration(i.instance.task().clone()))
+    })
+}
+
+/// Writes the trigger details to `*out`: the application trigger's arguments as a JSON object text,
+/// or NULL for other triggers. Borrowed: valid while this instance handle lives.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_instance_trigger_details(
+    instance: *const btb_instance,
+    out: *mut *const c_char,
+) -> btb_status {
+    read(instance, out, |i| {
+        Ok(i.details.as_ref().map_or(std::ptr::null(), |d| d.as_ptr()))
+    })
+}
+
+/// Writes the current progress to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
+/// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_instance_progress(
+    instance: *const btb_instance,
+    out: *mut u32,
+) -> btb_status {
+    read(instance, out, |i| Ok(i.instance.progress()))
+}
+
+/// Sets the progress; each change reaches the registration's progress handlers (on a btb thread).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_instance_set_progress(
+    instance: *mut btb_instance,
+    progress: u32,
+) -> btb_status {
+    act(instance, |i| {
+        i.set_progress(progress);
+        Ok(())
+    })
+}
+
+/// Writes the suspended count to `*out` (btb never suspends a task: always 0).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_instance_suspended_count(
+    instance: *const btb_instance,
+    out: *mut u32,
+) -> btb_status {
+    read(instance, out, |i| Ok(i.instance.suspended_count()))
+}
+
+/// Writes whether the instance has been canceled to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
+/// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_instance_canceled(
+    instance: *const btb_instance,
+    out: *mut bool,
+) -> btb_status {
+    read(instance, out, |i| Ok(i.instance.canceled()))
+}
+
+/// Writes the `BTB_CANCELLATION_*` reason to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
+/// `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_NOT_FOUND` (not canceled). Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_instance_cancellation_reason(
+    instance: *const btb_instance,
+    out: *mut u32,
+) -> btb_status {
+    read(instance, out, |i| {
+        i.instance
+            .cancellation_reason()
+            .map(|r| r as u32)
+            .ok_or_else(|| Error::new(ErrorKind::NotFound, "the instance has not been canceled"))
+    })
+}
+
+/// Writes whether the broker holds a sleep inhibitor for this run (`is_network_requested`) to
+/// `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_instance_is_network_granted(
+    instance: *const btb_instance,
+    out: *mut bool,
+) -> btb_status {
+    read(instance, out, |i| Ok(i.instance.is_network_granted()))
+}
+
+/// Marks the run as failed with `message` (copied): its outcome is `BTB_TASK_OUTCOME_FAILED` once
+/// it ends. The last report wins. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`,
+/// `BTB_ERROR_INVALID_UTF8`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_instance_report_failure(
+    instance: *mut btb_instance,
+    message: *const c_char,
+) -> btb_status {
+    act(instance, |i| {
+        i.report_failure(arg(message, "message")?);
+        Ok(())
+    })
+}
+
+/// For instances taken from the pull queue (`btb_system_next_event`): tells btb the run is over on
+/// the host's side (as a run function returning). The instance completes once its deferrals do.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE` (already
+/// finished). Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_instance_finish_run(instance: *mut btb_instance) -> btb_status {
+    act(instance, |i| i.finish_run())
+}
+
+/// Adds a canceled handler (called on a btb thread at once if the instance is already canceled);
+/// writes a token for `btb_instance_remove_canceled` to `*out_token` (may be NULL).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT` (instance or handler), `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_instance_add_canceled(
+    instance: *mut btb_instance,
+    handler: btb_canceled_fn,
+    user_data: *mut c_void,
+    out_token: *mut u64,
+) -> btb_status {
+    guard(|| {
+        let i = handle::get(instance as *const btb_instance, "instance")?;
+        let f = handler.ok_or_else(|| Error::new(ErrorKind::NullArgument, "handler is NULL"))?;
+        let user_data = UserData(user_data);
+        let token = i
+            .instance
+            .add_canceled(Arc::new(move |inst: &Instance, reason| {
+                let user_data = user_data;
+                // SAFETY: the C caller promised `f` accepts these arguments.
+                with_borrowed(inst, |h| unsafe { f(h, reason as u32, user_data.0) });
+            }));
+        if !out_token.is_null() {
+            write(out_token, token);
+        }
+        Ok(())
+    })
+}
+
+/// Removes a canceled handler. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`,
+/// `BTB_ERROR_NOT_FOUND` (unknown token). Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_instance_remove_canceled(
+    instance: *mut btb_instance,
+    token: u64,
+) -> btb_status {
+    act(instance, |i| {
+        if i.remove_canceled(token) {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorKind::NotFound,
+                format!("no canceled handler with token {token}"),
+            ))
+        }
+    })
+}
+
+/// Takes a deferral: the instance completes only when every deferral is completed (and the run
+/// function has returned). Deferrals do not extend time limits. On success `*out` is a new deferral
+/// (free with `btb_deferral_free` after completing it).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE` (the instance
+/// already completed). Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_instance_get_deferral(
+    instance: *mut btb_instance,
+    out: *mut *mut btb_deferral,
+) -> btb_status {
+    read(instance, out, |i| {
+        Ok(handle::insert::<btb_deferral>(Arc::new(
+            i.instance.get_deferral()?,
+        )))
+    })
+}
+
+/// Completes a deferral (from any thread). Errors: `BTB_ERROR_NULL_ARGUMENT`,
+/// `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE` (already completed). Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_deferral_complete(deferral: *mut btb_deferral) -> btb_status {
+    guard(|| handle::get(deferral as *const btb_deferral, "deferral")?.complete())
+}
+
+/// Frees a deferral handle (without completing it). NULL is a no-op.
+/// Errors: `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_deferral_free(deferral: *mut btb_deferral) -> btb_status {
+    guard(|| handle::free(deferral).map(drop))
+}
