@@ -503,9 +503,9 @@ typedef struct {
    */
   uint32_t outcome;
   /**
-   * `BTB_CANCELLATION_*` when the outcome is CANCELED, else 0.
+   * `BTB_CANCELLATION_*` when the outcome is CANCELED, else -1.
    */
-  uint32_t reason;
+  int32_t reason;
   /**
    * The failure message, or a description of the cancellation; NULL on success.
    */
@@ -1405,7 +1405,8 @@ btb_status btb_system_next_event(btb_system *system, uint32_t timeout_ms, btb_ev
  * Fires the registrations made with application trigger `trigger` (Windows
  * `ApplicationTrigger.RequestAsync`) in `system` (NULL: the default system), with `arguments` (a
  * JSON object text, or NULL) as their trigger details. Writes a `BTB_APPLICATION_TRIGGER_*` result
- * to `*out`: ALLOWED, CURRENTLY_RUNNING (nothing queued), DISABLED_BY_POLICY, or UNKNOWN_ERROR (no
+ * to `*out`: ALLOWED (exactly one run follows), CURRENTLY_RUNNING (a run is going or pending; nothing is
+ * queued), DISABLED_BY_POLICY, or UNKNOWN_ERROR (no
  * registration holds the trigger).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
  * `BTB_ERROR_INVALID_ARGUMENT` (not an application trigger; arguments not a JSON object),

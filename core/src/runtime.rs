@@ -42,7 +42,12 @@ pub(crate) struct Running {
 /// Work for the notifier thread.
 pub(crate) enum Note {
     Progress(Registration, Uuid, u32),
-    Completed(Registration, Completion),
+    /// With the completed handlers registered when the run ended.
+    Completed(
+        Registration,
+        Completion,
+        Vec<(u64, crate::system::CompletedFn)>,
+    ),
     Canceled(Instance, Vec<CanceledFn>, CancellationReason),
 }
 
@@ -56,10 +61,21 @@ pub enum Event {
 }
 
 thread_local! {
-    static ON_NOTIFIER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Set on btb's own threads (notifier and workers): waits for the system to go idle from one
+    /// of them would wait for themselves.
+    static ON_BTB_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 impl State {
+    /// Wakes the broker if it planned to sleep past `at` (its plan: `planned_wake`; `None` while it
+    /// sleeps with nothing planned). Avoids a wake-up per run for deadlines it already covers.
+    pub(crate) fn wake_broker_by(&mut self, at: i64, broker_cv: &std::sync::Condvar) {
+        if self.planned_wake.is_none_or(|planned| at < planned) {
+            self.planned_wake = Some(at);
+            broker_cv.notify_all();
+        }
+    }
+
     pub(crate) fn schedule(&mut self, task_id: Uuid, due: i64) {
         self.unschedule(&task_id);
         self.timers.insert((due, task_id));
@@ -210,6 +226,9 @@ impl Shared {
         if let Some(store) = st.store.as_mut() {
             store.update_schedule(&changes)?;
         }
+        // Start what can run now, before `open` returns: a runnable fire left pending for the
+        // broker's first pass would be invisible to `wait_idle` (it waits for runs, not fires).
+        self.dispatch(st, now);
         Ok(())
     }
 
@@ -268,6 +287,7 @@ impl Shared {
                 persisted: false,
             },
         );
+        st.unpersisted.push(task_id);
     }
 
     /// Fires every registration listening to `key`; returns how many fired.
@@ -327,25 +347,24 @@ impl Shared {
             return;
         }
         let mut changes = Vec::new();
-        let order: Vec<(u64, Uuid)> = st.pending_order.iter().map(|(s, id)| (*s, *id)).collect();
-        for (seq, task_id) in order {
-            let Some(record) = st.tasks.get(&task_id).cloned() else {
-                st.pending_order.remove(&seq);
-                st.pending.remove(&task_id);
-                continue;
-            };
-            let runnable = !st.running.contains_key(&task_id)
-                && st.running.len() < self.policy.max_concurrent as usize
-                && conditions_hold(st, &record);
-            if !runnable {
-                let pending = st.pending.get_mut(&task_id).expect("pending");
-                if !pending.persisted {
-                    pending.persisted = true;
-                    let details = pending.details.as_ref().map(|d| d.to_string());
-                    changes.push(ScheduleChange::Pending(task_id, Some(details)));
-                }
-                continue;
+        let max = self.policy.max_concurrent as usize;
+        let mut started = Vec::new();
+        // Oldest fire first; stop as soon as every slot is taken (the rest stay latched).
+        for (&seq, &task_id) in &st.pending_order {
+            if st.running.len() + started.len() >= max {
+                break;
             }
+            let runnable = !st.running.contains_key(&task_id)
+                && st
+                    .tasks
+                    .get(&task_id)
+                    .is_some_and(|r| conditions_hold(st, r));
+            if runnable {
+                started.push((seq, task_id));
+            }
+        }
+        for (seq, task_id) in started {
+            let record = Arc::clone(&st.tasks[&task_id]);
             st.pending_order.remove(&seq);
             let pending = st.pending.remove(&task_id).expect("pending");
             if pending.persisted {
@@ -357,23 +376,38 @@ impl Shared {
                 now,
             );
             let limit = self.policy.time_limit(record.trigger.kind());
+            let limit_at = (limit > 0).then(|| now + i64::from(limit) * 1000);
+            if let Some(at) = limit_at {
+                st.wake_broker_by(at, &self.broker_cv);
+            }
             st.running.insert(
                 task_id,
                 Running {
                     instance: instance.clone(),
-                    limit_at: (limit > 0).then(|| now + i64::from(limit) * 1000),
+                    limit_at,
                     grace_at: None,
                 },
             );
             st.jobs.push_back(instance);
-            if st.idle_workers == 0 {
+            // Every queued job needs a worker of its own: an idle worker woken for an earlier job
+            // of this dispatch still counts as idle until it takes that job.
+            if st.jobs.len() > st.idle_workers {
                 self.spawn_worker();
             } else {
                 self.work_cv.notify_one();
             }
         }
+        // Latches that did not start are made durable, each once.
+        for task_id in std::mem::take(&mut st.unpersisted) {
+            if let Some(pending) = st.pending.get_mut(&task_id)
+                && !pending.persisted
+            {
+                pending.persisted = true;
+                let details = pending.details.as_ref().map(|d| d.to_string());
+                changes.push(ScheduleChange::Pending(task_id, Some(details)));
+            }
+        }
         self.commit(st, changes);
-        self.broker_cv.notify_all();
         self.change_cv.notify_all();
     }
 
@@ -388,6 +422,7 @@ impl Shared {
     }
 
     fn worker_loop(self: &Arc<Self>) {
+        ON_BTB_THREAD.with(|f| f.set(true));
         loop {
             let mut st = self.lock();
             let instance = loop {
@@ -413,9 +448,16 @@ impl Shared {
                     let _ = instance.finish_run();
                 }
                 Ok(Handler::Queued) => {
-                    instance.life().queued = true;
+                    // Under the state lock, like `cancel_task`: RUN always precedes CANCELED.
                     let mut st = self.lock();
-                    st.events.push_back(Event::Run(instance));
+                    let mut life = instance.life();
+                    life.queued = true;
+                    let canceled = life.canceled;
+                    drop(life);
+                    st.events.push_back(Event::Run(instance.clone()));
+                    if let Some(reason) = canceled {
+                        st.events.push_back(Event::Canceled(instance, reason));
+                    }
                     self.change_cv.notify_all();
                 }
                 Err(message) => {
@@ -507,7 +549,8 @@ impl Shared {
                 .map(|(_, h)| Arc::clone(h))
                 .collect();
             drop(life);
-            running.grace_at = Some(now + i64::from(self.policy.grace_ms));
+            let grace_at = now + i64::from(self.policy.grace_ms);
+            running.grace_at = Some(grace_at);
             if !handlers.is_empty() {
                 st.notes
                     .push_back(Note::Canceled(instance.clone(), handlers, reason));
@@ -516,7 +559,7 @@ impl Shared {
             if instance.life().queued {
                 st.events.push_back(Event::Canceled(instance, reason));
             }
-            self.broker_cv.notify_all();
+            st.wake_broker_by(grace_at, &self.broker_cv);
             self.change_cv.notify_all();
         }
     }
@@ -641,14 +684,30 @@ impl Shared {
                 eprintln!("btb: {e}");
             }
         }
-        st.notes
-            .push_back(Note::Completed(instance.task().clone(), completion));
-        self.notify_cv.notify_one();
+        // The handlers registered now hear of it, even if the task was unregistered meanwhile
+        // (then they are dropped: nothing of the task remains).
+        let handlers = {
+            let mut h = self.handlers.write().unwrap_or_else(|p| p.into_inner());
+            if st.tasks.contains_key(&task_id) {
+                h.completed.get(&task_id).cloned()
+            } else {
+                h.progress.remove(&task_id);
+                h.completed.remove(&task_id)
+            }
+        };
+        if let Some(handlers) = handlers {
+            st.notes.push_back(Note::Completed(
+                instance.task().clone(),
+                completion,
+                handlers,
+            ));
+            self.notify_cv.notify_one();
+        }
         self.dispatch(st, now);
     }
 
     /// Fires due timers, enforces limits and grace; returns the next instant that needs the broker.
-    fn tick(self: &Arc<Self>, st: &mut State, now: i64) -> Option<i64> {
+    pub(crate) fn tick(self: &Arc<Self>, st: &mut State, now: i64) -> Option<i64> {
         let window = self.window_ms();
         let mut changes = Vec::new();
         if st
@@ -674,14 +733,16 @@ impl Shared {
             }
         }
         self.commit(st, changes);
-        let expired: Vec<Uuid> = st
+        let expired: Vec<(Uuid, i64)> = st
             .running
             .iter()
-            .filter(|(_, r)| r.grace_at.is_none() && r.limit_at.is_some_and(|t| t <= now))
-            .map(|(id, _)| *id)
+            .filter(|(_, r)| r.grace_at.is_none())
+            .filter_map(|(id, r)| r.limit_at.filter(|t| *t <= now).map(|t| (*id, t)))
             .collect();
-        for id in expired {
-            self.cancel_task(st, &id, CancellationReason::ExecutionTimeExceeded, now);
+        for (id, limit_at) in expired {
+            // The grace runs from the limit, not from when the broker noticed it: limit + grace in
+            // all, whatever the broker's wake-ups (a manual clock moved far in one step, a suspend).
+            self.cancel_task(st, &id, CancellationReason::ExecutionTimeExceeded, limit_at);
         }
         let abandoned: Vec<Instance> = st
             .running
@@ -710,6 +771,10 @@ impl Shared {
             }
             let now = self.clock.now_ms();
             let next = self.tick(&mut st, now);
+            st.planned_wake = match &self.clock {
+                Clock::Manual(_) => Some(i64::MIN), // woken by `advance`: no deadline needs a wake
+                Clock::Real => next,
+            };
             self.change_cv.notify_all();
             st = match (&self.clock, next) {
                 // Manual time moves only by `advance`, which wakes this thread.
@@ -728,7 +793,7 @@ impl Shared {
     }
 
     fn notifier_loop(self: &Arc<Self>) {
-        ON_NOTIFIER.with(|f| f.set(true));
+        ON_BTB_THREAD.with(|f| f.set(true));
         let mut st = self.lock();
         loop {
             let Some(note) = st.notes.pop_front() else {
@@ -760,9 +825,8 @@ impl Shared {
                     call(&|| handler(&registration, instance_id, value));
                 }
             }
-            Note::Completed(registration, completion) => {
-                let list = self.handlers_for(|h| h.completed.get(&registration.task_id()).cloned());
-                for (_, handler) in list {
+            Note::Completed(registration, completion, handlers) => {
+                for (_, handler) in handlers {
                     call(&|| handler(&registration, &completion));
                 }
             }
@@ -794,7 +858,7 @@ impl Shared {
     }
 
     pub(crate) fn wait_idle(&self, timeout: Duration) -> Result<bool> {
-        if ON_NOTIFIER.with(|f| f.get()) {
+        if ON_BTB_THREAD.with(|f| f.get()) {
             return Err(Error::state(
                 "wait_idle cannot be called from a btb handler (it would wait for itself)",
             ));
@@ -857,7 +921,7 @@ impl Shared {
         // Wait (real time) for running instances to end and handlers to be called.
         while !(st.running.is_empty() && st.notes.is_empty() && !st.notifying) {
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || ON_NOTIFIER.with(|f| f.get()) {
+            if left.is_zero() || ON_BTB_THREAD.with(|f| f.get()) {
                 break;
             }
             st = self

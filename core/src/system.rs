@@ -54,9 +54,10 @@ pub(crate) struct State {
     pub(crate) store: Option<Store>,
     pub(crate) tasks: HashMap<Uuid, Arc<TaskRecord>>,
     /// Per name scope, the registrations by `seq` (oldest first).
-    by_name: HashMap<NameKey, BTreeMap<i64, Uuid>>,
+    /// (Small vectors: one entry per name is the rule, and a map per name would cost ~300 bytes.)
+    by_name: HashMap<NameKey, Vec<(i64, Uuid)>>,
     /// Event-style triggers: who listens to what.
-    pub(crate) by_event: HashMap<EventKey, BTreeSet<Uuid>>,
+    pub(crate) by_event: HashMap<EventKey, Vec<Uuid>>,
     pub(crate) spent: HashSet<Uuid>,
     /// Groups with the number of registrations in each.
     groups: BTreeMap<String, (TaskGroup, usize)>,
@@ -65,6 +66,8 @@ pub(crate) struct State {
     // The broker's state (runtime.rs).
     pub(crate) pending: HashMap<Uuid, Pending>,
     pub(crate) pending_order: BTreeMap<u64, Uuid>,
+    /// Pending fires not yet written to the store (written by the next dispatch if still pending).
+    pub(crate) unpersisted: Vec<Uuid>,
     pub(crate) fire_seq: u64,
     pub(crate) running: HashMap<Uuid, Running>,
     /// Due times of time, maintenance and calendar triggers.
@@ -80,6 +83,8 @@ pub(crate) struct State {
     pub(crate) events: VecDeque<Event>,
     pub(crate) closing: bool,
     pub(crate) stopping: bool,
+    /// When the broker plans to wake next (see `State::wake_broker_by`).
+    pub(crate) planned_wake: Option<i64>,
 }
 
 #[derive(Default)]
@@ -178,9 +183,9 @@ impl State {
         self.by_name
             .entry(name_key(&record))
             .or_default()
-            .insert(record.seq, record.task_id);
+            .push((record.seq, record.task_id)); // seq only grows: the vector stays sorted
         if let Some(key) = event_key(&record.trigger) {
-            self.by_event.entry(key).or_default().insert(record.task_id);
+            self.by_event.entry(key).or_default().push(record.task_id);
         }
         self.tasks.insert(record.task_id, record);
     }
@@ -190,7 +195,7 @@ impl State {
         self.spent.remove(task_id);
         let key = name_key(&record);
         if let Some(ids) = self.by_name.get_mut(&key) {
-            ids.remove(&record.seq);
+            ids.retain(|(seq, _)| *seq != record.seq);
             if ids.is_empty() {
                 self.by_name.remove(&key);
             }
@@ -198,7 +203,7 @@ impl State {
         if let Some(key) = event_key(&record.trigger)
             && let Some(ids) = self.by_event.get_mut(&key)
         {
-            ids.remove(task_id);
+            ids.retain(|id| id != task_id);
             if ids.is_empty() {
                 self.by_event.remove(&key);
             }
@@ -246,6 +251,7 @@ impl System {
             next_seq: 1,
             pending: HashMap::new(),
             pending_order: BTreeMap::new(),
+            unpersisted: Vec::new(),
             fire_seq: 0,
             running: HashMap::new(),
             timers: BTreeSet::new(),
@@ -259,6 +265,7 @@ impl System {
             events: VecDeque::new(),
             closing: false,
             stopping: false,
+            planned_wake: None,
         };
         let mut latched = Vec::new();
         for t in stored {
@@ -302,7 +309,13 @@ impl System {
             let weak = Arc::downgrade(&shared);
             clock.subscribe(Arc::new(move || {
                 if let Some(shared) = weak.upgrade() {
-                    let _st = shared.lock();
+                    let mut st = shared.lock();
+                    // Handle the new time before `advance` returns (due timers, limits, grace), so
+                    // that what follows an advance never depends on when the broker thread runs.
+                    if st.store.is_some() && !st.closing {
+                        let now = shared.clock.now_ms();
+                        shared.tick(&mut st, now);
+                    }
                     shared.broker_cv.notify_all();
                     shared.change_cv.notify_all();
                 }
@@ -441,7 +454,7 @@ impl System {
             _ => state
                 .by_name
                 .get(&(group_id.map(str::to_owned), valid.name.clone()))
-                .map(|ids| ids.values().copied().collect())
+                .map(|ids| ids.iter().map(|(_, id)| *id).collect())
                 .unwrap_or_default(),
         };
         let mut replaced = Vec::new();
@@ -499,13 +512,21 @@ impl System {
         for id in &replaced {
             self.shared
                 .cancel_task(&mut state, id, crate::CancellationReason::Abort, now);
+            let running = state.running.contains_key(id);
             state.remove(id);
+            if !running {
+                let mut handlers = self.handlers();
+                let old = (handlers.completed.remove(id), handlers.progress.remove(id));
+                drop(handlers);
+                drop(old);
+            }
         }
         state.add(Arc::clone(&record));
         if let Some(due) = next_due_ms {
             state.schedule(record.task_id, due);
+            let wake = due + i64::from(self.shared.policy.timer_window_seconds) * 1000;
+            state.wake_broker_by(wake, &self.shared.broker_cv);
         }
-        self.shared.broker_cv.notify_all();
         Ok(self.registration(record))
     }
 
@@ -536,11 +557,18 @@ impl System {
             self.shared
                 .cancel_task(&mut state, task_id, crate::CancellationReason::Abort, now);
         }
+        let running = state.running.contains_key(task_id);
         state.remove(task_id);
-        let mut handlers = self.handlers();
-        let completed = handlers.completed.remove(task_id);
-        let progress = handlers.progress.remove(task_id);
-        drop(handlers);
+        // A running instance still reports its end to the handlers (`finish` drops them then).
+        let (completed, progress) = if running {
+            (None, None)
+        } else {
+            let mut handlers = self.handlers();
+            (
+                handlers.completed.remove(task_id),
+                handlers.progress.remove(task_id),
+            )
+        };
         drop(state);
         drop((completed, progress));
         Ok(())
@@ -602,7 +630,8 @@ impl System {
 
     /// Fires the registrations made with application trigger `trigger_id` (Windows
     /// `ApplicationTrigger.RequestAsync`). `arguments` (a JSON object) reach the instance as its
-    /// trigger details. `CURRENTLY_RUNNING` when one of them runs (nothing is queued),
+    /// trigger details. `CURRENTLY_RUNNING` when one of them runs or already has a run pending
+    /// (nothing is queued: each `ALLOWED` answer causes exactly one run),
     /// `DISABLED_BY_POLICY` when the policy disallows application triggers, `UNKNOWN_ERROR` when no
     /// registration holds the trigger.
     pub fn request(
@@ -629,7 +658,12 @@ impl System {
         if holders.is_empty() {
             return Ok(ApplicationTriggerResult::UnknownError);
         }
-        if holders.iter().any(|id| st.running.contains_key(id)) {
+        // Each ALLOWED request causes exactly one run: while a run is going or already pending,
+        // a request would only coalesce with it, so it is refused as Windows refuses it.
+        if holders
+            .iter()
+            .any(|id| st.running.contains_key(id) || st.pending.contains_key(id))
+        {
             return Ok(ApplicationTriggerResult::CurrentlyRunning);
         }
         let now = self.shared.clock.now_ms();

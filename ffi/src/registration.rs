@@ -424,8 +424,8 @@ pub struct btb_completion {
     pub instance_id: btb_uuid,
     /// `BTB_TASK_OUTCOME_*`.
     pub outcome: u32,
-    /// `BTB_CANCELLATION_*` when the outcome is CANCELED, else 0.
-    pub reason: u32,
+    /// `BTB_CANCELLATION_*` when the outcome is CANCELED, else -1.
+    pub reason: i32,
     /// The failure message, or a description of the cancellation; NULL on success.
     pub message: *const c_char,
     pub last_progress: u32,
@@ -483,7 +483,7 @@ pub extern "C" fn btb_registration_add_completed(
                             bytes: *c.instance_id.as_bytes(),
                         },
                         outcome: c.outcome as u32,
-                        reason: c.reason.map_or(0, |r| r as u32),
+                        reason: c.reason.map_or(-1, |r| r as i32),
                         message: message.as_ref().map_or(std::ptr::null(), |m| m.as_ptr()),
                         last_progress: c.last_progress,
                     };

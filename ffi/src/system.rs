@@ -730,7 +730,8 @@ pub extern "C" fn btb_system_next_event(
 /// Fires the registrations made with application trigger `trigger` (Windows
 /// `ApplicationTrigger.RequestAsync`) in `system` (NULL: the default system), with `arguments` (a
 /// JSON object text, or NULL) as their trigger details. Writes a `BTB_APPLICATION_TRIGGER_*` result
-/// to `*out`: ALLOWED, CURRENTLY_RUNNING (nothing queued), DISABLED_BY_POLICY, or UNKNOWN_ERROR (no
+/// to `*out`: ALLOWED (exactly one run follows), CURRENTLY_RUNNING (a run is going or pending; nothing is
+/// queued), DISABLED_BY_POLICY, or UNKNOWN_ERROR (no
 /// registration holds the trigger).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
 /// `BTB_ERROR_INVALID_ARGUMENT` (not an application trigger; arguments not a JSON object),

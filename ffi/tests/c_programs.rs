@@ -1,6 +1,6 @@
 //! Compiles the C programs against the library and header built by this `cargo test` and runs them:
-//! the header alone as C11 and C++17 with `-Werror -pedantic`, the ABI tests plain, under
-//! AddressSanitizer and under valgrind, and the C example. Needs `cc`, `c++` and `valgrind`.
+//! the header alone as C11 and C++17 with `-Werror -pedantic`, the ABI and runtime tests plain,
+//! under AddressSanitizer and under valgrind, and the C examples. Needs `cc`, `c++` and `valgrind`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -63,7 +63,7 @@ fn run(cmd: &mut Command) -> String {
 
 fn compile(compiler: &str, src: &Path, exe: &Path, lib: &Path, extra: &[&str]) {
     run(Command::new(compiler)
-        .args(["-std=c11", "-g", "-Wall", "-Wextra", "-Werror"])
+        .args(["-std=c11", "-g", "-Wall", "-Wextra", "-Werror", "-pedantic"])
         .args(extra)
         .arg("-I")
         .arg(root().join("include"))
@@ -75,13 +75,15 @@ fn compile(compiler: &str, src: &Path, exe: &Path, lib: &Path, extra: &[&str]) {
         .args(["-lbtb", "-lpthread"]));
 }
 
-fn abi_tests(wrapper: &[&str], extra_cflags: &[&str]) {
+/// Compiles `tests/c/<program>.c`, runs it (under `wrapper`, if any) with a scratch directory, and
+/// checks its summary line: no failure, and at least `min_checks` checks ran.
+fn c_tests(program: &str, min_checks: u32, wrapper: &[&str], extra_cflags: &[&str]) {
     let scratch = tempfile::tempdir().unwrap();
     let lib = linkable(scratch.path());
-    let exe = scratch.path().join("test_abi");
+    let exe = scratch.path().join(program);
     compile(
         "cc",
-        &root().join("tests/c/test_abi.c"),
+        &root().join(format!("tests/c/{program}.c")),
         &exe,
         &lib,
         extra_cflags,
@@ -102,7 +104,29 @@ fn abi_tests(wrapper: &[&str], extra_cflags: &[&str]) {
         "unexpected summary: {last}"
     );
     let passed: u32 = last.split(' ').next().unwrap().parse().unwrap();
-    assert!(passed > 300, "only {passed} checks ran");
+    assert!(passed > min_checks, "only {passed} checks ran");
+}
+
+const ASAN: &[&str] = &["-fsanitize=address", "-fno-omit-frame-pointer"];
+
+const VALGRIND: &[&str] = &[
+    "valgrind",
+    "-q",
+    "--error-exitcode=9",
+    "--leak-check=full",
+    "--show-leak-kinds=definite",
+    "--errors-for-leak-kinds=definite",
+    // Forked children exit at once with the parent's system open (test_abi), or exec a fresh,
+    // untraced image (test_runtime): their verdicts travel through pipes, not exit codes.
+    "--child-silent-after-fork=yes",
+];
+
+fn abi_tests(wrapper: &[&str], extra_cflags: &[&str]) {
+    c_tests("test_abi", 300, wrapper, extra_cflags);
+}
+
+fn runtime_tests(wrapper: &[&str], extra_cflags: &[&str]) {
+    c_tests("test_runtime", 1000, wrapper, extra_cflags);
 }
 
 #[test]
@@ -140,24 +164,27 @@ fn abi_tests_pass() {
 
 #[test]
 fn abi_tests_pass_under_address_sanitizer() {
-    abi_tests(&[], &["-fsanitize=address", "-fno-omit-frame-pointer"]);
+    abi_tests(&[], ASAN);
 }
 
 #[test]
 fn abi_tests_pass_under_valgrind() {
-    abi_tests(
-        &[
-            "valgrind",
-            "-q",
-            "--error-exitcode=9",
-            "--leak-check=full",
-            "--show-leak-kinds=definite",
-            "--errors-for-leak-kinds=definite",
-            // The fork test's child exits at once with the parent's system open: not a leak.
-            "--child-silent-after-fork=yes",
-        ],
-        &[],
-    );
+    abi_tests(VALGRIND, &[]);
+}
+
+#[test]
+fn runtime_tests_pass() {
+    runtime_tests(&[], &[]);
+}
+
+#[test]
+fn runtime_tests_pass_under_address_sanitizer() {
+    runtime_tests(&[], ASAN);
+}
+
+#[test]
+fn runtime_tests_pass_under_valgrind() {
+    runtime_tests(VALGRIND, &[]);
 }
 
 #[test]
@@ -165,13 +192,7 @@ fn c_example_registers_lists_fails_and_unregisters() {
     let scratch = tempfile::tempdir().unwrap();
     let lib = linkable(scratch.path());
     let exe = scratch.path().join("register");
-    compile(
-        "cc",
-        &root().join("examples-c/register.c"),
-        &exe,
-        &lib,
-        &["-pedantic"],
-    );
+    compile("cc", &root().join("examples-c/register.c"), &exe, &lib, &[]);
     let out = run(&mut Command::new(&exe));
     assert!(out.contains("3 registered task(s)"), "{out}");
     assert!(
@@ -182,6 +203,73 @@ fn c_example_registers_lists_fails_and_unregisters() {
         out.contains("unregistered \"catch-up\"\n2 registered task(s)"),
         "{out}"
     );
+}
+
+/// Builds `examples-c/<name>.c` (plain, or with AddressSanitizer) and returns its output.
+fn run_example(name: &str, extra_cflags: &[&str]) -> String {
+    let scratch = tempfile::tempdir().unwrap();
+    let lib = linkable(scratch.path());
+    let exe = scratch.path().join(name);
+    compile(
+        "cc",
+        &root().join(format!("examples-c/{name}.c")),
+        &exe,
+        &lib,
+        extra_cflags,
+    );
+    run(&mut Command::new(&exe))
+}
+
+#[test]
+fn c_examples_run_tasks_and_drain_the_pull_queue() {
+    for cflags in [&[][..], ASAN] {
+        let out = run_example("tasks", cflags);
+        for expected in [
+            "main: request -> ALLOWED\n",
+            "main: request while it runs -> CURRENTLY_RUNNING (not queued)\n",
+            "upload: running on a btb worker thread with arguments {\"file\":\"notes.txt\",\"size\":1024}\n",
+            "upload: took a deferral;",
+            "main: still running: its deferral is not completed yet\n",
+            "worker thread: upload done, completing the deferral\n",
+            "upload: progress 10% (instance ",
+            "upload: progress 100% (instance ",
+            "sync: ran at 2030-01-01 00:15:00 UTC\n",
+            "sync: ran at 2030-01-01 00:30:00 UTC\n",
+            "history of \"upload\": 1 run(s)\n",
+            "application trigger {\"file\":\"notes.txt\",\"size\":1024}  SUCCEEDED, progress 100",
+            "history of \"sync\": 2 run(s)\n",
+        ] {
+            assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+        }
+        // The deferral holds the completion back until the worker thread completes it.
+        let worker = out.find("worker thread: upload done").unwrap();
+        let completed = out.find("upload: completed SUCCEEDED").expect(&out);
+        let still_running = out.find("main: still running").unwrap();
+        assert!(still_running < worker && worker < completed, "{out}");
+        assert!(
+            !out.contains("sync: ran at 2030-01-01 00:14"),
+            "sync ran early: {out}"
+        );
+        assert_eq!(out.matches("sync: completed SUCCEEDED").count(), 2, "{out}");
+
+        let out = run_example("pull_queue", cflags);
+        for expected in [
+            "host: request \"resize\" {\"image\":\"a.png\"} -> ALLOWED\n",
+            "host: request \"upload\" {\"file\":\"b.txt\"} -> ALLOWED\n",
+            "host: request \"resize\" {\"image\":\"c.png\"} -> CURRENTLY_RUNNING\n",
+            "host: run \"resize\" with {\"image\":\"a.png\"}\n",
+            "host: run \"upload\" with {\"file\":\"b.txt\"}\n",
+            "host: canceled (CONDITION_LOSS): stopping the job\n",
+            "host: request \"resize\" {\"image\":\"c.png\"} -> ALLOWED\n",
+            "host: run \"resize\" with {\"image\":\"c.png\"}\n",
+            "host: idle: yes\n",
+            "  resize  {\"image\":\"a.png\"} SUCCEEDED, progress 100\n",
+            "  resize  {\"image\":\"c.png\"} SUCCEEDED, progress 100\n",
+            "  upload  {\"file\":\"b.txt\"} CANCELED, progress 30: canceled: CONDITION_LOSS\n",
+        ] {
+            assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+        }
+    }
 }
 
 #[test]
