@@ -1,7 +1,7 @@
 # btb — top-level build. The two commands of the README:
 #   make demo    build the library, header and Python module; run the C and Python examples
 #   make test    run every test suite: Rust (core, C ABI incl. ASan/valgrind), Python, install
-# Also: make install PREFIX=/usr/local [DESTDIR=…], make bench, make lint.
+# Also: make install PREFIX=/usr/local [DESTDIR=…], make bench, make lint, make stress.
 
 PREFIX ?= /usr/local
 LIBDIR ?= $(PREFIX)/lib
@@ -15,7 +15,7 @@ PY := $(abspath $(VENV))/bin/python
 NATIVE_STATIC_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
 RELEASE := target/release
 
-.PHONY: all lib header python demo test test-rust test-python test-install install lint bench clean
+.PHONY: all lib header python demo test test-rust test-python test-install install lint bench stress clean
 
 all: lib header python
 
@@ -39,6 +39,7 @@ python: $(PY)
 demo: all
 	$(MAKE) -C examples-c run
 	$(PY) bindings-python/examples/register.py
+	$(PY) bindings-python/examples/tasks.py
 
 test: test-rust test-python test-install
 
@@ -55,7 +56,8 @@ test-install: lib
 	  $(MAKE) -C examples-c PKG=1 BUILD=$(abspath build/install-test/pkg) run
 	cmake -S examples-c -B build/install-test/cmake -DCMAKE_PREFIX_PATH=$(abspath build/install-test/prefix) >/dev/null
 	cmake --build build/install-test/cmake >/dev/null
-	build/install-test/cmake/register >/dev/null && echo "cmake package: example built and ran"
+	for e in register tasks pull_queue; do build/install-test/cmake/$$e >/dev/null || exit 1; done
+	@echo "cmake package: the three examples built and ran"
 	readelf -d build/install-test/cmake/register | grep -q 'NEEDED.*libbtb.so.$(MAJOR)' && echo "example links libbtb.so.$(MAJOR)"
 
 install: lib
@@ -76,7 +78,15 @@ lint:
 
 bench: python
 	$(CARGO) bench -p btb-ffi --bench register
+	$(CARGO) bench -p btb-core --bench runtime
+	$(CARGO) bench -p btb-core --bench memory
 	$(PY) bench/compare_apscheduler.py
+	bash bench/idle_strace.sh 60 10000
+
+# Nightly-style: the 8-thread stress test for 60 s in release mode (the test suite runs it for 10 s).
+# ThreadSanitizer needs a nightly toolchain (-Zsanitizer=thread), which this project's machines lack.
+stress:
+	BTB_STRESS_SECS=60 $(CARGO) test --release -p btb-core --test runtime_stress -- --nocapture
 
 clean:
 	$(CARGO) clean

@@ -310,7 +310,7 @@ impl Shared {
         let ids: Vec<Uuid> = st
             .by_event
             .get(key)
-            .map(|s| s.iter().copied().collect())
+            .map(|s| s.to_vec())
             .unwrap_or_default();
         let mut n = 0;
         for id in ids {

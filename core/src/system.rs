@@ -653,7 +653,7 @@ impl System {
         let holders: Vec<Uuid> = st
             .by_event
             .get(&EventKey::Application(*trigger_id))
-            .map(|ids| ids.iter().copied().collect())
+            .map(|ids| ids.to_vec())
             .unwrap_or_default();
         if holders.is_empty() {
             return Ok(ApplicationTriggerResult::UnknownError);

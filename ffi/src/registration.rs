@@ -7,7 +7,7 @@ use btb_core::{Completion, Error, ErrorKind, Registration, RunRecord, TaskGroup}
 
 use crate::builder::copy_u32s;
 use crate::error::{btb_status, guard};
-use crate::handle::{self, UserData, handle_type, out_ptr, write};
+use crate::handle::{self, Handle, UserData, handle_type, out_ptr, write};
 use crate::strings::{arg, c_string, opt_arg, owned};
 use crate::trigger::{btb_trigger, new_trigger};
 
@@ -67,6 +67,37 @@ handle_type!(
     RegistrationListRef
 );
 handle_type!(btb_task_group_list, 10, TaskGroupList, GroupListRef);
+
+/// `*out` = the number of items of any list handle.
+fn list_len<H: Handle<Inner = Arc<Vec<T>>>, T>(list: *const H, out: *mut usize) -> btb_status {
+    guard(|| {
+        let out = out_ptr(out, "out")?;
+        write(out, handle::get(list, "list")?.len());
+        Ok(())
+    })
+}
+
+/// `*out` = `make(item at index)` for any list handle; an index past the end names the length.
+fn list_get<H: Handle<Inner = Arc<Vec<T>>>, T, O>(
+    list: *const H,
+    index: usize,
+    out: *mut O,
+    what: &str,
+    make: impl FnOnce(&T) -> O,
+) -> btb_status {
+    guard(|| {
+        let out = out_ptr(out, "out")?;
+        let l = handle::get(list, "list")?;
+        let item = l.get(index).ok_or_else(|| {
+            Error::invalid(format!(
+                "index {index} is out of range for a list of {} {what}",
+                l.len()
+            ))
+        })?;
+        write(out, make(item));
+        Ok(())
+    })
+}
 
 pub(crate) fn new_registration(registration: Registration) -> *mut btb_registration {
     let data = RegistrationData {
@@ -339,11 +370,7 @@ pub extern "C" fn btb_registration_list_len(
     list: *const btb_registration_list,
     out: *mut usize,
 ) -> btb_status {
-    guard(|| {
-        let out = out_ptr(out, "out")?;
-        write(out, handle::get(list, "list")?.len());
-        Ok(())
-    })
+    list_len(list, out)
 }
 
 /// Writes a new handle to the registration at `index` to `*out` (free with `btb_registration_free`).
@@ -355,17 +382,8 @@ pub extern "C" fn btb_registration_list_get(
     index: usize,
     out: *mut *mut btb_registration,
 ) -> btb_status {
-    guard(|| {
-        let out = out_ptr(out, "out")?;
-        let l = handle::get(list, "list")?;
-        let r = l.get(index).ok_or_else(|| {
-            Error::invalid(format!(
-                "index {index} is out of range for a list of {} registrations",
-                l.len()
-            ))
-        })?;
-        write(out, new_registration(r.clone()));
-        Ok(())
+    list_get(list, index, out, "registrations", |r| {
+        new_registration(r.clone())
     })
 }
 
@@ -382,11 +400,7 @@ pub extern "C" fn btb_task_group_list_len(
     list: *const btb_task_group_list,
     out: *mut usize,
 ) -> btb_status {
-    guard(|| {
-        let out = out_ptr(out, "out")?;
-        write(out, handle::get(list, "list")?.len());
-        Ok(())
-    })
+    list_len(list, out)
 }
 
 /// Writes a new handle to the group at `index` to `*out` (free with `btb_task_group_free`).
@@ -398,18 +412,7 @@ pub extern "C" fn btb_task_group_list_get(
     index: usize,
     out: *mut *mut btb_task_group,
 ) -> btb_status {
-    guard(|| {
-        let out = out_ptr(out, "out")?;
-        let l = handle::get(list, "list")?;
-        let g = l.get(index).ok_or_else(|| {
-            Error::invalid(format!(
-                "index {index} is out of range for a list of {} task groups",
-                l.len()
-            ))
-        })?;
-        write(out, new_group(g.clone()));
-        Ok(())
-    })
+    list_get(list, index, out, "task groups", |g| new_group(g.clone()))
 }
 
 /// Frees a task group list. NULL is a no-op. Errors: `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
@@ -643,11 +646,7 @@ pub extern "C" fn btb_registration_history(
 /// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn btb_run_list_len(list: *const btb_run_list, out: *mut usize) -> btb_status {
-    guard(|| {
-        let out = out_ptr(out, "out")?;
-        write(out, handle::get(list, "list")?.len());
-        Ok(())
-    })
+    list_len(list, out)
 }
 
 /// Writes the run at `index` to `*out` (strings borrowed from the list).
@@ -659,39 +658,25 @@ pub extern "C" fn btb_run_list_get(
     index: usize,
     out: *mut btb_run,
 ) -> btb_status {
-    guard(|| {
-        let out = out_ptr(out, "out")?;
-        let l = handle::get(list, "list")?;
-        let row = l.get(index).ok_or_else(|| {
-            Error::invalid(format!(
-                "index {index} is out of range for a list of {} runs",
-                l.len()
-            ))
-        })?;
+    list_get(list, index, out, "runs", |row| btb_run {
+        instance_id: btb_uuid {
+            bytes: *row.run.instance_id.as_bytes(),
+        },
+        trigger_kind: row.run.trigger_kind as u32,
         // The CStrings live in the Arc'd list, which lives as long as the handle.
-        write(
-            out,
-            btb_run {
-                instance_id: btb_uuid {
-                    bytes: *row.run.instance_id.as_bytes(),
-                },
-                trigger_kind: row.run.trigger_kind as u32,
-                trigger_details: row
-                    .details
-                    .as_ref()
-                    .map_or(std::ptr::null(), |c| c.as_ptr()),
-                started_ms: row.run.started_ms,
-                ended_ms: row.run.ended_ms,
-                outcome: row.run.outcome as u32,
-                reason: row.run.reason.map_or(-1, |r| r as i32),
-                message: row
-                    .message
-                    .as_ref()
-                    .map_or(std::ptr::null(), |c| c.as_ptr()),
-                last_progress: row.run.last_progress,
-            },
-        );
-        Ok(())
+        trigger_details: row
+            .details
+            .as_ref()
+            .map_or(std::ptr::null(), |c| c.as_ptr()),
+        started_ms: row.run.started_ms,
+        ended_ms: row.run.ended_ms,
+        outcome: row.run.outcome as u32,
+        reason: row.run.reason.map_or(-1, |r| r as i32),
+        message: row
+            .message
+            .as_ref()
+            .map_or(std::ptr::null(), |c| c.as_ptr()),
+        last_progress: row.run.last_progress,
     })
 }
 
