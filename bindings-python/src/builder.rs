@@ -171,8 +171,11 @@ impl BackgroundTaskBuilder {
             None => default_system(py)?,
         };
         let builder = self.with(py, |s| s.builder.clone());
-        let core = &system.get().inner;
+        let core = system.get().core();
         let registration = py.detach(|| core.register(&builder)).or_raise()?;
+        if builder.name_policy == NamePolicy::Replace as u32 {
+            system.get().prune_all(py); // the replaced registrations' handlers
+        }
         Ok(BackgroundTaskRegistration::new(registration, system))
     }
 

@@ -6,7 +6,7 @@ use btb_core::{Error, ErrorKind};
 use pyo3::IntoPyObjectExt;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyInt, PyModule, PyString};
+use pyo3::types::{PyDateTime, PyDelta, PyInt, PyModule, PyString, PyTzInfo};
 
 use crate::errors::{invalid, raise};
 
@@ -77,4 +77,34 @@ pub(crate) fn enum_or_int<'py>(
 /// The Python `repr()` of a value, so that `__repr__`s read as Python (`'sync'`, `['timer']`).
 pub(crate) fn py_repr<'py>(py: Python<'py>, value: impl IntoPyObject<'py>) -> PyResult<String> {
     Ok(value.into_bound_py_any(py)?.repr()?.to_string())
+}
+
+/// 1970-01-01T00:00:00Z as an aware `datetime`.
+pub(crate) fn unix_epoch(py: Python<'_>) -> PyResult<&Bound<'_, PyDateTime>> {
+    static EPOCH: PyOnceLock<Py<PyDateTime>> = PyOnceLock::new();
+    Ok(EPOCH
+        .get_or_try_init(py, || {
+            let utc = PyTzInfo::utc(py)?;
+            PyResult::Ok(PyDateTime::new(py, 1970, 1, 1, 0, 0, 0, 0, Some(&utc))?.unbind())
+        })?
+        .bind(py))
+}
+
+/// Milliseconds since the Unix epoch as an aware UTC `datetime`.
+pub(crate) fn datetime_from_ms(py: Python<'_>, ms: i64) -> PyResult<Bound<'_, PyAny>> {
+    let rest = ms.rem_euclid(86_400_000);
+    let days = i32::try_from(ms.div_euclid(86_400_000))?;
+    let delta = PyDelta::new(
+        py,
+        days,
+        (rest / 1000) as i32,
+        ((rest % 1000) * 1000) as i32,
+        false,
+    )?;
+    unix_epoch(py)?.add(delta)
+}
+
+/// A known enum value as its `btb._enums` member (for values the core produced itself).
+pub(crate) fn member<'py>(py: Python<'py>, class: &str, value: u32) -> PyResult<Bound<'py, PyAny>> {
+    enum_or_int(py, class, value, true)
 }

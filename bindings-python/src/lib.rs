@@ -6,8 +6,10 @@
 mod builder;
 mod convert;
 mod errors;
+mod json;
 mod manifest;
 mod policy;
+mod runtime;
 mod system;
 mod trigger;
 
@@ -29,9 +31,14 @@ mod _btb {
     #[pymodule_export]
     use crate::policy::{ManualClock, Policy};
     #[pymodule_export]
+    use crate::runtime::{
+        _wait_python_idle, BackgroundTaskCompletedEventArgs, BackgroundTaskDeferral,
+        BackgroundTaskInstance, BackgroundTaskProgressEventArgs, RunRecord,
+    };
+    #[pymodule_export]
     use crate::system::{
         BackgroundTaskRegistration, BackgroundTaskRegistrationGroup, System, py_default_system,
-        set_default_system,
+        set_default_system, signal_event,
     };
     #[pymodule_export]
     use crate::trigger::{

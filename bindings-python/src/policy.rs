@@ -2,12 +2,11 @@
 
 use btb_core::{Durability, TriggerKind};
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 use pyo3::types::{
-    PyDateTime, PyDelta, PyDeltaAccess, PyDict, PyFloat, PyInt, PyString, PyTzInfo, PyTzInfoAccess,
+    PyDateTime, PyDelta, PyDeltaAccess, PyDict, PyFloat, PyInt, PyString, PyTzInfoAccess,
 };
 
-use crate::convert::{enum_or_int, uint, utf8};
+use crate::convert::{datetime_from_ms, enum_or_int, uint, unix_epoch, utf8};
 use crate::errors::{OrRaise, invalid};
 
 /// The policy a system is opened with. Every argument is optional and keyword-only; omitted ones
@@ -177,16 +176,6 @@ fn milliseconds(seconds: f64, what: &str) -> PyResult<i64> {
     Ok(ms as i64)
 }
 
-fn unix_epoch(py: Python<'_>) -> PyResult<&Bound<'_, PyDateTime>> {
-    static EPOCH: PyOnceLock<Py<PyDateTime>> = PyOnceLock::new();
-    Ok(EPOCH
-        .get_or_try_init(py, || {
-            let utc = PyTzInfo::utc(py)?;
-            PyResult::Ok(PyDateTime::new(py, 1970, 1, 1, 0, 0, 0, 0, Some(&utc))?.unbind())
-        })?
-        .bind(py))
-}
-
 fn delta_ms(delta: &Bound<'_, PyDelta>) -> i64 {
     i64::from(delta.get_days()) * 86_400_000
         + i64::from(delta.get_seconds()) * 1000
@@ -228,27 +217,19 @@ impl ManualClock {
     /// The clock's time, an aware UTC `datetime`.
     #[getter]
     fn now<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let ms = self.inner.now_ms();
-        let rest = ms.rem_euclid(86_400_000);
-        let days = i32::try_from(ms.div_euclid(86_400_000))?;
-        let delta = PyDelta::new(
-            py,
-            days,
-            (rest / 1000) as i32,
-            ((rest % 1000) * 1000) as i32,
-            false,
-        )?;
-        unix_epoch(py)?.add(delta)
+        datetime_from_ms(py, self.inner.now_ms())
     }
 
-    /// Moves the clock forward by a `timedelta` or a number of seconds.
-    fn advance(&self, delta: &Bound<'_, PyAny>) -> PyResult<()> {
+    /// Moves the clock forward by a `timedelta` or a number of seconds, and wakes the systems
+    /// using it: what became due runs (`System.wait_idle` waits for it).
+    fn advance(&self, py: Python<'_>, delta: &Bound<'_, PyAny>) -> PyResult<()> {
         let ms = if let Ok(delta) = delta.cast::<PyDelta>() {
             delta_ms(delta)
         } else {
             milliseconds(delta.extract()?, "ManualClock.advance amount")?
         };
-        self.inner.advance_ms(ms).or_raise()
+        // Detached: waking a system takes its lock, and a task may hold the interpreter.
+        py.detach(|| self.inner.advance_ms(ms)).or_raise()
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {

@@ -3,24 +3,33 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
+use std::time::{Duration, Instant};
 
-use btb_core::{Clock, Handler, StoreLocation, SystemOptions, TaskGroup};
+use btb_core::{
+    Clock, StoreLocation, SystemConditionType, SystemOptions, SystemTriggerType, TaskGroup, Trigger,
+};
 use pyo3::PyTraverseError;
+use pyo3::exceptions::PyTypeError;
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
-use pyo3::sync::MutexExt;
-use pyo3::types::{PyDict, PyString};
+use pyo3::types::{PyCFunction, PyDict, PyList, PyString, PyTuple};
+use uuid::Uuid;
 
-use crate::convert::{opt_utf8, py_repr, utf8};
-use crate::errors::OrRaise;
+use crate::convert::{datetime_from_ms, member, opt_utf8, py_repr, uint, utf8};
+use crate::errors::{OrRaise, invalid};
 use crate::manifest::Manifest;
 use crate::policy::{ManualClock, Policy};
+use crate::runtime::{
+    RunRecord, Slot, WeakSystem, check_target, completed_handler, progress_handler,
+    request_in_executor, resolver, run_handler, weak_system,
+};
 use crate::trigger::{IBackgroundTrigger, SystemCondition};
 
 /// Locks a mutex without holding the interpreter while waiting: another thread may hold it
 /// while detached (see [`System::add_group_handler`]).
 pub(crate) fn lock<'a, T>(py: Python<'_>, mutex: &'a Mutex<T>) -> MutexGuard<'a, T> {
+    use pyo3::sync::MutexExt;
     mutex
         .lock_py_attached(py)
         .unwrap_or_else(PoisonError::into_inner)
@@ -36,42 +45,165 @@ pub(crate) fn try_lock<T>(mutex: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
     }
 }
 
-/// The Python callables of a system's background-activated handlers. They live here, where the
-/// garbage collector sees them; the core holds only a marker closure per handler slot, which is
-/// what registration validates (SPEC §2: no entry point needs a handler). Dispatching runs to
-/// these callables comes with the runner.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum EventKind {
+    Progress,
+    Completed,
+}
+
+/// A progress or completed handler, by its core token.
+struct EventEntry {
+    kind: EventKind,
+    task_id: Uuid,
+    slot: Arc<Slot>,
+}
+
+/// Every Python callable this system handed to the core, where the garbage collector sees it (see
+/// `runtime.rs`). The core's closures hold the same slots.
 #[derive(Default)]
-struct Handlers {
-    system: Option<Py<PyAny>>,
-    groups: HashMap<String, Vec<(u64, Py<PyAny>)>>,
+struct Registry {
+    /// The system's background-activated handler.
+    system: Option<Arc<Slot>>,
+    /// Background-activated handlers per task group (a group may have several).
+    groups: HashMap<String, Arc<Slot>>,
+    entry_points: HashMap<String, Arc<Slot>>,
+    events: HashMap<u64, EventEntry>,
+    /// The tokens in `events` of each registration.
+    events_by_task: HashMap<Uuid, Vec<u64>>,
+    /// `events` is pruned when it grows to this size (amortized O(1) per handler added).
+    prune_at: usize,
     next_token: u64,
 }
 
-fn activation_marker() -> Handler {
-    Handler::Call(Arc::new(|_instance| {}))
+impl Registry {
+    fn slots(&self) -> impl Iterator<Item = &Arc<Slot>> {
+        self.system
+            .iter()
+            .chain(self.groups.values())
+            .chain(self.entry_points.values())
+            .chain(self.events.values().map(|e| &e.slot))
+    }
+
+    fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    fn insert_event(&mut self, token: u64, entry: EventEntry) {
+        self.events_by_task
+            .entry(entry.task_id)
+            .or_default()
+            .push(token);
+        self.events.insert(token, entry);
+    }
+
+    fn remove_event(&mut self, token: u64) -> Option<EventEntry> {
+        let entry = self.events.remove(&token)?;
+        if let Some(tokens) = self.events_by_task.get_mut(&entry.task_id) {
+            tokens.retain(|t| *t != token);
+            if tokens.is_empty() {
+                self.events_by_task.remove(&entry.task_id);
+            }
+        }
+        Some(entry)
+    }
+
+    /// Takes out the progress and completed handlers the core dropped (their registration was
+    /// unregistered or replaced, and its last run ended), of one registration or of all; the
+    /// caller drops them with no lock held.
+    fn prune(&mut self, task_id: Option<Uuid>) -> Vec<EventEntry> {
+        let candidates: Vec<u64> = match task_id {
+            Some(id) => self.events_by_task.get(&id).cloned().unwrap_or_default(),
+            None => self.events.keys().copied().collect(),
+        };
+        let dead: Vec<u64> = candidates
+            .into_iter()
+            .filter(|t| {
+                self.events
+                    .get(t)
+                    .is_some_and(|e| Arc::strong_count(&e.slot) == 1)
+            })
+            .collect();
+        if task_id.is_none() {
+            self.prune_at = (2 * (self.events.len() - dead.len())).max(64);
+        }
+        dead.into_iter()
+            .filter_map(|t| self.remove_event(t))
+            .collect()
+    }
 }
 
 /// One broker: app identity and manifest, store, clock and policy. A context manager.
 #[pyclass(frozen, weakref, module = "btb")]
 pub struct System {
-    pub(crate) inner: btb_core::System,
-    handlers: Mutex<Handlers>,
+    /// `None` only while the object is being dropped.
+    core: Option<btb_core::System>,
+    registry: Mutex<Registry>,
+    /// A weak reference to this object, for the closures handed to the core.
+    me: OnceLock<WeakSystem>,
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        // The last handle of an open system closes it, which waits for running tasks and joins
+        // btb threads that may be waiting for the interpreter: drop it detached.
+        let mut core = self.core.take();
+        if core.as_ref().is_some_and(|c| !c.is_closed()) {
+            Python::try_attach(|py| py.detach(|| drop(core.take())));
+        }
+        drop(core);
+    }
 }
 
 impl System {
-    /// Wraps an open core system and hands it to the package's exit hook (`btb._OPEN_SYSTEMS`).
-    fn wrap(py: Python<'_>, inner: btb_core::System) -> PyResult<Py<System>> {
+    pub(crate) fn core(&self) -> &btb_core::System {
+        self.core
+            .as_ref()
+            .expect("a btb.System holds its core system until dropped")
+    }
+
+    /// Wraps an open core system, sets the import-path resolver, and hands the system to the
+    /// package's exit hook (`btb._OPEN_SYSTEMS`).
+    fn wrap(py: Python<'_>, core: btb_core::System) -> PyResult<Py<System>> {
         let system = Py::new(
             py,
             System {
-                inner,
-                handlers: Mutex::default(),
+                core: Some(core),
+                registry: Mutex::default(),
+                me: OnceLock::new(),
             },
         )?;
+        let weak = System::weak(system.bind(py))?;
+        let core = system.get().core();
+        py.detach(|| core.set_entry_point_resolver(Some(resolver(weak))))
+            .or_raise()?;
         py.import("btb")?
             .getattr("_OPEN_SYSTEMS")?
             .call_method1("add", (system.clone_ref(py),))?;
         Ok(system)
+    }
+
+    /// A `System` object for a core system whose own object is gone (handlers still being
+    /// delivered while it closes): it does not own the system, set the resolver or join the exit
+    /// hook.
+    pub(crate) fn view(py: Python<'_>, core: btb_core::System) -> PyResult<Py<System>> {
+        Py::new(
+            py,
+            System {
+                core: Some(core),
+                registry: Mutex::default(),
+                me: OnceLock::new(),
+            },
+        )
+    }
+
+    pub(crate) fn weak(slf: &Bound<'_, Self>) -> PyResult<WeakSystem> {
+        let me = &slf.get().me;
+        if let Some(weak) = me.get() {
+            return Ok(Arc::clone(weak));
+        }
+        let weak = weak_system(slf)?;
+        Ok(Arc::clone(me.get_or_init(|| weak)))
     }
 
     fn registrations<'py>(
@@ -89,56 +221,151 @@ impl System {
     }
 
     fn group_tasks<'py>(slf: &Bound<'py, Self>, group_id: &str) -> PyResult<Bound<'py, PyDict>> {
-        let inner = &slf.get().inner;
-        let list = slf.py().detach(|| inner.group_tasks(group_id)).or_raise()?;
+        let core = slf.get().core();
+        let list = slf.py().detach(|| core.group_tasks(group_id)).or_raise()?;
         Self::registrations(slf, list)
     }
 
-    /// Adds a group handler; the first one for a group installs the core's marker.
+    /// Adds a group handler; the first one for a group installs the core's handler, which calls
+    /// every handler of the group in order.
     fn add_group_handler(
-        &self,
-        py: Python<'_>,
+        slf: &Bound<'_, Self>,
         group_id: &str,
         handler: Py<PyAny>,
     ) -> PyResult<u64> {
-        let mut handlers = lock(py, &self.handlers);
-        if handlers.groups.get(group_id).is_none_or(Vec::is_empty) {
-            py.detach(|| {
-                self.inner
-                    .set_background_activated(Some(group_id), Some(activation_marker()))
-            })
-            .or_raise()?;
+        let py = slf.py();
+        let this = slf.get();
+        let weak = System::weak(slf)?;
+        let mut registry = lock(py, &this.registry);
+        let token = registry.token();
+        if let Some(slot) = registry.groups.get(group_id) {
+            slot.push(py, token, handler);
+            return Ok(token);
         }
-        handlers.next_token += 1;
-        let token = handlers.next_token;
-        handlers
-            .groups
-            .entry(group_id.to_owned())
-            .or_default()
-            .push((token, handler));
+        let slot = Slot::new(token, handler);
+        let core_handler = run_handler(Arc::clone(&slot), weak);
+        py.detach(|| {
+            this.core()
+                .set_background_activated(Some(group_id), Some(core_handler))
+        })
+        .or_raise()?;
+        registry.groups.insert(group_id.to_owned(), slot);
         Ok(token)
     }
 
-    /// Removes a group handler; removing the last one removes the core's marker.
+    /// Removes a group handler; removing the last one removes the core's handler.
     fn remove_group_handler(&self, py: Python<'_>, group_id: &str, token: u64) -> PyResult<()> {
-        let mut handlers = lock(py, &self.handlers);
-        let Some(list) = handlers.groups.get_mut(group_id) else {
+        let mut registry = lock(py, &self.registry);
+        let Some(slot) = registry.groups.get(group_id) else {
             return Ok(());
         };
-        let Some(index) = list.iter().position(|(t, _)| *t == token) else {
+        if !slot.contains(py, token) {
             return Ok(());
-        };
-        if list.len() == 1 {
-            py.detach(|| self.inner.set_background_activated(Some(group_id), None))
+        }
+        let mut released = None;
+        if slot.len(py) == 1 {
+            py.detach(|| self.core().set_background_activated(Some(group_id), None))
                 .or_raise()?;
+            released = registry.groups.remove(group_id);
         }
-        let removed = list.remove(index);
-        if list.is_empty() {
-            handlers.groups.remove(group_id);
-        }
-        drop(handlers);
-        drop(removed); // unlocked: dropping a callable can run Python code that calls back here
+        let removed = match &released {
+            Some(slot) => slot.remove(py, token),
+            None => registry
+                .groups
+                .get(group_id)
+                .and_then(|s| s.remove(py, token)),
+        };
+        drop(registry);
+        drop((removed, released)); // unlocked: dropping a callable can run Python code
         Ok(())
+    }
+
+    /// Adds a progress or completed handler of one registration; returns the core's token.
+    fn add_event_handler(
+        slf: &Bound<'_, Self>,
+        registration: &btb_core::Registration,
+        kind: EventKind,
+        handler: Bound<'_, PyAny>,
+    ) -> PyResult<u64> {
+        let py = slf.py();
+        let what = match kind {
+            EventKind::Progress => "progress",
+            EventKind::Completed => "completed",
+        };
+        if !handler.is_callable() {
+            return Err(PyTypeError::new_err(format!(
+                "a {what} handler must be callable, not {}",
+                handler.get_type().name()?
+            )));
+        }
+        let weak = System::weak(slf)?;
+        let slot = Slot::new(0, handler.unbind());
+        let token = match kind {
+            EventKind::Progress => {
+                let f = progress_handler(Arc::clone(&slot), weak);
+                py.detach(|| registration.add_progress(f))
+            }
+            EventKind::Completed => {
+                let f = completed_handler(Arc::clone(&slot), weak);
+                py.detach(|| registration.add_completed(f))
+            }
+        }
+        .or_raise()?;
+        let pruned = {
+            let mut registry = lock(py, &slf.get().registry);
+            let pruned = if registry.events.len() >= registry.prune_at {
+                registry.prune(None)
+            } else {
+                Vec::new()
+            };
+            registry.insert_event(
+                token,
+                EventEntry {
+                    kind,
+                    task_id: registration.task_id(),
+                    slot,
+                },
+            );
+            pruned
+        };
+        drop(pruned);
+        Ok(token)
+    }
+
+    /// Removes a handler added by [`System::add_event_handler`] for that registration and kind;
+    /// other tokens are ignored.
+    fn remove_event_handler(
+        &self,
+        py: Python<'_>,
+        registration: &btb_core::Registration,
+        kind: EventKind,
+        token: u64,
+    ) {
+        let removed = {
+            let mut registry = lock(py, &self.registry);
+            match registry.events.get(&token) {
+                Some(e) if e.kind == kind && e.task_id == registration.task_id() => {
+                    registry.remove_event(token)
+                }
+                _ => None,
+            }
+        };
+        if removed.is_some() {
+            py.detach(|| registration.remove_handler(token));
+        }
+        drop(removed);
+    }
+
+    /// Releases every handler the core no longer holds (after a `REPLACE` registration).
+    pub(crate) fn prune_all(&self, py: Python<'_>) {
+        let pruned = lock(py, &self.registry).prune(None);
+        drop(pruned);
+    }
+
+    /// Releases the handlers of a registration the core no longer holds (after `unregister`).
+    fn prune_task(&self, py: Python<'_>, task_id: Uuid) {
+        let pruned = lock(py, &self.registry).prune(Some(task_id));
+        drop(pruned);
     }
 }
 
@@ -152,6 +379,13 @@ fn store_location(store: Option<&Bound<'_, PyAny>>) -> PyResult<StoreLocation> {
     }
     Ok(StoreLocation::File(store.extract::<PathBuf>()?))
 }
+
+fn condition_of(value: &Bound<'_, PyAny>) -> PyResult<SystemConditionType> {
+    SystemConditionType::from_u32(uint(value, "system condition type")?).or_raise()
+}
+
+/// How long one detached wait lasts before `wait_idle` checks for signals (Ctrl-C).
+const WAIT_SLICE: Duration = Duration::from_millis(50);
 
 #[pymethods]
 impl System {
@@ -172,14 +406,15 @@ impl System {
             simulated,
             policy: policy.map(|p| p.get().inner.clone()).unwrap_or_default(),
         };
-        let inner = py.detach(|| btb_core::System::open(options)).or_raise()?;
-        System::wrap(py, inner)
+        let core = py.detach(|| btb_core::System::open(options)).or_raise()?;
+        System::wrap(py, core)
     }
 
-    /// Closes the system and releases its store. Closing twice is harmless.
+    /// Closes the system: running tasks are canceled with `TERMINATING` and get the policy's grace
+    /// to finish, then the store is released. Closing twice is harmless.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        py.detach(|| self.inner.close()).or_raise()?;
-        let released = std::mem::take(&mut *lock(py, &self.handlers));
+        py.detach(|| self.core().close()).or_raise()?;
+        let released = std::mem::take(&mut *lock(py, &self.registry));
         drop(released);
         Ok(())
     }
@@ -196,38 +431,38 @@ impl System {
 
     #[getter]
     fn closed(&self, py: Python<'_>) -> bool {
-        py.detach(|| self.inner.is_closed())
+        py.detach(|| self.core().is_closed())
     }
 
     #[getter]
     fn app_id(&self) -> &str {
-        self.inner.app_id()
+        self.core().app_id()
     }
 
     /// The store's path (`":memory:"` for an ephemeral store).
     #[getter]
     fn store_path(&self) -> &str {
-        self.inner.store_path()
+        self.core().store_path()
     }
 
     #[getter]
     fn manifest(&self) -> Manifest {
         Manifest {
-            inner: self.inner.manifest().clone(),
+            inner: self.core().manifest().clone(),
         }
     }
 
     #[getter]
     fn policy(&self) -> Policy {
         Policy {
-            inner: self.inner.policy().clone(),
+            inner: self.core().policy().clone(),
         }
     }
 
     /// The manual clock the system was opened with, or `None` for the real clock.
     #[getter]
     fn clock(&self) -> Option<ManualClock> {
-        match self.inner.clock() {
+        match self.core().clock() {
             Clock::Real => None,
             Clock::Manual(clock) => Some(ManualClock {
                 inner: clock.clone(),
@@ -237,14 +472,14 @@ impl System {
 
     #[getter]
     fn simulated(&self) -> bool {
-        self.inner.is_simulated()
+        self.core().is_simulated()
     }
 
     /// Registrations outside any task group, task id → registration, in registration order.
     #[getter]
     fn all_tasks<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyDict>> {
-        let inner = &slf.get().inner;
-        let list = slf.py().detach(|| inner.all_tasks()).or_raise()?;
+        let core = slf.get().core();
+        let list = slf.py().detach(|| core.all_tasks()).or_raise()?;
         Self::registrations(slf, list)
     }
 
@@ -252,8 +487,8 @@ impl System {
     #[getter]
     fn all_task_groups<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyDict>> {
         let py = slf.py();
-        let inner = &slf.get().inner;
-        let groups = py.detach(|| inner.all_task_groups()).or_raise()?;
+        let core = slf.get().core();
+        let groups = py.detach(|| core.all_task_groups()).or_raise()?;
         let dict = PyDict::new(py);
         for group in groups {
             let id = group.id.clone();
@@ -267,51 +502,202 @@ impl System {
     }
 
     /// Sets the system's background-activated handler (the analogue of
-    /// `Application.OnBackgroundActivated`), or removes it with `None`. Tasks without an entry
-    /// point need it (or their group's).
+    /// `Application.OnBackgroundActivated`), or removes it with `None`: it runs the tasks that have
+    /// no entry point (and whose group has no handler), called with the instance on a btb thread.
     fn set_background_activated(
-        &self,
-        py: Python<'_>,
+        slf: &Bound<'_, Self>,
         handler: Option<Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        if let Some(h) = &handler
-            && !h.is_callable()
-        {
-            return Err(pyo3::exceptions::PyTypeError::new_err(format!(
-                "a background-activated handler must be callable, not {}",
-                h.get_type().name()?
-            )));
+        let py = slf.py();
+        let this = slf.get();
+        if let Some(h) = &handler {
+            check_target(h, "a background-activated handler")?;
         }
-        let mut handlers = lock(py, &self.handlers);
-        let marker = handler.as_ref().map(|_| activation_marker());
-        py.detach(|| self.inner.set_background_activated(None, marker))
+        let weak = System::weak(slf)?;
+        let mut registry = lock(py, &this.registry);
+        let slot = match handler {
+            Some(h) => {
+                let token = registry.token();
+                Some(Slot::new(token, h.unbind()))
+            }
+            None => None,
+        };
+        let core_handler = slot.as_ref().map(|s| run_handler(Arc::clone(s), weak));
+        py.detach(|| this.core().set_background_activated(None, core_handler))
             .or_raise()?;
-        let old = std::mem::replace(&mut handlers.system, handler.map(Bound::unbind));
-        drop(handlers);
+        let old = std::mem::replace(&mut registry.system, slot);
+        drop(registry);
+        drop(old); // unlocked: dropping a callable can run Python code
+        Ok(())
+    }
+
+    /// Registers `handler` as the in-process handler of a declared entry point (or removes it with
+    /// `None`): a function called with the instance, or a class with `run(self, instance)`
+    /// instantiated per run. `NotDeclaredError` if the manifest does not declare the entry point.
+    #[pyo3(signature = (name, handler))]
+    fn register_entry_point(
+        slf: &Bound<'_, Self>,
+        name: &Bound<'_, PyString>,
+        handler: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let name = utf8(name, "entry point")?;
+        if let Some(h) = &handler {
+            check_target(h, "an entry point handler")?;
+        }
+        let weak = System::weak(slf)?;
+        let mut registry = lock(py, &this.registry);
+        let slot = match handler {
+            Some(h) => {
+                let token = registry.token();
+                Some(Slot::new(token, h.unbind()))
+            }
+            None => None,
+        };
+        let core_handler = slot.as_ref().map(|s| run_handler(Arc::clone(s), weak));
+        py.detach(|| this.core().register_entry_point(&name, core_handler))
+            .or_raise()?;
+        let old = match slot {
+            Some(slot) => registry.entry_points.insert(name, slot),
+            None => registry.entry_points.remove(&name),
+        };
+        drop(registry);
         drop(old);
         Ok(())
+    }
+
+    /// A decorator registering the decorated function (or class) as the entry point's handler:
+    /// `@system.entry_point("notes.Sync")`.
+    fn entry_point<'py>(
+        slf: &Bound<'py, Self>,
+        name: &Bound<'py, PyString>,
+    ) -> PyResult<Bound<'py, PyCFunction>> {
+        let py = slf.py();
+        let system = slf.clone().unbind();
+        let name = name.clone().unbind();
+        // Checked now, so that a typo fails where the decorator is applied.
+        let declared = utf8(name.bind(py), "entry point")?;
+        if slf.get().core().manifest().find(&declared).is_none() {
+            return Err(crate::errors::raise(btb_core::Error::new(
+                btb_core::ErrorKind::NotDeclared,
+                format!(
+                    "entry point {declared:?} is not declared in the manifest of {:?}",
+                    slf.get().core().app_id()
+                ),
+            )));
+        }
+        PyCFunction::new_closure(
+            py,
+            Some(c"entry_point_decorator"),
+            None,
+            move |args: &Bound<'_, PyTuple>, _kwargs| -> PyResult<Py<PyAny>> {
+                let py = args.py();
+                let (handler,): (Bound<'_, PyAny>,) = args.extract()?;
+                System::register_entry_point(
+                    system.bind(py),
+                    name.bind(py),
+                    Some(handler.clone()),
+                )?;
+                Ok(handler.unbind())
+            },
+        )
+    }
+
+    /// Raises a system event (as the platform would); returns how many registrations fired.
+    fn raise_event(&self, py: Python<'_>, trigger_type: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let event =
+            SystemTriggerType::from_u32(uint(trigger_type, "system trigger type")?).or_raise()?;
+        py.detach(|| self.core().raise_event(event)).or_raise()
+    }
+
+    /// Signals a custom event in this system; returns how many registrations fired. Other
+    /// processes use `btb.signal_event(app_id, name)`.
+    fn signal_event(&self, py: Python<'_>, name: &Bound<'_, PyString>) -> PyResult<usize> {
+        let name = utf8(name, "event name")?;
+        py.detach(|| self.core().signal_event(&name)).or_raise()
+    }
+
+    /// Sets a state of the simulated source (`StateError` for a system reading the platform).
+    fn set_state(
+        &self,
+        py: Python<'_>,
+        condition_type: &Bound<'_, PyAny>,
+        value: bool,
+    ) -> PyResult<()> {
+        let condition = condition_of(condition_type)?;
+        py.detach(|| self.core().set_state(condition, value))
+            .or_raise()
+    }
+
+    /// Whether a condition holds now: `True`/`False`, or `None` while its state is unknown.
+    fn get_state(
+        &self,
+        py: Python<'_>,
+        condition_type: &Bound<'_, PyAny>,
+    ) -> PyResult<Option<bool>> {
+        let condition = condition_of(condition_type)?;
+        py.detach(|| self.core().get_state(condition)).or_raise()
+    }
+
+    /// WinRT `BackgroundWorkCost.CurrentBackgroundWorkCost`: a `BackgroundWorkCostValue`, or
+    /// `None` while unknown.
+    #[getter]
+    fn background_work_cost(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let cost = py
+            .detach(|| self.core().background_work_cost())
+            .or_raise()?;
+        match cost {
+            Some(c) => Ok(member(py, "BackgroundWorkCostValue", c as u32)?.unbind()),
+            None => Ok(py.None()),
+        }
+    }
+
+    /// Waits until nothing runs or is runnable and every handler has been called: `True`, or
+    /// `False` after `timeout` seconds. Ctrl-C interrupts it. Not from a btb handler
+    /// (`StateError`).
+    fn wait_idle(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
+        if !timeout.is_finite() || timeout < 0.0 {
+            return Err(invalid(format!(
+                "wait_idle timeout {timeout} is not a number of seconds >= 0"
+            )));
+        }
+        let deadline = Instant::now() + Duration::from_secs_f64(timeout.min(1.0e9));
+        loop {
+            let slice = deadline
+                .saturating_duration_since(Instant::now())
+                .min(WAIT_SLICE);
+            if py.detach(|| self.core().wait_idle(slice)).or_raise()? {
+                return Ok(true);
+            }
+            py.check_signals()?;
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+        }
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         Ok(format!(
             "System(app_id={}, store={})",
-            py_repr(py, self.inner.app_id())?,
-            py_repr(py, self.inner.store_path())?
+            py_repr(py, self.core().app_id())?,
+            py_repr(py, self.core().store_path())?
         ))
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        if let Some(handlers) = try_lock(&self.handlers) {
-            visit.call(&handlers.system)?;
-            for (_, handler) in handlers.groups.values().flatten() {
-                visit.call(handler)?;
+        if let Some(registry) = try_lock(&self.registry) {
+            for slot in registry.slots() {
+                slot.traverse(&visit)?;
             }
         }
         Ok(())
     }
 
     fn __clear__(&self) {
-        let released = try_lock(&self.handlers).map(|mut h| std::mem::take(&mut *h));
+        let released: Vec<_> = try_lock(&self.registry)
+            .map(|registry| registry.slots().map(|s| s.take()).collect())
+            .unwrap_or_default();
         drop(released);
     }
 }
@@ -324,7 +710,7 @@ pub(crate) fn default_system(py: Python<'_>) -> PyResult<Py<System>> {
     let core = py.detach(btb_core::default_system).or_raise()?;
     if let Some(system) = lock(py, &DEFAULT)
         .as_ref()
-        .filter(|s| s.get().inner == core)
+        .filter(|s| *s.get().core() == core)
     {
         return Ok(system.clone_ref(py));
     }
@@ -346,9 +732,25 @@ pub(crate) fn py_default_system(py: Python<'_>) -> PyResult<Py<System>> {
 /// `BTB_MANIFEST` again).
 #[pyfunction]
 pub(crate) fn set_default_system(py: Python<'_>, system: Option<Py<System>>) {
-    btb_core::set_default_system(system.as_ref().map(|s| s.get().inner.clone()));
+    let core = system.as_ref().map(|s| s.get().core().clone());
+    // Detached: replacing the last handle of a system closes it.
+    py.detach(|| btb_core::set_default_system(core));
     let old = std::mem::replace(&mut *lock(py, &DEFAULT), system);
     drop(old);
+}
+
+/// Signals the custom event `name` to the running broker of `app_id`, in any process of this user
+/// (through its socket under `$XDG_RUNTIME_DIR/btb/`). `NotFoundError` when no broker runs.
+#[pyfunction]
+pub(crate) fn signal_event(
+    py: Python<'_>,
+    app_id: &Bound<'_, PyString>,
+    name: &Bound<'_, PyString>,
+) -> PyResult<()> {
+    let app_id = utf8(app_id, "app id")?;
+    let name = utf8(name, "event name")?;
+    py.detach(|| btb_core::signal::signal_event(&app_id, &name))
+        .or_raise()
 }
 
 /// A registered task: an immutable snapshot of what was registered, in the system it lives in.
@@ -367,7 +769,7 @@ impl BackgroundTaskRegistration {
 #[pymethods]
 impl BackgroundTaskRegistration {
     #[getter]
-    fn task_id(&self) -> uuid::Uuid {
+    fn task_id(&self) -> Uuid {
         self.inner.task_id()
     }
 
@@ -423,6 +825,15 @@ impl BackgroundTaskRegistration {
         py.detach(|| self.inner.is_spent())
     }
 
+    /// When its time, maintenance or calendar trigger is next due (aware UTC `datetime`), or
+    /// `None` (other triggers, spent one-shots).
+    #[getter]
+    fn next_due<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        py.detach(|| self.inner.next_due_ms())
+            .map(|ms| datetime_from_ms(py, ms))
+            .transpose()
+    }
+
     /// The system the registration lives in.
     #[getter]
     fn system(&self, py: Python<'_>) -> Py<System> {
@@ -431,7 +842,80 @@ impl BackgroundTaskRegistration {
 
     /// Removes the registration durably; `cancel_task` cancels a running instance with `ABORT`.
     fn unregister(&self, py: Python<'_>, cancel_task: bool) -> PyResult<()> {
-        py.detach(|| self.inner.unregister(cancel_task)).or_raise()
+        py.detach(|| self.inner.unregister(cancel_task))
+            .or_raise()?;
+        self.system.get().prune_task(py, self.inner.task_id());
+        Ok(())
+    }
+
+    /// Requests a run through this registration's application trigger (`InvalidArgumentError`
+    /// for another kind of trigger); `arguments` (a dict of JSON values) become the instance's
+    /// `trigger_details`.
+    #[pyo3(signature = (arguments = None))]
+    fn request<'py>(
+        &self,
+        py: Python<'py>,
+        arguments: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let arguments = crate::json::arguments(arguments)?;
+        let result = py.detach(|| self.inner.request(arguments)).or_raise()?;
+        member(py, "ApplicationTriggerResult", result as u32)
+    }
+
+    /// `await registration.request_async(arguments)`: `request` on the event loop's default
+    /// executor.
+    #[pyo3(signature = (arguments = None))]
+    fn request_async<'py>(
+        &self,
+        py: Python<'py>,
+        arguments: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let arguments = crate::json::arguments(arguments)?;
+        let registration = self.inner.clone();
+        request_in_executor(py, move || registration.request(arguments.clone()))
+    }
+
+    /// Adds a handler called as `handler(registration, args)` on a btb thread each time a run's
+    /// progress changes (`args.instance_id`, `args.progress`); returns a token.
+    fn add_progress(&self, py: Python<'_>, handler: Bound<'_, PyAny>) -> PyResult<u64> {
+        System::add_event_handler(
+            self.system.bind(py),
+            &self.inner,
+            EventKind::Progress,
+            handler,
+        )
+    }
+
+    /// Removes a progress handler; an unknown token is ignored.
+    fn remove_progress(&self, py: Python<'_>, token: u64) {
+        self.system
+            .get()
+            .remove_event_handler(py, &self.inner, EventKind::Progress, token);
+    }
+
+    /// Adds a handler called as `handler(registration, args)` on a btb thread when a run
+    /// completes (`args.status`, `args.message`, `args.check_result()`); returns a token.
+    fn add_completed(&self, py: Python<'_>, handler: Bound<'_, PyAny>) -> PyResult<u64> {
+        System::add_event_handler(
+            self.system.bind(py),
+            &self.inner,
+            EventKind::Completed,
+            handler,
+        )
+    }
+
+    /// Removes a completed handler; an unknown token is ignored.
+    fn remove_completed(&self, py: Python<'_>, token: u64) {
+        self.system
+            .get()
+            .remove_event_handler(py, &self.inner, EventKind::Completed, token);
+    }
+
+    /// The recorded runs, oldest first (at most the policy's `history_limit`).
+    #[getter]
+    fn history<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let runs = py.detach(|| self.inner.history()).or_raise()?;
+        PyList::new(py, runs.into_iter().map(|record| RunRecord { record }))
     }
 
     fn __eq__(&self, other: &Self) -> bool {
@@ -454,6 +938,33 @@ impl BackgroundTaskRegistration {
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.system)
     }
+}
+
+/// `ApplicationTrigger.request`: fires the registrations made with the trigger `id`.
+pub(crate) fn request_trigger<'py>(
+    py: Python<'py>,
+    trigger: &Trigger,
+    arguments: Option<&Bound<'py, PyAny>>,
+    system: Option<Py<System>>,
+    asynchronous: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let Trigger::Application { id } = trigger else {
+        unreachable!("an ApplicationTrigger holds an application trigger")
+    };
+    let id = *id;
+    let arguments = crate::json::arguments(arguments)?;
+    let system = match system {
+        Some(system) => system,
+        None => default_system(py)?,
+    };
+    if asynchronous {
+        return request_in_executor(py, move || {
+            system.get().core().request(&id, arguments.clone())
+        });
+    }
+    let core = system.get().core();
+    let result = py.detach(|| core.request(&id, arguments)).or_raise()?;
+    member(py, "ApplicationTriggerResult", result as u32)
 }
 
 /// A task group `(id, name)`. Naming it in a builder creates it; its `all_tasks` lists its own
@@ -508,17 +1019,11 @@ impl BackgroundTaskRegistrationGroup {
     }
 
     /// Adds a handler for the group's tasks that have no entry point (WinRT
-    /// `BackgroundActivated`); returns a token for `remove_background_activated`.
+    /// `BackgroundActivated`): called with the instance on a btb thread; several handlers are
+    /// called in the order added. Returns a token for `remove_background_activated`.
     fn add_background_activated(&self, py: Python<'_>, handler: Bound<'_, PyAny>) -> PyResult<u64> {
-        if !handler.is_callable() {
-            return Err(pyo3::exceptions::PyTypeError::new_err(format!(
-                "a background-activated handler must be callable, not {}",
-                handler.get_type().name()?
-            )));
-        }
-        self.system(py)?
-            .get()
-            .add_group_handler(py, &self.group.id, handler.unbind())
+        check_target(&handler, "a background-activated handler")?;
+        System::add_group_handler(self.system(py)?.bind(py), &self.group.id, handler.unbind())
     }
 
     /// Removes a handler added with `add_background_activated`; an unknown token is ignored.

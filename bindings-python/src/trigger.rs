@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyString;
 
 use crate::convert::{enum_or_int, py_repr, uint, utf8};
+use crate::system::{System, request_trigger};
 
 /// The common base of every trigger (WinRT `IBackgroundTrigger`); not constructible itself.
 #[pyclass(frozen, subclass, module = "btb")]
@@ -232,6 +233,31 @@ impl ApplicationTrigger {
             trigger: Trigger::application(),
         })
         .add_subclass(ApplicationTrigger)
+    }
+
+    /// Fires the tasks registered with this trigger (WinRT `RequestAsync`), in `system` (default:
+    /// the default system). `arguments` (a dict of JSON values) become each instance's
+    /// `trigger_details`. Returns an `ApplicationTriggerResult`: `ALLOWED`, `CURRENTLY_RUNNING`
+    /// (a run is in progress; nothing is queued), `DISABLED_BY_POLICY`, or `UNKNOWN_ERROR` (no
+    /// task is registered with this trigger).
+    #[pyo3(signature = (arguments = None, system = None))]
+    fn request<'py>(
+        slf: &Bound<'py, Self>,
+        arguments: Option<&Bound<'py, PyAny>>,
+        system: Option<Py<System>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        request_trigger(slf.py(), base(slf), arguments, system, false)
+    }
+
+    /// `await trigger.request_async(arguments)`: `request` on the running event loop's default
+    /// executor. The arguments are checked at the call.
+    #[pyo3(signature = (arguments = None, system = None))]
+    fn request_async<'py>(
+        slf: &Bound<'py, Self>,
+        arguments: Option<&Bound<'py, PyAny>>,
+        system: Option<Py<System>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        request_trigger(slf.py(), base(slf), arguments, system, true)
     }
 }
 

@@ -32,3 +32,43 @@ def test_register_example(tmp_path: Path, arguments: list[str]) -> None:
     assert "group 'indexing' (Search indexing):" in out
     assert "unregistered 'too-eager'; 2 ungrouped tasks remain:" in out
     assert list(tmp_path.iterdir()) == []  # nothing left behind
+
+
+TASKS = Path(__file__).resolve().parents[1] / "examples" / "tasks.py"
+
+
+def test_tasks_example(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BTB_", "XDG_STATE_HOME"))}
+    result = subprocess.run(
+        [sys.executable, str(TASKS)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert "request: ALLOWED" in lines
+    assert [line for line in lines if line.startswith("progress:")] == [
+        "progress: export at 33%",
+        "progress: export at 66%",
+        "progress: export at 100%",
+    ]
+    assert [line for line in lines if line.startswith("export: wrote")] == [
+        "export: wrote groceries.md",
+        "export: wrote ideas.md",
+        "export: wrote todo.md",
+    ]
+    assert "completed: export SUCCEEDED" in lines
+    assert "completed: export FAILED: ValueError: nothing to export" in lines
+    assert sum(line.startswith("sync: running at ") for line in lines) == 2
+    assert "sync: next due at 09:15" in lines and "sync: next due at 09:45" in lines
+    history = lines[lines.index("history of export:") :]
+    assert history[1:3] == [
+        "  09:00 application SUCCEEDED progress=100 message=None",
+        "  09:00 application FAILED progress=0 message=ValueError: nothing to export",
+    ]
+    assert history[4:6] == [
+        "  09:15 time SUCCEEDED progress=0 message=None",
+        "  09:30 time SUCCEEDED progress=0 message=None",
+    ]
+    assert lines[-1] == "closed the system"
+    # The failure is logged with its traceback on the "btb" logger (stderr, unconfigured logging).
+    assert 'raise ValueError("nothing to export")' in result.stderr
+    assert list(tmp_path.iterdir()) == []

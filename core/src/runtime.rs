@@ -307,11 +307,7 @@ impl Shared {
         now: i64,
         changes: &mut Vec<ScheduleChange>,
     ) -> usize {
-        let ids: Vec<Uuid> = st
-            .by_event
-            .get(key)
-            .map(|s| s.to_vec())
-            .unwrap_or_default();
+        let ids: Vec<Uuid> = st.by_event.get(key).map(|s| s.to_vec()).unwrap_or_default();
         let mut n = 0;
         for id in ids {
             if st.spent.contains(&id) {

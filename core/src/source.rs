@@ -6,15 +6,35 @@ use std::collections::HashMap;
 
 use crate::model::{BackgroundWorkCostValue, SystemConditionType};
 
+/// The other half of a contradictory pair.
+fn opposite(condition: SystemConditionType) -> Option<SystemConditionType> {
+    use SystemConditionType::*;
+    Some(match condition {
+        UserPresent => UserNotPresent,
+        UserNotPresent => UserPresent,
+        InternetAvailable => InternetNotAvailable,
+        InternetNotAvailable => InternetAvailable,
+        SessionConnected => SessionDisconnected,
+        SessionDisconnected => SessionConnected,
+        _ => return None,
+    })
+}
+
 #[derive(Debug, Default, Clone)]
 pub struct States {
     known: HashMap<SystemConditionType, bool>,
 }
 
 impl States {
-    /// Records a state; returns whether it changed.
+    /// Records a state (and so the opposite of its pair: INTERNET_AVAILABLE is the negation of
+    /// INTERNET_NOT_AVAILABLE, and so on); returns whether it changed.
     pub fn set(&mut self, condition: SystemConditionType, value: bool) -> bool {
-        self.known.insert(condition, value) != Some(value)
+        let before = self.get(condition);
+        if let Some(opposite) = opposite(condition) {
+            self.known.remove(&opposite);
+        }
+        self.known.insert(condition, value);
+        before != Some(value)
     }
 
     /// `Some(value)` when reported, `None` when unknown.
@@ -23,22 +43,13 @@ impl States {
         if let Some(v) = self.known.get(&condition) {
             return Some(*v);
         }
-        // Each half of a pair is the negation of the other.
-        let opposite = match condition {
-            UserPresent => UserNotPresent,
-            UserNotPresent => UserPresent,
-            InternetAvailable => InternetNotAvailable,
-            InternetNotAvailable => InternetAvailable,
-            SessionConnected => SessionDisconnected,
-            SessionDisconnected => SessionConnected,
-            BackgroundWorkCostNotHigh => {
-                return self
-                    .background_work_cost()
-                    .map(|c| c != BackgroundWorkCostValue::High);
-            }
-            _ => return None,
-        };
-        self.known.get(&opposite).map(|v| !v)
+        if condition == BackgroundWorkCostNotHigh {
+            return self
+                .background_work_cost()
+                .map(|c| c != BackgroundWorkCostValue::High);
+        }
+        // Each half of a pair is the negation of the other (only one half is ever stored).
+        opposite(condition).and_then(|o| self.known.get(&o).map(|v| !v))
     }
 
     /// Whether a condition holds (unknown = does not hold).
@@ -78,6 +89,15 @@ mod tests {
         assert!(s.holds(InternetAvailable) && !s.holds(InternetNotAvailable));
         s.set(UserNotPresent, true);
         assert!(!s.holds(UserPresent));
+        // Setting one half overrides the other: never both true.
+        s.set(InternetNotAvailable, true);
+        assert!(!s.holds(InternetAvailable) && s.holds(InternetNotAvailable));
+        assert!(s.set(InternetAvailable, true));
+        assert!(s.holds(InternetAvailable) && !s.holds(InternetNotAvailable));
+        assert!(
+            !s.set(InternetNotAvailable, false),
+            "already false: no change"
+        );
     }
 
     #[test]

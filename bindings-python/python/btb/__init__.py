@@ -1,8 +1,12 @@
 """btb: the Windows background-task model (``Windows.ApplicationModel.Background``) for Linux.
 
 Describe a task with a :class:`BackgroundTaskBuilder`, register it in a :class:`System`, and the
-broker validates it at once and keeps it until it is unregistered. Names are the snake_case of the
-WinRT projection, so Windows code ports line by line.
+broker validates it at once and keeps it until it is unregistered, and runs it whenever its trigger
+fires and its conditions hold. Names are the snake_case of the WinRT projection, so Windows code
+ports line by line.
+
+Run functions and handlers run on btb's threads. An exception in one is logged with its traceback
+on the ``"btb"`` logger (and fails the run, for a run function).
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ from . import _btb
 from ._btb import (
     ApplicationTrigger,
     BackgroundTaskBuilder,
+    BackgroundTaskCompletedEventArgs,
+    BackgroundTaskDeferral,
+    BackgroundTaskInstance,
+    BackgroundTaskProgressEventArgs,
     BackgroundTaskRegistration,
     BackgroundTaskRegistrationGroup,
     CalendarTrigger,
@@ -24,6 +32,7 @@ from ._btb import (
     Manifest,
     ManualClock,
     Policy,
+    RunRecord,
     System,
     SystemCondition,
     SystemTrigger,
@@ -31,6 +40,7 @@ from ._btb import (
     TimeTrigger,
     default_system,
     set_default_system,
+    signal_event,
 )
 from ._enums import (
     ApplicationTriggerResult,
@@ -58,6 +68,8 @@ from ._errors import (
     PolicyError,
     StateError,
     StoreError,
+    TaskCanceledError,
+    TaskFailedError,
     UnsupportedError,
 )
 
@@ -68,6 +80,10 @@ __all__ = [
     "ApplicationTriggerResult",
     "BackgroundTaskBuilder",
     "BackgroundTaskCancellationReason",
+    "BackgroundTaskCompletedEventArgs",
+    "BackgroundTaskDeferral",
+    "BackgroundTaskInstance",
+    "BackgroundTaskProgressEventArgs",
     "BackgroundTaskRegistration",
     "BackgroundTaskRegistrationGroup",
     "BackgroundWorkCostValue",
@@ -93,6 +109,7 @@ __all__ = [
     "NullArgumentError",
     "Policy",
     "PolicyError",
+    "RunRecord",
     "StateError",
     "StoreError",
     "System",
@@ -100,12 +117,15 @@ __all__ = [
     "SystemConditionType",
     "SystemTrigger",
     "SystemTriggerType",
+    "TaskCanceledError",
     "TaskDeclaration",
+    "TaskFailedError",
     "TaskOutcome",
     "TimeTrigger",
     "UnsupportedError",
     "default_system",
     "set_default_system",
+    "signal_event",
 ]
 
 # Every System opened in this process (the extension adds each one); closed by the exit hook
@@ -132,8 +152,13 @@ _registration_type.all_task_groups = _DefaultSystemAttribute("all_task_groups")
 @atexit.register
 def _close_open_systems() -> None:
     set_default_system(None)
+    grace = 0.0
     for system in list(_OPEN_SYSTEMS):
         try:
-            system.close()
+            grace = max(grace, system.policy.grace_seconds)
+            system.close()  # cancels running tasks (TERMINATING), waits at most their grace
         except StateError:
             pass  # opened by the parent of this forked process: not ours to close
+    # A run abandoned after its grace period may still be in Python code on a btb thread: give it
+    # as long again to leave before the interpreter finalizes (one stuck for good is left behind).
+    _btb._wait_python_idle(grace)

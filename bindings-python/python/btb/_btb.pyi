@@ -1,24 +1,36 @@
 """Type stubs for the ``btb._btb`` extension module (the Rust core's binding)."""
 
+import asyncio
 import datetime
 import os
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, ClassVar, final
+from typing import Any, ClassVar, TypeVar, final
 
 from typing_extensions import Self, disjoint_base
 
 from ._enums import (
+    ApplicationTriggerResult,
+    BackgroundTaskCancellationReason,
+    BackgroundWorkCostValue,
     CustomSystemEventTriggerRecurrence,
     Durability,
     NamePolicy,
     SystemConditionType,
     SystemTriggerType,
+    TaskOutcome,
 )
+
+_T = TypeVar("_T")
+_Json = dict[str, Any]
 
 __all__ = [
     "ApplicationTrigger",
     "BackgroundTaskBuilder",
+    "BackgroundTaskCompletedEventArgs",
+    "BackgroundTaskDeferral",
+    "BackgroundTaskInstance",
+    "BackgroundTaskProgressEventArgs",
     "BackgroundTaskRegistration",
     "BackgroundTaskRegistrationGroup",
     "CalendarTrigger",
@@ -28,6 +40,7 @@ __all__ = [
     "Manifest",
     "ManualClock",
     "Policy",
+    "RunRecord",
     "System",
     "SystemCondition",
     "SystemTrigger",
@@ -36,8 +49,10 @@ __all__ = [
     "_ENUM_VALUES",
     "_ERROR_CLASSES",
     "__version__",
+    "_wait_python_idle",
     "default_system",
     "set_default_system",
+    "signal_event",
 ]
 
 __version__: str
@@ -124,7 +139,8 @@ class ManualClock:
     def __new__(cls, start: datetime.datetime | float) -> Self: ...
     @property
     def now(self) -> datetime.datetime: ...
-    def advance(self, delta: datetime.timedelta | float) -> None: ...
+    def advance(self, delta: datetime.timedelta | float) -> None:
+        """Moves the clock forward and wakes the systems using it."""
 
 @disjoint_base
 class IBackgroundTrigger:
@@ -159,6 +175,15 @@ class SystemTrigger(IBackgroundTrigger):
 @final
 class ApplicationTrigger(IBackgroundTrigger):
     def __new__(cls) -> Self: ...
+    def request(
+        self, arguments: Mapping[str, Any] | None = None, system: System | None = None
+    ) -> ApplicationTriggerResult:
+        """Fires the tasks registered with this trigger; ``arguments`` become their
+        ``trigger_details``."""
+    def request_async(
+        self, arguments: Mapping[str, Any] | None = None, system: System | None = None
+    ) -> asyncio.Future[ApplicationTriggerResult]:
+        """``await trigger.request_async(...)``: ``request`` on the event loop's default executor."""
 
 @final
 class CustomSystemEventTrigger(IBackgroundTrigger):
@@ -254,7 +279,107 @@ class System:
     def all_tasks(self) -> dict[uuid.UUID, BackgroundTaskRegistration]: ...
     @property
     def all_task_groups(self) -> dict[str, BackgroundTaskRegistrationGroup]: ...
-    def set_background_activated(self, handler: Callable[..., Any] | None) -> None: ...
+    def set_background_activated(
+        self, handler: Callable[[BackgroundTaskInstance], object] | type | None
+    ) -> None: ...
+    def register_entry_point(
+        self, name: str, handler: Callable[[BackgroundTaskInstance], object] | type | None
+    ) -> None: ...
+    def entry_point(self, name: str) -> Callable[[_T], _T]:
+        """Decorator: ``@system.entry_point("notes.Sync")`` registers the function or class."""
+    def raise_event(self, trigger_type: SystemTriggerType | int) -> int: ...
+    def signal_event(self, name: str) -> int: ...
+    def set_state(self, condition_type: SystemConditionType | int, value: bool) -> None: ...
+    def get_state(self, condition_type: SystemConditionType | int) -> bool | None: ...
+    @property
+    def background_work_cost(self) -> BackgroundWorkCostValue | None: ...
+    def wait_idle(self, timeout: float) -> bool:
+        """True once nothing runs or is runnable and every handler was called; False on timeout."""
+
+@final
+class BackgroundTaskInstance:
+    """One run of a registered task: what a run function receives."""
+
+    @property
+    def instance_id(self) -> uuid.UUID: ...
+    @property
+    def task(self) -> BackgroundTaskRegistration: ...
+    @property
+    def progress(self) -> int: ...
+    @progress.setter
+    def progress(self, value: int) -> None: ...
+    @property
+    def trigger_details(self) -> _Json | None: ...
+    @property
+    def suspended_count(self) -> int: ...
+    @property
+    def is_network_granted(self) -> bool: ...
+    @property
+    def canceled(self) -> bool: ...
+    @property
+    def cancellation_reason(self) -> BackgroundTaskCancellationReason | None: ...
+    def get_deferral(self) -> BackgroundTaskDeferral: ...
+    def add_canceled(
+        self,
+        handler: Callable[[BackgroundTaskInstance, BackgroundTaskCancellationReason], object],
+    ) -> int: ...
+    def remove_canceled(self, token: int) -> None: ...
+    def report_failure(self, message: str) -> None: ...
+
+@final
+class BackgroundTaskDeferral:
+    """Keeps an instance running after its run function returns, until ``complete()``."""
+
+    def complete(self) -> None: ...
+    @property
+    def instance(self) -> BackgroundTaskInstance: ...
+
+@final
+class BackgroundTaskProgressEventArgs:
+    @property
+    def instance_id(self) -> uuid.UUID: ...
+    @property
+    def progress(self) -> int: ...
+
+@final
+class BackgroundTaskCompletedEventArgs:
+    @property
+    def instance_id(self) -> uuid.UUID: ...
+    @property
+    def status(self) -> TaskOutcome: ...
+    @property
+    def message(self) -> str | None: ...
+    @property
+    def reason(self) -> BackgroundTaskCancellationReason | None: ...
+    @property
+    def last_progress(self) -> int: ...
+    def check_result(self) -> None:
+        """Raises ``TaskFailedError`` / ``TaskCanceledError`` unless the run succeeded."""
+
+@final
+class RunRecord:
+    """One finished run, from ``registration.history``."""
+
+    @property
+    def instance_id(self) -> uuid.UUID: ...
+    @property
+    def task_id(self) -> uuid.UUID: ...
+    @property
+    def trigger_kind(self) -> str: ...
+    @property
+    def trigger_details(self) -> _Json | None: ...
+    @property
+    def started(self) -> datetime.datetime: ...
+    @property
+    def ended(self) -> datetime.datetime: ...
+    @property
+    def status(self) -> TaskOutcome: ...
+    @property
+    def reason(self) -> BackgroundTaskCancellationReason | None: ...
+    @property
+    def message(self) -> str | None: ...
+    @property
+    def last_progress(self) -> int: ...
 
 @final
 class BackgroundTaskRegistration:
@@ -284,8 +409,26 @@ class BackgroundTaskRegistration:
     @property
     def spent(self) -> bool: ...
     @property
+    def next_due(self) -> datetime.datetime | None: ...
+    @property
     def system(self) -> System: ...
     def unregister(self, cancel_task: bool) -> None: ...
+    def request(self, arguments: Mapping[str, Any] | None = None) -> ApplicationTriggerResult: ...
+    def request_async(
+        self, arguments: Mapping[str, Any] | None = None
+    ) -> asyncio.Future[ApplicationTriggerResult]: ...
+    def add_progress(
+        self,
+        handler: Callable[[BackgroundTaskRegistration, BackgroundTaskProgressEventArgs], object],
+    ) -> int: ...
+    def remove_progress(self, token: int) -> None: ...
+    def add_completed(
+        self,
+        handler: Callable[[BackgroundTaskRegistration, BackgroundTaskCompletedEventArgs], object],
+    ) -> int: ...
+    def remove_completed(self, token: int) -> None: ...
+    @property
+    def history(self) -> list[RunRecord]: ...
     def __hash__(self) -> int: ...
 
 @final
@@ -299,9 +442,14 @@ class BackgroundTaskRegistrationGroup:
     def name(self) -> str: ...
     @property
     def all_tasks(self) -> dict[uuid.UUID, BackgroundTaskRegistration]: ...
-    def add_background_activated(self, handler: Callable[..., Any]) -> int: ...
+    def add_background_activated(
+        self, handler: Callable[[BackgroundTaskInstance], object] | type
+    ) -> int: ...
     def remove_background_activated(self, token: int) -> None: ...
     def __hash__(self) -> int: ...
 
 def default_system() -> System: ...
 def set_default_system(system: System | None) -> None: ...
+def _wait_python_idle(timeout: float) -> bool: ...
+def signal_event(app_id: str, name: str) -> None:
+    """Signals a custom event to the running broker of ``app_id`` (any process of this user)."""

@@ -1,7 +1,17 @@
 """The exceptions of btb: one ``BtbError`` subclass per ``btb_status``. Each carries ``status``
-(the ``BTB_ERROR_*`` number) and ``message`` (which names the offending value)."""
+(the ``BTB_ERROR_*`` number) and ``message`` (which names the offending value).
+
+``TaskFailedError`` and ``TaskCanceledError`` are not status errors: btb did its job, and the *task*
+failed or was canceled. ``BackgroundTaskCompletedEventArgs.check_result()`` raises them (WinRT
+``CheckResult``), so they derive from ``Exception`` directly and carry the run's ``instance_id``."""
 
 from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._enums import BackgroundTaskCancellationReason
 
 __all__ = [
     "BtbError",
@@ -18,6 +28,8 @@ __all__ = [
     "PolicyError",
     "StateError",
     "StoreError",
+    "TaskCanceledError",
+    "TaskFailedError",
     "UnsupportedError",
 ]
 
@@ -117,3 +129,28 @@ class InternalError(BtbError):
     """``BTB_ERROR_INTERNAL``: a bug in btb."""
 
     status = 14
+
+
+class TaskFailedError(Exception):
+    """A run ended ``FAILED``: its run function raised (the message is the exception, e.g.
+    ``"ValueError: boom"``), reported a failure, or no handler was found for it."""
+
+    def __init__(self, message: str, instance_id: uuid.UUID | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.instance_id = instance_id
+
+
+class TaskCanceledError(Exception):
+    """A run ended ``CANCELED``; ``reason`` is the ``BackgroundTaskCancellationReason``."""
+
+    def __init__(
+        self,
+        message: str,
+        reason: BackgroundTaskCancellationReason | int | None,
+        instance_id: uuid.UUID | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason
+        self.instance_id = instance_id

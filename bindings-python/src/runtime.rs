@@ -1,0 +1,963 @@
+//! Running tasks in Python (SPEC §4, §9): the closures handed to the core, the instance a run
+//! function receives, deferrals, progress and completed event arguments, run records and the
+//! import-path resolver.
+//!
+//! Threads: every closure here is called by the core on one of its threads (a worker for run
+//! functions, the notifier for progress, completed and canceled handlers) with no core lock held;
+//! it attaches to the interpreter only while Python code runs. Every call back into the core from
+//! here is made detached.
+//!
+//! Garbage collection: the core holds closures, the closures hold an `Arc<Slot>`, and the slot
+//! holds the Python callables. The `System` that handed the slot over keeps it too and reports the
+//! callables in `__traverse__` (and empties the slot in `__clear__`), so a handler that refers back
+//! to its system is collected with it. Closures refer to the system only through a weak reference.
+
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use btb_core::{
+    CancellationReason, CompletedFn, Completion, Deferral, Handler, Instance, ProgressFn,
+    Registration, Resolver, TaskOutcome,
+};
+use pyo3::PyTraverseError;
+use pyo3::exceptions::PyTypeError;
+use pyo3::gc::PyVisit;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyModule, PyString, PyTuple, PyType, PyWeakrefMethods, PyWeakrefReference};
+use uuid::Uuid;
+
+use crate::convert::{datetime_from_ms, member, py_repr, uint};
+use crate::errors::OrRaise;
+use crate::system::{BackgroundTaskRegistration, System, lock, try_lock};
+
+/// A weak reference to the Python `System` that made a closure (shared by its closures).
+pub(crate) type WeakSystem = Arc<Py<PyWeakrefReference>>;
+
+pub(crate) fn weak_system(system: &Bound<'_, System>) -> PyResult<WeakSystem> {
+    Ok(Arc::new(PyWeakrefReference::new(system)?.unbind()))
+}
+
+/// The `System` object that made a closure; if it is gone (dropped while the core still delivers
+/// what was queued before it closed), a non-owning view of the same core system.
+fn system_for(
+    py: Python<'_>,
+    system: &WeakSystem,
+    registration: &Registration,
+) -> PyResult<Py<System>> {
+    match system.bind(py).upgrade_as::<System>().ok().flatten() {
+        Some(system) => Ok(system.unbind()),
+        None => System::view(py, registration.system()),
+    }
+}
+
+/// Python callables shared between a core closure and the registry of the `System` that made it.
+/// Tokens tell the callables of one slot apart (a task group may have several handlers).
+pub(crate) struct Slot {
+    callables: Mutex<Vec<(u64, Py<PyAny>)>>,
+}
+
+impl Slot {
+    pub(crate) fn new(token: u64, callable: Py<PyAny>) -> Arc<Slot> {
+        Arc::new(Slot {
+            callables: Mutex::new(vec![(token, callable)]),
+        })
+    }
+
+    pub(crate) fn push(&self, py: Python<'_>, token: u64, callable: Py<PyAny>) {
+        lock(py, &self.callables).push((token, callable));
+    }
+
+    /// Removes one callable and returns it, so the caller drops it with no lock held.
+    pub(crate) fn remove(&self, py: Python<'_>, token: u64) -> Option<Py<PyAny>> {
+        let mut callables = lock(py, &self.callables);
+        let index = callables.iter().position(|(t, _)| *t == token)?;
+        Some(callables.remove(index).1)
+    }
+
+    pub(crate) fn contains(&self, py: Python<'_>, token: u64) -> bool {
+        lock(py, &self.callables).iter().any(|(t, _)| *t == token)
+    }
+
+    pub(crate) fn len(&self, py: Python<'_>) -> usize {
+        lock(py, &self.callables).len()
+    }
+
+    fn snapshot<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyAny>> {
+        lock(py, &self.callables)
+            .iter()
+            .map(|(_, c)| c.bind(py).clone())
+            .collect()
+    }
+
+    /// Empties the slot (`__clear__`, `close`); the caller drops what it returns, unlocked.
+    pub(crate) fn take(&self) -> Vec<(u64, Py<PyAny>)> {
+        try_lock(&self.callables)
+            .map(|mut c| std::mem::take(&mut *c))
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(callables) = try_lock(&self.callables) {
+            for (_, callable) in callables.iter() {
+                visit.call(callable)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Python activity on btb threads
+
+/// How many btb threads are attached to the interpreter (or about to be) right now.
+static ACTIVE: Mutex<usize> = Mutex::new(0);
+static ACTIVE_CHANGED: Condvar = Condvar::new();
+
+/// Attaches a btb thread to the interpreter for `f`, counted in [`ACTIVE`] for the exit hook.
+/// `None` when the interpreter is finalizing (or otherwise not attachable).
+fn attach<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> Option<R> {
+    struct Active;
+    impl Drop for Active {
+        fn drop(&mut self) {
+            let mut active = ACTIVE.lock().unwrap_or_else(PoisonError::into_inner);
+            *active -= 1;
+            if *active == 0 {
+                ACTIVE_CHANGED.notify_all();
+            }
+        }
+    }
+    *ACTIVE.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+    let _active = Active;
+    Python::try_attach(f)
+}
+
+/// Waits, detached, until no btb thread runs Python code, at most `timeout` seconds; `True` if
+/// none does. The exit hook calls it after closing every system: a run abandoned after its grace
+/// period may still be in Python code, and a thread that leaves Python while the interpreter
+/// finalizes crashes the process.
+#[pyfunction]
+pub(crate) fn _wait_python_idle(py: Python<'_>, timeout: f64) -> bool {
+    let timeout = Duration::from_secs_f64(timeout.clamp(0.0, 3600.0));
+    py.detach(|| {
+        let deadline = Instant::now() + timeout;
+        let mut active = ACTIVE.lock().unwrap_or_else(PoisonError::into_inner);
+        while *active > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            active = ACTIVE_CHANGED
+                .wait_timeout(active, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        true
+    })
+}
+
+// ------------------------------------------------------------------------------------------------
+// Logging and failure messages
+
+fn module<'py>(
+    py: Python<'py>,
+    cell: &'static PyOnceLock<Py<PyModule>>,
+    name: &str,
+) -> PyResult<Bound<'py, PyModule>> {
+    Ok(cell
+        .get_or_try_init(py, || py.import(name).map(Bound::unbind))?
+        .bind(py)
+        .clone())
+}
+
+/// `"ValueError: boom"`: the exception as the last line of a traceback shows it.
+pub(crate) fn describe(py: Python<'_>, err: &PyErr) -> String {
+    static TRACEBACK: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+    let formatted = module(py, &TRACEBACK, "traceback").and_then(|tb| {
+        let lines = tb.call_method1(
+            "format_exception_only",
+            (err.get_type(py), err.value(py).clone()),
+        )?;
+        let text: String = PyString::new(py, "")
+            .call_method1("join", (lines,))?
+            .extract()?;
+        Ok(text.trim_end().to_owned())
+    });
+    formatted.unwrap_or_else(|_| err.to_string())
+}
+
+/// Logs `message` at ERROR on the `btb` logger, with the exception's traceback when there is one.
+/// If logging itself fails, the message goes to stderr: a failure is never swallowed silently.
+pub(crate) fn log_error(py: Python<'_>, message: &str, err: Option<&PyErr>) {
+    static LOGGING: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+    let logged = module(py, &LOGGING, "logging").and_then(|logging| {
+        let logger = logging.call_method1("getLogger", ("btb",))?;
+        let kwargs = pyo3::types::PyDict::new(py);
+        if let Some(err) = err {
+            let info = (err.get_type(py), err.value(py).clone(), err.traceback(py));
+            kwargs.set_item("exc_info", info)?;
+        }
+        logger.call_method("error", ("%s", message), Some(&kwargs))?;
+        Ok(())
+    });
+    if let Err(failure) = logged {
+        eprintln!("btb: {message}");
+        if let Some(err) = err {
+            err.clone_ref(py).print(py);
+        }
+        failure.print(py);
+    }
+}
+
+fn task_label(instance: &Instance) -> String {
+    format!(
+        "task {:?} (instance {})",
+        instance.task().name(),
+        instance.instance_id()
+    )
+}
+
+/// A run function raised: the run fails with the exception as its message, and the traceback is
+/// logged.
+fn fail(py: Python<'_>, instance: &Instance, err: &PyErr) {
+    let message = describe(py, err);
+    log_error(
+        py,
+        &format!("{} failed: {message}", task_label(instance)),
+        Some(err),
+    );
+    instance.report_failure(message);
+}
+
+const SHUTTING_DOWN: &str = "the Python interpreter is shutting down: the task was not run";
+
+// ------------------------------------------------------------------------------------------------
+// Run functions
+
+/// What a run calls: a function (called with the instance), or a class with `run(self, instance)`
+/// (instantiated per run, as Windows instantiates the `IBackgroundTask` class). A run function
+/// that returns a coroutine (`async def`) is run to completion with `asyncio.run` on the worker.
+fn invoke(
+    py: Python<'_>,
+    target: &Bound<'_, PyAny>,
+    instance: &Bound<'_, BackgroundTaskInstance>,
+) -> PyResult<()> {
+    let result = if target.is_instance_of::<PyType>() {
+        target
+            .call0()?
+            .call_method1(intern!(py, "run"), (instance,))?
+    } else {
+        target.call1((instance,))?
+    };
+    if !result.is_none() {
+        static INSPECT: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+        static ASYNCIO: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+        let inspect = module(py, &INSPECT, "inspect")?;
+        if inspect
+            .call_method1(intern!(py, "iscoroutine"), (&result,))?
+            .is_truthy()?
+        {
+            module(py, &ASYNCIO, "asyncio")?.call_method1(intern!(py, "run"), (result,))?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks what `register_entry_point` and the activation handlers accept.
+pub(crate) fn check_target(target: &Bound<'_, PyAny>, what: &str) -> PyResult<()> {
+    if target.is_instance_of::<PyType>() {
+        if !target.hasattr("run")? {
+            return Err(PyTypeError::new_err(format!(
+                "{what} class {} has no run(self, instance) method",
+                target.cast::<PyType>()?.qualname()?
+            )));
+        }
+        return Ok(());
+    }
+    if !target.is_callable() {
+        return Err(PyTypeError::new_err(format!(
+            "{what} must be callable (a function taking the instance, or a class with \
+             run(self, instance)), not {}",
+            target.get_type().name()?
+        )));
+    }
+    Ok(())
+}
+
+fn run_targets(
+    py: Python<'_>,
+    instance: &Instance,
+    system: &WeakSystem,
+    targets: Vec<Bound<'_, PyAny>>,
+) {
+    if targets.is_empty() {
+        instance.report_failure(
+            "its Python handler was removed (released with the btb.System that set it)",
+        );
+        return;
+    }
+    let system = match system_for(py, system, instance.task()) {
+        Ok(system) => system,
+        Err(err) => return fail(py, instance, &err),
+    };
+    let created = BackgroundTaskInstance::new(py, instance.clone(), system.clone_ref(py))
+        .and_then(|i| Bound::new(py, i));
+    let python_instance = match created {
+        Ok(i) => i,
+        Err(err) => return fail(py, instance, &err),
+    };
+    for target in &targets {
+        if let Err(err) = invoke(py, target, &python_instance) {
+            fail(py, instance, &err);
+            break;
+        }
+    }
+    drop(targets);
+    drop(python_instance);
+    // If this thread now holds the last reference to the `System` (the app let go of it; only
+    // this run kept it), dropping it closes the system, and that close must not find this run
+    // still going: it would wait out the grace period for it and record it as canceled. Then the
+    // run is finished first, and the system dropped after. The core's own `finish_run` after this
+    // closure then reports `STATE`, which it ignores. Otherwise the reference goes now, so that
+    // once `wait_idle` sees the run finished, this thread holds nothing of the app's.
+    // SAFETY: this thread is attached and owns a reference to `system`, a live object.
+    let references = unsafe { pyo3::ffi::Py_REFCNT(system.as_ptr()) };
+    let last = (references == 1).then_some(system);
+    if last.is_some() {
+        py.detach(|| {
+            let _ = instance.finish_run();
+        });
+    }
+    drop(last);
+}
+
+/// The core handler for an entry point or a background-activated slot: calls the slot's
+/// callables in order with one `BackgroundTaskInstance`; the first exception fails the run.
+pub(crate) fn run_handler(slot: Arc<Slot>, system: WeakSystem) -> Handler {
+    Handler::Call(Arc::new(move |instance: &Instance| {
+        let attached = attach(|py| {
+            let targets = slot.snapshot(py);
+            run_targets(py, instance, &system, targets);
+        });
+        if attached.is_none() {
+            instance.report_failure(SHUTTING_DOWN);
+        }
+    }))
+}
+
+/// The resolver set on every Python system (SPEC §4, last step): an entry point without an
+/// in-process handler is imported, `package.module:function` or `package.module.Class`. The
+/// import happens at run time, on the worker, so a module is imported only when a task needs it.
+pub(crate) fn resolver(system: WeakSystem) -> Resolver {
+    Arc::new(move |entry_point: &str| {
+        let entry_point = entry_point.to_owned();
+        let system = Arc::clone(&system);
+        Some(Handler::Call(Arc::new(move |instance: &Instance| {
+            let attached = attach(|py| match import_target(py, &entry_point) {
+                Ok(target) => run_targets(py, instance, &system, vec![target]),
+                Err((message, err)) => {
+                    log_error(
+                        py,
+                        &format!("{} failed: {message}", task_label(instance)),
+                        err.as_ref(),
+                    );
+                    instance.report_failure(message);
+                }
+            });
+            if attached.is_none() {
+                instance.report_failure(SHUTTING_DOWN);
+            }
+        })))
+    })
+}
+
+/// Imports `package.module:attribute.path` or `package.module.Attribute`. The error says what was
+/// looked for.
+fn import_target<'py>(
+    py: Python<'py>,
+    entry_point: &str,
+) -> Result<Bound<'py, PyAny>, (String, Option<PyErr>)> {
+    let looked_for = format!(
+        "no handler for entry point {entry_point:?}: looked for an in-process handler registered \
+         under that name (none)"
+    );
+    let split = match entry_point.split_once(':') {
+        Some((module, attribute)) => Some((module, attribute, "package.module:function")),
+        None => entry_point
+            .rsplit_once('.')
+            .map(|(module, attribute)| (module, attribute, "package.module.Class")),
+    };
+    let Some((module_name, attribute, form)) =
+        split.filter(|(m, a, _)| !m.is_empty() && !a.is_empty())
+    else {
+        return Err((
+            format!(
+                "{looked_for}, and the name is not a Python import path \
+                 (package.module:function or package.module.Class)"
+            ),
+            None,
+        ));
+    };
+    let looked_for = format!(
+        "{looked_for}, then for {attribute:?} in Python module {module_name:?} (as {form})"
+    );
+    let module = py.import(module_name).map_err(|err| {
+        (
+            format!(
+                "{looked_for}: importing {module_name:?} failed: {}",
+                describe(py, &err)
+            ),
+            Some(err),
+        )
+    })?;
+    let mut target = module.into_any();
+    for part in attribute.split('.') {
+        target = target.getattr(part).map_err(|err| {
+            (
+                format!(
+                    "{looked_for}: module {module_name:?} has no {attribute:?} ({})",
+                    describe(py, &err)
+                ),
+                None,
+            )
+        })?;
+    }
+    if let Err(err) = check_target(&target, "an imported entry point") {
+        return Err((format!("{looked_for}: {}", describe(py, &err)), None));
+    }
+    Ok(target)
+}
+
+// ------------------------------------------------------------------------------------------------
+// Progress and completed handlers
+
+fn call_event_handlers(
+    py: Python<'_>,
+    slot: &Slot,
+    system: &WeakSystem,
+    registration: &Registration,
+    args: PyResult<Bound<'_, PyAny>>,
+    what: &str,
+) {
+    let called = system_for(py, system, registration)
+        .and_then(|system| {
+            Bound::new(
+                py,
+                BackgroundTaskRegistration::new(registration.clone(), system),
+            )
+        })
+        .and_then(|reg| {
+            let args = args?;
+            for handler in slot.snapshot(py) {
+                if let Err(err) = handler.call1((&reg, &args)) {
+                    log_error(
+                        py,
+                        &format!(
+                            "a {what} handler of task {:?} raised {}",
+                            registration.name(),
+                            describe(py, &err)
+                        ),
+                        Some(&err),
+                    );
+                }
+            }
+            Ok(())
+        });
+    if let Err(err) = called {
+        log_error(
+            py,
+            &format!(
+                "cannot call the {what} handlers of task {:?}: {}",
+                registration.name(),
+                describe(py, &err)
+            ),
+            Some(&err),
+        );
+    }
+}
+
+pub(crate) fn progress_handler(slot: Arc<Slot>, system: WeakSystem) -> ProgressFn {
+    Arc::new(
+        move |registration: &Registration, instance_id: Uuid, progress: u32| {
+            attach(|py| {
+                let args = Bound::new(
+                    py,
+                    BackgroundTaskProgressEventArgs {
+                        instance_id,
+                        progress,
+                    },
+                )
+                .map(Bound::into_any);
+                call_event_handlers(py, &slot, &system, registration, args, "progress");
+            });
+        },
+    )
+}
+
+pub(crate) fn completed_handler(slot: Arc<Slot>, system: WeakSystem) -> CompletedFn {
+    Arc::new(
+        move |registration: &Registration, completion: &Completion| {
+            attach(|py| {
+                let args = Bound::new(
+                    py,
+                    BackgroundTaskCompletedEventArgs {
+                        completion: completion.clone(),
+                    },
+                )
+                .map(Bound::into_any);
+                call_event_handlers(py, &slot, &system, registration, args, "completed");
+            });
+        },
+    )
+}
+
+// ------------------------------------------------------------------------------------------------
+// The instance
+
+#[derive(Default)]
+struct CanceledHandlers {
+    next_token: u64,
+    /// `(token, core token once known, handler)`.
+    items: Vec<(u64, Option<u64>, Py<PyAny>)>,
+}
+
+/// One run of a registered task (WinRT `IBackgroundTaskInstance`): what a run function receives.
+/// It stays usable after the run function returns (with a deferral, until the run completes).
+#[pyclass(frozen, weakref, module = "btb")]
+pub struct BackgroundTaskInstance {
+    inner: Instance,
+    task: Py<BackgroundTaskRegistration>,
+    canceled_handlers: Mutex<CanceledHandlers>,
+}
+
+impl BackgroundTaskInstance {
+    fn new(py: Python<'_>, inner: Instance, system: Py<System>) -> PyResult<Self> {
+        let task = Py::new(
+            py,
+            BackgroundTaskRegistration::new(inner.task().clone(), system),
+        )?;
+        Ok(BackgroundTaskInstance {
+            inner,
+            task,
+            canceled_handlers: Mutex::default(),
+        })
+    }
+
+    fn canceled_handler(&self, py: Python<'_>, token: u64) -> Option<Py<PyAny>> {
+        lock(py, &self.canceled_handlers)
+            .items
+            .iter()
+            .find(|(t, _, _)| *t == token)
+            .map(|(_, _, h)| h.clone_ref(py))
+    }
+}
+
+fn reason_value(py: Python<'_>, reason: Option<CancellationReason>) -> PyResult<Py<PyAny>> {
+    match reason {
+        Some(r) => Ok(member(py, "BackgroundTaskCancellationReason", r as u32)?.unbind()),
+        None => Ok(py.None()),
+    }
+}
+
+#[pymethods]
+impl BackgroundTaskInstance {
+    #[getter]
+    fn instance_id(&self) -> Uuid {
+        self.inner.instance_id()
+    }
+
+    /// The registration this is a run of.
+    #[getter]
+    fn task(&self, py: Python<'_>) -> Py<BackgroundTaskRegistration> {
+        self.task.clone_ref(py)
+    }
+
+    /// The task's progress (0 to 2**32-1); each change reaches the progress handlers.
+    #[getter]
+    fn progress(&self) -> u32 {
+        self.inner.progress()
+    }
+
+    #[setter]
+    fn set_progress(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        let value = uint(value, "progress")?;
+        py.detach(|| self.inner.set_progress(value));
+        Ok(())
+    }
+
+    /// The application trigger's arguments (a new dict each time), or `None`.
+    #[getter]
+    fn trigger_details<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        self.inner
+            .trigger_details()
+            .map(|details| crate::json::to_python(py, details))
+            .transpose()
+    }
+
+    /// Times resource policy suspended the task: btb never suspends one, so always 0.
+    #[getter]
+    fn suspended_count(&self) -> u32 {
+        self.inner.suspended_count()
+    }
+
+    /// Whether the broker holds a sleep inhibitor for this run (`is_network_requested`).
+    #[getter]
+    fn is_network_granted(&self) -> bool {
+        self.inner.is_network_granted()
+    }
+
+    #[getter]
+    fn canceled(&self, py: Python<'_>) -> bool {
+        py.detach(|| self.inner.canceled())
+    }
+
+    /// A `BackgroundTaskCancellationReason`, or `None` while not canceled.
+    #[getter]
+    fn cancellation_reason(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let reason = py.detach(|| self.inner.cancellation_reason());
+        reason_value(py, reason)
+    }
+
+    /// Takes a deferral: the run completes only once every deferral is completed (and the run
+    /// function has returned). `StateError` once the run has completed.
+    fn get_deferral(slf: &Bound<'_, Self>) -> PyResult<BackgroundTaskDeferral> {
+        let this = slf.get();
+        let inner = slf.py().detach(|| this.inner.get_deferral()).or_raise()?;
+        Ok(BackgroundTaskDeferral {
+            inner,
+            instance: slf.clone().unbind(),
+        })
+    }
+
+    /// Adds a handler called as `handler(instance, reason)` on a btb thread when the run is
+    /// canceled (at once if it already is); returns a token for `remove_canceled`.
+    fn add_canceled(slf: &Bound<'_, Self>, handler: Bound<'_, PyAny>) -> PyResult<u64> {
+        let py = slf.py();
+        if !handler.is_callable() {
+            return Err(PyTypeError::new_err(format!(
+                "a canceled handler must be callable, not {}",
+                handler.get_type().name()?
+            )));
+        }
+        let this = slf.get();
+        let token = {
+            let mut handlers = lock(py, &this.canceled_handlers);
+            handlers.next_token += 1;
+            let token = handlers.next_token;
+            handlers.items.push((token, None, handler.unbind()));
+            token
+        };
+        // The core closure holds only a weak reference: the handlers belong to this object.
+        let weak = Arc::new(PyWeakrefReference::new(slf)?.unbind());
+        let closure = Arc::new(move |_: &Instance, reason: CancellationReason| {
+            attach(|py| {
+                let Some(owner) = weak
+                    .bind(py)
+                    .upgrade_as::<BackgroundTaskInstance>()
+                    .ok()
+                    .flatten()
+                else {
+                    return;
+                };
+                let Some(handler) = owner.get().canceled_handler(py, token) else {
+                    return;
+                };
+                let called = member(py, "BackgroundTaskCancellationReason", reason as u32)
+                    .and_then(|reason| handler.call1(py, (&owner, reason)));
+                if let Err(err) = called {
+                    log_error(
+                        py,
+                        &format!(
+                            "a canceled handler of {} raised {}",
+                            task_label(&owner.get().inner),
+                            describe(py, &err)
+                        ),
+                        Some(&err),
+                    );
+                }
+            });
+        });
+        let core_token = py.detach(|| this.inner.add_canceled(closure));
+        if let Some(item) = lock(py, &this.canceled_handlers)
+            .items
+            .iter_mut()
+            .find(|(t, _, _)| *t == token)
+        {
+            item.1 = Some(core_token);
+        }
+        Ok(token)
+    }
+
+    /// Removes a canceled handler; an unknown token is ignored.
+    fn remove_canceled(&self, py: Python<'_>, token: u64) {
+        let removed = {
+            let mut handlers = lock(py, &self.canceled_handlers);
+            let index = handlers.items.iter().position(|(t, _, _)| *t == token);
+            index.map(|i| handlers.items.remove(i))
+        };
+        if let Some((_, Some(core_token), _)) = &removed {
+            py.detach(|| self.inner.remove_canceled(*core_token));
+        }
+        drop(removed); // unlocked: dropping a callable can run Python code
+    }
+
+    /// Marks the run as failed with `message` (it still ends when the run function returns and
+    /// its deferrals complete); raising from the run function does the same.
+    fn report_failure(&self, message: &Bound<'_, PyString>) -> PyResult<()> {
+        let message = crate::convert::utf8(message, "failure message")?;
+        self.inner.report_failure(message);
+        Ok(())
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!(
+            "BackgroundTaskInstance(instance_id={}, task={})",
+            py_repr(py, self.inner.instance_id())?,
+            py_repr(py, self.inner.task().name())?
+        ))
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.task)?;
+        if let Some(handlers) = try_lock(&self.canceled_handlers) {
+            for (_, _, handler) in &handlers.items {
+                visit.call(handler)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let released = try_lock(&self.canceled_handlers).map(|mut h| std::mem::take(&mut h.items));
+        drop(released);
+    }
+}
+
+/// Keeps an instance running after its run function returns, until `complete()` (WinRT
+/// `BackgroundTaskDeferral`). May be completed from any thread.
+#[pyclass(frozen, module = "btb")]
+pub struct BackgroundTaskDeferral {
+    inner: Deferral,
+    instance: Py<BackgroundTaskInstance>,
+}
+
+#[pymethods]
+impl BackgroundTaskDeferral {
+    /// Completes the deferral; completing it twice is `StateError`.
+    fn complete(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.inner.complete()).or_raise()
+    }
+
+    /// The instance the deferral belongs to.
+    #[getter]
+    fn instance(&self, py: Python<'_>) -> Py<BackgroundTaskInstance> {
+        self.instance.clone_ref(py)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.instance)
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Event arguments and run records
+
+/// What progress handlers receive (WinRT `BackgroundTaskProgressEventArgs`).
+#[pyclass(frozen, module = "btb")]
+pub struct BackgroundTaskProgressEventArgs {
+    instance_id: Uuid,
+    progress: u32,
+}
+
+#[pymethods]
+impl BackgroundTaskProgressEventArgs {
+    #[getter]
+    fn instance_id(&self) -> Uuid {
+        self.instance_id
+    }
+
+    #[getter]
+    fn progress(&self) -> u32 {
+        self.progress
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!(
+            "BackgroundTaskProgressEventArgs(instance_id={}, progress={})",
+            py_repr(py, self.instance_id)?,
+            self.progress
+        ))
+    }
+}
+
+/// What completed handlers receive (WinRT `BackgroundTaskCompletedEventArgs`).
+#[pyclass(frozen, module = "btb")]
+pub struct BackgroundTaskCompletedEventArgs {
+    completion: Completion,
+}
+
+fn outcome_value(py: Python<'_>, outcome: TaskOutcome) -> PyResult<Bound<'_, PyAny>> {
+    member(py, "TaskOutcome", outcome as u32)
+}
+
+#[pymethods]
+impl BackgroundTaskCompletedEventArgs {
+    #[getter]
+    fn instance_id(&self) -> Uuid {
+        self.completion.instance_id
+    }
+
+    /// A `TaskOutcome`.
+    #[getter]
+    fn status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        outcome_value(py, self.completion.outcome)
+    }
+
+    /// The failure message, or the cancellation spelled out; `None` on success.
+    #[getter]
+    fn message(&self) -> Option<&str> {
+        self.completion.message.as_deref()
+    }
+
+    /// A `BackgroundTaskCancellationReason` for a canceled run, else `None`.
+    #[getter]
+    fn reason(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        reason_value(py, self.completion.reason)
+    }
+
+    /// The last progress the run reported.
+    #[getter]
+    fn last_progress(&self) -> u32 {
+        self.completion.last_progress
+    }
+
+    /// Returns `None` if the run succeeded; raises `btb.TaskFailedError` (failed) or
+    /// `btb.TaskCanceledError` (canceled, with `.reason`) otherwise (WinRT `CheckResult`).
+    fn check_result(&self, py: Python<'_>) -> PyResult<()> {
+        static ERRORS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+        let c = &self.completion;
+        let message = c
+            .message
+            .clone()
+            .unwrap_or_else(|| c.outcome.name().to_owned());
+        let error = match c.outcome {
+            TaskOutcome::Succeeded => return Ok(()),
+            TaskOutcome::Failed => module(py, &ERRORS, "btb._errors")?
+                .getattr("TaskFailedError")?
+                .call1((message, c.instance_id))?,
+            TaskOutcome::Canceled => module(py, &ERRORS, "btb._errors")?
+                .getattr("TaskCanceledError")?
+                .call1((message, reason_value(py, c.reason)?, c.instance_id))?,
+        };
+        Err(PyErr::from_value(error))
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!(
+            "BackgroundTaskCompletedEventArgs(instance_id={}, status={}, message={})",
+            py_repr(py, self.completion.instance_id)?,
+            outcome_value(py, self.completion.outcome)?.repr()?,
+            py_repr(py, self.completion.message.as_deref())?
+        ))
+    }
+}
+
+/// One finished run of a registration, from its history (`registration.history`).
+#[pyclass(frozen, module = "btb")]
+pub struct RunRecord {
+    pub(crate) record: btb_core::RunRecord,
+}
+
+#[pymethods]
+impl RunRecord {
+    #[getter]
+    fn instance_id(&self) -> Uuid {
+        self.record.instance_id
+    }
+
+    #[getter]
+    fn task_id(&self) -> Uuid {
+        self.record.task_id
+    }
+
+    /// The kind of trigger that fired it, as the keys of `Policy.time_limits` spell it
+    /// (`"time"`, `"application"`, …).
+    #[getter]
+    fn trigger_kind(&self) -> String {
+        self.record.trigger_kind.name().to_ascii_lowercase()
+    }
+
+    /// The application trigger's arguments, or `None`.
+    #[getter]
+    fn trigger_details<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        self.record
+            .trigger_details
+            .as_deref()
+            .map(|text| crate::json::text_to_python(py, text))
+            .transpose()
+    }
+
+    /// When the run started (aware UTC `datetime`, system clock).
+    #[getter]
+    fn started<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        datetime_from_ms(py, self.record.started_ms)
+    }
+
+    #[getter]
+    fn ended<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        datetime_from_ms(py, self.record.ended_ms)
+    }
+
+    /// A `TaskOutcome`.
+    #[getter]
+    fn status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        outcome_value(py, self.record.outcome)
+    }
+
+    #[getter]
+    fn reason(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        reason_value(py, self.record.reason)
+    }
+
+    #[getter]
+    fn message(&self) -> Option<&str> {
+        self.record.message.as_deref()
+    }
+
+    #[getter]
+    fn last_progress(&self) -> u32 {
+        self.record.last_progress
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!(
+            "RunRecord(instance_id={}, trigger_kind={}, status={}, message={})",
+            py_repr(py, self.record.instance_id)?,
+            py_repr(py, self.trigger_kind())?,
+            outcome_value(py, self.record.outcome)?.repr()?,
+            py_repr(py, self.record.message.as_deref())?
+        ))
+    }
+}
+
+/// `loop.run_in_executor(None, request)` for `request_async`: the arguments are checked now, the
+/// (possibly blocking) request runs on the default executor, the caller awaits the future.
+pub(crate) fn request_in_executor<'py>(
+    py: Python<'py>,
+    request: impl Fn() -> btb_core::Result<btb_core::ApplicationTriggerResult> + Send + Sync + 'static,
+) -> PyResult<Bound<'py, PyAny>> {
+    static ASYNCIO: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+    let event_loop = module(py, &ASYNCIO, "asyncio")?.call_method0("get_running_loop")?;
+    let call = pyo3::types::PyCFunction::new_closure(
+        py,
+        Some(c"request"),
+        None,
+        move |args: &Bound<'_, PyTuple>, _kwargs| -> PyResult<Py<PyAny>> {
+            let py = args.py();
+            let result = py.detach(&request).or_raise()?;
+            Ok(member(py, "ApplicationTriggerResult", result as u32)?.unbind())
+        },
+    )?;
+    event_loop.call_method1("run_in_executor", (py.None(), call))
+}
