@@ -11,7 +11,7 @@ command -v strace >/dev/null || { echo "strace is missing (apt-get install strac
 cargo build -q --release -p btb-ffi
 work=$(mktemp -d)
 pid=
-trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
+trap 'if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; fi; rm -rf "$work"' EXIT
 mkdir -p "$work/lib"
 ln -sf "$PWD/target/release/libbtb.so" "$work/lib/libbtb.so"
 ln -sf "$PWD/target/release/libbtb.so" "$work/lib/libbtb.so.0"
@@ -32,6 +32,7 @@ trace() {
     echo "$label: $line, $tasks periodic tasks, threads: $(cat /proc/"$pid"/task/*/comm | paste -sd' ' -)"
     timeout -s INT "$secs" strace -q -f -c -p "$pid" -o "$work/strace.txt" || true
     kill "$pid"; wait "$pid" 2>/dev/null || true
+    pid=
     calls=$(awk '$NF=="total" {print $4}' "$work/strace.txt")
     calls=${calls:-0}
     sed 's/^/    /' "$work/strace.txt"
