@@ -1,4 +1,6 @@
-"""Register 10,000 tasks through btb and through APScheduler 3, in one run, and compare.
+"""Register 10,000 tasks through btb and through APScheduler 3, in one run, and compare; then
+measure how long a task asked to run now takes to start (btb `ApplicationTrigger.request` vs an
+APScheduler job added for "now"), next to Python's own limit (a `threading.Event` hand-off).
 
 btb:         BackgroundTaskBuilder + TimeTrigger(one_shot=True) + register(), on a ":memory:" store
              and on a durable SQLite file (durability FULL and NORMAL).
@@ -22,6 +24,7 @@ import logging
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -117,6 +120,116 @@ def bench_apscheduler(name: str, count: int, jobstore: object) -> Result:
     return result
 
 
+LATENCY_SAMPLES = 1000
+
+
+def latency_samples(name: str, start_one: Callable[[threading.Event, list[int]], object], settle: Callable[[], object]) -> Result:
+    """Each sample: t0, ask for a run, the run records when it starts; `settle` waits for quiet."""
+    samples = []
+    started: list[int] = []
+    wall = time.perf_counter()
+    for _ in range(LATENCY_SAMPLES):
+        event = threading.Event()
+        started.clear()
+        time.sleep(0.0003)  # let the worker's CPU go idle, as a real request would find it
+        t0 = time.perf_counter_ns()
+        start_one(event, started)
+        if not event.wait(10):
+            raise RuntimeError(f"{name}: the run did not start within 10 s")
+        samples.append(started[0] - t0)
+        settle()
+    return Result(name, samples, time.perf_counter() - wall)
+
+
+def latency_event_handoff() -> Result:
+    """The Python limit: a thread blocked on threading.Event, woken by set()."""
+    go = threading.Event()
+    box: dict[str, object] = {}
+
+    def waiter() -> None:
+        while True:
+            go.wait()
+            go.clear()
+            if box.get("stop"):
+                return
+            started = box["started"]
+            assert isinstance(started, list)
+            started.append(time.perf_counter_ns())
+            done = box["event"]
+            assert isinstance(done, threading.Event)
+            done.set()
+
+    thread = threading.Thread(target=waiter, daemon=True)
+    thread.start()
+
+    def start_one(event: threading.Event, started: list[int]) -> None:
+        box["event"], box["started"] = event, started
+        go.set()
+
+    result = latency_samples("threading.Event hand-off (limit)", start_one, lambda: None)
+    box["stop"] = True
+    go.set()
+    thread.join()
+    return result
+
+
+def latency_btb() -> Result:
+    manifest = btb.Manifest(
+        app_id="org.example.bench", version="1", tasks=[btb.TaskDeclaration("bench.Now", ["general"])]
+    )
+    box: dict[str, object] = {}
+    with btb.System(manifest, ":memory:") as system:
+
+        @system.entry_point("bench.Now")
+        def run(instance: object) -> None:
+            started = box["started"]
+            assert isinstance(started, list)
+            started.append(time.perf_counter_ns())
+            event = box["event"]
+            assert isinstance(event, threading.Event)
+            event.set()
+
+        trigger = btb.ApplicationTrigger()
+        builder = btb.BackgroundTaskBuilder()
+        builder.name = "now"
+        builder.task_entry_point = "bench.Now"
+        builder.set_trigger(trigger)
+        builder.register(system)
+
+        def start_one(event: threading.Event, started: list[int]) -> None:
+            box["event"], box["started"] = event, started
+            assert trigger.request(system=system) == btb.ApplicationTriggerResult.ALLOWED
+
+        return latency_samples("btb request -> run starts", start_one, lambda: system.wait_idle(10))
+
+
+_APS_BOX: dict[str, object] = {}
+
+
+def _aps_job() -> None:
+    """Module level, no arguments: the SQLAlchemy store pickles a textual reference to it."""
+    started = _APS_BOX["started"]
+    assert isinstance(started, list)
+    started.append(time.perf_counter_ns())
+    event = _APS_BOX["event"]
+    assert isinstance(event, threading.Event)
+    event.set()
+
+
+def latency_apscheduler(name: str, jobstore: object) -> Result:
+    scheduler = BackgroundScheduler(jobstores={"default": jobstore}, timezone=datetime.timezone.utc)
+    scheduler.start()
+    try:
+
+        def start_one(event: threading.Event, started: list[int]) -> None:
+            _APS_BOX["event"], _APS_BOX["started"] = event, started
+            scheduler.add_job(_aps_job)  # no trigger: run now
+
+        return latency_samples(name, start_one, lambda: None)
+    finally:
+        scheduler.shutdown(wait=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=10_000, help="tasks per variant (default 10000)")
@@ -165,6 +278,26 @@ def main() -> int:
     for label, slower, faster in comparisons:
         a, b = by_name[slower], by_name[faster]
         print(f"  {label:<40} median {a.median_us / b.median_us:7.1f}x   p99 {a.p99_us / b.p99_us:7.1f}x")
+
+    print(f"\nstart latency, {LATENCY_SAMPLES} samples each: asked to run now -> the function starts")
+    with tempfile.TemporaryDirectory(prefix="btb-bench-", dir=args.dir) as directory:
+        lat = [
+            latency_event_handoff(),
+            latency_btb(),
+            latency_apscheduler("APScheduler job for now, MemoryJobStore", MemoryJobStore()),
+            latency_apscheduler(
+                "APScheduler job for now, SQLAlchemyJobStore",
+                SQLAlchemyJobStore(url=f"sqlite:///{Path(directory) / 'apscheduler-now.sqlite3'}"),
+            ),
+        ]
+    width = max(len(r.name) for r in lat)
+    print(f"{'variant':<{width}}  {'median µs':>10}  {'p99 µs':>10}")
+    for r in lat:
+        print(f"{r.name:<{width}}  {r.median_us:>10.1f}  {r.p99_us:>10.1f}")
+    limit, ours = lat[0], lat[1]
+    print(f"  btb / threading.Event limit: median {ours.median_us / limit.median_us:.1f}x, p99 {ours.p99_us / limit.p99_us:.1f}x")
+    for r in lat[2:]:
+        print(f"  {r.name} / btb: median {r.median_us / ours.median_us:.1f}x, p99 {r.p99_us / ours.p99_us:.1f}x")
     return 0
 
 
