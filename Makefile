@@ -1,7 +1,7 @@
 # btb — top-level build. The two commands of the README:
 #   make demo    build the library, header and Python module; run the C and Python examples
 #   make test    run every test suite: Rust (core, C ABI incl. ASan/valgrind), Python, install
-# Also: make install PREFIX=/usr/local [DESTDIR=…], make bench, make lint, make stress.
+# Also: make install PREFIX=/usr/local [DESTDIR=…], make bench, make lint, make stress, make tsan.
 
 PREFIX ?= /usr/local
 LIBDIR ?= $(PREFIX)/lib
@@ -15,7 +15,7 @@ PY := $(abspath $(VENV))/bin/python
 NATIVE_STATIC_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
 RELEASE := target/release
 
-.PHONY: all lib header python demo test test-rust test-python test-install install lint bench stress clean
+.PHONY: all lib header python demo test test-rust test-python test-install install lint bench stress tsan clean
 
 all: lib header python
 
@@ -84,9 +84,19 @@ bench: python
 	bash bench/idle_strace.sh 60 10000
 
 # Nightly-style: the 8-thread stress test for 60 s in release mode (the test suite runs it for 10 s).
-# ThreadSanitizer needs a nightly toolchain (-Zsanitizer=thread), which this project's machines lack.
 stress:
 	BTB_STRESS_SECS=60 $(CARGO) test --release -p btb-core --test runtime_stress -- --nocapture
+
+# ThreadSanitizer over the stress and concurrency tests. Needs a nightly toolchain with rust-src
+# (the standard library is rebuilt instrumented; without that TSan reports false races).
+TSAN_TARGET := $(shell rustc -vV | sed -n 's/^host: //p')
+tsan:
+	@rustup toolchain list | grep -q '^nightly' || { echo "make tsan: no nightly toolchain installed"; exit 2; }
+	rustup component add rust-src --toolchain nightly
+	RUSTFLAGS=-Zsanitizer=thread CARGO_TARGET_DIR=target/tsan BTB_STRESS_SECS=10 \
+	  $(CARGO) +nightly test -Zbuild-std --target $(TSAN_TARGET) -p btb-core \
+	  --test runtime_stress --test runtime_cancel --test runtime_pool --test runtime_handlers \
+	  --test runtime_latch --test runtime_timers --test runtime_restart
 
 clean:
 	$(CARGO) clean

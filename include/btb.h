@@ -1188,6 +1188,14 @@ btb_status btb_system_options_set_manual_clock(btb_system_options *options, int6
 btb_status btb_system_options_set_simulated(btb_system_options *options, bool simulated);
 
 /**
+ * Opens the system paused: nothing runs until `btb_system_start`, and fires (including the
+ * catch-up of time missed while nothing ran) latch meanwhile. Use it to register run functions
+ * before anything due at open runs. Default false.
+ * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ */
+btb_status btb_system_options_set_paused(btb_system_options *options, bool paused);
+
+/**
  * Policy: the lowest accepted freshness of time and maintenance triggers (default 15; range
  * 1–43,200, checked by `btb_system_open`). A visible test option, never applied silently.
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
@@ -1248,6 +1256,13 @@ btb_status btb_system_open(const btb_system_options *options, btb_system **out);
  * `BTB_ERROR_STATE` (called in a forked child; the handle stays valid). Thread-safe.
  */
 btb_status btb_system_close(btb_system *system);
+
+/**
+ * Starts a system opened paused (`btb_system_options_set_paused`): what latched meanwhile runs
+ * now. Starting a running system changes nothing.
+ * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`. Thread-safe.
+ */
+btb_status btb_system_start(btb_system *system);
 
 /**
  * Makes `system` the default system used by `btb_register` (NULL clears it, so the next

@@ -390,7 +390,7 @@ const WAIT_SLICE: Duration = Duration::from_millis(50);
 #[pymethods]
 impl System {
     #[new]
-    #[pyo3(signature = (manifest, store = None, *, clock = None, simulated = false, policy = None))]
+    #[pyo3(signature = (manifest, store = None, *, clock = None, simulated = false, policy = None, start = true))]
     fn new(
         py: Python<'_>,
         manifest: &Bound<'_, Manifest>,
@@ -398,16 +398,31 @@ impl System {
         clock: Option<&Bound<'_, ManualClock>>,
         simulated: bool,
         policy: Option<&Bound<'_, Policy>>,
+        start: bool,
     ) -> PyResult<Py<Self>> {
+        // Opened paused so that the import-path resolver is in place before anything due at open
+        // (catch-up of missed time, latched fires) runs; `start=False` leaves it paused until
+        // `start()`, for handlers registered in code.
         let options = SystemOptions {
             manifest: Some(manifest.get().inner.clone()),
             store: store_location(store)?,
             clock: clock.map_or(Clock::Real, |c| Clock::Manual(c.get().inner.clone())),
             simulated,
             policy: policy.map(|p| p.get().inner.clone()).unwrap_or_default(),
+            paused: true,
         };
         let core = py.detach(|| btb_core::System::open(options)).or_raise()?;
-        System::wrap(py, core)
+        let system = System::wrap(py, core)?;
+        if start {
+            let core = system.get().core();
+            py.detach(|| core.start()).or_raise()?;
+        }
+        Ok(system)
+    }
+
+    /// Starts a system opened with `start=False`: what latched meanwhile runs now.
+    fn start(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.core().start()).or_raise()
     }
 
     /// Closes the system: running tasks are canceled with `TERMINATING` and get the policy's grace

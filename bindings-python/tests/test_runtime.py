@@ -1158,3 +1158,31 @@ def test_handlers_are_released_when_their_registration_goes(system: btb.System) 
     new = builder.register(system)
     assert list(system.all_tasks) == [new.task_id]
     assert ref() is None
+
+
+def test_start_false_lets_handlers_catch_the_runs_due_at_open(tmp_path: Path) -> None:
+    """A periodic task that missed its time while nothing ran fires once at open; opened with
+    start=False, the handler registered afterwards still gets that run."""
+    manifest = btb.Manifest(
+        app_id="org.example.startup", version="1", tasks=[btb.TaskDeclaration("t.Tick", ["timer"])]
+    )
+    clock = btb.ManualClock(datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc))
+    policy = btb.Policy(min_freshness_minutes=1, timer_window_seconds=0)
+    store = tmp_path / "btb.sqlite3"
+    with btb.System(manifest, store, clock=clock, simulated=True, policy=policy) as system:
+        builder = btb.BackgroundTaskBuilder()
+        builder.name = "tick"
+        builder.task_entry_point = "t.Tick"
+        builder.set_trigger(btb.TimeTrigger(5, one_shot=False))
+        builder.register(system)
+    clock.advance(datetime.timedelta(hours=1))
+    runs: list[object] = []
+    with btb.System(manifest, store, clock=clock, simulated=True, policy=policy, start=False) as system:
+        system.register_entry_point("t.Tick", runs.append)
+        assert system.wait_idle(5.0)
+        assert runs == [], "paused: nothing runs before start()"
+        system.start()
+        assert system.wait_idle(5.0)
+        assert len(runs) == 1
+        (registration,) = system.all_tasks.values()
+        assert [r.status for r in registration.history] == [btb.TaskOutcome.SUCCEEDED]

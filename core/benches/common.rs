@@ -36,6 +36,7 @@ pub fn open(store: StoreLocation, policy: Policy) -> System {
         clock: Clock::Real,
         simulated: true,
         policy,
+        paused: false,
     })
     .unwrap()
 }

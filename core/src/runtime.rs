@@ -141,10 +141,15 @@ impl Shared {
         }
     }
 
-    /// The due time after `due` for a periodic trigger, the first one later than `now`
-    /// (drift-free: periodic due times advance from the previous due time; missed periods are
-    /// skipped so that a missed run fires once). `None` for one-shot triggers.
+    /// The due time after `due` for a periodic trigger (drift-free: periodic due times advance
+    /// from the previous due time; missed periods are skipped so that a missed run fires once).
+    /// `None` for one-shot triggers.
+    ///
+    /// A due time counts as missed only once its whole window has passed: with a window as long
+    /// as the period (Windows' 15 minutes for a 15-minute trigger) every period still runs.
     fn next_due(&self, record: &TaskRecord, due: i64, now: i64) -> Option<i64> {
+        // Due times at or before `missed` can no longer run in their window.
+        let missed = now - self.window_ms();
         match &record.trigger {
             Trigger::Time {
                 freshness_minutes,
@@ -155,11 +160,18 @@ impl Shared {
                 one_shot: false,
             } => {
                 let period = i64::from(*freshness_minutes).max(1) * 60_000;
-                Some(due + period * ((now - due).max(0) / period + 1))
+                Some(due + period * ((missed - due).max(0) / period + 1))
             }
-            Trigger::Calendar { expression } => CalendarSpec::parse(expression)
-                .ok()
-                .and_then(|spec| spec.next_after(now.max(due), &self.tz)),
+            Trigger::Calendar { expression } => {
+                let spec = CalendarSpec::parse(expression).ok()?;
+                spec.next_after(due, &self.tz).and_then(|next| {
+                    if next > missed {
+                        Some(next)
+                    } else {
+                        spec.next_after(missed, &self.tz)
+                    }
+                })
+            }
             _ => None,
         }
     }
@@ -339,7 +351,7 @@ impl Shared {
     /// Starts every pending fire that can run now: not already running, conditions hold, a slot
     /// is free. Latches the others durably.
     pub(crate) fn dispatch(self: &Arc<Self>, st: &mut State, now: i64) {
-        if st.closing {
+        if st.closing || st.paused {
             return;
         }
         let mut changes = Vec::new();
@@ -653,6 +665,10 @@ impl Shared {
         };
         drop(life);
         st.running.remove(&task_id);
+        // Pull-queue events about it that the host never took are stale now.
+        st.events.retain(|e| match e {
+            Event::Run(i) | Event::Canceled(i, _) => i != instance,
+        });
         let now = self.clock.now_ms();
         let completion = Completion {
             instance_id: instance.instance_id(),

@@ -37,6 +37,10 @@ pub struct SystemOptions {
     /// Use the simulated source (states and events set by the app) instead of the Linux sources.
     pub simulated: bool,
     pub policy: Policy,
+    /// Open without running anything until [`System::start`]: fires (including the catch-up of
+    /// missed time at open) latch meanwhile. Lets an app install its handlers first, so runs due
+    /// at open find them.
+    pub paused: bool,
 }
 
 /// Registrations are looked up by name scope `(group id, name)` for the name policy.
@@ -83,6 +87,8 @@ pub(crate) struct State {
     pub(crate) events: VecDeque<Event>,
     pub(crate) closing: bool,
     pub(crate) stopping: bool,
+    /// Opened paused and not started yet: nothing is dispatched.
+    pub(crate) paused: bool,
     /// When the broker plans to wake next (see `State::wake_broker_by`).
     pub(crate) planned_wake: Option<i64>,
 }
@@ -265,6 +271,7 @@ impl System {
             events: VecDeque::new(),
             closing: false,
             stopping: false,
+            paused: options.paused,
             planned_wake: None,
         };
         let mut latched = Vec::new();
@@ -342,6 +349,18 @@ impl System {
             shared,
             _owner: Some(owner),
         })
+    }
+
+    /// Starts running tasks in a system opened with `paused` (what latched meanwhile runs now).
+    /// Starting a running system changes nothing.
+    pub fn start(&self) -> Result<()> {
+        let mut st = self.state()?;
+        if st.paused {
+            st.paused = false;
+            let now = self.shared.clock.now_ms();
+            self.shared.dispatch(&mut st, now);
+        }
+        Ok(())
     }
 
     /// Locks the state after checking the process (a forked child must not touch the parent's

@@ -26,6 +26,7 @@ fn system() -> (System, ManualClock) {
         clock: Clock::Manual(clock.clone()),
         simulated: true,
         policy,
+        paused: false,
     })
     .unwrap();
     (s, clock)

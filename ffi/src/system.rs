@@ -249,6 +249,21 @@ pub extern "C" fn btb_system_options_set_simulated(
     })
 }
 
+/// Opens the system paused: nothing runs until `btb_system_start`, and fires (including the
+/// catch-up of time missed while nothing ran) latch meanwhile. Use it to register run functions
+/// before anything due at open runs. Default false.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_options_set_paused(
+    options: *mut btb_system_options,
+    paused: bool,
+) -> btb_status {
+    edit(options, |o| {
+        o.paused = paused;
+        Ok(())
+    })
+}
+
 /// Policy: the lowest accepted freshness of time and maintenance triggers (default 15; range
 /// 1–43,200, checked by `btb_system_open`). A visible test option, never applied silently.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
@@ -376,6 +391,18 @@ pub extern "C" fn btb_system_close(system: *mut btb_system) -> btb_status {
             .system
             .close()?;
         handle::free(system).map(drop)
+    })
+}
+
+/// Starts a system opened paused (`btb_system_options_set_paused`): what latched meanwhile runs
+/// now. Starting a running system changes nothing.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_start(system: *mut btb_system) -> btb_status {
+    guard(|| {
+        handle::get(system as *const btb_system, "system")?
+            .system
+            .start()
     })
 }
 

@@ -39,6 +39,7 @@ pub fn options(store: StoreLocation, clock: &ManualClock, policy: Policy) -> Sys
         clock: Clock::Manual(clock.clone()),
         simulated: true,
         policy,
+        paused: false,
     }
 }
 
