@@ -76,6 +76,21 @@ impl State {
         }
     }
 
+    /// Adds a pending fire, last in firing order.
+    fn latch(&mut self, task_id: Uuid, details: Option<serde_json::Value>, persisted: bool) {
+        self.fire_seq += 1;
+        let seq = self.fire_seq;
+        self.pending_order.insert(seq, task_id);
+        self.pending.insert(
+            task_id,
+            Pending {
+                seq,
+                details,
+                persisted,
+            },
+        );
+    }
+
     pub(crate) fn schedule(&mut self, task_id: Uuid, due: i64) {
         self.unschedule(&task_id);
         self.timers.insert((due, task_id));
@@ -185,17 +200,8 @@ impl Shared {
         serviced: bool,
     ) -> Result<()> {
         for (task_id, details) in latched {
-            st.fire_seq += 1;
-            let seq = st.fire_seq;
-            st.pending_order.insert(seq, task_id);
-            st.pending.insert(
-                task_id,
-                Pending {
-                    seq,
-                    details: details.and_then(|d| serde_json::from_str(&d).ok()),
-                    persisted: true,
-                },
-            );
+            let details = details.and_then(|d| serde_json::from_str(&d).ok());
+            st.latch(task_id, details, true);
         }
         let now = self.clock.now_ms();
         let mut changes = Vec::new();
@@ -288,17 +294,7 @@ impl Shared {
         if st.pending.contains_key(&task_id) {
             return; // coalesces with the fire already pending
         }
-        st.fire_seq += 1;
-        let seq = st.fire_seq;
-        st.pending_order.insert(seq, task_id);
-        st.pending.insert(
-            task_id,
-            Pending {
-                seq,
-                details,
-                persisted: false,
-            },
-        );
+        st.latch(task_id, details, false);
         st.unpersisted.push(task_id);
     }
 
