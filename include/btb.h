@@ -1233,6 +1233,15 @@ btb_status btb_system_options_set_time_limit_seconds(btb_system_options *options
 btb_status btb_system_options_set_max_concurrent(btb_system_options *options, uint32_t max);
 
 /**
+ * Policy: whether application triggers may run tasks (default true). False makes every request
+ * answer `BTB_APPLICATION_TRIGGER_DISABLED_BY_POLICY`, as Windows does under the user's
+ * background-activity policy. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`.
+ * Thread-safe.
+ */
+btb_status btb_system_options_set_allow_application_triggers(btb_system_options *options,
+                                                             bool allow);
+
+/**
  * Policy: durability of registrations, `BTB_DURABILITY_FULL` (default, `synchronous=FULL`) or
  * `BTB_DURABILITY_NORMAL` (`synchronous=NORMAL`: survives a crash, not necessarily power loss).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`.

@@ -29,6 +29,7 @@ impl Policy {
         durability = None,
         time_limits = None,
         history_limit = None,
+        allow_application_triggers = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -39,6 +40,7 @@ impl Policy {
         durability: Option<&Bound<'_, PyAny>>,
         time_limits: Option<&Bound<'_, PyAny>>,
         history_limit: Option<&Bound<'_, PyAny>>,
+        allow_application_triggers: Option<bool>,
     ) -> PyResult<Self> {
         let mut policy = btb_core::Policy::default();
         if let Some(v) = min_freshness_minutes {
@@ -79,6 +81,9 @@ impl Policy {
         }
         if let Some(v) = history_limit {
             policy.history_limit = uint(v, "policy history_limit")?;
+        }
+        if let Some(v) = allow_application_triggers {
+            policy.allow_application_triggers = v;
         }
         policy.validate().or_raise()?;
         Ok(Policy { inner: policy })
@@ -129,17 +134,29 @@ impl Policy {
         self.inner.history_limit
     }
 
+    /// False makes `request` answer `DISABLED_BY_POLICY`.
+    #[getter]
+    fn allow_application_triggers(&self) -> bool {
+        self.inner.allow_application_triggers
+    }
+
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         Ok(format!(
             "Policy(min_freshness_minutes={}, timer_window_seconds={}, grace_seconds={:?}, \
-             max_concurrent={}, durability={}, time_limits={}, history_limit={})",
+             max_concurrent={}, durability={}, time_limits={}, history_limit={}, \
+             allow_application_triggers={})",
             self.inner.min_freshness_minutes,
             self.inner.timer_window_seconds,
             self.grace_seconds(),
             self.inner.max_concurrent,
             self.durability(py)?.repr()?,
             self.time_limits(py)?.repr()?,
-            self.inner.history_limit
+            self.inner.history_limit,
+            if self.inner.allow_application_triggers {
+                "True"
+            } else {
+                "False"
+            }
         ))
     }
 }

@@ -1186,3 +1186,23 @@ def test_start_false_lets_handlers_catch_the_runs_due_at_open(tmp_path: Path) ->
         assert len(runs) == 1
         (registration,) = system.all_tasks.values()
         assert [r.status for r in registration.history] == [btb.TaskOutcome.SUCCEEDED]
+
+
+def test_application_triggers_disabled_by_policy() -> None:
+    manifest = btb.Manifest(
+        app_id="org.example.policy", version="1", tasks=[btb.TaskDeclaration("t.App", ["general"])]
+    )
+    policy = btb.Policy(allow_application_triggers=False)
+    assert not policy.allow_application_triggers
+    with btb.System(manifest, ":memory:", policy=policy) as system:
+        ran: list[object] = []
+        system.register_entry_point("t.App", ran.append)
+        trigger = btb.ApplicationTrigger()
+        builder = btb.BackgroundTaskBuilder()
+        builder.name = "blocked"
+        builder.task_entry_point = "t.App"
+        builder.set_trigger(trigger)
+        registration = builder.register(system)
+        assert trigger.request(system=system) == btb.ApplicationTriggerResult.DISABLED_BY_POLICY
+        assert system.wait_idle(5.0)
+        assert ran == [] and registration.history == []

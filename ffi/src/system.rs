@@ -334,6 +334,21 @@ pub extern "C" fn btb_system_options_set_max_concurrent(
     })
 }
 
+/// Policy: whether application triggers may run tasks (default true). False makes every request
+/// answer `BTB_APPLICATION_TRIGGER_DISABLED_BY_POLICY`, as Windows does under the user's
+/// background-activity policy. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`.
+/// Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_options_set_allow_application_triggers(
+    options: *mut btb_system_options,
+    allow: bool,
+) -> btb_status {
+    edit(options, |o| {
+        o.policy.allow_application_triggers = allow;
+        Ok(())
+    })
+}
+
 /// Policy: durability of registrations, `BTB_DURABILITY_FULL` (default, `synchronous=FULL`) or
 /// `BTB_DURABILITY_NORMAL` (`synchronous=NORMAL`: survives a crash, not necessarily power loss).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`.

@@ -1678,6 +1678,29 @@ static void test_paused_start(void) {
     ctx_destroy(&ctx);
 }
 
+static void test_disabled_by_policy(void) {
+    btb_manifest *m = NULL;
+    btb_system_options *o = NULL;
+    btb_system *s = NULL;
+    const char *general[] = {"general"};
+    EXPECT(btb_manifest_new("org.example.cpolicy", "1.0", &m), BTB_OK);
+    EXPECT(btb_manifest_declare(m, "app.Work", general, 1, NULL, 0), BTB_OK);
+    EXPECT(btb_system_options_new(&o), BTB_OK);
+    EXPECT(btb_system_options_set_manifest(o, m), BTB_OK);
+    EXPECT(btb_system_options_set_store(o, ":memory:"), BTB_OK);
+    EXPECT(btb_system_options_set_allow_application_triggers(o, false), BTB_OK);
+    EXPECT(btb_system_open(o, &s), BTB_OK);
+    btb_system_options_free(o);
+    btb_manifest_free(m);
+    if (!s) return;
+    btb_registration *r = reg_task(s, "blocked", "app.Work", app_trigger(), 0, false, NULL);
+    CHECK(request(r, NULL) == BTB_APPLICATION_TRIGGER_DISABLED_BY_POLICY);
+    CHECK(wait_idle(s));
+    CHECK(history_len(r) == 0);
+    EXPECT(btb_registration_free(r), BTB_OK);
+    EXPECT(btb_system_close(s), BTB_OK);
+}
+
 int main(int argc, char **argv) {
     if (argc >= 2 && strcmp(argv[1], "--signal") == 0) return child_signal(argc, argv);
     if (argc < 2) {
@@ -1716,6 +1739,7 @@ int main(int argc, char **argv) {
     test_background_activated();
     test_events();
     test_paused_start();
+    test_disabled_by_policy();
     test_misuse();
     test_close_terminates();
     test_cross_process();

@@ -116,6 +116,7 @@ class Policy:
         durability: str | int | None = None,
         time_limits: Mapping[str, int] | None = None,
         history_limit: int | None = None,
+        allow_application_triggers: bool | None = None,
     ) -> Self: ...
     @property
     def min_freshness_minutes(self) -> int: ...
@@ -131,6 +132,8 @@ class Policy:
     def time_limits(self) -> dict[str, int]: ...
     @property
     def history_limit(self) -> int: ...
+    @property
+    def allow_application_triggers(self) -> bool: ...
 
 @final
 class ManualClock:
