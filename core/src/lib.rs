@@ -15,6 +15,7 @@ pub mod source;
 pub mod store;
 pub mod system;
 pub mod validate;
+mod wake;
 
 pub use clock::{Clock, ManualClock};
 pub use error::{Error, ErrorKind, Result};

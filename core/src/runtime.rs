@@ -69,10 +69,10 @@ thread_local! {
 impl State {
     /// Wakes the broker if it planned to sleep past `at` (its plan: `planned_wake`; `None` while it
     /// sleeps with nothing planned). Avoids a wake-up per run for deadlines it already covers.
-    pub(crate) fn wake_broker_by(&mut self, at: i64, broker_cv: &std::sync::Condvar) {
+    pub(crate) fn wake_broker_by(&mut self, at: i64, waker: &crate::wake::Waker) {
         if self.planned_wake.is_none_or(|planned| at < planned) {
             self.planned_wake = Some(at);
-            broker_cv.notify_all();
+            waker.wake();
         }
     }
 
@@ -382,7 +382,7 @@ impl Shared {
             let limit = self.policy.time_limit(record.trigger.kind());
             let limit_at = (limit > 0).then(|| now + i64::from(limit) * 1000);
             if let Some(at) = limit_at {
-                st.wake_broker_by(at, &self.broker_cv);
+                st.wake_broker_by(at, &self.waker);
             }
             st.running.insert(
                 task_id,
@@ -563,7 +563,7 @@ impl Shared {
             if instance.life().queued {
                 st.events.push_back(Event::Canceled(instance, reason));
             }
-            st.wake_broker_by(grace_at, &self.broker_cv);
+            st.wake_broker_by(grace_at, &self.waker);
             self.change_cv.notify_all();
         }
     }
@@ -772,32 +772,53 @@ impl Shared {
     }
 
     fn broker_loop(self: &Arc<Self>) {
-        let mut st = self.lock();
+        let mut jumped = false;
         loop {
+            let mut st = self.lock();
             if st.stopping {
                 return;
             }
             let now = self.clock.now_ms();
+            if jumped {
+                self.replan_calendars(&mut st, now);
+            }
             let next = self.tick(&mut st, now);
             st.planned_wake = match &self.clock {
                 Clock::Manual(_) => Some(i64::MIN), // woken by `advance`: no deadline needs a wake
                 Clock::Real => next,
             };
             self.change_cv.notify_all();
-            st = match (&self.clock, next) {
-                // Manual time moves only by `advance`, which wakes this thread.
-                (Clock::Manual(_), _) | (Clock::Real, None) => {
-                    self.broker_cv.wait(st).unwrap_or_else(|p| p.into_inner())
-                }
-                (Clock::Real, Some(at)) => {
-                    let wait = Duration::from_millis((at - now).max(0) as u64);
-                    self.broker_cv
-                        .wait_timeout(st, wait)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0
-                }
+            drop(st);
+            // A wake between the unlock and the wait is kept by the eventfd, never lost.
+            let until = match &self.clock {
+                Clock::Manual(_) => None, // manual time moves only by `advance`, which wakes us
+                Clock::Real => next,
             };
+            jumped = self.waker.wait(until) == crate::wake::Woke::ClockJump;
         }
+    }
+
+    /// After the wall clock was set: a calendar trigger's next matching time may now come sooner
+    /// than the instant planned before the jump (a backward jump); re-plan those. Forward jumps
+    /// need nothing: what became due fires at the next tick, once.
+    fn replan_calendars(&self, st: &mut State, now: i64) {
+        let mut changes = Vec::new();
+        let planned: Vec<(Uuid, i64)> = st.due.iter().map(|(id, due)| (*id, *due)).collect();
+        for (task_id, due) in planned {
+            let Some(Trigger::Calendar { expression }) = st.tasks.get(&task_id).map(|t| &t.trigger)
+            else {
+                continue;
+            };
+            let sooner = CalendarSpec::parse(expression)
+                .ok()
+                .and_then(|spec| spec.next_after(now, &self.tz))
+                .filter(|next| *next < due);
+            if let Some(next) = sooner {
+                st.schedule(task_id, next);
+                changes.push(ScheduleChange::NextDue(task_id, Some(next)));
+            }
+        }
+        self.commit(st, changes);
     }
 
     fn notifier_loop(self: &Arc<Self>) {
@@ -945,7 +966,7 @@ impl Shared {
         st.stopping = true;
         let store = st.store.take();
         st.jobs.clear();
-        self.broker_cv.notify_all();
+        self.waker.wake();
         self.work_cv.notify_all();
         self.notify_cv.notify_all();
         self.change_cv.notify_all();

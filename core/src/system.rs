@@ -112,8 +112,8 @@ pub(crate) struct Shared {
     pub(crate) policy: Policy,
     pub(crate) store_path: String,
     pub(crate) state: Mutex<State>,
-    /// Wakes the broker thread.
-    pub(crate) broker_cv: Condvar,
+    /// Wakes the broker thread (and times its sleep on the wall clock).
+    pub(crate) waker: crate::wake::Waker,
     /// Wakes idle workers.
     pub(crate) work_cv: Condvar,
     /// Wakes the notifier thread.
@@ -294,7 +294,7 @@ impl System {
             policy: options.policy,
             store_path,
             state: Mutex::new(state),
-            broker_cv: Condvar::new(),
+            waker: crate::wake::Waker::new()?,
             work_cv: Condvar::new(),
             notify_cv: Condvar::new(),
             change_cv: Condvar::new(),
@@ -323,7 +323,7 @@ impl System {
                         let now = shared.clock.now_ms();
                         shared.tick(&mut st, now);
                     }
-                    shared.broker_cv.notify_all();
+                    shared.waker.wake();
                     shared.change_cv.notify_all();
                 }
             }));
@@ -544,7 +544,7 @@ impl System {
         if let Some(due) = next_due_ms {
             state.schedule(record.task_id, due);
             let wake = due + i64::from(self.shared.policy.timer_window_seconds) * 1000;
-            state.wake_broker_by(wake, &self.shared.broker_cv);
+            state.wake_broker_by(wake, &self.shared.waker);
         }
         Ok(self.registration(record))
     }
