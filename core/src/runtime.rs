@@ -483,6 +483,7 @@ impl Shared {
                 }
                 let resolver = handlers.resolver.clone();
                 drop(handlers);
+                let has_resolver = resolver.is_some();
                 if let Some(found) = resolver.and_then(|r| r(ep)) {
                     return Ok(found);
                 }
@@ -495,7 +496,7 @@ impl Shared {
                     } else {
                         ""
                     },
-                    if self.resolver_kind_hint() {
+                    if has_resolver {
                         " and an importable module path"
                     } else {
                         ""
@@ -522,14 +523,6 @@ impl Shared {
                 ))
             }
         }
-    }
-
-    fn resolver_kind_hint(&self) -> bool {
-        self.handlers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .resolver
-            .is_some()
     }
 
     /// Cancels the running instance of a task, if any.

@@ -18,10 +18,10 @@
 //! for the listener's lifetime, so two brokers starting at once cannot both remove and rebind the
 //! socket. The lock file stays after `Drop` (removing a lock file races with its next taker).
 
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::fs::{self, DirBuilder, File};
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -268,27 +268,16 @@ impl SignalListener {
             ))
         };
 
-        let mut lock_path = path.clone().into_os_string();
-        lock_path.push(".lock");
-        let lock_path = PathBuf::from(lock_path);
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(|e| Error::state(format!("cannot open {}: {e}", lock_path.display())))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(already()),
-            Err(fs::TryLockError::Error(e)) => {
+        let lock = match crate::store::lock_beside(&path) {
+            Ok((lock, _)) => lock,
+            Err(crate::store::LockError::Held(_)) => return Err(already()),
+            Err(crate::store::LockError::Io(lock_path, e)) => {
                 return Err(Error::state(format!(
                     "cannot lock {}: {e}",
                     lock_path.display()
                 )));
             }
-        }
+        };
 
         // Under the lock, a socket file left behind is stale unless something still answers on it
         // (a broker that does not take the lock).

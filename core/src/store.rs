@@ -58,6 +58,33 @@ impl StoreLocation {
     }
 }
 
+/// Why [`lock_beside`] failed.
+pub(crate) enum LockError {
+    /// Another open file description holds the lock.
+    Held(PathBuf),
+    Io(PathBuf, std::io::Error),
+}
+
+/// Takes an exclusive `flock` on `<path>.lock` (created 0600), held while the file stays open.
+pub(crate) fn lock_beside(path: &Path) -> std::result::Result<(File, PathBuf), LockError> {
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|e| LockError::Io(lock_path.clone(), e))?;
+    match file.try_lock() {
+        Ok(()) => Ok((file, lock_path)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(LockError::Held(lock_path)),
+        Err(std::fs::TryLockError::Error(e)) => Err(LockError::Io(lock_path, e)),
+    }
+}
+
 /// One change to a registration's scheduling state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ScheduleChange {
@@ -216,19 +243,9 @@ impl Store {
 
     /// Takes the exclusive lock that makes this system the store's one broker.
     fn lock(path: &Path, shown: &str) -> Result<File> {
-        let mut lock_path = path.as_os_str().to_owned();
-        lock_path.push(".lock");
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(|e| Error::store(shown, format!("cannot open lock file: {e}")))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
+        let mut file = match lock_beside(path) {
+            Ok((file, _)) => file,
+            Err(LockError::Held(lock_path)) => {
                 let holder = std::fs::read_to_string(&lock_path).unwrap_or_default();
                 let holder = holder.trim();
                 return Err(Error::store(
@@ -244,10 +261,13 @@ impl Store {
                     ),
                 ));
             }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(Error::store(shown, format!("cannot lock: {e}")));
+            Err(LockError::Io(lock_path, e)) => {
+                return Err(Error::store(
+                    shown,
+                    format!("cannot lock {}: {e}", lock_path.display()),
+                ));
             }
-        }
+        };
         let _ = file.set_len(0);
         let _ = writeln!(file, "{}", std::process::id());
         Ok(file)
