@@ -4,7 +4,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A clock that moves only when told. Cheap to clone; clones share one time.
-type Listener = Arc<dyn Fn() + Send + Sync>;
+/// Told of each advance; returns `false` once its system is gone (it is then dropped).
+type Listener = Arc<dyn Fn() -> bool + Send + Sync>;
 
 #[derive(Clone)]
 pub struct ManualClock {
@@ -51,13 +52,17 @@ impl ManualClock {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        for listener in listeners {
-            listener();
+        let gone: Vec<Listener> = listeners.into_iter().filter(|l| !l()).collect();
+        if !gone.is_empty() {
+            self.listeners
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|l| !gone.iter().any(|g| Arc::ptr_eq(g, l)));
         }
         Ok(())
     }
 
-    /// Calls `listener` after every advance.
+    /// Calls `listener` after every advance, until it returns `false`.
     pub(crate) fn subscribe(&self, listener: Listener) {
         self.listeners
             .lock()
@@ -83,5 +88,25 @@ impl Clock {
                 .map_or(0, |d| d.as_millis() as i64),
             Clock::Manual(m) => m.now_ms(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn listeners_are_told_until_they_unsubscribe() {
+        let clock = ManualClock::new(0);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = Arc::clone(&calls);
+        clock.subscribe(Arc::new(move || c.fetch_add(1, Ordering::SeqCst) < 1));
+        clock.advance_ms(1).unwrap(); // told; stays
+        clock.advance_ms(1).unwrap(); // told; answers false and is dropped
+        clock.advance_ms(1).unwrap(); // not told
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert!(clock.listeners.lock().unwrap().is_empty());
+        assert_eq!(clock.now_ms(), 3);
     }
 }

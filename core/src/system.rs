@@ -315,17 +315,19 @@ impl System {
         if let Clock::Manual(clock) = &shared.clock {
             let weak = Arc::downgrade(&shared);
             clock.subscribe(Arc::new(move || {
-                if let Some(shared) = weak.upgrade() {
-                    let mut st = shared.lock();
-                    // Handle the new time before `advance` returns (due timers, limits, grace), so
-                    // that what follows an advance never depends on when the broker thread runs.
-                    if st.store.is_some() && !st.closing {
-                        let now = shared.clock.now_ms();
-                        shared.tick(&mut st, now);
-                    }
-                    shared.waker.wake();
-                    shared.change_cv.notify_all();
+                let Some(shared) = weak.upgrade() else {
+                    return false; // the system is gone: unsubscribe
+                };
+                let mut st = shared.lock();
+                // Handle the new time before `advance` returns (due timers, limits, grace), so
+                // that what follows an advance never depends on when the broker thread runs.
+                if st.store.is_some() && !st.closing {
+                    let now = shared.clock.now_ms();
+                    shared.tick(&mut st, now);
                 }
+                shared.waker.wake();
+                shared.change_cv.notify_all();
+                true
             }));
         }
         if options.store != StoreLocation::Memory {
