@@ -15,6 +15,13 @@ PY := $(abspath $(VENV))/bin/python
 NATIVE_STATIC_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
 RELEASE := target/release
 
+# What `make test` needs beyond a Rust toolchain, a C compiler and Python 3 is found on PATH, else
+# bootstrapped — cmake from PyPI into the repo venv; valgrind with apt-get when root — else that
+# part is skipped with a message saying what was skipped and how to get it.
+SYSTEM_CMAKE := $(shell command -v cmake 2>/dev/null)
+CMAKE := $(or $(SYSTEM_CMAKE),$(abspath $(VENV))/bin/cmake)
+APT := $(if $(filter 0,$(shell id -u)),$(shell command -v apt-get 2>/dev/null))
+
 .PHONY: all lib header python demo test test-rust test-python test-install install lint bench stress tsan clean
 
 all: lib header python
@@ -26,7 +33,8 @@ header:
 	$(CARGO) test -q -p btb-ffi --test header
 
 $(PY):
-	python3 -m venv $(VENV)
+	python3 -m venv $(VENV) || { [ -n "$(APT)" ] && apt-get install -y -qq python3-venv >/dev/null && \
+	  python3 -m venv $(VENV); } || { echo "make: cannot create a Python venv: install python3-venv" >&2; exit 1; }
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -r bindings-python/requirements-dev.txt
 
@@ -43,19 +51,33 @@ demo: all
 
 test: test-rust test-python test-install
 
+# valgrind: the C ABI suites also run under it; without it (and no way to install it) they are
+# skipped by name, loudly, and everything else still runs.
 test-rust:
-	$(CARGO) test
+	@command -v valgrind >/dev/null || { [ -n "$(APT)" ] && echo "make: installing valgrind" && \
+	  apt-get install -y -qq valgrind >/dev/null; } || true
+	@if command -v valgrind >/dev/null; then $(CARGO) test; else \
+	  echo "*** SKIPPED: the C ABI tests under valgrind (valgrind is not installed; apt-get install valgrind)" >&2; \
+	  $(CARGO) test -- --skip under_valgrind; \
+	  echo "*** SKIPPED: the C ABI tests under valgrind (see above)" >&2; fi
+
+# cmake from PyPI when the machine has none (no root needed).
+$(abspath $(VENV))/bin/cmake: | $(PY)
+	$(VENV)/bin/pip install -q cmake
 
 test-python: python
 	cd bindings-python && $(PY) -m pytest -q
 
-test-install: lib
+test-install: lib $(CMAKE)
 	rm -rf build/install-test && mkdir -p build/install-test
 	$(MAKE) install PREFIX=$(abspath build/install-test/prefix)
-	PKG_CONFIG_PATH=$(abspath build/install-test/prefix)/lib/pkgconfig \
-	  $(MAKE) -C examples-c PKG=1 BUILD=$(abspath build/install-test/pkg) run
-	cmake -S examples-c -B build/install-test/cmake -DCMAKE_PREFIX_PATH=$(abspath build/install-test/prefix) >/dev/null
-	cmake --build build/install-test/cmake >/dev/null
+	@command -v pkg-config >/dev/null || { [ -n "$(APT)" ] && apt-get install -y -qq pkg-config >/dev/null; } || true
+	if command -v pkg-config >/dev/null; then \
+	  PKG_CONFIG_PATH=$(abspath build/install-test/prefix)/lib/pkgconfig \
+	    $(MAKE) -C examples-c PKG=1 BUILD=$(abspath build/install-test/pkg) run; \
+	else echo "*** SKIPPED: the examples built with pkg-config (not installed; apt-get install pkg-config)" >&2; fi
+	$(CMAKE) -S examples-c -B build/install-test/cmake -DCMAKE_PREFIX_PATH=$(abspath build/install-test/prefix) >/dev/null
+	$(CMAKE) --build build/install-test/cmake >/dev/null
 	for e in register tasks pull_queue; do build/install-test/cmake/$$e >/dev/null || exit 1; done
 	@echo "cmake package: the three examples built and ran"
 	readelf -d build/install-test/cmake/register | grep -q 'NEEDED.*libbtb.so.$(MAJOR)' && echo "example links libbtb.so.$(MAJOR)"

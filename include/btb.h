@@ -494,6 +494,13 @@ typedef struct {
 typedef void (*btb_canceled_fn)(btb_instance *instance, uint32_t reason, void *user_data);
 
 /**
+ * A run function: runs one instance on a btb worker thread (never the caller's thread, never with
+ * a btb lock held). `instance` is borrowed for the call. Report failure with
+ * `btb_instance_report_failure`; take a deferral to finish later from another thread.
+ */
+typedef void (*btb_run_fn)(btb_instance *instance, void *user_data);
+
+/**
  * How a run ended, as completed handlers see it. Borrowed for the duration of the callback.
  */
 typedef struct {
@@ -560,13 +567,6 @@ typedef struct {
   const char *message;
   uint32_t last_progress;
 } btb_run;
-
-/**
- * A run function: runs one instance on a btb worker thread (never the caller's thread, never with
- * a btb lock held). `instance` is borrowed for the call. Report failure with
- * `btb_instance_report_failure`; take a deferral to finish later from another thread.
- */
-typedef void (*btb_run_fn)(btb_instance *instance, void *user_data);
 
 /**
  * An entry of the pull queue.
@@ -966,6 +966,31 @@ btb_status btb_registration_free(btb_registration *registration);
 btb_status btb_task_group_new(const char *id, const char *name, btb_task_group **out);
 
 /**
+ * Adds a background-activated handler to the task group (WinRT
+ * `BackgroundTaskRegistrationGroup.BackgroundActivated`): it runs the group's registered tasks
+ * that have no entry point, in every system of this process where a registration names the group —
+ * whether added before or after the registration (objects are bound by use). Several handlers of
+ * one group run in the order added, with one instance; the first to report a failure ends the run.
+ * A system's own handler for the group (`btb_system_set_background_activated` with the group id)
+ * is asked first. `handler` runs on a btb worker thread with a borrowed instance; `user_data` is
+ * passed back as given (btb never dereferences it) until the handler is removed.
+ * On success `*out_token` (may be NULL) names the handler for
+ * `btb_task_group_remove_background_activated`.
+ * Errors: `BTB_ERROR_NULL_ARGUMENT` (group or handler), `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ */
+btb_status btb_task_group_add_background_activated(const btb_task_group *group,
+                                                   btb_run_fn handler,
+                                                   void *user_data,
+                                                   uint64_t *out_token);
+
+/**
+ * Removes a handler added with `btb_task_group_add_background_activated`; once this returns,
+ * runs that had not started no longer call it (a run already going finishes).
+ * Errors: `BTB_ERROR_NOT_FOUND` (no handler has that token). Thread-safe.
+ */
+btb_status btb_task_group_remove_background_activated(uint64_t token);
+
+/**
  * Writes the group id to `*out` (borrowed: valid while the group handle lives).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
  */
@@ -1177,7 +1202,8 @@ btb_status btb_system_options_set_store(btb_system_options *options,
 /**
  * Uses a manual clock standing at `start_unix_ms` (milliseconds since the Unix epoch, UTC) instead
  * of the real clock: time then moves only by `btb_system_advance_clock`.
- * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
+ * (`start_unix_ms` outside years 1–9999 UTC). Thread-safe.
  */
 btb_status btb_system_options_set_manual_clock(btb_system_options *options, int64_t start_unix_ms);
 
@@ -1303,8 +1329,8 @@ btb_status btb_system_now_ms(const btb_system *system, int64_t *out);
 /**
  * Moves a manual clock forward by `ms` milliseconds.
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
- * (negative `ms`: time never runs backwards), `BTB_ERROR_STATE` (the system uses the real clock).
- * Thread-safe.
+ * (negative `ms`: time never runs backwards; or a move past year 9999, which leaves the clock
+ * where it was), `BTB_ERROR_STATE` (the system uses the real clock). Thread-safe.
  */
 btb_status btb_system_advance_clock(btb_system *system, int64_t ms);
 
@@ -1366,15 +1392,19 @@ btb_status btb_system_raise_event(btb_system *system, uint32_t event, size_t *ou
 
 /**
  * Signals the custom event `name` in this system (custom-event triggers with that id fire).
- * Other processes use `btb_signal_event`. Writes how many registrations fired to `*out_fired`
- * (may be NULL). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`,
- * `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_STATE`. Thread-safe.
+ * Other processes use `btb_signal_event`; `name` follows the same rule here as there (1–256
+ * bytes, no control character). Writes how many registrations fired to `*out_fired` (may be
+ * NULL). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
+ * `BTB_ERROR_INVALID_ARGUMENT` (empty, too long or with a control character),
+ * `BTB_ERROR_STATE`. Thread-safe.
  */
 btb_status btb_system_signal_event(btb_system *system, const char *name, size_t *out_fired);
 
 /**
  * Signals the custom event `name` to the running broker of app `app_id`, from any process of the
  * same user, through its socket under `$XDG_RUNTIME_DIR/btb/`. Returns once the broker has it.
+ * Only systems with a file store listen there: an in-memory (`:memory:`) system has no control
+ * socket, so its custom events come only from `btb_system_signal_event`.
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_INVALID_ARGUMENT` (bad app
  * id or name), `BTB_ERROR_NOT_FOUND` (no broker of that app runs), `BTB_ERROR_POLICY` (the socket
  * belongs to another user), `BTB_ERROR_STATE` (no answer). Thread-safe.
@@ -1427,8 +1457,10 @@ btb_status btb_system_next_event(btb_system *system, uint32_t timeout_ms, btb_ev
 
 /**
  * Fires the registrations made with application trigger `trigger` (Windows
- * `ApplicationTrigger.RequestAsync`) in `system` (NULL: the default system), with `arguments` (a
- * JSON object text, or NULL) as their trigger details. Writes a `BTB_APPLICATION_TRIGGER_*` result
+ * `ApplicationTrigger.RequestAsync`), with `arguments` (a JSON object text, or NULL) as their
+ * trigger details. With `system` NULL, the trigger fires wherever its registrations live: in every
+ * open system of this process that holds one (objects are bound by use; the default system is
+ * asked only when none does). A non-NULL `system` narrows the request to that system. Writes a `BTB_APPLICATION_TRIGGER_*` result
  * to `*out`: ALLOWED (exactly one run follows), CURRENTLY_RUNNING (a run is going or pending; nothing is
  * queued), DISABLED_BY_POLICY, or UNKNOWN_ERROR (no
  * registration holds the trigger).

@@ -227,7 +227,7 @@ impl ManualClock {
             )));
         };
         Ok(ManualClock {
-            inner: btb_core::ManualClock::new(start_ms),
+            inner: btb_core::ManualClock::new(start_ms).or_raise()?,
         })
     }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use btb_core::{
     CancellationReason, CompletedFn, Completion, Deferral, Handler, Instance, ProgressFn,
-    Registration, Resolver, TaskOutcome,
+    Registration, Resolver, RunFn, TaskOutcome,
 };
 use pyo3::PyTraverseError;
 use pyo3::exceptions::PyTypeError;
@@ -41,19 +41,20 @@ pub(crate) fn weak_system(system: &Bound<'_, System>) -> PyResult<WeakSystem> {
 
 /// The `System` object that made a closure; if it is gone (dropped while the core still delivers
 /// what was queued before it closed), a non-owning view of the same core system.
+/// `None` (a task group's handler, which serves every system): always the view.
 fn system_for(
     py: Python<'_>,
-    system: &WeakSystem,
+    system: Option<&WeakSystem>,
     registration: &Registration,
 ) -> PyResult<Py<System>> {
-    match system.bind(py).upgrade_as::<System>().ok().flatten() {
+    match system.and_then(|s| s.bind(py).upgrade_as::<System>().ok().flatten()) {
         Some(system) => Ok(system.unbind()),
         None => System::view(py, registration.system()),
     }
 }
 
-/// Python callables shared between a core closure and the registry of the `System` that made it.
-/// Tokens tell the callables of one slot apart (a task group may have several handlers).
+/// The Python callable shared between a core closure and the registry of the `System` that made
+/// it (emptied when the system is cleared or closed).
 pub(crate) struct Slot {
     callables: Mutex<Vec<(u64, Py<PyAny>)>>,
 }
@@ -63,25 +64,6 @@ impl Slot {
         Arc::new(Slot {
             callables: Mutex::new(vec![(token, callable)]),
         })
-    }
-
-    pub(crate) fn push(&self, py: Python<'_>, token: u64, callable: Py<PyAny>) {
-        lock(py, &self.callables).push((token, callable));
-    }
-
-    /// Removes one callable and returns it, so the caller drops it with no lock held.
-    pub(crate) fn remove(&self, py: Python<'_>, token: u64) -> Option<Py<PyAny>> {
-        let mut callables = lock(py, &self.callables);
-        let index = callables.iter().position(|(t, _)| *t == token)?;
-        Some(callables.remove(index).1)
-    }
-
-    pub(crate) fn contains(&self, py: Python<'_>, token: u64) -> bool {
-        lock(py, &self.callables).iter().any(|(t, _)| *t == token)
-    }
-
-    pub(crate) fn len(&self, py: Python<'_>) -> usize {
-        lock(py, &self.callables).len()
     }
 
     fn snapshot<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyAny>> {
@@ -131,6 +113,43 @@ fn attach<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> Option<R> {
     *ACTIVE.lock().unwrap_or_else(PoisonError::into_inner) += 1;
     let _active = Active;
     Python::try_attach(f)
+}
+
+/// Calls `callable(*args)` from a btb thread, for the calls that run the app's Python code.
+///
+/// On Python < 3.14 a thread that takes the GIL back while the interpreter finalizes is ended with
+/// `pthread_exit`: a forced unwind. A task that ignores cancellation (a CPU-bound loop abandoned
+/// by `close` after its grace) is such a thread at interpreter exit. Unwinding through an
+/// `extern "C"` call aborts the process (exit status 134), so `PyObject_Call` is declared
+/// `"C-unwind"` here and the unwind stops at `HangThread`, which parks the thread for good — what
+/// Python 3.14 does itself, and what PyO3 does around the GIL calls it makes. The process then
+/// exits normally.
+fn call_unwinding<'py>(
+    callable: &Bound<'py, PyAny>,
+    args: Bound<'py, PyTuple>,
+) -> PyResult<Bound<'py, PyAny>> {
+    unsafe extern "C-unwind" {
+        fn PyObject_Call(
+            callable: *mut pyo3::ffi::PyObject,
+            args: *mut pyo3::ffi::PyObject,
+            kwargs: *mut pyo3::ffi::PyObject,
+        ) -> *mut pyo3::ffi::PyObject;
+    }
+    struct HangThread;
+    impl Drop for HangThread {
+        fn drop(&mut self) {
+            loop {
+                std::thread::park();
+            }
+        }
+    }
+    let guard = HangThread;
+    // SAFETY: both pointers are live objects this thread holds (attached to the interpreter);
+    // `kwargs` may be NULL. The declaration matches CPython's.
+    let result = unsafe { PyObject_Call(callable.as_ptr(), args.as_ptr(), std::ptr::null_mut()) };
+    std::mem::forget(guard); // returned normally: no forced unwind
+    // SAFETY: `PyObject_Call` returns a new reference, or NULL with an exception set.
+    unsafe { Bound::from_owned_ptr_or_err(callable.py(), result) }
 }
 
 /// Waits, detached, until no btb thread runs Python code, at most `timeout` seconds; `True` if
@@ -243,12 +262,17 @@ fn invoke(
     target: &Bound<'_, PyAny>,
     instance: &Bound<'_, BackgroundTaskInstance>,
 ) -> PyResult<()> {
+    fn one<'py>(arg: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
+        PyTuple::new(arg.py(), [arg])
+    }
     let result = if target.is_instance_of::<PyType>() {
-        target
-            .call0()?
-            .call_method1(intern!(py, "run"), (instance,))?
+        let object = call_unwinding(target, PyTuple::empty(py))?;
+        call_unwinding(
+            &object.getattr(intern!(py, "run"))?,
+            one(instance.as_any())?,
+        )?
     } else {
-        target.call1((instance,))?
+        call_unwinding(target, one(instance.as_any())?)?
     };
     if !result.is_none() {
         static INSPECT: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
@@ -258,7 +282,8 @@ fn invoke(
             .call_method1(intern!(py, "iscoroutine"), (&result,))?
             .is_truthy()?
         {
-            module(py, &ASYNCIO, "asyncio")?.call_method1(intern!(py, "run"), (result,))?;
+            let run = module(py, &ASYNCIO, "asyncio")?.getattr(intern!(py, "run"))?;
+            call_unwinding(&run, one(&result)?)?;
         }
     }
     Ok(())
@@ -288,7 +313,7 @@ pub(crate) fn check_target(target: &Bound<'_, PyAny>, what: &str) -> PyResult<()
 fn run_targets(
     py: Python<'_>,
     instance: &Instance,
-    system: &WeakSystem,
+    system: Option<&WeakSystem>,
     targets: Vec<Bound<'_, PyAny>>,
 ) {
     if targets.is_empty() {
@@ -338,12 +363,27 @@ pub(crate) fn run_handler(slot: Arc<Slot>, system: WeakSystem) -> Handler {
     Handler::Call(Arc::new(move |instance: &Instance| {
         let attached = attach(|py| {
             let targets = slot.snapshot(py);
-            run_targets(py, instance, &system, targets);
+            run_targets(py, instance, Some(&system), targets);
         });
         if attached.is_none() {
             instance.report_failure(SHUTTING_DOWN);
         }
     }))
+}
+
+/// The core run function of one task-group handler (`add_background_activated`): it serves every
+/// system where the group is used, so the instance's system is found from its registration.
+/// The callable lives as long as the handler stays added (a module-level registration, as
+/// `atexit` keeps its functions).
+pub(crate) fn group_run_fn(target: Py<PyAny>) -> RunFn {
+    Arc::new(move |instance: &Instance| {
+        let attached = attach(|py| {
+            run_targets(py, instance, None, vec![target.bind(py).clone()]);
+        });
+        if attached.is_none() {
+            instance.report_failure(SHUTTING_DOWN);
+        }
+    })
 }
 
 /// The resolver set on every Python system (SPEC §4, last step): an entry point without an
@@ -355,7 +395,7 @@ pub(crate) fn resolver(system: WeakSystem) -> Resolver {
         let system = Arc::clone(&system);
         Some(Handler::Call(Arc::new(move |instance: &Instance| {
             let attached = attach(|py| match import_target(py, &entry_point) {
-                Ok(target) => run_targets(py, instance, &system, vec![target]),
+                Ok(target) => run_targets(py, instance, Some(&system), vec![target]),
                 Err((message, err)) => {
                     log_error(
                         py,
@@ -435,7 +475,7 @@ fn import_target<'py>(
 fn call_event_handlers(
     py: Python<'_>,
     slot: &Slot,
-    system: &WeakSystem,
+    system: Option<&WeakSystem>,
     registration: &Registration,
     args: PyResult<Bound<'_, PyAny>>,
     what: &str,
@@ -450,7 +490,8 @@ fn call_event_handlers(
         .and_then(|reg| {
             let args = args?;
             for handler in slot.snapshot(py) {
-                if let Err(err) = handler.call1((&reg, &args)) {
+                let call_args = PyTuple::new(py, [reg.as_any(), &args])?;
+                if let Err(err) = call_unwinding(&handler, call_args) {
                     log_error(
                         py,
                         &format!(
@@ -489,7 +530,7 @@ pub(crate) fn progress_handler(slot: Arc<Slot>, system: WeakSystem) -> ProgressF
                     },
                 )
                 .map(Bound::into_any);
-                call_event_handlers(py, &slot, &system, registration, args, "progress");
+                call_event_handlers(py, &slot, Some(&system), registration, args, "progress");
             });
         },
     )
@@ -506,7 +547,7 @@ pub(crate) fn completed_handler(slot: Arc<Slot>, system: WeakSystem) -> Complete
                     },
                 )
                 .map(Bound::into_any);
-                call_event_handlers(py, &slot, &system, registration, args, "completed");
+                call_event_handlers(py, &slot, Some(&system), registration, args, "completed");
             });
         },
     )
@@ -664,7 +705,8 @@ impl BackgroundTaskInstance {
                     return;
                 };
                 let called = member(py, "BackgroundTaskCancellationReason", reason as u32)
-                    .and_then(|reason| handler.call1(py, (&owner, reason)));
+                    .and_then(|reason| PyTuple::new(py, [owner.as_any(), &reason]))
+                    .and_then(|args| call_unwinding(handler.bind(py), args));
                 if let Err(err) = called {
                     log_error(
                         py,

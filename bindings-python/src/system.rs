@@ -22,12 +22,12 @@ use crate::manifest::Manifest;
 use crate::policy::{ManualClock, Policy};
 use crate::runtime::{
     RunRecord, Slot, WeakSystem, check_target, completed_handler, progress_handler,
-    request_in_executor, resolver, run_handler, weak_system,
+    group_run_fn, request_in_executor, resolver, run_handler, weak_system,
 };
 use crate::trigger::{IBackgroundTrigger, SystemCondition};
 
 /// Locks a mutex without holding the interpreter while waiting: another thread may hold it
-/// while detached (see [`System::add_group_handler`]).
+/// while detached.
 pub(crate) fn lock<'a, T>(py: Python<'_>, mutex: &'a Mutex<T>) -> MutexGuard<'a, T> {
     use pyo3::sync::MutexExt;
     mutex
@@ -64,8 +64,6 @@ struct EventEntry {
 struct Registry {
     /// The system's background-activated handler.
     system: Option<Arc<Slot>>,
-    /// Background-activated handlers per task group (a group may have several).
-    groups: HashMap<String, Arc<Slot>>,
     entry_points: HashMap<String, Arc<Slot>>,
     events: HashMap<u64, EventEntry>,
     /// The tokens in `events` of each registration.
@@ -79,7 +77,6 @@ impl Registry {
     fn slots(&self) -> impl Iterator<Item = &Arc<Slot>> {
         self.system
             .iter()
-            .chain(self.groups.values())
             .chain(self.entry_points.values())
             .chain(self.events.values().map(|e| &e.slot))
     }
@@ -224,60 +221,6 @@ impl System {
         let core = slf.get().core();
         let list = slf.py().detach(|| core.group_tasks(group_id)).or_raise()?;
         Self::registrations(slf, list)
-    }
-
-    /// Adds a group handler; the first one for a group installs the core's handler, which calls
-    /// every handler of the group in order.
-    fn add_group_handler(
-        slf: &Bound<'_, Self>,
-        group_id: &str,
-        handler: Py<PyAny>,
-    ) -> PyResult<u64> {
-        let py = slf.py();
-        let this = slf.get();
-        let weak = System::weak(slf)?;
-        let mut registry = lock(py, &this.registry);
-        let token = registry.token();
-        if let Some(slot) = registry.groups.get(group_id) {
-            slot.push(py, token, handler);
-            return Ok(token);
-        }
-        let slot = Slot::new(token, handler);
-        let core_handler = run_handler(Arc::clone(&slot), weak);
-        py.detach(|| {
-            this.core()
-                .set_background_activated(Some(group_id), Some(core_handler))
-        })
-        .or_raise()?;
-        registry.groups.insert(group_id.to_owned(), slot);
-        Ok(token)
-    }
-
-    /// Removes a group handler; removing the last one removes the core's handler.
-    fn remove_group_handler(&self, py: Python<'_>, group_id: &str, token: u64) -> PyResult<()> {
-        let mut registry = lock(py, &self.registry);
-        let Some(slot) = registry.groups.get(group_id) else {
-            return Ok(());
-        };
-        if !slot.contains(py, token) {
-            return Ok(());
-        }
-        let mut released = None;
-        if slot.len(py) == 1 {
-            py.detach(|| self.core().set_background_activated(Some(group_id), None))
-                .or_raise()?;
-            released = registry.groups.remove(group_id);
-        }
-        let removed = match &released {
-            Some(slot) => slot.remove(py, token),
-            None => registry
-                .groups
-                .get(group_id)
-                .and_then(|s| s.remove(py, token)),
-        };
-        drop(registry);
-        drop((removed, released)); // unlocked: dropping a callable can run Python code
-        Ok(())
     }
 
     /// Adds a progress or completed handler of one registration; returns the core's token.
@@ -756,6 +699,8 @@ pub(crate) fn set_default_system(py: Python<'_>, system: Option<Py<System>>) {
 
 /// Signals the custom event `name` to the running broker of `app_id`, in any process of this user
 /// (through its socket under `$XDG_RUNTIME_DIR/btb/`). `NotFoundError` when no broker runs.
+/// In-memory (`":memory:"`) systems have no control socket: signal them with
+/// `system.signal_event(name)`.
 #[pyfunction]
 pub(crate) fn signal_event(
     py: Python<'_>,
@@ -968,17 +913,16 @@ pub(crate) fn request_trigger<'py>(
     };
     let id = *id;
     let arguments = crate::json::arguments(arguments)?;
-    let system = match system {
-        Some(system) => system,
-        None => default_system(py)?,
+    // Bound by use: without `system`, the trigger fires wherever its registrations live.
+    let core = system.map(|system| system.get().core().clone());
+    let request = move || match &core {
+        Some(core) => core.request(&id, arguments.clone()),
+        None => btb_core::request_application_trigger(&id, arguments.clone()),
     };
     if asynchronous {
-        return request_in_executor(py, move || {
-            system.get().core().request(&id, arguments.clone())
-        });
+        return request_in_executor(py, request);
     }
-    let core = system.get().core();
-    let result = py.detach(|| core.request(&id, arguments)).or_raise()?;
+    let result = py.detach(request).or_raise()?;
     member(py, "ApplicationTriggerResult", result as u32)
 }
 
@@ -1034,18 +978,21 @@ impl BackgroundTaskRegistrationGroup {
     }
 
     /// Adds a handler for the group's tasks that have no entry point (WinRT
-    /// `BackgroundActivated`): called with the instance on a btb thread; several handlers are
-    /// called in the order added. Returns a token for `remove_background_activated`.
+    /// `BackgroundActivated`): called with the instance on a btb thread, in every system where a
+    /// registration names this group, whether added before or after the registration (objects are
+    /// bound by use). Several handlers are called in the order added. Returns a token for
+    /// `remove_background_activated`.
     fn add_background_activated(&self, py: Python<'_>, handler: Bound<'_, PyAny>) -> PyResult<u64> {
         check_target(&handler, "a background-activated handler")?;
-        System::add_group_handler(self.system(py)?.bind(py), &self.group.id, handler.unbind())
+        let run = group_run_fn(handler.unbind());
+        let id = self.group.id.clone();
+        Ok(py.detach(|| btb_core::groups::add_background_activated(&id, run)))
     }
 
     /// Removes a handler added with `add_background_activated`; an unknown token is ignored.
-    fn remove_background_activated(&self, py: Python<'_>, token: u64) -> PyResult<()> {
-        self.system(py)?
-            .get()
-            .remove_group_handler(py, &self.group.id, token)
+    fn remove_background_activated(&self, py: Python<'_>, token: u64) {
+        let removed = py.detach(|| btb_core::groups::remove_background_activated(token));
+        drop(removed); // attached: the handler's finalizer runs now, with no btb lock held
     }
 
     fn __eq__(&self, other: &Self) -> bool {

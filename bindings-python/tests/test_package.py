@@ -97,7 +97,10 @@ def test_handler_cycles_are_collected(tmp_path: Path) -> None:
     builder.task_group = group
     registration = builder.register(system)
     listed = system.all_task_groups["lib"]
-    listed.add_background_activated(lambda instance: (listed, builder, registration))
+    # Group handlers are process-wide (a group's handlers apply in every system): one that refers
+    # to the system keeps it alive until it is removed, as an atexit function would.
+    token = listed.add_background_activated(lambda instance: (listed, builder, registration))
+    listed.remove_background_activated(token)
     ref = weakref.ref(system)
     del system, group, builder, registration, listed
     gc.collect()
@@ -171,4 +174,6 @@ def test_dropping_a_handler_may_call_back_into_btb(tmp_path: Path) -> None:
         system.set_background_activated(Handler())
         system.set_background_activated(None)
         assert len(calls) == 2
+        for token in calls:
+            group.remove_background_activated(token)
         btb.set_default_system(None)

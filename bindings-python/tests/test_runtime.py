@@ -693,7 +693,7 @@ def test_activation_handlers_run_tasks_without_an_entry_point(system: btb.System
     plain = register(system, btb.ApplicationTrigger(), None, name="plain")
     group = system.all_task_groups["lib"]
     first = group.add_background_activated(lambda instance: calls.append(("group 1", instance.task.name)))
-    group.add_background_activated(lambda instance: calls.append(("group 2", instance.task.name)))
+    second = group.add_background_activated(lambda instance: calls.append(("group 2", instance.task.name)))
     grouped.request()
     idle(system)
     plain.request()
@@ -704,6 +704,7 @@ def test_activation_handlers_run_tasks_without_an_entry_point(system: btb.System
     grouped.request()
     idle(system)
     assert calls == [("group 2", "grouped")]
+    group.remove_background_activated(second)
 
 
 def test_a_class_as_activation_handler(system: btb.System) -> None:

@@ -22,20 +22,44 @@ impl std::fmt::Debug for ManualClock {
     }
 }
 
+/// The earliest instant btb handles: 0001-01-01T00:00:00Z, in ms since the Unix epoch.
+pub const MIN_INSTANT_MS: i64 = -62_135_596_800_000;
+/// The latest instant btb handles: 9999-12-31T23:59:59.999Z. A due time past it is never reached,
+/// and with every instant bounded so, no sum of an instant and a policy duration can overflow.
+pub const MAX_INSTANT_MS: i64 = 253_402_300_799_999;
+
+/// `ms` if it is an instant btb handles.
+pub(crate) fn in_range(ms: i64) -> Option<i64> {
+    (MIN_INSTANT_MS..=MAX_INSTANT_MS)
+        .contains(&ms)
+        .then_some(ms)
+}
+
+fn out_of_range(what: &str, ms: i128) -> crate::Error {
+    crate::Error::invalid(format!(
+        "{what} {ms} ms is outside the instants btb handles \
+         ({MIN_INSTANT_MS}..={MAX_INSTANT_MS} ms since the Unix epoch: years 1 to 9999, UTC)"
+    ))
+}
+
 impl ManualClock {
-    /// A clock standing at `start_ms` milliseconds since the Unix epoch (UTC).
-    pub fn new(start_ms: i64) -> ManualClock {
-        ManualClock {
+    /// A clock standing at `start_ms` milliseconds since the Unix epoch (UTC); `InvalidArgument`
+    /// outside years 1–9999 ([`MIN_INSTANT_MS`]..=[`MAX_INSTANT_MS`]).
+    pub fn new(start_ms: i64) -> crate::Result<ManualClock> {
+        in_range(start_ms)
+            .ok_or_else(|| out_of_range("a manual clock start of", start_ms.into()))?;
+        Ok(ManualClock {
             now_ms: Arc::new(Mutex::new(start_ms)),
             listeners: Arc::new(Mutex::new(Vec::new())),
-        }
+        })
     }
 
     pub fn now_ms(&self) -> i64 {
         *self.now_ms.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Moves the clock forward by `ms`; a negative amount is `InvalidArgument` (time never runs
+    /// Moves the clock forward by `ms`; a negative amount, or one that would pass
+    /// [`MAX_INSTANT_MS`], is `InvalidArgument` and leaves the clock where it was (time never runs
     /// backwards, and a silent clamp would hide the caller's bug).
     pub fn advance_ms(&self, ms: i64) -> crate::Result<()> {
         if ms < 0 {
@@ -45,7 +69,11 @@ impl ManualClock {
         }
         {
             let mut now = self.now_ms.lock().unwrap_or_else(|p| p.into_inner());
-            *now = now.saturating_add(ms);
+            let to = i128::from(*now) + i128::from(ms);
+            *now = i64::try_from(to)
+                .ok()
+                .and_then(in_range)
+                .ok_or_else(|| out_of_range("advancing the manual clock to", to))?;
         }
         let listeners = self
             .listeners
@@ -98,7 +126,7 @@ mod tests {
 
     #[test]
     fn listeners_are_told_until_they_unsubscribe() {
-        let clock = ManualClock::new(0);
+        let clock = ManualClock::new(0).unwrap();
         let calls = Arc::new(AtomicUsize::new(0));
         let c = Arc::clone(&calls);
         clock.subscribe(Arc::new(move || c.fetch_add(1, Ordering::SeqCst) < 1));
@@ -108,5 +136,18 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         assert!(clock.listeners.lock().unwrap().is_empty());
         assert_eq!(clock.now_ms(), 3);
+    }
+
+    #[test]
+    fn instants_outside_years_1_to_9999_are_refused_and_change_nothing() {
+        assert!(ManualClock::new(i64::MAX).is_err());
+        assert!(ManualClock::new(MIN_INSTANT_MS - 1).is_err());
+        let clock = ManualClock::new(MAX_INSTANT_MS - 10).unwrap();
+        let err = clock.advance_ms(i64::MAX).unwrap_err();
+        assert!(err.message().contains("years 1 to 9999"), "{err}");
+        assert!(clock.advance_ms(11).is_err());
+        assert_eq!(clock.now_ms(), MAX_INSTANT_MS - 10);
+        clock.advance_ms(10).unwrap();
+        assert_eq!(clock.now_ms(), MAX_INSTANT_MS);
     }
 }

@@ -214,6 +214,11 @@ impl Instance {
         self.life().failure = Some(message.into());
     }
 
+    /// Whether a failure has been reported for this run.
+    pub fn failed(&self) -> bool {
+        self.life().failure.is_some()
+    }
+
     /// Tells btb the run function returned (for queued instances run by a host; btb calls it
     /// itself after a run function). Calling it twice is `STATE`.
     pub fn finish_run(&self) -> Result<()> {

@@ -5,7 +5,9 @@
 pub mod calendar;
 pub mod clock;
 pub mod error;
+pub mod groups;
 pub mod instance;
+mod lockfile;
 pub mod manifest;
 pub mod model;
 pub mod policy;
@@ -31,7 +33,7 @@ pub use runtime::Event;
 pub use store::{Store, StoreLocation};
 pub use system::{
     CompletedFn, ProgressFn, Registration, Resolver, System, SystemOptions, default_system,
-    set_default_system,
+    request_application_trigger, set_default_system,
 };
 
 /// The crate version (the workspace version).

@@ -1,6 +1,8 @@
 //! The manifest (SPEC §5): the app's identity and the entry points it declares, each with the
 //! Windows task types it may use. Loaded from TOML or declared in code; every mistake names its line.
 
+use std::collections::HashMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -106,12 +108,20 @@ pub(crate) fn check_app_id(app_id: &str) -> Result<()> {
     Ok(())
 }
 
+/// The most entry points a manifest may declare (an app has a handful; a bound keeps a runaway
+/// generator from costing minutes and gigabytes).
+pub const MAX_TASKS: usize = 10_000;
+/// The largest manifest file accepted, in bytes.
+pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+
 /// The app's manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
     app_id: String,
     version: String,
     tasks: Vec<TaskDeclaration>,
+    /// Entry point → index in `tasks` (declaring and finding stay O(1)).
+    index: HashMap<String, usize>,
     path: Option<PathBuf>,
 }
 
@@ -145,18 +155,26 @@ impl Manifest {
             app_id: app_id.to_owned(),
             version: if version.is_empty() { "0" } else { version }.to_owned(),
             tasks: Vec::new(),
+            index: HashMap::new(),
             path: None,
         })
     }
 
-    /// Adds a declaration; an entry point declared twice is an error.
+    /// Adds a declaration; an entry point declared twice, or more than [`MAX_TASKS`], is an error.
     pub fn declare(&mut self, task: TaskDeclaration) -> Result<()> {
-        if self.find(&task.entry_point).is_some() {
+        if self.index.contains_key(&task.entry_point) {
             return Err(Error::invalid(format!(
                 "entry point {:?} is declared twice",
                 task.entry_point
             )));
         }
+        if self.tasks.len() >= MAX_TASKS {
+            return Err(Error::invalid(format!(
+                "a manifest may declare at most {MAX_TASKS} entry points"
+            )));
+        }
+        self.index
+            .insert(task.entry_point.clone(), self.tasks.len());
         self.tasks.push(task);
         Ok(())
     }
@@ -164,9 +182,17 @@ impl Manifest {
     /// Reads a TOML manifest file.
     pub fn load(path: impl AsRef<Path>) -> Result<Manifest> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::invalid(format!("manifest {}: cannot read: {e}", path.display()))
-        })?;
+        // Reads one byte past the bound, so that an oversized file (or /dev/zero) is refused
+        // without reading it all.
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| {
+                f.take(MAX_MANIFEST_BYTES as u64 + 1)
+                    .read_to_string(&mut text)
+            })
+            .map_err(|e| {
+                Error::invalid(format!("manifest {}: cannot read: {e}", path.display()))
+            })?;
         let mut manifest = Self::parse(&text, &path.display().to_string())?;
         manifest.path = Some(path.to_owned());
         Ok(manifest)
@@ -178,6 +204,12 @@ impl Manifest {
     }
 
     fn parse(text: &str, origin: &str) -> Result<Manifest> {
+        if text.len() > MAX_MANIFEST_BYTES {
+            return Err(Error::invalid(format!(
+                "manifest {origin}: {} bytes; the limit is {MAX_MANIFEST_BYTES} bytes",
+                text.len()
+            )));
+        }
         let line = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
         let at = |offset: usize, e: Error| {
             Error::invalid(format!(
@@ -253,7 +285,7 @@ impl Manifest {
 
     /// The declaration of an entry point (case-sensitive, as on Windows).
     pub fn find(&self, entry_point: &str) -> Option<&TaskDeclaration> {
-        self.tasks.iter().find(|t| t.entry_point == entry_point)
+        self.index.get(entry_point).map(|&i| &self.tasks[i])
     }
 }
 
@@ -368,6 +400,28 @@ exec        = ["/usr/bin/notes", "--background-task"]
         );
         assert!(Manifest::new("../evil", "1").is_err());
         assert!(Manifest::new("org..x", "1").is_err());
+    }
+
+    #[test]
+    fn declarations_are_bounded_and_found_by_name() {
+        let mut text = String::from("app_id = \"org.example.big\"\n");
+        for i in 0..MAX_TASKS {
+            text.push_str(&format!(
+                "[[task]]\nentry_point = \"e{i}\"\ntypes = [\"timer\"]\n"
+            ));
+        }
+        let m = Manifest::from_toml(&text).unwrap();
+        assert_eq!(m.tasks().len(), MAX_TASKS);
+        assert_eq!(m.find("e9999").unwrap().entry_point, "e9999");
+        assert!(m.find("e10000").is_none());
+        text.push_str("[[task]]\nentry_point = \"one.more\"\ntypes = [\"timer\"]\n");
+        let e = Manifest::from_toml(&text).unwrap_err();
+        assert!(e.message().contains("at most 10000 entry points"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("btb.toml");
+        std::fs::write(&p, " ".repeat(MAX_MANIFEST_BYTES + 1)).unwrap();
+        let e = Manifest::load(&p).unwrap_err();
+        assert!(e.message().contains("the limit is 4194304 bytes"), "{e}");
     }
 
     #[test]

@@ -154,6 +154,7 @@ impl Shared {
                 .and_then(|spec| spec.next_after(now, &self.tz)),
             _ => None,
         }
+        .and_then(crate::clock::in_range)
     }
 
     /// The due time after `due` for a periodic trigger (drift-free: periodic due times advance
@@ -175,17 +176,21 @@ impl Shared {
                 one_shot: false,
             } => {
                 let period = i64::from(*freshness_minutes).max(1) * 60_000;
+                // Both bounded instants: no overflow. Past the last instant there is no next.
                 Some(due + period * ((missed - due).max(0) / period + 1))
+                    .and_then(crate::clock::in_range)
             }
             Trigger::Calendar { expression } => {
                 let spec = CalendarSpec::parse(expression).ok()?;
-                spec.next_after(due, &self.tz).and_then(|next| {
-                    if next > missed {
-                        Some(next)
-                    } else {
-                        spec.next_after(missed, &self.tz)
-                    }
-                })
+                spec.next_after(due, &self.tz)
+                    .and_then(|next| {
+                        if next > missed {
+                            Some(next)
+                        } else {
+                            spec.next_after(missed, &self.tz)
+                        }
+                    })
+                    .and_then(crate::clock::in_range)
             }
             _ => None,
         }
@@ -219,7 +224,18 @@ impl Shared {
             .collect();
         for (task_id, due) in timed {
             let record = Arc::clone(&st.tasks[&task_id]);
-            let due = due.or_else(|| self.first_due(&record.trigger, record.registered_at_ms));
+            let due = match due {
+                // A store written by hand (or by a clock gone wrong): no instant to wait for.
+                Some(d) if crate::clock::in_range(d).is_none() => {
+                    eprintln!(
+                        "btb: task {task_id} has a stored due time of {d} ms, outside years \
+                         1-9999: it will not fire until registered again"
+                    );
+                    None
+                }
+                Some(d) => Some(d),
+                None => self.first_due(&record.trigger, record.registered_at_ms),
+            };
             match due {
                 Some(due) if due <= now => {
                     // Missed while nothing ran: fire once (systemd Persistent=true).
@@ -511,6 +527,10 @@ impl Shared {
                 {
                     return Ok(h);
                 }
+                // The group's own handlers, wherever they were added (objects bound by use).
+                if let Some(h) = group.as_deref().and_then(crate::groups::handler) {
+                    return Ok(Handler::Call(h));
+                }
                 if let Some(h) = handlers.activation.get(&None) {
                     return Ok(h.clone());
                 }
@@ -704,6 +724,8 @@ impl Shared {
             ));
             self.notify_cv.notify_one();
         }
+        // `close` and `wait_idle` wait for this: with no handler to call, nothing else tells them.
+        self.change_cv.notify_all();
         self.dispatch(st, now);
     }
 

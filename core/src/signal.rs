@@ -18,7 +18,7 @@
 //! for the listener's lifetime, so two brokers starting at once cannot both remove and rebind the
 //! socket. The lock file stays after `Drop` (removing a lock file races with its next taker).
 
-use std::fs::{self, DirBuilder, File};
+use std::fs::{self, DirBuilder};
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
@@ -84,7 +84,7 @@ fn our_uid() -> u32 {
 use crate::manifest::check_app_id;
 
 /// Event names: 1–256 bytes of UTF-8 without control characters (so one fits one line).
-fn check_name(name: &str) -> std::result::Result<(), String> {
+pub(crate) fn check_name(name: &str) -> std::result::Result<(), String> {
     if name.is_empty() {
         return Err("event name is empty".to_owned());
     }
@@ -235,7 +235,7 @@ pub struct SignalListener {
     /// Device and inode of the socket file we bound, so `Drop` removes only our own file.
     socket_id: (u64, u64),
     /// Holds the exclusive `flock` on `<app_id>.sock.lock`; released (closed) last in `Drop`.
-    _lock: File,
+    _lock: crate::lockfile::FileLock,
 }
 
 impl std::fmt::Debug for SignalListener {
@@ -268,10 +268,13 @@ impl SignalListener {
             ))
         };
 
-        let lock = match crate::store::lock_beside(&path) {
-            Ok((lock, _)) => lock,
-            Err(crate::store::LockError::Held(_)) => return Err(already()),
-            Err(crate::store::LockError::Io(lock_path, e)) => {
+        let mut lock_path = path.clone().into_os_string();
+        lock_path.push(".lock");
+        let lock_path = PathBuf::from(lock_path);
+        let lock = match crate::lockfile::FileLock::open(&lock_path) {
+            Ok(lock) => lock,
+            Err(crate::lockfile::LockError::Held { .. }) => return Err(already()),
+            Err(crate::lockfile::LockError::Io(e)) => {
                 return Err(Error::state(format!(
                     "cannot lock {}: {e}",
                     lock_path.display()

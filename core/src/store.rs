@@ -1,17 +1,19 @@
 //! The embedded store (SPEC §7): one SQLite file per app id, WAL, a schema version with forward
 //! migrations, `synchronous=FULL` by default. A corrupt, foreign or newer-schema file is an error
-//! naming its path and is never written to. One system at a time holds a store (an exclusive
-//! `flock` on `<file>.lock`), so a second process gets a clear error instead of a second scheduler.
+//! naming its path and is never written to. One system at a time holds a store (an exclusive POSIX
+//! record lock on the database file, `lockfile.rs`), so a second system — through any path to the
+//! file, in any process — gets a clear error instead of a second scheduler.
 
-use std::fs::{DirBuilder, File, OpenOptions};
-use std::io::{ErrorKind as IoErrorKind, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::{DirBuilder, OpenOptions};
+use std::io::Read;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
+use crate::lockfile::{FileLock, LockError};
 use crate::model::{
     CancellationReason, RunRecord, SystemConditionType, TaskGroup, TaskOutcome, TaskRecord,
     Trigger, TriggerKind,
@@ -40,9 +42,11 @@ impl StoreLocation {
         }
     }
 
-    /// The default file for an app id.
+    /// The default file for an app id. A relative `XDG_STATE_HOME` is ignored, as the XDG Base
+    /// Directory spec requires (the store would otherwise move with the working directory).
     pub fn default_path(app_id: &str) -> Result<PathBuf> {
-        let base = match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        let xdg = std::env::var_os("XDG_STATE_HOME").filter(|v| Path::new(v).is_absolute());
+        let base = match xdg {
             Some(dir) => PathBuf::from(dir),
             None => match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
                 Some(home) => PathBuf::from(home).join(".local/state"),
@@ -55,33 +59,6 @@ impl StoreLocation {
             },
         };
         Ok(base.join("btb").join(app_id).join("btb.sqlite3"))
-    }
-}
-
-/// Why [`lock_beside`] failed.
-pub(crate) enum LockError {
-    /// Another open file description holds the lock.
-    Held(PathBuf),
-    Io(PathBuf, std::io::Error),
-}
-
-/// Takes an exclusive `flock` on `<path>.lock` (created 0600), held while the file stays open.
-pub(crate) fn lock_beside(path: &Path) -> std::result::Result<(File, PathBuf), LockError> {
-    let mut lock_path = path.as_os_str().to_owned();
-    lock_path.push(".lock");
-    let lock_path = PathBuf::from(lock_path);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&lock_path)
-        .map_err(|e| LockError::Io(lock_path.clone(), e))?;
-    match file.try_lock() {
-        Ok(()) => Ok((file, lock_path)),
-        Err(std::fs::TryLockError::WouldBlock) => Err(LockError::Held(lock_path)),
-        Err(std::fs::TryLockError::Error(e)) => Err(LockError::Io(lock_path, e)),
     }
 }
 
@@ -155,8 +132,8 @@ pub struct StoredTask {
 pub struct Store {
     conn: Connection,
     path: String,
-    // Held for the store's lifetime: dropping it releases the flock.
-    _lock: Option<File>,
+    // Held for the store's lifetime (declared after `conn`, so dropped after it).
+    _lock: Option<FileLock>,
 }
 
 impl std::fmt::Debug for Store {
@@ -189,9 +166,11 @@ impl Store {
 
     fn open_file(path: &Path, durability: Durability) -> Result<Store> {
         let shown = path.display().to_string();
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
-            && !dir.exists()
-        {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if !dir.exists() {
             DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
@@ -203,32 +182,89 @@ impl Store {
                     )
                 })?;
         }
-        let lock = Self::lock(path, &shown)?;
-        match OpenOptions::new()
+        // SQLite creates `-wal` and `-shm` files beside the store: say so now rather than let a
+        // read-only directory surface later as an unreadable database.
+        if let Err(e) = rustix::fs::access(dir, rustix::fs::Access::WRITE_OK) {
+            return Err(Error::store(
+                &shown,
+                format!(
+                    "cannot be used: its directory {} is not writable ({}); btb keeps its \
+                     write-ahead log beside the store",
+                    dir.display(),
+                    std::io::Error::from(e)
+                ),
+            ));
+        }
+        // Create the file (0600) if missing; read its head and link count through this descriptor.
+        let file = OpenOptions::new()
+            .read(true)
             .write(true)
-            .create_new(true)
+            .create(true)
+            .truncate(false)
             .mode(0o600)
             .open(path)
-        {
-            Ok(_) => {}
-            Err(e) if e.kind() == IoErrorKind::AlreadyExists => {
-                // SQLite takes a 1-byte file for an empty database (a work-around in its unix VFS)
-                // and would overwrite it: a non-empty file must start with the SQLite header.
-                let mut head = Vec::with_capacity(16);
-                File::open(path)
-                    .and_then(|f| f.take(16).read_to_end(&mut head))
-                    .map_err(|e| Error::store(&shown, format!("cannot read: {e}")))?;
-                if !head.is_empty() && head != b"SQLite format 3\0" {
-                    return Err(Error::store(
-                        &shown,
-                        "is corrupt or not a SQLite database (no SQLite header); left untouched",
-                    ));
-                }
-            }
-            Err(e) => return Err(Error::store(&shown, format!("cannot create: {e}"))),
+            .map_err(|e| {
+                Error::store(
+                    &shown,
+                    format!("cannot be opened for reading and writing: {e}"),
+                )
+            })?;
+        // SQLite takes a 1-byte file for an empty database (a work-around in its unix VFS) and would
+        // overwrite it: a non-empty file must start with the SQLite header.
+        let mut head = Vec::with_capacity(16);
+        (&file)
+            .take(16)
+            .read_to_end(&mut head)
+            .map_err(|e| Error::store(&shown, format!("cannot read: {e}")))?;
+        if !head.is_empty() && head != b"SQLite format 3\0" {
+            return Err(Error::store(
+                &shown,
+                "is corrupt or not a SQLite database (no SQLite header); left untouched",
+            ));
         }
+        // The lock and SQLite's write-ahead log are found by path: every path to the store must
+        // lead to one name. Symlinks do (the canonical path); hard links cannot, and SQLite warns
+        // that they corrupt databases (its WAL is named after the path used).
+        let links = file
+            .metadata()
+            .map_err(|e| Error::store(&shown, format!("cannot inspect: {e}")))?
+            .nlink();
+        if links > 1 {
+            return Err(Error::store(
+                &shown,
+                format!(
+                    "has {links} hard links; a store must have one (SQLite names its write-ahead \
+                     log after the path, so two names for one database corrupt it): remove the \
+                     other links or copy the file; left untouched"
+                ),
+            ));
+        }
+        drop(file);
+        let canonical = std::fs::canonicalize(path)
+            .map_err(|e| Error::store(&shown, format!("cannot resolve its path: {e}")))?;
+        let mut lock_path = canonical.clone().into_os_string();
+        lock_path.push(".lock");
+        let lock = match FileLock::open(Path::new(&lock_path)) {
+            Ok(lock) => lock,
+            Err(held @ LockError::Held { .. }) => {
+                return Err(Error::store(
+                    &shown,
+                    format!(
+                        "is in use by another btb system{}; one system at a time may open a store \
+                         (close the other one, or give this one another store)",
+                        held.holder()
+                    ),
+                ));
+            }
+            Err(LockError::Io(e)) => {
+                return Err(Error::store(
+                    &shown,
+                    format!("cannot lock {}: {e}", Path::new(&lock_path).display()),
+                ));
+            }
+        };
         let conn = Connection::open_with_flags(
-            path,
+            &canonical,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| Error::store(&shown, format!("cannot open: {e}")))?;
@@ -241,36 +277,32 @@ impl Store {
         Ok(store)
     }
 
-    /// Takes the exclusive lock that makes this system the store's one broker.
-    fn lock(path: &Path, shown: &str) -> Result<File> {
-        let mut file = match lock_beside(path) {
-            Ok((file, _)) => file,
-            Err(LockError::Held(lock_path)) => {
-                let holder = std::fs::read_to_string(&lock_path).unwrap_or_default();
-                let holder = holder.trim();
-                return Err(Error::store(
-                    shown,
-                    format!(
-                        "is in use by another btb system{}; one system at a time may open a store \
-                         (close the other one, or give this one another store)",
-                        if holder.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" (pid {holder})")
-                        }
-                    ),
-                ));
+    /// What a failed first read of the file means: busy (another process holds SQLite's lock),
+    /// not writable, or really not a database.
+    fn unreadable(&self, e: rusqlite::Error) -> Error {
+        use rusqlite::ErrorCode as C;
+        let code = e.sqlite_error_code();
+        let why = match code {
+            Some(C::DatabaseBusy | C::DatabaseLocked) => {
+                // SQLite's locks are POSIX locks on the database file: ask the kernel who holds one.
+                let pid = std::fs::File::open(&self.path)
+                    .ok()
+                    .and_then(|f| crate::lockfile::holder(&f, 0, 0));
+                format!(
+                    "is locked by another process{} that is not a btb broker of it ({e}); \
+                     left untouched",
+                    pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+                )
             }
-            Err(LockError::Io(lock_path, e)) => {
-                return Err(Error::store(
-                    shown,
-                    format!("cannot lock {}: {e}", lock_path.display()),
-                ));
+            Some(C::CannotOpen | C::ReadOnly | C::PermissionDenied) => {
+                format!("cannot be opened for writing ({e}); left untouched")
             }
+            Some(C::NotADatabase | C::DatabaseCorrupt) => {
+                format!("is corrupt or not a SQLite database ({e}); left untouched")
+            }
+            _ => format!("cannot be read ({e}); left untouched"),
         };
-        let _ = file.set_len(0);
-        let _ = writeln!(file, "{}", std::process::id());
-        Ok(file)
+        Error::store(&self.path, why)
     }
 
     /// Checks what the file is before changing anything, then sets pragmas and migrates.
@@ -282,12 +314,7 @@ impl Store {
                 .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")?;
             stmt.query_map([], |r| r.get(0))?.collect()
         })()
-        .map_err(|e| {
-            Error::store(
-                &path,
-                format!("is corrupt or not a SQLite database ({e}); left untouched"),
-            )
-        })?;
+        .map_err(|e| self.unreadable(e))?;
         let version = if tables.iter().any(|t| t == "btb_schema") {
             self.conn
                 .query_row("SELECT version FROM btb_schema", [], |r| r.get::<_, i64>(0))

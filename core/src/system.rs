@@ -346,6 +346,11 @@ impl System {
                 ),
             }
         }
+        {
+            let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
+            open.retain(|w| w.strong_count() > 0);
+            open.push(Arc::downgrade(&shared));
+        }
         let owner = Arc::new(Owner(Arc::downgrade(&shared)));
         Ok(System {
             shared,
@@ -467,6 +472,7 @@ impl System {
                 .unwrap_or_else(|p| p.into_inner());
             validate(builder, &self.shared.manifest, &self.shared.policy, |g| {
                 handlers.activation.contains_key(&g.map(str::to_owned))
+                    || g.is_some_and(crate::groups::has_handler)
             })?
         };
         let group_id = builder.task_group.as_ref().map(|g| g.id.as_str());
@@ -705,7 +711,10 @@ impl System {
     }
 
     /// Signals a custom event in this system (other processes use [`crate::signal::signal_event`]).
+    /// The name follows the rule of the control socket (1–256 bytes, no control character), so a
+    /// name is accepted or refused alike in-process and from another process.
     pub fn signal_event(&self, trigger_id: &str) -> Result<usize> {
+        crate::signal::check_name(trigger_id).map_err(Error::invalid)?;
         self.fire_event(&EventKey::Custom(trigger_id.to_owned()))
     }
 
@@ -917,6 +926,74 @@ impl Registration {
 }
 
 static DEFAULT: Mutex<Option<System>> = Mutex::new(None);
+
+/// The systems opened in this process (an application trigger finds its registrations here).
+static OPEN: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
+
+/// Fires application trigger `trigger_id` wherever its registrations live (WinRT
+/// `ApplicationTrigger.RequestAsync`; SPEC §9, objects are bound by use): in every open system of
+/// this process that holds a registration made with it. When none does, the default system is
+/// asked if one is set or configured (`BTB_MANIFEST`); otherwise the answer is `UNKNOWN_ERROR`
+/// (no registration holds the trigger).
+///
+/// With several systems: `ALLOWED` if it fired in any, else the first of `CURRENTLY_RUNNING`,
+/// `DISABLED_BY_POLICY`, `UNKNOWN_ERROR` that one of them answered; an error only if every system
+/// failed (the first error).
+pub fn request_application_trigger(
+    trigger_id: &Uuid,
+    arguments: Option<serde_json::Value>,
+) -> Result<ApplicationTriggerResult> {
+    let key = EventKey::Application(*trigger_id);
+    let holders: Vec<System> = {
+        let open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
+        open.iter().filter_map(Weak::upgrade).collect::<Vec<_>>()
+    }
+    .into_iter()
+    .filter(|shared| {
+        shared
+            .open_state()
+            .is_ok_and(|st| st.by_event.contains_key(&key))
+    })
+    .map(|shared| System {
+        shared,
+        _owner: None,
+    })
+    .collect();
+    if holders.is_empty() {
+        let configured = DEFAULT
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+            || std::env::var_os("BTB_MANIFEST").is_some_and(|v| !v.is_empty());
+        return if configured {
+            default_system()?.request(trigger_id, arguments)
+        } else {
+            Ok(ApplicationTriggerResult::UnknownError)
+        };
+    }
+    use ApplicationTriggerResult as R;
+    let mut answers = Vec::new();
+    let mut first_error = None;
+    for system in holders {
+        match system.request(trigger_id, arguments.clone()) {
+            Ok(answer) => answers.push(answer),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    for wanted in [
+        R::Allowed,
+        R::CurrentlyRunning,
+        R::DisabledByPolicy,
+        R::UnknownError,
+    ] {
+        if answers.contains(&wanted) {
+            return Ok(wanted);
+        }
+    }
+    Err(first_error.expect("every holder answered or failed"))
+}
 
 /// Sets (or clears) the default system used by `register` without a system.
 pub fn set_default_system(system: Option<System>) {

@@ -110,7 +110,7 @@ fn child_writer() {
         Ok("normal") => Durability::Normal,
         _ => Durability::Full,
     };
-    let clock = ManualClock::new(T0);
+    let clock = ManualClock::new(T0).unwrap();
     let system = open(Path::new(&path), durability, &clock);
     let mut out = std::io::stdout().lock();
     for n in 0..WRITER_LIMIT {
@@ -225,7 +225,7 @@ fn kill_writer_and_check(kill_after: usize, mode: &str) {
             if acked.len() == 1 {
                 // Another process opening the store while the writer holds it gets a clear
                 // error naming the holder, and does not touch the store.
-                let clock = ManualClock::new(T0);
+                let clock = ManualClock::new(T0).unwrap();
                 let other = System::open(options(
                     StoreLocation::File(path.clone()),
                     &clock,
@@ -266,7 +266,7 @@ fn kill_writer_and_check(kill_after: usize, mode: &str) {
     );
 
     // The store opens (the kill released the lock) and loads every row without error.
-    let clock = ManualClock::new(T0);
+    let clock = ManualClock::new(T0).unwrap();
     let system = open(&path, Durability::Full, &clock);
     let stored = everything(&system);
     eprintln!(

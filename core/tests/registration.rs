@@ -170,7 +170,7 @@ fn a_group_handler_serves_only_its_own_group_and_the_system_handler_serves_all()
 #[test]
 fn a_task_without_entry_point_needs_no_manifest_declaration() {
     // With a handler, the entry-point and task-type checks do not apply at all.
-    let clock = btb_core::ManualClock::new(T0);
+    let clock = btb_core::ManualClock::new(T0).unwrap();
     let mut opts = options(StoreLocation::Memory, &clock, Policy::default());
     opts.manifest = Some(Manifest::new("org.example.empty", "1").unwrap());
     let system = System::open(opts).unwrap();
@@ -245,7 +245,7 @@ fn each_trigger_kind_needs_its_task_type() {
             .declare(TaskDeclaration::new(&format!("only.{}", ty.name()), &[ty.name()]).unwrap())
             .unwrap();
     }
-    let clock = btb_core::ManualClock::new(T0);
+    let clock = btb_core::ManualClock::new(T0).unwrap();
     let mut opts = options(StoreLocation::Memory, &clock, Policy::default());
     opts.manifest = Some(manifest);
     let system = System::open(opts).unwrap();
@@ -373,7 +373,7 @@ fn a_test_policy_lowers_the_minimum_visibly() {
 
     // Out-of-range policies are refused when the system opens.
     for bad in [0, 43_201] {
-        let clock = btb_core::ManualClock::new(T0);
+        let clock = btb_core::ManualClock::new(T0).unwrap();
         let policy = Policy {
             min_freshness_minutes: bad,
             ..Policy::default()

@@ -563,7 +563,7 @@ fn a_canceled_handler_added_after_the_cancellation_is_called_at_once_and_can_be_
 fn close_cancels_with_terminating_waits_at_most_grace_and_records_canceled() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("close.sqlite3");
-    let clock = ManualClock::new(T0);
+    let clock = ManualClock::new(T0).unwrap();
     let app_id = "org.example.rt.close";
     let pol = Policy {
         grace_ms: 200,
@@ -681,4 +681,24 @@ fn a_queued_instance_hears_its_cancellation_through_the_pull_queue() {
             .unwrap()
             .is_none()
     );
+}
+
+#[test]
+fn close_returns_once_the_canceled_tasks_end_without_completed_handlers() {
+    // Regression: with no completed handler to call, the end of a run woke nothing, so close
+    // waited out the whole grace (5 s by default) for a task that stopped at once.
+    let rig = Rig::open(Policy {
+        grace_ms: 600_000, // ten minutes: waiting it out would miss DEADLINE by far
+        ..policy()
+    });
+    let (b, _) = app_task("polite");
+    let polite = rig.register(&b);
+    let (body, polite_rx) = report_and_wait_for_cancel();
+    rig.router.on("polite", body);
+    polite.request(None).unwrap();
+    recv(&polite_rx, "polite instance");
+    let (tx, closed) = mpsc::channel();
+    let sys = rig.sys.clone();
+    std::thread::spawn(move || tx.send(sys.close()).unwrap());
+    recv(&closed, "close to return once the task ended").unwrap();
 }

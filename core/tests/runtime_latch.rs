@@ -428,3 +428,15 @@ fn maintenance_trigger_runs_only_on_ac_power_and_is_aborted_when_ac_is_lost() {
     assert_eq!(run.started_ms, T0 + 30 * MIN);
     rig.idle();
 }
+
+#[test]
+fn in_process_event_names_follow_the_socket_rule() {
+    // Regression: the in-process path accepted a 1 MB or NUL-containing name (and fired nothing)
+    // while the control socket refused it. One rule for both: 1-256 bytes, no control character.
+    let rig = Rig::open(policy());
+    for bad in ["", "a\0b", "a\nb", &"x".repeat(257), &"x".repeat(1 << 20)] {
+        let err = rig.sys.signal_event(bad).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{bad:.20?}");
+    }
+    assert_eq!(rig.sys.signal_event(&"x".repeat(256)).unwrap(), 0);
+}

@@ -24,7 +24,7 @@ impl Store {
             _dir: dir,
             path,
             app_id: format!("org.example.rt.{tag}.p{}", std::process::id()),
-            clock: ManualClock::new(T0),
+            clock: ManualClock::new(T0).unwrap(),
         }
     }
 

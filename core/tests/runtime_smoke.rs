@@ -14,7 +14,7 @@ fn system() -> (System, ManualClock) {
         .unwrap();
     m.declare(TaskDeclaration::new("t.App", &["general"]).unwrap())
         .unwrap();
-    let clock = ManualClock::new(T0);
+    let clock = ManualClock::new(T0).unwrap();
     let policy = Policy {
         min_freshness_minutes: 1,
         timer_window_seconds: 0,

@@ -268,3 +268,53 @@ fn a_window_as_long_as_the_period_still_runs_every_period() {
         "minutes after registration"
     );
 }
+
+/// Opens a rig on a manual clock standing at `start_ms`.
+fn rig_at(start_ms: i64, store: StoreLocation) -> Rig {
+    let clock = ManualClock::new(start_ms).unwrap();
+    let sys = System::open(options("org.example.rt.end", "1", store, &clock, policy())).unwrap();
+    Rig::attach(sys, clock)
+}
+
+#[test]
+fn at_the_end_of_time_a_periodic_timer_fires_once_and_then_never() {
+    // Regression: due times near i64::MAX wrapped negative and a task ran twice without time
+    // moving. Instants are bounded to years 1-9999; a next due time past that is none.
+    let rig = rig_at(clock::MAX_INSTANT_MS - MIN, StoreLocation::Memory);
+    let reg = rig.register(&task("last", time(1, false)));
+    assert_eq!(reg.next_due_ms(), Some(clock::MAX_INSTANT_MS));
+    rig.advance_idle(MIN);
+    rig.next_start();
+    assert_eq!(reg.next_due_ms(), None);
+    rig.advance_idle(0);
+    rig.no_start();
+    let err = rig.clock.advance_ms(1).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert_eq!(rig.clock.now_ms(), clock::MAX_INSTANT_MS);
+    // A timer registered now has no due time at all.
+    let late = rig.register(&task("later", time(1, true)));
+    assert_eq!(late.next_due_ms(), None);
+}
+
+#[test]
+fn a_stored_due_time_past_the_end_of_time_is_never_planned() {
+    // Regression: a hand-edited next_due_ms = i64::MAX overflowed the wake-up computation and the
+    // broker spun at ~95 % CPU. Such a due time is dropped at load (with a message).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("end.sqlite3");
+    let rig = rig_at(T0, StoreLocation::File(path.clone()));
+    let id = rig.register(&task("edited", time(15, false))).task_id();
+    rig.sys.close().unwrap();
+    drop(rig);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let changed = conn
+        .execute("UPDATE registrations SET next_due_ms = ?1", [i64::MAX])
+        .unwrap();
+    assert_eq!(changed, 1);
+    drop(conn);
+    let rig = rig_at(T0, StoreLocation::File(path));
+    let reg = rig.sys.find(&id).unwrap();
+    assert_eq!(reg.next_due_ms(), None);
+    rig.advance_idle(60 * MIN);
+    rig.no_start();
+}

@@ -88,7 +88,7 @@ fn reopening_sees_every_field_of_every_registration() {
     use SystemConditionType as C;
     let dir = tempfile::tempdir().unwrap();
     let path = store_in(dir.path());
-    let clock = ManualClock::new(T0);
+    let clock = ManualClock::new(T0).unwrap();
     let open = |durability| {
         let policy = Policy {
             durability,
@@ -521,4 +521,138 @@ fn a_directory_where_the_file_should_be_is_a_store_error() {
     );
     assert!(path.is_dir());
     assert_eq!(std::fs::read_dir(&path).unwrap().count(), 0);
+}
+
+#[test]
+fn every_path_to_a_store_meets_its_one_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = make_store(dir.path());
+    let first = file_system(&path).unwrap();
+    let a = first.register(&builder("a")).unwrap();
+    // A symlink to the file, and the file through a symlinked directory.
+    let link = dir.path().join("alias.sqlite3");
+    std::os::unix::fs::symlink(&path, &link).unwrap();
+    let dir_link = dir.path().join("dir-alias");
+    std::os::unix::fs::symlink(dir.path(), &dir_link).unwrap();
+    for alias in [link.clone(), dir_link.join("btb.sqlite3")] {
+        expect_err(
+            file_system(&alias),
+            ErrorKind::Store,
+            &["in use", &format!("pid {}", std::process::id())],
+        );
+    }
+    drop(first);
+    // Once the broker is gone, any path opens the same registrations.
+    let second = file_system(&link).unwrap();
+    assert!(
+        second.find(&a.task_id()).is_ok(),
+        "the alias opened another store"
+    );
+}
+
+#[test]
+fn a_hard_linked_store_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = make_store(dir.path());
+    std::fs::hard_link(&path, dir.path().join("second-name.sqlite3")).unwrap();
+    refused_untouched(&path, &["2 hard links", "left untouched"]);
+}
+
+/// Runs `script` in a real Python process with `path` as `sys.argv[1]`; returns once it printed
+/// its first line (the child keeps running until its stdin closes).
+fn python_holding(path: &Path, script: &str) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "holding", "{line}");
+    child
+}
+
+#[test]
+fn a_store_locked_by_another_process_says_so_not_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = make_store(dir.path());
+    let mut holder = python_holding(
+        &path,
+        "import sqlite3, sys\n\
+         c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+         c.execute('PRAGMA locking_mode=EXCLUSIVE'); c.execute('BEGIN EXCLUSIVE')\n\
+         print('holding', flush=True); sys.stdin.read()",
+    );
+    let err = refused_untouched(
+        &path,
+        &[
+            "locked by another process",
+            &format!("(pid {})", holder.id()),
+        ],
+    );
+    assert!(!err.contains("corrupt"), "{err}");
+    drop(holder.stdin.take());
+    holder.wait().unwrap();
+    file_system(&path).unwrap();
+}
+
+/// The child half of `a_store_in_a_read_only_directory_says_so` (run by it, as an unprivileged
+/// user when the tests run as root: root writes to read-only directories).
+#[test]
+#[ignore = "a child process of a_store_in_a_read_only_directory_says_so"]
+fn read_only_directory_child() {
+    let path = PathBuf::from(std::env::var_os("BTB_TEST_STORE").unwrap());
+    let err = expect_err(
+        file_system(&path),
+        ErrorKind::Store,
+        &[
+            "is not writable",
+            &path.parent().unwrap().display().to_string(),
+        ],
+    );
+    assert!(!err.message().contains("corrupt"), "{}", err.message());
+}
+
+#[test]
+fn a_store_in_a_read_only_directory_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = make_store(dir.path());
+    let before = snapshot(dir.path());
+    let root = rustix::process::getuid().is_root();
+    let mut child = std::process::Command::new(if root { "setpriv" } else { "env" });
+    if root {
+        // The directory stays root's (0755); the store and the temporary root become nobody's.
+        let nobody = 65534;
+        for p in [&path, dir.path()] {
+            std::os::unix::fs::chown(p, Some(nobody), Some(nobody)).unwrap();
+        }
+        let sub = dir.path().join("ro");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::rename(&path, sub.join("btb.sqlite3")).unwrap();
+        child.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+        child.env("BTB_TEST_STORE", sub.join("btb.sqlite3"));
+    } else {
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o555)).unwrap();
+        child.env("BTB_TEST_STORE", &path);
+    }
+    let status = child
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "read_only_directory_child",
+            "--quiet",
+        ])
+        .status()
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(status.success(), "the child saw another error");
+    if !root {
+        assert_eq!(snapshot(dir.path()), before, "the refused open wrote");
+    }
 }

@@ -62,7 +62,7 @@ fn mode(path: &Path) -> u32 {
 }
 
 fn open_default(app_id_manifest: btb_core::Manifest) -> btb_core::Result<System> {
-    let clock = ManualClock::new(T0);
+    let clock = ManualClock::new(T0).unwrap();
     let mut opts = options(StoreLocation::Default, &clock, Policy::default());
     opts.manifest = Some(app_id_manifest);
     System::open(opts)
@@ -193,4 +193,21 @@ fn the_default_system_comes_from_btb_manifest_and_btb_store() {
     assert_eq!(reopened.all_tasks().unwrap().len(), 1);
     reopened.close().unwrap();
     set_default_system(None);
+}
+
+#[test]
+fn a_relative_xdg_state_home_is_ignored() {
+    // The XDG Base Directory spec: relative paths are invalid and must be ignored — else the store
+    // would move with the working directory.
+    let env = Env::take();
+    let home = tempfile::tempdir().unwrap();
+    env.set("HOME", Some(home.path()));
+    env.set("XDG_STATE_HOME", Some(Path::new("relative/state")));
+    assert_eq!(
+        StoreLocation::default_path(APP_ID).unwrap(),
+        home.path()
+            .join(".local/state/btb")
+            .join(APP_ID)
+            .join("btb.sqlite3")
+    );
 }

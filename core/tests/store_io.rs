@@ -174,7 +174,7 @@ unsafe extern "C" fn shim_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_
 }
 
 fn open(path: &Path, durability: Durability) -> btb_core::Result<System> {
-    let clock = ManualClock::new(T0);
+    let clock = ManualClock::new(T0).unwrap();
     let policy = Policy {
         durability,
         ..Policy::default()

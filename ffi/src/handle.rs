@@ -4,7 +4,8 @@
 //! including a double free — and btb never dereferences what C passes in.
 //!
 //! Layout of a handle value (64-bit): `0xB` magic (4 bits) | type tag (4) | generation (24) |
-//! index (32). Real user-space pointers never carry the magic nibble.
+//! index (32). Real user-space pointers never carry the magic nibble. A slot whose 2^24
+//! generations are used up is retired rather than wrapped, so no freed handle ever comes back.
 
 use std::ffi::c_void;
 use std::sync::Mutex;
@@ -102,24 +103,41 @@ fn table() -> std::sync::MutexGuard<'static, Table> {
     TABLE.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+impl Table {
+    /// Puts `object` in a free slot (or a new one); returns `(index, generation)`.
+    fn put(&mut self, object: Object) -> (u32, u32) {
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    object: None,
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slot = &mut self.slots[index as usize];
+        slot.object = Some(object);
+        (index, slot.generation)
+    }
+
+    /// Empties a checked slot. A slot whose generation is used up is retired, never reused: a
+    /// generation that wrapped around would bring a freed handle back to life.
+    fn take(&mut self, index: usize) -> Option<Object> {
+        let slot = &mut self.slots[index];
+        let object = slot.object.take();
+        if slot.generation < GEN_MASK {
+            slot.generation += 1;
+            self.free.push(index as u32);
+        }
+        object
+    }
+}
+
 /// Registers an object and returns its handle.
 pub(crate) fn insert<H: Handle>(inner: H::Inner) -> *mut H {
-    let object = H::wrap(inner);
-    let mut t = table();
-    let index = match t.free.pop() {
-        Some(i) => i,
-        None => {
-            t.slots.push(Slot {
-                generation: 0,
-                object: None,
-            });
-            (t.slots.len() - 1) as u32
-        }
-    };
-    let slot = &mut t.slots[index as usize];
-    slot.object = Some(object);
-    let value =
-        (MAGIC << 60) | (H::TAG << 56) | (u64::from(slot.generation) << 32) | u64::from(index);
+    let (index, generation) = table().put(H::wrap(inner));
+    let value = (MAGIC << 60) | (H::TAG << 56) | (u64::from(generation) << 32) | u64::from(index);
     value as usize as *mut H
 }
 
@@ -186,11 +204,7 @@ pub(crate) fn free<H: Handle>(ptr: *mut H) -> Result<Option<H::Inner>> {
     let object = {
         let mut t = table();
         check::<H>(&t, value, index, generation)?;
-        let slot = &mut t.slots[index];
-        slot.generation = (slot.generation + 1) & GEN_MASK;
-        let object = slot.object.take();
-        t.free.push(index as u32);
-        object
+        t.take(index)
     };
     Ok(object.and_then(|o| H::unwrap(&o).cloned()))
 }
@@ -221,3 +235,39 @@ pub(crate) struct UserData(pub *mut c_void);
 unsafe impl Send for UserData {}
 // SAFETY: as above.
 unsafe impl Sync for UserData {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(t: &Table, index: u32, generation: u32) -> bool {
+        let slot = &t.slots[index as usize];
+        slot.object.is_some() && slot.generation == generation
+    }
+
+    #[test]
+    fn a_slot_whose_generations_are_used_up_is_retired() {
+        // Regression: generations wrapped after 2^24 cycles of one slot, and the first handle
+        // ever made from it was live again (a double free then freed someone else's object).
+        let mut t = Table {
+            slots: Vec::new(),
+            free: Vec::new(),
+        };
+        let (first, g0) = t.put(Object::Condition(1));
+        assert_eq!(g0, 0);
+        t.take(first as usize);
+        t.slots[first as usize].generation = GEN_MASK - 1; // as after 2^24 - 2 more cycles
+        let (again, g) = t.put(Object::Condition(2));
+        assert_eq!((again, g), (first, GEN_MASK - 1));
+        t.take(again as usize);
+        let (last, g) = t.put(Object::Condition(3));
+        assert_eq!((last, g), (first, GEN_MASK));
+        t.take(last as usize);
+        // Every later object lands elsewhere; the first handle stays dead.
+        for n in 0..4 {
+            let (index, _) = t.put(Object::Condition(n));
+            assert_ne!(index, first);
+            assert!(!live(&t, first, g0));
+        }
+    }
+}

@@ -324,6 +324,55 @@ pub extern "C" fn btb_task_group_new(
     })
 }
 
+/// Adds a background-activated handler to the task group (WinRT
+/// `BackgroundTaskRegistrationGroup.BackgroundActivated`): it runs the group's registered tasks
+/// that have no entry point, in every system of this process where a registration names the group —
+/// whether added before or after the registration (objects are bound by use). Several handlers of
+/// one group run in the order added, with one instance; the first to report a failure ends the run.
+/// A system's own handler for the group (`btb_system_set_background_activated` with the group id)
+/// is asked first. `handler` runs on a btb worker thread with a borrowed instance; `user_data` is
+/// passed back as given (btb never dereferences it) until the handler is removed.
+/// On success `*out_token` (may be NULL) names the handler for
+/// `btb_task_group_remove_background_activated`.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT` (group or handler), `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_task_group_add_background_activated(
+    group: *const btb_task_group,
+    handler: crate::instance::btb_run_fn,
+    user_data: *mut c_void,
+    out_token: *mut u64,
+) -> btb_status {
+    guard(|| {
+        let g = handle::get(group, "group")?;
+        let f = handler.ok_or_else(|| Error::new(ErrorKind::NullArgument, "handler is NULL"))?;
+        let btb_core::Handler::Call(run) = crate::instance::run_handler(f, user_data) else {
+            unreachable!("run_handler makes a call handler")
+        };
+        let token = btb_core::groups::add_background_activated(&g.group.id, run);
+        if !out_token.is_null() {
+            write(out_token, token);
+        }
+        Ok(())
+    })
+}
+
+/// Removes a handler added with `btb_task_group_add_background_activated`; once this returns,
+/// runs that had not started no longer call it (a run already going finishes).
+/// Errors: `BTB_ERROR_NOT_FOUND` (no handler has that token). Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_task_group_remove_background_activated(token: u64) -> btb_status {
+    guard(|| {
+        if btb_core::groups::remove_background_activated(token).is_some() {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorKind::NotFound,
+                format!("no background-activated handler has token {token}"),
+            ))
+        }
+    })
+}
+
 fn read_group<T>(
     group: *const btb_task_group,
     out: *mut T,

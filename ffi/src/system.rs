@@ -224,14 +224,15 @@ pub extern "C" fn btb_system_options_set_store(
 
 /// Uses a manual clock standing at `start_unix_ms` (milliseconds since the Unix epoch, UTC) instead
 /// of the real clock: time then moves only by `btb_system_advance_clock`.
-/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
+/// (`start_unix_ms` outside years 1–9999 UTC). Thread-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn btb_system_options_set_manual_clock(
     options: *mut btb_system_options,
     start_unix_ms: i64,
 ) -> btb_status {
     edit(options, |o| {
-        o.clock = Clock::Manual(ManualClock::new(start_unix_ms));
+        o.clock = Clock::Manual(ManualClock::new(start_unix_ms)?);
         Ok(())
     })
 }
@@ -484,8 +485,8 @@ pub extern "C" fn btb_system_now_ms(system: *const btb_system, out: *mut i64) ->
 
 /// Moves a manual clock forward by `ms` milliseconds.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
-/// (negative `ms`: time never runs backwards), `BTB_ERROR_STATE` (the system uses the real clock).
-/// Thread-safe.
+/// (negative `ms`: time never runs backwards; or a move past year 9999, which leaves the clock
+/// where it was), `BTB_ERROR_STATE` (the system uses the real clock). Thread-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn btb_system_advance_clock(system: *mut btb_system, ms: i64) -> btb_status {
     guard(|| {
@@ -611,9 +612,11 @@ pub extern "C" fn btb_system_raise_event(
 }
 
 /// Signals the custom event `name` in this system (custom-event triggers with that id fire).
-/// Other processes use `btb_signal_event`. Writes how many registrations fired to `*out_fired`
-/// (may be NULL). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`,
-/// `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_STATE`. Thread-safe.
+/// Other processes use `btb_signal_event`; `name` follows the same rule here as there (1–256
+/// bytes, no control character). Writes how many registrations fired to `*out_fired` (may be
+/// NULL). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
+/// `BTB_ERROR_INVALID_ARGUMENT` (empty, too long or with a control character),
+/// `BTB_ERROR_STATE`. Thread-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn btb_system_signal_event(
     system: *mut btb_system,
@@ -632,6 +635,8 @@ pub extern "C" fn btb_system_signal_event(
 
 /// Signals the custom event `name` to the running broker of app `app_id`, from any process of the
 /// same user, through its socket under `$XDG_RUNTIME_DIR/btb/`. Returns once the broker has it.
+/// Only systems with a file store listen there: an in-memory (`:memory:`) system has no control
+/// socket, so its custom events come only from `btb_system_signal_event`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_INVALID_ARGUMENT` (bad app
 /// id or name), `BTB_ERROR_NOT_FOUND` (no broker of that app runs), `BTB_ERROR_POLICY` (the socket
 /// belongs to another user), `BTB_ERROR_STATE` (no answer). Thread-safe.
@@ -770,8 +775,10 @@ pub extern "C" fn btb_system_next_event(
 }
 
 /// Fires the registrations made with application trigger `trigger` (Windows
-/// `ApplicationTrigger.RequestAsync`) in `system` (NULL: the default system), with `arguments` (a
-/// JSON object text, or NULL) as their trigger details. Writes a `BTB_APPLICATION_TRIGGER_*` result
+/// `ApplicationTrigger.RequestAsync`), with `arguments` (a JSON object text, or NULL) as their
+/// trigger details. With `system` NULL, the trigger fires wherever its registrations live: in every
+/// open system of this process that holds one (objects are bound by use; the default system is
+/// asked only when none does). A non-NULL `system` narrows the request to that system. Writes a `BTB_APPLICATION_TRIGGER_*` result
 /// to `*out`: ALLOWED (exactly one run follows), CURRENTLY_RUNNING (a run is going or pending; nothing is
 /// queued), DISABLED_BY_POLICY, or UNKNOWN_ERROR (no
 /// registration holds the trigger).
@@ -792,14 +799,14 @@ pub extern "C" fn btb_application_trigger_request(
             return Err(Error::invalid("the trigger is not an application trigger"));
         };
         let args = parse_arguments(arguments)?;
-        let system = if system.is_null() {
-            btb_core::default_system()?
+        let result = if system.is_null() {
+            btb_core::request_application_trigger(&id, args)?
         } else {
             handle::get(system as *const btb_system, "system")?
                 .system
-                .clone()
+                .request(&id, args)?
         };
-        write(out, system.request(&id, args)? as u32);
+        write(out, result as u32);
         Ok(())
     })
 }

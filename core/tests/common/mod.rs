@@ -49,14 +49,14 @@ pub fn memory_system() -> (System, ManualClock) {
 }
 
 pub fn memory_system_with(policy: Policy) -> (System, ManualClock) {
-    let clock = ManualClock::new(T0);
+    let clock = ManualClock::new(T0).unwrap();
     let system = System::open(options(StoreLocation::Memory, &clock, policy)).unwrap();
     (system, clock)
 }
 
 /// A system on a store file, manual clock at [`T0`], default policy.
 pub fn file_system(path: &Path) -> Result<System> {
-    let clock = ManualClock::new(T0);
+    let clock = ManualClock::new(T0).unwrap();
     System::open(options(
         StoreLocation::File(path.to_owned()),
         &clock,

@@ -159,7 +159,7 @@ pub struct Rig {
 
 impl Rig {
     pub fn open(policy: Policy) -> Rig {
-        let clock = ManualClock::new(T0);
+        let clock = ManualClock::new(T0).unwrap();
         let sys = System::open(options(
             "org.example.rt",
             "1",
