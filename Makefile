@@ -95,6 +95,7 @@ install: lib
 	sed -e 's|@VERSION@|$(VERSION)|; s|@MAJOR@|$(MAJOR)|' packaging/btbConfigVersion.cmake.in > $(DESTDIR)$(LIBDIR)/cmake/btb/btbConfigVersion.cmake
 
 lint:
+	@{ $(CARGO) fmt --version && $(CARGO) clippy --version; } >/dev/null 2>&1 || rustup component add rustfmt clippy
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 

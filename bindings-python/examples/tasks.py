@@ -84,7 +84,7 @@ def main() -> int:
         export_task.add_progress(on_progress)
         export_task.add_completed(on_completed)
 
-        result = trigger.request({"format": "md", "notes": ["groceries", "ideas", "todo"]}, system)
+        result = trigger.request({"format": "md", "notes": ["groceries", "ideas", "todo"]})
         say(f"request: {result.name}")
         system.wait_idle(10)
 

@@ -187,6 +187,13 @@ fn runtime_tests_pass_under_valgrind() {
     runtime_tests(VALGRIND, &[]);
 }
 
+/// Microsoft's BackgroundTask sample, transliterated to C (`tests/c/test_windows_sample.c`).
+#[test]
+fn the_windows_background_task_sample_ports_line_by_line() {
+    c_tests("test_windows_sample", 40, &[], &[]);
+    c_tests("test_windows_sample", 40, &[], ASAN);
+}
+
 #[test]
 fn c_example_registers_lists_fails_and_unregisters() {
     let scratch = tempfile::tempdir().unwrap();
