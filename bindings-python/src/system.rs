@@ -21,8 +21,8 @@ use crate::errors::{OrRaise, invalid};
 use crate::manifest::Manifest;
 use crate::policy::{ManualClock, Policy};
 use crate::runtime::{
-    RunRecord, Slot, WeakSystem, check_target, completed_handler, progress_handler,
-    group_run_fn, request_in_executor, resolver, run_handler, weak_system,
+    RunRecord, Slot, WeakSystem, check_target, completed_handler, group_run_fn, progress_handler,
+    request_in_executor, resolver, run_handler, weak_system,
 };
 use crate::trigger::{IBackgroundTrigger, SystemCondition};
 

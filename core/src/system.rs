@@ -960,10 +960,7 @@ pub fn request_application_trigger(
     })
     .collect();
     if holders.is_empty() {
-        let configured = DEFAULT
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some()
+        let configured = DEFAULT.lock().unwrap_or_else(|p| p.into_inner()).is_some()
             || std::env::var_os("BTB_MANIFEST").is_some_and(|v| !v.is_empty());
         return if configured {
             default_system()?.request(trigger_id, arguments)
