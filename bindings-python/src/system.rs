@@ -745,7 +745,7 @@ impl BackgroundTaskRegistration {
 
     #[getter]
     fn trigger<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        IBackgroundTrigger::to_object(py, self.inner.trigger())
+        IBackgroundTrigger::to_object(py, &self.inner.trigger())
     }
 
     #[getter]

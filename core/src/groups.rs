@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
-use crate::instance::{Instance, RunFn};
+use crate::broker::{Instance, RunFn};
 
 struct Registry {
     next_token: u64,

@@ -2,16 +2,16 @@
 //! validation, manifest, store and system handle. No FFI and no Python live here.
 #![forbid(unsafe_code)]
 
+mod broker;
 pub mod calendar;
 pub mod clock;
 pub mod error;
 pub mod groups;
-pub mod instance;
 mod lockfile;
 pub mod manifest;
 pub mod model;
 pub mod policy;
-pub mod runtime;
+mod registry;
 pub mod signal;
 pub mod source;
 pub mod store;
@@ -19,9 +19,9 @@ pub mod system;
 pub mod validate;
 mod wake;
 
+pub use broker::{CanceledFn, Completion, Deferral, Event, Handler, Instance, RunFn};
 pub use clock::{Clock, ManualClock};
 pub use error::{Error, ErrorKind, Result};
-pub use instance::{CanceledFn, Completion, Deferral, Handler, Instance, RunFn};
 pub use manifest::{Manifest, TaskDeclaration};
 pub use model::{
     ApplicationTriggerResult, BackgroundWorkCostValue, Builder, CancellationReason,
@@ -29,7 +29,6 @@ pub use model::{
     TaskOutcome, TaskRecord, TaskType, Trigger, TriggerKind,
 };
 pub use policy::{Durability, Policy};
-pub use runtime::Event;
 pub use store::{Store, StoreLocation};
 pub use system::{
     CompletedFn, ProgressFn, Registration, Resolver, System, SystemOptions, default_system,

@@ -252,6 +252,136 @@ impl Trigger {
     }
 }
 
+/// A trigger as a registration holds it, after validation: every enum value is known and a
+/// calendar expression is parsed once. [`TaskTrigger::described`] gives back the app's
+/// description (what bindings show and the store keeps).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskTrigger {
+    Time {
+        freshness_minutes: u32,
+        one_shot: bool,
+    },
+    Maintenance {
+        freshness_minutes: u32,
+        one_shot: bool,
+    },
+    System {
+        trigger_type: SystemTriggerType,
+        one_shot: bool,
+    },
+    Application {
+        id: Uuid,
+    },
+    CustomEvent {
+        trigger_id: String,
+        recurrence: CustomRecurrence,
+    },
+    Calendar {
+        expression: String,
+        spec: crate::calendar::CalendarSpec,
+    },
+}
+
+impl TaskTrigger {
+    /// Types the values of a described trigger: an unknown enum value or a bad calendar
+    /// expression is `InvalidArgument` (range checks are `validate`'s).
+    pub fn from_trigger(trigger: &Trigger) -> Result<TaskTrigger> {
+        Ok(match trigger {
+            Trigger::Time {
+                freshness_minutes,
+                one_shot,
+            } => TaskTrigger::Time {
+                freshness_minutes: *freshness_minutes,
+                one_shot: *one_shot,
+            },
+            Trigger::Maintenance {
+                freshness_minutes,
+                one_shot,
+            } => TaskTrigger::Maintenance {
+                freshness_minutes: *freshness_minutes,
+                one_shot: *one_shot,
+            },
+            Trigger::System {
+                trigger_type,
+                one_shot,
+            } => TaskTrigger::System {
+                trigger_type: SystemTriggerType::from_u32(*trigger_type)?,
+                one_shot: *one_shot,
+            },
+            Trigger::Application { id } => TaskTrigger::Application { id: *id },
+            Trigger::CustomEvent {
+                trigger_id,
+                recurrence,
+            } => TaskTrigger::CustomEvent {
+                trigger_id: trigger_id.clone(),
+                recurrence: CustomRecurrence::from_u32(*recurrence)?,
+            },
+            Trigger::Calendar { expression } => TaskTrigger::Calendar {
+                expression: expression.clone(),
+                spec: crate::calendar::CalendarSpec::parse(expression)?,
+            },
+        })
+    }
+
+    /// The trigger as the app describes it.
+    pub fn described(&self) -> Trigger {
+        match self {
+            TaskTrigger::Time {
+                freshness_minutes,
+                one_shot,
+            } => Trigger::Time {
+                freshness_minutes: *freshness_minutes,
+                one_shot: *one_shot,
+            },
+            TaskTrigger::Maintenance {
+                freshness_minutes,
+                one_shot,
+            } => Trigger::Maintenance {
+                freshness_minutes: *freshness_minutes,
+                one_shot: *one_shot,
+            },
+            TaskTrigger::System {
+                trigger_type,
+                one_shot,
+            } => Trigger::System {
+                trigger_type: *trigger_type as u32,
+                one_shot: *one_shot,
+            },
+            TaskTrigger::Application { id } => Trigger::Application { id: *id },
+            TaskTrigger::CustomEvent {
+                trigger_id,
+                recurrence,
+            } => Trigger::CustomEvent {
+                trigger_id: trigger_id.clone(),
+                recurrence: *recurrence as u32,
+            },
+            TaskTrigger::Calendar { expression, .. } => Trigger::Calendar {
+                expression: expression.clone(),
+            },
+        }
+    }
+
+    pub fn kind(&self) -> TriggerKind {
+        match self {
+            TaskTrigger::Time { .. } => TriggerKind::Time,
+            TaskTrigger::Maintenance { .. } => TriggerKind::Maintenance,
+            TaskTrigger::System { .. } => TriggerKind::System,
+            TaskTrigger::Application { .. } => TriggerKind::Application,
+            TaskTrigger::CustomEvent { .. } => TriggerKind::CustomEvent,
+            TaskTrigger::Calendar { .. } => TriggerKind::Calendar,
+        }
+    }
+
+    pub fn one_shot(&self) -> bool {
+        match self {
+            TaskTrigger::Time { one_shot, .. }
+            | TaskTrigger::Maintenance { one_shot, .. }
+            | TaskTrigger::System { one_shot, .. } => *one_shot,
+            _ => false,
+        }
+    }
+}
+
 /// A task group: `(id, name)`. Naming it in a builder creates it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TaskGroup {
@@ -336,7 +466,7 @@ pub struct TaskRecord {
     pub task_group: Option<TaskGroup>,
     pub cancel_on_condition_loss: bool,
     pub is_network_requested: bool,
-    pub trigger: Trigger,
+    pub trigger: TaskTrigger,
     pub conditions: Vec<SystemConditionType>,
     /// Registration instant, milliseconds since the Unix epoch (system clock).
     pub registered_at_ms: i64,

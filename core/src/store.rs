@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::lockfile::{FileLock, LockError};
 use crate::model::{
     CancellationReason, RunRecord, SystemConditionType, TaskGroup, TaskOutcome, TaskRecord,
-    Trigger, TriggerKind,
+    TaskTrigger, Trigger, TriggerKind,
 };
 use crate::policy::Durability;
 
@@ -395,8 +395,8 @@ impl Store {
     /// Inserts a registration (creating its group if new) and removes `replaced`, in one
     /// transaction. Returns after the commit.
     pub fn insert(&mut self, record: &TaskRecord, replaced: &[Uuid]) -> Result<()> {
-        let trigger =
-            serde_json::to_string(&record.trigger).map_err(|e| self.err("encode trigger", e))?;
+        let trigger = serde_json::to_string(&record.trigger.described())
+            .map_err(|e| self.err("encode trigger", e))?;
         let conditions: Vec<u32> = record.conditions.iter().map(|c| *c as u32).collect();
         let conditions =
             serde_json::to_string(&conditions).map_err(|e| self.err("encode conditions", e))?;
@@ -501,7 +501,9 @@ impl Store {
                 details,
             ) = row.map_err(fail)?;
             let task_id = Uuid::from_slice(&id).map_err(|e| self.err("read a task id", e))?;
-            let trigger: Trigger = serde_json::from_str(&trig)
+            let trigger = serde_json::from_str::<Trigger>(&trig)
+                .map_err(|e| e.to_string())
+                .and_then(|t| TaskTrigger::from_trigger(&t).map_err(|e| e.to_string()))
                 .map_err(|e| self.err(&format!("decode the trigger of task {task_id}"), e))?;
             let raw: Vec<u32> = serde_json::from_str(&conds)
                 .map_err(|e| self.err(&format!("decode the conditions of task {task_id}"), e))?;

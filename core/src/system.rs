@@ -1,32 +1,24 @@
 //! The system handle: one broker with an app identity and manifest, a store, a clock, a policy and
 //! the state of the machine. Registration lives here; running tasks lives in `runtime.rs`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 use uuid::Uuid;
 
+use crate::broker::{Broker, Event, Handler, Instance, Locked, State};
 use crate::clock::Clock;
 use crate::error::{Error, ErrorKind, Result};
-use crate::instance::{Completion, Handler, Instance};
 use crate::manifest::Manifest;
 use crate::model::{
     ApplicationTriggerResult, Builder, NamePolicy, RunRecord, SystemConditionType,
-    SystemTriggerType, TaskGroup, TaskRecord, Trigger,
+    SystemTriggerType, TaskGroup, TaskRecord, TaskTrigger, Trigger,
 };
 use crate::policy::Policy;
-use crate::runtime::{Event, Note, Pending, Running};
-use crate::source::States;
-use crate::store::{ScheduleChange, Store, StoreLocation};
+use crate::registry::{EventKey, Registry};
+use crate::store::{Store, StoreLocation};
 use crate::validate::validate;
 
-/// A completed handler: `(registration, completion)`.
-pub type CompletedFn = Arc<dyn Fn(&Registration, &Completion) + Send + Sync>;
-/// A progress handler: `(registration, instance id, progress)`.
-pub type ProgressFn = Arc<dyn Fn(&Registration, Uuid, u32) + Send + Sync>;
-/// Resolves an entry point that has no registered handler (the Python layer imports
-/// `package.module:function` or `package.module.Class`). Called on a worker thread, no lock held.
-pub type Resolver = Arc<dyn Fn(&str) -> Option<Handler> + Send + Sync>;
+pub use crate::broker::{CompletedFn, ProgressFn, Resolver};
 
 /// Everything needed to open a system.
 #[derive(Debug, Clone, Default)]
@@ -43,92 +35,8 @@ pub struct SystemOptions {
     pub paused: bool,
 }
 
-/// Registrations are looked up by name scope `(group id, name)` for the name policy.
-type NameKey = (Option<String>, String);
-
-/// What an event-style trigger listens to.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub(crate) enum EventKey {
-    Application(Uuid),
-    System(u32),
-    Custom(String),
-}
-
-pub(crate) struct State {
-    pub(crate) store: Option<Store>,
-    pub(crate) tasks: HashMap<Uuid, Arc<TaskRecord>>,
-    /// Per name scope, the registrations by `seq` (oldest first).
-    /// (Small vectors: one entry per name is the rule, and a map per name would cost ~300 bytes.)
-    by_name: HashMap<NameKey, Vec<(i64, Uuid)>>,
-    /// Event-style triggers: who listens to what.
-    pub(crate) by_event: HashMap<EventKey, Vec<Uuid>>,
-    pub(crate) spent: HashSet<Uuid>,
-    /// Groups with the number of registrations in each.
-    groups: BTreeMap<String, (TaskGroup, usize)>,
-    next_seq: i64,
-
-    // The broker's state (runtime.rs).
-    pub(crate) pending: HashMap<Uuid, Pending>,
-    pub(crate) pending_order: BTreeMap<u64, Uuid>,
-    /// Pending fires not yet written to the store (written by the next dispatch if still pending).
-    pub(crate) unpersisted: Vec<Uuid>,
-    pub(crate) fire_seq: u64,
-    pub(crate) running: HashMap<Uuid, Running>,
-    /// Due times of time, maintenance and calendar triggers.
-    pub(crate) timers: BTreeSet<(i64, Uuid)>,
-    pub(crate) due: HashMap<Uuid, i64>,
-    /// Custom-event registrations with recurrence ONCE that fired in this broker run.
-    pub(crate) once_fired: HashSet<Uuid>,
-    pub(crate) states: States,
-    pub(crate) jobs: VecDeque<Instance>,
-    pub(crate) idle_workers: usize,
-    pub(crate) notes: VecDeque<Note>,
-    pub(crate) notifying: bool,
-    pub(crate) events: VecDeque<Event>,
-    pub(crate) closing: bool,
-    pub(crate) stopping: bool,
-    /// Opened paused and not started yet: nothing is dispatched.
-    pub(crate) paused: bool,
-    /// When the broker plans to wake next (see `State::wake_broker_by`).
-    pub(crate) planned_wake: Option<i64>,
-}
-
-#[derive(Default)]
-pub(crate) struct Handlers {
-    pub(crate) entry_points: HashMap<String, Handler>,
-    /// Background-activated handlers: `None` = the system's, `Some(id)` = a group's.
-    pub(crate) activation: HashMap<Option<String>, Handler>,
-    pub(crate) resolver: Option<Resolver>,
-    pub(crate) completed: HashMap<Uuid, Vec<(u64, CompletedFn)>>,
-    pub(crate) progress: HashMap<Uuid, Vec<(u64, ProgressFn)>>,
-    pub(crate) next_token: u64,
-}
-
-pub(crate) struct Shared {
-    pub(crate) pid: u32,
-    pub(crate) manifest: Manifest,
-    pub(crate) clock: Clock,
-    pub(crate) simulated: bool,
-    pub(crate) policy: Policy,
-    pub(crate) store_path: String,
-    pub(crate) state: Mutex<State>,
-    /// Wakes the broker thread (and times its sleep on the wall clock).
-    pub(crate) waker: crate::wake::Waker,
-    /// Wakes idle workers.
-    pub(crate) work_cv: Condvar,
-    /// Wakes the notifier thread.
-    pub(crate) notify_cv: Condvar,
-    /// Signals any change that `wait_idle`, `next_event` and `close` wait for.
-    pub(crate) change_cv: Condvar,
-    pub(crate) handlers: RwLock<Handlers>,
-    pub(crate) threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
-    pub(crate) tz: jiff::tz::TimeZone,
-    /// Hears custom events signalled by other processes (file stores only).
-    pub(crate) listener: Mutex<Option<crate::signal::SignalListener>>,
-}
-
 /// Closes the system when the last user handle goes away.
-struct Owner(Weak<Shared>);
+struct Owner(Weak<Broker>);
 
 impl Drop for Owner {
     fn drop(&mut self) {
@@ -142,7 +50,7 @@ impl Drop for Owner {
 /// [`System::open`] (and its clones) is dropped, the system closes.
 #[derive(Clone)]
 pub struct System {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<Broker>,
     _owner: Option<Arc<Owner>>,
 }
 
@@ -158,76 +66,6 @@ impl std::fmt::Debug for System {
 impl PartialEq for System {
     fn eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.shared, &other.shared)
-    }
-}
-
-fn name_key(record: &TaskRecord) -> NameKey {
-    (
-        record.task_group.as_ref().map(|g| g.id.clone()),
-        record.name.clone(),
-    )
-}
-
-pub(crate) fn event_key(trigger: &Trigger) -> Option<EventKey> {
-    match trigger {
-        Trigger::Application { id } => Some(EventKey::Application(*id)),
-        Trigger::System { trigger_type, .. } => Some(EventKey::System(*trigger_type)),
-        Trigger::CustomEvent { trigger_id, .. } => Some(EventKey::Custom(trigger_id.clone())),
-        _ => None,
-    }
-}
-
-impl State {
-    fn add(&mut self, record: Arc<TaskRecord>) {
-        self.next_seq = self.next_seq.max(record.seq + 1);
-        if let Some(g) = &record.task_group {
-            self.groups
-                .entry(g.id.clone())
-                .or_insert_with(|| (g.clone(), 0))
-                .1 += 1;
-        }
-        self.by_name
-            .entry(name_key(&record))
-            .or_default()
-            .push((record.seq, record.task_id)); // seq only grows: the vector stays sorted
-        if let Some(key) = event_key(&record.trigger) {
-            self.by_event.entry(key).or_default().push(record.task_id);
-        }
-        self.tasks.insert(record.task_id, record);
-    }
-
-    fn remove(&mut self, task_id: &Uuid) -> Option<Arc<TaskRecord>> {
-        let record = self.tasks.remove(task_id)?;
-        self.spent.remove(task_id);
-        let key = name_key(&record);
-        if let Some(ids) = self.by_name.get_mut(&key) {
-            ids.retain(|(seq, _)| *seq != record.seq);
-            if ids.is_empty() {
-                self.by_name.remove(&key);
-            }
-        }
-        if let Some(key) = event_key(&record.trigger)
-            && let Some(ids) = self.by_event.get_mut(&key)
-        {
-            ids.retain(|id| id != task_id);
-            if ids.is_empty() {
-                self.by_event.remove(&key);
-            }
-        }
-        if let Some(g) = &record.task_group
-            && let Some(entry) = self.groups.get_mut(&g.id)
-        {
-            entry.1 -= 1;
-            if entry.1 == 0 {
-                self.groups.remove(&g.id);
-            }
-        }
-        self.unschedule(task_id);
-        if let Some(p) = self.pending.remove(task_id) {
-            self.pending_order.remove(&p.seq);
-        }
-        self.once_fired.remove(task_id);
-        Some(record)
     }
 }
 
@@ -247,62 +85,26 @@ impl System {
         if servicing.as_deref() != Some(manifest.version()) {
             store.set_meta("manifest_version", manifest.version())?;
         }
-        let mut state = State {
-            store: None,
-            tasks: HashMap::with_capacity(stored.len()),
-            by_name: HashMap::new(),
-            by_event: HashMap::new(),
-            spent: HashSet::new(),
-            groups: BTreeMap::new(),
-            next_seq: 1,
-            pending: HashMap::new(),
-            pending_order: BTreeMap::new(),
-            unpersisted: Vec::new(),
-            fire_seq: 0,
-            running: HashMap::new(),
-            timers: BTreeSet::new(),
-            due: HashMap::new(),
-            once_fired: HashSet::new(),
-            states: States::default(),
-            jobs: VecDeque::new(),
-            idle_workers: 0,
-            notes: VecDeque::new(),
-            notifying: false,
-            events: VecDeque::new(),
-            closing: false,
-            stopping: false,
-            paused: options.paused,
-            planned_wake: None,
-        };
+        let mut registry = Registry::with_capacity(stored.len());
         let mut latched = Vec::new();
         for t in stored {
             if t.spent {
-                state.spent.insert(t.record.task_id);
+                registry.mark_spent(t.record.task_id);
             }
             if let Some(details) = t.pending {
                 latched.push((t.record.task_id, details));
             }
-            state.add(Arc::new(t.record));
+            registry.add(Arc::new(t.record));
         }
         let store_path = store.path().to_owned();
-        state.store = Some(store);
-        let shared = Arc::new(Shared {
-            pid: std::process::id(),
+        let shared = Arc::new(Broker::new(
             manifest,
-            clock: options.clock,
-            simulated: options.simulated,
-            policy: options.policy,
+            options.clock,
+            options.simulated,
+            options.policy,
             store_path,
-            state: Mutex::new(state),
-            waker: crate::wake::Waker::new()?,
-            work_cv: Condvar::new(),
-            notify_cv: Condvar::new(),
-            change_cv: Condvar::new(),
-            handlers: RwLock::new(Handlers::default()),
-            threads: Mutex::new(Vec::new()),
-            tz: crate::calendar::system_time_zone(),
-            listener: Mutex::new(None),
-        });
+            State::new(store, registry, options.paused),
+        )?);
         {
             let mut st = shared.lock();
             shared.restore(
@@ -318,15 +120,7 @@ impl System {
                 let Some(shared) = weak.upgrade() else {
                     return false; // the system is gone: unsubscribe
                 };
-                let mut st = shared.lock();
-                // Handle the new time before `advance` returns (due timers, limits, grace), so
-                // that what follows an advance never depends on when the broker thread runs.
-                if st.store.is_some() && !st.closing {
-                    let now = shared.clock.now_ms();
-                    shared.tick(&mut st, now);
-                }
-                shared.waker.wake();
-                shared.change_cv.notify_all();
+                shared.clock_advanced();
                 true
             }));
         }
@@ -341,9 +135,9 @@ impl System {
             });
             match crate::signal::SignalListener::bind(shared.manifest.app_id(), on_signal) {
                 Ok(l) => *shared.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(l),
-                Err(e) => eprintln!(
-                    "btb: custom events from other processes will not reach this system: {e}"
-                ),
+                Err(e) => {
+                    log::warn!("custom events from other processes will not reach this system: {e}")
+                }
             }
         }
         {
@@ -362,17 +156,13 @@ impl System {
     /// Starting a running system changes nothing.
     pub fn start(&self) -> Result<()> {
         let mut st = self.state()?;
-        if st.paused {
-            st.paused = false;
-            let now = self.shared.clock.now_ms();
-            self.shared.dispatch(&mut st, now);
-        }
+        self.shared.start(&mut st);
         Ok(())
     }
 
     /// Locks the state after checking the process (a forked child must not touch the parent's
     /// threads or locks) and that the system is open.
-    pub(crate) fn state(&self) -> Result<MutexGuard<'_, State>> {
+    pub(crate) fn state(&self) -> Result<Locked<'_>> {
         self.shared.open_state()
     }
 
@@ -402,14 +192,11 @@ impl System {
     }
 
     pub fn is_closed(&self) -> bool {
-        self.shared.lock().store.is_none()
+        !self.shared.lock().is_open()
     }
 
-    fn handlers(&self) -> std::sync::RwLockWriteGuard<'_, Handlers> {
-        self.shared
-            .handlers
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
+    fn handlers(&self) -> std::sync::RwLockWriteGuard<'_, crate::registry::Handlers> {
+        self.shared.handlers_mut()
     }
 
     /// Sets (or with `None` removes) the background-activated handler of the system
@@ -465,11 +252,7 @@ impl System {
     pub fn register(&self, builder: &Builder) -> Result<Registration> {
         let mut state = self.state()?;
         let valid = {
-            let handlers = self
-                .shared
-                .handlers
-                .read()
-                .unwrap_or_else(|p| p.into_inner());
+            let handlers = self.shared.handlers();
             validate(builder, &self.shared.manifest, &self.shared.policy, |g| {
                 handlers.activation.contains_key(&g.map(str::to_owned))
                     || g.is_some_and(crate::groups::has_handler)
@@ -478,18 +261,14 @@ impl System {
         let group_id = builder.task_group.as_ref().map(|g| g.id.as_str());
         let same_name: Vec<Uuid> = match valid.name_policy {
             NamePolicy::Allow => Vec::new(),
-            _ => state
-                .by_name
-                .get(&(group_id.map(str::to_owned), valid.name.clone()))
-                .map(|ids| ids.iter().map(|(_, id)| *id).collect())
-                .unwrap_or_default(),
+            _ => state.registry.named(group_id, &valid.name),
         };
         let mut replaced = Vec::new();
         match valid.name_policy {
             NamePolicy::Allow => {}
             NamePolicy::Keep => {
                 if let Some(existing) = same_name.first() {
-                    let record = Arc::clone(&state.tasks[existing]);
+                    let record = Arc::clone(state.registry.get(existing).expect("indexed"));
                     return Ok(self.registration(record));
                 }
             }
@@ -514,9 +293,9 @@ impl System {
         // A group keeps the name it was created with; naming it again with another name joins it.
         let task_group = builder.task_group.as_ref().map(|g| {
             state
-                .groups
-                .get(&g.id)
-                .map_or_else(|| g.clone(), |(existing, _)| existing.clone())
+                .registry
+                .group(&g.id)
+                .map_or_else(|| g.clone(), Clone::clone)
         });
         let record = Arc::new(TaskRecord {
             task_id: Uuid::new_v4(),
@@ -529,31 +308,15 @@ impl System {
             conditions: valid.conditions,
             registered_at_ms: now,
             next_due_ms,
-            seq: state.next_seq,
+            seq: state.registry.next_seq(),
         });
         state
             .store
             .as_mut()
             .expect("checked open")
             .insert(&record, &replaced)?;
-        for id in &replaced {
-            self.shared
-                .cancel_task(&mut state, id, crate::CancellationReason::Abort, now);
-            let running = state.running.contains_key(id);
-            state.remove(id);
-            if !running {
-                let mut handlers = self.handlers();
-                let old = (handlers.completed.remove(id), handlers.progress.remove(id));
-                drop(handlers);
-                drop(old);
-            }
-        }
-        state.add(Arc::clone(&record));
-        if let Some(due) = next_due_ms {
-            state.schedule(record.task_id, due);
-            let wake = due + i64::from(self.shared.policy.timer_window_seconds) * 1000;
-            state.wake_broker_by(wake, &self.shared.waker);
-        }
+        self.shared
+            .registered(&mut state, Arc::clone(&record), &replaced, now);
         Ok(self.registration(record))
     }
 
@@ -568,7 +331,7 @@ impl System {
     /// otherwise it finishes.
     pub fn unregister(&self, task_id: &Uuid, cancel_task: bool) -> Result<()> {
         let mut state = self.state()?;
-        if !state.tasks.contains_key(task_id) {
+        if !state.registry.contains(task_id) {
             return Err(Error::new(
                 ErrorKind::NotFound,
                 format!("task {task_id} is not registered (already unregistered?)"),
@@ -579,32 +342,18 @@ impl System {
             .as_mut()
             .expect("checked open")
             .delete(task_id)?;
-        if cancel_task {
-            let now = self.shared.clock.now_ms();
-            self.shared
-                .cancel_task(&mut state, task_id, crate::CancellationReason::Abort, now);
-        }
-        let running = state.running.contains_key(task_id);
-        state.remove(task_id);
-        // A running instance still reports its end to the handlers (`finish` drops them then).
-        let (completed, progress) = if running {
-            (None, None)
-        } else {
-            let mut handlers = self.handlers();
-            (
-                handlers.completed.remove(task_id),
-                handlers.progress.remove(task_id),
-            )
-        };
-        drop(state);
-        drop((completed, progress));
+        self.shared.unregistered(&mut state, task_id, cancel_task);
         Ok(())
     }
 
     fn list(&self, keep: impl Fn(&TaskRecord) -> bool) -> Result<Vec<Registration>> {
         let state = self.state()?;
-        let mut records: Vec<Arc<TaskRecord>> =
-            state.tasks.values().filter(|t| keep(t)).cloned().collect();
+        let mut records: Vec<Arc<TaskRecord>> = state
+            .registry
+            .records()
+            .filter(|t| keep(t))
+            .cloned()
+            .collect();
         drop(state);
         records.sort_by_key(|t| t.seq);
         Ok(records.into_iter().map(|r| self.registration(r)).collect())
@@ -622,20 +371,15 @@ impl System {
 
     /// Groups that hold at least one registration, by id (Windows `AllTaskGroups`).
     pub fn all_task_groups(&self) -> Result<Vec<TaskGroup>> {
-        Ok(self
-            .state()?
-            .groups
-            .values()
-            .map(|(g, _)| g.clone())
-            .collect())
+        Ok(self.state()?.registry.groups().cloned().collect())
     }
 
     /// One group by id (Windows `GetTaskGroup`).
     pub fn task_group(&self, group_id: &str) -> Result<TaskGroup> {
         self.state()?
-            .groups
-            .get(group_id)
-            .map(|(g, _)| g.clone())
+            .registry
+            .group(group_id)
+            .cloned()
             .ok_or_else(|| {
                 Error::new(
                     ErrorKind::NotFound,
@@ -646,12 +390,17 @@ impl System {
 
     /// Any registration by task id, grouped or not.
     pub fn find(&self, task_id: &Uuid) -> Result<Registration> {
-        let record = self.state()?.tasks.get(task_id).cloned().ok_or_else(|| {
-            Error::new(
-                ErrorKind::NotFound,
-                format!("task {task_id} is not registered"),
-            )
-        })?;
+        let record = self
+            .state()?
+            .registry
+            .get(task_id)
+            .cloned()
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::NotFound,
+                    format!("task {task_id} is not registered"),
+                )
+            })?;
         Ok(self.registration(record))
     }
 
@@ -677,37 +426,13 @@ impl System {
         if !self.shared.policy.allow_application_triggers {
             return Ok(ApplicationTriggerResult::DisabledByPolicy);
         }
-        let holders: Vec<Uuid> = st
-            .by_event
-            .get(&EventKey::Application(*trigger_id))
-            .map(|ids| ids.to_vec())
-            .unwrap_or_default();
-        if holders.is_empty() {
-            return Ok(ApplicationTriggerResult::UnknownError);
-        }
-        // Each ALLOWED request causes exactly one run: while a run is going or already pending,
-        // a request would only coalesce with it, so it is refused as Windows refuses it.
-        if holders
-            .iter()
-            .any(|id| st.running.contains_key(id) || st.pending.contains_key(id))
-        {
-            return Ok(ApplicationTriggerResult::CurrentlyRunning);
-        }
-        let now = self.shared.clock.now_ms();
-        let mut changes = Vec::new();
-        for id in holders {
-            self.shared
-                .fire(&mut st, id, arguments.clone(), now, &mut changes);
-        }
-        self.shared.commit(&mut st, changes);
-        self.shared.dispatch(&mut st, now);
-        Ok(ApplicationTriggerResult::Allowed)
+        Ok(self.shared.request(&mut st, trigger_id, arguments))
     }
 
     /// Raises a system event (the platform source does this for the events it sees; apps with a
     /// source of their own feed theirs). Returns how many registrations fired.
     pub fn raise_event(&self, event: SystemTriggerType) -> Result<usize> {
-        self.fire_event(&EventKey::System(event as u32))
+        self.fire_event(&EventKey::System(event))
     }
 
     /// Signals a custom event in this system (other processes use [`crate::signal::signal_event`]).
@@ -737,12 +462,12 @@ impl System {
 
     /// The current state of a condition: `Some(holds)`, or `None` while unknown.
     pub fn get_state(&self, condition: SystemConditionType) -> Result<Option<bool>> {
-        Ok(self.state()?.states.get(condition))
+        Ok(self.state()?.states().get(condition))
     }
 
     /// Windows `BackgroundWorkCost.CurrentBackgroundWorkCost` (`None` while unknown).
     pub fn background_work_cost(&self) -> Result<Option<crate::BackgroundWorkCostValue>> {
-        Ok(self.state()?.states.background_work_cost())
+        Ok(self.state()?.states().background_work_cost())
     }
 
     /// Waits until nothing runs or is runnable and every handler has been called: `true`, or
@@ -760,45 +485,21 @@ impl System {
     /// Adds a completed handler for a registration; returns its token.
     pub fn add_completed(&self, task_id: &Uuid, handler: CompletedFn) -> Result<u64> {
         drop(self.state()?);
-        let mut h = self.handlers();
-        h.next_token += 1;
-        let token = h.next_token;
-        h.completed
-            .entry(*task_id)
-            .or_default()
-            .push((token, handler));
-        Ok(token)
+        Ok(self.handlers().add_completed(*task_id, handler))
     }
 
     /// Adds a progress handler for a registration; returns its token.
     pub fn add_progress(&self, task_id: &Uuid, handler: ProgressFn) -> Result<u64> {
         drop(self.state()?);
-        let mut h = self.handlers();
-        h.next_token += 1;
-        let token = h.next_token;
-        h.progress
-            .entry(*task_id)
-            .or_default()
-            .push((token, handler));
-        Ok(token)
+        Ok(self.handlers().add_progress(*task_id, handler))
     }
 
     /// Removes a completed or progress handler; `false` if the token is unknown.
     pub fn remove_handler(&self, token: u64) -> bool {
-        let mut h = self.handlers();
-        let mut removed = Vec::new();
-        for list in h.completed.values_mut() {
-            if let Some(i) = list.iter().position(|(t, _)| *t == token) {
-                removed.push(Box::new(list.remove(i)) as Box<dyn std::any::Any>);
-            }
-        }
-        for list in h.progress.values_mut() {
-            if let Some(i) = list.iter().position(|(t, _)| *t == token) {
-                removed.push(Box::new(list.remove(i)) as Box<dyn std::any::Any>);
-            }
-        }
-        drop(h);
-        !removed.is_empty()
+        let removed = self.handlers().remove(token);
+        let found = removed.is_some();
+        drop(removed); // with no lock held: a handler may hold references that call back into btb
+        found
     }
 
     /// The recorded runs of a registration, oldest first.
@@ -822,7 +523,7 @@ impl System {
 /// plus the system it lives in.
 #[derive(Clone)]
 pub struct Registration {
-    shared: Arc<Shared>,
+    shared: Arc<Broker>,
     record: Arc<TaskRecord>,
 }
 
@@ -842,10 +543,10 @@ impl PartialEq for Registration {
 }
 
 impl Registration {
-    pub(crate) fn new(shared: Arc<Shared>, record: Arc<TaskRecord>) -> Registration {
+    pub(crate) fn new(shared: Arc<Broker>, record: Arc<TaskRecord>) -> Registration {
         Registration { shared, record }
     }
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
+    pub(crate) fn shared(&self) -> &Arc<Broker> {
         &self.shared
     }
     pub fn task_id(&self) -> Uuid {
@@ -860,7 +561,12 @@ impl Registration {
     pub fn task_group(&self) -> Option<&TaskGroup> {
         self.record.task_group.as_ref()
     }
-    pub fn trigger(&self) -> &Trigger {
+    /// The trigger as the app described it.
+    pub fn trigger(&self) -> Trigger {
+        self.record.trigger.described()
+    }
+    /// The trigger with typed values (as validated).
+    pub fn task_trigger(&self) -> &TaskTrigger {
         &self.record.trigger
     }
     pub fn conditions(&self) -> &[SystemConditionType] {
@@ -885,11 +591,11 @@ impl Registration {
     /// When its time, maintenance or calendar trigger is next due (ms since the epoch), as the
     /// broker plans it now; `None` for other triggers and spent ones.
     pub fn next_due_ms(&self) -> Option<i64> {
-        self.shared.lock().due.get(&self.record.task_id).copied()
+        self.shared.lock().next_due(&self.record.task_id)
     }
     /// A one-shot trigger that has fired: the registration stays but never fires again.
     pub fn is_spent(&self) -> bool {
-        self.shared.lock().spent.contains(&self.record.task_id)
+        self.shared.lock().registry.is_spent(&self.record.task_id)
     }
     /// Unregisters this task (see [`System::unregister`]).
     pub fn unregister(&self, cancel_task: bool) -> Result<()> {
@@ -902,7 +608,7 @@ impl Registration {
         arguments: Option<serde_json::Value>,
     ) -> Result<ApplicationTriggerResult> {
         match &self.record.trigger {
-            Trigger::Application { id } => self.system().request(id, arguments),
+            TaskTrigger::Application { id } => self.system().request(id, arguments),
             other => Err(Error::invalid(format!(
                 "task {:?} has a {} trigger, not an application trigger",
                 self.record.name,
@@ -928,7 +634,7 @@ impl Registration {
 static DEFAULT: Mutex<Option<System>> = Mutex::new(None);
 
 /// The systems opened in this process (an application trigger finds its registrations here).
-static OPEN: Mutex<Vec<Weak<Shared>>> = Mutex::new(Vec::new());
+static OPEN: Mutex<Vec<Weak<Broker>>> = Mutex::new(Vec::new());
 
 /// Fires application trigger `trigger_id` wherever its registrations live (WinRT
 /// `ApplicationTrigger.RequestAsync`; SPEC §9, objects are bound by use): in every open system of
@@ -952,7 +658,7 @@ pub fn request_application_trigger(
     .filter(|shared| {
         shared
             .open_state()
-            .is_ok_and(|st| st.by_event.contains_key(&key))
+            .is_ok_and(|st| !st.registry.listeners(&key).is_empty())
     })
     .map(|shared| System {
         shared,
@@ -1038,5 +744,4 @@ fn _assert_send_sync() {
     is::<System>();
     is::<Registration>();
     is::<Instance>();
-    let _ = ScheduleChange::Spent(Uuid::nil());
 }

@@ -2,12 +2,11 @@
 //! names the offending value. Pure: the caller supplies the manifest, the policy and which
 //! activation handlers exist.
 
-use crate::calendar::CalendarSpec;
 use crate::error::{Error, ErrorKind, Result};
 use crate::manifest::Manifest;
 use crate::model::{
-    Builder, CustomRecurrence, NamePolicy, SystemConditionType, SystemTriggerType, Trigger,
-    check_text,
+    Builder, CustomRecurrence, NamePolicy, SystemConditionType, SystemTriggerType, TaskTrigger,
+    Trigger, check_text,
 };
 use crate::policy::{MAX_FRESHNESS_MINUTES, Policy};
 
@@ -16,7 +15,7 @@ use crate::policy::{MAX_FRESHNESS_MINUTES, Policy};
 pub struct Validated {
     pub name: String,
     pub task_entry_point: Option<String>,
-    pub trigger: Trigger,
+    pub trigger: TaskTrigger,
     pub conditions: Vec<SystemConditionType>,
     pub name_policy: NamePolicy,
 }
@@ -125,7 +124,7 @@ pub fn validate(
     }
 
     // 6. values: freshness, enums, calendar expression, Windows' own rules
-    check_trigger(trigger, policy)?;
+    let trigger = check_trigger(trigger, policy)?;
     let mut conditions = Vec::with_capacity(builder.conditions.len());
     for &raw in &builder.conditions {
         let c = SystemConditionType::from_u32(raw)?;
@@ -152,13 +151,14 @@ pub fn validate(
     Ok(Validated {
         name: name.to_owned(),
         task_entry_point: entry_point.map(str::to_owned),
-        trigger: trigger.clone(),
+        trigger,
         conditions,
         name_policy,
     })
 }
 
-fn check_trigger(trigger: &Trigger, policy: &Policy) -> Result<()> {
+/// Checks a trigger and types it (enum values, the calendar expression parsed once).
+fn check_trigger(trigger: &Trigger, policy: &Policy) -> Result<TaskTrigger> {
     match trigger {
         Trigger::Time {
             freshness_minutes, ..
@@ -190,8 +190,9 @@ fn check_trigger(trigger: &Trigger, policy: &Policy) -> Result<()> {
             trigger_type,
             one_shot,
         } => {
-            let t = SystemTriggerType::from_u32(*trigger_type)?;
-            if t == SystemTriggerType::ControlChannelReset && *one_shot {
+            if SystemTriggerType::from_u32(*trigger_type)? == SystemTriggerType::ControlChannelReset
+                && *one_shot
+            {
                 return Err(Error::invalid(
                     "a CONTROL_CHANNEL_RESET system trigger cannot be one-shot (Windows requires one_shot = false)",
                 ));
@@ -210,9 +211,7 @@ fn check_trigger(trigger: &Trigger, policy: &Policy) -> Result<()> {
             }
             CustomRecurrence::from_u32(*recurrence)?;
         }
-        Trigger::Calendar { expression } => {
-            CalendarSpec::parse(expression)?;
-        }
+        Trigger::Calendar { .. } => {} // parsed by `from_trigger`, once
     }
-    Ok(())
+    TaskTrigger::from_trigger(trigger)
 }

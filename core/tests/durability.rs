@@ -149,11 +149,11 @@ fn check_record(r: &TaskRecord, n: u64) {
         "{what}"
     );
     assert_eq!(r.is_network_requested, b.is_network_requested, "{what}");
-    assert_eq!(Some(&r.trigger), b.trigger.as_ref(), "{what}");
+    assert_eq!(Some(&r.trigger.described()), b.trigger.as_ref(), "{what}");
     let raw: Vec<u32> = r.conditions.iter().map(|c| *c as u32).collect();
     assert_eq!(raw, b.conditions, "{what}");
     assert_eq!(r.registered_at_ms, registered_at(n), "{what}");
-    let due = match &r.trigger {
+    let due = match &r.trigger.described() {
         Trigger::Calendar { expression } => btb_core::calendar::CalendarSpec::parse(expression)
             .unwrap()
             .next_after(registered_at(n), &btb_core::calendar::system_time_zone()),

@@ -263,7 +263,7 @@ fn each_trigger_kind_needs_its_task_type() {
             let result = system.register(&b);
             if ty == needed {
                 let r = result.unwrap_or_else(|e| panic!("{:?} on {ep}: {e}", trigger.kind()));
-                assert_eq!(r.trigger(), &trigger);
+                assert_eq!(r.trigger(), trigger);
                 accepted += 1;
             } else {
                 expect_err(
@@ -628,7 +628,7 @@ fn name_policy_keep_returns_the_existing_registration() {
     let kept = system.register(&b).unwrap();
     assert_eq!(kept.task_id(), first.task_id());
     assert_eq!(kept, first);
-    assert_eq!(kept.trigger(), &time(30));
+    assert_eq!(kept.trigger(), time(30));
     assert!(kept.conditions().is_empty());
     assert_eq!(kept.record().registered_at_ms, T0);
     assert_eq!(system.all_tasks().unwrap().len(), 1);
@@ -661,7 +661,7 @@ fn name_policy_replace_removes_the_old_registrations() {
     let new = system.register(&b).unwrap();
     assert_ne!(new.task_id(), a.task_id());
     assert_ne!(new.task_id(), dup.task_id());
-    assert_eq!(new.trigger(), &time(45));
+    assert_eq!(new.trigger(), time(45));
     for old in [&a, &dup] {
         expect_err(
             system.find(&old.task_id()),
@@ -989,7 +989,7 @@ fn the_builder_is_borrowed_fix_it_and_register_again() {
     assert_eq!(b, before, "register must not change the builder");
     b.set_trigger(time(20));
     let r = system.register(&b).unwrap();
-    assert_eq!(r.trigger(), &time(20));
+    assert_eq!(r.trigger(), time(20));
     assert_eq!(r.conditions(), &[SystemConditionType::InternetAvailable]);
     // The same builder registers again (ALLOW), and later changes don't touch the registration.
     let again = system.register(&b).unwrap();
@@ -997,7 +997,7 @@ fn the_builder_is_borrowed_fix_it_and_register_again() {
     b.name = Some("renamed".to_owned());
     b.set_trigger(time(99));
     assert_eq!(r.name(), "retry");
-    assert_eq!(r.trigger(), &time(20));
+    assert_eq!(r.trigger(), time(20));
 }
 
 #[test]
@@ -1050,7 +1050,7 @@ fn the_registration_holds_everything_the_builder_held() {
     assert_eq!(r.task_group(), Some(&group("grp", "The group")));
     assert!(r.cancel_on_condition_loss());
     assert!(r.is_network_requested());
-    assert_eq!(r.trigger(), &system_trigger(11, true));
+    assert_eq!(r.trigger(), system_trigger(11, true));
     assert_eq!(
         r.conditions(),
         &[

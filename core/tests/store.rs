@@ -192,7 +192,8 @@ fn reopening_sees_every_field_of_every_registration() {
     assert_eq!(system.group_tasks("g.one").unwrap().len(), 2);
     let app = before.iter().find(|r| r.name == "application").unwrap();
     assert_eq!(
-        app.trigger, app_trigger,
+        app.trigger.described(),
+        app_trigger,
         "the application trigger keeps its id"
     );
     let first = &before[0];
@@ -208,7 +209,7 @@ fn reopening_sees_every_field_of_every_registration() {
         assert_eq!(r.task_group, b.task_group);
         assert_eq!(r.cancel_on_condition_loss, b.cancel_on_condition_loss);
         assert_eq!(r.is_network_requested, b.is_network_requested);
-        assert_eq!(Some(&r.trigger), b.trigger.as_ref());
+        assert_eq!(Some(&r.trigger.described()), b.trigger.as_ref());
         let raw: Vec<u32> = r.conditions.iter().map(|c| *c as u32).collect();
         assert_eq!(raw, b.conditions);
     }
@@ -244,7 +245,7 @@ fn unregister_and_replace_are_durable() {
     let ids: Vec<_> = everything(&system).iter().map(|r| r.task_id()).collect();
     assert_eq!(ids, vec![new.task_id()]);
     assert!(system.find(&old.task_id()).is_err());
-    assert_eq!(system.find(&new.task_id()).unwrap().trigger(), &time(99));
+    assert_eq!(system.find(&new.task_id()).unwrap().trigger(), time(99));
     assert!(
         system.all_task_groups().unwrap().is_empty(),
         "the group outlived its last task"

@@ -216,7 +216,7 @@ pub extern "C" fn btb_registration_trigger(
     out: *mut *mut btb_trigger,
 ) -> btb_status {
     read(registration, out, |r| {
-        Ok(new_trigger(r.registration.trigger().clone()))
+        Ok(new_trigger(r.registration.trigger()))
     })
 }
 

@@ -1,0 +1,147 @@
+//! Cancellation and the end of a run (SPEC §4): reasons, canceled handlers, time limits and the
+//! grace after them, abandoning an instance whose grace ran out, and recording how a run ended.
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use super::{Broker, CanceledFn, Completion, Event, Instance, Note, State};
+use crate::model::{CancellationReason, RunRecord, TaskOutcome};
+
+/// A live instance and its deadlines (clock milliseconds).
+pub(crate) struct Running {
+    pub(crate) instance: Instance,
+    pub(crate) limit_at: Option<i64>,
+    pub(crate) grace_at: Option<i64>,
+}
+
+impl Broker {
+    /// Cancels the running instance of a task, if any.
+    pub(crate) fn cancel_task(
+        &self,
+        st: &mut State,
+        task_id: &Uuid,
+        reason: CancellationReason,
+        now: i64,
+    ) {
+        if let Some(running) = st.running.get_mut(task_id) {
+            let instance = running.instance.clone();
+            let mut life = instance.life();
+            if life.done || life.canceled.is_some() {
+                return;
+            }
+            life.canceled = Some(reason);
+            let handlers: Vec<CanceledFn> = life
+                .canceled_handlers
+                .iter()
+                .map(|(_, h)| Arc::clone(h))
+                .collect();
+            drop(life);
+            let grace_at = now + i64::from(self.policy.grace_ms);
+            running.grace_at = Some(grace_at);
+            if !handlers.is_empty() {
+                st.notes
+                    .push_back(Note::Canceled(instance.clone(), handlers, reason));
+                self.notify_cv.notify_one();
+            }
+            if instance.life().queued {
+                st.events.push_back(Event::Canceled(instance, reason));
+            }
+            st.wake_broker_by(grace_at, &self.waker);
+            self.change_cv.notify_all();
+        }
+    }
+
+    /// Ends an instance: records the run, frees its slot, queues the completed handlers and runs
+    /// what was waiting. A late end of an abandoned instance is ignored.
+    pub(crate) fn complete(self: &Arc<Self>, instance: &Instance) {
+        let mut st = self.lock();
+        self.finish(&mut st, instance, None);
+    }
+
+    /// `abandon_reason`: the grace period ran out (the instance is recorded as canceled).
+    pub(super) fn finish(
+        self: &Arc<Self>,
+        st: &mut State,
+        instance: &Instance,
+        abandon_reason: Option<CancellationReason>,
+    ) {
+        let task_id = instance.task().task_id();
+        if !st
+            .running
+            .get(&task_id)
+            .is_some_and(|r| r.instance == *instance)
+        {
+            return;
+        }
+        let mut life = instance.life();
+        if life.done {
+            return;
+        }
+        life.done = true;
+        let reason = life.canceled.or(abandon_reason);
+        let (outcome, message) = match (reason, life.failure.take()) {
+            (Some(r), _) => (
+                TaskOutcome::Canceled,
+                Some(format!("canceled: {}", r.name())),
+            ),
+            (None, Some(m)) => (TaskOutcome::Failed, Some(m)),
+            (None, None) => (TaskOutcome::Succeeded, None),
+        };
+        drop(life);
+        st.running.remove(&task_id);
+        // Pull-queue events about it that the host never took are stale now.
+        st.events.retain(|e| match e {
+            Event::Run(i) | Event::Canceled(i, _) => i != instance,
+        });
+        let now = self.clock.now_ms();
+        let completion = Completion {
+            instance_id: instance.instance_id(),
+            outcome,
+            message,
+            reason,
+            last_progress: instance.progress(),
+        };
+        if st.registry.contains(&task_id) {
+            let run = RunRecord {
+                instance_id: completion.instance_id,
+                task_id,
+                trigger_kind: instance.task().trigger().kind(),
+                trigger_details: instance.trigger_details().map(|d| d.to_string()),
+                started_ms: instance.started_ms(),
+                ended_ms: now,
+                outcome,
+                reason,
+                message: completion.message.clone(),
+                last_progress: completion.last_progress,
+            };
+            if let Some(store) = st.store.as_mut()
+                && let Err(e) = store.insert_run(&run, self.policy.history_limit)
+            {
+                log::error!("{e}");
+            }
+        }
+        // The handlers registered now hear of it, even if the task was unregistered meanwhile
+        // (then they are dropped: nothing of the task remains).
+        let handlers = {
+            let mut h = self.handlers_mut();
+            if st.registry.contains(&task_id) {
+                h.completed.get(&task_id).cloned()
+            } else {
+                st.defer_drop(h.progress.remove(&task_id));
+                h.completed.remove(&task_id)
+            }
+        };
+        if let Some(handlers) = handlers {
+            st.notes.push_back(Note::Completed(
+                instance.task().clone(),
+                completion,
+                handlers,
+            ));
+            self.notify_cv.notify_one();
+        }
+        // `close` and `wait_idle` wait for this: with no handler to call, nothing else tells them.
+        self.change_cv.notify_all();
+        self.dispatch(st, now);
+    }
+}

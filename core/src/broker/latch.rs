@@ -1,0 +1,198 @@
+//! Fires and latches (SPEC §3): a fire is latched until every condition holds, at most one per
+//! registration (further fires coalesce); dispatch starts the oldest runnable fires while slots are
+//! free; a change of the machine's state runs what it unblocks and cancels what it strands.
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use super::{Broker, Instance, Running, State};
+use crate::model::{
+    CancellationReason, CustomRecurrence, SystemConditionType, TaskRecord, TaskTrigger,
+};
+use crate::registry::EventKey;
+use crate::store::ScheduleChange;
+use crate::system::Registration;
+
+/// A latched fire waiting for its conditions, a free slot, or the end of the running instance.
+pub(crate) struct Pending {
+    pub(crate) seq: u64,
+    pub(crate) details: Option<serde_json::Value>,
+    /// Written to the store (so it survives a restart).
+    pub(crate) persisted: bool,
+}
+
+pub(super) fn conditions_hold(st: &State, record: &TaskRecord) -> bool {
+    let ac_ok = !matches!(record.trigger, TaskTrigger::Maintenance { .. })
+        || st.states.holds(SystemConditionType::OnAcPower);
+    ac_ok && record.conditions.iter().all(|c| st.states.holds(*c))
+}
+
+impl Broker {
+    /// Latches a fire of one registration (one pending fire at most; further fires coalesce).
+    pub(super) fn fire(
+        &self,
+        st: &mut State,
+        task_id: Uuid,
+        details: Option<serde_json::Value>,
+        _now: i64,
+        changes: &mut Vec<ScheduleChange>,
+    ) {
+        let Some(record) = st.registry.get(&task_id).cloned() else {
+            return;
+        };
+        if st.registry.is_spent(&task_id) {
+            return;
+        }
+        if record.trigger.one_shot() {
+            st.registry.mark_spent(task_id);
+            st.unschedule(&task_id);
+            changes.push(ScheduleChange::Spent(task_id));
+        }
+        if st.pending.contains_key(&task_id) {
+            return; // coalesces with the fire already pending
+        }
+        st.latch(task_id, details, false);
+        st.unpersisted.push(task_id);
+    }
+
+    /// Fires every registration listening to `key`; returns how many fired.
+    pub(crate) fn fire_key(self: &Arc<Self>, st: &mut State, key: &EventKey) -> usize {
+        let now = self.clock.now_ms();
+        let mut changes = Vec::new();
+        let n = self.fire_key_into(st, key, now, &mut changes);
+        self.commit(st, changes);
+        self.dispatch(st, now);
+        n
+    }
+
+    pub(super) fn fire_key_into(
+        &self,
+        st: &mut State,
+        key: &EventKey,
+        now: i64,
+        changes: &mut Vec<ScheduleChange>,
+    ) -> usize {
+        let ids: Vec<Uuid> = st.registry.listeners(key).to_vec();
+        let mut n = 0;
+        for id in ids {
+            if st.registry.is_spent(&id) {
+                continue;
+            }
+            if let Some(TaskTrigger::CustomEvent { recurrence, .. }) =
+                st.registry.get(&id).map(|t| &t.trigger)
+                && *recurrence == CustomRecurrence::Once
+                && !st.once_fired.insert(id)
+            {
+                continue;
+            }
+            self.fire(st, id, None, now, changes);
+            n += 1;
+        }
+        n
+    }
+
+    /// Starts every pending fire that can run now: not already running, conditions hold, a slot
+    /// is free. Latches the others durably.
+    pub(crate) fn dispatch(self: &Arc<Self>, st: &mut State, now: i64) {
+        if st.closing || st.paused {
+            return;
+        }
+        let mut changes = Vec::new();
+        let max = self.policy.max_concurrent as usize;
+        let mut started = Vec::new();
+        // Oldest fire first; stop as soon as every slot is taken (the rest stay latched).
+        for (&seq, &task_id) in &st.pending_order {
+            if st.running.len() + started.len() >= max {
+                break;
+            }
+            let runnable = !st.running.contains_key(&task_id)
+                && st
+                    .registry
+                    .get(&task_id)
+                    .is_some_and(|r| conditions_hold(st, r));
+            if runnable {
+                started.push((seq, task_id));
+            }
+        }
+        for (seq, task_id) in started {
+            let record = Arc::clone(st.registry.get(&task_id).expect("registered"));
+            st.pending_order.remove(&seq);
+            let pending = st.pending.remove(&task_id).expect("pending");
+            if pending.persisted {
+                changes.push(ScheduleChange::Pending(task_id, None));
+            }
+            let instance = Instance::new(
+                Registration::new(Arc::clone(self), record.clone()),
+                pending.details,
+                now,
+            );
+            let limit = self.policy.time_limit(record.trigger.kind());
+            let limit_at = (limit > 0).then(|| now + i64::from(limit) * 1000);
+            if let Some(at) = limit_at {
+                st.wake_broker_by(at, &self.waker);
+            }
+            st.running.insert(
+                task_id,
+                Running {
+                    instance: instance.clone(),
+                    limit_at,
+                    grace_at: None,
+                },
+            );
+            st.jobs.push_back(instance);
+            // Every queued job needs a worker of its own: an idle worker woken for an earlier job
+            // of this dispatch still counts as idle until it takes that job.
+            if st.jobs.len() > st.idle_workers {
+                self.spawn_worker();
+            } else {
+                self.work_cv.notify_one();
+            }
+        }
+        // Latches that did not start are made durable, each once.
+        for task_id in std::mem::take(&mut st.unpersisted) {
+            if let Some(pending) = st.pending.get_mut(&task_id)
+                && !pending.persisted
+            {
+                pending.persisted = true;
+                let details = pending.details.as_ref().map(|d| d.to_string());
+                changes.push(ScheduleChange::Pending(task_id, Some(details)));
+            }
+        }
+        self.commit(st, changes);
+        self.change_cv.notify_all();
+    }
+
+    /// A state of the machine changed: run what it unblocks, cancel what it strands.
+    pub(crate) fn state_changed(
+        self: &Arc<Self>,
+        st: &mut State,
+        condition: SystemConditionType,
+        value: bool,
+    ) {
+        if !st.states.set(condition, value) {
+            return;
+        }
+        let now = self.clock.now_ms();
+        let stranded: Vec<(Uuid, CancellationReason)> = st
+            .running
+            .iter()
+            .filter_map(|(id, r)| {
+                let record = r.instance.task().record();
+                if matches!(record.trigger, TaskTrigger::Maintenance { .. })
+                    && !st.states.holds(SystemConditionType::OnAcPower)
+                {
+                    Some((*id, CancellationReason::Abort)) // Windows: maintenance task off AC
+                } else if record.cancel_on_condition_loss && !conditions_hold(st, record) {
+                    Some((*id, CancellationReason::ConditionLoss))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for (id, reason) in stranded {
+            self.cancel_task(st, &id, reason, now);
+        }
+        self.dispatch(st, now);
+    }
+}

@@ -1,0 +1,492 @@
+//! The broker (SPEC §3–§4): one per open system. It fires triggers, latches them until their
+//! conditions hold, runs instances on a bounded worker pool (or hands them to a host through the
+//! pull queue), enforces time limits and grace, records runs and delivers progress and completion.
+//! `System` (system.rs) is its façade; it calls the broker only through the `pub(crate)` methods
+//! of these files.
+//!
+//! Where things are:
+//! - `mod.rs`: the broker's state and lock, its threads (broker loop, notifier), idle waits, close.
+//! - `timers.rs`: due times of time, maintenance and calendar triggers; windows; catch-up at open.
+//! - `latch.rs`: fires, pending (latched) fires, conditions, dispatch to the pool.
+//! - `pool.rs`: worker threads, entry-point resolution, the pull queue.
+//! - `cancel.rs`: cancellation, time limits, grace, and the end of an instance.
+//! - `notify.rs`: the notifier thread calling progress, completed and canceled handlers.
+//! - `tasks.rs`: what registering, unregistering and requesting mean for the broker.
+//! - `instance.rs`: one run (`Instance`), its progress, deferrals and cancellation.
+//!
+//! Glossary of the broker's queues (fields of [`State`]):
+//! - `pending` / `pending_order`: latched fires, at most one per registration, in firing order;
+//!   `unpersisted`: those not yet written to the store.
+//! - `running`: the live instance of each registration, with its limit and grace deadlines.
+//! - `timers` / `due`: the next due time of each timed registration (a set ordered by time, and
+//!   its index by task id).
+//! - `jobs`: instances waiting for a worker; `idle_workers`: workers waiting for a job.
+//! - `events`: the pull queue (`System::next_event`): runs and cancellations for a host.
+//! - `notes`: calls for the notifier thread (progress, completed, canceled handlers), in order.
+//! - `once_fired`: custom-event registrations with recurrence ONCE that fired in this broker run.
+//! - `garbage`: values to drop once the lock is released (see [`Locked`]).
+//!
+//! Threads: one broker thread (timers and deadlines; it sleeps until the next due time or a
+//! change, never polls), workers (spawned on demand, at most `max_concurrent` busy with live
+//! instances), one notifier thread (calls progress, completed and canceled handlers in order).
+//!
+//! Lock order — three locks, always taken in this order, never the reverse, and no app code
+//! (run functions, handlers, resolvers) runs while any of them is held:
+//! 1. `Broker::state` (the mutex of [`State`]: registry, queues, store);
+//! 2. `Broker::handlers` (the `RwLock` of the handler tables);
+//! 3. an instance's `life` (`Instance::life`, the mutex of one run's state).
+//!
+//! Dropping a handler can run app code (a Python finalizer, a C `free_user_data`): values that may
+//! hold one are never dropped under a lock; [`State::defer_drop`] hands them to the [`Locked`]
+//! guard, which drops them right after it releases the state lock.
+
+mod cancel;
+pub(crate) mod instance;
+mod latch;
+mod notify;
+mod pool;
+mod tasks;
+mod timers;
+
+use std::any::Any;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::manifest::Manifest;
+use crate::model::CancellationReason;
+use crate::policy::Policy;
+use crate::registry::{Handlers, Registry};
+use crate::source::States;
+use crate::store::{ScheduleChange, Store};
+
+pub(crate) use cancel::Running;
+pub use instance::{CanceledFn, Completion, Deferral, Handler, Instance, RunFn};
+pub(crate) use latch::Pending;
+pub(crate) use notify::Note;
+pub use pool::Event;
+
+/// A completed handler: `(registration, completion)`.
+pub type CompletedFn = Arc<dyn Fn(&Registration, &Completion) + Send + Sync>;
+/// A progress handler: `(registration, instance id, progress)`.
+pub type ProgressFn = Arc<dyn Fn(&Registration, Uuid, u32) + Send + Sync>;
+/// Resolves an entry point that has no registered handler (the Python layer imports
+/// `package.module:function` or `package.module.Class`). Called on a worker thread, no lock held.
+pub type Resolver = Arc<dyn Fn(&str) -> Option<Handler> + Send + Sync>;
+
+use crate::system::Registration;
+
+/// Everything under the broker's lock.
+pub(crate) struct State {
+    /// `None` once closed.
+    pub(crate) store: Option<Store>,
+    pub(crate) registry: Registry,
+    pending: HashMap<Uuid, Pending>,
+    pending_order: BTreeMap<u64, Uuid>,
+    unpersisted: Vec<Uuid>,
+    fire_seq: u64,
+    running: HashMap<Uuid, Running>,
+    timers: BTreeSet<(i64, Uuid)>,
+    due: HashMap<Uuid, i64>,
+    once_fired: HashSet<Uuid>,
+    states: States,
+    jobs: VecDeque<Instance>,
+    idle_workers: usize,
+    notes: VecDeque<Note>,
+    notifying: bool,
+    events: VecDeque<Event>,
+    closing: bool,
+    stopping: bool,
+    /// Opened paused and not started yet: nothing is dispatched.
+    paused: bool,
+    /// When the broker plans to wake next (see `State::wake_broker_by`).
+    planned_wake: Option<i64>,
+    garbage: Vec<Box<dyn Any + Send>>,
+}
+
+impl State {
+    pub(crate) fn new(store: Store, registry: Registry, paused: bool) -> State {
+        State {
+            store: Some(store),
+            registry,
+            pending: HashMap::new(),
+            pending_order: BTreeMap::new(),
+            unpersisted: Vec::new(),
+            fire_seq: 0,
+            running: HashMap::new(),
+            timers: BTreeSet::new(),
+            due: HashMap::new(),
+            once_fired: HashSet::new(),
+            states: States::default(),
+            jobs: VecDeque::new(),
+            idle_workers: 0,
+            notes: VecDeque::new(),
+            notifying: false,
+            events: VecDeque::new(),
+            closing: false,
+            stopping: false,
+            paused,
+            planned_wake: None,
+            garbage: Vec::new(),
+        }
+    }
+
+    /// Drops `value` once the state lock is released (by the [`Locked`] guard holding it).
+    pub(crate) fn defer_drop(&mut self, value: impl Any + Send) {
+        self.garbage.push(Box::new(value));
+    }
+
+    /// When a timed registration is next due (ms since the epoch), as planned now.
+    pub(crate) fn next_due(&self, task_id: &Uuid) -> Option<i64> {
+        self.due.get(task_id).copied()
+    }
+
+    /// The machine's state as the conditions see it.
+    pub(crate) fn states(&self) -> &States {
+        &self.states
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        self.store.is_some() && !self.closing
+    }
+}
+
+/// The locked state. Dropping it releases the lock, then drops what was handed to
+/// [`State::defer_drop`] meanwhile — so a value that must not be dropped under the lock cannot be
+/// forgotten under it.
+pub(crate) struct Locked<'a> {
+    guard: Option<MutexGuard<'a, State>>,
+}
+
+impl Deref for Locked<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        self.guard.as_ref().expect("held until dropped")
+    }
+}
+
+impl DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        self.guard.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let garbage = self
+            .guard
+            .as_mut()
+            .map(|st| std::mem::take(&mut st.garbage));
+        drop(self.guard.take()); // unlock first
+        drop(garbage);
+    }
+}
+
+impl Locked<'_> {
+    /// Waits on `cv` (the lock is released while waiting).
+    fn wait(mut self, cv: &Condvar) -> Self {
+        let guard = self.guard.take().expect("held until dropped");
+        self.guard = Some(cv.wait(guard).unwrap_or_else(PoisonError::into_inner));
+        self
+    }
+
+    /// Waits on `cv` at most `timeout`.
+    fn wait_timeout(mut self, cv: &Condvar, timeout: Duration) -> Self {
+        let guard = self.guard.take().expect("held until dropped");
+        self.guard = Some(
+            cv.wait_timeout(guard, timeout)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0,
+        );
+        self
+    }
+}
+
+/// One open system's broker: its identity, policy and clock, its state, and its threads.
+pub(crate) struct Broker {
+    pub(crate) pid: u32,
+    pub(crate) manifest: Manifest,
+    pub(crate) clock: Clock,
+    pub(crate) simulated: bool,
+    pub(crate) policy: Policy,
+    pub(crate) store_path: String,
+    /// Lock 1 of the lock order.
+    state: Mutex<State>,
+    /// Wakes the broker thread (and times its sleep on the wall clock).
+    pub(crate) waker: crate::wake::Waker,
+    /// Wakes idle workers.
+    work_cv: Condvar,
+    /// Wakes the notifier thread.
+    notify_cv: Condvar,
+    /// Signals any change that `wait_idle`, `next_event` and `close` wait for.
+    change_cv: Condvar,
+    /// Lock 2 of the lock order.
+    pub(crate) handlers: RwLock<Handlers>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    pub(crate) tz: jiff::tz::TimeZone,
+    /// Hears custom events signalled by other processes (file stores only).
+    pub(crate) listener: Mutex<Option<crate::signal::SignalListener>>,
+}
+
+thread_local! {
+    /// Set on btb's own threads (notifier and workers): waits for the system to go idle from one
+    /// of them would wait for themselves.
+    static ON_BTB_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+impl Broker {
+    pub(crate) fn new(
+        manifest: Manifest,
+        clock: Clock,
+        simulated: bool,
+        policy: Policy,
+        store_path: String,
+        state: State,
+    ) -> Result<Broker> {
+        Ok(Broker {
+            pid: std::process::id(),
+            manifest,
+            clock,
+            simulated,
+            policy,
+            store_path,
+            state: Mutex::new(state),
+            waker: crate::wake::Waker::new()?,
+            work_cv: Condvar::new(),
+            notify_cv: Condvar::new(),
+            change_cv: Condvar::new(),
+            handlers: RwLock::new(Handlers::default()),
+            threads: Mutex::new(Vec::new()),
+            tz: crate::calendar::system_time_zone(),
+            listener: Mutex::new(None),
+        })
+    }
+
+    /// A manual clock moved: handle the new time before `advance` returns (due timers, limits,
+    /// grace), so that what follows an advance never depends on when the broker thread runs.
+    pub(crate) fn clock_advanced(self: &Arc<Self>) {
+        let mut st = self.lock();
+        if st.is_open() {
+            let now = self.clock.now_ms();
+            self.tick(&mut st, now);
+        }
+        self.waker.wake();
+        self.change_cv.notify_all();
+    }
+
+    /// Read access to the handler tables (lock 2).
+    pub(crate) fn handlers(&self) -> std::sync::RwLockReadGuard<'_, Handlers> {
+        self.handlers.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Write access to the handler tables (lock 2).
+    pub(crate) fn handlers_mut(&self) -> std::sync::RwLockWriteGuard<'_, Handlers> {
+        self.handlers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn lock(&self) -> Locked<'_> {
+        Locked {
+            guard: Some(self.state.lock().unwrap_or_else(PoisonError::into_inner)),
+        }
+    }
+
+    pub(crate) fn check_pid(&self) -> Result<()> {
+        let pid = std::process::id();
+        if pid != self.pid {
+            return Err(Error::state(format!(
+                "this btb system was opened by process {} and cannot be used in a forked child \
+                 (pid {pid}); open a new system in the child",
+                self.pid
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn open_state(&self) -> Result<Locked<'_>> {
+        self.check_pid()?;
+        let st = self.lock();
+        if st.store.is_none() || st.closing {
+            return Err(Error::state("the btb system is closed"));
+        }
+        Ok(st)
+    }
+
+    pub(crate) fn start_threads(self: &Arc<Self>) -> Result<()> {
+        let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, body) in [
+            ("btb-broker", Self::broker_loop as fn(&Arc<Broker>)),
+            ("btb-notifier", Self::notifier_loop as fn(&Arc<Broker>)),
+        ] {
+            let shared = Arc::clone(self);
+            let handle = std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || body(&shared))
+                .map_err(|e| {
+                    Error::new(
+                        crate::ErrorKind::Internal,
+                        format!("cannot start the {name} thread: {e}"),
+                    )
+                })?;
+            threads.push(handle);
+        }
+        Ok(())
+    }
+
+    /// Writes scheduling changes; a store failure is reported on stderr and the broker carries on
+    /// with its in-memory state (it is retried with the next change of the same registration).
+    pub(crate) fn commit(&self, st: &mut State, changes: Vec<ScheduleChange>) {
+        if let Some(store) = st.store.as_mut()
+            && let Err(e) = store.update_schedule(&changes)
+        {
+            log::error!("{e}");
+        }
+    }
+
+    pub(super) fn broker_loop(self: &Arc<Self>) {
+        let mut jumped = false;
+        loop {
+            let mut st = self.lock();
+            if st.stopping {
+                return;
+            }
+            let now = self.clock.now_ms();
+            if jumped {
+                self.replan_calendars(&mut st, now);
+            }
+            let next = self.tick(&mut st, now);
+            st.planned_wake = match &self.clock {
+                Clock::Manual(_) => Some(i64::MIN), // woken by `advance`: no deadline needs a wake
+                Clock::Real => next,
+            };
+            self.change_cv.notify_all();
+            drop(st);
+            // A wake between the unlock and the wait is kept by the eventfd, never lost.
+            let until = match &self.clock {
+                Clock::Manual(_) => None, // manual time moves only by `advance`, which wakes us
+                Clock::Real => next,
+            };
+            jumped = self.waker.wait(until) == crate::wake::Woke::ClockJump;
+        }
+    }
+
+    pub(super) fn is_idle(&self, st: &State, now: i64) -> bool {
+        st.running.is_empty()
+            && st.jobs.is_empty()
+            && st.notes.is_empty()
+            && !st.notifying
+            && st.events.is_empty()
+            && st
+                .timers
+                .first()
+                .is_none_or(|(due, _)| due + self.window_ms() > now)
+    }
+
+    pub(crate) fn wait_idle(&self, timeout: Duration) -> Result<bool> {
+        if ON_BTB_THREAD.with(|f| f.get()) {
+            return Err(Error::state(
+                "wait_idle cannot be called from a btb handler (it would wait for itself)",
+            ));
+        }
+        let deadline = Instant::now() + timeout;
+        let mut st = self.open_state()?;
+        loop {
+            if self.is_idle(&st, self.clock.now_ms()) {
+                return Ok(true);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            st = st.wait_timeout(&self.change_cv, left);
+            if st.store.is_none() {
+                return Err(Error::state("the btb system is closed"));
+            }
+        }
+    }
+
+    pub(crate) fn next_event(&self, timeout: Duration) -> Result<Option<Event>> {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.open_state()?;
+        loop {
+            if let Some(e) = st.events.pop_front() {
+                self.change_cv.notify_all();
+                return Ok(Some(e));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || st.store.is_none() {
+                return Ok(None);
+            }
+            st = st.wait_timeout(&self.change_cv, left);
+        }
+    }
+
+    pub(crate) fn close(self: &Arc<Self>) -> Result<()> {
+        self.check_pid()?;
+        let grace = Duration::from_millis(u64::from(self.policy.grace_ms));
+        let deadline = Instant::now() + grace;
+        let mut st = self.lock();
+        if st.store.is_none() || st.closing {
+            return Ok(());
+        }
+        st.closing = true;
+        let now = self.clock.now_ms();
+        let running: Vec<Uuid> = st.running.keys().copied().collect();
+        for id in running {
+            self.cancel_task(&mut st, &id, CancellationReason::Terminating, now);
+        }
+        // Wait (real time) for running instances to end and handlers to be called.
+        while !(st.running.is_empty() && st.notes.is_empty() && !st.notifying) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || ON_BTB_THREAD.with(|f| f.get()) {
+                break;
+            }
+            st = st.wait_timeout(&self.change_cv, left);
+        }
+        let stuck: Vec<Instance> = st.running.values().map(|r| r.instance.clone()).collect();
+        for instance in stuck {
+            self.finish(&mut st, &instance, Some(CancellationReason::Terminating));
+        }
+        st.stopping = true;
+        let store = st.store.take();
+        st.jobs.clear();
+        self.waker.wake();
+        self.work_cv.notify_all();
+        self.notify_cv.notify_all();
+        self.change_cv.notify_all();
+        drop(st);
+        drop(store);
+        let listener = self
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        drop(listener);
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
+        let me = std::thread::current().id();
+        for t in threads {
+            if t.thread().id() != me {
+                let _ = t.join();
+            }
+        }
+        // Drop handlers (they may hold references back to this system) outside every lock.
+        let handlers =
+            std::mem::take(&mut *self.handlers.write().unwrap_or_else(|p| p.into_inner()));
+        drop(handlers);
+        Ok(())
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}

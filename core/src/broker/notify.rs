@@ -1,0 +1,96 @@
+//! The notifier thread: calls progress, completed and canceled handlers, in order, one at a time,
+//! with no lock held; a panicking handler is logged and the next one still runs.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use super::{Broker, CanceledFn, CompletedFn, Completion, Instance, ON_BTB_THREAD, panic_message};
+use crate::model::CancellationReason;
+use crate::system::Registration;
+
+/// Work for the notifier thread.
+pub(crate) enum Note {
+    Progress(Registration, Uuid, u32),
+    /// With the completed handlers registered when the run ended.
+    Completed(Registration, Completion, Vec<(u64, CompletedFn)>),
+    Canceled(Instance, Vec<CanceledFn>, CancellationReason),
+}
+
+impl Broker {
+    pub(crate) fn notify_canceled(
+        &self,
+        instance: &Instance,
+        handlers: Vec<CanceledFn>,
+        reason: CancellationReason,
+    ) {
+        let mut st = self.lock();
+        st.notes
+            .push_back(Note::Canceled(instance.clone(), handlers, reason));
+        self.notify_cv.notify_one();
+    }
+
+    pub(crate) fn progress_changed(&self, instance: &Instance, value: u32) {
+        let mut st = self.lock();
+        st.notes.push_back(Note::Progress(
+            instance.task().clone(),
+            instance.instance_id(),
+            value,
+        ));
+        self.notify_cv.notify_one();
+    }
+
+    pub(super) fn notifier_loop(self: &Arc<Self>) {
+        ON_BTB_THREAD.with(|f| f.set(true));
+        let mut st = self.lock();
+        loop {
+            let Some(note) = st.notes.pop_front() else {
+                if st.stopping {
+                    return;
+                }
+                st = st.wait(&self.notify_cv);
+                continue;
+            };
+            st.notifying = true;
+            drop(st);
+            self.deliver(note);
+            st = self.lock();
+            st.notifying = false;
+            self.change_cv.notify_all();
+        }
+    }
+
+    pub(super) fn deliver(&self, note: Note) {
+        let call = |f: &dyn Fn()| {
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(f)) {
+                log::error!("a handler panicked: {}", panic_message(&panic));
+            }
+        };
+        match note {
+            Note::Progress(registration, instance_id, value) => {
+                let list = self.handlers_for(|h| h.progress.get(&registration.task_id()).cloned());
+                for (_, handler) in list {
+                    call(&|| handler(&registration, instance_id, value));
+                }
+            }
+            Note::Completed(registration, completion, handlers) => {
+                for (_, handler) in handlers {
+                    call(&|| handler(&registration, &completion));
+                }
+            }
+            Note::Canceled(instance, handlers, reason) => {
+                for handler in handlers {
+                    call(&|| handler(&instance, reason));
+                }
+            }
+        }
+    }
+
+    pub(super) fn handlers_for<T>(
+        &self,
+        pick: impl FnOnce(&crate::registry::Handlers) -> Option<Vec<T>>,
+    ) -> Vec<T> {
+        pick(&self.handlers.read().unwrap_or_else(|p| p.into_inner())).unwrap_or_default()
+    }
+}

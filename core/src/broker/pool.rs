@@ -1,0 +1,134 @@
+//! The worker pool and the pull queue (SPEC §4): workers are spawned on demand, at most
+//! `max_concurrent` busy; each job's entry point is resolved in the order of SPEC §4; a job whose
+//! handler is `Queued` goes to the pull queue for a host to run on its own thread.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use super::{Broker, Handler, Instance, ON_BTB_THREAD, panic_message};
+use crate::model::CancellationReason;
+
+/// An entry of the pull queue (`System::next_event`).
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Run this instance on the host's thread, then call `Instance::finish_run`.
+    Run(Instance),
+    /// A queued instance was canceled: stop it and finish the run.
+    Canceled(Instance, CancellationReason),
+}
+
+impl Broker {
+    pub(super) fn spawn_worker(self: &Arc<Self>) {
+        let shared = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("btb-worker".into())
+            .spawn(move || shared.worker_loop());
+        if let Err(e) = spawned {
+            log::error!("cannot start a worker thread: {e}");
+        }
+    }
+
+    pub(super) fn worker_loop(self: &Arc<Self>) {
+        ON_BTB_THREAD.with(|f| f.set(true));
+        loop {
+            let mut st = self.lock();
+            let instance = loop {
+                if st.stopping {
+                    return;
+                }
+                if let Some(i) = st.jobs.pop_front() {
+                    break i;
+                }
+                st.idle_workers += 1;
+                st = st.wait(&self.work_cv);
+                st.idle_workers -= 1;
+            };
+            drop(st);
+            match self.resolve(&instance) {
+                Ok(Handler::Call(run)) => {
+                    if let Err(panic) = catch_unwind(AssertUnwindSafe(|| run(&instance))) {
+                        instance.report_failure(format!(
+                            "the run function panicked: {}",
+                            panic_message(&panic)
+                        ));
+                    }
+                    let _ = instance.finish_run();
+                }
+                Ok(Handler::Queued) => {
+                    // Under the state lock, like `cancel_task`: RUN always precedes CANCELED.
+                    let mut st = self.lock();
+                    let mut life = instance.life();
+                    life.queued = true;
+                    let canceled = life.canceled;
+                    drop(life);
+                    st.events.push_back(Event::Run(instance.clone()));
+                    if let Some(reason) = canceled {
+                        st.events.push_back(Event::Canceled(instance, reason));
+                    }
+                    self.change_cv.notify_all();
+                }
+                Err(message) => {
+                    instance.report_failure(message);
+                    let _ = instance.finish_run();
+                }
+            }
+        }
+    }
+
+    /// Entry point resolution, SPEC §4 order (out-of-process hosts arrive with a later release).
+    pub(super) fn resolve(&self, instance: &Instance) -> std::result::Result<Handler, String> {
+        let record = instance.task().record();
+        let handlers = self.handlers.read().unwrap_or_else(|p| p.into_inner());
+        match &record.task_entry_point {
+            Some(ep) => {
+                if let Some(h) = handlers.entry_points.get(ep) {
+                    return Ok(h.clone());
+                }
+                let resolver = handlers.resolver.clone();
+                drop(handlers);
+                let has_resolver = resolver.is_some();
+                if let Some(found) = resolver.and_then(|r| r(ep)) {
+                    return Ok(found);
+                }
+                let exec = self.manifest.find(ep).is_some_and(|d| d.exec.is_some());
+                Err(format!(
+                    "no handler for entry point {ep:?}: looked for an in-process handler registered under \
+                     that name{}{}",
+                    if exec {
+                        " (its manifest exec host is not supported by this release)"
+                    } else {
+                        ""
+                    },
+                    if has_resolver {
+                        " and an importable module path"
+                    } else {
+                        ""
+                    }
+                ))
+            }
+            None => {
+                let group = record.task_group.as_ref().map(|g| g.id.clone());
+                if let Some(h) = group
+                    .clone()
+                    .and_then(|g| handlers.activation.get(&Some(g)).cloned())
+                {
+                    return Ok(h);
+                }
+                // The group's own handlers, wherever they were added (objects bound by use).
+                if let Some(h) = group.as_deref().and_then(crate::groups::handler) {
+                    return Ok(Handler::Call(h));
+                }
+                if let Some(h) = handlers.activation.get(&None) {
+                    return Ok(h.clone());
+                }
+                Err(format!(
+                    "task {:?} has no entry point and no background-activated handler is set{}",
+                    record.name,
+                    group
+                        .map(|g| format!(" for task group {g:?} or the system"))
+                        .unwrap_or_else(|| " for the system".into())
+                ))
+            }
+        }
+    }
+}
