@@ -85,6 +85,9 @@ mod _btb {
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
         m.add("__version__", btb_core::VERSION)?;
+        // The core logs through `log` (target "btb"): its records go to Python's `logging`,
+        // logger "btb". If another extension installed a `log` logger first, they go there.
+        let _ = pyo3_log::Logger::new(m.py(), pyo3_log::Caching::Loggers)?.install();
         let errors: Vec<(u32, &str, &str)> = ErrorKind::ALL
             .iter()
             .map(|&k| (k.code(), k.status_name(), crate::errors::exception_name(k)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import importlib.metadata
+import logging
 import re
 import subprocess
 import sys
@@ -11,6 +12,8 @@ import sysconfig
 import textwrap
 import weakref
 from pathlib import Path
+
+import pytest
 
 import btb
 
@@ -177,3 +180,16 @@ def test_dropping_a_handler_may_call_back_into_btb(tmp_path: Path) -> None:
         for token in calls:
             group.remove_background_activated(token)
         btb.set_default_system(None)
+
+
+def test_core_log_records_reach_the_btb_logger(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The core logs through Rust's `log`; pyo3-log hands the records to `logging` ("btb")."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "no-such-dir"))  # no control socket here
+    manifest = btb.Manifest("org.example.log", "1", [btb.TaskDeclaration("e.Run", ["general"])])
+    with caplog.at_level(logging.WARNING, logger="btb"):
+        with btb.System(manifest, tmp_path / "log.sqlite3"):
+            pass
+    messages = [r.getMessage() for r in caplog.records if r.name == "btb"]
+    assert any("custom events from other processes will not reach this system" in m for m in messages), messages

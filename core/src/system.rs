@@ -136,7 +136,7 @@ impl System {
             match crate::signal::SignalListener::bind(shared.manifest.app_id(), on_signal) {
                 Ok(l) => *shared.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(l),
                 Err(e) => {
-                    log::warn!("custom events from other processes will not reach this system: {e}")
+                    log::warn!(target: "btb", "custom events from other processes will not reach this system: {e}")
                 }
             }
         }

@@ -118,7 +118,7 @@ impl Broker {
             if let Some(store) = st.store.as_mut()
                 && let Err(e) = store.insert_run(&run, self.policy.history_limit)
             {
-                log::error!("{e}");
+                log::error!(target: "btb", "{e}");
             }
         }
         // The handlers registered now hear of it, even if the task was unregistered meanwhile

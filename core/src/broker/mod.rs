@@ -345,7 +345,7 @@ impl Broker {
         if let Some(store) = st.store.as_mut()
             && let Err(e) = store.update_schedule(&changes)
         {
-            log::error!("{e}");
+            log::error!(target: "btb", "{e}");
         }
     }
 

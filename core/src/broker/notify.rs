@@ -64,7 +64,7 @@ impl Broker {
     pub(super) fn deliver(&self, note: Note) {
         let call = |f: &dyn Fn()| {
             if let Err(panic) = catch_unwind(AssertUnwindSafe(f)) {
-                log::error!("a handler panicked: {}", panic_message(&panic));
+                log::error!(target: "btb", "a handler panicked: {}", panic_message(&panic));
             }
         };
         match note {

@@ -24,7 +24,7 @@ impl Broker {
             .name("btb-worker".into())
             .spawn(move || shared.worker_loop());
         if let Err(e) = spawned {
-            log::error!("cannot start a worker thread: {e}");
+            log::error!(target: "btb", "cannot start a worker thread: {e}");
         }
     }
 

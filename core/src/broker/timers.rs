@@ -143,8 +143,7 @@ impl Broker {
             let due = match due {
                 // A store written by hand (or by a clock gone wrong): no instant to wait for.
                 Some(d) if crate::clock::in_range(d).is_none() => {
-                    log::warn!(
-                        "task {task_id} has a stored due time of {d} ms, outside years \
+                    log::warn!(target: "btb", "task {task_id} has a stored due time of {d} ms, outside years \
                          1-9999: it will not fire until registered again"
                     );
                     None
