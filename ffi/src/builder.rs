@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use btb_core::{Builder, Error, ErrorKind};
 
 use crate::error::{btb_status, guard};
-use crate::handle::{self, handle_type, out_ptr, write};
+use crate::handle::{self, Out, OutArray, handle_type, read, required};
 use crate::registration::{btb_registration, btb_task_group, new_group, new_registration};
-use crate::strings::{arg, opt_arg, owned};
+use crate::strings::{arg, c_str, opt_arg, owned};
 use crate::system::btb_system;
 use crate::trigger::{btb_condition, btb_trigger, new_trigger};
 
@@ -20,7 +20,7 @@ pub struct btb_builder {
 }
 
 pub(crate) type BuilderRef = Arc<Mutex<Builder>>;
-handle_type!(btb_builder, 1, Builder, BuilderRef);
+handle_type!(btb_builder, "builder", 1, Builder, BuilderRef);
 
 fn lock(b: &BuilderRef) -> MutexGuard<'_, Builder> {
     b.lock().unwrap_or_else(|p| p.into_inner())
@@ -36,31 +36,19 @@ fn edit(
     })
 }
 
-fn read<T>(
-    builder: *const btb_builder,
-    out: *mut T,
-    f: impl FnOnce(&Builder) -> Result<T, Error>,
-) -> btb_status {
-    guard(|| {
-        let out = out_ptr(out, "out")?;
-        let b = handle::get(builder, "builder")?;
-        let value = f(&lock(&b))?;
-        write(out, value);
-        Ok(())
-    })
-}
-
 /// Creates an empty builder: no name, no trigger, no conditions, name policy `BTB_NAME_POLICY_ALLOW`.
 /// On success `*out` is a new builder the caller frees with `btb_free`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_new(out: *mut *mut btb_builder) -> btb_status {
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
     guard(|| {
-        let out = out_ptr(out, "out")?;
-        write(
-            out,
-            handle::insert::<btb_builder>(Arc::new(Mutex::new(Builder::new()))),
-        );
+        let out = required(out, "out")?;
+        out.write(handle::insert::<btb_builder>(Arc::new(Mutex::new(
+            Builder::new(),
+        ))));
         Ok(())
     })
 }
@@ -75,8 +63,11 @@ pub extern "C" fn btb_free(builder: *mut btb_builder) -> btb_status {
 /// Sets the task name (copied). Its length (1–256 bytes) is checked by `btb_register`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_set_name(builder: *mut btb_builder, name: *const c_char) -> btb_status {
     edit(builder, |b| {
+        // SAFETY: the C contract: `name` is NULL or a NUL-terminated string valid during the call.
+        let name = unsafe { c_str(name) };
         b.name = Some(arg(name, "name")?.to_owned());
         Ok(())
     })
@@ -86,11 +77,15 @@ pub extern "C" fn btb_set_name(builder: *mut btb_builder, name: *const c_char) -
 /// Errors: `BTB_ERROR_NULL_ARGUMENT` (builder), `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`.
 /// Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_set_task_entry_point(
     builder: *mut btb_builder,
     entry_point: *const c_char,
 ) -> btb_status {
     edit(builder, |b| {
+        // SAFETY: the C contract: `entry_point` is NULL or a NUL-terminated string valid during the
+        // call.
+        let entry_point = unsafe { c_str(entry_point) };
         b.task_entry_point = opt_arg(entry_point, "entry_point")?
             .filter(|s| !s.is_empty())
             .map(str::to_owned);
@@ -180,78 +175,112 @@ pub extern "C" fn btb_add_condition(
 /// Writes a copy of the name to `*out` (NULL when unset); the caller frees it with
 /// `btb_string_free`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_get_name(builder: *const btb_builder, out: *mut *mut c_char) -> btb_status {
-    read(builder, out, |b| {
-        Ok(b.name.as_deref().map_or(std::ptr::null_mut(), owned))
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| {
+        read(builder, out, |b| {
+            Ok(lock(b).name.as_deref().map_or(std::ptr::null_mut(), owned))
+        })
     })
 }
 
 /// Writes a copy of the entry point to `*out` (NULL when unset); free it with `btb_string_free`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_get_task_entry_point(
     builder: *const btb_builder,
     out: *mut *mut c_char,
 ) -> btb_status {
-    read(builder, out, |b| {
-        Ok(b.task_entry_point
-            .as_deref()
-            .map_or(std::ptr::null_mut(), owned))
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| {
+        read(builder, out, |b| {
+            Ok(lock(b)
+                .task_entry_point
+                .as_deref()
+                .map_or(std::ptr::null_mut(), owned))
+        })
     })
 }
 
 /// Writes a new handle to the builder's task group to `*out` (NULL when unset); free it with
 /// `btb_task_group_free`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_get_task_group(
     builder: *const btb_builder,
     out: *mut *mut btb_task_group,
 ) -> btb_status {
-    read(builder, out, |b| {
-        Ok(b.task_group.clone().map_or(std::ptr::null_mut(), new_group))
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| {
+        read(builder, out, |b| {
+            Ok(lock(b)
+                .task_group
+                .clone()
+                .map_or(std::ptr::null_mut(), new_group))
+        })
     })
 }
 
 /// Writes `cancel_on_condition_loss` to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_get_cancel_on_condition_loss(
     builder: *const btb_builder,
     out: *mut bool,
 ) -> btb_status {
-    read(builder, out, |b| Ok(b.cancel_on_condition_loss))
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| read(builder, out, |b| Ok(lock(b).cancel_on_condition_loss)))
 }
 
 /// Writes `is_network_requested` to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_get_is_network_requested(
     builder: *const btb_builder,
     out: *mut bool,
 ) -> btb_status {
-    read(builder, out, |b| Ok(b.is_network_requested))
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| read(builder, out, |b| Ok(lock(b).is_network_requested)))
 }
 
 /// Writes the name policy (`BTB_NAME_POLICY_*`) to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_get_name_policy(builder: *const btb_builder, out: *mut u32) -> btb_status {
-    read(builder, out, |b| Ok(b.name_policy))
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| read(builder, out, |b| Ok(lock(b).name_policy)))
 }
 
 /// Writes a new handle to a copy of the trigger to `*out` (free with `btb_trigger_free`).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_NOT_FOUND` (no trigger
 /// set). Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_get_trigger(
     builder: *const btb_builder,
     out: *mut *mut btb_trigger,
 ) -> btb_status {
-    read(builder, out, |b| {
-        b.trigger
-            .clone()
-            .map(new_trigger)
-            .ok_or_else(|| Error::new(ErrorKind::NotFound, "the builder has no trigger"))
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| {
+        read(builder, out, |b| {
+            lock(b)
+                .trigger
+                .clone()
+                .map(new_trigger)
+                .ok_or_else(|| Error::new(ErrorKind::NotFound, "the builder has no trigger"))
+        })
     })
 }
 
@@ -260,53 +289,50 @@ pub extern "C" fn btb_get_trigger(
 /// `conditions` may be NULL when `capacity` is 0.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_get_conditions(
     builder: *const btb_builder,
     conditions: *mut u32,
     capacity: usize,
     out_len: *mut usize,
 ) -> btb_status {
+    // SAFETY: the C contract: `out_len` is NULL or writable storage for the result; `conditions` is
+    // NULL or `capacity` writable elements.
+    let (out_len, conditions) = unsafe {
+        (
+            Out::from_raw(out_len),
+            OutArray::from_raw(conditions, capacity),
+        )
+    };
     guard(|| {
-        let out_len = out_ptr(out_len, "out_len")?;
-        if capacity > 0 {
-            out_ptr(conditions, "conditions")?;
-        }
+        let out_len = required(out_len, "out_len")?;
+        let conditions = required(conditions, "conditions")?;
         let b = handle::get(builder, "builder")?;
         let b = lock(&b);
-        copy_u32s(&b.conditions, conditions, capacity);
-        write(out_len, b.conditions.len());
+        conditions.fill(&b.conditions);
+        out_len.write(b.conditions.len());
         Ok(())
     })
-}
-
-/// Copies up to `capacity` values to a C array checked non-NULL by the caller when capacity > 0.
-pub(crate) fn copy_u32s(values: &[u32], dst: *mut u32, capacity: usize) {
-    for (i, v) in values.iter().take(capacity).enumerate() {
-        // SAFETY: the C caller promises `capacity` writable elements (documented).
-        unsafe { dst.add(i).write(*v) };
-    }
 }
 
 fn register(
     system: Option<*mut btb_system>,
     builder: *const btb_builder,
-    out: *mut *mut btb_registration,
-) -> btb_status {
-    guard(|| {
-        let out = out_ptr(out, "out")?;
-        let system = match system {
-            Some(s) => handle::get(s as *const btb_system, "system")?
-                .system
-                .clone(),
-            None => btb_core::default_system()?,
-        };
-        let b = handle::get(builder, "builder")?;
-        // Validate and store a snapshot so that the builder lock is not held while committing.
-        let snapshot = lock(&b).clone();
-        let registration = system.register(&snapshot)?;
-        write(out, new_registration(registration));
-        Ok(())
-    })
+    out: Option<Out<'_, *mut btb_registration>>,
+) -> Result<(), Error> {
+    let out = required(out, "out")?;
+    let system = match system {
+        Some(s) => handle::get(s as *const btb_system, "system")?
+            .system
+            .clone(),
+        None => btb_core::default_system()?,
+    };
+    let b = handle::get(builder, "builder")?;
+    // Validate and store a snapshot so that the builder lock is not held while committing.
+    let snapshot = lock(&b).clone();
+    let registration = system.register(&snapshot)?;
+    out.write(new_registration(registration));
+    Ok(())
 }
 
 /// Registers the task described by `builder` with the default system (opened on first use from
@@ -314,11 +340,14 @@ fn register(
 /// `btb_register_in`; without a default system it fails with `BTB_ERROR_STATE` and a message that
 /// says how to provide a manifest.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_register(
     builder: *const btb_builder,
     out: *mut *mut btb_registration,
 ) -> btb_status {
-    register(None, builder, out)
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| register(None, builder, out))
 }
 
 /// Validates and registers the task described by `builder` in `system`, returning only once the
@@ -333,10 +362,13 @@ pub extern "C" fn btb_register(
 /// (contradictory conditions, name taken under `BTB_NAME_POLICY_FAIL`); `BTB_ERROR_STORE`. Also
 /// `BTB_ERROR_STATE` (closed system, used after fork). Thread-safe; blocks for the commit.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_register_in(
     system: *mut btb_system,
     builder: *const btb_builder,
     out: *mut *mut btb_registration,
 ) -> btb_status {
-    register(Some(system), builder, out)
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| register(Some(system), builder, out))
 }

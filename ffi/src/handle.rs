@@ -8,6 +8,8 @@
 //! generations are used up is retired rather than wrapped, so no freed handle ever comes back.
 
 use std::ffi::c_void;
+use std::marker::PhantomData;
+use std::mem::MaybeUninit;
 use std::sync::Mutex;
 
 use btb_core::{Error, ErrorKind, Result};
@@ -58,6 +60,8 @@ impl Object {
 /// An opaque C type backed by one `Object` variant.
 pub(crate) trait Handle {
     const NAME: &'static str;
+    /// How error messages name an argument of this type (`"builder is NULL"`).
+    const ARG: &'static str;
     const TAG: u64;
     type Inner: Clone;
     fn wrap(inner: Self::Inner) -> Object;
@@ -65,9 +69,10 @@ pub(crate) trait Handle {
 }
 
 macro_rules! handle_type {
-    ($c:ident, $tag:literal, $variant:ident, $inner:ty) => {
+    ($c:ident, $arg:literal, $tag:literal, $variant:ident, $inner:ty) => {
         impl $crate::handle::Handle for $c {
             const NAME: &'static str = stringify!($c);
+            const ARG: &'static str = $arg;
             const TAG: u64 = $tag;
             type Inner = $inner;
             fn wrap(inner: $inner) -> $crate::handle::Object {
@@ -209,23 +214,81 @@ pub(crate) fn free<H: Handle>(ptr: *mut H) -> Result<Option<H::Inner>> {
     Ok(object.and_then(|o| H::unwrap(&o).cloned()))
 }
 
-/// Writes `value` through an out-pointer checked beforehand with [`out_ptr`].
-pub(crate) fn write<T>(out: *mut T, value: T) {
-    // SAFETY: callers check `out` is non-NULL with `out_ptr` first; the C caller promises it points
-    // to writable storage of type T (documented on every function).
-    unsafe { out.write(value) }
+/// An out-parameter C passed to btb, checked non-NULL: storage for one `T`, written at most once
+/// (`write` takes `self`). The storage may be uninitialised; what it held is never read or dropped.
+pub(crate) struct Out<'a, T>(&'a mut MaybeUninit<T>);
+
+impl<'a, T> Out<'a, T> {
+    /// Wraps the out-pointer `ptr` of an entry point (`None` for NULL). Call it once, at the top of
+    /// the entry point, then check it with [`required`] before any work, so that no result is lost
+    /// to a NULL `out`.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is NULL or points to storage, aligned and writable for a `T`, that nothing else uses
+    /// during `'a` — the C contract on every out-parameter of btb ("results go through
+    /// out-parameters"). `'a` must not outlive the call.
+    pub(crate) unsafe fn from_raw(ptr: *mut T) -> Option<Self> {
+        // SAFETY: the caller's promise above; `as_mut` handles NULL. Viewing the storage as
+        // `MaybeUninit<T>` asks nothing of its contents.
+        unsafe { ptr.cast::<MaybeUninit<T>>().as_mut() }.map(Out)
+    }
+
+    /// Writes the result (without reading or dropping what the storage held).
+    pub(crate) fn write(self, value: T) {
+        self.0.write(value);
+    }
 }
 
-/// Checks an out-pointer before any work is done, so no result is lost to a NULL `out`.
-pub(crate) fn out_ptr<T>(out: *mut T, what: &str) -> Result<*mut T> {
-    if out.is_null() {
-        Err(Error::new(
-            ErrorKind::NullArgument,
-            format!("{what} is NULL"),
-        ))
-    } else {
-        Ok(out)
+/// A required pointer argument: NULL (`None`) is `BTB_ERROR_NULL_ARGUMENT` naming `what`.
+pub(crate) fn required<T>(arg: Option<T>, what: &str) -> Result<T> {
+    arg.ok_or_else(|| Error::new(ErrorKind::NullArgument, format!("{what} is NULL")))
+}
+
+/// A C array of `capacity` elements that btb fills, checked non-NULL unless `capacity` is 0.
+pub(crate) struct OutArray<'a, T> {
+    ptr: *mut T,
+    capacity: usize,
+    _slots: PhantomData<&'a mut [T]>,
+}
+
+impl<'a, T: Copy> OutArray<'a, T> {
+    /// Wraps the array argument `ptr` of an entry point: `None` when `ptr` is NULL and `capacity`
+    /// is not 0 (with `capacity` 0, `ptr` may be NULL and is never used).
+    ///
+    /// # Safety
+    ///
+    /// When `capacity` is not 0, `ptr` is NULL or points to `capacity` aligned, writable elements
+    /// that nothing else uses during `'a` — the C contract of btb's `capacity`-sized arrays. `'a`
+    /// must not outlive the call.
+    pub(crate) unsafe fn from_raw(ptr: *mut T, capacity: usize) -> Option<Self> {
+        (capacity == 0 || !ptr.is_null()).then_some(OutArray {
+            ptr,
+            capacity,
+            _slots: PhantomData,
+        })
     }
+
+    /// Writes the first `capacity` of `values` (fewer if there are fewer); the rest is untouched.
+    pub(crate) fn fill(self, values: &[T]) {
+        for (i, v) in values.iter().take(self.capacity).enumerate() {
+            // SAFETY: `i < capacity`, so `ptr` is non-NULL and `ptr + i` is writable (`from_raw`).
+            unsafe { self.ptr.add(i).write(*v) };
+        }
+    }
+}
+
+/// The body of every getter (run it inside `guard`): checks `out`, then the handle, then writes
+/// `f(object)` to `*out`. A NULL handle is `BTB_ERROR_NULL_ARGUMENT` naming [`Handle::ARG`].
+pub(crate) fn read<H: Handle, T>(
+    handle: *const H,
+    out: Option<Out<'_, T>>,
+    f: impl FnOnce(&H::Inner) -> Result<T>,
+) -> Result<()> {
+    let out = required(out, "out")?;
+    let inner = get(handle, H::ARG)?;
+    out.write(f(&inner)?);
+    Ok(())
 }
 
 /// `void *user_data` made sendable: btb passes it back to the callback as given.

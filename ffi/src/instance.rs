@@ -11,9 +11,9 @@ use std::sync::Arc;
 use btb_core::{Deferral, Error, ErrorKind, Handler, Instance};
 
 use crate::error::{btb_status, guard};
-use crate::handle::{self, UserData, handle_type, out_ptr, write};
+use crate::handle::{self, Out, UserData, handle_type, read};
 use crate::registration::{btb_registration, btb_uuid, new_registration};
-use crate::strings::arg;
+use crate::strings::{arg, c_str};
 
 /// One run of a registered task (`IBackgroundTaskInstance`). Thread-safe. A handle passed to a
 /// callback is borrowed (valid until the callback returns); handles from `btb_instance_clone` and
@@ -47,8 +47,8 @@ pub(crate) struct InstanceData {
 
 pub(crate) type InstanceRef = Arc<InstanceData>;
 pub(crate) type DeferralRef = Arc<Deferral>;
-handle_type!(btb_instance, 11, Instance, InstanceRef);
-handle_type!(btb_deferral, 12, Deferral, DeferralRef);
+handle_type!(btb_instance, "instance", 11, Instance, InstanceRef);
+handle_type!(btb_deferral, "deferral", 12, Deferral, DeferralRef);
 
 /// A new (owned) handle for an instance.
 pub(crate) fn new_instance(instance: Instance) -> *mut btb_instance {
@@ -78,19 +78,6 @@ pub(crate) fn run_handler(
     }))
 }
 
-fn read<T>(
-    instance: *const btb_instance,
-    out: *mut T,
-    f: impl FnOnce(&InstanceData) -> Result<T, Error>,
-) -> btb_status {
-    guard(|| {
-        let out = out_ptr(out, "out")?;
-        let i = handle::get(instance, "instance")?;
-        write(out, f(&i)?);
-        Ok(())
-    })
-}
-
 fn act(instance: *mut btb_instance, f: impl FnOnce(&Instance) -> Result<(), Error>) -> btb_status {
     guard(|| f(&handle::get(instance as *const btb_instance, "instance")?.instance))
 }
@@ -99,11 +86,14 @@ fn act(instance: *mut btb_instance, f: impl FnOnce(&Instance) -> Result<(), Erro
 /// it beyond the callback that lent it. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`.
 /// Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_instance_clone(
     instance: *const btb_instance,
     out: *mut *mut btb_instance,
 ) -> btb_status {
-    read(instance, out, |i| Ok(new_instance(i.instance.clone())))
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| read(instance, out, |i| Ok(new_instance(i.instance.clone()))))
 }
 
 /// Frees an owned instance handle (from `btb_instance_clone` or `btb_system_next_event`). NULL is a
@@ -116,10 +106,15 @@ pub extern "C" fn btb_instance_free(instance: *mut btb_instance) -> btb_status {
 /// Writes the instance id (new for every run) to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_instance_id(instance: *const btb_instance, out: *mut btb_uuid) -> btb_status {
-    read(instance, out, |i| {
-        Ok(btb_uuid {
-            bytes: *i.instance.instance_id().as_bytes(),
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| {
+        read(instance, out, |i| {
+            Ok(btb_uuid {
+                bytes: *i.instance.instance_id().as_bytes(),
+            })
         })
     })
 }
@@ -127,12 +122,17 @@ pub extern "C" fn btb_instance_id(instance: *const btb_instance, out: *mut btb_u
 /// Writes a new handle to the registration this is a run of to `*out` (free with
 /// `btb_registration_free`). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_instance_task(
     instance: *const btb_instance,
     out: *mut *mut btb_registration,
 ) -> btb_status {
-    read(instance, out, |i| {
-        Ok(new_registration(i.instance.task().clone()))
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| {
+        read(instance, out, |i| {
+            Ok(new_registration(i.instance.task().clone()))
+        })
     })
 }
 
@@ -140,23 +140,31 @@ pub extern "C" fn btb_instance_task(
 /// or NULL for other triggers. Borrowed: valid while this instance handle lives.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_instance_trigger_details(
     instance: *const btb_instance,
     out: *mut *const c_char,
 ) -> btb_status {
-    read(instance, out, |i| {
-        Ok(i.details.as_ref().map_or(std::ptr::null(), |d| d.as_ptr()))
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| {
+        read(instance, out, |i| {
+            Ok(i.details.as_ref().map_or(std::ptr::null(), |d| d.as_ptr()))
+        })
     })
 }
 
 /// Writes the current progress to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_instance_progress(
     instance: *const btb_instance,
     out: *mut u32,
 ) -> btb_status {
-    read(instance, out, |i| Ok(i.instance.progress()))
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| read(instance, out, |i| Ok(i.instance.progress())))
 }
 
 /// Sets the progress; each change reaches the registration's progress handlers (on a btb thread).
@@ -175,57 +183,77 @@ pub extern "C" fn btb_instance_set_progress(
 /// Writes the suspended count to `*out` (btb never suspends a task: always 0).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_instance_suspended_count(
     instance: *const btb_instance,
     out: *mut u32,
 ) -> btb_status {
-    read(instance, out, |i| Ok(i.instance.suspended_count()))
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| read(instance, out, |i| Ok(i.instance.suspended_count())))
 }
 
 /// Writes whether the instance has been canceled to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_instance_canceled(
     instance: *const btb_instance,
     out: *mut bool,
 ) -> btb_status {
-    read(instance, out, |i| Ok(i.instance.canceled()))
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| read(instance, out, |i| Ok(i.instance.canceled())))
 }
 
 /// Writes the `BTB_CANCELLATION_*` reason to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_NOT_FOUND` (not canceled). Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_instance_cancellation_reason(
     instance: *const btb_instance,
     out: *mut u32,
 ) -> btb_status {
-    read(instance, out, |i| {
-        i.instance
-            .cancellation_reason()
-            .map(|r| r as u32)
-            .ok_or_else(|| Error::new(ErrorKind::NotFound, "the instance has not been canceled"))
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| {
+        read(instance, out, |i| {
+            i.instance
+                .cancellation_reason()
+                .map(|r| r as u32)
+                .ok_or_else(|| {
+                    Error::new(ErrorKind::NotFound, "the instance has not been canceled")
+                })
+        })
     })
 }
 
 /// Writes whether the broker holds a sleep inhibitor for this run (`is_network_requested`) to
 /// `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_instance_is_network_granted(
     instance: *const btb_instance,
     out: *mut bool,
 ) -> btb_status {
-    read(instance, out, |i| Ok(i.instance.is_network_granted()))
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| read(instance, out, |i| Ok(i.instance.is_network_granted())))
 }
 
 /// Marks the run as failed with `message` (copied): its outcome is `BTB_TASK_OUTCOME_FAILED` once
 /// it ends. The last report wins. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`,
 /// `BTB_ERROR_INVALID_UTF8`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_instance_report_failure(
     instance: *mut btb_instance,
     message: *const c_char,
 ) -> btb_status {
     act(instance, |i| {
+        // SAFETY: the C contract: `message` is NULL or a NUL-terminated string valid during the
+        // call.
+        let message = unsafe { c_str(message) };
         i.report_failure(arg(message, "message")?);
         Ok(())
     })
@@ -244,12 +272,15 @@ pub extern "C" fn btb_instance_finish_run(instance: *mut btb_instance) -> btb_st
 /// writes a token for `btb_instance_remove_canceled` to `*out_token` (may be NULL).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT` (instance or handler), `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_instance_add_canceled(
     instance: *mut btb_instance,
     handler: btb_canceled_fn,
     user_data: *mut c_void,
     out_token: *mut u64,
 ) -> btb_status {
+    // SAFETY: the C contract: `out_token` is NULL or writable storage for the result.
+    let out_token = unsafe { Out::from_raw(out_token) };
     guard(|| {
         let i = handle::get(instance as *const btb_instance, "instance")?;
         let f = handler.ok_or_else(|| Error::new(ErrorKind::NullArgument, "handler is NULL"))?;
@@ -261,8 +292,8 @@ pub extern "C" fn btb_instance_add_canceled(
                 // SAFETY: the C caller promised `f` accepts these arguments.
                 with_borrowed(inst, |h| unsafe { f(h, reason as u32, user_data.0) });
             }));
-        if !out_token.is_null() {
-            write(out_token, token);
+        if let Some(out_token) = out_token {
+            out_token.write(token);
         }
         Ok(())
     })
@@ -293,14 +324,19 @@ pub extern "C" fn btb_instance_remove_canceled(
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE` (the instance
 /// already completed). Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_instance_get_deferral(
     instance: *mut btb_instance,
     out: *mut *mut btb_deferral,
 ) -> btb_status {
-    read(instance, out, |i| {
-        Ok(handle::insert::<btb_deferral>(Arc::new(
-            i.instance.get_deferral()?,
-        )))
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| {
+        read(instance, out, |i| {
+            Ok(handle::insert::<btb_deferral>(Arc::new(
+                i.instance.get_deferral()?,
+            )))
+        })
     })
 }
 

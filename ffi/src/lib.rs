@@ -1,8 +1,17 @@
 //! The C ABI of btb. Every export is a literal no-mangle `pub extern "C" fn` whose body
 //! runs inside [`error::guard`] (or `guard_value` for infallible getters), so no panic crosses the
 //! boundary. Handles are tagged, generation-checked table entries ([`handle`]), never raw pointers.
+//!
+//! Other pointer arguments — out-parameters, strings, arrays — point to the caller's memory, and
+//! btb relies on the C contract documented on each function. An export turns each such pointer
+//! into a checked Rust view in one `unsafe` block whose SAFETY comment states what C promised
+//! (`handle::Out` for out-parameters, written by a safe `write`; `handle::OutArray`;
+//! `strings::c_str`; `strings::arg_array`; `<*const T>::as_ref`), at its top or at the top of the
+//! closure that uses it. Such an export carries `#[expect(clippy::not_unsafe_ptr_arg_deref)]`: it
+//! is a safe Rust function whose soundness rests on its caller, as every C function's does, and
+//! the expectation marks exactly those exports. Apart from those `unsafe fn` conversions, no
+//! function dereferences a pointer it was given.
 #![allow(non_camel_case_types)]
-#![allow(clippy::not_unsafe_ptr_arg_deref)] // handles are table keys; raw pointers are checked before use
 
 pub mod builder;
 pub mod constants;

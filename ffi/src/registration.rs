@@ -5,10 +5,9 @@ use std::sync::Arc;
 
 use btb_core::{Completion, Error, ErrorKind, Registration, RunRecord, TaskGroup};
 
-use crate::builder::copy_u32s;
 use crate::error::{btb_status, guard};
-use crate::handle::{self, Handle, UserData, handle_type, out_ptr, write};
-use crate::strings::{arg, c_string, opt_arg, owned};
+use crate::handle::{self, Handle, Out, OutArray, UserData, handle_type, read, required};
+use crate::strings::{arg, c_str, c_string, opt_arg, owned};
 use crate::trigger::{btb_trigger, new_trigger};
 
 /// A 128-bit task or instance id, in RFC 9562 byte order.
@@ -58,44 +57,47 @@ pub(crate) type GroupRef = Arc<GroupData>;
 pub(crate) type RegistrationListRef = Arc<Vec<Registration>>;
 pub(crate) type GroupListRef = Arc<Vec<TaskGroup>>;
 
-handle_type!(btb_registration, 7, Registration, RegistrationRef);
-handle_type!(btb_task_group, 8, TaskGroup, GroupRef);
+handle_type!(
+    btb_registration,
+    "registration",
+    7,
+    Registration,
+    RegistrationRef
+);
+handle_type!(btb_task_group, "group", 8, TaskGroup, GroupRef);
 handle_type!(
     btb_registration_list,
+    "list",
     9,
     RegistrationList,
     RegistrationListRef
 );
-handle_type!(btb_task_group_list, 10, TaskGroupList, GroupListRef);
+handle_type!(btb_task_group_list, "list", 10, TaskGroupList, GroupListRef);
 
 /// `*out` = the number of items of any list handle.
-fn list_len<H: Handle<Inner = Arc<Vec<T>>>, T>(list: *const H, out: *mut usize) -> btb_status {
-    guard(|| {
-        let out = out_ptr(out, "out")?;
-        write(out, handle::get(list, "list")?.len());
-        Ok(())
-    })
+fn list_len<H: Handle<Inner = Arc<Vec<T>>>, T>(
+    list: *const H,
+    out: Option<Out<'_, usize>>,
+) -> Result<(), Error> {
+    read(list, out, |l| Ok(l.len()))
 }
 
 /// `*out` = `make(item at index)` for any list handle; an index past the end names the length.
 fn list_get<H: Handle<Inner = Arc<Vec<T>>>, T, O>(
     list: *const H,
     index: usize,
-    out: *mut O,
+    out: Option<Out<'_, O>>,
     what: &str,
     make: impl FnOnce(&T) -> O,
-) -> btb_status {
-    guard(|| {
-        let out = out_ptr(out, "out")?;
-        let l = handle::get(list, "list")?;
+) -> Result<(), Error> {
+    read(list, out, |l| {
         let item = l.get(index).ok_or_else(|| {
             Error::invalid(format!(
                 "index {index} is out of range for a list of {} {what}",
                 l.len()
             ))
         })?;
-        write(out, make(item));
-        Ok(())
+        Ok(make(item))
     })
 }
 
@@ -125,29 +127,21 @@ pub(crate) fn new_group_list(list: Vec<TaskGroup>) -> *mut btb_task_group_list {
     handle::insert::<btb_task_group_list>(Arc::new(list))
 }
 
-fn read<T>(
-    registration: *const btb_registration,
-    out: *mut T,
-    f: impl FnOnce(&RegistrationData) -> Result<T, Error>,
-) -> btb_status {
-    guard(|| {
-        let out = out_ptr(out, "out")?;
-        let r = handle::get(registration, "registration")?;
-        write(out, f(&r)?);
-        Ok(())
-    })
-}
-
 /// Writes the task id to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`.
 /// Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_registration_task_id(
     registration: *const btb_registration,
     out: *mut btb_uuid,
 ) -> btb_status {
-    read(registration, out, |r| {
-        Ok(btb_uuid {
-            bytes: *r.registration.task_id().as_bytes(),
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| {
+        read(registration, out, |r| {
+            Ok(btb_uuid {
+                bytes: *r.registration.task_id().as_bytes(),
+            })
         })
     })
 }
@@ -155,15 +149,15 @@ pub extern "C" fn btb_registration_task_id(
 /// Writes the canonical text form of a uuid (36 characters, lowercase, hyphenated) to `*out`; the
 /// caller frees it with `btb_string_free`. Errors: `BTB_ERROR_NULL_ARGUMENT`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_uuid_to_string(id: *const btb_uuid, out: *mut *mut c_char) -> btb_status {
+    // SAFETY: the C contract: `id` is NULL or points to a readable `btb_uuid`; `out` is NULL or
+    // writable storage for the result.
+    let (id, out) = unsafe { (id.as_ref(), Out::from_raw(out)) };
     guard(|| {
-        let out = out_ptr(out, "out")?;
-        if id.is_null() {
-            return Err(Error::new(ErrorKind::NullArgument, "id is NULL"));
-        }
-        // SAFETY: non-NULL; the caller promises a readable btb_uuid.
-        let bytes = unsafe { (*id).bytes };
-        write(out, owned(&uuid::Uuid::from_bytes(bytes).to_string()));
+        let out = required(out, "out")?;
+        let bytes = required(id, "id")?.bytes;
+        out.write(owned(&uuid::Uuid::from_bytes(bytes).to_string()));
         Ok(())
     })
 }
@@ -171,52 +165,70 @@ pub extern "C" fn btb_uuid_to_string(id: *const btb_uuid, out: *mut *mut c_char)
 /// Writes the task name to `*out` (borrowed: valid while the registration handle lives).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_registration_name(
     registration: *const btb_registration,
     out: *mut *const c_char,
 ) -> btb_status {
-    read(registration, out, |r| Ok(r.name.as_ptr()))
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| read(registration, out, |r| Ok(r.name.as_ptr())))
 }
 
 /// Writes the entry point to `*out`, or NULL for a task without one (borrowed: valid while the
 /// registration handle lives). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`.
 /// Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_registration_task_entry_point(
     registration: *const btb_registration,
     out: *mut *const c_char,
 ) -> btb_status {
-    read(registration, out, |r| {
-        Ok(r.entry_point
-            .as_ref()
-            .map_or(std::ptr::null(), |c| c.as_ptr()))
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| {
+        read(registration, out, |r| {
+            Ok(r.entry_point
+                .as_ref()
+                .map_or(std::ptr::null(), |c| c.as_ptr()))
+        })
     })
 }
 
 /// Writes a new handle to the registration's task group to `*out`, or NULL if it has none (free with
 /// `btb_task_group_free`). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_registration_task_group(
     registration: *const btb_registration,
     out: *mut *mut btb_task_group,
 ) -> btb_status {
-    read(registration, out, |r| {
-        Ok(r.registration
-            .task_group()
-            .cloned()
-            .map_or(std::ptr::null_mut(), new_group))
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| {
+        read(registration, out, |r| {
+            Ok(r.registration
+                .task_group()
+                .cloned()
+                .map_or(std::ptr::null_mut(), new_group))
+        })
     })
 }
 
 /// Writes a new handle to a copy of the registration's trigger to `*out` (free with
 /// `btb_trigger_free`). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_registration_trigger(
     registration: *const btb_registration,
     out: *mut *mut btb_trigger,
 ) -> btb_status {
-    read(registration, out, |r| {
-        Ok(new_trigger(r.registration.trigger()))
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| {
+        read(registration, out, |r| {
+            Ok(new_trigger(r.registration.trigger()))
+        })
     })
 }
 
@@ -224,17 +236,24 @@ pub extern "C" fn btb_registration_trigger(
 /// number to `*out_len`. `conditions` may be NULL when `capacity` is 0.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_registration_conditions(
     registration: *const btb_registration,
     conditions: *mut u32,
     capacity: usize,
     out_len: *mut usize,
 ) -> btb_status {
+    // SAFETY: the C contract: `out_len` is NULL or writable storage for the result; `conditions` is
+    // NULL or `capacity` writable elements.
+    let (out_len, conditions) = unsafe {
+        (
+            Out::from_raw(out_len),
+            OutArray::from_raw(conditions, capacity),
+        )
+    };
     guard(|| {
-        let out_len = out_ptr(out_len, "out_len")?;
-        if capacity > 0 {
-            out_ptr(conditions, "conditions")?;
-        }
+        let out_len = required(out_len, "out_len")?;
+        let conditions = required(conditions, "conditions")?;
         let r = handle::get(registration, "registration")?;
         let values: Vec<u32> = r
             .registration
@@ -242,8 +261,8 @@ pub extern "C" fn btb_registration_conditions(
             .iter()
             .map(|c| *c as u32)
             .collect();
-        copy_u32s(&values, conditions, capacity);
-        write(out_len, values.len());
+        conditions.fill(&values);
+        out_len.write(values.len());
         Ok(())
     })
 }
@@ -251,35 +270,48 @@ pub extern "C" fn btb_registration_conditions(
 /// Writes `cancel_on_condition_loss` to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_registration_cancel_on_condition_loss(
     registration: *const btb_registration,
     out: *mut bool,
 ) -> btb_status {
-    read(registration, out, |r| {
-        Ok(r.registration.cancel_on_condition_loss())
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| {
+        read(registration, out, |r| {
+            Ok(r.registration.cancel_on_condition_loss())
+        })
     })
 }
 
 /// Writes `is_network_requested` to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_registration_is_network_requested(
     registration: *const btb_registration,
     out: *mut bool,
 ) -> btb_status {
-    read(registration, out, |r| {
-        Ok(r.registration.is_network_requested())
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| {
+        read(registration, out, |r| {
+            Ok(r.registration.is_network_requested())
+        })
     })
 }
 
 /// Writes whether the registration is spent (its one-shot trigger fired; it never fires again) to
 /// `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_registration_is_spent(
     registration: *const btb_registration,
     out: *mut bool,
 ) -> btb_status {
-    read(registration, out, |r| Ok(r.registration.is_spent()))
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| read(registration, out, |r| Ok(r.registration.is_spent())))
 }
 
 /// Unregisters the task durably. With `cancel_task`, a running instance is canceled with
@@ -311,15 +343,19 @@ pub extern "C" fn btb_registration_free(registration: *mut btb_registration) -> 
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_INVALID_ARGUMENT`
 /// (empty or longer than 256 bytes). Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_task_group_new(
     id: *const c_char,
     name: *const c_char,
     out: *mut *mut btb_task_group,
 ) -> btb_status {
+    // SAFETY: the C contract: `id` and `name` are NULL or NUL-terminated strings valid during the
+    // call; `out` is NULL or writable storage for the result.
+    let (id, name, out) = unsafe { (c_str(id), c_str(name), Out::from_raw(out)) };
     guard(|| {
-        let out = out_ptr(out, "out")?;
+        let out = required(out, "out")?;
         let group = TaskGroup::new(arg(id, "id")?, opt_arg(name, "name")?.map(str::to_owned))?;
-        write(out, new_group(group));
+        out.write(new_group(group));
         Ok(())
     })
 }
@@ -336,12 +372,15 @@ pub extern "C" fn btb_task_group_new(
 /// `btb_task_group_remove_background_activated`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT` (group or handler), `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_task_group_add_background_activated(
     group: *const btb_task_group,
     handler: crate::instance::btb_run_fn,
     user_data: *mut c_void,
     out_token: *mut u64,
 ) -> btb_status {
+    // SAFETY: the C contract: `out_token` is NULL or writable storage for the result.
+    let out_token = unsafe { Out::from_raw(out_token) };
     guard(|| {
         let g = handle::get(group, "group")?;
         let f = handler.ok_or_else(|| Error::new(ErrorKind::NullArgument, "handler is NULL"))?;
@@ -349,8 +388,8 @@ pub extern "C" fn btb_task_group_add_background_activated(
             unreachable!("run_handler makes a call handler")
         };
         let token = btb_core::groups::add_background_activated(&g.group.id, run);
-        if !out_token.is_null() {
-            write(out_token, token);
+        if let Some(out_token) = out_token {
+            out_token.write(token);
         }
         Ok(())
     })
@@ -373,37 +412,30 @@ pub extern "C" fn btb_task_group_remove_background_activated(token: u64) -> btb_
     })
 }
 
-fn read_group<T>(
-    group: *const btb_task_group,
-    out: *mut T,
-    f: impl FnOnce(&GroupData) -> T,
-) -> btb_status {
-    guard(|| {
-        let out = out_ptr(out, "out")?;
-        let g = handle::get(group, "group")?;
-        write(out, f(&g));
-        Ok(())
-    })
-}
-
 /// Writes the group id to `*out` (borrowed: valid while the group handle lives).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_task_group_id(
     group: *const btb_task_group,
     out: *mut *const c_char,
 ) -> btb_status {
-    read_group(group, out, |g| g.id.as_ptr())
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| read(group, out, |g| Ok(g.id.as_ptr())))
 }
 
 /// Writes the group's friendly name to `*out` (borrowed: valid while the group handle lives).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_task_group_name(
     group: *const btb_task_group,
     out: *mut *const c_char,
 ) -> btb_status {
-    read_group(group, out, |g| g.name.as_ptr())
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| read(group, out, |g| Ok(g.name.as_ptr())))
 }
 
 /// Frees a task group handle. NULL is a no-op. Errors: `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
@@ -415,24 +447,32 @@ pub extern "C" fn btb_task_group_free(group: *mut btb_task_group) -> btb_status 
 /// Writes the number of registrations in the list to `*out`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_registration_list_len(
     list: *const btb_registration_list,
     out: *mut usize,
 ) -> btb_status {
-    list_len(list, out)
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| list_len(list, out))
 }
 
 /// Writes a new handle to the registration at `index` to `*out` (free with `btb_registration_free`).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
 /// (index out of range). Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_registration_list_get(
     list: *const btb_registration_list,
     index: usize,
     out: *mut *mut btb_registration,
 ) -> btb_status {
-    list_get(list, index, out, "registrations", |r| {
-        new_registration(r.clone())
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| {
+        list_get(list, index, out, "registrations", |r| {
+            new_registration(r.clone())
+        })
     })
 }
 
@@ -445,23 +485,29 @@ pub extern "C" fn btb_registration_list_free(list: *mut btb_registration_list) -
 /// Writes the number of groups in the list to `*out`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_task_group_list_len(
     list: *const btb_task_group_list,
     out: *mut usize,
 ) -> btb_status {
-    list_len(list, out)
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| list_len(list, out))
 }
 
 /// Writes a new handle to the group at `index` to `*out` (free with `btb_task_group_free`).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
 /// (index out of range). Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_task_group_list_get(
     list: *const btb_task_group_list,
     index: usize,
     out: *mut *mut btb_task_group,
 ) -> btb_status {
-    list_get(list, index, out, "task groups", |g| new_group(g.clone()))
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| list_get(list, index, out, "task groups", |g| new_group(g.clone())))
 }
 
 /// Frees a task group list. NULL is a no-op. Errors: `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
@@ -515,12 +561,15 @@ fn borrowed_registration(registration: &Registration, f: impl FnOnce(*mut btb_re
 /// `*out_token` (may be NULL). Errors: `BTB_ERROR_NULL_ARGUMENT` (registration or handler),
 /// `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_registration_add_completed(
     registration: *mut btb_registration,
     handler: btb_completed_fn,
     user_data: *mut c_void,
     out_token: *mut u64,
 ) -> btb_status {
+    // SAFETY: the C contract: `out_token` is NULL or writable storage for the result.
+    let out_token = unsafe { Out::from_raw(out_token) };
     guard(|| {
         let r = handle::get(registration as *const btb_registration, "registration")?;
         let f = handler.ok_or_else(|| Error::new(ErrorKind::NullArgument, "handler is NULL"))?;
@@ -542,8 +591,8 @@ pub extern "C" fn btb_registration_add_completed(
                     // SAFETY: the C caller promised `f` accepts these arguments.
                     borrowed_registration(reg, |h| unsafe { f(h, &completion, user_data.0) });
                 }))?;
-        if !out_token.is_null() {
-            write(out_token, token);
+        if let Some(out_token) = out_token {
+            out_token.write(token);
         }
         Ok(())
     })
@@ -552,12 +601,15 @@ pub extern "C" fn btb_registration_add_completed(
 /// Adds a progress handler; writes its token to `*out_token` (may be NULL).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_registration_add_progress(
     registration: *mut btb_registration,
     handler: btb_progress_fn,
     user_data: *mut c_void,
     out_token: *mut u64,
 ) -> btb_status {
+    // SAFETY: the C contract: `out_token` is NULL or writable storage for the result.
+    let out_token = unsafe { Out::from_raw(out_token) };
     guard(|| {
         let r = handle::get(registration as *const btb_registration, "registration")?;
         let f = handler.ok_or_else(|| Error::new(ErrorKind::NullArgument, "handler is NULL"))?;
@@ -572,8 +624,8 @@ pub extern "C" fn btb_registration_add_progress(
                     // SAFETY: the C caller promised `f` accepts these arguments.
                     borrowed_registration(reg, |h| unsafe { f(h, &id, progress, user_data.0) });
                 }))?;
-        if !out_token.is_null() {
-            write(out_token, token);
+        if let Some(out_token) = out_token {
+            out_token.write(token);
         }
         Ok(())
     })
@@ -606,16 +658,20 @@ pub extern "C" fn btb_registration_remove_handler(
 /// `BTB_ERROR_INVALID_ARGUMENT` (not an application trigger; bad arguments), `BTB_ERROR_STATE`.
 /// Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_registration_request(
     registration: *mut btb_registration,
     arguments: *const c_char,
     out: *mut u32,
 ) -> btb_status {
+    // SAFETY: the C contract: `arguments` is NULL or a NUL-terminated string valid during the call;
+    // `out` is NULL or writable storage for the result.
+    let (arguments, out) = unsafe { (c_str(arguments), Out::from_raw(out)) };
     guard(|| {
-        let out = out_ptr(out, "out")?;
+        let out = required(out, "out")?;
         let r = handle::get(registration as *const btb_registration, "registration")?;
         let args = crate::system::parse_arguments(arguments)?;
-        write(out, r.registration.request(args)? as u32);
+        out.write(r.registration.request(args)? as u32);
         Ok(())
     })
 }
@@ -624,14 +680,19 @@ pub extern "C" fn btb_registration_request(
 /// Unix epoch) to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`,
 /// `BTB_ERROR_NOT_FOUND` (another kind of trigger, or spent). Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_registration_next_due_ms(
     registration: *const btb_registration,
     out: *mut i64,
 ) -> btb_status {
-    read(registration, out, |r| {
-        r.registration
-            .next_due_ms()
-            .ok_or_else(|| Error::new(ErrorKind::NotFound, "the registration has no due time"))
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| {
+        read(registration, out, |r| {
+            r.registration
+                .next_due_ms()
+                .ok_or_else(|| Error::new(ErrorKind::NotFound, "the registration has no due time"))
+        })
     })
 }
 
@@ -666,66 +727,79 @@ pub(crate) struct RunRow {
     message: Option<CString>,
 }
 pub(crate) type RunListRef = Arc<Vec<RunRow>>;
-handle_type!(btb_run_list, 13, RunList, RunListRef);
+handle_type!(btb_run_list, "list", 13, RunList, RunListRef);
 
 /// Writes a new list of the registration's recorded runs (oldest first; the last 100 by default) to
 /// `*out`; free it with `btb_run_list_free`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STORE`, `BTB_ERROR_STATE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_registration_history(
     registration: *const btb_registration,
     out: *mut *mut btb_run_list,
 ) -> btb_status {
-    read(registration, out, |r| {
-        let rows = r
-            .registration
-            .history()?
-            .into_iter()
-            .map(|run| RunRow {
-                details: run.trigger_details.as_deref().map(c_string),
-                message: run.message.as_deref().map(c_string),
-                run,
-            })
-            .collect();
-        Ok(handle::insert::<btb_run_list>(Arc::new(rows)))
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| {
+        read(registration, out, |r| {
+            let rows = r
+                .registration
+                .history()?
+                .into_iter()
+                .map(|run| RunRow {
+                    details: run.trigger_details.as_deref().map(c_string),
+                    message: run.message.as_deref().map(c_string),
+                    run,
+                })
+                .collect();
+            Ok(handle::insert::<btb_run_list>(Arc::new(rows)))
+        })
     })
 }
 
 /// Writes the number of runs in the list to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_run_list_len(list: *const btb_run_list, out: *mut usize) -> btb_status {
-    list_len(list, out)
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| list_len(list, out))
 }
 
 /// Writes the run at `index` to `*out` (strings borrowed from the list).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
 /// (index out of range). Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_run_list_get(
     list: *const btb_run_list,
     index: usize,
     out: *mut btb_run,
 ) -> btb_status {
-    list_get(list, index, out, "runs", |row| btb_run {
-        instance_id: btb_uuid {
-            bytes: *row.run.instance_id.as_bytes(),
-        },
-        trigger_kind: row.run.trigger_kind as u32,
-        // The CStrings live in the Arc'd list, which lives as long as the handle.
-        trigger_details: row
-            .details
-            .as_ref()
-            .map_or(std::ptr::null(), |c| c.as_ptr()),
-        started_ms: row.run.started_ms,
-        ended_ms: row.run.ended_ms,
-        outcome: row.run.outcome as u32,
-        reason: row.run.reason.map_or(-1, |r| r as i32),
-        message: row
-            .message
-            .as_ref()
-            .map_or(std::ptr::null(), |c| c.as_ptr()),
-        last_progress: row.run.last_progress,
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| {
+        list_get(list, index, out, "runs", |row| btb_run {
+            instance_id: btb_uuid {
+                bytes: *row.run.instance_id.as_bytes(),
+            },
+            trigger_kind: row.run.trigger_kind as u32,
+            // The CStrings live in the Arc'd list, which lives as long as the handle.
+            trigger_details: row
+                .details
+                .as_ref()
+                .map_or(std::ptr::null(), |c| c.as_ptr()),
+            started_ms: row.run.started_ms,
+            ended_ms: row.run.ended_ms,
+            outcome: row.run.outcome as u32,
+            reason: row.run.reason.map_or(-1, |r| r as i32),
+            message: row
+                .message
+                .as_ref()
+                .map_or(std::ptr::null(), |c| c.as_ptr()),
+            last_progress: row.run.last_progress,
+        })
     })
 }
 

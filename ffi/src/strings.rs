@@ -6,18 +6,29 @@ use std::ffi::{CStr, CString, c_char};
 use btb_core::{Error, ErrorKind, Result};
 
 use crate::error::{btb_status, guard};
+use crate::handle::required;
 
-/// Reads a required C string argument.
-pub(crate) fn arg<'a>(ptr: *const c_char, what: &str) -> Result<&'a str> {
+/// Wraps the C string argument `ptr` of an entry point (`None` for NULL). Call it at the top of the
+/// entry point; [`arg`] and [`opt_arg`] then check it where the argument is used.
+///
+/// # Safety
+///
+/// `ptr` is NULL or points to a NUL-terminated string that stays valid and unchanged during `'a` —
+/// the C contract on every string argument of btb ("strings in are NUL-terminated", read during the
+/// call). `'a` must not outlive the call.
+pub(crate) unsafe fn c_str<'a>(ptr: *const c_char) -> Option<&'a CStr> {
     if ptr.is_null() {
-        return Err(Error::new(
-            ErrorKind::NullArgument,
-            format!("{what} is NULL"),
-        ));
+        None
+    } else {
+        // SAFETY: non-NULL, and NUL-terminated and valid during `'a` by the caller's promise.
+        Some(unsafe { CStr::from_ptr(ptr) })
     }
-    // SAFETY: the caller promises a NUL-terminated string that lives for the call (documented).
-    let bytes = unsafe { CStr::from_ptr(ptr) }.to_bytes();
-    std::str::from_utf8(bytes).map_err(|e| {
+}
+
+/// A required string argument: NULL is `BTB_ERROR_NULL_ARGUMENT`, bad UTF-8 `BTB_ERROR_INVALID_UTF8`.
+pub(crate) fn arg<'a>(s: Option<&'a CStr>, what: &str) -> Result<&'a str> {
+    let s = required(s, what)?;
+    std::str::from_utf8(s.to_bytes()).map_err(|e| {
         Error::new(
             ErrorKind::InvalidUtf8,
             format!(
@@ -28,17 +39,22 @@ pub(crate) fn arg<'a>(ptr: *const c_char, what: &str) -> Result<&'a str> {
     })
 }
 
-/// Reads an optional C string argument (NULL = none).
-pub(crate) fn opt_arg<'a>(ptr: *const c_char, what: &str) -> Result<Option<&'a str>> {
-    if ptr.is_null() {
-        Ok(None)
-    } else {
-        arg(ptr, what).map(Some)
-    }
+/// An optional string argument (NULL = none).
+pub(crate) fn opt_arg<'a>(s: Option<&'a CStr>, what: &str) -> Result<Option<&'a str>> {
+    s.map(|s| arg(Some(s), what)).transpose()
 }
 
-/// Reads an array of `n` C strings.
-pub(crate) fn arg_array(ptr: *const *const c_char, n: usize, what: &str) -> Result<Vec<String>> {
+/// Reads an array of `n` C strings (copied).
+///
+/// # Safety
+///
+/// When `n` is not 0, `ptr` is NULL or points to `n` readable pointers, each NULL or a
+/// NUL-terminated string, all valid during the call (the C contract of string arrays).
+pub(crate) unsafe fn arg_array(
+    ptr: *const *const c_char,
+    n: usize,
+    what: &str,
+) -> Result<Vec<String>> {
     if n == 0 {
         return Ok(Vec::new());
     }
@@ -48,12 +64,13 @@ pub(crate) fn arg_array(ptr: *const *const c_char, n: usize, what: &str) -> Resu
             format!("{what} is NULL but its length is {n}"),
         ));
     }
-    // SAFETY: the caller promises `n` readable pointers (documented).
+    // SAFETY: non-NULL, and `n` readable pointers by the caller's promise.
     let items = unsafe { std::slice::from_raw_parts(ptr, n) };
     items
         .iter()
         .enumerate()
-        .map(|(i, p)| arg(*p, &format!("{what}[{i}]")).map(str::to_owned))
+        // SAFETY: each item is NULL or a NUL-terminated string valid during the call (as above).
+        .map(|(i, p)| arg(unsafe { c_str(*p) }, &format!("{what}[{i}]")).map(str::to_owned))
         .collect()
 }
 
@@ -70,6 +87,7 @@ pub(crate) fn owned(s: &str) -> *mut c_char {
 /// Frees a string that btb returned as owned. NULL is a no-op. Passing any other pointer, or
 /// freeing twice, is undefined behaviour (as with `free`). Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)] // C contract: a string btb returned as owned
 pub extern "C" fn btb_string_free(string: *mut c_char) -> btb_status {
     guard(|| {
         if !string.is_null() {

@@ -1,6 +1,6 @@
 //! `btb_manifest`, `btb_system_options` and `btb_system`: opening, configuring and closing a system.
 
-use std::ffi::{CString, c_char};
+use std::ffi::{CStr, CString, c_char};
 use std::sync::{Arc, Mutex};
 
 use std::ffi::c_void;
@@ -15,12 +15,12 @@ use crate::instance::{btb_instance, btb_run_fn, new_instance, run_handler};
 use crate::trigger::btb_trigger;
 
 use crate::error::{btb_status, guard};
-use crate::handle::{self, handle_type, out_ptr, write};
+use crate::handle::{self, Out, handle_type, read, required};
 use crate::registration::{
     btb_registration, btb_registration_list, btb_task_group, btb_task_group_list, new_group,
     new_registration,
 };
-use crate::strings::{arg, arg_array, c_string, opt_arg, owned};
+use crate::strings::{arg, arg_array, c_str, c_string, opt_arg, owned};
 
 /// An app manifest: app id, version and declared entry points. Thread-safe. Free with
 /// `btb_manifest_free`.
@@ -50,23 +50,20 @@ pub(crate) struct SystemData {
 }
 pub(crate) type SystemRef = Arc<SystemData>;
 
-handle_type!(btb_manifest, 5, Manifest, ManifestRef);
-handle_type!(btb_system_options, 4, Options, OptionsRef);
-handle_type!(btb_system, 6, System, SystemRef);
+handle_type!(btb_manifest, "manifest", 5, Manifest, ManifestRef);
+handle_type!(btb_system_options, "options", 4, Options, OptionsRef);
+handle_type!(btb_system, "system", 6, System, SystemRef);
 
 fn new_manifest(
-    out: *mut *mut btb_manifest,
+    out: Option<Out<'_, *mut btb_manifest>>,
     make: impl FnOnce() -> Result<Manifest, Error>,
-) -> btb_status {
-    guard(|| {
-        let out = out_ptr(out, "out")?;
-        let manifest = make()?;
-        write(
-            out,
-            handle::insert::<btb_manifest>(Arc::new(Mutex::new(manifest))),
-        );
-        Ok(())
-    })
+) -> Result<(), Error> {
+    let out = required(out, "out")?;
+    let manifest = make()?;
+    out.write(handle::insert::<btb_manifest>(Arc::new(Mutex::new(
+        manifest,
+    ))));
+    Ok(())
 }
 
 /// Creates an empty manifest declared in code. `app_id` is reverse-DNS (it names the store and the
@@ -75,16 +72,22 @@ fn new_manifest(
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_INVALID_ARGUMENT`
 /// (app id not reverse-DNS). Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_manifest_new(
     app_id: *const c_char,
     version: *const c_char,
     out: *mut *mut btb_manifest,
 ) -> btb_status {
-    new_manifest(out, || {
-        Manifest::new(
-            arg(app_id, "app_id")?,
-            opt_arg(version, "version")?.unwrap_or(""),
-        )
+    // SAFETY: the C contract: `app_id` and `version` are NULL or NUL-terminated strings valid
+    // during the call; `out` is NULL or writable storage for the result.
+    let (app_id, version, out) = unsafe { (c_str(app_id), c_str(version), Out::from_raw(out)) };
+    guard(|| {
+        new_manifest(out, || {
+            Manifest::new(
+                arg(app_id, "app_id")?,
+                opt_arg(version, "version")?.unwrap_or(""),
+            )
+        })
     })
 }
 
@@ -92,20 +95,28 @@ pub extern "C" fn btb_manifest_new(
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_INVALID_ARGUMENT` (cannot
 /// read, bad TOML, unknown key or task type — the message names the line). Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_manifest_load(
     path: *const c_char,
     out: *mut *mut btb_manifest,
 ) -> btb_status {
-    new_manifest(out, || Manifest::load(arg(path, "path")?))
+    // SAFETY: the C contract: `path` is NULL or a NUL-terminated string valid during the call;
+    // `out` is NULL or writable storage for the result.
+    let (path, out) = unsafe { (c_str(path), Out::from_raw(out)) };
+    guard(|| new_manifest(out, || Manifest::load(arg(path, "path")?)))
 }
 
 /// Parses a TOML manifest from text. Same contract as `btb_manifest_load`.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_manifest_from_toml(
     toml: *const c_char,
     out: *mut *mut btb_manifest,
 ) -> btb_status {
-    new_manifest(out, || Manifest::from_toml(arg(toml, "toml")?))
+    // SAFETY: the C contract: `toml` is NULL or a NUL-terminated string valid during the call;
+    // `out` is NULL or writable storage for the result.
+    let (toml, out) = unsafe { (c_str(toml), Out::from_raw(out)) };
+    guard(|| new_manifest(out, || Manifest::from_toml(arg(toml, "toml")?)))
 }
 
 /// Declares an entry point with `n_types` task types as a manifest spells them (`"timer"`,
@@ -115,6 +126,7 @@ pub extern "C" fn btb_manifest_from_toml(
 /// `BTB_ERROR_INVALID_ARGUMENT` (unknown type, entry point declared twice, relative exec path).
 /// Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_manifest_declare(
     manifest: *mut btb_manifest,
     entry_point: *const c_char,
@@ -123,14 +135,18 @@ pub extern "C" fn btb_manifest_declare(
     exec: *const *const c_char,
     n_exec: usize,
 ) -> btb_status {
+    // SAFETY: the C contract: `entry_point` is NULL or a NUL-terminated string valid during the
+    // call.
+    let entry_point = unsafe { c_str(entry_point) };
     guard(|| {
         let m = handle::get(manifest as *const btb_manifest, "manifest")?;
-        let mut decl = TaskDeclaration::new(
-            arg(entry_point, "entry_point")?,
-            &arg_array(types, n_types, "types")?,
-        )?;
+        let entry_point = arg(entry_point, "entry_point")?;
+        // SAFETY: the C contract: `types` is NULL or `n_types` strings valid during the call.
+        let types = unsafe { arg_array(types, n_types, "types") }?;
+        let mut decl = TaskDeclaration::new(entry_point, &types)?;
         if n_exec > 0 {
-            decl = decl.with_exec(arg_array(exec, n_exec, "exec")?)?;
+            // SAFETY: the C contract: `exec` is NULL or `n_exec` strings valid during the call.
+            decl = decl.with_exec(unsafe { arg_array(exec, n_exec, "exec") }?)?;
         }
         m.lock().unwrap_or_else(|p| p.into_inner()).declare(decl)
     })
@@ -139,18 +155,17 @@ pub extern "C" fn btb_manifest_declare(
 /// Writes a copy of the manifest's app id to `*out`; free it with `btb_string_free`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_manifest_app_id(
     manifest: *const btb_manifest,
     out: *mut *mut c_char,
 ) -> btb_status {
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
     guard(|| {
-        let out = out_ptr(out, "out")?;
-        let m = handle::get(manifest, "manifest")?;
-        write(
-            out,
-            owned(m.lock().unwrap_or_else(|p| p.into_inner()).app_id()),
-        );
-        Ok(())
+        read(manifest, out, |m| {
+            Ok(owned(m.lock().unwrap_or_else(|p| p.into_inner()).app_id()))
+        })
     })
 }
 
@@ -166,13 +181,15 @@ pub extern "C" fn btb_manifest_free(manifest: *mut btb_manifest) -> btb_status {
 /// `max_concurrent` = CPUs, `synchronous=FULL`). On success `*out` is new options (free with
 /// `btb_system_options_free`). Errors: `BTB_ERROR_NULL_ARGUMENT`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_system_options_new(out: *mut *mut btb_system_options) -> btb_status {
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
     guard(|| {
-        let out = out_ptr(out, "out")?;
-        write(
-            out,
-            handle::insert::<btb_system_options>(Arc::new(Mutex::new(SystemOptions::default()))),
-        );
+        let out = required(out, "out")?;
+        out.write(handle::insert::<btb_system_options>(Arc::new(Mutex::new(
+            SystemOptions::default(),
+        ))));
         Ok(())
     })
 }
@@ -212,11 +229,14 @@ pub extern "C" fn btb_system_options_set_manifest(
 /// Errors: `BTB_ERROR_NULL_ARGUMENT` (options), `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`.
 /// Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_system_options_set_store(
     options: *mut btb_system_options,
     store: *const c_char,
 ) -> btb_status {
     edit(options, |o| {
+        // SAFETY: the C contract: `store` is NULL or a NUL-terminated string valid during the call.
+        let store = unsafe { c_str(store) };
         o.store = opt_arg(store, "store")?.map_or(StoreLocation::Default, StoreLocation::parse);
         Ok(())
     })
@@ -381,15 +401,18 @@ fn new_system(system: System) -> *mut btb_system {
 /// newer-schema file, left untouched; store in use by another system; the message names the path).
 /// Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_system_open(
     options: *const btb_system_options,
     out: *mut *mut btb_system,
 ) -> btb_status {
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
     guard(|| {
-        let out = out_ptr(out, "out")?;
+        let out = required(out, "out")?;
         let o = handle::get(options, "options")?;
         let options = o.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        write(out, new_system(System::open(options)?));
+        out.write(new_system(System::open(options)?));
         Ok(())
     })
 }
@@ -443,44 +466,40 @@ pub extern "C" fn btb_system_set_default(system: *mut btb_system) -> btb_status 
     })
 }
 
-fn read<T>(
-    system: *const btb_system,
-    out: *mut T,
-    f: impl FnOnce(&SystemData) -> Result<T, Error>,
-) -> btb_status {
-    guard(|| {
-        let out = out_ptr(out, "out")?;
-        let s = handle::get(system, "system")?;
-        write(out, f(&s)?);
-        Ok(())
-    })
-}
-
 /// Writes the system's app id to `*out` (borrowed: valid while the system handle lives).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_system_app_id(
     system: *const btb_system,
     out: *mut *const c_char,
 ) -> btb_status {
-    read(system, out, |s| Ok(s.app_id.as_ptr()))
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| read(system, out, |s| Ok(s.app_id.as_ptr())))
 }
 
 /// Writes the store's path (`":memory:"` for an ephemeral store) to `*out` (borrowed: valid while
 /// the system handle lives). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_system_store_path(
     system: *const btb_system,
     out: *mut *const c_char,
 ) -> btb_status {
-    read(system, out, |s| Ok(s.store_path.as_ptr()))
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| read(system, out, |s| Ok(s.store_path.as_ptr())))
 }
 
 /// Writes the system clock's time (ms since the Unix epoch) to `*out`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_system_now_ms(system: *const btb_system, out: *mut i64) -> btb_status {
-    read(system, out, |s| Ok(s.system.clock().now_ms()))
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| read(system, out, |s| Ok(s.system.clock().now_ms())))
 }
 
 /// Moves a manual clock forward by `ms` milliseconds.
@@ -510,12 +529,15 @@ pub extern "C" fn btb_system_advance_clock(system: *mut btb_system, ms: i64) -> 
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
 /// `BTB_ERROR_STATE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_system_set_background_activated(
     system: *mut btb_system,
     group_id: *const c_char,
     handler: btb_run_fn,
     user_data: *mut c_void,
 ) -> btb_status {
+    // SAFETY: the C contract: `group_id` is NULL or a NUL-terminated string valid during the call.
+    let group_id = unsafe { c_str(group_id) };
     guard(|| {
         let s = handle::get(system as *const btb_system, "system")?;
         let group = opt_arg(group_id, "group_id")?;
@@ -529,10 +551,13 @@ pub extern "C" fn btb_system_set_background_activated(
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
 /// `BTB_ERROR_STATE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_system_set_background_activated_queued(
     system: *mut btb_system,
     group_id: *const c_char,
 ) -> btb_status {
+    // SAFETY: the C contract: `group_id` is NULL or a NUL-terminated string valid during the call.
+    let group_id = unsafe { c_str(group_id) };
     guard(|| {
         let s = handle::get(system as *const btb_system, "system")?;
         s.system
@@ -546,12 +571,16 @@ pub extern "C" fn btb_system_set_background_activated_queued(
 /// `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_NOT_DECLARED` (not in the manifest), `BTB_ERROR_STATE`.
 /// Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_system_register_entry_point(
     system: *mut btb_system,
     entry_point: *const c_char,
     handler: btb_run_fn,
     user_data: *mut c_void,
 ) -> btb_status {
+    // SAFETY: the C contract: `entry_point` is NULL or a NUL-terminated string valid during the
+    // call.
+    let entry_point = unsafe { c_str(entry_point) };
     guard(|| {
         let s = handle::get(system as *const btb_system, "system")?;
         let ep = arg(entry_point, "entry_point")?;
@@ -564,10 +593,14 @@ pub extern "C" fn btb_system_register_entry_point(
 /// Routes the runs of a declared entry point to the pull queue (`btb_system_next_event`), so a host
 /// runtime runs them on its own thread. Errors: as `btb_system_register_entry_point`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_system_register_entry_point_queued(
     system: *mut btb_system,
     entry_point: *const c_char,
 ) -> btb_status {
+    // SAFETY: the C contract: `entry_point` is NULL or a NUL-terminated string valid during the
+    // call.
+    let entry_point = unsafe { c_str(entry_point) };
     guard(|| {
         let s = handle::get(system as *const btb_system, "system")?;
         s.system
@@ -579,10 +612,14 @@ pub extern "C" fn btb_system_register_entry_point_queued(
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
 /// `BTB_ERROR_NOT_DECLARED`, `BTB_ERROR_STATE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_system_unregister_entry_point(
     system: *mut btb_system,
     entry_point: *const c_char,
 ) -> btb_status {
+    // SAFETY: the C contract: `entry_point` is NULL or a NUL-terminated string valid during the
+    // call.
+    let entry_point = unsafe { c_str(entry_point) };
     guard(|| {
         let s = handle::get(system as *const btb_system, "system")?;
         s.system
@@ -596,16 +633,19 @@ pub extern "C" fn btb_system_unregister_entry_point(
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
 /// (unknown type), `BTB_ERROR_STATE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_system_raise_event(
     system: *mut btb_system,
     event: u32,
     out_fired: *mut usize,
 ) -> btb_status {
+    // SAFETY: the C contract: `out_fired` is NULL or writable storage for the result.
+    let out_fired = unsafe { Out::from_raw(out_fired) };
     guard(|| {
         let s = handle::get(system as *const btb_system, "system")?;
         let n = s.system.raise_event(SystemTriggerType::from_u32(event)?)?;
-        if !out_fired.is_null() {
-            write(out_fired, n);
+        if let Some(out_fired) = out_fired {
+            out_fired.write(n);
         }
         Ok(())
     })
@@ -618,16 +658,20 @@ pub extern "C" fn btb_system_raise_event(
 /// `BTB_ERROR_INVALID_ARGUMENT` (empty, too long or with a control character),
 /// `BTB_ERROR_STATE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_system_signal_event(
     system: *mut btb_system,
     name: *const c_char,
     out_fired: *mut usize,
 ) -> btb_status {
+    // SAFETY: the C contract: `name` is NULL or a NUL-terminated string valid during the call;
+    // `out_fired` is NULL or writable storage for the result.
+    let (name, out_fired) = unsafe { (c_str(name), Out::from_raw(out_fired)) };
     guard(|| {
         let s = handle::get(system as *const btb_system, "system")?;
         let n = s.system.signal_event(arg(name, "name")?)?;
-        if !out_fired.is_null() {
-            write(out_fired, n);
+        if let Some(out_fired) = out_fired {
+            out_fired.write(n);
         }
         Ok(())
     })
@@ -641,7 +685,11 @@ pub extern "C" fn btb_system_signal_event(
 /// id or name), `BTB_ERROR_NOT_FOUND` (no broker of that app runs), `BTB_ERROR_POLICY` (the socket
 /// belongs to another user), `BTB_ERROR_STATE` (no answer). Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_signal_event(app_id: *const c_char, name: *const c_char) -> btb_status {
+    // SAFETY: the C contract: `app_id` and `name` are NULL or NUL-terminated strings valid during
+    // the call.
+    let (app_id, name) = unsafe { (c_str(app_id), c_str(name)) };
     guard(|| btb_core::signal::signal_event(arg(app_id, "app_id")?, arg(name, "name")?))
 }
 
@@ -668,22 +716,27 @@ pub extern "C" fn btb_system_set_state(
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`,
 /// `BTB_ERROR_STATE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_system_get_state(
     system: *const btb_system,
     condition: u32,
     out: *mut i32,
 ) -> btb_status {
-    read(system, out, |s| {
-        Ok(
-            match s
-                .system
-                .get_state(SystemConditionType::from_u32(condition)?)?
-            {
-                Some(true) => 1,
-                Some(false) => 0,
-                None => -1,
-            },
-        )
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| {
+        read(system, out, |s| {
+            Ok(
+                match s
+                    .system
+                    .get_state(SystemConditionType::from_u32(condition)?)?
+                {
+                    Some(true) => 1,
+                    Some(false) => 0,
+                    None => -1,
+                },
+            )
+        })
     })
 }
 
@@ -692,20 +745,25 @@ pub extern "C" fn btb_system_get_state(
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_NOT_FOUND` (the power
 /// state is unknown), `BTB_ERROR_STATE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_system_background_work_cost(
     system: *const btb_system,
     out: *mut u32,
 ) -> btb_status {
-    read(system, out, |s| {
-        s.system
-            .background_work_cost()?
-            .map(|c| c as u32)
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::NotFound,
-                    "the background work cost is unknown (no power state yet)",
-                )
-            })
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| {
+        read(system, out, |s| {
+            s.system
+                .background_work_cost()?
+                .map(|c| c as u32)
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::NotFound,
+                        "the background work cost is unknown (no power state yet)",
+                    )
+                })
+        })
     })
 }
 
@@ -714,14 +772,19 @@ pub extern "C" fn btb_system_background_work_cost(
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`. Thread-safe;
 /// blocks.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_system_wait_idle(
     system: *mut btb_system,
     timeout_ms: u32,
     out_idle: *mut bool,
 ) -> btb_status {
-    read(system, out_idle, |s| {
-        s.system
-            .wait_idle(Duration::from_millis(u64::from(timeout_ms)))
+    // SAFETY: the C contract: `out_idle` is NULL or writable storage for the result.
+    let out_idle = unsafe { Out::from_raw(out_idle) };
+    guard(|| {
+        read(system, out_idle, |s| {
+            s.system
+                .wait_idle(Duration::from_millis(u64::from(timeout_ms)))
+        })
     })
 }
 
@@ -743,34 +806,39 @@ pub struct btb_event {
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`. Thread-safe;
 /// blocks.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_system_next_event(
     system: *mut btb_system,
     timeout_ms: u32,
     out: *mut btb_event,
 ) -> btb_status {
-    read(system, out, |s| {
-        Ok(
-            match s
-                .system
-                .next_event(Duration::from_millis(u64::from(timeout_ms)))?
-            {
-                None => btb_event {
-                    kind: crate::constants::btb_event_kind::BTB_EVENT_NONE as u32,
-                    instance: std::ptr::null_mut(),
-                    reason: 0,
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| {
+        read(system, out, |s| {
+            Ok(
+                match s
+                    .system
+                    .next_event(Duration::from_millis(u64::from(timeout_ms)))?
+                {
+                    None => btb_event {
+                        kind: crate::constants::btb_event_kind::BTB_EVENT_NONE as u32,
+                        instance: std::ptr::null_mut(),
+                        reason: 0,
+                    },
+                    Some(Event::Run(i)) => btb_event {
+                        kind: crate::constants::btb_event_kind::BTB_EVENT_RUN as u32,
+                        instance: new_instance(i),
+                        reason: 0,
+                    },
+                    Some(Event::Canceled(i, r)) => btb_event {
+                        kind: crate::constants::btb_event_kind::BTB_EVENT_CANCELED as u32,
+                        instance: new_instance(i),
+                        reason: r as u32,
+                    },
                 },
-                Some(Event::Run(i)) => btb_event {
-                    kind: crate::constants::btb_event_kind::BTB_EVENT_RUN as u32,
-                    instance: new_instance(i),
-                    reason: 0,
-                },
-                Some(Event::Canceled(i, r)) => btb_event {
-                    kind: crate::constants::btb_event_kind::BTB_EVENT_CANCELED as u32,
-                    instance: new_instance(i),
-                    reason: r as u32,
-                },
-            },
-        )
+            )
+        })
     })
 }
 
@@ -786,14 +854,18 @@ pub extern "C" fn btb_system_next_event(
 /// `BTB_ERROR_INVALID_ARGUMENT` (not an application trigger; arguments not a JSON object),
 /// `BTB_ERROR_STATE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_application_trigger_request(
     system: *mut btb_system,
     trigger: *const btb_trigger,
     arguments: *const c_char,
     out: *mut u32,
 ) -> btb_status {
+    // SAFETY: the C contract: `arguments` is NULL or a NUL-terminated string valid during the call;
+    // `out` is NULL or writable storage for the result.
+    let (arguments, out) = unsafe { (c_str(arguments), Out::from_raw(out)) };
     guard(|| {
-        let out = out_ptr(out, "out")?;
+        let out = required(out, "out")?;
         let t = handle::get(trigger, "trigger")?;
         let btb_core::Trigger::Application { id } = t.trigger else {
             return Err(Error::invalid("the trigger is not an application trigger"));
@@ -806,14 +878,14 @@ pub extern "C" fn btb_application_trigger_request(
                 .system
                 .request(&id, args)?
         };
-        write(out, result as u32);
+        out.write(result as u32);
         Ok(())
     })
 }
 
 /// Parses optional application trigger arguments (a JSON object text).
 pub(crate) fn parse_arguments(
-    arguments: *const c_char,
+    arguments: Option<&CStr>,
 ) -> Result<Option<serde_json::Value>, Error> {
     opt_arg(arguments, "arguments")?
         .map(|text| {
@@ -827,14 +899,19 @@ pub(crate) fn parse_arguments(
 /// `*out` (Windows `AllTasks`); free it with `btb_registration_list_free`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_system_all_tasks(
     system: *const btb_system,
     out: *mut *mut btb_registration_list,
 ) -> btb_status {
-    read(system, out, |s| {
-        Ok(crate::registration::new_registration_list(
-            s.system.all_tasks()?,
-        ))
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| {
+        read(system, out, |s| {
+            Ok(crate::registration::new_registration_list(
+                s.system.all_tasks()?,
+            ))
+        })
     })
 }
 
@@ -843,16 +920,22 @@ pub extern "C" fn btb_system_all_tasks(
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
 /// `BTB_ERROR_STATE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_system_group_tasks(
     system: *const btb_system,
     group_id: *const c_char,
     out: *mut *mut btb_registration_list,
 ) -> btb_status {
-    read(system, out, |s| {
-        let gid = arg(group_id, "group_id")?;
-        Ok(crate::registration::new_registration_list(
-            s.system.group_tasks(gid)?,
-        ))
+    // SAFETY: the C contract: `group_id` is NULL or a NUL-terminated string valid during the call;
+    // `out` is NULL or writable storage for the result.
+    let (group_id, out) = unsafe { (c_str(group_id), Out::from_raw(out)) };
+    guard(|| {
+        read(system, out, |s| {
+            let gid = arg(group_id, "group_id")?;
+            Ok(crate::registration::new_registration_list(
+                s.system.group_tasks(gid)?,
+            ))
+        })
     })
 }
 
@@ -860,14 +943,19 @@ pub extern "C" fn btb_system_group_tasks(
 /// (Windows `AllTaskGroups`); free it with `btb_task_group_list_free`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_system_all_task_groups(
     system: *const btb_system,
     out: *mut *mut btb_task_group_list,
 ) -> btb_status {
-    read(system, out, |s| {
-        Ok(crate::registration::new_group_list(
-            s.system.all_task_groups()?,
-        ))
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| {
+        read(system, out, |s| {
+            Ok(crate::registration::new_group_list(
+                s.system.all_task_groups()?,
+            ))
+        })
     })
 }
 
@@ -875,13 +963,19 @@ pub extern "C" fn btb_system_all_task_groups(
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
 /// `BTB_ERROR_NOT_FOUND` (no registration in that group), `BTB_ERROR_STATE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_system_get_task_group(
     system: *const btb_system,
     group_id: *const c_char,
     out: *mut *mut btb_task_group,
 ) -> btb_status {
-    read(system, out, |s| {
-        Ok(new_group(s.system.task_group(arg(group_id, "group_id")?)?))
+    // SAFETY: the C contract: `group_id` is NULL or a NUL-terminated string valid during the call;
+    // `out` is NULL or writable storage for the result.
+    let (group_id, out) = unsafe { (c_str(group_id), Out::from_raw(out)) };
+    guard(|| {
+        read(system, out, |s| {
+            Ok(new_group(s.system.task_group(arg(group_id, "group_id")?)?))
+        })
     })
 }
 
@@ -890,17 +984,19 @@ pub extern "C" fn btb_system_get_task_group(
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_NOT_FOUND`,
 /// `BTB_ERROR_STATE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_system_find_task(
     system: *const btb_system,
     task_id: *const crate::registration::btb_uuid,
     out: *mut *mut btb_registration,
 ) -> btb_status {
-    read(system, out, |s| {
-        if task_id.is_null() {
-            return Err(Error::new(ErrorKind::NullArgument, "task_id is NULL"));
-        }
-        // SAFETY: non-NULL, and the caller promises a readable btb_uuid (documented).
-        let id = uuid::Uuid::from_bytes(unsafe { (*task_id).bytes });
-        Ok(new_registration(s.system.find(&id)?))
+    // SAFETY: the C contract: `task_id` is NULL or points to a readable `btb_uuid`; `out` is NULL
+    // or writable storage for the result.
+    let (task_id, out) = unsafe { (task_id.as_ref(), Out::from_raw(out)) };
+    guard(|| {
+        read(system, out, |s| {
+            let id = uuid::Uuid::from_bytes(required(task_id, "task_id")?.bytes);
+            Ok(new_registration(s.system.find(&id)?))
+        })
     })
 }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use btb_core::{Error, Trigger};
 
 use crate::error::{btb_status, guard};
-use crate::handle::{self, handle_type, out_ptr, write};
-use crate::strings::{arg, c_string};
+use crate::handle::{self, Out, handle_type, read, required};
+use crate::strings::{arg, c_str, c_string};
 
 /// A trigger: what makes a task due. Immutable; thread-safe. Free with `btb_trigger_free`.
 pub struct btb_trigger {
@@ -29,8 +29,8 @@ pub(crate) struct TriggerData {
 }
 
 pub(crate) type TriggerRef = Arc<TriggerData>;
-handle_type!(btb_trigger, 2, Trigger, TriggerRef);
-handle_type!(btb_condition, 3, Condition, u32);
+handle_type!(btb_trigger, "trigger", 2, Trigger, TriggerRef);
+handle_type!(btb_condition, "condition", 3, Condition, u32);
 
 /// Makes a trigger handle (also used by registrations' `trigger` getters).
 pub(crate) fn new_trigger(trigger: Trigger) -> *mut btb_trigger {
@@ -43,14 +43,12 @@ pub(crate) fn new_trigger(trigger: Trigger) -> *mut btb_trigger {
 }
 
 fn make(
-    out: *mut *mut btb_trigger,
+    out: Option<Out<'_, *mut btb_trigger>>,
     trigger: impl FnOnce() -> Result<Trigger, Error>,
-) -> btb_status {
-    guard(|| {
-        let out = out_ptr(out, "out")?;
-        write(out, new_trigger(trigger()?));
-        Ok(())
-    })
+) -> Result<(), Error> {
+    let out = required(out, "out")?;
+    out.write(new_trigger(trigger()?));
+    Ok(())
 }
 
 /// Creates a time trigger (`TimeTrigger`): due `freshness_minutes` after registration, then every
@@ -60,15 +58,20 @@ fn make(
 /// On success `*out` is a new trigger the caller frees with `btb_trigger_free`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT` (`out`). Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_time_trigger_new(
     freshness_minutes: u32,
     one_shot: bool,
     out: *mut *mut btb_trigger,
 ) -> btb_status {
-    make(out, || {
-        Ok(Trigger::Time {
-            freshness_minutes,
-            one_shot,
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| {
+        make(out, || {
+            Ok(Trigger::Time {
+                freshness_minutes,
+                one_shot,
+            })
         })
     })
 }
@@ -77,15 +80,20 @@ pub extern "C" fn btb_time_trigger_new(
 /// power. On success `*out` is a new trigger (free with `btb_trigger_free`).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_maintenance_trigger_new(
     freshness_minutes: u32,
     one_shot: bool,
     out: *mut *mut btb_trigger,
 ) -> btb_status {
-    make(out, || {
-        Ok(Trigger::Maintenance {
-            freshness_minutes,
-            one_shot,
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| {
+        make(out, || {
+            Ok(Trigger::Maintenance {
+                freshness_minutes,
+                one_shot,
+            })
         })
     })
 }
@@ -94,15 +102,20 @@ pub extern "C" fn btb_maintenance_trigger_new(
 /// On success `*out` is a new trigger (free with `btb_trigger_free`). An unknown type is reported
 /// by `btb_register` as `BTB_ERROR_INVALID_ARGUMENT`. Errors: `BTB_ERROR_NULL_ARGUMENT`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_system_trigger_new(
     trigger_type: u32,
     one_shot: bool,
     out: *mut *mut btb_trigger,
 ) -> btb_status {
-    make(out, || {
-        Ok(Trigger::System {
-            trigger_type,
-            one_shot,
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| {
+        make(out, || {
+            Ok(Trigger::System {
+                trigger_type,
+                one_shot,
+            })
         })
     })
 }
@@ -111,8 +124,11 @@ pub extern "C" fn btb_system_trigger_new(
 /// On success `*out` is a new trigger (free with `btb_trigger_free`).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_application_trigger_new(out: *mut *mut btb_trigger) -> btb_status {
-    make(out, || Ok(Trigger::application()))
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| make(out, || Ok(Trigger::application())))
 }
 
 /// Creates a custom-event trigger (`CustomSystemEventTrigger`): fires when any process of the same
@@ -120,15 +136,21 @@ pub extern "C" fn btb_application_trigger_new(out: *mut *mut btb_trigger) -> btb
 /// copied. On success `*out` is a new trigger (free with `btb_trigger_free`).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_UTF8`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_custom_trigger_new(
     trigger_id: *const c_char,
     recurrence: u32,
     out: *mut *mut btb_trigger,
 ) -> btb_status {
-    make(out, || {
-        Ok(Trigger::CustomEvent {
-            trigger_id: arg(trigger_id, "trigger_id")?.to_owned(),
-            recurrence,
+    // SAFETY: the C contract: `trigger_id` is NULL or a NUL-terminated string valid during the
+    // call; `out` is NULL or writable storage for the result.
+    let (trigger_id, out) = unsafe { (c_str(trigger_id), Out::from_raw(out)) };
+    guard(|| {
+        make(out, || {
+            Ok(Trigger::CustomEvent {
+                trigger_id: arg(trigger_id, "trigger_id")?.to_owned(),
+                recurrence,
+            })
         })
     })
 }
@@ -138,13 +160,19 @@ pub extern "C" fn btb_custom_trigger_new(
 /// On success `*out` is a new trigger (free with `btb_trigger_free`).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_UTF8`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_calendar_trigger_new(
     expression: *const c_char,
     out: *mut *mut btb_trigger,
 ) -> btb_status {
-    make(out, || {
-        Ok(Trigger::Calendar {
-            expression: arg(expression, "expression")?.to_owned(),
+    // SAFETY: the C contract: `expression` is NULL or a NUL-terminated string valid during the
+    // call; `out` is NULL or writable storage for the result.
+    let (expression, out) = unsafe { (c_str(expression), Out::from_raw(out)) };
+    guard(|| {
+        make(out, || {
+            Ok(Trigger::Calendar {
+                expression: arg(expression, "expression")?.to_owned(),
+            })
         })
     })
 }
@@ -154,19 +182,6 @@ pub extern "C" fn btb_calendar_trigger_new(
 #[unsafe(no_mangle)]
 pub extern "C" fn btb_trigger_free(trigger: *mut btb_trigger) -> btb_status {
     guard(|| handle::free(trigger).map(drop))
-}
-
-fn read<T>(
-    trigger: *const btb_trigger,
-    out: *mut T,
-    f: impl FnOnce(&TriggerData) -> Result<T, Error>,
-) -> btb_status {
-    guard(|| {
-        let out = out_ptr(out, "out")?;
-        let data = handle::get(trigger, "trigger")?;
-        write(out, f(&data)?);
-        Ok(())
-    })
 }
 
 fn not_applicable(data: &TriggerData, what: &str) -> Error {
@@ -183,43 +198,59 @@ fn not_applicable(data: &TriggerData, what: &str) -> Error {
 /// Writes the trigger's kind (`BTB_TRIGGER_KIND_*`) to `*out`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_trigger_kind(trigger: *const btb_trigger, out: *mut u32) -> btb_status {
-    read(trigger, out, |d| Ok(d.trigger.kind() as u32))
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| read(trigger, out, |d| Ok(d.trigger.kind() as u32)))
 }
 
 /// Writes the freshness in minutes of a time or maintenance trigger to `*out`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
 /// (another kind of trigger). Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_trigger_freshness_minutes(
     trigger: *const btb_trigger,
     out: *mut u32,
 ) -> btb_status {
-    read(trigger, out, |d| {
-        d.trigger
-            .freshness_minutes()
-            .ok_or_else(|| not_applicable(d, "freshness"))
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| {
+        read(trigger, out, |d| {
+            d.trigger
+                .freshness_minutes()
+                .ok_or_else(|| not_applicable(d, "freshness"))
+        })
     })
 }
 
 /// Writes whether the trigger is one-shot to `*out` (always false for application, custom-event
 /// and calendar triggers). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_trigger_one_shot(trigger: *const btb_trigger, out: *mut bool) -> btb_status {
-    read(trigger, out, |d| Ok(d.trigger.one_shot()))
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| read(trigger, out, |d| Ok(d.trigger.one_shot())))
 }
 
 /// Writes the `BTB_SYSTEM_TRIGGER_*` type of a system trigger to `*out`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
 /// (not a system trigger). Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_trigger_system_type(
     trigger: *const btb_trigger,
     out: *mut u32,
 ) -> btb_status {
-    read(trigger, out, |d| match d.trigger {
-        Trigger::System { trigger_type, .. } => Ok(trigger_type),
-        _ => Err(not_applicable(d, "system trigger type")),
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| {
+        read(trigger, out, |d| match d.trigger {
+            Trigger::System { trigger_type, .. } => Ok(trigger_type),
+            _ => Err(not_applicable(d, "system trigger type")),
+        })
     })
 }
 
@@ -227,10 +258,15 @@ pub extern "C" fn btb_trigger_system_type(
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`.
 /// Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_trigger_recurrence(trigger: *const btb_trigger, out: *mut u32) -> btb_status {
-    read(trigger, out, |d| match d.trigger {
-        Trigger::CustomEvent { recurrence, .. } => Ok(recurrence),
-        _ => Err(not_applicable(d, "recurrence")),
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| {
+        read(trigger, out, |d| match d.trigger {
+            Trigger::CustomEvent { recurrence, .. } => Ok(recurrence),
+            _ => Err(not_applicable(d, "recurrence")),
+        })
     })
 }
 
@@ -239,16 +275,21 @@ pub extern "C" fn btb_trigger_recurrence(trigger: *const btb_trigger, out: *mut 
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
 /// (a trigger without text). Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_trigger_text(
     trigger: *const btb_trigger,
     out: *mut *const c_char,
 ) -> btb_status {
-    read(trigger, out, |d| {
-        // The CString lives in the Arc'd data, which lives as long as the handle.
-        d.text
-            .as_ref()
-            .map(|t| t.as_ptr())
-            .ok_or_else(|| not_applicable(d, "event id or expression"))
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| {
+        read(trigger, out, |d| {
+            // The CString lives in the Arc'd data, which lives as long as the handle.
+            d.text
+                .as_ref()
+                .map(|t| t.as_ptr())
+                .ok_or_else(|| not_applicable(d, "event id or expression"))
+        })
     })
 }
 
@@ -256,13 +297,16 @@ pub extern "C" fn btb_trigger_text(
 /// reported by `btb_register`. On success `*out` is a new condition (free with `btb_condition_free`).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_system_condition_new(
     condition_type: u32,
     out: *mut *mut btb_condition,
 ) -> btb_status {
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
     guard(|| {
-        let out = out_ptr(out, "out")?;
-        write(out, handle::insert::<btb_condition>(condition_type));
+        let out = required(out, "out")?;
+        out.write(handle::insert::<btb_condition>(condition_type));
         Ok(())
     })
 }
@@ -270,12 +314,11 @@ pub extern "C" fn btb_system_condition_new(
 /// Writes the condition's `BTB_CONDITION_*` type to `*out`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_condition_type(condition: *const btb_condition, out: *mut u32) -> btb_status {
-    guard(|| {
-        let out = out_ptr(out, "out")?;
-        write(out, handle::get(condition, "condition")?);
-        Ok(())
-    })
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| read(condition, out, |c| Ok(*c)))
 }
 
 /// Frees a condition. NULL is a no-op. Errors: `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
