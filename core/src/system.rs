@@ -103,7 +103,8 @@ impl System {
             options.simulated,
             options.policy,
             store_path,
-            State::new(store, registry, options.paused),
+            store,
+            State::new(registry, options.paused),
         )?);
         {
             let mut st = shared.lock();
@@ -164,6 +165,16 @@ impl System {
     /// threads or locks) and that the system is open.
     pub(crate) fn state(&self) -> Result<Locked<'_>> {
         self.shared.open_state()
+    }
+
+    /// Locks the store (lock 0: before the state, never under it) after the same checks.
+    fn store(&self) -> Result<std::sync::MutexGuard<'_, Option<Store>>> {
+        self.shared.check_pid()?;
+        let store = self.shared.store();
+        if store.is_none() {
+            return Err(Error::state("the btb system is closed"));
+        }
+        Ok(store)
     }
 
     pub fn manifest(&self) -> &Manifest {
@@ -250,7 +261,10 @@ impl System {
     /// Validates and registers a task (SPEC §2); returns once the registration is committed.
     /// The builder is borrowed: on an error, fix it and call again.
     pub fn register(&self, builder: &Builder) -> Result<Registration> {
-        let mut state = self.state()?;
+        // The store first (lock 0), held to the end: registrations commit one at a time, in the
+        // order their name policies were decided; the state lock is not held during the commit.
+        let mut store = self.store()?;
+        let state = self.state()?;
         let valid = {
             let handlers = self.shared.handlers();
             validate(builder, &self.shared.manifest, &self.shared.policy, |g| {
@@ -310,13 +324,17 @@ impl System {
             next_due_ms,
             seq: state.registry.next_seq(),
         });
-        state
-            .store
+        drop(state);
+        store
             .as_mut()
             .expect("checked open")
             .insert(&record, &replaced)?;
+        // Durable now: publish it (even if a close began meanwhile — it is registered).
+        let mut state = self.shared.lock();
         self.shared
             .registered(&mut state, Arc::clone(&record), &replaced, now);
+        drop(state);
+        drop(store);
         Ok(self.registration(record))
     }
 
@@ -330,19 +348,18 @@ impl System {
     /// Removes a registration durably. `cancel_task` cancels a running instance with `ABORT`;
     /// otherwise it finishes.
     pub fn unregister(&self, task_id: &Uuid, cancel_task: bool) -> Result<()> {
-        let mut state = self.state()?;
-        if !state.registry.contains(task_id) {
+        let mut store = self.store()?; // as in `register`: the commit holds no state lock
+        if !self.state()?.registry.contains(task_id) {
             return Err(Error::new(
                 ErrorKind::NotFound,
                 format!("task {task_id} is not registered (already unregistered?)"),
             ));
         }
-        state
-            .store
-            .as_mut()
-            .expect("checked open")
-            .delete(task_id)?;
+        store.as_mut().expect("checked open").delete(task_id)?;
+        let mut state = self.shared.lock();
         self.shared.unregistered(&mut state, task_id, cancel_task);
+        drop(state);
+        drop(store);
         Ok(())
     }
 
@@ -504,8 +521,9 @@ impl System {
 
     /// The recorded runs of a registration, oldest first.
     pub fn history(&self, task_id: &Uuid) -> Result<Vec<RunRecord>> {
-        self.state()?
-            .store
+        drop(self.state()?);
+        self.shared.flush(); // the runs recorded so far are committed
+        self.store()?
             .as_ref()
             .expect("checked open")
             .history(task_id)

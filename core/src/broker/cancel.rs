@@ -102,6 +102,8 @@ impl Broker {
             reason,
             last_progress: instance.progress(),
         };
+        // The completed handlers are called once the run record is committed.
+        let mut recorded = 0;
         if st.registry.contains(&task_id) {
             let run = RunRecord {
                 instance_id: completion.instance_id,
@@ -115,11 +117,9 @@ impl Broker {
                 message: completion.message.clone(),
                 last_progress: completion.last_progress,
             };
-            if let Some(store) = st.store.as_mut()
-                && let Err(e) = store.insert_run(&run, self.policy.history_limit)
-            {
-                log::error!(target: "btb", "{e}");
-            }
+            recorded = self
+                .writer
+                .enqueue(super::writer::Write::Run(run, self.policy.history_limit));
         }
         // The handlers registered now hear of it, even if the task was unregistered meanwhile
         // (then they are dropped: nothing of the task remains).
@@ -137,6 +137,7 @@ impl Broker {
                 instance.task().clone(),
                 completion,
                 handlers,
+                recorded,
             ));
             self.notify_cv.notify_one();
         }

@@ -101,6 +101,7 @@ impl Broker {
         let mut changes = Vec::new();
         let max = self.policy.max_concurrent as usize;
         let mut started = Vec::new();
+        let mut jobs = Vec::new();
         // Oldest fire first; stop as soon as every slot is taken (the rest stay latched).
         for (&seq, &task_id) in &st.pending_order {
             if st.running.len() + started.len() >= max {
@@ -140,14 +141,7 @@ impl Broker {
                     grace_at: None,
                 },
             );
-            st.jobs.push_back(instance);
-            // Every queued job needs a worker of its own: an idle worker woken for an earlier job
-            // of this dispatch still counts as idle until it takes that job.
-            if st.jobs.len() > st.idle_workers {
-                self.spawn_worker();
-            } else {
-                self.work_cv.notify_one();
-            }
+            jobs.push(instance);
         }
         // Latches that did not start are made durable, each once.
         for task_id in std::mem::take(&mut st.unpersisted) {
@@ -160,6 +154,19 @@ impl Broker {
             }
         }
         self.commit(st, changes);
+        // A run starts once the schedule writes queued so far are committed (its one-shot spent,
+        // its latch taken): a crash can then never run it a second time after a restart.
+        let after = st.schedule_written;
+        for instance in jobs {
+            st.jobs.push_back((instance, after));
+            // Every queued job needs a worker of its own: an idle worker woken for an earlier job
+            // of this dispatch still counts as idle until it takes that job.
+            if st.jobs.len() > st.idle_workers {
+                self.spawn_worker();
+            } else {
+                self.work_cv.notify_one();
+            }
+        }
         self.change_cv.notify_all();
     }
 

@@ -12,6 +12,7 @@
 //! - `cancel.rs`: cancellation, time limits, grace, and the end of an instance.
 //! - `notify.rs`: the notifier thread calling progress, completed and canceled handlers.
 //! - `tasks.rs`: what registering, unregistering and requesting mean for the broker.
+//! - `writer.rs`: the thread that commits the broker's own store writes, in order.
 //! - `instance.rs`: one run (`Instance`), its progress, deferrals and cancellation.
 //!
 //! Glossary of the broker's queues (fields of [`State`]):
@@ -20,7 +21,8 @@
 //! - `running`: the live instance of each registration, with its limit and grace deadlines.
 //! - `timers` / `due`: the next due time of each timed registration (a set ordered by time, and
 //!   its index by task id).
-//! - `jobs`: instances waiting for a worker; `idle_workers`: workers waiting for a job.
+//! - `jobs`: instances waiting for a worker (each with the store write it waits for);
+//!   `idle_workers`: workers waiting for a job.
 //! - `events`: the pull queue (`System::next_event`): runs and cancellations for a host.
 //! - `notes`: calls for the notifier thread (progress, completed, canceled handlers), in order.
 //! - `once_fired`: custom-event registrations with recurrence ONCE that fired in this broker run.
@@ -30,9 +32,11 @@
 //! change, never polls), workers (spawned on demand, at most `max_concurrent` busy with live
 //! instances), one notifier thread (calls progress, completed and canceled handlers in order).
 //!
-//! Lock order — three locks, always taken in this order, never the reverse, and no app code
+//! Lock order — four locks, always taken in this order, never the reverse, and no app code
 //! (run functions, handlers, resolvers) runs while any of them is held:
-//! 1. `Broker::state` (the mutex of [`State`]: registry, queues, store);
+//! 0. `Broker::store` (the SQLite connection): held across a commit, so never taken under the
+//!    state lock — registrations take it first, the broker's own writes go through the writer;
+//! 1. `Broker::state` (the mutex of [`State`]: registry and queues);
 //! 2. `Broker::handlers` (the `RwLock` of the handler tables);
 //! 3. an instance's `life` (`Instance::life`, the mutex of one run's state).
 //!
@@ -47,6 +51,7 @@ mod notify;
 mod pool;
 mod tasks;
 mod timers;
+mod writer;
 
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -83,8 +88,6 @@ use crate::system::Registration;
 
 /// Everything under the broker's lock.
 pub(crate) struct State {
-    /// `None` once closed.
-    pub(crate) store: Option<Store>,
     pub(crate) registry: Registry,
     pending: HashMap<Uuid, Pending>,
     pending_order: BTreeMap<u64, Uuid>,
@@ -95,12 +98,17 @@ pub(crate) struct State {
     due: HashMap<Uuid, i64>,
     once_fired: HashSet<Uuid>,
     states: States,
-    jobs: VecDeque<Instance>,
+    /// With the number of the last store write queued before it: it starts once that is committed.
+    jobs: VecDeque<(Instance, u64)>,
+    /// The number of the last schedule write queued (see `writer.rs`).
+    schedule_written: u64,
     idle_workers: usize,
     notes: VecDeque<Note>,
     notifying: bool,
     events: VecDeque<Event>,
     closing: bool,
+    /// The store is released: nothing works any more.
+    closed: bool,
     stopping: bool,
     /// Opened paused and not started yet: nothing is dispatched.
     paused: bool,
@@ -110,9 +118,8 @@ pub(crate) struct State {
 }
 
 impl State {
-    pub(crate) fn new(store: Store, registry: Registry, paused: bool) -> State {
+    pub(crate) fn new(registry: Registry, paused: bool) -> State {
         State {
-            store: Some(store),
             registry,
             pending: HashMap::new(),
             pending_order: BTreeMap::new(),
@@ -124,11 +131,13 @@ impl State {
             once_fired: HashSet::new(),
             states: States::default(),
             jobs: VecDeque::new(),
+            schedule_written: 0,
             idle_workers: 0,
             notes: VecDeque::new(),
             notifying: false,
             events: VecDeque::new(),
             closing: false,
+            closed: false,
             stopping: false,
             paused,
             planned_wake: None,
@@ -152,7 +161,7 @@ impl State {
     }
 
     pub(crate) fn is_open(&self) -> bool {
-        self.store.is_some() && !self.closing
+        !self.closed && !self.closing
     }
 }
 
@@ -215,8 +224,12 @@ pub(crate) struct Broker {
     pub(crate) simulated: bool,
     pub(crate) policy: Policy,
     pub(crate) store_path: String,
+    /// Lock 0 of the lock order; `None` once closed.
+    store: Mutex<Option<Store>>,
     /// Lock 1 of the lock order.
     state: Mutex<State>,
+    /// Commits the broker's own writes (see `writer.rs`).
+    writer: writer::Writer,
     /// Wakes the broker thread (and times its sleep on the wall clock).
     pub(crate) waker: crate::wake::Waker,
     /// Wakes idle workers.
@@ -246,6 +259,7 @@ impl Broker {
         simulated: bool,
         policy: Policy,
         store_path: String,
+        store: Store,
         state: State,
     ) -> Result<Broker> {
         Ok(Broker {
@@ -255,7 +269,9 @@ impl Broker {
             simulated,
             policy,
             store_path,
+            store: Mutex::new(Some(store)),
             state: Mutex::new(state),
+            writer: writer::Writer::default(),
             waker: crate::wake::Waker::new()?,
             work_cv: Condvar::new(),
             notify_cv: Condvar::new(),
@@ -277,6 +293,17 @@ impl Broker {
         }
         self.waker.wake();
         self.change_cv.notify_all();
+    }
+
+    /// The store (lock 0): `None` once closed. Never taken under the state lock.
+    pub(crate) fn store(&self) -> MutexGuard<'_, Option<Store>> {
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits until the broker's store writes queued so far are committed (read your writes).
+    /// Never call it holding a btb lock.
+    pub(crate) fn flush(&self) {
+        self.writer.wait_done(self.writer.last());
     }
 
     /// Read access to the handler tables (lock 2).
@@ -312,7 +339,7 @@ impl Broker {
     pub(crate) fn open_state(&self) -> Result<Locked<'_>> {
         self.check_pid()?;
         let st = self.lock();
-        if st.store.is_none() || st.closing {
+        if !st.is_open() {
             return Err(Error::state("the btb system is closed"));
         }
         Ok(st)
@@ -323,6 +350,7 @@ impl Broker {
         for (name, body) in [
             ("btb-broker", Self::broker_loop as fn(&Arc<Broker>)),
             ("btb-notifier", Self::notifier_loop as fn(&Arc<Broker>)),
+            ("btb-writer", Self::writer_loop as fn(&Arc<Broker>)),
         ] {
             let shared = Arc::clone(self);
             let handle = std::thread::Builder::new()
@@ -339,13 +367,10 @@ impl Broker {
         Ok(())
     }
 
-    /// Writes scheduling changes; a store failure is reported on stderr and the broker carries on
-    /// with its in-memory state (it is retried with the next change of the same registration).
+    /// Queues scheduling changes for the writer (committed in order, off the state lock).
     pub(crate) fn commit(&self, st: &mut State, changes: Vec<ScheduleChange>) {
-        if let Some(store) = st.store.as_mut()
-            && let Err(e) = store.update_schedule(&changes)
-        {
-            log::error!(target: "btb", "{e}");
+        if !changes.is_empty() {
+            st.schedule_written = self.writer.enqueue(writer::Write::Schedule(changes));
         }
     }
 
@@ -382,6 +407,7 @@ impl Broker {
             && st.notes.is_empty()
             && !st.notifying
             && st.events.is_empty()
+            && self.writer.is_done(self.writer.last())
             && st
                 .timers
                 .first()
@@ -405,7 +431,7 @@ impl Broker {
                 return Ok(false);
             }
             st = st.wait_timeout(&self.change_cv, left);
-            if st.store.is_none() {
+            if st.closed {
                 return Err(Error::state("the btb system is closed"));
             }
         }
@@ -420,7 +446,7 @@ impl Broker {
                 return Ok(Some(e));
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || st.store.is_none() {
+            if left.is_zero() || st.closed {
                 return Ok(None);
             }
             st = st.wait_timeout(&self.change_cv, left);
@@ -432,7 +458,7 @@ impl Broker {
         let grace = Duration::from_millis(u64::from(self.policy.grace_ms));
         let deadline = Instant::now() + grace;
         let mut st = self.lock();
-        if st.store.is_none() || st.closing {
+        if !st.is_open() {
             return Ok(());
         }
         st.closing = true;
@@ -454,14 +480,14 @@ impl Broker {
             self.finish(&mut st, &instance, Some(CancellationReason::Terminating));
         }
         st.stopping = true;
-        let store = st.store.take();
+        st.closed = true;
         st.jobs.clear();
         self.waker.wake();
         self.work_cv.notify_all();
         self.notify_cv.notify_all();
         self.change_cv.notify_all();
         drop(st);
-        drop(store);
+        self.writer.stop(); // commits what is queued (the runs just abandoned), then ends
         let listener = self
             .listener
             .lock()
@@ -475,6 +501,8 @@ impl Broker {
                 let _ = t.join();
             }
         }
+        // The writer has committed everything and ended: release the store (and its lock).
+        drop(self.store().take());
         // Drop handlers (they may hold references back to this system) outside every lock.
         let handlers =
             std::mem::take(&mut *self.handlers.write().unwrap_or_else(|p| p.into_inner()));

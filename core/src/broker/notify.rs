@@ -13,8 +13,9 @@ use crate::system::Registration;
 /// Work for the notifier thread.
 pub(crate) enum Note {
     Progress(Registration, Uuid, u32),
-    /// With the completed handlers registered when the run ended.
-    Completed(Registration, Completion, Vec<(u64, CompletedFn)>),
+    /// With the completed handlers registered when the run ended, and the store write that
+    /// records the run (the handlers are called once it is committed).
+    Completed(Registration, Completion, Vec<(u64, CompletedFn)>, u64),
     Canceled(Instance, Vec<CanceledFn>, CancellationReason),
 }
 
@@ -74,7 +75,8 @@ impl Broker {
                     call(&|| handler(&registration, instance_id, value));
                 }
             }
-            Note::Completed(registration, completion, handlers) => {
+            Note::Completed(registration, completion, handlers, recorded) => {
+                self.writer.wait_done(recorded);
                 for (_, handler) in handlers {
                     call(&|| handler(&registration, &completion));
                 }

@@ -32,18 +32,20 @@ impl Broker {
         ON_BTB_THREAD.with(|f| f.set(true));
         loop {
             let mut st = self.lock();
-            let instance = loop {
+            let (instance, after) = loop {
                 if st.stopping {
                     return;
                 }
-                if let Some(i) = st.jobs.pop_front() {
-                    break i;
+                if let Some(job) = st.jobs.pop_front() {
+                    break job;
                 }
                 st.idle_workers += 1;
                 st = st.wait(&self.work_cv);
                 st.idle_workers -= 1;
             };
             drop(st);
+            self.writer.wait_done(after); // unlocked: the writes this run depends on
+
             match self.resolve(&instance) {
                 Ok(Handler::Call(run)) => {
                     if let Err(panic) = catch_unwind(AssertUnwindSafe(|| run(&instance))) {

@@ -172,9 +172,7 @@ impl Broker {
                 &mut changes,
             );
         }
-        if let Some(store) = st.store.as_mut() {
-            store.update_schedule(&changes)?;
-        }
+        self.commit(st, changes);
         // Start what can run now, before `open` returns: a runnable fire left pending for the
         // broker's first pass would be invisible to `wait_idle` (it waits for runs, not fires).
         self.dispatch(st, now);
