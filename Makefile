@@ -22,7 +22,7 @@ SYSTEM_CMAKE := $(shell command -v cmake 2>/dev/null)
 CMAKE := $(or $(SYSTEM_CMAKE),$(abspath $(VENV))/bin/cmake)
 APT := $(if $(filter 0,$(shell id -u)),$(shell command -v apt-get 2>/dev/null))
 
-.PHONY: all lib header python demo test test-rust test-python test-install install lint bench stress tsan clean
+.PHONY: all lib header python demo test test-rust test-python test-install install lint bench stress tsan clean fuzz
 
 all: lib header python
 
@@ -60,6 +60,9 @@ test-rust:
 	  echo "*** SKIPPED: the C ABI tests under valgrind (valgrind is not installed; apt-get install valgrind)" >&2; \
 	  $(CARGO) test -- --skip under_valgrind; \
 	  echo "*** SKIPPED: the C ABI tests under valgrind (see above)" >&2; fi
+	@if [ "$$(id -u)" = 0 ]; then \
+	  $(CARGO) test -q -p btb-core --test signal -- --ignored peer_uid_is_checked; else \
+	  echo "*** SKIPPED: peer_uid_is_checked (root only: it starts a process as nobody; run make test as root)" >&2; fi
 
 # cmake from PyPI when the machine has none (no root needed).
 $(abspath $(VENV))/bin/cmake: | $(PY)
@@ -124,3 +127,15 @@ tsan:
 clean:
 	$(CARGO) clean
 	rm -rf build examples-c/build
+
+# Fuzzing (docs/fuzzing.md): each cargo-fuzz target of fuzz/ for $(FUZZ_SECS) s, one after
+# another, in one process each. cargo-fuzz needs nightly flags: RUSTC_BOOTSTRAP=1 lets the stable
+# toolchain take them. Builds in fuzz/target only; crashes land in fuzz/artifacts/<target>/.
+FUZZ_SECS ?= 600
+FUZZ_TARGETS ?= manifest calendar trigger_json
+fuzz:
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+	  case $$t in calendar) len=256;; *) len=4096;; esac; \
+	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t -- -max_total_time=$(FUZZ_SECS) -max_len=$$len -timeout=10 || exit 1; \
+	done

@@ -251,7 +251,9 @@ fn parse_weekdays(expr: &str, text: &str) -> Result<u8> {
         let lower = name.to_ascii_lowercase();
         WEEKDAYS
             .iter()
-            .position(|d| lower.len() >= 3 && d.starts_with(&lower[..3]) && is_day_name(&lower))
+            // `is_day_name` first: it admits only 3-byte names and ASCII full names, so `[..3]`
+            // cannot split a character ("Moé" would panic).
+            .position(|d| is_day_name(&lower) && d.starts_with(&lower[..3]))
             .map(|p| p as u32)
             .ok_or_else(|| bad(expr, format!("unknown weekday {name:?}")))
     };
@@ -412,6 +414,28 @@ mod tests {
             );
             assert!(err.message().contains("bad calendar expression"));
         }
+    }
+
+    #[test]
+    fn non_ascii_weekday_is_an_error_not_a_panic() {
+        // Found by fuzzing (fuzz/ target `calendar`): a name whose third byte is inside a
+        // multi-byte character panicked slicing `[..3]`.
+        for expr in [
+            "Moé",
+            "m\u{8}\u{5bb}",
+            "Mo\u{1F600}..Fri",
+            "Mon,Tuä 10:00",
+            "Mé",
+        ] {
+            let err = CalendarSpec::parse(expr).unwrap_err();
+            assert!(
+                err.message().contains("unknown weekday"),
+                "{expr:?}: {}",
+                err.message()
+            );
+        }
+        // Three-byte names with a multi-byte character are rejected too, not sliced.
+        assert!(CalendarSpec::parse("aé").is_err());
     }
 
     /// `next_after` for `expr` from the RFC 3339 instant `after`, as an RFC 3339 UTC instant.

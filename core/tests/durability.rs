@@ -100,8 +100,10 @@ fn open(path: &Path, durability: Durability, clock: &ManualClock) -> System {
     system
 }
 
-/// The writer. A no-op unless the parent set `BTB_TEST_DURABILITY_STORE`.
+/// The writer: a child process of the SIGKILL tests (ignored when the suite runs; they run it
+/// with `--ignored --exact child_writer` and `BTB_TEST_DURABILITY_STORE` set).
 #[test]
+#[ignore = "a child process of the sigkill tests"]
 fn child_writer() {
     let Some(path) = std::env::var_os(STORE_VAR) else {
         return;
@@ -169,7 +171,13 @@ fn kill_writer_and_check(kill_after: usize, mode: &str) {
     let path = dir.path().join("btb.sqlite3");
     let mut writer = Writer(
         Command::new(std::env::current_exe().unwrap())
-            .args(["child_writer", "--exact", "--nocapture", "--test-threads=1"])
+            .args([
+                "child_writer",
+                "--ignored",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(STORE_VAR, &path)
             .env(MODE_VAR, mode)
             .stdin(Stdio::null())

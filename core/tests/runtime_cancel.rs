@@ -1,7 +1,7 @@
 //! SPEC §4 cancellation: unregister, REPLACE, time limits and grace, deferrals and budgets,
 //! cancel_on_condition_loss, close(), and cancellation through the pull queue.
 
-mod rt;
+mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use btb_core::*;
-use rt::*;
+use common::rt::*;
 
 /// A run body that sends its instance, then blocks on `gate`.
 fn report_and_block(

@@ -1,7 +1,7 @@
 //! SPEC §4: entry-point resolution, outcomes, deferrals, progress, completion and history,
 //! handlers calling back into btb, removing handlers, the pull queue.
 
-mod rt;
+mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use btb_core::*;
-use rt::*;
+use common::rt::*;
 
 fn call(f: impl Fn(&Instance) + Send + Sync + 'static) -> Handler {
     Handler::Call(Arc::new(f))

@@ -1,13 +1,13 @@
 //! SPEC §3: latched fires, coalescing, one run per registration at a time, application trigger
 //! results, system events, custom events and the maintenance trigger's AC rule.
 
-mod rt;
+mod common;
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use btb_core::*;
-use rt::*;
+use common::rt::*;
 
 fn with_condition(mut b: Builder, c: SystemConditionType) -> Builder {
     b.add_condition(c as u32);
@@ -439,4 +439,24 @@ fn in_process_event_names_follow_the_socket_rule() {
         assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{bad:.20?}");
     }
     assert_eq!(rig.sys.signal_event(&"x".repeat(256)).unwrap(), 0);
+}
+
+#[test]
+fn trigger_details_keep_every_float_bit() {
+    // Found by fuzzing (fuzz target `trigger_json`): without serde_json's `float_roundtrip`, a
+    // float in the arguments reached the run, and came back from the store, 1 ULP off.
+    let rig = Rig::open(policy());
+    let (b, _) = app_task("floats");
+    let reg = rig.register(&b);
+    let args = serde_json::json!({ "n": 1.7976931348623157, "m": 5e-324, "k": 0.1 });
+    assert_eq!(
+        reg.request(Some(args.clone())).unwrap(),
+        ApplicationTriggerResult::Allowed
+    );
+    let run = rig.next_start();
+    assert_eq!(run.details.as_ref(), Some(&args));
+    rig.idle();
+    let text = reg.history().unwrap()[0].trigger_details.clone().unwrap();
+    let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, args, "the stored text {text}");
 }

@@ -1,6 +1,6 @@
 //! SPEC §4: the bounded worker pool (`max_concurrent`).
 
-mod rt;
+mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -8,7 +8,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use btb_core::*;
-use rt::*;
+use common::rt::*;
 
 /// A counting semaphore the test releases run functions through, one permit at a time.
 #[derive(Clone, Default)]

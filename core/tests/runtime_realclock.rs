@@ -1,14 +1,14 @@
 //! The real clock path (monotonic waits against wall-clock due times) with short real timers. Every
 //! wait is a channel receive with a deadline; nothing sleeps.
 
-mod rt;
+mod common;
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use btb_core::*;
-use rt::*;
+use common::rt::*;
 
 const REAL_DEADLINE: Duration = Duration::from_secs(5);
 

@@ -2,12 +2,12 @@
 //! catch-up, persisted one-shot spent flags and latched fires, SERVICING_COMPLETE, custom events
 //! ONCE per broker run, application triggers after a restart.
 
-mod rt;
+mod common;
 
 use std::path::{Path, PathBuf};
 
 use btb_core::*;
-use rt::*;
+use common::rt::*;
 
 struct Store {
     _dir: tempfile::TempDir,

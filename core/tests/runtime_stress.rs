@@ -6,7 +6,7 @@
 //! exactly once, every run that started got exactly one completion and one history record with
 //! the outcome its run asked for, and the system closes at once.
 
-mod rt;
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use btb_core::*;
-use rt::*;
+use common::rt::*;
 use uuid::Uuid;
 
 const THREADS: usize = 8;

@@ -1,10 +1,10 @@
 //! SPEC §3 timers under the manual clock: the timer window, shared wake-ups, drift-free periodic
 //! due times, one-shot timers, calendar triggers, timers gated by conditions.
 
-mod rt;
+mod common;
 
 use btb_core::*;
-use rt::*;
+use common::rt::*;
 
 /// Advances in `step` increments until a run starts or `limit` is passed; returns the start.
 fn step_until_start(rig: &Rig, step: i64, limit: i64) -> Run {

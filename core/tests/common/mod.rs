@@ -1,5 +1,9 @@
-//! Helpers shared by the integration tests. Each test binary uses a different subset.
+//! Helpers shared by the integration tests. Each test binary uses a different subset: the
+//! registration and store tests these, the runtime tests `rt` (a system with a run-function
+//! router, gates and deadline waits).
 #![allow(dead_code)]
+
+pub mod rt;
 
 use std::path::Path;
 use std::sync::Arc;

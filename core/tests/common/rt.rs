@@ -1,4 +1,4 @@
-//! Helpers for the runtime tests (`runtime_*.rs`): a system on a manual clock with a simulated
+//! Helpers for the runtime tests (`runtime_*.rs`, as `common::rt`): a system on a manual clock with a simulated
 //! source, a run-function router keyed by task name, gates that block run functions until the test
 //! releases them, and channel-based waits with deadlines (no sleeps anywhere).
 #![allow(dead_code)]
@@ -15,8 +15,7 @@ use btb_core::{
 };
 use uuid::Uuid;
 
-/// The manual clock's start: 2023-11-14T22:13:20Z.
-pub const T0: i64 = 1_700_000_000_000;
+pub use super::T0;
 pub const SEC: i64 = 1_000;
 pub const MIN: i64 = 60_000;
 /// How long any single wait of a test may take before the test fails.
