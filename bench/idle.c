@@ -40,7 +40,7 @@ int main(int argc, char **argv) {
     TRY(btb_system_options_set_durability(o, BTB_DURABILITY_NORMAL));
     TRY(btb_system_options_set_timer_window_seconds(o, 0));
     TRY(btb_system_open(o, &s));
-    TRY(btb_system_register_entry_point(s, "idle.Task", run, NULL));
+    TRY(btb_system_register_entry_point(s, "idle.Task", run, NULL, NULL));
     btb_builder *b;
     TRY(btb_new(&b));
     TRY(btb_set_task_entry_point(b, "idle.Task"));

@@ -131,8 +131,8 @@ static btb_registration *register_task(btb_system *system, const char *name, con
     TRY(btb_register_in(system, builder, &registration));
     TRY(btb_free(builder));
     TRY(btb_trigger_free(trigger));
-    TRY(btb_registration_add_completed(registration, on_completed, NULL, NULL));
-    TRY(btb_registration_add_progress(registration, on_progress, NULL, NULL));
+    TRY(btb_registration_add_completed(registration, on_completed, NULL, NULL, NULL));
+    TRY(btb_registration_add_progress(registration, on_progress, NULL, NULL, NULL));
     return registration;
 }
 
@@ -194,8 +194,8 @@ int main(void) {
 
     memset(&job, 0, sizeof job);
     if (pipe(job.go) != 0) return 1;
-    TRY(btb_system_register_entry_point(system, "notes.Upload", run_upload, &job));
-    TRY(btb_system_register_entry_point(system, "notes.Sync", run_sync, system));
+    TRY(btb_system_register_entry_point(system, "notes.Upload", run_upload, &job, NULL));
+    TRY(btb_system_register_entry_point(system, "notes.Sync", run_sync, system, NULL));
     TRY(btb_application_trigger_new(&trigger));
     btb_registration *upload = register_task(system, "upload", "notes.Upload", trigger);
     TRY(btb_time_trigger_new(15, false, &trigger));

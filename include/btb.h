@@ -494,6 +494,16 @@ typedef struct {
 typedef void (*btb_canceled_fn)(btb_instance *instance, uint32_t reason, void *user_data);
 
 /**
+ * A finalizer for a callback's `user_data` (may be NULL where accepted): btb calls it exactly once,
+ * when it will never pass `user_data` again — after the handler was removed or replaced, or its
+ * system closed, *and* no call of the handler is still going (a run function abandoned after its
+ * grace keeps its `user_data` until it returns). It runs on whichever thread lets go last (the one
+ * that removed the handler or closed the system, or a btb thread), with no btb lock held. It is
+ * not called when the function that received it fails: the caller keeps `user_data` then.
+ */
+typedef void (*btb_free_fn)(void *user_data);
+
+/**
  * A run function: runs one instance on a btb worker thread (never the caller's thread, never with
  * a btb lock held). `instance` is borrowed for the call. Report failure with
  * `btb_instance_report_failure`; take a deferral to finish later from another thread.
@@ -840,11 +850,13 @@ btb_status btb_instance_finish_run(btb_instance *instance);
 /**
  * Adds a canceled handler (called on a btb thread at once if the instance is already canceled);
  * writes a token for `btb_instance_remove_canceled` to `*out_token` (may be NULL).
+ * `free_user_data` (may be NULL) is called once btb is done with `user_data` (see `btb_free_fn`).
  * Errors: `BTB_ERROR_NULL_ARGUMENT` (instance or handler), `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
  */
 btb_status btb_instance_add_canceled(btb_instance *instance,
                                      btb_canceled_fn handler,
                                      void *user_data,
+                                     btb_free_fn free_user_data,
                                      uint64_t *out_token);
 
 /**
@@ -973,7 +985,8 @@ btb_status btb_task_group_new(const char *id, const char *name, btb_task_group *
  * one group run in the order added, with one instance; the first to report a failure ends the run.
  * A system's own handler for the group (`btb_system_set_background_activated` with the group id)
  * is asked first. `handler` runs on a btb worker thread with a borrowed instance; `user_data` is
- * passed back as given (btb never dereferences it) until the handler is removed.
+ * passed back as given (btb never dereferences it) until `free_user_data` (may be NULL) is called
+ * for it (see `btb_free_fn`).
  * On success `*out_token` (may be NULL) names the handler for
  * `btb_task_group_remove_background_activated`.
  * Errors: `BTB_ERROR_NULL_ARGUMENT` (group or handler), `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
@@ -981,6 +994,7 @@ btb_status btb_task_group_new(const char *id, const char *name, btb_task_group *
 btb_status btb_task_group_add_background_activated(const btb_task_group *group,
                                                    btb_run_fn handler,
                                                    void *user_data,
+                                                   btb_free_fn free_user_data,
                                                    uint64_t *out_token);
 
 /**
@@ -1049,21 +1063,26 @@ btb_status btb_task_group_list_free(btb_task_group_list *list);
 
 /**
  * Adds a completed handler; writes its token (for `btb_registration_remove_handler`) to
- * `*out_token` (may be NULL). Errors: `BTB_ERROR_NULL_ARGUMENT` (registration or handler),
+ * `*out_token` (may be NULL).
+ * `free_user_data` (may be NULL) is called once btb is done with `user_data` (see `btb_free_fn`).
+ * Errors: `BTB_ERROR_NULL_ARGUMENT` (registration or handler),
  * `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`. Thread-safe.
  */
 btb_status btb_registration_add_completed(btb_registration *registration,
                                           btb_completed_fn handler,
                                           void *user_data,
+                                          btb_free_fn free_user_data,
                                           uint64_t *out_token);
 
 /**
  * Adds a progress handler; writes its token to `*out_token` (may be NULL).
+ * `free_user_data` (may be NULL) is called once btb is done with `user_data` (see `btb_free_fn`).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`. Thread-safe.
  */
 btb_status btb_registration_add_progress(btb_registration *registration,
                                          btb_progress_fn handler,
                                          void *user_data,
+                                         btb_free_fn free_user_data,
                                          uint64_t *out_token);
 
 /**
@@ -1286,7 +1305,13 @@ btb_status btb_system_options_set_durability(btb_system_options *options, uint32
 btb_status btb_system_open(const btb_system_options *options, btb_system **out);
 
 /**
- * Closes a system and frees its handle: releases the store and its lock. NULL is a no-op.
+ * Closes a system and frees its handle: cancels running instances with
+ * `BTB_CANCELLATION_TERMINATING`, waits for them to end and for the handlers being called — at
+ * most the grace period (`btb_system_options_set_grace_ms`, default 5 s) — records the rest as
+ * canceled, stops btb's threads, and releases the store and its lock. A run function that ignores
+ * cancellation past its grace is abandoned, not killed: it may still be running when this returns,
+ * and its `user_data` stays in use until it returns — pass a `free_user_data` to learn when btb is
+ * done with it. NULL is a no-op.
  * Errors: `BTB_ERROR_INVALID_HANDLE` (freed, foreign, another type, closed twice),
  * `BTB_ERROR_STATE` (called in a forked child; the handle stays valid). Thread-safe.
  */
@@ -1340,13 +1365,15 @@ btb_status btb_system_advance_clock(btb_system *system, int64_t ms);
  * `BackgroundTaskRegistrationGroup.BackgroundActivated`): it runs registered tasks that have no
  * entry point, a group's own before the system's. `handler` runs on a btb worker thread with a
  * borrowed instance; `user_data` is passed back as given (btb never dereferences it).
+ * `free_user_data` (may be NULL) is called once btb is done with `user_data` (see `btb_free_fn`).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
  * `BTB_ERROR_STATE`. Thread-safe.
  */
 btb_status btb_system_set_background_activated(btb_system *system,
                                                const char *group_id,
                                                btb_run_fn handler,
-                                               void *user_data);
+                                               void *user_data,
+                                               btb_free_fn free_user_data);
 
 /**
  * Like `btb_system_set_background_activated`, but the runs go to the pull queue
@@ -1359,6 +1386,7 @@ btb_status btb_system_set_background_activated_queued(btb_system *system, const 
 /**
  * Registers the in-process run function of a declared entry point (replacing any previous one).
  * It runs on a btb worker thread with a borrowed instance.
+ * `free_user_data` (may be NULL) is called once btb is done with `user_data` (see `btb_free_fn`).
  * Errors: `BTB_ERROR_NULL_ARGUMENT` (system, entry point or handler), `BTB_ERROR_INVALID_HANDLE`,
  * `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_NOT_DECLARED` (not in the manifest), `BTB_ERROR_STATE`.
  * Thread-safe.
@@ -1366,7 +1394,8 @@ btb_status btb_system_set_background_activated_queued(btb_system *system, const 
 btb_status btb_system_register_entry_point(btb_system *system,
                                            const char *entry_point,
                                            btb_run_fn handler,
-                                           void *user_data);
+                                           void *user_data,
+                                           btb_free_fn free_user_data);
 
 /**
  * Routes the runs of a declared entry point to the pull queue (`btb_system_next_event`), so a host

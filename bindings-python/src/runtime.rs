@@ -12,8 +12,8 @@
 //! callables in `__traverse__` (and empties the slot in `__clear__`), so a handler that refers back
 //! to its system is collected with it. Closures refer to the system only through a weak reference.
 
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use btb_core::{
     CancellationReason, CompletedFn, Completion, Deferral, Handler, Instance, ProgressFn,
@@ -93,25 +93,9 @@ impl Slot {
 // ------------------------------------------------------------------------------------------------
 // Python activity on btb threads
 
-/// How many btb threads are attached to the interpreter (or about to be) right now.
-static ACTIVE: Mutex<usize> = Mutex::new(0);
-static ACTIVE_CHANGED: Condvar = Condvar::new();
-
-/// Attaches a btb thread to the interpreter for `f`, counted in [`ACTIVE`] for the exit hook.
-/// `None` when the interpreter is finalizing (or otherwise not attachable).
+/// Attaches a btb thread to the interpreter for `f`; `None` when the interpreter is finalizing
+/// (or otherwise not attachable). The core counts the call as app code in flight.
 fn attach<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> Option<R> {
-    struct Active;
-    impl Drop for Active {
-        fn drop(&mut self) {
-            let mut active = ACTIVE.lock().unwrap_or_else(PoisonError::into_inner);
-            *active -= 1;
-            if *active == 0 {
-                ACTIVE_CHANGED.notify_all();
-            }
-        }
-    }
-    *ACTIVE.lock().unwrap_or_else(PoisonError::into_inner) += 1;
-    let _active = Active;
     Python::try_attach(f)
 }
 
@@ -152,28 +136,14 @@ fn call_unwinding<'py>(
     unsafe { Bound::from_owned_ptr_or_err(callable.py(), result) }
 }
 
-/// Waits, detached, until no btb thread runs Python code, at most `timeout` seconds; `True` if
-/// none does. The exit hook calls it after closing every system: a run abandoned after its grace
-/// period may still be in Python code, and a thread that leaves Python while the interpreter
-/// finalizes crashes the process.
+/// Waits, detached, until no btb thread runs app code (the core's count of run functions,
+/// handlers and resolvers in flight), at most `timeout` seconds; `True` if none does. The exit hook
+/// calls it after closing every system: a run abandoned after its grace period may still be in
+/// Python code.
 #[pyfunction]
 pub(crate) fn _wait_python_idle(py: Python<'_>, timeout: f64) -> bool {
     let timeout = Duration::from_secs_f64(timeout.clamp(0.0, 3600.0));
-    py.detach(|| {
-        let deadline = Instant::now() + timeout;
-        let mut active = ACTIVE.lock().unwrap_or_else(PoisonError::into_inner);
-        while *active > 0 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            active = ACTIVE_CHANGED
-                .wait_timeout(active, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
-        true
-    })
+    py.detach(|| btb_core::wait_app_calls(timeout))
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -19,7 +19,9 @@ pub mod system;
 pub mod validate;
 mod wake;
 
-pub use broker::{CanceledFn, Completion, Deferral, Event, Handler, Instance, RunFn};
+pub use broker::{
+    CanceledFn, Completion, Deferral, Event, Handler, Instance, RunFn, wait_app_calls,
+};
 pub use clock::{Clock, ManualClock};
 pub use error::{Error, ErrorKind, Result};
 pub use manifest::{Manifest, TaskDeclaration};

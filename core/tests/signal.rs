@@ -105,9 +105,9 @@ fn run_child(
         "--nocapture",
         "--test-threads=1",
     ])
-        .env(CHILD_ROLE, role)
-        .env("XDG_RUNTIME_DIR", runtime_dir)
-        .current_dir("/");
+    .env(CHILD_ROLE, role)
+    .env("XDG_RUNTIME_DIR", runtime_dir)
+    .current_dir("/");
     if let Some(uid) = uid {
         cmd.uid(uid).gid(uid);
     }

@@ -291,46 +291,61 @@ pub(crate) fn read<H: Handle, T>(
     Ok(())
 }
 
-/// `void *user_data` made sendable: btb passes it back to the callback as given.
-#[derive(Clone, Copy)]
-pub(crate) struct UserData(pub *mut c_void);
-// SAFETY: btb never dereferences user data; the header tells callers it is used from btb threads.
+/// A callback's `void *user_data` with its optional finalizer (`btb_free_fn`). A handler's closure
+/// holds it (and so does every call of the handler in flight): the finalizer runs once, when the
+/// last holder lets go — the handler was removed or replaced, or its system closed, and no call of
+/// it is still going. btb never dereferences the pointer.
+pub(crate) struct UserData {
+    ptr: *mut c_void,
+    free: std::sync::Mutex<crate::instance::btb_free_fn>,
+}
+
+// SAFETY: btb never dereferences user data; the header tells callers it is used from btb threads
+// and that the finalizer may run on any thread.
 unsafe impl Send for UserData {}
 // SAFETY: as above.
 unsafe impl Sync for UserData {}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn live(t: &Table, index: u32, generation: u32) -> bool {
-        let slot = &t.slots[index as usize];
-        slot.object.is_some() && slot.generation == generation
+impl UserData {
+    pub(crate) fn new(
+        ptr: *mut c_void,
+        free: crate::instance::btb_free_fn,
+    ) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(UserData {
+            ptr,
+            free: std::sync::Mutex::new(free),
+        })
     }
 
-    #[test]
-    fn a_slot_whose_generations_are_used_up_is_retired() {
-        // Regression: generations wrapped after 2^24 cycles of one slot, and the first handle
-        // ever made from it was live again (a double free then freed someone else's object).
-        let mut t = Table {
-            slots: Vec::new(),
-            free: Vec::new(),
-        };
-        let (first, g0) = t.put(Object::Condition(1));
-        assert_eq!(g0, 0);
-        t.take(first as usize);
-        t.slots[first as usize].generation = GEN_MASK - 1; // as after 2^24 - 2 more cycles
-        let (again, g) = t.put(Object::Condition(2));
-        assert_eq!((again, g), (first, GEN_MASK - 1));
-        t.take(again as usize);
-        let (last, g) = t.put(Object::Condition(3));
-        assert_eq!((last, g), (first, GEN_MASK));
-        t.take(last as usize);
-        // Every later object lands elsewhere; the first handle stays dead.
-        for n in 0..4 {
-            let (index, _) = t.put(Object::Condition(n));
-            assert_ne!(index, first);
-            assert!(!live(&t, first, g0));
+    pub(crate) fn ptr(&self) -> *mut c_void {
+        self.ptr
+    }
+
+    /// The call failed: the caller keeps `user_data`, and the finalizer is not called.
+    pub(crate) fn disarm(&self) {
+        *self.free.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Disarms on an error (see [`UserData::disarm`]) and passes the result on.
+    pub(crate) fn kept_on_error<T>(&self, result: Result<T>) -> Result<T> {
+        if result.is_err() {
+            self.disarm();
+        }
+        result
+    }
+}
+
+impl Drop for UserData {
+    fn drop(&mut self) {
+        let free = self
+            .free
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(free) = free {
+            // SAFETY: the C caller handed us `free` for this pointer (documented on every function
+            // taking one); it runs once, when btb is done with the pointer.
+            unsafe { free(self.ptr) }
         }
     }
 }

@@ -35,6 +35,14 @@ pub struct btb_deferral {
 pub type btb_run_fn =
     Option<unsafe extern "C" fn(instance: *mut btb_instance, user_data: *mut c_void)>;
 
+/// A finalizer for a callback's `user_data` (may be NULL where accepted): btb calls it exactly once,
+/// when it will never pass `user_data` again — after the handler was removed or replaced, or its
+/// system closed, *and* no call of the handler is still going (a run function abandoned after its
+/// grace keeps its `user_data` until it returns). It runs on whichever thread lets go last (the one
+/// that removed the handler or closed the system, or a btb thread), with no btb lock held. It is
+/// not called when the function that received it fails: the caller keeps `user_data` then.
+pub type btb_free_fn = Option<unsafe extern "C" fn(user_data: *mut c_void)>;
+
 /// A canceled handler: called on a btb thread with the (borrowed) instance and a
 /// `BTB_CANCELLATION_*` reason, as soon as the instance is canceled.
 pub type btb_canceled_fn =
@@ -68,13 +76,12 @@ pub(crate) fn with_borrowed(instance: &Instance, f: impl FnOnce(*mut btb_instanc
 /// A core handler that calls a C run function.
 pub(crate) fn run_handler(
     f: unsafe extern "C" fn(*mut btb_instance, *mut c_void),
-    user_data: *mut c_void,
+    user_data: &Arc<UserData>,
 ) -> Handler {
-    let user_data = UserData(user_data);
+    let user_data = Arc::clone(user_data);
     Handler::Call(Arc::new(move |instance: &Instance| {
-        let user_data = user_data;
         // SAFETY: the C caller promised `f` accepts these arguments (documented).
-        with_borrowed(instance, |h| unsafe { f(h, user_data.0) });
+        with_borrowed(instance, |h| unsafe { f(h, user_data.ptr()) });
     }))
 }
 
@@ -270,6 +277,7 @@ pub extern "C" fn btb_instance_finish_run(instance: *mut btb_instance) -> btb_st
 
 /// Adds a canceled handler (called on a btb thread at once if the instance is already canceled);
 /// writes a token for `btb_instance_remove_canceled` to `*out_token` (may be NULL).
+/// `free_user_data` (may be NULL) is called once btb is done with `user_data` (see `btb_free_fn`).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT` (instance or handler), `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
 #[expect(clippy::not_unsafe_ptr_arg_deref)]
@@ -277,6 +285,7 @@ pub extern "C" fn btb_instance_add_canceled(
     instance: *mut btb_instance,
     handler: btb_canceled_fn,
     user_data: *mut c_void,
+    free_user_data: btb_free_fn,
     out_token: *mut u64,
 ) -> btb_status {
     // SAFETY: the C contract: `out_token` is NULL or writable storage for the result.
@@ -284,13 +293,12 @@ pub extern "C" fn btb_instance_add_canceled(
     guard(|| {
         let i = handle::get(instance as *const btb_instance, "instance")?;
         let f = handler.ok_or_else(|| Error::new(ErrorKind::NullArgument, "handler is NULL"))?;
-        let user_data = UserData(user_data);
+        let user_data = UserData::new(user_data, free_user_data);
         let token = i
             .instance
             .add_canceled(Arc::new(move |inst: &Instance, reason| {
-                let user_data = user_data;
                 // SAFETY: the C caller promised `f` accepts these arguments.
-                with_borrowed(inst, |h| unsafe { f(h, reason as u32, user_data.0) });
+                with_borrowed(inst, |h| unsafe { f(h, reason as u32, user_data.ptr()) });
             }));
         if let Some(out_token) = out_token {
             out_token.write(token);

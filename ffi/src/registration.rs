@@ -7,6 +7,7 @@ use btb_core::{Completion, Error, ErrorKind, Registration, RunRecord, TaskGroup}
 
 use crate::error::{btb_status, guard};
 use crate::handle::{self, Handle, Out, OutArray, UserData, handle_type, read, required};
+use crate::instance::btb_free_fn;
 use crate::strings::{arg, c_str, c_string, opt_arg, owned};
 use crate::trigger::{btb_trigger, new_trigger};
 
@@ -367,7 +368,8 @@ pub extern "C" fn btb_task_group_new(
 /// one group run in the order added, with one instance; the first to report a failure ends the run.
 /// A system's own handler for the group (`btb_system_set_background_activated` with the group id)
 /// is asked first. `handler` runs on a btb worker thread with a borrowed instance; `user_data` is
-/// passed back as given (btb never dereferences it) until the handler is removed.
+/// passed back as given (btb never dereferences it) until `free_user_data` (may be NULL) is called
+/// for it (see `btb_free_fn`).
 /// On success `*out_token` (may be NULL) names the handler for
 /// `btb_task_group_remove_background_activated`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT` (group or handler), `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
@@ -377,6 +379,7 @@ pub extern "C" fn btb_task_group_add_background_activated(
     group: *const btb_task_group,
     handler: crate::instance::btb_run_fn,
     user_data: *mut c_void,
+    free_user_data: btb_free_fn,
     out_token: *mut u64,
 ) -> btb_status {
     // SAFETY: the C contract: `out_token` is NULL or writable storage for the result.
@@ -384,7 +387,8 @@ pub extern "C" fn btb_task_group_add_background_activated(
     guard(|| {
         let g = handle::get(group, "group")?;
         let f = handler.ok_or_else(|| Error::new(ErrorKind::NullArgument, "handler is NULL"))?;
-        let btb_core::Handler::Call(run) = crate::instance::run_handler(f, user_data) else {
+        let user_data = UserData::new(user_data, free_user_data);
+        let btb_core::Handler::Call(run) = crate::instance::run_handler(f, &user_data) else {
             unreachable!("run_handler makes a call handler")
         };
         let token = btb_core::groups::add_background_activated(&g.group.id, run);
@@ -558,7 +562,9 @@ fn borrowed_registration(registration: &Registration, f: impl FnOnce(*mut btb_re
 }
 
 /// Adds a completed handler; writes its token (for `btb_registration_remove_handler`) to
-/// `*out_token` (may be NULL). Errors: `BTB_ERROR_NULL_ARGUMENT` (registration or handler),
+/// `*out_token` (may be NULL).
+/// `free_user_data` (may be NULL) is called once btb is done with `user_data` (see `btb_free_fn`).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT` (registration or handler),
 /// `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`. Thread-safe.
 #[unsafe(no_mangle)]
 #[expect(clippy::not_unsafe_ptr_arg_deref)]
@@ -566,6 +572,7 @@ pub extern "C" fn btb_registration_add_completed(
     registration: *mut btb_registration,
     handler: btb_completed_fn,
     user_data: *mut c_void,
+    free_user_data: btb_free_fn,
     out_token: *mut u64,
 ) -> btb_status {
     // SAFETY: the C contract: `out_token` is NULL or writable storage for the result.
@@ -573,11 +580,11 @@ pub extern "C" fn btb_registration_add_completed(
     guard(|| {
         let r = handle::get(registration as *const btb_registration, "registration")?;
         let f = handler.ok_or_else(|| Error::new(ErrorKind::NullArgument, "handler is NULL"))?;
-        let user_data = UserData(user_data);
-        let token =
+        let user_data = UserData::new(user_data, free_user_data);
+        let held = Arc::clone(&user_data);
+        let added =
             r.registration
                 .add_completed(Arc::new(move |reg: &Registration, c: &Completion| {
-                    let user_data = user_data;
                     let message = c.message.as_deref().map(c_string);
                     let completion = btb_completion {
                         instance_id: btb_uuid {
@@ -589,8 +596,9 @@ pub extern "C" fn btb_registration_add_completed(
                         last_progress: c.last_progress,
                     };
                     // SAFETY: the C caller promised `f` accepts these arguments.
-                    borrowed_registration(reg, |h| unsafe { f(h, &completion, user_data.0) });
-                }))?;
+                    borrowed_registration(reg, |h| unsafe { f(h, &completion, held.ptr()) });
+                }));
+        let token = user_data.kept_on_error(added)?;
         if let Some(out_token) = out_token {
             out_token.write(token);
         }
@@ -599,6 +607,7 @@ pub extern "C" fn btb_registration_add_completed(
 }
 
 /// Adds a progress handler; writes its token to `*out_token` (may be NULL).
+/// `free_user_data` (may be NULL) is called once btb is done with `user_data` (see `btb_free_fn`).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`. Thread-safe.
 #[unsafe(no_mangle)]
 #[expect(clippy::not_unsafe_ptr_arg_deref)]
@@ -606,6 +615,7 @@ pub extern "C" fn btb_registration_add_progress(
     registration: *mut btb_registration,
     handler: btb_progress_fn,
     user_data: *mut c_void,
+    free_user_data: btb_free_fn,
     out_token: *mut u64,
 ) -> btb_status {
     // SAFETY: the C contract: `out_token` is NULL or writable storage for the result.
@@ -613,17 +623,18 @@ pub extern "C" fn btb_registration_add_progress(
     guard(|| {
         let r = handle::get(registration as *const btb_registration, "registration")?;
         let f = handler.ok_or_else(|| Error::new(ErrorKind::NullArgument, "handler is NULL"))?;
-        let user_data = UserData(user_data);
-        let token =
+        let user_data = UserData::new(user_data, free_user_data);
+        let held = Arc::clone(&user_data);
+        let added =
             r.registration
                 .add_progress(Arc::new(move |reg: &Registration, id, progress| {
-                    let user_data = user_data;
                     let id = btb_uuid {
                         bytes: *id.as_bytes(),
                     };
                     // SAFETY: the C caller promised `f` accepts these arguments.
-                    borrowed_registration(reg, |h| unsafe { f(h, &id, progress, user_data.0) });
-                }))?;
+                    borrowed_registration(reg, |h| unsafe { f(h, &id, progress, held.ptr()) });
+                }));
+        let token = user_data.kept_on_error(added)?;
         if let Some(out_token) = out_token {
             out_token.write(token);
         }

@@ -11,7 +11,8 @@ use btb_core::{
     System, SystemConditionType, SystemOptions, SystemTriggerType, TaskDeclaration, TriggerKind,
 };
 
-use crate::instance::{btb_instance, btb_run_fn, new_instance, run_handler};
+use crate::handle::UserData;
+use crate::instance::{btb_free_fn, btb_instance, btb_run_fn, new_instance, run_handler};
 use crate::trigger::btb_trigger;
 
 use crate::error::{btb_status, guard};
@@ -417,7 +418,13 @@ pub extern "C" fn btb_system_open(
     })
 }
 
-/// Closes a system and frees its handle: releases the store and its lock. NULL is a no-op.
+/// Closes a system and frees its handle: cancels running instances with
+/// `BTB_CANCELLATION_TERMINATING`, waits for them to end and for the handlers being called — at
+/// most the grace period (`btb_system_options_set_grace_ms`, default 5 s) — records the rest as
+/// canceled, stops btb's threads, and releases the store and its lock. A run function that ignores
+/// cancellation past its grace is abandoned, not killed: it may still be running when this returns,
+/// and its `user_data` stays in use until it returns — pass a `free_user_data` to learn when btb is
+/// done with it. NULL is a no-op.
 /// Errors: `BTB_ERROR_INVALID_HANDLE` (freed, foreign, another type, closed twice),
 /// `BTB_ERROR_STATE` (called in a forked child; the handle stays valid). Thread-safe.
 #[unsafe(no_mangle)]
@@ -526,6 +533,7 @@ pub extern "C" fn btb_system_advance_clock(system: *mut btb_system, ms: i64) -> 
 /// `BackgroundTaskRegistrationGroup.BackgroundActivated`): it runs registered tasks that have no
 /// entry point, a group's own before the system's. `handler` runs on a btb worker thread with a
 /// borrowed instance; `user_data` is passed back as given (btb never dereferences it).
+/// `free_user_data` (may be NULL) is called once btb is done with `user_data` (see `btb_free_fn`).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
 /// `BTB_ERROR_STATE`. Thread-safe.
 #[unsafe(no_mangle)]
@@ -535,14 +543,18 @@ pub extern "C" fn btb_system_set_background_activated(
     group_id: *const c_char,
     handler: btb_run_fn,
     user_data: *mut c_void,
+    free_user_data: btb_free_fn,
 ) -> btb_status {
     // SAFETY: the C contract: `group_id` is NULL or a NUL-terminated string valid during the call.
     let group_id = unsafe { c_str(group_id) };
     guard(|| {
         let s = handle::get(system as *const btb_system, "system")?;
         let group = opt_arg(group_id, "group_id")?;
-        s.system
-            .set_background_activated(group, handler.map(|f| run_handler(f, user_data)))
+        let user_data = UserData::new(user_data, free_user_data);
+        let set = s
+            .system
+            .set_background_activated(group, handler.map(|f| run_handler(f, &user_data)));
+        user_data.kept_on_error(set)
     })
 }
 
@@ -567,6 +579,7 @@ pub extern "C" fn btb_system_set_background_activated_queued(
 
 /// Registers the in-process run function of a declared entry point (replacing any previous one).
 /// It runs on a btb worker thread with a borrowed instance.
+/// `free_user_data` (may be NULL) is called once btb is done with `user_data` (see `btb_free_fn`).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT` (system, entry point or handler), `BTB_ERROR_INVALID_HANDLE`,
 /// `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_NOT_DECLARED` (not in the manifest), `BTB_ERROR_STATE`.
 /// Thread-safe.
@@ -577,6 +590,7 @@ pub extern "C" fn btb_system_register_entry_point(
     entry_point: *const c_char,
     handler: btb_run_fn,
     user_data: *mut c_void,
+    free_user_data: btb_free_fn,
 ) -> btb_status {
     // SAFETY: the C contract: `entry_point` is NULL or a NUL-terminated string valid during the
     // call.
@@ -585,8 +599,11 @@ pub extern "C" fn btb_system_register_entry_point(
         let s = handle::get(system as *const btb_system, "system")?;
         let ep = arg(entry_point, "entry_point")?;
         let f = handler.ok_or_else(|| Error::new(ErrorKind::NullArgument, "handler is NULL"))?;
-        s.system
-            .register_entry_point(ep, Some(run_handler(f, user_data)))
+        let user_data = UserData::new(user_data, free_user_data);
+        let registered = s
+            .system
+            .register_entry_point(ep, Some(run_handler(f, &user_data)));
+        user_data.kept_on_error(registered)
     })
 }
 

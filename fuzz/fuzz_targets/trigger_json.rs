@@ -69,7 +69,7 @@ fn fixture() -> &'static Fixture {
         ok(btb_system_open(options, &mut system), "open");
         ok(btb_system_options_free(options), "free options");
         ok(btb_manifest_free(manifest), "free manifest");
-        ok(btb_system_register_entry_point(system, c"fuzz.Run".as_ptr(), Some(run), std::ptr::null_mut()), "handler");
+        ok(btb_system_register_entry_point(system, c"fuzz.Run".as_ptr(), Some(run), std::ptr::null_mut(), None), "handler");
         let mut trigger = std::ptr::null_mut();
         ok(btb_application_trigger_new(&mut trigger), "trigger");
         let mut builder: *mut btb_builder = std::ptr::null_mut();

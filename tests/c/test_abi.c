@@ -414,7 +414,7 @@ static void test_registration_checks(void) {
     EXPECT(btb_set_trigger(nb, t), BTB_OK);
     EXPECT(btb_trigger_free(t), BTB_OK);
     EXPECT(btb_register_in(s, nb, &found), BTB_ERROR_NO_ENTRY_POINT);
-    EXPECT(btb_system_set_background_activated(s, NULL, NULL, NULL), BTB_OK);
+    EXPECT(btb_system_set_background_activated(s, NULL, NULL, NULL, NULL), BTB_OK);
     EXPECT(btb_register_in(s, nb, &found), BTB_ERROR_NO_ENTRY_POINT);
     btb_free(nb);
 

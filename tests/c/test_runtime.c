@@ -312,7 +312,7 @@ static void run_task(btb_instance *inst, void *ud) {
             c->deferral = d;
             pthread_mutex_unlock(&c->mu);
         }
-        btb_instance_add_canceled(inst, on_canceled, c, NULL);
+        btb_instance_add_canceled(inst, on_canceled, c, NULL, NULL);
         if (c->defer_thread && pthread_create(&c->thread, NULL, deferral_thread, c) == 0)
             c->thread_started = true;
     }
@@ -347,6 +347,9 @@ static void run_progress(btb_instance *inst, void *ud) {
 /* ---------------------------------------------------------------------------------------------
  * Systems and registrations */
 
+/* The grace period of the systems open_runtime opens. */
+static uint32_t grace_ms = 5000;
+
 static btb_system *open_runtime(const char *app_id, const char *store, bool manual, bool simulated) {
     btb_manifest *m = NULL;
     btb_system_options *o = NULL;
@@ -369,7 +372,7 @@ static btb_system *open_runtime(const char *app_id, const char *store, bool manu
     EXPECT(btb_system_options_set_timer_window_seconds(o, 0), BTB_OK);
     EXPECT(btb_system_options_set_time_limit_seconds(o, BTB_TRIGGER_KIND_APPLICATION, 30), BTB_OK);
     EXPECT(btb_system_options_set_time_limit_seconds(o, 77, 30), BTB_ERROR_INVALID_ARGUMENT);
-    EXPECT(btb_system_options_set_grace_ms(o, 5000), BTB_OK);
+    EXPECT(btb_system_options_set_grace_ms(o, grace_ms), BTB_OK);
     EXPECT(btb_system_options_set_max_concurrent(o, 4), BTB_OK);
     if (btb_system_open(o, &s) != BTB_OK) {
         fprintf(stderr, "cannot open a system: %s\n", btb_last_error_message());
@@ -480,10 +483,10 @@ static void test_run_progress_completion(void) {
     rec_init(&rec);
     uint64_t t_done = 0, t_prog = 0;
 
-    EXPECT(btb_system_register_entry_point(s, "app.Work", run_progress, &ctx), BTB_OK);
+    EXPECT(btb_system_register_entry_point(s, "app.Work", run_progress, &ctx, NULL), BTB_OK);
     btb_registration *r = reg_task(s, "work", "app.Work", app_trigger(), 0, false, NULL);
-    EXPECT(btb_registration_add_completed(r, on_completed, &rec, &t_done), BTB_OK);
-    EXPECT(btb_registration_add_progress(r, on_progress, &rec, &t_prog), BTB_OK);
+    EXPECT(btb_registration_add_completed(r, on_completed, &rec, NULL, &t_done), BTB_OK);
+    EXPECT(btb_registration_add_progress(r, on_progress, &rec, NULL, &t_prog), BTB_OK);
     CHECK(t_done != 0 && t_prog != 0 && t_done != t_prog);
     CHECK(wait_idle(s));
     CHECK(ctx_runs(&ctx) == 0); /* registering runs nothing */
@@ -583,9 +586,9 @@ static void test_failure(void) {
     rec_init(&rec);
     rec_init(&rec2);
     ctx.fail_with = "disk full: 3 bytes left";
-    EXPECT(btb_system_register_entry_point(s, "app.Work", run_task, &ctx), BTB_OK);
+    EXPECT(btb_system_register_entry_point(s, "app.Work", run_task, &ctx, NULL), BTB_OK);
     btb_registration *r = reg_task(s, "failing", "app.Work", app_trigger(), 0, false, NULL);
-    EXPECT(btb_registration_add_completed(r, on_completed, &rec, NULL), BTB_OK);
+    EXPECT(btb_registration_add_completed(r, on_completed, &rec, NULL, NULL), BTB_OK);
     CHECK(request(r, "{}") == BTB_APPLICATION_TRIGGER_ALLOWED);
     CHECK(wait_idle(s));
     CHECK(rec_completed(&rec) == 1);
@@ -604,7 +607,7 @@ static void test_failure(void) {
 
     /* nothing registered under the entry point: FAILED, naming it */
     btb_registration *orphan = reg_task(s, "orphan", "app.Orphan", app_trigger(), 0, false, NULL);
-    EXPECT(btb_registration_add_completed(orphan, on_completed, &rec2, NULL), BTB_OK);
+    EXPECT(btb_registration_add_completed(orphan, on_completed, &rec2, NULL, NULL), BTB_OK);
     CHECK(request(orphan, NULL) == BTB_APPLICATION_TRIGGER_ALLOWED);
     CHECK(wait_idle(s));
     CHECK(rec_completed(&rec2) == 1);
@@ -622,7 +625,7 @@ static void test_failure(void) {
     CHECK(strstr(rec.message[1], "app.Work") != NULL);
     /* and registering it again brings it back */
     ctx.fail_with = NULL;
-    EXPECT(btb_system_register_entry_point(s, "app.Work", run_task, &ctx), BTB_OK);
+    EXPECT(btb_system_register_entry_point(s, "app.Work", run_task, &ctx, NULL), BTB_OK);
     CHECK(request(r, NULL) == BTB_APPLICATION_TRIGGER_ALLOWED);
     CHECK(wait_idle(s));
     CHECK(rec_completed(&rec) == 3 && rec.outcome[2] == BTB_TASK_OUTCOME_SUCCEEDED);
@@ -646,10 +649,10 @@ static void test_deferral_from_thread(void) {
     ctx_init(&ctx);
     rec_init(&rec);
     ctx.defer = ctx.defer_thread = ctx.clone = true;
-    EXPECT(btb_system_register_entry_point(s, "app.Work", run_task, &ctx), BTB_OK);
+    EXPECT(btb_system_register_entry_point(s, "app.Work", run_task, &ctx, NULL), BTB_OK);
     btb_registration *r = reg_task(s, "deferred", "app.Work", app_trigger(), 0, false, NULL);
-    EXPECT(btb_registration_add_completed(r, on_completed, &rec, NULL), BTB_OK);
-    EXPECT(btb_registration_add_progress(r, on_progress, &rec, NULL), BTB_OK);
+    EXPECT(btb_registration_add_completed(r, on_completed, &rec, NULL, NULL), BTB_OK);
+    EXPECT(btb_registration_add_progress(r, on_progress, &rec, NULL, NULL), BTB_OK);
 
     CHECK(request(r, "{\"n\":1}") == BTB_APPLICATION_TRIGGER_ALLOWED);
     CHECK(request(r, "{\"n\":2}") == BTB_APPLICATION_TRIGGER_CURRENTLY_RUNNING);
@@ -714,10 +717,10 @@ static void test_time_trigger(void) {
     ctx_init(&once);
     rec_init(&rec);
     /* the periodic task through its entry point, the one-shot through the system's handler */
-    EXPECT(btb_system_register_entry_point(s, "app.Timer", run_task, &periodic), BTB_OK);
+    EXPECT(btb_system_register_entry_point(s, "app.Timer", run_task, &periodic, NULL), BTB_OK);
     btb_registration *r = reg_task(s, "every-minute", "app.Timer", time_trigger(1, false), 0, false, NULL);
-    EXPECT(btb_registration_add_completed(r, on_completed, &rec, NULL), BTB_OK);
-    EXPECT(btb_system_set_background_activated(s, NULL, run_task, &once), BTB_OK);
+    EXPECT(btb_registration_add_completed(r, on_completed, &rec, NULL, NULL), BTB_OK);
+    EXPECT(btb_system_set_background_activated(s, NULL, run_task, &once, NULL), BTB_OK);
     btb_registration *o = reg_task(s, "in-two-minutes", NULL, time_trigger(2, true), 0, false, NULL);
 
     int64_t due = 0;
@@ -793,10 +796,10 @@ static void test_condition_latch(void) {
     recorder rec;
     ctx_init(&ctx);
     rec_init(&rec);
-    EXPECT(btb_system_register_entry_point(s, "app.Work", run_task, &ctx), BTB_OK);
+    EXPECT(btb_system_register_entry_point(s, "app.Work", run_task, &ctx, NULL), BTB_OK);
     btb_registration *r = reg_task(s, "online-only", "app.Work", app_trigger(), BTB_CONDITION_INTERNET_AVAILABLE,
                                    false, NULL);
-    EXPECT(btb_registration_add_completed(r, on_completed, &rec, NULL), BTB_OK);
+    EXPECT(btb_registration_add_completed(r, on_completed, &rec, NULL, NULL), BTB_OK);
     int32_t state = 7;
     EXPECT(btb_system_get_state(s, BTB_CONDITION_INTERNET_AVAILABLE, &state), BTB_OK);
     CHECK(state != 1);
@@ -816,7 +819,7 @@ static void test_condition_latch(void) {
     btb_registration *ev = reg_task(s, "away-online", "app.Event", t, BTB_CONDITION_INTERNET_AVAILABLE, false, NULL);
     task_ctx evctx;
     ctx_init(&evctx);
-    EXPECT(btb_system_register_entry_point(s, "app.Event", run_task, &evctx), BTB_OK);
+    EXPECT(btb_system_register_entry_point(s, "app.Event", run_task, &evctx, NULL), BTB_OK);
     EXPECT(btb_system_raise_event(s, BTB_SYSTEM_TRIGGER_USER_AWAY, &fired), BTB_OK);
     CHECK(fired == 1);
     EXPECT(btb_system_raise_event(s, BTB_SYSTEM_TRIGGER_USER_AWAY, &fired), BTB_OK);
@@ -851,10 +854,10 @@ static void test_condition_latch(void) {
     ctx_init(&lossy);
     rec_init(&rec2);
     lossy.defer = lossy.complete_on_cancel = true;
-    EXPECT(btb_system_register_entry_point(s, "app.Queued", run_task, &lossy), BTB_OK);
+    EXPECT(btb_system_register_entry_point(s, "app.Queued", run_task, &lossy, NULL), BTB_OK);
     btb_registration *c = reg_task(s, "cancel-on-loss", "app.Queued", app_trigger(),
                                    BTB_CONDITION_INTERNET_AVAILABLE, true, NULL);
-    EXPECT(btb_registration_add_completed(c, on_completed, &rec2, NULL), BTB_OK);
+    EXPECT(btb_registration_add_completed(c, on_completed, &rec2, NULL, NULL), BTB_OK);
     CHECK(request(c, NULL) == BTB_APPLICATION_TRIGGER_ALLOWED);
     CHECK(chan_recv(&lossy.started));
     CHECK(still_busy(s));
@@ -900,9 +903,9 @@ static void test_unregister_cancels(void) {
     ctx_init(&ctx);
     rec_init(&rec);
     ctx.defer = ctx.complete_on_cancel = ctx.clone = true;
-    EXPECT(btb_system_register_entry_point(s, "app.Work", run_task, &ctx), BTB_OK);
+    EXPECT(btb_system_register_entry_point(s, "app.Work", run_task, &ctx, NULL), BTB_OK);
     btb_registration *r = reg_task(s, "doomed", "app.Work", app_trigger(), 0, false, NULL);
-    EXPECT(btb_registration_add_completed(r, on_completed, &rec, NULL), BTB_OK);
+    EXPECT(btb_registration_add_completed(r, on_completed, &rec, NULL, NULL), BTB_OK);
     CHECK(request(r, NULL) == BTB_APPLICATION_TRIGGER_ALLOWED);
     CHECK(chan_recv(&ctx.started));
     CHECK(still_busy(s));
@@ -934,7 +937,7 @@ static void test_unregister_cancels(void) {
     task_ctx ctx2;
     ctx_init(&ctx2);
     ctx2.defer = ctx2.clone = true;
-    EXPECT(btb_system_register_entry_point(s, "app.Queued", run_task, &ctx2), BTB_OK);
+    EXPECT(btb_system_register_entry_point(s, "app.Queued", run_task, &ctx2, NULL), BTB_OK);
     btb_registration *r2 = reg_task(s, "finishes", "app.Queued", app_trigger(), 0, false, NULL);
     CHECK(request(r2, NULL) == BTB_APPLICATION_TRIGGER_ALLOWED);
     CHECK(chan_recv(&ctx2.started));
@@ -965,9 +968,9 @@ static void test_time_limit(void) {
     ctx_init(&ctx);
     rec_init(&rec);
     ctx.defer = ctx.clone = true; /* first run: holds its deferral and ignores cancellation */
-    EXPECT(btb_system_register_entry_point(s, "app.Work", run_task, &ctx), BTB_OK);
+    EXPECT(btb_system_register_entry_point(s, "app.Work", run_task, &ctx, NULL), BTB_OK);
     btb_registration *r = reg_task(s, "slow", "app.Work", app_trigger(), 0, false, NULL);
-    EXPECT(btb_registration_add_completed(r, on_completed, &rec, NULL), BTB_OK);
+    EXPECT(btb_registration_add_completed(r, on_completed, &rec, NULL, NULL), BTB_OK);
     int64_t start = 0;
     EXPECT(btb_system_now_ms(s, &start), BTB_OK);
 
@@ -1009,7 +1012,7 @@ static void test_time_limit(void) {
     task_ctx ctx2;
     ctx_init(&ctx2);
     ctx2.defer = ctx2.complete_on_cancel = true;
-    EXPECT(btb_system_register_entry_point(s, "app.Work", run_task, &ctx2), BTB_OK);
+    EXPECT(btb_system_register_entry_point(s, "app.Work", run_task, &ctx2, NULL), BTB_OK);
     CHECK(request(r, NULL) == BTB_APPLICATION_TRIGGER_ALLOWED);
     CHECK(chan_recv(&ctx2.started));
     advance(s, 30000);
@@ -1065,13 +1068,13 @@ static void test_reentrant_handlers(void) {
     ctx_init(&first);
     ctx_init(&second);
     rec_init(&rec);
-    EXPECT(btb_system_register_entry_point(s, "app.Work", run_task, &first), BTB_OK);
-    EXPECT(btb_system_register_entry_point(s, "app.Queued", run_task, &second), BTB_OK);
+    EXPECT(btb_system_register_entry_point(s, "app.Work", run_task, &first, NULL), BTB_OK);
+    EXPECT(btb_system_register_entry_point(s, "app.Queued", run_task, &second, NULL), BTB_OK);
     btb_registration *a = reg_task(s, "first", "app.Work", app_trigger(), 0, false, NULL);
     btb_registration *b = reg_task(s, "second", "app.Queued", app_trigger(), 0, false, NULL);
     first.chain = b;
-    EXPECT(btb_registration_add_completed(a, on_completed_unregister, &x, NULL), BTB_OK);
-    EXPECT(btb_registration_add_completed(b, on_completed, &rec, NULL), BTB_OK);
+    EXPECT(btb_registration_add_completed(a, on_completed_unregister, &x, NULL, NULL), BTB_OK);
+    EXPECT(btb_registration_add_completed(b, on_completed, &rec, NULL, NULL), BTB_OK);
     CHECK(count_all(s) == 2);
     CHECK(request(a, NULL) == BTB_APPLICATION_TRIGGER_ALLOWED);
     CHECK(wait_idle(s));
@@ -1112,8 +1115,8 @@ static void test_pull_queue(void) {
 
     EXPECT(btb_system_register_entry_point_queued(s, "app.Queued"), BTB_OK);
     btb_registration *r = reg_task(s, "hosted", "app.Queued", app_trigger(), 0, false, NULL);
-    EXPECT(btb_registration_add_completed(r, on_completed, &rec, NULL), BTB_OK);
-    EXPECT(btb_registration_add_progress(r, on_progress, &rec, NULL), BTB_OK);
+    EXPECT(btb_registration_add_completed(r, on_completed, &rec, NULL, NULL), BTB_OK);
+    EXPECT(btb_registration_add_progress(r, on_progress, &rec, NULL, NULL), BTB_OK);
 
     CHECK(request(r, "{\"job\":1}") == BTB_APPLICATION_TRIGGER_ALLOWED);
     EXPECT(btb_system_next_event(s, WAIT_MS, &ev), BTB_OK);
@@ -1209,7 +1212,7 @@ static void test_pull_queue(void) {
     task_ctx sys;
     ctx_init(&sys);
     EXPECT(btb_system_set_background_activated_queued(s, "lib.hosted"), BTB_OK);
-    EXPECT(btb_system_set_background_activated(s, NULL, run_task, &sys), BTB_OK);
+    EXPECT(btb_system_set_background_activated(s, NULL, run_task, &sys, NULL), BTB_OK);
     btb_registration *g = reg_task(s, "grouped", NULL, app_trigger(), 0, false, "lib.hosted");
     btb_registration *plain = reg_task(s, "plain", NULL, app_trigger(), 0, false, NULL);
     CHECK(request(plain, NULL) == BTB_APPLICATION_TRIGGER_ALLOWED);
@@ -1256,8 +1259,8 @@ static void test_background_activated(void) {
     ctx_init(&sys);
     ctx_init(&grp);
     rec_init(&rec);
-    EXPECT(btb_system_set_background_activated(s, NULL, run_task, &sys), BTB_OK);
-    EXPECT(btb_system_set_background_activated(s, "lib.sync", run_task, &grp), BTB_OK);
+    EXPECT(btb_system_set_background_activated(s, NULL, run_task, &sys, NULL), BTB_OK);
+    EXPECT(btb_system_set_background_activated(s, "lib.sync", run_task, &grp, NULL), BTB_OK);
     btb_registration *plain = reg_task(s, "plain", NULL, app_trigger(), 0, false, NULL);
     btb_registration *grouped = reg_task(s, "grouped", NULL, app_trigger(), 0, false, "lib.sync");
     btb_registration *other = reg_task(s, "other", NULL, app_trigger(), 0, false, "lib.other");
@@ -1269,16 +1272,16 @@ static void test_background_activated(void) {
     CHECK(ctx_runs(&sys) == 2);
 
     /* removing the system's handler: the plain task fails, saying why */
-    EXPECT(btb_system_set_background_activated(s, NULL, NULL, NULL), BTB_OK);
-    EXPECT(btb_registration_add_completed(plain, on_completed, &rec, NULL), BTB_OK);
+    EXPECT(btb_system_set_background_activated(s, NULL, NULL, NULL, NULL), BTB_OK);
+    EXPECT(btb_registration_add_completed(plain, on_completed, &rec, NULL, NULL), BTB_OK);
     CHECK(request(plain, NULL) == BTB_APPLICATION_TRIGGER_ALLOWED);
     CHECK(wait_idle(s));
     CHECK(rec_completed(&rec) == 1 && rec.outcome[0] == BTB_TASK_OUTCOME_FAILED);
     CHECK(strstr(rec.message[0], "background-activated") != NULL);
     CHECK(ctx_runs(&sys) == 2);
 
-    EXPECT(btb_system_set_background_activated(NULL, NULL, run_task, NULL), BTB_ERROR_NULL_ARGUMENT);
-    EXPECT(btb_system_set_background_activated(s, "\xff", run_task, NULL), BTB_ERROR_INVALID_UTF8);
+    EXPECT(btb_system_set_background_activated(NULL, NULL, run_task, NULL, NULL), BTB_ERROR_NULL_ARGUMENT);
+    EXPECT(btb_system_set_background_activated(s, "\xff", run_task, NULL, NULL), BTB_ERROR_INVALID_UTF8);
     EXPECT(btb_system_set_background_activated_queued(NULL, NULL), BTB_ERROR_NULL_ARGUMENT);
 
     EXPECT(btb_registration_free(plain), BTB_OK);
@@ -1297,7 +1300,7 @@ static void test_events(void) {
     if (!s) return;
     task_ctx ctx;
     ctx_init(&ctx);
-    EXPECT(btb_system_register_entry_point(s, "app.Event", run_task, &ctx), BTB_OK);
+    EXPECT(btb_system_register_entry_point(s, "app.Event", run_task, &ctx, NULL), BTB_OK);
     btb_trigger *t = NULL;
     EXPECT(btb_system_trigger_new(BTB_SYSTEM_TRIGGER_SMS_RECEIVED, false, &t), BTB_OK);
     btb_registration *sms = reg_task(s, "sms", "app.Event", t, 0, false, NULL);
@@ -1361,10 +1364,10 @@ static void test_misuse(void) {
     ctx_init(&ctx);
     rec_init(&rec);
     ctx.clone = true;
-    EXPECT(btb_system_register_entry_point(s, "app.Work", run_task, &ctx), BTB_OK);
+    EXPECT(btb_system_register_entry_point(s, "app.Work", run_task, &ctx, NULL), BTB_OK);
     btb_registration *r = reg_task(s, "misused", "app.Work", app_trigger(), 0, false, NULL);
-    EXPECT(btb_registration_add_completed(r, on_completed, &rec, NULL), BTB_OK);
-    EXPECT(btb_registration_add_progress(r, on_progress, &rec, NULL), BTB_OK);
+    EXPECT(btb_registration_add_completed(r, on_completed, &rec, NULL, NULL), BTB_OK);
+    EXPECT(btb_registration_add_progress(r, on_progress, &rec, NULL, NULL), BTB_OK);
     CHECK(request(r, NULL) == BTB_APPLICATION_TRIGGER_ALLOWED);
     CHECK(wait_idle(s));
     CHECK(ctx_runs(&ctx) == 1);
@@ -1401,9 +1404,9 @@ static void test_misuse(void) {
     CHECK(rec_progressed(&rec) == 0);
     /* canceled-handler bookkeeping on a live handle */
     uint64_t tok = 0;
-    EXPECT(btb_instance_add_canceled(ctx.clone_h, NULL, NULL, &tok), BTB_ERROR_NULL_ARGUMENT);
-    EXPECT(btb_instance_add_canceled(NULL, on_canceled_noop, NULL, &tok), BTB_ERROR_NULL_ARGUMENT);
-    EXPECT(btb_instance_add_canceled(ctx.clone_h, on_canceled_noop, NULL, &tok), BTB_OK);
+    EXPECT(btb_instance_add_canceled(ctx.clone_h, NULL, NULL, NULL, &tok), BTB_ERROR_NULL_ARGUMENT);
+    EXPECT(btb_instance_add_canceled(NULL, on_canceled_noop, NULL, NULL, &tok), BTB_ERROR_NULL_ARGUMENT);
+    EXPECT(btb_instance_add_canceled(ctx.clone_h, on_canceled_noop, NULL, NULL, &tok), BTB_OK);
     EXPECT(btb_instance_remove_canceled(ctx.clone_h, tok), BTB_OK);
     EXPECT(btb_instance_remove_canceled(ctx.clone_h, tok), BTB_ERROR_NOT_FOUND);
     uint32_t reason = 0;
@@ -1422,14 +1425,14 @@ static void test_misuse(void) {
     EXPECT(btb_registration_request((btb_registration *)ctx.clone_h, NULL, &p), BTB_ERROR_INVALID_HANDLE);
 
     /* NULL handlers and arguments */
-    EXPECT(btb_system_register_entry_point(s, "app.Work", NULL, NULL), BTB_ERROR_NULL_ARGUMENT);
+    EXPECT(btb_system_register_entry_point(s, "app.Work", NULL, NULL, NULL), BTB_ERROR_NULL_ARGUMENT);
     MSG_HAS("handler");
-    EXPECT(btb_system_register_entry_point(s, NULL, run_task, NULL), BTB_ERROR_NULL_ARGUMENT);
-    EXPECT(btb_system_register_entry_point(NULL, "app.Work", run_task, NULL), BTB_ERROR_NULL_ARGUMENT);
+    EXPECT(btb_system_register_entry_point(s, NULL, run_task, NULL, NULL), BTB_ERROR_NULL_ARGUMENT);
+    EXPECT(btb_system_register_entry_point(NULL, "app.Work", run_task, NULL, NULL), BTB_ERROR_NULL_ARGUMENT);
     EXPECT(btb_system_register_entry_point_queued(s, NULL), BTB_ERROR_NULL_ARGUMENT);
-    EXPECT(btb_registration_add_completed(r, NULL, NULL, NULL), BTB_ERROR_NULL_ARGUMENT);
-    EXPECT(btb_registration_add_progress(r, NULL, NULL, NULL), BTB_ERROR_NULL_ARGUMENT);
-    EXPECT(btb_registration_add_completed(NULL, on_completed, &rec, NULL), BTB_ERROR_NULL_ARGUMENT);
+    EXPECT(btb_registration_add_completed(r, NULL, NULL, NULL, NULL), BTB_ERROR_NULL_ARGUMENT);
+    EXPECT(btb_registration_add_progress(r, NULL, NULL, NULL, NULL), BTB_ERROR_NULL_ARGUMENT);
+    EXPECT(btb_registration_add_completed(NULL, on_completed, &rec, NULL, NULL), BTB_ERROR_NULL_ARGUMENT);
     EXPECT(btb_registration_request(r, NULL, NULL), BTB_ERROR_NULL_ARGUMENT);
     EXPECT(btb_registration_request(NULL, NULL, &p), BTB_ERROR_NULL_ARGUMENT);
     EXPECT(btb_system_wait_idle(s, 10, NULL), BTB_ERROR_NULL_ARGUMENT);
@@ -1437,11 +1440,11 @@ static void test_misuse(void) {
     EXPECT(btb_system_get_state(s, BTB_CONDITION_INTERNET_AVAILABLE, NULL), BTB_ERROR_NULL_ARGUMENT);
 
     /* names not in the manifest */
-    EXPECT(btb_system_register_entry_point(s, "app.Undeclared", run_task, NULL), BTB_ERROR_NOT_DECLARED);
+    EXPECT(btb_system_register_entry_point(s, "app.Undeclared", run_task, NULL, NULL), BTB_ERROR_NOT_DECLARED);
     MSG_HAS("app.Undeclared");
     EXPECT(btb_system_register_entry_point_queued(s, "app.Undeclared"), BTB_ERROR_NOT_DECLARED);
     EXPECT(btb_system_unregister_entry_point(s, "app.Undeclared"), BTB_ERROR_NOT_DECLARED);
-    EXPECT(btb_system_register_entry_point(s, "\xff", run_task, NULL), BTB_ERROR_INVALID_UTF8);
+    EXPECT(btb_system_register_entry_point(s, "\xff", run_task, NULL, NULL), BTB_ERROR_INVALID_UTF8);
 
     /* unknown enum values */
     EXPECT(btb_system_set_state(s, 999, true), BTB_ERROR_INVALID_ARGUMENT);
@@ -1506,10 +1509,10 @@ static void test_misuse(void) {
     btb_event ev;
     EXPECT(btb_system_wait_idle(s, 10, &idle), BTB_ERROR_INVALID_HANDLE);
     EXPECT(btb_system_next_event(s, 10, &ev), BTB_ERROR_INVALID_HANDLE);
-    EXPECT(btb_system_register_entry_point(s, "app.Work", run_task, NULL), BTB_ERROR_INVALID_HANDLE);
+    EXPECT(btb_system_register_entry_point(s, "app.Work", run_task, NULL, NULL), BTB_ERROR_INVALID_HANDLE);
     EXPECT(btb_registration_request(r, NULL, &res), BTB_ERROR_STATE);
     MSG_HAS("closed");
-    EXPECT(btb_registration_add_completed(r, on_completed, &rec, NULL), BTB_ERROR_STATE);
+    EXPECT(btb_registration_add_completed(r, on_completed, &rec, NULL, NULL), BTB_ERROR_STATE);
     btb_run_list *l = NULL;
     EXPECT(btb_registration_history(r, &l), BTB_ERROR_STATE);
     /* the instance handle outlives its system */
@@ -1527,7 +1530,7 @@ static void test_close_terminates(void) {
     task_ctx ctx;
     ctx_init(&ctx);
     ctx.defer = ctx.complete_on_cancel = ctx.clone = true;
-    EXPECT(btb_system_register_entry_point(s, "app.Work", run_task, &ctx), BTB_OK);
+    EXPECT(btb_system_register_entry_point(s, "app.Work", run_task, &ctx, NULL), BTB_OK);
     btb_registration *r = reg_task(s, "long", "app.Work", app_trigger(), 0, false, NULL);
     CHECK(request(r, NULL) == BTB_APPLICATION_TRIGGER_ALLOWED);
     CHECK(chan_recv(&ctx.started));
@@ -1536,6 +1539,86 @@ static void test_close_terminates(void) {
     CHECK(ctx.complete_status == BTB_OK);
     EXPECT(btb_registration_free(r), BTB_OK);
     ctx_destroy(&ctx);
+}
+
+/* free_user_data (the C shutdown contract): called once btb is done with user_data — never after a
+ * failed call, once when a handler is replaced or removed, and for a run function abandoned by
+ * close only when that run finally returns (close does not wait past its grace). */
+typedef struct {
+    chan started, release, freed;
+    int frees;
+} ud_ctx;
+
+static void ud_init(ud_ctx *c) {
+    chan_open(&c->started);
+    chan_open(&c->release);
+    chan_open(&c->freed);
+    c->frees = 0;
+}
+
+static void ud_destroy(ud_ctx *c) {
+    chan_close(&c->started);
+    chan_close(&c->release);
+    chan_close(&c->freed);
+}
+
+static void ud_free(void *user_data) {
+    ud_ctx *c = user_data;
+    __atomic_add_fetch(&c->frees, 1, __ATOMIC_SEQ_CST);
+    chan_send(&c->freed);
+}
+
+static int ud_frees(ud_ctx *c) { return __atomic_load_n(&c->frees, __ATOMIC_SEQ_CST); }
+
+static void ud_noop(btb_instance *instance, void *user_data) { (void)instance, (void)user_data; }
+
+/* Ignores cancellation: returns only when the test releases it. */
+static void ud_stuck(btb_instance *instance, void *user_data) {
+    (void)instance;
+    ud_ctx *c = user_data;
+    chan_send(&c->started);
+    CHECK(chan_recv(&c->release));
+}
+
+static void ud_completed(btb_registration *r, const btb_completion *c, void *user_data) {
+    (void)r, (void)c, (void)user_data;
+}
+
+static void test_free_user_data(void) {
+    grace_ms = 50;
+    btb_system *s = open_sim();
+    grace_ms = 5000;
+    CHECK(s != NULL);
+    if (!s) return;
+    ud_ctx a, b, c;
+    ud_init(&a);
+    ud_init(&b);
+    ud_init(&c);
+    /* A failed call leaves user_data with the caller. */
+    EXPECT(btb_system_register_entry_point(s, "app.Undeclared", ud_noop, &a, ud_free), BTB_ERROR_NOT_DECLARED);
+    CHECK(ud_frees(&a) == 0);
+    /* Replacing a handler finalizes the old user_data, once. */
+    EXPECT(btb_system_register_entry_point(s, "app.Work", ud_noop, &a, ud_free), BTB_OK);
+    EXPECT(btb_system_register_entry_point(s, "app.Work", ud_stuck, &b, ud_free), BTB_OK);
+    CHECK(chan_recv(&a.freed) && ud_frees(&a) == 1);
+    /* Removing a completed handler finalizes its user_data. */
+    btb_registration *r = reg_task(s, "stuck", "app.Work", app_trigger(), 0, false, NULL);
+    uint64_t token = 0;
+    EXPECT(btb_registration_add_completed(r, ud_completed, &c, ud_free, &token), BTB_OK);
+    EXPECT(btb_registration_remove_handler(r, token), BTB_OK);
+    CHECK(chan_recv(&c.freed) && ud_frees(&c) == 1);
+    /* A run that ignores cancellation outlives close (grace 50 ms) and keeps its user_data. */
+    CHECK(request(r, NULL) == BTB_APPLICATION_TRIGGER_ALLOWED);
+    CHECK(chan_recv(&b.started));
+    EXPECT(btb_system_close(s), BTB_OK);
+    CHECK(ud_frees(&b) == 0);
+    chan_send(&b.release);
+    CHECK(chan_recv(&b.freed) && ud_frees(&b) == 1);
+    CHECK(ud_frees(&a) == 1 && ud_frees(&c) == 1);
+    EXPECT(btb_registration_free(r), BTB_OK);
+    ud_destroy(&a);
+    ud_destroy(&b);
+    ud_destroy(&c);
 }
 
 /* A custom event signalled by another process (a fresh process image: fork + exec of this binary
@@ -1572,11 +1655,11 @@ static void test_cross_process(void) {
     recorder rec;
     ctx_init(&ctx);
     rec_init(&rec);
-    EXPECT(btb_system_register_entry_point(s, "app.Event", run_task, &ctx), BTB_OK);
+    EXPECT(btb_system_register_entry_point(s, "app.Event", run_task, &ctx, NULL), BTB_OK);
     btb_trigger *t = NULL;
     EXPECT(btb_custom_trigger_new("org.example.wake", BTB_CUSTOM_RECURRENCE_ALWAYS, &t), BTB_OK);
     btb_registration *r = reg_task(s, "woken", "app.Event", t, 0, false, NULL);
-    EXPECT(btb_registration_add_completed(r, on_completed, &rec, NULL), BTB_OK);
+    EXPECT(btb_registration_add_completed(r, on_completed, &rec, NULL, NULL), BTB_OK);
 
     char sock[4096];
     struct stat st;
@@ -1659,7 +1742,7 @@ static void test_paused_start(void) {
     if (!s) return;
     task_ctx ctx;
     ctx_init(&ctx);
-    EXPECT(btb_system_register_entry_point(s, "app.Timer", run_task, &ctx), BTB_OK);
+    EXPECT(btb_system_register_entry_point(s, "app.Timer", run_task, &ctx, NULL), BTB_OK);
     CHECK(wait_idle(s));
     CHECK(ctx_runs(&ctx) == 0); /* paused */
     EXPECT(btb_system_start(s), BTB_OK);
@@ -1742,6 +1825,7 @@ int main(int argc, char **argv) {
     test_disabled_by_policy();
     test_misuse();
     test_close_terminates();
+    test_free_user_data();
     test_cross_process();
     printf("%d passed, %d failed\n", passed, failed);
     return failed == 0 ? 0 : 1;

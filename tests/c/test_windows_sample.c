@@ -105,7 +105,7 @@ static void sample_background_task_run(btb_instance *task_instance, void *user_d
     sample_task *t = calloc(1, sizeof *t);
     t->slow = slow_mode;
     OK(btb_instance_clone(task_instance, &t->task_instance));
-    OK(btb_instance_add_canceled(t->task_instance, on_canceled, t, NULL)); /* Canceled += */
+    OK(btb_instance_add_canceled(t->task_instance, on_canceled, t, NULL, NULL)); /* Canceled += */
     OK(btb_instance_get_deferral(t->task_instance, &t->deferral));         /* GetDeferral() */
     CHECK(pthread_create(&t->periodic_timer, NULL, periodic_timer_callback, t) == 0);
     pthread_detach(t->periodic_timer);
@@ -167,8 +167,8 @@ static btb_registration *register_background_task(const char *task_entry_point, 
     OK(btb_register(builder, &task)); /* builder.Register(): no system named */
     btb_free(builder);
     /* AttachProgressAndCompletedHandlers */
-    OK(btb_registration_add_progress(task, on_progress, NULL, NULL));
-    OK(btb_registration_add_completed(task, on_completed, NULL, NULL));
+    OK(btb_registration_add_progress(task, on_progress, NULL, NULL, NULL));
+    OK(btb_registration_add_completed(task, on_completed, NULL, NULL, NULL));
     return task;
 }
 
@@ -236,7 +236,7 @@ int main(int argc, char **argv) {
     OK(btb_system_options_set_manual_clock(options, T0));
     OK(btb_system_options_set_simulated(options, true));
     OK(btb_system_open(options, &system));
-    OK(btb_system_register_entry_point(system, ENTRY_POINT, sample_background_task_run, NULL));
+    OK(btb_system_register_entry_point(system, ENTRY_POINT, sample_background_task_run, NULL, NULL));
     OK(btb_system_set_default(system));
     btb_system_options_free(options);
     btb_manifest_free(manifest);
@@ -311,7 +311,7 @@ int main(int argc, char **argv) {
     btb_task_group *group = NULL;
     uint64_t token = 0;
     OK(btb_task_group_new("3F2504E0-4F89-11D3-9A0C-0305E82C3301", "Example Group", &group));
-    OK(btb_task_group_add_background_activated(group, on_background_activated, NULL, &token));
+    OK(btb_task_group_add_background_activated(group, on_background_activated, NULL, NULL, &token));
     OK(btb_application_trigger_new(&trigger));
     btb_registration *grouped = register_background_task(NULL, "GroupedBackgroundTask", trigger, NULL, group);
     OK(btb_application_trigger_request(NULL, trigger, NULL, &result));

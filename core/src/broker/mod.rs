@@ -246,6 +246,51 @@ pub(crate) struct Broker {
     pub(crate) listener: Mutex<Option<crate::signal::SignalListener>>,
 }
 
+/// Calls into app code (run functions, handlers, resolvers) in progress on btb threads, in this
+/// process, and the condvar told when the count drops.
+static APP_CALLS: Mutex<usize> = Mutex::new(0);
+static APP_CALLS_DONE: Condvar = Condvar::new();
+
+/// Counts one call into app code for as long as it lives.
+pub(crate) struct AppCall(());
+
+impl AppCall {
+    pub(crate) fn enter() -> AppCall {
+        *APP_CALLS.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        AppCall(())
+    }
+}
+
+impl Drop for AppCall {
+    fn drop(&mut self) {
+        let mut n = APP_CALLS.lock().unwrap_or_else(PoisonError::into_inner);
+        *n -= 1;
+        if *n == 0 {
+            APP_CALLS_DONE.notify_all();
+        }
+    }
+}
+
+/// Waits until no btb thread of this process is in app code (a run function, handler or
+/// resolver), at most `timeout`; `true` if none is. After `System::close` returns, a run function
+/// abandoned after its grace may still be running: an app (or a binding) that must not be unloaded
+/// under it waits here.
+pub fn wait_app_calls(timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut n = APP_CALLS.lock().unwrap_or_else(PoisonError::into_inner);
+    while *n > 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        n = APP_CALLS_DONE
+            .wait_timeout(n, left)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0;
+    }
+    true
+}
+
 thread_local! {
     /// Set on btb's own threads (notifier and workers): waits for the system to go idle from one
     /// of them would wait for themselves.

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use super::{Broker, CanceledFn, CompletedFn, Completion, Instance, ON_BTB_THREAD, panic_message};
+use super::{
+    AppCall, Broker, CanceledFn, CompletedFn, Completion, Instance, ON_BTB_THREAD, panic_message,
+};
 use crate::model::CancellationReason;
 use crate::system::Registration;
 
@@ -64,6 +66,7 @@ impl Broker {
 
     pub(super) fn deliver(&self, note: Note) {
         let call = |f: &dyn Fn()| {
+            let _call = AppCall::enter();
             if let Err(panic) = catch_unwind(AssertUnwindSafe(f)) {
                 log::error!(target: "btb", "a handler panicked: {}", panic_message(&panic));
             }

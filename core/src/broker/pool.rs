@@ -5,7 +5,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
-use super::{Broker, Handler, Instance, ON_BTB_THREAD, panic_message};
+use super::{AppCall, Broker, Handler, Instance, ON_BTB_THREAD, panic_message};
 use crate::model::CancellationReason;
 
 /// An entry of the pull queue (`System::next_event`).
@@ -48,7 +48,10 @@ impl Broker {
 
             match self.resolve(&instance) {
                 Ok(Handler::Call(run)) => {
-                    if let Err(panic) = catch_unwind(AssertUnwindSafe(|| run(&instance))) {
+                    let call = AppCall::enter();
+                    let result = catch_unwind(AssertUnwindSafe(|| run(&instance)));
+                    drop(call);
+                    if let Err(panic) = result {
                         instance.report_failure(format!(
                             "the run function panicked: {}",
                             panic_message(&panic)
@@ -89,7 +92,11 @@ impl Broker {
                 let resolver = handlers.resolver.clone();
                 drop(handlers);
                 let has_resolver = resolver.is_some();
-                if let Some(found) = resolver.and_then(|r| r(ep)) {
+                let found = resolver.and_then(|r| {
+                    let _call = AppCall::enter();
+                    r(ep)
+                });
+                if let Some(found) = found {
                     return Ok(found);
                 }
                 let exec = self.manifest.find(ep).is_some_and(|d| d.exec.is_some());
