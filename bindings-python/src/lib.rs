@@ -90,7 +90,7 @@ mod _btb {
         let _ = pyo3_log::Logger::new(m.py(), pyo3_log::Caching::Loggers)?.install();
         let errors: Vec<(u32, &str, &str)> = ErrorKind::ALL
             .iter()
-            .map(|&k| (k.code(), k.status_name(), crate::errors::exception_name(k)))
+            .map(|&k| (k.code(), k.name(), crate::errors::exception_name(k)))
             .collect();
         m.add("_ERROR_CLASSES", errors)?;
         m.add("_ENUM_VALUES", enum_values(m.py())?)?;

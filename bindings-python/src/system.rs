@@ -105,21 +105,17 @@ impl Registry {
         Some(entry)
     }
 
-    /// Takes out the progress and completed handlers the core dropped (their registration was
-    /// unregistered or replaced, and its last run ended), of one registration or of all; the
-    /// caller drops them with no lock held.
-    fn prune(&mut self, task_id: Option<Uuid>) -> Vec<EventEntry> {
+    /// Takes out the progress and completed handlers the core no longer holds (`held` asks it:
+    /// their registration was unregistered or replaced, and its last run ended), of one
+    /// registration or of all; the caller drops them with no lock held.
+    fn prune(&mut self, task_id: Option<Uuid>, held: impl Fn(u64) -> bool) -> Vec<EventEntry> {
         let candidates: Vec<u64> = match task_id {
             Some(id) => self.events_by_task.get(&id).cloned().unwrap_or_default(),
             None => self.events.keys().copied().collect(),
         };
         let dead: Vec<u64> = candidates
             .into_iter()
-            .filter(|t| {
-                self.events
-                    .get(t)
-                    .is_some_and(|e| Arc::strong_count(&e.slot) == 1)
-            })
+            .filter(|t| self.events.contains_key(t) && !held(*t))
             .collect();
         if task_id.is_none() {
             self.prune_at = (2 * (self.events.len() - dead.len())).max(64);
@@ -257,7 +253,8 @@ impl System {
         let pruned = {
             let mut registry = lock(py, &slf.get().registry);
             let pruned = if registry.events.len() >= registry.prune_at {
-                registry.prune(None)
+                let core = slf.get().core();
+                registry.prune(None, |t| core.holds_handler(t))
             } else {
                 Vec::new()
             };
@@ -301,13 +298,15 @@ impl System {
 
     /// Releases every handler the core no longer holds (after a `REPLACE` registration).
     pub(crate) fn prune_all(&self, py: Python<'_>) {
-        let pruned = lock(py, &self.registry).prune(None);
+        let core = self.core();
+        let pruned = lock(py, &self.registry).prune(None, |t| core.holds_handler(t));
         drop(pruned);
     }
 
     /// Releases the handlers of a registration the core no longer holds (after `unregister`).
     fn prune_task(&self, py: Python<'_>, task_id: Uuid) {
-        let pruned = lock(py, &self.registry).prune(Some(task_id));
+        let core = self.core();
+        let pruned = lock(py, &self.registry).prune(Some(task_id), |t| core.holds_handler(t));
         drop(pruned);
     }
 }

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-/// What went wrong, with a stable number that the C ABI (`btb_status`) and Python (`.status`) share.
+/// What went wrong, with a stable number that the bindings share (the C status, Python's `.status`).
 /// Numbers are never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u32)]
@@ -63,23 +63,24 @@ impl ErrorKind {
         self as u32
     }
 
-    /// The C name of the status, e.g. `BTB_ERROR_NO_TRIGGER`.
-    pub fn status_name(self) -> &'static str {
+    /// The kind's name, as the bindings spell their statuses after it: `NO_TRIGGER` is
+    /// `BTB_ERROR_NO_TRIGGER` in C and `NoTriggerError` in Python.
+    pub fn name(self) -> &'static str {
         match self {
-            ErrorKind::NullArgument => "BTB_ERROR_NULL_ARGUMENT",
-            ErrorKind::InvalidHandle => "BTB_ERROR_INVALID_HANDLE",
-            ErrorKind::InvalidArgument => "BTB_ERROR_INVALID_ARGUMENT",
-            ErrorKind::InvalidUtf8 => "BTB_ERROR_INVALID_UTF8",
-            ErrorKind::NoTrigger => "BTB_ERROR_NO_TRIGGER",
-            ErrorKind::NoEntryPoint => "BTB_ERROR_NO_ENTRY_POINT",
-            ErrorKind::NotDeclared => "BTB_ERROR_NOT_DECLARED",
-            ErrorKind::Conflict => "BTB_ERROR_CONFLICT",
-            ErrorKind::Store => "BTB_ERROR_STORE",
-            ErrorKind::NotFound => "BTB_ERROR_NOT_FOUND",
-            ErrorKind::State => "BTB_ERROR_STATE",
-            ErrorKind::Unsupported => "BTB_ERROR_UNSUPPORTED",
-            ErrorKind::Policy => "BTB_ERROR_POLICY",
-            ErrorKind::Internal => "BTB_ERROR_INTERNAL",
+            ErrorKind::NullArgument => "NULL_ARGUMENT",
+            ErrorKind::InvalidHandle => "INVALID_HANDLE",
+            ErrorKind::InvalidArgument => "INVALID_ARGUMENT",
+            ErrorKind::InvalidUtf8 => "INVALID_UTF8",
+            ErrorKind::NoTrigger => "NO_TRIGGER",
+            ErrorKind::NoEntryPoint => "NO_ENTRY_POINT",
+            ErrorKind::NotDeclared => "NOT_DECLARED",
+            ErrorKind::Conflict => "CONFLICT",
+            ErrorKind::Store => "STORE",
+            ErrorKind::NotFound => "NOT_FOUND",
+            ErrorKind::State => "STATE",
+            ErrorKind::Unsupported => "UNSUPPORTED",
+            ErrorKind::Policy => "POLICY",
+            ErrorKind::Internal => "INTERNAL",
         }
     }
 }
@@ -136,7 +137,11 @@ mod tests {
     fn codes_are_dense_and_stable() {
         for (i, kind) in ErrorKind::ALL.iter().enumerate() {
             assert_eq!(kind.code(), i as u32 + 1);
-            assert!(kind.status_name().starts_with("BTB_ERROR_"));
+            assert!(
+                kind.name()
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            );
         }
         assert_eq!(ErrorKind::Internal.code(), 14);
     }

@@ -214,6 +214,12 @@ impl Handlers {
         None
     }
 
+    /// Whether a completed or progress handler with this token is still held.
+    pub(crate) fn holds(&self, token: u64) -> bool {
+        let completed = self.completed.values().flatten().any(|(t, _)| *t == token);
+        completed || self.progress.values().flatten().any(|(t, _)| *t == token)
+    }
+
     /// Takes every handler of a registration that is gone (to be dropped unlocked).
     pub(crate) fn forget(&mut self, task_id: &Uuid) -> Box<dyn std::any::Any + Send> {
         Box::new((

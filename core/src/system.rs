@@ -519,6 +519,13 @@ impl System {
         found
     }
 
+    /// Whether the completed or progress handler with this token is still held — `false` once it
+    /// was removed, or dropped with its registration (unregistered or replaced, last run ended).
+    /// Bindings that mirror handlers (for their garbage collector) release theirs then.
+    pub fn holds_handler(&self, token: u64) -> bool {
+        self.shared.handlers().holds(token)
+    }
+
     /// The recorded runs of a registration, oldest first.
     pub fn history(&self, task_id: &Uuid) -> Result<Vec<RunRecord>> {
         drop(self.state()?);

@@ -349,3 +349,39 @@ impl Drop for UserData {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(t: &Table, index: u32, generation: u32) -> bool {
+        let slot = &t.slots[index as usize];
+        slot.object.is_some() && slot.generation == generation
+    }
+
+    #[test]
+    fn a_slot_whose_generations_are_used_up_is_retired() {
+        // Regression: generations wrapped after 2^24 cycles of one slot, and the first handle
+        // ever made from it was live again (a double free then freed someone else's object).
+        let mut t = Table {
+            slots: Vec::new(),
+            free: Vec::new(),
+        };
+        let (first, g0) = t.put(Object::Condition(1));
+        assert_eq!(g0, 0);
+        t.take(first as usize);
+        t.slots[first as usize].generation = GEN_MASK - 1; // as after 2^24 - 2 more cycles
+        let (again, g) = t.put(Object::Condition(2));
+        assert_eq!((again, g), (first, GEN_MASK - 1));
+        t.take(again as usize);
+        let (last, g) = t.put(Object::Condition(3));
+        assert_eq!((last, g), (first, GEN_MASK));
+        t.take(last as usize);
+        // Every later object lands elsewhere; the first handle stays dead.
+        for n in 0..4 {
+            let (index, _) = t.put(Object::Condition(n));
+            assert_ne!(index, first);
+            assert!(!live(&t, first, g0));
+        }
+    }
+}

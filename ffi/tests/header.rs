@@ -73,7 +73,7 @@ fn header_names_every_core_value() {
         has(&format!("BTB_TRIGGER_KIND_{}", k.name()), *k as u32);
     }
     for k in btb_core::ErrorKind::ALL {
-        has(k.status_name(), k.code());
+        has(&format!("BTB_ERROR_{}", k.name()), k.code());
     }
     let version = format!(
         "#define BTB_VERSION_STRING \"{}\"",
