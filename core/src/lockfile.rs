@@ -92,14 +92,7 @@ impl FileLock {
                 in_process: true,
             });
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(LockError::Io)?;
+        let file = open_private(path).map_err(LockError::Io)?;
         let meta = file.metadata().map_err(LockError::Io)?;
         let key = (meta.dev(), meta.ino());
         if in_process(&key) {
@@ -137,6 +130,17 @@ impl Drop for FileLock {
             held.remove(&self.key);
         }
     }
+}
+
+/// Opens `path` for reading and writing, creating it mode 0600 if missing (never truncating).
+pub(crate) fn open_private(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
 }
 
 /// The pid of a process holding a POSIX lock that conflicts with a write lock on

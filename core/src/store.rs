@@ -4,9 +4,9 @@
 //! record lock on the database file, `lockfile.rs`), so a second system — through any path to the
 //! file, in any process — gets a clear error instead of a second scheduler.
 
-use std::fs::{DirBuilder, OpenOptions};
+use std::fs::DirBuilder;
 use std::io::Read;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -196,19 +196,12 @@ impl Store {
             ));
         }
         // Create the file (0600) if missing; read its head and link count through this descriptor.
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| {
-                Error::store(
-                    &shown,
-                    format!("cannot be opened for reading and writing: {e}"),
-                )
-            })?;
+        let file = crate::lockfile::open_private(path).map_err(|e| {
+            Error::store(
+                &shown,
+                format!("cannot be opened for reading and writing: {e}"),
+            )
+        })?;
         // SQLite takes a 1-byte file for an empty database (a work-around in its unix VFS) and would
         // overwrite it: a non-empty file must start with the SQLite header.
         let mut head = Vec::with_capacity(16);
@@ -539,67 +532,33 @@ impl Store {
     /// Applies scheduler changes in one transaction: next due times, spent flags, latched fires
     /// (`Some(details)` sets, `None` clears).
     pub fn update_schedule(&mut self, changes: &[ScheduleChange]) -> Result<()> {
-        if changes.is_empty() {
+        self.write_batch(changes, &[])
+    }
+
+    /// Records a finished run, keeping the last `limit` runs of its registration.
+    pub fn insert_run(&mut self, run: &RunRecord, limit: u32) -> Result<()> {
+        self.write_batch(&[], &[(run.clone(), limit)])
+    }
+
+    /// Scheduler changes and run records (each with its history limit) in one transaction: one
+    /// flush for all of them.
+    pub fn write_batch(
+        &mut self,
+        changes: &[ScheduleChange],
+        runs: &[(RunRecord, u32)],
+    ) -> Result<()> {
+        if changes.is_empty() && runs.is_empty() {
             return Ok(());
         }
         let path = self.path.clone();
-        let fail =
-            |e: rusqlite::Error| Error::store(&path, format!("cannot update the schedule: {e}"));
+        let fail = |e: rusqlite::Error| Error::store(&path, format!("cannot write: {e}"));
         write_tx(&self.conn, |tx| {
             for change in changes {
-                match change {
-                    ScheduleChange::NextDue(id, due) => tx
-                        .prepare_cached("UPDATE registrations SET next_due_ms = ?2 WHERE task_id = ?1")?
-                        .execute(params![id.as_bytes(), due])?,
-                    ScheduleChange::Spent(id) => tx
-                        .prepare_cached("UPDATE registrations SET spent = 1 WHERE task_id = ?1")?
-                        .execute(params![id.as_bytes()])?,
-                    ScheduleChange::Pending(id, Some(details)) => tx
-                        .prepare_cached(
-                            "UPDATE registrations SET pending_fire = 1, pending_details = ?2 WHERE task_id = ?1",
-                        )?
-                        .execute(params![id.as_bytes(), details])?,
-                    ScheduleChange::Pending(id, None) => tx
-                        .prepare_cached(
-                            "UPDATE registrations SET pending_fire = 0, pending_details = NULL WHERE task_id = ?1",
-                        )?
-                        .execute(params![id.as_bytes()])?,
-                };
+                schedule_in(tx, change)?;
             }
-            Ok(())
-        })
-        .map_err(fail)
-    }
-
-    /// Records a finished run and keeps only the newest `limit` runs of its task.
-    pub fn insert_run(&mut self, run: &RunRecord, limit: u32) -> Result<()> {
-        let path = self.path.clone();
-        let fail = |e: rusqlite::Error| Error::store(&path, format!("cannot record a run: {e}"));
-        write_tx(&self.conn, |tx| {
-            tx.prepare_cached(
-                "INSERT INTO run_history (instance_id, task_id, trigger_kind, trigger_details,
-                     started_ms, ended_ms, outcome, reason, message, last_progress)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?
-            .execute(params![
-                run.instance_id.as_bytes(),
-                run.task_id.as_bytes(),
-                run.trigger_kind as u32,
-                run.trigger_details,
-                run.started_ms,
-                run.ended_ms,
-                run.outcome as u32,
-                run.reason.map(|r| r as u32),
-                run.message,
-                run.last_progress,
-            ])?;
-            let seq = tx.last_insert_rowid();
-            tx.prepare_cached(
-                "DELETE FROM run_history WHERE task_id = ?1 AND seq <= (
-                     SELECT seq FROM run_history WHERE task_id = ?1 AND seq <= ?2
-                     ORDER BY seq DESC LIMIT 1 OFFSET ?3)",
-            )?
-            .execute(params![run.task_id.as_bytes(), seq, limit])?;
+            for (run, limit) in runs {
+                run_in(tx, run, *limit)?;
+            }
             Ok(())
         })
         .map_err(fail)
@@ -693,6 +652,62 @@ fn write_tx<T>(
             .and_then(|mut s| s.execute([]));
     }
     result
+}
+
+fn schedule_in(tx: &Connection, change: &ScheduleChange) -> rusqlite::Result<usize> {
+    match change {
+        ScheduleChange::NextDue(id, due) => tx
+            .prepare_cached("UPDATE registrations SET next_due_ms = ?2 WHERE task_id = ?1")?
+            .execute(params![id.as_bytes(), due]),
+        ScheduleChange::Spent(id) => tx
+            .prepare_cached("UPDATE registrations SET spent = 1 WHERE task_id = ?1")?
+            .execute(params![id.as_bytes()]),
+        ScheduleChange::Pending(id, Some(details)) => tx
+            .prepare_cached(
+                "UPDATE registrations SET pending_fire = 1, pending_details = ?2 WHERE task_id = ?1",
+            )?
+            .execute(params![id.as_bytes(), details]),
+        ScheduleChange::Pending(id, None) => tx
+            .prepare_cached(
+                "UPDATE registrations SET pending_fire = 0, pending_details = NULL WHERE task_id = ?1",
+            )?
+            .execute(params![id.as_bytes()]),
+    }
+}
+
+/// Inserts a run record (only while its registration exists: a record queued before an
+/// unregistration is not left behind) and keeps the last `limit` of its registration.
+fn run_in(tx: &Connection, run: &RunRecord, limit: u32) -> rusqlite::Result<()> {
+    let inserted = tx
+        .prepare_cached(
+            "INSERT INTO run_history (instance_id, task_id, trigger_kind, trigger_details,
+                 started_ms, ended_ms, outcome, reason, message, last_progress)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10
+             WHERE EXISTS (SELECT 1 FROM registrations WHERE task_id = ?2)",
+        )?
+        .execute(params![
+            run.instance_id.as_bytes(),
+            run.task_id.as_bytes(),
+            run.trigger_kind as u32,
+            run.trigger_details,
+            run.started_ms,
+            run.ended_ms,
+            run.outcome as u32,
+            run.reason.map(|r| r as u32),
+            run.message,
+            run.last_progress,
+        ])?;
+    if inserted == 0 {
+        return Ok(());
+    }
+    let seq = tx.last_insert_rowid();
+    tx.prepare_cached(
+        "DELETE FROM run_history WHERE task_id = ?1 AND seq <= (
+             SELECT seq FROM run_history WHERE task_id = ?1 AND seq <= ?2
+             ORDER BY seq DESC LIMIT 1 OFFSET ?3)",
+    )?
+    .execute(params![run.task_id.as_bytes(), seq, limit])?;
+    Ok(())
 }
 
 fn delete_in(tx: &Connection, task_id: &Uuid) -> rusqlite::Result<bool> {

@@ -2,6 +2,7 @@
  * AddressSanitizer and under valgrind (tests/sanitizers.sh). Usage: test_abi <scratch-dir> */
 #define _GNU_SOURCE
 #include "btb.h"
+#include "check.h"
 
 #include <fcntl.h>
 #include <pthread.h>
@@ -12,22 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static int passed, failed;
 static const char *dir;
-
-#define CHECK(cond)                                                                  \
-    do {                                                                             \
-        if (cond) {                                                                  \
-            passed++;                                                                \
-        } else {                                                                     \
-            failed++;                                                                \
-            fprintf(stderr, "FAIL %s:%d: %s (last error: %s)\n", __FILE__, __LINE__, \
-                    #cond, btb_last_error_message());                                \
-        }                                                                            \
-    } while (0)
-
-#define EXPECT(call, status) CHECK((call) == (status))
-#define MSG_HAS(needle) CHECK(strstr(btb_last_error_message(), (needle)) != NULL)
 
 static btb_system *open_system(const char *store) {
     btb_manifest *m = NULL;

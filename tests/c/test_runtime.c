@@ -10,6 +10,7 @@
  *        test_runtime --signal FD APP_ID EVENT   (child mode: btb_signal_event, status byte to FD) */
 #define _GNU_SOURCE
 #include "btb.h"
+#include "check.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -22,24 +23,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static int passed, failed;
 static const char *dir;
 static const char *self_exe;
 static pthread_t main_thread;
 
-#define CHECK(cond)                                                                  \
-    do {                                                                             \
-        if (cond) {                                                                  \
-            passed++;                                                                \
-        } else {                                                                     \
-            failed++;                                                                \
-            fprintf(stderr, "FAIL %s:%d: %s (last error: %s)\n", __FILE__, __LINE__, \
-                    #cond, btb_last_error_message());                                \
-        }                                                                            \
-    } while (0)
 
-#define EXPECT(call, status) CHECK((call) == (status))
-#define MSG_HAS(needle) CHECK(strstr(btb_last_error_message(), (needle)) != NULL)
 
 /* 2030-01-01T00:00:00Z */
 #define T0 1893456000000LL

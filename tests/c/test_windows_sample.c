@@ -12,6 +12,7 @@
  * Usage: test_windows_sample SCRATCH_DIR */
 #define _GNU_SOURCE
 #include "btb.h"
+#include "check.h"
 
 #include <poll.h>
 #include <pthread.h>
@@ -21,19 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
-static int passed, failed;
 
-#define CHECK(cond)                                                                  \
-    do {                                                                             \
-        if (cond) {                                                                  \
-            passed++;                                                                \
-        } else {                                                                     \
-            failed++;                                                                \
-            fprintf(stderr, "FAIL %s:%d: %s (last error: %s)\n", __FILE__, __LINE__, \
-                    #cond, btb_last_error_message());                                \
-        }                                                                            \
-    } while (0)
-#define OK(call) CHECK((call) == BTB_OK)
 
 #define T0 1893456000000LL /* 2030-01-01T00:00:00Z */
 #define MIN 60000LL

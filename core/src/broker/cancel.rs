@@ -48,7 +48,7 @@ impl Broker {
                 st.events.push_back(Event::Canceled(instance, reason));
             }
             st.wake_broker_by(grace_at, &self.waker);
-            self.change_cv.notify_all();
+            self.changed();
         }
     }
 
@@ -102,8 +102,6 @@ impl Broker {
             reason,
             last_progress: instance.progress(),
         };
-        // The completed handlers are called once the run record is committed.
-        let mut recorded = 0;
         if st.registry.contains(&task_id) {
             let run = RunRecord {
                 instance_id: completion.instance_id,
@@ -117,9 +115,12 @@ impl Broker {
                 message: completion.message.clone(),
                 last_progress: completion.last_progress,
             };
-            recorded = self
-                .writer
-                .enqueue(super::writer::Write::Run(run, self.policy.history_limit));
+            // A file store commits the record at once; an in-memory one (nothing to keep) with
+            // the next write, or when someone reads or waits.
+            self.writer.enqueue(
+                super::writer::Write::Run(run, self.policy.history_limit),
+                self.durable(),
+            );
         }
         // The handlers registered now hear of it, even if the task was unregistered meanwhile
         // (then they are dropped: nothing of the task remains).
@@ -137,12 +138,11 @@ impl Broker {
                 instance.task().clone(),
                 completion,
                 handlers,
-                recorded,
             ));
             self.notify_cv.notify_one();
         }
         // `close` and `wait_idle` wait for this: with no handler to call, nothing else tells them.
-        self.change_cv.notify_all();
+        self.changed();
         self.dispatch(st, now);
     }
 }

@@ -155,8 +155,13 @@ impl Broker {
         }
         self.commit(st, changes);
         // A run starts once the schedule writes queued so far are committed (its one-shot spent,
-        // its latch taken): a crash can then never run it a second time after a restart.
-        let after = st.schedule_written;
+        // its latch taken): a crash can then never run it a second time after a restart. An
+        // in-memory store keeps nothing across a crash: its runs need not wait.
+        let after = if self.durable() {
+            st.schedule_written
+        } else {
+            0
+        };
         for instance in jobs {
             st.jobs.push_back((instance, after));
             // Every queued job needs a worker of its own: an idle worker woken for an earlier job
@@ -167,7 +172,7 @@ impl Broker {
                 self.work_cv.notify_one();
             }
         }
-        self.change_cv.notify_all();
+        self.changed();
     }
 
     /// A state of the machine changed: run what it unblocks, cancel what it strands.

@@ -230,6 +230,9 @@ pub(crate) struct Broker {
     state: Mutex<State>,
     /// Commits the broker's own writes (see `writer.rs`).
     writer: writer::Writer,
+    /// Threads waiting on `change_cv` (`wait_idle`, `next_event`, `close`): it is signalled only
+    /// when there are some — a signal is a system call, and the broker changes state per run.
+    waiting: std::sync::atomic::AtomicUsize,
     /// Wakes the broker thread (and times its sleep on the wall clock).
     pub(crate) waker: crate::wake::Waker,
     /// Wakes idle workers.
@@ -246,17 +249,29 @@ pub(crate) struct Broker {
     pub(crate) listener: Mutex<Option<crate::signal::SignalListener>>,
 }
 
-/// Calls into app code (run functions, handlers, resolvers) in progress on btb threads, in this
-/// process, and the condvar told when the count drops.
-static APP_CALLS: Mutex<usize> = Mutex::new(0);
+/// Calls into app code (run functions, handlers, resolvers) in progress on btb threads in this
+/// process, and the threads waiting for none (told by the condvar, only when there are some: a
+/// signal is a system call, and calls end at every run).
+static APP_CALLS: Mutex<AppCalls> = Mutex::new(AppCalls {
+    calls: 0,
+    waiters: 0,
+});
 static APP_CALLS_DONE: Condvar = Condvar::new();
+
+struct AppCalls {
+    calls: usize,
+    waiters: usize,
+}
 
 /// Counts one call into app code for as long as it lives.
 pub(crate) struct AppCall(());
 
 impl AppCall {
     pub(crate) fn enter() -> AppCall {
-        *APP_CALLS.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        APP_CALLS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .calls += 1;
         AppCall(())
     }
 }
@@ -264,8 +279,8 @@ impl AppCall {
 impl Drop for AppCall {
     fn drop(&mut self) {
         let mut n = APP_CALLS.lock().unwrap_or_else(PoisonError::into_inner);
-        *n -= 1;
-        if *n == 0 {
+        n.calls -= 1;
+        if n.calls == 0 && n.waiters > 0 {
             APP_CALLS_DONE.notify_all();
         }
     }
@@ -278,15 +293,17 @@ impl Drop for AppCall {
 pub fn wait_app_calls(timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     let mut n = APP_CALLS.lock().unwrap_or_else(PoisonError::into_inner);
-    while *n > 0 {
+    while n.calls > 0 {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return false;
         }
+        n.waiters += 1;
         n = APP_CALLS_DONE
             .wait_timeout(n, left)
             .unwrap_or_else(PoisonError::into_inner)
             .0;
+        n.waiters -= 1;
     }
     true
 }
@@ -317,6 +334,7 @@ impl Broker {
             store: Mutex::new(Some(store)),
             state: Mutex::new(state),
             writer: writer::Writer::default(),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
             waker: crate::wake::Waker::new()?,
             work_cv: Condvar::new(),
             notify_cv: Condvar::new(),
@@ -337,7 +355,7 @@ impl Broker {
             self.tick(&mut st, now);
         }
         self.waker.wake();
-        self.change_cv.notify_all();
+        self.changed();
     }
 
     /// The store (lock 0): `None` once closed. Never taken under the state lock.
@@ -349,6 +367,44 @@ impl Broker {
     /// Never call it holding a btb lock.
     pub(crate) fn flush(&self) {
         self.writer.wait_done(self.writer.last());
+    }
+
+    /// Whether every store write queued so far is committed; if not, the writer is told to go on
+    /// (a waiter for idleness waits for it).
+    fn writer_drained(&self) -> bool {
+        let last = self.writer.last();
+        let drained = self.writer.is_done(last);
+        if !drained {
+            self.writer.kick();
+        }
+        drained
+    }
+
+    /// Whether the store outlives the process (a file; not `:memory:`).
+    fn durable(&self) -> bool {
+        self.store_path != ":memory:"
+    }
+
+    /// Signals `change_cv`, if a thread waits on it. Call it holding the state lock (the writer,
+    /// which does not, takes it first).
+    fn changed(&self) {
+        if self.waiting.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            self.change_cv.notify_all();
+        }
+    }
+
+    /// Counts the calling thread among those waiting on `change_cv` until the guard drops. Take
+    /// it holding the state lock, before checking what it waits for.
+    fn waiting(&self) -> impl Drop + '_ {
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        self.waiting
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Waiting(&self.waiting)
     }
 
     /// Read access to the handler tables (lock 2).
@@ -415,7 +471,8 @@ impl Broker {
     /// Queues scheduling changes for the writer (committed in order, off the state lock).
     pub(crate) fn commit(&self, st: &mut State, changes: Vec<ScheduleChange>) {
         if !changes.is_empty() {
-            st.schedule_written = self.writer.enqueue(writer::Write::Schedule(changes));
+            // Runs wait for these (their one-shot spent, their latch taken): commit at once.
+            st.schedule_written = self.writer.enqueue(writer::Write::Schedule(changes), true);
         }
     }
 
@@ -435,7 +492,7 @@ impl Broker {
                 Clock::Manual(_) => Some(i64::MIN), // woken by `advance`: no deadline needs a wake
                 Clock::Real => next,
             };
-            self.change_cv.notify_all();
+            self.changed();
             drop(st);
             // A wake between the unlock and the wait is kept by the eventfd, never lost.
             let until = match &self.clock {
@@ -452,11 +509,12 @@ impl Broker {
             && st.notes.is_empty()
             && !st.notifying
             && st.events.is_empty()
-            && self.writer.is_done(self.writer.last())
             && st
                 .timers
                 .first()
                 .is_none_or(|(due, _)| due + self.window_ms() > now)
+            // Last: asked (and the writer kicked) only once everything else is idle.
+            && self.writer_drained()
     }
 
     pub(crate) fn wait_idle(&self, timeout: Duration) -> Result<bool> {
@@ -467,6 +525,7 @@ impl Broker {
         }
         let deadline = Instant::now() + timeout;
         let mut st = self.open_state()?;
+        let _waiting = self.waiting();
         loop {
             if self.is_idle(&st, self.clock.now_ms()) {
                 return Ok(true);
@@ -485,9 +544,10 @@ impl Broker {
     pub(crate) fn next_event(&self, timeout: Duration) -> Result<Option<Event>> {
         let deadline = Instant::now() + timeout;
         let mut st = self.open_state()?;
+        let _waiting = self.waiting();
         loop {
             if let Some(e) = st.events.pop_front() {
-                self.change_cv.notify_all();
+                self.changed();
                 return Ok(Some(e));
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -513,6 +573,7 @@ impl Broker {
             self.cancel_task(&mut st, &id, CancellationReason::Terminating, now);
         }
         // Wait (real time) for running instances to end and handlers to be called.
+        let waiting = self.waiting();
         while !(st.running.is_empty() && st.notes.is_empty() && !st.notifying) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || ON_BTB_THREAD.with(|f| f.get()) {
@@ -520,6 +581,7 @@ impl Broker {
             }
             st = st.wait_timeout(&self.change_cv, left);
         }
+        drop(waiting);
         let stuck: Vec<Instance> = st.running.values().map(|r| r.instance.clone()).collect();
         for instance in stuck {
             self.finish(&mut st, &instance, Some(CancellationReason::Terminating));
@@ -530,7 +592,7 @@ impl Broker {
         self.waker.wake();
         self.work_cv.notify_all();
         self.notify_cv.notify_all();
-        self.change_cv.notify_all();
+        self.changed();
         drop(st);
         self.writer.stop(); // commits what is queued (the runs just abandoned), then ends
         let listener = self

@@ -15,9 +15,9 @@ use crate::system::Registration;
 /// Work for the notifier thread.
 pub(crate) enum Note {
     Progress(Registration, Uuid, u32),
-    /// With the completed handlers registered when the run ended, and the store write that
-    /// records the run (the handlers are called once it is committed).
-    Completed(Registration, Completion, Vec<(u64, CompletedFn)>, u64),
+    /// With the completed handlers registered when the run ended. (A handler that reads the
+    /// history sees the run: `history` first waits for the writes queued before it.)
+    Completed(Registration, Completion, Vec<(u64, CompletedFn)>),
     Canceled(Instance, Vec<CanceledFn>, CancellationReason),
 }
 
@@ -60,7 +60,7 @@ impl Broker {
             self.deliver(note);
             st = self.lock();
             st.notifying = false;
-            self.change_cv.notify_all();
+            self.changed();
         }
     }
 
@@ -78,8 +78,7 @@ impl Broker {
                     call(&|| handler(&registration, instance_id, value));
                 }
             }
-            Note::Completed(registration, completion, handlers, recorded) => {
-                self.writer.wait_done(recorded);
+            Note::Completed(registration, completion, handlers) => {
                 for (_, handler) in handlers {
                     call(&|| handler(&registration, &completion));
                 }

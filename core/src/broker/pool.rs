@@ -70,7 +70,7 @@ impl Broker {
                     if let Some(reason) = canceled {
                         st.events.push_back(Event::Canceled(instance, reason));
                     }
-                    self.change_cv.notify_all();
+                    self.changed();
                 }
                 Err(message) => {
                     instance.report_failure(message);

@@ -4,8 +4,8 @@
 //! `set_progress` and the broker thread go on while a registration or a run record is fsynced.
 //!
 //! What depended on a write being durable still waits for it, without a lock: a run starts only
-//! after the writes queued before it (its one-shot is spent on disk before it runs), a completed
-//! handler is called only after its run record is committed, `history` reads its own writes, and
+//! after the schedule writes queued before it (its one-shot is spent on disk before it runs),
+//! `history` reads its own writes (so a completed handler that reads it sees its run), and
 //! `wait_idle` counts a queued write as work. Each write gets a sequence number; waiters wait for
 //! `done >= n`.
 //!
@@ -13,11 +13,16 @@
 //! the store lock to apply a write and the state lock only to signal `change_cv`, never both.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use super::Broker;
 use crate::model::RunRecord;
 use crate::store::ScheduleChange;
+
+/// Queued writes that do not wake the writer at once (see `Writer::enqueue`) are committed by the
+/// time this many are queued.
+const LAZY_LIMIT: usize = 256;
 
 /// One queued write.
 pub(crate) enum Write {
@@ -32,6 +37,13 @@ struct Queue {
     /// The number of the last write queued.
     last: u64,
     stopping: bool,
+    /// The writer thread waits for work (only then does `enqueue` wake it).
+    waiting: bool,
+}
+
+#[derive(Default)]
+struct Done {
+    waiters: usize,
 }
 
 #[derive(Default)]
@@ -40,19 +52,35 @@ pub(crate) struct Writer {
     /// Wakes the writer thread.
     queued: Condvar,
     /// The number of the last write committed (or failed: a failure is logged, never retried).
-    done: Mutex<u64>,
+    done: AtomicU64,
+    /// How many threads wait for `done` to grow (only then is `done_cv` signalled: a signal is a
+    /// system call).
+    waiters: Mutex<Done>,
     done_cv: Condvar,
 }
 
 impl Writer {
-    /// Queues a write; returns its number.
-    pub(crate) fn enqueue(&self, write: Write) -> u64 {
+    /// Queues a write; returns its number. With `now`, the writer starts on it at once; without,
+    /// it is committed with the next write that wakes the writer, or when someone waits for it
+    /// (`wait_done`, `kick`) — for writes nothing is durable for anyway (an in-memory store), so
+    /// that a burst of runs costs no thread hand-off per run. A long queue always wakes it.
+    pub(crate) fn enqueue(&self, write: Write, now: bool) -> u64 {
         let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         q.last += 1;
         let n = q.last;
         q.writes.push_back((n, write));
-        self.queued.notify_one();
+        if q.waiting && (now || q.writes.len() >= LAZY_LIMIT) {
+            self.queued.notify_one();
+        }
         n
+    }
+
+    /// Wakes the writer if it sleeps with writes queued.
+    pub(crate) fn kick(&self) {
+        let q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        if q.waiting && !q.writes.is_empty() {
+            self.queued.notify_one();
+        }
     }
 
     /// The number of the last write queued (0: none yet).
@@ -65,17 +93,20 @@ impl Writer {
 
     /// Whether every write up to `n` is committed.
     pub(crate) fn is_done(&self, n: u64) -> bool {
-        *self.done.lock().unwrap_or_else(PoisonError::into_inner) >= n
+        self.done.load(Ordering::Acquire) >= n
     }
 
     /// Waits until every write up to `n` is committed. Never call it holding a btb lock.
     pub(crate) fn wait_done(&self, n: u64) {
-        let mut done = self.done.lock().unwrap_or_else(PoisonError::into_inner);
-        while *done < n {
-            done = self
-                .done_cv
-                .wait(done)
-                .unwrap_or_else(PoisonError::into_inner);
+        if self.is_done(n) {
+            return;
+        }
+        self.kick();
+        let mut w = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
+        while !self.is_done(n) {
+            w.waiters += 1;
+            w = self.done_cv.wait(w).unwrap_or_else(PoisonError::into_inner);
+            w.waiters -= 1;
         }
     }
 
@@ -100,44 +131,61 @@ impl Broker {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner);
                 while q.writes.is_empty() && !q.stopping {
+                    q.waiting = true;
                     q = self
                         .writer
                         .queued
                         .wait(q)
                         .unwrap_or_else(PoisonError::into_inner);
+                    q.waiting = false;
                 }
                 if q.writes.is_empty() {
                     return; // stopping, and drained
                 }
                 q.writes.drain(..).collect()
             };
+            let mut drained = false;
             let last = batch.last().map_or(0, |(n, _)| *n);
-            {
-                let mut store = self.store();
-                if let Some(store) = store.as_mut() {
-                    for (_, write) in &batch {
-                        let result = match write {
-                            Write::Schedule(changes) => store.update_schedule(changes),
-                            Write::Run(run, limit) => store.insert_run(run, *limit),
-                        };
-                        if let Err(e) = result {
-                            // The in-memory state stays right; the row catches up with the next
-                            // change of the same registration.
-                            log::error!(target: "btb", "{e}");
-                        }
-                    }
+            let mut schedule = Vec::new();
+            let mut runs = Vec::new();
+            for (_, write) in batch {
+                match write {
+                    Write::Schedule(changes) => schedule.extend(changes),
+                    Write::Run(run, limit) => runs.push((run, limit)),
                 }
             }
-            *self
+            // One transaction for the whole batch (group commit: one flush for many writes).
+            if let Some(store) = self.store().as_mut()
+                && let Err(e) = store.write_batch(&schedule, &runs)
+            {
+                // The in-memory state stays right; a row catches up with its next change.
+                log::error!(target: "btb", "{e}");
+            }
+            self.writer.done.store(last, Ordering::Release);
+            // Under the waiters' lock: a waiter between its check and its wait cannot miss this.
+            let w = self
                 .writer
-                .done
+                .waiters
                 .lock()
-                .unwrap_or_else(PoisonError::into_inner) = last;
-            self.writer.done_cv.notify_all();
+                .unwrap_or_else(PoisonError::into_inner);
+            if w.waiters > 0 {
+                self.writer.done_cv.notify_all();
+            }
+            drop(w);
+            drained |= self
+                .writer
+                .queue
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .writes
+                .is_empty();
             // Under the state lock, so that a `wait_idle` between its check and its wait cannot
-            // miss this.
-            let _st = self.lock();
-            self.change_cv.notify_all();
+            // miss this — and only when one waits (it counts itself in before its check).
+            // Only once drained: a waiter for idleness cares for nothing less.
+            if drained && self.waiting.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                let _st = self.lock();
+                self.changed();
+            }
         }
     }
 }
