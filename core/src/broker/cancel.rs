@@ -115,12 +115,8 @@ impl Broker {
                 message: completion.message.clone(),
                 last_progress: completion.last_progress,
             };
-            // A file store commits the record at once; an in-memory one (nothing to keep) with
-            // the next write, or when someone reads or waits.
-            self.writer.enqueue(
-                super::writer::Write::Run(run, self.policy.history_limit),
-                self.durable(),
-            );
+            self.writer
+                .enqueue(super::writer::Write::Run(run, self.policy.history_limit));
         }
         // The handlers registered now hear of it, even if the task was unregistered meanwhile
         // (then they are dropped: nothing of the task remains).

@@ -369,15 +369,9 @@ impl Broker {
         self.writer.wait_done(self.writer.last());
     }
 
-    /// Whether every store write queued so far is committed; if not, the writer is told to go on
-    /// (a waiter for idleness waits for it).
+    /// Whether every store write queued so far is committed.
     fn writer_drained(&self) -> bool {
-        let last = self.writer.last();
-        let drained = self.writer.is_done(last);
-        if !drained {
-            self.writer.kick();
-        }
-        drained
+        self.writer.is_done(self.writer.last())
     }
 
     /// Whether the store outlives the process (a file; not `:memory:`).
@@ -471,8 +465,7 @@ impl Broker {
     /// Queues scheduling changes for the writer (committed in order, off the state lock).
     pub(crate) fn commit(&self, st: &mut State, changes: Vec<ScheduleChange>) {
         if !changes.is_empty() {
-            // Runs wait for these (their one-shot spent, their latch taken): commit at once.
-            st.schedule_written = self.writer.enqueue(writer::Write::Schedule(changes), true);
+            st.schedule_written = self.writer.enqueue(writer::Write::Schedule(changes));
         }
     }
 
@@ -513,7 +506,6 @@ impl Broker {
                 .timers
                 .first()
                 .is_none_or(|(due, _)| due + self.window_ms() > now)
-            // Last: asked (and the writer kicked) only once everything else is idle.
             && self.writer_drained()
     }
 

@@ -20,10 +20,6 @@ use super::Broker;
 use crate::model::RunRecord;
 use crate::store::ScheduleChange;
 
-/// Queued writes that do not wake the writer at once (see `Writer::enqueue`) are committed by the
-/// time this many are queued.
-const LAZY_LIMIT: usize = 256;
-
 /// One queued write.
 pub(crate) enum Write {
     Schedule(Vec<ScheduleChange>),
@@ -60,27 +56,17 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Queues a write; returns its number. With `now`, the writer starts on it at once; without,
-    /// it is committed with the next write that wakes the writer, or when someone waits for it
-    /// (`wait_done`, `kick`) — for writes nothing is durable for anyway (an in-memory store), so
-    /// that a burst of runs costs no thread hand-off per run. A long queue always wakes it.
-    pub(crate) fn enqueue(&self, write: Write, now: bool) -> u64 {
+    /// Queues a write; returns its number. Writes queued while the writer is busy go in its next
+    /// batch (one transaction).
+    pub(crate) fn enqueue(&self, write: Write) -> u64 {
         let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         q.last += 1;
         let n = q.last;
         q.writes.push_back((n, write));
-        if q.waiting && (now || q.writes.len() >= LAZY_LIMIT) {
+        if q.waiting {
             self.queued.notify_one();
         }
         n
-    }
-
-    /// Wakes the writer if it sleeps with writes queued.
-    pub(crate) fn kick(&self) {
-        let q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        if q.waiting && !q.writes.is_empty() {
-            self.queued.notify_one();
-        }
     }
 
     /// The number of the last write queued (0: none yet).
@@ -101,7 +87,6 @@ impl Writer {
         if self.is_done(n) {
             return;
         }
-        self.kick();
         let mut w = self.waiters.lock().unwrap_or_else(PoisonError::into_inner);
         while !self.is_done(n) {
             w.waiters += 1;
