@@ -278,7 +278,8 @@ pub enum TaskTrigger {
     },
     Calendar {
         expression: String,
-        spec: crate::calendar::CalendarSpec,
+        /// Boxed: a registration holds one trigger, and the other kinds stay small.
+        spec: Box<crate::calendar::CalendarSpec>,
     },
 }
 
@@ -318,7 +319,7 @@ impl TaskTrigger {
             },
             Trigger::Calendar { expression } => TaskTrigger::Calendar {
                 expression: expression.clone(),
-                spec: crate::calendar::CalendarSpec::parse(expression)?,
+                spec: Box::new(crate::calendar::CalendarSpec::parse(expression)?),
             },
         })
     }
