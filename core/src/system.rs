@@ -333,8 +333,10 @@ impl System {
         let mut state = self.shared.lock();
         self.shared
             .registered(&mut state, Arc::clone(&record), &replaced, now);
-        drop(state);
+        // The store first: the state guard then drops what the replaced registrations held
+        // (their handlers), which may call back into btb and register again.
         drop(store);
+        drop(state);
         Ok(self.registration(record))
     }
 
@@ -358,8 +360,8 @@ impl System {
         store.as_mut().expect("checked open").delete(task_id)?;
         let mut state = self.shared.lock();
         self.shared.unregistered(&mut state, task_id, cancel_task);
+        drop(store); // first: see `register`
         drop(state);
-        drop(store);
         Ok(())
     }
 

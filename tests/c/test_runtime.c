@@ -1572,6 +1572,32 @@ static void ud_completed(btb_registration *r, const btb_completion *c, void *use
     (void)r, (void)c, (void)user_data;
 }
 
+/* A finalizer may call btb: it runs with no btb lock held. */
+static btb_system *reenter_system;
+static btb_builder *reenter_builder;
+static int reentered;
+
+static void ud_reenter(void *user_data) {
+    (void)user_data;
+    btb_registration *r = NULL;
+    if (btb_register_in(reenter_system, reenter_builder, &r) == BTB_OK) {
+        reentered++;
+        btb_registration_free(r);
+    }
+}
+
+static btb_builder *replace_builder(const char *name) {
+    btb_builder *b = NULL;
+    btb_trigger *t = app_trigger();
+    EXPECT(btb_new(&b), BTB_OK);
+    EXPECT(btb_set_name(b, name), BTB_OK);
+    EXPECT(btb_set_task_entry_point(b, "app.Work"), BTB_OK);
+    EXPECT(btb_set_trigger(b, t), BTB_OK);
+    EXPECT(btb_set_name_policy(b, BTB_NAME_POLICY_REPLACE), BTB_OK);
+    EXPECT(btb_trigger_free(t), BTB_OK);
+    return b;
+}
+
 static void test_free_user_data(void) {
     grace_ms = 50;
     btb_system *s = open_sim();
@@ -1595,6 +1621,19 @@ static void test_free_user_data(void) {
     EXPECT(btb_registration_add_completed(r, ud_completed, &c, ud_free, &token), BTB_OK);
     EXPECT(btb_registration_remove_handler(r, token), BTB_OK);
     CHECK(chan_recv(&c.freed) && ud_frees(&c) == 1);
+    /* Replacing a registration drops its completed handler: the finalizer registers again. */
+    btb_builder *dup = replace_builder("dup");
+    btb_registration *first = NULL, *second = NULL;
+    EXPECT(btb_register_in(s, dup, &first), BTB_OK);
+    EXPECT(btb_registration_add_completed(first, ud_completed, NULL, ud_reenter, NULL), BTB_OK);
+    reenter_system = s;
+    reenter_builder = replace_builder("other");
+    EXPECT(btb_register_in(s, dup, &second), BTB_OK);
+    CHECK(reentered == 1);
+    btb_free(reenter_builder);
+    btb_free(dup);
+    EXPECT(btb_registration_free(first), BTB_OK);
+    EXPECT(btb_registration_free(second), BTB_OK);
     /* A run that ignores cancellation outlives close (grace 50 ms) and keeps its user_data. */
     CHECK(request(r, NULL) == BTB_APPLICATION_TRIGGER_ALLOWED);
     CHECK(chan_recv(&b.started));

@@ -129,7 +129,6 @@ impl Broker {
                 }
                 q.writes.drain(..).collect()
             };
-            let mut drained = false;
             let last = batch.last().map_or(0, |(n, _)| *n);
             let mut schedule = Vec::new();
             let mut runs = Vec::new();
@@ -157,7 +156,7 @@ impl Broker {
                 self.writer.done_cv.notify_all();
             }
             drop(w);
-            drained |= self
+            let drained = self
                 .writer
                 .queue
                 .lock()
@@ -165,8 +164,8 @@ impl Broker {
                 .writes
                 .is_empty();
             // Under the state lock, so that a `wait_idle` between its check and its wait cannot
-            // miss this — and only when one waits (it counts itself in before its check).
-            // Only once drained: a waiter for idleness cares for nothing less.
+            // miss this; only when one waits (it counts itself in before its check), and only
+            // once drained (a waiter for idleness cares for nothing less).
             if drained && self.waiting.load(std::sync::atomic::Ordering::SeqCst) > 0 {
                 let _st = self.lock();
                 self.changed();
