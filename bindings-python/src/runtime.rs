@@ -308,23 +308,17 @@ fn run_targets(
             break;
         }
     }
+    // The run is over: finish it before letting go of what it held. Dropping the last reference
+    // to the `System` (the app let go of it; only this run kept it) closes it, and that close must
+    // find the run ended, not still going (it would record it as canceled). The core counts this
+    // worker busy until it is back from the job, so `wait_idle` returns only once nothing of the
+    // app's is held here; its own `finish_run` after this closure reports `STATE`, ignored.
+    py.detach(|| {
+        let _ = instance.finish_run();
+    });
     drop(targets);
     drop(python_instance);
-    // If this thread now holds the last reference to the `System` (the app let go of it; only
-    // this run kept it), dropping it closes the system, and that close must not find this run
-    // still going: it would wait out the grace period for it and record it as canceled. Then the
-    // run is finished first, and the system dropped after. The core's own `finish_run` after this
-    // closure then reports `STATE`, which it ignores. Otherwise the reference goes now, so that
-    // once `wait_idle` sees the run finished, this thread holds nothing of the app's.
-    // SAFETY: this thread is attached and owns a reference to `system`, a live object.
-    let references = unsafe { pyo3::ffi::Py_REFCNT(system.as_ptr()) };
-    let last = (references == 1).then_some(system);
-    if last.is_some() {
-        py.detach(|| {
-            let _ = instance.finish_run();
-        });
-    }
-    drop(last);
+    drop(system);
 }
 
 /// The core handler for an entry point or a background-activated slot: calls the slot's

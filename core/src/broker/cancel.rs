@@ -79,6 +79,10 @@ impl Broker {
             return;
         }
         life.done = true;
+        if abandon_reason.is_some() && std::mem::take(&mut life.on_worker) {
+            // Abandoned: its worker may never come back; it no longer counts for `wait_idle`.
+            st.busy_workers -= 1;
+        }
         let reason = life.canceled.or(abandon_reason);
         let (outcome, message) = match (reason, life.failure.take()) {
             (Some(r), _) => (

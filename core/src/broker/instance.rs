@@ -67,6 +67,9 @@ pub(crate) struct Life {
     pub(crate) done: bool,
     /// Handed to a host through the pull queue (so its cancellation is queued too).
     pub(crate) queued: bool,
+    /// A worker runs it and has not come back from it (counted in `State::busy_workers` until
+    /// it does, or until the instance is abandoned).
+    pub(crate) on_worker: bool,
 }
 
 pub(crate) struct Inner {

@@ -22,7 +22,7 @@
 //! - `timers` / `due`: the next due time of each timed registration (a set ordered by time, and
 //!   its index by task id).
 //! - `jobs`: instances waiting for a worker (each with the store write it waits for);
-//!   `idle_workers`: workers waiting for a job.
+//!   `idle_workers`: workers waiting for a job; `busy_workers`: workers on a job.
 //! - `events`: the pull queue (`System::next_event`): runs and cancellations for a host.
 //! - `notes`: calls for the notifier thread (progress, completed, canceled handlers), in order.
 //! - `once_fired`: custom-event registrations with recurrence ONCE that fired in this broker run.
@@ -102,6 +102,9 @@ pub(crate) struct State {
     jobs: VecDeque<(Instance, u64)>,
     /// The number of the last schedule write queued (see `writer.rs`).
     schedule_written: u64,
+    /// Workers between taking a job and letting go of all it held (`wait_idle` waits for them:
+    /// a binding may finish a run before it drops what the run held).
+    busy_workers: usize,
     idle_workers: usize,
     notes: VecDeque<Note>,
     notifying: bool,
@@ -132,6 +135,7 @@ impl State {
             states: States::default(),
             jobs: VecDeque::new(),
             schedule_written: 0,
+            busy_workers: 0,
             idle_workers: 0,
             notes: VecDeque::new(),
             notifying: false,
@@ -498,6 +502,7 @@ impl Broker {
 
     pub(super) fn is_idle(&self, st: &State, now: i64) -> bool {
         st.running.is_empty()
+            && st.busy_workers == 0
             && st.jobs.is_empty()
             && st.notes.is_empty()
             && !st.notifying

@@ -30,13 +30,25 @@ impl Broker {
 
     pub(super) fn worker_loop(self: &Arc<Self>) {
         ON_BTB_THREAD.with(|f| f.set(true));
+        let mut done: Option<Instance> = None;
         loop {
             let mut st = self.lock();
+            if let Some(instance) = done.take() {
+                // Back from a job, having let go of everything else it held: only now does the
+                // worker stop counting for `wait_idle` (unless its instance was abandoned).
+                let mut life = instance.life();
+                if std::mem::take(&mut life.on_worker) {
+                    st.busy_workers -= 1;
+                    self.changed();
+                }
+            }
             let (instance, after) = loop {
                 if st.stopping {
                     return;
                 }
                 if let Some(job) = st.jobs.pop_front() {
+                    st.busy_workers += 1;
+                    job.0.life().on_worker = true;
                     break job;
                 }
                 st.idle_workers += 1;
@@ -44,6 +56,7 @@ impl Broker {
                 st.idle_workers -= 1;
             };
             drop(st);
+            let job = instance.clone();
             self.writer.wait_done(after); // unlocked: the writes this run depends on
 
             match self.resolve(&instance) {
@@ -77,6 +90,7 @@ impl Broker {
                     let _ = instance.finish_run();
                 }
             }
+            done = Some(job);
         }
     }
 
