@@ -11,6 +11,7 @@ mod lockfile;
 pub mod manifest;
 pub mod model;
 pub mod policy;
+mod registration;
 mod registry;
 pub mod signal;
 pub mod source;

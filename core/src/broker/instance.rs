@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::model::{CancellationReason, TaskOutcome};
-use crate::system::Registration;
+use crate::registration::Registration;
 
 /// A run function: what executes an instance (an entry point's handler, a group's or the system's
 /// background-activated handler). It reports failure with [`Instance::report_failure`]; a panic is

@@ -10,9 +10,9 @@ use super::{Broker, Instance, Running, State};
 use crate::model::{
     CancellationReason, CustomRecurrence, SystemConditionType, TaskRecord, TaskTrigger,
 };
+use crate::registration::Registration;
 use crate::registry::EventKey;
 use crate::store::ScheduleChange;
-use crate::system::Registration;
 
 /// A latched fire waiting for its conditions, a free slot, or the end of the running instance.
 pub(crate) struct Pending {

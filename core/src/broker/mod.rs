@@ -84,7 +84,7 @@ pub type ProgressFn = Arc<dyn Fn(&Registration, Uuid, u32) + Send + Sync>;
 /// `package.module:function` or `package.module.Class`). Called on a worker thread, no lock held.
 pub type Resolver = Arc<dyn Fn(&str) -> Option<Handler> + Send + Sync>;
 
-use crate::system::Registration;
+use crate::registration::Registration;
 
 /// Everything under the broker's lock.
 pub(crate) struct State {

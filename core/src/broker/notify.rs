@@ -10,7 +10,7 @@ use super::{
     AppCall, Broker, CanceledFn, CompletedFn, Completion, Instance, ON_BTB_THREAD, panic_message,
 };
 use crate::model::CancellationReason;
-use crate::system::Registration;
+use crate::registration::Registration;
 
 /// Work for the notifier thread.
 pub(crate) enum Note {

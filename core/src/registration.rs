@@ -1,0 +1,124 @@
+//! A registered task (`BackgroundTaskRegistration`): the public handle of one registration — an
+//! immutable snapshot of what was registered plus the broker it lives in. The broker hands these to
+//! run functions and handlers; the façade (`system.rs`) hands them to the app.
+
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::broker::{Broker, CompletedFn, ProgressFn};
+use crate::error::{Error, Result};
+use crate::model::{
+    ApplicationTriggerResult, RunRecord, SystemConditionType, TaskGroup, TaskRecord, TaskTrigger,
+    Trigger,
+};
+use crate::system::System;
+
+/// A registered task (`BackgroundTaskRegistration`): an immutable snapshot of what was registered
+/// plus the system it lives in.
+#[derive(Clone)]
+pub struct Registration {
+    shared: Arc<Broker>,
+    record: Arc<TaskRecord>,
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("task_id", &self.record.task_id)
+            .field("name", &self.record.name)
+            .finish()
+    }
+}
+
+impl PartialEq for Registration {
+    fn eq(&self, other: &Self) -> bool {
+        self.record.task_id == other.record.task_id && Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}
+
+impl Registration {
+    pub(crate) fn new(shared: Arc<Broker>, record: Arc<TaskRecord>) -> Registration {
+        Registration { shared, record }
+    }
+    pub(crate) fn shared(&self) -> &Arc<Broker> {
+        &self.shared
+    }
+    pub fn task_id(&self) -> Uuid {
+        self.record.task_id
+    }
+    pub fn name(&self) -> &str {
+        &self.record.name
+    }
+    pub fn task_entry_point(&self) -> Option<&str> {
+        self.record.task_entry_point.as_deref()
+    }
+    pub fn task_group(&self) -> Option<&TaskGroup> {
+        self.record.task_group.as_ref()
+    }
+    /// The trigger as the app described it.
+    pub fn trigger(&self) -> Trigger {
+        self.record.trigger.described()
+    }
+    /// The trigger with typed values (as validated).
+    pub fn task_trigger(&self) -> &TaskTrigger {
+        &self.record.trigger
+    }
+    pub fn conditions(&self) -> &[SystemConditionType] {
+        &self.record.conditions
+    }
+    pub fn cancel_on_condition_loss(&self) -> bool {
+        self.record.cancel_on_condition_loss
+    }
+    pub fn is_network_requested(&self) -> bool {
+        self.record.is_network_requested
+    }
+    pub fn record(&self) -> &TaskRecord {
+        &self.record
+    }
+    /// The system this registration lives in (a handle that does not keep it open).
+    pub fn system(&self) -> System {
+        System::view(Arc::clone(&self.shared))
+    }
+    /// When its time, maintenance or calendar trigger is next due (ms since the epoch), as the
+    /// broker plans it now; `None` for other triggers and spent ones.
+    pub fn next_due_ms(&self) -> Option<i64> {
+        self.shared.lock().next_due(&self.record.task_id)
+    }
+    /// A one-shot trigger that has fired: the registration stays but never fires again.
+    pub fn is_spent(&self) -> bool {
+        self.shared.lock().registry.is_spent(&self.record.task_id)
+    }
+    /// Unregisters this task (see [`System::unregister`]).
+    pub fn unregister(&self, cancel_task: bool) -> Result<()> {
+        self.system().unregister(&self.record.task_id, cancel_task)
+    }
+    /// Requests a run through this registration's application trigger (`INVALID_ARGUMENT` for
+    /// another kind of trigger).
+    pub fn request(
+        &self,
+        arguments: Option<serde_json::Value>,
+    ) -> Result<ApplicationTriggerResult> {
+        match &self.record.trigger {
+            TaskTrigger::Application { id } => self.system().request(id, arguments),
+            other => Err(Error::invalid(format!(
+                "task {:?} has a {} trigger, not an application trigger",
+                self.record.name,
+                other.kind().name().to_ascii_lowercase().replace('_', " ")
+            ))),
+        }
+    }
+    pub fn add_completed(&self, handler: CompletedFn) -> Result<u64> {
+        self.system().add_completed(&self.record.task_id, handler)
+    }
+    pub fn add_progress(&self, handler: ProgressFn) -> Result<u64> {
+        self.system().add_progress(&self.record.task_id, handler)
+    }
+    pub fn remove_handler(&self, token: u64) -> bool {
+        self.system().remove_handler(token)
+    }
+    /// The recorded runs, oldest first.
+    pub fn history(&self) -> Result<Vec<RunRecord>> {
+        self.system().history(&self.record.task_id)
+    }
+}
