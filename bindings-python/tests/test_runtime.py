@@ -936,33 +936,6 @@ def test_handlers_referring_to_their_system_are_collected(tmp_path: Path) -> Non
         assert len(reopened.all_tasks) == 1
 
 
-def test_a_run_holding_the_last_reference_to_its_system_ends_succeeded(tmp_path: Path) -> None:
-    """The app lets go of its system while a task runs: the run keeps it alive, and when the run
-    ends its worker drops the last reference and the system closes — the run is recorded as
-    SUCCEEDED, not canceled by that close."""
-    path = tmp_path / "last.sqlite3"
-    started, release, closed = threading.Event(), threading.Event(), threading.Event()
-
-    def run(instance: btb.BackgroundTaskInstance) -> None:
-        started.set()
-        assert release.wait(WAIT)
-
-    system = btb.System(manifest(), path, simulated=True)
-    system.register_entry_point("app.Run", run)
-    registration = register(system, btb.ApplicationTrigger())
-    task_id = registration.task_id
-    registration.request()
-    assert started.wait(WAIT)
-    weakref.finalize(system, closed.set)
-    del system, registration
-    gc.collect()
-    assert not closed.is_set()  # the run holds it
-    release.set()
-    assert closed.wait(WAIT)
-    with btb.System(manifest(), path) as reopened:
-        assert [r.status for r in reopened.all_tasks[task_id].history] == [btb.TaskOutcome.SUCCEEDED]
-
-
 def test_instance_outlives_its_run(system: btb.System) -> None:
     kept: list[btb.BackgroundTaskInstance] = []
     system.register_entry_point("app.Run", kept.append)

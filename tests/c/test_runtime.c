@@ -777,6 +777,8 @@ static void test_time_trigger(void) {
 /* A fire is latched until every condition holds (btb_system_set_state releases it); further fires
  * coalesce. cancel_on_condition_loss cancels with CONDITION_LOSS and does not re-latch. */
 static void test_condition_latch(void) {
+    /* The C surface of the latch (its semantics are the core's: core/tests/runtime_latch.rs):
+     * states read and set through the ABI, a fire waiting for them, its arguments kept. */
     btb_system *s = open_sim();
     CHECK(s != NULL);
     if (!s) return;
@@ -790,51 +792,20 @@ static void test_condition_latch(void) {
     EXPECT(btb_registration_add_completed(r, on_completed, &rec, NULL, NULL), BTB_OK);
     int32_t state = 7;
     EXPECT(btb_system_get_state(s, BTB_CONDITION_INTERNET_AVAILABLE, &state), BTB_OK);
-    CHECK(state != 1);
+    CHECK(state == -1); /* unknown until reported */
     EXPECT(btb_system_set_state(s, BTB_CONDITION_INTERNET_AVAILABLE, false), BTB_OK);
     EXPECT(btb_system_get_state(s, BTB_CONDITION_INTERNET_AVAILABLE, &state), BTB_OK);
     CHECK(state == 0);
-
     CHECK(request(r, "{\"n\":1}") == BTB_APPLICATION_TRIGGER_ALLOWED);
     CHECK(wait_idle(s)); /* latched: nothing runs or is runnable */
     CHECK(ctx_runs(&ctx) == 0);
-    /* a request while one is pending is refused (each ALLOWED request means one run) */
-    CHECK(request(r, "{\"n\":2}") == BTB_APPLICATION_TRIGGER_CURRENTLY_RUNNING);
-    /* system events latch too, and further fires coalesce */
-    btb_trigger *t = NULL;
-    size_t fired = 0;
-    EXPECT(btb_system_trigger_new(BTB_SYSTEM_TRIGGER_USER_AWAY, false, &t), BTB_OK);
-    btb_registration *ev = reg_task(s, "away-online", "app.Event", t, BTB_CONDITION_INTERNET_AVAILABLE, false, NULL);
-    task_ctx evctx;
-    ctx_init(&evctx);
-    EXPECT(btb_system_register_entry_point(s, "app.Event", run_task, &evctx, NULL), BTB_OK);
-    EXPECT(btb_system_raise_event(s, BTB_SYSTEM_TRIGGER_USER_AWAY, &fired), BTB_OK);
-    CHECK(fired == 1);
-    EXPECT(btb_system_raise_event(s, BTB_SYSTEM_TRIGGER_USER_AWAY, &fired), BTB_OK);
-    CHECK(fired == 1);
-    advance(s, 3600000);
-    CHECK(wait_idle(s));
-    CHECK(ctx_runs(&ctx) == 0 && ctx_runs(&evctx) == 0);
     EXPECT(btb_system_set_state(s, BTB_CONDITION_INTERNET_AVAILABLE, true), BTB_OK);
     EXPECT(btb_system_get_state(s, BTB_CONDITION_INTERNET_AVAILABLE, &state), BTB_OK);
     CHECK(state == 1);
     CHECK(wait_idle(s));
     CHECK(ctx_runs(&ctx) == 1);
     CHECK(strcmp(ctx.details[0], "{\"n\":1}") == 0); /* the latched request's arguments */
-    CHECK(ctx_runs(&evctx) == 1);                      /* one run for two fires */
     CHECK(rec_completed(&rec) == 1 && rec.outcome[0] == BTB_TASK_OUTCOME_SUCCEEDED);
-    btb_run_list *hl = NULL;
-    btb_run hrun;
-    EXPECT(btb_registration_history(r, &hl), BTB_OK);
-    EXPECT(btb_run_list_get(hl, 0, &hrun), BTB_OK);
-    CHECK(hrun.started_ms == T0 + 3600000); /* ran when released, not when requested */
-    EXPECT(btb_run_list_free(hl), BTB_OK);
-    EXPECT(btb_registration_free(ev), BTB_OK);
-    ctx_destroy(&evctx);
-    /* with the condition holding, a request runs at once */
-    CHECK(request(r, NULL) == BTB_APPLICATION_TRIGGER_ALLOWED);
-    CHECK(wait_idle(s));
-    CHECK(ctx_runs(&ctx) == 2);
 
     /* condition loss */
     task_ctx lossy;
@@ -948,6 +919,9 @@ static void test_unregister_cancels(void) {
 /* The policy time limit cancels with EXECUTION_TIME_EXCEEDED; deferrals do not extend it; after
  * the grace period an instance that ignores cancellation is recorded CANCELED and abandoned. */
 static void test_time_limit(void) {
+    /* A time limit set through the options reaches a C run function as EXECUTION_TIME_EXCEEDED
+     * and the completion as CANCELED (limits, grace and abandonment are the core's:
+     * core/tests/runtime_cancel.rs). */
     btb_system *s = open_sim();
     CHECK(s != NULL);
     if (!s) return;
@@ -955,68 +929,24 @@ static void test_time_limit(void) {
     recorder rec;
     ctx_init(&ctx);
     rec_init(&rec);
-    ctx.defer = ctx.clone = true; /* first run: holds its deferral and ignores cancellation */
+    ctx.defer = ctx.complete_on_cancel = true;
     EXPECT(btb_system_register_entry_point(s, "app.Work", run_task, &ctx, NULL), BTB_OK);
     btb_registration *r = reg_task(s, "slow", "app.Work", app_trigger(), 0, false, NULL);
     EXPECT(btb_registration_add_completed(r, on_completed, &rec, NULL, NULL), BTB_OK);
-    int64_t start = 0;
-    EXPECT(btb_system_now_ms(s, &start), BTB_OK);
-
     CHECK(request(r, NULL) == BTB_APPLICATION_TRIGGER_ALLOWED);
     CHECK(chan_recv(&ctx.started));
-    advance(s, 29999);
-    CHECK(still_busy(s));
-    CHECK(ctx_cancels(&ctx) == 0);
-    advance(s, 1); /* 30 s: the application limit of this policy */
+    advance(s, 30000); /* the application limit of this policy */
     CHECK(chan_recv(&ctx.canceled));
-    CHECK(ctx_cancels(&ctx) == 1 && ctx.cancel_reason == BTB_CANCELLATION_EXECUTION_TIME_EXCEEDED);
-    CHECK(ctx.cancel_saw_flag);
-    CHECK(still_busy(s)); /* in its grace period */
-    CHECK(rec_completed(&rec) == 0);
-    CHECK(request(r, NULL) == BTB_APPLICATION_TRIGGER_CURRENTLY_RUNNING);
-    advance(s, 4999);
-    CHECK(still_busy(s));
-    advance(s, 1); /* grace over: abandoned */
+    CHECK(ctx.cancel_reason == BTB_CANCELLATION_EXECUTION_TIME_EXCEEDED);
     CHECK(wait_idle(s));
+    CHECK(ctx.complete_status == BTB_OK);
     CHECK(rec_completed(&rec) == 1);
     CHECK(rec.outcome[0] == BTB_TASK_OUTCOME_CANCELED);
     CHECK(rec.reason[0] == BTB_CANCELLATION_EXECUTION_TIME_EXCEEDED);
     CHECK(rec.has_message[0]);
-    /* its late completion is ignored */
-    EXPECT(btb_deferral_complete(ctx.deferral), BTB_OK);
-    CHECK(wait_idle(s));
-    CHECK(rec_completed(&rec) == 1);
-
-    btb_run_list *l = NULL;
-    btb_run run;
-    EXPECT(btb_registration_history(r, &l), BTB_OK);
-    EXPECT(btb_run_list_get(l, 0, &run), BTB_OK);
-    CHECK(run.outcome == BTB_TASK_OUTCOME_CANCELED);
-    CHECK(run.reason == BTB_CANCELLATION_EXECUTION_TIME_EXCEEDED);
-    CHECK(run.started_ms == start && run.ended_ms == start + 35000);
-    EXPECT(btb_run_list_free(l), BTB_OK);
-
-    /* the budget starts afresh; a task that honours cancellation ends at the limit */
-    task_ctx ctx2;
-    ctx_init(&ctx2);
-    ctx2.defer = ctx2.complete_on_cancel = true;
-    EXPECT(btb_system_register_entry_point(s, "app.Work", run_task, &ctx2, NULL), BTB_OK);
-    CHECK(request(r, NULL) == BTB_APPLICATION_TRIGGER_ALLOWED);
-    CHECK(chan_recv(&ctx2.started));
-    advance(s, 30000);
-    CHECK(chan_recv(&ctx2.canceled));
-    CHECK(wait_idle(s));
-    CHECK(ctx2.cancel_reason == BTB_CANCELLATION_EXECUTION_TIME_EXCEEDED);
-    CHECK(ctx2.complete_status == BTB_OK);
-    CHECK(rec_completed(&rec) == 2);
-    CHECK(rec.outcome[1] == BTB_TASK_OUTCOME_CANCELED);
-    CHECK(rec.reason[1] == BTB_CANCELLATION_EXECUTION_TIME_EXCEEDED);
-    CHECK(history_len(r) == 2);
-
     EXPECT(btb_registration_free(r), BTB_OK);
     EXPECT(btb_system_close(s), BTB_OK);
     ctx_destroy(&ctx);
-    ctx_destroy(&ctx2);
     rec_destroy(&rec);
 }
 
