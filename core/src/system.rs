@@ -179,6 +179,15 @@ impl System {
         self.shared.open_state()
     }
 
+    /// Locks the state once `store` (which checked the process) is held: only the open check.
+    fn open_after_store(&self) -> Result<Locked<'_>> {
+        let st = self.shared.lock();
+        if !st.is_open() {
+            return Err(Error::state("the btb system is closed"));
+        }
+        Ok(st)
+    }
+
     /// Locks the store (lock 0: before the state, never under it) after the same checks.
     fn store(&self) -> Result<std::sync::MutexGuard<'_, Option<Store>>> {
         self.shared.check_pid()?;
@@ -276,7 +285,7 @@ impl System {
         // The store first (lock 0), held to the end: registrations commit one at a time, in the
         // order their name policies were decided; the state lock is not held during the commit.
         let mut store = self.store()?;
-        let state = self.state()?;
+        let state = self.open_after_store()?;
         let valid = {
             let handlers = self.shared.handlers();
             validate(builder, &self.shared.manifest, &self.shared.policy, |g| {
@@ -360,7 +369,7 @@ impl System {
     /// otherwise it finishes.
     pub fn unregister(&self, task_id: &Uuid, cancel_task: bool) -> Result<()> {
         let mut store = self.store()?; // as in `register`: the commit holds no state lock
-        if !self.state()?.registry.contains(task_id) {
+        if !self.open_after_store()?.registry.contains(task_id) {
             return Err(Error::new(
                 ErrorKind::NotFound,
                 format!("task {task_id} is not registered (already unregistered?)"),
