@@ -40,3 +40,17 @@ pub fn open(store: StoreLocation, policy: Policy) -> System {
     })
     .unwrap()
 }
+
+/// Registers a task with a new application trigger on `bench.App`; returns the trigger's id.
+pub fn app_task(system: &System, name: &str) -> uuid::Uuid {
+    let trigger = Trigger::application();
+    let Trigger::Application { id } = trigger else {
+        unreachable!()
+    };
+    let mut b = Builder::new();
+    b.name = Some(name.into());
+    b.task_entry_point = Some("bench.App".into());
+    b.set_trigger(trigger);
+    system.register(&b).unwrap();
+    id
+}

@@ -98,15 +98,7 @@ fn main() {
             )
             .unwrap();
     }
-    let trigger = Trigger::application();
-    let Trigger::Application { id } = trigger else {
-        unreachable!()
-    };
-    let mut b = Builder::new();
-    b.name = Some("latency".into());
-    b.task_entry_point = Some("bench.App".into());
-    b.set_trigger(trigger);
-    system.register(&b).unwrap();
+    let id = app_task(&system, "latency");
 
     let stop = Arc::new(AtomicBool::new(false));
     let writer = registering(&system, &stop);

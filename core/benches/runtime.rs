@@ -71,15 +71,7 @@ fn btb_request_latency(samples: usize) -> Vec<f64> {
             }))),
         )
         .unwrap();
-    let trigger = Trigger::application();
-    let Trigger::Application { id } = trigger else {
-        unreachable!()
-    };
-    let mut b = Builder::new();
-    b.name = Some("latency".into());
-    b.task_entry_point = Some("bench.App".into());
-    b.set_trigger(trigger);
-    system.register(&b).unwrap();
+    let id = app_task(&system, "latency");
     let mut out = Vec::with_capacity(samples);
     for _ in 0..samples {
         std::thread::sleep(Duration::from_micros(300));
