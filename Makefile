@@ -21,6 +21,8 @@ RELEASE := target/release
 SYSTEM_CMAKE := $(shell command -v cmake 2>/dev/null)
 CMAKE := $(or $(SYSTEM_CMAKE),$(abspath $(VENV))/bin/cmake)
 APT := $(if $(filter 0,$(shell id -u)),$(shell command -v apt-get 2>/dev/null))
+# Installs Debian packages (root only; a fresh machine may have no package lists yet).
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 
 .PHONY: all lib header python demo test test-rust test-python test-install install lint bench stress tsan clean fuzz
 
@@ -33,7 +35,7 @@ header:
 	$(CARGO) test -q -p btb-ffi --test header
 
 $(PY):
-	python3 -m venv $(VENV) || { [ -n "$(APT)" ] && apt-get install -y -qq python3-venv >/dev/null && \
+	python3 -m venv $(VENV) || { [ -n "$(APT)" ] && $(APT_INSTALL) python3-venv >/dev/null && \
 	  python3 -m venv $(VENV); } || { echo "make: cannot create a Python venv: install python3-venv" >&2; exit 1; }
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -r bindings-python/requirements-dev.txt
@@ -55,7 +57,7 @@ test: test-rust test-python test-install
 # skipped by name, loudly, and everything else still runs.
 test-rust:
 	@command -v valgrind >/dev/null || { [ -n "$(APT)" ] && echo "make: installing valgrind" && \
-	  apt-get install -y -qq valgrind >/dev/null; } || true
+	  $(APT_INSTALL) valgrind >/dev/null; } || true
 	@if command -v valgrind >/dev/null; then $(CARGO) test; else \
 	  echo "*** SKIPPED: the C ABI tests under valgrind (valgrind is not installed; apt-get install valgrind)" >&2; \
 	  $(CARGO) test -- --skip under_valgrind; \
@@ -74,7 +76,7 @@ test-python: python
 test-install: lib $(CMAKE)
 	rm -rf build/install-test && mkdir -p build/install-test
 	$(MAKE) install PREFIX=$(abspath build/install-test/prefix)
-	@command -v pkg-config >/dev/null || { [ -n "$(APT)" ] && apt-get install -y -qq pkg-config >/dev/null; } || true
+	@command -v pkg-config >/dev/null || { [ -n "$(APT)" ] && $(APT_INSTALL) pkg-config >/dev/null; } || true
 	if command -v pkg-config >/dev/null; then \
 	  PKG_CONFIG_PATH=$(abspath build/install-test/prefix)/lib/pkgconfig \
 	    $(MAKE) -C examples-c PKG=1 BUILD=$(abspath build/install-test/pkg) run; \
