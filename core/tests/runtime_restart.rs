@@ -301,3 +301,37 @@ fn catch_up_runs_reach_handlers_installed_right_after_open() {
         rig.sys.close().unwrap();
     }
 }
+
+#[test]
+fn a_one_shot_is_spent_on_disk_before_its_run_starts() {
+    // The broker commits its schedule writes off its lock (a writer thread); a run still starts
+    // only once they are durable, so a crash during the run can never run a one-shot again after a
+    // restart. Checked from a second SQLite connection while the run is going.
+    let store = Store::new("spent-first");
+    let rig = store.open("1");
+    let path = store.path().to_owned();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    rig.router.on("once", move |i: &Instance| {
+        let conn = rusqlite::Connection::open_with_flags(
+            &path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let spent: bool = conn
+            .query_row(
+                "SELECT spent FROM registrations WHERE task_id = ?1",
+                [i.task().task_id().as_bytes().to_vec()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        tx.lock().unwrap().send(spent).unwrap();
+    });
+    rig.register(&task("once", time(5, true)));
+    rig.advance(5 * MIN);
+    assert!(
+        recv(&rx, "the run to read its row"),
+        "the run started before its spent flag was committed"
+    );
+    rig.idle();
+}
