@@ -107,6 +107,7 @@ lint:
 bench: python
 	$(CARGO) bench -p btb-ffi --bench register
 	$(CARGO) bench -p btb-core --bench runtime
+	$(CARGO) bench -p btb-core --bench contention
 	$(CARGO) bench -p btb-core --bench memory
 	$(PY) bench/compare_apscheduler.py
 	bash bench/idle_strace.sh 60 10000
