@@ -30,7 +30,8 @@
 //!
 //! Threads: one broker thread (timers and deadlines; it sleeps until the next due time or a
 //! change, never polls), workers (spawned on demand, at most `max_concurrent` busy with live
-//! instances), one notifier thread (calls progress, completed and canceled handlers in order).
+//! instances), one notifier thread (calls progress, completed and canceled handlers in order), one
+//! writer thread (commits the broker's own store writes, in order; `writer.rs`).
 //!
 //! Lock order — four locks, always taken in this order, never the reverse, and no app code
 //! (run functions, handlers, resolvers) runs while any of them is held:
@@ -39,6 +40,9 @@
 //! 1. `Broker::state` (the mutex of [`State`]: registry and queues);
 //! 2. `Broker::handlers` (the `RwLock` of the handler tables);
 //! 3. an instance's `life` (`Instance::life`, the mutex of one run's state).
+//!
+//! The writer's queue and its waiters, and the count of app calls in flight, are leaf locks:
+//! nothing is taken while one of them is held.
 //!
 //! Dropping a handler can run app code (a Python finalizer, a C `free_user_data`): values that may
 //! hold one are never dropped under a lock; [`State::defer_drop`] hands them to the [`Locked`]
