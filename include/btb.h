@@ -177,6 +177,26 @@ typedef uint32_t btb_system_condition_type;
 #endif // __cplusplus
 
 /**
+ * A condition's state, as `btb_system_state` writes it.
+ */
+enum btb_state
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : int32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  BTB_STATE_UNKNOWN = -1,
+  BTB_STATE_FALSE = 0,
+  BTB_STATE_TRUE = 1,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum btb_state btb_state;
+#else
+typedef int32_t btb_state;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * Windows `BackgroundTaskCancellationReason` values.
  */
 enum btb_cancellation_reason
@@ -1287,6 +1307,14 @@ btb_status btb_system_options_set_allow_application_triggers(btb_system_options 
                                                              bool allow);
 
 /**
+ * Policy: `BTB_CONDITION_STORAGE_NOT_LOW` holds while more than `percent` % of the store's file
+ * system is available (default 10). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`,
+ * `BTB_ERROR_INVALID_ARGUMENT` (above 100). Thread-safe.
+ */
+btb_status btb_system_options_set_storage_low_percent(btb_system_options *options,
+                                                      uint32_t percent);
+
+/**
  * Policy: durability of registrations, `BTB_DURABILITY_FULL` (default, `synchronous=FULL`) or
  * `BTB_DURABILITY_NORMAL` (`synchronous=NORMAL`: survives a crash, not necessarily power loss).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`.
@@ -1452,11 +1480,25 @@ btb_status btb_signal_event(const char *app_id,
 btb_status btb_system_set_state(btb_system *system, uint32_t condition, bool value);
 
 /**
- * Writes the state of a condition to `*out`: 1 holds, 0 does not, -1 unknown (which does not hold).
+ * Writes the state of a condition now to `*out` (SPEC §6): `BTB_STATE_TRUE` (1) holds,
+ * `BTB_STATE_FALSE` (0) does not, `BTB_STATE_UNKNOWN` (-1) unknown — which does not hold. From the
+ * simulated source, or read from the machine (`btb_system_state_source` says which).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`,
  * `BTB_ERROR_STATE`. Thread-safe.
  */
-btb_status btb_system_get_state(const btb_system *system, uint32_t condition, int32_t *out);
+btb_status btb_system_state(const btb_system *system,
+                            uint32_t condition,
+                            int32_t *out);
+
+/**
+ * Writes to `*out` what a condition's state is read from: a static string, one of
+ * `"simulated"`, `"networkmanager"`, `"netlink"`, `"upower"`, `"sysfs"`, `"logind"`,
+ * `"statvfs"`, `"unknown"` (SPEC §6; this release reads `"statvfs"` for
+ * `BTB_CONDITION_STORAGE_NOT_LOW`, and the other platform states are `"unknown"`).
+ * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
+ * (unknown condition), `BTB_ERROR_STATE`. Thread-safe.
+ */
+btb_status btb_system_state_source(const btb_system *system, uint32_t condition, const char **out);
 
 /**
  * Writes Windows' background work cost (`BTB_BACKGROUND_WORK_COST_*`) to `*out`: LOW on AC power

@@ -30,6 +30,7 @@ impl Policy {
         time_limits = None,
         history_limit = None,
         allow_application_triggers = None,
+        storage_low_percent = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -41,6 +42,7 @@ impl Policy {
         time_limits: Option<&Bound<'_, PyAny>>,
         history_limit: Option<&Bound<'_, PyAny>>,
         allow_application_triggers: Option<bool>,
+        storage_low_percent: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let mut policy = btb_core::Policy::default();
         if let Some(v) = min_freshness_minutes {
@@ -84,6 +86,10 @@ impl Policy {
         }
         if let Some(v) = allow_application_triggers {
             policy.allow_application_triggers = v;
+        }
+        if let Some(v) = storage_low_percent {
+            let percent = uint(v, "policy storage_low_percent")?;
+            policy.storage_low_percent = u8::try_from(percent).unwrap_or(u8::MAX);
         }
         policy.validate().or_raise()?;
         Ok(Policy { inner: policy })
@@ -138,6 +144,13 @@ impl Policy {
     #[getter]
     fn allow_application_triggers(&self) -> bool {
         self.inner.allow_application_triggers
+    }
+
+    /// `STORAGE_NOT_LOW` holds while more than this percentage of the store's file system is
+    /// available.
+    #[getter]
+    fn storage_low_percent(&self) -> u8 {
+        self.inner.storage_low_percent
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {

@@ -587,14 +587,19 @@ impl System {
             .or_raise()
     }
 
-    /// Whether a condition holds now: `True`/`False`, or `None` while its state is unknown.
-    fn get_state(
-        &self,
-        py: Python<'_>,
-        condition_type: &Bound<'_, PyAny>,
-    ) -> PyResult<Option<bool>> {
+    /// Whether a condition holds now: `True`/`False`, or `None` while its state is unknown (SPEC
+    /// §6: from the simulated source, or read from the machine).
+    fn state(&self, py: Python<'_>, condition_type: &Bound<'_, PyAny>) -> PyResult<Option<bool>> {
         let condition = condition_of(condition_type)?;
-        py.detach(|| self.core().get_state(condition)).or_raise()
+        py.detach(|| self.core().state(condition)).or_raise()
+    }
+
+    /// What a condition's state is read from: `"simulated"`, `"statvfs"`, … or `"unknown"`.
+    fn state_source(&self, py: Python<'_>, condition_type: &Bound<'_, PyAny>) -> PyResult<String> {
+        let condition = condition_of(condition_type)?;
+        py.detach(|| self.core().state_source(condition))
+            .map(str::to_owned)
+            .or_raise()
     }
 
     /// WinRT `BackgroundWorkCost.CurrentBackgroundWorkCost`: a `BackgroundWorkCostValue`, or

@@ -21,7 +21,7 @@ def manifest(app_id: str) -> btb.Manifest:
 
 
 @pytest.fixture
-def open_system() -> Iterator[Callable[[str], btb.System]]:
+def open_system() -> Iterator[Callable[..., btb.System]]:
     opened: list[btb.System] = []
 
     def open_(app_id: str = "org.example.bound") -> btb.System:
@@ -46,7 +46,7 @@ def build(trigger: btb.IBackgroundTrigger, entry_point: str | None = "app.Run",
 
 
 def test_a_registered_trigger_fires_in_its_system_without_naming_it(
-    open_system: Callable[[str], btb.System],
+    open_system: Callable[..., btb.System],
 ) -> None:
     system = open_system("org.example.bound")
     ran = threading.Event()
@@ -58,14 +58,21 @@ def test_a_registered_trigger_fires_in_its_system_without_naming_it(
 
 
 def test_a_trigger_registered_in_two_systems_fires_in_both_and_system_narrows(
-    open_system: Callable[[str], btb.System],
+    open_system: Callable[..., btb.System],
 ) -> None:
     runs: list[str] = []
     done = threading.Semaphore(0)
     systems = [open_system("org.example.one"), open_system("org.example.two")]
     trigger = btb.ApplicationTrigger()
+    def runner(app_id: str) -> Callable[[btb.BackgroundTaskInstance], None]:
+        def run(instance: btb.BackgroundTaskInstance) -> None:
+            runs.append(app_id)
+            done.release()
+
+        return run
+
     for system in systems:
-        system.register_entry_point("app.Run", lambda i, s=system.app_id: (runs.append(s), done.release()))
+        system.register_entry_point("app.Run", runner(system.app_id))
         build(trigger).register(system)
     assert trigger.request() is btb.ApplicationTriggerResult.ALLOWED
     for _ in systems:
@@ -80,12 +87,12 @@ def test_a_trigger_registered_in_two_systems_fires_in_both_and_system_narrows(
     assert runs == ["org.example.two"]
 
 
-def test_an_unregistered_trigger_is_unknown_not_an_error(open_system: Callable[[str], btb.System]) -> None:
+def test_an_unregistered_trigger_is_unknown_not_an_error(open_system: Callable[..., btb.System]) -> None:
     open_system()
     assert btb.ApplicationTrigger().request() is btb.ApplicationTriggerResult.UNKNOWN_ERROR
 
 
-def test_request_async_finds_the_system_too(open_system: Callable[[str], btb.System]) -> None:
+def test_request_async_finds_the_system_too(open_system: Callable[..., btb.System]) -> None:
     system = open_system()
     ran = threading.Event()
     system.register_entry_point("app.Run", lambda instance: ran.set())
@@ -101,23 +108,27 @@ def test_request_async_finds_the_system_too(open_system: Callable[[str], btb.Sys
 
 @pytest.mark.parametrize("added", ["before", "after"])
 def test_a_group_handler_applies_in_any_system_using_the_group(
-    open_system: Callable[[str], btb.System], added: str
+    open_system: Callable[..., btb.System], added: str
 ) -> None:
     system = open_system()
     group = btb.BackgroundTaskRegistrationGroup("bound.lib", "Library")
     seen: list[tuple[str, str]] = []
-    token = None
+
+    def handler(instance: btb.BackgroundTaskInstance) -> None:
+        group_of = instance.task.task_group
+        assert group_of is not None
+        seen.append((instance.task.name, group_of.id))
+
+    token = 0
     if added == "before":  # registration needs a handler to accept a task without entry point
-        token = group.add_background_activated(lambda i: seen.append((i.task.name, i.task.task_group.id)))
+        token = group.add_background_activated(handler)
     else:
         system.set_background_activated(lambda i: seen.append(("system", "")))
     trigger = btb.ApplicationTrigger()
     registration = build(trigger, None, group).register(system)
     if added == "after":
         # A new object for the same group, made after the registration, in no system at all.
-        token = btb.BackgroundTaskRegistrationGroup("bound.lib").add_background_activated(
-            lambda i: seen.append((i.task.name, i.task.task_group.id))
-        )
+        token = btb.BackgroundTaskRegistrationGroup("bound.lib").add_background_activated(handler)
     try:
         assert trigger.request() is btb.ApplicationTriggerResult.ALLOWED
         assert system.wait_idle(WAIT)

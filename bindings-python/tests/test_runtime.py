@@ -304,7 +304,7 @@ def test_conditions_latch_a_fire_until_set_state(system: btb.System, clock: btb.
     app = register(system, btb.ApplicationTrigger(), conditions=(internet,))
     register(system, btb.TimeTrigger(1), "app.Timer", conditions=(internet,))
 
-    assert system.get_state(internet) is None  # unknown: does not hold
+    assert system.state(internet) is None  # unknown: does not hold
     assert app.request({"n": 1}) is btb.ApplicationTriggerResult.ALLOWED
     # A latched request counts as running: a second one is refused, not queued (one run each).
     assert app.request({"n": 2}) is btb.ApplicationTriggerResult.CURRENTLY_RUNNING
@@ -315,8 +315,8 @@ def test_conditions_latch_a_fire_until_set_state(system: btb.System, clock: btb.
     assert runs == []
     system.set_state(internet, False)
     idle(system)
-    assert runs == [] and system.get_state(internet) is False
-    assert system.get_state(btb.SystemConditionType.INTERNET_NOT_AVAILABLE) is True
+    assert runs == [] and system.state(internet) is False
+    assert system.state(btb.SystemConditionType.INTERNET_NOT_AVAILABLE) is True
     system.set_state(internet, True)
     idle(system)
     assert sorted(runs, key=str) == ["timer", {"n": 1}]  # one run each: latched fires coalesce
@@ -337,6 +337,25 @@ def test_background_work_cost_and_state_errors(system: btb.System) -> None:
 
 
 # --- instances, handlers, outcomes ---------------------------------------------------------------
+
+
+def test_state_and_its_source(tmp_path: Path) -> None:
+    """SPEC §6: a simulated system answers from what the app set; a real one reads the machine —
+    STORAGE_NOT_LOW from the store's file system (statvfs), the rest unknown for now."""
+    storage = btb.SystemConditionType.STORAGE_NOT_LOW
+    with btb.System(manifest(), ":memory:", simulated=True) as simulated:
+        assert simulated.state_source(storage) == "simulated"
+        assert simulated.state(storage) is None
+    for percent, expected in ((0, True), (100, False)):
+        policy = btb.Policy(storage_low_percent=percent)
+        assert policy.storage_low_percent == percent
+        with btb.System(manifest(), tmp_path / f"real{percent}.sqlite3", policy=policy) as real:
+            assert real.state_source(storage) == "statvfs"
+            assert real.state(storage) is expected
+            assert real.state(btb.SystemConditionType.INTERNET_AVAILABLE) is None
+            assert real.state_source(btb.SystemConditionType.INTERNET_AVAILABLE) == "unknown"
+    with pytest.raises(btb.InvalidArgumentError):
+        btb.Policy(storage_low_percent=101)
 
 
 def test_progress_and_completed_handlers_in_order(system: btb.System) -> None:

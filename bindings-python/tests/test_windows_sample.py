@@ -97,7 +97,9 @@ def on_completed(task: btb.BackgroundTaskRegistration, args: btb.BackgroundTaskC
         args.check_result()  # throws if the task failed
         completed_seen.setdefault(task.name, []).append("Completed")
     except btb.TaskCanceledError as e:
-        completed_seen.setdefault(task.name, []).append(f"Canceled {e.reason.name}")
+        assert e.reason is not None
+        reason = btb.BackgroundTaskCancellationReason(e.reason)
+        completed_seen.setdefault(task.name, []).append(f"Canceled {reason.name}")
     done.release()
 
 

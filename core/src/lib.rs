@@ -10,6 +10,7 @@ pub mod groups;
 mod lockfile;
 pub mod manifest;
 pub mod model;
+mod platform;
 pub mod policy;
 mod registration;
 mod registry;

@@ -49,6 +49,9 @@ pub struct Policy {
     /// Whether application triggers may run tasks (default true; false makes `request` answer
     /// `DISABLED_BY_POLICY`, as Windows does under the user's background-activity policy).
     pub allow_application_triggers: bool,
+    /// `STORAGE_NOT_LOW` holds while more than this percentage of the store's file system is
+    /// available (default 10; 0..=100).
+    pub storage_low_percent: u8,
 }
 
 impl Default for Policy {
@@ -63,6 +66,7 @@ impl Default for Policy {
             durability: Durability::Full,
             history_limit: 100,
             allow_application_triggers: true,
+            storage_low_percent: 10,
         }
     }
 }
@@ -78,6 +82,12 @@ impl Policy {
 
     /// Checks the ranges; called when a system opens.
     pub fn validate(&self) -> Result<()> {
+        if self.storage_low_percent > 100 {
+            return Err(Error::invalid(format!(
+                "policy storage_low_percent {} is above 100",
+                self.storage_low_percent
+            )));
+        }
         if self.min_freshness_minutes == 0 || self.min_freshness_minutes > MAX_FRESHNESS_MINUTES {
             return Err(Error::invalid(format!(
                 "policy min_freshness_minutes {} is out of range 1..{MAX_FRESHNESS_MINUTES}",

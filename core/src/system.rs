@@ -109,12 +109,19 @@ impl System {
             registry.add(Arc::new(t.record));
         }
         let store_path = store.path().to_owned();
+        // STORAGE_NOT_LOW measures the store's file system; an in-memory store, the state directory.
+        let storage_dir = match &options.store {
+            StoreLocation::Memory => StoreLocation::default_path(manifest.app_id()).ok(),
+            _ => Some(std::path::PathBuf::from(&store_path)),
+        }
+        .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
+        .unwrap_or_else(std::env::temp_dir);
         let shared = Arc::new(Broker::new(
             manifest,
             options.clock,
             options.simulated,
             options.policy,
-            store_path,
+            storage_dir,
             store,
             State::new(registry, options.paused),
         )?);
@@ -168,14 +175,14 @@ impl System {
     /// Starts running tasks in a system opened with `paused` (what latched meanwhile runs now).
     /// Starting a running system changes nothing.
     pub fn start(&self) -> Result<()> {
-        let mut st = self.state()?;
+        let mut st = self.locked()?;
         self.shared.start(&mut st);
         Ok(())
     }
 
     /// Locks the state after checking the process (a forked child must not touch the parent's
     /// threads or locks) and that the system is open.
-    pub(crate) fn state(&self) -> Result<Locked<'_>> {
+    pub(crate) fn locked(&self) -> Result<Locked<'_>> {
         self.shared.open_state()
     }
 
@@ -238,7 +245,7 @@ impl System {
         group: Option<&str>,
         handler: Option<Handler>,
     ) -> Result<()> {
-        drop(self.state()?);
+        drop(self.locked()?);
         let key = group.map(str::to_owned);
         let old = match handler {
             Some(h) => self.handlers().activation.insert(key, h),
@@ -250,7 +257,7 @@ impl System {
 
     /// Registers (or with `None` removes) the in-process handler of a declared entry point.
     pub fn register_entry_point(&self, entry_point: &str, handler: Option<Handler>) -> Result<()> {
-        drop(self.state()?);
+        drop(self.locked()?);
         if self.shared.manifest.find(entry_point).is_none() {
             return Err(Error::new(
                 ErrorKind::NotDeclared,
@@ -273,7 +280,7 @@ impl System {
 
     /// Sets the resolver asked for entry points without a registered handler.
     pub fn set_entry_point_resolver(&self, resolver: Option<Resolver>) -> Result<()> {
-        drop(self.state()?);
+        drop(self.locked()?);
         let old = std::mem::replace(&mut self.handlers().resolver, resolver);
         drop(old);
         Ok(())
@@ -384,7 +391,7 @@ impl System {
     }
 
     fn list(&self, keep: impl Fn(&TaskRecord) -> bool) -> Result<Vec<Registration>> {
-        let state = self.state()?;
+        let state = self.locked()?;
         let mut records: Vec<Arc<TaskRecord>> = state
             .registry
             .records()
@@ -408,12 +415,12 @@ impl System {
 
     /// Groups that hold at least one registration, by id (Windows `AllTaskGroups`).
     pub fn all_task_groups(&self) -> Result<Vec<TaskGroup>> {
-        Ok(self.state()?.registry.groups().cloned().collect())
+        Ok(self.locked()?.registry.groups().cloned().collect())
     }
 
     /// One group by id (Windows `GetTaskGroup`).
     pub fn task_group(&self, group_id: &str) -> Result<TaskGroup> {
-        self.state()?
+        self.locked()?
             .registry
             .group(group_id)
             .cloned()
@@ -428,7 +435,7 @@ impl System {
     /// Any registration by task id, grouped or not.
     pub fn find(&self, task_id: &Uuid) -> Result<Registration> {
         let record = self
-            .state()?
+            .locked()?
             .registry
             .get(task_id)
             .cloned()
@@ -459,7 +466,7 @@ impl System {
                 "application trigger arguments must be a JSON object, not {args}"
             )));
         }
-        let mut st = self.state()?;
+        let mut st = self.locked()?;
         if !self.shared.policy.allow_application_triggers {
             return Ok(ApplicationTriggerResult::DisabledByPolicy);
         }
@@ -481,7 +488,7 @@ impl System {
     }
 
     fn fire_event(&self, key: &EventKey) -> Result<usize> {
-        let mut st = self.state()?;
+        let mut st = self.locked()?;
         Ok(self.shared.fire_key(&mut st, key))
     }
 
@@ -492,19 +499,30 @@ impl System {
                 "set_state needs a system opened with the simulated source; this one reads the platform",
             ));
         }
-        let mut st = self.state()?;
+        let mut st = self.locked()?;
         self.shared.state_changed(&mut st, condition, value);
         Ok(())
     }
 
-    /// The current state of a condition: `Some(holds)`, or `None` while unknown.
-    pub fn get_state(&self, condition: SystemConditionType) -> Result<Option<bool>> {
-        Ok(self.state()?.states().get(condition))
+    /// The current state of a condition: `Some(holds)`, or `None` while unknown (which does not
+    /// hold). SPEC §6: from the simulated source, or read from the machine.
+    pub fn state(&self, condition: SystemConditionType) -> Result<Option<bool>> {
+        let st = self.locked()?;
+        Ok(self.shared.state_of(&st, condition))
+    }
+
+    /// What a condition's state is read from: `simulated`, `statvfs`, … or `unknown` (SPEC §6).
+    pub fn state_source(&self, condition: SystemConditionType) -> Result<&'static str> {
+        drop(self.locked()?);
+        Ok(crate::platform::source_name(
+            self.shared.simulated,
+            condition,
+        ))
     }
 
     /// Windows `BackgroundWorkCost.CurrentBackgroundWorkCost` (`None` while unknown).
     pub fn background_work_cost(&self) -> Result<Option<crate::BackgroundWorkCostValue>> {
-        Ok(self.state()?.states().background_work_cost())
+        Ok(self.locked()?.states().background_work_cost())
     }
 
     /// Waits until nothing runs or is runnable and every handler has been called: `true`, or
@@ -521,13 +539,13 @@ impl System {
 
     /// Adds a completed handler for a registration; returns its token.
     pub fn add_completed(&self, task_id: &Uuid, handler: CompletedFn) -> Result<u64> {
-        drop(self.state()?);
+        drop(self.locked()?);
         Ok(self.handlers().add_completed(*task_id, handler))
     }
 
     /// Adds a progress handler for a registration; returns its token.
     pub fn add_progress(&self, task_id: &Uuid, handler: ProgressFn) -> Result<u64> {
-        drop(self.state()?);
+        drop(self.locked()?);
         Ok(self.handlers().add_progress(*task_id, handler))
     }
 
@@ -548,7 +566,7 @@ impl System {
 
     /// The recorded runs of a registration, oldest first.
     pub fn history(&self, task_id: &Uuid) -> Result<Vec<RunRecord>> {
-        drop(self.state()?);
+        drop(self.locked()?);
         self.shared.flush(); // the runs recorded so far are committed
         self.store()?
             .as_ref()

@@ -23,6 +23,14 @@ pub enum btb_system_trigger_type {
     BTB_SYSTEM_TRIGGER_DEFAULT_SIGN_IN_ACCOUNT_CHANGE = 15,
 }
 
+/// A condition's state, as `btb_system_state` writes it.
+#[repr(i32)]
+pub enum btb_state {
+    BTB_STATE_UNKNOWN = -1,
+    BTB_STATE_FALSE = 0,
+    BTB_STATE_TRUE = 1,
+}
+
 /// Windows `SystemConditionType` values (from 100: beyond Windows), for `btb_system_condition_new`.
 #[repr(u32)]
 pub enum btb_system_condition_type {

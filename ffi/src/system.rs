@@ -1,6 +1,8 @@
 //! `btb_manifest`, `btb_system_options` and `btb_system`: opening, configuring and closing a system.
 
 use std::ffi::{CStr, CString, c_char};
+
+use crate::constants::btb_state;
 use std::sync::{Arc, Mutex};
 
 use std::ffi::c_void;
@@ -371,6 +373,27 @@ pub extern "C" fn btb_system_options_set_allow_application_triggers(
     })
 }
 
+/// Policy: `BTB_CONDITION_STORAGE_NOT_LOW` holds while more than `percent` % of the store's file
+/// system is available (default 10). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`,
+/// `BTB_ERROR_INVALID_ARGUMENT` (above 100). Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_system_options_set_storage_low_percent(
+    options: *mut btb_system_options,
+    percent: u32,
+) -> btb_status {
+    edit(options, |o| {
+        o.policy.storage_low_percent = u8::try_from(percent)
+            .ok()
+            .filter(|p| *p <= 100)
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "storage_low_percent {percent} is out of range 0..=100"
+                ))
+            })?;
+        Ok(())
+    })
+}
+
 /// Policy: durability of registrations, `BTB_DURABILITY_FULL` (default, `synchronous=FULL`) or
 /// `BTB_DURABILITY_NORMAL` (`synchronous=NORMAL`: survives a crash, not necessarily power loss).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`.
@@ -729,12 +752,14 @@ pub extern "C" fn btb_system_set_state(
     })
 }
 
-/// Writes the state of a condition to `*out`: 1 holds, 0 does not, -1 unknown (which does not hold).
+/// Writes the state of a condition now to `*out` (SPEC §6): `BTB_STATE_TRUE` (1) holds,
+/// `BTB_STATE_FALSE` (0) does not, `BTB_STATE_UNKNOWN` (-1) unknown — which does not hold. From the
+/// simulated source, or read from the machine (`btb_system_state_source` says which).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`,
 /// `BTB_ERROR_STATE`. Thread-safe.
 #[unsafe(no_mangle)]
 #[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_system_get_state(
+pub extern "C" fn btb_system_state(
     system: *const btb_system,
     condition: u32,
     out: *mut i32,
@@ -744,17 +769,53 @@ pub extern "C" fn btb_system_get_state(
     guard(|| {
         read(system, out, |s| {
             Ok(
-                match s
-                    .system
-                    .get_state(SystemConditionType::from_u32(condition)?)?
-                {
-                    Some(true) => 1,
-                    Some(false) => 0,
-                    None => -1,
+                match s.system.state(SystemConditionType::from_u32(condition)?)? {
+                    Some(true) => btb_state::BTB_STATE_TRUE as i32,
+                    Some(false) => btb_state::BTB_STATE_FALSE as i32,
+                    None => btb_state::BTB_STATE_UNKNOWN as i32,
                 },
             )
         })
     })
+}
+
+/// Writes to `*out` what a condition's state is read from: a static string, one of
+/// `"simulated"`, `"networkmanager"`, `"netlink"`, `"upower"`, `"sysfs"`, `"logind"`,
+/// `"statvfs"`, `"unknown"` (SPEC §6; this release reads `"statvfs"` for
+/// `BTB_CONDITION_STORAGE_NOT_LOW`, and the other platform states are `"unknown"`).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
+/// (unknown condition), `BTB_ERROR_STATE`. Thread-safe.
+#[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
+pub extern "C" fn btb_system_state_source(
+    system: *const btb_system,
+    condition: u32,
+    out: *mut *const c_char,
+) -> btb_status {
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| {
+        read(system, out, |s| {
+            let name = s
+                .system
+                .state_source(SystemConditionType::from_u32(condition)?)?;
+            Ok(source_c_str(name).as_ptr())
+        })
+    })
+}
+
+/// The static C string of a source name.
+fn source_c_str(name: &str) -> &'static std::ffi::CStr {
+    match name {
+        "simulated" => c"simulated",
+        "networkmanager" => c"networkmanager",
+        "netlink" => c"netlink",
+        "upower" => c"upower",
+        "sysfs" => c"sysfs",
+        "logind" => c"logind",
+        "statvfs" => c"statvfs",
+        _ => c"unknown",
+    }
 }
 
 /// Writes Windows' background work cost (`BTB_BACKGROUND_WORK_COST_*`) to `*out`: LOW on AC power

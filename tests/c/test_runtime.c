@@ -791,16 +791,21 @@ static void test_condition_latch(void) {
                                    false, NULL);
     EXPECT(btb_registration_add_completed(r, on_completed, &rec, NULL, NULL), BTB_OK);
     int32_t state = 7;
-    EXPECT(btb_system_get_state(s, BTB_CONDITION_INTERNET_AVAILABLE, &state), BTB_OK);
-    CHECK(state == -1); /* unknown until reported */
+    EXPECT(btb_system_state(s, BTB_CONDITION_INTERNET_AVAILABLE, &state), BTB_OK);
+    CHECK(state == BTB_STATE_UNKNOWN); /* unknown until reported */
+    const char *source = NULL;
+    EXPECT(btb_system_state_source(s, BTB_CONDITION_INTERNET_AVAILABLE, &source), BTB_OK);
+    CHECK(source != NULL && strcmp(source, "simulated") == 0);
+    EXPECT(btb_system_state_source(s, 9999, &source), BTB_ERROR_INVALID_ARGUMENT);
+    EXPECT(btb_system_state_source(s, BTB_CONDITION_INTERNET_AVAILABLE, NULL), BTB_ERROR_NULL_ARGUMENT);
     EXPECT(btb_system_set_state(s, BTB_CONDITION_INTERNET_AVAILABLE, false), BTB_OK);
-    EXPECT(btb_system_get_state(s, BTB_CONDITION_INTERNET_AVAILABLE, &state), BTB_OK);
+    EXPECT(btb_system_state(s, BTB_CONDITION_INTERNET_AVAILABLE, &state), BTB_OK);
     CHECK(state == 0);
     CHECK(request(r, "{\"n\":1}") == BTB_APPLICATION_TRIGGER_ALLOWED);
     CHECK(wait_idle(s)); /* latched: nothing runs or is runnable */
     CHECK(ctx_runs(&ctx) == 0);
     EXPECT(btb_system_set_state(s, BTB_CONDITION_INTERNET_AVAILABLE, true), BTB_OK);
-    EXPECT(btb_system_get_state(s, BTB_CONDITION_INTERNET_AVAILABLE, &state), BTB_OK);
+    EXPECT(btb_system_state(s, BTB_CONDITION_INTERNET_AVAILABLE, &state), BTB_OK);
     CHECK(state == 1);
     CHECK(wait_idle(s));
     CHECK(ctx_runs(&ctx) == 1);
@@ -1355,7 +1360,7 @@ static void test_misuse(void) {
     EXPECT(btb_registration_request(NULL, NULL, &p), BTB_ERROR_NULL_ARGUMENT);
     EXPECT(btb_system_wait_idle(s, 10, NULL), BTB_ERROR_NULL_ARGUMENT);
     EXPECT(btb_system_set_state(NULL, BTB_CONDITION_INTERNET_AVAILABLE, true), BTB_ERROR_NULL_ARGUMENT);
-    EXPECT(btb_system_get_state(s, BTB_CONDITION_INTERNET_AVAILABLE, NULL), BTB_ERROR_NULL_ARGUMENT);
+    EXPECT(btb_system_state(s, BTB_CONDITION_INTERNET_AVAILABLE, NULL), BTB_ERROR_NULL_ARGUMENT);
 
     /* names not in the manifest */
     EXPECT(btb_system_register_entry_point(s, "app.Undeclared", run_task, NULL, NULL), BTB_ERROR_NOT_DECLARED);
@@ -1368,7 +1373,7 @@ static void test_misuse(void) {
     EXPECT(btb_system_set_state(s, 999, true), BTB_ERROR_INVALID_ARGUMENT);
     MSG_HAS("999");
     int32_t state = 0;
-    EXPECT(btb_system_get_state(s, 0, &state), BTB_ERROR_INVALID_ARGUMENT);
+    EXPECT(btb_system_state(s, 0, &state), BTB_ERROR_INVALID_ARGUMENT);
 
     /* bad arguments: not JSON, not an object, not UTF-8; nothing runs */
     uint32_t res = 99;

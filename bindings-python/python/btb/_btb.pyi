@@ -117,6 +117,7 @@ class Policy:
         time_limits: Mapping[str, int] | None = None,
         history_limit: int | None = None,
         allow_application_triggers: bool | None = None,
+        storage_low_percent: int | None = None,
     ) -> Self: ...
     @property
     def min_freshness_minutes(self) -> int: ...
@@ -134,6 +135,8 @@ class Policy:
     def history_limit(self) -> int: ...
     @property
     def allow_application_triggers(self) -> bool: ...
+    @property
+    def storage_low_percent(self) -> int: ...
 
 @final
 class ManualClock:
@@ -298,7 +301,10 @@ class System:
         """Fires this system's custom-event triggers named ``name`` (1-256 bytes, no control
         character, as for ``btb.signal_event``); returns how many fired."""
     def set_state(self, condition_type: SystemConditionType | int, value: bool) -> None: ...
-    def get_state(self, condition_type: SystemConditionType | int) -> bool | None: ...
+    def state(self, condition_type: SystemConditionType | int) -> bool | None:
+        """Whether a condition holds now; ``None`` while unknown (which does not hold)."""
+    def state_source(self, condition_type: SystemConditionType | int) -> str:
+        """What the state is read from: ``"simulated"``, ``"statvfs"``, ... or ``"unknown"``."""
     @property
     def background_work_cost(self) -> BackgroundWorkCostValue | None: ...
     def wait_idle(self, timeout: float) -> bool:

@@ -22,13 +22,14 @@ pub(crate) struct Pending {
     pub(crate) persisted: bool,
 }
 
-pub(super) fn conditions_hold(st: &State, record: &TaskRecord) -> bool {
-    let ac_ok = !matches!(record.trigger, TaskTrigger::Maintenance { .. })
-        || st.states.holds(SystemConditionType::OnAcPower);
-    ac_ok && record.conditions.iter().all(|c| st.states.holds(*c))
-}
-
 impl Broker {
+    /// Whether every condition of a registration holds now (a maintenance trigger also needs AC).
+    fn conditions_hold(&self, st: &State, record: &TaskRecord) -> bool {
+        let ac_ok = !matches!(record.trigger, TaskTrigger::Maintenance { .. })
+            || self.holds(st, SystemConditionType::OnAcPower);
+        ac_ok && record.conditions.iter().all(|c| self.holds(st, *c))
+    }
+
     /// Latches a fire of one registration (one pending fire at most; further fires coalesce).
     pub(super) fn fire(
         &self,
@@ -111,7 +112,7 @@ impl Broker {
                 && st
                     .registry
                     .get(&task_id)
-                    .is_some_and(|r| conditions_hold(st, r));
+                    .is_some_and(|r| self.conditions_hold(st, r));
             if runnable {
                 started.push((seq, task_id));
             }
@@ -195,7 +196,7 @@ impl Broker {
                     && !st.states.holds(SystemConditionType::OnAcPower)
                 {
                     Some((*id, CancellationReason::Abort)) // Windows: maintenance task off AC
-                } else if record.cancel_on_condition_loss && !conditions_hold(st, record) {
+                } else if record.cancel_on_condition_loss && !self.conditions_hold(st, record) {
                     Some((*id, CancellationReason::ConditionLoss))
                 } else {
                     None

@@ -68,7 +68,7 @@ use uuid::Uuid;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
-use crate::model::CancellationReason;
+use crate::model::{CancellationReason, SystemConditionType};
 use crate::policy::Policy;
 use crate::registry::{Handlers, Registry};
 use crate::source::States;
@@ -232,6 +232,8 @@ pub(crate) struct Broker {
     pub(crate) simulated: bool,
     pub(crate) policy: Policy,
     pub(crate) store_path: String,
+    /// The directory whose file system `STORAGE_NOT_LOW` measures (`platform/storage.rs`).
+    storage_dir: std::path::PathBuf,
     /// Lock 0 of the lock order; `None` once closed.
     store: Mutex<Option<Store>>,
     /// Lock 1 of the lock order.
@@ -328,17 +330,18 @@ impl Broker {
         clock: Clock,
         simulated: bool,
         policy: Policy,
-        store_path: String,
+        storage_dir: std::path::PathBuf,
         store: Store,
         state: State,
     ) -> Result<Broker> {
         Ok(Broker {
+            store_path: store.path().to_owned(),
             pid: std::process::id(),
             manifest,
             clock,
             simulated,
             policy,
-            store_path,
+            storage_dir,
             store: Mutex::new(Some(store)),
             state: Mutex::new(state),
             writer: writer::Writer::default(),
@@ -380,6 +383,21 @@ impl Broker {
     /// Whether every store write queued so far is committed.
     fn writer_drained(&self) -> bool {
         self.writer.is_done(self.writer.last())
+    }
+
+    /// The state of a condition now: reported by the simulated source, or read from the machine
+    /// (`platform/`); `None` while unknown.
+    pub(crate) fn state_of(&self, st: &State, condition: SystemConditionType) -> Option<bool> {
+        if !self.simulated && condition == SystemConditionType::StorageNotLow {
+            let dir = crate::platform::storage::existing(&self.storage_dir)?;
+            return crate::platform::storage::not_low(&dir, self.policy.storage_low_percent);
+        }
+        st.states.get(condition)
+    }
+
+    /// Whether a condition holds now (unknown does not hold).
+    pub(crate) fn holds(&self, st: &State, condition: SystemConditionType) -> bool {
+        self.state_of(st, condition) == Some(true)
     }
 
     /// Whether the store outlives the process (a file; not `:memory:`).
