@@ -56,35 +56,31 @@ fn system_for(
 /// The Python callable shared between a core closure and the registry of the `System` that made
 /// it (emptied when the system is cleared or closed).
 pub(crate) struct Slot {
-    callables: Mutex<Vec<(u64, Py<PyAny>)>>,
+    callable: Mutex<Option<Py<PyAny>>>,
 }
 
 impl Slot {
-    pub(crate) fn new(token: u64, callable: Py<PyAny>) -> Arc<Slot> {
+    pub(crate) fn new(callable: Py<PyAny>) -> Arc<Slot> {
         Arc::new(Slot {
-            callables: Mutex::new(vec![(token, callable)]),
+            callable: Mutex::new(Some(callable)),
         })
     }
 
-    fn snapshot<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyAny>> {
-        lock(py, &self.callables)
-            .iter()
-            .map(|(_, c)| c.bind(py).clone())
-            .collect()
+    /// The callable, unless the slot was emptied.
+    fn get<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        lock(py, &self.callable)
+            .as_ref()
+            .map(|c| c.bind(py).clone())
     }
 
     /// Empties the slot (`__clear__`, `close`); the caller drops what it returns, unlocked.
-    pub(crate) fn take(&self) -> Vec<(u64, Py<PyAny>)> {
-        try_lock(&self.callables)
-            .map(|mut c| std::mem::take(&mut *c))
-            .unwrap_or_default()
+    pub(crate) fn take(&self) -> Option<Py<PyAny>> {
+        try_lock(&self.callable).and_then(|mut c| c.take())
     }
 
     pub(crate) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        if let Some(callables) = try_lock(&self.callables) {
-            for (_, callable) in callables.iter() {
-                visit.call(callable)?;
-            }
+        if let Some(callable) = try_lock(&self.callable) {
+            visit.call(&*callable)?;
         }
         Ok(())
     }
@@ -280,18 +276,18 @@ pub(crate) fn check_target(target: &Bound<'_, PyAny>, what: &str) -> PyResult<()
     Ok(())
 }
 
-fn run_targets(
+fn run_target(
     py: Python<'_>,
     instance: &Instance,
     system: Option<&WeakSystem>,
-    targets: Vec<Bound<'_, PyAny>>,
+    target: Option<Bound<'_, PyAny>>,
 ) {
-    if targets.is_empty() {
+    let Some(target) = target else {
         instance.report_failure(
             "its Python handler was removed (released with the btb.System that set it)",
         );
         return;
-    }
+    };
     let system = match system_for(py, system, instance.task()) {
         Ok(system) => system,
         Err(err) => return fail(py, instance, &err),
@@ -302,11 +298,8 @@ fn run_targets(
         Ok(i) => i,
         Err(err) => return fail(py, instance, &err),
     };
-    for target in &targets {
-        if let Err(err) = invoke(py, target, &python_instance) {
-            fail(py, instance, &err);
-            break;
-        }
+    if let Err(err) = invoke(py, &target, &python_instance) {
+        fail(py, instance, &err);
     }
     // The run is over: finish it before letting go of what it held. Dropping the last reference
     // to the `System` (the app let go of it; only this run kept it) closes it, and that close must
@@ -316,18 +309,17 @@ fn run_targets(
     py.detach(|| {
         let _ = instance.finish_run();
     });
-    drop(targets);
+    drop(target);
     drop(python_instance);
     drop(system);
 }
 
-/// The core handler for an entry point or a background-activated slot: calls the slot's
-/// callables in order with one `BackgroundTaskInstance`; the first exception fails the run.
+/// The core handler for an entry point or a background-activated slot: calls the slot's callable
+/// with a `BackgroundTaskInstance`; an exception fails the run.
 pub(crate) fn run_handler(slot: Arc<Slot>, system: WeakSystem) -> Handler {
     Handler::Call(Arc::new(move |instance: &Instance| {
         let attached = attach(|py| {
-            let targets = slot.snapshot(py);
-            run_targets(py, instance, Some(&system), targets);
+            run_target(py, instance, Some(&system), slot.get(py));
         });
         if attached.is_none() {
             instance.report_failure(SHUTTING_DOWN);
@@ -342,7 +334,7 @@ pub(crate) fn run_handler(slot: Arc<Slot>, system: WeakSystem) -> Handler {
 pub(crate) fn group_run_fn(target: Py<PyAny>) -> RunFn {
     Arc::new(move |instance: &Instance| {
         let attached = attach(|py| {
-            run_targets(py, instance, None, vec![target.bind(py).clone()]);
+            run_target(py, instance, None, Some(target.bind(py).clone()));
         });
         if attached.is_none() {
             instance.report_failure(SHUTTING_DOWN);
@@ -359,7 +351,7 @@ pub(crate) fn resolver(system: WeakSystem) -> Resolver {
         let system = Arc::clone(&system);
         Some(Handler::Call(Arc::new(move |instance: &Instance| {
             let attached = attach(|py| match import_target(py, &entry_point) {
-                Ok(target) => run_targets(py, instance, Some(&system), vec![target]),
+                Ok(target) => run_target(py, instance, Some(&system), Some(target)),
                 Err((message, err)) => {
                     log_error(
                         py,
@@ -453,7 +445,7 @@ fn call_event_handlers(
         })
         .and_then(|reg| {
             let args = args?;
-            for handler in slot.snapshot(py) {
+            if let Some(handler) = slot.get(py) {
                 let call_args = PyTuple::new(py, [reg.as_any(), &args])?;
                 if let Err(err) = call_unwinding(&handler, call_args) {
                     log_error(

@@ -70,7 +70,6 @@ struct Registry {
     events_by_task: HashMap<Uuid, Vec<u64>>,
     /// `events` is pruned when it grows to this size (amortized O(1) per handler added).
     prune_at: usize,
-    next_token: u64,
 }
 
 impl Registry {
@@ -79,11 +78,6 @@ impl Registry {
             .iter()
             .chain(self.entry_points.values())
             .chain(self.events.values().map(|e| &e.slot))
-    }
-
-    fn token(&mut self) -> u64 {
-        self.next_token += 1;
-        self.next_token
     }
 
     fn insert_event(&mut self, token: u64, entry: EventEntry) {
@@ -238,7 +232,7 @@ impl System {
             )));
         }
         let weak = System::weak(slf)?;
-        let slot = Slot::new(0, handler.unbind());
+        let slot = Slot::new(handler.unbind());
         let token = match kind {
             EventKind::Progress => {
                 let f = progress_handler(Arc::clone(&slot), weak);
@@ -472,13 +466,7 @@ impl System {
         }
         let weak = System::weak(slf)?;
         let mut registry = lock(py, &this.registry);
-        let slot = match handler {
-            Some(h) => {
-                let token = registry.token();
-                Some(Slot::new(token, h.unbind()))
-            }
-            None => None,
-        };
+        let slot = handler.map(|h| Slot::new(h.unbind()));
         let core_handler = slot.as_ref().map(|s| run_handler(Arc::clone(s), weak));
         py.detach(|| this.core().set_background_activated(None, core_handler))
             .or_raise()?;
@@ -505,13 +493,7 @@ impl System {
         }
         let weak = System::weak(slf)?;
         let mut registry = lock(py, &this.registry);
-        let slot = match handler {
-            Some(h) => {
-                let token = registry.token();
-                Some(Slot::new(token, h.unbind()))
-            }
-            None => None,
-        };
+        let slot = handler.map(|h| Slot::new(h.unbind()));
         let core_handler = slot.as_ref().map(|s| run_handler(Arc::clone(s), weak));
         py.detach(|| this.core().register_entry_point(&name, core_handler))
             .or_raise()?;

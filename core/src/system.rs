@@ -186,21 +186,12 @@ impl System {
         self.shared.open_state()
     }
 
-    /// Locks the state once `store` (which checked the process) is held: only the open check.
-    fn open_after_store(&self) -> Result<Locked<'_>> {
-        let st = self.shared.lock();
-        if !st.is_open() {
-            return Err(Error::state("the btb system is closed"));
-        }
-        Ok(st)
-    }
-
     /// Locks the store (lock 0: before the state, never under it) after the same checks.
     fn store(&self) -> Result<std::sync::MutexGuard<'_, Option<Store>>> {
         self.shared.check_pid()?;
         let store = self.shared.store();
         if store.is_none() {
-            return Err(Error::state("the btb system is closed"));
+            return Err(crate::broker::closed());
         }
         Ok(store)
     }
@@ -292,7 +283,7 @@ impl System {
         // The store first (lock 0), held to the end: registrations commit one at a time, in the
         // order their name policies were decided; the state lock is not held during the commit.
         let mut store = self.store()?;
-        let state = self.open_after_store()?;
+        let state = self.shared.lock_open()?;
         let valid = {
             let handlers = self.shared.handlers();
             validate(builder, &self.shared.manifest, &self.shared.policy, |g| {
@@ -376,7 +367,7 @@ impl System {
     /// otherwise it finishes.
     pub fn unregister(&self, task_id: &Uuid, cancel_task: bool) -> Result<()> {
         let mut store = self.store()?; // as in `register`: the commit holds no state lock
-        if !self.open_after_store()?.registry.contains(task_id) {
+        if !self.shared.lock_open()?.registry.contains(task_id) {
             return Err(Error::new(
                 ErrorKind::NotFound,
                 format!("task {task_id} is not registered (already unregistered?)"),

@@ -161,30 +161,22 @@ static btb_registration *register_background_task(const char *task_entry_point, 
     return task;
 }
 
-/* Waits until `count` completions were reported in all. */
-static int wait_completed(int count) {
+/* Waits until `*counter` (guarded by `lock`) reaches `count`, at most WAIT_MS. */
+static int wait_count(const int *counter, int count) {
     struct timespec deadline;
     clock_gettime(CLOCK_REALTIME, &deadline);
     deadline.tv_sec += WAIT_MS / 1000;
     pthread_mutex_lock(&lock);
     int rc = 0;
-    while (completed_count < count && rc == 0) rc = pthread_cond_timedwait(&changed, &lock, &deadline);
-    int ok = completed_count >= count;
+    while (*counter < count && rc == 0) rc = pthread_cond_timedwait(&changed, &lock, &deadline);
+    int ok = *counter >= count;
     pthread_mutex_unlock(&lock);
     return ok;
 }
 
-static int wait_started(int count) {
-    struct timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_sec += WAIT_MS / 1000;
-    pthread_mutex_lock(&lock);
-    int rc = 0;
-    while (started_count < count && rc == 0) rc = pthread_cond_timedwait(&changed, &lock, &deadline);
-    int ok = started_count >= count;
-    pthread_mutex_unlock(&lock);
-    return ok;
-}
+/* Completions reported, and runs started, in all. */
+static int wait_completed(int count) { return wait_count(&completed_count, count); }
+static int wait_started(int count) { return wait_count(&started_count, count); }
 
 static int logged(const char *log, const char *needle) {
     pthread_mutex_lock(&lock);

@@ -259,6 +259,11 @@ pub(crate) struct Broker {
     pub(crate) listener: Mutex<Option<crate::signal::SignalListener>>,
 }
 
+/// The error of any call on a closed system.
+pub(crate) fn closed() -> Error {
+    Error::state("the btb system is closed")
+}
+
 /// Calls into app code (run functions, handlers, resolvers) in progress on btb threads in this
 /// process, and the threads waiting for none (told by the condvar, only when there are some: a
 /// signal is a system call, and calls end at every run).
@@ -459,9 +464,15 @@ impl Broker {
 
     pub(crate) fn open_state(&self) -> Result<Locked<'_>> {
         self.check_pid()?;
+        self.lock_open()
+    }
+
+    /// Locks the state if the system is open (`STATE` once closed), without the process check
+    /// (for callers that made it already).
+    pub(crate) fn lock_open(&self) -> Result<Locked<'_>> {
         let st = self.lock();
         if !st.is_open() {
-            return Err(Error::state("the btb system is closed"));
+            return Err(closed());
         }
         Ok(st)
     }
@@ -555,7 +566,7 @@ impl Broker {
             }
             st = st.wait_timeout(&self.change_cv, left);
             if st.closed {
-                return Err(Error::state("the btb system is closed"));
+                return Err(closed());
             }
         }
     }
