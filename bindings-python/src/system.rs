@@ -346,6 +346,7 @@ impl System {
             simulated,
             policy: policy.map(|p| p.get().inner.clone()).unwrap_or_default(),
             paused: true,
+            ..SystemOptions::default()
         };
         let core = py.detach(|| btb_core::System::open(options)).or_raise()?;
         let system = System::wrap(py, core)?;

@@ -37,6 +37,7 @@ pub fn open(store: StoreLocation, policy: Policy) -> System {
         simulated: true,
         policy,
         paused: false,
+        ..SystemOptions::default()
     })
     .unwrap()
 }

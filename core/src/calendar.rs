@@ -36,6 +36,26 @@ pub fn system_time_zone() -> TimeZone {
     TimeZone::try_system().unwrap_or(TimeZone::UTC)
 }
 
+/// The local time zone as read from `localtime` (a link into a zoneinfo tree, or a TZif file):
+/// `TZ` when set, as everywhere; else the zone of that file; else UTC. Read afresh on each call
+/// (jiff's system zone is cached), so that a changed zone is seen at once.
+pub fn local_time_zone(localtime: &std::path::Path) -> TimeZone {
+    if std::env::var_os("TZ").is_some() {
+        return system_time_zone();
+    }
+    let Ok(data) = std::fs::read(localtime) else {
+        return TimeZone::UTC;
+    };
+    // The IANA name, when the link points into a zoneinfo tree (".../zoneinfo/Europe/Berlin").
+    let name = std::fs::read_link(localtime).ok().and_then(|target| {
+        let target = target.to_string_lossy().into_owned();
+        target
+            .rsplit_once("zoneinfo/")
+            .map(|(_, name)| name.to_owned())
+    });
+    TimeZone::tzif(name.as_deref().unwrap_or("localtime"), &data).unwrap_or(TimeZone::UTC)
+}
+
 const WEEKDAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
 fn bad(expr: &str, why: impl std::fmt::Display) -> Error {
@@ -723,6 +743,22 @@ mod tests {
         assert_eq!(daily.next_after(-1, &UTC), Some(0));
         assert_eq!(daily.next_after(-1001, &UTC), Some(0));
         assert_eq!(daily.next_after(0, &UTC), Some(day));
+    }
+
+    #[test]
+    fn the_local_zone_follows_its_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("localtime");
+        assert_eq!(local_time_zone(&link), TimeZone::UTC, "no link: UTC");
+        std::os::unix::fs::symlink("/usr/share/zoneinfo/Asia/Tokyo", &link).unwrap();
+        if std::env::var_os("TZ").is_none() {
+            let tz = local_time_zone(&link);
+            assert_eq!(tz.iana_name(), Some("Asia/Tokyo"));
+            assert_eq!(
+                tz.to_offset(jiff::Timestamp::UNIX_EPOCH),
+                jiff::tz::offset(9)
+            );
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ pub mod policy;
 mod registration;
 mod registry;
 pub mod signal;
-pub mod source;
+mod source;
 pub mod store;
 pub mod system;
 pub mod validate;
@@ -32,6 +32,7 @@ pub use model::{
     CustomRecurrence, NamePolicy, RunRecord, SystemConditionType, SystemTriggerType, TaskGroup,
     TaskOutcome, TaskRecord, TaskType, Trigger, TriggerKind,
 };
+pub use platform::PlatformOptions;
 pub use policy::{Durability, Policy};
 pub use store::{Store, StoreLocation};
 pub use system::{

@@ -29,6 +29,8 @@ pub struct SystemOptions {
     pub clock: Clock,
     /// Use the simulated source (states and events set by the app) instead of the Linux sources.
     pub simulated: bool,
+    /// Where the Linux sources look (ignored with `simulated`).
+    pub platform: crate::platform::PlatformOptions,
     pub policy: Policy,
     /// Open without running anything until [`System::start`]: fires (including the catch-up of
     /// missed time at open) latch meanwhile. Lets an app install its handlers first, so runs due
@@ -120,6 +122,7 @@ impl System {
             manifest,
             options.clock,
             options.simulated,
+            options.platform,
             options.policy,
             storage_dir,
             store,
@@ -134,6 +137,9 @@ impl System {
             )?;
         }
         shared.start_threads()?;
+        if !shared.simulated {
+            shared.start_platform();
+        }
         if let Clock::Manual(clock) = &shared.clock {
             let weak = Arc::downgrade(&shared);
             clock.subscribe(Arc::new(move || {
@@ -491,7 +497,15 @@ impl System {
             ));
         }
         let mut st = self.locked()?;
-        self.shared.state_changed(&mut st, condition, value);
+        self.shared.note(
+            &mut st,
+            crate::platform::Note::Report {
+                source: crate::platform::Source::Simulated,
+                states: vec![(condition, Some(value))],
+                fires: Vec::new(),
+                initial: false,
+            },
+        );
         Ok(())
     }
 
@@ -504,10 +518,13 @@ impl System {
 
     /// What a condition's state is read from: `simulated`, `statvfs`, … or `unknown` (SPEC §6).
     pub fn state_source(&self, condition: SystemConditionType) -> Result<&'static str> {
-        drop(self.locked()?);
-        Ok(crate::platform::source_name(
-            self.shared.simulated,
-            condition,
+        let st = self.locked()?;
+        if self.shared.simulated {
+            return Ok(crate::platform::Source::Simulated.name());
+        }
+        Ok(st.states().source(condition).map_or_else(
+            || crate::platform::unreported_source(condition),
+            crate::platform::Source::name,
         ))
     }
 

@@ -20,6 +20,7 @@ fn open_real(policy: Policy) -> (System, Router, mpsc::Receiver<Run>) {
         simulated: true,
         policy,
         paused: false,
+        ..SystemOptions::default()
     })
     .unwrap();
     let (router, starts) = Router::new();

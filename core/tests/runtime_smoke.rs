@@ -27,6 +27,7 @@ fn system() -> (System, ManualClock) {
         simulated: true,
         policy,
         paused: false,
+        ..SystemOptions::default()
     })
     .unwrap();
     (s, clock)

@@ -8,8 +8,10 @@ use uuid::Uuid;
 
 use super::{Broker, Instance, Running, State};
 use crate::model::{
-    CancellationReason, CustomRecurrence, SystemConditionType, TaskRecord, TaskTrigger,
+    CancellationReason, CustomRecurrence, SystemConditionType, SystemTriggerType, TaskRecord,
+    TaskTrigger,
 };
+use crate::platform::Note;
 use crate::registration::Registration;
 use crate::registry::EventKey;
 use crate::store::ScheduleChange;
@@ -176,16 +178,54 @@ impl Broker {
         self.changed();
     }
 
-    /// A state of the machine changed: run what it unblocks, cancel what it strands.
-    pub(crate) fn state_changed(
-        self: &Arc<Self>,
-        st: &mut State,
-        condition: SystemConditionType,
-        value: bool,
-    ) {
-        if !st.states.set(condition, value) {
-            return;
+    /// A source reported: apply its states, fire the system triggers the change means, run what
+    /// it unblocks, cancel what it strands (SPEC §3, §6).
+    pub(crate) fn note(self: &Arc<Self>, st: &mut State, note: Note) {
+        let now = self.clock.now_ms();
+        let fires = match note {
+            Note::Report {
+                source,
+                states,
+                fires,
+                initial,
+            } => {
+                let before = st.states.snapshot();
+                for (condition, value) in states {
+                    st.states.report(source, condition, value);
+                }
+                let mut all = if initial {
+                    Vec::new()
+                } else {
+                    before.fires(&st.states.snapshot())
+                };
+                for f in fires {
+                    if !all.contains(&f) {
+                        all.push(f);
+                    }
+                }
+                self.conditions_changed(st);
+                all
+            }
+            Note::TimeZoneChanged => {
+                self.reload_time_zone();
+                self.replan_calendars(st, now, true);
+                vec![SystemTriggerType::TimeZoneChange]
+            }
+            Note::Resumed => {
+                // Due timers are on the wall clock: the broker's next tick runs what came due.
+                self.waker.wake();
+                Vec::new()
+            }
+        };
+        for t in fires {
+            self.fire_key(st, &EventKey::System(t));
         }
+        self.dispatch(st, now);
+    }
+
+    /// The conditions may hold differently now: cancel the runs they strand (Windows: a
+    /// maintenance task off AC power is aborted; `cancel_on_condition_loss`).
+    fn conditions_changed(self: &Arc<Self>, st: &mut State) {
         let now = self.clock.now_ms();
         let stranded: Vec<(Uuid, CancellationReason)> = st
             .running
@@ -206,6 +246,5 @@ impl Broker {
         for (id, reason) in stranded {
             self.cancel_task(st, &id, reason, now);
         }
-        self.dispatch(st, now);
     }
 }

@@ -254,7 +254,12 @@ pub(crate) struct Broker {
     /// Lock 2 of the lock order.
     pub(crate) handlers: RwLock<Handlers>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
-    pub(crate) tz: jiff::tz::TimeZone,
+    /// The local time zone of calendar triggers (a leaf lock: re-read when the zone changes).
+    tz: RwLock<jiff::tz::TimeZone>,
+    /// Where the machine's state comes from (`platform/`).
+    pub(crate) platform_options: crate::platform::PlatformOptions,
+    /// The running platform sources (none in a simulated system); dropped at close.
+    pub(crate) platform: Mutex<Option<crate::platform::Platform>>,
     /// Hears custom events signalled by other processes (file stores only).
     pub(crate) listener: Mutex<Option<crate::signal::SignalListener>>,
 }
@@ -334,6 +339,7 @@ impl Broker {
         manifest: Manifest,
         clock: Clock,
         simulated: bool,
+        platform_options: crate::platform::PlatformOptions,
         policy: Policy,
         storage_dir: std::path::PathBuf,
         store: Store,
@@ -357,9 +363,27 @@ impl Broker {
             change_cv: Condvar::new(),
             handlers: RwLock::new(Handlers::default()),
             threads: Mutex::new(Vec::new()),
-            tz: crate::calendar::system_time_zone(),
+            tz: RwLock::new(crate::calendar::local_time_zone(
+                &platform_options.localtime,
+            )),
+            platform_options,
+            platform: Mutex::new(None),
             listener: Mutex::new(None),
         })
+    }
+
+    /// The local time zone now.
+    pub(crate) fn tz(&self) -> jiff::tz::TimeZone {
+        self.tz
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Re-reads the local time zone (it changed).
+    pub(crate) fn reload_time_zone(&self) {
+        let tz = crate::calendar::local_time_zone(&self.platform_options.localtime);
+        *self.tz.write().unwrap_or_else(PoisonError::into_inner) = tz;
     }
 
     /// A manual clock moved: handle the new time before `advance` returns (due timers, limits,
@@ -499,6 +523,23 @@ impl Broker {
         Ok(())
     }
 
+    /// Starts the platform sources (SPEC §6). What they report reaches `note`; a source that
+    /// cannot start is logged and its states read unknown.
+    pub(crate) fn start_platform(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let sink: crate::platform::Sink = Arc::new(move |note| {
+            if let Some(broker) = weak.upgrade()
+                && let Ok(mut st) = broker.open_state()
+            {
+                broker.note(&mut st, note);
+            }
+        });
+        match crate::platform::Platform::open(&self.platform_options, sink) {
+            Ok(p) => *self.platform.lock().unwrap_or_else(|p| p.into_inner()) = Some(p),
+            Err(e) => crate::platform::unavailable("the platform sources", e),
+        }
+    }
+
     /// Queues scheduling changes for the writer (committed in order, off the state lock).
     pub(crate) fn commit(&self, st: &mut State, changes: Vec<ScheduleChange>) {
         if !changes.is_empty() {
@@ -515,7 +556,7 @@ impl Broker {
             }
             let now = self.clock.now_ms();
             if jumped {
-                self.replan_calendars(&mut st, now);
+                self.replan_calendars(&mut st, now, false);
             }
             let next = self.tick(&mut st, now);
             st.planned_wake = match &self.clock {
@@ -631,6 +672,12 @@ impl Broker {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         drop(listener);
+        let platform = self
+            .platform
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        drop(platform);
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
         let me = std::thread::current().id();
         for t in threads {

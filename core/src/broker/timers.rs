@@ -69,7 +69,7 @@ impl Broker {
             | TaskTrigger::Maintenance {
                 freshness_minutes, ..
             } => Some(now + i64::from(*freshness_minutes) * 60_000),
-            TaskTrigger::Calendar { spec, .. } => spec.next_after(now, &self.tz),
+            TaskTrigger::Calendar { spec, .. } => spec.next_after(now, &self.tz()),
             _ => None,
         }
         .and_then(crate::clock::in_range)
@@ -98,16 +98,17 @@ impl Broker {
                 Some(due + period * ((missed - due).max(0) / period + 1))
                     .and_then(crate::clock::in_range)
             }
-            TaskTrigger::Calendar { spec, .. } => spec
-                .next_after(due, &self.tz)
-                .and_then(|next| {
+            TaskTrigger::Calendar { spec, .. } => {
+                let tz = self.tz();
+                spec.next_after(due, &tz).and_then(|next| {
                     if next > missed {
                         Some(next)
                     } else {
-                        spec.next_after(missed, &self.tz)
+                        spec.next_after(missed, &tz)
                     }
                 })
-                .and_then(crate::clock::in_range),
+            }
+            .and_then(crate::clock::in_range),
             _ => None,
         }
     }
@@ -238,8 +239,10 @@ impl Broker {
 
     /// After the wall clock was set: a calendar trigger's next matching time may now come sooner
     /// than the instant planned before the jump (a backward jump); re-plan those. Forward jumps
-    /// need nothing: what became due fires at the next tick, once.
-    pub(super) fn replan_calendars(&self, st: &mut State, now: i64) {
+    /// need nothing: what became due fires at the next tick, once. After a time zone change
+    /// (`all`), every calendar trigger's next time moves, later ones too.
+    pub(super) fn replan_calendars(&self, st: &mut State, now: i64, all: bool) {
+        let tz = self.tz();
         let mut changes = Vec::new();
         let planned: Vec<(Uuid, i64)> = st.due.iter().map(|(id, due)| (*id, *due)).collect();
         for (task_id, due) in planned {
@@ -248,8 +251,13 @@ impl Broker {
             else {
                 continue;
             };
-            let sooner = spec.next_after(now, &self.tz).filter(|next| *next < due);
-            if let Some(next) = sooner {
+            let next = spec
+                .next_after(now, &tz)
+                .filter(|next| all || *next < due)
+                .and_then(crate::clock::in_range);
+            if let Some(next) = next
+                && next != due
+            {
                 st.schedule(task_id, next);
                 changes.push(ScheduleChange::NextDue(task_id, Some(next)));
             }

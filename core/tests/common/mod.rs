@@ -44,6 +44,7 @@ pub fn options(store: StoreLocation, clock: &ManualClock, policy: Policy) -> Sys
         simulated: true,
         policy,
         paused: false,
+        ..SystemOptions::default()
     }
 }
 

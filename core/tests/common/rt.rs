@@ -62,6 +62,7 @@ pub fn options(
         policy,
         // Started by `Rig::attach` once the router is installed, so runs due at open find it.
         paused: true,
+        ..SystemOptions::default()
     }
 }
 
