@@ -50,6 +50,7 @@ demo: all
 	$(MAKE) -C examples-c run
 	$(PY) bindings-python/examples/register.py
 	$(PY) bindings-python/examples/tasks.py
+	$(PY) bindings-python/examples/machine.py --seconds 2
 
 test: test-rust test-python test-install
 

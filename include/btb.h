@@ -1253,6 +1253,25 @@ btb_status btb_system_options_set_manual_clock(btb_system_options *options, int6
 btb_status btb_system_options_set_simulated(btb_system_options *options, bool simulated);
 
 /**
+ * Where the platform source reads power supplies (default `/sys/class/power_supply`); NULL
+ * restores the default. Copied. For tests and for hosts whose sysfs lives elsewhere (SPEC §6).
+ * Errors: `BTB_ERROR_NULL_ARGUMENT` (options), `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`.
+ * Thread-safe.
+ */
+btb_status btb_system_options_set_power_supply_root(btb_system_options *options,
+                                                    const char *path);
+
+/**
+ * The local time zone link whose directory the platform source watches for TIME_ZONE_CHANGE and
+ * which calendar triggers follow (default `/etc/localtime`; `TZ` in the environment still wins);
+ * NULL restores the default. Copied.
+ * Errors: `BTB_ERROR_NULL_ARGUMENT` (options), `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`.
+ * Thread-safe.
+ */
+btb_status btb_system_options_set_localtime_path(btb_system_options *options,
+                                                 const char *path);
+
+/**
  * Opens the system paused: nothing runs until `btb_system_start`, and fires (including the
  * catch-up of time missed while nothing ran) latch meanwhile. Use it to register run functions
  * before anything due at open runs. Default false.

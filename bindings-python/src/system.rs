@@ -326,7 +326,8 @@ const WAIT_SLICE: Duration = Duration::from_millis(50);
 #[pymethods]
 impl System {
     #[new]
-    #[pyo3(signature = (manifest, store = None, *, clock = None, simulated = false, policy = None, start = true))]
+    #[pyo3(signature = (manifest, store = None, *, clock = None, simulated = false, policy = None, start = true, power_supply_root = None, localtime = None))]
+    #[expect(clippy::too_many_arguments, reason = "Python keyword arguments")]
     fn new(
         py: Python<'_>,
         manifest: &Bound<'_, Manifest>,
@@ -335,7 +336,15 @@ impl System {
         simulated: bool,
         policy: Option<&Bound<'_, Policy>>,
         start: bool,
+        power_supply_root: Option<PathBuf>,
+        localtime: Option<PathBuf>,
     ) -> PyResult<Py<Self>> {
+        let defaults = btb_core::PlatformOptions::default();
+        let platform = btb_core::PlatformOptions {
+            power_supply_root: power_supply_root.unwrap_or(defaults.power_supply_root),
+            localtime: localtime.unwrap_or(defaults.localtime),
+            ..defaults
+        };
         // Opened paused so that the import-path resolver is in place before anything due at open
         // (catch-up of missed time, latched fires) runs; `start=False` leaves it paused until
         // `start()`, for handlers registered in code.
@@ -346,7 +355,7 @@ impl System {
             simulated,
             policy: policy.map(|p| p.get().inner.clone()).unwrap_or_default(),
             paused: true,
-            ..SystemOptions::default()
+            platform,
         };
         let core = py.detach(|| btb_core::System::open(options)).or_raise()?;
         let system = System::wrap(py, core)?;

@@ -341,21 +341,57 @@ def test_background_work_cost_and_state_errors(system: btb.System) -> None:
 
 def test_state_and_its_source(tmp_path: Path) -> None:
     """SPEC §6: a simulated system answers from what the app set; a real one reads the machine —
-    STORAGE_NOT_LOW from the store's file system (statvfs), the rest unknown for now."""
+    STORAGE_NOT_LOW from the store's file system (statvfs), power from the sysfs tree that
+    ``power_supply_root`` names (a missing tree: unknown, and the source says so)."""
     storage = btb.SystemConditionType.STORAGE_NOT_LOW
+    ac = btb.SystemConditionType.ON_AC_POWER
     with btb.System(manifest(), ":memory:", simulated=True) as simulated:
         assert simulated.state_source(storage) == "simulated"
         assert simulated.state(storage) is None
+    battery = tmp_path / "power_supply" / "BAT0"
+    battery.mkdir(parents=True)
+    for name, value in (("type", "Battery"), ("status", "Discharging"), ("capacity", "9")):
+        (battery / name).write_text(value + "\n")
     for percent, expected in ((0, True), (100, False)):
         policy = btb.Policy(storage_low_percent=percent)
         assert policy.storage_low_percent == percent
-        with btb.System(manifest(), tmp_path / f"real{percent}.sqlite3", policy=policy) as real:
+        with btb.System(
+            manifest(), tmp_path / f"real{percent}.sqlite3", policy=policy, power_supply_root=tmp_path / "power_supply"
+        ) as real:
             assert real.state_source(storage) == "statvfs"
             assert real.state(storage) is expected
-            assert real.state(btb.SystemConditionType.INTERNET_AVAILABLE) is None
-            assert real.state_source(btb.SystemConditionType.INTERNET_AVAILABLE) == "unknown"
+            assert (real.state(ac), real.state_source(ac)) == (False, "sysfs")
+            assert real.state(btb.SystemConditionType.BATTERY_NOT_LOW) is False
+            assert real.background_work_cost == btb.BackgroundWorkCostValue.HIGH
+            with pytest.raises(btb.StateError):
+                real.set_state(ac, True)
+    with btb.System(manifest(), ":memory:", power_supply_root=tmp_path / "missing") as real:
+        assert (real.state(ac), real.state_source(ac)) == (None, "unknown")
     with pytest.raises(btb.InvalidArgumentError):
         btb.Policy(storage_low_percent=101)
+
+
+def test_a_time_zone_change_fires_its_trigger(tmp_path: Path) -> None:
+    """TIME_ZONE_CHANGE from a real inotify event: the localtime link replaced as timedated does."""
+    link = tmp_path / "localtime"
+    link.symlink_to("/usr/share/zoneinfo/Etc/UTC")
+    fired = threading.Event()
+    with btb.System(manifest(), ":memory:", localtime=link) as system:
+
+        @system.entry_point("app.Event")
+        def on_change(instance: btb.BackgroundTaskInstance) -> None:
+            fired.set()
+
+        builder = btb.BackgroundTaskBuilder()
+        builder.name = "tz"
+        builder.task_entry_point = "app.Event"
+        builder.set_trigger(btb.SystemTrigger(btb.SystemTriggerType.TIME_ZONE_CHANGE))
+        builder.register(system)
+        (tmp_path / "unrelated").write_text("no news\n")
+        new = tmp_path / "localtime.new"
+        new.symlink_to("/usr/share/zoneinfo/Europe/Berlin")
+        new.replace(link)
+        assert fired.wait(10)
 
 
 def test_progress_and_completed_handlers_in_order(system: btb.System) -> None:

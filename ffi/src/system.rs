@@ -9,8 +9,9 @@ use std::ffi::c_void;
 use std::time::Duration;
 
 use btb_core::{
-    Clock, Durability, Error, ErrorKind, Event, Handler, Manifest, ManualClock, StoreLocation,
-    System, SystemConditionType, SystemOptions, SystemTriggerType, TaskDeclaration, TriggerKind,
+    Clock, Durability, Error, ErrorKind, Event, Handler, Manifest, ManualClock, PlatformOptions,
+    StoreLocation, System, SystemConditionType, SystemOptions, SystemTriggerType, TaskDeclaration,
+    TriggerKind,
 };
 
 use crate::handle::UserData;
@@ -269,6 +270,49 @@ pub extern "C" fn btb_system_options_set_simulated(
 ) -> btb_status {
     edit(options, |o| {
         o.simulated = simulated;
+        Ok(())
+    })
+}
+
+/// Where the platform source reads power supplies (default `/sys/class/power_supply`); NULL
+/// restores the default. Copied. For tests and for hosts whose sysfs lives elsewhere (SPEC §6).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT` (options), `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`.
+/// Thread-safe.
+#[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
+pub extern "C" fn btb_system_options_set_power_supply_root(
+    options: *mut btb_system_options,
+    path: *const c_char,
+) -> btb_status {
+    edit(options, |o| {
+        // SAFETY: the C contract: `path` is NULL or a NUL-terminated string valid during the call.
+        let path = unsafe { c_str(path) };
+        o.platform.power_supply_root = opt_arg(path, "path")?.map_or_else(
+            || PlatformOptions::default().power_supply_root,
+            std::path::PathBuf::from,
+        );
+        Ok(())
+    })
+}
+
+/// The local time zone link whose directory the platform source watches for TIME_ZONE_CHANGE and
+/// which calendar triggers follow (default `/etc/localtime`; `TZ` in the environment still wins);
+/// NULL restores the default. Copied.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT` (options), `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`.
+/// Thread-safe.
+#[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
+pub extern "C" fn btb_system_options_set_localtime_path(
+    options: *mut btb_system_options,
+    path: *const c_char,
+) -> btb_status {
+    edit(options, |o| {
+        // SAFETY: the C contract: `path` is NULL or a NUL-terminated string valid during the call.
+        let path = unsafe { c_str(path) };
+        o.platform.localtime = opt_arg(path, "path")?.map_or_else(
+            || PlatformOptions::default().localtime,
+            std::path::PathBuf::from,
+        );
         Ok(())
     })
 }

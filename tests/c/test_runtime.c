@@ -1746,6 +1746,61 @@ static void test_disabled_by_policy(void) {
     EXPECT(btb_system_close(s), BTB_OK);
 }
 
+static void write_attr(const char *supply_dir, const char *name, const char *value) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s", supply_dir, name);
+    FILE *f = fopen(path, "w");
+    CHECK(f != NULL);
+    if (!f) return;
+    fprintf(f, "%s\n", value);
+    fclose(f);
+}
+
+/* The platform sources read the machine where the options point: a power-supply tree on battery
+ * reads ON_AC_POWER false from "sysfs"; a missing tree reads unknown from "unknown". */
+static void test_platform_options(void) {
+    char root[4096], bat[4200], missing[4096];
+    snprintf(root, sizeof root, "%s/power_supply", dir);
+    snprintf(bat, sizeof bat, "%s/BAT0", root);
+    snprintf(missing, sizeof missing, "%s/no_such_sysfs", dir);
+    CHECK(mkdir(root, 0700) == 0 || errno == EEXIST);
+    CHECK(mkdir(bat, 0700) == 0 || errno == EEXIST);
+    write_attr(bat, "type", "Battery");
+    write_attr(bat, "status", "Discharging");
+    write_attr(bat, "capacity", "80");
+
+    const char *paths[] = {root, missing};
+    const int32_t want[] = {BTB_STATE_FALSE, BTB_STATE_UNKNOWN};
+    const char *want_source[] = {"sysfs", "unknown"};
+    for (int i = 0; i < 2; i++) {
+        btb_manifest *m = NULL;
+        btb_system_options *o = NULL;
+        btb_system *s = NULL;
+        const char *general[] = {"general"};
+        EXPECT(btb_manifest_new("org.example.cplatform", "1.0", &m), BTB_OK);
+        EXPECT(btb_manifest_declare(m, "app.Work", general, 1, NULL, 0), BTB_OK);
+        EXPECT(btb_system_options_new(&o), BTB_OK);
+        EXPECT(btb_system_options_set_manifest(o, m), BTB_OK);
+        EXPECT(btb_system_options_set_store(o, ":memory:"), BTB_OK);
+        EXPECT(btb_system_options_set_power_supply_root(o, "\xff"), BTB_ERROR_INVALID_UTF8);
+        EXPECT(btb_system_options_set_power_supply_root(NULL, root), BTB_ERROR_NULL_ARGUMENT);
+        EXPECT(btb_system_options_set_localtime_path(o, NULL), BTB_OK); /* the default */
+        EXPECT(btb_system_options_set_power_supply_root(o, paths[i]), BTB_OK);
+        EXPECT(btb_system_open(o, &s), BTB_OK);
+        btb_system_options_free(o);
+        btb_manifest_free(m);
+        if (!s) return;
+        int32_t state = 7;
+        const char *source = NULL;
+        EXPECT(btb_system_state(s, BTB_CONDITION_ON_AC_POWER, &state), BTB_OK);
+        CHECK(state == want[i]);
+        EXPECT(btb_system_state_source(s, BTB_CONDITION_ON_AC_POWER, &source), BTB_OK);
+        CHECK(source != NULL && strcmp(source, want_source[i]) == 0);
+        EXPECT(btb_system_set_state(s, BTB_CONDITION_ON_AC_POWER, true), BTB_ERROR_STATE);
+        EXPECT(btb_system_close(s), BTB_OK);
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc >= 2 && strcmp(argv[1], "--signal") == 0) return child_signal(argc, argv);
     if (argc < 2) {
@@ -1785,6 +1840,7 @@ int main(int argc, char **argv) {
     test_events();
     test_paused_start();
     test_disabled_by_policy();
+    test_platform_options();
     test_misuse();
     test_close_terminates();
     test_free_user_data();

@@ -264,7 +264,11 @@ class System:
         simulated: bool = False,
         policy: Policy | None = None,
         start: bool = True,
-    ) -> Self: ...
+        power_supply_root: str | os.PathLike[str] | None = None,
+        localtime: str | os.PathLike[str] | None = None,
+    ) -> Self:
+        """Opens a system. ``power_supply_root`` (default ``/sys/class/power_supply``) and
+        ``localtime`` (default ``/etc/localtime``) point the platform sources elsewhere (tests)."""
     def start(self) -> None:
         """Starts a system opened with ``start=False`` (what latched meanwhile runs now)."""
     def close(self) -> None: ...

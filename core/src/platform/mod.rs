@@ -107,7 +107,8 @@ pub(crate) type Sink = Arc<dyn Fn(Note) + Send + Sync>;
 pub(crate) trait FdSource: Send {
     /// The descriptor to poll for readability.
     fn fd(&self) -> BorrowedFd<'_>;
-    /// Called once before polling starts: the first reading (notes with `initial`).
+    /// Called once, on the opening thread, before polling starts: the first reading (notes with
+    /// `initial`). Events that arrive meanwhile wait in the descriptor.
     fn start(&mut self, sink: &Sink);
     /// Called when `fd` is readable: drain it (it is non-blocking) and report what changed.
     fn readable(&mut self, sink: &Sink);
@@ -138,9 +139,16 @@ impl Platform {
         Platform::start(sources, sink)
     }
 
-    /// Starts the given fd sources on one thread. A source that cannot start was already left out
-    /// by its constructor (which logged why); none at all starts no thread.
-    pub(crate) fn start(sources: Vec<Box<dyn FdSource>>, sink: Sink) -> std::io::Result<Platform> {
+    /// Starts the given fd sources on one thread, after their first readings (taken here, so
+    /// that the states are known when the system's `open` returns). A source that cannot start
+    /// was already left out by its constructor (which logged why); none at all starts no thread.
+    pub(crate) fn start(
+        mut sources: Vec<Box<dyn FdSource>>,
+        sink: Sink,
+    ) -> std::io::Result<Platform> {
+        for s in &mut sources {
+            s.start(&sink);
+        }
         let stop = Arc::new(eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?);
         let thread = if sources.is_empty() {
             None
@@ -168,9 +176,6 @@ impl Drop for Platform {
 }
 
 fn run(mut sources: Vec<Box<dyn FdSource>>, stop: &OwnedFd, sink: &Sink) {
-    for s in &mut sources {
-        s.start(sink);
-    }
     loop {
         let ready: Vec<bool> = {
             let mut fds: Vec<PollFd<'_>> = std::iter::once(stop.as_fd())

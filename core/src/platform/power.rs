@@ -77,6 +77,15 @@ pub(crate) fn read(root: &Path) -> Option<Power> {
     })
 }
 
+/// Whether a uevent (`ACTION@DEVPATH\0KEY=VALUE\0…`) from netlink port `from` says a power
+/// supply changed: the kernel's (port 0) always, user space's only when accepted.
+fn is_power_hint(uevent: &[u8], from: u32, accept_user_uevents: bool) -> bool {
+    (from == 0 || accept_user_uevents)
+        && uevent
+            .split(|b| *b == 0)
+            .any(|kv| kv == b"SUBSYSTEM=power_supply")
+}
+
 /// The sysfs power source on the platform thread.
 pub(crate) struct SysfsPower {
     socket: Socket,
@@ -131,12 +140,7 @@ impl FdSource for SysfsPower {
             buf.clear();
             match self.socket.recv_from(&mut buf, 0) {
                 Ok((_, from)) => {
-                    let trusted = from.port_number() == 0 || self.accept_user_uevents;
-                    // "ACTION@DEVPATH\0KEY=VALUE\0…"
-                    ours |= trusted
-                        && buf
-                            .split(|b| *b == 0)
-                            .any(|kv| kv == b"SUBSYSTEM=power_supply");
+                    ours |= is_power_hint(&buf, from.port_number(), self.accept_user_uevents);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => break, // WouldBlock: drained (ENOBUFS: lost some; re-read covers it)
@@ -158,6 +162,19 @@ mod tests {
         for (k, v) in attrs {
             std::fs::write(dir.join(k), format!("{v}\n")).unwrap();
         }
+    }
+
+    #[test]
+    fn only_power_supply_uevents_are_hints() {
+        let power = b"change@/devices/x/power_supply/AC\0ACTION=change\0SUBSYSTEM=power_supply\0";
+        let mem = b"change@/devices/virtual/mem/null\0ACTION=change\0SUBSYSTEM=mem\0";
+        let lookalike = b"change@/x\0DEVPATH=/SUBSYSTEM=power_supply\0SUBSYSTEM=mem\0";
+        assert!(is_power_hint(power, 0, false));
+        assert!(!is_power_hint(power, 4242, false), "forged by user space");
+        assert!(is_power_hint(power, 4242, true));
+        assert!(!is_power_hint(mem, 0, true));
+        assert!(!is_power_hint(lookalike, 0, true));
+        assert!(!is_power_hint(b"", 0, true));
     }
 
     #[test]
