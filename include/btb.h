@@ -596,6 +596,14 @@ typedef struct {
    */
   const char *message;
   uint32_t last_progress;
+  /**
+   * The end (last 64 KiB) of an exec host's stdout, or NULL (in-process runs, no output).
+   */
+  const char *stdout_tail;
+  /**
+   * The end (last 64 KiB) of an exec host's stderr, or NULL.
+   */
+  const char *stderr_tail;
 } btb_run;
 
 /**

@@ -928,6 +928,18 @@ impl RunRecord {
         self.record.last_progress
     }
 
+    /// The end (last 64 KiB) of an exec host's stdout, or `None`.
+    #[getter]
+    fn stdout(&self) -> Option<&str> {
+        self.record.stdout.as_deref()
+    }
+
+    /// The end (last 64 KiB) of an exec host's stderr, or `None`.
+    #[getter]
+    fn stderr(&self) -> Option<&str> {
+        self.record.stderr.as_deref()
+    }
+
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         Ok(format!(
             "RunRecord(instance_id={}, trigger_kind={}, status={}, message={})",

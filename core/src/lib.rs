@@ -1,17 +1,20 @@
 //! btb core: the background-task model of `Windows.ApplicationModel.Background` — model,
 //! validation, manifest, store and system handle. No FFI and no Python live here.
-#![forbid(unsafe_code)]
+// One exception, `host::inherited`: a descriptor inherited from the broker becomes owned.
+#![deny(unsafe_code)]
 
 mod broker;
 pub mod calendar;
 pub mod clock;
 pub mod error;
 pub mod groups;
+pub mod host;
 mod lockfile;
 pub mod manifest;
 pub mod model;
 mod platform;
 pub mod policy;
+pub mod protocol;
 mod registration;
 mod registry;
 pub mod signal;

@@ -491,4 +491,7 @@ pub struct RunRecord {
     pub reason: Option<CancellationReason>,
     pub message: Option<String>,
     pub last_progress: u32,
+    /// The ends of a host process's stdout and stderr (the last 64 KiB of each), for `exec` runs.
+    pub stdout: Option<String>,
+    pub stderr: Option<String>,
 }

@@ -71,7 +71,7 @@ pub enum ScheduleChange {
 }
 
 /// The newest schema this build knows.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Forward migrations: `MIGRATIONS[n]` takes a store from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -117,6 +117,10 @@ CREATE TABLE run_history (
     last_progress   INTEGER NOT NULL
 );
 CREATE INDEX run_history_by_task ON run_history(task_id, seq);
+"#,
+    r#"
+ALTER TABLE run_history ADD COLUMN stdout TEXT;
+ALTER TABLE run_history ADD COLUMN stderr TEXT;
 "#,
 ];
 
@@ -571,7 +575,7 @@ impl Store {
             .conn
             .prepare_cached(
                 "SELECT instance_id, trigger_kind, trigger_details, started_ms, ended_ms, outcome,
-                        reason, message, last_progress
+                        reason, message, last_progress, stdout, stderr
                  FROM run_history WHERE task_id = ?1 ORDER BY seq",
             )
             .map_err(fail)?;
@@ -587,13 +591,27 @@ impl Store {
                     r.get::<_, Option<u32>>(6)?,
                     r.get::<_, Option<String>>(7)?,
                     r.get::<_, u32>(8)?,
+                    (
+                        r.get::<_, Option<String>>(9)?,
+                        r.get::<_, Option<String>>(10)?,
+                    ),
                 ))
             })
             .map_err(fail)?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, kind, details, started, ended, outcome, reason, message, progress) =
-                row.map_err(fail)?;
+            let (
+                id,
+                kind,
+                details,
+                started,
+                ended,
+                outcome,
+                reason,
+                message,
+                progress,
+                (stdout, stderr),
+            ) = row.map_err(fail)?;
             let bad = |e: Error| self.err("decode the run history", e);
             out.push(RunRecord {
                 instance_id: Uuid::from_slice(&id)
@@ -610,6 +628,8 @@ impl Store {
                     .map_err(bad)?,
                 message,
                 last_progress: progress,
+                stdout,
+                stderr,
             });
         }
         Ok(out)
@@ -681,8 +701,8 @@ fn run_in(tx: &Connection, run: &RunRecord, limit: u32) -> rusqlite::Result<()> 
     let inserted = tx
         .prepare_cached(
             "INSERT INTO run_history (instance_id, task_id, trigger_kind, trigger_details,
-                 started_ms, ended_ms, outcome, reason, message, last_progress)
-             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10
+                 started_ms, ended_ms, outcome, reason, message, last_progress, stdout, stderr)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12
              WHERE EXISTS (SELECT 1 FROM registrations WHERE task_id = ?2)",
         )?
         .execute(params![
@@ -696,6 +716,8 @@ fn run_in(tx: &Connection, run: &RunRecord, limit: u32) -> rusqlite::Result<()> 
             run.reason.map(|r| r as u32),
             run.message,
             run.last_progress,
+            run.stdout,
+            run.stderr,
         ])?;
     if inserted == 0 {
         return Ok(());

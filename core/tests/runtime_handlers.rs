@@ -443,6 +443,8 @@ fn completed_handlers_carry_the_outcome_and_the_history_records_the_run() {
             reason: None,
             message: Some("bad input".into()),
             last_progress: 33,
+            stdout: None,
+            stderr: None,
         }]
     );
     assert!(neighbour.history().unwrap().is_empty());

@@ -730,12 +730,18 @@ pub struct btb_run {
     /// Failure or cancellation message, or NULL.
     pub message: *const c_char,
     pub last_progress: u32,
+    /// The end (last 64 KiB) of an exec host's stdout, or NULL (in-process runs, no output).
+    pub stdout_tail: *const c_char,
+    /// The end (last 64 KiB) of an exec host's stderr, or NULL.
+    pub stderr_tail: *const c_char,
 }
 
 pub(crate) struct RunRow {
     run: RunRecord,
     details: Option<CString>,
     message: Option<CString>,
+    stdout: Option<CString>,
+    stderr: Option<CString>,
 }
 pub(crate) type RunListRef = Arc<Vec<RunRow>>;
 handle_type!(btb_run_list, "list", 13, RunList, RunListRef);
@@ -760,6 +766,8 @@ pub extern "C" fn btb_registration_history(
                 .map(|run| RunRow {
                     details: run.trigger_details.as_deref().map(c_string),
                     message: run.message.as_deref().map(c_string),
+                    stdout: run.stdout.as_deref().map(c_string),
+                    stderr: run.stderr.as_deref().map(c_string),
                     run,
                 })
                 .collect();
@@ -810,6 +818,8 @@ pub extern "C" fn btb_run_list_get(
                 .as_ref()
                 .map_or(std::ptr::null(), |c| c.as_ptr()),
             last_progress: row.run.last_progress,
+            stdout_tail: row.stdout.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+            stderr_tail: row.stderr.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
         })
     })
 }

@@ -398,6 +398,12 @@ class RunRecord:
     def message(self) -> str | None: ...
     @property
     def last_progress(self) -> int: ...
+    @property
+    def stdout(self) -> str | None:
+        """The end (last 64 KiB) of an exec host's stdout."""
+    @property
+    def stderr(self) -> str | None:
+        """The end (last 64 KiB) of an exec host's stderr."""
 
 @final
 class BackgroundTaskRegistration:

@@ -13,6 +13,8 @@ pub(crate) struct Running {
     pub(crate) instance: Instance,
     pub(crate) limit_at: Option<i64>,
     pub(crate) grace_at: Option<i64>,
+    /// A host process's group got SIGTERM when the grace ran out; SIGKILL follows after another.
+    pub(crate) terminated: bool,
 }
 
 impl Broker {
@@ -31,6 +33,11 @@ impl Broker {
                 return;
             }
             life.canceled = Some(reason);
+            if let Some(child) = life.child.as_ref().filter(|c| c.greeted) {
+                child.send(&crate::protocol::ToHost::Canceled {
+                    reason: reason as u32,
+                });
+            }
             let handlers: Vec<CanceledFn> = life
                 .canceled_handlers
                 .iter()
@@ -79,6 +86,12 @@ impl Broker {
             return;
         }
         life.done = true;
+        if abandon_reason.is_some()
+            && let Some(child) = &life.child
+        {
+            // Closing: no host process outlives its system.
+            child.signal(rustix::process::Signal::KILL);
+        }
         if abandon_reason.is_some() && std::mem::take(&mut life.on_worker) {
             // Abandoned: its worker may never come back; it no longer counts for `wait_idle`.
             st.busy_workers -= 1;
@@ -92,6 +105,7 @@ impl Broker {
             (None, Some(m)) => (TaskOutcome::Failed, Some(m)),
             (None, None) => (TaskOutcome::Succeeded, None),
         };
+        let (stdout, stderr) = life.output.take().unwrap_or_default();
         drop(life);
         st.running.remove(&task_id);
         // Pull-queue events about it that the host never took are stale now.
@@ -118,6 +132,8 @@ impl Broker {
                 reason,
                 message: completion.message.clone(),
                 last_progress: completion.last_progress,
+                stdout,
+                stderr,
             };
             self.writer
                 .enqueue(super::writer::Write::Run(run, self.policy.history_limit));

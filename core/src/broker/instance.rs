@@ -70,6 +70,10 @@ pub(crate) struct Life {
     /// A worker runs it and has not come back from it (counted in `State::busy_workers` until
     /// it does, or until the instance is abandoned).
     pub(crate) on_worker: bool,
+    /// The host process running it (an `exec` entry point), until that process has exited.
+    pub(crate) child: Option<super::exec::Child>,
+    /// What the host process wrote: the ends of its stdout and stderr.
+    pub(crate) output: Option<(Option<String>, Option<String>)>,
 }
 
 pub(crate) struct Inner {

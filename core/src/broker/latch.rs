@@ -142,6 +142,7 @@ impl Broker {
                     instance: instance.clone(),
                     limit_at,
                     grace_at: None,
+                    terminated: false,
                 },
             );
             jobs.push(instance);

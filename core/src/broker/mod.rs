@@ -49,6 +49,7 @@
 //! guard, which drops them right after it releases the state lock.
 
 mod cancel;
+mod exec;
 pub(crate) mod instance;
 mod latch;
 mod notify;

@@ -59,6 +59,18 @@ impl Broker {
             let job = instance.clone();
             self.writer.wait_done(after); // unlocked: the writes this run depends on
 
+            // SPEC §4: an executable declared in the manifest comes first.
+            let exec = instance
+                .task()
+                .task_entry_point()
+                .and_then(|ep| self.manifest.find(ep))
+                .and_then(|d| d.exec.clone());
+            if let Some(argv) = exec {
+                self.run_exec(&instance, &argv);
+                let _ = instance.finish_run();
+                done = Some(job);
+                continue;
+            }
             match self.resolve(&instance) {
                 Ok(Handler::Call(run)) => {
                     let call = AppCall::enter();
@@ -94,7 +106,8 @@ impl Broker {
         }
     }
 
-    /// Entry point resolution, SPEC §4 order (out-of-process hosts arrive with a later release).
+    /// Entry point resolution for in-process runs, SPEC §4 order (after a manifest `exec`, which
+    /// the worker checks first).
     pub(super) fn resolve(&self, instance: &Instance) -> std::result::Result<Handler, String> {
         let record = instance.task().record();
         let handlers = self.handlers.read().unwrap_or_else(|p| p.into_inner());
@@ -113,15 +126,9 @@ impl Broker {
                 if let Some(found) = found {
                     return Ok(found);
                 }
-                let exec = self.manifest.find(ep).is_some_and(|d| d.exec.is_some());
                 Err(format!(
-                    "no handler for entry point {ep:?}: looked for an in-process handler registered under \
-                     that name{}{}",
-                    if exec {
-                        " (its manifest exec host is not supported by this release)"
-                    } else {
-                        ""
-                    },
+                    "no handler for entry point {ep:?}: looked for a manifest exec host, an in-process \
+                     handler registered under that name{}",
                     if has_resolver {
                         " and an importable module path"
                     } else {

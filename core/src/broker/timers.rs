@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use super::{Broker, Instance, Pending, State};
+use super::{Broker, Pending, State};
 use crate::error::Result;
 use crate::model::{CancellationReason, SystemTriggerType, TaskRecord, TaskTrigger, TriggerKind};
 use crate::registry::EventKey;
@@ -218,13 +218,32 @@ impl Broker {
             // all, whatever the broker's wake-ups (a manual clock moved far in one step, a suspend).
             self.cancel_task(st, &id, CancellationReason::ExecutionTimeExceeded, limit_at);
         }
-        let abandoned: Vec<Instance> = st
+        let graceless: Vec<Uuid> = st
             .running
-            .values()
-            .filter(|r| r.grace_at.is_some_and(|t| t <= now))
-            .map(|r| r.instance.clone())
+            .iter()
+            .filter(|(_, r)| r.grace_at.is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
             .collect();
-        for instance in abandoned {
+        for id in graceless {
+            let running = st.running.get_mut(&id).expect("listed");
+            let instance = running.instance.clone();
+            let life = instance.life();
+            if let Some(child) = &life.child {
+                // A host process: SIGTERM, and SIGKILL after a second grace. It ends when the
+                // process exits (its worker records it), not before.
+                let grace_at = running.grace_at.take().expect("listed");
+                if running.terminated {
+                    child.signal(rustix::process::Signal::KILL);
+                    running.limit_at = None;
+                } else {
+                    child.signal(rustix::process::Signal::TERM);
+                    running.terminated = true;
+                    running.grace_at = Some(grace_at + i64::from(self.policy.grace_ms));
+                }
+                continue;
+            }
+            drop(life);
+            // In-process: abandoned (its thread cannot be killed), recorded as canceled.
             self.finish(st, &instance, Some(CancellationReason::Terminating));
         }
         self.dispatch(st, now);

@@ -1,0 +1,379 @@
+//! Out-of-process hosts (SPEC §4, §5): an entry point declared with `exec` in the manifest runs as
+//! a child process, supervised by the worker that started it.
+//!
+//! - Started with no shell, a clean environment plus the `BTB_*` variables, the app's state
+//!   directory as working directory, stdin `/dev/null`, stdout and stderr captured (the last
+//!   [`OUTPUT_TAIL`] bytes of each are kept with the run), and one socket inherited as fd 3
+//!   (`BTB_HOST_FD`) that carries the instance protocol (`protocol.rs`).
+//! - In a process group of its own, so that signals and the final sweep reach what it forks.
+//! - The worker waits on a pidfd, the two pipes and the socket in one `poll`: no polling loop, no
+//!   thread per stream. When the child exits, the rest of its group is killed (a task leaves no
+//!   grandchildren behind), then the child is reaped — in that order, so that its pid (the group's
+//!   id) cannot be reused while a signal may still be sent to it.
+//! - Cancellation sends the reason over the socket; when the grace runs out the broker sends
+//!   SIGTERM to the group, and SIGKILL after a second grace (`timers.rs`).
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+
+use command_fds::{CommandFdExt, FdMapping};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use rustix::event::{PollFd, PollFlags, poll};
+use rustix::process::{Pid, Signal, WaitId, WaitIdOptions, WaitIdStatus};
+
+use super::{Broker, Instance};
+use crate::protocol::{self, Decoder, ToBroker, ToHost};
+
+/// How much of each of stdout and stderr is kept: the last 64 KiB.
+pub(crate) const OUTPUT_TAIL: usize = 64 * 1024;
+/// The descriptor number of the instance socket in the child (`BTB_HOST_FD`).
+const HOST_FD: i32 = 3;
+/// Lines of stderr quoted in a failure message.
+const STDERR_LINES: usize = 5;
+
+/// A running host process, as the rest of the broker sees it (in the instance's `Life`, until the
+/// process has exited).
+pub(crate) struct Child {
+    /// The child's pid, which is also its process group's id.
+    pgid: Pid,
+    /// The broker's end of the instance socket (non-blocking).
+    socket: UnixStream,
+    /// The child said hello: cancellations go over the socket from now on.
+    pub(crate) greeted: bool,
+}
+
+impl Child {
+    /// Signals the whole process group (the child and what it forked).
+    pub(crate) fn signal(&self, signal: Signal) {
+        let _ = rustix::process::kill_process_group(self.pgid, signal);
+    }
+
+    /// Sends a message without blocking (the socket is non-blocking), best effort: the broker
+    /// sends two small frames at most, which fit any socket buffer, and a host that never reads
+    /// hears the signals that follow.
+    pub(crate) fn send(&self, message: &ToHost) {
+        use std::io::Write;
+        let _ = (&self.socket).write_all(&protocol::encode(message));
+    }
+}
+
+/// The last `OUTPUT_TAIL` bytes of a stream.
+#[derive(Default)]
+struct Tail(Vec<u8>);
+
+impl Tail {
+    fn push(&mut self, bytes: &[u8]) {
+        self.0.extend_from_slice(bytes);
+        if self.0.len() > 2 * OUTPUT_TAIL {
+            self.0.drain(..self.0.len() - OUTPUT_TAIL);
+        }
+    }
+
+    fn into_text(mut self) -> Option<String> {
+        if self.0.len() > OUTPUT_TAIL {
+            self.0.drain(..self.0.len() - OUTPUT_TAIL);
+        }
+        (!self.0.is_empty()).then(|| String::from_utf8_lossy(&self.0).into_owned())
+    }
+}
+
+/// A descriptor the supervisor reads until its end.
+struct Stream {
+    fd: Option<OwnedFd>,
+}
+
+impl Stream {
+    /// Reads what is there without blocking; `false` at the end of the stream.
+    fn read_into(&mut self, sink: &mut dyn FnMut(&[u8])) -> bool {
+        let Some(fd) = &self.fd else { return false };
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match rustix::io::read(fd, &mut buf) {
+                Ok(0) => {
+                    self.fd = None;
+                    return false;
+                }
+                Ok(n) => sink(&buf[..n]),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(rustix::io::Errno::AGAIN) => return true,
+                Err(_) => {
+                    self.fd = None;
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+fn nonblocking(fd: &impl AsFd) -> std::io::Result<()> {
+    rustix::io::ioctl_fionbio(fd, true)?;
+    Ok(())
+}
+
+impl Broker {
+    /// Runs an instance in a child process and supervises it to its end; the caller finishes the
+    /// run when this returns.
+    pub(super) fn run_exec(self: &Arc<Self>, instance: &Instance, argv: &[String]) {
+        match self.spawn_host(instance, argv) {
+            Ok((pidfd, stdout, stderr)) => self.supervise(instance, pidfd, stdout, stderr),
+            Err(e) => instance.report_failure(format!("cannot start {:?}: {e}", argv[0])),
+        }
+    }
+
+    fn spawn_host(
+        &self,
+        instance: &Instance,
+        argv: &[String],
+    ) -> std::io::Result<(OwnedFd, OwnedFd, OwnedFd)> {
+        let (broker_end, host_end) = UnixStream::pair()?;
+        let task = instance.task();
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .env_clear()
+            // What any program expects (as systemd gives a service); nothing else of the app's.
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin");
+        for name in ["HOME", "USER", "LOGNAME", "LANG", "XDG_RUNTIME_DIR", "TZ"] {
+            if let Some(v) = std::env::var_os(name) {
+                cmd.env(name, v);
+            }
+        }
+        cmd.env("BTB_INSTANCE_ID", instance.instance_id().to_string())
+            .env("BTB_TASK_ID", task.task_id().to_string())
+            .env("BTB_TASK_NAME", task.name())
+            .env(
+                "BTB_ENTRY_POINT",
+                task.task_entry_point().unwrap_or_default(),
+            )
+            .env("BTB_APP_ID", self.manifest.app_id())
+            .env("BTB_HOST_FD", HOST_FD.to_string());
+        if let Some(details) = instance.trigger_details() {
+            cmd.env("BTB_TRIGGER_DETAILS", details.to_string());
+        }
+        let cwd = if self.storage_dir.is_dir() {
+            self.storage_dir.as_path()
+        } else {
+            std::path::Path::new("/")
+        };
+        cmd.current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        cmd.fd_mappings(vec![FdMapping {
+            parent_fd: OwnedFd::from(host_end),
+            child_fd: HOST_FD,
+        }])
+        .map_err(std::io::Error::other)?;
+        let mut child = cmd.spawn()?;
+        drop(cmd); // closes the parent's copy of the host's end
+        let pid = Pid::from_child(&child);
+        // The child is ours and not reaped until `supervise` says so: its pid is stable.
+        let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
+        let stdout = OwnedFd::from(child.stdout.take().expect("piped"));
+        let stderr = OwnedFd::from(child.stderr.take().expect("piped"));
+        nonblocking(&stdout)?;
+        nonblocking(&stderr)?;
+        nonblocking(&broker_end)?;
+        instance.life().child = Some(Child {
+            pgid: pid,
+            socket: broker_end,
+            greeted: false,
+        });
+        // `child` (std's handle) is dropped without waiting: `supervise` reaps through the pidfd.
+        Ok((pidfd, stdout, stderr))
+    }
+
+    fn supervise(
+        self: &Arc<Self>,
+        instance: &Instance,
+        pidfd: OwnedFd,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    ) {
+        let socket = instance
+            .life()
+            .child
+            .as_ref()
+            .and_then(|c| c.socket.try_clone().ok());
+        let mut streams = [
+            Stream { fd: Some(stdout) },
+            Stream { fd: Some(stderr) },
+            Stream {
+                fd: socket.map(OwnedFd::from),
+            },
+        ];
+        let (mut out, mut err) = (Tail::default(), Tail::default());
+        let mut decoder = Decoder::default();
+        loop {
+            let mut fds = vec![PollFd::new(&pidfd, PollFlags::IN)];
+            let open: Vec<usize> = (0..3).filter(|i| streams[*i].fd.is_some()).collect();
+            for i in &open {
+                let fd = streams[*i].fd.as_ref().expect("open");
+                fds.push(PollFd::new(fd, PollFlags::IN));
+            }
+            match poll(&mut fds, None) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => {
+                    log::error!(target: "btb", "supervising a host process: poll failed: {e}");
+                    break;
+                }
+            }
+            let exited = !fds[0].revents().is_empty();
+            let ready: Vec<usize> = open
+                .iter()
+                .zip(&fds[1..])
+                .filter(|(_, f)| !f.revents().is_empty())
+                .map(|(i, _)| *i)
+                .collect();
+            drop(fds);
+            for i in ready {
+                self.read_stream(instance, i, &mut streams, &mut out, &mut err, &mut decoder);
+            }
+            if exited {
+                break;
+            }
+        }
+        let status = rustix::process::waitid(
+            WaitId::PidFd(pidfd.as_fd()),
+            WaitIdOptions::EXITED | WaitIdOptions::NOWAIT,
+        );
+        // No signal may reach the group once the child is reaped (its pid could be reused): take
+        // it out of the instance first, then sweep the group, then reap.
+        let child = instance.life().child.take();
+        if let Some(child) = &child {
+            child.signal(Signal::KILL);
+        }
+        let _ = rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED);
+        // What the group wrote before it ended (its writers are gone: these reads end).
+        for i in 0..3 {
+            self.read_stream(instance, i, &mut streams, &mut out, &mut err, &mut decoder);
+        }
+        let stderr_text = err.into_text();
+        match status {
+            Ok(Some(status)) => {
+                if let Some(failure) = failure(&status, stderr_text.as_deref()) {
+                    instance.report_failure(failure);
+                }
+            }
+            other => instance.report_failure(format!(
+                "the host process ended, but its status cannot be read: {other:?}"
+            )),
+        }
+        instance.life().output = Some((out.into_text(), stderr_text));
+    }
+
+    fn read_stream(
+        self: &Arc<Self>,
+        instance: &Instance,
+        i: usize,
+        streams: &mut [Stream; 3],
+        out: &mut Tail,
+        err: &mut Tail,
+        decoder: &mut Decoder,
+    ) {
+        match i {
+            0 => {
+                streams[0].read_into(&mut |b| out.push(b));
+            }
+            1 => {
+                streams[1].read_into(&mut |b| err.push(b));
+            }
+            _ => {
+                let mut bytes = Vec::new();
+                streams[2].read_into(&mut |b| bytes.extend_from_slice(b));
+                decoder.push(&bytes);
+                loop {
+                    match decoder.next::<ToBroker>() {
+                        Ok(Some(message)) => {
+                            if !self.host_said(instance, message) {
+                                streams[2].fd = None;
+                                break;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            log::warn!(target: "btb", "instance {}: the host sent {e}; its socket is closed", instance.instance_id());
+                            streams[2].fd = None;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies one message from a host; `false` when the socket must be closed.
+    fn host_said(&self, instance: &Instance, message: ToBroker) -> bool {
+        match message {
+            ToBroker::Hello {
+                version,
+                instance_id,
+            } => {
+                let mut life = instance.life();
+                let canceled = life.canceled.map(|r| r as u32);
+                let Some(child) = life.child.as_mut() else {
+                    return false;
+                };
+                let refusal = if version != protocol::VERSION {
+                    Some(format!(
+                        "this broker speaks instance protocol {}, the host {version}",
+                        protocol::VERSION
+                    ))
+                } else if instance_id != instance.instance_id() {
+                    Some(format!(
+                        "the host names instance {instance_id}; this socket is for {}",
+                        instance.instance_id()
+                    ))
+                } else {
+                    None
+                };
+                if let Some(message) = refusal {
+                    log::warn!(target: "btb", "instance {}: {message}", instance.instance_id());
+                    child.send(&ToHost::Refused { message });
+                    return false;
+                }
+                // Under the instance's lock, like `cancel_task`: a cancellation is either in the
+                // welcome or sent after it, never lost between.
+                child.greeted = true;
+                child.send(&ToHost::Welcome {
+                    version: protocol::VERSION,
+                    canceled,
+                });
+            }
+            ToBroker::Progress { value } => instance.set_progress(value),
+            ToBroker::Failure { message } => instance.report_failure(message),
+            // The process is the run: it ends when the process exits, deferrals or not.
+            ToBroker::DeferralTaken | ToBroker::DeferralCompleted => {}
+        }
+        true
+    }
+}
+
+/// The failure a wait status means (`None`: exit 0), with the end of stderr.
+fn failure(status: &WaitIdStatus, stderr: Option<&str>) -> Option<String> {
+    let what = if let Some(code) = status.exit_status() {
+        if code == 0 {
+            return None;
+        }
+        format!("the host process exited with status {code}")
+    } else if let Some(signal) = status.terminating_signal() {
+        let name = nix::sys::signal::Signal::try_from(signal)
+            .map_or("a signal", nix::sys::signal::Signal::as_str);
+        format!("the host process was killed by {name} ({signal})")
+    } else {
+        "the host process ended abnormally".to_owned()
+    };
+    let tail = stderr
+        .map(|text| {
+            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+            lines[lines.len().saturating_sub(STDERR_LINES)..].join("\n")
+        })
+        .filter(|t| !t.is_empty());
+    Some(match tail {
+        Some(tail) => format!("{what}; stderr ends with:\n{tail}"),
+        None => what,
+    })
+}

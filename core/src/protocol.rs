@@ -1,0 +1,184 @@
+//! The instance protocol (SPEC §5): what a broker and a process that runs one instance say to each
+//! other over one stream socket — today an `exec` host's inherited `BTB_HOST_FD`. Frames are a
+//! 4-byte big-endian length and a JSON message (serde; no hand-written parser), at most
+//! [`MAX_FRAME`] bytes. Each side's first frame is its hello with [`VERSION`]; a peer of another
+//! version is refused with a message that names both.
+
+use std::io::{self, Read, Write};
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use uuid::Uuid;
+
+/// The protocol version this build speaks.
+pub const VERSION: u32 = 1;
+/// The largest frame either side accepts (a failure message is the largest thing sent).
+pub const MAX_FRAME: usize = 64 * 1024;
+
+/// From the process that runs the instance to the broker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ToBroker {
+    /// First frame: the protocol version and the instance this process runs.
+    Hello {
+        version: u32,
+        instance_id: Uuid,
+    },
+    Progress {
+        value: u32,
+    },
+    DeferralTaken,
+    DeferralCompleted,
+    /// The run failed (the last report wins, as in-process).
+    Failure {
+        message: String,
+    },
+}
+
+/// From the broker to the process that runs the instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ToHost {
+    /// Answer to a hello: the broker's version, and the cancellation if one came first.
+    Welcome { version: u32, canceled: Option<u32> },
+    /// The instance was canceled (a `CancellationReason` value); the grace period runs.
+    Canceled { reason: u32 },
+    /// The hello was refused (another version, another instance); the broker closes the socket.
+    Refused { message: String },
+}
+
+/// Encodes one frame.
+pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    let body = serde_json::to_vec(message).expect("protocol messages always serialize");
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    frame
+}
+
+/// Writes one frame (blocking).
+pub fn write_frame<T: Serialize>(w: &mut impl Write, message: &T) -> io::Result<()> {
+    w.write_all(&encode(message))
+}
+
+/// Reads one frame (blocking); `None` at a clean end of stream.
+pub fn read_frame<T: DeserializeOwned>(r: &mut impl Read) -> io::Result<Option<T>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = check_len(u32::from_be_bytes(len))?;
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    decode(&body).map(Some)
+}
+
+fn check_len(len: u32) -> io::Result<usize> {
+    let len = len as usize;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a frame of {len} bytes is over the limit of {MAX_FRAME}"),
+        ));
+    }
+    Ok(len)
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8]) -> io::Result<T> {
+    serde_json::from_slice(body)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("a bad frame: {e}")))
+}
+
+/// Frames from a non-blocking stream: bytes go in as they arrive, whole messages come out.
+#[derive(Default)]
+pub struct Decoder {
+    buf: Vec<u8>,
+}
+
+impl Decoder {
+    /// Appends bytes read from the stream.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next whole message, `None` until one has arrived; an error for an oversized or
+    /// malformed frame (the stream cannot be trusted after it).
+    pub fn next<T: DeserializeOwned>(&mut self) -> io::Result<Option<T>> {
+        let Some(len) = self.buf.first_chunk::<4>() else {
+            return Ok(None);
+        };
+        let len = check_len(u32::from_be_bytes(*len))?;
+        if self.buf.len() < 4 + len {
+            return Ok(None);
+        }
+        let message = decode(&self.buf[4..4 + len]);
+        self.buf.drain(..4 + len);
+        message.map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_whole_or_in_pieces() {
+        let id = Uuid::new_v4();
+        let messages = [
+            ToBroker::Hello {
+                version: VERSION,
+                instance_id: id,
+            },
+            ToBroker::Progress { value: 42 },
+            ToBroker::DeferralTaken,
+            ToBroker::Failure {
+                message: "disk full".into(),
+            },
+        ];
+        let bytes: Vec<u8> = messages.iter().flat_map(encode).collect();
+        let mut d = Decoder::default();
+        let mut out = Vec::new();
+        for b in &bytes {
+            d.push(std::slice::from_ref(b)); // one byte at a time
+            while let Some(m) = d.next::<ToBroker>().unwrap() {
+                out.push(m);
+            }
+        }
+        assert_eq!(out, messages);
+        let mut r = &bytes[..];
+        assert_eq!(
+            read_frame::<ToBroker>(&mut r).unwrap(),
+            Some(messages[0].clone())
+        );
+    }
+
+    #[test]
+    fn oversized_and_malformed_frames_are_errors() {
+        let mut d = Decoder::default();
+        d.push(&(MAX_FRAME as u32 + 1).to_be_bytes());
+        assert!(
+            d.next::<ToBroker>()
+                .unwrap_err()
+                .to_string()
+                .contains("over the limit")
+        );
+        let mut d = Decoder::default();
+        d.push(&encode(
+            &serde_json::json!({"type": "progress", "value": -1}),
+        ));
+        assert!(d.next::<ToBroker>().is_err());
+        let mut d = Decoder::default();
+        d.push(&encode(&serde_json::json!({"type": "launch_missiles"})));
+        assert!(d.next::<ToBroker>().is_err());
+        assert_eq!(
+            read_frame::<ToHost>(&mut &[][..]).unwrap(),
+            None,
+            "clean end"
+        );
+        assert!(
+            read_frame::<ToHost>(&mut &[0, 0, 0, 9, b'{'][..]).is_err(),
+            "cut short"
+        );
+    }
+}

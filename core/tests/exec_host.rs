@@ -1,0 +1,367 @@
+//! SPEC §4–§5, out-of-process hosts: an entry point declared with `exec` runs as a real child
+//! process. Its exit status is the outcome, its output is kept with the run, cancellation goes over
+//! the instance socket and then as SIGTERM and SIGKILL to its process group, and nothing it forked
+//! is left behind. The hosts are `/bin/sh` scripts (a host that never connects) and this test
+//! binary itself started again as a host (`host_*` functions, ignored in normal runs).
+
+mod common;
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use btb_core::*;
+use common::rt::{DEADLINE, MIN, SEC, T0, completions, recv};
+
+const APP: &str = "org.example.exec";
+
+/// A manifest with one exec entry point per `(name, argv)`.
+fn manifest(hosts: &[(&str, Vec<String>)]) -> Manifest {
+    let mut m = Manifest::new(APP, "1").unwrap();
+    for (ep, argv) in hosts {
+        m.declare(
+            TaskDeclaration::new(ep, &["general"])
+                .unwrap()
+                .with_exec(argv.clone())
+                .unwrap(),
+        )
+        .unwrap();
+    }
+    m
+}
+
+fn sh(script: &str) -> Vec<String> {
+    vec!["/bin/sh".into(), "-c".into(), script.into()]
+}
+
+/// This test binary, started as a host that runs the ignored test `name`.
+fn this_binary_as(name: &str) -> Vec<String> {
+    vec![
+        std::env::current_exe().unwrap().display().to_string(),
+        "--exact".into(),
+        name.into(),
+        "--ignored".into(),
+        "--nocapture".into(),
+        "--test-threads=1".into(),
+    ]
+}
+
+struct Rig {
+    sys: System,
+    clock: ManualClock,
+    _dir: tempfile::TempDir,
+}
+
+fn open(hosts: &[(&str, Vec<String>)], grace_ms: u32) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0).unwrap();
+    let sys = System::open(SystemOptions {
+        manifest: Some(manifest(hosts)),
+        store: StoreLocation::File(dir.path().join("btb.sqlite3")),
+        clock: Clock::Manual(clock.clone()),
+        simulated: true,
+        policy: Policy {
+            grace_ms,
+            durability: Durability::Normal,
+            ..Policy::default()
+        },
+        ..SystemOptions::default()
+    })
+    .unwrap();
+    Rig {
+        sys,
+        clock,
+        _dir: dir,
+    }
+}
+
+impl Rig {
+    fn register(&self, name: &str, ep: &str) -> (Registration, mpsc::Receiver<Completion>) {
+        let mut b = Builder::new();
+        b.name = Some(name.into());
+        b.task_entry_point = Some(ep.into());
+        b.set_trigger(Trigger::application());
+        let reg = self.sys.register(&b).unwrap();
+        let done = completions(&reg);
+        (reg, done)
+    }
+
+    fn run(
+        &self,
+        name: &str,
+        ep: &str,
+        args: Option<serde_json::Value>,
+    ) -> (Registration, Completion) {
+        let (reg, done) = self.register(name, ep);
+        assert_eq!(
+            reg.request(args).unwrap(),
+            ApplicationTriggerResult::Allowed
+        );
+        let c = recv(&done, "the host run to end");
+        (reg, c)
+    }
+}
+
+/// This process's unreaped children that ran `comm` (tests run in parallel: each looks at its
+/// own hosts' program).
+fn zombies(comm: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        for pid in text.split_whitespace() {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if stat.contains(&format!("({comm}) Z")) {
+                out.push(pid.to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// Waits (with the test deadline) until process `pid` has ended: its pidfd becomes readable.
+fn ended(pid: i32) -> bool {
+    let Some(pid) = rustix::process::Pid::from_raw(pid) else {
+        return false;
+    };
+    let Ok(fd) = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) else {
+        return true; // no such process any more
+    };
+    let mut fds = [rustix::event::PollFd::new(
+        &fd,
+        rustix::event::PollFlags::IN,
+    )];
+    let timeout = rustix::time::Timespec {
+        tv_sec: DEADLINE.as_secs() as i64,
+        tv_nsec: 0,
+    };
+    rustix::event::poll(&mut fds, Some(&timeout)).is_ok_and(|n| n == 1)
+}
+
+#[test]
+fn exit_0_succeeds_with_its_output_and_environment_kept() {
+    let rig = open(
+        &[(
+            "app.Env",
+            sh(
+                "echo \"task=$BTB_TASK_NAME app=$BTB_APP_ID fd=$BTB_HOST_FD args=$BTB_TRIGGER_DETAILS\"; \
+                env | cut -d= -f1 | sort | tr '\\n' ' '; echo; pwd; echo warning >&2",
+            ),
+        )],
+        1000,
+    );
+    let (reg, c) = rig.run("env", "app.Env", Some(serde_json::json!({"n": 1})));
+    assert_eq!(c.outcome, TaskOutcome::Succeeded, "{c:?}");
+    let run = &reg.history().unwrap()[0];
+    let stdout = run.stdout.as_deref().unwrap();
+    let mut lines = stdout.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        r#"task=env app=org.example.exec fd=3 args={"n":1}"#
+    );
+    // A clean environment: the BTB_* variables and a few any program expects, nothing else.
+    let names: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    for name in &names {
+        assert!(
+            name.starts_with("BTB_")
+                || [
+                    "PATH",
+                    "HOME",
+                    "USER",
+                    "LOGNAME",
+                    "LANG",
+                    "XDG_RUNTIME_DIR",
+                    "TZ",
+                    "PWD",
+                    "SHLVL",
+                    "_"
+                ]
+                .contains(name),
+            "{name} leaked into the host's environment: {names:?}"
+        );
+    }
+    for name in [
+        "BTB_INSTANCE_ID",
+        "BTB_TASK_ID",
+        "BTB_TASK_NAME",
+        "BTB_ENTRY_POINT",
+        "BTB_APP_ID",
+        "BTB_HOST_FD",
+        "BTB_TRIGGER_DETAILS",
+    ] {
+        assert!(names.contains(&name), "{name} missing: {names:?}");
+    }
+    // The working directory: the app's state directory (where the store is).
+    assert_eq!(
+        std::path::Path::new(lines.next().unwrap()),
+        std::path::Path::new(&rig.sys.store_path())
+            .parent()
+            .unwrap()
+    );
+    assert_eq!(run.stderr.as_deref(), Some("warning\n"));
+    assert!(zombies("sh").is_empty(), "reaped: {:?}", zombies("sh"));
+}
+
+#[test]
+fn a_failure_names_the_status_or_signal_and_quotes_stderr() {
+    let rig = open(
+        &[
+            ("app.Fail", sh("echo one >&2; echo 'disk full' >&2; exit 3")),
+            ("app.Crash", sh("kill -SEGV $$")),
+            ("app.Missing", vec!["/nonexistent/host".into()]),
+        ],
+        1000,
+    );
+    let (_, c) = rig.run("fail", "app.Fail", None);
+    assert_eq!(c.outcome, TaskOutcome::Failed);
+    assert_eq!(
+        c.message.as_deref(),
+        Some("the host process exited with status 3; stderr ends with:\none\ndisk full")
+    );
+    let (_, c) = rig.run("crash", "app.Crash", None);
+    assert_eq!(c.outcome, TaskOutcome::Failed);
+    assert_eq!(
+        c.message.as_deref(),
+        Some("the host process was killed by SIGSEGV (11)")
+    );
+    let (reg, c) = rig.run("missing", "app.Missing", None);
+    assert_eq!(c.outcome, TaskOutcome::Failed);
+    assert!(
+        c.message
+            .as_deref()
+            .unwrap()
+            .starts_with("cannot start \"/nonexistent/host\""),
+        "{c:?}"
+    );
+    assert!(
+        rig.sys
+            .all_tasks()
+            .unwrap()
+            .iter()
+            .any(|r| r.task_id() == reg.task_id()),
+        "the registration stays"
+    );
+}
+
+#[test]
+fn a_host_that_ignores_sigterm_is_killed_after_two_graces_with_its_grandchildren() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("pids");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    // Ignores SIGTERM (and so does the grandchild, which inherits the disposition), tells the
+    // test both pids through the fifo, and waits forever.
+    let script = format!(
+        "trap '' TERM; sleep 1000 & echo \"$$ $!\" > {}; wait; wait",
+        fifo.display()
+    );
+    let rig = open(&[("app.Hang", sh(&script))], 2000);
+    let (reg, done) = rig.register("hang", "app.Hang");
+    reg.request(None).unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::read_to_string(&fifo).unwrap());
+    });
+    let pids = recv(&rx, "the host's pids");
+    let pids: Vec<i32> = pids
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            !s.split_whitespace()
+                .nth(2)
+                .is_some_and(|state| state == "Z")
+        })
+    };
+    assert!(pids.iter().all(|p| alive(*p)));
+
+    reg.unregister(true).unwrap(); // cancels the run (ABORT): the grace starts
+    rig.clock.advance_ms(2 * SEC).unwrap(); // grace over: SIGTERM, ignored
+    assert!(alive(pids[0]) && alive(pids[1]), "SIGTERM is ignored");
+    rig.clock.advance_ms(2 * SEC).unwrap(); // second grace over: SIGKILL to the group
+    let c = recv(&done, "the killed host's end");
+    assert_eq!(c.outcome, TaskOutcome::Canceled);
+    assert_eq!(c.reason, Some(CancellationReason::Abort));
+    assert!(ended(pids[1]), "the grandchild is not left behind");
+    assert!(!alive(pids[0]));
+    assert!(rig.sys.wait_idle(DEADLINE).unwrap());
+}
+
+#[test]
+fn a_thousand_instant_exits_leave_no_zombie() {
+    let rig = open(&[("app.True", vec!["/bin/true".into()])], 1000);
+    let (reg, done) = rig.register("true", "app.True");
+    for _ in 0..1000 {
+        reg.request(None).unwrap();
+        assert_eq!(recv(&done, "a run").outcome, TaskOutcome::Succeeded);
+    }
+    assert!(rig.sys.wait_idle(DEADLINE).unwrap());
+    assert!(zombies("true").is_empty(), "zombies: {:?}", zombies("true"));
+    assert_eq!(
+        reg.history().unwrap().len(),
+        100,
+        "the history keeps the last 100"
+    );
+}
+
+#[test]
+fn a_connected_host_reports_progress_and_failure_and_hears_cancellation() {
+    let rig = open(
+        &[
+            ("app.Progress", this_binary_as("host_progress_then_fail")),
+            ("app.Cancel", this_binary_as("host_waits_for_cancellation")),
+        ],
+        5000,
+    );
+    let (reg, done) = rig.register("progress", "app.Progress");
+    let (ptx, prx) = mpsc::channel();
+    reg.add_progress(std::sync::Arc::new(
+        move |_r: &Registration, _i: uuid::Uuid, p: u32| {
+            let _ = ptx.send(p);
+        },
+    ))
+    .unwrap();
+    reg.request(None).unwrap();
+    assert_eq!(recv(&prx, "progress"), 40);
+    assert_eq!(recv(&prx, "progress"), 80);
+    let c = recv(&done, "the end");
+    assert_eq!(c.outcome, TaskOutcome::Failed, "{c:?}");
+    assert_eq!(c.message.as_deref(), Some("reported: bad input"));
+    assert_eq!(c.last_progress, 80);
+
+    let (reg, done) = rig.register("cancel", "app.Cancel");
+    let (ptx, prx) = mpsc::channel();
+    reg.add_progress(std::sync::Arc::new(
+        move |_r: &Registration, _i: uuid::Uuid, p: u32| {
+            let _ = ptx.send(p);
+        },
+    ))
+    .unwrap();
+    reg.request(None).unwrap();
+    assert_eq!(recv(&prx, "the host's ready signal"), 1);
+    reg.unregister(true).unwrap();
+    let c = recv(&done, "the canceled host's end");
+    // It heard ABORT over the socket and exited at once, well inside the grace.
+    assert_eq!(c.outcome, TaskOutcome::Canceled);
+    assert_eq!(c.reason, Some(CancellationReason::Abort));
+    let _ = MIN;
+}
+
+/// Host: reports progress 40 and 80, then a failure, then exits 0 (the report wins).
+#[test]
+#[ignore = "a host process started by a_connected_host_…, not a test"]
+fn host_progress_then_fail() {
+    let instance = btb_core::host::connect().unwrap();
+    assert_eq!(instance.name(), "progress");
+    instance.set_progress(40);
+    instance.set_progress(80);
+    instance.report_failure("reported: bad input");
+}
+
+/// Host: says it is ready (progress 1), waits to be canceled, exits 0 at once.
+#[test]
+#[ignore = "a host process started by a_connected_host_…, not a test"]
+fn host_waits_for_cancellation() {
+    let instance = btb_core::host::connect().unwrap();
+    instance.set_progress(1);
+    let reason = instance.wait_canceled(Duration::from_secs(30));
+    assert_eq!(reason, Some(CancellationReason::Abort));
+}
