@@ -812,10 +812,11 @@ btb_status btb_instance_id(const btb_instance *instance, btb_uuid *out);
 
 /**
  * Writes a new handle to the registration this is a run of to `*out` (free with
- * `btb_registration_free`). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ * `btb_registration_free`). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`,
+ * `BTB_ERROR_STATE` (in a host process, which has no registrations: its `BTB_TASK_*` variables
+ * name the task). Thread-safe.
  */
-btb_status btb_instance_task(const btb_instance *instance,
-                             btb_registration **out);
+btb_status btb_instance_task(const btb_instance *instance, btb_registration **out);
 
 /**
  * Writes the trigger details to `*out`: the application trigger's arguments as a JSON object text,
@@ -871,7 +872,7 @@ btb_status btb_instance_report_failure(btb_instance *instance, const char *messa
  * For instances taken from the pull queue (`btb_system_next_event`): tells btb the run is over on
  * the host's side (as a run function returning). The instance completes once its deferrals do.
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE` (already
- * finished). Thread-safe.
+ * finished; or a host process's instance, whose run ends when the process exits). Thread-safe.
  */
 btb_status btb_instance_finish_run(btb_instance *instance);
 
@@ -913,6 +914,31 @@ btb_status btb_deferral_complete(btb_deferral *deferral);
  * Errors: `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
  */
 btb_status btb_deferral_free(btb_deferral *deferral);
+
+/**
+ * In a process started by a broker for an `exec` entry point (SPEC §5): connects to the
+ * instance it runs through the inherited socket (`BTB_HOST_FD`) and writes a new instance handle
+ * to `*out` (free with `btb_instance_free`). The `btb_instance_*` functions work on it as on an
+ * in-process run: progress, failure, deferrals, canceled handlers (called on a btb thread of this
+ * process when the broker cancels the run), `btb_instance_wait_canceled`; the run ends when the
+ * process exits, with its exit status (0 = succeeded unless a failure was reported).
+ * `btb_instance_task` and `btb_instance_finish_run` are `BTB_ERROR_STATE` on it.
+ * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_STATE` (not started by a broker: `BTB_HOST_FD`
+ * unset; connected already; the broker refused, e.g. another protocol version),
+ * `BTB_ERROR_INVALID_ARGUMENT` (a `BTB_*` variable is malformed), `BTB_ERROR_INTERNAL` (the socket
+ * failed). Call once per process, from any thread.
+ */
+btb_status btb_host_connect(btb_instance **out);
+
+/**
+ * Waits until the instance is canceled or `timeout_ms` passes, and writes whether it was to
+ * `*out_canceled` (the reason: `btb_instance_cancellation_reason`). For a host process's main
+ * loop; in-process run functions can wait the same way. Errors: `BTB_ERROR_NULL_ARGUMENT`,
+ * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ */
+btb_status btb_instance_wait_canceled(const btb_instance *instance,
+                                      uint32_t timeout_ms,
+                                      bool *out_canceled);
 
 /**
  * Writes the task id to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`.

@@ -6,6 +6,7 @@
 mod builder;
 mod convert;
 mod errors;
+mod host;
 mod json;
 mod manifest;
 mod policy;
@@ -26,6 +27,8 @@ mod _btb {
 
     #[pymodule_export]
     use crate::builder::BackgroundTaskBuilder;
+    #[pymodule_export]
+    use crate::host::{HostInstance, HostInstanceDeferral, connect as _host_connect};
     #[pymodule_export]
     use crate::manifest::{Manifest, TaskDeclaration};
     #[pymodule_export]

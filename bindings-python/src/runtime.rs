@@ -91,7 +91,7 @@ impl Slot {
 
 /// Attaches a btb thread to the interpreter for `f`; `None` when the interpreter is finalizing
 /// (or otherwise not attachable). The core counts the call as app code in flight.
-fn attach<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> Option<R> {
+pub(crate) fn attach<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> Option<R> {
     Python::try_attach(f)
 }
 
@@ -104,7 +104,7 @@ fn attach<R>(f: impl for<'py> FnOnce(Python<'py>) -> R) -> Option<R> {
 /// `"C-unwind"` here and the unwind stops at `HangThread`, which parks the thread for good — what
 /// Python 3.14 does itself, and what PyO3 does around the GIL calls it makes. The process then
 /// exits normally.
-fn call_unwinding<'py>(
+pub(crate) fn call_unwinding<'py>(
     callable: &Bound<'py, PyAny>,
     args: Bound<'py, PyTuple>,
 ) -> PyResult<Bound<'py, PyAny>> {
@@ -550,7 +550,10 @@ impl BackgroundTaskInstance {
     }
 }
 
-fn reason_value(py: Python<'_>, reason: Option<CancellationReason>) -> PyResult<Py<PyAny>> {
+pub(crate) fn reason_value(
+    py: Python<'_>,
+    reason: Option<CancellationReason>,
+) -> PyResult<Py<PyAny>> {
     match reason {
         Some(r) => Ok(member(py, "BackgroundTaskCancellationReason", r as u32)?.unbind()),
         None => Ok(py.None()),

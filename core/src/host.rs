@@ -29,6 +29,7 @@ struct Life {
 
 struct Inner {
     instance_id: Uuid,
+    network_granted: bool,
     task_id: Uuid,
     name: String,
     entry_point: String,
@@ -94,20 +95,27 @@ pub fn connect() -> Result<HostInstance> {
         },
     )
     .map_err(lost)?;
-    let canceled = match protocol::read_frame::<ToHost>(&mut reader).map_err(lost)? {
-        Some(ToHost::Welcome { canceled, .. }) => {
-            canceled.map(CancellationReason::from_u32).transpose()?
-        }
-        Some(ToHost::Refused { message }) => return Err(Error::state(message)),
-        Some(other) => {
-            return Err(Error::state(format!(
-                "the broker answered the hello with {other:?}"
-            )));
-        }
-        None => return Err(Error::state("the broker closed the instance socket")),
-    };
+    let (canceled, network_granted) =
+        match protocol::read_frame::<ToHost>(&mut reader).map_err(lost)? {
+            Some(ToHost::Welcome {
+                canceled,
+                network_granted,
+                ..
+            }) => (
+                canceled.map(CancellationReason::from_u32).transpose()?,
+                network_granted,
+            ),
+            Some(ToHost::Refused { message }) => return Err(Error::state(message)),
+            Some(other) => {
+                return Err(Error::state(format!(
+                    "the broker answered the hello with {other:?}"
+                )));
+            }
+            None => return Err(Error::state("the broker closed the instance socket")),
+        };
     let inner = Arc::new(Inner {
         instance_id,
+        network_granted,
         task_id: uuid_var("BTB_TASK_ID")?,
         name: var("BTB_TASK_NAME")?,
         entry_point: var("BTB_ENTRY_POINT")?,
@@ -242,6 +250,11 @@ impl HostInstance {
 
     pub fn progress(&self) -> u32 {
         self.0.progress.load(Ordering::Acquire)
+    }
+
+    /// Whether the broker holds a sleep inhibitor for this run (`is_network_requested`).
+    pub fn is_network_granted(&self) -> bool {
+        self.0.network_granted
     }
 
     /// Sets the progress; each change reaches the registration's progress handlers in the app.

@@ -38,8 +38,13 @@ pub enum ToBroker {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ToHost {
-    /// Answer to a hello: the broker's version, and the cancellation if one came first.
-    Welcome { version: u32, canceled: Option<u32> },
+    /// Answer to a hello: the broker's version, the cancellation if one came first, and whether
+    /// the broker holds a sleep inhibitor for the run (`is_network_requested`).
+    Welcome {
+        version: u32,
+        canceled: Option<u32>,
+        network_granted: bool,
+    },
     /// The instance was canceled (a `CancellationReason` value); the grace period runs.
     Canceled { reason: u32 },
     /// The hello was refused (another version, another instance); the broker closes the socket.

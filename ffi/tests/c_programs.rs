@@ -129,6 +129,22 @@ fn runtime_tests(wrapper: &[&str], extra_cflags: &[&str]) {
     c_tests("test_runtime", 1000, wrapper, extra_cflags);
 }
 
+/// Host processes are this same program started again by the broker (`--host`), not traced by
+/// valgrind (it follows no exec); plain and under ASan, where each process checks itself.
+fn host_tests(extra_cflags: &[&str]) {
+    c_tests("test_host", 25, &[], extra_cflags);
+}
+
+#[test]
+fn host_processes() {
+    host_tests(&[]);
+}
+
+#[test]
+fn host_processes_with_asan() {
+    host_tests(ASAN);
+}
+
 #[test]
 fn header_compiles_as_c11_and_cpp17() {
     let scratch = tempfile::tempdir().unwrap();

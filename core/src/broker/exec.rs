@@ -341,6 +341,7 @@ impl Broker {
                 child.send(&ToHost::Welcome {
                     version: protocol::VERSION,
                     canceled,
+                    network_granted: instance.is_network_granted(),
                 });
             }
             ToBroker::Progress { value } => instance.set_progress(value),
