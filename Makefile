@@ -50,6 +50,7 @@ demo: all
 	$(MAKE) -C examples-c run
 	$(PY) bindings-python/examples/register.py
 	$(PY) bindings-python/examples/tasks.py
+	$(PY) bindings-python/examples/out_of_process.py
 	$(PY) bindings-python/examples/machine.py --seconds 2
 
 test: test-rust test-python test-install
@@ -84,8 +85,8 @@ test-install: lib $(CMAKE)
 	else echo "*** SKIPPED: the examples built with pkg-config (not installed; apt-get install pkg-config)" >&2; fi
 	$(CMAKE) -S examples-c -B build/install-test/cmake -DCMAKE_PREFIX_PATH=$(abspath build/install-test/prefix) >/dev/null
 	$(CMAKE) --build build/install-test/cmake >/dev/null
-	for e in register tasks pull_queue; do build/install-test/cmake/$$e >/dev/null || exit 1; done
-	@echo "cmake package: the three examples built and ran"
+	for e in register tasks pull_queue host; do build/install-test/cmake/$$e >/dev/null || exit 1; done
+	@echo "cmake package: the four examples built and ran"
 	readelf -d build/install-test/cmake/register | grep -q 'NEEDED.*libbtb.so.$(MAJOR)' && echo "example links libbtb.so.$(MAJOR)"
 
 install: lib

@@ -296,6 +296,33 @@ fn c_examples_run_tasks_and_drain_the_pull_queue() {
 }
 
 #[test]
+fn c_example_runs_a_task_in_a_child_process() {
+    for cflags in [&[][..], ASAN] {
+        let out = run_example("host", cflags);
+        let app_pid = out
+            .split("app pid ")
+            .nth(1)
+            .and_then(|s| s.split(':').next())
+            .expect(&out);
+        let child_pid = out
+            .split("child pid ")
+            .nth(1)
+            .and_then(|s| s.split(':').next())
+            .expect(&out);
+        assert_ne!(app_pid, child_pid, "the task ran in another process: {out}");
+        for expected in [
+            "app: progress 25%\n",
+            "app: progress 100%\n",
+            "app: completed SUCCEEDED\n",
+            "app: the child's stdout, kept with the run: child pid ",
+            "indexing {\"folder\":\"notes\"}\n",
+        ] {
+            assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+        }
+    }
+}
+
+#[test]
 fn only_btb_symbols_are_exported_and_the_soname_is_set() {
     let so = lib_dir().join("libbtb.so");
     let out = run(Command::new("nm").args(["-D", "--defined-only"]).arg(&so));
