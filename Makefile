@@ -65,7 +65,7 @@ test-rust:
 	  $(CARGO) test -- --skip under_valgrind; \
 	  echo "*** SKIPPED: the C ABI tests under valgrind (see above)" >&2; fi
 	@if [ "$$(id -u)" = 0 ]; then \
-	  $(CARGO) test -q -p btb-core --test signal -- --ignored peer_uid_is_checked; else \
+	  $(CARGO) test -q -p btb-core --test control -- --ignored peer_uid_is_checked; else \
 	  echo "*** SKIPPED: peer_uid_is_checked (root only: it starts a process as nobody; run make test as root)" >&2; fi
 
 # cmake from PyPI when the machine has none (no root needed).

@@ -705,7 +705,7 @@ pub(crate) fn signal_event(
 ) -> PyResult<()> {
     let app_id = utf8(app_id, "app id")?;
     let name = utf8(name, "event name")?;
-    py.detach(|| btb_core::signal::signal_event(&app_id, &name))
+    py.detach(|| btb_core::control::signal_event(&app_id, &name))
         .or_raise()
 }
 

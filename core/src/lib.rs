@@ -6,6 +6,7 @@
 mod broker;
 pub mod calendar;
 pub mod clock;
+pub mod control;
 pub mod error;
 pub mod groups;
 pub mod host;
@@ -17,11 +18,11 @@ pub mod policy;
 pub mod protocol;
 mod registration;
 mod registry;
-pub mod signal;
 mod source;
 pub mod store;
 pub mod system;
 pub mod validate;
+pub mod view;
 mod wake;
 
 pub use broker::{

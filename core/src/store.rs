@@ -568,6 +568,29 @@ impl Store {
         .map_err(fail)
     }
 
+    /// The outcome of each registration's last recorded run (one query for all: `btbctl list`).
+    pub fn last_outcomes(&self) -> Result<std::collections::HashMap<Uuid, TaskOutcome>> {
+        let fail = |e: rusqlite::Error| self.err("read the run history", e);
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT task_id, outcome FROM run_history
+                 WHERE seq IN (SELECT MAX(seq) FROM run_history GROUP BY task_id)",
+            )
+            .map_err(fail)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, u32>(1)?)))
+            .map_err(fail)?;
+        let mut out = std::collections::HashMap::new();
+        for row in rows {
+            let (id, outcome) = row.map_err(fail)?;
+            if let (Ok(id), Ok(outcome)) = (Uuid::from_slice(&id), TaskOutcome::from_u32(outcome)) {
+                out.insert(id, outcome);
+            }
+        }
+        Ok(out)
+    }
+
     /// The recorded runs of a task, oldest first.
     pub fn history(&self, task_id: &Uuid) -> Result<Vec<RunRecord>> {
         let fail = |e: rusqlite::Error| self.err("read the run history", e);

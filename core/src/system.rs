@@ -152,17 +152,14 @@ impl System {
         }
         if options.store != StoreLocation::Memory {
             let weak = Arc::downgrade(&shared);
-            let on_signal: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |name: &str| {
-                if let Some(shared) = weak.upgrade()
-                    && let Ok(mut st) = shared.open_state()
-                {
-                    shared.fire_key(&mut st, &EventKey::Custom(name.to_owned()));
-                }
+            let handler: crate::control::Handler = Arc::new(move |request| match weak.upgrade() {
+                Some(shared) => System::view(shared).answer(request),
+                None => crate::control::Reply::error(&crate::broker::closed()),
             });
-            match crate::signal::SignalListener::bind(shared.manifest.app_id(), on_signal) {
+            match crate::control::ControlListener::bind(shared.manifest.app_id(), handler) {
                 Ok(l) => *shared.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(l),
                 Err(e) => {
-                    log::warn!(target: "btb", "custom events from other processes will not reach this system: {e}")
+                    log::warn!(target: "btb", "other processes (btbctl, signal_event) will not reach this system: {e}")
                 }
             }
         }
@@ -476,11 +473,11 @@ impl System {
         self.fire_event(&EventKey::System(event))
     }
 
-    /// Signals a custom event in this system (other processes use [`crate::signal::signal_event`]).
+    /// Signals a custom event in this system (other processes use [`crate::control::signal_event`]).
     /// The name follows the rule of the control socket (1–256 bytes, no control character), so a
     /// name is accepted or refused alike in-process and from another process.
     pub fn signal_event(&self, trigger_id: &str) -> Result<usize> {
-        crate::signal::check_name(trigger_id).map_err(Error::invalid)?;
+        crate::control::check_name(trigger_id).map_err(Error::invalid)?;
         self.fire_event(&EventKey::Custom(trigger_id.to_owned()))
     }
 
@@ -703,4 +700,67 @@ fn _assert_send_sync() {
     is::<System>();
     is::<Registration>();
     is::<Instance>();
+}
+
+impl System {
+    /// Answers a request of the control socket (SPEC §10: `btbctl`, `signal_event`).
+    fn answer(&self, request: crate::control::Request) -> crate::control::Reply {
+        use crate::control::{Reply, Request};
+        let result = match request {
+            Request::Hello { .. } => Ok(Reply::Done),
+            Request::Signal { name } => self
+                .fire_event(&EventKey::Custom(name))
+                .map(|count| Reply::Fired { count }),
+            Request::List => self
+                .shared
+                .task_views(None)
+                .map(|tasks| Reply::Tasks { tasks }),
+            Request::Show { task } => self
+                .shared
+                .task_views(Some(&task))
+                .map(|mut v| Reply::Task { task: v.remove(0) }),
+            Request::History { task } => self.task_id_of(&task).and_then(|id| {
+                Ok(Reply::Runs {
+                    runs: self.history(&id)?.iter().map(Into::into).collect(),
+                })
+            }),
+            Request::Run {
+                task,
+                ignore_conditions,
+            } => self
+                .shared
+                .run_now(&task, ignore_conditions)
+                .map(|()| Reply::Done),
+            Request::Unregister { task } => self
+                .task_id_of(&task)
+                .and_then(|id| self.unregister(&id, true))
+                .map(|()| Reply::Done),
+            Request::Doctor => self.doctor().map(|states| Reply::Doctor {
+                states,
+                broker: Some(std::process::id()),
+            }),
+        };
+        result.unwrap_or_else(|e| Reply::error(&e))
+    }
+
+    fn task_id_of(&self, task: &str) -> Result<Uuid> {
+        let st = self.locked()?;
+        self.shared.find_task(&st, task)
+    }
+
+    /// Every condition's state and source (`btbctl doctor`).
+    pub fn doctor(&self) -> Result<std::collections::BTreeMap<String, crate::view::StateView>> {
+        SystemConditionType::ALL
+            .iter()
+            .map(|&c| {
+                Ok((
+                    c.name().to_owned(),
+                    crate::view::StateView {
+                        state: self.state(c)?,
+                        source: self.state_source(c)?.to_owned(),
+                    },
+                ))
+            })
+            .collect()
+    }
 }

@@ -774,7 +774,7 @@ pub extern "C" fn btb_signal_event(app_id: *const c_char, name: *const c_char) -
     // SAFETY: the C contract: `app_id` and `name` are NULL or NUL-terminated strings valid during
     // the call.
     let (app_id, name) = unsafe { (c_str(app_id), c_str(name)) };
-    guard(|| btb_core::signal::signal_event(arg(app_id, "app_id")?, arg(name, "name")?))
+    guard(|| btb_core::control::signal_event(arg(app_id, "app_id")?, arg(name, "name")?))
 }
 
 /// Sets a state of the simulated source (`BTB_CONDITION_*`, true = holds). Tasks whose conditions

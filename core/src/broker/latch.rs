@@ -22,6 +22,8 @@ pub(crate) struct Pending {
     pub(crate) details: Option<serde_json::Value>,
     /// Written to the store (so it survives a restart).
     pub(crate) persisted: bool,
+    /// Run without waiting for the conditions (`btbctl run --ignore-conditions`; not persisted).
+    pub(crate) forced: bool,
 }
 
 impl Broker {
@@ -110,11 +112,12 @@ impl Broker {
             if st.running.len() + started.len() >= max {
                 break;
             }
+            let forced = st.pending.get(&task_id).is_some_and(|p| p.forced);
             let runnable = !st.running.contains_key(&task_id)
                 && st
                     .registry
                     .get(&task_id)
-                    .is_some_and(|r| self.conditions_hold(st, r));
+                    .is_some_and(|r| forced || self.conditions_hold(st, r));
             if runnable {
                 started.push((seq, task_id));
             }

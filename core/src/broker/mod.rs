@@ -50,6 +50,7 @@
 
 mod cancel;
 mod exec;
+mod explain;
 pub(crate) mod instance;
 mod latch;
 mod notify;
@@ -262,7 +263,7 @@ pub(crate) struct Broker {
     /// The running platform sources (none in a simulated system); dropped at close.
     pub(crate) platform: Mutex<Option<crate::platform::Platform>>,
     /// Hears custom events signalled by other processes (file stores only).
-    pub(crate) listener: Mutex<Option<crate::signal::SignalListener>>,
+    pub(crate) listener: Mutex<Option<crate::control::ControlListener>>,
 }
 
 /// The error of any call on a closed system.

@@ -38,6 +38,7 @@ impl State {
                 seq,
                 details,
                 persisted,
+                forced: false,
             },
         );
     }

@@ -1,11 +1,12 @@
-//! Custom events across processes: the per-app control socket (`btb_core::signal`).
+//! The per-app control socket (`btb_core::control`): custom events across processes, the framed
+//! protocol's refusals, concurrent connections, and who may connect.
 //!
 //! `XDG_RUNTIME_DIR` is process-global, so every test takes `ENV` and points it at a private temp
 //! dir for its whole run. Tests that need a second process re-execute this test binary with
 //! `--exact <test> --nocapture` and `CHILD_ROLE` set; the child does its part at the top of the same
 //! test function and prints `CHILD <result>` lines for the parent to check.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
@@ -16,7 +17,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use btb_core::ErrorKind;
-use btb_core::signal::{SignalListener, signal_event, socket_path};
+use btb_core::control::{ControlListener, Handler, Reply, Request, signal_event, socket_path};
+use btb_core::protocol;
 
 const APP: &str = "org.example.btbsignal";
 /// The longest any test waits for something that should happen at once.
@@ -51,13 +53,18 @@ impl RuntimeDir {
     }
 }
 
-type Callback = Arc<dyn Fn(&str) + Send + Sync>;
+type Callback = Handler;
 
-/// A callback that forwards each event name to the returned receiver.
+/// A handler that forwards each signalled event name to the returned receiver.
 fn channel_callback() -> (Callback, Receiver<String>) {
     let (tx, rx) = mpsc::channel();
-    let cb: Callback = Arc::new(move |name: &str| {
-        let _ = tx.send(name.to_owned());
+    let tx = Mutex::new(tx);
+    let cb: Callback = Arc::new(move |request: Request| match request {
+        Request::Signal { name } => {
+            let _ = tx.lock().unwrap().send(name);
+            Reply::Fired { count: 1 }
+        }
+        _ => Reply::Done,
     });
     (cb, rx)
 }
@@ -74,18 +81,35 @@ fn chmod(path: &Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
+/// A hello of this protocol version, as bytes.
+fn hello() -> Vec<u8> {
+    protocol::encode(&Request::Hello {
+        version: protocol::VERSION,
+    })
+}
+
 /// Sends raw bytes over a new connection (ignoring a send error: the broker may have answered and
-/// closed first) and returns the broker's reply line.
-fn raw_exchange(path: &Path, bytes: &[u8], close_write: bool) -> String {
+/// closed first) and returns the broker's replies until it closes.
+fn raw_exchange(path: &Path, bytes: &[u8], close_write: bool) -> Vec<Reply> {
     let mut stream = UnixStream::connect(path).unwrap();
     stream.set_read_timeout(Some(DEADLINE)).unwrap();
     let _ = stream.write_all(bytes);
     if close_write {
         let _ = stream.shutdown(std::net::Shutdown::Write);
     }
-    let mut reply = String::new();
-    BufReader::new(stream).read_line(&mut reply).unwrap();
-    reply
+    let mut replies = Vec::new();
+    while let Ok(Some(reply)) = protocol::read_frame::<Reply>(&mut stream) {
+        replies.push(reply);
+    }
+    replies
+}
+
+/// The message of the last reply, which must be an error.
+fn refusal(replies: &[Reply]) -> String {
+    match replies.last() {
+        Some(Reply::Error { kind, message }) => format!("{kind}: {message}"),
+        other => panic!("not an error: {other:?} (all: {replies:?})"),
+    }
 }
 
 /// Re-executes this test binary to run `test` as `role`, optionally as another user, and returns the
@@ -189,13 +213,13 @@ fn socket_path_layout() {
 fn in_process_signal_reaches_callback() {
     let _rt = RuntimeDir::new();
     let (cb, rx) = channel_callback();
-    let listener = SignalListener::bind(APP, cb).unwrap();
+    let listener = ControlListener::bind(APP, cb).unwrap();
     assert_eq!(listener.path(), socket_path(APP).unwrap());
 
     let longest = "é".repeat(128); // 256 bytes
     for name in ["battery-report", "with spaces", "ünïcödé", longest.as_str()] {
         signal_event(APP, name).unwrap();
-        // The callback ran before `ok` came back: the event is already there.
+        // The handler ran before the reply came back: the event is already there.
         assert_eq!(rx.try_recv().unwrap(), name);
     }
     assert!(rx.try_recv().is_err());
@@ -213,7 +237,7 @@ fn two_processes() {
     }
     let rt = RuntimeDir::new();
     let (cb, rx) = channel_callback();
-    let _listener = SignalListener::bind(APP, cb).unwrap();
+    let _listener = ControlListener::bind(APP, cb).unwrap();
     let exe = std::env::current_exe().unwrap();
 
     let lines = run_child(&exe, TEST, "client", rt.path(), None);
@@ -226,7 +250,7 @@ fn two_processes() {
 fn socket_is_0600_and_dir_0700() {
     let rt = RuntimeDir::new();
     let (cb, _rx) = channel_callback();
-    let listener = SignalListener::bind(APP, cb).unwrap();
+    let listener = ControlListener::bind(APP, cb).unwrap();
     let meta = std::fs::symlink_metadata(listener.path()).unwrap();
     assert!(meta.file_type().is_socket());
     assert_eq!(mode(listener.path()), 0o600);
@@ -243,7 +267,7 @@ fn unsafe_socket_dir_is_refused() {
 
     std::fs::create_dir(&dir).unwrap();
     chmod(&dir, 0o755);
-    let e = SignalListener::bind(APP, cb.clone()).unwrap_err();
+    let e = ControlListener::bind(APP, cb.clone()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Policy);
     assert!(
         e.message().contains("0755") && e.message().contains(&*dir.to_string_lossy()),
@@ -253,7 +277,7 @@ fn unsafe_socket_dir_is_refused() {
 
     chmod(&dir, 0o700);
     std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap();
-    let e = SignalListener::bind(APP, cb.clone()).unwrap_err();
+    let e = ControlListener::bind(APP, cb.clone()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Policy);
     assert!(
         e.message().contains("belongs to uid 65534"),
@@ -266,7 +290,7 @@ fn unsafe_socket_dir_is_refused() {
     std::fs::create_dir(&elsewhere).unwrap();
     chmod(&elsewhere, 0o700);
     std::os::unix::fs::symlink(&elsewhere, &dir).unwrap();
-    let e = SignalListener::bind(APP, cb.clone()).unwrap_err();
+    let e = ControlListener::bind(APP, cb.clone()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Policy);
     assert!(e.message().contains("not a directory"), "{}", e.message());
     std::fs::remove_file(&dir).unwrap();
@@ -274,13 +298,13 @@ fn unsafe_socket_dir_is_refused() {
     // A missing XDG_RUNTIME_DIR is not created for us.
     // SAFETY: `ENV` is held (by `rt`).
     unsafe { std::env::set_var("XDG_RUNTIME_DIR", rt.path().join("missing")) };
-    let e = SignalListener::bind(APP, cb.clone()).unwrap_err();
+    let e = ControlListener::bind(APP, cb.clone()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::State);
     assert!(e.message().contains("XDG_RUNTIME_DIR"), "{}", e.message());
     unsafe { std::env::set_var("XDG_RUNTIME_DIR", rt.path()) };
 
     // And with a sane directory, it binds.
-    drop(SignalListener::bind(APP, cb).unwrap());
+    drop(ControlListener::bind(APP, cb).unwrap());
 }
 
 #[test]
@@ -311,8 +335,8 @@ fn no_broker_is_not_found() {
 fn a_second_live_listener_is_refused() {
     let _rt = RuntimeDir::new();
     let (cb, rx) = channel_callback();
-    let first = SignalListener::bind(APP, cb.clone()).unwrap();
-    let e = SignalListener::bind(APP, cb.clone()).unwrap_err();
+    let first = ControlListener::bind(APP, cb.clone()).unwrap();
+    let e = ControlListener::bind(APP, cb.clone()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::State);
     assert!(
         e.message().contains("already listening")
@@ -328,7 +352,7 @@ fn a_second_live_listener_is_refused() {
 
     // Something live on the path that does not take btb's lock is detected by connecting.
     let foreign = UnixListener::bind(&path).unwrap();
-    let e = SignalListener::bind(APP, cb).unwrap_err();
+    let e = ControlListener::bind(APP, cb).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::State);
     assert!(e.message().contains("already listening"), "{}", e.message());
     assert!(path.exists(), "a live socket must not be removed");
@@ -346,7 +370,7 @@ fn a_stale_socket_is_replaced() {
     assert!(UnixStream::connect(&path).is_err());
 
     let (cb, rx) = channel_callback();
-    let listener = SignalListener::bind(APP, cb.clone()).unwrap();
+    let listener = ControlListener::bind(APP, cb.clone()).unwrap();
     // (Comparing inodes proves nothing: tmpfs hands the freed inode number straight back.)
     assert_eq!(mode(&path), 0o600);
     signal_event(APP, "after-restart").unwrap();
@@ -355,17 +379,17 @@ fn a_stale_socket_is_replaced() {
 
     // Something that is not a socket is never removed.
     std::fs::write(&path, "precious").unwrap();
-    let e = SignalListener::bind(APP, cb).unwrap_err();
+    let e = ControlListener::bind(APP, cb).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::State);
     assert!(e.message().contains("not a socket"), "{}", e.message());
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious");
 }
 
 #[test]
-fn bad_names_and_malformed_lines_are_rejected() {
+fn bad_names_and_malformed_frames_are_rejected() {
     let _rt = RuntimeDir::new();
     let (cb, rx) = channel_callback();
-    let listener = SignalListener::bind(APP, cb).unwrap();
+    let listener = ControlListener::bind(APP, cb).unwrap();
 
     // Client side: refused before connecting.
     let too_long = "x".repeat(257);
@@ -387,75 +411,131 @@ fn bad_names_and_malformed_lines_are_rejected() {
         );
     }
 
-    // Server side: raw lines written by hand.
+    // Server side: frames written by hand.
     let path = listener.path();
-    let cases: &[(&[u8], bool, &str)] = &[
-        (b"signal \n", false, "err event name is empty\n"),
+    let signal = |name: &str| protocol::encode(&Request::Signal { name: name.into() });
+    let with_hello = |frame: Vec<u8>| [hello(), frame].concat();
+    let cases: Vec<(Vec<u8>, bool, &str)> = vec![
         (
-            b"signal a\x01b\n",
+            signal("x"),
             false,
-            "err event name \"a\\u{1}b\" contains a control character\n",
+            "INVALID_ARGUMENT: the first request must be a hello",
         ),
         (
-            b"signal a\tb\n",
+            protocol::encode(&Request::Hello { version: 99 }),
             false,
-            "err event name \"a\\tb\" contains a control character\n",
+            "UNSUPPORTED: this broker speaks control protocol 1, the client 99",
         ),
-        (b"hello\n", false, "err unknown command\n"),
-        (b"signal\n", false, "err unknown command\n"),
-        (b"SIGNAL x\n", false, "err unknown command\n"),
-        (b"signal \xff\xfe\n", false, "err line is not valid UTF-8\n"),
-        (b"signal x", true, "err incomplete line (no newline)\n"),
+        (
+            with_hello(signal("")),
+            false,
+            "INVALID_ARGUMENT: event name is empty",
+        ),
+        (
+            with_hello(signal("a\u{1}b")),
+            false,
+            "INVALID_ARGUMENT: event name \"a\\u{1}b\" contains a control character",
+        ),
+        (
+            with_hello(protocol::encode(&serde_json::json!({"type": "launch"}))),
+            false,
+            "INVALID_ARGUMENT: a bad frame: unknown variant `launch`",
+        ),
+        (
+            with_hello(vec![0, 0, 0, 3, 0xff, 0xfe, b'{']),
+            false,
+            "INVALID_ARGUMENT: a bad frame: ",
+        ),
+        // The old line protocol: its first bytes read as a length far over the limit.
+        (
+            b"signal x\n".to_vec(),
+            false,
+            "INVALID_ARGUMENT: a frame of 1936287598 bytes is over the limit of 65536",
+        ),
     ];
-    for (bytes, close_write, want) in cases {
-        assert_eq!(raw_exchange(path, bytes, *close_write), *want, "{bytes:?}");
+    for (bytes, _, want) in &cases {
+        // Half-closed after sending: the broker answers what it got, then closes.
+        let got = refusal(&raw_exchange(path, bytes, true));
+        assert!(got.starts_with(want), "{bytes:?}: {got}");
     }
-    let long = format!("signal {}\n", "y".repeat(257));
+    let long = with_hello(signal(&"y".repeat(257)));
     assert_eq!(
-        raw_exchange(path, long.as_bytes(), false),
-        "err event name is 257 bytes long; the limit is 256 bytes\n"
+        refusal(&raw_exchange(path, &long, true)),
+        "INVALID_ARGUMENT: event name is 257 bytes long; the limit is 256 bytes"
     );
-    let huge = format!("signal {}\n", "z".repeat(2000));
+    // A frame cut short by a half-close: no reply to a request that never arrived.
+    let cut = with_hello(signal("fine"));
     assert_eq!(
-        raw_exchange(path, huge.as_bytes(), false),
-        "err line too long (the limit is 1024 bytes)\n"
+        raw_exchange(path, &cut[..cut.len() - 2], true),
+        [Reply::Hello {
+            version: protocol::VERSION,
+            pid: std::process::id(),
+            app_id: APP.into(),
+        }]
     );
     assert!(rx.try_recv().is_err(), "no bad name may reach the callback");
 
-    // A well-formed raw line works, and the listener survived all of the above.
-    assert_eq!(raw_exchange(path, b"signal fine\n", false), "ok\n");
+    // Well-formed frames work, several on one connection, and the listener survived all of the
+    // above.
+    let replies = raw_exchange(
+        path,
+        &[hello(), signal("fine"), signal("again")].concat(),
+        true,
+    );
+    assert_eq!(replies.len(), 3, "{replies:?}");
+    assert_eq!(replies[1], Reply::Fired { count: 1 });
     assert_eq!(rx.try_recv().unwrap(), "fine");
+    assert_eq!(rx.try_recv().unwrap(), "again");
 }
 
 #[test]
-fn a_silent_client_does_not_block_the_next() {
+fn silent_and_slow_clients_do_not_block_the_others() {
     let _rt = RuntimeDir::new();
     let (cb, rx) = channel_callback();
-    let listener = SignalListener::bind(APP, cb).unwrap();
+    let listener = ControlListener::bind(APP, cb).unwrap();
 
-    let mut silent = UnixStream::connect(listener.path()).unwrap();
+    // 1,000 connections that say nothing, some half a frame, some half-closed.
+    let mut idle = Vec::new();
+    for i in 0..1000 {
+        let mut s = UnixStream::connect(listener.path()).unwrap();
+        match i % 3 {
+            0 => {}
+            1 => s.write_all(&hello()[..3]).unwrap(),
+            _ => s.shutdown(std::net::Shutdown::Write).unwrap(),
+        }
+        idle.push(s);
+    }
+    // Served at once, not after the others time out.
     let start = Instant::now();
-    // The broker gives the silent client 2 s, then serves this one; the client waits up to 5 s.
-    signal_event(APP, "after-the-silent-one").unwrap();
-    let took = start.elapsed();
-    assert!(took < DEADLINE, "took {took:?}");
-    assert_eq!(rx.recv_timeout(DEADLINE).unwrap(), "after-the-silent-one");
+    signal_event(APP, "after-the-silent-ones").unwrap();
+    assert!(
+        start.elapsed() < protocol_idle(),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(rx.recv_timeout(DEADLINE).unwrap(), "after-the-silent-ones");
+    drop(idle);
+    signal_event(APP, "after-they-left").unwrap();
+    assert_eq!(rx.recv_timeout(DEADLINE).unwrap(), "after-they-left");
+}
 
-    silent.set_read_timeout(Some(DEADLINE)).unwrap();
-    let mut reply = String::new();
-    silent.read_to_string(&mut reply).unwrap();
-    assert_eq!(reply, "err no command within 2 s\n");
+fn protocol_idle() -> Duration {
+    btb_core::control::IDLE_TIMEOUT
 }
 
 #[test]
 fn a_panicking_callback_is_an_internal_error() {
     let _rt = RuntimeDir::new();
     let (tx, rx) = mpsc::channel();
-    let cb: Callback = Arc::new(move |name: &str| {
-        assert_ne!(name, "boom", "test panic in the callback");
-        let _ = tx.send(name.to_owned());
+    let tx = Mutex::new(tx);
+    let cb: Callback = Arc::new(move |request: Request| {
+        if let Request::Signal { name } = request {
+            assert_ne!(name, "boom", "test panic in the callback");
+            let _ = tx.lock().unwrap().send(name);
+        }
+        Reply::Fired { count: 1 }
     });
-    let _listener = SignalListener::bind(APP, cb).unwrap();
+    let _listener = ControlListener::bind(APP, cb).unwrap();
     let e = signal_event(APP, "boom").unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Internal);
     assert!(e.message().contains("boom"), "{}", e.message());
@@ -470,9 +550,8 @@ fn intruder() {
         Err(e) => println!("CHILD connect {:?}", e.kind()),
         Ok(mut stream) => {
             stream.set_read_timeout(Some(DEADLINE)).unwrap();
-            let _ = stream.write_all(b"signal intruder\n");
-            let mut reply = String::new();
-            BufReader::new(stream).read_line(&mut reply).unwrap();
+            let _ = stream.write_all(&hello());
+            let reply = protocol::read_frame::<Reply>(&mut stream);
             println!("CHILD reply {reply:?}");
         }
     }
@@ -485,7 +564,7 @@ fn intruder() {
 /// Root only (it starts a process as nobody), so opt-in: `make test` runs it when root, else it
 /// is reported as ignored with this reason.
 #[test]
-#[ignore = "needs root: cargo test -p btb-core --test signal -- --ignored peer_uid_is_checked"]
+#[ignore = "needs root: cargo test -p btb-core --test control -- --ignored peer_uid_is_checked"]
 fn peer_uid_is_checked() {
     const TEST: &str = "peer_uid_is_checked";
     if std::env::var_os(CHILD_ROLE).is_some() {
@@ -499,7 +578,7 @@ fn peer_uid_is_checked() {
         "peer_uid_is_checked needs root (it starts a process as nobody)"
     );
     let (cb, rx) = channel_callback();
-    let listener = SignalListener::bind(APP, cb).unwrap();
+    let listener = ControlListener::bind(APP, cb).unwrap();
     let dir = rt.btb_dir();
     let sock = listener.path().to_owned();
 
@@ -539,7 +618,10 @@ fn peer_uid_is_checked() {
     // With both opened up, the peer uid check refuses nobody; nobody's client refuses root's socket.
     chmod(&sock, 0o666);
     let lines = nobody("dir 0711, socket 0666");
-    assert_eq!(lines[0], "reply \"err not your broker\\n\"");
+    assert_eq!(
+        lines[0],
+        "reply Ok(Some(Error { kind: \"POLICY\", message: \"not your broker\" }))"
+    );
     assert!(
         lines[1].starts_with("signal_event err Policy ")
             && lines[1].contains("is served by uid 0, not by us (uid 65534)"),
@@ -561,7 +643,7 @@ fn peer_uid_is_checked() {
 fn drop_removes_the_socket_and_joins_the_thread() {
     let _rt = RuntimeDir::new();
     let (cb, rx) = channel_callback();
-    let listener = SignalListener::bind(APP, cb.clone()).unwrap();
+    let listener = ControlListener::bind(APP, cb.clone()).unwrap();
     let path = listener.path().to_owned();
     assert_eq!(
         Arc::strong_count(&cb),
@@ -581,7 +663,7 @@ fn drop_removes_the_socket_and_joins_the_thread() {
     );
 
     // The lock went with it: a new broker binds at once.
-    let again = SignalListener::bind(APP, cb).unwrap();
+    let again = ControlListener::bind(APP, cb).unwrap();
     signal_event(APP, "again").unwrap();
     assert_eq!(rx.try_recv().unwrap(), "again");
     drop(again);

@@ -1,0 +1,126 @@
+//! What the broker tells `btbctl` (SPEC §10): registrations with what is known of them (next due,
+//! latched, running, spent, last outcome, the conditions that do not hold), and firing a task by
+//! hand. The control socket (`control.rs`) calls these through `System`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use super::{Broker, State};
+use crate::error::{Error, ErrorKind, Result};
+use crate::model::{SystemConditionType, TaskOutcome, TaskRecord, TaskTrigger};
+use crate::view::{TaskFacts, TaskView};
+
+impl Broker {
+    /// The registration TASK names: a task id, or a unique name (a name used in several groups is
+    /// `CONFLICT`, naming their ids).
+    pub(crate) fn find_task(&self, st: &State, task: &str) -> Result<Uuid> {
+        if let Ok(id) = Uuid::parse_str(task)
+            && st.registry.contains(&id)
+        {
+            return Ok(id);
+        }
+        let mut found: Vec<&Arc<TaskRecord>> =
+            st.registry.records().filter(|r| r.name == task).collect();
+        match found.len() {
+            0 => Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "no task named or numbered {task:?} in app {:?}",
+                    self.manifest.app_id()
+                ),
+            )),
+            1 => Ok(found[0].task_id),
+            _ => {
+                found.sort_by_key(|r| r.seq);
+                Err(Error::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "{} tasks are named {task:?} (in different groups): name one by its id: {}",
+                        found.len(),
+                        found
+                            .iter()
+                            .map(|r| r.task_id.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// What is known of one registration now.
+    fn facts(
+        &self,
+        st: &State,
+        record: &TaskRecord,
+        last: &HashMap<Uuid, TaskOutcome>,
+    ) -> TaskFacts {
+        let id = &record.task_id;
+        let mut waiting: Vec<SystemConditionType> = record
+            .conditions
+            .iter()
+            .copied()
+            .filter(|c| !self.holds(st, *c))
+            .collect();
+        if matches!(record.trigger, TaskTrigger::Maintenance { .. })
+            && !self.holds(st, SystemConditionType::OnAcPower)
+        {
+            waiting.insert(0, SystemConditionType::OnAcPower);
+        }
+        TaskFacts {
+            next_due_ms: st.next_due(id),
+            pending: st.pending.contains_key(id),
+            spent: st.registry.is_spent(id),
+            running_since_ms: st.running.get(id).map(|r| r.instance.started_ms()),
+            last_outcome: last.get(id).copied(),
+            waiting_for: Some(waiting),
+        }
+    }
+
+    /// Every registration in registration order, or (`task`) the one it names with the sentence
+    /// that says why it is not running.
+    pub(crate) fn task_views(&self, task: Option<&str>) -> Result<Vec<TaskView>> {
+        // Store (lock 0) before state (lock 1).
+        let last = match self.store().as_ref() {
+            Some(store) => store.last_outcomes()?,
+            None => return Err(super::closed()),
+        };
+        let st = self.open_state()?;
+        let now = self.clock.now_ms();
+        let mut records: Vec<&Arc<TaskRecord>> = match task {
+            Some(task) => {
+                let id = self.find_task(&st, task)?;
+                st.registry.get(&id).into_iter().collect()
+            }
+            None => st.registry.records().collect(),
+        };
+        records.sort_by_key(|r| r.seq);
+        Ok(records
+            .into_iter()
+            .map(|r| TaskView::new(r, &self.facts(&st, r, &last), now, task.is_some()))
+            .collect())
+    }
+
+    /// Fires a task as if its trigger fired (`btbctl run`); with `ignore_conditions` it runs even
+    /// if they do not hold. `STATE` for a spent one-shot.
+    pub(crate) fn run_now(self: &Arc<Self>, task: &str, ignore_conditions: bool) -> Result<()> {
+        let mut st = self.open_state()?;
+        let id = self.find_task(&st, task)?;
+        if st.registry.is_spent(&id) {
+            return Err(Error::state(format!(
+                "task {task:?} is spent: its one-shot trigger fired already"
+            )));
+        }
+        let now = self.clock.now_ms();
+        let mut changes = Vec::new();
+        self.fire(&mut st, id, None, now, &mut changes);
+        if ignore_conditions && let Some(pending) = st.pending.get_mut(&id) {
+            pending.forced = true;
+        }
+        self.commit(&mut st, changes);
+        self.dispatch(&mut st, now);
+        Ok(())
+    }
+}

@@ -1,0 +1,869 @@
+//! The control socket (SPEC §10): how other processes of the same user reach a running broker —
+//! `btbctl`, `signal_event`, and (later) client processes of the app.
+//!
+//! A running broker listens on a Unix stream socket, `$XDG_RUNTIME_DIR/btb/<app_id>.sock`. The
+//! protocol is frames of `protocol.rs` (4-byte length, JSON, bounded): the client's first frame is
+//! [`Request::Hello`] with the protocol version, answered by [`Reply::Hello`] (or an error naming
+//! both versions, and the connection is closed); then any number of requests, one reply each.
+//!
+//! One thread serves every connection with `poll`: a slow, silent or half-closed peer holds only
+//! its own connection, which is closed after [`IDLE_TIMEOUT`] without a complete request. No
+//! timer runs while no connection is open.
+//!
+//! Security: the directory is `0700` and must be ours, the socket `0600`; on top of that the broker
+//! checks each peer's uid (`SO_PEERCRED`) and answers "not your broker" to anyone else, and the
+//! client checks that the socket is served by its own uid before it sends anything.
+//!
+//! One listener per app: `bind` takes an exclusive lock on `<app_id>.sock.lock` beside the socket
+//! for the listener's lifetime, so two brokers starting at once cannot both remove and rebind the
+//! socket. The lock file stays after `Drop` (removing a lock file races with its next taker).
+
+use std::fs::{self, DirBuilder};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags, poll};
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType, sockopt};
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{self, Decoder};
+use crate::{Error, ErrorKind, Result};
+
+/// The longest event name, in bytes (as a custom event trigger id).
+pub const MAX_NAME: usize = 256;
+/// How long the broker waits for a connection's next complete request before closing it.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client waits for a reply.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once; more are answered "busy" and closed.
+pub const MAX_CONNECTIONS: usize = 4096;
+/// Replies queued for a peer that does not read: past this, the connection is dropped.
+const MAX_QUEUED: usize = 8 << 20;
+
+/// `sockaddr_un.sun_path` holds 108 bytes including the terminating NUL.
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Reply to a peer of another uid.
+const NOT_YOUR_BROKER: &str = "not your broker";
+
+/// `$XDG_RUNTIME_DIR/btb/<app_id>.sock`; without XDG_RUNTIME_DIR: `/tmp/btb-<uid>/<app_id>.sock`.
+///
+/// An empty or relative `XDG_RUNTIME_DIR` counts as unset (the XDG base directory spec requires an
+/// absolute path). The app id must be a reverse-DNS name (as the manifest requires) and the whole
+/// path must fit a Unix socket address (107 bytes).
+pub fn socket_path(app_id: &str) -> Result<PathBuf> {
+    check_app_id(app_id)?;
+    let path = socket_dir().join(format!("{app_id}.sock"));
+    let len = path.as_os_str().len();
+    if len > MAX_SOCKET_PATH {
+        return Err(Error::invalid(format!(
+            "control socket path {} for app {app_id:?} is {len} bytes long; a Unix socket path holds at most {MAX_SOCKET_PATH} bytes (use a shorter XDG_RUNTIME_DIR)",
+            path.display()
+        )));
+    }
+    Ok(path)
+}
+
+/// The directory holding the sockets (not created here).
+fn socket_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .filter(|dir| dir.is_absolute())
+    {
+        Some(dir) => dir.join("btb"),
+        None => PathBuf::from(format!("/tmp/btb-{}", our_uid())),
+    }
+}
+
+fn our_uid() -> u32 {
+    rustix::process::getuid().as_raw()
+}
+
+use crate::manifest::check_app_id;
+
+/// Event names: 1–256 bytes of UTF-8 without control characters (so one fits one line).
+pub(crate) fn check_name(name: &str) -> std::result::Result<(), String> {
+    if name.is_empty() {
+        return Err("event name is empty".to_owned());
+    }
+    if name.len() > MAX_NAME {
+        return Err(format!(
+            "event name is {} bytes long; the limit is {MAX_NAME} bytes",
+            name.len()
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(format!("event name {name:?} contains a control character"));
+    }
+    Ok(())
+}
+
+/// Creates the socket directory `0700` if missing; refuses one that is not a real directory, not
+/// ours, or accessible to group or others.
+fn ensure_private_dir(dir: &Path) -> Result<()> {
+    match DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {
+            // The umask may have taken bits away; make it exactly 0700.
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+                .map_err(|e| Error::state(format!("cannot chmod 0700 {}: {e}", dir.display())))?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(Error::state(format!(
+                "cannot create the control socket directory {}: its parent does not exist (is XDG_RUNTIME_DIR set to a real directory?)",
+                dir.display()
+            )));
+        }
+        Err(e) => {
+            return Err(Error::state(format!(
+                "cannot create the control socket directory {}: {e}",
+                dir.display()
+            )));
+        }
+    }
+    let meta = fs::symlink_metadata(dir)
+        .map_err(|e| Error::state(format!("cannot inspect {}: {e}", dir.display())))?;
+    if !meta.file_type().is_dir() {
+        return Err(Error::new(
+            ErrorKind::Policy,
+            format!(
+                "control socket directory {} is not a directory (a symlink or a file): refusing it",
+                dir.display()
+            ),
+        ));
+    }
+    let uid = our_uid();
+    if meta.uid() != uid {
+        return Err(Error::new(
+            ErrorKind::Policy,
+            format!(
+                "control socket directory {} belongs to uid {}, not to us (uid {uid}): refusing it",
+                dir.display(),
+                meta.uid()
+            ),
+        ));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(Error::new(
+            ErrorKind::Policy,
+            format!(
+                "control socket directory {} has mode {mode:04o}; it must not be accessible to group or others (chmod 0700 it): refusing it",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Connects with a bound wait: a Unix `connect` blocks while the listener's backlog is full, for at
+/// most the socket's send timeout.
+fn connect_with_timeout(path: &Path, timeout: Duration) -> io::Result<UnixStream> {
+    let fd: OwnedFd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    sockopt::set_socket_timeout(&fd, sockopt::Timeout::Send, Some(timeout))?;
+    let addr = SocketAddrUnix::new(path)?;
+    rustix::net::connect(&fd, &addr)?;
+    Ok(UnixStream::from(fd))
+}
+
+/// The uid of the process at the other end of a connected Unix socket.
+fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
+    Ok(sockopt::socket_peercred(stream)?.uid.as_raw())
+}
+
+/// What a client asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// The first frame of a connection.
+    Hello {
+        version: u32,
+    },
+    /// Fire this system's custom-event triggers named `name`.
+    Signal {
+        name: String,
+    },
+    List,
+    /// TASK is a name or a task id.
+    Show {
+        task: String,
+    },
+    History {
+        task: String,
+    },
+    /// Fire the task as if its trigger fired; `ignore_conditions` runs it even if they do not hold.
+    Run {
+        task: String,
+        ignore_conditions: bool,
+    },
+    Unregister {
+        task: String,
+    },
+    Doctor,
+}
+
+/// The broker's answer to one request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Reply {
+    Hello {
+        version: u32,
+        pid: u32,
+        app_id: String,
+    },
+    Done,
+    /// How many registrations a signal fired.
+    Fired {
+        count: usize,
+    },
+    Tasks {
+        tasks: Vec<crate::view::TaskView>,
+    },
+    Task {
+        task: crate::view::TaskView,
+    },
+    Runs {
+        runs: Vec<crate::view::RunView>,
+    },
+    Doctor {
+        states: std::collections::BTreeMap<String, crate::view::StateView>,
+        broker: Option<u32>,
+    },
+    /// `kind`: an `ErrorKind` name (`NOT_FOUND`, …).
+    Error {
+        kind: String,
+        message: String,
+    },
+}
+
+impl Reply {
+    pub fn error(e: &Error) -> Reply {
+        Reply::Error {
+            kind: e.kind().name().to_owned(),
+            message: e.message().to_owned(),
+        }
+    }
+}
+
+/// Serves one request (called on the listener's thread; a panic is answered as `INTERNAL`).
+pub type Handler = Arc<dyn Fn(Request) -> Reply + Send + Sync>;
+
+/// Listens on one app's control socket and serves it on one thread until dropped.
+///
+/// The handler runs on the listener's thread, one request at a time: keep it short (hand work to
+/// the broker and return). It must not drop the listener.
+pub struct ControlListener {
+    path: PathBuf,
+    app_id: String,
+    /// Wakes the serving thread to stop.
+    stop: Arc<OwnedFd>,
+    thread: Option<JoinHandle<()>>,
+    /// Device and inode of the socket file we bound, so `Drop` removes only our own file.
+    socket_id: (u64, u64),
+    /// Holds the exclusive `flock` on `<app_id>.sock.lock`; released (closed) last in `Drop`.
+    _lock: crate::lockfile::FileLock,
+}
+
+impl std::fmt::Debug for ControlListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlListener")
+            .field("app_id", &self.app_id)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ControlListener {
+    /// Binds `socket_path(app_id)` and starts the listener thread.
+    ///
+    /// Errors: a bad app id → `InvalidArgument`; a socket directory that is not ours or is
+    /// group/other-accessible → `Policy`; another live broker for the app → `State`; any other
+    /// failure to create, lock or bind → `State`, naming the path.
+    pub fn bind(app_id: &str, handler: Handler) -> Result<ControlListener> {
+        let path = socket_path(app_id)?;
+        let dir = path.parent().expect("a socket path always has a directory");
+        ensure_private_dir(dir)?;
+
+        let already = || {
+            Error::state(format!(
+                "another btb broker for app {app_id:?} is already listening on {}",
+                path.display()
+            ))
+        };
+
+        let mut lock_path = path.clone().into_os_string();
+        lock_path.push(".lock");
+        let lock_path = PathBuf::from(lock_path);
+        let lock = match crate::lockfile::FileLock::open(&lock_path) {
+            Ok(lock) => lock,
+            Err(crate::lockfile::LockError::Held { .. }) => return Err(already()),
+            Err(crate::lockfile::LockError::Io(e)) => {
+                return Err(Error::state(format!(
+                    "cannot lock {}: {e}",
+                    lock_path.display()
+                )));
+            }
+        };
+
+        // Under the lock, a socket file left behind is stale unless something still answers on it
+        // (a broker that does not take the lock).
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_socket() => {
+                match connect_with_timeout(&path, Duration::from_secs(1)) {
+                    Ok(_) => return Err(already()),
+                    // Connecting timed out: the backlog is full, so someone is alive there.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(already()),
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                        fs::remove_file(&path)
+                            .or_else(ignore_not_found)
+                            .map_err(|e| {
+                                Error::state(format!(
+                                    "cannot remove the stale socket {}: {e}",
+                                    path.display()
+                                ))
+                            })?;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(Error::state(format!(
+                            "cannot probe the existing socket {}: {e}",
+                            path.display()
+                        )));
+                    }
+                }
+            }
+            Ok(_) => {
+                return Err(Error::state(format!(
+                    "{} exists and is not a socket: refusing to replace it",
+                    path.display()
+                )));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(Error::state(format!(
+                    "cannot inspect {}: {e}",
+                    path.display()
+                )));
+            }
+        }
+
+        let listener = UnixListener::bind(&path)
+            .map_err(|e| Error::state(format!("cannot bind {}: {e}", path.display())))?;
+        let cleanup = |e: Error| {
+            let _ = fs::remove_file(&path);
+            e
+        };
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(|e| {
+            cleanup(Error::state(format!(
+                "cannot chmod 0600 {}: {e}",
+                path.display()
+            )))
+        })?;
+        let meta = fs::symlink_metadata(&path).map_err(|e| {
+            cleanup(Error::state(format!(
+                "cannot inspect {}: {e}",
+                path.display()
+            )))
+        })?;
+        let socket_id = (meta.dev(), meta.ino());
+        listener.set_nonblocking(true).map_err(|e| {
+            cleanup(Error::state(format!(
+                "cannot make {} non-blocking: {e}",
+                path.display()
+            )))
+        })?;
+        let stop = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )
+        .map(Arc::new)
+        .map_err(|e| cleanup(Error::state(format!("cannot create an eventfd: {e}"))))?;
+
+        let thread = {
+            let stop = Arc::clone(&stop);
+            let app_id = app_id.to_owned();
+            std::thread::Builder::new()
+                .name("btb-control".to_owned())
+                .spawn(move || Server::new(listener, handler, app_id).run(&stop))
+                .map_err(|e| {
+                    cleanup(Error::state(format!(
+                        "cannot start the listener thread for {}: {e}",
+                        path.display()
+                    )))
+                })?
+        };
+
+        Ok(ControlListener {
+            path,
+            app_id: app_id.to_owned(),
+            stop,
+            thread: Some(thread),
+            socket_id,
+            _lock: lock,
+        })
+    }
+
+    /// The socket this listener is bound to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ControlListener {
+    fn drop(&mut self) {
+        let _ = rustix::io::write(&*self.stop, &1u64.to_ne_bytes());
+        if let Some(thread) = self.thread.take() {
+            // Joining from the listener thread itself (the callback dropped us) would deadlock.
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
+        // Remove the socket file only if it is still the one we bound, while still holding the lock.
+        if let Ok(meta) = fs::symlink_metadata(&self.path)
+            && (meta.dev(), meta.ino()) == self.socket_id
+        {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn ignore_not_found(e: io::Error) -> io::Result<()> {
+    if e.kind() == io::ErrorKind::NotFound {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+/// One connection being served.
+struct Conn {
+    stream: UnixStream,
+    decoder: Decoder,
+    /// Reply bytes not written yet.
+    out: Vec<u8>,
+    greeted: bool,
+    /// Close once `out` is written.
+    closing: bool,
+    /// When it is closed if no complete request arrives (or, closing, if `out` is not written).
+    deadline: Instant,
+}
+
+impl Conn {
+    fn reply(&mut self, reply: &Reply) {
+        self.out.extend_from_slice(&protocol::encode(reply));
+    }
+
+    fn refuse(&mut self, kind: ErrorKind, message: String) {
+        self.reply(&Reply::Error {
+            kind: kind.name().to_owned(),
+            message,
+        });
+        self.closing = true;
+    }
+}
+
+/// The serving thread: the listening socket and every connection in one `poll`.
+struct Server {
+    listener: UnixListener,
+    handler: Handler,
+    app_id: String,
+    uid: u32,
+    conns: Vec<Conn>,
+}
+
+impl Server {
+    fn new(listener: UnixListener, handler: Handler, app_id: String) -> Server {
+        Server {
+            listener,
+            handler,
+            app_id,
+            uid: our_uid(),
+            conns: Vec::new(),
+        }
+    }
+
+    fn run(mut self, stop: &OwnedFd) {
+        loop {
+            let now = Instant::now();
+            // A deadline only while connections are open: an idle broker sleeps without one.
+            let timeout = self.conns.iter().map(|c| c.deadline).min().map(|d| {
+                let left = d.saturating_duration_since(now);
+                rustix::time::Timespec {
+                    tv_sec: left.as_secs() as i64,
+                    tv_nsec: i64::from(left.subsec_nanos()),
+                }
+            });
+            let (stopped, accept, ready) = {
+                let mut fds = vec![
+                    PollFd::new(stop, PollFlags::IN),
+                    PollFd::new(&self.listener, PollFlags::IN),
+                ];
+                for c in &self.conns {
+                    let mut flags = PollFlags::IN;
+                    if !c.out.is_empty() {
+                        flags |= PollFlags::OUT;
+                    }
+                    fds.push(PollFd::from_borrowed_fd(c.stream.as_fd(), flags));
+                }
+                match poll(&mut fds, timeout.as_ref()) {
+                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                    Err(e) => {
+                        log::error!(target: "btb", "the control socket stopped: poll failed: {e}");
+                        return;
+                    }
+                }
+                let ready: Vec<PollFlags> = fds[2..].iter().map(PollFd::revents).collect();
+                (
+                    !fds[0].revents().is_empty(),
+                    !fds[1].revents().is_empty(),
+                    ready,
+                )
+            };
+            if stopped {
+                return;
+            }
+            for (i, flags) in ready.iter().enumerate() {
+                if flags.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR) {
+                    self.read(i);
+                }
+            }
+            if accept {
+                self.accept();
+            }
+            self.flush_and_reap(Instant::now());
+        }
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // WouldBlock: all taken. Out of descriptors: the pending ones wait for the next
+                // readiness (connections closing free some).
+                Err(_) => return,
+            };
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let mut conn = Conn {
+                stream,
+                decoder: Decoder::default(),
+                out: Vec::new(),
+                greeted: false,
+                closing: false,
+                deadline: Instant::now() + IDLE_TIMEOUT,
+            };
+            match peer_uid(&conn.stream) {
+                Ok(peer) if peer == self.uid => {}
+                _ => conn.refuse(ErrorKind::Policy, NOT_YOUR_BROKER.to_owned()),
+            }
+            if self.conns.len() >= MAX_CONNECTIONS {
+                conn.refuse(
+                    ErrorKind::State,
+                    format!("the broker serves {MAX_CONNECTIONS} connections already; try again"),
+                );
+            }
+            self.conns.push(conn);
+        }
+    }
+
+    fn read(&mut self, i: usize) {
+        let conn = &mut self.conns[i];
+        if conn.closing {
+            return;
+        }
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match (&conn.stream).read(&mut buf) {
+                Ok(0) => {
+                    // The peer is done sending (maybe half-closed, still reading its replies).
+                    conn.closing = true;
+                    break;
+                }
+                Ok(n) => conn.decoder.push(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    conn.closing = true;
+                    conn.out.clear();
+                    return;
+                }
+            }
+        }
+        loop {
+            let conn = &mut self.conns[i];
+            match conn.decoder.next::<Request>() {
+                Ok(Some(request)) => {
+                    conn.deadline = Instant::now() + IDLE_TIMEOUT;
+                    let reply = self.serve(i, request);
+                    let conn = &mut self.conns[i];
+                    conn.reply(&reply);
+                    if conn.out.len() > MAX_QUEUED {
+                        conn.out.clear();
+                        conn.closing = true;
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    conn.refuse(ErrorKind::InvalidArgument, format!("{e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn serve(&mut self, i: usize, request: Request) -> Reply {
+        let conn = &mut self.conns[i];
+        if !conn.greeted {
+            return match request {
+                Request::Hello { version } if version == protocol::VERSION => {
+                    conn.greeted = true;
+                    Reply::Hello {
+                        version: protocol::VERSION,
+                        pid: std::process::id(),
+                        app_id: self.app_id.clone(),
+                    }
+                }
+                Request::Hello { version } => {
+                    conn.closing = true;
+                    Reply::error(&Error::new(
+                        ErrorKind::Unsupported,
+                        format!(
+                            "this broker speaks control protocol {}, the client {version}",
+                            protocol::VERSION
+                        ),
+                    ))
+                }
+                _ => {
+                    conn.closing = true;
+                    Reply::error(&Error::invalid("the first request must be a hello"))
+                }
+            };
+        }
+        if let Request::Signal { name } = &request
+            && let Err(why) = check_name(name)
+        {
+            return Reply::error(&Error::invalid(why));
+        }
+        let handler = Arc::clone(&self.handler);
+        let describe = format!("{request:?}");
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(request))).unwrap_or_else(
+            |_| {
+                Reply::error(&Error::new(
+                    ErrorKind::Internal,
+                    format!(
+                        "internal: the broker of app {:?} failed handling {describe}",
+                        self.app_id
+                    ),
+                ))
+            },
+        )
+    }
+
+    /// Writes what can be written; closes what is done, expired or broken.
+    fn flush_and_reap(&mut self, now: Instant) {
+        self.conns.retain_mut(|c| {
+            while !c.out.is_empty() {
+                match (&c.stream).write(&c.out) {
+                    Ok(n) => {
+                        c.out.drain(..n);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => return false,
+                }
+            }
+            if c.closing && c.out.is_empty() {
+                // Half-close first so the client reads our reply before any reset.
+                let _ = c.stream.shutdown(std::net::Shutdown::Write);
+                return false;
+            }
+            if c.deadline <= now {
+                if c.closing {
+                    return false; // a peer that does not read what it asked for
+                }
+                c.refuse(
+                    ErrorKind::State,
+                    format!(
+                        "no complete request within {} s: closing the connection",
+                        IDLE_TIMEOUT.as_secs()
+                    ),
+                );
+                c.deadline = now + IDLE_TIMEOUT;
+            }
+            true
+        });
+    }
+}
+
+/// A connection to a running broker (`btbctl`, `signal_event`).
+pub struct Client {
+    stream: UnixStream,
+    app_id: String,
+    /// The broker's process id.
+    pub broker_pid: u32,
+}
+
+impl Client {
+    /// Connects to the broker of `app_id` and greets it. `NotFound` when none runs; `Policy` for
+    /// a socket that another user serves or that we cannot reach; `State` when it does not answer.
+    pub fn connect(app_id: &str) -> Result<Client> {
+        let path = socket_path(app_id)?;
+        let shown = path.display();
+        let stream = match connect_with_timeout(&path, CLIENT_TIMEOUT) {
+            Ok(stream) => stream,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!("no running btb broker for app {app_id:?} (socket {shown})"),
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                return Err(Error::new(
+                    ErrorKind::Policy,
+                    format!(
+                        "cannot reach the btb broker for app {app_id:?}: permission denied on socket {shown} (a broker of another user?)"
+                    ),
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(Error::state(format!(
+                    "the btb broker for app {app_id:?} did not accept a connection within {} s (socket {shown})",
+                    CLIENT_TIMEOUT.as_secs()
+                )));
+            }
+            Err(e) => {
+                return Err(Error::state(format!(
+                    "cannot connect to the btb broker for app {app_id:?} (socket {shown}): {e}"
+                )));
+            }
+        };
+        // Send nothing to a socket that someone else serves.
+        let uid = our_uid();
+        match peer_uid(&stream) {
+            Ok(peer) if peer == uid => {}
+            Ok(peer) => {
+                return Err(Error::new(
+                    ErrorKind::Policy,
+                    format!(
+                        "socket {shown} for app {app_id:?} is served by uid {peer}, not by us (uid {uid})"
+                    ),
+                ));
+            }
+            Err(e) => {
+                return Err(Error::state(format!(
+                    "cannot check who serves socket {shown} for app {app_id:?}: {e}"
+                )));
+            }
+        }
+        let mut client = Client {
+            stream,
+            app_id: app_id.to_owned(),
+            broker_pid: 0,
+        };
+        match client.call(&Request::Hello {
+            version: protocol::VERSION,
+        })? {
+            Reply::Hello { pid, .. } => client.broker_pid = pid,
+            other => return Err(client.unexpected(&other)),
+        }
+        Ok(client)
+    }
+
+    fn unexpected(&self, reply: &Reply) -> Error {
+        Error::state(format!(
+            "the btb broker for app {:?} answered {reply:?}",
+            self.app_id
+        ))
+    }
+
+    /// Sends a request and waits (at most [`CLIENT_TIMEOUT`]) for its reply; an error reply is
+    /// returned as the error it names.
+    pub fn call(&mut self, request: &Request) -> Result<Reply> {
+        let broken = |what: String| {
+            Error::state(format!(
+                "talking to the btb broker for app {:?}: {what}",
+                self.app_id
+            ))
+        };
+        self.stream
+            .set_write_timeout(Some(CLIENT_TIMEOUT))
+            .and_then(|()| self.stream.set_read_timeout(Some(CLIENT_TIMEOUT)))
+            .map_err(|e| broken(e.to_string()))?;
+        // Even if sending failed, the broker may have answered (and closed) first: read its reply.
+        let sent = protocol::write_frame(&mut self.stream, request);
+        let reply = match (protocol::read_frame::<Reply>(&mut self.stream), sent) {
+            (Ok(Some(reply)), _) => reply,
+            (_, Err(e)) => return Err(broken(format!("cannot send: {e}"))),
+            (Ok(None), Ok(())) => {
+                return Err(broken(
+                    "the broker closed the connection without a reply".into(),
+                ));
+            }
+            (Err(e), Ok(()))
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(broken(format!(
+                    "no reply within {} s",
+                    CLIENT_TIMEOUT.as_secs()
+                )));
+            }
+            (Err(e), Ok(())) => return Err(broken(format!("cannot read the reply: {e}"))),
+        };
+        match reply {
+            Reply::Error { kind, message } => {
+                let kind = ErrorKind::ALL
+                    .iter()
+                    .copied()
+                    .find(|k| k.name() == kind)
+                    .unwrap_or(ErrorKind::Internal);
+                Err(Error::new(kind, message))
+            }
+            reply => Ok(reply),
+        }
+    }
+}
+
+/// Signals a custom event to the running broker of `app_id` (any process of the same user).
+///
+/// Errors: a bad app id or name → `InvalidArgument`; no broker listening → `NotFound`; a socket not
+/// reachable for us or served by another uid, or the broker's "not your broker" → `Policy`; other
+/// refusals as the broker names them; no answer in time or a broken exchange → `State`.
+pub fn signal_event(app_id: &str, name: &str) -> Result<()> {
+    check_name(name).map_err(|why| Error::invalid(format!("{why} (app {app_id:?})")))?;
+    let mut client = Client::connect(app_id)?;
+    match client.call(&Request::Signal {
+        name: name.to_owned(),
+    }) {
+        Ok(Reply::Fired { .. } | Reply::Done) => Ok(()),
+        Ok(other) => Err(client.unexpected(&other)),
+        Err(e) => Err(Error::new(
+            e.kind(),
+            format!(
+                "the btb broker for app {app_id:?} refused event {name:?}: {}",
+                e.message()
+            ),
+        )),
+    }
+}
