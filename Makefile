@@ -4,6 +4,7 @@
 # Also: make install PREFIX=/usr/local [DESTDIR=…], make bench, make lint, make stress, make tsan.
 
 PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
 LIBDIR ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
@@ -24,12 +25,16 @@ APT := $(if $(filter 0,$(shell id -u)),$(shell command -v apt-get 2>/dev/null))
 # Installs Debian packages (root only; a fresh machine may have no package lists yet).
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 
-.PHONY: all lib header python demo test test-rust test-python test-install install lint bench stress tsan clean fuzz
+.PHONY: all lib tools header python demo test test-rust test-python test-install install lint bench stress tsan clean fuzz
 
-all: lib header python
+all: lib tools header python
 
 lib:
 	$(CARGO) build --release -p btb-ffi
+
+# btbctl (and, with the exec-host work, btbd).
+tools:
+	$(CARGO) build --release -p btb-tools
 
 header:
 	$(CARGO) test -q -p btb-ffi --test header
@@ -78,6 +83,7 @@ test-python: python
 test-install: lib $(CMAKE)
 	rm -rf build/install-test && mkdir -p build/install-test
 	$(MAKE) install PREFIX=$(abspath build/install-test/prefix)
+	build/install-test/prefix/bin/btbctl --version
 	@command -v pkg-config >/dev/null || { [ -n "$(APT)" ] && $(APT_INSTALL) pkg-config >/dev/null; } || true
 	if command -v pkg-config >/dev/null; then \
 	  PKG_CONFIG_PATH=$(abspath build/install-test/prefix)/lib/pkgconfig \
@@ -89,8 +95,9 @@ test-install: lib $(CMAKE)
 	@echo "cmake package: the four examples built and ran"
 	readelf -d build/install-test/cmake/register | grep -q 'NEEDED.*libbtb.so.$(MAJOR)' && echo "example links libbtb.so.$(MAJOR)"
 
-install: lib
-	install -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(LIBDIR)/cmake/btb
+install: lib tools
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(LIBDIR)/cmake/btb
+	install -m 0755 $(RELEASE)/btbctl $(DESTDIR)$(BINDIR)/btbctl
 	install -m 0755 $(RELEASE)/libbtb.so $(DESTDIR)$(LIBDIR)/libbtb.so.$(VERSION)
 	ln -sf libbtb.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libbtb.so.$(MAJOR)
 	ln -sf libbtb.so.$(MAJOR) $(DESTDIR)$(LIBDIR)/libbtb.so

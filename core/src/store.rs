@@ -274,6 +274,43 @@ impl Store {
         Ok(store)
     }
 
+    /// Opens an existing store to read it while no broker holds it (`btbctl` without a broker):
+    /// read-only, without the lock, changing nothing. `NotFound` when there is no store at `path`;
+    /// `STORE` for one of another schema version than this build's (the app migrates it).
+    pub fn open_read_only(path: &Path) -> Result<Store> {
+        let shown = path.display().to_string();
+        if !path.exists() {
+            return Err(Error::new(
+                crate::ErrorKind::NotFound,
+                format!("no btb store at {shown}: nothing was registered there"),
+            ));
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| Error::store(&shown, format!("cannot open: {e}")))?;
+        let store = Store {
+            conn,
+            path: shown.clone(),
+            _lock: None,
+        };
+        let version: i64 = store
+            .conn
+            .query_row("SELECT version FROM btb_schema", [], |r| r.get(0))
+            .map_err(|e| store.unreadable(e))?;
+        if version != SCHEMA_VERSION {
+            return Err(Error::store(
+                &shown,
+                format!(
+                    "has schema version {version}; this btb reads {SCHEMA_VERSION} (open the store \
+                     with the app, or with a btb of its version)"
+                ),
+            ));
+        }
+        Ok(store)
+    }
+
     /// What a failed first read of the file means: busy (another process holds SQLite's lock),
     /// not writable, or really not a database.
     fn unreadable(&self, e: rusqlite::Error) -> Error {

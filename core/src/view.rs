@@ -6,7 +6,48 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::error::{Error, ErrorKind, Result};
 use crate::model::{RunRecord, SystemConditionType, TaskOutcome, TaskRecord, TaskTrigger};
+
+/// The registration TASK names among `records`: a task id, or a unique name (a name used in
+/// several groups is `CONFLICT`, naming their ids); `NOT_FOUND` naming the app otherwise.
+pub fn find_task<'a>(
+    records: impl Iterator<Item = &'a TaskRecord>,
+    app_id: &str,
+    task: &str,
+) -> Result<Uuid> {
+    let id = Uuid::parse_str(task).ok();
+    let mut named: Vec<&TaskRecord> = Vec::new();
+    for r in records {
+        if Some(r.task_id) == id {
+            return Ok(r.task_id);
+        }
+        if r.name == task {
+            named.push(r);
+        }
+    }
+    match named.len() {
+        0 => Err(Error::new(
+            ErrorKind::NotFound,
+            format!("no task named or numbered {task:?} in app {app_id:?}"),
+        )),
+        1 => Ok(named[0].task_id),
+        n => {
+            named.sort_by_key(|r| r.seq);
+            Err(Error::new(
+                ErrorKind::Conflict,
+                format!(
+                    "{n} tasks are named {task:?} (in different groups): name one by its id: {}",
+                    named
+                        .iter()
+                        .map(|r| r.task_id.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ))
+        }
+    }
+}
 
 /// RFC 3339 in UTC, to the second (`2026-12-01T09:15:00Z`).
 pub fn rfc3339(ms: i64) -> String {
@@ -117,6 +158,14 @@ pub fn trigger_text(trigger: &TaskTrigger) -> String {
 
 /// Why the task is not running now, in one sentence (or since when it is).
 pub fn why(record: &TaskRecord, facts: &TaskFacts, now_ms: i64) -> String {
+    let sentence = why_live(record, facts, now_ms);
+    if facts.waiting_for.is_none() {
+        return format!("{sentence} (no broker runs for this app: nothing runs until one does)");
+    }
+    sentence
+}
+
+fn why_live(record: &TaskRecord, facts: &TaskFacts, now_ms: i64) -> String {
     if let Some(since) = facts.running_since_ms {
         return format!("running since {}", rfc3339(since));
     }
@@ -175,11 +224,13 @@ impl TaskView {
             spent: facts.spent,
             running_since: facts.running_since_ms.map(rfc3339),
             last_outcome: facts.last_outcome.map(|o| o.name().to_owned()),
+            // Without a broker no state is known, and an unknown state does not hold: all of them.
             waiting_for: explain.then(|| {
                 facts
                     .waiting_for
+                    .as_ref()
+                    .unwrap_or(&record.conditions)
                     .iter()
-                    .flatten()
                     .map(|c| c.name().to_owned())
                     .collect()
             }),
@@ -242,6 +293,7 @@ mod tests {
         );
         let spent = TaskFacts {
             spent: true,
+            waiting_for: Some(vec![]),
             ..TaskFacts::default()
         };
         assert!(why(&time, &spent, nine).starts_with("spent"));
@@ -251,7 +303,13 @@ mod tests {
         });
         assert_eq!(
             why(&system, &TaskFacts::default(), nine),
-            "waiting for system event INTERNET_AVAILABLE"
+            "waiting for system event INTERNET_AVAILABLE (no broker runs for this app: nothing \
+             runs until one does)"
+        );
+        let view = TaskView::new(&system, &TaskFacts::default(), nine, true);
+        assert_eq!(
+            view.waiting_for,
+            Some(vec!["INTERNET_AVAILABLE".to_owned()])
         );
         assert_eq!(
             TaskView::new(&system, &TaskFacts::default(), nine, false).trigger_text,

@@ -8,46 +8,18 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::{Broker, State};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::model::{SystemConditionType, TaskOutcome, TaskRecord, TaskTrigger};
 use crate::view::{TaskFacts, TaskView};
 
 impl Broker {
-    /// The registration TASK names: a task id, or a unique name (a name used in several groups is
-    /// `CONFLICT`, naming their ids).
+    /// The registration TASK names (an id, or a unique name).
     pub(crate) fn find_task(&self, st: &State, task: &str) -> Result<Uuid> {
-        if let Ok(id) = Uuid::parse_str(task)
-            && st.registry.contains(&id)
-        {
-            return Ok(id);
-        }
-        let mut found: Vec<&Arc<TaskRecord>> =
-            st.registry.records().filter(|r| r.name == task).collect();
-        match found.len() {
-            0 => Err(Error::new(
-                ErrorKind::NotFound,
-                format!(
-                    "no task named or numbered {task:?} in app {:?}",
-                    self.manifest.app_id()
-                ),
-            )),
-            1 => Ok(found[0].task_id),
-            _ => {
-                found.sort_by_key(|r| r.seq);
-                Err(Error::new(
-                    ErrorKind::Conflict,
-                    format!(
-                        "{} tasks are named {task:?} (in different groups): name one by its id: {}",
-                        found.len(),
-                        found
-                            .iter()
-                            .map(|r| r.task_id.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                ))
-            }
-        }
+        crate::view::find_task(
+            st.registry.records().map(|r| &**r),
+            self.manifest.app_id(),
+            task,
+        )
     }
 
     /// What is known of one registration now.

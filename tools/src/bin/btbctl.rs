@@ -1,0 +1,439 @@
+//! `btbctl`: inspect and drive an app's background tasks (SPEC §10).
+//!
+//! It talks to the app's running broker through its control socket, or — when none runs — reads
+//! the store directly (read-only, except `unregister`). Exit status: 0 done, 1 an error (the
+//! message on stderr names what failed), 2 a usage error.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use btb_core::control::{Client, Reply, Request};
+use btb_core::view::{RunView, StateView, TaskFacts, TaskView};
+use btb_core::{Error, ErrorKind, Manifest, Result, Store, StoreLocation};
+use clap::{CommandFactory, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "btbctl",
+    version,
+    about = "Inspect and drive an app's btb background tasks",
+    long_about = "Inspect and drive an app's btb background tasks: through its running broker, \
+                  or from its store when none runs (read-only then, except unregister).\n\
+                  Select the app with --manifest PATH [--store PATH], or --app APP_ID for the \
+                  default store location."
+)]
+struct Cli {
+    /// The app's manifest (its app id names the broker and the default store).
+    #[arg(long, global = true, value_name = "PATH", conflicts_with = "app")]
+    manifest: Option<PathBuf>,
+    /// The app's store, if not at the default location.
+    #[arg(long, global = true, value_name = "PATH")]
+    store: Option<PathBuf>,
+    /// The app id (reverse-DNS), for the default store location.
+    #[arg(long, global = true, value_name = "APP_ID")]
+    app: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the registered tasks.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one task and why it is not running (TASK: a name or a task id).
+    Show {
+        task: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The recorded runs of a task, oldest first.
+    History {
+        task: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fire a task now, as if its trigger fired (needs a running broker).
+    Run {
+        task: String,
+        /// Run even if its conditions do not hold.
+        #[arg(long)]
+        ignore_conditions: bool,
+    },
+    /// Signal a custom event (needs a running broker).
+    Signal { event: String },
+    /// Unregister a task (canceling its run, if one is going).
+    Unregister { task: String },
+    /// Each state of the machine that conditions read, and where it comes from.
+    Doctor {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print shell completions.
+    Completions { shell: clap_complete::Shell },
+}
+
+/// The app a command is about.
+struct Target {
+    app_id: String,
+    store: PathBuf,
+}
+
+impl Target {
+    fn of(cli: &Cli) -> Result<Target> {
+        let app_id = match (&cli.manifest, &cli.app) {
+            (Some(path), _) => Manifest::load(path)?.app_id().to_owned(),
+            (None, Some(app)) => app.clone(),
+            (None, None) => {
+                return Err(Error::invalid(
+                    "name the app: --manifest PATH [--store PATH], or --app APP_ID",
+                ));
+            }
+        };
+        let store = match &cli.store {
+            Some(path) => path.clone(),
+            None => StoreLocation::default_path(&app_id)?,
+        };
+        Ok(Target { app_id, store })
+    }
+
+    /// The running broker, or `None` when none runs.
+    fn broker(&self) -> Result<Option<Client>> {
+        match Client::connect(&self.app_id) {
+            Ok(client) => Ok(Some(client)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn no_broker(&self, what: &str) -> Error {
+        Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "no broker runs for app {:?}: {what} needs one (start the app, or btbd)",
+                self.app_id
+            ),
+        )
+    }
+
+    /// Views of the stored registrations, as far as the store alone tells.
+    fn stored_views(&self, task: Option<&str>) -> Result<Vec<TaskView>> {
+        let store = Store::open_read_only(&self.store)?;
+        let tasks = store.load()?;
+        let last = store.last_outcomes()?;
+        let now = now_ms();
+        let chosen = match task {
+            Some(task) => Some(btb_core::view::find_task(
+                tasks.iter().map(|t| &t.record),
+                &self.app_id,
+                task,
+            )?),
+            None => None,
+        };
+        let mut tasks: Vec<_> = tasks
+            .into_iter()
+            .filter(|t| chosen.is_none_or(|id| t.record.task_id == id))
+            .collect();
+        tasks.sort_by_key(|t| t.record.seq);
+        Ok(tasks
+            .iter()
+            .map(|t| {
+                let facts = TaskFacts {
+                    next_due_ms: t.record.next_due_ms,
+                    pending: t.pending.is_some(),
+                    spent: t.spent,
+                    running_since_ms: None,
+                    last_outcome: last.get(&t.record.task_id).copied(),
+                    waiting_for: None, // no broker: the states are not known
+                };
+                TaskView::new(&t.record, &facts, now, task.is_some())
+            })
+            .collect())
+    }
+}
+
+/// Prints a line; a reader that went away (`btbctl list | head`) ends btbctl quietly, as it ends
+/// any Unix tool.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("btbctl: cannot write the output: {e}");
+            std::process::exit(1);
+        }
+    }};
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn unexpected(reply: Reply) -> Error {
+    Error::new(
+        ErrorKind::Internal,
+        format!("the broker answered {reply:?}"),
+    )
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    out!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("views serialize")
+    );
+}
+
+/// Prints rows as columns aligned under their headers.
+fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        out!("{}", out.trim_end());
+    };
+    line(headers.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+fn or_dash(value: Option<&str>) -> String {
+    value.unwrap_or("-").to_owned()
+}
+
+fn list(tasks: &[TaskView]) {
+    let rows: Vec<Vec<String>> = tasks
+        .iter()
+        .map(|t| {
+            let state = if t.running_since.is_some() {
+                "running"
+            } else if t.pending {
+                "latched"
+            } else if t.spent {
+                "spent"
+            } else {
+                "-"
+            };
+            vec![
+                t.name.clone(),
+                t.trigger_text.clone(),
+                or_dash(t.next_due.as_deref()),
+                state.to_owned(),
+                or_dash(t.last_outcome.as_deref()),
+                t.task_id.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "TRIGGER", "NEXT DUE", "STATE", "LAST", "TASK ID"],
+        &rows,
+    );
+}
+
+fn show(t: &TaskView) {
+    let conditions = if t.conditions.is_empty() {
+        "-".to_owned()
+    } else {
+        t.conditions.join(", ")
+    };
+    for (key, value) in [
+        ("name", t.name.clone()),
+        ("task id", t.task_id.to_string()),
+        ("entry point", or_dash(t.entry_point.as_deref())),
+        ("group", or_dash(t.group.as_deref())),
+        ("trigger", t.trigger_text.clone()),
+        ("conditions", conditions),
+        ("next due", or_dash(t.next_due.as_deref())),
+        ("last outcome", or_dash(t.last_outcome.as_deref())),
+        ("why", or_dash(t.why.as_deref())),
+    ] {
+        out!("{key:<13} {value}");
+    }
+}
+
+fn history(runs: &[RunView]) {
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            vec![
+                r.started.clone(),
+                r.ended.clone(),
+                r.status.clone(),
+                format!("{}%", r.last_progress),
+                or_dash(r.message.as_deref()),
+            ]
+        })
+        .collect();
+    table(
+        &["STARTED", "ENDED", "STATUS", "PROGRESS", "MESSAGE"],
+        &rows,
+    );
+}
+
+fn doctor(states: &BTreeMap<String, StateView>, broker: Option<u32>, json: bool) {
+    if json {
+        let mut object = serde_json::to_value(states).expect("views serialize");
+        object["broker"] = broker.into();
+        print_json(&object);
+        return;
+    }
+    let rows: Vec<Vec<String>> = states
+        .iter()
+        .map(|(name, s)| {
+            let state = match s.state {
+                Some(true) => "yes",
+                Some(false) => "no",
+                None => "unknown",
+            };
+            vec![name.clone(), state.to_owned(), s.source.clone()]
+        })
+        .collect();
+    table(&["CONDITION", "STATE", "SOURCE"], &rows);
+    match broker {
+        Some(pid) => out!("broker: pid {pid}"),
+        None => out!("broker: none running (states read by btbctl itself)"),
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if let Command::Completions { shell } = &cli.command {
+        clap_complete::generate(
+            *shell,
+            &mut Cli::command(),
+            "btbctl",
+            &mut std::io::stdout(),
+        );
+        return Ok(());
+    }
+    let target = Target::of(&cli)?;
+    let mut broker = target.broker()?;
+    let mut call = |request: Request| -> Result<Option<Reply>> {
+        broker.as_mut().map(|b| b.call(&request)).transpose()
+    };
+    match cli.command {
+        Command::List { json } => {
+            let tasks = match call(Request::List)? {
+                Some(Reply::Tasks { tasks }) => tasks,
+                Some(other) => return Err(unexpected(other)),
+                None => target.stored_views(None)?,
+            };
+            if json {
+                print_json(&tasks)
+            } else {
+                list(&tasks)
+            }
+        }
+        Command::Show { task, json } => {
+            let view = match call(Request::Show { task: task.clone() })? {
+                Some(Reply::Task { task }) => task,
+                Some(other) => return Err(unexpected(other)),
+                None => target.stored_views(Some(&task))?.remove(0),
+            };
+            if json { print_json(&view) } else { show(&view) }
+        }
+        Command::History { task, json } => {
+            let runs = match call(Request::History { task: task.clone() })? {
+                Some(Reply::Runs { runs }) => runs,
+                Some(other) => return Err(unexpected(other)),
+                None => {
+                    let store = Store::open_read_only(&target.store)?;
+                    let tasks = store.load()?;
+                    let id = btb_core::view::find_task(
+                        tasks.iter().map(|t| &t.record),
+                        &target.app_id,
+                        &task,
+                    )?;
+                    store.history(&id)?.iter().map(Into::into).collect()
+                }
+            };
+            if json {
+                print_json(&runs)
+            } else {
+                history(&runs)
+            }
+        }
+        Command::Run {
+            task,
+            ignore_conditions,
+        } => match call(Request::Run {
+            task: task.clone(),
+            ignore_conditions,
+        })? {
+            Some(Reply::Done) => out!("fired {task:?}"),
+            Some(other) => return Err(unexpected(other)),
+            None => return Err(target.no_broker("run")),
+        },
+        Command::Signal { event } => match call(Request::Signal {
+            name: event.clone(),
+        })? {
+            Some(Reply::Fired { count }) => out!("signalled {event:?}: {count} task(s) fired"),
+            Some(other) => return Err(unexpected(other)),
+            None => return Err(target.no_broker("signal")),
+        },
+        Command::Unregister { task } => match call(Request::Unregister { task: task.clone() })? {
+            Some(Reply::Done) => out!("unregistered {task:?}"),
+            Some(other) => return Err(unexpected(other)),
+            None => {
+                // No broker: change the store itself, holding its lock as a broker would.
+                let mut store = Store::open(
+                    &StoreLocation::File(target.store.clone()),
+                    &target.app_id,
+                    btb_core::Durability::Full,
+                )?;
+                let tasks = store.load()?;
+                let id = btb_core::view::find_task(
+                    tasks.iter().map(|t| &t.record),
+                    &target.app_id,
+                    &task,
+                )?;
+                store.delete(&id)?;
+                out!("unregistered {task:?}");
+            }
+        },
+        Command::Doctor { json } => match call(Request::Doctor)? {
+            Some(Reply::Doctor { states, broker }) => doctor(&states, broker, json),
+            Some(other) => return Err(unexpected(other)),
+            None => {
+                // No broker: read the machine here, as a broker would.
+                let system = btb_core::System::open(btb_core::SystemOptions {
+                    manifest: Some(Manifest::new(&target.app_id, "0")?),
+                    store: StoreLocation::Memory,
+                    ..btb_core::SystemOptions::default()
+                })?;
+                doctor(&system.doctor()?, None, json);
+                system.close()?;
+            }
+        },
+        Command::Completions { .. } => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse(); // usage errors exit 2
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("btbctl: {}", e.message());
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! `btbctl` as a user runs it: the real binary, in another process, against a broker running in
+//! this test process (its control socket) and against the store alone; `--json` parsed.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::time::Duration;
+
+use btb_core::*;
+use serde_json::Value;
+
+const APP: &str = "org.example.btbctl";
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// `XDG_RUNTIME_DIR` is process-wide: one test at a time sets it.
+static ENV: Mutex<()> = Mutex::new(());
+
+struct Env {
+    dir: tempfile::TempDir,
+    _guard: MutexGuard<'static, ()>,
+}
+
+impl Env {
+    fn new() -> Env {
+        let guard = ENV.lock().unwrap_or_else(|p| p.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("run")).unwrap();
+        // SAFETY: every test of this binary holds `ENV` while it uses the environment.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", dir.path().join("run")) };
+        Env { dir, _guard: guard }
+    }
+
+    fn store(&self) -> std::path::PathBuf {
+        self.dir.path().join("btb.sqlite3")
+    }
+
+    /// Runs btbctl with `args` against this app and store.
+    fn btbctl(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_btbctl"))
+            .args(["--app", APP, "--store"])
+            .arg(self.store())
+            .args(args)
+            .env("XDG_RUNTIME_DIR", self.dir.path().join("run"))
+            .output()
+            .unwrap()
+    }
+
+    /// Runs btbctl and parses its `--json` output (it must succeed).
+    fn json(&self, args: &[&str]) -> Value {
+        let out = self.btbctl(args);
+        assert!(
+            out.status.success(),
+            "btbctl {args:?}: {}",
+            text(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "btbctl {args:?} printed no JSON ({e}): {}",
+                text(&out.stdout)
+            )
+        })
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn open(store: &Path) -> System {
+    let mut m = Manifest::new(APP, "1").unwrap();
+    m.declare(TaskDeclaration::new("app.Run", &["general", "timer", "systemEvent"]).unwrap())
+        .unwrap();
+    System::open(SystemOptions {
+        manifest: Some(m),
+        store: StoreLocation::File(store.to_owned()),
+        simulated: true,
+        policy: Policy {
+            durability: Durability::Normal,
+            ..Policy::default()
+        },
+        ..SystemOptions::default()
+    })
+    .unwrap()
+}
+
+fn register(
+    sys: &System,
+    name: &str,
+    trigger: Trigger,
+    condition: Option<SystemConditionType>,
+) -> Registration {
+    let mut b = Builder::new();
+    b.name = Some(name.into());
+    b.task_entry_point = Some("app.Run".into());
+    b.set_trigger(trigger);
+    if let Some(c) = condition {
+        b.add_condition(c as u32);
+    }
+    sys.register(&b).unwrap()
+}
+
+#[test]
+fn against_a_running_broker() {
+    let env = Env::new();
+    let sys = open(&env.store());
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    sys.register_entry_point(
+        "app.Run",
+        Some(Handler::Call(Arc::new(move |i: &Instance| {
+            tx.lock().unwrap().send(i.task().name().to_owned()).unwrap();
+        }))),
+    )
+    .unwrap();
+    let sync = register(
+        &sys,
+        "sync",
+        Trigger::Time {
+            freshness_minutes: 15,
+            one_shot: false,
+        },
+        None,
+    );
+    let upload = register(
+        &sys,
+        "upload",
+        Trigger::application(),
+        Some(SystemConditionType::InternetAvailable),
+    );
+    register(
+        &sys,
+        "on-event",
+        Trigger::CustomEvent {
+            trigger_id: "refresh".into(),
+            recurrence: 1,
+        },
+        None,
+    );
+
+    let list = env.json(&["list", "--json"]);
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["sync", "upload", "on-event"]);
+    assert_eq!(list[0]["task_id"], sync.task_id().to_string());
+    assert_eq!(list[0]["trigger"]["kind"], "time");
+    assert!(list[0]["next_due"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(list[1]["next_due"], Value::Null);
+    assert_eq!(
+        list[1]["conditions"],
+        serde_json::json!(["INTERNET_AVAILABLE"])
+    );
+
+    // A request while offline latches; `show` says why it does not run.
+    upload.request(None).unwrap();
+    let show = env.json(&["show", "upload", "--json"]);
+    assert_eq!(show["pending"], true);
+    assert_eq!(
+        show["waiting_for"],
+        serde_json::json!(["INTERNET_AVAILABLE"])
+    );
+    assert_eq!(show["why"], "fired; waiting for INTERNET_AVAILABLE");
+    let by_id = env.json(&["show", &sync.task_id().to_string(), "--json"]);
+    assert!(
+        by_id["why"].as_str().unwrap().starts_with("not due until "),
+        "{by_id}"
+    );
+
+    // `run --ignore-conditions` runs it now; its history has the run.
+    let out = env.btbctl(&["run", "upload", "--ignore-conditions"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(rx.recv_timeout(DEADLINE).unwrap(), "upload");
+    assert!(sys.wait_idle(DEADLINE).unwrap());
+    let history = env.json(&["history", "upload", "--json"]);
+    assert_eq!(history.as_array().unwrap().len(), 1);
+    assert_eq!(history[0]["status"], "SUCCEEDED");
+    assert_eq!(
+        env.json(&["list", "--json"])[1]["last_outcome"],
+        "SUCCEEDED"
+    );
+
+    // `signal` fires custom events; `unregister` removes.
+    let out = env.btbctl(&["signal", "refresh"]);
+    assert_eq!(
+        text(&out.stdout),
+        "signalled \"refresh\": 1 task(s) fired\n"
+    );
+    assert_eq!(rx.recv_timeout(DEADLINE).unwrap(), "on-event");
+    assert!(env.btbctl(&["unregister", "on-event"]).status.success());
+    assert_eq!(sys.all_tasks().unwrap().len(), 2);
+
+    // `doctor` names the broker and each state's source.
+    sys.set_state(SystemConditionType::OnAcPower, true).unwrap();
+    let doctor = env.json(&["doctor", "--json"]);
+    assert_eq!(doctor["broker"], std::process::id());
+    assert_eq!(
+        doctor["ON_AC_POWER"],
+        serde_json::json!({"state": true, "source": "simulated"})
+    );
+    assert_eq!(doctor["INTERNET_AVAILABLE"]["state"], Value::Null);
+
+    // Human output: an aligned table.
+    let out = env.btbctl(&["list"]);
+    let table = text(&out.stdout);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("NAME    TRIGGER"), "{table}");
+    let column = lines[0].find("TASK ID").unwrap();
+    assert!(
+        lines[1..].iter().all(|l| l
+            .find(&sync.task_id().to_string()[..8])
+            .is_none_or(|c| c == column)),
+        "{table}"
+    );
+
+    // Errors: exit 1 with the reason; usage errors exit 2.
+    let out = env.btbctl(&["show", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        "btbctl: no task named or numbered \"nope\" in app \"org.example.btbctl\"\n"
+    );
+    assert_eq!(env.btbctl(&["frobnicate"]).status.code(), Some(2));
+    assert_eq!(env.btbctl(&["run"]).status.code(), Some(2));
+    sys.close().unwrap();
+}
+
+#[test]
+fn against_the_store_alone() {
+    let env = Env::new();
+    let sys = open(&env.store());
+    register(
+        &sys,
+        "nightly",
+        Trigger::Calendar {
+            expression: "*-*-* 03:00:00".into(),
+        },
+        Some(SystemConditionType::OnAcPower),
+    );
+    register(&sys, "upload", Trigger::application(), None);
+    sys.close().unwrap();
+
+    let list = env.json(&["list", "--json"]);
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert_eq!(list[0]["trigger"]["kind"], "calendar");
+    let show = env.json(&["show", "nightly", "--json"]);
+    assert_eq!(show["waiting_for"], serde_json::json!(["ON_AC_POWER"]));
+    assert!(
+        show["why"]
+            .as_str()
+            .unwrap()
+            .ends_with("(no broker runs for this app: nothing runs until one does)"),
+        "{show}"
+    );
+    assert_eq!(
+        env.json(&["history", "upload", "--json"]),
+        serde_json::json!([])
+    );
+
+    // What needs a broker says so; unregister works on the store itself.
+    let out = env.btbctl(&["run", "upload"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no broker runs for app \"org.example.btbctl\": run needs one")
+    );
+    assert!(env.btbctl(&["unregister", "upload"]).status.success());
+    let sys = open(&env.store());
+    let names: Vec<String> = sys
+        .all_tasks()
+        .unwrap()
+        .iter()
+        .map(|r| r.name().to_owned())
+        .collect();
+    assert_eq!(names, ["nightly"], "the unregistration is in the store");
+    sys.close().unwrap();
+
+    // A store that is not there is named.
+    let out = Command::new(env!("CARGO_BIN_EXE_btbctl"))
+        .args(["--app", APP, "--store", "/nonexistent/btb.sqlite3", "list"])
+        .env("XDG_RUNTIME_DIR", env.dir.path().join("run"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no btb store at /nonexistent/btb.sqlite3"));
+}
+
+#[test]
+fn completions_come_from_clap() {
+    let out = Command::new(env!("CARGO_BIN_EXE_btbctl"))
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let script = text(&out.stdout);
+    assert!(
+        script.contains("btbctl")
+            && script.contains("unregister")
+            && script.contains("--ignore-conditions")
+    );
+}
