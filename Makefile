@@ -144,7 +144,7 @@ clean:
 # another, in one process each. cargo-fuzz needs nightly flags: RUSTC_BOOTSTRAP=1 lets the stable
 # toolchain take them. Builds in fuzz/target only; crashes land in fuzz/artifacts/<target>/.
 FUZZ_SECS ?= 600
-FUZZ_TARGETS ?= manifest calendar trigger_json
+FUZZ_TARGETS ?= manifest calendar trigger_json frames
 fuzz:
 	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
 	cd fuzz && for t in $(FUZZ_TARGETS); do \

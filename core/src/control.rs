@@ -44,7 +44,7 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections served at once; more are answered "busy" and closed.
 pub const MAX_CONNECTIONS: usize = 4096;
 /// Replies queued for a peer that does not read: past this, the connection is dropped.
-const MAX_QUEUED: usize = 8 << 20;
+const MAX_QUEUED: usize = 2 * protocol::MAX_REPLY;
 
 /// `sockaddr_un.sun_path` holds 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
@@ -810,7 +810,10 @@ impl Client {
             .map_err(|e| broken(e.to_string()))?;
         // Even if sending failed, the broker may have answered (and closed) first: read its reply.
         let sent = protocol::write_frame(&mut self.stream, request);
-        let reply = match (protocol::read_frame::<Reply>(&mut self.stream), sent) {
+        let reply = match (
+            protocol::read_frame_max::<Reply>(&mut self.stream, protocol::MAX_REPLY),
+            sent,
+        ) {
             (Ok(Some(reply)), _) => reply,
             (_, Err(e)) => return Err(broken(format!("cannot send: {e}"))),
             (Ok(None), Ok(())) => {

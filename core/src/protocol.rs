@@ -11,8 +11,11 @@ use uuid::Uuid;
 
 /// The protocol version this build speaks.
 pub const VERSION: u32 = 1;
-/// The largest frame either side accepts (a failure message is the largest thing sent).
+/// The largest frame a broker accepts, and an instance's host (requests and instance messages
+/// are small: a failure message is the largest).
 pub const MAX_FRAME: usize = 64 * 1024;
+/// The largest reply a control client accepts (a listing of many thousand registrations).
+pub const MAX_REPLY: usize = 64 << 20;
 
 /// From the process that runs the instance to the broker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,26 +68,31 @@ pub fn write_frame<T: Serialize>(w: &mut impl Write, message: &T) -> io::Result<
     w.write_all(&encode(message))
 }
 
-/// Reads one frame (blocking); `None` at a clean end of stream.
+/// Reads one frame of at most [`MAX_FRAME`] bytes (blocking); `None` at a clean end of stream.
 pub fn read_frame<T: DeserializeOwned>(r: &mut impl Read) -> io::Result<Option<T>> {
+    read_frame_max(r, MAX_FRAME)
+}
+
+/// Reads one frame of at most `max` bytes (blocking); `None` at a clean end of stream.
+pub fn read_frame_max<T: DeserializeOwned>(r: &mut impl Read, max: usize) -> io::Result<Option<T>> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
-    let len = check_len(u32::from_be_bytes(len))?;
+    let len = check_len(u32::from_be_bytes(len), max)?;
     let mut body = vec![0u8; len];
     r.read_exact(&mut body)?;
     decode(&body).map(Some)
 }
 
-fn check_len(len: u32) -> io::Result<usize> {
+fn check_len(len: u32, max: usize) -> io::Result<usize> {
     let len = len as usize;
-    if len > MAX_FRAME {
+    if len > max {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("a frame of {len} bytes is over the limit of {MAX_FRAME}"),
+            format!("a frame of {len} bytes is over the limit of {max}"),
         ));
     }
     Ok(len)
@@ -113,7 +121,7 @@ impl Decoder {
         let Some(len) = self.buf.first_chunk::<4>() else {
             return Ok(None);
         };
-        let len = check_len(u32::from_be_bytes(*len))?;
+        let len = check_len(u32::from_be_bytes(*len), MAX_FRAME)?;
         if self.buf.len() < 4 + len {
             return Ok(None);
         }
