@@ -32,7 +32,7 @@ all: lib tools header python
 lib:
 	$(CARGO) build --release -p btb-ffi
 
-# btbctl (and, with the exec-host work, btbd).
+# btbctl and btbd.
 tools:
 	$(CARGO) build --release -p btb-tools
 
@@ -84,6 +84,8 @@ test-install: lib $(CMAKE)
 	rm -rf build/install-test && mkdir -p build/install-test
 	$(MAKE) install PREFIX=$(abspath build/install-test/prefix)
 	build/install-test/prefix/bin/btbctl --version
+	build/install-test/prefix/bin/btbd --version
+	grep -q '^ExecStart=$(abspath build/install-test/prefix)/bin/btbd ' build/install-test/prefix/lib/systemd/user/btbd@.service
 	@command -v pkg-config >/dev/null || { [ -n "$(APT)" ] && $(APT_INSTALL) pkg-config >/dev/null; } || true
 	if command -v pkg-config >/dev/null; then \
 	  PKG_CONFIG_PATH=$(abspath build/install-test/prefix)/lib/pkgconfig \
@@ -97,7 +99,9 @@ test-install: lib $(CMAKE)
 
 install: lib tools
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(LIBDIR)/cmake/btb
-	install -m 0755 $(RELEASE)/btbctl $(DESTDIR)$(BINDIR)/btbctl
+	install -m 0755 $(RELEASE)/btbctl $(RELEASE)/btbd $(DESTDIR)$(BINDIR)/
+	install -d $(DESTDIR)$(PREFIX)/lib/systemd/user
+	sed -e 's|/usr/local/bin/btbd|$(BINDIR)/btbd|' contrib/systemd/btbd@.service > $(DESTDIR)$(PREFIX)/lib/systemd/user/btbd@.service
 	install -m 0755 $(RELEASE)/libbtb.so $(DESTDIR)$(LIBDIR)/libbtb.so.$(VERSION)
 	ln -sf libbtb.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libbtb.so.$(MAJOR)
 	ln -sf libbtb.so.$(MAJOR) $(DESTDIR)$(LIBDIR)/libbtb.so

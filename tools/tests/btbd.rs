@@ -1,0 +1,222 @@
+//! `btbd` as systemd runs it: a real process holding an app's store, running its `exec` tasks
+//! (fired here with `btbctl run`), canceling them with TERMINATING and exiting 0 on SIGTERM, and
+//! refusing a bad manifest or a store another broker holds.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use btb_core::*;
+
+const APP: &str = "org.example.btbd";
+const DEADLINE: Duration = Duration::from_secs(10);
+
+struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    fn new() -> Scratch {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("run")).unwrap();
+        nix::unistd::mkfifo(&dir.path().join("events"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        Scratch { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A manifest whose entry points run shell scripts (`exec`, absolute path, no shell by btb).
+    fn manifest(&self) -> PathBuf {
+        let events = self.path("events").display().to_string();
+        let text = format!(
+            r#"app_id = "{APP}"
+version = "1"
+
+[[task]]
+entry_point = "app.Quick"
+types = ["general"]
+exec = ["/bin/sh", "-c", "echo quick > {events}"]
+
+[[task]]
+entry_point = "app.Long"
+types = ["general"]
+exec = ["/bin/sh", "-c", "echo long > {events}; exec sleep 1000"]
+"#
+        );
+        let path = self.path("manifest.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn register(&self, names: &[(&str, &str)]) {
+        let sys = System::open(SystemOptions {
+            manifest: Some(Manifest::load(self.manifest()).unwrap()),
+            store: StoreLocation::File(self.path("btb.sqlite3")),
+            simulated: true,
+            ..SystemOptions::default()
+        })
+        .unwrap();
+        for (name, ep) in names {
+            let mut b = Builder::new();
+            b.name = Some((*name).into());
+            b.task_entry_point = Some((*ep).into());
+            b.set_trigger(Trigger::application());
+            sys.register(&b).unwrap();
+        }
+        sys.close().unwrap();
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env("XDG_RUNTIME_DIR", self.path("run"));
+        cmd
+    }
+
+    /// Starts btbd and waits for its "ready" line.
+    fn btbd(&self) -> Child {
+        let mut child = self
+            .command(env!("CARGO_BIN_EXE_btbd"))
+            .arg("--manifest")
+            .arg(self.manifest())
+            .arg("--store")
+            .arg(self.path("btb.sqlite3"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        assert_eq!(rx.recv_timeout(DEADLINE).unwrap(), "btbd: ready\n");
+        child
+    }
+
+    fn btbctl(&self, args: &[&str]) -> std::process::Output {
+        self.command(env!("CARGO_BIN_EXE_btbctl"))
+            .args(["--manifest"])
+            .arg(self.manifest())
+            .arg("--store")
+            .arg(self.path("btb.sqlite3"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// The next line a task wrote to the events fifo.
+    fn next_event(&self) -> String {
+        let fifo = self.path("events");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(std::fs::read_to_string(fifo).unwrap());
+        });
+        rx.recv_timeout(DEADLINE).expect("a task to run")
+    }
+}
+
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let (tx, rx) = mpsc::channel();
+    let pid = child.id();
+    let mut owned = std::mem::replace(child, Command::new("/bin/true").spawn().unwrap());
+    std::thread::spawn(move || {
+        let _ = tx.send(owned.wait().unwrap());
+    });
+    rx.recv_timeout(DEADLINE)
+        .unwrap_or_else(|_| panic!("btbd (pid {pid}) did not exit"))
+}
+
+fn sigterm(child: &Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+}
+
+fn history(store: &Path, name: &str) -> Vec<RunRecord> {
+    let store = Store::open_read_only(store).unwrap();
+    let id = store
+        .load()
+        .unwrap()
+        .into_iter()
+        .find(|t| t.record.name == name)
+        .unwrap()
+        .record
+        .task_id;
+    store.history(&id).unwrap()
+}
+
+#[test]
+fn btbd_runs_exec_tasks_and_stops_cleanly_on_sigterm() {
+    let s = Scratch::new();
+    s.register(&[("quick", "app.Quick"), ("long", "app.Long")]);
+    let mut btbd = s.btbd();
+
+    let out = s.btbctl(&["run", "quick"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(s.next_event(), "quick\n");
+    assert!(s.btbctl(&["run", "long"]).status.success());
+    assert_eq!(s.next_event(), "long\n");
+
+    sigterm(&btbd);
+    let status = wait_exit(&mut btbd);
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    let long = history(&s.path("btb.sqlite3"), "long");
+    assert_eq!(long.len(), 1);
+    assert_eq!(long[0].outcome, TaskOutcome::Canceled);
+    assert_eq!(long[0].reason, Some(CancellationReason::Terminating));
+    let quick = history(&s.path("btb.sqlite3"), "quick");
+    assert_eq!(quick[0].outcome, TaskOutcome::Succeeded);
+}
+
+#[test]
+fn btbd_refuses_a_bad_manifest_and_a_store_in_use() {
+    let s = Scratch::new();
+    std::fs::write(
+        s.path("bad.toml"),
+        "app_id = \"org.example.btbd\"\nversion = 1\n",
+    )
+    .unwrap();
+    let out = s
+        .command(env!("CARGO_BIN_EXE_btbd"))
+        .arg("--manifest")
+        .arg(s.path("bad.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("btbd: manifest"), "{stderr}");
+    assert!(stderr.contains("bad.toml"), "{stderr}");
+
+    let _held = System::open(SystemOptions {
+        manifest: Some(Manifest::load(s.manifest()).unwrap()),
+        store: StoreLocation::File(s.path("btb.sqlite3")),
+        simulated: true,
+        ..SystemOptions::default()
+    })
+    .unwrap();
+    let out = s
+        .command(env!("CARGO_BIN_EXE_btbd"))
+        .arg("--manifest")
+        .arg(s.manifest())
+        .arg("--store")
+        .arg(s.path("btb.sqlite3"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is in use by another btb system"),
+        "{stderr}"
+    );
+}
