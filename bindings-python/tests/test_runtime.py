@@ -341,7 +341,8 @@ def test_background_work_cost_and_state_errors(system: btb.System) -> None:
 
 def test_state_and_its_source(tmp_path: Path) -> None:
     """SPEC §6: a simulated system answers from what the app set; a real one reads the machine —
-    STORAGE_NOT_LOW from the store's file system (statvfs), the rest unknown for now."""
+    STORAGE_NOT_LOW from the store's file system (statvfs); FREE_NETWORK_AVAILABLE only
+    NetworkManager knows (netlink cannot tell metered from free): unknown without a system bus."""
     storage = btb.SystemConditionType.STORAGE_NOT_LOW
     with btb.System(manifest(), ":memory:", simulated=True) as simulated:
         assert simulated.state_source(storage) == "simulated"
@@ -352,8 +353,8 @@ def test_state_and_its_source(tmp_path: Path) -> None:
         with btb.System(manifest(), tmp_path / f"real{percent}.sqlite3", policy=policy) as real:
             assert real.state_source(storage) == "statvfs"
             assert real.state(storage) is expected
-            assert real.state(btb.SystemConditionType.INTERNET_AVAILABLE) is None
-            assert real.state_source(btb.SystemConditionType.INTERNET_AVAILABLE) == "unknown"
+            assert real.state(btb.SystemConditionType.FREE_NETWORK_AVAILABLE) is None
+            assert real.state_source(btb.SystemConditionType.FREE_NETWORK_AVAILABLE) == "unknown"
     with pytest.raises(btb.InvalidArgumentError):
         btb.Policy(storage_low_percent=101)
 
