@@ -122,6 +122,7 @@ bench: python
 	$(CARGO) bench -p btb-core --bench runtime
 	$(CARGO) bench -p btb-core --bench contention
 	$(CARGO) bench -p btb-core --bench memory
+	$(CARGO) bench -p btb-core --bench netlink_event
 	$(PY) bench/compare_apscheduler.py
 	bash bench/idle_strace.sh 60 10000
 

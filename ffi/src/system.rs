@@ -825,8 +825,8 @@ pub extern "C" fn btb_system_state(
 
 /// Writes to `*out` what a condition's state is read from: a static string, one of
 /// `"simulated"`, `"networkmanager"`, `"netlink"`, `"upower"`, `"sysfs"`, `"logind"`,
-/// `"statvfs"`, `"unknown"` (SPEC §6; this release reads `"statvfs"` for
-/// `BTB_CONDITION_STORAGE_NOT_LOW`, and the other platform states are `"unknown"`).
+/// `"statvfs"`, `"unknown"` (SPEC §6: the source of highest rank that knows the state; `"unknown"`
+/// when none does).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
 /// (unknown condition), `BTB_ERROR_STATE`. Thread-safe.
 #[unsafe(no_mangle)]

@@ -17,6 +17,7 @@
 //! Event-driven only: the fd sources share one thread blocked in `poll` with no timeout; the D-Bus
 //! sources wait on their connection. An idle broker makes no system calls.
 
+pub(crate) mod network;
 pub(crate) mod power;
 pub(crate) mod storage;
 pub(crate) mod timezone;
@@ -125,6 +126,10 @@ impl Platform {
     /// states read unknown).
     pub(crate) fn open(options: &PlatformOptions, sink: Sink) -> std::io::Result<Platform> {
         let mut sources: Vec<Box<dyn FdSource>> = Vec::new();
+        match network::NetlinkNetwork::new() {
+            Ok(s) => sources.push(Box::new(s)),
+            Err(e) => unavailable("rtnetlink (links, addresses, routes)", e),
+        }
         match power::SysfsPower::new(&options.power_supply_root, options.accept_user_uevents) {
             Ok(s) => sources.push(Box::new(s)),
             Err(e) => unavailable("power supplies in sysfs (kobject uevents)", e),
