@@ -79,6 +79,8 @@ impl Broker {
             return;
         }
         life.done = true;
+        // Released now, before anyone hears that the run ended (a close is no app code).
+        drop(life.inhibitor.take());
         if abandon_reason.is_some() && std::mem::take(&mut life.on_worker) {
             // Abandoned: its worker may never come back; it no longer counts for `wait_idle`.
             st.busy_workers -= 1;

@@ -70,6 +70,8 @@ pub(crate) struct Life {
     /// A worker runs it and has not come back from it (counted in `State::busy_workers` until
     /// it does, or until the instance is abandoned).
     pub(crate) on_worker: bool,
+    /// The sleep inhibitor held for the run (`is_network_requested`); closed when it ends.
+    pub(crate) inhibitor: Option<std::os::fd::OwnedFd>,
 }
 
 pub(crate) struct Inner {
