@@ -75,7 +75,7 @@ impl States {
         readings.retain(|(s, _)| *s != source);
         if let Some(v) = value {
             readings.push((source, v));
-            readings.sort_by(|a, b| b.0.cmp(&a.0)); // highest rank first
+            readings.sort_by_key(|r| std::cmp::Reverse(r.0)); // highest rank first
         }
     }
 
@@ -239,7 +239,7 @@ mod tests {
     #[test]
     fn what_a_change_means() {
         let mut s = States::default();
-        let mut step = |s: &mut States, c, v| {
+        let step = |s: &mut States, c, v| {
             let before = s.snapshot();
             s.report(Source::Simulated, c, v);
             before.fires(&s.snapshot())

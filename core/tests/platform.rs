@@ -12,13 +12,14 @@ use btb_core::*;
 use common::netns::in_private_netns;
 use common::rt::*;
 
-/// Platform options that keep a test off the machine's own power supplies and time zone.
+/// Platform options that keep a test off the machine's own power supplies, time zone and system
+/// bus (the D-Bus sources are `platform_dbus.rs`'s).
 fn private_platform(dir: &Path) -> PlatformOptions {
     PlatformOptions {
         power_supply_root: dir.join("power_supply"),
         localtime: dir.join("etc/localtime"),
         accept_user_uevents: true,
-        ..PlatformOptions::default()
+        system_bus: Some(format!("unix:path={}", dir.join("no-bus").display())),
     }
 }
 

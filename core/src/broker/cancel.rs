@@ -86,6 +86,8 @@ impl Broker {
             return;
         }
         life.done = true;
+        // Released now, before anyone hears that the run ended (a close is no app code).
+        drop(life.inhibitor.take());
         if abandon_reason.is_some()
             && let Some(child) = &life.child
         {

@@ -74,6 +74,8 @@ pub(crate) struct Life {
     pub(crate) child: Option<super::exec::Child>,
     /// What the host process wrote: the ends of its stdout and stderr.
     pub(crate) output: Option<(Option<String>, Option<String>)>,
+    /// The sleep inhibitor held for the run (`is_network_requested`); closed when it ends.
+    pub(crate) inhibitor: Option<std::os::fd::OwnedFd>,
 }
 
 pub(crate) struct Inner {

@@ -216,7 +216,9 @@ impl Broker {
                 vec![SystemTriggerType::TimeZoneChange]
             }
             Note::Resumed => {
-                // Due timers are on the wall clock: the broker's next tick runs what came due.
+                // The machine is awake now anyway: what came due during the sleep runs now, not
+                // at the end of its window (one wake-up instead of two). Then the broker re-plans.
+                self.fire_due(st, now);
                 self.waker.wake();
                 Vec::new()
             }

@@ -44,6 +44,10 @@
 //! The writer's queue and its waiters, and the count of app calls in flight, are leaf locks:
 //! nothing is taken while one of them is held.
 //!
+//! `Broker::platform` is taken with no other btb lock held, never under the state lock: a worker
+//! holds it across a D-Bus call (the sleep inhibitor, `pool.rs`) whose reply the platform's
+//! `btb-dbus` thread reads, and that thread takes the state lock to report what it hears.
+//!
 //! Dropping a handler can run app code (a Python finalizer, a C `free_user_data`): values that may
 //! hold one are never dropped under a lock; [`State::defer_drop`] hands them to the [`Locked`]
 //! guard, which drops them right after it releases the state lock.
@@ -337,6 +341,7 @@ thread_local! {
 }
 
 impl Broker {
+    #[allow(clippy::too_many_arguments)] // one per part of an open system, each named
     pub(crate) fn new(
         manifest: Manifest,
         clock: Clock,

@@ -58,6 +58,9 @@ impl Broker {
             drop(st);
             let job = instance.clone();
             self.writer.wait_done(after); // unlocked: the writes this run depends on
+            if instance.task().record().is_network_requested {
+                self.inhibit_sleep(&instance);
+            }
 
             // SPEC §4: an executable declared in the manifest comes first.
             let exec = instance
@@ -104,6 +107,31 @@ impl Broker {
             }
             done = Some(job);
         }
+    }
+
+    /// `is_network_requested` (SPEC §4): holds a logind sleep inhibitor for the run, and says so
+    /// in the instance. Called on the worker before the run starts, with no btb lock held: it
+    /// waits for a D-Bus round trip, which the platform's `btb-dbus` thread reads, and that thread
+    /// takes the state lock to report. `finish` closes the inhibitor, however the run ends.
+    fn inhibit_sleep(&self, instance: &Instance) {
+        let why = format!("background task {}", instance.task().name());
+        let fd = self
+            .platform
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|p| p.inhibit_sleep(self.manifest.app_id(), &why));
+        let Some(fd) = fd else {
+            return; // no logind (or a simulated system): not granted
+        };
+        let mut life = instance.life();
+        if !life.done {
+            life.inhibitor = Some(fd);
+            instance
+                .0
+                .network_granted
+                .store(true, std::sync::atomic::Ordering::Release);
+        } // else it ended meanwhile (abandoned, closed): `fd` closes here
     }
 
     /// Entry point resolution for in-process runs, SPEC §4 order (after a manifest `exec`, which

@@ -184,30 +184,14 @@ impl Broker {
     /// Fires due timers, enforces limits and grace; returns the next instant that needs the broker.
     pub(crate) fn tick(self: &Arc<Self>, st: &mut State, now: i64) -> Option<i64> {
         let window = self.window_ms();
-        let mut changes = Vec::new();
+        // The first timer's window is over: fire it, and every other one already due with it.
         if st
             .timers
             .first()
             .is_some_and(|(due, _)| due + window <= now)
         {
-            let due_now: Vec<(i64, Uuid)> = st
-                .timers
-                .iter()
-                .take_while(|(d, _)| *d <= now)
-                .copied()
-                .collect();
-            for (due, task_id) in due_now {
-                st.unschedule(&task_id);
-                let record = Arc::clone(st.registry.get(&task_id).expect("registered"));
-                self.fire(st, task_id, None, now, &mut changes);
-                let next = self.next_due(&record, due, now);
-                if let Some(next) = next {
-                    st.schedule(task_id, next);
-                }
-                changes.push(ScheduleChange::NextDue(task_id, next));
-            }
+            self.fire_due(st, now);
         }
-        self.commit(st, changes);
         let expired: Vec<(Uuid, i64)> = st
             .running
             .iter()
@@ -255,6 +239,28 @@ impl Broker {
             .filter_map(|r| r.grace_at.or(r.limit_at))
             .min();
         [timer, deadlines].into_iter().flatten().min()
+    }
+
+    /// Fires every timer due by `now`, even those whose window is still open.
+    pub(super) fn fire_due(&self, st: &mut State, now: i64) {
+        let mut changes = Vec::new();
+        let due_now: Vec<(i64, Uuid)> = st
+            .timers
+            .iter()
+            .take_while(|(d, _)| *d <= now)
+            .copied()
+            .collect();
+        for (due, task_id) in due_now {
+            st.unschedule(&task_id);
+            let record = Arc::clone(st.registry.get(&task_id).expect("registered"));
+            self.fire(st, task_id, None, now, &mut changes);
+            let next = self.next_due(&record, due, now);
+            if let Some(next) = next {
+                st.schedule(task_id, next);
+            }
+            changes.push(ScheduleChange::NextDue(task_id, next));
+        }
+        self.commit(st, changes);
     }
 
     /// After the wall clock was set: a calendar trigger's next matching time may now come sooner

@@ -4,7 +4,7 @@
 //! | file | states | source names | hears changes by |
 //! |---|---|---|---|
 //! | `network.rs` | INTERNET_AVAILABLE | `netlink` | rtnetlink multicast (links, addresses, routes) |
-//! | `dbus.rs` | INTERNET_AVAILABLE, FREE_NETWORK_AVAILABLE; ON_AC_POWER, BATTERY_NOT_LOW; USER_PRESENT, SESSION_CONNECTED, DEVICE_IDLE | `networkmanager`, `upower`, `logind` | D-Bus signals on the system bus |
+//! | `dbus.rs` | INTERNET_AVAILABLE, FREE_NETWORK_AVAILABLE; ON_AC_POWER, BATTERY_NOT_LOW; USER_PRESENT, SESSION_CONNECTED, DEVICE_IDLE; (resume from sleep; the sleep inhibitor of `is_network_requested`) | `networkmanager`, `upower`, `logind` | D-Bus signals on the system bus, on its own thread |
 //! | `power.rs` | ON_AC_POWER, BATTERY_NOT_LOW | `sysfs` | kobject uevents |
 //! | `storage.rs` | STORAGE_NOT_LOW | `statvfs` | read on each decision |
 //! | `timezone.rs` | (TIME_ZONE_CHANGE) | — | inotify on the localtime link's directory |
@@ -17,6 +17,7 @@
 //! Event-driven only: the fd sources share one thread blocked in `poll` with no timeout; the D-Bus
 //! sources wait on their connection. An idle broker makes no system calls.
 
+pub(crate) mod dbus;
 pub(crate) mod network;
 pub(crate) mod power;
 pub(crate) mod storage;
@@ -119,6 +120,8 @@ pub(crate) trait FdSource: Send {
 pub(crate) struct Platform {
     stop: Arc<OwnedFd>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The D-Bus sources (their own thread), `None` without a system bus.
+    bus: Option<dbus::Bus>,
 }
 
 impl Platform {
@@ -141,7 +144,22 @@ impl Platform {
                 e,
             ),
         }
-        Platform::start(sources, sink)
+        let bus = match dbus::Bus::start(options, Arc::clone(&sink)) {
+            Ok(bus) => Some(bus),
+            Err(e) => {
+                unavailable("the system bus", e);
+                None
+            }
+        };
+        let mut platform = Platform::start(sources, sink)?;
+        platform.bus = bus;
+        Ok(platform)
+    }
+
+    /// A logind sleep inhibitor for a run of a task with `is_network_requested` (SPEC §4), held
+    /// as long as the descriptor is open; `None` without logind. Blocks for a D-Bus round trip.
+    pub(crate) fn inhibit_sleep(&self, who: &str, why: &str) -> Option<OwnedFd> {
+        self.bus.as_ref()?.inhibit_sleep(who, why)
     }
 
     /// Starts the given fd sources on one thread, after their first readings (taken here, so
@@ -165,7 +183,11 @@ impl Platform {
                     .spawn(move || run(sources, &stop, &sink))?,
             )
         };
-        Ok(Platform { stop, thread })
+        Ok(Platform {
+            stop,
+            thread,
+            bus: None,
+        })
     }
 }
 
