@@ -10,7 +10,7 @@ mod common;
 
 use std::ffi::CString;
 use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::mpsc;
 
@@ -41,9 +41,7 @@ fn posix_spawn_once(exe: &CString) -> f64 {
     let pid = posix_spawn(exe.as_c_str(), &actions, &attr, &args, &env).unwrap();
     drop(w);
     let mut out = String::new();
-    std::fs::File::from(OwnedFd::from(r))
-        .read_to_string(&mut out)
-        .unwrap();
+    std::fs::File::from(r).read_to_string(&mut out).unwrap();
     nix::sys::wait::waitpid(pid, None).unwrap();
     (stamp_of(&out) - t0) as f64 / 1000.0
 }

@@ -231,7 +231,7 @@ pub enum Reply {
         tasks: Vec<crate::view::TaskView>,
     },
     Task {
-        task: crate::view::TaskView,
+        task: Box<crate::view::TaskView>,
     },
     Runs {
         runs: Vec<crate::view::RunView>,
@@ -604,7 +604,7 @@ impl Server {
         }
         loop {
             let conn = &mut self.conns[i];
-            match conn.decoder.next::<Request>() {
+            match conn.decoder.next_message::<Request>() {
                 Ok(Some(request)) => {
                     conn.deadline = Instant::now() + IDLE_TIMEOUT;
                     let reply = self.serve(i, request);

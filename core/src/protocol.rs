@@ -117,7 +117,7 @@ impl Decoder {
 
     /// The next whole message, `None` until one has arrived; an error for an oversized or
     /// malformed frame (the stream cannot be trusted after it).
-    pub fn next<T: DeserializeOwned>(&mut self) -> io::Result<Option<T>> {
+    pub fn next_message<T: DeserializeOwned>(&mut self) -> io::Result<Option<T>> {
         let Some(len) = self.buf.first_chunk::<4>() else {
             return Ok(None);
         };
@@ -154,7 +154,7 @@ mod tests {
         let mut out = Vec::new();
         for b in &bytes {
             d.push(std::slice::from_ref(b)); // one byte at a time
-            while let Some(m) = d.next::<ToBroker>().unwrap() {
+            while let Some(m) = d.next_message::<ToBroker>().unwrap() {
                 out.push(m);
             }
         }
@@ -171,7 +171,7 @@ mod tests {
         let mut d = Decoder::default();
         d.push(&(MAX_FRAME as u32 + 1).to_be_bytes());
         assert!(
-            d.next::<ToBroker>()
+            d.next_message::<ToBroker>()
                 .unwrap_err()
                 .to_string()
                 .contains("over the limit")
@@ -180,10 +180,10 @@ mod tests {
         d.push(&encode(
             &serde_json::json!({"type": "progress", "value": -1}),
         ));
-        assert!(d.next::<ToBroker>().is_err());
+        assert!(d.next_message::<ToBroker>().is_err());
         let mut d = Decoder::default();
         d.push(&encode(&serde_json::json!({"type": "launch_missiles"})));
-        assert!(d.next::<ToBroker>().is_err());
+        assert!(d.next_message::<ToBroker>().is_err());
         assert_eq!(
             read_frame::<ToHost>(&mut &[][..]).unwrap(),
             None,

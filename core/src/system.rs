@@ -715,10 +715,13 @@ impl System {
                 .shared
                 .task_views(None)
                 .map(|tasks| Reply::Tasks { tasks }),
-            Request::Show { task } => self
-                .shared
-                .task_views(Some(&task))
-                .map(|mut v| Reply::Task { task: v.remove(0) }),
+            Request::Show { task } => {
+                self.shared
+                    .task_views(Some(&task))
+                    .map(|mut v| Reply::Task {
+                        task: Box::new(v.remove(0)),
+                    })
+            }
             Request::History { task } => self.task_id_of(&task).and_then(|id| {
                 Ok(Reply::Runs {
                     runs: self.history(&id)?.iter().map(Into::into).collect(),

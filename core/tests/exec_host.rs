@@ -265,11 +265,8 @@ fn a_host_that_ignores_sigterm_is_killed_after_two_graces_with_its_grandchildren
         .map(|p| p.parse().unwrap())
         .collect();
     let alive = |pid: i32| {
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-            !s.split_whitespace()
-                .nth(2)
-                .is_some_and(|state| state == "Z")
-        })
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.split_whitespace().nth(2).is_none_or(|state| state != "Z"))
     };
     assert!(pids.iter().all(|p| alive(*p)));
 

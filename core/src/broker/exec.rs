@@ -286,7 +286,7 @@ impl Broker {
                 streams[2].read_into(&mut |b| bytes.extend_from_slice(b));
                 decoder.push(&bytes);
                 loop {
-                    match decoder.next::<ToBroker>() {
+                    match decoder.next_message::<ToBroker>() {
                         Ok(Some(message)) => {
                             if !self.host_said(instance, message) {
                                 streams[2].fd = None;

@@ -343,7 +343,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Show { task, json } => {
             let view = match call(Request::Show { task: task.clone() })? {
-                Some(Reply::Task { task }) => task,
+                Some(Reply::Task { task }) => *task,
                 Some(other) => return Err(unexpected(other)),
                 None => target.stored_views(Some(&task))?.remove(0),
             };
