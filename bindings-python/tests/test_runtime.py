@@ -371,6 +371,26 @@ def test_state_and_its_source(tmp_path: Path) -> None:
         btb.Policy(storage_low_percent=101)
 
 
+def test_a_missing_system_bus_is_logged_once_and_its_states_read_unknown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SPEC §6: the bus is the one DBUS_SYSTEM_BUS_ADDRESS names at open; a missing one is logged
+    (through Rust's `log`, on the "btb" logger) and the states only D-Bus daemons know read unknown."""
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={tmp_path / 'no-bus'}")
+    with caplog.at_level(logging.INFO, logger="btb"):
+        with btb.System(manifest(), ":memory:", power_supply_root=tmp_path / "none") as system:
+            for condition in (
+                btb.SystemConditionType.FREE_NETWORK_AVAILABLE,
+                btb.SystemConditionType.SESSION_CONNECTED,
+                btb.SystemConditionType.USER_PRESENT,
+                btb.SystemConditionType.DEVICE_IDLE,
+            ):
+                assert (system.state(condition), system.state_source(condition)) == (None, "unknown")
+    messages = [r.getMessage() for r in caplog.records if r.name == "btb" and "system bus" in r.getMessage()]
+    assert len(messages) == 1, messages
+    assert "no-bus" in messages[0] and "read unknown" in messages[0], messages
+
+
 def test_a_time_zone_change_fires_its_trigger(tmp_path: Path) -> None:
     """TIME_ZONE_CHANGE from a real inotify event: the localtime link replaced as timedated does."""
     link = tmp_path / "localtime"
