@@ -21,11 +21,11 @@ fn feed<T: DeserializeOwned + Serialize + PartialEq + std::fmt::Debug>(chunk: us
     for piece in pieces {
         decoder.push(piece);
         loop {
-            match decoder.next::<T>() {
+            match decoder.next_message::<T>() {
                 Ok(Some(message)) => {
                     let mut again = Decoder::default();
                     again.push(&encode(&message));
-                    assert_eq!(again.next::<T>().unwrap().as_ref(), Some(&message));
+                    assert_eq!(again.next_message::<T>().unwrap().as_ref(), Some(&message));
                 }
                 Ok(None) => break,
                 Err(_) => return,
