@@ -331,6 +331,11 @@ impl FdSource for NetlinkNetwork {
 
     fn readable(&mut self, sink: &Sink) {
         let mut heard = false;
+        // New default routes only (no replacement, no deletion, no link or address change): the
+        // set of links can only grow, by those routes' links, and no dump is needed to know it.
+        // The common "the network came up" event then costs no round trip to the kernel.
+        let mut only_added = true;
+        let mut added = BTreeSet::new();
         loop {
             self.buf.clear();
             let trunc = rustix::net::RecvFlags::TRUNC.bits() as i32;
@@ -343,7 +348,19 @@ impl FdSource for NetlinkNetwork {
                         self.carrier = None; // cut short: dump the links again
                     } else if let Some(carrier) = &mut self.carrier {
                         for m in messages(&self.buf) {
-                            apply_link(carrier, m.message_type(), m.payload());
+                            let kind = m.message_type();
+                            apply_link(carrier, kind, m.payload());
+                            if kind == RTM_NEWROUTE
+                                && m.flags() & netlink_packet_core::NLM_F_REPLACE == 0
+                            {
+                                added.extend(
+                                    default_links_in(kind, m.payload())
+                                        .into_iter()
+                                        .filter(|i| carrier.contains(i)),
+                                );
+                            } else {
+                                only_added = false;
+                            }
                         }
                     }
                 }
@@ -359,7 +376,12 @@ impl FdSource for NetlinkNetwork {
         if !heard {
             return;
         }
-        let now = self.read();
+        let now = match &self.last {
+            Some(last) if only_added && self.carrier.is_some() => {
+                Some(last.union(&added).copied().collect())
+            }
+            _ => self.read(),
+        };
         if now == self.last {
             return;
         }
