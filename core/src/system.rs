@@ -494,9 +494,9 @@ impl System {
             ));
         }
         let mut st = self.locked()?;
-        self.shared.note(
+        self.shared.heard(
             &mut st,
-            crate::platform::Note::Report {
+            crate::platform::Heard::Report {
                 source: crate::platform::Source::Simulated,
                 states: vec![(condition, Some(value))],
                 fires: Vec::new(),

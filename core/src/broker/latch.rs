@@ -11,7 +11,7 @@ use crate::model::{
     CancellationReason, CustomRecurrence, SystemConditionType, SystemTriggerType, TaskRecord,
     TaskTrigger,
 };
-use crate::platform::Note;
+use crate::platform::Heard;
 use crate::registration::Registration;
 use crate::registry::EventKey;
 use crate::store::ScheduleChange;
@@ -184,10 +184,10 @@ impl Broker {
 
     /// A source reported: apply its states, fire the system triggers the change means, run what
     /// it unblocks, cancel what it strands (SPEC §3, §6).
-    pub(crate) fn note(self: &Arc<Self>, st: &mut State, note: Note) {
+    pub(crate) fn heard(self: &Arc<Self>, st: &mut State, heard: Heard) {
         let now = self.clock.now_ms();
-        let fires = match note {
-            Note::Report {
+        let fires = match heard {
+            Heard::Report {
                 source,
                 states,
                 fires,
@@ -210,12 +210,12 @@ impl Broker {
                 self.conditions_changed(st);
                 all
             }
-            Note::TimeZoneChanged => {
+            Heard::TimeZoneChanged => {
                 self.reload_time_zone();
                 self.replan_calendars(st, now, true);
                 vec![SystemTriggerType::TimeZoneChange]
             }
-            Note::Resumed => {
+            Heard::Resumed => {
                 // The machine is awake now anyway: what came due during the sleep runs now, not
                 // at the end of its window (one wake-up instead of two). Then the broker re-plans.
                 self.fire_due(st, now);

@@ -530,15 +530,15 @@ impl Broker {
         Ok(())
     }
 
-    /// Starts the platform sources (SPEC §6). What they report reaches `note`; a source that
+    /// Starts the platform sources (SPEC §6). What they report reaches `heard`; a source that
     /// cannot start is logged and its states read unknown.
     pub(crate) fn start_platform(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
-        let sink: crate::platform::Sink = Arc::new(move |note| {
+        let sink: crate::platform::Sink = Arc::new(move |heard| {
             if let Some(broker) = weak.upgrade()
                 && let Ok(mut st) = broker.open_state()
             {
-                broker.note(&mut st, note);
+                broker.heard(&mut st, heard);
             }
         });
         match crate::platform::Platform::open(&self.platform_options, sink) {

@@ -27,7 +27,7 @@ use std::time::Duration;
 use zbus::message::Type;
 use zbus::{Connection, Message, MessageStream, OwnedObjectPath, OwnedVariant, Variant};
 
-use super::{Note, PlatformOptions, Sink, Source};
+use super::{Heard, PlatformOptions, Sink, Source};
 use crate::model::SystemConditionType as C;
 
 const DBUS: &str = "org.freedesktop.DBus";
@@ -597,7 +597,7 @@ impl Watcher {
             }
         }
         if self.reported[d as usize].take().is_some() {
-            (self.sink)(Note::Report {
+            (self.sink)(Heard::Report {
                 source: d.source(),
                 states: d.conditions().iter().map(|c| (*c, None)).collect(),
                 fires: Vec::new(),
@@ -621,7 +621,7 @@ impl Watcher {
             return; // a property we do not read changed
         }
         *last = Some(states.clone());
-        (self.sink)(Note::Report {
+        (self.sink)(Heard::Report {
             source: d.source(),
             states,
             fires: Vec::new(),
@@ -701,7 +701,7 @@ impl Watcher {
             (Daemon::Logind, LOGIND_MANAGER, "PrepareForSleep") => {
                 // true before suspending, false after resuming.
                 if let Ok(false) = msg.body().deserialize::<bool>() {
-                    (self.sink)(Note::Resumed);
+                    (self.sink)(Heard::Resumed);
                 }
             }
             _ => {}

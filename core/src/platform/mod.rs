@@ -84,7 +84,7 @@ impl Source {
 
 /// What a source tells the broker.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Note {
+pub(crate) enum Heard {
     /// New readings of some states (`None` = now unknown). `initial` for a source's first reading
     /// at start: it sets the states without firing triggers (nothing *changed*). `fires` are
     /// system triggers the source saw beyond what the state changes mean (the broker derives
@@ -103,7 +103,7 @@ pub(crate) enum Note {
 }
 
 /// Where notes go (the broker, through a weak reference).
-pub(crate) type Sink = Arc<dyn Fn(Note) + Send + Sync>;
+pub(crate) type Sink = Arc<dyn Fn(Heard) + Send + Sync>;
 
 /// A source driven by one file descriptor on the platform thread.
 pub(crate) trait FdSource: Send {

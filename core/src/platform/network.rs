@@ -30,7 +30,7 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
-use super::{FdSource, Note, Sink, Source};
+use super::{FdSource, Heard, Sink, Source};
 use crate::model::{SystemConditionType, SystemTriggerType};
 
 /// RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_IFADDR | RTMGRP_IPV6_ROUTE
@@ -171,7 +171,7 @@ impl NetlinkNetwork {
 
     fn report(&self, sink: &Sink, fires: Vec<SystemTriggerType>, initial: bool) {
         log::debug!(target: "btb", "rtnetlink: default routes on usable links {:?}", self.last);
-        sink(Note::Report {
+        sink(Heard::Report {
             source: Source::Netlink,
             states: vec![(
                 SystemConditionType::InternetAvailable,

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_KOBJECT_UEVENT};
 
-use super::{FdSource, Note, Sink, Source};
+use super::{FdSource, Heard, Sink, Source};
 use crate::model::SystemConditionType;
 
 /// The kernel's multicast group of kobject uevents.
@@ -109,7 +109,7 @@ impl SysfsPower {
 
     fn report(&self, sink: &Sink, initial: bool) {
         let power = read(&self.root);
-        sink(Note::Report {
+        sink(Heard::Report {
             source: Source::Sysfs,
             states: vec![
                 (SystemConditionType::OnAcPower, power.map(|p| p.on_ac)),

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
 use rustix::io::Errno;
 
-use super::{FdSource, Note, Sink};
+use super::{FdSource, Heard, Sink};
 
 /// Watches one localtime path.
 pub(crate) struct TimeZoneWatch {
@@ -89,7 +89,7 @@ impl FdSource for TimeZoneWatch {
         // A missing link (between a delete and its replacement) is not a zone: wait for it.
         if now.is_some() && now != self.last {
             self.last = now;
-            sink(Note::TimeZoneChanged);
+            sink(Heard::TimeZoneChanged);
         }
     }
 }
