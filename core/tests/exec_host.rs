@@ -309,13 +309,7 @@ fn a_connected_host_reports_progress_and_failure_and_hears_cancellation() {
         5000,
     );
     let (reg, done) = rig.register("progress", "app.Progress");
-    let (ptx, prx) = mpsc::channel();
-    reg.add_progress(std::sync::Arc::new(
-        move |_r: &Registration, _i: uuid::Uuid, p: u32| {
-            let _ = ptx.send(p);
-        },
-    ))
-    .unwrap();
+    let prx = progress_of(&reg);
     reg.request(None).unwrap();
     assert_eq!(recv(&prx, "progress"), 40);
     assert_eq!(recv(&prx, "progress"), 80);
@@ -325,13 +319,7 @@ fn a_connected_host_reports_progress_and_failure_and_hears_cancellation() {
     assert_eq!(c.last_progress, 80);
 
     let (reg, done) = rig.register("cancel", "app.Cancel");
-    let (ptx, prx) = mpsc::channel();
-    reg.add_progress(std::sync::Arc::new(
-        move |_r: &Registration, _i: uuid::Uuid, p: u32| {
-            let _ = ptx.send(p);
-        },
-    ))
-    .unwrap();
+    let prx = progress_of(&reg);
     reg.request(None).unwrap();
     assert_eq!(recv(&prx, "the host's ready signal"), 1);
     reg.unregister(true).unwrap();
@@ -340,6 +328,18 @@ fn a_connected_host_reports_progress_and_failure_and_hears_cancellation() {
     assert_eq!(c.outcome, TaskOutcome::Canceled);
     assert_eq!(c.reason, Some(CancellationReason::Abort));
     let _ = MIN;
+}
+
+/// A channel of a registration's progress values.
+fn progress_of(reg: &Registration) -> mpsc::Receiver<u32> {
+    let (tx, rx) = mpsc::channel();
+    reg.add_progress(std::sync::Arc::new(
+        move |_r: &Registration, _i: uuid::Uuid, p: u32| {
+            let _ = tx.send(p);
+        },
+    ))
+    .unwrap();
+    rx
 }
 
 /// Host: reports progress 40 and 80, then a failure, then exits 0 (the report wins).

@@ -119,6 +119,12 @@ impl Target {
         )
     }
 
+    /// The id of the stored registration TASK names.
+    fn stored_task(&self, store: &Store, task: &str) -> Result<uuid::Uuid> {
+        let tasks = store.load()?;
+        btb_core::view::find_task(tasks.iter().map(|t| &t.record), &self.app_id, task)
+    }
+
     /// Views of the stored registrations, as far as the store alone tells.
     fn stored_views(&self, task: Option<&str>) -> Result<Vec<TaskView>> {
         let store = Store::open_read_only(&self.store)?;
@@ -355,12 +361,7 @@ fn run(cli: Cli) -> Result<()> {
                 Some(other) => return Err(unexpected(other)),
                 None => {
                     let store = Store::open_read_only(&target.store)?;
-                    let tasks = store.load()?;
-                    let id = btb_core::view::find_task(
-                        tasks.iter().map(|t| &t.record),
-                        &target.app_id,
-                        &task,
-                    )?;
+                    let id = target.stored_task(&store, &task)?;
                     store.history(&id)?.iter().map(Into::into).collect()
                 }
             };
@@ -398,12 +399,7 @@ fn run(cli: Cli) -> Result<()> {
                     &target.app_id,
                     btb_core::Durability::Full,
                 )?;
-                let tasks = store.load()?;
-                let id = btb_core::view::find_task(
-                    tasks.iter().map(|t| &t.record),
-                    &target.app_id,
-                    &task,
-                )?;
+                let id = target.stored_task(&store, &task)?;
                 store.delete(&id)?;
                 out!("unregistered {task:?}");
             }
