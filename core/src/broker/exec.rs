@@ -117,6 +117,9 @@ impl Broker {
     /// Runs an instance in a child process and supervises it to its end; the caller finishes the
     /// run when this returns.
     pub(super) fn run_exec(self: &Arc<Self>, instance: &Instance, argv: &[String]) {
+        if instance.life().done {
+            return; // abandoned before it started: nothing to run
+        }
         match self.spawn_host(instance, argv) {
             Ok((pidfd, stdout, stderr)) => self.supervise(instance, pidfd, stdout, stderr),
             Err(e) => instance.report_failure(format!("cannot start {:?}: {e}", argv[0])),
@@ -177,11 +180,19 @@ impl Broker {
         nonblocking(&stdout)?;
         nonblocking(&stderr)?;
         nonblocking(&broker_end)?;
-        instance.life().child = Some(Child {
+        let child = Child {
             pgid: pid,
             socket: broker_end,
             greeted: false,
-        });
+        };
+        let mut life = instance.life();
+        if life.done {
+            // Abandoned while it started (its system closed, or its grace ran out before there
+            // was a process to signal): no process outlives its run.
+            child.signal(Signal::KILL);
+        }
+        life.child = Some(child);
+        drop(life);
         // `child` (std's handle) is dropped without waiting: `supervise` reaps through the pidfd.
         Ok((pidfd, stdout, stderr))
     }
