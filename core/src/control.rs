@@ -510,7 +510,14 @@ impl Server {
                     PollFd::new(&self.listener, PollFlags::IN),
                 ];
                 for c in &self.conns {
-                    let mut flags = PollFlags::IN;
+                    // A closing connection is only written to: polling it for input would wake
+                    // this thread again and again for bytes it will not read (or for the end
+                    // of a half-closed peer's stream) while its replies wait for the peer.
+                    let mut flags = if c.closing {
+                        PollFlags::empty()
+                    } else {
+                        PollFlags::IN
+                    };
                     if !c.out.is_empty() {
                         flags |= PollFlags::OUT;
                     }
