@@ -371,6 +371,34 @@ fn a_connected_host_reports_progress_and_failure_and_hears_cancellation() {
     let _ = MIN;
 }
 
+#[test]
+fn garbage_on_the_instance_socket_closes_it_and_the_exit_status_still_decides() {
+    let rig = open(
+        &[
+            // Not a frame: a length far over the limit.
+            (
+                "app.Garbage",
+                sh("printf 'not a frame at all' >&3; echo done"),
+            ),
+            (
+                "app.OtherVersion",
+                this_binary_as("host_speaks_another_version"),
+            ),
+        ],
+        1000,
+    );
+    let (reg, c) = rig.run("garbage", "app.Garbage", None);
+    assert_eq!(c.outcome, TaskOutcome::Succeeded, "{c:?}");
+    assert_eq!(reg.history().unwrap()[0].stdout.as_deref(), Some("done\n"));
+    let (reg, c) = rig.run("other-version", "app.OtherVersion", None);
+    assert_eq!(c.outcome, TaskOutcome::Succeeded, "{c:?}");
+    let stdout = reg.history().unwrap()[0].stdout.clone().unwrap();
+    assert!(
+        stdout.contains("refused: this broker speaks instance protocol 1, the host 99"),
+        "{stdout}"
+    );
+}
+
 /// A channel of a registration's progress values.
 fn progress_of(reg: &Registration) -> mpsc::Receiver<u32> {
     let (tx, rx) = mpsc::channel();
@@ -392,6 +420,29 @@ fn host_progress_then_fail() {
     instance.set_progress(40);
     instance.set_progress(80);
     instance.report_failure("reported: bad input");
+}
+
+/// Host: greets the broker in protocol version 99 by hand and prints the answer.
+#[test]
+#[ignore = "a host process started by garbage_on_the_instance_socket_…, not a test"]
+fn host_speaks_another_version() {
+    use std::os::fd::FromRawFd;
+    let fd: i32 = std::env::var("BTB_HOST_FD").unwrap().parse().unwrap();
+    let id = uuid::Uuid::parse_str(&std::env::var("BTB_INSTANCE_ID").unwrap()).unwrap();
+    // SAFETY: the broker passed this socket as BTB_HOST_FD; nothing else in this process owns it.
+    let mut socket = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
+    btb_core::protocol::write_frame(
+        &mut socket,
+        &btb_core::protocol::ToBroker::Hello {
+            version: 99,
+            instance_id: id,
+        },
+    )
+    .unwrap();
+    match btb_core::protocol::read_frame::<btb_core::protocol::ToHost>(&mut socket).unwrap() {
+        Some(btb_core::protocol::ToHost::Refused { message }) => println!("refused: {message}"),
+        other => println!("unexpected: {other:?}"),
+    }
 }
 
 /// Host: says it started (stdout) and is ready (progress 1), then sleeps through cancellation.
