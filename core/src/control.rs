@@ -32,8 +32,13 @@ use rustix::event::{PollFd, PollFlags, poll};
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType, sockopt};
 use serde::{Deserialize, Serialize};
 
+use crate::model::{
+    ApplicationTriggerResult, BackgroundWorkCostValue, Builder, RunRecord, SystemConditionType,
+    SystemTriggerType, TaskGroup, TaskRecord,
+};
 use crate::protocol::{self, Decoder};
-use crate::{Error, ErrorKind, Result};
+use crate::{Completion, Error, ErrorKind, Result};
+use uuid::Uuid;
 
 /// The longest event name, in bytes (as a custom event trigger id).
 pub const MAX_NAME: usize = 256;
@@ -207,10 +212,66 @@ pub enum Request {
         task: String,
         ignore_conditions: bool,
     },
+    /// `cancel_task` (default true, as `btbctl unregister`): cancel a running instance with `ABORT`.
     Unregister {
         task: String,
+        #[serde(default = "yes")]
+        cancel_task: bool,
     },
     Doctor,
+    // Client mode (SPEC §10): what a client process of the app asks its broker.
+    /// Validate and register a builder. `activation`: the client has a background-activated
+    /// handler for the builder's group (or the system's), which validation asks about.
+    Register {
+        builder: Builder,
+        activation: bool,
+    },
+    Registrations {
+        filter: Filter,
+    },
+    Groups,
+    /// The full run records of a task, oldest first.
+    RunHistory {
+        task_id: Uuid,
+    },
+    /// Fire application trigger `trigger_id` with optional arguments (a JSON object).
+    Request {
+        trigger_id: Uuid,
+        arguments: Option<serde_json::Value>,
+    },
+    Raise {
+        event: SystemTriggerType,
+    },
+    /// Set a state of a simulated source.
+    SetState {
+        condition: SystemConditionType,
+        value: bool,
+    },
+    StateOf {
+        condition: SystemConditionType,
+    },
+    WorkCost,
+    /// When a task is next due, and whether its one-shot trigger is spent.
+    Due {
+        task_id: Uuid,
+    },
+    /// Turn this connection into a feed of [`Reply::Progress`] and [`Reply::Completed`] notices
+    /// (answered `Done` first). It has no idle deadline; the client only reads from then on.
+    Subscribe,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Which registrations [`Request::Registrations`] lists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Filter {
+    /// Outside any task group (`all_tasks`).
+    Ungrouped,
+    Group { id: String },
+    Task { task_id: Uuid },
 }
 
 /// The broker's answer to one request.
@@ -221,6 +282,9 @@ pub enum Reply {
         version: u32,
         pid: u32,
         app_id: String,
+        /// The canonical path of the store the broker holds (`None`: a listener without one).
+        #[serde(default)]
+        store: Option<String>,
     },
     Done,
     /// How many registrations a signal fired.
@@ -239,6 +303,43 @@ pub enum Reply {
     Doctor {
         states: std::collections::BTreeMap<String, crate::view::StateView>,
         broker: Option<u32>,
+    },
+    Registered {
+        record: TaskRecord,
+    },
+    Registrations {
+        records: Vec<TaskRecord>,
+    },
+    Groups {
+        groups: Vec<TaskGroup>,
+    },
+    History {
+        runs: Vec<RunRecord>,
+    },
+    Requested {
+        result: ApplicationTriggerResult,
+    },
+    StateOf {
+        state: Option<bool>,
+        source: String,
+    },
+    WorkCost {
+        cost: Option<BackgroundWorkCostValue>,
+    },
+    Due {
+        next_due_ms: Option<i64>,
+        spent: bool,
+    },
+    /// Pushed to subscribers: an instance of `task_id` reported progress.
+    Progress {
+        task_id: Uuid,
+        instance_id: Uuid,
+        value: u32,
+    },
+    /// Pushed to subscribers: an instance of `task_id` ended.
+    Completed {
+        task_id: Uuid,
+        completion: Completion,
     },
     /// `kind`: an `ErrorKind` name (`NOT_FOUND`, …).
     Error {
@@ -259,6 +360,33 @@ impl Reply {
 /// Serves one request (called on the listener's thread; a panic is answered as `INTERNAL`).
 pub type Handler = Arc<dyn Fn(Request) -> Reply + Send + Sync>;
 
+/// Notices for every subscribed connection ([`Request::Subscribe`]), sent from any thread.
+pub struct Broadcast {
+    queue: std::sync::Mutex<Vec<u8>>,
+    /// Wakes the serving thread to hand the queue out.
+    wake: OwnedFd,
+    subscribers: std::sync::atomic::AtomicUsize,
+}
+
+impl Broadcast {
+    /// Queues `notice` for every subscriber (nothing, and no wake-up, while there is none).
+    pub fn send(&self, notice: &Reply) {
+        if self.subscribers.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            return;
+        }
+        self.queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(&protocol::encode(notice));
+        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+    }
+
+    /// Whether any connection subscribed.
+    pub fn has_subscribers(&self) -> bool {
+        self.subscribers.load(std::sync::atomic::Ordering::Acquire) > 0
+    }
+}
+
 /// Listens on one app's control socket and serves it on one thread until dropped.
 ///
 /// The handler runs on the listener's thread, one request at a time: keep it short (hand work to
@@ -268,6 +396,7 @@ pub struct ControlListener {
     app_id: String,
     /// Wakes the serving thread to stop.
     stop: Arc<OwnedFd>,
+    broadcast: Arc<Broadcast>,
     thread: Option<JoinHandle<()>>,
     /// Device and inode of the socket file we bound, so `Drop` removes only our own file.
     socket_id: (u64, u64),
@@ -291,6 +420,16 @@ impl ControlListener {
     /// group/other-accessible → `Policy`; another live broker for the app → `State`; any other
     /// failure to create, lock or bind → `State`, naming the path.
     pub fn bind(app_id: &str, handler: Handler) -> Result<ControlListener> {
+        Self::bind_for_store(app_id, None, handler)
+    }
+
+    /// As [`ControlListener::bind`], for the broker of a store: its hello names `store` (a
+    /// canonical path), so that a client checks it reached the broker of its own store.
+    pub fn bind_for_store(
+        app_id: &str,
+        store: Option<String>,
+        handler: Handler,
+    ) -> Result<ControlListener> {
         let path = socket_path(app_id)?;
         let dir = path.parent().expect("a socket path always has a directory");
         ensure_private_dir(dir)?;
@@ -389,13 +528,31 @@ impl ControlListener {
         )
         .map(Arc::new)
         .map_err(|e| cleanup(Error::state(format!("cannot create an eventfd: {e}"))))?;
+        let broadcast = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )
+        .map(|wake| {
+            Arc::new(Broadcast {
+                queue: std::sync::Mutex::new(Vec::new()),
+                wake,
+                subscribers: 0.into(),
+            })
+        })
+        .map_err(|e| cleanup(Error::state(format!("cannot create an eventfd: {e}"))))?;
 
         let thread = {
             let stop = Arc::clone(&stop);
-            let app_id = app_id.to_owned();
+            let hello = Reply::Hello {
+                version: protocol::VERSION,
+                pid: std::process::id(),
+                app_id: app_id.to_owned(),
+                store,
+            };
+            let server = Server::new(listener, handler, app_id.to_owned(), hello, &broadcast);
             std::thread::Builder::new()
                 .name("btb-control".to_owned())
-                .spawn(move || Server::new(listener, handler, app_id).run(&stop))
+                .spawn(move || server.run(&stop))
                 .map_err(|e| {
                     cleanup(Error::state(format!(
                         "cannot start the listener thread for {}: {e}",
@@ -408,6 +565,7 @@ impl ControlListener {
             path,
             app_id: app_id.to_owned(),
             stop,
+            broadcast,
             thread: Some(thread),
             socket_id,
             _lock: lock,
@@ -417,6 +575,11 @@ impl ControlListener {
     /// The socket this listener is bound to.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Where notices for subscribed clients go.
+    pub fn broadcast(&self) -> Arc<Broadcast> {
+        Arc::clone(&self.broadcast)
     }
 }
 
@@ -453,10 +616,13 @@ struct Conn {
     /// Reply bytes not written yet.
     out: Vec<u8>,
     greeted: bool,
+    /// A notice feed ([`Request::Subscribe`]).
+    subscribed: bool,
     /// Close once `out` is written.
     closing: bool,
-    /// When it is closed if no complete request arrives (or, closing, if `out` is not written).
-    deadline: Instant,
+    /// When it is closed if no complete request arrives (or, closing, if `out` is not written);
+    /// none for a subscriber that is up to date.
+    deadline: Option<Instant>,
 }
 
 impl Conn {
@@ -478,16 +644,26 @@ struct Server {
     listener: UnixListener,
     handler: Handler,
     app_id: String,
+    hello: Reply,
+    broadcast: Arc<Broadcast>,
     uid: u32,
     conns: Vec<Conn>,
 }
 
 impl Server {
-    fn new(listener: UnixListener, handler: Handler, app_id: String) -> Server {
+    fn new(
+        listener: UnixListener,
+        handler: Handler,
+        app_id: String,
+        hello: Reply,
+        broadcast: &Arc<Broadcast>,
+    ) -> Server {
         Server {
             listener,
             handler,
             app_id,
+            hello,
+            broadcast: Arc::clone(broadcast),
             uid: our_uid(),
             conns: Vec::new(),
         }
@@ -497,17 +673,18 @@ impl Server {
         loop {
             let now = Instant::now();
             // A deadline only while connections are open: an idle broker sleeps without one.
-            let timeout = self.conns.iter().map(|c| c.deadline).min().map(|d| {
+            let timeout = self.conns.iter().filter_map(|c| c.deadline).min().map(|d| {
                 let left = d.saturating_duration_since(now);
                 rustix::time::Timespec {
                     tv_sec: left.as_secs() as i64,
                     tv_nsec: i64::from(left.subsec_nanos()),
                 }
             });
-            let (stopped, accept, ready) = {
+            let (stopped, accept, notices, ready) = {
                 let mut fds = vec![
                     PollFd::new(stop, PollFlags::IN),
                     PollFd::new(&self.listener, PollFlags::IN),
+                    PollFd::new(&self.broadcast.wake, PollFlags::IN),
                 ];
                 for c in &self.conns {
                     // A closing connection is only written to: polling it for input would wake
@@ -530,15 +707,19 @@ impl Server {
                         return;
                     }
                 }
-                let ready: Vec<PollFlags> = fds[2..].iter().map(PollFd::revents).collect();
+                let ready: Vec<PollFlags> = fds[3..].iter().map(PollFd::revents).collect();
                 (
                     !fds[0].revents().is_empty(),
                     !fds[1].revents().is_empty(),
+                    !fds[2].revents().is_empty(),
                     ready,
                 )
             };
             if stopped {
                 return;
+            }
+            if notices {
+                self.hand_out_notices(Instant::now());
             }
             for (i, flags) in ready.iter().enumerate() {
                 if flags.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR) {
@@ -569,8 +750,9 @@ impl Server {
                 decoder: Decoder::default(),
                 out: Vec::new(),
                 greeted: false,
+                subscribed: false,
                 closing: false,
-                deadline: Instant::now() + IDLE_TIMEOUT,
+                deadline: Some(Instant::now() + IDLE_TIMEOUT),
             };
             match peer_uid(&conn.stream) {
                 Ok(peer) if peer == self.uid => {}
@@ -613,7 +795,7 @@ impl Server {
             let conn = &mut self.conns[i];
             match conn.decoder.next_message::<Request>() {
                 Ok(Some(request)) => {
-                    conn.deadline = Instant::now() + IDLE_TIMEOUT;
+                    conn.deadline = Some(Instant::now() + IDLE_TIMEOUT);
                     let reply = self.serve(i, request);
                     let conn = &mut self.conns[i];
                     conn.reply(&reply);
@@ -638,11 +820,7 @@ impl Server {
             return match request {
                 Request::Hello { version } if version == protocol::VERSION => {
                     conn.greeted = true;
-                    Reply::Hello {
-                        version: protocol::VERSION,
-                        pid: std::process::id(),
-                        app_id: self.app_id.clone(),
-                    }
+                    self.hello.clone()
                 }
                 Request::Hello { version } => {
                     conn.closing = true;
@@ -659,6 +837,21 @@ impl Server {
                     Reply::error(&Error::invalid("the first request must be a hello"))
                 }
             };
+        }
+        if conn.subscribed {
+            // A feed only carries notices: a request on it is a confused client.
+            conn.closing = true;
+            return Reply::error(&Error::invalid(
+                "a subscribed connection takes no requests",
+            ));
+        }
+        if request == Request::Subscribe {
+            conn.subscribed = true;
+            conn.deadline = None;
+            self.broadcast
+                .subscribers
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            return Reply::Done;
         }
         if let Request::Signal { name } = &request
             && let Err(why) = check_name(name)
@@ -680,9 +873,53 @@ impl Server {
         )
     }
 
+    /// Appends the queued notices to every subscriber's output; a subscriber that fell more
+    /// than [`MAX_QUEUED`] bytes behind is dropped (its client sees the end of its feed).
+    fn hand_out_notices(&mut self, now: Instant) {
+        let mut count = [0u8; 8];
+        let _ = rustix::io::read(&self.broadcast.wake, &mut count);
+        let bytes = std::mem::take(
+            &mut *self
+                .broadcast
+                .queue
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        if bytes.is_empty() {
+            return;
+        }
+        for c in self.conns.iter_mut().filter(|c| c.subscribed && !c.closing) {
+            c.out.extend_from_slice(&bytes);
+            // A subscriber that does not read within the idle timeout is dropped too.
+            c.deadline.get_or_insert(now + IDLE_TIMEOUT);
+            if c.out.len() > MAX_QUEUED {
+                c.out.clear();
+                c.closing = true;
+            }
+        }
+    }
+
     /// Writes what can be written; closes what is done, expired or broken.
     fn flush_and_reap(&mut self, now: Instant) {
+        let broadcast = Arc::clone(&self.broadcast);
+        let unsubscribe = |c: &Conn| {
+            if c.subscribed {
+                broadcast
+                    .subscribers
+                    .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            }
+        };
         self.conns.retain_mut(|c| {
+            let keep = Self::flush_one(c, now);
+            if !keep {
+                unsubscribe(c);
+            }
+            keep
+        });
+    }
+
+    fn flush_one(c: &mut Conn, now: Instant) -> bool {
+        {
             while !c.out.is_empty() {
                 match (&c.stream).write(&c.out) {
                     Ok(n) => {
@@ -698,8 +935,11 @@ impl Server {
                 let _ = c.stream.shutdown(std::net::Shutdown::Write);
                 return false;
             }
-            if c.deadline <= now {
-                if c.closing {
+            if c.subscribed && c.out.is_empty() {
+                c.deadline = None; // up to date: a feed may stay quiet for ever
+            }
+            if c.deadline.is_some_and(|d| d <= now) {
+                if c.closing || c.subscribed {
                     return false; // a peer that does not read what it asked for
                 }
                 c.refuse(
@@ -709,10 +949,10 @@ impl Server {
                         IDLE_TIMEOUT.as_secs()
                     ),
                 );
-                c.deadline = now + IDLE_TIMEOUT;
+                c.deadline = Some(now + IDLE_TIMEOUT);
             }
             true
-        });
+        }
     }
 }
 
@@ -722,6 +962,8 @@ pub struct Client {
     app_id: String,
     /// The broker's process id.
     pub broker_pid: u32,
+    /// The canonical path of the store the broker holds, as its hello named it.
+    pub broker_store: Option<String>,
 }
 
 impl Client {
@@ -785,17 +1027,36 @@ impl Client {
             stream,
             app_id: app_id.to_owned(),
             broker_pid: 0,
+            broker_store: None,
         };
         match client.call(&Request::Hello {
             version: protocol::VERSION,
         })? {
-            Reply::Hello { pid, .. } => client.broker_pid = pid,
+            Reply::Hello { pid, store, .. } => {
+                client.broker_pid = pid;
+                client.broker_store = store;
+            }
             other => return Err(client.unexpected(&other)),
         }
         Ok(client)
     }
 
-    fn unexpected(&self, reply: &Reply) -> Error {
+    /// Turns this connection into a feed of notices ([`Request::Subscribe`]).
+    pub fn subscribe(mut self) -> Result<Subscription> {
+        match self.call(&Request::Subscribe)? {
+            Reply::Done => {}
+            other => return Err(self.unexpected(&other)),
+        }
+        self.stream
+            .set_read_timeout(None)
+            .map_err(|e| Error::state(format!("cannot make the feed blocking: {e}")))?;
+        Ok(Subscription {
+            stream: self.stream,
+        })
+    }
+
+    /// An error for a reply that does not answer the request.
+    pub fn unexpected(&self, reply: &Reply) -> Error {
         Error::state(format!(
             "the btb broker for app {:?} answered {reply:?}",
             self.app_id
@@ -805,16 +1066,24 @@ impl Client {
     /// Sends a request and waits (at most [`CLIENT_TIMEOUT`]) for its reply; an error reply is
     /// returned as the error it names.
     pub fn call(&mut self, request: &Request) -> Result<Reply> {
-        let broken = |what: String| {
-            Error::state(format!(
+        self.exchange(request).unwrap_or_else(|failure| Err(failure.error))
+    }
+
+    /// As [`Client::call`], telling a broken exchange (the outer error) from an answer.
+    pub fn exchange(&mut self, request: &Request) -> std::result::Result<Result<Reply>, Failure> {
+        let pid = self.broker_pid;
+        let broken = |delivered: bool, what: String| Failure {
+            delivered,
+            pid,
+            error: Error::state(format!(
                 "talking to the btb broker for app {:?}: {what}",
                 self.app_id
-            ))
+            )),
         };
         self.stream
             .set_write_timeout(Some(CLIENT_TIMEOUT))
             .and_then(|()| self.stream.set_read_timeout(Some(CLIENT_TIMEOUT)))
-            .map_err(|e| broken(e.to_string()))?;
+            .map_err(|e| broken(false, e.to_string()))?;
         // Even if sending failed, the broker may have answered (and closed) first: read its reply.
         let sent = protocol::write_frame(&mut self.stream, request);
         let reply = match (
@@ -822,9 +1091,10 @@ impl Client {
             sent,
         ) {
             (Ok(Some(reply)), _) => reply,
-            (_, Err(e)) => return Err(broken(format!("cannot send: {e}"))),
+            (_, Err(e)) => return Err(broken(false, format!("cannot send: {e}"))),
             (Ok(None), Ok(())) => {
                 return Err(broken(
+                    true,
                     "the broker closed the connection without a reply".into(),
                 ));
             }
@@ -834,24 +1104,48 @@ impl Client {
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                return Err(broken(format!(
-                    "no reply within {} s",
-                    CLIENT_TIMEOUT.as_secs()
-                )));
+                return Err(broken(
+                    true,
+                    format!("no reply within {} s", CLIENT_TIMEOUT.as_secs()),
+                ));
             }
-            (Err(e), Ok(())) => return Err(broken(format!("cannot read the reply: {e}"))),
+            (Err(e), Ok(())) => return Err(broken(true, format!("cannot read the reply: {e}"))),
         };
-        match reply {
-            Reply::Error { kind, message } => {
-                let kind = ErrorKind::ALL
-                    .iter()
-                    .copied()
-                    .find(|k| k.name() == kind)
-                    .unwrap_or(ErrorKind::Internal);
-                Err(Error::new(kind, message))
-            }
+        Ok(match reply {
+            Reply::Error { kind, message } => Err(Error::new(ErrorKind::named(&kind), message)),
             reply => Ok(reply),
-        }
+        })
+    }
+
+}
+
+/// A broken exchange with a broker.
+#[derive(Debug)]
+pub struct Failure {
+    /// The request was sent (the broker may have acted on it).
+    pub delivered: bool,
+    /// The broker's process id.
+    pub pid: u32,
+    pub error: Error,
+}
+
+/// A connection that receives the broker's notices ([`Reply::Progress`], [`Reply::Completed`]).
+pub struct Subscription {
+    stream: UnixStream,
+}
+
+impl Subscription {
+    /// Waits for the next notice; `None` when the feed ends (the broker closed, died, or dropped
+    /// us for not reading, or [`Subscription::stopper`] was used).
+    pub fn next(&mut self) -> Option<Reply> {
+        protocol::read_frame_max::<Reply>(&mut self.stream, protocol::MAX_REPLY)
+            .ok()
+            .flatten()
+    }
+
+    /// A handle that ends the feed from another thread (`shutdown` on a clone of the socket).
+    pub fn stopper(&self) -> io::Result<UnixStream> {
+        self.stream.try_clone()
     }
 }
 

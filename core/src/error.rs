@@ -58,6 +58,15 @@ impl ErrorKind {
         ErrorKind::Internal,
     ];
 
+    /// The kind with this [`ErrorKind::name`]; an unknown name (a peer of a newer build) is
+    /// `Internal`.
+    pub fn named(name: &str) -> ErrorKind {
+        ErrorKind::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .unwrap_or(ErrorKind::Internal)
+    }
+
     /// The stable status number (`BTB_ERROR_*`).
     pub fn code(self) -> u32 {
         self as u32

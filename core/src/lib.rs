@@ -4,6 +4,7 @@
 #![deny(unsafe_code)]
 
 mod broker;
+mod client;
 pub mod calendar;
 pub mod clock;
 pub mod control;

@@ -31,6 +31,19 @@ macro_rules! value_enum {
                 match self { $($name::$variant => $text,)+ }
             }
         }
+
+        // On the wire (the control protocol) as the number, checked like any raw value.
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                s.serialize_u32(*self as u32)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                $name::from_u32(u32::deserialize(d)?).map_err(|e| serde::de::Error::custom(e.message()))
+            }
+        }
     };
 }
 
@@ -425,8 +438,10 @@ pub(crate) fn check_text(what: &str, value: &str, max: usize) -> Result<()> {
 }
 
 /// `BackgroundTaskBuilder`: a mutable description of one task before registration. Every field is
-/// public: the builder is plain data, validated only by `register`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// public: the builder is plain data, validated only by `register` (a client sends it as it is,
+/// and its broker validates it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Builder {
     pub name: Option<String>,
     pub task_entry_point: Option<String>,
@@ -458,8 +473,9 @@ impl Builder {
 }
 
 /// A registered task, as persisted. Immutable once registered except `spent`, which the system
-/// tracks separately.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// tracks separately. On the wire its trigger travels as described and is typed again on arrival.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "RecordWire", try_from = "RecordWire")]
 pub struct TaskRecord {
     pub task_id: Uuid,
     pub name: String,
@@ -478,7 +494,8 @@ pub struct TaskRecord {
 }
 
 /// One finished run of a registration, as kept in the run history.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RunRecord {
     pub instance_id: Uuid,
     pub task_id: Uuid,
@@ -494,4 +511,58 @@ pub struct RunRecord {
     /// The ends of a host process's stdout and stderr (the last 64 KiB of each), for `exec` runs.
     pub stdout: Option<String>,
     pub stderr: Option<String>,
+}
+
+/// [`TaskRecord`] on the wire.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordWire {
+    task_id: Uuid,
+    name: String,
+    task_entry_point: Option<String>,
+    task_group: Option<TaskGroup>,
+    cancel_on_condition_loss: bool,
+    is_network_requested: bool,
+    trigger: Trigger,
+    conditions: Vec<SystemConditionType>,
+    registered_at_ms: i64,
+    next_due_ms: Option<i64>,
+    seq: i64,
+}
+
+impl From<TaskRecord> for RecordWire {
+    fn from(r: TaskRecord) -> RecordWire {
+        RecordWire {
+            task_id: r.task_id,
+            name: r.name,
+            task_entry_point: r.task_entry_point,
+            task_group: r.task_group,
+            cancel_on_condition_loss: r.cancel_on_condition_loss,
+            is_network_requested: r.is_network_requested,
+            trigger: r.trigger.described(),
+            conditions: r.conditions,
+            registered_at_ms: r.registered_at_ms,
+            next_due_ms: r.next_due_ms,
+            seq: r.seq,
+        }
+    }
+}
+
+impl TryFrom<RecordWire> for TaskRecord {
+    type Error = String;
+    fn try_from(r: RecordWire) -> std::result::Result<TaskRecord, String> {
+        Ok(TaskRecord {
+            task_id: r.task_id,
+            name: r.name,
+            task_entry_point: r.task_entry_point,
+            task_group: r.task_group,
+            cancel_on_condition_loss: r.cancel_on_condition_loss,
+            is_network_requested: r.is_network_requested,
+            trigger: TaskTrigger::from_trigger(&r.trigger).map_err(|e| e.message().to_owned())?,
+            conditions: r.conditions,
+            registered_at_ms: r.registered_at_ms,
+            next_due_ms: r.next_due_ms,
+            seq: r.seq,
+        })
+    }
 }

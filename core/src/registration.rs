@@ -7,6 +7,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::broker::{Broker, CompletedFn, ProgressFn};
+use crate::system::Home;
 use crate::error::{Error, Result};
 use crate::model::{
     ApplicationTriggerResult, RunRecord, SystemConditionType, TaskGroup, TaskRecord, TaskTrigger,
@@ -18,7 +19,7 @@ use crate::system::System;
 /// plus the system it lives in.
 #[derive(Clone)]
 pub struct Registration {
-    shared: Arc<Broker>,
+    home: Home,
     record: Arc<TaskRecord>,
 }
 
@@ -33,16 +34,22 @@ impl std::fmt::Debug for Registration {
 
 impl PartialEq for Registration {
     fn eq(&self, other: &Self) -> bool {
-        self.record.task_id == other.record.task_id && Arc::ptr_eq(&self.shared, &other.shared)
+        self.record.task_id == other.record.task_id && self.system() == other.system()
     }
 }
 
 impl Registration {
-    pub(crate) fn new(shared: Arc<Broker>, record: Arc<TaskRecord>) -> Registration {
-        Registration { shared, record }
+    pub(crate) fn new(home: Home, record: Arc<TaskRecord>) -> Registration {
+        Registration { home, record }
     }
+    /// The broker of an instance's registration (instances only exist in brokers).
     pub(crate) fn shared(&self) -> &Arc<Broker> {
-        &self.shared
+        match self.home.route() {
+            crate::system::Route::Local(b) => b,
+            crate::system::Route::Remote(_) => {
+                unreachable!("an instance's registration is made by its broker")
+            }
+        }
     }
     pub fn task_id(&self) -> Uuid {
         self.record.task_id
@@ -78,16 +85,21 @@ impl Registration {
     }
     /// The system this registration lives in (a handle that does not keep it open).
     pub fn system(&self) -> System {
-        System::view(Arc::clone(&self.shared))
+        System::view(self.home.clone())
     }
     /// When its time, maintenance or calendar trigger is next due (ms since the epoch), as the
     /// broker plans it now; `None` for other triggers and spent ones.
     pub fn next_due_ms(&self) -> Option<i64> {
-        self.shared.lock().next_due(&self.record.task_id)
+        self.system()
+            .due(&self.record.task_id)
+            .ok()
+            .and_then(|d| d.0)
     }
     /// A one-shot trigger that has fired: the registration stays but never fires again.
     pub fn is_spent(&self) -> bool {
-        self.shared.lock().registry.is_spent(&self.record.task_id)
+        self.system()
+            .due(&self.record.task_id)
+            .is_ok_and(|d| d.1)
     }
     /// Unregisters this task (see [`System::unregister`]).
     pub fn unregister(&self, cancel_task: bool) -> Result<()> {

@@ -146,10 +146,28 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// A store file whose lock another system holds (its broker may serve this process as a client).
+#[derive(Debug)]
+pub(crate) struct Held {
+    /// The store's canonical path (what its broker names in its hello).
+    pub(crate) canonical: PathBuf,
+    /// The error `open` gives for it.
+    pub(crate) error: Error,
+}
+
 impl Store {
     /// Opens (creating if needed) the store for `app_id`.
     pub fn open(location: &StoreLocation, app_id: &str, durability: Durability) -> Result<Store> {
-        match location {
+        Self::try_open(location, app_id, durability)?.map_err(|held| held.error)
+    }
+
+    /// Opens the store, or says that another system holds it.
+    pub(crate) fn try_open(
+        location: &StoreLocation,
+        app_id: &str,
+        durability: Durability,
+    ) -> Result<std::result::Result<Store, Held>> {
+        Ok(Ok(match location {
             StoreLocation::Memory => {
                 let conn = Connection::open_in_memory().map_err(|e| Error::store(":memory:", e))?;
                 let mut store = Store {
@@ -158,17 +176,17 @@ impl Store {
                     _lock: None,
                 };
                 store.prepare(durability)?;
-                Ok(store)
+                store
             }
             StoreLocation::Default => {
                 let path = StoreLocation::default_path(app_id)?;
-                Self::open_file(&path, durability)
+                return Self::open_file(&path, durability);
             }
-            StoreLocation::File(path) => Self::open_file(path, durability),
-        }
+            StoreLocation::File(path) => return Self::open_file(path, durability),
+        }))
     }
 
-    fn open_file(path: &Path, durability: Durability) -> Result<Store> {
+    fn open_file(path: &Path, durability: Durability) -> Result<std::result::Result<Store, Held>> {
         let shown = path.display().to_string();
         let dir = path
             .parent()
@@ -244,14 +262,17 @@ impl Store {
         let lock = match FileLock::open(Path::new(&lock_path)) {
             Ok(lock) => lock,
             Err(held @ LockError::Held { .. }) => {
-                return Err(Error::store(
-                    &shown,
-                    format!(
-                        "is in use by another btb system{}; one system at a time may open a store \
-                         (close the other one, or give this one another store)",
-                        held.holder()
+                return Ok(Err(Held {
+                    error: Error::store(
+                        &shown,
+                        format!(
+                            "is in use by another btb system{}; one system at a time may open a \
+                             store (close the other one, or give this one another store)",
+                            held.holder()
+                        ),
                     ),
-                ));
+                    canonical,
+                }));
             }
             Err(LockError::Io(e)) => {
                 return Err(Error::store(
@@ -271,7 +292,7 @@ impl Store {
             _lock: Some(lock),
         };
         store.prepare(durability)?;
-        Ok(store)
+        Ok(Ok(store))
     }
 
     /// Opens an existing store to read it while no broker holds it (`btbctl` without a broker):

@@ -1,11 +1,18 @@
 //! The system handle: one broker with an app identity and manifest, a store, a clock, a policy and
-//! the state of the machine. Registration lives here; running tasks lives in `runtime.rs`.
+//! the state of the machine. Registration lives here; running tasks lives in `broker/`.
+//!
+//! A system is at home in one of two places ([`Home`]): the broker it runs itself, or — when
+//! another process's broker holds the store — that broker, reached as a client (`client.rs`). A
+//! client that takes the store over (its broker went away) answers from its own broker from then
+//! on, through the same handles.
 
 use std::sync::{Arc, Mutex, Weak};
 
 use uuid::Uuid;
 
 use crate::broker::{Broker, Event, Handler, Instance, Locked, State};
+use crate::client::Remote;
+use crate::control::{Filter, Reply, Request};
 use crate::clock::Clock;
 use crate::error::{Error, ErrorKind, Result};
 use crate::manifest::Manifest;
@@ -38,13 +45,76 @@ pub struct SystemOptions {
     pub paused: bool,
 }
 
+/// Where a system lives: its own broker, or another process's (client mode).
+#[derive(Clone)]
+pub(crate) enum Home {
+    Broker(Arc<Broker>),
+    Client(Arc<Remote>),
+}
+
+/// Where a call goes now.
+pub(crate) enum Route<'a> {
+    Local(&'a Arc<Broker>),
+    Remote(&'a Arc<Remote>),
+}
+
+impl Home {
+    /// A client that took the store over goes to its own broker.
+    pub(crate) fn route(&self) -> Route<'_> {
+        match self {
+            Home::Broker(b) => Route::Local(b),
+            Home::Client(r) => match r.taken.get() {
+                Some(b) => Route::Local(b),
+                None => Route::Remote(r),
+            },
+        }
+    }
+
+    fn same(&self, other: &Home) -> bool {
+        match (self, other) {
+            (Home::Broker(a), Home::Broker(b)) => Arc::ptr_eq(a, b),
+            (Home::Client(a), Home::Client(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    fn downgrade(&self) -> WeakHome {
+        match self {
+            Home::Broker(b) => WeakHome::Broker(Arc::downgrade(b)),
+            Home::Client(r) => WeakHome::Client(Arc::downgrade(r)),
+        }
+    }
+
+    fn close(&self) -> Result<()> {
+        match self {
+            Home::Broker(b) => b.close(),
+            Home::Client(r) => r.close(),
+        }
+    }
+}
+
+#[derive(Clone)]
+enum WeakHome {
+    Broker(Weak<Broker>),
+    Client(Weak<Remote>),
+}
+
+impl WeakHome {
+    fn upgrade(&self) -> Option<Home> {
+        match self {
+            WeakHome::Broker(b) => b.upgrade().map(Home::Broker),
+            WeakHome::Client(r) => r.upgrade().map(Home::Client),
+        }
+    }
+}
+
 /// Closes the system when the last user handle goes away.
-struct Owner(Weak<Broker>);
+struct Owner(WeakHome);
 
 impl Drop for Owner {
     fn drop(&mut self) {
-        if let Some(shared) = self.0.upgrade() {
-            let _ = shared.close();
+        if let Some(home) = self.0.upgrade() {
+            let _ = home.close();
         }
     }
 }
@@ -53,183 +123,283 @@ impl Drop for Owner {
 /// [`System::open`] (and its clones) is dropped, the system closes.
 #[derive(Clone)]
 pub struct System {
-    pub(crate) shared: Arc<Broker>,
+    pub(crate) home: Home,
     _owner: Option<Arc<Owner>>,
 }
 
 impl std::fmt::Debug for System {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("System")
-            .field("app_id", &self.shared.manifest.app_id())
-            .field("store", &self.shared.store_path)
+            .field("app_id", &self.app_id())
+            .field("store", &self.store_path())
+            .field("is_broker", &self.is_broker())
             .finish()
     }
 }
 
 impl System {
-    /// A handle to an open broker that does not keep it open (what a registration's `system()`
-    /// returns).
-    pub(crate) fn view(shared: Arc<Broker>) -> System {
+    /// A handle that does not keep the system open (what a registration's `system()` returns).
+    pub(crate) fn view(home: Home) -> System {
+        System { home, _owner: None }
+    }
+
+    fn owning(home: Home) -> System {
+        {
+            let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
+            open.retain(|w| w.upgrade().is_some());
+            open.push(home.downgrade());
+        }
+        let owner = Arc::new(Owner(home.downgrade()));
         System {
-            shared,
-            _owner: None,
+            home,
+            _owner: Some(owner),
         }
     }
 }
 
 impl PartialEq for System {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.shared, &other.shared)
+        self.home.same(&other.home)
     }
+}
+
+/// Opens a broker on a store this process holds: loads its registrations, catches up on time
+/// that passed while nothing ran, starts the broker's threads and sources and its control socket.
+/// `handlers` are those a client had before it took the store over.
+pub(crate) fn start_broker(
+    manifest: Manifest,
+    options: &SystemOptions,
+    mut store: Store,
+    handlers: crate::registry::Handlers,
+) -> Result<Arc<Broker>> {
+    let stored = store.load()?;
+    let servicing = store.get_meta("manifest_version")?;
+    if servicing.as_deref() != Some(manifest.version()) {
+        store.set_meta("manifest_version", manifest.version())?;
+    }
+    let mut registry = Registry::with_capacity(stored.len());
+    let mut latched = Vec::new();
+    for t in stored {
+        if t.spent {
+            registry.mark_spent(t.record.task_id);
+        }
+        if let Some(details) = t.pending {
+            latched.push((t.record.task_id, details));
+        }
+        registry.add(Arc::new(t.record));
+    }
+    let store_path = store.path().to_owned();
+    // STORAGE_NOT_LOW measures the store's file system; an in-memory store, the state directory.
+    let storage_dir = match &options.store {
+        StoreLocation::Memory => StoreLocation::default_path(manifest.app_id()).ok(),
+        _ => Some(std::path::PathBuf::from(&store_path)),
+    }
+    .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
+    .unwrap_or_else(std::env::temp_dir);
+    let shared = Arc::new(Broker::new(
+        manifest,
+        options.clock.clone(),
+        options.simulated,
+        options.platform.clone(),
+        options.policy.clone(),
+        storage_dir,
+        store,
+        State::new(registry, options.paused),
+    )?);
+    *shared.handlers_mut() = handlers;
+    {
+        let mut st = shared.lock();
+        shared.restore(
+            &mut st,
+            latched,
+            servicing.is_some() && servicing.as_deref() != Some(shared.manifest.version()),
+        )?;
+    }
+    shared.start_threads()?;
+    if !shared.simulated {
+        shared.start_platform();
+    }
+    if let Clock::Manual(clock) = &shared.clock {
+        let weak = Arc::downgrade(&shared);
+        clock.subscribe(Arc::new(move || {
+            let Some(shared) = weak.upgrade() else {
+                return false; // the system is gone: unsubscribe
+            };
+            shared.clock_advanced();
+            true
+        }));
+    }
+    if options.store != StoreLocation::Memory {
+        let weak = Arc::downgrade(&shared);
+        let handler: crate::control::Handler = Arc::new(move |request| match weak.upgrade() {
+            Some(shared) => System::view(Home::Broker(shared)).answer(request),
+            None => crate::control::Reply::error(&crate::broker::closed()),
+        });
+        // Clients check that they reached the broker of their store by its canonical path.
+        let canonical = std::fs::canonicalize(&shared.store_path)
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned());
+        match crate::control::ControlListener::bind_for_store(
+            shared.manifest.app_id(),
+            canonical,
+            handler,
+        ) {
+            Ok(l) => {
+                let _ = shared.broadcast.set(l.broadcast());
+                *shared.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(l);
+            }
+            Err(e) => {
+                log::warn!(target: "btb", "other processes (clients, btbctl, signal_event) will not reach this system: {e}")
+            }
+        }
+    }
+    Ok(shared)
 }
 
 impl System {
     /// Opens a system: checks the policy, opens (and migrates) the store, loads its registrations,
-    /// catches up on time that passed while nothing ran, and starts the broker.
+    /// catches up on time that passed while nothing ran, and starts the broker. When another
+    /// process's broker holds the store, the system is its client instead ([`System::is_broker`]
+    /// is false); when that broker goes away, this process takes the store over.
     pub fn open(options: SystemOptions) -> Result<System> {
-        let manifest = options.manifest.ok_or_else(|| {
+        let manifest = options.manifest.clone().ok_or_else(|| {
             Error::invalid(
                 "no manifest: a system needs one (a TOML file or declarations made in code)",
             )
         })?;
         options.policy.validate()?;
-        let mut store = Store::open(&options.store, manifest.app_id(), options.policy.durability)?;
-        let stored = store.load()?;
-        let servicing = store.get_meta("manifest_version")?;
-        if servicing.as_deref() != Some(manifest.version()) {
-            store.set_meta("manifest_version", manifest.version())?;
+        let store = match Store::try_open(
+            &options.store,
+            manifest.app_id(),
+            options.policy.durability,
+        )? {
+            Ok(store) => store,
+            Err(held) => match Remote::connect(manifest.clone(), options.clone(), held)? {
+                Ok(remote) => return Ok(System::owning(Home::Client(remote))),
+                Err(store) => store, // its holder went away meanwhile
+            },
+        };
+        let broker = start_broker(manifest, &options, store, Default::default())?;
+        Ok(System::owning(Home::Broker(broker)))
+    }
+
+    /// Whether this system runs the broker of its store (`false`: a client of another process's
+    /// broker; a client becomes the broker when it takes the store over).
+    pub fn is_broker(&self) -> bool {
+        matches!(self.home.route(), Route::Local(_))
+    }
+
+    /// The process id of the broker this system uses (this process's when it is the broker).
+    pub fn broker_pid(&self) -> u32 {
+        match self.home.route() {
+            Route::Local(b) => b.pid,
+            Route::Remote(r) => r.broker_pid(),
         }
-        let mut registry = Registry::with_capacity(stored.len());
-        let mut latched = Vec::new();
-        for t in stored {
-            if t.spent {
-                registry.mark_spent(t.record.task_id);
-            }
-            if let Some(details) = t.pending {
-                latched.push((t.record.task_id, details));
-            }
-            registry.add(Arc::new(t.record));
-        }
-        let store_path = store.path().to_owned();
-        // STORAGE_NOT_LOW measures the store's file system; an in-memory store, the state directory.
-        let storage_dir = match &options.store {
-            StoreLocation::Memory => StoreLocation::default_path(manifest.app_id()).ok(),
-            _ => Some(std::path::PathBuf::from(&store_path)),
-        }
-        .and_then(|p| p.parent().map(std::path::Path::to_path_buf))
-        .unwrap_or_else(std::env::temp_dir);
-        let shared = Arc::new(Broker::new(
-            manifest,
-            options.clock,
-            options.simulated,
-            options.platform,
-            options.policy,
-            storage_dir,
-            store,
-            State::new(registry, options.paused),
-        )?);
-        {
-            let mut st = shared.lock();
-            shared.restore(
-                &mut st,
-                latched,
-                servicing.is_some() && servicing.as_deref() != Some(shared.manifest.version()),
-            )?;
-        }
-        shared.start_threads()?;
-        if !shared.simulated {
-            shared.start_platform();
-        }
-        if let Clock::Manual(clock) = &shared.clock {
-            let weak = Arc::downgrade(&shared);
-            clock.subscribe(Arc::new(move || {
-                let Some(shared) = weak.upgrade() else {
-                    return false; // the system is gone: unsubscribe
-                };
-                shared.clock_advanced();
-                true
-            }));
-        }
-        if options.store != StoreLocation::Memory {
-            let weak = Arc::downgrade(&shared);
-            let handler: crate::control::Handler = Arc::new(move |request| match weak.upgrade() {
-                Some(shared) => System::view(shared).answer(request),
-                None => crate::control::Reply::error(&crate::broker::closed()),
-            });
-            match crate::control::ControlListener::bind(shared.manifest.app_id(), handler) {
-                Ok(l) => *shared.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(l),
-                Err(e) => {
-                    log::warn!(target: "btb", "other processes (btbctl, signal_event) will not reach this system: {e}")
-                }
-            }
-        }
-        {
-            let mut open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
-            open.retain(|w| w.strong_count() > 0);
-            open.push(Arc::downgrade(&shared));
-        }
-        let owner = Arc::new(Owner(Arc::downgrade(&shared)));
-        Ok(System {
-            shared,
-            _owner: Some(owner),
-        })
     }
 
     /// Starts running tasks in a system opened with `paused` (what latched meanwhile runs now).
-    /// Starting a running system changes nothing.
+    /// Starting a running system changes nothing; nor does starting a client (its broker runs).
     pub fn start(&self) -> Result<()> {
-        let mut st = self.locked()?;
-        self.shared.start(&mut st);
-        Ok(())
+        match self.home.route() {
+            Route::Local(b) => {
+                let mut st = b.open_state()?;
+                b.start(&mut st);
+                Ok(())
+            }
+            Route::Remote(r) => r.check_open(),
+        }
+    }
+
+    /// The broker, when this system runs it; `None` for a client.
+    fn local(&self) -> Option<&Arc<Broker>> {
+        match self.home.route() {
+            Route::Local(b) => Some(b),
+            Route::Remote(_) => None,
+        }
     }
 
     /// Locks the state after checking the process (a forked child must not touch the parent's
-    /// threads or locks) and that the system is open.
+    /// threads or locks) and that the system is open. `STATE` for a client.
     pub(crate) fn locked(&self) -> Result<Locked<'_>> {
-        self.shared.open_state()
+        match self.home.route() {
+            Route::Local(b) => b.open_state(),
+            Route::Remote(r) => {
+                r.check_open()?;
+                Err(Error::state(format!(
+                    "this system is a client of the btb broker in pid {}: it has no broker state of its own",
+                    r.broker_pid()
+                )))
+            }
+        }
     }
 
-    /// Locks the store (lock 0: before the state, never under it) after the same checks.
-    fn store(&self) -> Result<std::sync::MutexGuard<'_, Option<Store>>> {
-        self.shared.check_pid()?;
-        let store = self.shared.store();
-        if store.is_none() {
-            return Err(crate::broker::closed());
-        }
-        Ok(store)
+    /// Asks the broker of a client system.
+    fn ask(r: &Arc<Remote>, request: Request) -> Result<Reply> {
+        r.ask(&request)
     }
 
     pub fn manifest(&self) -> &Manifest {
-        &self.shared.manifest
+        match &self.home {
+            Home::Broker(b) => &b.manifest,
+            Home::Client(r) => &r.manifest,
+        }
     }
 
     pub fn app_id(&self) -> &str {
-        self.shared.manifest.app_id()
+        self.manifest().app_id()
     }
 
+    /// The policy this system was opened with (a client's broker applies its own).
     pub fn policy(&self) -> &Policy {
-        &self.shared.policy
+        match &self.home {
+            Home::Broker(b) => &b.policy,
+            Home::Client(r) => &r.options.policy,
+        }
     }
 
     pub fn clock(&self) -> &Clock {
-        &self.shared.clock
+        match &self.home {
+            Home::Broker(b) => &b.clock,
+            Home::Client(r) => &r.options.clock,
+        }
     }
 
     pub fn is_simulated(&self) -> bool {
-        self.shared.simulated
+        match &self.home {
+            Home::Broker(b) => b.simulated,
+            Home::Client(r) => r.options.simulated,
+        }
     }
 
     /// The store's path (`":memory:"` for an ephemeral store).
     pub fn store_path(&self) -> &str {
-        &self.shared.store_path
+        match &self.home {
+            Home::Broker(b) => &b.store_path,
+            Home::Client(r) => r.store_path(),
+        }
     }
 
     pub fn is_closed(&self) -> bool {
-        !self.shared.lock().is_open()
+        match self.home.route() {
+            Route::Local(b) => !b.lock().is_open(),
+            Route::Remote(r) => r.is_closed(),
+        }
     }
 
+    /// Checks that the system is open and usable from this process.
+    fn check(&self) -> Result<()> {
+        match self.home.route() {
+            Route::Local(b) => b.open_state().map(drop),
+            Route::Remote(r) => r.check_open(),
+        }
+    }
+
+    /// This process's handler tables (a client keeps its own; its broker calls none of them).
     fn handlers(&self) -> std::sync::RwLockWriteGuard<'_, crate::registry::Handlers> {
-        self.shared.handlers_mut()
+        match self.home.route() {
+            Route::Local(b) => b.handlers_mut(),
+            Route::Remote(r) => r.handlers_mut(),
+        }
     }
 
     /// Sets (or with `None` removes) the background-activated handler of the system
@@ -239,7 +409,7 @@ impl System {
         group: Option<&str>,
         handler: Option<Handler>,
     ) -> Result<()> {
-        drop(self.locked()?);
+        self.check()?;
         let key = group.map(str::to_owned);
         let old = match handler {
             Some(h) => self.handlers().activation.insert(key, h),
@@ -251,8 +421,8 @@ impl System {
 
     /// Registers (or with `None` removes) the in-process handler of a declared entry point.
     pub fn register_entry_point(&self, entry_point: &str, handler: Option<Handler>) -> Result<()> {
-        drop(self.locked()?);
-        if self.shared.manifest.find(entry_point).is_none() {
+        self.check()?;
+        if self.manifest().find(entry_point).is_none() {
             return Err(Error::new(
                 ErrorKind::NotDeclared,
                 format!(
@@ -274,26 +444,63 @@ impl System {
 
     /// Sets the resolver asked for entry points without a registered handler.
     pub fn set_entry_point_resolver(&self, resolver: Option<Resolver>) -> Result<()> {
-        drop(self.locked()?);
+        self.check()?;
         let old = std::mem::replace(&mut self.handlers().resolver, resolver);
         drop(old);
         Ok(())
     }
 
+    /// Whether this process has a background-activated handler for `group` (or the system's).
+    fn has_activation(&self, group: Option<&str>) -> bool {
+        let key = group.map(str::to_owned);
+        let here = match self.home.route() {
+            Route::Local(b) => b.handlers().activation.contains_key(&key),
+            Route::Remote(r) => r.handlers().activation.contains_key(&key),
+        };
+        here || group.is_some_and(crate::groups::has_handler)
+    }
+
     /// Validates and registers a task (SPEC §2); returns once the registration is committed.
-    /// The builder is borrowed: on an error, fix it and call again.
+    /// The builder is borrowed: on an error, fix it and call again. In a client, the broker
+    /// validates and commits it, with the same errors.
     pub fn register(&self, builder: &Builder) -> Result<Registration> {
+        let shared = match self.home.route() {
+            Route::Local(b) => b,
+            Route::Remote(r) => {
+                let activation =
+                    self.has_activation(builder.task_group.as_ref().map(|g| g.id.as_str()));
+                return match Self::ask(
+                    r,
+                    Request::Register {
+                        builder: builder.clone(),
+                        activation,
+                    },
+                )? {
+                    Reply::Registered { record } => Ok(self.registration(r.remember(record))),
+                    other => Err(unexpected(&other)),
+                };
+            }
+        };
+        self.register_with(shared, builder, |g| self.has_activation(g))
+    }
+
+    /// Registers in this process's broker; `activation` says whether a group (or the system)
+    /// has a background-activated handler (in the registering process).
+    fn register_with(
+        &self,
+        shared: &Arc<Broker>,
+        builder: &Builder,
+        activation: impl Fn(Option<&str>) -> bool,
+    ) -> Result<Registration> {
         // The store first (lock 0), held to the end: registrations commit one at a time, in the
         // order their name policies were decided; the state lock is not held during the commit.
-        let mut store = self.store()?;
-        let state = self.shared.lock_open()?;
-        let valid = {
-            let handlers = self.shared.handlers();
-            validate(builder, &self.shared.manifest, &self.shared.policy, |g| {
-                handlers.activation.contains_key(&g.map(str::to_owned))
-                    || g.is_some_and(crate::groups::has_handler)
-            })?
-        };
+        shared.check_pid()?;
+        let mut store = shared.store();
+        if store.is_none() {
+            return Err(crate::broker::closed());
+        }
+        let state = shared.lock_open()?;
+        let valid = validate(builder, &shared.manifest, &shared.policy, activation)?;
         let group_id = builder.task_group.as_ref().map(|g| g.id.as_str());
         let same_name: Vec<Uuid> = match valid.name_policy {
             NamePolicy::Allow => Vec::new(),
@@ -324,8 +531,8 @@ impl System {
             }
             NamePolicy::Replace => replaced = same_name,
         }
-        let now = self.shared.clock.now_ms();
-        let next_due_ms = self.shared.first_due(&valid.trigger, now);
+        let now = shared.clock.now_ms();
+        let next_due_ms = shared.first_due(&valid.trigger, now);
         // A group keeps the name it was created with; naming it again with another name joins it.
         let task_group = builder.task_group.as_ref().map(|g| {
             state
@@ -352,9 +559,8 @@ impl System {
             .expect("checked open")
             .insert(&record, &replaced)?;
         // Durable now: publish it (even if a close began meanwhile — it is registered).
-        let mut state = self.shared.lock();
-        self.shared
-            .registered(&mut state, Arc::clone(&record), &replaced, now);
+        let mut state = shared.lock();
+        shared.registered(&mut state, Arc::clone(&record), &replaced, now);
         // The store first: the state guard then drops what the replaced registrations held
         // (their handlers), which may call back into btb and register again.
         drop(store);
@@ -363,29 +569,66 @@ impl System {
     }
 
     fn registration(&self, record: Arc<TaskRecord>) -> Registration {
-        Registration::new(Arc::clone(&self.shared), record)
+        Registration::new(self.home.clone(), record)
+    }
+
+    fn registrations(&self, r: &Arc<Remote>, filter: Filter) -> Result<Vec<Registration>> {
+        match Self::ask(r, Request::Registrations { filter })? {
+            Reply::Registrations { records } => Ok(records
+                .into_iter()
+                .map(|record| self.registration(r.remember(record)))
+                .collect()),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// Removes a registration durably. `cancel_task` cancels a running instance with `ABORT`;
     /// otherwise it finishes.
     pub fn unregister(&self, task_id: &Uuid, cancel_task: bool) -> Result<()> {
-        let mut store = self.store()?; // as in `register`: the commit holds no state lock
-        if !self.shared.lock_open()?.registry.contains(task_id) {
+        let shared = match self.home.route() {
+            Route::Local(b) => b,
+            Route::Remote(r) => {
+                Self::ask(
+                    r,
+                    Request::Unregister {
+                        task: task_id.to_string(),
+                        cancel_task,
+                    },
+                )?;
+                r.forget(task_id);
+                return Ok(());
+            }
+        };
+        shared.check_pid()?;
+        let mut store = shared.store(); // as in `register`: the commit holds no state lock
+        if store.is_none() {
+            return Err(crate::broker::closed());
+        }
+        if !shared.lock_open()?.registry.contains(task_id) {
             return Err(Error::new(
                 ErrorKind::NotFound,
                 format!("task {task_id} is not registered (already unregistered?)"),
             ));
         }
         store.as_mut().expect("checked open").delete(task_id)?;
-        let mut state = self.shared.lock();
-        self.shared.unregistered(&mut state, task_id, cancel_task);
+        let mut state = shared.lock();
+        shared.unregistered(&mut state, task_id, cancel_task);
         drop(store); // first: see `register`
         drop(state);
         Ok(())
     }
 
-    fn list(&self, keep: impl Fn(&TaskRecord) -> bool) -> Result<Vec<Registration>> {
-        let state = self.locked()?;
+    fn list(&self, filter: Filter) -> Result<Vec<Registration>> {
+        let shared = match self.home.route() {
+            Route::Local(b) => b,
+            Route::Remote(r) => return self.registrations(r, filter),
+        };
+        let state = shared.open_state()?;
+        let keep = |t: &TaskRecord| match &filter {
+            Filter::Ungrouped => t.task_group.is_none(),
+            Filter::Group { id } => t.task_group.as_ref().is_some_and(|g| &g.id == id),
+            Filter::Task { task_id } => t.task_id == *task_id,
+        };
         let mut records: Vec<Arc<TaskRecord>> = state
             .registry
             .records()
@@ -399,25 +642,32 @@ impl System {
 
     /// Registrations outside any task group, in registration order (Windows `AllTasks`).
     pub fn all_tasks(&self) -> Result<Vec<Registration>> {
-        self.list(|t| t.task_group.is_none())
+        self.list(Filter::Ungrouped)
     }
 
     /// The registrations of one task group, in registration order.
     pub fn group_tasks(&self, group_id: &str) -> Result<Vec<Registration>> {
-        self.list(|t| t.task_group.as_ref().is_some_and(|g| g.id == group_id))
+        self.list(Filter::Group {
+            id: group_id.to_owned(),
+        })
     }
 
     /// Groups that hold at least one registration, by id (Windows `AllTaskGroups`).
     pub fn all_task_groups(&self) -> Result<Vec<TaskGroup>> {
-        Ok(self.locked()?.registry.groups().cloned().collect())
+        match self.home.route() {
+            Route::Local(b) => Ok(b.open_state()?.registry.groups().cloned().collect()),
+            Route::Remote(r) => match Self::ask(r, Request::Groups)? {
+                Reply::Groups { groups } => Ok(groups),
+                other => Err(unexpected(&other)),
+            },
+        }
     }
 
     /// One group by id (Windows `GetTaskGroup`).
     pub fn task_group(&self, group_id: &str) -> Result<TaskGroup> {
-        self.locked()?
-            .registry
-            .group(group_id)
-            .cloned()
+        self.all_task_groups()?
+            .into_iter()
+            .find(|g| g.id == group_id)
             .ok_or_else(|| {
                 Error::new(
                     ErrorKind::NotFound,
@@ -428,18 +678,14 @@ impl System {
 
     /// Any registration by task id, grouped or not.
     pub fn find(&self, task_id: &Uuid) -> Result<Registration> {
-        let record = self
-            .locked()?
-            .registry
-            .get(task_id)
-            .cloned()
+        self.list(Filter::Task { task_id: *task_id })?
+            .pop()
             .ok_or_else(|| {
                 Error::new(
                     ErrorKind::NotFound,
                     format!("task {task_id} is not registered"),
                 )
-            })?;
-        Ok(self.registration(record))
+            })
     }
 
     /// Fires the registrations made with application trigger `trigger_id` (Windows
@@ -460,17 +706,35 @@ impl System {
                 "application trigger arguments must be a JSON object, not {args}"
             )));
         }
-        let mut st = self.locked()?;
-        if !self.shared.policy.allow_application_triggers {
+        let shared = match self.home.route() {
+            Route::Local(b) => b,
+            Route::Remote(r) => {
+                return match Self::ask(
+                    r,
+                    Request::Request {
+                        trigger_id: *trigger_id,
+                        arguments,
+                    },
+                )? {
+                    Reply::Requested { result } => Ok(result),
+                    other => Err(unexpected(&other)),
+                };
+            }
+        };
+        let mut st = shared.open_state()?;
+        if !shared.policy.allow_application_triggers {
             return Ok(ApplicationTriggerResult::DisabledByPolicy);
         }
-        Ok(self.shared.request(&mut st, trigger_id, arguments))
+        Ok(shared.request(&mut st, trigger_id, arguments))
     }
 
     /// Raises a system event (the platform source does this for the events it sees; apps with a
     /// source of their own feed theirs). Returns how many registrations fired.
     pub fn raise_event(&self, event: SystemTriggerType) -> Result<usize> {
-        self.fire_event(&EventKey::System(event))
+        match self.home.route() {
+            Route::Local(b) => Self::fire_event(b, &EventKey::System(event)),
+            Route::Remote(r) => fired(Self::ask(r, Request::Raise { event })?),
+        }
     }
 
     /// Signals a custom event in this system (other processes use [`crate::control::signal_event`]).
@@ -478,23 +742,37 @@ impl System {
     /// name is accepted or refused alike in-process and from another process.
     pub fn signal_event(&self, trigger_id: &str) -> Result<usize> {
         crate::control::check_name(trigger_id).map_err(Error::invalid)?;
-        self.fire_event(&EventKey::Custom(trigger_id.to_owned()))
+        match self.home.route() {
+            Route::Local(b) => Self::fire_event(b, &EventKey::Custom(trigger_id.to_owned())),
+            Route::Remote(r) => fired(Self::ask(
+                r,
+                Request::Signal {
+                    name: trigger_id.to_owned(),
+                },
+            )?),
+        }
     }
 
-    fn fire_event(&self, key: &EventKey) -> Result<usize> {
-        let mut st = self.locked()?;
-        Ok(self.shared.fire_key(&mut st, key))
+    fn fire_event(shared: &Arc<Broker>, key: &EventKey) -> Result<usize> {
+        let mut st = shared.open_state()?;
+        Ok(shared.fire_key(&mut st, key))
     }
 
     /// Sets a state of the simulated source; `STATE` on a system using the platform sources.
     pub fn set_state(&self, condition: SystemConditionType, value: bool) -> Result<()> {
-        if !self.shared.simulated {
+        let shared = match self.home.route() {
+            Route::Local(b) => b,
+            Route::Remote(r) => {
+                return Self::ask(r, Request::SetState { condition, value }).map(drop);
+            }
+        };
+        if !shared.simulated {
             return Err(Error::state(
                 "set_state needs a system opened with the simulated source; this one reads the platform",
             ));
         }
-        let mut st = self.locked()?;
-        self.shared.heard(
+        let mut st = shared.open_state()?;
+        shared.heard(
             &mut st,
             crate::platform::Heard::Report {
                 source: crate::platform::Source::Simulated,
@@ -506,17 +784,39 @@ impl System {
         Ok(())
     }
 
+    /// A condition's state and the name of its source, from the broker of a client.
+    fn remote_state(
+        r: &Arc<Remote>,
+        condition: SystemConditionType,
+    ) -> Result<(Option<bool>, &'static str)> {
+        match Self::ask(r, Request::StateOf { condition })? {
+            Reply::StateOf { state, source } => {
+                Ok((state, crate::platform::source_named(&source)))
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// The current state of a condition: `Some(holds)`, or `None` while unknown (which does not
-    /// hold). SPEC §6: from the simulated source, or read from the machine.
+    /// hold). SPEC §6: from the simulated source, or read from the machine (by the broker).
     pub fn state(&self, condition: SystemConditionType) -> Result<Option<bool>> {
-        let st = self.locked()?;
-        Ok(self.shared.state_of(&st, condition))
+        match self.home.route() {
+            Route::Local(b) => {
+                let st = b.open_state()?;
+                Ok(b.state_of(&st, condition))
+            }
+            Route::Remote(r) => Ok(Self::remote_state(r, condition)?.0),
+        }
     }
 
     /// What a condition's state is read from: `simulated`, `statvfs`, … or `unknown` (SPEC §6).
     pub fn state_source(&self, condition: SystemConditionType) -> Result<&'static str> {
-        let st = self.locked()?;
-        if self.shared.simulated {
+        let shared = match self.home.route() {
+            Route::Local(b) => b,
+            Route::Remote(r) => return Ok(Self::remote_state(r, condition)?.1),
+        };
+        let st = shared.open_state()?;
+        if shared.simulated {
             return Ok(crate::platform::Source::Simulated.name());
         }
         Ok(st.states().source(condition).map_or_else(
@@ -527,30 +827,45 @@ impl System {
 
     /// Windows `BackgroundWorkCost.CurrentBackgroundWorkCost` (`None` while unknown).
     pub fn background_work_cost(&self) -> Result<Option<crate::BackgroundWorkCostValue>> {
-        Ok(self.locked()?.states().background_work_cost())
+        match self.home.route() {
+            Route::Local(b) => Ok(b.open_state()?.states().background_work_cost()),
+            Route::Remote(r) => match Self::ask(r, Request::WorkCost)? {
+                Reply::WorkCost { cost } => Ok(cost),
+                other => Err(unexpected(&other)),
+            },
+        }
     }
 
     /// Waits until nothing runs or is runnable and every handler has been called: `true`, or
-    /// `false` after `timeout`. Not from a btb handler thread (`STATE`).
+    /// `false` after `timeout`. Not from a btb handler thread (`STATE`). In a client, which runs
+    /// nothing itself, `UNSUPPORTED` (wait for a completed handler instead).
     pub fn wait_idle(&self, timeout: std::time::Duration) -> Result<bool> {
-        self.shared.wait_idle(timeout)
+        match self.home.route() {
+            Route::Local(b) => b.wait_idle(timeout),
+            Route::Remote(r) => Err(client_only_broker(r, "wait_idle")),
+        }
     }
 
     /// Takes the next event of the pull queue (runs of tasks whose handler is `Handler::Queued`,
-    /// and their cancellations), waiting at most `timeout`; `None` on timeout.
+    /// and their cancellations), waiting at most `timeout`; `None` on timeout. `UNSUPPORTED` in a
+    /// client (its broker runs the tasks).
     pub fn next_event(&self, timeout: std::time::Duration) -> Result<Option<Event>> {
-        self.shared.next_event(timeout)
+        match self.home.route() {
+            Route::Local(b) => b.next_event(timeout),
+            Route::Remote(r) => Err(client_only_broker(r, "next_event")),
+        }
     }
 
-    /// Adds a completed handler for a registration; returns its token.
+    /// Adds a completed handler for a registration; returns its token. In a client it is called
+    /// in this process, when the broker reports the end of a run.
     pub fn add_completed(&self, task_id: &Uuid, handler: CompletedFn) -> Result<u64> {
-        drop(self.locked()?);
+        self.check()?;
         Ok(self.handlers().add_completed(*task_id, handler))
     }
 
     /// Adds a progress handler for a registration; returns its token.
     pub fn add_progress(&self, task_id: &Uuid, handler: ProgressFn) -> Result<u64> {
-        drop(self.locked()?);
+        self.check()?;
         Ok(self.handlers().add_progress(*task_id, handler))
     }
 
@@ -566,31 +881,83 @@ impl System {
     /// was removed, or dropped with its registration (unregistered or replaced, last run ended).
     /// Bindings that mirror handlers (for their garbage collector) release theirs then.
     pub fn holds_handler(&self, token: u64) -> bool {
-        self.shared.handlers().holds(token)
+        match self.home.route() {
+            Route::Local(b) => b.handlers().holds(token),
+            Route::Remote(r) => r.handlers().holds(token),
+        }
     }
 
     /// The recorded runs of a registration, oldest first.
     pub fn history(&self, task_id: &Uuid) -> Result<Vec<RunRecord>> {
-        drop(self.locked()?);
-        self.shared.flush(); // the runs recorded so far are committed
-        self.store()?
+        let shared = match self.home.route() {
+            Route::Local(b) => b,
+            Route::Remote(r) => {
+                return match Self::ask(r, Request::RunHistory { task_id: *task_id })? {
+                    Reply::History { runs } => Ok(runs),
+                    other => Err(unexpected(&other)),
+                };
+            }
+        };
+        drop(shared.open_state()?);
+        shared.flush(); // the runs recorded so far are committed
+        shared.check_pid()?;
+        let store = shared.store();
+        store
             .as_ref()
-            .expect("checked open")
+            .ok_or_else(crate::broker::closed)?
             .history(task_id)
+    }
+
+    /// When a registration is next due and whether it is spent (for a client's registrations).
+    pub(crate) fn due(&self, task_id: &Uuid) -> Result<(Option<i64>, bool)> {
+        match self.home.route() {
+            Route::Local(b) => {
+                let st = b.lock();
+                Ok((st.next_due(task_id), st.registry.is_spent(task_id)))
+            }
+            Route::Remote(r) => match Self::ask(r, Request::Due { task_id: *task_id })? {
+                Reply::Due { next_due_ms, spent } => Ok((next_due_ms, spent)),
+                other => Err(unexpected(&other)),
+            },
+        }
     }
 
     /// Closes the system: cancels running instances with `TERMINATING`, waits at most the policy's
     /// grace for them, records the rest as canceled, stops the broker and releases the store.
-    /// Later calls fail with `STATE`. Closing twice is harmless.
+    /// Later calls fail with `STATE`. Closing twice is harmless. A client closes its connections
+    /// (and, if it took the store over, its broker).
     pub fn close(&self) -> Result<()> {
-        self.shared.close()
+        self.home.close()
+    }
+}
+
+/// What `wait_idle` and `next_event` say in a client.
+fn client_only_broker(r: &Remote, what: &str) -> Error {
+    Error::new(
+        ErrorKind::Unsupported,
+        format!(
+            "{what} is for the process that runs the broker; this system is a client of the btb \
+             broker in pid {} (add a completed handler to hear of runs)",
+            r.broker_pid()
+        ),
+    )
+}
+
+fn unexpected(reply: &Reply) -> Error {
+    Error::state(format!("the btb broker answered {reply:?}"))
+}
+
+fn fired(reply: Reply) -> Result<usize> {
+    match reply {
+        Reply::Fired { count } => Ok(count),
+        other => Err(unexpected(&other)),
     }
 }
 
 static DEFAULT: Mutex<Option<System>> = Mutex::new(None);
 
 /// The systems opened in this process (an application trigger finds its registrations here).
-static OPEN: Mutex<Vec<Weak<Broker>>> = Mutex::new(Vec::new());
+static OPEN: Mutex<Vec<WeakHome>> = Mutex::new(Vec::new());
 
 /// Fires application trigger `trigger_id` wherever its registrations live (WinRT
 /// `ApplicationTrigger.RequestAsync`; SPEC §9, objects are bound by use): in every open system of
@@ -608,18 +975,17 @@ pub fn request_application_trigger(
     let key = EventKey::Application(*trigger_id);
     let holders: Vec<System> = {
         let open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
-        open.iter().filter_map(Weak::upgrade).collect::<Vec<_>>()
+        open.iter().filter_map(WeakHome::upgrade).collect::<Vec<_>>()
     }
     .into_iter()
-    .filter(|shared| {
-        shared
+    .filter(|home| match home.route() {
+        Route::Local(b) => b
             .open_state()
-            .is_ok_and(|st| !st.registry.listeners(&key).is_empty())
+            .is_ok_and(|st| !st.registry.listeners(&key).is_empty()),
+        // A client holds what it registered or listed.
+        Route::Remote(r) => !r.is_closed() && r.knows_application_trigger(trigger_id),
     })
-    .map(|shared| System {
-        shared,
-        _owner: None,
-    })
+    .map(System::view)
     .collect();
     if holders.is_empty() {
         let configured = DEFAULT.lock().unwrap_or_else(|p| p.into_inner()).is_some()
@@ -703,25 +1069,20 @@ fn _assert_send_sync() {
 }
 
 impl System {
-    /// Answers a request of the control socket (SPEC §10: `btbctl`, `signal_event`).
-    fn answer(&self, request: crate::control::Request) -> crate::control::Reply {
-        use crate::control::{Reply, Request};
+    /// Answers a request of the control socket (SPEC §10: `btbctl`, `signal_event`, clients).
+    /// Only a broker answers (a client never listens).
+    pub(crate) fn answer(&self, request: Request) -> Reply {
+        let Some(shared) = self.local() else {
+            return Reply::error(&Error::state("a client does not answer requests"));
+        };
         let result = match request {
-            Request::Hello { .. } => Ok(Reply::Done),
-            Request::Signal { name } => self
-                .fire_event(&EventKey::Custom(name))
+            Request::Hello { .. } | Request::Subscribe => Ok(Reply::Done),
+            Request::Signal { name } => Self::fire_event(shared, &EventKey::Custom(name))
                 .map(|count| Reply::Fired { count }),
-            Request::List => self
-                .shared
-                .task_views(None)
-                .map(|tasks| Reply::Tasks { tasks }),
-            Request::Show { task } => {
-                self.shared
-                    .task_views(Some(&task))
-                    .map(|mut v| Reply::Task {
-                        task: Box::new(v.remove(0)),
-                    })
-            }
+            Request::List => shared.task_views(None).map(|tasks| Reply::Tasks { tasks }),
+            Request::Show { task } => shared.task_views(Some(&task)).map(|mut v| Reply::Task {
+                task: Box::new(v.remove(0)),
+            }),
             Request::History { task } => self.task_id_of(&task).and_then(|id| {
                 Ok(Reply::Runs {
                     runs: self.history(&id)?.iter().map(Into::into).collect(),
@@ -730,25 +1091,63 @@ impl System {
             Request::Run {
                 task,
                 ignore_conditions,
-            } => self
-                .shared
-                .run_now(&task, ignore_conditions)
-                .map(|()| Reply::Done),
-            Request::Unregister { task } => self
+            } => shared.run_now(&task, ignore_conditions).map(|()| Reply::Done),
+            Request::Unregister { task, cancel_task } => self
                 .task_id_of(&task)
-                .and_then(|id| self.unregister(&id, true))
+                .and_then(|id| self.unregister(&id, cancel_task))
                 .map(|()| Reply::Done),
             Request::Doctor => self.doctor().map(|states| Reply::Doctor {
                 states,
                 broker: Some(std::process::id()),
             }),
+            Request::Register {
+                builder,
+                activation,
+            } => self
+                .register_with(shared, &builder, |g| activation || self.has_activation(g))
+                .map(|r| Reply::Registered {
+                    record: r.record().clone(),
+                }),
+            Request::Registrations { filter } => self.list(filter).map(|list| {
+                Reply::Registrations {
+                    records: list.iter().map(|r| r.record().clone()).collect(),
+                }
+            }),
+            Request::Groups => self
+                .all_task_groups()
+                .map(|groups| Reply::Groups { groups }),
+            Request::RunHistory { task_id } => {
+                self.history(&task_id).map(|runs| Reply::History { runs })
+            }
+            Request::Request {
+                trigger_id,
+                arguments,
+            } => self
+                .request(&trigger_id, arguments)
+                .map(|result| Reply::Requested { result }),
+            Request::Raise { event } => self.raise_event(event).map(|count| Reply::Fired { count }),
+            Request::SetState { condition, value } => {
+                self.set_state(condition, value).map(|()| Reply::Done)
+            }
+            Request::StateOf { condition } => self.state(condition).and_then(|state| {
+                Ok(Reply::StateOf {
+                    state,
+                    source: self.state_source(condition)?.to_owned(),
+                })
+            }),
+            Request::WorkCost => self
+                .background_work_cost()
+                .map(|cost| Reply::WorkCost { cost }),
+            Request::Due { task_id } => self
+                .due(&task_id)
+                .map(|(next_due_ms, spent)| Reply::Due { next_due_ms, spent }),
         };
         result.unwrap_or_else(|e| Reply::error(&e))
     }
 
     fn task_id_of(&self, task: &str) -> Result<Uuid> {
         let st = self.locked()?;
-        self.shared.find_task(&st, task)
+        self.local().expect("locked").find_task(&st, task)
     }
 
     /// Every condition's state and source (`btbctl doctor`).

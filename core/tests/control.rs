@@ -471,6 +471,7 @@ fn bad_names_and_malformed_frames_are_rejected() {
             version: protocol::VERSION,
             pid: std::process::id(),
             app_id: APP.into(),
+            store: None,
         }]
     );
     assert!(rx.try_recv().is_err(), "no bad name may reach the callback");

@@ -27,6 +27,8 @@ use uuid::Uuid;
 
 const STORE_VAR: &str = "BTB_TEST_DURABILITY_STORE";
 const MODE_VAR: &str = "BTB_TEST_DURABILITY_MODE";
+/// Each test's own app id (its broker's control socket is named after it).
+const APP_VAR: &str = "BTB_TEST_DURABILITY_APP";
 /// A writer that is never killed stops here (the parent then fails).
 const WRITER_LIMIT: u64 = 100_000;
 const DEADLINE: Duration = Duration::from_secs(180);
@@ -86,13 +88,16 @@ fn registered_at(n: u64) -> i64 {
     T0 + n as i64 + 1
 }
 
-fn open(path: &Path, durability: Durability, clock: &ManualClock) -> System {
+fn open(path: &Path, app_id: &str, durability: Durability, clock: &ManualClock) -> System {
     let policy = Policy {
         durability,
         ..Policy::default()
     };
-    let system = System::open(options(StoreLocation::File(path.to_owned()), clock, policy))
-        .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
+    let system = System::open(btb_core::SystemOptions {
+        manifest: Some(common::manifest_for(app_id)),
+        ..options(StoreLocation::File(path.to_owned()), clock, policy)
+    })
+    .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()));
     // Every fifth task has no entry point.
     system
         .set_background_activated(None, Some(noop_handler()))
@@ -113,7 +118,8 @@ fn child_writer() {
         _ => Durability::Full,
     };
     let clock = ManualClock::new(T0).unwrap();
-    let system = open(Path::new(&path), durability, &clock);
+    let app_id = std::env::var(APP_VAR).unwrap_or_else(|_| common::APP_ID.to_owned());
+    let system = open(Path::new(&path), &app_id, durability, &clock);
     let mut out = std::io::stdout().lock();
     for n in 0..WRITER_LIMIT {
         clock.advance_ms(1).unwrap();
@@ -167,6 +173,7 @@ fn check_record(r: &TaskRecord, n: u64) {
 }
 
 fn kill_writer_and_check(kill_after: usize, mode: &str) {
+    let app_id = format!("org.example.durability.{mode}{kill_after}");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("btb.sqlite3");
     let mut writer = Writer(
@@ -180,6 +187,7 @@ fn kill_writer_and_check(kill_after: usize, mode: &str) {
             ])
             .env(STORE_VAR, &path)
             .env(MODE_VAR, mode)
+            .env(APP_VAR, &app_id)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -231,19 +239,14 @@ fn kill_writer_and_check(kill_after: usize, mode: &str) {
             let (id, n) = ack.split_once(' ').expect("malformed ACK");
             acked.push((id.parse().unwrap(), n.parse().unwrap()));
             if acked.len() == 1 {
-                // Another process opening the store while the writer holds it gets a clear
-                // error naming the holder, and does not touch the store.
+                // Another process opening the store while the writer holds it becomes a client
+                // of the writer's broker, and sees what it acknowledged.
                 let clock = ManualClock::new(T0).unwrap();
-                let other = System::open(options(
-                    StoreLocation::File(path.clone()),
-                    &clock,
-                    Policy::default(),
-                ));
-                expect_err(
-                    other,
-                    btb_core::ErrorKind::Store,
-                    &["in use", &format!("(pid {})", writer.0.id())],
-                );
+                let other = open(&path, &app_id, Durability::Full, &clock);
+                assert!(!other.is_broker());
+                assert_eq!(other.broker_pid(), writer.0.id());
+                assert!(other.find(&acked[0].0).is_ok());
+                drop(other); // before the kill: a client would take the store over
             }
         }
         if !killed && acked.len() >= kill_after {
@@ -275,7 +278,8 @@ fn kill_writer_and_check(kill_after: usize, mode: &str) {
 
     // The store opens (the kill released the lock) and loads every row without error.
     let clock = ManualClock::new(T0).unwrap();
-    let system = open(&path, Durability::Full, &clock);
+    let system = open(&path, &app_id, Durability::Full, &clock);
+    assert!(system.is_broker());
     let stored = everything(&system);
     eprintln!(
         "{mode}: killed after {kill_after} ACKs read; {} ACKs in all, {} stored",

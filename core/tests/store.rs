@@ -469,45 +469,38 @@ fn an_empty_file_becomes_a_store_at_the_current_schema() {
 }
 
 #[test]
-fn one_system_per_store_at_a_time() {
+fn a_second_system_on_a_store_is_a_client_of_the_first() {
+    const APP: &str = "org.example.store.second";
     let dir = tempfile::tempdir().unwrap();
     let path = store_in(dir.path());
-    let first = file_system(&path).unwrap();
+    let first = file_system_as(APP, &path).unwrap();
+    assert!(first.is_broker());
     let a = first.register(&builder("a")).unwrap();
-    let err = expect_err(
-        file_system(&path),
-        ErrorKind::Store,
-        &[
-            &path.display().to_string(),
-            "in use",
-            &format!("pid {}", std::process::id()),
-        ],
-    );
-    assert!(
-        err.message().contains("close the other one"),
-        "{}",
-        err.message()
-    );
-    // The refused open did not disturb the first.
-    let b = first.register(&builder("b")).unwrap();
-    assert_eq!(first.all_tasks().unwrap(), vec![a.clone(), b.clone()]);
-
-    // After close, the next one opens and sees everything.
+    let second = file_system_as(APP, &path).unwrap();
+    assert!(!second.is_broker());
+    assert_eq!(second.broker_pid(), std::process::id());
+    // Both see and change the same registrations, through the one broker.
+    let b = second.register(&builder("b")).unwrap();
+    let ids = |s: &System| -> Vec<_> { s.all_tasks().unwrap().iter().map(|r| r.task_id()).collect() };
+    assert_eq!(ids(&first), vec![a.task_id(), b.task_id()]);
+    assert_eq!(ids(&second), ids(&first));
+    // Validation errors are the broker's, word for word.
+    let mut bad = builder("bad");
+    bad.task_entry_point = Some("app.Undeclared".into());
+    let (here, there) = (first.register(&bad).unwrap_err(), second.register(&bad).unwrap_err());
+    assert_eq!((here.kind(), here.message()), (there.kind(), there.message()));
+    // The broker closes: the client takes the store over and keeps everything.
     first.close().unwrap();
-    let second = file_system(&path).unwrap();
-    let ids: Vec<_> = second
-        .all_tasks()
-        .unwrap()
-        .iter()
-        .map(|r| r.task_id())
-        .collect();
-    assert_eq!(ids, vec![a.task_id(), b.task_id()]);
-    // Dropping the last handle releases the store as well.
-    drop(second);
-    let third = file_system(&path).unwrap();
-    expect_err(file_system(&path), ErrorKind::Store, &["in use"]);
+    assert_eq!(ids(&second), vec![a.task_id(), b.task_id()]);
+    assert!(second.is_broker());
+    // A third system is now the client of the second.
+    let third = file_system_as(APP, &path).unwrap();
+    assert!(!third.is_broker());
+    assert_eq!(ids(&third), ids(&second));
     drop(third);
-    file_system(&path).unwrap();
+    drop(second);
+    // Dropping the last handle released the store: the next one is its broker.
+    assert!(file_system_as(APP, &path).unwrap().is_broker());
 }
 
 #[test]
@@ -526,9 +519,10 @@ fn a_directory_where_the_file_should_be_is_a_store_error() {
 
 #[test]
 fn every_path_to_a_store_meets_its_one_broker() {
+    const APP: &str = "org.example.store.paths";
     let dir = tempfile::tempdir().unwrap();
     let path = make_store(dir.path());
-    let first = file_system(&path).unwrap();
+    let first = file_system_as(APP, &path).unwrap();
     let a = first.register(&builder("a")).unwrap();
     // A symlink to the file, and the file through a symlinked directory.
     let link = dir.path().join("alias.sqlite3");
@@ -536,11 +530,10 @@ fn every_path_to_a_store_meets_its_one_broker() {
     let dir_link = dir.path().join("dir-alias");
     std::os::unix::fs::symlink(dir.path(), &dir_link).unwrap();
     for alias in [link.clone(), dir_link.join("btb.sqlite3")] {
-        expect_err(
-            file_system(&alias),
-            ErrorKind::Store,
-            &["in use", &format!("pid {}", std::process::id())],
-        );
+        let other = file_system_as(APP, &alias).unwrap();
+        assert!(!other.is_broker(), "{}", alias.display());
+        assert_eq!(other.broker_pid(), std::process::id());
+        assert!(other.find(&a.task_id()).is_ok());
     }
     drop(first);
     // Once the broker is gone, any path opens the same registrations.

@@ -151,11 +151,11 @@ impl Broker {
                 h.completed.remove(&task_id)
             }
         };
-        if let Some(handlers) = handlers {
+        if handlers.is_some() || self.has_subscribers() {
             st.notes.push_back(Note::Completed(
                 instance.task().clone(),
                 completion,
-                handlers,
+                handlers.unwrap_or_default(),
             ));
             self.notify_cv.notify_one();
         }

@@ -130,7 +130,7 @@ impl Broker {
                 changes.push(ScheduleChange::Pending(task_id, None));
             }
             let instance = Instance::new(
-                Registration::new(Arc::clone(self), record.clone()),
+                Registration::new(crate::system::Home::Broker(Arc::clone(self)), record.clone()),
                 pending.details,
                 now,
             );

@@ -268,6 +268,8 @@ pub(crate) struct Broker {
     pub(crate) platform: Mutex<Option<crate::platform::Platform>>,
     /// Hears custom events signalled by other processes (file stores only).
     pub(crate) listener: Mutex<Option<crate::control::ControlListener>>,
+    /// Where progress and completion go for client processes (set once the listener is bound).
+    pub(crate) broadcast: std::sync::OnceLock<Arc<crate::control::Broadcast>>,
 }
 
 /// The error of any call on a closed system.
@@ -376,7 +378,13 @@ impl Broker {
             platform_options,
             platform: Mutex::new(None),
             listener: Mutex::new(None),
+            broadcast: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Whether client processes listen for progress and completion.
+    pub(crate) fn has_subscribers(&self) -> bool {
+        self.broadcast.get().is_some_and(|b| b.has_subscribers())
     }
 
     /// The local time zone now.
@@ -702,7 +710,7 @@ impl Broker {
     }
 }
 
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())

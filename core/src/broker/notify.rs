@@ -77,10 +77,25 @@ impl Broker {
                 for (_, handler) in list {
                     call(&|| handler(&registration, instance_id, value));
                 }
+                if let Some(b) = self.broadcast.get() {
+                    b.send(&crate::control::Reply::Progress {
+                        task_id: registration.task_id(),
+                        instance_id,
+                        value,
+                    });
+                }
             }
             Note::Completed(registration, completion, handlers) => {
                 for (_, handler) in handlers {
                     call(&|| handler(&registration, &completion));
+                }
+                // Client processes hear of it after this process's handlers, in the same order
+                // as every note.
+                if let Some(b) = self.broadcast.get() {
+                    b.send(&crate::control::Reply::Completed {
+                        task_id: registration.task_id(),
+                        completion,
+                    });
                 }
             }
             Note::Canceled(instance, handlers, reason) => {

@@ -234,6 +234,23 @@ fn run(mut sources: Vec<Box<dyn FdSource>>, stop: &OwnedFd, sink: &Sink) {
 
 /// The name of what a condition's state is read from when no source reports it: `statvfs` for
 /// storage (read on demand), `unknown` for the rest.
+/// The static name of a source named on the wire (what a client hears from its broker).
+pub(crate) fn source_named(name: &str) -> &'static str {
+    [
+        Source::Netlink,
+        Source::Sysfs,
+        Source::NetworkManager,
+        Source::UPower,
+        Source::Logind,
+        Source::Simulated,
+    ]
+    .into_iter()
+    .map(Source::name)
+    .chain([storage::SOURCE])
+    .find(|n| *n == name)
+    .unwrap_or("unknown")
+}
+
 pub(crate) fn unreported_source(condition: SystemConditionType) -> &'static str {
     match condition {
         SystemConditionType::StorageNotLow => storage::SOURCE,

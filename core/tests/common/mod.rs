@@ -25,7 +25,13 @@ pub const APP_ID: &str = "org.example.btbtest";
 /// - `app.Timer`, `app.General`, `app.SystemEvent`: one type each;
 /// - `app.Bluetooth`: a type no btb trigger needs.
 pub fn manifest() -> Manifest {
-    let mut m = Manifest::new(APP_ID, "1.0").unwrap();
+    manifest_for(APP_ID)
+}
+
+/// [`manifest`] under another app id: tests that share a store between two systems each take
+/// their own app id, so that their brokers' control sockets (one per app id) do not meet.
+pub fn manifest_for(app_id: &str) -> Manifest {
+    let mut m = Manifest::new(app_id, "1.0").unwrap();
     for (ep, types) in [
         ("app.All", &["general", "systemEvent", "timer"][..]),
         ("app.Timer", &["timer"][..]),
@@ -63,12 +69,20 @@ pub fn memory_system_with(policy: Policy) -> (System, ManualClock) {
 
 /// A system on a store file, manual clock at [`T0`], default policy.
 pub fn file_system(path: &Path) -> Result<System> {
+    file_system_as(APP_ID, path)
+}
+
+/// [`file_system`] under another app id (see [`manifest_for`]).
+pub fn file_system_as(app_id: &str, path: &Path) -> Result<System> {
     let clock = ManualClock::new(T0).unwrap();
-    System::open(options(
-        StoreLocation::File(path.to_owned()),
-        &clock,
-        Policy::default(),
-    ))
+    System::open(SystemOptions {
+        manifest: Some(manifest_for(app_id)),
+        ..options(
+            StoreLocation::File(path.to_owned()),
+            &clock,
+            Policy::default(),
+        )
+    })
 }
 
 pub fn time(freshness_minutes: u32) -> Trigger {

@@ -389,7 +389,10 @@ fn run(cli: Cli) -> Result<()> {
             Some(other) => return Err(unexpected(other)),
             None => return Err(target.no_broker("signal")),
         },
-        Command::Unregister { task } => match call(Request::Unregister { task: task.clone() })? {
+        Command::Unregister { task } => match call(Request::Unregister {
+            task: task.clone(),
+            cancel_task: true,
+        })? {
             Some(Reply::Done) => out!("unregistered {task:?}"),
             Some(other) => return Err(unexpected(other)),
             None => {

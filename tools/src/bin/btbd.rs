@@ -64,6 +64,15 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    if !system.is_broker() {
+        // Another process's broker holds the store: btbd exists to be the broker, not a client.
+        eprintln!(
+            "btbd: store {} is in use by another btb system (the broker in pid {}); stop it, or give btbd another store",
+            system.store_path(),
+            system.broker_pid()
+        );
+        return ExitCode::from(1);
+    }
     let registrations = system.all_tasks().map_or(0, |t| t.len());
     log::info!(
         target: "btbd",

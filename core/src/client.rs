@@ -1,0 +1,409 @@
+//! Client mode (SPEC §10): a system whose store another process's broker holds. Every operation
+//! goes to that broker over the control socket (`control.rs`); progress and completion come back
+//! on a second connection, a feed read by one thread (`btb-feed`), which calls this process's
+//! handlers. When the feed ends while the client is open, the broker is gone (or closed): the
+//! client takes the store and becomes the broker itself, or — if another process was faster —
+//! connects to the new one (takeover).
+
+use std::collections::HashMap;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use crate::broker::{AppCall, Broker};
+use crate::control::{Client, Reply, Request, Subscription};
+use crate::error::{Error, ErrorKind, Result};
+use crate::manifest::Manifest;
+use crate::model::TaskRecord;
+use crate::registry::Handlers;
+use crate::store::{Held, Store};
+use crate::system::SystemOptions;
+
+/// How long opening (or recovering) waits for the broker that holds the store to answer: it
+/// binds its socket after taking the store, and its first platform readings may take seconds.
+const REACH_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(crate) struct Remote {
+    pub(crate) manifest: Manifest,
+    /// How this process opened the system (used again to take the store over).
+    pub(crate) options: SystemOptions,
+    /// The store's canonical path: a broker must name it in its hello.
+    canonical: String,
+    /// The request connection; `None` after it broke (the next call reconnects or takes over).
+    conn: Mutex<Option<Client>>,
+    /// This process's handlers (entry points, activation, progress, completed); moved into the
+    /// broker on takeover.
+    pub(crate) handlers: RwLock<Handlers>,
+    /// The registrations this client has seen: notices reach handlers with them.
+    records: Mutex<HashMap<Uuid, Arc<TaskRecord>>>,
+    /// The broker this process became (takeover); from then on every call goes there.
+    pub(crate) taken: OnceLock<Arc<Broker>>,
+    /// Held while reconnecting or taking over: one attempt at a time.
+    moving: Mutex<()>,
+    closed: AtomicBool,
+    broker_pid: AtomicU32,
+    /// Ends the feed (a clone of its socket) at close.
+    feed_stop: Mutex<Option<UnixStream>>,
+    /// Counts feeds: a feed that ends after a newer one started says nothing about the broker.
+    feed_generation: AtomicU64,
+    feed_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Remote {
+    /// Connects to the broker that holds `held`, waiting for it to answer; takes the store if
+    /// its holder goes away meanwhile. `Ok(Err(store))`: the store is ours now (open a broker).
+    pub(crate) fn connect(
+        manifest: Manifest,
+        options: SystemOptions,
+        held: Held,
+    ) -> Result<std::result::Result<Arc<Remote>, Store>> {
+        let canonical = held.canonical.to_string_lossy().into_owned();
+        let client = match reach(&manifest, &options, &canonical, held.error)? {
+            Ok(client) => client,
+            Err(store) => return Ok(Err(store)),
+        };
+        let remote = Arc::new(Remote {
+            broker_pid: AtomicU32::new(client.broker_pid),
+            manifest,
+            options,
+            canonical,
+            conn: Mutex::new(Some(client)),
+            handlers: RwLock::new(Handlers::default()),
+            records: Mutex::new(HashMap::new()),
+            taken: OnceLock::new(),
+            moving: Mutex::new(()),
+            closed: AtomicBool::new(false),
+            feed_stop: Mutex::new(None),
+            feed_generation: AtomicU64::new(0),
+            feed_thread: Mutex::new(None),
+        });
+        remote.start_feed()?;
+        Ok(Ok(remote))
+    }
+
+    /// The process id of the broker this client talks to.
+    pub(crate) fn broker_pid(&self) -> u32 {
+        self.broker_pid.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn check_open(&self) -> Result<()> {
+        if self.is_closed() {
+            return Err(crate::broker::closed());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn handlers(&self) -> std::sync::RwLockReadGuard<'_, Handlers> {
+        self.handlers.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn handlers_mut(&self) -> std::sync::RwLockWriteGuard<'_, Handlers> {
+        self.handlers.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Remembers a registration this client saw; returns the shared record.
+    pub(crate) fn remember(&self, record: TaskRecord) -> Arc<TaskRecord> {
+        let record = Arc::new(record);
+        lock(&self.records).insert(record.task_id, Arc::clone(&record));
+        record
+    }
+
+    /// Whether a registration this client saw was made with application trigger `id`.
+    pub(crate) fn knows_application_trigger(&self, id: &Uuid) -> bool {
+        lock(&self.records).values().any(|r| {
+            matches!(&r.trigger, crate::model::TaskTrigger::Application { id: t } if t == id)
+        })
+    }
+
+    /// The store path as this process named it.
+    pub(crate) fn store_path(&self) -> &str {
+        match &self.options.store {
+            crate::store::StoreLocation::File(p) => p.to_str().unwrap_or(&self.canonical),
+            _ => &self.canonical,
+        }
+    }
+
+    pub(crate) fn forget(&self, task_id: &Uuid) {
+        lock(&self.records).remove(task_id);
+        let gone = self.handlers_mut().forget(task_id);
+        drop(gone); // unlocked: a handler may hold references that call back into btb
+    }
+
+    /// Sends a request to the broker and returns its answer (an error reply as the error it
+    /// names). A broker that is gone is replaced first — by this process if it can take the
+    /// store — and a request that was not delivered is sent again; one that was delivered but
+    /// not answered is not repeated (it may have been done) and fails with `STATE`.
+    pub(crate) fn ask(self: &Arc<Self>, request: &Request) -> Result<Reply> {
+        for _ in 0..3 {
+            self.check_open()?;
+            if let Some(broker) = self.taken.get() {
+                return answer_locally(broker, request);
+            }
+            let mut conn = lock(&self.conn);
+            let Some(client) = conn.as_mut() else {
+                drop(conn);
+                self.recover()?;
+                continue;
+            };
+            match client.exchange(request) {
+                Ok(reply) => return reply,
+                Err(failure) => {
+                    *conn = None;
+                    drop(conn);
+                    let delivered = failure.delivered;
+                    self.recover()?;
+                    if delivered {
+                        return Err(Error::state(format!(
+                            "the btb broker of app {:?} (pid {}) went away during the call; it \
+                             may or may not have been done ({}); this process now reaches the \
+                             store through {}",
+                            self.manifest.app_id(),
+                            failure.pid,
+                            failure.error.message(),
+                            if self.taken.get().is_some() {
+                                "itself (it became the broker)".to_owned()
+                            } else {
+                                format!("the broker in pid {}", self.broker_pid())
+                            }
+                        )));
+                    }
+                }
+            }
+        }
+        Err(Error::state(format!(
+            "the btb broker of app {:?} keeps going away",
+            self.manifest.app_id()
+        )))
+    }
+
+    /// After the broker went away: take the store (become the broker) or reach its new holder.
+    fn recover(self: &Arc<Self>) -> Result<()> {
+        let _moving = lock(&self.moving);
+        self.check_open()?;
+        if self.taken.get().is_some() || lock(&self.conn).is_some() {
+            return Ok(()); // another thread recovered meanwhile
+        }
+        let held = match Store::try_open(
+            &self.options.store,
+            self.manifest.app_id(),
+            self.options.policy.durability,
+        )? {
+            Ok(store) => return self.take_over(store),
+            Err(held) => held,
+        };
+        match reach(&self.manifest, &self.options, &self.canonical, held.error)? {
+            Ok(client) => {
+                self.broker_pid.store(client.broker_pid, Ordering::Relaxed);
+                *lock(&self.conn) = Some(client);
+                self.start_feed()
+            }
+            Err(store) => self.take_over(store),
+        }
+    }
+
+    /// Becomes the broker of the store: this process's handlers move into it.
+    fn take_over(self: &Arc<Self>, store: Store) -> Result<()> {
+        let handlers = std::mem::take(&mut *self.handlers_mut());
+        let broker =
+            crate::system::start_broker(self.manifest.clone(), &self.options, store, handlers)?;
+        log::info!(target: "btb", "app {:?}: the broker (pid {}) went away; this process (pid {}) is the broker now",
+            self.manifest.app_id(), self.broker_pid(), std::process::id());
+        self.broker_pid.store(std::process::id(), Ordering::Relaxed);
+        let _ = self.taken.set(broker);
+        Ok(())
+    }
+
+    /// Opens the feed of notices and starts the thread that reads it.
+    fn start_feed(self: &Arc<Self>) -> Result<()> {
+        let feed = Client::connect(self.manifest.app_id())?.subscribe()?;
+        *lock(&self.feed_stop) = feed.stopper().ok();
+        let generation = self.feed_generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let weak = Arc::downgrade(self);
+        let thread = std::thread::Builder::new()
+            .name("btb-feed".to_owned())
+            .spawn(move || feed_loop(&weak, feed, generation))
+            .map_err(|e| Error::state(format!("cannot start the feed thread: {e}")))?;
+        // A previous feed's thread ends by itself (its feed ended); it is not joined.
+        drop(lock(&self.feed_thread).replace(thread));
+        Ok(())
+    }
+
+    /// Delivers one notice to this process's handlers (on the feed thread, no lock held).
+    fn deliver(self: &Arc<Self>, notice: Reply) {
+        let (task_id, call): (Uuid, Box<dyn Fn(&crate::Registration)>) = match notice {
+            Reply::Progress {
+                task_id,
+                instance_id,
+                value,
+            } => {
+                let list = self.handlers().progress.get(&task_id).cloned();
+                let Some(list) = list else { return };
+                (
+                    task_id,
+                    Box::new(move |r| {
+                        for (_, h) in &list {
+                            h(r, instance_id, value);
+                        }
+                    }),
+                )
+            }
+            Reply::Completed {
+                task_id,
+                completion,
+            } => {
+                let list = self.handlers().completed.get(&task_id).cloned();
+                let Some(list) = list else { return };
+                (
+                    task_id,
+                    Box::new(move |r| {
+                        for (_, h) in &list {
+                            h(r, &completion);
+                        }
+                    }),
+                )
+            }
+            _ => return,
+        };
+        let record = lock(&self.records).get(&task_id).cloned();
+        let record = match record {
+            Some(r) => r,
+            None => match self.ask(&Request::Registrations {
+                filter: crate::control::Filter::Task { task_id },
+            }) {
+                Ok(Reply::Registrations { mut records }) if !records.is_empty() => {
+                    self.remember(records.remove(0))
+                }
+                _ => return, // unregistered meanwhile: nothing to hand the handlers
+            },
+        };
+        let registration = crate::Registration::new(
+            crate::system::Home::Client(Arc::clone(self)),
+            record,
+        );
+        let _call = AppCall::enter();
+        if let Err(panic) =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(&registration)))
+        {
+            log::error!(target: "btb", "a handler panicked: {}", crate::broker::panic_message(&panic));
+        }
+    }
+
+    /// Closes the client (and the broker it became): later calls fail with `STATE`.
+    pub(crate) fn close(&self) -> Result<()> {
+        let _moving = lock(&self.moving); // not in the middle of a takeover
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        if let Some(stop) = lock(&self.feed_stop).take() {
+            let _ = stop.shutdown(std::net::Shutdown::Both);
+        }
+        if let Some(thread) = lock(&self.feed_thread).take()
+            && thread.thread().id() != std::thread::current().id()
+        {
+            let _ = thread.join();
+        }
+        drop(lock(&self.conn).take());
+        let handlers = std::mem::take(&mut *self.handlers_mut());
+        drop(handlers);
+        match self.taken.get() {
+            Some(broker) => broker.close(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Reads notices until the feed ends; then, if the client is still open, recovers.
+fn feed_loop(weak: &Weak<Remote>, mut feed: Subscription, generation: u64) {
+    while let Some(notice) = feed.next() {
+        let Some(remote) = weak.upgrade() else { return };
+        remote.deliver(notice);
+    }
+    let Some(remote) = weak.upgrade() else { return };
+    if remote.is_closed() || remote.feed_generation.load(Ordering::Acquire) != generation {
+        return; // closing, or another thread already recovered
+    }
+    // The broker went away: the request connection is dead too.
+    drop(lock(&remote.conn).take());
+    if let Err(e) = remote.recover() {
+        log::warn!(target: "btb", "app {:?}: the broker went away and this client could not recover: {e}", remote.manifest.app_id());
+    }
+}
+
+/// Answers a request in this process's own broker (after a takeover).
+fn answer_locally(broker: &Arc<Broker>, request: &Request) -> Result<Reply> {
+    match crate::system::System::view(crate::system::Home::Broker(Arc::clone(broker)))
+        .answer(request.clone())
+    {
+        Reply::Error { kind, message } => Err(Error::new(ErrorKind::named(&kind), message)),
+        reply => Ok(reply),
+    }
+}
+
+/// Connects to the broker of a store that another system holds, waiting for it to bind its
+/// socket; if the holder lets go of the store meanwhile, takes it (`Ok(Err(store))`).
+fn reach(
+    manifest: &Manifest,
+    options: &SystemOptions,
+    canonical: &str,
+    in_use: Error,
+) -> Result<std::result::Result<Client, Store>> {
+    let app_id = manifest.app_id();
+    let deadline = Instant::now() + REACH_TIMEOUT;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        let why = match Client::connect(app_id) {
+            Ok(client) if client.broker_store.as_deref() == Some(canonical) => {
+                return Ok(Ok(client));
+            }
+            Ok(client) => {
+                return Err(Error::store(
+                    canonical,
+                    format!(
+                        "{}; the broker listening for app {app_id:?} (pid {}) serves {}, not this \
+                         store, so this process cannot be its client",
+                        in_use.message(),
+                        client.broker_pid,
+                        client
+                            .broker_store
+                            .as_deref()
+                            .map_or_else(|| "no store".to_owned(), |s| format!("store {s}")),
+                    ),
+                ));
+            }
+            Err(e) => e,
+        };
+        // The holder may be starting (its socket comes after the store) or gone.
+        match Store::try_open(&options.store, app_id, options.policy.durability)? {
+            Ok(store) => return Ok(Err(store)),
+            Err(_) if Instant::now() < deadline => {
+                // A short, growing pause: the other process is between taking the store and
+                // binding its socket, which nothing here can wait on.
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(100));
+            }
+            Err(held) => {
+                return Err(Error::new(
+                    held.error.kind(),
+                    format!(
+                        "{}; and its broker does not answer on its control socket within {} s ({}), \
+                         so this process cannot be its client",
+                        in_use.message(),
+                        REACH_TIMEOUT.as_secs(),
+                        why.message()
+                    ),
+                ));
+            }
+        }
+    }
+}
