@@ -1377,11 +1377,12 @@ btb_status btb_system_options_set_durability(btb_system_options *options, uint32
 
 /**
  * Opens a system: checks the policy, opens (creating or migrating) the store and loads its
- * registrations. `options` is read, not consumed. On success `*out` is a new system; close it with
- * `btb_system_close`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`,
- * `BTB_ERROR_INVALID_ARGUMENT` (no manifest, policy out of range), `BTB_ERROR_STORE` (corrupt or
- * newer-schema file, left untouched; store in use by another system; the message names the path).
- * Thread-safe.
+ * registrations. When another process's broker holds the store, the system is its client
+ * instead (`btb_system_is_broker`). `options` is read, not consumed. On success `*out` is a new
+ * system; close it with `btb_system_close`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
+ * `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT` (no manifest, policy out of range),
+ * `BTB_ERROR_STORE` (corrupt or newer-schema file, left untouched; store in use by a system whose
+ * broker cannot be reached; the message names the path). Thread-safe.
  */
 btb_status btb_system_open(const btb_system_options *options, btb_system **out);
 
@@ -1425,6 +1426,21 @@ btb_status btb_system_app_id(const btb_system *system, const char **out);
  */
 btb_status btb_system_store_path(const btb_system *system,
                                  const char **out);
+
+/**
+ * Writes whether this system is the broker of its store to `*out`: `false` when another
+ * process's broker held the store at open, so that this system is its client (every call goes
+ * through that broker; SPEC §10). A client becomes the broker when that broker goes away.
+ * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ */
+btb_status btb_system_is_broker(const btb_system *system, bool *out);
+
+/**
+ * Writes the process id of the broker this system uses to `*out` (this process's own when
+ * `btb_system_is_broker` says so). Errors: `BTB_ERROR_NULL_ARGUMENT`,
+ * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ */
+btb_status btb_system_broker_pid(const btb_system *system, uint32_t *out);
 
 /**
  * Writes the system clock's time (ms since the Unix epoch) to `*out`.
@@ -1564,8 +1580,9 @@ btb_status btb_system_background_work_cost(const btb_system *system, uint32_t *o
 /**
  * Waits at most `timeout_ms` until nothing runs or is runnable and every handler has been called;
  * writes whether that happened to `*out_idle`. Not from a btb handler (`BTB_ERROR_STATE`).
- * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`. Thread-safe;
- * blocks.
+ * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`,
+ * `BTB_ERROR_UNSUPPORTED` in a client (its broker runs the tasks: use a completed handler).
+ * Thread-safe; blocks.
  */
 btb_status btb_system_wait_idle(btb_system *system, uint32_t timeout_ms, bool *out_idle);
 

@@ -400,6 +400,19 @@ impl System {
         self.core().app_id()
     }
 
+    /// Whether this system runs its store's broker (`False`: a client of another process's
+    /// broker, through which every call goes; SPEC §10).
+    #[getter]
+    fn is_broker(&self) -> bool {
+        self.core().is_broker()
+    }
+
+    /// The process id of the broker this system uses (this process's own when `is_broker`).
+    #[getter]
+    fn broker_pid(&self) -> u32 {
+        self.core().broker_pid()
+    }
+
     /// The store's path (`":memory:"` for an ephemeral store).
     #[getter]
     fn store_path(&self) -> &str {

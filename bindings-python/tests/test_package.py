@@ -192,4 +192,4 @@ def test_core_log_records_reach_the_btb_logger(
         with btb.System(manifest, tmp_path / "log.sqlite3"):
             pass
     messages = [r.getMessage() for r in caplog.records if r.name == "btb"]
-    assert any("other processes (btbctl, signal_event) will not reach this system" in m for m in messages), messages
+    assert any("other processes (clients, btbctl, signal_event) will not reach this system" in m for m in messages), messages

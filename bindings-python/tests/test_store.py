@@ -51,21 +51,23 @@ def test_newer_schema_is_store_error(
         open_system()
 
 
-def test_store_open_in_another_system_is_store_error(
-    open_system: Callable[..., btb.System], make_builder: MakeBuilder, store_path: Path
+def test_a_second_system_on_a_store_is_a_client_of_the_first(
+    open_system: Callable[..., btb.System], make_builder: MakeBuilder
 ) -> None:
     first = open_system()
     make_builder().register(first)
-    with pytest.raises(btb.StoreError) as caught:
-        open_system()
-    assert caught.value.status == 9
-    assert str(store_path) in str(caught.value)
-    assert "in use by another btb system" in str(caught.value)
-    assert str(os.getpid()) in str(caught.value)
-    # The first system is unaffected, and once it is closed the store opens again.
-    assert len(first.all_tasks) == 1
+    second = open_system()
+    assert first.is_broker and not second.is_broker
+    assert second.broker_pid == os.getpid()
+    assert [r.name for r in second.all_tasks.values()] == ["sync"]
+    make_builder("more").register(second)
+    assert sorted(r.name for r in first.all_tasks.values()) == ["more", "sync"]
+    with pytest.raises(btb.UnsupportedError, match="client"):
+        second.wait_idle(0)
+    # The broker closes: the client takes the store over on its next call, losing nothing.
     first.close()
-    assert len(open_system().all_tasks) == 1
+    assert sorted(r.name for r in second.all_tasks.values()) == ["more", "sync"]
+    assert second.is_broker
 
 
 def test_store_file_permissions(open_system: Callable[..., btb.System], store_path: Path) -> None:

@@ -109,7 +109,9 @@ impl Remote {
     }
 
     pub(crate) fn handlers_mut(&self) -> std::sync::RwLockWriteGuard<'_, Handlers> {
-        self.handlers.write().unwrap_or_else(PoisonError::into_inner)
+        self.handlers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Remembers a registration this client saw; returns the shared record.
@@ -121,9 +123,9 @@ impl Remote {
 
     /// Whether a registration this client saw was made with application trigger `id`.
     pub(crate) fn knows_application_trigger(&self, id: &Uuid) -> bool {
-        lock(&self.records).values().any(|r| {
-            matches!(&r.trigger, crate::model::TaskTrigger::Application { id: t } if t == id)
-        })
+        lock(&self.records).values().any(
+            |r| matches!(&r.trigger, crate::model::TaskTrigger::Application { id: t } if t == id),
+        )
     }
 
     /// The store path as this process named it.
@@ -241,7 +243,8 @@ impl Remote {
 
     /// Delivers one notice to this process's handlers (on the feed thread, no lock held).
     fn deliver(self: &Arc<Self>, notice: Reply) {
-        let (task_id, call): (Uuid, Box<dyn Fn(&crate::Registration)>) = match notice {
+        type Call = Box<dyn Fn(&crate::Registration)>;
+        let (task_id, call): (Uuid, Call) = match notice {
             Reply::Progress {
                 task_id,
                 instance_id,
@@ -287,10 +290,8 @@ impl Remote {
                 _ => return, // unregistered meanwhile: nothing to hand the handlers
             },
         };
-        let registration = crate::Registration::new(
-            crate::system::Home::Client(Arc::clone(self)),
-            record,
-        );
+        let registration =
+            crate::Registration::new(crate::system::Home::Client(Arc::clone(self)), record);
         let _call = AppCall::enter();
         if let Err(panic) =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(&registration)))
@@ -325,7 +326,7 @@ impl Remote {
 
 /// Reads notices until the feed ends; then, if the client is still open, recovers.
 fn feed_loop(weak: &Weak<Remote>, mut feed: Subscription, generation: u64) {
-    while let Some(notice) = feed.next() {
+    while let Some(notice) = feed.next_notice() {
         let Some(remote) = weak.upgrade() else { return };
         remote.deliver(notice);
     }

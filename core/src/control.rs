@@ -270,8 +270,12 @@ fn yes() -> bool {
 pub enum Filter {
     /// Outside any task group (`all_tasks`).
     Ungrouped,
-    Group { id: String },
-    Task { task_id: Uuid },
+    Group {
+        id: String,
+    },
+    Task {
+        task_id: Uuid,
+    },
 }
 
 /// The broker's answer to one request.
@@ -841,9 +845,7 @@ impl Server {
         if conn.subscribed {
             // A feed only carries notices: a request on it is a confused client.
             conn.closing = true;
-            return Reply::error(&Error::invalid(
-                "a subscribed connection takes no requests",
-            ));
+            return Reply::error(&Error::invalid("a subscribed connection takes no requests"));
         }
         if request == Request::Subscribe {
             conn.subscribed = true;
@@ -1066,7 +1068,8 @@ impl Client {
     /// Sends a request and waits (at most [`CLIENT_TIMEOUT`]) for its reply; an error reply is
     /// returned as the error it names.
     pub fn call(&mut self, request: &Request) -> Result<Reply> {
-        self.exchange(request).unwrap_or_else(|failure| Err(failure.error))
+        self.exchange(request)
+            .unwrap_or_else(|failure| Err(failure.error))
     }
 
     /// As [`Client::call`], telling a broken exchange (the outer error) from an answer.
@@ -1116,7 +1119,6 @@ impl Client {
             reply => Ok(reply),
         })
     }
-
 }
 
 /// A broken exchange with a broker.
@@ -1137,7 +1139,7 @@ pub struct Subscription {
 impl Subscription {
     /// Waits for the next notice; `None` when the feed ends (the broker closed, died, or dropped
     /// us for not reading, or [`Subscription::stopper`] was used).
-    pub fn next(&mut self) -> Option<Reply> {
+    pub fn next_notice(&mut self) -> Option<Reply> {
         protocol::read_frame_max::<Reply>(&mut self.stream, protocol::MAX_REPLY)
             .ok()
             .flatten()

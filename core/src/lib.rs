@@ -4,8 +4,8 @@
 #![deny(unsafe_code)]
 
 mod broker;
-mod client;
 pub mod calendar;
+mod client;
 pub mod clock;
 pub mod control;
 pub mod error;

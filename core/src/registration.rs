@@ -7,12 +7,12 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use crate::broker::{Broker, CompletedFn, ProgressFn};
-use crate::system::Home;
 use crate::error::{Error, Result};
 use crate::model::{
     ApplicationTriggerResult, RunRecord, SystemConditionType, TaskGroup, TaskRecord, TaskTrigger,
     Trigger,
 };
+use crate::system::Home;
 use crate::system::System;
 
 /// A registered task (`BackgroundTaskRegistration`): an immutable snapshot of what was registered
@@ -97,9 +97,7 @@ impl Registration {
     }
     /// A one-shot trigger that has fired: the registration stays but never fires again.
     pub fn is_spent(&self) -> bool {
-        self.system()
-            .due(&self.record.task_id)
-            .is_ok_and(|d| d.1)
+        self.system().due(&self.record.task_id).is_ok_and(|d| d.1)
     }
     /// Unregisters this task (see [`System::unregister`]).
     pub fn unregister(&self, cancel_task: bool) -> Result<()> {

@@ -12,8 +12,8 @@ use uuid::Uuid;
 
 use crate::broker::{Broker, Event, Handler, Instance, Locked, State};
 use crate::client::Remote;
-use crate::control::{Filter, Reply, Request};
 use crate::clock::Clock;
+use crate::control::{Filter, Reply, Request};
 use crate::error::{Error, ErrorKind, Result};
 use crate::manifest::Manifest;
 use crate::model::{
@@ -268,17 +268,14 @@ impl System {
             )
         })?;
         options.policy.validate()?;
-        let store = match Store::try_open(
-            &options.store,
-            manifest.app_id(),
-            options.policy.durability,
-        )? {
-            Ok(store) => store,
-            Err(held) => match Remote::connect(manifest.clone(), options.clone(), held)? {
-                Ok(remote) => return Ok(System::owning(Home::Client(remote))),
-                Err(store) => store, // its holder went away meanwhile
-            },
-        };
+        let store =
+            match Store::try_open(&options.store, manifest.app_id(), options.policy.durability)? {
+                Ok(store) => store,
+                Err(held) => match Remote::connect(manifest.clone(), options.clone(), held)? {
+                    Ok(remote) => return Ok(System::owning(Home::Client(remote))),
+                    Err(store) => store, // its holder went away meanwhile
+                },
+            };
         let broker = start_broker(manifest, &options, store, Default::default())?;
         Ok(System::owning(Home::Broker(broker)))
     }
@@ -790,9 +787,7 @@ impl System {
         condition: SystemConditionType,
     ) -> Result<(Option<bool>, &'static str)> {
         match Self::ask(r, Request::StateOf { condition })? {
-            Reply::StateOf { state, source } => {
-                Ok((state, crate::platform::source_named(&source)))
-            }
+            Reply::StateOf { state, source } => Ok((state, crate::platform::source_named(&source))),
             other => Err(unexpected(&other)),
         }
     }
@@ -975,7 +970,9 @@ pub fn request_application_trigger(
     let key = EventKey::Application(*trigger_id);
     let holders: Vec<System> = {
         let open = OPEN.lock().unwrap_or_else(|p| p.into_inner());
-        open.iter().filter_map(WeakHome::upgrade).collect::<Vec<_>>()
+        open.iter()
+            .filter_map(WeakHome::upgrade)
+            .collect::<Vec<_>>()
     }
     .into_iter()
     .filter(|home| match home.route() {
@@ -1091,7 +1088,9 @@ impl System {
             Request::Run {
                 task,
                 ignore_conditions,
-            } => shared.run_now(&task, ignore_conditions).map(|()| Reply::Done),
+            } => shared
+                .run_now(&task, ignore_conditions)
+                .map(|()| Reply::Done),
             Request::Unregister { task, cancel_task } => self
                 .task_id_of(&task)
                 .and_then(|id| self.unregister(&id, cancel_task))
@@ -1108,11 +1107,11 @@ impl System {
                 .map(|r| Reply::Registered {
                     record: r.record().clone(),
                 }),
-            Request::Registrations { filter } => self.list(filter).map(|list| {
-                Reply::Registrations {
+            Request::Registrations { filter } => {
+                self.list(filter).map(|list| Reply::Registrations {
                     records: list.iter().map(|r| r.record().clone()).collect(),
-                }
-            }),
+                })
+            }
             Request::Groups => self
                 .all_task_groups()
                 .map(|groups| Reply::Groups { groups }),

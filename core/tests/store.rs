@@ -481,14 +481,21 @@ fn a_second_system_on_a_store_is_a_client_of_the_first() {
     assert_eq!(second.broker_pid(), std::process::id());
     // Both see and change the same registrations, through the one broker.
     let b = second.register(&builder("b")).unwrap();
-    let ids = |s: &System| -> Vec<_> { s.all_tasks().unwrap().iter().map(|r| r.task_id()).collect() };
+    let ids =
+        |s: &System| -> Vec<_> { s.all_tasks().unwrap().iter().map(|r| r.task_id()).collect() };
     assert_eq!(ids(&first), vec![a.task_id(), b.task_id()]);
     assert_eq!(ids(&second), ids(&first));
     // Validation errors are the broker's, word for word.
     let mut bad = builder("bad");
     bad.task_entry_point = Some("app.Undeclared".into());
-    let (here, there) = (first.register(&bad).unwrap_err(), second.register(&bad).unwrap_err());
-    assert_eq!((here.kind(), here.message()), (there.kind(), there.message()));
+    let (here, there) = (
+        first.register(&bad).unwrap_err(),
+        second.register(&bad).unwrap_err(),
+    );
+    assert_eq!(
+        (here.kind(), here.message()),
+        (there.kind(), there.message())
+    );
     // The broker closes: the client takes the store over and keeps everything.
     first.close().unwrap();
     assert_eq!(ids(&second), vec![a.task_id(), b.task_id()]);

@@ -463,11 +463,12 @@ fn new_system(system: System) -> *mut btb_system {
 }
 
 /// Opens a system: checks the policy, opens (creating or migrating) the store and loads its
-/// registrations. `options` is read, not consumed. On success `*out` is a new system; close it with
-/// `btb_system_close`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`,
-/// `BTB_ERROR_INVALID_ARGUMENT` (no manifest, policy out of range), `BTB_ERROR_STORE` (corrupt or
-/// newer-schema file, left untouched; store in use by another system; the message names the path).
-/// Thread-safe.
+/// registrations. When another process's broker holds the store, the system is its client
+/// instead (`btb_system_is_broker`). `options` is read, not consumed. On success `*out` is a new
+/// system; close it with `btb_system_close`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
+/// `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT` (no manifest, policy out of range),
+/// `BTB_ERROR_STORE` (corrupt or newer-schema file, left untouched; store in use by a system whose
+/// broker cannot be reached; the message names the path). Thread-safe.
 #[unsafe(no_mangle)]
 #[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_system_open(
@@ -564,6 +565,29 @@ pub extern "C" fn btb_system_store_path(
     // SAFETY: the C contract: `out` is NULL or writable storage for the result.
     let out = unsafe { Out::from_raw(out) };
     guard(|| read(system, out, |s| Ok(s.store_path.as_ptr())))
+}
+
+/// Writes whether this system is the broker of its store to `*out`: `false` when another
+/// process's broker held the store at open, so that this system is its client (every call goes
+/// through that broker; SPEC §10). A client becomes the broker when that broker goes away.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
+pub extern "C" fn btb_system_is_broker(system: *const btb_system, out: *mut bool) -> btb_status {
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| read(system, out, |s| Ok(s.system.is_broker())))
+}
+
+/// Writes the process id of the broker this system uses to `*out` (this process's own when
+/// `btb_system_is_broker` says so). Errors: `BTB_ERROR_NULL_ARGUMENT`,
+/// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
+pub extern "C" fn btb_system_broker_pid(system: *const btb_system, out: *mut u32) -> btb_status {
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| read(system, out, |s| Ok(s.system.broker_pid())))
 }
 
 /// Writes the system clock's time (ms since the Unix epoch) to `*out`.
@@ -891,8 +915,9 @@ pub extern "C" fn btb_system_background_work_cost(
 
 /// Waits at most `timeout_ms` until nothing runs or is runnable and every handler has been called;
 /// writes whether that happened to `*out_idle`. Not from a btb handler (`BTB_ERROR_STATE`).
-/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`. Thread-safe;
-/// blocks.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`,
+/// `BTB_ERROR_UNSUPPORTED` in a client (its broker runs the tasks: use a completed handler).
+/// Thread-safe; blocks.
 #[unsafe(no_mangle)]
 #[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_system_wait_idle(

@@ -426,6 +426,9 @@ static void test_registration_checks(void) {
     btb_free(b);
 }
 
+/* argv[0]: test_store runs this program again as a client process. */
+static const char *self_path;
+
 static void test_store(void) {
     char path[4096], corrupt[4096];
     snprintf(path, sizeof path, "%s/store/btb.sqlite3", dir);
@@ -439,18 +442,42 @@ static void test_store(void) {
     EXPECT(btb_register_in(s, b, &r), BTB_OK);
     EXPECT(btb_registration_free(r), BTB_OK);
 
-    /* a second system on the same store gets a clear error */
+    /* a second system on the same store is a client of the first's broker */
     btb_system *s2 = open_system(path);
-    CHECK(s2 == NULL);
-    MSG_HAS("in use by another btb system");
-    MSG_HAS(path);
+    CHECK(s2 != NULL);
+    bool is_broker = true;
+    uint32_t pid = 0;
+    EXPECT(btb_system_is_broker(s, &is_broker), BTB_OK);
+    CHECK(is_broker);
+    EXPECT(btb_system_is_broker(s2, &is_broker), BTB_OK);
+    CHECK(!is_broker);
+    EXPECT(btb_system_broker_pid(s2, &pid), BTB_OK);
+    CHECK(pid == (uint32_t)getpid());
+    CHECK(count_all(s2) == 1);
+    bool idle = false;
+    EXPECT(btb_system_wait_idle(s2, 0, &idle), BTB_ERROR_UNSUPPORTED);
+    MSG_HAS("client");
+    EXPECT(btb_system_close(s2), BTB_OK);
+
+    /* and so is another process: this program run as a client registers one task */
+    {
+        pid_t child = fork();
+        if (child == 0) {
+            execl(self_path, self_path, "--client", path, (char *)NULL);
+            _exit(127);
+        }
+        int status = 0;
+        CHECK(waitpid(child, &status, 0) == child);
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        CHECK(count_all(s) == 2);
+    }
 
     /* survives close and reopen */
     EXPECT(btb_system_close(s), BTB_OK);
     s = open_system(path);
     CHECK(s != NULL);
     if (!s) return;
-    CHECK(count_all(s) == 1);
+    CHECK(count_all(s) == 2);
     EXPECT(btb_system_close(s), BTB_OK);
     btb_free(b);
 
@@ -531,12 +558,31 @@ static void test_fork(void) {
     EXPECT(btb_system_close(s), BTB_OK);
 }
 
+/* The client process of test_store: opens the store that the parent's broker holds, checks
+ * that it is a client of that broker, and registers a task through it. */
+static int run_client(const char *path) {
+    btb_system *s = open_system(path);
+    if (!s) return 10;
+    bool is_broker = true;
+    uint32_t pid = 0;
+    if (btb_system_is_broker(s, &is_broker) != BTB_OK || is_broker) return 11;
+    if (btb_system_broker_pid(s, &pid) != BTB_OK || pid != (uint32_t)getppid()) return 12;
+    btb_builder *b = timer_builder("from-client", 30);
+    btb_registration *r = NULL;
+    if (btb_register_in(s, b, &r) != BTB_OK) return 13;
+    btb_registration_free(r);
+    btb_free(b);
+    return btb_system_close(s) == BTB_OK ? 0 : 14;
+}
+
 int main(int argc, char **argv) {
+    if (argc == 3 && strcmp(argv[1], "--client") == 0) return run_client(argv[2]);
     if (argc < 2) {
         fprintf(stderr, "usage: %s SCRATCH_DIR\n", argv[0]);
         return 2;
     }
     dir = argv[1];
+    self_path = argv[0];
     test_version_and_names();
     test_null_and_handles();
     test_builder_roundtrip();

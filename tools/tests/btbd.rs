@@ -1,6 +1,7 @@
 //! `btbd` as systemd runs it: a real process holding an app's store, running its `exec` tasks
-//! (fired here with `btbctl run`), canceling them with TERMINATING and exiting 0 on SIGTERM, and
-//! refusing a bad manifest or a store another broker holds.
+//! (fired here with `btbctl run`, or requested by an app process that is btbd's client),
+//! canceling them with TERMINATING and exiting 0 on SIGTERM, and refusing a bad manifest or a
+//! store another broker holds.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -40,6 +41,11 @@ version = "1"
 entry_point = "app.Quick"
 types = ["general"]
 exec = ["/bin/sh", "-c", "echo quick > {events}"]
+
+[[task]]
+entry_point = "app.Hello"
+types = ["general"]
+exec = ["/bin/sh", "-c", "echo hello from $BTB_TASK_NAME"]
 
 [[task]]
 entry_point = "app.Long"
@@ -198,13 +204,8 @@ fn btbd_refuses_a_bad_manifest_and_a_store_in_use() {
     assert!(stderr.starts_with("btbd: manifest"), "{stderr}");
     assert!(stderr.contains("bad.toml"), "{stderr}");
 
-    let _held = System::open(SystemOptions {
-        manifest: Some(Manifest::load(s.manifest()).unwrap()),
-        store: StoreLocation::File(s.path("btb.sqlite3")),
-        simulated: true,
-        ..SystemOptions::default()
-    })
-    .unwrap();
+    // A second btbd finds the store held by the first: it is no client, it says so and leaves.
+    let mut first = s.btbd();
     let out = s
         .command(env!("CARGO_BIN_EXE_btbd"))
         .arg("--manifest")
@@ -216,7 +217,97 @@ fn btbd_refuses_a_bad_manifest_and_a_store_in_use() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("is in use by another btb system"),
+        stderr.contains("is in use by another btb system")
+            && stderr.contains(&format!("pid {}", first.id())),
         "{stderr}"
     );
+    sigterm(&first);
+    assert_eq!(wait_exit(&mut first).code(), Some(0));
+}
+
+/// The app's process in `btbd_runs_an_exec_task_registered_by_a_client` (an ignored test, active
+/// only when `BTB_TEST_APP_MANIFEST` is set): a client of btbd that registers an `exec` task,
+/// requests it and hears it complete.
+#[test]
+#[ignore = "the app process of btbd_runs_an_exec_task_registered_by_a_client"]
+fn app_client() {
+    let Some(manifest) = std::env::var_os("BTB_TEST_APP_MANIFEST") else {
+        return;
+    };
+    let store = std::env::var_os("BTB_TEST_APP_STORE").unwrap();
+    let system = System::open(SystemOptions {
+        manifest: Some(Manifest::load(manifest).unwrap()),
+        store: StoreLocation::File(store.into()),
+        ..SystemOptions::default()
+    })
+    .unwrap();
+    println!("CLIENT {} {}", !system.is_broker(), system.broker_pid());
+    let mut b = Builder::new();
+    b.name = Some("from-app".into());
+    b.task_entry_point = Some("app.Hello".into());
+    b.set_trigger(Trigger::application());
+    let registration = system.register(&b).unwrap();
+    let (tx, rx) = mpsc::channel();
+    registration
+        .add_completed(std::sync::Arc::new(move |_, c| {
+            let _ = tx.send(c.outcome);
+        }))
+        .unwrap();
+    println!("REQUESTED {}", registration.request(None).unwrap().name());
+    let outcome = rx.recv_timeout(DEADLINE).expect("the run to complete");
+    println!("COMPLETED {}", outcome.name());
+    let runs = registration.history().unwrap();
+    println!(
+        "STDOUT {}",
+        runs[0].stdout.as_deref().unwrap_or("").trim_end()
+    );
+    system.close().unwrap();
+}
+
+#[test]
+fn btbd_runs_an_exec_task_registered_by_a_client() {
+    let s = Scratch::new();
+    let mut btbd = s.btbd();
+    let out = s
+        .command(&std::env::current_exe().unwrap().display().to_string())
+        .args([
+            "app_client",
+            "--ignored",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("BTB_TEST_APP_MANIFEST", s.manifest())
+        .env("BTB_TEST_APP_STORE", s.path("btb.sqlite3"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| {
+            ["CLIENT ", "REQUESTED ", "COMPLETED ", "STDOUT "]
+                .iter()
+                .find_map(|tag| l.find(tag).map(|at| &l[at..]))
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            format!("CLIENT true {}", btbd.id()).as_str(),
+            "REQUESTED ALLOWED",
+            "COMPLETED SUCCEEDED",
+            "STDOUT hello from from-app",
+        ]
+    );
+    // btbd keeps the registration after its client left, and stops cleanly.
+    let listed = s.btbctl(&["list", "--json"]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("from-app"));
+    sigterm(&btbd);
+    assert_eq!(wait_exit(&mut btbd).code(), Some(0));
+    assert_eq!(history(&s.path("btb.sqlite3"), "from-app").len(), 1);
 }

@@ -130,7 +130,10 @@ impl Broker {
                 changes.push(ScheduleChange::Pending(task_id, None));
             }
             let instance = Instance::new(
-                Registration::new(crate::system::Home::Broker(Arc::clone(self)), record.clone()),
+                Registration::new(
+                    crate::system::Home::Broker(Arc::clone(self)),
+                    record.clone(),
+                ),
                 pending.details,
                 now,
             );
