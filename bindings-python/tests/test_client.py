@@ -100,6 +100,46 @@ def test_a_client_process_registers_requests_and_hears_its_runs(
     assert [r.name for r in broker.all_tasks.values()] == ["remote"]
 
 
+def test_a_run_function_registered_in_a_client_runs_in_that_client(
+    open_system: Callable[..., btb.System], store_path: Path
+) -> None:
+    broker = open_system()  # no handler for notes.Sync in this process
+    child = python(
+        """
+        with btb.System(manifest, os.environ["BTB_TEST_STORE"]) as s:
+            ran_in = []
+            def sync(instance):
+                ran_in.append(os.getpid())
+                instance.progress = 40
+                deferral = instance.get_deferral()
+                threading.Thread(target=deferral.complete).start()
+            s.register_entry_point("notes.Sync", sync)
+            b = btb.BackgroundTaskBuilder()
+            b.name = "child-sync"
+            b.task_entry_point = "notes.Sync"
+            b.set_trigger(btb.CustomSystemEventTrigger("child-event", btb.CustomSystemEventTriggerRecurrence.ALWAYS))
+            r = b.register(s)
+            done = threading.Event()
+            seen = []
+            def completed(reg, args):
+                seen.append(f"{args.status.name} {args.message}")
+                done.set()
+            r.add_completed(completed)
+            print("FIRED", s.signal_event("child-event"), flush=True)
+            assert done.wait(30)
+            print("RAN", ran_in == [os.getpid()], seen[0], flush=True)
+        """,
+        store_path,
+    )
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 0, err
+    assert out.splitlines() == ["FIRED 1", "RAN True SUCCEEDED None"]
+    (task,) = broker.all_tasks.values()
+    (run,) = task.history
+    assert run.status == btb.TaskOutcome.SUCCEEDED
+    assert run.last_progress == 40
+
+
 def test_a_client_takes_the_store_over_when_the_broker_is_killed(
     open_system: Callable[..., btb.System], store_path: Path, make_builder: MakeBuilder
 ) -> None:

@@ -45,8 +45,10 @@ pub(crate) struct Remote {
     moving: Mutex<()>,
     closed: AtomicBool,
     broker_pid: AtomicU32,
-    /// Ends the feed (a clone of its socket) at close.
-    feed_stop: Mutex<Option<UnixStream>>,
+    /// The process that opened it: a forked child must not speak on the parent's connections.
+    pid: u32,
+    /// A clone of the feed's socket: offers go out on it; shut down at close to end the feed.
+    feed_socket: Mutex<Option<UnixStream>>,
     /// Counts feeds: a feed that ends after a newer one started says nothing about the broker.
     feed_generation: AtomicU64,
     feed_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -80,7 +82,8 @@ impl Remote {
             taken: OnceLock::new(),
             moving: Mutex::new(()),
             closed: AtomicBool::new(false),
-            feed_stop: Mutex::new(None),
+            pid: std::process::id(),
+            feed_socket: Mutex::new(None),
             feed_generation: AtomicU64::new(0),
             feed_thread: Mutex::new(None),
         });
@@ -98,6 +101,7 @@ impl Remote {
     }
 
     pub(crate) fn check_open(&self) -> Result<()> {
+        crate::broker::check_opener(self.pid)?;
         if self.is_closed() {
             return Err(crate::broker::closed());
         }
@@ -229,7 +233,8 @@ impl Remote {
     /// Opens the feed of notices and starts the thread that reads it.
     fn start_feed(self: &Arc<Self>) -> Result<()> {
         let feed = Client::connect(self.manifest.app_id())?.subscribe()?;
-        *lock(&self.feed_stop) = feed.stopper().ok();
+        *lock(&self.feed_socket) = feed.socket().ok();
+        self.offer();
         let generation = self.feed_generation.fetch_add(1, Ordering::AcqRel) + 1;
         let weak = Arc::downgrade(self);
         let thread = std::thread::Builder::new()
@@ -239,6 +244,125 @@ impl Remote {
         // A previous feed's thread ends by itself (its feed ended); it is not joined.
         drop(lock(&self.feed_thread).replace(thread));
         Ok(())
+    }
+
+    /// Tells the broker what this process can run (after its handlers changed, and on each new
+    /// feed). Best effort: a broker that is gone hears it from the next feed.
+    pub(crate) fn offer(&self) {
+        let offer = {
+            let h = self.handlers();
+            crate::control::Offer {
+                entry_points: h.entry_points.keys().cloned().collect(),
+                activation: h.activation.keys().cloned().collect(),
+                resolver: h.resolver.is_some(),
+            }
+        };
+        if let Some(socket) = lock(&self.feed_socket).as_ref() {
+            let _ = socket.set_write_timeout(Some(crate::control::CLIENT_TIMEOUT));
+            let _ = crate::protocol::write_frame(&mut &*socket, &Request::Offer { offer });
+        }
+    }
+
+    /// Runs an instance the broker handed to this process (on a thread of its own): attaches a
+    /// connection for it, runs the handler found here, and reports over the instance protocol.
+    fn run_handed(
+        self: &Arc<Self>,
+        instance_id: Uuid,
+        record: TaskRecord,
+        trigger_details: Option<serde_json::Value>,
+        started_ms: i64,
+    ) {
+        use crate::protocol::{ToBroker, ToHost};
+        let record = self.remember(record);
+        let attach = || -> Result<UnixStream> {
+            let mut client = Client::connect(self.manifest.app_id())?;
+            client.call(&Request::Attach { instance_id })?;
+            client
+                .into_stream()
+                .map_err(|e| Error::state(format!("cannot use the run's connection: {e}")))
+        };
+        let mut stream = match attach() {
+            Ok(stream) => stream,
+            Err(e) => {
+                log::warn!(target: "btb", "instance {instance_id} was handed to this process, but it cannot attach to the broker: {e}");
+                return;
+            }
+        };
+        let hello = ToBroker::Hello {
+            version: crate::protocol::VERSION,
+            instance_id,
+        };
+        let welcome = crate::protocol::write_frame(&mut stream, &hello)
+            .and_then(|()| crate::protocol::read_frame::<ToHost>(&mut stream));
+        let (canceled, network_granted) = match welcome {
+            Ok(Some(ToHost::Welcome {
+                canceled,
+                network_granted,
+                ..
+            })) => (canceled, network_granted),
+            other => {
+                log::warn!(target: "btb", "instance {instance_id}: the broker did not welcome this process: {other:?}");
+                return;
+            }
+        };
+        let Ok(mut reader) = stream.try_clone() else {
+            return;
+        };
+        let instance = crate::Instance::with_link(
+            instance_id,
+            crate::Registration::new(crate::system::Home::Client(Arc::clone(self)), record),
+            trigger_details,
+            started_ms,
+            Some(crate::broker::instance::Link { stream }),
+        );
+        instance
+            .0
+            .network_granted
+            .store(network_granted, Ordering::Release);
+        let reason = |r: u32| {
+            crate::model::CancellationReason::from_u32(r)
+                .unwrap_or(crate::model::CancellationReason::Abort)
+        };
+        if let Some(r) = canceled {
+            instance.canceled_by_broker(reason(r));
+        }
+        {
+            // Cancellations arrive while the run function runs; the broker hangs up at the end.
+            let instance = instance.clone();
+            let _ = std::thread::Builder::new()
+                .name("btb-run-reader".into())
+                .spawn(move || {
+                    while let Ok(Some(message)) = crate::protocol::read_frame::<ToHost>(&mut reader)
+                    {
+                        if let ToHost::Canceled { reason: r } = message {
+                            instance.canceled_by_broker(reason(r));
+                        }
+                    }
+                });
+        }
+        match crate::broker::resolve(&self.handlers, instance.task().record(), true) {
+            Ok(crate::Handler::Call(run)) => {
+                let call = AppCall::enter();
+                let result =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&instance)));
+                drop(call);
+                if let Err(panic) = result {
+                    instance.report_failure(format!(
+                        "the run function panicked: {}",
+                        crate::broker::panic_message(&panic)
+                    ));
+                }
+            }
+            Ok(crate::Handler::Queued) => instance.report_failure(format!(
+                "the handler in client process {} is a pull-queue handler, which only the broker's process serves",
+                std::process::id()
+            )),
+            Err(message) => instance.report_failure(format!(
+                "{message} (in client process {}, which offered to run it)",
+                std::process::id()
+            )),
+        }
+        let _ = instance.finish_run();
     }
 
     /// Delivers one notice to this process's handlers (on the feed thread, no lock held).
@@ -260,6 +384,23 @@ impl Remote {
                         }
                     }),
                 )
+            }
+            Reply::Run {
+                instance_id,
+                task,
+                trigger_details,
+                started_ms,
+            } => {
+                let remote = Arc::clone(self);
+                let spawned = std::thread::Builder::new()
+                    .name("btb-run".into())
+                    .spawn(move || {
+                        remote.run_handed(instance_id, task, trigger_details, started_ms);
+                    });
+                if let Err(e) = spawned {
+                    log::error!(target: "btb", "cannot start a thread for instance {instance_id}: {e}");
+                }
+                return;
             }
             Reply::Completed {
                 task_id,
@@ -306,7 +447,7 @@ impl Remote {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        if let Some(stop) = lock(&self.feed_stop).take() {
+        if let Some(stop) = lock(&self.feed_socket).take() {
             let _ = stop.shutdown(std::net::Shutdown::Both);
         }
         if let Some(thread) = lock(&self.feed_thread).take()

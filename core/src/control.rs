@@ -256,8 +256,52 @@ pub enum Request {
         task_id: Uuid,
     },
     /// Turn this connection into a feed of [`Reply::Progress`] and [`Reply::Completed`] notices
-    /// (answered `Done` first). It has no idle deadline; the client only reads from then on.
+    /// and of [`Reply::Run`]s handed to this client (answered `Done` first). It has no idle
+    /// deadline; from then on the client sends only [`Request::Offer`]s on it.
     Subscribe,
+    /// On a feed, unanswered: the entry points and activation handlers this client process can
+    /// run (each offer replaces the last). The broker hands it runs it cannot run itself.
+    Offer {
+        offer: Offer,
+    },
+    /// Attach this connection to a run handed to this client ([`Reply::Run`]): after the
+    /// `Done` answer it carries the instance protocol (`protocol.rs`) for that run.
+    Attach {
+        instance_id: Uuid,
+    },
+}
+
+/// What a client process can run ([`Request::Offer`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Offer {
+    /// Entry points with a registered handler.
+    pub entry_points: Vec<String>,
+    /// Background-activated handlers: `None` the system's, `Some(id)` a group's.
+    pub activation: Vec<Option<String>>,
+    /// It resolves other entry points itself (Python imports `package.module:function`).
+    pub resolver: bool,
+}
+
+impl Offer {
+    /// Whether this offer covers a task with this entry point (or none) and group, and how
+    /// well: 2 a handler by name, 1 only through a resolver, 0 not at all.
+    pub fn covers(&self, entry_point: Option<&str>, group: Option<&str>) -> u8 {
+        match entry_point {
+            Some(ep) if self.entry_points.iter().any(|e| e == ep) => 2,
+            Some(_) => u8::from(self.resolver),
+            None => {
+                let group = group.map(str::to_owned);
+                if group.is_some() && self.activation.contains(&group)
+                    || self.activation.contains(&None)
+                {
+                    2
+                } else {
+                    0
+                }
+            }
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -345,6 +389,14 @@ pub enum Reply {
         task_id: Uuid,
         completion: Completion,
     },
+    /// Pushed to one subscriber: run this instance here (attach a connection for it with
+    /// [`Request::Attach`]).
+    Run {
+        instance_id: Uuid,
+        task: TaskRecord,
+        trigger_details: Option<serde_json::Value>,
+        started_ms: i64,
+    },
     /// `kind`: an `ErrorKind` name (`NOT_FOUND`, …).
     Error {
         kind: String,
@@ -364,12 +416,26 @@ impl Reply {
 /// Serves one request (called on the listener's thread; a panic is answered as `INTERNAL`).
 pub type Handler = Arc<dyn Fn(Request) -> Reply + Send + Sync>;
 
-/// Notices for every subscribed connection ([`Request::Subscribe`]), sent from any thread.
+/// Notices for subscribed connections ([`Request::Subscribe`]), sent from any thread; what the
+/// subscribed clients offer to run; and the runs waiting for a client to attach.
 pub struct Broadcast {
-    queue: std::sync::Mutex<Vec<u8>>,
+    /// Frames for every subscriber (`None`) or for one connection.
+    queue: std::sync::Mutex<Vec<(Option<u64>, Vec<u8>)>>,
     /// Wakes the serving thread to hand the queue out.
     wake: OwnedFd,
     subscribers: std::sync::atomic::AtomicUsize,
+    /// By connection: the client's pid and offer.
+    offers: std::sync::Mutex<std::collections::HashMap<u64, (u32, Offer)>>,
+    /// Runs handed to a client, waiting for its connection.
+    /// (By the connection it was handed to: dropping the sender tells the waiting worker that
+    /// the client went away.)
+    attaching: std::sync::Mutex<
+        std::collections::HashMap<Uuid, (u64, std::sync::mpsc::Sender<UnixStream>)>,
+    >,
+}
+
+fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Broadcast {
@@ -378,11 +444,53 @@ impl Broadcast {
         if self.subscribers.load(std::sync::atomic::Ordering::Acquire) == 0 {
             return;
         }
-        self.queue
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend_from_slice(&protocol::encode(notice));
+        locked(&self.queue).push((None, protocol::encode(notice)));
         let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+    }
+
+    /// The subscribed client that can run a task best, at least as well as `fit` (see
+    /// [`Offer::covers`]; the longest-connected first): its connection and pid. Also how many
+    /// clients there are.
+    pub fn pick(
+        &self,
+        entry_point: Option<&str>,
+        group: Option<&str>,
+        fit: u8,
+    ) -> (Option<(u64, u32)>, usize) {
+        let offers = locked(&self.offers);
+        let best = offers
+            .iter()
+            .map(|(conn, (pid, offer))| {
+                (
+                    offer.covers(entry_point, group),
+                    std::cmp::Reverse(*conn),
+                    *pid,
+                )
+            })
+            .filter(|(score, _, _)| *score >= fit.max(1))
+            .max()
+            .map(|(_, conn, pid)| (conn.0, pid));
+        (best, offers.len())
+    }
+
+    /// Hands a run to the client on connection `conn`; the connection it attaches for the run
+    /// arrives on the returned channel, which is disconnected if that client goes away first.
+    pub fn hand_run(
+        &self,
+        conn: u64,
+        instance_id: Uuid,
+        run: &Reply,
+    ) -> std::sync::mpsc::Receiver<UnixStream> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        locked(&self.attaching).insert(instance_id, (conn, tx));
+        locked(&self.queue).push((Some(conn), protocol::encode(run)));
+        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+        rx
+    }
+
+    /// Forgets a run no client attached to.
+    pub fn cancel_hand(&self, instance_id: &Uuid) {
+        locked(&self.attaching).remove(instance_id);
     }
 
     /// Whether any connection subscribed.
@@ -541,6 +649,8 @@ impl ControlListener {
                 queue: std::sync::Mutex::new(Vec::new()),
                 wake,
                 subscribers: 0.into(),
+                offers: Default::default(),
+                attaching: Default::default(),
             })
         })
         .map_err(|e| cleanup(Error::state(format!("cannot create an eventfd: {e}"))))?;
@@ -615,6 +725,12 @@ fn ignore_not_found(e: io::Error) -> io::Result<()> {
 
 /// One connection being served.
 struct Conn {
+    /// Names the connection in [`Broadcast`] (offers, runs handed to it).
+    id: u64,
+    /// The peer's pid.
+    pid: u32,
+    /// Attached to this run ([`Request::Attach`]): handed over once its answer is written.
+    attach: Option<Uuid>,
     stream: UnixStream,
     decoder: Decoder,
     /// Reply bytes not written yet.
@@ -652,6 +768,7 @@ struct Server {
     broadcast: Arc<Broadcast>,
     uid: u32,
     conns: Vec<Conn>,
+    next_id: u64,
 }
 
 impl Server {
@@ -670,6 +787,7 @@ impl Server {
             broadcast: Arc::clone(broadcast),
             uid: our_uid(),
             conns: Vec::new(),
+            next_id: 0,
         }
     }
 
@@ -749,7 +867,13 @@ impl Server {
             if stream.set_nonblocking(true).is_err() {
                 continue;
             }
+            self.next_id += 1;
+            let pid = sockopt::socket_peercred(&stream)
+                .map_or(0, |c| c.pid.as_raw_nonzero().get() as u32);
             let mut conn = Conn {
+                id: self.next_id,
+                pid,
+                attach: None,
                 stream,
                 decoder: Decoder::default(),
                 out: Vec::new(),
@@ -800,9 +924,14 @@ impl Server {
             match conn.decoder.next_message::<Request>() {
                 Ok(Some(request)) => {
                     conn.deadline = Some(Instant::now() + IDLE_TIMEOUT);
-                    let reply = self.serve(i, request);
+                    let Some(reply) = self.serve(i, request) else {
+                        continue;
+                    };
                     let conn = &mut self.conns[i];
                     conn.reply(&reply);
+                    if conn.attach.is_some() {
+                        return; // what follows is the instance protocol, not requests
+                    }
                     if conn.out.len() > MAX_QUEUED {
                         conn.out.clear();
                         conn.closing = true;
@@ -818,7 +947,19 @@ impl Server {
         }
     }
 
-    fn serve(&mut self, i: usize, request: Request) -> Reply {
+    /// Serves one request; `None` for one that is not answered (an offer).
+    fn serve(&mut self, i: usize, request: Request) -> Option<Reply> {
+        let conn = &mut self.conns[i];
+        if conn.subscribed
+            && let Request::Offer { offer } = request
+        {
+            locked(&self.broadcast.offers).insert(conn.id, (conn.pid, offer));
+            return None;
+        }
+        Some(self.serve_answered(i, request))
+    }
+
+    fn serve_answered(&mut self, i: usize, request: Request) -> Reply {
         let conn = &mut self.conns[i];
         if !conn.greeted {
             return match request {
@@ -846,6 +987,11 @@ impl Server {
             // A feed only carries notices: a request on it is a confused client.
             conn.closing = true;
             return Reply::error(&Error::invalid("a subscribed connection takes no requests"));
+        }
+        if let Request::Attach { instance_id } = request {
+            conn.attach = Some(instance_id);
+            conn.deadline = Some(Instant::now() + IDLE_TIMEOUT);
+            return Reply::Done;
         }
         if request == Request::Subscribe {
             conn.subscribed = true;
@@ -880,23 +1026,26 @@ impl Server {
     fn hand_out_notices(&mut self, now: Instant) {
         let mut count = [0u8; 8];
         let _ = rustix::io::read(&self.broadcast.wake, &mut count);
-        let bytes = std::mem::take(
-            &mut *self
-                .broadcast
-                .queue
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
-        if bytes.is_empty() {
-            return;
-        }
-        for c in self.conns.iter_mut().filter(|c| c.subscribed && !c.closing) {
-            c.out.extend_from_slice(&bytes);
-            // A subscriber that does not read within the idle timeout is dropped too.
-            c.deadline.get_or_insert(now + IDLE_TIMEOUT);
-            if c.out.len() > MAX_QUEUED {
-                c.out.clear();
-                c.closing = true;
+        let frames = std::mem::take(&mut *locked(&self.broadcast.queue));
+        for (to, bytes) in frames {
+            let mut reached = false;
+            for c in self
+                .conns
+                .iter_mut()
+                .filter(|c| c.subscribed && !c.closing && to.is_none_or(|id| id == c.id))
+            {
+                reached = true;
+                c.out.extend_from_slice(&bytes);
+                // A subscriber that does not read within the idle timeout is dropped too.
+                c.deadline.get_or_insert(now + IDLE_TIMEOUT);
+                if c.out.len() > MAX_QUEUED {
+                    c.out.clear();
+                    c.closing = true;
+                }
+            }
+            if let Some(gone) = to.filter(|_| !reached) {
+                // A run handed to a client that left meanwhile: its worker hears so at once.
+                locked(&self.broadcast.attaching).retain(|_, (conn, _)| *conn != gone);
             }
         }
     }
@@ -909,15 +1058,34 @@ impl Server {
                 broadcast
                     .subscribers
                     .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                // Together: a worker told that its client is gone finds no offer of it left.
+                let mut offers = locked(&broadcast.offers);
+                offers.remove(&c.id);
+                locked(&broadcast.attaching).retain(|_, (conn, _)| *conn != c.id);
+                drop(offers);
             }
         };
+        let mut attached = Vec::new();
         self.conns.retain_mut(|c| {
-            let keep = Self::flush_one(c, now);
+            let mut keep = Self::flush_one(c, now);
+            if keep
+                && c.out.is_empty()
+                && let Some(instance_id) = c.attach
+            {
+                attached.push((instance_id, c.stream.try_clone()));
+                keep = false; // handed over (the clone) below; this copy closes
+            }
             if !keep {
                 unsubscribe(c);
             }
             keep
         });
+        for (instance_id, stream) in attached {
+            let waiting = locked(&broadcast.attaching).remove(&instance_id);
+            if let (Some((_, tx)), Ok(stream)) = (waiting, stream) {
+                let _ = tx.send(stream);
+            } // else no run waits for it (given up, or never handed): the client sees the end
+        }
     }
 
     fn flush_one(c: &mut Conn, now: Instant) -> bool {
@@ -1057,6 +1225,14 @@ impl Client {
         })
     }
 
+    /// The connection itself (after [`Request::Attach`]: for the instance protocol), with no
+    /// read timeout and the client's write timeout.
+    pub fn into_stream(self) -> io::Result<UnixStream> {
+        self.stream.set_read_timeout(None)?;
+        self.stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+        Ok(self.stream)
+    }
+
     /// An error for a reply that does not answer the request.
     pub fn unexpected(&self, reply: &Reply) -> Error {
         Error::state(format!(
@@ -1145,8 +1321,9 @@ impl Subscription {
             .flatten()
     }
 
-    /// A handle that ends the feed from another thread (`shutdown` on a clone of the socket).
-    pub fn stopper(&self) -> io::Result<UnixStream> {
+    /// A clone of the feed's socket: to send [`Request::Offer`]s on it, and to end the feed
+    /// from another thread (`shutdown`).
+    pub fn socket(&self) -> io::Result<UnixStream> {
         self.stream.try_clone()
     }
 }

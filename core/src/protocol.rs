@@ -1,5 +1,6 @@
 //! The instance protocol (SPEC §5): what a broker and a process that runs one instance say to each
-//! other over one stream socket — today an `exec` host's inherited `BTB_HOST_FD`. Frames are a
+//! other over one stream socket — an `exec` host's inherited `BTB_HOST_FD`, or the connection a
+//! client process of the broker attaches for a run it was handed (`client.rs`). Frames are a
 //! 4-byte big-endian length and a JSON message (serde; no hand-written parser), at most
 //! [`MAX_FRAME`] bytes. Each side's first frame is its hello with [`VERSION`]; a peer of another
 //! version is refused with a message that names both.
@@ -35,6 +36,9 @@ pub enum ToBroker {
     Failure {
         message: String,
     },
+    /// The run ended (its function returned and its deferrals completed): what a client process
+    /// that ran it says last. An `exec` host need not: its exit ends the run.
+    Finished,
 }
 
 /// From the broker to the process that runs the instance.

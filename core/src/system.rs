@@ -413,6 +413,7 @@ impl System {
             None => self.handlers().activation.remove(&key),
         };
         drop(old); // a handler may hold references that call back into btb: drop it unlocked
+        self.offer();
         Ok(())
     }
 
@@ -436,6 +437,7 @@ impl System {
             None => self.handlers().entry_points.remove(entry_point),
         };
         drop(old);
+        self.offer();
         Ok(())
     }
 
@@ -444,7 +446,15 @@ impl System {
         self.check()?;
         let old = std::mem::replace(&mut self.handlers().resolver, resolver);
         drop(old);
+        self.offer();
         Ok(())
+    }
+
+    /// A client tells its broker what it can run now.
+    fn offer(&self) {
+        if let Route::Remote(r) = self.home.route() {
+            r.offer();
+        }
     }
 
     /// Whether this process has a background-activated handler for `group` (or the system's).
@@ -1073,7 +1083,11 @@ impl System {
             return Reply::error(&Error::state("a client does not answer requests"));
         };
         let result = match request {
-            Request::Hello { .. } | Request::Subscribe => Ok(Reply::Done),
+            // The control server answers these itself.
+            Request::Hello { .. }
+            | Request::Subscribe
+            | Request::Offer { .. }
+            | Request::Attach { .. } => Ok(Reply::Done),
             Request::Signal { name } => Self::fire_event(shared, &EventKey::Custom(name))
                 .map(|count| Reply::Fired { count }),
             Request::List => shared.task_views(None).map(|tasks| Reply::Tasks { tasks }),

@@ -335,3 +335,150 @@ fn takeover_after_sigkill_loses_nothing_and_runs_nothing_twice() {
     assert_eq!(latched[0].outcome, TaskOutcome::Succeeded);
     assert_eq!(by_name("done").history().unwrap().len(), 1);
 }
+
+// ------------------------------------------------------------------------------------------------
+// Runs go to the process that has the handler: a client's run functions run in the client, with
+// progress and deferrals; a client that dies mid-run fails that run; with no handler anywhere the
+// run fails saying where it looked.
+
+#[test]
+#[ignore = "the client process of runs_go_to_the_client_process_that_has_the_handler"]
+fn runner_child() {
+    let Some((path, app_id)) = child_env() else {
+        return;
+    };
+    let system = open(&path, &app_id);
+    assert!(!system.is_broker());
+    system
+        .register_entry_point(
+            "app.General",
+            Some(Handler::Call(Arc::new(|instance| {
+                instance.set_progress(70);
+                // A deferral completed from another thread ends the run.
+                let deferral = instance.get_deferral().unwrap();
+                std::thread::spawn(move || deferral.complete().unwrap());
+            }))),
+        )
+        .unwrap();
+    system
+        .register_entry_point(
+            "app.SystemEvent",
+            Some(Handler::Call(Arc::new(|instance| {
+                say(&format!("HANGING {}", instance.task().name()));
+                let mut line = String::new();
+                let _ = std::io::stdin().read_line(&mut line); // until killed
+            }))),
+        )
+        .unwrap();
+    // Waits for its cancellation, which reaches it over the run's connection.
+    system
+        .register_entry_point(
+            "app.All",
+            Some(Handler::Call(Arc::new(|instance| {
+                let (tx, rx) = mpsc::channel();
+                instance.add_canceled(Arc::new(move |_, reason| {
+                    let _ = tx.send(reason);
+                }));
+                say(&format!("WAITING {}", instance.task().name()));
+                say(&format!("CANCELED {}", next(&rx).name()));
+            }))),
+        )
+        .unwrap();
+    let mut waiter = builder("waiter");
+    waiter.set_trigger(Trigger::CustomEvent {
+        trigger_id: "wait-now".into(),
+        recurrence: 1,
+    });
+    system.register(&waiter).unwrap();
+    let mut b = application_builder("remote-run");
+    b.task_entry_point = Some("app.General".into());
+    let registration = system.register(&b).unwrap();
+    let mut hang = builder("hang");
+    hang.task_entry_point = Some("app.SystemEvent".into());
+    hang.set_trigger(Trigger::CustomEvent {
+        trigger_id: "hang-now".into(),
+        recurrence: 1,
+    });
+    system.register(&hang).unwrap();
+    let (tx, rx) = mpsc::channel();
+    registration
+        .add_completed(Arc::new(move |r, c| {
+            let _ = tx.send(format!(
+                "COMPLETED {} {} progress {} in {}",
+                r.name(),
+                c.outcome.name(),
+                c.last_progress,
+                std::process::id()
+            ));
+        }))
+        .unwrap();
+    assert_eq!(
+        registration.request(None).unwrap(),
+        btb_core::ApplicationTriggerResult::Allowed
+    );
+    say(&next(&rx));
+    say("READY");
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line); // until killed
+}
+
+#[test]
+fn runs_go_to_the_client_process_that_has_the_handler() {
+    const APP: &str = "org.example.client.runs";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("btb.sqlite3");
+    let broker = open(&path, APP); // no handler for app.General or app.SystemEvent here
+    let mut child = spawn("runner_child", &path, APP);
+    let pid = child.child.id();
+    assert_eq!(
+        child.expect("COMPLETED "),
+        format!("COMPLETED remote-run SUCCEEDED progress 70 in {pid}")
+    );
+    child.expect("READY");
+    let find = |name: &str| {
+        everything(&broker)
+            .into_iter()
+            .find(|r| r.name() == name)
+            .unwrap()
+    };
+    let runs = find("remote-run").history().unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].outcome, TaskOutcome::Succeeded);
+    assert_eq!(runs[0].last_progress, 70);
+
+    // Cancellation reaches the client's canceled handler, with its reason.
+    assert_eq!(broker.signal_event("wait-now").unwrap(), 1);
+    assert_eq!(child.expect("WAITING "), "WAITING waiter");
+    let waiter = find("waiter");
+    broker.unregister(&waiter.task_id(), true).unwrap();
+    assert_eq!(child.expect("CANCELED "), "CANCELED ABORT");
+    assert!(broker.wait_idle(DEADLINE).unwrap());
+
+    // The client dies while it runs a task: that run fails, saying so.
+    assert_eq!(broker.signal_event("hang-now").unwrap(), 1);
+    assert_eq!(child.expect("HANGING "), "HANGING hang");
+    child.child.kill().unwrap();
+    child.child.wait().unwrap();
+    assert!(broker.wait_idle(DEADLINE).unwrap());
+    let runs = find("hang").history().unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].outcome, TaskOutcome::Failed);
+    let message = runs[0].message.as_deref().unwrap();
+    assert!(
+        message.contains(&format!("client process (pid {pid})")) && message.contains("went away"),
+        "{message}"
+    );
+
+    // No process has a handler now: the run fails naming where it looked.
+    assert_eq!(broker.signal_event("hang-now").unwrap(), 1);
+    assert!(broker.wait_idle(DEADLINE).unwrap());
+    let runs = find("hang").history().unwrap();
+    assert_eq!(runs.len(), 2);
+    let message = runs[1].message.as_deref().unwrap();
+    assert!(
+        message.contains("no handler for entry point \"app.SystemEvent\"")
+            && message.contains("client process(es) of this broker")
+            && message.contains("none offers one"),
+        "{message}"
+    );
+}

@@ -91,8 +91,9 @@ impl Broker {
         if abandon_reason.is_some()
             && let Some(child) = &life.child
         {
-            // Closing: no host process outlives its system.
+            // Closing: no host process outlives its system; a client process hears the end.
             child.signal(rustix::process::Signal::KILL);
+            child.hang_up();
         }
         if abandon_reason.is_some() && std::mem::take(&mut life.on_worker) {
             // Abandoned: its worker may never come back; it no longer counts for `wait_idle`.

@@ -12,6 +12,11 @@
 //!   id) cannot be reused while a signal may still be sent to it.
 //! - Cancellation sends the reason over the socket; when the grace runs out the broker sends
 //!   SIGTERM to the group, and SIGKILL after a second grace (`timers.rs`).
+//!
+//! A run that no handler of this process can take goes to a client process of the broker that
+//! offers one (`run_in_client`): the client attaches a connection to the control socket for it
+//! and speaks the same instance protocol over it, ending with `Finished`. It is supervised like a
+//! host process, without a process to signal: after the grace it is abandoned, as in-process.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -37,18 +42,33 @@ const STDERR_LINES: usize = 5;
 /// A running host process, as the rest of the broker sees it (in the instance's `Life`, until the
 /// process has exited).
 pub(crate) struct Child {
-    /// The child's pid, which is also its process group's id.
-    pgid: Pid,
+    /// The child's pid, which is also its process group's id; `None` for a run in a client
+    /// process of the broker (nothing to signal).
+    pgid: Option<Pid>,
     /// The broker's end of the instance socket (non-blocking).
     socket: UnixStream,
     /// The child said hello: cancellations go over the socket from now on.
     pub(crate) greeted: bool,
+    /// A client process said the run ended (`Finished`).
+    finished: bool,
 }
 
 impl Child {
     /// Signals the whole process group (the child and what it forked).
     pub(crate) fn signal(&self, signal: Signal) {
-        let _ = rustix::process::kill_process_group(self.pgid, signal);
+        if let Some(pgid) = self.pgid {
+            let _ = rustix::process::kill_process_group(pgid, signal);
+        }
+    }
+
+    /// A host process (not a run in a client process).
+    pub(crate) fn is_process(&self) -> bool {
+        self.pgid.is_some()
+    }
+
+    /// Ends the connection (a run abandoned in a client process: its supervisor stops reading).
+    pub(crate) fn hang_up(&self) {
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
     }
 
     /// Sends a message without blocking (the socket is non-blocking), best effort: the broker
@@ -181,9 +201,10 @@ impl Broker {
         nonblocking(&stderr)?;
         nonblocking(&broker_end)?;
         let child = Child {
-            pgid: pid,
+            pgid: Some(pid),
             socket: broker_end,
             greeted: false,
+            finished: false,
         };
         let mut life = instance.life();
         if life.done {
@@ -357,10 +378,125 @@ impl Broker {
             }
             ToBroker::Progress { value } => instance.set_progress(value),
             ToBroker::Failure { message } => instance.report_failure(message),
-            // The process is the run: it ends when the process exits, deferrals or not.
+            // The process is the run: it ends when the process exits, deferrals or not. A client
+            // process says when its run (with its deferrals) is over.
             ToBroker::DeferralTaken | ToBroker::DeferralCompleted => {}
+            ToBroker::Finished => {
+                if let Some(child) = instance.life().child.as_mut() {
+                    child.finished = true;
+                }
+                return false;
+            }
         }
         true
+    }
+
+    /// Hands a run that no handler here can take to a client process that offers one (`fit`: 2
+    /// a handler by name, 1 also through a resolver), and supervises it there; `Err(why)` when
+    /// no client can take it (nothing was tried).
+    pub(super) fn run_in_client(
+        self: &Arc<Self>,
+        instance: &Instance,
+        fit: u8,
+    ) -> std::result::Result<(), String> {
+        let Some(broadcast) = self.broadcast.get() else {
+            return Err(
+                "and no client process can reach this broker (it has no control socket)".into(),
+            );
+        };
+        let record = instance.task().record();
+        let group = record.task_group.as_ref().map(|g| g.id.as_str());
+        // A client that goes away before it attaches is no longer offered: try the next.
+        let (socket, pid) = loop {
+            let (picked, asked) = broadcast.pick(record.task_entry_point.as_deref(), group, fit);
+            let Some((conn, pid)) = picked else {
+                return Err(format!(
+                    "and in the {asked} client process(es) of this broker (pid {}): none offers one",
+                    std::process::id()
+                ));
+            };
+            if instance.life().done {
+                return Ok(()); // abandoned before it started
+            }
+            let attached = broadcast.hand_run(
+                conn,
+                instance.instance_id(),
+                &crate::control::Reply::Run {
+                    instance_id: instance.instance_id(),
+                    task: record.clone(),
+                    trigger_details: instance.trigger_details().cloned(),
+                    started_ms: instance.started_ms(),
+                },
+            );
+            match attached.recv_timeout(crate::control::IDLE_TIMEOUT) {
+                Ok(socket) => break (socket, pid),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => continue,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    broadcast.cancel_hand(&instance.instance_id());
+                    instance.report_failure(format!(
+                        "the client process (pid {pid}) it was handed to did not take it within {} s",
+                        crate::control::IDLE_TIMEOUT.as_secs()
+                    ));
+                    return Ok(());
+                }
+            }
+        };
+        let Ok(reader) = socket.try_clone() else {
+            instance.report_failure("cannot supervise the run in the client process");
+            return Ok(());
+        };
+        {
+            let mut life = instance.life();
+            if life.done {
+                return Ok(()); // abandoned meanwhile: dropping the socket tells the client
+            }
+            life.child = Some(Child {
+                pgid: None,
+                socket,
+                greeted: false,
+                finished: false,
+            });
+        }
+        let mut stream = Stream {
+            fd: Some(OwnedFd::from(reader)),
+        };
+        let mut decoder = Decoder::default();
+        while let Some(fd) = &stream.fd {
+            let mut fds = [PollFd::new(fd, PollFlags::IN)];
+            match poll(&mut fds, None) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => {
+                    log::error!(target: "btb", "supervising a run in a client: poll failed: {e}");
+                    break;
+                }
+            }
+            let mut bytes = Vec::new();
+            stream.read_into(&mut |b| bytes.extend_from_slice(b));
+            decoder.push(&bytes);
+            loop {
+                match decoder.next_message::<ToBroker>() {
+                    Ok(Some(message)) => {
+                        if !self.host_said(instance, message) {
+                            stream.fd = None;
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        log::warn!(target: "btb", "instance {}: the client sent {e}; its connection is closed", instance.instance_id());
+                        stream.fd = None;
+                        break;
+                    }
+                }
+            }
+        }
+        let child = instance.life().child.take();
+        if !child.is_some_and(|c| c.finished) && !instance.life().done {
+            instance.report_failure(format!(
+                "the client process (pid {pid}) that ran it went away before the run ended"
+            ));
+        }
+        Ok(())
     }
 }
 

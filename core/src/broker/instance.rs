@@ -79,8 +79,25 @@ pub(crate) struct Life {
     pub(crate) inhibitor: Option<std::os::fd::OwnedFd>,
 }
 
+/// The client side of a run that a broker handed to this process (`client.rs`): what the
+/// instance reports goes to the broker over this connection, in the instance protocol.
+pub(crate) struct Link {
+    pub(crate) stream: std::os::unix::net::UnixStream,
+}
+
+impl Link {
+    /// Sends a message (blocking, bounded by the stream's write timeout); a broker that is gone
+    /// no longer hears anything of the run.
+    pub(crate) fn send(&self, message: &crate::protocol::ToBroker) {
+        use std::io::Write;
+        let _ = (&self.stream).write_all(&crate::protocol::encode(message));
+    }
+}
+
 pub(crate) struct Inner {
     pub(crate) id: Uuid,
+    /// Set when this process runs the instance for another process's broker.
+    pub(crate) link: Option<Link>,
     pub(crate) task: Registration,
     pub(crate) trigger_details: Option<serde_json::Value>,
     pub(crate) started_ms: i64,
@@ -114,8 +131,20 @@ impl Instance {
         trigger_details: Option<serde_json::Value>,
         started_ms: i64,
     ) -> Instance {
+        Self::with_link(Uuid::new_v4(), task, trigger_details, started_ms, None)
+    }
+
+    /// An instance with a given id (a run handed over by a broker has the broker's id).
+    pub(crate) fn with_link(
+        id: Uuid,
+        task: Registration,
+        trigger_details: Option<serde_json::Value>,
+        started_ms: i64,
+        link: Option<Link>,
+    ) -> Instance {
         Instance(Arc::new(Inner {
-            id: Uuid::new_v4(),
+            id,
+            link,
             task,
             trigger_details,
             started_ms,
@@ -154,7 +183,10 @@ impl Instance {
     /// Sets the progress; each change reaches the registration's progress handlers.
     pub fn set_progress(&self, value: u32) {
         if self.0.progress.swap(value, Ordering::AcqRel) != value && !self.life().done {
-            self.0.task.shared().progress_changed(self, value);
+            match &self.0.link {
+                Some(link) => link.send(&crate::protocol::ToBroker::Progress { value }),
+                None => self.0.task.shared().progress_changed(self, value),
+            }
         }
     }
 
@@ -187,6 +219,10 @@ impl Instance {
             )));
         }
         life.deferrals += 1;
+        drop(life);
+        if let Some(link) = &self.0.link {
+            link.send(&crate::protocol::ToBroker::DeferralTaken);
+        }
         Ok(Deferral {
             instance: self.clone(),
             completed: AtomicBool::new(false),
@@ -202,12 +238,69 @@ impl Instance {
         life.canceled_handlers.push((token, Arc::clone(&handler)));
         if let Some(reason) = life.canceled {
             drop(life);
-            self.0
-                .task
-                .shared()
-                .notify_canceled(self, vec![handler], reason);
+            self.call_canceled(vec![handler], reason);
         }
         token
+    }
+
+    /// Calls canceled handlers on a btb thread: the broker's notifier, or — for a run handed to
+    /// this client process — a thread of its own.
+    fn call_canceled(&self, handlers: Vec<CanceledFn>, reason: CancellationReason) {
+        if self.0.link.is_none() {
+            self.0.task.shared().notify_canceled(self, handlers, reason);
+            return;
+        }
+        let instance = self.clone();
+        let _ = std::thread::Builder::new()
+            .name("btb-canceled".into())
+            .spawn(move || {
+                for handler in handlers {
+                    let _call = super::AppCall::enter();
+                    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        handler(&instance, reason)
+                    })) {
+                        log::error!(target: "btb", "a canceled handler panicked: {}", super::panic_message(&panic));
+                    }
+                }
+            });
+    }
+
+    /// The broker canceled a run handed to this client process (its reader thread calls this).
+    pub(crate) fn canceled_by_broker(&self, reason: CancellationReason) {
+        let mut life = self.life();
+        if life.canceled.is_some() || life.done {
+            return;
+        }
+        life.canceled = Some(reason);
+        let handlers: Vec<CanceledFn> = life
+            .canceled_handlers
+            .iter()
+            .map(|(_, h)| Arc::clone(h))
+            .collect();
+        drop(life);
+        self.call_canceled(handlers, reason);
+    }
+
+    /// The run and its deferrals are over: the broker records it (or, for a run handed to this
+    /// client, hears how it ended).
+    fn complete_run(&self) {
+        let Some(link) = &self.0.link else {
+            self.0.task.shared().complete(self);
+            return;
+        };
+        let failure = {
+            let mut life = self.life();
+            if life.done {
+                return;
+            }
+            life.done = true;
+            life.failure.clone()
+        };
+        if let Some(message) = failure {
+            link.send(&crate::protocol::ToBroker::Failure { message });
+        }
+        link.send(&crate::protocol::ToBroker::Finished);
+        let _ = link.stream.shutdown(std::net::Shutdown::Write);
     }
 
     /// Removes a canceled handler; `false` if the token is unknown.
@@ -243,7 +336,7 @@ impl Instance {
         let complete = life.deferrals == 0 && !life.done;
         drop(life);
         if complete {
-            self.0.task.shared().complete(self);
+            self.complete_run();
         }
         Ok(())
     }
@@ -265,8 +358,11 @@ impl Deferral {
         life.deferrals -= 1;
         let complete = life.deferrals == 0 && life.run_returned && !life.done;
         drop(life);
+        if let Some(link) = &self.instance.0.link {
+            link.send(&crate::protocol::ToBroker::DeferralCompleted);
+        }
         if complete {
-            self.instance.0.task.shared().complete(&self.instance);
+            self.instance.complete_run();
         }
         Ok(())
     }

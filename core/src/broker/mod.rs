@@ -9,6 +9,8 @@
 //! - `timers.rs`: due times of time, maintenance and calendar triggers; windows; catch-up at open.
 //! - `latch.rs`: fires, pending (latched) fires, conditions, dispatch to the pool.
 //! - `pool.rs`: worker threads, entry-point resolution, the pull queue.
+//! - `exec.rs`: runs in other processes — `exec` hosts, and client processes of this broker that
+//!   offer a handler it lacks — supervised by the worker that started them.
 //! - `cancel.rs`: cancellation, time limits, grace, and the end of an instance.
 //! - `notify.rs`: the notifier thread calling progress, completed and canceled handlers.
 //! - `tasks.rs`: what registering, unregistering and requesting mean for the broker.
@@ -85,6 +87,7 @@ pub use instance::{CanceledFn, Completion, Deferral, Handler, Instance, RunFn};
 pub(crate) use latch::Pending;
 pub(crate) use notify::Note;
 pub use pool::Event;
+pub(crate) use pool::resolve;
 
 /// A completed handler: `(registration, completion)`.
 pub type CompletedFn = Arc<dyn Fn(&Registration, &Completion) + Send + Sync>;
@@ -270,6 +273,19 @@ pub(crate) struct Broker {
     pub(crate) listener: Mutex<Option<crate::control::ControlListener>>,
     /// Where progress and completion go for client processes (set once the listener is bound).
     pub(crate) broadcast: std::sync::OnceLock<Arc<crate::control::Broadcast>>,
+}
+
+/// `STATE` in a forked child of the process that opened a system (`opener`): the parent's threads
+/// and connections do not exist there.
+pub(crate) fn check_opener(opener: u32) -> Result<()> {
+    let pid = std::process::id();
+    if pid != opener {
+        return Err(Error::state(format!(
+            "this btb system was opened by process {opener} and cannot be used in a forked child \
+             (pid {pid}); open a new system in the child"
+        )));
+    }
+    Ok(())
 }
 
 /// The error of any call on a closed system.
@@ -490,15 +506,7 @@ impl Broker {
     }
 
     pub(crate) fn check_pid(&self) -> Result<()> {
-        let pid = std::process::id();
-        if pid != self.pid {
-            return Err(Error::state(format!(
-                "this btb system was opened by process {} and cannot be used in a forked child \
-                 (pid {pid}); open a new system in the child",
-                self.pid
-            )));
-        }
-        Ok(())
+        check_opener(self.pid)
     }
 
     pub(crate) fn open_state(&self) -> Result<Locked<'_>> {

@@ -74,8 +74,8 @@ impl Broker {
                 done = Some(job);
                 continue;
             }
-            match self.resolve(&instance) {
-                Ok(Handler::Call(run)) => {
+            match self.resolve_anywhere(&instance) {
+                Ok(Some(Handler::Call(run))) => {
                     let call = AppCall::enter();
                     let result = catch_unwind(AssertUnwindSafe(|| run(&instance)));
                     drop(call);
@@ -87,7 +87,11 @@ impl Broker {
                     }
                     let _ = instance.finish_run();
                 }
-                Ok(Handler::Queued) => {
+                Ok(None) => {
+                    // It ran in a client process, which reported how it ended.
+                    let _ = instance.finish_run();
+                }
+                Ok(Some(Handler::Queued)) => {
                     // Under the state lock, like `cancel_task`: RUN always precedes CANCELED.
                     let mut st = self.lock();
                     let mut life = instance.life();
@@ -136,57 +140,87 @@ impl Broker {
 
     /// Entry point resolution for in-process runs, SPEC §4 order (after a manifest `exec`, which
     /// the worker checks first).
-    pub(super) fn resolve(&self, instance: &Instance) -> std::result::Result<Handler, String> {
+    /// Where a run goes (SPEC §4 after a manifest `exec`, and §10): a handler of this process
+    /// registered under its name, else one of a client process (which runs it there: `None`),
+    /// else this process's resolver, else a client's. A handler by name anywhere comes before an
+    /// import guess. `Err` says where it looked.
+    fn resolve_anywhere(
+        self: &Arc<Self>,
+        instance: &Instance,
+    ) -> std::result::Result<Option<Handler>, String> {
         let record = instance.task().record();
-        let handlers = self.handlers.read().unwrap_or_else(|p| p.into_inner());
-        match &record.task_entry_point {
-            Some(ep) => {
-                if let Some(h) = handlers.entry_points.get(ep) {
-                    return Ok(h.clone());
-                }
-                let resolver = handlers.resolver.clone();
-                drop(handlers);
-                let has_resolver = resolver.is_some();
-                let found = resolver.and_then(|r| {
-                    let _call = AppCall::enter();
-                    r(ep)
-                });
-                if let Some(found) = found {
-                    return Ok(found);
-                }
-                Err(format!(
-                    "no handler for entry point {ep:?}: looked for a manifest exec host, an in-process \
+        if let Ok(handler) = resolve(&self.handlers, record, false) {
+            return Ok(Some(handler));
+        }
+        if self.run_in_client(instance, 2).is_ok() {
+            return Ok(None);
+        }
+        match resolve(&self.handlers, record, true) {
+            Ok(handler) => Ok(Some(handler)),
+            Err(message) => match self.run_in_client(instance, 1) {
+                Ok(()) => Ok(None),
+                Err(elsewhere) => Err(format!("{message}, {elsewhere}")),
+            },
+        }
+    }
+}
+
+/// Finds what runs a task among one process's handlers (SPEC §4 order, after a manifest `exec`);
+/// `Err` says what was looked for. The resolver is called with no lock held.
+/// `use_resolver`: also ask the resolver (an import guess) for an entry point without a handler.
+pub(crate) fn resolve(
+    handlers: &std::sync::RwLock<crate::registry::Handlers>,
+    record: &crate::model::TaskRecord,
+    use_resolver: bool,
+) -> std::result::Result<Handler, String> {
+    let handlers = handlers.read().unwrap_or_else(|p| p.into_inner());
+    match &record.task_entry_point {
+        Some(ep) => {
+            if let Some(h) = handlers.entry_points.get(ep) {
+                return Ok(h.clone());
+            }
+            let resolver = handlers.resolver.clone().filter(|_| use_resolver);
+            drop(handlers);
+            let has_resolver = resolver.is_some();
+            let found = resolver.and_then(|r| {
+                let _call = AppCall::enter();
+                r(ep)
+            });
+            if let Some(found) = found {
+                return Ok(found);
+            }
+            Err(format!(
+                "no handler for entry point {ep:?}: looked for a manifest exec host, an in-process \
                      handler registered under that name{}",
-                    if has_resolver {
-                        " and an importable module path"
-                    } else {
-                        ""
-                    }
-                ))
+                if has_resolver {
+                    " and an importable module path"
+                } else {
+                    ""
+                }
+            ))
+        }
+        None => {
+            let group = record.task_group.as_ref().map(|g| g.id.clone());
+            if let Some(h) = group
+                .clone()
+                .and_then(|g| handlers.activation.get(&Some(g)).cloned())
+            {
+                return Ok(h);
             }
-            None => {
-                let group = record.task_group.as_ref().map(|g| g.id.clone());
-                if let Some(h) = group
-                    .clone()
-                    .and_then(|g| handlers.activation.get(&Some(g)).cloned())
-                {
-                    return Ok(h);
-                }
-                // The group's own handlers, wherever they were added (objects bound by use).
-                if let Some(h) = group.as_deref().and_then(crate::groups::handler) {
-                    return Ok(Handler::Call(h));
-                }
-                if let Some(h) = handlers.activation.get(&None) {
-                    return Ok(h.clone());
-                }
-                Err(format!(
-                    "task {:?} has no entry point and no background-activated handler is set{}",
-                    record.name,
-                    group
-                        .map(|g| format!(" for task group {g:?} or the system"))
-                        .unwrap_or_else(|| " for the system".into())
-                ))
+            // The group's own handlers, wherever they were added (objects bound by use).
+            if let Some(h) = group.as_deref().and_then(crate::groups::handler) {
+                return Ok(Handler::Call(h));
             }
+            if let Some(h) = handlers.activation.get(&None) {
+                return Ok(h.clone());
+            }
+            Err(format!(
+                "task {:?} has no entry point and no background-activated handler is set{}",
+                record.name,
+                group
+                    .map(|g| format!(" for task group {g:?} or the system"))
+                    .unwrap_or_else(|| " for the system".into())
+            ))
         }
     }
 }

@@ -213,7 +213,7 @@ impl Broker {
             let running = st.running.get_mut(&id).expect("listed");
             let instance = running.instance.clone();
             let life = instance.life();
-            if let Some(child) = &life.child {
+            if let Some(child) = life.child.as_ref().filter(|c| c.is_process()) {
                 // A host process: SIGTERM, and SIGKILL after a second grace. It ends when the
                 // process exits (its worker records it), not before.
                 let grace_at = running.grace_at.take().expect("listed");
