@@ -49,6 +49,8 @@ pub(crate) struct Remote {
     pid: u32,
     /// A clone of the feed's socket: offers go out on it; shut down at close to end the feed.
     feed_socket: Mutex<Option<UnixStream>>,
+    /// A connection made ahead of time for the next run handed to this process.
+    spare: Mutex<Option<Client>>,
     /// Counts feeds: a feed that ends after a newer one started says nothing about the broker.
     feed_generation: AtomicU64,
     feed_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -85,6 +87,7 @@ impl Remote {
             pid: std::process::id(),
             feed_socket: Mutex::new(None),
             feed_generation: AtomicU64::new(0),
+            spare: Mutex::new(None),
             feed_thread: Mutex::new(None),
         });
         remote.start_feed()?;
@@ -274,34 +277,43 @@ impl Remote {
     ) {
         use crate::protocol::{ToBroker, ToHost};
         let record = self.remember(record);
-        let attach = || -> Result<UnixStream> {
-            let mut client = Client::connect(self.manifest.app_id())?;
-            client.call(&Request::Attach { instance_id })?;
-            client
-                .into_stream()
-                .map_err(|e| Error::state(format!("cannot use the run's connection: {e}")))
-        };
-        let mut stream = match attach() {
-            Ok(stream) => stream,
-            Err(e) => {
-                log::warn!(target: "btb", "instance {instance_id} was handed to this process, but it cannot attach to the broker: {e}");
-                return;
-            }
-        };
-        let hello = ToBroker::Hello {
+        // The attach and the instance's hello in one write: the broker hands both to the worker
+        // that supervises the run, which answers with its welcome.
+        let mut frames = crate::protocol::encode(&Request::Attach { instance_id });
+        frames.extend_from_slice(&crate::protocol::encode(&ToBroker::Hello {
             version: crate::protocol::VERSION,
             instance_id,
+        }));
+        let attach = |connection: Result<Client>| {
+            let mut stream = connection?
+                .into_stream()
+                .map_err(|e| Error::state(format!("cannot use the run's connection: {e}")))?;
+            let welcome = std::io::Write::write_all(&mut stream, &frames)
+                .and_then(|()| crate::protocol::read_frame::<ToHost>(&mut stream));
+            match welcome {
+                Ok(Some(ToHost::Welcome {
+                    canceled,
+                    network_granted,
+                    ..
+                })) => Ok((stream, canceled, network_granted)),
+                other => Err(Error::state(format!(
+                    "the broker did not welcome this process: {other:?}"
+                ))),
+            }
         };
-        let welcome = crate::protocol::write_frame(&mut stream, &hello)
-            .and_then(|()| crate::protocol::read_frame::<ToHost>(&mut stream));
-        let (canceled, network_granted) = match welcome {
-            Ok(Some(ToHost::Welcome {
-                canceled,
-                network_granted,
-                ..
-            })) => (canceled, network_granted),
-            other => {
-                log::warn!(target: "btb", "instance {instance_id}: the broker did not welcome this process: {other:?}");
+        // A connection made ahead of time (see the end) — unless it went stale with its broker:
+        // then a new one.
+        let spare = lock(&self.spare).take();
+        let attached = match spare {
+            Some(spare) => {
+                attach(Ok(spare)).or_else(|_| attach(Client::connect_kept(self.manifest.app_id())))
+            }
+            None => attach(Client::connect_kept(self.manifest.app_id())),
+        };
+        let (stream, canceled, network_granted) = match attached {
+            Ok(attached) => attached,
+            Err(e) => {
+                log::warn!(target: "btb", "instance {instance_id} was handed to this process, but it cannot attach to the broker: {e}");
                 return;
             }
         };
@@ -363,6 +375,11 @@ impl Remote {
             )),
         }
         let _ = instance.finish_run();
+        // Ready for the next run: a connection made now, off that run's path.
+        let mut spare = lock(&self.spare);
+        if spare.is_none() && !self.is_closed() {
+            *spare = Client::connect_kept(self.manifest.app_id()).ok();
+        }
     }
 
     /// Delivers one notice to this process's handlers (on the feed thread, no lock held).
@@ -456,6 +473,7 @@ impl Remote {
             let _ = thread.join();
         }
         drop(lock(&self.conn).take());
+        drop(lock(&self.spare).take());
         let handlers = std::mem::take(&mut *self.handlers_mut());
         drop(handlers);
         match self.taken.get() {
@@ -504,7 +522,7 @@ fn reach(
     let deadline = Instant::now() + REACH_TIMEOUT;
     let mut pause = Duration::from_millis(2);
     loop {
-        let why = match Client::connect(app_id) {
+        let why = match Client::connect_kept(app_id) {
             Ok(client) if client.broker_store.as_deref() == Some(canonical) => {
                 return Ok(Ok(client));
             }

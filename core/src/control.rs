@@ -191,9 +191,12 @@ fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
-    /// The first frame of a connection.
+    /// The first frame of a connection. `keep_alive`: the connection of a client process,
+    /// which it keeps open between requests (it has no idle deadline).
     Hello {
         version: u32,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        keep_alive: bool,
     },
     /// Fire this system's custom-event triggers named `name`.
     Signal {
@@ -264,8 +267,9 @@ pub enum Request {
     Offer {
         offer: Offer,
     },
-    /// Attach this connection to a run handed to this client ([`Reply::Run`]): after the
-    /// `Done` answer it carries the instance protocol (`protocol.rs`) for that run.
+    /// Attach this connection to a run handed to this client ([`Reply::Run`]). Unanswered: what
+    /// follows it (from the client's hello on) is the instance protocol (`protocol.rs`) of that
+    /// run, spoken with the broker's worker that supervises it.
     Attach {
         instance_id: Uuid,
     },
@@ -429,10 +433,12 @@ pub struct Broadcast {
     /// Runs handed to a client, waiting for its connection.
     /// (By the connection it was handed to: dropping the sender tells the waiting worker that
     /// the client went away.)
-    attaching: std::sync::Mutex<
-        std::collections::HashMap<Uuid, (u64, std::sync::mpsc::Sender<UnixStream>)>,
-    >,
+    attaching: std::sync::Mutex<std::collections::HashMap<Uuid, (u64, Attached)>>,
 }
+
+/// Where a client's connection for a run goes: the connection and the bytes it sent after its
+/// `Attach` request (the start of the instance protocol).
+pub type Attached = std::sync::mpsc::Sender<(UnixStream, Decoder)>;
 
 fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -480,7 +486,7 @@ impl Broadcast {
         conn: u64,
         instance_id: Uuid,
         run: &Reply,
-    ) -> std::sync::mpsc::Receiver<UnixStream> {
+    ) -> std::sync::mpsc::Receiver<(UnixStream, Decoder)> {
         let (tx, rx) = std::sync::mpsc::channel();
         locked(&self.attaching).insert(instance_id, (conn, tx));
         locked(&self.queue).push((Some(conn), protocol::encode(run)));
@@ -738,6 +744,8 @@ struct Conn {
     greeted: bool,
     /// A notice feed ([`Request::Subscribe`]).
     subscribed: bool,
+    /// A client process's request connection: no idle deadline between requests.
+    keep_alive: bool,
     /// Close once `out` is written.
     closing: bool,
     /// When it is closed if no complete request arrives (or, closing, if `out` is not written);
@@ -879,6 +887,7 @@ impl Server {
                 out: Vec::new(),
                 greeted: false,
                 subscribed: false,
+                keep_alive: false,
                 closing: false,
                 deadline: Some(Instant::now() + IDLE_TIMEOUT),
             };
@@ -923,15 +932,15 @@ impl Server {
             let conn = &mut self.conns[i];
             match conn.decoder.next_message::<Request>() {
                 Ok(Some(request)) => {
-                    conn.deadline = Some(Instant::now() + IDLE_TIMEOUT);
+                    conn.deadline = (!conn.keep_alive).then(|| Instant::now() + IDLE_TIMEOUT);
                     let Some(reply) = self.serve(i, request) else {
+                        if self.conns[i].attach.is_some() {
+                            return; // what follows is the instance protocol, not requests
+                        }
                         continue;
                     };
                     let conn = &mut self.conns[i];
                     conn.reply(&reply);
-                    if conn.attach.is_some() {
-                        return; // what follows is the instance protocol, not requests
-                    }
                     if conn.out.len() > MAX_QUEUED {
                         conn.out.clear();
                         conn.closing = true;
@@ -956,6 +965,13 @@ impl Server {
             locked(&self.broadcast.offers).insert(conn.id, (conn.pid, offer));
             return None;
         }
+        if conn.greeted
+            && !conn.subscribed
+            && let Request::Attach { instance_id } = request
+        {
+            conn.attach = Some(instance_id);
+            return None;
+        }
         Some(self.serve_answered(i, request))
     }
 
@@ -963,11 +979,18 @@ impl Server {
         let conn = &mut self.conns[i];
         if !conn.greeted {
             return match request {
-                Request::Hello { version } if version == protocol::VERSION => {
+                Request::Hello {
+                    version,
+                    keep_alive,
+                } if version == protocol::VERSION => {
                     conn.greeted = true;
+                    conn.keep_alive = keep_alive;
+                    if keep_alive {
+                        conn.deadline = None;
+                    }
                     self.hello.clone()
                 }
-                Request::Hello { version } => {
+                Request::Hello { version, .. } => {
                     conn.closing = true;
                     Reply::error(&Error::new(
                         ErrorKind::Unsupported,
@@ -987,11 +1010,6 @@ impl Server {
             // A feed only carries notices: a request on it is a confused client.
             conn.closing = true;
             return Reply::error(&Error::invalid("a subscribed connection takes no requests"));
-        }
-        if let Request::Attach { instance_id } = request {
-            conn.attach = Some(instance_id);
-            conn.deadline = Some(Instant::now() + IDLE_TIMEOUT);
-            return Reply::Done;
         }
         if request == Request::Subscribe {
             conn.subscribed = true;
@@ -1072,7 +1090,8 @@ impl Server {
                 && c.out.is_empty()
                 && let Some(instance_id) = c.attach
             {
-                attached.push((instance_id, c.stream.try_clone()));
+                let rest = std::mem::take(&mut c.decoder);
+                attached.push((instance_id, c.stream.try_clone(), rest));
                 keep = false; // handed over (the clone) below; this copy closes
             }
             if !keep {
@@ -1080,10 +1099,10 @@ impl Server {
             }
             keep
         });
-        for (instance_id, stream) in attached {
+        for (instance_id, stream, rest) in attached {
             let waiting = locked(&broadcast.attaching).remove(&instance_id);
             if let (Some((_, tx)), Ok(stream)) = (waiting, stream) {
-                let _ = tx.send(stream);
+                let _ = tx.send((stream, rest));
             } // else no run waits for it (given up, or never handed): the client sees the end
         }
     }
@@ -1140,6 +1159,16 @@ impl Client {
     /// Connects to the broker of `app_id` and greets it. `NotFound` when none runs; `Policy` for
     /// a socket that another user serves or that we cannot reach; `State` when it does not answer.
     pub fn connect(app_id: &str) -> Result<Client> {
+        Self::connect_with(app_id, false)
+    }
+
+    /// As [`Client::connect`], for a connection kept open between requests (a client process's):
+    /// the broker does not close it when it is idle.
+    pub fn connect_kept(app_id: &str) -> Result<Client> {
+        Self::connect_with(app_id, true)
+    }
+
+    fn connect_with(app_id: &str, keep_alive: bool) -> Result<Client> {
         let path = socket_path(app_id)?;
         let shown = path.display();
         let stream = match connect_with_timeout(&path, CLIENT_TIMEOUT) {
@@ -1201,6 +1230,7 @@ impl Client {
         };
         match client.call(&Request::Hello {
             version: protocol::VERSION,
+            keep_alive,
         })? {
             Reply::Hello { pid, store, .. } => {
                 client.broker_pid = pid;

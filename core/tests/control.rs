@@ -85,6 +85,7 @@ fn chmod(path: &Path, mode: u32) {
 fn hello() -> Vec<u8> {
     protocol::encode(&Request::Hello {
         version: protocol::VERSION,
+        keep_alive: false,
     })
 }
 
@@ -422,7 +423,10 @@ fn bad_names_and_malformed_frames_are_rejected() {
             "INVALID_ARGUMENT: the first request must be a hello",
         ),
         (
-            protocol::encode(&Request::Hello { version: 99 }),
+            protocol::encode(&Request::Hello {
+                version: 99,
+                keep_alive: false,
+            }),
             false,
             "UNSUPPORTED: this broker speaks control protocol 1, the client 99",
         ),
@@ -522,6 +526,49 @@ fn silent_and_slow_clients_do_not_block_the_others() {
 
 fn protocol_idle() -> Duration {
     btb_core::control::IDLE_TIMEOUT
+}
+
+#[test]
+fn an_idle_connection_is_closed_but_a_client_processs_kept_one_is_not() {
+    let _rt = RuntimeDir::new();
+    let (cb, rx) = channel_callback();
+    let listener = ControlListener::bind(APP, cb).unwrap();
+    let greeted = |keep_alive: bool| {
+        let mut s = UnixStream::connect(listener.path()).unwrap();
+        s.write_all(&protocol::encode(&Request::Hello {
+            version: protocol::VERSION,
+            keep_alive,
+        }))
+        .unwrap();
+        s.set_read_timeout(Some(protocol_idle() + DEADLINE))
+            .unwrap();
+        let hello = protocol::read_frame::<Reply>(&mut s).unwrap();
+        assert!(matches!(hello, Some(Reply::Hello { .. })), "{hello:?}");
+        s
+    };
+    let (mut plain, mut kept) = (greeted(false), greeted(true));
+    // The plain one is told, then closed, once it has been idle for the idle timeout.
+    match protocol::read_frame::<Reply>(&mut plain).unwrap() {
+        Some(Reply::Error { kind, message }) => {
+            assert_eq!(kind, "STATE");
+            assert!(message.contains("no complete request"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(protocol::read_frame::<Reply>(&mut plain).unwrap(), None);
+    // The kept one, idle as long, still serves.
+    protocol::write_frame(
+        &mut kept,
+        &Request::Signal {
+            name: "still-here".into(),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        protocol::read_frame::<Reply>(&mut kept).unwrap(),
+        Some(Reply::Fired { count: 1 })
+    );
+    assert_eq!(rx.recv_timeout(DEADLINE).unwrap(), "still-here");
 }
 
 #[test]

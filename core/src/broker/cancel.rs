@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use super::{Broker, CanceledFn, Completion, Event, Instance, Note, State};
+use super::{Broker, Completion, Event, Instance, Note, State};
 use crate::model::{CancellationReason, RunRecord, TaskOutcome};
 
 /// A live instance and its deadlines (clock milliseconds).
@@ -38,11 +38,7 @@ impl Broker {
                     reason: reason as u32,
                 });
             }
-            let handlers: Vec<CanceledFn> = life
-                .canceled_handlers
-                .iter()
-                .map(|(_, h)| Arc::clone(h))
-                .collect();
+            let handlers = life.canceled_handler_list();
             drop(life);
             let grace_at = now + i64::from(self.policy.grace_ms);
             running.grace_at = Some(grace_at);

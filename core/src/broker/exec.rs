@@ -407,7 +407,7 @@ impl Broker {
         let record = instance.task().record();
         let group = record.task_group.as_ref().map(|g| g.id.as_str());
         // A client that goes away before it attaches is no longer offered: try the next.
-        let (socket, pid) = loop {
+        let ((socket, mut decoder), pid) = loop {
             let (picked, asked) = broadcast.pick(record.task_entry_point.as_deref(), group, fit);
             let Some((conn, pid)) = picked else {
                 return Err(format!(
@@ -460,19 +460,8 @@ impl Broker {
         let mut stream = Stream {
             fd: Some(OwnedFd::from(reader)),
         };
-        let mut decoder = Decoder::default();
-        while let Some(fd) = &stream.fd {
-            let mut fds = [PollFd::new(fd, PollFlags::IN)];
-            match poll(&mut fds, None) {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(e) => {
-                    log::error!(target: "btb", "supervising a run in a client: poll failed: {e}");
-                    break;
-                }
-            }
-            let mut bytes = Vec::new();
-            stream.read_into(&mut |b| bytes.extend_from_slice(b));
-            decoder.push(&bytes);
+        // Frames first, then wait: the client's hello came with its attach and is in `decoder`.
+        loop {
             loop {
                 match decoder.next_message::<ToBroker>() {
                     Ok(Some(message)) => {
@@ -489,6 +478,16 @@ impl Broker {
                     }
                 }
             }
+            let Some(fd) = &stream.fd else { break };
+            let mut fds = [PollFd::new(fd, PollFlags::IN)];
+            match poll(&mut fds, None) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(e) => {
+                    log::error!(target: "btb", "supervising a run in a client: poll failed: {e}");
+                    break;
+                }
+            }
+            stream.read_into(&mut |b| decoder.push(b));
         }
         let child = instance.life().child.take();
         if !child.is_some_and(|c| c.finished) && !instance.life().done {

@@ -94,6 +94,16 @@ impl Link {
     }
 }
 
+impl Life {
+    /// The canceled handlers added so far, to call with no lock held.
+    pub(crate) fn canceled_handler_list(&self) -> Vec<CanceledFn> {
+        self.canceled_handlers
+            .iter()
+            .map(|(_, h)| Arc::clone(h))
+            .collect()
+    }
+}
+
 pub(crate) struct Inner {
     pub(crate) id: Uuid,
     /// Set when this process runs the instance for another process's broker.
@@ -272,11 +282,7 @@ impl Instance {
             return;
         }
         life.canceled = Some(reason);
-        let handlers: Vec<CanceledFn> = life
-            .canceled_handlers
-            .iter()
-            .map(|(_, h)| Arc::clone(h))
-            .collect();
+        let handlers = life.canceled_handler_list();
         drop(life);
         self.call_canceled(handlers, reason);
     }
