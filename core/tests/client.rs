@@ -482,3 +482,50 @@ fn runs_go_to_the_client_process_that_has_the_handler() {
         "{message}"
     );
 }
+
+// ------------------------------------------------------------------------------------------------
+// A peer that offers a handler, takes a run and then sends garbage fails that run (and only it).
+
+#[test]
+fn a_client_that_sends_garbage_for_a_run_fails_that_run() {
+    use btb_core::control::{Client, Offer, Reply, Request};
+    use btb_core::protocol;
+    const APP: &str = "org.example.client.garbage";
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open(&dir.path().join("btb.sqlite3"), APP);
+    let mut feed = Client::connect(APP).unwrap().subscribe().unwrap();
+    protocol::write_frame(
+        &mut feed.socket().unwrap(),
+        &Request::Offer {
+            offer: Offer {
+                entry_points: vec!["app.General".into()],
+                ..Offer::default()
+            },
+        },
+    )
+    .unwrap();
+    let mut b = application_builder("garbled");
+    b.task_entry_point = Some("app.General".into());
+    let registration = broker.register(&b).unwrap();
+    // A round trip on another connection: the broker has read the offer sent before it.
+    drop(Client::connect(APP).unwrap());
+    assert_eq!(
+        registration.request(None).unwrap(),
+        btb_core::ApplicationTriggerResult::Allowed
+    );
+    let Some(Reply::Run { instance_id, .. }) = feed.next_notice() else {
+        panic!("the run was not handed to the offering client");
+    };
+    let mut attach = Client::connect(APP).unwrap().into_stream().unwrap();
+    let mut bytes = protocol::encode(&Request::Attach { instance_id });
+    bytes.extend_from_slice(&[0, 0, 0, 5, b'{', b'x', b'!', b'?', b'}']);
+    attach.write_all(&bytes).unwrap();
+    assert!(broker.wait_idle(DEADLINE).unwrap());
+    let runs = registration.history().unwrap();
+    let last = runs.last().unwrap();
+    assert_eq!(last.outcome, TaskOutcome::Failed);
+    let message = last.message.as_deref().unwrap();
+    assert!(message.contains("sent a bad frame"), "{message}");
+    // The broker still serves.
+    assert!(broker.all_tasks().unwrap().len() == 1);
+}

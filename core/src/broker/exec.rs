@@ -461,6 +461,7 @@ impl Broker {
             fd: Some(OwnedFd::from(reader)),
         };
         // Frames first, then wait: the client's hello came with its attach and is in `decoder`.
+        let mut garbled = None;
         loop {
             loop {
                 match decoder.next_message::<ToBroker>() {
@@ -472,7 +473,7 @@ impl Broker {
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        log::warn!(target: "btb", "instance {}: the client sent {e}; its connection is closed", instance.instance_id());
+                        garbled = Some(e);
                         stream.fd = None;
                         break;
                     }
@@ -491,9 +492,14 @@ impl Broker {
         }
         let child = instance.life().child.take();
         if !child.is_some_and(|c| c.finished) && !instance.life().done {
-            instance.report_failure(format!(
-                "the client process (pid {pid}) that ran it went away before the run ended"
-            ));
+            instance.report_failure(match garbled {
+                Some(e) => format!(
+                    "the client process (pid {pid}) that ran it sent {e}; its connection was closed"
+                ),
+                None => format!(
+                    "the client process (pid {pid}) that ran it went away before the run ended"
+                ),
+            });
         }
         Ok(())
     }
