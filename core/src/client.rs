@@ -221,11 +221,15 @@ impl Remote {
         }
     }
 
-    /// Becomes the broker of the store: this process's handlers move into it.
+    /// Becomes the broker of the store: this process's handlers move into it, and it runs at
+    /// once (a client has nothing to start).
     fn take_over(self: &Arc<Self>, store: Store) -> Result<()> {
         let handlers = std::mem::take(&mut *self.handlers_mut());
-        let broker =
-            crate::system::start_broker(self.manifest.clone(), &self.options, store, handlers)?;
+        let options = SystemOptions {
+            paused: false,
+            ..self.options.clone()
+        };
+        let broker = crate::system::start_broker(self.manifest.clone(), &options, store, handlers)?;
         log::info!(target: "btb", "app {:?}: the broker (pid {}) went away; this process (pid {}) is the broker now",
             self.manifest.app_id(), self.broker_pid(), std::process::id());
         self.broker_pid.store(std::process::id(), Ordering::Relaxed);
@@ -460,13 +464,16 @@ impl Remote {
 
     /// Closes the client (and the broker it became): later calls fail with `STATE`.
     pub(crate) fn close(&self) -> Result<()> {
-        let _moving = lock(&self.moving); // not in the middle of a takeover
+        let moving = lock(&self.moving); // not in the middle of a takeover
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
         if let Some(stop) = lock(&self.feed_socket).take() {
             let _ = stop.shutdown(std::net::Shutdown::Both);
         }
+        // Let go before waiting for the feed thread: it may be about to recover (and find the
+        // client closed).
+        drop(moving);
         if let Some(thread) = lock(&self.feed_thread).take()
             && thread.thread().id() != std::thread::current().id()
         {
