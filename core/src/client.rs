@@ -258,9 +258,12 @@ impl Remote {
     pub(crate) fn offer(&self) {
         let offer = {
             let h = self.handlers();
+            let mut activation: Vec<Option<String>> = h.activation.keys().cloned().collect();
+            // The process-wide handlers of task groups (objects bound by use) too.
+            activation.extend(crate::groups::with_handlers().into_iter().map(Some));
             crate::control::Offer {
                 entry_points: h.entry_points.keys().cloned().collect(),
-                activation: h.activation.keys().cloned().collect(),
+                activation,
                 resolver: h.resolver.is_some(),
             }
         };

@@ -37,6 +37,8 @@ pub fn add_background_activated(group_id: &str, handler: RunFn) -> u64 {
         .entry(group_id.to_owned())
         .or_default()
         .push((token, handler));
+    drop(r);
+    crate::system::refresh_offers(); // client processes offer the group's tasks to their broker
     token
 }
 
@@ -51,7 +53,14 @@ pub fn remove_background_activated(token: u64) -> Option<RunFn> {
         }
         !list.is_empty()
     });
+    drop(r);
+    crate::system::refresh_offers();
     removed
+}
+
+/// The groups that have a handler now.
+pub(crate) fn with_handlers() -> Vec<String> {
+    registry().by_group.keys().cloned().collect()
 }
 
 /// Whether group `group_id` has a handler now.

@@ -1027,6 +1027,20 @@ pub fn request_application_trigger(
     Err(first_error.expect("every holder answered or failed"))
 }
 
+/// Every client system of this process tells its broker again what it can run (task-group
+/// handlers, which are process-wide, changed).
+pub(crate) fn refresh_offers() {
+    let clients: Vec<Home> = OPEN
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter_map(WeakHome::upgrade)
+        .collect();
+    for home in clients {
+        System::view(home).offer();
+    }
+}
+
 /// Sets (or clears) the default system used by `register` without a system.
 pub fn set_default_system(system: Option<System>) {
     let old = std::mem::replace(

@@ -417,6 +417,19 @@ fn runner_child() {
         btb_core::ApplicationTriggerResult::Allowed
     );
     say(&next(&rx));
+    // A task-group handler (process-wide, objects bound by use) runs the group's tasks here too.
+    btb_core::groups::add_background_activated(
+        "g1",
+        Arc::new(|instance| say(&format!("GROUP ran {}", instance.task().name()))),
+    );
+    let mut grouped = Builder::new();
+    grouped.name = Some("grouped".into());
+    grouped.task_group = Some(group("g1", "G1"));
+    grouped.set_trigger(Trigger::CustomEvent {
+        trigger_id: "group-now".into(),
+        recurrence: 1,
+    });
+    system.register(&grouped).unwrap();
     say("READY");
     let mut line = String::new();
     let _ = std::io::stdin().read_line(&mut line); // until killed
@@ -435,6 +448,9 @@ fn runs_go_to_the_client_process_that_has_the_handler() {
         format!("COMPLETED remote-run SUCCEEDED progress 70 in {pid}")
     );
     child.expect("READY");
+    assert_eq!(broker.signal_event("group-now").unwrap(), 1);
+    assert_eq!(child.expect("GROUP "), "GROUP ran grouped");
+    assert!(broker.wait_idle(DEADLINE).unwrap());
     let find = |name: &str| {
         everything(&broker)
             .into_iter()
