@@ -147,6 +147,7 @@ bench: python $(DBUSMOCK)
 	$(CARGO) bench -p btb-core --bench netlink_event
 	$(CARGO) bench -p btb-core --bench dbus_event
 	$(CARGO) bench -p btb-core --bench exec_spawn
+	$(CARGO) bench -p btb-core --bench client
 	$(CARGO) bench -p btb-tools --bench list
 	$(CARGO) bench -p btb-tools --bench btbd_rss
 	$(PY) bench/compare_apscheduler.py
