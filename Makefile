@@ -64,6 +64,7 @@ demo: all
 	$(PY) bindings-python/examples/register.py
 	$(PY) bindings-python/examples/tasks.py
 	$(PY) bindings-python/examples/out_of_process.py
+	$(PY) bindings-python/examples/clients.py
 	$(PY) bindings-python/examples/machine.py --seconds 2
 
 test: test-rust test-python test-install

@@ -72,3 +72,26 @@ def test_tasks_example(tmp_path: Path) -> None:
     # The failure is logged with its traceback on the "btb" logger (stderr, unconfigured logging).
     assert 'raise ValueError("nothing to export")' in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+CLIENTS = Path(__file__).resolve().parents[1] / "examples" / "clients.py"
+
+
+def test_clients_example(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BTB_", "XDG_STATE_HOME"))}
+    result = subprocess.run(
+        [sys.executable, str(CLIENTS)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout.splitlines()
+    broker_pid = out[0].split()[2].rstrip(":")
+    assert out[0] == f"broker pid {broker_pid}: is_broker=True"
+    client = [line.split(": ", 1)[1] for line in out if line.startswith("client pid ")]
+    # The run (in the client) and the answer to its request race; everything else is in order.
+    assert client[0] == f"is_broker=False, broker pid {broker_pid}"
+    assert sorted(client[1:3]) == ["request -> ALLOWED", "running 'work'"]
+    assert client[3:] == ["'work' completed SUCCEEDED", "is_broker=True, tasks ['work']"]
+    assert f"broker pid {broker_pid}: history of 'work': SUCCEEDED, progress 100" in out
+    closed = out.index(f"broker pid {broker_pid}: closed")
+    taken = next(i for i, line in enumerate(out) if line.endswith("is_broker=True, tasks ['work']"))
+    assert closed < taken
