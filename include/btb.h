@@ -1482,7 +1482,9 @@ btb_status btb_system_set_background_activated_queued(btb_system *system, const 
 
 /**
  * Registers the in-process run function of a declared entry point (replacing any previous one).
- * It runs on a btb worker thread with a borrowed instance.
+ * It runs on a btb thread with a borrowed instance — also when this system is a client
+ * (`btb_system_is_broker` false): the broker hands the runs it has no function for to a client
+ * process that has one.
  * `free_user_data` (may be NULL) is called once btb is done with `user_data` (see `btb_free_fn`).
  * Errors: `BTB_ERROR_NULL_ARGUMENT` (system, entry point or handler), `BTB_ERROR_INVALID_HANDLE`,
  * `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_NOT_DECLARED` (not in the manifest), `BTB_ERROR_STATE`.
@@ -1591,7 +1593,8 @@ btb_status btb_system_wait_idle(btb_system *system, uint32_t timeout_ms, bool *o
  * instance on this thread, then call `btb_instance_finish_run`), `BTB_EVENT_CANCELED` (a queued
  * instance was canceled: stop it and finish its run), or `BTB_EVENT_NONE` on timeout. Only runs of
  * entry points and groups set up with the `*_queued` functions arrive here.
- * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`. Thread-safe;
+ * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`,
+ * `BTB_ERROR_UNSUPPORTED` in a client (the pull queue is the broker process's). Thread-safe;
  * blocks.
  */
 btb_status btb_system_next_event(btb_system *system, uint32_t timeout_ms, btb_event *out);

@@ -258,11 +258,23 @@ impl Remote {
     pub(crate) fn offer(&self) {
         let offer = {
             let h = self.handlers();
-            let mut activation: Vec<Option<String>> = h.activation.keys().cloned().collect();
+            // Pull-queue handlers are served by `next_event`, which only a broker's process has.
+            let callable = |handler: &crate::Handler| matches!(handler, crate::Handler::Call(_));
+            let mut activation: Vec<Option<String>> = h
+                .activation
+                .iter()
+                .filter(|(_, handler)| callable(handler))
+                .map(|(key, _)| key.clone())
+                .collect();
             // The process-wide handlers of task groups (objects bound by use) too.
             activation.extend(crate::groups::with_handlers().into_iter().map(Some));
             crate::control::Offer {
-                entry_points: h.entry_points.keys().cloned().collect(),
+                entry_points: h
+                    .entry_points
+                    .iter()
+                    .filter(|(_, handler)| callable(handler))
+                    .map(|(name, _)| name.clone())
+                    .collect(),
                 activation,
                 resolver: h.resolver.is_some(),
             }
