@@ -330,11 +330,6 @@ impl System {
         }
     }
 
-    /// Asks the broker of a client system.
-    fn ask(r: &Arc<Remote>, request: Request) -> Result<Reply> {
-        r.ask(&request)
-    }
-
     pub fn manifest(&self) -> &Manifest {
         match &self.home {
             Home::Broker(b) => &b.manifest,
@@ -476,13 +471,10 @@ impl System {
             Route::Remote(r) => {
                 let activation =
                     self.has_activation(builder.task_group.as_ref().map(|g| g.id.as_str()));
-                return match Self::ask(
-                    r,
-                    Request::Register {
-                        builder: builder.clone(),
-                        activation,
-                    },
-                )? {
+                return match r.ask(&Request::Register {
+                    builder: builder.clone(),
+                    activation,
+                })? {
                     Reply::Registered { record } => Ok(self.registration(r.remember(record))),
                     other => Err(unexpected(&other)),
                 };
@@ -580,7 +572,7 @@ impl System {
     }
 
     fn registrations(&self, r: &Arc<Remote>, filter: Filter) -> Result<Vec<Registration>> {
-        match Self::ask(r, Request::Registrations { filter })? {
+        match r.ask(&Request::Registrations { filter })? {
             Reply::Registrations { records } => Ok(records
                 .into_iter()
                 .map(|record| self.registration(r.remember(record)))
@@ -595,13 +587,10 @@ impl System {
         let shared = match self.home.route() {
             Route::Local(b) => b,
             Route::Remote(r) => {
-                Self::ask(
-                    r,
-                    Request::Unregister {
-                        task: task_id.to_string(),
-                        cancel_task,
-                    },
-                )?;
+                r.ask(&Request::Unregister {
+                    task: task_id.to_string(),
+                    cancel_task,
+                })?;
                 r.forget(task_id);
                 return Ok(());
             }
@@ -663,7 +652,7 @@ impl System {
     pub fn all_task_groups(&self) -> Result<Vec<TaskGroup>> {
         match self.home.route() {
             Route::Local(b) => Ok(b.open_state()?.registry.groups().cloned().collect()),
-            Route::Remote(r) => match Self::ask(r, Request::Groups)? {
+            Route::Remote(r) => match r.ask(&Request::Groups)? {
                 Reply::Groups { groups } => Ok(groups),
                 other => Err(unexpected(&other)),
             },
@@ -716,13 +705,10 @@ impl System {
         let shared = match self.home.route() {
             Route::Local(b) => b,
             Route::Remote(r) => {
-                return match Self::ask(
-                    r,
-                    Request::Request {
-                        trigger_id: *trigger_id,
-                        arguments,
-                    },
-                )? {
+                return match r.ask(&Request::Request {
+                    trigger_id: *trigger_id,
+                    arguments,
+                })? {
                     Reply::Requested { result } => Ok(result),
                     other => Err(unexpected(&other)),
                 };
@@ -740,7 +726,7 @@ impl System {
     pub fn raise_event(&self, event: SystemTriggerType) -> Result<usize> {
         match self.home.route() {
             Route::Local(b) => Self::fire_event(b, &EventKey::System(event)),
-            Route::Remote(r) => fired(Self::ask(r, Request::Raise { event })?),
+            Route::Remote(r) => fired(r.ask(&Request::Raise { event })?),
         }
     }
 
@@ -751,12 +737,9 @@ impl System {
         crate::control::check_name(trigger_id).map_err(Error::invalid)?;
         match self.home.route() {
             Route::Local(b) => Self::fire_event(b, &EventKey::Custom(trigger_id.to_owned())),
-            Route::Remote(r) => fired(Self::ask(
-                r,
-                Request::Signal {
-                    name: trigger_id.to_owned(),
-                },
-            )?),
+            Route::Remote(r) => fired(r.ask(&Request::Signal {
+                name: trigger_id.to_owned(),
+            })?),
         }
     }
 
@@ -770,7 +753,7 @@ impl System {
         let shared = match self.home.route() {
             Route::Local(b) => b,
             Route::Remote(r) => {
-                return Self::ask(r, Request::SetState { condition, value }).map(drop);
+                return r.ask(&Request::SetState { condition, value }).map(drop);
             }
         };
         if !shared.simulated {
@@ -796,7 +779,7 @@ impl System {
         r: &Arc<Remote>,
         condition: SystemConditionType,
     ) -> Result<(Option<bool>, &'static str)> {
-        match Self::ask(r, Request::StateOf { condition })? {
+        match r.ask(&Request::StateOf { condition })? {
             Reply::StateOf { state, source } => Ok((state, crate::platform::source_named(&source))),
             other => Err(unexpected(&other)),
         }
@@ -834,7 +817,7 @@ impl System {
     pub fn background_work_cost(&self) -> Result<Option<crate::BackgroundWorkCostValue>> {
         match self.home.route() {
             Route::Local(b) => Ok(b.open_state()?.states().background_work_cost()),
-            Route::Remote(r) => match Self::ask(r, Request::WorkCost)? {
+            Route::Remote(r) => match r.ask(&Request::WorkCost)? {
                 Reply::WorkCost { cost } => Ok(cost),
                 other => Err(unexpected(&other)),
             },
@@ -897,7 +880,7 @@ impl System {
         let shared = match self.home.route() {
             Route::Local(b) => b,
             Route::Remote(r) => {
-                return match Self::ask(r, Request::RunHistory { task_id: *task_id })? {
+                return match r.ask(&Request::RunHistory { task_id: *task_id })? {
                     Reply::History { runs } => Ok(runs),
                     other => Err(unexpected(&other)),
                 };
@@ -920,7 +903,7 @@ impl System {
                 let st = b.lock();
                 Ok((st.next_due(task_id), st.registry.is_spent(task_id)))
             }
-            Route::Remote(r) => match Self::ask(r, Request::Due { task_id: *task_id })? {
+            Route::Remote(r) => match r.ask(&Request::Due { task_id: *task_id })? {
                 Reply::Due { next_due_ms, spent } => Ok((next_due_ms, spent)),
                 other => Err(unexpected(&other)),
             },
