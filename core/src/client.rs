@@ -151,8 +151,9 @@ impl Remote {
 
     /// Sends a request to the broker and returns its answer (an error reply as the error it
     /// names). A broker that is gone is replaced first — by this process if it can take the
-    /// store — and a request that was not delivered is sent again; one that was delivered but
-    /// not answered is not repeated (it may have been done) and fails with `STATE`.
+    /// store — and a request that was not delivered, or only reads, is sent again; a change that
+    /// was delivered but not answered is not repeated (it may have been done) and fails with
+    /// `STATE`.
     pub(crate) fn ask(self: &Arc<Self>, request: &Request) -> Result<Reply> {
         for _ in 0..3 {
             self.check_open()?;
@@ -170,9 +171,10 @@ impl Remote {
                 Err(failure) => {
                     *conn = None;
                     drop(conn);
-                    let delivered = failure.delivered;
+                    // A read is asked again; a change that may have been made is not.
+                    let doubtful = failure.delivered && !request.is_read_only();
                     self.recover()?;
-                    if delivered {
+                    if doubtful {
                         return Err(Error::state(format!(
                             "the btb broker of app {:?} (pid {}) went away during the call; it \
                              may or may not have been done ({}); this process now reaches the \

@@ -308,6 +308,25 @@ impl Offer {
     }
 }
 
+impl Request {
+    /// Whether the request only reads: asking again after a broker went away mid-call is safe.
+    pub fn is_read_only(&self) -> bool {
+        matches!(
+            self,
+            Request::List
+                | Request::Show { .. }
+                | Request::History { .. }
+                | Request::Doctor
+                | Request::Registrations { .. }
+                | Request::Groups
+                | Request::RunHistory { .. }
+                | Request::StateOf { .. }
+                | Request::WorkCost
+                | Request::Due { .. }
+        )
+    }
+}
+
 fn yes() -> bool {
     true
 }
