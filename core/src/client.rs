@@ -49,11 +49,84 @@ pub(crate) struct Remote {
     pid: u32,
     /// A clone of the feed's socket: offers go out on it; shut down at close to end the feed.
     feed_socket: Mutex<Option<UnixStream>>,
-    /// A connection made ahead of time for the next run handed to this process.
-    spare: Mutex<Option<Client>>,
+    /// The connection the runner thread keeps ready for runs (shut down at close).
+    runner_socket: Mutex<Option<UnixStream>>,
     /// Counts feeds: a feed that ends after a newer one started says nothing about the broker.
     feed_generation: AtomicU64,
     feed_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Reads a ready connection (`btb-run-reader`): each run the broker starts on it goes to the
+/// runner, and each cancellation to the run it is for, until the connection ends.
+fn read_runs(
+    remote: &Weak<Remote>,
+    link: UnixStream,
+    mut reader: UnixStream,
+    runner: &std::sync::mpsc::Sender<crate::Instance>,
+) {
+    use crate::protocol::ToHost;
+    let mut current: Option<crate::Instance> = None;
+    while let Ok(Some(message)) = crate::protocol::read_frame::<ToHost>(&mut reader) {
+        match message {
+            ToHost::Run {
+                instance_id,
+                task,
+                trigger_details,
+                started_ms,
+                canceled,
+                network_granted,
+            } => {
+                let (Some(remote), Ok(link)) = (remote.upgrade(), link.try_clone()) else {
+                    return;
+                };
+                let instance = remote.handed_instance(
+                    link,
+                    Handed {
+                        instance_id,
+                        task: *task,
+                        trigger_details,
+                        started_ms,
+                        canceled,
+                        network_granted,
+                    },
+                );
+                current = Some(instance.clone());
+                if runner.send(instance).is_err() {
+                    return;
+                }
+            }
+            ToHost::Canceled { reason } => {
+                if let Some(instance) = &current {
+                    instance.canceled_by_broker(cancellation_reason(reason));
+                }
+            }
+            ToHost::Welcome { .. } | ToHost::Refused { .. } => return, // not on this connection
+        }
+    }
+}
+
+/// Reads a handed run's connection for cancellations until the broker hangs up (at its end).
+fn hear_cancellations(instance: &crate::Instance, reader: &mut UnixStream) {
+    while let Ok(Some(message)) = crate::protocol::read_frame::<crate::protocol::ToHost>(reader) {
+        if let crate::protocol::ToHost::Canceled { reason } = message {
+            instance.canceled_by_broker(cancellation_reason(reason));
+        }
+    }
+}
+
+fn cancellation_reason(value: u32) -> crate::model::CancellationReason {
+    crate::model::CancellationReason::from_u32(value)
+        .unwrap_or(crate::model::CancellationReason::Abort)
+}
+
+/// A run the broker handed to this process.
+struct Handed {
+    instance_id: Uuid,
+    task: TaskRecord,
+    trigger_details: Option<serde_json::Value>,
+    started_ms: i64,
+    canceled: Option<u32>,
+    network_granted: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -87,7 +160,7 @@ impl Remote {
             pid: std::process::id(),
             feed_socket: Mutex::new(None),
             feed_generation: AtomicU64::new(0),
-            spare: Mutex::new(None),
+            runner_socket: Mutex::new(None),
             feed_thread: Mutex::new(None),
         });
         remote.start_feed()?;
@@ -245,6 +318,7 @@ impl Remote {
         *lock(&self.feed_socket) = feed.socket().ok();
         self.offer();
         let generation = self.feed_generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.start_runner(generation);
         let weak = Arc::downgrade(self);
         let thread = std::thread::Builder::new()
             .name("btb-feed".to_owned())
@@ -287,17 +361,16 @@ impl Remote {
         }
     }
 
-    /// Runs an instance the broker handed to this process (on a thread of its own): attaches a
-    /// connection for it, runs the handler found here, and reports over the instance protocol.
+    /// Runs an instance the broker handed to this process over its feed (on a thread of its
+    /// own, when the ready connection was busy): attaches a connection for it, then runs it.
     fn run_handed(
         self: &Arc<Self>,
         instance_id: Uuid,
-        record: TaskRecord,
+        task: TaskRecord,
         trigger_details: Option<serde_json::Value>,
         started_ms: i64,
     ) {
         use crate::protocol::{ToBroker, ToHost};
-        let record = self.remember(record);
         // The attach and the instance's hello in one write: the broker hands both to the worker
         // that supervises the run, which answers with its welcome.
         let mut frames = crate::protocol::encode(&Request::Attach { instance_id });
@@ -305,8 +378,8 @@ impl Remote {
             version: crate::protocol::VERSION,
             instance_id,
         }));
-        let attach = |connection: Result<Client>| {
-            let mut stream = connection?
+        let attached = Client::connect_kept(self.manifest.app_id()).and_then(|client| {
+            let mut stream = client
                 .into_stream()
                 .map_err(|e| Error::state(format!("cannot use the run's connection: {e}")))?;
             let welcome = std::io::Write::write_all(&mut stream, &frames)
@@ -321,63 +394,119 @@ impl Remote {
                     "the broker did not welcome this process: {other:?}"
                 ))),
             }
-        };
-        // A connection made ahead of time (see the end) — unless it went stale with its broker:
-        // then a new one.
-        let spare = lock(&self.spare).take();
-        let attached = match spare {
-            Some(spare) => {
-                attach(Ok(spare)).or_else(|_| attach(Client::connect_kept(self.manifest.app_id())))
-            }
-            None => attach(Client::connect_kept(self.manifest.app_id())),
-        };
-        let (stream, canceled, network_granted) = match attached {
-            Ok(attached) => attached,
+        });
+        match attached {
+            Ok((stream, canceled, network_granted)) => self.run_here(
+                stream,
+                Handed {
+                    instance_id,
+                    task,
+                    trigger_details,
+                    started_ms,
+                    canceled,
+                    network_granted,
+                },
+            ),
             Err(e) => {
                 log::warn!(target: "btb", "instance {instance_id} was handed to this process, but it cannot attach to the broker: {e}");
-                return;
+            }
+        }
+    }
+
+    /// Keeps one connection ready for the broker to start runs on (`Request::Ready`): a run
+    /// then starts with a single message, and the connection serves the next run once this one
+    /// has finished. `btb-run-reader` reads it (each run, then that run's cancellations) and
+    /// `btb-runner` runs what it reads; both are started before any run comes. They end with
+    /// the feed of `generation` (the broker went away) or with the client; a connection that
+    /// ends otherwise (a run abandoned after its grace) is replaced.
+    fn start_runner(self: &Arc<Self>, generation: u64) {
+        let weak = Arc::downgrade(self);
+        let app_id = self.manifest.app_id().to_owned();
+        let runner = move || {
+            loop {
+                let Some(remote) = weak.upgrade() else { return };
+                if remote.is_closed()
+                    || remote.feed_generation.load(Ordering::Acquire) != generation
+                {
+                    return;
+                }
+                let ready = Client::connect_kept(&app_id)
+                    .and_then(|c| {
+                        c.into_stream()
+                            .map_err(|e| Error::state(format!("cannot use a connection: {e}")))
+                    })
+                    .and_then(|mut stream| {
+                        crate::protocol::write_frame(&mut stream, &Request::Ready)
+                            .and_then(|()| Ok((stream.try_clone()?, stream)))
+                            .map_err(|e| Error::state(format!("cannot offer a connection: {e}")))
+                    });
+                let Ok((link, reader)) = ready else { return };
+                *lock(&remote.runner_socket) = link.try_clone().ok();
+                drop(remote); // waiting does not keep the client open
+                let (tx, rx) = std::sync::mpsc::channel::<crate::Instance>();
+                let reading = weak.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("btb-run-reader".into())
+                    .spawn(move || read_runs(&reading, link, reader, &tx));
+                if spawned.is_err() {
+                    return;
+                }
+                while let Ok(instance) = rx.recv() {
+                    let Some(remote) = weak.upgrade() else { return };
+                    remote.execute(&instance);
+                }
             }
         };
+        if let Err(e) = std::thread::Builder::new()
+            .name("btb-runner".into())
+            .spawn(runner)
+        {
+            log::warn!(target: "btb", "cannot start the runner thread (runs will attach instead): {e}");
+        }
+    }
+
+    /// Runs a handed instance here, reporting over `stream` in the instance protocol.
+    fn run_here(self: &Arc<Self>, stream: UnixStream, run: Handed) {
         let Ok(mut reader) = stream.try_clone() else {
             return;
         };
+        let instance = self.handed_instance(stream, run);
+        {
+            let instance = instance.clone();
+            let _ = std::thread::Builder::new()
+                .name("btb-run-reader".into())
+                .spawn(move || hear_cancellations(&instance, &mut reader));
+        }
+        self.execute(&instance);
+    }
+
+    /// The instance of a handed run, reporting over `stream`.
+    fn handed_instance(self: &Arc<Self>, stream: UnixStream, run: Handed) -> crate::Instance {
+        let record = self.remember(run.task);
         let instance = crate::Instance::with_link(
-            instance_id,
+            run.instance_id,
             crate::Registration::new(crate::system::Home::Client(Arc::clone(self)), record),
-            trigger_details,
-            started_ms,
+            run.trigger_details,
+            run.started_ms,
             Some(crate::broker::instance::Link { stream }),
         );
         instance
             .0
             .network_granted
-            .store(network_granted, Ordering::Release);
-        let reason = |r: u32| {
-            crate::model::CancellationReason::from_u32(r)
-                .unwrap_or(crate::model::CancellationReason::Abort)
-        };
-        if let Some(r) = canceled {
-            instance.canceled_by_broker(reason(r));
+            .store(run.network_granted, Ordering::Release);
+        if let Some(r) = run.canceled {
+            instance.canceled_by_broker(cancellation_reason(r));
         }
-        {
-            // Cancellations arrive while the run function runs; the broker hangs up at the end.
-            let instance = instance.clone();
-            let _ = std::thread::Builder::new()
-                .name("btb-run-reader".into())
-                .spawn(move || {
-                    while let Ok(Some(message)) = crate::protocol::read_frame::<ToHost>(&mut reader)
-                    {
-                        if let ToHost::Canceled { reason: r } = message {
-                            instance.canceled_by_broker(reason(r));
-                        }
-                    }
-                });
-        }
+        instance
+    }
+
+    /// Runs a handed instance with this process's handler for it, and ends it.
+    fn execute(&self, instance: &crate::Instance) {
         match crate::broker::resolve(&self.handlers, instance.task().record(), true) {
             Ok(crate::Handler::Call(run)) => {
                 let call = AppCall::enter();
                 let result =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&instance)));
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(instance)));
                 drop(call);
                 if let Err(panic) = result {
                     instance.report_failure(format!(
@@ -396,11 +525,6 @@ impl Remote {
             )),
         }
         let _ = instance.finish_run();
-        // Ready for the next run: a connection made now, off that run's path.
-        let mut spare = lock(&self.spare);
-        if spare.is_none() && !self.is_closed() {
-            *spare = Client::connect_kept(self.manifest.app_id()).ok();
-        }
     }
 
     /// Delivers one notice to this process's handlers (on the feed thread, no lock held).
@@ -497,7 +621,9 @@ impl Remote {
             let _ = thread.join();
         }
         drop(lock(&self.conn).take());
-        drop(lock(&self.spare).take());
+        if let Some(ready) = lock(&self.runner_socket).take() {
+            let _ = ready.shutdown(std::net::Shutdown::Both);
+        }
         let handlers = std::mem::take(&mut *self.handlers_mut());
         drop(handlers);
         match self.taken.get() {

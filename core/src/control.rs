@@ -267,6 +267,9 @@ pub enum Request {
     Offer {
         offer: Offer,
     },
+    /// Unanswered: this connection of a client process waits for a run handed to it; the
+    /// broker starts one on it with `ToHost::Run` (the instance protocol from then on).
+    Ready,
     /// Attach this connection to a run handed to this client ([`Reply::Run`]). Unanswered: what
     /// follows it (from the client's hello on) is the instance protocol (`protocol.rs`) of that
     /// run, spoken with the broker's worker that supervises it.
@@ -453,6 +456,8 @@ pub struct Broadcast {
     /// (By the connection it was handed to: dropping the sender tells the waiting worker that
     /// the client went away.)
     attaching: std::sync::Mutex<std::collections::HashMap<Uuid, (u64, Attached)>>,
+    /// By client pid: connections waiting for a run ([`Request::Ready`]).
+    ready: std::sync::Mutex<std::collections::HashMap<u32, Vec<(UnixStream, Decoder)>>>,
 }
 
 /// Where a client's connection for a run goes: the connection and the bytes it sent after its
@@ -511,6 +516,23 @@ impl Broadcast {
         locked(&self.queue).push((Some(conn), protocol::encode(run)));
         let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
         rx
+    }
+
+    /// A connection that client process `pid` keeps ready for a run, if it has one.
+    pub fn take_ready(&self, pid: u32) -> Option<(UnixStream, Decoder)> {
+        locked(&self.ready).get_mut(&pid)?.pop()
+    }
+
+    /// Takes back a ready connection whose run finished, for the next run — if its client
+    /// process still offers anything (else it is dropped: the client sees the end).
+    pub fn give_back_ready(&self, pid: u32, stream: UnixStream, decoder: Decoder) {
+        let offers = locked(&self.offers);
+        if offers.values().any(|(p, _)| *p == pid) {
+            locked(&self.ready)
+                .entry(pid)
+                .or_default()
+                .push((stream, decoder));
+        }
     }
 
     /// Forgets a run no client attached to.
@@ -676,6 +698,7 @@ impl ControlListener {
                 subscribers: 0.into(),
                 offers: Default::default(),
                 attaching: Default::default(),
+                ready: Default::default(),
             })
         })
         .map_err(|e| cleanup(Error::state(format!("cannot create an eventfd: {e}"))))?;
@@ -725,6 +748,8 @@ impl ControlListener {
 impl Drop for ControlListener {
     fn drop(&mut self) {
         let _ = rustix::io::write(&*self.stop, &1u64.to_ne_bytes());
+        // Clients waiting on a ready connection hear the end.
+        drop(std::mem::take(&mut *locked(&self.broadcast.ready)));
         if let Some(thread) = self.thread.take() {
             // Joining from the listener thread itself (the callback dropped us) would deadlock.
             if thread.thread().id() != std::thread::current().id() {
@@ -754,8 +779,10 @@ struct Conn {
     id: u64,
     /// The peer's pid.
     pid: u32,
-    /// Attached to this run ([`Request::Attach`]): handed over once its answer is written.
+    /// Attached to this run ([`Request::Attach`]): handed over to the broker.
     attach: Option<Uuid>,
+    /// Waiting for a run ([`Request::Ready`]): handed over to the broker.
+    ready: bool,
     stream: UnixStream,
     decoder: Decoder,
     /// Reply bytes not written yet.
@@ -901,6 +928,7 @@ impl Server {
                 id: self.next_id,
                 pid,
                 attach: None,
+                ready: false,
                 stream,
                 decoder: Decoder::default(),
                 out: Vec::new(),
@@ -953,7 +981,8 @@ impl Server {
                 Ok(Some(request)) => {
                     conn.deadline = (!conn.keep_alive).then(|| Instant::now() + IDLE_TIMEOUT);
                     let Some(reply) = self.serve(i, request) else {
-                        if self.conns[i].attach.is_some() {
+                        let conn = &self.conns[i];
+                        if conn.attach.is_some() || conn.ready {
                             return; // what follows is the instance protocol, not requests
                         }
                         continue;
@@ -989,6 +1018,10 @@ impl Server {
             && let Request::Attach { instance_id } = request
         {
             conn.attach = Some(instance_id);
+            return None;
+        }
+        if conn.greeted && !conn.subscribed && request == Request::Ready {
+            conn.ready = true;
             return None;
         }
         Some(self.serve_answered(i, request))
@@ -1099,12 +1132,23 @@ impl Server {
                 let mut offers = locked(&broadcast.offers);
                 offers.remove(&c.id);
                 locked(&broadcast.attaching).retain(|_, (conn, _)| *conn != c.id);
+                locked(&broadcast.ready).remove(&c.pid);
                 drop(offers);
             }
         };
         let mut attached = Vec::new();
         self.conns.retain_mut(|c| {
             let mut keep = Self::flush_one(c, now);
+            if keep && c.ready {
+                if let Ok(stream) = c.stream.try_clone() {
+                    let rest = std::mem::take(&mut c.decoder);
+                    locked(&broadcast.ready)
+                        .entry(c.pid)
+                        .or_default()
+                        .push((stream, rest));
+                }
+                return false; // handed over (the clone); this copy closes
+            }
             if keep
                 && c.out.is_empty()
                 && let Some(instance_id) = c.attach

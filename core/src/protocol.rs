@@ -56,6 +56,16 @@ pub enum ToHost {
     Canceled { reason: u32 },
     /// The hello was refused (another version, another instance); the broker closes the socket.
     Refused { message: String },
+    /// On a connection a client process keeps ready for runs (`Ready`): run this instance here.
+    /// It stands for the hello and welcome: what follows is the rest of the protocol.
+    Run {
+        instance_id: Uuid,
+        task: Box<crate::model::TaskRecord>,
+        trigger_details: Option<serde_json::Value>,
+        started_ms: i64,
+        canceled: Option<u32>,
+        network_granted: bool,
+    },
 }
 
 /// Encodes one frame.

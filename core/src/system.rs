@@ -1084,7 +1084,8 @@ impl System {
             Request::Hello { .. }
             | Request::Subscribe
             | Request::Offer { .. }
-            | Request::Attach { .. } => Ok(Reply::Done),
+            | Request::Attach { .. }
+            | Request::Ready => Ok(Reply::Done),
             Request::Signal { name } => Self::fire_event(shared, &EventKey::Custom(name))
                 .map(|count| Reply::Fired { count }),
             Request::List => shared.task_views(None).map(|tasks| Reply::Tasks { tasks }),

@@ -465,6 +465,19 @@ fn runs_go_to_the_client_process_that_has_the_handler() {
     // Cancellation reaches the client's canceled handler, with its reason.
     assert_eq!(broker.signal_event("wait-now").unwrap(), 1);
     assert_eq!(child.expect("WAITING "), "WAITING waiter");
+    // While that run holds the connection the client keeps ready, another run attaches one.
+    let (done_tx, done_rx) = mpsc::channel();
+    let remote_run = find("remote-run");
+    remote_run
+        .add_completed(Arc::new(move |_, c| {
+            let _ = done_tx.send((c.outcome, c.last_progress));
+        }))
+        .unwrap();
+    assert_eq!(
+        remote_run.request(None).unwrap(),
+        btb_core::ApplicationTriggerResult::Allowed
+    );
+    assert_eq!(next(&done_rx), (TaskOutcome::Succeeded, 70));
     let waiter = find("waiter");
     broker.unregister(&waiter.task_id(), true).unwrap();
     assert_eq!(child.expect("CANCELED "), "CANCELED ABORT");

@@ -391,6 +391,48 @@ impl Broker {
         true
     }
 
+    /// Starts an instance on a connection that client process `pid` keeps ready, if it has one
+    /// that is still open: the connection to supervise it on (`None`: it has none, or the
+    /// instance was abandoned meanwhile).
+    fn start_on_ready(
+        &self,
+        broadcast: &crate::control::Broadcast,
+        instance: &Instance,
+        pid: u32,
+    ) -> Option<(UnixStream, Decoder)> {
+        use std::io::Write;
+        while let Some((socket, decoder)) = broadcast.take_ready(pid) {
+            let Ok(reader) = socket.try_clone() else {
+                continue;
+            };
+            // Under the instance's lock, like `cancel_task`: a cancellation is in the message
+            // or sent after it.
+            let mut life = instance.life();
+            if life.done {
+                return None;
+            }
+            let run = ToHost::Run {
+                instance_id: instance.instance_id(),
+                task: Box::new(instance.task().record().clone()),
+                trigger_details: instance.trigger_details().cloned(),
+                started_ms: instance.started_ms(),
+                canceled: life.canceled.map(|r| r as u32),
+                network_granted: instance.is_network_granted(),
+            };
+            if (&socket).write_all(&protocol::encode(&run)).is_err() {
+                continue; // that connection's process is gone (or stuck): the next one
+            }
+            life.child = Some(Child {
+                pgid: None,
+                socket,
+                greeted: true,
+                finished: false,
+            });
+            return Some((reader, decoder));
+        }
+        None
+    }
+
     /// Hands a run that no handler here can take to a client process that offers one (`fit`: 2
     /// a handler by name, 1 also through a resolver), and supervises it there; `Err(why)` when
     /// no client can take it (nothing was tried).
@@ -407,7 +449,8 @@ impl Broker {
         let record = instance.task().record();
         let group = record.task_group.as_ref().map(|g| g.id.as_str());
         // A client that goes away before it attaches is no longer offered: try the next.
-        let ((socket, mut decoder), pid) = loop {
+        // `reusable`: a connection the client keeps ready, which serves its next run too.
+        let ((reader, mut decoder), pid, reusable) = loop {
             let (picked, asked) = broadcast.pick(record.task_entry_point.as_deref(), group, fit);
             let Some((conn, pid)) = picked else {
                 return Err(format!(
@@ -417,6 +460,13 @@ impl Broker {
             };
             if instance.life().done {
                 return Ok(()); // abandoned before it started
+            }
+            // A connection the client keeps ready: the run starts with one message on it.
+            if let Some(ready) = self.start_on_ready(broadcast, instance, pid) {
+                break (ready, pid, true);
+            }
+            if instance.life().done {
+                return Ok(()); // abandoned meanwhile
             }
             let attached = broadcast.hand_run(
                 conn,
@@ -429,7 +479,23 @@ impl Broker {
                 },
             );
             match attached.recv_timeout(crate::control::IDLE_TIMEOUT) {
-                Ok(socket) => break (socket, pid),
+                Ok((socket, decoder)) => {
+                    let Ok(reader) = socket.try_clone() else {
+                        instance.report_failure("cannot supervise the run in the client process");
+                        return Ok(());
+                    };
+                    let mut life = instance.life();
+                    if life.done {
+                        return Ok(()); // abandoned meanwhile: dropping the socket tells the client
+                    }
+                    life.child = Some(Child {
+                        pgid: None,
+                        socket,
+                        greeted: false,
+                        finished: false,
+                    });
+                    break ((reader, decoder), pid, false);
+                }
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => continue,
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                     broadcast.cancel_hand(&instance.instance_id());
@@ -441,22 +507,6 @@ impl Broker {
                 }
             }
         };
-        let Ok(reader) = socket.try_clone() else {
-            instance.report_failure("cannot supervise the run in the client process");
-            return Ok(());
-        };
-        {
-            let mut life = instance.life();
-            if life.done {
-                return Ok(()); // abandoned meanwhile: dropping the socket tells the client
-            }
-            life.child = Some(Child {
-                pgid: None,
-                socket,
-                greeted: false,
-                finished: false,
-            });
-        }
         let mut stream = Stream {
             fd: Some(OwnedFd::from(reader)),
         };
@@ -491,7 +541,11 @@ impl Broker {
             stream.read_into(&mut |b| decoder.push(b));
         }
         let child = instance.life().child.take();
-        if !child.is_some_and(|c| c.finished) && !instance.life().done {
+        if let Some(child) = child.filter(|c| c.finished) {
+            if reusable {
+                broadcast.give_back_ready(pid, child.socket, decoder);
+            }
+        } else if !instance.life().done {
             instance.report_failure(match garbled {
                 Some(e) => format!(
                     "the client process (pid {pid}) that ran it sent {e}; its connection was closed"

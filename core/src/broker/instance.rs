@@ -305,8 +305,9 @@ impl Instance {
         if let Some(message) = failure {
             link.send(&crate::protocol::ToBroker::Failure { message });
         }
+        // The last word of this run; the connection may serve the next one (the broker hangs up
+        // a connection it will not use again).
         link.send(&crate::protocol::ToBroker::Finished);
-        let _ = link.stream.shutdown(std::net::Shutdown::Write);
     }
 
     /// Removes a canceled handler; `false` if the token is unknown.
