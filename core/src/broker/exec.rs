@@ -14,9 +14,10 @@
 //!   SIGTERM to the group, and SIGKILL after a second grace (`timers.rs`).
 //!
 //! A run that no handler of this process can take goes to a client process of the broker that
-//! offers one (`run_in_client`): the client attaches a connection to the control socket for it
-//! and speaks the same instance protocol over it, ending with `Finished`. It is supervised like a
-//! host process, without a process to signal: after the grace it is abandoned, as in-process.
+//! offers one (`run_in_client`): on a connection the client keeps ready (the run starts with
+//! `ToHost::Run`), or on one it attaches for the run; either speaks the same instance protocol,
+//! ending with `Finished`. It is supervised like a host process, without a process to signal:
+//! after the grace it is abandoned, as in-process.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -314,27 +315,28 @@ impl Broker {
                 streams[1].read_into(&mut |b| err.push(b));
             }
             _ => {
-                let mut bytes = Vec::new();
-                streams[2].read_into(&mut |b| bytes.extend_from_slice(b));
-                decoder.push(&bytes);
-                loop {
-                    match decoder.next_message::<ToBroker>() {
-                        Ok(Some(message)) => {
-                            if !self.host_said(instance, message) {
-                                streams[2].fd = None;
-                                break;
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            log::warn!(target: "btb", "instance {}: the host sent {e}; its socket is closed", instance.instance_id());
-                            streams[2].fd = None;
-                            break;
-                        }
+                streams[2].read_into(&mut |b| decoder.push(b));
+                match self.hear_frames(instance, decoder) {
+                    Ok(true) => {}
+                    Ok(false) => streams[2].fd = None,
+                    Err(e) => {
+                        log::warn!(target: "btb", "instance {}: the host sent {e}; its socket is closed", instance.instance_id());
+                        streams[2].fd = None;
                     }
                 }
             }
         }
+    }
+
+    /// Applies the whole messages received so far: `Ok(false)` when the connection must be
+    /// closed (a refused hello, the end of a run), `Err` for a bad frame.
+    fn hear_frames(&self, instance: &Instance, decoder: &mut Decoder) -> std::io::Result<bool> {
+        while let Some(message) = decoder.next_message::<ToBroker>()? {
+            if !self.host_said(instance, message) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Applies one message from a host; `false` when the socket must be closed.
@@ -513,20 +515,12 @@ impl Broker {
         // Frames first, then wait: the client's hello came with its attach and is in `decoder`.
         let mut garbled = None;
         loop {
-            loop {
-                match decoder.next_message::<ToBroker>() {
-                    Ok(Some(message)) => {
-                        if !self.host_said(instance, message) {
-                            stream.fd = None;
-                            break;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        garbled = Some(e);
-                        stream.fd = None;
-                        break;
-                    }
+            match self.hear_frames(instance, &mut decoder) {
+                Ok(true) => {}
+                Ok(false) => stream.fd = None,
+                Err(e) => {
+                    garbled = Some(e);
+                    stream.fd = None;
                 }
             }
             let Some(fd) = &stream.fd else { break };
