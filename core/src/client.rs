@@ -18,6 +18,7 @@ use crate::control::{Client, Reply, Request, Subscription};
 use crate::error::{Error, ErrorKind, Result};
 use crate::manifest::Manifest;
 use crate::model::TaskRecord;
+use crate::protocol::HandedRun;
 use crate::registry::Handlers;
 use crate::store::{Held, Store};
 use crate::system::SystemOptions;
@@ -69,27 +70,14 @@ fn read_runs(
     while let Ok(Some(message)) = crate::protocol::read_frame::<ToHost>(&mut reader) {
         match message {
             ToHost::Run {
-                instance_id,
-                task,
-                trigger_details,
-                started_ms,
+                run,
                 canceled,
                 network_granted,
             } => {
                 let (Some(remote), Ok(link)) = (remote.upgrade(), link.try_clone()) else {
                     return;
                 };
-                let instance = remote.handed_instance(
-                    link,
-                    Handed {
-                        instance_id,
-                        task: *task,
-                        trigger_details,
-                        started_ms,
-                        canceled,
-                        network_granted,
-                    },
-                );
+                let instance = remote.handed_instance(link, *run, canceled, network_granted);
                 current = Some(instance.clone());
                 if runner.send(instance).is_err() {
                     return;
@@ -117,16 +105,6 @@ fn hear_cancellations(instance: &crate::Instance, reader: &mut UnixStream) {
 fn cancellation_reason(value: u32) -> crate::model::CancellationReason {
     crate::model::CancellationReason::from_u32(value)
         .unwrap_or(crate::model::CancellationReason::Abort)
-}
-
-/// A run the broker handed to this process.
-struct Handed {
-    instance_id: Uuid,
-    task: TaskRecord,
-    trigger_details: Option<serde_json::Value>,
-    started_ms: i64,
-    canceled: Option<u32>,
-    network_granted: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -363,14 +341,9 @@ impl Remote {
 
     /// Runs an instance the broker handed to this process over its feed (on a thread of its
     /// own, when the ready connection was busy): attaches a connection for it, then runs it.
-    fn run_handed(
-        self: &Arc<Self>,
-        instance_id: Uuid,
-        task: TaskRecord,
-        trigger_details: Option<serde_json::Value>,
-        started_ms: i64,
-    ) {
+    fn run_handed(self: &Arc<Self>, run: HandedRun) {
         use crate::protocol::{ToBroker, ToHost};
+        let instance_id = run.instance_id;
         // The attach and the instance's hello in one write: the broker hands both to the worker
         // that supervises the run, which answers with its welcome.
         let mut frames = crate::protocol::encode(&Request::Attach { instance_id });
@@ -396,17 +369,9 @@ impl Remote {
             }
         });
         match attached {
-            Ok((stream, canceled, network_granted)) => self.run_here(
-                stream,
-                Handed {
-                    instance_id,
-                    task,
-                    trigger_details,
-                    started_ms,
-                    canceled,
-                    network_granted,
-                },
-            ),
+            Ok((stream, canceled, network_granted)) => {
+                self.run_here(stream, run, canceled, network_granted);
+            }
             Err(e) => {
                 log::warn!(target: "btb", "instance {instance_id} was handed to this process, but it cannot attach to the broker: {e}");
             }
@@ -466,11 +431,17 @@ impl Remote {
     }
 
     /// Runs a handed instance here, reporting over `stream` in the instance protocol.
-    fn run_here(self: &Arc<Self>, stream: UnixStream, run: Handed) {
+    fn run_here(
+        self: &Arc<Self>,
+        stream: UnixStream,
+        run: HandedRun,
+        canceled: Option<u32>,
+        network_granted: bool,
+    ) {
         let Ok(mut reader) = stream.try_clone() else {
             return;
         };
-        let instance = self.handed_instance(stream, run);
+        let instance = self.handed_instance(stream, run, canceled, network_granted);
         {
             let instance = instance.clone();
             let _ = std::thread::Builder::new()
@@ -481,7 +452,14 @@ impl Remote {
     }
 
     /// The instance of a handed run, reporting over `stream`.
-    fn handed_instance(self: &Arc<Self>, stream: UnixStream, run: Handed) -> crate::Instance {
+    /// `canceled` and `network_granted` come with the run or in the broker's welcome.
+    fn handed_instance(
+        self: &Arc<Self>,
+        stream: UnixStream,
+        run: HandedRun,
+        canceled: Option<u32>,
+        network_granted: bool,
+    ) -> crate::Instance {
         let record = self.remember(run.task);
         let instance = crate::Instance::with_link(
             run.instance_id,
@@ -493,8 +471,8 @@ impl Remote {
         instance
             .0
             .network_granted
-            .store(run.network_granted, Ordering::Release);
-        if let Some(r) = run.canceled {
+            .store(network_granted, Ordering::Release);
+        if let Some(r) = canceled {
             instance.canceled_by_broker(cancellation_reason(r));
         }
         instance
@@ -547,18 +525,12 @@ impl Remote {
                     }),
                 )
             }
-            Reply::Run {
-                instance_id,
-                task,
-                trigger_details,
-                started_ms,
-            } => {
+            Reply::Run { run } => {
                 let remote = Arc::clone(self);
+                let instance_id = run.instance_id;
                 let spawned = std::thread::Builder::new()
                     .name("btb-run".into())
-                    .spawn(move || {
-                        remote.run_handed(instance_id, task, trigger_details, started_ms);
-                    });
+                    .spawn(move || remote.run_handed(*run));
                 if let Err(e) = spawned {
                     log::error!(target: "btb", "cannot start a thread for instance {instance_id}: {e}");
                 }

@@ -418,10 +418,7 @@ pub enum Reply {
     /// Pushed to one subscriber: run this instance here (attach a connection for it with
     /// [`Request::Attach`]).
     Run {
-        instance_id: Uuid,
-        task: TaskRecord,
-        trigger_details: Option<serde_json::Value>,
-        started_ms: i64,
+        run: Box<protocol::HandedRun>,
     },
     /// `kind`: an `ErrorKind` name (`NOT_FOUND`, …).
     Error {
@@ -1327,7 +1324,7 @@ impl Client {
     }
 
     /// An error for a reply that does not answer the request.
-    pub fn unexpected(&self, reply: &Reply) -> Error {
+    fn unexpected(&self, reply: &Reply) -> Error {
         Error::state(format!(
             "the btb broker for app {:?} answered {reply:?}",
             self.app_id

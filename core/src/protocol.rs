@@ -59,13 +59,21 @@ pub enum ToHost {
     /// On a connection a client process keeps ready for runs (`Ready`): run this instance here.
     /// It stands for the hello and welcome: what follows is the rest of the protocol.
     Run {
-        instance_id: Uuid,
-        task: Box<crate::model::TaskRecord>,
-        trigger_details: Option<serde_json::Value>,
-        started_ms: i64,
+        run: Box<HandedRun>,
         canceled: Option<u32>,
         network_granted: bool,
     },
+}
+
+/// A run a broker hands to a client process (on the client's feed, or on a connection it keeps
+/// ready): what the client needs to start the instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandedRun {
+    pub instance_id: Uuid,
+    pub task: crate::model::TaskRecord,
+    pub trigger_details: Option<serde_json::Value>,
+    pub started_ms: i64,
 }
 
 /// Encodes one frame.

@@ -542,9 +542,10 @@ fn a_client_that_sends_garbage_for_a_run_fails_that_run() {
         registration.request(None).unwrap(),
         btb_core::ApplicationTriggerResult::Allowed
     );
-    let Some(Reply::Run { instance_id, .. }) = feed.next_notice() else {
+    let Some(Reply::Run { run }) = feed.next_notice() else {
         panic!("the run was not handed to the offering client");
     };
+    let instance_id = run.instance_id;
     let mut attach = Client::connect(APP).unwrap().into_stream().unwrap();
     let mut bytes = protocol::encode(&Request::Attach { instance_id });
     bytes.extend_from_slice(&[0, 0, 0, 5, b'{', b'x', b'!', b'?', b'}']);

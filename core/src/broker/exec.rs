@@ -55,6 +55,17 @@ pub(crate) struct Child {
 }
 
 impl Child {
+    /// A run in a client process of the broker, on `socket`; `greeted` when the run was started
+    /// on a connection the client keeps ready (no hello comes).
+    fn in_client(socket: UnixStream, greeted: bool) -> Child {
+        Child {
+            pgid: None,
+            socket,
+            greeted,
+            finished: false,
+        }
+    }
+
     /// Signals the whole process group (the child and what it forked).
     pub(crate) fn signal(&self, signal: Signal) {
         if let Some(pgid) = self.pgid {
@@ -414,22 +425,14 @@ impl Broker {
                 return None;
             }
             let run = ToHost::Run {
-                instance_id: instance.instance_id(),
-                task: Box::new(instance.task().record().clone()),
-                trigger_details: instance.trigger_details().cloned(),
-                started_ms: instance.started_ms(),
+                run: handed_run(instance),
                 canceled: life.canceled.map(|r| r as u32),
                 network_granted: instance.is_network_granted(),
             };
             if (&socket).write_all(&protocol::encode(&run)).is_err() {
                 continue; // that connection's process is gone (or stuck): the next one
             }
-            life.child = Some(Child {
-                pgid: None,
-                socket,
-                greeted: true,
-                finished: false,
-            });
+            life.child = Some(Child::in_client(socket, true));
             return Some((reader, decoder));
         }
         None
@@ -474,10 +477,7 @@ impl Broker {
                 conn,
                 instance.instance_id(),
                 &crate::control::Reply::Run {
-                    instance_id: instance.instance_id(),
-                    task: record.clone(),
-                    trigger_details: instance.trigger_details().cloned(),
-                    started_ms: instance.started_ms(),
+                    run: handed_run(instance),
                 },
             );
             match attached.recv_timeout(crate::control::IDLE_TIMEOUT) {
@@ -490,12 +490,7 @@ impl Broker {
                     if life.done {
                         return Ok(()); // abandoned meanwhile: dropping the socket tells the client
                     }
-                    life.child = Some(Child {
-                        pgid: None,
-                        socket,
-                        greeted: false,
-                        finished: false,
-                    });
+                    life.child = Some(Child::in_client(socket, false));
                     break ((reader, decoder), pid, false);
                 }
                 Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => continue,
@@ -551,6 +546,16 @@ impl Broker {
         }
         Ok(())
     }
+}
+
+/// What a client process needs to start `instance`.
+fn handed_run(instance: &Instance) -> Box<protocol::HandedRun> {
+    Box::new(protocol::HandedRun {
+        instance_id: instance.instance_id(),
+        task: instance.task().record().clone(),
+        trigger_details: instance.trigger_details().cloned(),
+        started_ms: instance.started_ms(),
+    })
 }
 
 /// The failure a wait status means (`None`: exit 0), with the end of stderr.
