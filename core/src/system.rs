@@ -714,6 +714,7 @@ impl System {
                 };
             }
         };
+        shared.check_writable("the request")?;
         let mut st = shared.open_state()?;
         if !shared.policy.allow_application_triggers {
             return Ok(ApplicationTriggerResult::DisabledByPolicy);
@@ -744,6 +745,7 @@ impl System {
     }
 
     fn fire_event(shared: &Arc<Broker>, key: &EventKey) -> Result<usize> {
+        shared.check_writable("the event")?;
         let mut st = shared.open_state()?;
         Ok(shared.fire_key(&mut st, key))
     }
@@ -825,7 +827,8 @@ impl System {
     }
 
     /// Waits until nothing runs or is runnable and every handler has been called: `true`, or
-    /// `false` after `timeout`. Not from a btb handler thread (`STATE`). In a client, which runs
+    /// `false` after `timeout` — the store error (`STORE`) instead when the work is held because
+    /// the store cannot be written (SPEC §7). Not from a btb handler thread (`STATE`). In a client, which runs
     /// nothing itself, `UNSUPPORTED` (wait for a completed handler instead).
     pub fn wait_idle(&self, timeout: std::time::Duration) -> Result<bool> {
         match self.home.route() {
@@ -887,7 +890,7 @@ impl System {
             }
         };
         drop(shared.open_state()?);
-        shared.flush(); // the runs recorded so far are committed
+        shared.flush()?; // the runs recorded so far are committed
         shared.check_pid()?;
         let store = shared.store();
         store

@@ -78,6 +78,7 @@ impl Broker {
     /// Fires a task as if its trigger fired (`btbctl run`); with `ignore_conditions` it runs even
     /// if they do not hold. `STATE` for a spent one-shot.
     pub(crate) fn run_now(self: &Arc<Self>, task: &str, ignore_conditions: bool) -> Result<()> {
+        self.check_writable("the run")?;
         let mut st = self.open_state()?;
         let id = self.find_task(&st, task)?;
         if st.registry.is_spent(&id) {

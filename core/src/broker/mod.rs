@@ -434,10 +434,31 @@ impl Broker {
         self.store.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Waits until the broker's store writes queued so far are committed (read your writes).
-    /// Never call it holding a btb lock.
-    pub(crate) fn flush(&self) {
-        self.writer.wait_done(self.writer.last());
+    /// Waits until the broker's store writes queued so far are committed (read your writes); the
+    /// store error while they cannot be. Never call it holding a btb lock.
+    pub(crate) fn flush(&self) -> Result<()> {
+        self.writer.wait_committed(self.writer.last())
+    }
+
+    /// The store error while the broker's own writes cannot be committed (SPEC §7: runs are held
+    /// and no fire is taken until they can).
+    pub(crate) fn store_failure(&self) -> Option<Error> {
+        self.writer.failure()
+    }
+
+    /// `Ok` while the store takes the broker's writes; else the store error, saying what it means
+    /// for the call that asked.
+    pub(crate) fn check_writable(&self, what: &str) -> Result<()> {
+        match self.writer.failure() {
+            None => Ok(()),
+            Some(e) => Err(Error::new(
+                crate::ErrorKind::Store,
+                format!(
+                    "{what} was not taken: {} (runs are held until the store can be written again)",
+                    e.message()
+                ),
+            )),
+        }
     }
 
     /// Whether every store write queued so far is committed.
@@ -626,7 +647,12 @@ impl Broker {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Ok(false);
+                // Not idle in time: because the store cannot be written (the held work waits
+                // for it), say so rather than only "not yet".
+                return match self.store_failure() {
+                    Some(e) => Err(e),
+                    None => Ok(false),
+                };
             }
             st = st.wait_timeout(&self.change_cv, left);
             if st.closed {

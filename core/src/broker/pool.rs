@@ -57,7 +57,16 @@ impl Broker {
             };
             drop(st);
             let job = instance.clone();
-            self.writer.wait_done(after); // unlocked: the writes this run depends on
+            // Unlocked: the writes this run depends on (its one-shot spent, its latch taken). A
+            // failing store holds the run here until they are committed (fail-stop, SPEC §7).
+            if !self.writer.wait_done(after) {
+                instance.report_failure(
+                    "the run did not start: the store could not be written before the system closed",
+                );
+                let _ = instance.finish_run();
+                done = Some(job);
+                continue;
+            }
             if instance.task().record().is_network_requested {
                 self.inhibit_sleep(&instance);
             }
