@@ -89,6 +89,7 @@ fn read_runs(
                 }
             }
             ToHost::Welcome { .. } | ToHost::Refused { .. } => return, // not on this connection
+            ToHost::Unknown => {}                                      // a notice of a newer broker
         }
     }
 }
@@ -349,6 +350,7 @@ impl Remote {
         let mut frames = crate::protocol::encode(&Request::Attach { instance_id });
         frames.extend_from_slice(&crate::protocol::encode(&ToBroker::Hello {
             version: crate::protocol::VERSION,
+            min_version: Some(crate::protocol::MIN_VERSION),
             instance_id,
         }));
         let attached = Client::connect_kept(self.manifest.app_id()).and_then(|client| {

@@ -3,8 +3,10 @@
 //!
 //! A running broker listens on a Unix stream socket, `$XDG_RUNTIME_DIR/btb/<app_id>.sock`. The
 //! protocol is frames of `protocol.rs` (4-byte length, JSON, bounded): the client's first frame is
-//! [`Request::Hello`] with the protocol version, answered by [`Reply::Hello`] (or an error naming
-//! both versions, and the connection is closed); then any number of requests, one reply each.
+//! [`Request::Hello`] with the range of protocol versions it speaks, answered by [`Reply::Hello`]
+//! with the version both speak (or an error naming both ranges, and the connection is closed);
+//! then any number of requests, one reply each. A request of a type this build does not know is
+//! answered `UNSUPPORTED`, one it cannot read `INVALID_ARGUMENT`; the connection stays up.
 //!
 //! One thread serves every connection with `poll`: a slow, silent or half-closed peer holds only
 //! its own connection, which is closed after [`IDLE_TIMEOUT`] without a complete request. No
@@ -189,12 +191,15 @@ fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
 
 /// What a client asks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum Request {
-    /// The first frame of a connection. `keep_alive`: the connection of a client process,
-    /// which it keeps open between requests (it has no idle deadline).
+    /// The first frame of a connection: the versions the client speaks (`min_version`..=
+    /// `version`). `keep_alive`: the connection of a client process, which it keeps open between
+    /// requests (it has no idle deadline).
     Hello {
         version: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        min_version: Option<u32>,
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         keep_alive: bool,
     },
@@ -276,11 +281,13 @@ pub enum Request {
     Attach {
         instance_id: Uuid,
     },
+    /// A request of a newer version: answered `UNSUPPORTED`.
+    #[serde(other)]
+    Unknown,
 }
 
 /// What a client process can run ([`Request::Offer`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Offer {
     /// Entry points with a registered handler.
     pub entry_points: Vec<String>,
@@ -336,7 +343,7 @@ fn yes() -> bool {
 
 /// Which registrations [`Request::Registrations`] lists.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Filter {
     /// Outside any task group (`all_tasks`).
     Ungrouped,
@@ -350,8 +357,9 @@ pub enum Filter {
 
 /// The broker's answer to one request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum Reply {
+    /// `version`: the one both sides speak (the highest in both ranges).
     Hello {
         version: u32,
         pid: u32,
@@ -425,6 +433,9 @@ pub enum Reply {
         kind: String,
         message: String,
     },
+    /// A reply or notice of a newer version (a notice is ignored; a reply is unexpected).
+    #[serde(other)]
+    Unknown,
 }
 
 impl Reply {
@@ -974,8 +985,16 @@ impl Server {
         }
         loop {
             let conn = &mut self.conns[i];
-            match conn.decoder.next_message::<Request>() {
-                Ok(Some(request)) => {
+            match conn.decoder.next_framed::<Request>() {
+                Ok(Some(protocol::Framed::Unreadable(e))) if conn.greeted => {
+                    // A whole frame: the stream is still in step, so only this request fails.
+                    conn.reply(&Reply::error(&Error::invalid(e)));
+                }
+                Ok(Some(protocol::Framed::Unreadable(e))) => {
+                    conn.refuse(ErrorKind::InvalidArgument, e);
+                    return;
+                }
+                Ok(Some(protocol::Framed::Message(request))) => {
                     conn.deadline = (!conn.keep_alive).then(|| Instant::now() + IDLE_TIMEOUT);
                     let Some(reply) = self.serve(i, request) else {
                         let conn = &self.conns[i];
@@ -1004,6 +1023,19 @@ impl Server {
     /// Serves one request; `None` for one that is not answered (an offer).
     fn serve(&mut self, i: usize, request: Request) -> Option<Reply> {
         let conn = &mut self.conns[i];
+        if request == Request::Unknown && conn.greeted {
+            // A newer client's: a notice on a feed is ignored, a request is answered.
+            return (!conn.subscribed).then(|| {
+                Reply::error(&Error::new(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "this broker (protocol versions {}–{}) does not know this request",
+                        protocol::MIN_VERSION,
+                        protocol::VERSION
+                    ),
+                ))
+            });
+        }
         if conn.subscribed
             && let Request::Offer { offer } = request
         {
@@ -1030,25 +1062,29 @@ impl Server {
             return match request {
                 Request::Hello {
                     version,
+                    min_version,
                     keep_alive,
-                } if version == protocol::VERSION => {
-                    conn.greeted = true;
-                    conn.keep_alive = keep_alive;
-                    if keep_alive {
-                        conn.deadline = None;
+                } => match protocol::negotiate(min_version, version) {
+                    Ok(chosen) => {
+                        conn.greeted = true;
+                        conn.keep_alive = keep_alive;
+                        if keep_alive {
+                            conn.deadline = None;
+                        }
+                        let mut hello = self.hello.clone();
+                        if let Reply::Hello { version, .. } = &mut hello {
+                            *version = chosen;
+                        }
+                        hello
                     }
-                    self.hello.clone()
-                }
-                Request::Hello { version, .. } => {
-                    conn.closing = true;
-                    Reply::error(&Error::new(
-                        ErrorKind::Unsupported,
-                        format!(
-                            "this broker speaks control protocol {}, the client {version}",
-                            protocol::VERSION
-                        ),
-                    ))
-                }
+                    Err(e) => {
+                        conn.closing = true;
+                        Reply::error(&Error::new(
+                            ErrorKind::Unsupported,
+                            format!("control protocol: {e}"),
+                        ))
+                    }
+                },
                 _ => {
                     conn.closing = true;
                     Reply::error(&Error::invalid("the first request must be a hello"))
@@ -1290,6 +1326,7 @@ impl Client {
         };
         match client.call(&Request::Hello {
             version: protocol::VERSION,
+            min_version: Some(protocol::MIN_VERSION),
             keep_alive,
         })? {
             Reply::Hello { pid, store, .. } => {

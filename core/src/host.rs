@@ -91,6 +91,7 @@ pub fn connect() -> Result<HostInstance> {
         &mut &socket,
         &ToBroker::Hello {
             version: protocol::VERSION,
+            min_version: Some(protocol::MIN_VERSION),
             instance_id,
         },
     )

@@ -440,6 +440,10 @@ pub(crate) fn check_text(what: &str, value: &str, max: usize) -> Result<()> {
 /// `BackgroundTaskBuilder`: a mutable description of one task before registration. Every field is
 /// public: the builder is plain data, validated only by `register` (a client sends it as it is,
 /// and its broker validates it).
+///
+/// On the wire (a client's `Register`) it is the one strict type: a field this build does not
+/// know is refused, naming it, rather than ignored — ignoring it would register another task than
+/// the app described (SPEC §5).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Builder {
@@ -495,7 +499,6 @@ pub struct TaskRecord {
 
 /// One finished run of a registration, as kept in the run history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RunRecord {
     pub instance_id: Uuid,
     pub task_id: Uuid,
@@ -513,9 +516,8 @@ pub struct RunRecord {
     pub stderr: Option<String>,
 }
 
-/// [`TaskRecord`] on the wire.
+/// [`TaskRecord`] on the wire (fields a newer broker adds are ignored, SPEC §5).
 #[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RecordWire {
     task_id: Uuid,
     name: String,

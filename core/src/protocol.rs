@@ -2,16 +2,50 @@
 //! other over one stream socket — an `exec` host's inherited `BTB_HOST_FD`, or the connection a
 //! client process of the broker attaches for a run it was handed (`client.rs`). Frames are a
 //! 4-byte big-endian length and a JSON message (serde; no hand-written parser), at most
-//! [`MAX_FRAME`] bytes. Each side's first frame is its hello with [`VERSION`]; a peer of another
-//! version is refused with a message that names both.
+//! [`MAX_FRAME`] bytes: a longer one is refused by its length prefix, before its body is read.
+//!
+//! Evolution (SPEC §5): each side's first frame is its hello with the range of versions it speaks
+//! (`min_version`..=`version`; a hello without `min_version` speaks only `version`); the answer
+//! names the highest version both speak ([`negotiate`]), or refuses naming both ranges. Within a
+//! version, messages grow only by optional fields; a receiver ignores fields it does not know and
+//! takes a message type it does not know as `Unknown` (a request is answered `UNSUPPORTED`, a
+//! notice is ignored) — the connection stays up. The frames of every released version are kept
+//! under `core/tests/golden/` and must keep decoding.
 
 use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
 
-/// The protocol version this build speaks.
-pub const VERSION: u32 = 1;
+/// The newest protocol version this build speaks (control and instance protocols share it).
+pub const VERSION: u32 = 2;
+/// The oldest version it still speaks: version 1 peers (released builds that match versions
+/// exactly) are served as they were.
+pub const MIN_VERSION: u32 = 1;
+
+/// The version two sides speak: the highest in both ranges, or why there is none (naming both
+/// ranges). `peer_min` `None`: the peer speaks only `peer_max` (a version 1 hello).
+pub fn negotiate(peer_min: Option<u32>, peer_max: u32) -> std::result::Result<u32, String> {
+    let peer_min = peer_min.unwrap_or(peer_max).min(peer_max);
+    let chosen = VERSION.min(peer_max);
+    if chosen >= MIN_VERSION.max(peer_min) {
+        Ok(chosen)
+    } else {
+        Err(format!(
+            "no protocol version in common: this build speaks {}, the peer {}",
+            range(MIN_VERSION, VERSION),
+            range(peer_min, peer_max)
+        ))
+    }
+}
+
+fn range(min: u32, max: u32) -> String {
+    if min == max {
+        format!("version {max}")
+    } else {
+        format!("versions {min}–{max}")
+    }
+}
 /// The largest frame a broker accepts, and an instance's host (requests and instance messages
 /// are small: a failure message is the largest).
 pub const MAX_FRAME: usize = 64 * 1024;
@@ -20,11 +54,13 @@ pub const MAX_REPLY: usize = 64 << 20;
 
 /// From the process that runs the instance to the broker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum ToBroker {
-    /// First frame: the protocol version and the instance this process runs.
+    /// First frame: the versions this process speaks and the instance it runs.
     Hello {
         version: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        min_version: Option<u32>,
         instance_id: Uuid,
     },
     Progress {
@@ -39,13 +75,16 @@ pub enum ToBroker {
     /// The run ended (its function returned and its deferrals completed): what a client process
     /// that ran it says last. An `exec` host need not: its exit ends the run.
     Finished,
+    /// A message of a newer version (ignored).
+    #[serde(other)]
+    Unknown,
 }
 
 /// From the broker to the process that runs the instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum ToHost {
-    /// Answer to a hello: the broker's version, the cancellation if one came first, and whether
+    /// Answer to a hello: the version both speak, the cancellation if one came first, and whether
     /// the broker holds a sleep inhibitor for the run (`is_network_requested`).
     Welcome {
         version: u32,
@@ -63,12 +102,14 @@ pub enum ToHost {
         canceled: Option<u32>,
         network_granted: bool,
     },
+    /// A message of a newer version (ignored).
+    #[serde(other)]
+    Unknown,
 }
 
 /// A run a broker hands to a client process (on the client's feed, or on a connection it keeps
 /// ready): what the client needs to start the instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct HandedRun {
     pub instance_id: Uuid,
     pub task: crate::model::TaskRecord,
@@ -126,30 +167,68 @@ fn decode<T: DeserializeOwned>(body: &[u8]) -> io::Result<T> {
 }
 
 /// Frames from a non-blocking stream: bytes go in as they arrive, whole messages come out.
+/// Linear in what passes through it: taken frames are cut off the buffer once they are at least
+/// half of it, not one by one.
 #[derive(Default)]
 pub struct Decoder {
     buf: Vec<u8>,
+    /// Where the next frame starts in `buf`.
+    start: usize,
+}
+
+/// What one whole frame held.
+#[derive(Debug)]
+pub enum Framed<T> {
+    Message(T),
+    /// A JSON value that is not a message this build can take (a known type with a wrong
+    /// field, say). The frame was whole, so the stream is still in step.
+    Unreadable(String),
 }
 
 impl Decoder {
     /// Appends bytes read from the stream.
     pub fn push(&mut self, bytes: &[u8]) {
+        if self.start > 0 && self.start * 2 >= self.buf.len() {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
         self.buf.extend_from_slice(bytes);
     }
 
     /// The next whole message, `None` until one has arrived; an error for an oversized or
     /// malformed frame (the stream cannot be trusted after it).
     pub fn next_message<T: DeserializeOwned>(&mut self) -> io::Result<Option<T>> {
-        let Some(len) = self.buf.first_chunk::<4>() else {
+        match self.next_framed()? {
+            None => Ok(None),
+            Some(Framed::Message(m)) => Ok(Some(m)),
+            Some(Framed::Unreadable(e)) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+        }
+    }
+
+    /// The next whole frame: a message, or a JSON value that is none (the stream stays in
+    /// step); an error for an oversized frame (refused by its length, before its body arrives)
+    /// or one that is not JSON (the stream cannot be trusted after either).
+    pub fn next_framed<T: DeserializeOwned>(&mut self) -> io::Result<Option<Framed<T>>> {
+        let pending = &self.buf[self.start..];
+        let Some(len) = pending.first_chunk::<4>() else {
             return Ok(None);
         };
         let len = check_len(u32::from_be_bytes(*len), MAX_FRAME)?;
-        if self.buf.len() < 4 + len {
+        if pending.len() < 4 + len {
             return Ok(None);
         }
-        let message = decode(&self.buf[4..4 + len]);
-        self.buf.drain(..4 + len);
-        message.map(Some)
+        let body = &pending[4..4 + len];
+        self.start += 4 + len;
+        match serde_json::from_slice::<T>(body) {
+            Ok(m) => Ok(Some(Framed::Message(m))),
+            Err(e) if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() => Ok(Some(
+                Framed::Unreadable(format!("a message this build cannot take: {e}")),
+            )),
+            Err(e) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("a bad frame: {e}"),
+            )),
+        }
     }
 }
 
@@ -163,6 +242,7 @@ mod tests {
         let messages = [
             ToBroker::Hello {
                 version: VERSION,
+                min_version: Some(MIN_VERSION),
                 instance_id: id,
             },
             ToBroker::Progress { value: 42 },
@@ -205,7 +285,7 @@ mod tests {
         assert!(d.next_message::<ToBroker>().is_err());
         let mut d = Decoder::default();
         d.push(&encode(&serde_json::json!({"type": "launch_missiles"})));
-        assert!(d.next_message::<ToBroker>().is_err());
+        assert_eq!(d.next_message::<ToBroker>().unwrap(), Some(ToBroker::Unknown));
         assert_eq!(
             read_frame::<ToHost>(&mut &[][..]).unwrap(),
             None,

@@ -1088,7 +1088,8 @@ impl System {
             | Request::Subscribe
             | Request::Offer { .. }
             | Request::Attach { .. }
-            | Request::Ready => Ok(Reply::Done),
+            | Request::Ready
+            | Request::Unknown => Ok(Reply::Done),
             Request::Signal { name } => Self::fire_event(shared, &EventKey::Custom(name))
                 .map(|count| Reply::Fired { count }),
             Request::List => shared.task_views(None).map(|tasks| Reply::Tasks { tasks }),

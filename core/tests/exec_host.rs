@@ -396,7 +396,7 @@ fn garbage_on_the_instance_socket_closes_it_and_the_exit_status_still_decides() 
     assert_eq!(c.outcome, TaskOutcome::Succeeded, "{c:?}");
     let stdout = reg.history().unwrap()[0].stdout.clone().unwrap();
     assert!(
-        stdout.contains("refused: this broker speaks instance protocol 1, the host 99"),
+        stdout.contains("refused: instance protocol: no protocol version in common: this build speaks versions 1–2, the peer version 99"),
         "{stdout}"
     );
 }
@@ -437,6 +437,7 @@ fn host_speaks_another_version() {
         &mut socket,
         &btb_core::protocol::ToBroker::Hello {
             version: 99,
+            min_version: None,
             instance_id: id,
         },
     )

@@ -356,6 +356,7 @@ fn v1() -> Vec<(&'static str, Frame)> {
 fn hello_request(version: u32, keep_alive: bool) -> Request {
     Request::Hello {
         version,
+        min_version: None,
         keep_alive,
     }
 }
@@ -379,6 +380,7 @@ fn doctor_reply(states: BTreeMap<String, StateView>) -> Reply {
 fn host_hello(version: u32) -> ToBroker {
     ToBroker::Hello {
         version,
+        min_version: None,
         instance_id: id(2),
     }
 }
@@ -443,4 +445,60 @@ fn version_1_frames_keep_decoding_to_the_same_messages() {
     let mut names: Vec<String> = samples.iter().map(|(n, _)| format!("{n}.json")).collect();
     names.sort();
     assert_eq!(files, names);
+}
+
+#[test]
+fn fields_and_messages_of_a_newer_version_are_taken_not_refused() {
+    use btb_core::protocol::{Decoder, Framed, encode};
+    let mut d = Decoder::default();
+    d.push(&encode(
+        &json!({"type": "progress", "value": 7, "eta_ms": 1000}),
+    ));
+    d.push(&encode(&json!({"type": "teleport", "to": "mars"})));
+    d.push(&encode(&json!({"type": "progress", "value": "seven"})));
+    d.push(&encode(&json!({"type": "finished"})));
+    let mut out = Vec::new();
+    while let Some(framed) = d.next_framed::<ToBroker>().unwrap() {
+        out.push(framed);
+    }
+    assert!(matches!(
+        out[0],
+        Framed::Message(ToBroker::Progress { value: 7 })
+    ));
+    assert!(matches!(out[1], Framed::Message(ToBroker::Unknown)));
+    assert!(
+        matches!(&out[2], Framed::Unreadable(e) if e.contains("invalid type")),
+        "{:?}",
+        out[2]
+    );
+    assert!(
+        matches!(out[3], Framed::Message(ToBroker::Finished)),
+        "in step"
+    );
+    // A record with a field of a newer broker.
+    let mut value = serde_json::to_value(Reply::Registered { record: record() }).unwrap();
+    value["record"]["retry_policy"] = json!({"backoff": "exponential"});
+    assert_eq!(
+        serde_json::from_value::<Reply>(value).unwrap(),
+        Reply::Registered { record: record() }
+    );
+    // Not JSON at all: the stream cannot be trusted.
+    let mut d = Decoder::default();
+    d.push(&[0, 0, 0, 3, b'{', b'{', b'{']);
+    assert!(d.next_framed::<ToBroker>().is_err());
+}
+
+#[test]
+fn versions_are_negotiated_as_the_highest_both_speak() {
+    use btb_core::protocol::{MIN_VERSION, VERSION, negotiate};
+    assert_eq!(negotiate(None, 1), Ok(1), "a version 1 peer");
+    assert_eq!(negotiate(Some(1), VERSION + 5), Ok(VERSION), "a newer peer");
+    assert_eq!(negotiate(Some(MIN_VERSION), VERSION), Ok(VERSION));
+    let e = negotiate(Some(VERSION + 1), VERSION + 3).unwrap_err();
+    assert!(
+        e.contains(&format!("versions {}–{}", VERSION + 1, VERSION + 3))
+            && e.contains(&format!("versions {MIN_VERSION}–{VERSION}")),
+        "{e}"
+    );
+    assert!(negotiate(None, 0).is_err());
 }

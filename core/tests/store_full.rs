@@ -65,7 +65,10 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
     }
 }
 
@@ -190,7 +193,11 @@ fn a_run_that_ends_on_a_full_disk_keeps_its_record_until_it_can_be_written() {
     fs.free();
     rig.idle();
     let h = rig.sys.history(&long.task_id()).unwrap();
-    assert_eq!(h.len(), 1, "the record was kept and written once space returned");
+    assert_eq!(
+        h.len(),
+        1,
+        "the record was kept and written once space returned"
+    );
     assert_eq!(h[0].outcome, TaskOutcome::Succeeded);
     rig.sys.close().unwrap();
     drop(rig);

@@ -355,6 +355,7 @@ impl Broker {
         match message {
             ToBroker::Hello {
                 version,
+                min_version,
                 instance_id,
             } => {
                 let mut life = instance.life();
@@ -362,11 +363,9 @@ impl Broker {
                 let Some(child) = life.child.as_mut() else {
                     return false;
                 };
-                let refusal = if version != protocol::VERSION {
-                    Some(format!(
-                        "this broker speaks instance protocol {}, the host {version}",
-                        protocol::VERSION
-                    ))
+                let negotiated = protocol::negotiate(min_version, version);
+                let refusal = if let Err(e) = &negotiated {
+                    Some(format!("instance protocol: {e}"))
                 } else if instance_id != instance.instance_id() {
                     Some(format!(
                         "the host names instance {instance_id}; this socket is for {}",
@@ -384,7 +383,7 @@ impl Broker {
                 // welcome or sent after it, never lost between.
                 child.greeted = true;
                 child.send(&ToHost::Welcome {
-                    version: protocol::VERSION,
+                    version: negotiated.unwrap_or(protocol::VERSION),
                     canceled,
                     network_granted: instance.is_network_granted(),
                 });
@@ -394,6 +393,7 @@ impl Broker {
             // The process is the run: it ends when the process exits, deferrals or not. A client
             // process says when its run (with its deferrals) is over.
             ToBroker::DeferralTaken | ToBroker::DeferralCompleted => {}
+            ToBroker::Unknown => {} // a notice of a newer host
             ToBroker::Finished => {
                 if let Some(child) = instance.life().child.as_mut() {
                     child.finished = true;

@@ -30,7 +30,6 @@ pub type CanceledFn = Arc<dyn Fn(&Instance, CancellationReason) + Send + Sync>;
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Completion {
     pub instance_id: Uuid,
     pub outcome: TaskOutcome,

@@ -262,14 +262,20 @@ impl Broker {
                         batch.schedule.len(),
                         batch.runs.len()
                     );
-                    *writer.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
+                    *writer
+                        .failure
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner) = Some(e);
                     writer.abandoned.store(true, Ordering::Release);
                     writer.wake_waiters();
                     self.signal_changed();
                     return;
                 }
                 Err(e) => {
-                    let mut failure = writer.failure.lock().unwrap_or_else(PoisonError::into_inner);
+                    let mut failure = writer
+                        .failure
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
                     if failure.is_none() {
                         // Once per failure, not once per attempt.
                         log::error!(
