@@ -287,6 +287,64 @@ fn against_the_store_alone() {
 }
 
 #[test]
+fn another_store_of_the_app_is_never_acted_on_through_its_running_broker() {
+    let env = Env::new();
+    // Store B, with its own task, closed: no broker holds it.
+    let b = env.dir.path().join("b.sqlite3");
+    let sys_b = open(&b);
+    register(&sys_b, "only-in-b", Trigger::application(), None);
+    sys_b.close().unwrap();
+    // The app's running broker holds store A (`env.store()`).
+    let sys_a = open(&env.store());
+    register(&sys_a, "only-in-a", Trigger::application(), None);
+    let on_b = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_btbctl"))
+            .args(["--app", APP, "--store"])
+            .arg(&b)
+            .args(args)
+            .env("XDG_RUNTIME_DIR", env.dir.path().join("run"))
+            .output()
+            .unwrap()
+    };
+    let out = on_b(&["list", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["name"], "only-in-b", "B's tasks, not the broker's");
+    assert!(
+        text(&out.stderr).contains(&format!(
+            "the broker of app \"{APP}\" (pid {}) holds store",
+            std::process::id()
+        )),
+        "{}",
+        text(&out.stderr)
+    );
+    // Unregistering a name of A's through --store B touches neither.
+    let out = on_b(&["unregister", "only-in-a"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(
+        sys_a.all_tasks().unwrap().len(),
+        1,
+        "A's task is still there"
+    );
+    let out = on_b(&["run", "only-in-b"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("run needs the broker of this store"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(on_b(&["unregister", "only-in-b"]).status.success());
+    sys_a.close().unwrap();
+    let sys_b = open(&b);
+    assert!(
+        sys_b.all_tasks().unwrap().is_empty(),
+        "the unregistration went to B"
+    );
+    sys_b.close().unwrap();
+}
+
+#[test]
 fn completions_come_from_clap() {
     let out = Command::new(env!("CARGO_BIN_EXE_btbctl"))
         .args(["completions", "bash"])

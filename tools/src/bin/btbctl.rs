@@ -5,7 +5,7 @@
 //! message on stderr names what failed), 2 a usage error.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use btb_core::control::{Client, Reply, Request};
@@ -80,6 +80,8 @@ enum Command {
 struct Target {
     app_id: String,
     store: PathBuf,
+    /// Set when the app's running broker holds another store than this one: why it was not used.
+    elsewhere: std::cell::RefCell<Option<String>>,
 }
 
 impl Target {
@@ -97,26 +99,47 @@ impl Target {
             Some(path) => path.clone(),
             None => StoreLocation::default_path(&app_id)?,
         };
-        Ok(Target { app_id, store })
+        Ok(Target {
+            app_id,
+            store,
+            elsewhere: Default::default(),
+        })
     }
 
-    /// The running broker, or `None` when none runs.
+    /// The running broker of this store, or `None` when none runs — or when the app's broker
+    /// holds another store (its hello names it): then this store is read alone, never that one.
     fn broker(&self) -> Result<Option<Client>> {
-        match Client::connect(&self.app_id) {
-            Ok(client) => Ok(Some(client)),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
+        let client = match Client::connect(&self.app_id) {
+            Ok(client) => client,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let ours = std::fs::canonicalize(&self.store).unwrap_or_else(|_| self.store.clone());
+        match &client.broker_store {
+            Some(theirs) if Path::new(theirs) != ours => {
+                let elsewhere = format!(
+                    "the broker of app {:?} (pid {}) holds store {theirs}, not {}",
+                    self.app_id,
+                    client.broker_pid,
+                    ours.display()
+                );
+                eprintln!("btbctl: {elsewhere}; this store is used alone");
+                *self.elsewhere.borrow_mut() = Some(elsewhere);
+                Ok(None)
+            }
+            _ => Ok(Some(client)),
         }
     }
 
     fn no_broker(&self, what: &str) -> Error {
-        Error::new(
-            ErrorKind::NotFound,
-            format!(
+        let why = match &*self.elsewhere.borrow() {
+            Some(elsewhere) => format!("{elsewhere}: {what} needs the broker of this store"),
+            None => format!(
                 "no broker runs for app {:?}: {what} needs one (start the app, or btbd)",
                 self.app_id
             ),
-        )
+        };
+        Error::new(ErrorKind::NotFound, why)
     }
 
     /// The id of the stored registration TASK names.
