@@ -59,14 +59,17 @@ const MAX_SOCKET_PATH: usize = 107;
 /// Reply to a peer of another uid.
 const NOT_YOUR_BROKER: &str = "not your broker";
 
-/// `$XDG_RUNTIME_DIR/btb/<app_id>.sock`; without XDG_RUNTIME_DIR: `/tmp/btb-<uid>/<app_id>.sock`.
+/// `$XDG_RUNTIME_DIR/btb/<app_id>.sock`. Without XDG_RUNTIME_DIR: `/run/user/<uid>/btb/` when
+/// that runtime directory exists and is ours, else `$XDG_STATE_HOME/btb/run/` (by default
+/// `~/.local/state/btb/run/`) — places no other user can create first, never a guessable name in
+/// a shared directory such as `/tmp` (SPEC §10).
 ///
 /// An empty or relative `XDG_RUNTIME_DIR` counts as unset (the XDG base directory spec requires an
 /// absolute path). The app id must be a reverse-DNS name (as the manifest requires) and the whole
 /// path must fit a Unix socket address (107 bytes).
 pub fn socket_path(app_id: &str) -> Result<PathBuf> {
     check_app_id(app_id)?;
-    let path = socket_dir().join(format!("{app_id}.sock"));
+    let path = socket_dir()?.0.join(format!("{app_id}.sock"));
     let len = path.as_os_str().len();
     if len > MAX_SOCKET_PATH {
         return Err(Error::invalid(format!(
@@ -77,15 +80,34 @@ pub fn socket_path(app_id: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// The directory holding the sockets (not created here).
-fn socket_dir() -> PathBuf {
-    match std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .filter(|dir| dir.is_absolute())
-    {
-        Some(dir) => dir.join("btb"),
-        None => PathBuf::from(format!("/tmp/btb-{}", our_uid())),
+/// The directory holding the sockets (not created here), and whether its parents may be created
+/// with it (in the state directory, which a fresh account may not have yet).
+fn socket_dir() -> Result<(PathBuf, bool)> {
+    let absolute = |var: &str| {
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .filter(|dir| dir.is_absolute())
+    };
+    if let Some(dir) = absolute("XDG_RUNTIME_DIR") {
+        return Ok((dir.join("btb"), false));
     }
+    // logind's runtime directory, when this user has one: made by root for us alone.
+    let run_user = PathBuf::from(format!("/run/user/{}", our_uid()));
+    if fs::symlink_metadata(&run_user).is_ok_and(|m| m.is_dir() && m.uid() == our_uid()) {
+        return Ok((run_user.join("btb"), false));
+    }
+    let state = match absolute("XDG_STATE_HOME") {
+        Some(dir) => dir,
+        None => match absolute("HOME") {
+            Some(home) => home.join(".local/state"),
+            None => {
+                return Err(Error::state(
+                    "no place for the control socket: none of XDG_RUNTIME_DIR, /run/user/<uid>, XDG_STATE_HOME or HOME is there",
+                ));
+            }
+        },
+    };
+    Ok((state.join("btb").join("run"), true))
 }
 
 fn our_uid() -> u32 {
@@ -599,6 +621,15 @@ impl ControlListener {
     ) -> Result<ControlListener> {
         let path = socket_path(app_id)?;
         let dir = path.parent().expect("a socket path always has a directory");
+        if socket_dir()?.1
+            && let Some(parent) = dir.parent()
+        {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(|e| Error::state(format!("cannot create {}: {e}", parent.display())))?;
+        }
         ensure_private_dir(dir)?;
 
         let already = || {

@@ -285,7 +285,10 @@ mod tests {
         assert!(d.next_message::<ToBroker>().is_err());
         let mut d = Decoder::default();
         d.push(&encode(&serde_json::json!({"type": "launch_missiles"})));
-        assert_eq!(d.next_message::<ToBroker>().unwrap(), Some(ToBroker::Unknown));
+        assert_eq!(
+            d.next_message::<ToBroker>().unwrap(),
+            Some(ToBroker::Unknown)
+        );
         assert_eq!(
             read_frame::<ToHost>(&mut &[][..]).unwrap(),
             None,

@@ -249,7 +249,8 @@ pub(crate) fn start_broker(
                 *shared.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(l);
             }
             Err(e) => {
-                log::warn!(target: "btb", "other processes (clients, btbctl, signal_event) will not reach this system: {e}")
+                log::warn!(target: "btb", "other processes (clients, btbctl, signal_event) will not reach this system: {e}");
+                let _ = shared.unreachable.set(e);
             }
         }
     }
@@ -284,6 +285,31 @@ impl System {
     /// broker; a client becomes the broker when it takes the store over).
     pub fn is_broker(&self) -> bool {
         matches!(self.home.route(), Route::Local(_))
+    }
+
+    /// The control socket through which other processes of the app reach this broker (SPEC §10);
+    /// the error that kept it from listening (none for an in-memory store: `STATE`). A client
+    /// reaches its broker through the broker's socket.
+    pub fn control_socket(&self) -> Result<std::path::PathBuf> {
+        match self.home.route() {
+            Route::Local(b) => {
+                if let Some(e) = b.unreachable.get() {
+                    return Err(e.clone());
+                }
+                match b
+                    .listener
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                {
+                    Some(l) => Ok(l.path().to_owned()),
+                    None => Err(Error::state(
+                        "this system does not listen (an in-memory store, or closed)",
+                    )),
+                }
+            }
+            Route::Remote(_) => crate::control::socket_path(self.manifest().app_id()),
+        }
     }
 
     /// The process id of the broker this system uses (this process's when it is the broker).

@@ -175,20 +175,40 @@ fn socket_path_layout() {
         rt.path().join("btb").join(format!("{APP}.sock"))
     );
 
+    // Without XDG_RUNTIME_DIR: logind's /run/user/<uid> when it is ours, else the state directory
+    // — never a name in a shared directory that another user could create first.
     let uid = rustix::process::getuid().as_raw();
+    let run_user = PathBuf::from(format!("/run/user/{uid}"));
+    let state = rt.path().join("state");
+    let fallback = if std::fs::metadata(&run_user)
+        .is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == uid && m.is_dir())
+    {
+        run_user.join("btb").join(format!("{APP}.sock"))
+    } else {
+        state.join("btb/run").join(format!("{APP}.sock"))
+    };
     // SAFETY: `ENV` is held (by `rt`).
-    unsafe { std::env::remove_var("XDG_RUNTIME_DIR") };
-    assert_eq!(
-        socket_path(APP).unwrap(),
-        PathBuf::from(format!("/tmp/btb-{uid}/{APP}.sock"))
-    );
+    unsafe {
+        std::env::remove_var("XDG_RUNTIME_DIR");
+        std::env::set_var("XDG_STATE_HOME", &state);
+    }
+    assert_eq!(socket_path(APP).unwrap(), fallback);
     // A relative XDG_RUNTIME_DIR is ignored, as the XDG spec says.
     unsafe { std::env::set_var("XDG_RUNTIME_DIR", "relative/dir") };
-    assert_eq!(
-        socket_path(APP).unwrap(),
-        PathBuf::from(format!("/tmp/btb-{uid}/{APP}.sock"))
-    );
-    unsafe { std::env::set_var("XDG_RUNTIME_DIR", rt.path()) };
+    assert_eq!(socket_path(APP).unwrap(), fallback);
+    // A fresh account has no state directory yet: a broker makes it, private, and listens.
+    if fallback.starts_with(&state) {
+        let (cb, rx) = channel_callback();
+        let listener = ControlListener::bind(APP, cb).unwrap();
+        assert_eq!(listener.path(), fallback);
+        assert_eq!(mode(&state.join("btb/run")), 0o700);
+        signal_event(APP, "found").unwrap();
+        assert_eq!(rx.recv_timeout(DEADLINE).unwrap(), "found");
+    }
+    unsafe {
+        std::env::set_var("XDG_RUNTIME_DIR", rt.path());
+        std::env::remove_var("XDG_STATE_HOME");
+    }
 
     for bad in [
         "",

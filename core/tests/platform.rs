@@ -288,3 +288,41 @@ fn a_time_zone_change_fires_and_moves_calendar_triggers() {
     rig.idle();
     assert_eq!(daily.next_due_ms(), Some(nine_utc + 5 * 3_600_000));
 }
+
+#[test]
+fn fifos_given_as_platform_paths_never_block_the_open() {
+    // A FIFO as the localtime file and as a power supply's attribute: opening one for reading
+    // would wait for a writer forever. The system opens, and those states read as unreadable.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+    let fifo = |path: &Path| {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            path,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap()
+    };
+    fifo(&dir.path().join("etc/localtime"));
+    supply(&dir.path().join("power_supply"), "AC", &[("type", "Mains")]);
+    fifo(&dir.path().join("power_supply/AC/online"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = dir.path().to_owned();
+    // On a thread, so that a regression fails the test at the deadline instead of hanging it.
+    std::thread::spawn(move || {
+        let rig = open_real(&path, 0);
+        let ac = rig.sys.state(SystemConditionType::OnAcPower).unwrap();
+        rig.sys.close().unwrap();
+        let _ = tx.send(ac);
+    });
+    let ac = rx
+        .recv_timeout(DEADLINE)
+        .expect("btb_system_open blocked on a FIFO");
+    assert_eq!(
+        ac,
+        Some(true),
+        "a mains supply whose online attribute is unreadable is no battery: systemd's rule, AC"
+    );
+}

@@ -225,6 +225,42 @@ fn btbd_refuses_a_bad_manifest_and_a_store_in_use() {
     assert_eq!(wait_exit(&mut first).code(), Some(0));
 }
 
+#[test]
+fn btbd_refuses_to_run_where_no_one_could_reach_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scratch::new();
+    s.register(&[("quick", "app.Quick")]);
+    // Someone made the socket directory open to others: btb refuses it, and btbd will not run
+    // a broker that the app's processes and btbctl cannot reach.
+    let dir = s.path("run").join("btb");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = s
+        .command(env!("CARGO_BIN_EXE_btbd"))
+        .arg("--manifest")
+        .arg(s.manifest())
+        .arg("--store")
+        .arg(s.path("btb.sqlite3"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("btbd: no control socket")
+            && stderr.contains("has mode 0777; it must not be accessible to group or others"),
+        "{stderr}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).is_empty(),
+        "never ready"
+    );
+    // Made private again, btbd runs.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mut btbd = s.btbd();
+    sigterm(&btbd);
+    assert_eq!(wait_exit(&mut btbd).code(), Some(0));
+}
+
 /// The app's process in `btbd_runs_an_exec_task_registered_by_a_client` (an ignored test, active
 /// only when `BTB_TEST_APP_MANIFEST` is set): a client of btbd that registers an `exec` task,
 /// requests it and hears it complete.

@@ -271,6 +271,8 @@ pub(crate) struct Broker {
     pub(crate) platform: Mutex<Option<crate::platform::Platform>>,
     /// Hears custom events signalled by other processes (file stores only).
     pub(crate) listener: Mutex<Option<crate::control::ControlListener>>,
+    /// Why this broker has no control socket (a file store whose socket could not be bound).
+    pub(crate) unreachable: std::sync::OnceLock<Error>,
     /// Where progress and completion go for client processes (set once the listener is bound).
     pub(crate) broadcast: std::sync::OnceLock<Arc<crate::control::Broadcast>>,
 }
@@ -394,6 +396,7 @@ impl Broker {
             platform_options,
             platform: Mutex::new(None),
             listener: Mutex::new(None),
+            unreachable: std::sync::OnceLock::new(),
             broadcast: std::sync::OnceLock::new(),
         })
     }

@@ -29,9 +29,9 @@ pub(crate) struct Power {
 }
 
 fn attr(dir: &Path, name: &str) -> Option<String> {
-    std::fs::read_to_string(dir.join(name))
+    super::read_regular(&dir.join(name))
         .ok()
-        .map(|s| s.trim().to_owned())
+        .map(|s| String::from_utf8_lossy(&s).trim().to_owned())
 }
 
 /// Reads the supplies under `root`; `None` when the root cannot be read (no sysfs).

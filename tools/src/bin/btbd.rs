@@ -53,9 +53,11 @@ fn main() -> ExitCode {
     let store = cli
         .store
         .map_or(StoreLocation::Default, StoreLocation::File);
+    // Paused: nothing runs until btbd knows it can be reached.
     let system = match System::open(SystemOptions {
         manifest: Some(manifest),
         store,
+        paused: true,
         ..SystemOptions::default()
     }) {
         Ok(s) => s,
@@ -73,12 +75,30 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(1);
     }
+    // A broker the app's processes and btbctl cannot reach would run tasks no one can see or
+    // request: refuse to run, saying why.
+    let socket = match system.control_socket() {
+        Ok(path) => path,
+        Err(e) => {
+            eprintln!(
+                "btbd: no control socket, so the app's processes and btbctl could not reach this broker: {}",
+                e.message()
+            );
+            let _ = system.close();
+            return ExitCode::from(1);
+        }
+    };
+    if let Err(e) = system.start() {
+        eprintln!("btbd: {}", e.message());
+        return ExitCode::from(1);
+    }
     let registrations = system.all_tasks().map_or(0, |t| t.len());
     log::info!(
         target: "btbd",
-        "broker of {app_id:?} (pid {}): {registrations} registration(s), store {}",
+        "broker of {app_id:?} (pid {}): {registrations} registration(s), store {}, socket {}",
         std::process::id(),
-        system.store_path()
+        system.store_path(),
+        socket.display()
     );
     println!("btbd: ready"); // for supervisors and tests that wait for it
 
