@@ -407,6 +407,9 @@ pub enum Reply {
     Doctor {
         states: std::collections::BTreeMap<String, crate::view::StateView>,
         broker: Option<u32>,
+        /// Why the broker's store cannot be written now (runs are held, SPEC §11), if so.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        store_error: Option<String>,
     },
     Registered {
         record: TaskRecord,

@@ -1140,6 +1140,7 @@ impl System {
             Request::Doctor => self.doctor().map(|states| Reply::Doctor {
                 states,
                 broker: Some(std::process::id()),
+                store_error: shared.store_failure().map(|e| e.message().to_owned()),
             }),
             Request::Register {
                 builder,

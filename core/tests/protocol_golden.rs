@@ -374,6 +374,7 @@ fn doctor_reply(states: BTreeMap<String, StateView>) -> Reply {
     Reply::Doctor {
         states,
         broker: Some(4242),
+        store_error: None,
     }
 }
 

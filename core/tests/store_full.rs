@@ -117,6 +117,15 @@ fn a_full_disk_holds_a_one_shot_until_it_is_spent_on_disk_and_it_never_runs_twic
         e.message()
     );
     rig.no_start(); // held: it would run again after a restart
+    // btbctl doctor hears it from the broker.
+    let mut ctl = btb_core::control::Client::connect(rig.sys.app_id()).unwrap();
+    match ctl.call(&btb_core::control::Request::Doctor).unwrap() {
+        btb_core::control::Reply::Doctor { store_error, .. } => assert!(
+            store_error.as_deref().is_some_and(|e| e.contains("full")),
+            "{store_error:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
     assert!(rig.sys.find(&once.task_id()).unwrap().is_spent()); // in memory it is spent
     let e = assert_store_error(
         rig.sys.request(&trigger, None),

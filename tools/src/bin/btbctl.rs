@@ -317,10 +317,16 @@ fn history(runs: &[RunView]) {
     );
 }
 
-fn doctor(states: &BTreeMap<String, StateView>, broker: Option<u32>, json: bool) {
+fn doctor(
+    states: &BTreeMap<String, StateView>,
+    broker: Option<u32>,
+    store_error: Option<&str>,
+    json: bool,
+) {
     if json {
         let mut object = serde_json::to_value(states).expect("views serialize");
         object["broker"] = broker.into();
+        object["store_error"] = store_error.into();
         print_json(&object);
         return;
     }
@@ -339,6 +345,9 @@ fn doctor(states: &BTreeMap<String, StateView>, broker: Option<u32>, json: bool)
     match broker {
         Some(pid) => out!("broker: pid {pid}"),
         None => out!("broker: none running (states read by btbctl itself)"),
+    }
+    if let Some(e) = store_error {
+        out!("store: CANNOT BE WRITTEN — runs are held until it can: {e}");
     }
 }
 
@@ -431,7 +440,11 @@ fn run(cli: Cli) -> Result<()> {
             }
         },
         Command::Doctor { json } => match call(Request::Doctor)? {
-            Some(Reply::Doctor { states, broker }) => doctor(&states, broker, json),
+            Some(Reply::Doctor {
+                states,
+                broker,
+                store_error,
+            }) => doctor(&states, broker, store_error.as_deref(), json),
             Some(other) => return Err(unexpected(other)),
             None => {
                 // No broker: read the machine here, as a broker would.
@@ -440,7 +453,7 @@ fn run(cli: Cli) -> Result<()> {
                     store: StoreLocation::Memory,
                     ..btb_core::SystemOptions::default()
                 })?;
-                doctor(&system.doctor()?, None, json);
+                doctor(&system.doctor()?, None, None, json);
                 system.close()?;
             }
         },
