@@ -62,6 +62,7 @@ mod latch;
 mod notify;
 mod pool;
 mod tasks;
+mod threads;
 mod timers;
 mod writer;
 
@@ -128,6 +129,8 @@ pub(crate) struct State {
     stopping: bool,
     /// Opened paused and not started yet: nothing is dispatched.
     paused: bool,
+    /// Once closed: until when `close` waits for the threads (handlers called later are not).
+    close_by: Option<Instant>,
     /// When the broker plans to wake next (see `State::wake_broker_by`).
     planned_wake: Option<i64>,
     garbage: Vec<Box<dyn Any + Send>>,
@@ -157,6 +160,7 @@ impl State {
             closed: false,
             stopping: false,
             paused,
+            close_by: None,
             planned_wake: None,
             garbage: Vec::new(),
         }
@@ -262,7 +266,8 @@ pub(crate) struct Broker {
     change_cv: Condvar,
     /// Lock 2 of the lock order.
     pub(crate) handlers: RwLock<Handlers>,
-    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Every thread of this broker, joined by `close` (`threads.rs`).
+    threads: Arc<threads::ThreadSet>,
     /// The local time zone of calendar triggers (a leaf lock: re-read when the zone changes).
     tz: RwLock<jiff::tz::TimeZone>,
     /// Where the machine's state comes from (`platform/`).
@@ -389,7 +394,7 @@ impl Broker {
             notify_cv: Condvar::new(),
             change_cv: Condvar::new(),
             handlers: RwLock::new(Handlers::default()),
-            threads: Mutex::new(Vec::new()),
+            threads: Arc::default(),
             tz: RwLock::new(crate::calendar::local_time_zone(
                 &platform_options.localtime,
             )),
@@ -549,23 +554,20 @@ impl Broker {
     }
 
     pub(crate) fn start_threads(self: &Arc<Self>) -> Result<()> {
-        let mut threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
         for (name, body) in [
             ("btb-broker", Self::broker_loop as fn(&Arc<Broker>)),
             ("btb-notifier", Self::notifier_loop as fn(&Arc<Broker>)),
             ("btb-writer", Self::writer_loop as fn(&Arc<Broker>)),
         ] {
             let shared = Arc::clone(self);
-            let handle = std::thread::Builder::new()
-                .name(name.into())
-                .spawn(move || body(&shared))
+            self.threads
+                .spawn(name, move || body(&shared))
                 .map_err(|e| {
                     Error::new(
                         crate::ErrorKind::Internal,
                         format!("cannot start the {name} thread: {e}"),
                     )
                 })?;
-            threads.push(handle);
         }
         Ok(())
     }
@@ -711,6 +713,8 @@ impl Broker {
         }
         st.stopping = true;
         st.closed = true;
+        let st_close_by = deadline + CLOSE_MARGIN;
+        st.close_by = Some(st_close_by);
         st.jobs.clear();
         self.waker.wake();
         self.work_cv.notify_all();
@@ -730,12 +734,17 @@ impl Broker {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         drop(platform);
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
-        let me = std::thread::current().id();
-        for t in threads {
-            if t.thread().id() != me {
-                let _ = t.join();
-            }
+        // Every thread ends now, but one still inside app code past the grace (a run function
+        // that ignores its cancellation, a handler that blocks): that one is abandoned, named.
+        let abandoned = self.threads.join_until(st_close_by);
+        if !abandoned.is_empty() {
+            log::warn!(
+                target: "btb",
+                "closed without waiting for {} thread(s) still in app code past the grace ({}): {}",
+                abandoned.len(),
+                self.manifest.app_id(),
+                abandoned.join(", ")
+            );
         }
         // The writer has committed everything and ended: release the store (and its lock).
         drop(self.store().take());
@@ -746,6 +755,10 @@ impl Broker {
         Ok(())
     }
 }
+
+/// How long `close` waits, past the grace, for the broker's threads to end before it abandons
+/// those still in app code.
+const CLOSE_MARGIN: Duration = Duration::from_secs(1);
 
 pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic

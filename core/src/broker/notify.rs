@@ -3,6 +3,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::time::Instant;
 
 use uuid::Uuid;
 
@@ -48,6 +49,16 @@ impl Broker {
         ON_BTB_THREAD.with(|f| f.set(true));
         let mut st = self.lock();
         loop {
+            if st.closed && st.close_by.is_some_and(|by| Instant::now() >= by) {
+                // Past the time `close` waits for us (a handler blocked past the grace): what is
+                // left would call app code after `close` returned.
+                let left = st.notes.len();
+                if left > 0 {
+                    log::warn!(target: "btb", "closed with {left} handler call(s) not made");
+                }
+                st.notes.clear();
+                return;
+            }
             let Some(note) = st.notes.pop_front() else {
                 if st.stopping {
                     return;

@@ -20,10 +20,10 @@ pub enum Event {
 impl Broker {
     pub(super) fn spawn_worker(self: &Arc<Self>) {
         let shared = Arc::clone(self);
-        let spawned = std::thread::Builder::new()
-            .name("btb-worker".into())
-            .spawn(move || shared.worker_loop());
-        if let Err(e) = spawned {
+        if let Err(e) = self
+            .threads
+            .spawn("btb-worker", move || shared.worker_loop())
+        {
             log::error!(target: "btb", "cannot start a worker thread: {e}");
         }
     }
