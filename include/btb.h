@@ -1760,6 +1760,16 @@ btb_status btb_trigger_recurrence(const btb_trigger *trigger, uint32_t *out);
 btb_status btb_trigger_text(const btb_trigger *trigger, const char **out);
 
 /**
+ * Writes a calendar trigger's expression in systemd's normalized form (what `systemd-analyze
+ * calendar` prints as "Normalized form", e.g. `"Mon..Fri *-*-* 09:30:00"` for
+ * `"Mon-Fri 9:30"`) to `*out`. The string is borrowed: valid while the trigger handle lives.
+ * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT` (not
+ * a calendar trigger, or an expression that does not parse — the message names the offending
+ * part, as `btb_register` would). Thread-safe.
+ */
+btb_status btb_calendar_trigger_normalized(const btb_trigger *trigger, const char **out);
+
+/**
  * Creates a system condition (`SystemCondition`) for a `BTB_CONDITION_*` value; an unknown value is
  * reported by `btb_register`. On success `*out` is a new condition (free with `btb_condition_free`).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`. Thread-safe.

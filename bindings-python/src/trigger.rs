@@ -324,6 +324,19 @@ impl CalendarTrigger {
             _ => unreachable!("a CalendarTrigger holds a calendar trigger"),
         }
     }
+
+    /// The expression in systemd's normalized form (what `systemd-analyze calendar` prints as
+    /// "Normalized form"); raises `InvalidArgumentError` naming the offending part when the
+    /// expression does not parse (as registering it would).
+    #[getter]
+    fn normalized(slf: &Bound<'_, Self>) -> PyResult<String> {
+        match base(slf) {
+            Trigger::Calendar { expression } => btb_core::calendar::CalendarSpec::parse(expression)
+                .map(|spec| spec.normalized())
+                .map_err(|e| crate::errors::to_py_err(slf.py(), &e)),
+            _ => unreachable!("a CalendarTrigger holds a calendar trigger"),
+        }
+    }
 }
 
 /// `SystemCondition(condition_type)`: a state that must hold for the task to start.

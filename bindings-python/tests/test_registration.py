@@ -302,3 +302,10 @@ def test_system_properties(system: btb.System, manifest: btb.Manifest, clock: bt
     clock.advance(60)
     assert own_clock.now == clock.now  # one clock, shared
     assert repr(system).startswith("System(app_id='org.example.notes', store=")
+
+
+def test_calendar_trigger_normalized():
+    assert btb.CalendarTrigger("Mon-Wed 12-10-15 17:48").normalized == "Mon..Wed 2012-10-15 17:48:00"
+    assert btb.CalendarTrigger("*-*~05,3").normalized == "*-*~03,05 00:00:00"
+    with pytest.raises(btb.InvalidArgumentError, match="minute 61 is out of range"):
+        btb.CalendarTrigger("*-*-* 10:61").normalized

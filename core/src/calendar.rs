@@ -1,37 +1,94 @@
-//! Calendar expressions (beyond Windows): the systemd `OnCalendar=` syntax of systemd.time(7),
-//! `[WEEKDAYS] [YEAR-]MONTH-DAY [HOUR:MINUTE[:SECOND]] [UTC]`, each field `*`, a value, a range
-//! `a..b`, a repetition `a/step` or `a..b/step`, or a comma list of those; plus the shorthands
-//! `minutely`, `hourly`, `daily`, `weekly`, `monthly`, `quarterly`, `semiannually`, `yearly`,
-//! `annually`. Parsing happens at registration; an expression btb cannot honour is an error naming
-//! the offending part, never a silently different schedule.
+//! Calendar expressions (beyond Windows): the `OnCalendar=` syntax of systemd.time(7), "Calendar
+//! Events", as systemd 252 parses, normalizes and evaluates it (`src/shared/calendarspec.c`):
+//!
+//! `[WEEKDAYS] [[YEAR-]MONTH(-|~)DAY] [HOUR:MINUTE[:SECOND]] [UTC|ZONE]`, or `@EPOCH-SECONDS`, or
+//! one of the shorthands `minutely`, `hourly`, `daily`, `weekly`, `monthly`, `quarterly`,
+//! `semiannually` (also `semi-annually`, `biannually`, `bi-annually`), `yearly`, `annually`.
+//!
+//! - Weekdays: English names, abbreviated or not, any case; lists with `,`, ranges with `..` or `-`;
+//!   a trailing comma is allowed (`Wed, 17:48`).
+//! - Each date and time field is `*` or a comma list of `value`, `start..stop`, `value/repeat` or
+//!   `start..stop/repeat`. Years of two digits are 19xx (70–99) or 20xx (00–69). `~` before the day
+//!   counts days from the end of the month (`*-02~01` is the last day of February, `~07/1` the last
+//!   seven days).
+//! - Seconds may have decimal fractions, in values and repetitions, rounded to microseconds.
+//! - The zone is `UTC` (any case), a tz database name (`Europe/Berlin`, exact case), or absent for
+//!   the local zone.
+//!
+//! Parsing happens at registration; an expression systemd refuses is an error naming the offending
+//! part, never a silently different schedule. The one form of systemd.time(7) btb refuses on
+//! purpose is a trailing abbreviation of the *local* zone's standard or daylight-saving name
+//! (`12:00 CEST` on a Berlin machine): it pins the DST state of a zone that can change under a
+//! running broker. An abbreviation that is itself a tz database name (`CET`, `EET`, `EST`) names
+//! that zone.
+//!
+//! The next elapse follows systemd's search (`find_next()`) step by step, so that the instants, DST
+//! gaps and folds included, are the ones `systemd-analyze calendar` prints: a civil time in a gap is
+//! moved forward by the gap's length and the search resumes from there; a civil time in a fold
+//! takes the offset in use where the search was (glibc `mktime()` with `tm_isdst = -1`): the earlier
+//! instant, unless the search started inside the repeated stretch.
 
 use crate::error::{Error, Result};
-use jiff::civil::{Date, DateTime};
-use jiff::tz::{AmbiguousOffset, TimeZone};
-use jiff::{SignedDuration, Timestamp};
+use jiff::civil::{Date, DateTime, Time};
+use jiff::tz::{AmbiguousOffset, Offset, TimeZone};
+use jiff::{SignedDuration, Span, Timestamp};
 
-/// A parsed calendar expression: the allowed values of each field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CalendarSpec {
-    /// Bit `n` set = weekday `n` allowed (0 = Monday … 6 = Sunday).
-    pub weekdays: u8,
-    /// Allowed years; `None` = any.
-    pub years: Option<Vec<u32>>,
-    pub months: Vec<u32>,
-    pub days: Vec<u32>,
-    pub hours: Vec<u32>,
-    pub minutes: Vec<u32>,
-    pub seconds: Vec<u32>,
-    /// `true` when the expression ends in `UTC`; otherwise the local time zone.
-    pub utc: bool,
+/// The first and last year a calendar expression can name (systemd's `MIN_YEAR`, `MAX_YEAR`); the
+/// search for the next elapse gives up after the last.
+const MIN_YEAR: i32 = 1970;
+const MAX_YEAR: i32 = 2199;
+const USEC_PER_SEC: i32 = 1_000_000;
+/// systemd's `CALENDARSPEC_COMPONENTS_MAX`: the longest comma list of one field.
+const COMPONENTS_MAX: usize = 240;
+/// systemd's `MAX_CALENDAR_ITERATIONS`: a search that has not settled after this many steps gives
+/// up (systemd then reports an error; btb: no next elapse).
+const MAX_ITERATIONS: u32 = 1000;
+/// systemd's `USEC_TIMESTAMP_FORMATTABLE_MAX` (9999-12-30T23:59:59Z): no search starts after it.
+const USEC_FORMATTABLE_MAX: i64 = 253_402_214_399_999_999;
+
+/// One element of a field's comma list: `start`, `start..stop`, `start/repeat`,
+/// `start..stop/repeat`. `stop` is -1 without a range; a range without `/` repeats by 1 (1 s for
+/// seconds). Seconds are in microseconds. Ordered as systemd sorts them (start, stop, repeat).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Component {
+    start: i32,
+    stop: i32,
+    repeat: i32,
 }
 
-/// The last year a calendar expression can name (as systemd's `MAX_YEAR`); the search for the next
-/// elapse gives up after it.
-const MAX_YEAR: i32 = 2199;
+/// A field: `None` = `*` (any value).
+type Chain = Option<Vec<Component>>;
+
+/// Where an expression's civil times are read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CalendarZone {
+    /// The broker's local zone (as it is at each computation).
+    Local,
+    /// `UTC`.
+    Utc,
+    /// A tz database zone named in the expression.
+    Named { name: String, tz: TimeZone },
+}
+
+/// A parsed, normalized calendar expression.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CalendarSpec {
+    /// Bit `n` set = weekday `n` allowed (0 = Monday … 6 = Sunday); `None` = every day.
+    weekdays: Option<u8>,
+    /// `~`: days count from the end of the month.
+    end_of_month: bool,
+    year: Chain,
+    month: Chain,
+    day: Chain,
+    hour: Chain,
+    minute: Chain,
+    /// Seconds, in microseconds (`*` is `0/1` s: whole seconds).
+    microsecond: Chain,
+    zone: CalendarZone,
+}
 
 /// The system's time zone (`TZ`, else `/etc/localtime` on Unix, the Windows zone on Windows), or UTC
-/// when it cannot be determined. Calendar triggers without `UTC` follow this zone.
+/// when it cannot be determined. Calendar triggers without a zone follow this zone.
 pub fn system_time_zone() -> TimeZone {
     TimeZone::try_system().unwrap_or(TimeZone::UTC)
 }
@@ -56,375 +113,1184 @@ pub fn local_time_zone(localtime: &std::path::Path) -> TimeZone {
     TimeZone::tzif(name.as_deref().unwrap_or("localtime"), &data).unwrap_or(TimeZone::UTC)
 }
 
-const WEEKDAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
-
 fn bad(expr: &str, why: impl std::fmt::Display) -> Error {
     Error::invalid(format!("bad calendar expression {expr:?}: {why}"))
 }
 
-impl CalendarSpec {
-    pub fn parse(expr: &str) -> Result<CalendarSpec> {
-        let trimmed = expr.trim();
-        if trimmed.is_empty() {
-            return Err(bad(expr, "it is empty"));
+/// Weekday names in systemd's matching order (full names before their abbreviations).
+const DAY_NAMES: [(&str, u8); 14] = [
+    ("monday", 0),
+    ("mon", 0),
+    ("tuesday", 1),
+    ("tue", 1),
+    ("wednesday", 2),
+    ("wed", 2),
+    ("thursday", 3),
+    ("thu", 3),
+    ("friday", 4),
+    ("fri", 4),
+    ("saturday", 5),
+    ("sat", 5),
+    ("sunday", 6),
+    ("sun", 6),
+];
+const DAY_ABBREVIATIONS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+
+/// The shorthands and their expansions (systemd builds the same chains).
+const SHORTHANDS: [(&[&str], &str); 8] = [
+    (&["minutely"], "*-*-* *:*:00"),
+    (&["hourly"], "*-*-* *:00:00"),
+    (&["daily"], "*-*-* 00:00:00"),
+    (&["monthly"], "*-*-01 00:00:00"),
+    (&["annually", "yearly", "anually"], "*-01-01 00:00:00"),
+    (&["weekly"], "Mon *-*-* 00:00:00"),
+    (&["quarterly"], "*-01,04,07,10-01 00:00:00"),
+    (
+        &["biannually", "bi-annually", "semiannually", "semi-annually"],
+        "*-01,07-01 00:00:00",
+    ),
+];
+
+/// The parser's cursor over the expression (ASCII; anything else is an error where it stands).
+struct Parser<'a> {
+    /// The whole expression, for messages.
+    expr: &'a str,
+    text: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Parser<'a> {
+    fn peek(&self) -> u8 {
+        self.text.get(self.at).copied().unwrap_or(0)
+    }
+
+    fn peek_at(&self, n: usize) -> u8 {
+        self.text.get(self.at + n).copied().unwrap_or(0)
+    }
+
+    fn skip_spaces(&mut self) {
+        while self.peek() == b' ' {
+            self.at += 1;
         }
-        let expanded = match trimmed.to_ascii_lowercase().as_str() {
-            "minutely" => "*-*-* *:*:00",
-            "hourly" => "*-*-* *:00:00",
-            "daily" => "*-*-* 00:00:00",
-            "weekly" => "Mon *-*-* 00:00:00",
-            "monthly" => "*-*-01 00:00:00",
-            "quarterly" => "*-01,04,07,10-01 00:00:00",
-            "semiannually" => "*-01,07-01 00:00:00",
-            "yearly" | "annually" => "*-01-01 00:00:00",
-            _ => trimmed,
-        };
-        let mut parts: Vec<&str> = expanded.split_whitespace().collect();
-        let mut spec = CalendarSpec {
-            weekdays: 0x7f,
-            years: None,
-            months: (1..=12).collect(),
-            days: (1..=31).collect(),
-            hours: vec![0],
-            minutes: vec![0],
-            seconds: vec![0],
-            utc: false,
-        };
-        if parts.last().is_some_and(|p| p.eq_ignore_ascii_case("utc")) {
-            spec.utc = true;
-            parts.pop();
+    }
+
+    /// The text from `from` to the next space: the part an error names.
+    fn word(&self, from: usize) -> &'a str {
+        let rest = &self.text[from.min(self.text.len())..];
+        let end = rest.iter().position(|&b| b == b' ').unwrap_or(rest.len());
+        std::str::from_utf8(&rest[..end]).unwrap_or("?")
+    }
+
+    /// An error at the cursor's part of the expression.
+    fn error(&self, from: usize, why: &str) -> Error {
+        let word = self.word(from);
+        if word.is_empty() {
+            bad(self.expr, format!("{why} at its end"))
+        } else {
+            bad(self.expr, format!("{why} in {word:?}"))
         }
-        let mut i = 0;
-        if let Some(first) = parts.first()
-            && first
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic())
-        {
-            spec.weekdays = parse_weekdays(expr, first)?;
-            i = 1;
+    }
+
+    /// `[WEEKDAYS] [DATE] [TIME]`, the whole text.
+    fn fields(&mut self, spec: &mut CalendarSpec) -> Result<()> {
+        let bits = self.weekdays()?;
+        if bits != 0 && bits != 0x7f {
+            spec.weekdays = Some(bits);
         }
-        let mut have_date = false;
-        let mut have_time = false;
-        for part in &parts[i..] {
-            if part.contains(':') && !have_time {
-                parse_time(expr, part, &mut spec)?;
-                have_time = true;
-            } else if part.contains('-') && !have_date && !have_time {
-                parse_date(expr, part, &mut spec)?;
-                have_date = true;
-            } else {
+        if !self.date(spec)? {
+            self.time(spec)?;
+        }
+        if self.peek() != 0 {
+            return Err(self.error(self.at, "unexpected text"));
+        }
+        Ok(())
+    }
+
+    /// `[WEEKDAY[(,|..|-)WEEKDAY]…[,]] ` → the weekday bits (0 when there is no weekday).
+    fn weekdays(&mut self) -> Result<u8> {
+        let start = self.at;
+        let mut bits = 0u8;
+        let mut range_from: Option<u8> = None;
+        let mut first = true;
+        loop {
+            let rest = &self.text[self.at..];
+            let found = DAY_NAMES.iter().find(|(name, _)| {
+                rest.len() >= name.len() && rest[..name.len()].eq_ignore_ascii_case(name.as_bytes())
+            });
+            let Some(&(name, day)) = found else {
+                if first {
+                    return Ok(0);
+                }
+                let word = self.word(self.at);
                 return Err(bad(
-                    expr,
-                    format!(
-                        "unexpected {part:?} (expected [WEEKDAYS] [YEAR-]MONTH-DAY [HH:MM[:SS]] [UTC]; \
-                         time zones other than UTC are not supported)"
-                    ),
+                    self.expr,
+                    format!("unknown weekday {word:?} in {:?}", self.word(start)),
+                ));
+            };
+            if !matches!(self.peek_at(name.len()), 0 | b'-' | b'.' | b',' | b' ') {
+                return Err(bad(
+                    self.expr,
+                    format!("unknown weekday {:?}", self.word(self.at)),
                 ));
             }
+            bits |= 1 << day;
+            if let Some(from) = range_from {
+                if from > day {
+                    return Err(bad(
+                        self.expr,
+                        format!("weekday range {:?} runs backwards", self.word(start)),
+                    ));
+                }
+                for d in from..day {
+                    bits |= 1 << d;
+                }
+            }
+            self.at += name.len();
+            match self.peek() {
+                0 => return Ok(bits),
+                b' ' => {
+                    self.skip_spaces();
+                    return Ok(bits);
+                }
+                b'.' => {
+                    if range_from.is_some() || self.peek_at(1) != b'.' {
+                        return Err(self.error(start, "bad weekday range"));
+                    }
+                    range_from = Some(day);
+                    self.at += 2;
+                }
+                // `-` for ranges too, as systemd accepts for backwards compatibility.
+                b'-' => {
+                    if range_from.is_some() {
+                        return Err(self.error(start, "bad weekday range"));
+                    }
+                    range_from = Some(day);
+                    self.at += 1;
+                }
+                _ => {
+                    // ','
+                    range_from = None;
+                    self.at += 1;
+                }
+            }
+            // A trailing comma is allowed, an open range is not.
+            if matches!(self.peek(), 0 | b' ') {
+                self.skip_spaces();
+                if range_from.is_some() {
+                    return Err(self.error(start, "weekday range without an end"));
+                }
+                return Ok(bits);
+            }
+            first = false;
         }
-        if i == parts.len() && i == 0 {
+    }
+
+    /// A decimal number; for seconds (`usec`) with an optional fraction, in microseconds.
+    fn decimal(&mut self, usec: bool, what: &str) -> Result<i32> {
+        let from = self.at;
+        if !self.peek().is_ascii_digit() {
+            let why = match self.peek() {
+                c if c.is_ascii_alphabetic() && from == 0 => {
+                    return Err(bad(
+                        self.expr,
+                        format!("unknown weekday {:?}", self.word(from)),
+                    ));
+                }
+                0 | b' ' => format!("{what} is missing"),
+                _ => format!("{what} is not a number"),
+            };
+            return Err(self.error(from, &why));
+        }
+        let mut value: u64 = 0;
+        while self.peek().is_ascii_digit() {
+            value = value
+                .saturating_mul(10)
+                .saturating_add(u64::from(self.peek() - b'0'));
+            self.at += 1;
+        }
+        if usec {
+            value = value.saturating_mul(USEC_PER_SEC as u64);
+            // One "." is a decimal point, ".." a range.
+            if self.peek() == b'.' && self.peek_at(1) != b'.' {
+                self.at += 1;
+                if !self.peek().is_ascii_digit() {
+                    return Err(self.error(from, "a decimal point without digits"));
+                }
+                // Six digits, rounded by the seventh; further digits are ignored.
+                let mut fraction = 0u64;
+                for _ in 0..6 {
+                    fraction *= 10;
+                    if self.peek().is_ascii_digit() {
+                        fraction += u64::from(self.peek() - b'0');
+                        self.at += 1;
+                    }
+                }
+                if (b'5'..=b'9').contains(&self.peek()) {
+                    fraction += 1;
+                }
+                while self.peek().is_ascii_digit() {
+                    self.at += 1;
+                }
+                value = value.saturating_add(fraction);
+            }
+        }
+        i32::try_from(value).map_err(|_| self.error(from, &format!("{what} is too large")))
+    }
+
+    /// One field: `*` or a comma list of components.
+    fn chain(&mut self, usec: bool, what: &str) -> Result<Chain> {
+        if self.peek() == b'*' {
+            self.at += 1;
+            return Ok(usec.then(|| {
+                vec![Component {
+                    start: 0,
+                    stop: -1,
+                    repeat: USEC_PER_SEC,
+                }]
+            }));
+        }
+        let mut chain = Vec::new();
+        loop {
+            let from = self.at;
+            if chain.len() >= COMPONENTS_MAX {
+                return Err(self.error(from, &format!("{what} lists too many values")));
+            }
+            let start = self.decimal(usec, what)?;
+            let mut stop = -1;
+            let mut repeat = 0;
+            if self.peek() == b'.' && self.peek_at(1) == b'.' {
+                self.at += 2;
+                stop = self.decimal(usec, what)?;
+                repeat = if usec { USEC_PER_SEC } else { 1 };
+            }
+            if self.peek() == b'/' {
+                self.at += 1;
+                repeat = self.decimal(usec, &format!("{what} repetition"))?;
+                if repeat == 0 {
+                    return Err(self.error(from, &format!("{what} repetition is zero")));
+                }
+            } else if usec && stop >= 0 && start.saturating_add(repeat) > stop {
+                // A seconds range shorter than its default step of 1 s never repeats.
+                return Err(self.error(from, "seconds range shorter than 1 s without a repetition"));
+            }
+            if !matches!(self.peek(), 0 | b' ' | b',' | b'-' | b'~' | b':') {
+                return Err(self.error(from, &format!("unexpected character in {what}")));
+            }
+            chain.push(Component {
+                start,
+                stop,
+                repeat,
+            });
+            if self.peek() != b',' {
+                return Ok(Some(chain));
+            }
+            self.at += 1;
+        }
+    }
+
+    /// `[[YEAR-]MONTH(-|~)DAY]` or `@EPOCH`. `Ok(true)`: `@EPOCH`, which takes no time after it.
+    fn date(&mut self, spec: &mut CalendarSpec) -> Result<bool> {
+        let start = self.at;
+        if self.peek() == 0 {
+            return Ok(false);
+        }
+        if self.peek() == b'@' {
+            self.at += 1;
+            let from = self.at;
+            let mut seconds: i64 = 0;
+            if !self.peek().is_ascii_digit() {
+                return Err(self.error(start, "@ without seconds since the epoch"));
+            }
+            while self.peek().is_ascii_digit() {
+                seconds = seconds
+                    .saturating_mul(10)
+                    .saturating_add(i64::from(self.peek() - b'0'));
+                self.at += 1;
+            }
+            let at = Timestamp::from_second(seconds)
+                .map_err(|_| self.error(from, "seconds since the epoch out of range"))?;
+            let c = TimeZone::UTC.to_datetime(at);
+            let one = |v: i32| {
+                Some(vec![Component {
+                    start: v,
+                    stop: -1,
+                    repeat: 0,
+                }])
+            };
+            spec.year = one(i32::from(c.year()));
+            spec.month = one(i32::from(c.month()));
+            spec.day = one(i32::from(c.day()));
+            spec.hour = one(i32::from(c.hour()));
+            spec.minute = one(i32::from(c.minute()));
+            spec.microsecond = one(i32::from(c.second()) * USEC_PER_SEC);
+            spec.zone = CalendarZone::Utc;
+            return Ok(true);
+        }
+        let first = self.chain(false, "date")?;
+        // The end, or a ':': that was a time, not a date.
+        if matches!(self.peek(), 0 | b':') {
+            self.at = start;
+            return Ok(false);
+        }
+        let separator = |p: &mut Parser, spec: &mut CalendarSpec| -> Result<()> {
+            match p.peek() {
+                b'~' => spec.end_of_month = true,
+                b'-' => {}
+                _ => return Err(p.error(start, "date is not [YEAR-]MONTH-DAY")),
+            }
+            p.at += 1;
+            Ok(())
+        };
+        separator(self, spec)?;
+        let second = self.chain(false, "date")?;
+        if matches!(self.peek(), 0 | b' ') {
+            self.skip_spaces();
+            spec.month = first;
+            spec.day = second;
+            return Ok(false);
+        }
+        if spec.end_of_month {
+            return Err(self.error(start, "'~' may only come before the day"));
+        }
+        separator(self, spec)?;
+        let third = self.chain(false, "day")?;
+        if !matches!(self.peek(), 0 | b' ') {
+            return Err(self.error(start, "date is not [YEAR-]MONTH-DAY"));
+        }
+        self.skip_spaces();
+        spec.year = first;
+        spec.month = second;
+        spec.day = third;
+        Ok(false)
+    }
+
+    /// `HOUR:MINUTE[:SECOND]`, or nothing (00:00:00).
+    fn time(&mut self, spec: &mut CalendarSpec) -> Result<()> {
+        let zero = || {
+            Some(vec![Component {
+                start: 0,
+                stop: -1,
+                repeat: 0,
+            }])
+        };
+        let start = self.at;
+        if self.peek() == 0 {
+            (spec.hour, spec.minute, spec.microsecond) = (zero(), zero(), zero());
+            return Ok(());
+        }
+        spec.hour = self.chain(false, "hour")?;
+        if self.peek() != b':' {
+            return Err(self.error(start, "time is not HOUR:MINUTE[:SECOND]"));
+        }
+        self.at += 1;
+        spec.minute = self.chain(false, "minute")?;
+        if self.peek() == 0 {
+            spec.microsecond = zero();
+            return Ok(());
+        }
+        if self.peek() != b':' {
+            return Err(self.error(start, "time is not HOUR:MINUTE[:SECOND]"));
+        }
+        self.at += 1;
+        spec.microsecond = self.chain(true, "second")?;
+        if self.peek() != 0 {
+            return Err(self.error(start, "time is not HOUR:MINUTE[:SECOND]"));
+        }
+        Ok(())
+    }
+}
+
+/// systemd's `normalize_chain()`: each range's stop lowered to its last repetition, a range that
+/// cannot repeat becomes its start, then sorted and deduplicated.
+fn normalize_chain(chain: &mut Chain) {
+    let Some(list) = chain else { return };
+    for c in list.iter_mut() {
+        if c.stop > c.start && c.repeat > 0 {
+            c.stop -= (c.stop - c.start) % c.repeat;
+        }
+        if (c.stop > c.start && c.start + c.repeat > c.stop) || c.start == c.stop {
+            c.repeat = 0;
+            c.stop = -1;
+        }
+    }
+    list.sort_unstable();
+    list.dedup();
+}
+
+/// systemd's `chain_valid()`, with a message naming the offending component.
+fn check_chain(
+    expr: &str,
+    chain: &Chain,
+    what: &str,
+    from: i32,
+    to: i32,
+    end_of_month: bool,
+) -> Result<()> {
+    let Some(list) = chain else { return Ok(()) };
+    // `~` counts at most 28 days back: every month has them.
+    let to = if end_of_month { to - 3 } else { to };
+    let usec = what == "second";
+    let show = |v: i32| {
+        if usec {
+            format_value(v, 2, true)
+        } else {
+            v.to_string()
+        }
+    };
+    let (low, high) = (show(from), if usec { "59.999999".into() } else { show(to) });
+    for c in list {
+        let item = format_component(c, 0, usec);
+        let item = if end_of_month {
+            format!("~{item}")
+        } else {
+            item
+        };
+        if c.start < from || c.start > to || (c.stop >= 0 && (c.stop < from || c.stop > to)) {
+            return Err(bad(
+                expr,
+                format!("{what} {item} is out of range {low}..{high}"),
+            ));
+        }
+        let fits = if c.stop >= 0 {
+            c.start.checked_add(c.repeat).is_some_and(|e| e <= c.stop)
+        } else if end_of_month {
+            c.start - c.repeat >= from
+        } else {
+            c.start.checked_add(c.repeat).is_some_and(|e| e <= to)
+        };
+        if c.stop >= 0 && c.stop < c.start {
+            return Err(bad(expr, format!("{what} range {item} runs backwards")));
+        }
+        if c.repeat > to - from || !fits {
+            return Err(bad(
+                expr,
+                format!("{what} repetition in {item} never repeats within {low}..{high}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl CalendarSpec {
+    pub fn parse(expr: &str) -> Result<CalendarSpec> {
+        // Unit files hand systemd the value without surrounding blanks; so does btb.
+        let mut text = expr.trim();
+        let mut spec = CalendarSpec {
+            weekdays: None,
+            end_of_month: false,
+            year: None,
+            month: None,
+            day: None,
+            hour: None,
+            minute: None,
+            microsecond: None,
+            zone: CalendarZone::Local,
+        };
+        if text.len() > 4 && text.as_bytes()[text.len() - 4..].eq_ignore_ascii_case(b" utc") {
+            spec.zone = CalendarZone::Utc;
+            text = &text[..text.len() - 4];
+        } else if let Some((rest, name)) = text.rsplit_once(' ')
+            && let Some(tz) = zone_named(name)
+        {
+            spec.zone = if name == "UTC" {
+                CalendarZone::Utc
+            } else {
+                CalendarZone::Named {
+                    name: name.to_owned(),
+                    tz,
+                }
+            };
+            text = rest;
+        }
+        if text.is_empty() {
             return Err(bad(expr, "it names no date, time or weekday"));
         }
+        let shorthand = SHORTHANDS
+            .iter()
+            .find(|(names, _)| names.iter().any(|n| text.eq_ignore_ascii_case(n)));
+        let mut p = Parser {
+            expr,
+            text: shorthand.map_or(text, |(_, full)| full).as_bytes(),
+            at: 0,
+        };
+        p.fields(&mut spec).map_err(|e| {
+            // A last word that could be a zone name, and the rest failed: most likely a zone
+            // systemd would not know either.
+            match text.rsplit_once(' ') {
+                Some((_, last))
+                    if last.starts_with(|c: char| c.is_ascii_alphabetic())
+                        && !last.contains([':', ',', '.', '*', '~']) =>
+                {
+                    bad(
+                        expr,
+                        format!("unknown time zone {last:?} (not UTC nor a time zone of the tz database)"),
+                    )
+                }
+                _ => e,
+            }
+        })?;
+        spec.normalize();
+        spec.check(expr)?;
         Ok(spec)
     }
 
-    /// The first instant strictly after `after_ms` (milliseconds since the Unix epoch, UTC) whose
-    /// civil time in `tz` (or UTC when `self.utc`) matches every field. `None` when nothing matches
-    /// before the end of the year range (2199) — e.g. `2030-02-30`.
-    ///
-    /// Results are whole seconds. Like systemd (`find_next()` in `src/shared/calendarspec.c`) the
-    /// search walks civil time: the weekday and the day of month must both match, days a month does
-    /// not have (Feb 30) are skipped, and a civil time that does not exist because the clock jumps
-    /// forward (DST gap) is skipped — the next matching civil time after the gap is used instead.
-    /// A civil time that occurs twice because the clock goes back (DST fold) elapses once, at the
-    /// earlier instant; every expression thus names a fixed set of instants, and this returns the
-    /// first of them after `after_ms`.
-    pub fn next_after(&self, after_ms: i64, tz: &TimeZone) -> Option<i64> {
-        let utc = TimeZone::UTC;
-        let tz = if self.utc { &utc } else { tz };
-        // Second resolution: the earliest possible result is the first whole second after `after_ms`.
-        let first = after_ms.div_euclid(1000) + 1;
-        let first = Timestamp::from_second(
-            first.clamp(Timestamp::MIN.as_second(), Timestamp::MAX.as_second()),
-        )
-        .ok()?;
-        let mut cursor = tz.to_datetime(first);
-        loop {
-            let civil = self.next_civil(cursor)?;
-            let next_second = civil.checked_add(SignedDuration::from_secs(1)).ok()?;
-            cursor = match tz.to_ambiguous_timestamp(civil).offset() {
-                AmbiguousOffset::Unambiguous { offset } => {
-                    let at = offset.to_timestamp(civil).ok()?;
-                    if at >= first {
-                        return Some(at.as_millisecond());
-                    }
-                    next_second
-                }
-                AmbiguousOffset::Gap { after, .. } => {
-                    // The clock jumps over `civil`: resume at the end of the gap, the civil time of
-                    // the transition in the new offset (every civil time before it is missing too).
-                    let before_gap = after.to_timestamp(civil).ok()?;
-                    match tz.following(before_gap).next() {
-                        Some(t) => after.to_datetime(t.timestamp()).max(next_second),
-                        None => next_second,
-                    }
-                }
-                AmbiguousOffset::Fold { before, .. } => {
-                    let earlier = before.to_timestamp(civil).ok()?;
-                    if earlier >= first {
-                        return Some(earlier.as_millisecond());
-                    }
-                    // `first` lies in the repeated stretch and `civil` already elapsed in its first
-                    // pass, as did every civil time up to the end of the repetition — the civil
-                    // time of the transition in the old offset.
-                    match tz.following(earlier).next() {
-                        Some(t) => before.to_datetime(t.timestamp()).max(next_second),
-                        None => next_second,
-                    }
-                }
+    /// systemd's `calendar_spec_normalize()`.
+    fn normalize(&mut self) {
+        if self.end_of_month && self.day.is_none() {
+            self.end_of_month = false;
+        }
+        // Two-digit years: 12 → 2012, 89 → 1989.
+        if let Some(years) = &mut self.year {
+            let fix = |y: &mut i32| match *y {
+                0..=69 => *y += 2000,
+                70..=99 => *y += 1900,
+                _ => {}
             };
+            for c in years {
+                fix(&mut c.start);
+                fix(&mut c.stop);
+            }
+        }
+        for chain in [
+            &mut self.year,
+            &mut self.month,
+            &mut self.day,
+            &mut self.hour,
+            &mut self.minute,
+            &mut self.microsecond,
+        ] {
+            normalize_chain(chain);
         }
     }
 
-    /// The first civil date-time at or after `from` (whole seconds; a fraction rounds up) that
-    /// matches every field, ignoring time zones; `None` past [`MAX_YEAR`].
-    fn next_civil(&self, from: DateTime) -> Option<DateTime> {
-        let from_date = (
-            i32::from(from.year()),
-            from.month() as u32,
-            from.day() as u32,
-        );
-        let from_time = (
-            from.hour() as u32,
-            from.minute() as u32,
-            from.second() as u32 + u32::from(from.subsec_nanosecond() > 0),
-        );
-        let mut year = from_date.0;
-        loop {
-            if let Some(years) = &self.years {
-                let at_least = u32::try_from(year).unwrap_or(0);
-                year = i32::try_from(first_at_least(years, at_least)?).ok()?;
+    /// systemd's `calendar_spec_valid()`.
+    fn check(&self, expr: &str) -> Result<()> {
+        check_chain(expr, &self.year, "year", MIN_YEAR, MAX_YEAR, false)?;
+        check_chain(expr, &self.month, "month", 1, 12, false)?;
+        check_chain(expr, &self.day, "day", 1, 31, self.end_of_month)?;
+        check_chain(expr, &self.hour, "hour", 0, 23, false)?;
+        check_chain(expr, &self.minute, "minute", 0, 59, false)?;
+        check_chain(
+            expr,
+            &self.microsecond,
+            "second",
+            0,
+            60 * USEC_PER_SEC - 1,
+            false,
+        )
+    }
+
+    /// The zone the expression names, if any.
+    pub fn zone(&self) -> &CalendarZone {
+        &self.zone
+    }
+
+    /// The normalized form, as `systemd-analyze calendar` prints it ("Normalized form:").
+    pub fn normalized(&self) -> String {
+        let mut out = String::new();
+        if let Some(bits) = self.weekdays {
+            format_weekdays(&mut out, bits);
+            out.push(' ');
+        }
+        format_chain(&mut out, &self.year, 4, false);
+        out.push('-');
+        format_chain(&mut out, &self.month, 2, false);
+        out.push(if self.end_of_month { '~' } else { '-' });
+        format_chain(&mut out, &self.day, 2, false);
+        out.push(' ');
+        format_chain(&mut out, &self.hour, 2, false);
+        out.push(':');
+        format_chain(&mut out, &self.minute, 2, false);
+        out.push(':');
+        format_chain(&mut out, &self.microsecond, 2, true);
+        match &self.zone {
+            CalendarZone::Local => {}
+            CalendarZone::Utc => out.push_str(" UTC"),
+            CalendarZone::Named { name, .. } => {
+                out.push(' ');
+                out.push_str(name);
             }
-            if year > MAX_YEAR {
+        }
+        out
+    }
+
+    /// The first instant strictly after `after_ms` (milliseconds since the Unix epoch) at which the
+    /// expression elapses, read in its own zone or else in `local`; rounded up to the millisecond
+    /// (elapses within one millisecond coalesce). `None` when it never elapses again (the years
+    /// end at 2199; `2030-02-30` never exists).
+    pub fn next_after(&self, after_ms: i64, local: &TimeZone) -> Option<i64> {
+        let after_us =
+            after_ms
+                .checked_mul(1000)
+                .unwrap_or(if after_ms < 0 { i64::MIN } else { i64::MAX });
+        let next = self.next_elapse_us(after_us, local)?;
+        Some(next.div_euclid(1000) + i64::from(next.rem_euclid(1000) > 0))
+    }
+
+    /// The first instant strictly after `after_us` (microseconds since the Unix epoch) at which the
+    /// expression elapses, as systemd's `calendar_spec_next_usec()` computes it. Instants before
+    /// the epoch (where systemd's clock cannot be) search from the epoch.
+    pub fn next_elapse_us(&self, after_us: i64, local: &TimeZone) -> Option<i64> {
+        if after_us > USEC_FORMATTABLE_MAX {
+            return None;
+        }
+        let tz = match &self.zone {
+            CalendarZone::Local => local,
+            CalendarZone::Utc => &TimeZone::UTC,
+            CalendarZone::Named { tz, .. } => tz,
+        };
+        let first = after_us.max(-1) + 1;
+        let at = Timestamp::from_second(first / 1_000_000).ok()?;
+        let mut clock = Clock {
+            tz,
+            last: tz.to_offset(at),
+        };
+        let mut tm = Tm::from(tz.to_datetime(at));
+        let usec = (first % 1_000_000) as i32;
+        let usec = self.find_next(&mut clock, &mut tm, usec)?;
+        let seconds = clock.mktime(&mut tm)?;
+        Some(seconds * 1_000_000 + i64::from(usec))
+    }
+
+    /// Whether the civil time `c` (with its fraction) matches every field — the weekday, `~` days
+    /// counted in `c`'s month. (Which instant a civil time elapses at is `next_elapse_us`'s
+    /// business.)
+    pub fn matches(&self, c: DateTime) -> bool {
+        let day = if self.end_of_month {
+            // The n-th last day is day `days_in_month + 1 - n`.
+            i32::from(c.date().days_in_month()) + 1 - i32::from(c.day())
+        } else {
+            i32::from(c.day())
+        };
+        let usec = i32::from(c.second()) * USEC_PER_SEC + c.subsec_nanosecond() / 1000;
+        self.weekdays
+            .is_none_or(|w| w & (1 << c.weekday().to_monday_zero_offset()) != 0)
+            && chain_matches(&self.year, i32::from(c.year()))
+            && chain_matches(&self.month, i32::from(c.month()))
+            && chain_matches(&self.day, day)
+            && chain_matches(&self.hour, i32::from(c.hour()))
+            && chain_matches(&self.minute, i32::from(c.minute()))
+            && chain_matches(&self.microsecond, usec)
+    }
+
+    /// systemd's `find_next()`: advances `tm` (and returns the microseconds) to the first civil time
+    /// at or after it that matches, field by field from the year down, normalizing through the zone
+    /// at each step (a day the month lacks rolls over and is skipped; a time in a DST gap moves
+    /// forward by the gap).
+    fn find_next(&self, clock: &mut Clock, tm: &mut Tm, usec: i32) -> Option<i32> {
+        let mut c = *tm;
+        let mut usec = usec;
+        for _ in 0..MAX_ITERATIONS {
+            // Normalize the current date.
+            clock.mktime(&mut c);
+
+            let (year, changed) = self.matching(clock, &self.year, &c, c.year, false)?;
+            c.year = year;
+            if changed {
+                (c.mon, c.mday, c.hour, c.min, c.sec, usec) = (0, 1, 0, 0, 0, 0);
+            }
+            if clock.within_bounds(&mut c) != Bounds::Good {
                 return None;
             }
-            let month_from = if year == from_date.0 { from_date.1 } else { 1 };
-            for &month in self.months.iter().filter(|&&m| m >= month_from) {
-                let first_of_month = Date::new(year as i16, month as i8, 1).ok()?;
-                let day_from = if (year, month) == (from_date.0, from_date.1) {
-                    from_date.2
-                } else {
-                    1
-                };
-                let last_day = first_of_month.days_in_month() as u32;
-                for &day in self
-                    .days
-                    .iter()
-                    .filter(|&&d| d >= day_from && d <= last_day)
-                {
-                    let date = first_of_month.with().day(day as i8).build().ok()?;
-                    if self.weekdays & 0x7f != 0x7f
-                        && self.weekdays & (1 << date.weekday().to_monday_zero_offset()) == 0
-                    {
-                        continue;
-                    }
-                    let time_from = if (year, month, day) == from_date {
-                        from_time
-                    } else {
-                        (0, 0, 0)
-                    };
-                    if let Some((h, m, s)) = self.first_time_at_least(time_from) {
-                        return Some(date.at(h as i8, m as i8, s as i8, 0));
-                    }
-                }
-            }
-            year += 1;
-        }
-    }
 
-    /// The earliest allowed time of day at or after `(hour, minute, second)`.
-    fn first_time_at_least(
-        &self,
-        (hour, minute, second): (u32, u32, u32),
-    ) -> Option<(u32, u32, u32)> {
-        for &h in self.hours.iter().filter(|&&h| h >= hour) {
-            let minute_from = if h == hour { minute } else { 0 };
-            for &m in self.minutes.iter().filter(|&&m| m >= minute_from) {
-                let second_from = if (h, m) == (hour, minute) { second } else { 0 };
-                if let Some(s) = first_at_least(&self.seconds, second_from) {
-                    return Some((h, m, s));
-                }
+            let r = self.matching(clock, &self.month, &c, c.mon + 1, false);
+            if let Some((month, _)) = r {
+                c.mon = month - 1;
             }
+            if r.is_some_and(|(_, changed)| changed) {
+                (c.mday, c.hour, c.min, c.sec, usec) = (1, 0, 0, 0, 0);
+            }
+            match r.map(|_| clock.within_bounds(&mut c)) {
+                None | Some(Bounds::Bad) => {
+                    c.year += 1;
+                    (c.mon, c.mday, c.hour, c.min, c.sec, usec) = (0, 1, 0, 0, 0, 0);
+                    continue;
+                }
+                Some(Bounds::Moved) => continue,
+                Some(Bounds::Good) => {}
+            }
+
+            let r = self.matching(clock, &self.day, &c, c.mday, self.end_of_month);
+            if let Some((day, _)) = r {
+                c.mday = day;
+            }
+            if r.is_some_and(|(_, changed)| changed) {
+                (c.hour, c.min, c.sec, usec) = (0, 0, 0, 0);
+            }
+            match r.map(|_| clock.within_bounds(&mut c)) {
+                None | Some(Bounds::Bad) => {
+                    c.mon += 1;
+                    (c.mday, c.hour, c.min, c.sec, usec) = (1, 0, 0, 0, 0);
+                    continue;
+                }
+                Some(Bounds::Moved) => continue,
+                Some(Bounds::Good) => {}
+            }
+
+            if !self.weekday_matches(clock, &c) {
+                c.mday += 1;
+                (c.hour, c.min, c.sec, usec) = (0, 0, 0, 0);
+                continue;
+            }
+
+            let r = self.matching(clock, &self.hour, &c, c.hour, false);
+            if let Some((hour, _)) = r {
+                c.hour = hour;
+            }
+            if r.is_some_and(|(_, changed)| changed) {
+                (c.min, c.sec, usec) = (0, 0, 0);
+            }
+            match r.map(|_| clock.within_bounds(&mut c)) {
+                None | Some(Bounds::Bad) => {
+                    c.mday += 1;
+                    (c.hour, c.min, c.sec, usec) = (0, 0, 0, 0);
+                    continue;
+                }
+                // The hour set may be missing (a DST gap): go on from the normalized time.
+                Some(Bounds::Moved) => continue,
+                Some(Bounds::Good) => {}
+            }
+
+            let r = self.matching(clock, &self.minute, &c, c.min, false);
+            if let Some((minute, _)) = r {
+                c.min = minute;
+            }
+            if r.is_some_and(|(_, changed)| changed) {
+                (c.sec, usec) = (0, 0);
+            }
+            match r.map(|_| clock.within_bounds(&mut c)) {
+                None | Some(Bounds::Bad) => {
+                    c.hour += 1;
+                    (c.min, c.sec, usec) = (0, 0, 0);
+                    continue;
+                }
+                Some(Bounds::Moved) => continue,
+                Some(Bounds::Good) => {}
+            }
+
+            let micro = c.sec * USEC_PER_SEC + usec;
+            let r = self.matching(clock, &self.microsecond, &c, micro, false);
+            let micro = r.map_or(micro, |(m, _)| m);
+            usec = micro % USEC_PER_SEC;
+            c.sec = micro / USEC_PER_SEC;
+            match r.map(|_| clock.within_bounds(&mut c)) {
+                None | Some(Bounds::Bad) => {
+                    c.min += 1;
+                    (c.sec, usec) = (0, 0);
+                    continue;
+                }
+                Some(Bounds::Moved) => continue,
+                Some(Bounds::Good) => {}
+            }
+
+            *tm = c;
+            return Some(usec);
         }
         None
     }
-}
 
-/// The smallest value of the sorted `list` that is `>= at_least`.
-fn first_at_least(list: &[u32], at_least: u32) -> Option<u32> {
-    list.get(list.partition_point(|&v| v < at_least)).copied()
-}
-
-fn parse_weekdays(expr: &str, text: &str) -> Result<u8> {
-    let day = |name: &str| -> Result<u32> {
-        let lower = name.to_ascii_lowercase();
-        WEEKDAYS
-            .iter()
-            // `is_day_name` first: it admits only 3-byte names and ASCII full names, so `[..3]`
-            // cannot split a character ("Moé" would panic).
-            .position(|d| is_day_name(&lower) && d.starts_with(&lower[..3]))
-            .map(|p| p as u32)
-            .ok_or_else(|| bad(expr, format!("unknown weekday {name:?}")))
-    };
-    let mut mask = 0u8;
-    for item in text.split(',') {
-        if let Some((a, b)) = item.split_once("..") {
-            let (a, b) = (day(a)?, day(b)?);
-            if a > b {
-                return Err(bad(expr, format!("weekday range {item:?} runs backwards")));
+    /// systemd's `find_matching_component()`: the earliest value of `chain` at or after `val`, and
+    /// whether it differs from `val`; `None` when no value is left. (`tm` places `~` days.)
+    fn matching(
+        &self,
+        clock: &mut Clock,
+        chain: &Chain,
+        tm: &Tm,
+        val: i32,
+        end_of_month: bool,
+    ) -> Option<(i32, bool)> {
+        let Some(list) = chain else {
+            return Some((val, false));
+        };
+        let mut best: Option<i64> = None;
+        let v = i64::from(val);
+        for c in list {
+            let (mut start, mut stop) = (i64::from(c.start), i64::from(c.stop));
+            if end_of_month {
+                start = i64::from(clock.end_of_month(tm, c.start));
+                stop = i64::from(clock.end_of_month(tm, c.stop));
+                if stop > 0 {
+                    std::mem::swap(&mut start, &mut stop);
+                }
             }
-            for d in a..=b {
-                mask |= 1 << d;
+            let repeat = i64::from(c.repeat);
+            if start >= v {
+                best = Some(best.map_or(start, |b| b.min(start)));
+            } else if repeat > 0 {
+                let k = start + repeat * (v - start + repeat - 1).div_euclid(repeat);
+                if best.is_none_or(|b| k < b) && (stop < 0 || k <= stop) {
+                    best = Some(k);
+                }
             }
-        } else {
-            mask |= 1 << day(item)?;
         }
+        let best = i32::try_from(best?).ok()?;
+        Some((best, best != val))
     }
-    Ok(mask)
+
+    fn weekday_matches(&self, clock: &mut Clock, tm: &Tm) -> bool {
+        let Some(bits) = self.weekdays else {
+            return true;
+        };
+        let mut t = *tm;
+        if clock.mktime(&mut t).is_none() {
+            return false;
+        }
+        t.weekday
+            .is_some_and(|w| bits & (1 << w.to_monday_zero_offset()) != 0)
+    }
 }
 
-fn is_day_name(lower: &str) -> bool {
-    const FULL: [&str; 7] = [
-        "monday",
-        "tuesday",
-        "wednesday",
-        "thursday",
-        "friday",
-        "saturday",
-        "sunday",
-    ];
-    lower.len() == 3 || FULL.contains(&lower)
+impl std::fmt::Display for CalendarSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.normalized())
+    }
 }
 
-fn parse_date(expr: &str, text: &str, spec: &mut CalendarSpec) -> Result<()> {
-    let fields: Vec<&str> = text.split('-').collect();
-    let (year, month, day) = match fields.as_slice() {
-        [m, d] => (None, *m, *d),
-        [y, m, d] => (Some(*y), *m, *d),
-        _ => return Err(bad(expr, format!("date {text:?} is not [YEAR-]MONTH-DAY"))),
-    };
-    if let Some(y) = year
-        && y != "*"
+fn chain_matches(chain: &Chain, v: i32) -> bool {
+    let Some(list) = chain else { return true };
+    list.iter().any(|c| {
+        if c.repeat == 0 || v < c.start {
+            return v == c.start;
+        }
+        (v - c.start) % c.repeat == 0 && (c.stop < 0 || v <= c.stop)
+    })
+}
+
+/// A tz database zone for the exact `name` (systemd looks the file up, case-sensitively).
+fn zone_named(name: &str) -> Option<TimeZone> {
+    // Only names the tz database could hold; jiff's lookup ignores case, systemd's does not.
+    if name.is_empty()
+        || name.starts_with('/')
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/_-+".contains(&b))
+        || name.bytes().all(|b| b.is_ascii_digit() || b == b'-')
     {
-        spec.years = Some(parse_field(expr, "year", y, 1970, 2199)?);
+        return None;
     }
-    spec.months = parse_field(expr, "month", month, 1, 12)?;
-    spec.days = parse_field(expr, "day", day, 1, 31)?;
-    Ok(())
+    let tz = TimeZone::get(name).ok()?;
+    (tz.iana_name() == Some(name)).then_some(tz)
 }
 
-fn parse_time(expr: &str, text: &str, spec: &mut CalendarSpec) -> Result<()> {
-    let fields: Vec<&str> = text.split(':').collect();
-    let (h, m, s) = match fields.as_slice() {
-        [h, m] => (*h, *m, "00"),
-        [h, m, s] => (*h, *m, *s),
-        _ => return Err(bad(expr, format!("time {text:?} is not HH:MM[:SS]"))),
-    };
-    spec.hours = parse_field(expr, "hour", h, 0, 23)?;
-    spec.minutes = parse_field(expr, "minute", m, 0, 59)?;
-    spec.seconds = parse_field(expr, "second", s, 0, 59)?;
-    Ok(())
-}
-
-/// One field: `*`, `n`, `a..b`, `x/step` (x = `*`, `n` or `a..b`), comma lists of those.
-fn parse_field(expr: &str, what: &str, text: &str, min: u32, max: u32) -> Result<Vec<u32>> {
-    let number = |s: &str| -> Result<u32> {
-        let v: u32 = s
-            .parse()
-            .map_err(|_| bad(expr, format!("{what} {s:?} is not a number")))?;
-        if v < min || v > max {
-            return Err(bad(
-                expr,
-                format!("{what} {v} is out of range {min}..{max}"),
-            ));
+fn format_weekdays(out: &mut String, bits: u8) {
+    let mut run_start: Option<usize> = None;
+    let mut need_comma = false;
+    for x in 0..=7 {
+        let set = x < 7 && bits & (1 << x) != 0;
+        if set {
+            if run_start.is_none() {
+                if need_comma {
+                    out.push(',');
+                }
+                need_comma = true;
+                out.push_str(DAY_ABBREVIATIONS[x]);
+                run_start = Some(x);
+            }
+        } else if let Some(l) = run_start.take()
+            && x > l + 1
+        {
+            out.push_str(if x > l + 2 { ".." } else { "," });
+            out.push_str(DAY_ABBREVIATIONS[x - 1]);
         }
-        Ok(v)
-    };
-    let mut values = Vec::new();
-    for item in text.split(',') {
-        let (range, step) = match item.split_once('/') {
-            Some((r, s)) => {
-                let step: u32 = s.parse().ok().filter(|&s| s > 0).ok_or_else(|| {
-                    bad(
-                        expr,
-                        format!("{what} repetition {s:?} is not a positive number"),
-                    )
-                })?;
-                (r, Some(step))
-            }
-            None => (item, None),
-        };
-        let (start, end) = if range == "*" {
-            (min, max)
-        } else if let Some((a, b)) = range.split_once("..") {
-            let (a, b) = (number(a)?, number(b)?);
-            if a > b {
-                return Err(bad(expr, format!("{what} range {range:?} runs backwards")));
-            }
-            (a, b)
-        } else {
-            let a = number(range)?;
-            (a, if step.is_some() { max } else { a })
-        };
-        values.extend((start..=end).step_by(step.unwrap_or(1) as usize));
     }
-    values.sort_unstable();
-    values.dedup();
-    Ok(values)
+}
+
+/// `value` zero-padded to `width`; for seconds (`usec`), microseconds shown as `.ffffff` when
+/// there are any.
+fn format_value(value: i32, width: usize, usec: bool) -> String {
+    if usec {
+        let (s, us) = (value / USEC_PER_SEC, value % USEC_PER_SEC);
+        if us > 0 {
+            format!("{s:0width$}.{us:06}")
+        } else {
+            format!("{s:0width$}")
+        }
+    } else {
+        format!("{value:0width$}")
+    }
+}
+
+/// systemd's `format_chain()` for one component.
+fn format_component(c: &Component, width: usize, usec: bool) -> String {
+    let unit = if usec { USEC_PER_SEC } else { 1 };
+    let mut out = format_value(c.start, width, usec);
+    if c.stop > 0 {
+        out.push_str("..");
+        out.push_str(&format_value(c.stop, width, usec));
+    }
+    if c.repeat > 0 && !(c.stop > 0 && c.repeat == unit) {
+        out.push('/');
+        out.push_str(&format_value(c.repeat, 0, usec));
+    }
+    out
+}
+
+fn format_chain(out: &mut String, chain: &Chain, width: usize, usec: bool) {
+    let Some(list) = chain else {
+        out.push('*');
+        return;
+    };
+    if usec
+        && list
+            == &[Component {
+                start: 0,
+                stop: -1,
+                repeat: USEC_PER_SEC,
+            }]
+    {
+        out.push('*');
+        return;
+    }
+    let items: Vec<String> = list
+        .iter()
+        .map(|c| format_component(c, width, usec))
+        .collect();
+    out.push_str(&items.join(","));
+}
+
+/// A `struct tm`: civil fields that may be out of range until normalized (day 32, hour 24).
+/// `mon` counts from 0, as in C; `year` is the full year.
+#[derive(Debug, Clone, Copy)]
+struct Tm {
+    year: i32,
+    mon: i32,
+    mday: i32,
+    hour: i32,
+    min: i32,
+    sec: i32,
+    /// Set by normalization.
+    weekday: Option<jiff::civil::Weekday>,
+}
+
+impl From<DateTime> for Tm {
+    fn from(c: DateTime) -> Tm {
+        Tm {
+            year: i32::from(c.year()),
+            mon: i32::from(c.month()) - 1,
+            mday: i32::from(c.day()),
+            hour: i32::from(c.hour()),
+            min: i32::from(c.minute()),
+            sec: i32::from(c.second()),
+            weekday: Some(c.weekday()),
+        }
+    }
+}
+
+impl Tm {
+    /// The civil time these fields denote, overflowing ones carried (C's `mktime()` rules: the
+    /// month first, then days from the 1st, then the time of day).
+    fn civil(&self) -> Option<DateTime> {
+        let months = i64::from(self.year) * 12 + i64::from(self.mon);
+        let year = i16::try_from(months.div_euclid(12)).ok()?;
+        let month = months.rem_euclid(12) as i8 + 1;
+        let date = Date::new(year, month, 1)
+            .ok()?
+            .checked_add(Span::new().try_days(i64::from(self.mday) - 1).ok()?)
+            .ok()?;
+        let seconds = i64::from(self.hour) * 3600 + i64::from(self.min) * 60 + i64::from(self.sec);
+        date.to_datetime(Time::midnight())
+            .checked_add(SignedDuration::from_secs(seconds))
+            .ok()
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Bounds {
+    /// The fields were a real civil time.
+    Good,
+    /// Normalization moved them forward (now set to the normalized time).
+    Moved,
+    /// Past the last year, out of range, or normalization would go backwards.
+    Bad,
+}
+
+/// `mktime()` in one zone, with glibc's memory of the offset last used: an ambiguous civil time
+/// (a DST fold) takes that offset when it is one of the two, else the earlier instant; a civil
+/// time in a gap is read with the offset before the gap (it lands after the gap).
+struct Clock<'a> {
+    tz: &'a TimeZone,
+    last: Offset,
+}
+
+impl Clock<'_> {
+    /// Normalizes `tm` in place; the instant in whole seconds.
+    fn mktime(&mut self, tm: &mut Tm) -> Option<i64> {
+        let civil = tm.civil()?;
+        let offset = match self.tz.to_ambiguous_timestamp(civil).offset() {
+            AmbiguousOffset::Unambiguous { offset } => offset,
+            AmbiguousOffset::Gap { before, .. } => before,
+            AmbiguousOffset::Fold { before, after } => {
+                if self.last == after {
+                    after
+                } else {
+                    before
+                }
+            }
+        };
+        let at = offset.to_timestamp(civil).ok()?;
+        self.last = self.tz.to_offset(at);
+        *tm = Tm::from(self.tz.to_datetime(at));
+        Some(at.as_second())
+    }
+
+    /// systemd's `tm_within_bounds()`.
+    fn within_bounds(&mut self, tm: &mut Tm) -> Bounds {
+        if tm.year > MAX_YEAR {
+            return Bounds::Bad;
+        }
+        let mut t = *tm;
+        if self.mktime(&mut t).is_none() {
+            return Bounds::Bad;
+        }
+        // Normalization may skip a value of a lower field (3-33 → 4-02 skips 4-01): reset the
+        // field below the first that changed.
+        use std::cmp::Ordering;
+        let cmp = if t.year != tm.year {
+            t.mon = 0;
+            t.year.cmp(&tm.year)
+        } else if t.mon != tm.mon {
+            t.mday = 1;
+            t.mon.cmp(&tm.mon)
+        } else if t.mday != tm.mday {
+            t.hour = 0;
+            t.mday.cmp(&tm.mday)
+        } else if t.hour != tm.hour {
+            t.min = 0;
+            t.hour.cmp(&tm.hour)
+        } else if t.min != tm.min {
+            t.sec = 0;
+            t.min.cmp(&tm.min)
+        } else {
+            t.sec.cmp(&tm.sec)
+        };
+        match cmp {
+            Ordering::Less => Bounds::Bad,
+            Ordering::Equal => Bounds::Good,
+            Ordering::Greater => {
+                *tm = t;
+                Bounds::Moved
+            }
+        }
+    }
+
+    /// systemd's `find_end_of_month()`: the day of `tm`'s month that is the `day`-th from its
+    /// end, or -1 when the month has no such day (or `day` is -1).
+    fn end_of_month(&mut self, tm: &Tm, day: i32) -> i32 {
+        let mut t = *tm;
+        t.mon += 1;
+        t.mday = 1 - day;
+        if self.mktime(&mut t).is_none() || t.mon != tm.mon {
+            return -1;
+        }
+        t.mday
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn normalized(expr: &str) -> String {
+        CalendarSpec::parse(expr)
+            .unwrap_or_else(|e| panic!("{expr:?}: {}", e.message()))
+            .normalized()
+    }
+
     #[test]
     fn shorthands_and_full_forms() {
-        let daily = CalendarSpec::parse("daily").unwrap();
-        assert_eq!(daily.hours, vec![0]);
-        assert_eq!(daily.days.len(), 31);
-        let s = CalendarSpec::parse("Mon..Fri *-*-* 09:30").unwrap();
-        assert_eq!(s.weekdays, 0b0011111);
-        assert_eq!(
-            (s.hours.clone(), s.minutes.clone(), s.seconds.clone()),
-            (vec![9], vec![30], vec![0])
-        );
-        let s = CalendarSpec::parse("Sat,Sun 2030-01,07-01 12:00:00 UTC").unwrap();
-        assert_eq!(s.weekdays, 0b1100000);
-        assert_eq!(s.years, Some(vec![2030]));
-        assert_eq!(s.months, vec![1, 7]);
-        assert!(s.utc);
-        let s = CalendarSpec::parse("*:0/15").unwrap();
-        assert_eq!(s.minutes, vec![0, 15, 30, 45]);
-        assert_eq!(s.hours.len(), 24);
-        let s = CalendarSpec::parse("quarterly").unwrap();
-        assert_eq!(s.months, vec![1, 4, 7, 10]);
-        let s = CalendarSpec::parse("Wednesday 03-15").unwrap();
-        assert_eq!(s.weekdays, 0b100);
+        for (expr, normal) in [
+            ("minutely", "*-*-* *:*:00"),
+            ("hourly", "*-*-* *:00:00"),
+            ("daily", "*-*-* 00:00:00"),
+            ("weekly", "Mon *-*-* 00:00:00"),
+            ("monthly", "*-*-01 00:00:00"),
+            ("quarterly", "*-01,04,07,10-01 00:00:00"),
+            ("semiannually", "*-01,07-01 00:00:00"),
+            ("Semi-Annually", "*-01,07-01 00:00:00"),
+            ("yearly", "*-01-01 00:00:00"),
+            ("annually", "*-01-01 00:00:00"),
+            ("Mon..Fri *-*-* 09:30", "Mon..Fri *-*-* 09:30:00"),
+            (
+                "Sat,Sun 2030-01,07-01 12:00:00 UTC",
+                "Sat,Sun 2030-01,07-01 12:00:00 UTC",
+            ),
+            ("*:0/15", "*-*-* *:00/15:00"),
+            ("Wednesday 03-15", "Wed *-03-15 00:00:00"),
+            ("Mon..Sun 12:00", "*-*-* 12:00:00"),
+            // Surrounding blanks go, as from a unit file.
+            ("  daily ", "*-*-* 00:00:00"),
+        ] {
+            assert_eq!(normalized(expr), normal, "{expr:?}");
+            // The normal form is a fixed point.
+            assert_eq!(normalized(normal), normal, "{normal:?}");
+        }
+    }
+
+    /// The forms issue 20 reported refused or misread.
+    #[test]
+    fn the_forms_of_issue_20() {
+        for (expr, normal) in [
+            ("Mon-Wed", "Mon..Wed *-*-* 00:00:00"),
+            ("12-10-15", "2012-10-15 00:00:00"),
+            ("Wed, 17:48", "Wed *-*-* 17:48:00"),
+            ("semi-annually", "*-01,07-01 00:00:00"),
+            ("09:11:23.42", "*-*-* 09:11:23.420000"),
+            ("03:17:00/0.42", "*-*-* 03:17:00/0.420000"),
+            ("00:00:1.125..2.125", "*-*-* 00:00:01.125000..02.125000"),
+            ("*-*~1", "*-*~01 00:00:00"),
+            ("*-*~05,3", "*-*~03,05 00:00:00"),
+            ("2016-02~01", "2016-02~01 00:00:00"),
+            ("Mon 2017-05~01..07", "Mon 2017-05~01..07 00:00:00"),
+            ("Mon 2017-05~07/1", "Mon 2017-05~07/1 00:00:00"),
+            ("12:00 Europe/Berlin", "*-*-* 12:00:00 Europe/Berlin"),
+            (
+                "05:40:23.4200004/3.1700005",
+                "*-*-* 05:40:23.420000/3.170001",
+            ),
+            ("@1700000000", "2023-11-14 22:13:20 UTC"),
+        ] {
+            assert_eq!(normalized(expr), normal, "{expr:?}");
+        }
+        // A time zone abbreviation that is a tz database name names that zone.
+        let cet = CalendarSpec::parse("12:00 CET").unwrap();
+        assert!(matches!(cet.zone(), CalendarZone::Named { name, .. } if name == "CET"));
     }
 
     #[test]
     fn errors_name_the_offending_part() {
         for (expr, needle) in [
-            ("", "empty"),
+            ("", "names no date"),
             ("Funday", "unknown weekday \"Funday\""),
-            ("*-13-01", "month 13 is out of range"),
-            ("*-*-* 25:00", "hour 25 is out of range"),
-            ("*-*-* 10:61", "minute 61"),
-            ("*:*/0", "repetition"),
-            ("*-*-* 10:00 Europe/Berlin", "unexpected \"Europe/Berlin\""),
-            ("Fri..Mon", "runs backwards"),
-            ("1..x-01", "\"x\" is not a number"),
+            ("monx", "unknown weekday \"monx\""),
+            ("*-13-01", "month 13 is out of range 1..12"),
+            ("*-*-* 25:00", "hour 25 is out of range 0..23"),
+            ("*-*-* 10:61", "minute 61 is out of range"),
+            ("*:*:61.5", "second 61.500000 is out of range 00..59.999999"),
+            ("*:0/0", "minute repetition is zero in \"0/0\""),
+            ("*-*~29", "day ~29 is out of range 1..28"),
+            ("*-*~5/5", "day repetition in ~5/5 never repeats"),
+            ("*-*-1/31", "day repetition in 1/31 never repeats"),
+            ("*-*-5..3", "day range 5..3 runs backwards"),
+            (
+                "*-*-* 10:00 Mars/Olympus",
+                "unknown time zone \"Mars/Olympus\"",
+            ),
+            (
+                "*-*-* 10:00 europe/berlin",
+                "unknown time zone \"europe/berlin\"",
+            ),
+            ("Fri..Mon", "weekday range \"Fri..Mon\" runs backwards"),
+            ("Mon..", "weekday range without an end"),
+            ("1..x-01", "date is not a number in \"x-01\""),
+            ("1:2:3.", "a decimal point without digits"),
+            ("00:00:01..01", "seconds range shorter than 1 s"),
+            ("100-01-01", "year 100 is out of range 1970..2199"),
+            ("2016~11-22", "'~' may only come before the day"),
+            (
+                "12:00:00 12:00",
+                "time is not HOUR:MINUTE[:SECOND] in \"12:00:00\"",
+            ),
+            ("Mon 2024", "time is not HOUR:MINUTE[:SECOND] in \"2024\""),
         ] {
             let err = CalendarSpec::parse(expr).unwrap_err();
             assert!(
@@ -588,12 +1454,8 @@ mod tests {
         );
         let spec = CalendarSpec::parse("minutely").unwrap();
         assert_eq!(spec.next_after(i64::MAX, &UTC), None);
-        // Far before the epoch: clamped to the earliest instant jiff handles.
-        let earliest = spec.next_after(i64::MIN, &UTC).unwrap();
-        assert_eq!(
-            Timestamp::from_millisecond(earliest).unwrap().to_string(),
-            "-009999-01-02T02:00:00Z"
-        );
+        // Before the epoch (where systemd's clock cannot be): searched from the epoch.
+        assert_eq!(spec.next_after(i64::MIN, &UTC), Some(0));
     }
 
     #[test]
@@ -704,14 +1566,15 @@ mod tests {
             run("hourly", "2024-10-26T23:30:00Z", &berlin, 2),
             ["2024-10-27T00:00:00Z", "2024-10-27T02:00:00Z"]
         );
-        // Starting inside the repetition (02:10 CET): 02:30 already elapsed at 02:30 CEST.
+        // Starting inside the repetition (02:10 CET), systemd goes on in it: the search keeps the
+        // offset it started with (02:30 CET, not 03:30).
         assert_eq!(
             next("*:30", "2024-10-27T01:10:00Z", &berlin).as_deref(),
-            Some("2024-10-27T02:30:00Z")
+            Some("2024-10-27T01:30:00Z")
         );
         assert_eq!(
             next("*:*:*", "2024-10-27T01:10:00Z", &berlin).as_deref(),
-            Some("2024-10-27T02:00:00Z")
+            Some("2024-10-27T01:10:01Z")
         );
         // Starting in the first pass: the rest of it still runs.
         assert_eq!(
@@ -772,16 +1635,7 @@ mod tests {
     #[test]
     fn agrees_with_a_second_by_second_scan_around_dst_changes() {
         fn matches(spec: &CalendarSpec, c: DateTime) -> bool {
-            let has = |list: &[u32], v: i8| list.contains(&(v as u32));
-            spec.years
-                .as_ref()
-                .is_none_or(|y| y.contains(&(c.year() as u32)))
-                && has(&spec.months, c.month())
-                && has(&spec.days, c.day())
-                && spec.weekdays & (1 << c.weekday().to_monday_zero_offset()) != 0
-                && has(&spec.hours, c.hour())
-                && has(&spec.minutes, c.minute())
-                && has(&spec.seconds, c.second())
+            spec.matches(c)
         }
         let zones = [
             (
@@ -810,7 +1664,6 @@ mod tests {
                     .collect();
                 for expr in [
                     "*:*:0/20",
-                    "*:0/7",
                     "*-*-* 01..03:00..59/20:30",
                     "*-*-* 02:30",
                     "*-*-* 01:45,59",
@@ -833,5 +1686,154 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The exact instants of systemd's `test-calendarspec.c` (`test_next`), in microseconds.
+    #[test]
+    fn microsecond_elapses_as_systemd_tests_them() {
+        let eet = TimeZone::get("EET").unwrap();
+        let cet = TimeZone::get("CET").unwrap();
+        for (expr, tz, after, expect) in [
+            ("2016-03-27 03:17:00", &UTC, 12345, Some(1459048620000000)),
+            ("2016-03-27 03:17:00", &cet, 12345, Some(1459041420000000)),
+            // 03:17 does not exist in EET that day (03:00 → 04:00).
+            ("2016-03-27 03:17:00", &eet, 12345, None),
+            (
+                "2016-03-27 03:17:00 UTC",
+                &eet,
+                12345,
+                Some(1459048620000000),
+            ),
+            (
+                "2016-03-27 03:17:00.420000001 UTC",
+                &eet,
+                12345,
+                Some(1459048620420000),
+            ),
+            (
+                "2016-03-27 03:17:00.4200005 UTC",
+                &eet,
+                12345,
+                Some(1459048620420001),
+            ),
+            (
+                "2015-11-13 09:11:23.42",
+                &eet,
+                12345,
+                Some(1447398683420000),
+            ),
+            (
+                "2015-11-13 09:11:23.42/1.77",
+                &eet,
+                1447398683420000,
+                Some(1447398685190000),
+            ),
+            (
+                "2015-11-13 09:11:23.42/1.77",
+                &eet,
+                1447398683419999,
+                Some(1447398683420000),
+            ),
+            (
+                "Sun 16:00:00",
+                &cet,
+                1456041600123456,
+                Some(1456066800000000),
+            ),
+            ("*-04-31", &UTC, 12345, None),
+            ("2016-02~01 UTC", &UTC, 12345, Some(1456704000000000)),
+            (
+                "Mon 2017-05~01..07 UTC",
+                &UTC,
+                12345,
+                Some(1496016000000000),
+            ),
+            ("Mon 2017-05~07/1 UTC", &UTC, 12345, Some(1496016000000000)),
+            ("00:00:1.125..2.125 UTC", &UTC, 0, Some(1_125_000)),
+            ("00:00:1.125..2.125 UTC", &UTC, 1_125_000, Some(2_125_000)),
+            (
+                "00:00:1.125..2.125 UTC",
+                &UTC,
+                2_125_000,
+                Some(86_401_125_000),
+            ),
+        ] {
+            let spec = CalendarSpec::parse(expr).unwrap();
+            assert_eq!(
+                spec.next_elapse_us(after, tz),
+                expect,
+                "{expr:?} after {after}"
+            );
+        }
+    }
+
+    /// systemd 252 skips a repetition's first value when the step carries over midnight: the
+    /// minute after 23:56 in `*:0/7` is "23:63", normalized to 00:03 of the next day, and only the
+    /// hour is reset. btb computes what systemd does (checked against systemd-analyze).
+    #[test]
+    fn carrying_over_midnight_is_systemds() {
+        assert_eq!(
+            run("*:0/7", "2024-03-30T23:50:00Z", &UTC, 3),
+            [
+                "2024-03-30T23:56:00Z",
+                "2024-03-31T00:07:00Z",
+                "2024-03-31T00:14:00Z"
+            ]
+        );
+        // Within a day the next hour starts at its first value.
+        assert_eq!(
+            run("*:0/7", "2024-03-30T22:50:00Z", &UTC, 2),
+            ["2024-03-30T22:56:00Z", "2024-03-30T23:00:00Z"]
+        );
+    }
+
+    #[test]
+    fn milliseconds_round_up_and_stay_strictly_after() {
+        // Every 0.25 s, and one elapse at .4200005 s (rounded to .420001).
+        let quarter = CalendarSpec::parse("*:*:0/0.25 UTC").unwrap();
+        assert_eq!(quarter.next_after(0, &UTC), Some(250));
+        assert_eq!(quarter.next_after(250, &UTC), Some(500));
+        assert_eq!(quarter.next_after(999, &UTC), Some(1000));
+        let odd = CalendarSpec::parse("00:00:00.4200005 UTC").unwrap();
+        assert_eq!(odd.next_elapse_us(0, &UTC), Some(420_001));
+        // 420.001 ms rounds up to 421; from there the next is a day later.
+        assert_eq!(odd.next_after(0, &UTC), Some(421));
+        assert_eq!(odd.next_after(420, &UTC), Some(421));
+        assert_eq!(odd.next_after(421, &UTC), Some(86_400_421));
+    }
+
+    #[test]
+    fn last_days_of_the_month() {
+        // The last and third-last day of each month.
+        assert_eq!(
+            run("*-*~01,03 UTC", "2024-01-30T00:00:00Z", &UTC, 4),
+            [
+                "2024-01-31T00:00:00Z",
+                "2024-02-27T00:00:00Z",
+                "2024-02-29T00:00:00Z",
+                "2024-03-29T00:00:00Z"
+            ]
+        );
+        // The last Friday of each month.
+        assert_eq!(
+            run("Fri *-*~07/1 18:00 UTC", "2024-01-01T00:00:00Z", &UTC, 3),
+            [
+                "2024-01-26T18:00:00Z",
+                "2024-02-23T18:00:00Z",
+                "2024-03-29T18:00:00Z"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_named_zone_overrides_the_local_one() {
+        let kolkata = CalendarSpec::parse("12:00 Asia/Kolkata").unwrap();
+        for tz in [berlin(), UTC] {
+            assert_eq!(
+                next("12:00 Asia/Kolkata", "2024-01-01T00:00:00Z", &tz).as_deref(),
+                Some("2024-01-01T06:30:00Z")
+            );
+        }
+        assert_eq!(kolkata.normalized(), "*-*-* 12:00:00 Asia/Kolkata");
     }
 }

@@ -152,7 +152,15 @@ pub fn trigger_text(trigger: &TaskTrigger) -> String {
         } => format!("system event {}{}", trigger_type.name(), once(*one_shot)),
         TaskTrigger::Application { .. } => "application trigger".to_owned(),
         TaskTrigger::CustomEvent { trigger_id, .. } => format!("custom event {trigger_id:?}"),
-        TaskTrigger::Calendar { expression, .. } => format!("calendar {expression}"),
+        // As written, and as systemd would normalize it when that differs.
+        TaskTrigger::Calendar { expression, spec } => {
+            let normalized = spec.normalized();
+            if normalized == *expression {
+                format!("calendar {expression}")
+            } else {
+                format!("calendar {expression} (normalized: {normalized})")
+            }
+        }
     }
 }
 

@@ -528,7 +528,8 @@ fn bad_calendar_expression_is_invalid_argument_naming_it() {
         "*-*-* 25:00",
         "Mon..Fri 09:70",
         "*-13-01",
-        "*-*-* 10:00 Europe/Berlin",
+        "*-*-* 10:00 Mars/Olympus",
+        "*-*~29",
     ] {
         b.set_trigger(Trigger::Calendar {
             expression: bad.to_owned(),
@@ -545,6 +546,13 @@ fn bad_calendar_expression_is_invalid_argument_naming_it() {
         "Mon..Fri *-*-* 09:30",
         "*-*-01 00:00:00 UTC",
         "*:0/15",
+        // systemd.time(7) forms (issue 20).
+        "*-*-* 10:00 Europe/Berlin",
+        "Mon-Wed 12-10-15 17:48",
+        "Wed, 17:48",
+        "semi-annually",
+        "03:17:00/0.42",
+        "Mon 2017-05~07/1",
     ] {
         b.set_trigger(Trigger::Calendar {
             expression: ok.to_owned(),

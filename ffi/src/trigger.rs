@@ -26,6 +26,8 @@ pub(crate) struct TriggerData {
     pub(crate) trigger: Trigger,
     /// The custom event id or calendar expression, for borrowed getters.
     text: Option<CString>,
+    /// A calendar trigger's normalized expression, when it parses, for a borrowed getter.
+    normalized: Option<CString>,
 }
 
 pub(crate) type TriggerRef = Arc<TriggerData>;
@@ -39,7 +41,17 @@ pub(crate) fn new_trigger(trigger: Trigger) -> *mut btb_trigger {
         Trigger::Calendar { expression } => Some(c_string(expression)),
         _ => None,
     };
-    handle::insert::<btb_trigger>(Arc::new(TriggerData { trigger, text }))
+    let normalized = match &trigger {
+        Trigger::Calendar { expression } => btb_core::calendar::CalendarSpec::parse(expression)
+            .ok()
+            .map(|spec| c_string(&spec.normalized())),
+        _ => None,
+    };
+    handle::insert::<btb_trigger>(Arc::new(TriggerData {
+        trigger,
+        text,
+        normalized,
+    }))
 }
 
 fn make(
@@ -289,6 +301,36 @@ pub extern "C" fn btb_trigger_text(
                 .as_ref()
                 .map(|t| t.as_ptr())
                 .ok_or_else(|| not_applicable(d, "event id or expression"))
+        })
+    })
+}
+
+/// Writes a calendar trigger's expression in systemd's normalized form (what `systemd-analyze
+/// calendar` prints as "Normalized form", e.g. `"Mon..Fri *-*-* 09:30:00"` for
+/// `"Mon-Fri 9:30"`) to `*out`. The string is borrowed: valid while the trigger handle lives.
+/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT` (not
+/// a calendar trigger, or an expression that does not parse — the message names the offending
+/// part, as `btb_register` would). Thread-safe.
+#[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
+pub extern "C" fn btb_calendar_trigger_normalized(
+    trigger: *const btb_trigger,
+    out: *mut *const c_char,
+) -> btb_status {
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| {
+        read(trigger, out, |d| {
+            let Trigger::Calendar { expression } = &d.trigger else {
+                return Err(not_applicable(d, "normalized calendar expression"));
+            };
+            // The CString lives in the Arc'd data, which lives as long as the handle.
+            match &d.normalized {
+                Some(normalized) => Ok(normalized.as_ptr()),
+                None => Err(btb_core::calendar::CalendarSpec::parse(expression)
+                    .err()
+                    .unwrap_or_else(|| Error::invalid("calendar expression"))),
+            }
         })
     })
 }

@@ -187,6 +187,17 @@ static void test_builder_roundtrip(void) {
     CHECK(text && strcmp(text, "org.example.ping") == 0);
     EXPECT(btb_trigger_freshness_minutes(t2, &v), BTB_ERROR_INVALID_ARGUMENT);
     MSG_HAS("custom event trigger has no freshness");
+    EXPECT(btb_calendar_trigger_normalized(t2, &text), BTB_ERROR_INVALID_ARGUMENT);
+    MSG_HAS("custom event trigger has no normalized calendar expression");
+    EXPECT(btb_trigger_free(t2), BTB_OK);
+    /* A calendar trigger's normal form is systemd's; a bad expression is refused by name. */
+    EXPECT(btb_calendar_trigger_new("Mon-Wed 12-10-15 17:48", &t2), BTB_OK);
+    EXPECT(btb_calendar_trigger_normalized(t2, &text), BTB_OK);
+    CHECK(text && strcmp(text, "Mon..Wed 2012-10-15 17:48:00") == 0);
+    EXPECT(btb_trigger_free(t2), BTB_OK);
+    EXPECT(btb_calendar_trigger_new("*-*-* 10:61", &t2), BTB_OK);
+    EXPECT(btb_calendar_trigger_normalized(t2, &text), BTB_ERROR_INVALID_ARGUMENT);
+    MSG_HAS("minute 61 is out of range");
     EXPECT(btb_trigger_free(t2), BTB_OK);
     EXPECT(btb_system_condition_new(BTB_CONDITION_INTERNET_AVAILABLE, &c), BTB_OK);
     EXPECT(btb_add_condition(b, c), BTB_OK);
@@ -349,6 +360,8 @@ static void test_registration_checks(void) {
     EXPECT(btb_registration_trigger(r2, &t), BTB_OK);
     EXPECT(btb_trigger_text(t, &text), BTB_OK);
     CHECK(strcmp(text, "Mon..Fri 09:30") == 0);
+    EXPECT(btb_calendar_trigger_normalized(t, &text), BTB_OK);
+    CHECK(strcmp(text, "Mon..Fri *-*-* 09:30:00") == 0);
     EXPECT(btb_trigger_free(t), BTB_OK);
     btb_uuid id;
     char *idtext = NULL;

@@ -358,3 +358,66 @@ fn completions_come_from_clap() {
             && script.contains("--ignore-conditions")
     );
 }
+
+/// `btbctl calendar` prints what `systemd-analyze calendar` prints (without "From now"), and needs
+/// no app.
+#[test]
+fn calendar_prints_normal_forms_and_next_elapses() {
+    let out = Command::new(env!("CARGO_BIN_EXE_btbctl"))
+        .env("TZ", "Europe/Berlin")
+        .args([
+            "calendar",
+            "--base-time=@1704067200", // 2024-01-01T00:00:00Z
+            "--iterations=2",
+            "Mon-Wed 12-10-15 17:48",
+            "*-*~05,3",
+            "daily Asia/Kolkata",
+            "*-*-* 00:00:00",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "  Original form: Mon-Wed 12-10-15 17:48
+Normalized form: Mon..Wed 2012-10-15 17:48:00
+    Next elapse: never
+
+  Original form: *-*~05,3
+Normalized form: *-*~03,05 00:00:00
+    Next elapse: Sat 2024-01-27 00:00:00 CET
+       (in UTC): Fri 2024-01-26 23:00:00 UTC
+       Iter. #2: Mon 2024-01-29 00:00:00 CET
+       (in UTC): Sun 2024-01-28 23:00:00 UTC
+
+  Original form: daily Asia/Kolkata
+Normalized form: *-*-* 00:00:00 Asia/Kolkata
+    Next elapse: Mon 2024-01-01 19:30:00 CET
+       (in UTC): Mon 2024-01-01 18:30:00 UTC
+       Iter. #2: Tue 2024-01-02 19:30:00 CET
+       (in UTC): Tue 2024-01-02 18:30:00 UTC
+
+Normalized form: *-*-* 00:00:00
+    Next elapse: Tue 2024-01-02 00:00:00 CET
+       (in UTC): Mon 2024-01-01 23:00:00 UTC
+       Iter. #2: Wed 2024-01-03 00:00:00 CET
+       (in UTC): Tue 2024-01-02 23:00:00 UTC
+"
+    );
+    // A refused expression: named on stderr, exit status 1, the others still printed.
+    let out = Command::new(env!("CARGO_BIN_EXE_btbctl"))
+        .env("TZ", "UTC")
+        .args(["calendar", "--base-time=@0", "12:61", "daily"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("bad calendar expression \"12:61\": minute 61 is out of range"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "\n  Original form: daily\nNormalized form: *-*-* 00:00:00\n    Next elapse: Fri 1970-01-02 00:00:00 UTC\n"
+    );
+}

@@ -209,6 +209,12 @@ class CalendarTrigger(IBackgroundTrigger):
     def __new__(cls, expression: str) -> Self: ...
     @property
     def expression(self) -> str: ...
+    @property
+    def normalized(self) -> str:
+        """The expression in systemd's normalized form ("Mon-Fri 9:30" → "Mon..Fri *-*-* 09:30:00").
+
+        Raises InvalidArgumentError, naming the offending part, when it does not parse.
+        """
 
 @final
 class SystemCondition:

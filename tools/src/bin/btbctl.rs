@@ -74,6 +74,18 @@ enum Command {
     },
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
+    /// Normalize calendar expressions and print their next elapses, as `systemd-analyze calendar`
+    /// does (in the local zone, `TZ` included). Needs no app.
+    Calendar {
+        #[arg(required = true)]
+        expressions: Vec<String>,
+        /// How many elapses to print.
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        iterations: u32,
+        /// Count from this instant instead of now (RFC 3339, or @SECONDS since the epoch).
+        #[arg(long, value_name = "TIME")]
+        base_time: Option<String>,
+    },
 }
 
 /// The app a command is about.
@@ -361,6 +373,14 @@ fn run(cli: Cli) -> Result<()> {
         );
         return Ok(());
     }
+    if let Command::Calendar {
+        expressions,
+        iterations,
+        base_time,
+    } = &cli.command
+    {
+        return calendar(expressions, *iterations, base_time.as_deref());
+    }
     let target = Target::of(&cli)?;
     let mut broker = target.broker()?;
     let mut call = |request: Request| -> Result<Option<Reply>> {
@@ -457,7 +477,7 @@ fn run(cli: Cli) -> Result<()> {
                 system.close()?;
             }
         },
-        Command::Completions { .. } => unreachable!("handled above"),
+        Command::Completions { .. } | Command::Calendar { .. } => unreachable!("handled above"),
     }
     Ok(())
 }
@@ -470,5 +490,73 @@ fn main() -> ExitCode {
             eprintln!("btbctl: {}", e.message());
             ExitCode::from(1)
         }
+    }
+}
+
+/// `btbctl calendar`: the lines `systemd-analyze calendar` prints (without its "From now"), for
+/// each expression; an error for the first one that does not parse, after the others.
+fn calendar(expressions: &[String], iterations: u32, base_time: Option<&str>) -> Result<()> {
+    use jiff::{Timestamp, tz::TimeZone};
+    let base = match base_time {
+        None => Timestamp::now(),
+        Some(text) => match text.strip_prefix('@') {
+            Some(seconds) => seconds
+                .parse()
+                .ok()
+                .and_then(|s| Timestamp::from_second(s).ok()),
+            None => text.parse().ok(),
+        }
+        .ok_or_else(|| Error::invalid(format!("bad --base-time {text:?}")))?,
+    };
+    let local = btb_core::calendar::system_time_zone();
+    let show = |at: Timestamp, tz: &TimeZone| {
+        let abbreviation = tz.to_offset_info(at).abbreviation().to_owned();
+        let civil = tz.to_datetime(at);
+        format!("{} {abbreviation}", civil.strftime("%a %Y-%m-%d %H:%M:%S"))
+    };
+    let mut failure = None;
+    for (n, expression) in expressions.iter().enumerate() {
+        // Blocks are separated by a blank line (also before one that fails, as systemd-analyze).
+        if n > 0 {
+            out!("");
+        }
+        let spec = match btb_core::calendar::CalendarSpec::parse(expression) {
+            Ok(spec) => spec,
+            Err(e) => {
+                eprintln!("btbctl: {}", e.message());
+                failure.get_or_insert(e);
+                continue;
+            }
+        };
+        let normalized = spec.normalized();
+        if normalized != *expression {
+            out!("  Original form: {expression}");
+        }
+        out!("Normalized form: {normalized}");
+        let mut at = base.as_microsecond();
+        for i in 1..=iterations.max(1) {
+            let Some(next) = spec.next_elapse_us(at, &local) else {
+                if i == 1 {
+                    out!("    Next elapse: never");
+                }
+                break;
+            };
+            at = next;
+            let next = Timestamp::from_microsecond(next).expect("an elapse is an instant");
+            let label = if i == 1 {
+                "    Next elapse".to_owned()
+            } else {
+                format!("       Iter. #{i}")
+            };
+            out!("{label}: {}", show(next, &local));
+            if local != TimeZone::UTC {
+                out!("       (in UTC): {}", show(next, &TimeZone::UTC));
+            }
+        }
+    }
+    match failure {
+        // Already printed; the exit status says it.
+        Some(_) => Err(Error::invalid("a calendar expression did not parse")),
+        None => Ok(()),
     }
 }
