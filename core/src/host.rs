@@ -166,8 +166,9 @@ fn adopt(fd: RawFd) -> Result<OwnedFd> {
     }
 }
 
-/// The descriptor the broker passed, as an owned one. The only unsafe code of the core: a
-/// descriptor number from the environment becomes an `OwnedFd` (what `BTB_HOST_FD` is for).
+/// The descriptor the broker passed, as an owned one. One of the two unsafe places of the core
+/// (the other: the broker's `pre_exec` in `broker/exec.rs`): a descriptor number from the
+/// environment becomes an `OwnedFd` (what `BTB_HOST_FD` is for).
 #[allow(unsafe_code)]
 fn inherited(fd: RawFd) -> OwnedFd {
     // SAFETY: `fd` comes from BTB_HOST_FD, which the broker sets to the socket it passed; `adopt`

@@ -401,6 +401,42 @@ fn garbage_on_the_instance_socket_closes_it_and_the_exit_status_still_decides() 
     );
 }
 
+#[test]
+fn a_host_inherits_no_descriptor_of_the_app_but_its_socket_and_stdio() {
+    // A descriptor the app opened without O_CLOEXEC (as a C library or Python's inheritable
+    // descriptors do): SPEC §5 gives the host fd 3 and stdio, nothing else.
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("leak-marker");
+    std::fs::write(&marker, b"").unwrap();
+    let leaked = rustix::fs::open(
+        &marker,
+        rustix::fs::OFlags::RDONLY,
+        rustix::fs::Mode::empty(),
+    )
+    .unwrap();
+    assert!(
+        !rustix::io::fcntl_getfd(&leaked)
+            .unwrap()
+            .contains(rustix::io::FdFlags::CLOEXEC),
+        "inheritable"
+    );
+    let rig = open(&[("app.Fds", sh("ls -l /proc/self/fd"))], 1000);
+    let (reg, c) = rig.run("fds", "app.Fds", None);
+    assert_eq!(c.outcome, TaskOutcome::Succeeded, "{c:?}");
+    let listing = reg.history().unwrap()[0].stdout.clone().unwrap();
+    assert!(!listing.contains("leak-marker"), "{listing}");
+    // `ls` itself reads /proc/self/fd through one descriptor of its own.
+    for line in listing.lines().filter(|l| l.contains(" -> ")) {
+        let (name, target) = line.split_once(" -> ").unwrap();
+        let fd: i32 = name.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(
+            fd <= 3 || target.starts_with("/proc/"),
+            "fd {fd} ({target}) leaked into the host: {listing}"
+        );
+    }
+    drop(leaked);
+}
+
 /// A channel of a registration's progress values.
 fn progress_of(reg: &Registration) -> mpsc::Receiver<u32> {
     let (tx, rx) = mpsc::channel();

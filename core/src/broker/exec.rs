@@ -202,6 +202,7 @@ impl Broker {
             child_fd: HOST_FD,
         }])
         .map_err(std::io::Error::other)?;
+        confine(&mut cmd); // after the fd mappings: fd 3 is in place when it runs
         let mut child = cmd.spawn()?;
         drop(cmd); // closes the parent's copy of the host's end
         let pid = Pid::from_child(&child);
@@ -545,6 +546,45 @@ impl Broker {
             });
         }
         Ok(())
+    }
+}
+
+/// The `close_range` flag that marks the descriptors close-on-exec instead of closing them
+/// (Linux 5.11; `linux/close_range.h`).
+const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+
+/// Arranges what the child does between fork and exec (SPEC §5): every descriptor above the
+/// instance socket (fd 3) is closed at exec, whether or not the app opened it with `O_CLOEXEC`
+/// (a C library's, Python's inheritable ones) — the host gets stdio and fd 3, nothing else.
+///
+/// Marked close-on-exec rather than closed: std's own error pipe (close-on-exec, above 3) must
+/// stay open until the exec, which closes it, so that a failed exec is still reported.
+#[allow(unsafe_code)]
+fn confine(cmd: &mut Command) {
+    // SAFETY: the closure runs in the forked child, where only async-signal-safe calls are
+    // allowed: it makes system calls and nothing else (no allocation, no lock, no captured value
+    // but plain integers).
+    unsafe {
+        cmd.pre_exec(|| {
+            let first = (HOST_FD + 1) as libc::c_uint;
+            if libc::syscall(
+                libc::SYS_close_range,
+                first,
+                libc::c_uint::MAX,
+                CLOSE_RANGE_CLOEXEC,
+            ) != 0
+            {
+                // A kernel before 5.11: every possible descriptor, one by one.
+                let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+                    .current
+                    .unwrap_or(1 << 20)
+                    .min(1 << 20);
+                for fd in first as libc::c_int..limit as libc::c_int {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+            }
+            Ok(())
+        });
     }
 }
 
