@@ -43,9 +43,10 @@ const STDERR_LINES: usize = 5;
 /// A running host process, as the rest of the broker sees it (in the instance's `Life`, until the
 /// process has exited).
 pub(crate) struct Child {
-    /// The child's pid, which is also its process group's id; `None` for a run in a client
-    /// process of the broker (nothing to signal).
-    pgid: Option<Pid>,
+    /// The child's pid (also its process group's id) and a pidfd of it; `None` for a run in a
+    /// client process of the broker (nothing to signal). The child is not reaped while it is
+    /// here: its pid, and so its group's id, name it and nothing else.
+    process: Option<(Pid, OwnedFd)>,
     /// The broker's end of the instance socket (non-blocking).
     socket: UnixStream,
     /// The child said hello: cancellations go over the socket from now on.
@@ -59,23 +60,30 @@ impl Child {
     /// on a connection the client keeps ready (no hello comes).
     fn in_client(socket: UnixStream, greeted: bool) -> Child {
         Child {
-            pgid: None,
+            process: None,
             socket,
             greeted,
             finished: false,
         }
     }
 
-    /// Signals the whole process group (the child and what it forked).
+    /// Signals the host and everything it forked: its descendants found under it now (wherever
+    /// they went: another process group, another session), the host itself through its pidfd
+    /// (even if it left its group), and its process group (what its exited children left in it).
     pub(crate) fn signal(&self, signal: Signal) {
-        if let Some(pgid) = self.pgid {
-            let _ = rustix::process::kill_process_group(pgid, signal);
+        if let Some((pid, pidfd)) = &self.process {
+            // Descendants first: once the host is gone, they are no longer found under it.
+            for descendant in descendants(*pid) {
+                let _ = rustix::process::pidfd_send_signal(&descendant, signal);
+            }
+            let _ = rustix::process::pidfd_send_signal(pidfd, signal);
+            let _ = rustix::process::kill_process_group(*pid, signal);
         }
     }
 
     /// A host process (not a run in a client process).
     pub(crate) fn is_process(&self) -> bool {
-        self.pgid.is_some()
+        self.process.is_some()
     }
 
     /// Ends the connection (a run abandoned in a client process: its supervisor stops reading).
@@ -214,7 +222,7 @@ impl Broker {
         nonblocking(&stderr)?;
         nonblocking(&broker_end)?;
         let child = Child {
-            pgid: Some(pid),
+            process: Some((pid, pidfd.try_clone()?)),
             socket: broker_end,
             greeted: false,
             finished: false,
@@ -586,6 +594,65 @@ fn confine(cmd: &mut Command) {
             Ok(())
         });
     }
+}
+
+/// The pids of the children of `pid` (of all its threads), from `/proc/<pid>/task/*/children`.
+fn children_of(pid: Pid) -> Vec<Pid> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", pid.as_raw_nonzero())) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for task in tasks.flatten() {
+        let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        out.extend(
+            text.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .filter_map(Pid::from_raw),
+        );
+    }
+    out
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name (field 3, the state, is the first).
+pub(super) fn stat_fields(pid: Pid) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// The parent of a process (field 4 of its stat).
+fn parent_of(pid: Pid) -> Option<Pid> {
+    stat_fields(pid)?
+        .get(1)?
+        .parse()
+        .ok()
+        .and_then(Pid::from_raw)
+}
+
+/// Pidfds of the live descendants of `root` (bounded: a host that forks without end is not
+/// followed forever). Each pid read from /proc becomes a pidfd, then its parent is checked
+/// again: a pid reused between the two reads is not taken for a descendant.
+fn descendants(root: Pid) -> Vec<OwnedFd> {
+    const MOST: usize = 4096;
+    let mut found = Vec::new();
+    let mut parents = vec![root];
+    while let Some(parent) = parents.pop() {
+        for child in children_of(parent) {
+            let Ok(fd) = rustix::process::pidfd_open(child, rustix::process::PidfdFlags::empty())
+            else {
+                continue; // gone meanwhile
+            };
+            if parent_of(child) != Some(parent) {
+                continue;
+            }
+            parents.push(child);
+            found.push(fd);
+            if found.len() >= MOST {
+                return found;
+            }
+        }
+    }
+    found
 }
 
 /// What a client process needs to start `instance`.

@@ -652,6 +652,25 @@ impl Broker {
         }
     }
 
+    /// Waits (real time, at most until `deadline`) until `done` and the handlers of what ended
+    /// are called; not at all on a btb thread (a handler closing its own system).
+    fn wait_closing<'a>(
+        &'a self,
+        mut st: Locked<'a>,
+        deadline: Instant,
+        done: impl Fn(&State) -> bool,
+    ) -> Locked<'a> {
+        let _waiting = self.waiting();
+        while !(done(&st) && st.notes.is_empty() && !st.notifying) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || ON_BTB_THREAD.with(|f| f.get()) {
+                break;
+            }
+            st = st.wait_timeout(&self.change_cv, left);
+        }
+        st
+    }
+
     pub(crate) fn close(self: &Arc<Self>) -> Result<()> {
         self.check_pid()?;
         let grace = Duration::from_millis(u64::from(self.policy.grace_ms));
@@ -667,15 +686,39 @@ impl Broker {
             self.cancel_task(&mut st, &id, CancellationReason::Terminating, now);
         }
         // Wait (real time) for running instances to end and handlers to be called.
-        let waiting = self.waiting();
-        while !(st.running.is_empty() && st.notes.is_empty() && !st.notifying) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || ON_BTB_THREAD.with(|f| f.get()) {
+        st = self.wait_closing(st, deadline, |st| st.running.is_empty());
+        // Host processes still running: SIGTERM, and SIGKILL after a second grace, as after a
+        // time limit (`timers.rs`); their workers record their runs, with their output.
+        for signal in [rustix::process::Signal::TERM, rustix::process::Signal::KILL] {
+            let hosts: Vec<Instance> = st
+                .running
+                .values()
+                .filter(|r| {
+                    r.instance
+                        .life()
+                        .child
+                        .as_ref()
+                        .is_some_and(|c| c.is_process())
+                })
+                .map(|r| r.instance.clone())
+                .collect();
+            if hosts.is_empty() || ON_BTB_THREAD.with(|f| f.get()) {
                 break;
             }
-            st = st.wait_timeout(&self.change_cv, left);
+            for instance in &hosts {
+                if let Some(child) = &instance.life().child {
+                    child.signal(signal);
+                }
+            }
+            // A killed host ends at once; the bound covers one stuck in the kernel.
+            st = self.wait_closing(st, Instant::now() + grace, |st| {
+                !hosts.iter().any(|i| {
+                    st.running
+                        .get(&i.task().task_id())
+                        .is_some_and(|r| r.instance == *i)
+                })
+            });
         }
-        drop(waiting);
         let stuck: Vec<Instance> = st.running.values().map(|r| r.instance.clone()).collect();
         for instance in stuck {
             self.finish(&mut st, &instance, Some(CancellationReason::Terminating));
