@@ -565,6 +565,81 @@ fn close_kills_a_host_that_ignores_sigterm_after_a_second_grace() {
     assert!(stdout.starts_with("started\nignored TERM\n"), "{stdout:?}");
 }
 
+/// The host of `broker_process_runs_a_blocking_host`: it ignores SIGTERM (and so does its
+/// grandchild), tells the test both pids through the fifo, and waits forever.
+fn orphan_script(fifo: &std::path::Path) -> Vec<String> {
+    sh(&format!(
+        "trap '' TERM; sleep 1000 & echo \"$$ $!\" > {}; wait; wait",
+        fifo.display()
+    ))
+}
+
+#[test]
+fn the_host_of_a_broker_killed_with_sigkill_is_stopped_and_recorded_before_the_store_runs_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = fifo_in(&dir);
+    let store = dir.path().join("btb.sqlite3");
+    // The broker: this test binary in another process, running a host that never ends.
+    let mut broker = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(&this_binary_as("broker_process_runs_a_blocking_host")[1..])
+        .env("BTB_TEST_STORE", &store)
+        .env("BTB_TEST_FIFO", &fifo)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pids = pids_from(fifo.clone());
+    let (host, grandchild) = (pidfd(pids[0]), pidfd(pids[1]));
+    broker.kill().unwrap(); // SIGKILL: nothing of it runs any more
+    broker.wait().unwrap();
+    // Its host dies with it (its death signal); the grandchild is an orphan now.
+    let host_died = exits_within(&host, DEADLINE);
+    if !host_died {
+        for fd in [&host, &grandchild] {
+            let _ = rustix::process::pidfd_send_signal(fd, rustix::process::Signal::KILL);
+        }
+    }
+    assert!(host_died, "the host outlived its broker");
+
+    // The next broker of the store stops it before anything runs, and records the run.
+    let clock = ManualClock::new(T0).unwrap();
+    let sys = System::open(SystemOptions {
+        manifest: Some(manifest(&[("app.Orphan", orphan_script(&fifo))])),
+        store: StoreLocation::File(store),
+        clock: Clock::Manual(clock),
+        simulated: true,
+        policy: Policy {
+            grace_ms: 300,
+            durability: Durability::Normal,
+            ..Policy::default()
+        },
+        ..SystemOptions::default()
+    })
+    .unwrap();
+    assert!(sys.is_broker());
+    let stopped = exits_within(&grandchild, Duration::ZERO);
+    if !stopped {
+        let _ = rustix::process::pidfd_send_signal(&grandchild, rustix::process::Signal::KILL);
+    }
+    assert!(
+        stopped,
+        "what the host forked still runs once the store is open again"
+    );
+    let reg = sys.all_tasks().unwrap().pop().unwrap();
+    let history = reg.history().unwrap();
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(history[0].outcome, TaskOutcome::Failed);
+    let message = history[0].message.clone().unwrap();
+    assert!(
+        message.starts_with(&format!(
+            "the broker that ran it (pid {}) died; its host (pid {}) was stopped",
+            broker.id(),
+            pids[0]
+        )),
+        "{message}"
+    );
+    assert_eq!(history[0].trigger_details.as_deref(), Some(r#"{"n":2}"#));
+}
+
 /// A channel of a registration's progress values.
 fn progress_of(reg: &Registration) -> mpsc::Receiver<u32> {
     let (tx, rx) = mpsc::channel();
@@ -643,4 +718,41 @@ fn host_leaves_its_group() {
     assert_ne!(getpgid(None).unwrap(), nix::unistd::getpid());
     instance.set_progress(1);
     std::thread::sleep(Duration::from_secs(1000));
+}
+
+/// A broker in a process of its own (`BTB_TEST_STORE`), running a host that never ends (it
+/// writes its pids to `BTB_TEST_FIFO`), until it is killed.
+#[test]
+#[ignore = "a broker process started by the_host_of_a_broker_killed_…, not a test"]
+fn broker_process_runs_a_blocking_host() {
+    let (Some(store), Some(fifo)) = (
+        std::env::var_os("BTB_TEST_STORE"),
+        std::env::var_os("BTB_TEST_FIFO"),
+    ) else {
+        return;
+    };
+    let sys = System::open(SystemOptions {
+        manifest: Some(manifest(&[(
+            "app.Orphan",
+            orphan_script(std::path::Path::new(&fifo)),
+        )])),
+        store: StoreLocation::File(store.into()),
+        clock: Clock::Manual(ManualClock::new(T0).unwrap()),
+        simulated: true,
+        policy: Policy {
+            durability: Durability::Normal,
+            ..Policy::default()
+        },
+        ..SystemOptions::default()
+    })
+    .unwrap();
+    let mut b = Builder::new();
+    b.name = Some("orphan".into());
+    b.task_entry_point = Some("app.Orphan".into());
+    b.set_trigger(Trigger::application());
+    let reg = sys.register(&b).unwrap();
+    reg.request(Some(serde_json::json!({"n": 2}))).unwrap();
+    loop {
+        std::thread::park(); // until killed
+    }
 }

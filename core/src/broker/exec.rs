@@ -30,7 +30,12 @@ use std::sync::Arc;
 use rustix::event::{PollFd, PollFlags, poll};
 use rustix::process::{Pid, Signal, WaitId, WaitIdOptions, WaitIdStatus};
 
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
 use super::{Broker, Instance};
+use crate::model::{RunRecord, TaskOutcome};
 use crate::protocol::{self, Decoder, ToBroker, ToHost};
 
 /// How much of each of stdout and stderr is kept: the last 64 KiB.
@@ -211,11 +216,28 @@ impl Broker {
         }])
         .map_err(std::io::Error::other)?;
         confine(&mut cmd); // after the fd mappings: fd 3 is in place when it runs
-        let mut child = cmd.spawn()?;
+        // Recorded before it starts (it is found by its instance id, `stop_orphans`), then again
+        // with its pid once it has one.
+        let durable = self.durable();
+        if durable {
+            self.record_host(instance, None);
+        }
+        let mut child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                if durable {
+                    self.forget_host(instance);
+                }
+                return Err(e);
+            }
+        };
         drop(cmd); // closes the parent's copy of the host's end
         let pid = Pid::from_child(&child);
         // The child is ours and not reaped until `supervise` says so: its pid is stable.
         let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
+        if durable {
+            self.record_host(instance, Some(pid));
+        }
         let stdout = OwnedFd::from(child.stdout.take().expect("piped"));
         let stderr = OwnedFd::from(child.stderr.take().expect("piped"));
         nonblocking(&stdout)?;
@@ -300,6 +322,9 @@ impl Broker {
             child.signal(Signal::KILL);
         }
         let _ = rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED);
+        if self.durable() {
+            self.forget_host(instance); // nothing of it runs any more
+        }
         // What the group wrote before it ended (its writers are gone: these reads end).
         for i in 0..3 {
             self.read_stream(instance, i, &mut streams, &mut out, &mut err, &mut decoder);
@@ -557,6 +582,235 @@ impl Broker {
     }
 }
 
+/// A host process as recorded beside the store while it runs (`<store>.hosts/<instance id>`):
+/// a broker that opens the store after this one died finds it, stops what is left of it and
+/// records its run (`stop_orphans`).
+#[derive(Serialize, Deserialize)]
+struct HostFile {
+    pid: i32,
+    /// Its start time (field 22 of `/proc/<pid>/stat`): with the pid, it names this process and
+    /// no later one that gets the same pid.
+    start: u64,
+    /// The process of the broker that started it.
+    broker_pid: u32,
+    /// The run as it will be recorded (its end is filled in then).
+    run: RunRecord,
+}
+
+/// The directory of the live hosts of a store's broker.
+fn hosts_dir(store_path: &str) -> PathBuf {
+    PathBuf::from(format!("{store_path}.hosts"))
+}
+
+/// A process's start time (field 22 of its stat), in clock ticks since boot.
+fn start_time(pid: Pid) -> Option<u64> {
+    stat_fields(pid)?.get(19)?.parse().ok()
+}
+
+impl Broker {
+    /// Records a host that just started beside the store (see [`HostFile`]). Best effort: a host
+    /// that cannot be recorded still runs (and dies with this process, `confine`).
+    fn record_host(&self, instance: &Instance, pid: Option<Pid>) {
+        let host = HostFile {
+            pid: pid.map_or(0, |p| p.as_raw_nonzero().get()),
+            start: pid.and_then(start_time).unwrap_or(0),
+            broker_pid: self.pid,
+            run: RunRecord {
+                instance_id: instance.instance_id(),
+                task_id: instance.task().task_id(),
+                trigger_kind: instance.task().trigger().kind(),
+                trigger_details: instance.trigger_details().map(|d| d.to_string()),
+                started_ms: instance.started_ms(),
+                ended_ms: instance.started_ms(),
+                outcome: TaskOutcome::Failed,
+                reason: None,
+                message: None,
+                last_progress: 0,
+                stdout: None,
+                stderr: None,
+            },
+        };
+        let dir = hosts_dir(&self.store_path);
+        let name = instance.instance_id().to_string();
+        let written = std::fs::create_dir_all(&dir).and_then(|()| {
+            // Whole or not at all: a broker that dies while writing leaves a `.tmp`, never half
+            // a record.
+            let tmp = dir.join(format!("{name}.tmp"));
+            std::fs::write(
+                &tmp,
+                serde_json::to_vec(&host).map_err(std::io::Error::other)?,
+            )?;
+            std::fs::rename(&tmp, dir.join(&name))
+        });
+        if let Err(e) = written {
+            log::warn!(target: "btb", "instance {name}: cannot record its host process in {}: {e}", dir.display());
+        }
+    }
+
+    /// Removes the record of a host of which nothing runs any more.
+    fn forget_host(&self, instance: &Instance) {
+        let _ = std::fs::remove_file(
+            hosts_dir(&self.store_path).join(instance.instance_id().to_string()),
+        );
+    }
+}
+
+/// Stops what is left of the hosts of a broker of this store that died (SPEC §5), before the
+/// store runs anything, and records their runs (as failed: the broker that ran it died). Called
+/// by the broker that opens the store (it holds the store's lock: the broker that recorded them
+/// is gone). What is left: the host itself (its pid and start time), every process whose
+/// environment names its instance (`BTB_INSTANCE_ID`: what it forked, in any group or session),
+/// and while the host lives, its process group. They get SIGTERM, and SIGKILL after the grace.
+pub(crate) fn stop_orphans(
+    store: &mut crate::store::Store,
+    registry: &crate::registry::Registry,
+    policy: &crate::policy::Policy,
+    now_ms: i64,
+) {
+    if store.path() == ":memory:" {
+        return;
+    }
+    let dir = hosts_dir(store.path());
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let mut orphans = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let host = std::fs::read(&path)
+            .ok()
+            .filter(|_| path.extension().is_none())
+            .and_then(|b| serde_json::from_slice::<HostFile>(&b).ok());
+        match host {
+            Some(host) => orphans.push((path, host)),
+            None => {
+                let _ = std::fs::remove_file(&path); // a record never finished
+            }
+        }
+    }
+    if orphans.is_empty() {
+        return;
+    }
+    let left = leftovers(&orphans);
+    let grace = std::time::Duration::from_millis(u64::from(policy.grace_ms));
+    for signal in [Signal::TERM, Signal::KILL] {
+        let alive: Vec<&OwnedFd> = left.iter().flatten().filter(|f| !exited(f, None)).collect();
+        if alive.is_empty() {
+            break;
+        }
+        for fd in &alive {
+            let _ = rustix::process::pidfd_send_signal(fd, signal);
+        }
+        let deadline = std::time::Instant::now() + grace;
+        for fd in alive {
+            exited(fd, Some(deadline));
+        }
+    }
+    for ((path, host), left) in orphans.into_iter().zip(left) {
+        let mut run = host.run;
+        run.ended_ms = now_ms.max(run.started_ms);
+        run.outcome = TaskOutcome::Failed;
+        let pid = if host.pid == 0 {
+            String::new() // it died starting it
+        } else {
+            format!(" (pid {})", host.pid)
+        };
+        run.message = Some(format!(
+            "the broker that ran it (pid {}) died; its host{pid} {}",
+            host.broker_pid,
+            if left.is_empty() {
+                "had ended with it"
+            } else {
+                "was stopped"
+            }
+        ));
+        log::warn!(target: "btb", "instance {}: {}", run.instance_id, run.message.as_deref().unwrap_or_default());
+        if registry.contains(&run.task_id)
+            && let Err(e) = store.insert_run(&run, policy.history_limit)
+        {
+            log::error!(target: "btb", "{e}");
+            continue; // recorded by the next broker of the store, then
+        }
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// For each recorded host, pidfds of what is left of it (see [`stop_orphans`]).
+fn leftovers(orphans: &[(PathBuf, HostFile)]) -> Vec<Vec<OwnedFd>> {
+    let mut left: Vec<Vec<OwnedFd>> = orphans.iter().map(|_| Vec::new()).collect();
+    let hosts_alive: Vec<bool> = orphans
+        .iter()
+        .map(|(_, h)| {
+            Pid::from_raw(h.pid).is_some_and(|pid| h.start != 0 && start_time(pid) == Some(h.start))
+        })
+        .collect();
+    let markers: Vec<Vec<u8>> = orphans
+        .iter()
+        .map(|(_, h)| format!("BTB_INSTANCE_ID={}", h.run.instance_id).into_bytes())
+        .collect();
+    let me = rustix::process::getpid();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return left;
+    };
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse().ok())
+            .and_then(Pid::from_raw)
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fd) = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) else {
+            continue;
+        };
+        // Read after the pidfd was taken, and kept only if that process still lives: then what
+        // was read is its own, not a later process's with the same pid.
+        let Some(fields) = stat_fields(pid) else {
+            continue;
+        };
+        let environ =
+            std::fs::read(format!("/proc/{}/environ", pid.as_raw_nonzero())).unwrap_or_default();
+        if exited(&fd, None) {
+            continue;
+        }
+        let start: Option<u64> = fields.get(19).and_then(|f| f.parse().ok());
+        let group: Option<i32> = fields.get(2).and_then(|f| f.parse().ok());
+        let found = orphans.iter().enumerate().find(|(i, (_, h))| {
+            (pid.as_raw_nonzero().get() == h.pid && start == Some(h.start) && h.start != 0)
+                || environ.split(|b| *b == 0).any(|v| v == markers[*i])
+                || (hosts_alive[*i] && group == Some(h.pid))
+        });
+        if let Some((i, _)) = found {
+            left[i].push(fd);
+        }
+    }
+    left
+}
+
+/// Whether the process of a pidfd has exited, waiting until `deadline` at most (`None`: not at
+/// all).
+fn exited(fd: &OwnedFd, deadline: Option<std::time::Instant>) -> bool {
+    let left = deadline.map_or(std::time::Duration::ZERO, |d| {
+        d.saturating_duration_since(std::time::Instant::now())
+    });
+    let timeout = rustix::time::Timespec {
+        tv_sec: left.as_secs() as i64,
+        tv_nsec: i64::from(left.subsec_nanos()),
+    };
+    let mut fds = [PollFd::new(fd, PollFlags::IN)];
+    loop {
+        match poll(&mut fds, Some(&timeout)) {
+            Ok(n) => return n > 0,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return true,
+        }
+    }
+}
+
 /// The `close_range` flag that marks the descriptors close-on-exec instead of closing them
 /// (Linux 5.11; `linux/close_range.h`).
 const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
@@ -567,13 +821,24 @@ const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
 ///
 /// Marked close-on-exec rather than closed: std's own error pipe (close-on-exec, above 3) must
 /// stay open until the exec, which closes it, so that a failed exec is still reported.
+///
+/// And the child gets SIGKILL when the thread that started it ends (`PR_SET_PDEATHSIG`): that is
+/// the worker that supervises it until it is reaped, so this happens only when the broker's
+/// process dies (a broker killed with SIGKILL, a crash). What the host forked is stopped by the
+/// next broker of the store (`stop_orphans`).
 #[allow(unsafe_code)]
 fn confine(cmd: &mut Command) {
+    let broker = rustix::process::getpid();
     // SAFETY: the closure runs in the forked child, where only async-signal-safe calls are
     // allowed: it makes system calls and nothing else (no allocation, no lock, no captured value
     // but plain integers).
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+            if rustix::process::getppid() != Some(broker) {
+                // The broker died before the death signal was set: no one would supervise it.
+                return Err(rustix::io::Errno::SRCH.into());
+            }
             let first = (HOST_FD + 1) as libc::c_uint;
             if libc::syscall(
                 libc::SYS_close_range,

@@ -83,6 +83,7 @@ use crate::source::States;
 use crate::store::{ScheduleChange, Store};
 
 pub(crate) use cancel::Running;
+pub(crate) use exec::stop_orphans;
 pub use instance::{CanceledFn, Completion, Deferral, Handler, Instance, RunFn};
 pub(crate) use latch::Pending;
 pub(crate) use notify::Note;
