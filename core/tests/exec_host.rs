@@ -383,6 +383,10 @@ fn garbage_on_the_instance_socket_closes_it_and_the_exit_status_still_decides() 
                 sh("printf 'not a frame at all' >&3; echo done"),
             ),
             (
+                "app.Flood",
+                sh("printf 'not a frame at all' >&3; head -c 8000000 /dev/zero >&3; echo done"),
+            ),
+            (
                 "app.OtherVersion",
                 this_binary_as("host_speaks_another_version"),
             ),
@@ -390,6 +394,11 @@ fn garbage_on_the_instance_socket_closes_it_and_the_exit_status_still_decides() 
         1000,
     );
     let (reg, c) = rig.run("garbage", "app.Garbage", None);
+    assert_eq!(c.outcome, TaskOutcome::Succeeded, "{c:?}");
+    assert_eq!(reg.history().unwrap()[0].stdout.as_deref(), Some("done\n"));
+    // It goes on writing after its bad frame: our end is closed, it gets EPIPE (`head` dies of
+    // SIGPIPE) instead of blocking, and its exit status still decides.
+    let (reg, c) = rig.run("flood", "app.Flood", None);
     assert_eq!(c.outcome, TaskOutcome::Succeeded, "{c:?}");
     assert_eq!(reg.history().unwrap()[0].stdout.as_deref(), Some("done\n"));
     let (reg, c) = rig.run("other-version", "app.OtherVersion", None);
@@ -640,6 +649,35 @@ fn the_host_of_a_broker_killed_with_sigkill_is_stopped_and_recorded_before_the_s
     assert_eq!(history[0].trigger_details.as_deref(), Some(r#"{"n":2}"#));
 }
 
+#[test]
+fn trigger_details_too_large_for_the_environment_come_in_the_welcome() {
+    let rig = open(
+        &[("app.Details", this_binary_as("host_prints_trigger_details"))],
+        1000,
+    );
+    let blob = "x".repeat(300 * 1024); // over the 128 KiB of one environment string
+    let (reg, c) = rig.run(
+        "details",
+        "app.Details",
+        Some(serde_json::json!({ "blob": blob })),
+    );
+    assert_eq!(c.outcome, TaskOutcome::Succeeded, "{c:?}");
+    let stdout = reg.history().unwrap()[0].stdout.clone().unwrap();
+    assert!(
+        stdout.contains(&format!("env: false, blob: {}\n", 300 * 1024)),
+        "{stdout}"
+    );
+    // Small ones still come in the environment.
+    let (reg, c) = rig.run(
+        "small",
+        "app.Details",
+        Some(serde_json::json!({ "blob": "abc" })),
+    );
+    assert_eq!(c.outcome, TaskOutcome::Succeeded, "{c:?}");
+    let stdout = reg.history().unwrap()[0].stdout.clone().unwrap();
+    assert!(stdout.contains("env: true, blob: 3\n"), "{stdout}");
+}
+
 /// A channel of a registration's progress values.
 fn progress_of(reg: &Registration) -> mpsc::Receiver<u32> {
     let (tx, rx) = mpsc::channel();
@@ -755,4 +793,18 @@ fn broker_process_runs_a_blocking_host() {
     loop {
         std::thread::park(); // until killed
     }
+}
+
+/// Host: prints whether its trigger details came in the environment, and the length of their
+/// `blob`.
+#[test]
+#[ignore = "a host process started by trigger_details_too_large_…, not a test"]
+fn host_prints_trigger_details() {
+    let in_env = std::env::var_os("BTB_TRIGGER_DETAILS").is_some();
+    let instance = btb_core::host::connect().unwrap();
+    let blob = instance.trigger_details().unwrap()["blob"]
+        .as_str()
+        .unwrap()
+        .len();
+    println!("env: {in_env}, blob: {blob}");
 }

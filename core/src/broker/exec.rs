@@ -42,6 +42,9 @@ use crate::protocol::{self, Decoder, ToBroker, ToHost};
 pub(crate) const OUTPUT_TAIL: usize = 64 * 1024;
 /// The descriptor number of the instance socket in the child (`BTB_HOST_FD`).
 const HOST_FD: i32 = 3;
+/// The largest trigger details passed in the environment (`BTB_TRIGGER_DETAILS`), in bytes;
+/// larger ones come in the welcome.
+const DETAILS_IN_ENV: usize = 16 * 1024;
 /// Lines of stderr quoted in a failure message.
 const STDERR_LINES: usize = 5;
 
@@ -58,6 +61,11 @@ pub(crate) struct Child {
     pub(crate) greeted: bool,
     /// A client process said the run ended (`Finished`).
     finished: bool,
+    /// Trigger details too large for the host's environment: the welcome carries them.
+    large_details: bool,
+    /// A welcome too large for one non-blocking write, for the supervisor to write outside the
+    /// instance's lock: the frame, whether it carries the cancellation, the socket.
+    welcome: Option<(Vec<u8>, bool, UnixStream)>,
 }
 
 impl Child {
@@ -69,6 +77,8 @@ impl Child {
             socket,
             greeted,
             finished: false,
+            large_details: false,
+            welcome: None,
         }
     }
 
@@ -197,8 +207,16 @@ impl Broker {
             )
             .env("BTB_APP_ID", self.manifest.app_id())
             .env("BTB_HOST_FD", HOST_FD.to_string());
+        // Small details in the environment; large ones (an environment string is limited to
+        // 128 KiB, and the environment and arguments together) in the welcome.
+        let mut large_details = false;
         if let Some(details) = instance.trigger_details() {
-            cmd.env("BTB_TRIGGER_DETAILS", details.to_string());
+            let text = details.to_string();
+            if text.len() <= DETAILS_IN_ENV {
+                cmd.env("BTB_TRIGGER_DETAILS", text);
+            } else {
+                large_details = true;
+            }
         }
         let cwd = if self.storage_dir.is_dir() {
             self.storage_dir.as_path()
@@ -248,6 +266,8 @@ impl Broker {
             socket: broker_end,
             greeted: false,
             finished: false,
+            large_details,
+            welcome: None,
         };
         let mut life = instance.life();
         if life.done {
@@ -307,6 +327,14 @@ impl Broker {
             for i in ready {
                 self.read_stream(instance, i, &mut streams, &mut out, &mut err, &mut decoder);
             }
+            let welcome = instance
+                .life()
+                .child
+                .as_mut()
+                .and_then(|c| c.welcome.take());
+            if let Some((frame, canceled, socket)) = welcome {
+                welcome_outside_lock(instance, &frame, canceled, &socket, &pidfd);
+            }
             if exited {
                 break;
             }
@@ -360,6 +388,9 @@ impl Broker {
                 streams[1].read_into(&mut |b| err.push(b));
             }
             _ => {
+                if streams[2].fd.is_none() {
+                    return; // closed: nothing more is heard (a bad frame is reported once)
+                }
                 streams[2].read_into(&mut |b| decoder.push(b));
                 match self.hear_frames(instance, decoder) {
                     Ok(true) => {}
@@ -367,6 +398,11 @@ impl Broker {
                     Err(e) => {
                         log::warn!(target: "btb", "instance {}: the host sent {e}; its socket is closed", instance.instance_id());
                         streams[2].fd = None;
+                        // Our end is closed, not only unread: a host that goes on writing gets
+                        // EPIPE instead of blocking, and its exit status decides.
+                        if let Some(child) = instance.life().child.as_ref() {
+                            child.hang_up();
+                        }
                     }
                 }
             }
@@ -416,12 +452,25 @@ impl Broker {
                 }
                 // Under the instance's lock, like `cancel_task`: a cancellation is either in the
                 // welcome or sent after it, never lost between.
-                child.greeted = true;
-                child.send(&ToHost::Welcome {
+                let welcome = ToHost::Welcome {
                     version: protocol::VERSION,
                     canceled,
                     network_granted: instance.is_network_granted(),
-                });
+                    trigger_details: child
+                        .large_details
+                        .then(|| instance.trigger_details().cloned())
+                        .flatten(),
+                };
+                if child.large_details {
+                    // Too large to write here: the supervisor writes it, then greets.
+                    if let Ok(socket) = child.socket.try_clone() {
+                        let frame = protocol::encode(&welcome);
+                        child.welcome = Some((frame, canceled.is_some(), socket));
+                    }
+                } else {
+                    child.greeted = true;
+                    child.send(&welcome);
+                }
             }
             ToBroker::Progress { value } => instance.set_progress(value),
             ToBroker::Failure { message } => instance.report_failure(message),
@@ -858,6 +907,50 @@ fn confine(cmd: &mut Command) {
             }
             Ok(())
         });
+    }
+}
+
+/// Writes a welcome too large for one non-blocking write, outside the instance's lock (the
+/// supervisor is not reading the host's output meanwhile: a host reads its welcome right after
+/// its hello), until the host exits; then greets: a cancellation that came meanwhile is sent
+/// after it.
+fn welcome_outside_lock(
+    instance: &Instance,
+    frame: &[u8],
+    canceled_in_it: bool,
+    socket: &UnixStream,
+    pidfd: &OwnedFd,
+) {
+    let mut rest = frame;
+    while !rest.is_empty() {
+        match rustix::io::write(socket, rest) {
+            Ok(n) => rest = &rest[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::AGAIN) => {
+                let mut fds = [
+                    PollFd::new(socket, PollFlags::OUT),
+                    PollFd::new(pidfd, PollFlags::IN),
+                ];
+                match poll(&mut fds, None) {
+                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                    Err(_) => return,
+                }
+                if !fds[1].revents().is_empty() {
+                    return; // it exited
+                }
+            }
+            Err(_) => return,
+        }
+    }
+    let mut life = instance.life();
+    let canceled = life.canceled;
+    if let Some(child) = life.child.as_mut() {
+        child.greeted = true;
+        if let Some(reason) = canceled.filter(|_| !canceled_in_it) {
+            child.send(&ToHost::Canceled {
+                reason: reason as u32,
+            });
+        }
     }
 }
 
