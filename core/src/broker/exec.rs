@@ -11,7 +11,12 @@
 //!   grandchildren behind), then the child is reaped — in that order, so that its pid (the group's
 //!   id) cannot be reused while a signal may still be sent to it.
 //! - Cancellation sends the reason over the socket; when the grace runs out the broker sends
-//!   SIGTERM to the group, and SIGKILL after a second grace (`timers.rs`).
+//!   SIGTERM, and SIGKILL after a second grace (`timers.rs`, and `close` in `mod.rs`): to the
+//!   host through its pidfd, to its group, and to its descendants found under it in /proc.
+//! - Between fork and exec (`confine`): every descriptor above fd 3 is closed at exec, and the
+//!   child dies with the broker's process (SIGKILL as its parent-death signal). While it runs it
+//!   is recorded beside the store; a broker that opens the store after one died stops what is left
+//!   of its hosts and records their runs before anything runs (`stop_orphans`).
 //!
 //! A run that no handler of this process can take goes to a client process of the broker that
 //! offers one (`run_in_client`): on a connection the client keeps ready (the run starts with
