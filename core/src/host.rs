@@ -68,7 +68,7 @@ pub fn connect() -> Result<HostInstance> {
         fd_text.parse().ok().filter(|fd| *fd > 2).ok_or_else(|| {
             Error::invalid(format!("BTB_HOST_FD={fd_text:?} is not a descriptor"))
         })?;
-    let trigger_details = match std::env::var("BTB_TRIGGER_DETAILS") {
+    let mut trigger_details = match std::env::var("BTB_TRIGGER_DETAILS") {
         Ok(text) => Some(
             serde_json::from_str(&text)
                 .map_err(|e| Error::invalid(format!("BTB_TRIGGER_DETAILS is not JSON: {e}")))?,
@@ -96,16 +96,23 @@ pub fn connect() -> Result<HostInstance> {
         },
     )
     .map_err(lost)?;
+    // The welcome carries the trigger details that were too large for the environment.
     let (canceled, network_granted) =
-        match protocol::read_frame::<ToHost>(&mut reader).map_err(lost)? {
+        match protocol::read_frame_max::<ToHost>(&mut reader, protocol::MAX_REPLY).map_err(lost)? {
             Some(ToHost::Welcome {
                 canceled,
                 network_granted,
+                trigger_details: large,
                 ..
-            }) => (
-                canceled.map(CancellationReason::from_u32).transpose()?,
-                network_granted,
-            ),
+            }) => {
+                if large.is_some() {
+                    trigger_details = large;
+                }
+                (
+                    canceled.map(CancellationReason::from_u32).transpose()?,
+                    network_granted,
+                )
+            }
             Some(ToHost::Refused { message }) => return Err(Error::state(message)),
             Some(other) => {
                 return Err(Error::state(format!(
@@ -167,8 +174,9 @@ fn adopt(fd: RawFd) -> Result<OwnedFd> {
     }
 }
 
-/// The descriptor the broker passed, as an owned one. The only unsafe code of the core: a
-/// descriptor number from the environment becomes an `OwnedFd` (what `BTB_HOST_FD` is for).
+/// The descriptor the broker passed, as an owned one. One of the two unsafe places of the core
+/// (the other: the broker's `pre_exec` in `broker/exec.rs`): a descriptor number from the
+/// environment becomes an `OwnedFd` (what `BTB_HOST_FD` is for).
 #[allow(unsafe_code)]
 fn inherited(fd: RawFd) -> OwnedFd {
     // SAFETY: `fd` comes from BTB_HOST_FD, which the broker sets to the socket it passed; `adopt`

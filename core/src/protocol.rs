@@ -90,6 +90,10 @@ pub enum ToHost {
         version: u32,
         canceled: Option<u32>,
         network_granted: bool,
+        /// The trigger details of an `exec` host's run when they are too large for its
+        /// environment (`BTB_TRIGGER_DETAILS` is then unset); absent otherwise.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        trigger_details: Option<serde_json::Value>,
     },
     /// The instance was canceled (a `CancellationReason` value); the grace period runs.
     Canceled { reason: u32 },

@@ -188,6 +188,14 @@ pub(crate) fn start_broker(
         }
         registry.add(Arc::new(t.record));
     }
+    // Before anything runs: no registration starts again while a host of a broker of this
+    // store that died still runs it.
+    crate::broker::stop_orphans(
+        &mut store,
+        &registry,
+        &options.policy,
+        options.clock.now_ms(),
+    );
     let store_path = store.path().to_owned();
     // STORAGE_NOT_LOW measures the store's file system; an in-memory store, the state directory.
     let storage_dir = match &options.store {

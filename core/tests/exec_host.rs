@@ -383,6 +383,10 @@ fn garbage_on_the_instance_socket_closes_it_and_the_exit_status_still_decides() 
                 sh("printf 'not a frame at all' >&3; echo done"),
             ),
             (
+                "app.Flood",
+                sh("printf 'not a frame at all' >&3; head -c 8000000 /dev/zero >&3; echo done"),
+            ),
+            (
                 "app.OtherVersion",
                 this_binary_as("host_speaks_another_version"),
             ),
@@ -392,6 +396,11 @@ fn garbage_on_the_instance_socket_closes_it_and_the_exit_status_still_decides() 
     let (reg, c) = rig.run("garbage", "app.Garbage", None);
     assert_eq!(c.outcome, TaskOutcome::Succeeded, "{c:?}");
     assert_eq!(reg.history().unwrap()[0].stdout.as_deref(), Some("done\n"));
+    // It goes on writing after its bad frame: our end is closed, it gets EPIPE (`head` dies of
+    // SIGPIPE) instead of blocking, and its exit status still decides.
+    let (reg, c) = rig.run("flood", "app.Flood", None);
+    assert_eq!(c.outcome, TaskOutcome::Succeeded, "{c:?}");
+    assert_eq!(reg.history().unwrap()[0].stdout.as_deref(), Some("done\n"));
     let (reg, c) = rig.run("other-version", "app.OtherVersion", None);
     assert_eq!(c.outcome, TaskOutcome::Succeeded, "{c:?}");
     let stdout = reg.history().unwrap()[0].stdout.clone().unwrap();
@@ -399,6 +408,281 @@ fn garbage_on_the_instance_socket_closes_it_and_the_exit_status_still_decides() 
         stdout.contains("refused: instance protocol: no protocol version in common: this build speaks versions 1–2, the peer version 99"),
         "{stdout}"
     );
+}
+
+#[test]
+fn a_host_inherits_no_descriptor_of_the_app_but_its_socket_and_stdio() {
+    // A descriptor the app opened without O_CLOEXEC (as a C library or Python's inheritable
+    // descriptors do): SPEC §5 gives the host fd 3 and stdio, nothing else.
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("leak-marker");
+    std::fs::write(&marker, b"").unwrap();
+    let leaked = rustix::fs::open(
+        &marker,
+        rustix::fs::OFlags::RDONLY,
+        rustix::fs::Mode::empty(),
+    )
+    .unwrap();
+    assert!(
+        !rustix::io::fcntl_getfd(&leaked)
+            .unwrap()
+            .contains(rustix::io::FdFlags::CLOEXEC),
+        "inheritable"
+    );
+    let rig = open(&[("app.Fds", sh("ls -l /proc/self/fd"))], 1000);
+    let (reg, c) = rig.run("fds", "app.Fds", None);
+    assert_eq!(c.outcome, TaskOutcome::Succeeded, "{c:?}");
+    let listing = reg.history().unwrap()[0].stdout.clone().unwrap();
+    assert!(!listing.contains("leak-marker"), "{listing}");
+    // `ls` itself reads /proc/self/fd through one descriptor of its own.
+    for line in listing.lines().filter(|l| l.contains(" -> ")) {
+        let (name, target) = line.split_once(" -> ").unwrap();
+        let fd: i32 = name.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(
+            fd <= 3 || target.starts_with("/proc/"),
+            "fd {fd} ({target}) leaked into the host: {listing}"
+        );
+    }
+    drop(leaked);
+}
+
+/// The pids a host script writes to the fifo `fifo` (see `fifo_script`), once it wrote them.
+fn pids_from(fifo: std::path::PathBuf) -> Vec<i32> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::read_to_string(&fifo).unwrap());
+    });
+    let pids: String = recv(&rx, "the host's pids");
+    pids.split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect()
+}
+
+fn fifo_in(dir: &tempfile::TempDir) -> std::path::PathBuf {
+    let fifo = dir.path().join("pids");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    fifo
+}
+
+#[test]
+fn a_host_that_leaves_its_process_group_is_still_terminated() {
+    let rig = open(
+        &[("app.Leaves", this_binary_as("host_leaves_its_group"))],
+        2000,
+    );
+    let (reg, done) = rig.register("leaves", "app.Leaves");
+    let prx = progress_of(&reg);
+    reg.request(None).unwrap();
+    assert_eq!(recv(&prx, "the host's ready signal"), 1);
+    reg.unregister(true).unwrap(); // ABORT, which it ignores: the grace starts
+    rig.clock.advance_ms(2 * SEC).unwrap(); // grace over: SIGTERM, to the host itself too
+    let c = recv(&done, "the end of the host that left its group");
+    assert_eq!(c.outcome, TaskOutcome::Canceled);
+    assert_eq!(c.reason, Some(CancellationReason::Abort));
+}
+
+#[test]
+fn a_grandchild_in_a_session_of_its_own_is_terminated_with_its_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = fifo_in(&dir);
+    // The grandchild leaves the host's session and process group (setsid), then tells its pid.
+    let script = format!(
+        "setsid sh -c 'echo $$ > {}; exec sleep 1000' & wait",
+        fifo.display()
+    );
+    let rig = open(&[("app.Daemon", sh(&script))], 2000);
+    let (reg, done) = rig.register("daemon", "app.Daemon");
+    reg.request(None).unwrap();
+    let grandchild = pidfd(pids_from(fifo)[0]);
+    reg.unregister(true).unwrap();
+    rig.clock.advance_ms(2 * SEC).unwrap(); // grace over: SIGTERM to the host and what it forked
+    let c = recv(&done, "the host's end");
+    assert_eq!(c.outcome, TaskOutcome::Canceled);
+    let survived = !exits_within(&grandchild, DEADLINE);
+    if survived {
+        let _ = rustix::process::pidfd_send_signal(&grandchild, rustix::process::Signal::KILL);
+    }
+    assert!(
+        !survived,
+        "the grandchild in its own session is not left behind"
+    );
+}
+
+#[test]
+fn close_terminates_a_host_before_killing_it_and_keeps_its_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = fifo_in(&dir);
+    // Ignores the cancellation, says so on stdout when SIGTERM comes, and exits 7.
+    let script = format!(
+        "trap 'echo got TERM; exit 7' TERM; echo started; echo $$ > {}; \
+         while :; do sleep 1 & wait $!; done",
+        fifo.display()
+    );
+    let rig = open(&[("app.Stubborn", sh(&script))], 300);
+    let (reg, _done) = rig.register("stubborn", "app.Stubborn");
+    let task_id = reg.task_id();
+    reg.request(None).unwrap();
+    let host = pidfd(pids_from(fifo)[0]);
+    let store = rig.sys.store_path().to_owned();
+    rig.sys.close().unwrap();
+    assert!(
+        exits_within(&host, Duration::ZERO),
+        "no host outlives close"
+    );
+    let history = Store::open_read_only(std::path::Path::new(&store))
+        .unwrap()
+        .history(&task_id)
+        .unwrap();
+    assert_eq!(history.len(), 1, "{history:?}");
+    let run = &history[0];
+    assert_eq!(run.outcome, TaskOutcome::Canceled, "{run:?}");
+    assert_eq!(run.reason, Some(CancellationReason::Terminating));
+    assert_eq!(
+        run.stdout.as_deref(),
+        Some("started\ngot TERM\n"),
+        "SIGTERM came first, and the output is kept"
+    );
+}
+
+#[test]
+fn close_kills_a_host_that_ignores_sigterm_after_a_second_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = fifo_in(&dir);
+    let script = format!(
+        "trap 'echo ignored TERM' TERM; echo started; echo $$ > {}; \
+         while :; do sleep 1 & wait $!; done",
+        fifo.display()
+    );
+    let rig = open(&[("app.Deaf", sh(&script))], 300);
+    let (reg, _done) = rig.register("deaf", "app.Deaf");
+    let task_id = reg.task_id();
+    reg.request(None).unwrap();
+    let host = pidfd(pids_from(fifo)[0]);
+    let store = rig.sys.store_path().to_owned();
+    rig.sys.close().unwrap();
+    assert!(
+        exits_within(&host, Duration::ZERO),
+        "no host outlives close"
+    );
+    let history = Store::open_read_only(std::path::Path::new(&store))
+        .unwrap()
+        .history(&task_id)
+        .unwrap();
+    let run = &history[0];
+    assert_eq!(run.outcome, TaskOutcome::Canceled, "{run:?}");
+    let stdout = run.stdout.as_deref().unwrap_or_default();
+    assert!(stdout.starts_with("started\nignored TERM\n"), "{stdout:?}");
+}
+
+/// The host of `broker_process_runs_a_blocking_host`: it ignores SIGTERM (and so does its
+/// grandchild), tells the test both pids through the fifo, and waits forever.
+fn orphan_script(fifo: &std::path::Path) -> Vec<String> {
+    sh(&format!(
+        "trap '' TERM; sleep 1000 & echo \"$$ $!\" > {}; wait; wait",
+        fifo.display()
+    ))
+}
+
+#[test]
+fn the_host_of_a_broker_killed_with_sigkill_is_stopped_and_recorded_before_the_store_runs_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = fifo_in(&dir);
+    let store = dir.path().join("btb.sqlite3");
+    // The broker: this test binary in another process, running a host that never ends.
+    let mut broker = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(&this_binary_as("broker_process_runs_a_blocking_host")[1..])
+        .env("BTB_TEST_STORE", &store)
+        .env("BTB_TEST_FIFO", &fifo)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pids = pids_from(fifo.clone());
+    let (host, grandchild) = (pidfd(pids[0]), pidfd(pids[1]));
+    broker.kill().unwrap(); // SIGKILL: nothing of it runs any more
+    broker.wait().unwrap();
+    // Its host dies with it (its death signal); the grandchild is an orphan now.
+    let host_died = exits_within(&host, DEADLINE);
+    if !host_died {
+        for fd in [&host, &grandchild] {
+            let _ = rustix::process::pidfd_send_signal(fd, rustix::process::Signal::KILL);
+        }
+    }
+    assert!(host_died, "the host outlived its broker");
+
+    // The next broker of the store stops it before anything runs, and records the run.
+    let clock = ManualClock::new(T0).unwrap();
+    let sys = System::open(SystemOptions {
+        manifest: Some(manifest(&[("app.Orphan", orphan_script(&fifo))])),
+        store: StoreLocation::File(store),
+        clock: Clock::Manual(clock),
+        simulated: true,
+        policy: Policy {
+            grace_ms: 300,
+            durability: Durability::Normal,
+            ..Policy::default()
+        },
+        ..SystemOptions::default()
+    })
+    .unwrap();
+    assert!(sys.is_broker());
+    let stopped = exits_within(&grandchild, Duration::ZERO);
+    if !stopped {
+        let _ = rustix::process::pidfd_send_signal(&grandchild, rustix::process::Signal::KILL);
+    }
+    assert!(
+        stopped,
+        "what the host forked still runs once the store is open again"
+    );
+    let reg = sys.all_tasks().unwrap().pop().unwrap();
+    let history = reg.history().unwrap();
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(history[0].outcome, TaskOutcome::Failed);
+    let message = history[0].message.clone().unwrap();
+    // The host's pid is named when the broker recorded it before it died (it records the host
+    // before the spawn, then again with its pid: the kill may fall between).
+    let named = format!(
+        "the broker that ran it (pid {}) died; its host (pid {}) was stopped",
+        broker.id(),
+        pids[0]
+    );
+    let unnamed = format!(
+        "the broker that ran it (pid {}) died; its host was stopped",
+        broker.id()
+    );
+    assert!(
+        message.starts_with(&named) || message.starts_with(&unnamed),
+        "{message}"
+    );
+    assert_eq!(history[0].trigger_details.as_deref(), Some(r#"{"n":2}"#));
+}
+
+#[test]
+fn trigger_details_too_large_for_the_environment_come_in_the_welcome() {
+    let rig = open(
+        &[("app.Details", this_binary_as("host_prints_trigger_details"))],
+        1000,
+    );
+    let blob = "x".repeat(300 * 1024); // over the 128 KiB of one environment string
+    let (reg, c) = rig.run(
+        "details",
+        "app.Details",
+        Some(serde_json::json!({ "blob": blob })),
+    );
+    assert_eq!(c.outcome, TaskOutcome::Succeeded, "{c:?}");
+    let stdout = reg.history().unwrap()[0].stdout.clone().unwrap();
+    assert!(
+        stdout.contains(&format!("env: false, blob: {}\n", 300 * 1024)),
+        "{stdout}"
+    );
+    // Small ones still come in the environment.
+    let (reg, c) = rig.run(
+        "small",
+        "app.Details",
+        Some(serde_json::json!({ "blob": "abc" })),
+    );
+    assert_eq!(c.outcome, TaskOutcome::Succeeded, "{c:?}");
+    let stdout = reg.history().unwrap()[0].stdout.clone().unwrap();
+    assert!(stdout.contains("env: true, blob: 3\n"), "{stdout}");
 }
 
 /// A channel of a registration's progress values.
@@ -466,4 +750,69 @@ fn host_waits_for_cancellation() {
     instance.set_progress(1);
     let reason = instance.wait_canceled(Duration::from_secs(30));
     assert_eq!(reason, Some(CancellationReason::Abort));
+}
+
+/// Host: moves itself into its parent's process group (out of the one the broker signals), says
+/// it is ready (progress 1) and sleeps through cancellation.
+#[test]
+#[ignore = "a host process started by a_host_that_leaves_its_process_group_…, not a test"]
+fn host_leaves_its_group() {
+    use nix::unistd::{Pid, getpgid, getppid, setpgid};
+    let instance = btb_core::host::connect().unwrap();
+    let parents = getpgid(Some(getppid())).unwrap();
+    setpgid(Pid::from_raw(0), parents).unwrap();
+    assert_ne!(getpgid(None).unwrap(), nix::unistd::getpid());
+    instance.set_progress(1);
+    std::thread::sleep(Duration::from_secs(1000));
+}
+
+/// A broker in a process of its own (`BTB_TEST_STORE`), running a host that never ends (it
+/// writes its pids to `BTB_TEST_FIFO`), until it is killed.
+#[test]
+#[ignore = "a broker process started by the_host_of_a_broker_killed_…, not a test"]
+fn broker_process_runs_a_blocking_host() {
+    let (Some(store), Some(fifo)) = (
+        std::env::var_os("BTB_TEST_STORE"),
+        std::env::var_os("BTB_TEST_FIFO"),
+    ) else {
+        return;
+    };
+    let sys = System::open(SystemOptions {
+        manifest: Some(manifest(&[(
+            "app.Orphan",
+            orphan_script(std::path::Path::new(&fifo)),
+        )])),
+        store: StoreLocation::File(store.into()),
+        clock: Clock::Manual(ManualClock::new(T0).unwrap()),
+        simulated: true,
+        policy: Policy {
+            durability: Durability::Normal,
+            ..Policy::default()
+        },
+        ..SystemOptions::default()
+    })
+    .unwrap();
+    let mut b = Builder::new();
+    b.name = Some("orphan".into());
+    b.task_entry_point = Some("app.Orphan".into());
+    b.set_trigger(Trigger::application());
+    let reg = sys.register(&b).unwrap();
+    reg.request(Some(serde_json::json!({"n": 2}))).unwrap();
+    loop {
+        std::thread::park(); // until killed
+    }
+}
+
+/// Host: prints whether its trigger details came in the environment, and the length of their
+/// `blob`.
+#[test]
+#[ignore = "a host process started by trigger_details_too_large_…, not a test"]
+fn host_prints_trigger_details() {
+    let in_env = std::env::var_os("BTB_TRIGGER_DETAILS").is_some();
+    let instance = btb_core::host::connect().unwrap();
+    let blob = instance.trigger_details().unwrap()["blob"]
+        .as_str()
+        .unwrap()
+        .len();
+    println!("env: {in_env}, blob: {blob}");
 }

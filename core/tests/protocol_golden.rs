@@ -391,6 +391,7 @@ fn welcome(version: u32) -> ToHost {
         version,
         canceled: Some(1),
         network_granted: false,
+        trigger_details: None,
     }
 }
 

@@ -11,7 +11,12 @@
 //!   grandchildren behind), then the child is reaped — in that order, so that its pid (the group's
 //!   id) cannot be reused while a signal may still be sent to it.
 //! - Cancellation sends the reason over the socket; when the grace runs out the broker sends
-//!   SIGTERM to the group, and SIGKILL after a second grace (`timers.rs`).
+//!   SIGTERM, and SIGKILL after a second grace (`timers.rs`, and `close` in `mod.rs`): to the
+//!   host through its pidfd, to its group, and to its descendants found under it in /proc.
+//! - Between fork and exec (`confine`): every descriptor above fd 3 is closed at exec, and the
+//!   child dies with the broker's process (SIGKILL as its parent-death signal). While it runs it
+//!   is recorded beside the store; a broker that opens the store after one died stops what is left
+//!   of its hosts and records their runs before anything runs (`stop_orphans`).
 //!
 //! A run that no handler of this process can take goes to a client process of the broker that
 //! offers one (`run_in_client`): on a connection the client keeps ready (the run starts with
@@ -30,28 +35,42 @@ use std::sync::Arc;
 use rustix::event::{PollFd, PollFlags, poll};
 use rustix::process::{Pid, Signal, WaitId, WaitIdOptions, WaitIdStatus};
 
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
 use super::{Broker, Instance};
+use crate::model::{RunRecord, TaskOutcome};
 use crate::protocol::{self, Decoder, ToBroker, ToHost};
 
 /// How much of each of stdout and stderr is kept: the last 64 KiB.
 pub(crate) const OUTPUT_TAIL: usize = 64 * 1024;
 /// The descriptor number of the instance socket in the child (`BTB_HOST_FD`).
 const HOST_FD: i32 = 3;
+/// The largest trigger details passed in the environment (`BTB_TRIGGER_DETAILS`), in bytes;
+/// larger ones come in the welcome.
+const DETAILS_IN_ENV: usize = 16 * 1024;
 /// Lines of stderr quoted in a failure message.
 const STDERR_LINES: usize = 5;
 
 /// A running host process, as the rest of the broker sees it (in the instance's `Life`, until the
 /// process has exited).
 pub(crate) struct Child {
-    /// The child's pid, which is also its process group's id; `None` for a run in a client
-    /// process of the broker (nothing to signal).
-    pgid: Option<Pid>,
+    /// The child's pid (also its process group's id) and a pidfd of it; `None` for a run in a
+    /// client process of the broker (nothing to signal). The child is not reaped while it is
+    /// here: its pid, and so its group's id, name it and nothing else.
+    process: Option<(Pid, OwnedFd)>,
     /// The broker's end of the instance socket (non-blocking).
     socket: UnixStream,
     /// The child said hello: cancellations go over the socket from now on.
     pub(crate) greeted: bool,
     /// A client process said the run ended (`Finished`).
     finished: bool,
+    /// Trigger details too large for the host's environment: the welcome carries them.
+    large_details: bool,
+    /// A welcome too large for one non-blocking write, for the supervisor to write outside the
+    /// instance's lock: the frame, whether it carries the cancellation, the socket.
+    welcome: Option<(Vec<u8>, bool, UnixStream)>,
 }
 
 impl Child {
@@ -59,23 +78,32 @@ impl Child {
     /// on a connection the client keeps ready (no hello comes).
     fn in_client(socket: UnixStream, greeted: bool) -> Child {
         Child {
-            pgid: None,
+            process: None,
             socket,
             greeted,
             finished: false,
+            large_details: false,
+            welcome: None,
         }
     }
 
-    /// Signals the whole process group (the child and what it forked).
+    /// Signals the host and everything it forked: its descendants found under it now (wherever
+    /// they went: another process group, another session), the host itself through its pidfd
+    /// (even if it left its group), and its process group (what its exited children left in it).
     pub(crate) fn signal(&self, signal: Signal) {
-        if let Some(pgid) = self.pgid {
-            let _ = rustix::process::kill_process_group(pgid, signal);
+        if let Some((pid, pidfd)) = &self.process {
+            // Descendants first: once the host is gone, they are no longer found under it.
+            for descendant in descendants(*pid) {
+                let _ = rustix::process::pidfd_send_signal(&descendant, signal);
+            }
+            let _ = rustix::process::pidfd_send_signal(pidfd, signal);
+            let _ = rustix::process::kill_process_group(*pid, signal);
         }
     }
 
     /// A host process (not a run in a client process).
     pub(crate) fn is_process(&self) -> bool {
-        self.pgid.is_some()
+        self.process.is_some()
     }
 
     /// Ends the connection (a run abandoned in a client process: its supervisor stops reading).
@@ -184,8 +212,16 @@ impl Broker {
             )
             .env("BTB_APP_ID", self.manifest.app_id())
             .env("BTB_HOST_FD", HOST_FD.to_string());
+        // Small details in the environment; large ones (an environment string is limited to
+        // 128 KiB, and the environment and arguments together) in the welcome.
+        let mut large_details = false;
         if let Some(details) = instance.trigger_details() {
-            cmd.env("BTB_TRIGGER_DETAILS", details.to_string());
+            let text = details.to_string();
+            if text.len() <= DETAILS_IN_ENV {
+                cmd.env("BTB_TRIGGER_DETAILS", text);
+            } else {
+                large_details = true;
+            }
         }
         let cwd = if self.storage_dir.is_dir() {
             self.storage_dir.as_path()
@@ -202,21 +238,41 @@ impl Broker {
             child_fd: HOST_FD,
         }])
         .map_err(std::io::Error::other)?;
-        let mut child = cmd.spawn()?;
+        confine(&mut cmd); // after the fd mappings: fd 3 is in place when it runs
+        // Recorded before it starts (it is found by its instance id, `stop_orphans`), then again
+        // with its pid once it has one.
+        let durable = self.durable();
+        if durable {
+            self.record_host(instance, None);
+        }
+        let mut child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                if durable {
+                    self.forget_host(instance);
+                }
+                return Err(e);
+            }
+        };
         drop(cmd); // closes the parent's copy of the host's end
         let pid = Pid::from_child(&child);
         // The child is ours and not reaped until `supervise` says so: its pid is stable.
         let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
+        if durable {
+            self.record_host(instance, Some(pid));
+        }
         let stdout = OwnedFd::from(child.stdout.take().expect("piped"));
         let stderr = OwnedFd::from(child.stderr.take().expect("piped"));
         nonblocking(&stdout)?;
         nonblocking(&stderr)?;
         nonblocking(&broker_end)?;
         let child = Child {
-            pgid: Some(pid),
+            process: Some((pid, pidfd.try_clone()?)),
             socket: broker_end,
             greeted: false,
             finished: false,
+            large_details,
+            welcome: None,
         };
         let mut life = instance.life();
         if life.done {
@@ -276,6 +332,14 @@ impl Broker {
             for i in ready {
                 self.read_stream(instance, i, &mut streams, &mut out, &mut err, &mut decoder);
             }
+            let welcome = instance
+                .life()
+                .child
+                .as_mut()
+                .and_then(|c| c.welcome.take());
+            if let Some((frame, canceled, socket)) = welcome {
+                welcome_outside_lock(instance, &frame, canceled, &socket, &pidfd);
+            }
             if exited {
                 break;
             }
@@ -291,6 +355,9 @@ impl Broker {
             child.signal(Signal::KILL);
         }
         let _ = rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED);
+        if self.durable() {
+            self.forget_host(instance); // nothing of it runs any more
+        }
         // What the group wrote before it ended (its writers are gone: these reads end).
         for i in 0..3 {
             self.read_stream(instance, i, &mut streams, &mut out, &mut err, &mut decoder);
@@ -326,6 +393,9 @@ impl Broker {
                 streams[1].read_into(&mut |b| err.push(b));
             }
             _ => {
+                if streams[2].fd.is_none() {
+                    return; // closed: nothing more is heard (a bad frame is reported once)
+                }
                 streams[2].read_into(&mut |b| decoder.push(b));
                 match self.hear_frames(instance, decoder) {
                     Ok(true) => {}
@@ -333,6 +403,11 @@ impl Broker {
                     Err(e) => {
                         log::warn!(target: "btb", "instance {}: the host sent {e}; its socket is closed", instance.instance_id());
                         streams[2].fd = None;
+                        // Our end is closed, not only unread: a host that goes on writing gets
+                        // EPIPE instead of blocking, and its exit status decides.
+                        if let Some(child) = instance.life().child.as_ref() {
+                            child.hang_up();
+                        }
                     }
                 }
             }
@@ -381,12 +456,25 @@ impl Broker {
                 }
                 // Under the instance's lock, like `cancel_task`: a cancellation is either in the
                 // welcome or sent after it, never lost between.
-                child.greeted = true;
-                child.send(&ToHost::Welcome {
+                let welcome = ToHost::Welcome {
                     version: negotiated.unwrap_or(protocol::VERSION),
                     canceled,
                     network_granted: instance.is_network_granted(),
-                });
+                    trigger_details: child
+                        .large_details
+                        .then(|| instance.trigger_details().cloned())
+                        .flatten(),
+                };
+                if child.large_details {
+                    // Too large to write here: the supervisor writes it, then greets.
+                    if let Ok(socket) = child.socket.try_clone() {
+                        let frame = protocol::encode(&welcome);
+                        child.welcome = Some((frame, canceled.is_some(), socket));
+                    }
+                } else {
+                    child.greeted = true;
+                    child.send(&welcome);
+                }
             }
             ToBroker::Progress { value } => instance.set_progress(value),
             ToBroker::Failure { message } => instance.report_failure(message),
@@ -546,6 +634,388 @@ impl Broker {
         }
         Ok(())
     }
+}
+
+/// A host process as recorded beside the store while it runs (`<store>.hosts/<instance id>`):
+/// a broker that opens the store after this one died finds it, stops what is left of it and
+/// records its run (`stop_orphans`).
+#[derive(Serialize, Deserialize)]
+struct HostFile {
+    pid: i32,
+    /// Its start time (field 22 of `/proc/<pid>/stat`): with the pid, it names this process and
+    /// no later one that gets the same pid.
+    start: u64,
+    /// The process of the broker that started it.
+    broker_pid: u32,
+    /// The run as it will be recorded (its end is filled in then).
+    run: RunRecord,
+}
+
+/// The directory of the live hosts of a store's broker.
+fn hosts_dir(store_path: &str) -> PathBuf {
+    PathBuf::from(format!("{store_path}.hosts"))
+}
+
+/// A process's start time (field 22 of its stat), in clock ticks since boot.
+fn start_time(pid: Pid) -> Option<u64> {
+    stat_fields(pid)?.get(19)?.parse().ok()
+}
+
+impl Broker {
+    /// Records a host that just started beside the store (see [`HostFile`]). Best effort: a host
+    /// that cannot be recorded still runs (and dies with this process, `confine`).
+    fn record_host(&self, instance: &Instance, pid: Option<Pid>) {
+        let host = HostFile {
+            pid: pid.map_or(0, |p| p.as_raw_nonzero().get()),
+            start: pid.and_then(start_time).unwrap_or(0),
+            broker_pid: self.pid,
+            run: RunRecord {
+                instance_id: instance.instance_id(),
+                task_id: instance.task().task_id(),
+                trigger_kind: instance.task().trigger().kind(),
+                trigger_details: instance.trigger_details().map(|d| d.to_string()),
+                started_ms: instance.started_ms(),
+                ended_ms: instance.started_ms(),
+                outcome: TaskOutcome::Failed,
+                reason: None,
+                message: None,
+                last_progress: 0,
+                stdout: None,
+                stderr: None,
+            },
+        };
+        let dir = hosts_dir(&self.store_path);
+        let name = instance.instance_id().to_string();
+        let written = std::fs::create_dir_all(&dir).and_then(|()| {
+            // Whole or not at all: a broker that dies while writing leaves a `.tmp`, never half
+            // a record.
+            let tmp = dir.join(format!("{name}.tmp"));
+            std::fs::write(
+                &tmp,
+                serde_json::to_vec(&host).map_err(std::io::Error::other)?,
+            )?;
+            std::fs::rename(&tmp, dir.join(&name))
+        });
+        if let Err(e) = written {
+            log::warn!(target: "btb", "instance {name}: cannot record its host process in {}: {e}", dir.display());
+        }
+    }
+
+    /// Removes the record of a host of which nothing runs any more.
+    fn forget_host(&self, instance: &Instance) {
+        let _ = std::fs::remove_file(
+            hosts_dir(&self.store_path).join(instance.instance_id().to_string()),
+        );
+    }
+}
+
+/// Stops what is left of the hosts of a broker of this store that died (SPEC §5), before the
+/// store runs anything, and records their runs (as failed: the broker that ran it died). Called
+/// by the broker that opens the store (it holds the store's lock: the broker that recorded them
+/// is gone). What is left: the host itself (its pid and start time), every process whose
+/// environment names its instance (`BTB_INSTANCE_ID`: what it forked, in any group or session),
+/// and while the host lives, its process group. They get SIGTERM, and SIGKILL after the grace.
+pub(crate) fn stop_orphans(
+    store: &mut crate::store::Store,
+    registry: &crate::registry::Registry,
+    policy: &crate::policy::Policy,
+    now_ms: i64,
+) {
+    if store.path() == ":memory:" {
+        return;
+    }
+    let dir = hosts_dir(store.path());
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    let mut orphans = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let host = std::fs::read(&path)
+            .ok()
+            .filter(|_| path.extension().is_none())
+            .and_then(|b| serde_json::from_slice::<HostFile>(&b).ok());
+        match host {
+            Some(host) => orphans.push((path, host)),
+            None => {
+                let _ = std::fs::remove_file(&path); // a record never finished
+            }
+        }
+    }
+    if orphans.is_empty() {
+        return;
+    }
+    let left = leftovers(&orphans);
+    let grace = std::time::Duration::from_millis(u64::from(policy.grace_ms));
+    for signal in [Signal::TERM, Signal::KILL] {
+        let alive: Vec<&OwnedFd> = left.iter().flatten().filter(|f| !exited(f, None)).collect();
+        if alive.is_empty() {
+            break;
+        }
+        for fd in &alive {
+            let _ = rustix::process::pidfd_send_signal(fd, signal);
+        }
+        let deadline = std::time::Instant::now() + grace;
+        for fd in alive {
+            exited(fd, Some(deadline));
+        }
+    }
+    for ((path, host), left) in orphans.into_iter().zip(left) {
+        let mut run = host.run;
+        run.ended_ms = now_ms.max(run.started_ms);
+        run.outcome = TaskOutcome::Failed;
+        let pid = if host.pid == 0 {
+            String::new() // it died starting it
+        } else {
+            format!(" (pid {})", host.pid)
+        };
+        run.message = Some(format!(
+            "the broker that ran it (pid {}) died; its host{pid} {}",
+            host.broker_pid,
+            if left.is_empty() {
+                "had ended with it"
+            } else {
+                "was stopped"
+            }
+        ));
+        log::warn!(target: "btb", "instance {}: {}", run.instance_id, run.message.as_deref().unwrap_or_default());
+        if registry.contains(&run.task_id)
+            && let Err(e) = store.insert_run(&run, policy.history_limit)
+        {
+            log::error!(target: "btb", "{e}");
+            continue; // recorded by the next broker of the store, then
+        }
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// For each recorded host, pidfds of what is left of it (see [`stop_orphans`]).
+fn leftovers(orphans: &[(PathBuf, HostFile)]) -> Vec<Vec<OwnedFd>> {
+    let mut left: Vec<Vec<OwnedFd>> = orphans.iter().map(|_| Vec::new()).collect();
+    let hosts_alive: Vec<bool> = orphans
+        .iter()
+        .map(|(_, h)| {
+            Pid::from_raw(h.pid).is_some_and(|pid| h.start != 0 && start_time(pid) == Some(h.start))
+        })
+        .collect();
+    let markers: Vec<Vec<u8>> = orphans
+        .iter()
+        .map(|(_, h)| format!("BTB_INSTANCE_ID={}", h.run.instance_id).into_bytes())
+        .collect();
+    let me = rustix::process::getpid();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return left;
+    };
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse().ok())
+            .and_then(Pid::from_raw)
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fd) = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) else {
+            continue;
+        };
+        // Read after the pidfd was taken, and kept only if that process still lives: then what
+        // was read is its own, not a later process's with the same pid.
+        let Some(fields) = stat_fields(pid) else {
+            continue;
+        };
+        let environ =
+            std::fs::read(format!("/proc/{}/environ", pid.as_raw_nonzero())).unwrap_or_default();
+        if exited(&fd, None) {
+            continue;
+        }
+        let start: Option<u64> = fields.get(19).and_then(|f| f.parse().ok());
+        let group: Option<i32> = fields.get(2).and_then(|f| f.parse().ok());
+        let found = orphans.iter().enumerate().find(|(i, (_, h))| {
+            (pid.as_raw_nonzero().get() == h.pid && start == Some(h.start) && h.start != 0)
+                || environ.split(|b| *b == 0).any(|v| v == markers[*i])
+                || (hosts_alive[*i] && group == Some(h.pid))
+        });
+        if let Some((i, _)) = found {
+            left[i].push(fd);
+        }
+    }
+    left
+}
+
+/// Whether the process of a pidfd has exited, waiting until `deadline` at most (`None`: not at
+/// all).
+fn exited(fd: &OwnedFd, deadline: Option<std::time::Instant>) -> bool {
+    let left = deadline.map_or(std::time::Duration::ZERO, |d| {
+        d.saturating_duration_since(std::time::Instant::now())
+    });
+    let timeout = rustix::time::Timespec {
+        tv_sec: left.as_secs() as i64,
+        tv_nsec: i64::from(left.subsec_nanos()),
+    };
+    let mut fds = [PollFd::new(fd, PollFlags::IN)];
+    loop {
+        match poll(&mut fds, Some(&timeout)) {
+            Ok(n) => return n > 0,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => return true,
+        }
+    }
+}
+
+/// The `close_range` flag that marks the descriptors close-on-exec instead of closing them
+/// (Linux 5.11; `linux/close_range.h`).
+const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+
+/// Arranges what the child does between fork and exec (SPEC §5): every descriptor above the
+/// instance socket (fd 3) is closed at exec, whether or not the app opened it with `O_CLOEXEC`
+/// (a C library's, Python's inheritable ones) — the host gets stdio and fd 3, nothing else.
+///
+/// Marked close-on-exec rather than closed: std's own error pipe (close-on-exec, above 3) must
+/// stay open until the exec, which closes it, so that a failed exec is still reported.
+///
+/// And the child gets SIGKILL when the thread that started it ends (`PR_SET_PDEATHSIG`): that is
+/// the worker that supervises it until it is reaped, so this happens only when the broker's
+/// process dies (a broker killed with SIGKILL, a crash). What the host forked is stopped by the
+/// next broker of the store (`stop_orphans`).
+#[allow(unsafe_code)]
+fn confine(cmd: &mut Command) {
+    let broker = rustix::process::getpid();
+    // SAFETY: the closure runs in the forked child, where only async-signal-safe calls are
+    // allowed: it makes system calls and nothing else (no allocation, no lock, no captured value
+    // but plain integers).
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+            if rustix::process::getppid() != Some(broker) {
+                // The broker died before the death signal was set: no one would supervise it.
+                return Err(rustix::io::Errno::SRCH.into());
+            }
+            let first = (HOST_FD + 1) as libc::c_uint;
+            if libc::syscall(
+                libc::SYS_close_range,
+                first,
+                libc::c_uint::MAX,
+                CLOSE_RANGE_CLOEXEC,
+            ) != 0
+            {
+                // A kernel before 5.11: every possible descriptor, one by one.
+                let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+                    .current
+                    .unwrap_or(1 << 20)
+                    .min(1 << 20);
+                for fd in first as libc::c_int..limit as libc::c_int {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Writes a welcome too large for one non-blocking write, outside the instance's lock (the
+/// supervisor is not reading the host's output meanwhile: a host reads its welcome right after
+/// its hello), until the host exits; then greets: a cancellation that came meanwhile is sent
+/// after it.
+fn welcome_outside_lock(
+    instance: &Instance,
+    frame: &[u8],
+    canceled_in_it: bool,
+    socket: &UnixStream,
+    pidfd: &OwnedFd,
+) {
+    let mut rest = frame;
+    while !rest.is_empty() {
+        match rustix::io::write(socket, rest) {
+            Ok(n) => rest = &rest[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::AGAIN) => {
+                let mut fds = [
+                    PollFd::new(socket, PollFlags::OUT),
+                    PollFd::new(pidfd, PollFlags::IN),
+                ];
+                match poll(&mut fds, None) {
+                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                    Err(_) => return,
+                }
+                if !fds[1].revents().is_empty() {
+                    return; // it exited
+                }
+            }
+            Err(_) => return,
+        }
+    }
+    let mut life = instance.life();
+    let canceled = life.canceled;
+    if let Some(child) = life.child.as_mut() {
+        child.greeted = true;
+        if let Some(reason) = canceled.filter(|_| !canceled_in_it) {
+            child.send(&ToHost::Canceled {
+                reason: reason as u32,
+            });
+        }
+    }
+}
+
+/// The pids of the children of `pid` (of all its threads), from `/proc/<pid>/task/*/children`.
+fn children_of(pid: Pid) -> Vec<Pid> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", pid.as_raw_nonzero())) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for task in tasks.flatten() {
+        let text = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        out.extend(
+            text.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .filter_map(Pid::from_raw),
+        );
+    }
+    out
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name (field 3, the state, is the first).
+pub(super) fn stat_fields(pid: Pid) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// The parent of a process (field 4 of its stat).
+fn parent_of(pid: Pid) -> Option<Pid> {
+    stat_fields(pid)?
+        .get(1)?
+        .parse()
+        .ok()
+        .and_then(Pid::from_raw)
+}
+
+/// Pidfds of the live descendants of `root` (bounded: a host that forks without end is not
+/// followed forever). Each pid read from /proc becomes a pidfd, then its parent is checked
+/// again: a pid reused between the two reads is not taken for a descendant.
+fn descendants(root: Pid) -> Vec<OwnedFd> {
+    const MOST: usize = 4096;
+    let mut found = Vec::new();
+    let mut parents = vec![root];
+    while let Some(parent) = parents.pop() {
+        for child in children_of(parent) {
+            let Ok(fd) = rustix::process::pidfd_open(child, rustix::process::PidfdFlags::empty())
+            else {
+                continue; // gone meanwhile
+            };
+            if parent_of(child) != Some(parent) {
+                continue;
+            }
+            parents.push(child);
+            found.push(fd);
+            if found.len() >= MOST {
+                return found;
+            }
+        }
+    }
+    found
 }
 
 /// What a client process needs to start `instance`.

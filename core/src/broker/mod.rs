@@ -84,6 +84,7 @@ use crate::source::States;
 use crate::store::{ScheduleChange, Store};
 
 pub(crate) use cancel::Running;
+pub(crate) use exec::stop_orphans;
 pub use instance::{CanceledFn, Completion, Deferral, Handler, Instance, RunFn};
 pub(crate) use latch::Pending;
 pub(crate) use notify::Note;
@@ -683,6 +684,25 @@ impl Broker {
         }
     }
 
+    /// Waits (real time, at most until `deadline`) until `done` and the handlers of what ended
+    /// are called; not at all on a btb thread (a handler closing its own system).
+    fn wait_closing<'a>(
+        &'a self,
+        mut st: Locked<'a>,
+        deadline: Instant,
+        done: impl Fn(&State) -> bool,
+    ) -> Locked<'a> {
+        let _waiting = self.waiting();
+        while !(done(&st) && st.notes.is_empty() && !st.notifying) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || ON_BTB_THREAD.with(|f| f.get()) {
+                break;
+            }
+            st = st.wait_timeout(&self.change_cv, left);
+        }
+        st
+    }
+
     pub(crate) fn close(self: &Arc<Self>) -> Result<()> {
         self.check_pid()?;
         let grace = Duration::from_millis(u64::from(self.policy.grace_ms));
@@ -698,22 +718,47 @@ impl Broker {
             self.cancel_task(&mut st, &id, CancellationReason::Terminating, now);
         }
         // Wait (real time) for running instances to end and handlers to be called.
-        let waiting = self.waiting();
-        while !(st.running.is_empty() && st.notes.is_empty() && !st.notifying) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || ON_BTB_THREAD.with(|f| f.get()) {
+        st = self.wait_closing(st, deadline, |st| st.running.is_empty());
+        // Host processes still running: SIGTERM, and SIGKILL after a second grace, as after a
+        // time limit (`timers.rs`); their workers record their runs, with their output.
+        for signal in [rustix::process::Signal::TERM, rustix::process::Signal::KILL] {
+            let hosts: Vec<Instance> = st
+                .running
+                .values()
+                .filter(|r| {
+                    r.instance
+                        .life()
+                        .child
+                        .as_ref()
+                        .is_some_and(|c| c.is_process())
+                })
+                .map(|r| r.instance.clone())
+                .collect();
+            if hosts.is_empty() || ON_BTB_THREAD.with(|f| f.get()) {
                 break;
             }
-            st = st.wait_timeout(&self.change_cv, left);
+            for instance in &hosts {
+                if let Some(child) = &instance.life().child {
+                    child.signal(signal);
+                }
+            }
+            // A killed host ends at once; the bound covers one stuck in the kernel.
+            st = self.wait_closing(st, Instant::now() + grace, |st| {
+                !hosts.iter().any(|i| {
+                    st.running
+                        .get(&i.task().task_id())
+                        .is_some_and(|r| r.instance == *i)
+                })
+            });
         }
-        drop(waiting);
         let stuck: Vec<Instance> = st.running.values().map(|r| r.instance.clone()).collect();
         for instance in stuck {
             self.finish(&mut st, &instance, Some(CancellationReason::Terminating));
         }
         st.stopping = true;
         st.closed = true;
-        let st_close_by = deadline + CLOSE_MARGIN;
+        // The margin counts from here: what the stuck runs' ends just queued is still delivered.
+        let st_close_by = Instant::now().max(deadline) + CLOSE_MARGIN;
         st.close_by = Some(st_close_by);
         st.jobs.clear();
         self.waker.wake();
