@@ -844,7 +844,8 @@ impl BackgroundTaskCompletedEventArgs {
             .unwrap_or_else(|| c.outcome.name().to_owned());
         let error = match c.outcome {
             TaskOutcome::Succeeded => return Ok(()),
-            TaskOutcome::Failed => module(py, &ERRORS, "btb._errors")?
+            // An attempt that will be retried did not succeed either.
+            TaskOutcome::Failed | TaskOutcome::Retry => module(py, &ERRORS, "btb._errors")?
                 .getattr("TaskFailedError")?
                 .call1((message, c.instance_id))?,
             TaskOutcome::Canceled => module(py, &ERRORS, "btb._errors")?

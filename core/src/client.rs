@@ -468,6 +468,7 @@ impl Remote {
             crate::Registration::new(crate::system::Home::Client(Arc::clone(self)), record),
             run.trigger_details,
             run.started_ms,
+            run.attempt,
             Some(crate::broker::instance::Link { stream }),
         );
         instance

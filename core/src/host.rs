@@ -30,6 +30,9 @@ struct Life {
 struct Inner {
     instance_id: Uuid,
     network_granted: bool,
+    /// The protocol version the broker's welcome named.
+    version: u32,
+    attempt: u32,
     task_id: Uuid,
     name: String,
     entry_point: String,
@@ -97,13 +100,13 @@ pub fn connect() -> Result<HostInstance> {
     )
     .map_err(lost)?;
     // The welcome carries the trigger details that were too large for the environment.
-    let (canceled, network_granted) =
+    let (canceled, network_granted, version) =
         match protocol::read_frame_max::<ToHost>(&mut reader, protocol::MAX_REPLY).map_err(lost)? {
             Some(ToHost::Welcome {
+                version,
                 canceled,
                 network_granted,
                 trigger_details: large,
-                ..
             }) => {
                 if large.is_some() {
                     trigger_details = large;
@@ -111,6 +114,7 @@ pub fn connect() -> Result<HostInstance> {
                 (
                     canceled.map(CancellationReason::from_u32).transpose()?,
                     network_granted,
+                    version,
                 )
             }
             Some(ToHost::Refused { message }) => return Err(Error::state(message)),
@@ -121,9 +125,15 @@ pub fn connect() -> Result<HostInstance> {
             }
             None => return Err(Error::state("the broker closed the instance socket")),
         };
+    let attempt = std::env::var("BTB_ATTEMPT")
+        .ok()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1);
     let inner = Arc::new(Inner {
         instance_id,
         network_granted,
+        version,
+        attempt,
         task_id: uuid_var("BTB_TASK_ID")?,
         name: var("BTB_TASK_NAME")?,
         entry_point: var("BTB_ENTRY_POINT")?,
@@ -144,6 +154,18 @@ pub fn connect() -> Result<HostInstance> {
         .spawn(move || listen(reader, weak))
         .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot start a thread: {e}")))?;
     Ok(HostInstance(inner))
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn trim(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
 }
 
 /// Takes ownership of the inherited descriptor, once per process.
@@ -273,18 +295,54 @@ impl HostInstance {
         }
     }
 
+    /// Which attempt this run is (`BTB_ATTEMPT`; 1, then 2, 3… for retries, SPEC §12).
+    pub fn attempt(&self) -> u32 {
+        self.0.attempt
+    }
+
+    /// Asks for another attempt (SPEC §12), as exiting with status 75 (EX_TEMPFAIL) does:
+    /// after `after` instead of the retry policy's delay, `message` kept with the run.
+    /// `UNSUPPORTED` with a broker of protocol version 1.
+    pub fn request_retry(
+        &self,
+        after: Option<std::time::Duration>,
+        message: Option<String>,
+    ) -> Result<()> {
+        self.check_version("request_retry")?;
+        self.send(&ToBroker::Retry {
+            after_ms: after.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            message: message.map(|m| trim(m, protocol::MAX_FRAME / 2)),
+        });
+        Ok(())
+    }
+
+    /// Sets what the run hands back: a JSON object of at most 64 KiB (SPEC §12).
+    pub fn set_output(&self, output: &serde_json::Value) -> Result<()> {
+        crate::broker::instance::check_output(output)?;
+        self.check_version("set_output")?;
+        self.send(&ToBroker::Output {
+            output: output.clone(),
+        });
+        Ok(())
+    }
+
+    fn check_version(&self, what: &str) -> Result<()> {
+        if self.0.version < 2 {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "{what} needs a broker of protocol version 2; this one speaks version {}",
+                    self.0.version
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Marks the run as failed with `message`, whatever the exit status (the last report wins).
     pub fn report_failure(&self, message: impl Into<String>) {
-        let mut message: String = message.into();
-        // The frame limit, with room for the envelope; cut on a character boundary.
-        let max = protocol::MAX_FRAME - 64;
-        if message.len() > max {
-            let mut end = max;
-            while !message.is_char_boundary(end) {
-                end -= 1;
-            }
-            message.truncate(end);
-        }
+        // The frame limit, with room for the envelope.
+        let message = trim(message.into(), protocol::MAX_FRAME - 64);
         self.send(&ToBroker::Failure { message });
     }
 

@@ -33,9 +33,9 @@ pub use clock::{Clock, ManualClock};
 pub use error::{Error, ErrorKind, Result};
 pub use manifest::{Manifest, TaskDeclaration};
 pub use model::{
-    ApplicationTriggerResult, BackgroundWorkCostValue, Builder, CancellationReason,
-    CustomRecurrence, NamePolicy, RunRecord, SystemConditionType, SystemTriggerType, TaskGroup,
-    TaskOutcome, TaskRecord, TaskType, Trigger, TriggerKind,
+    ApplicationTriggerResult, BackgroundWorkCostValue, BackoffPolicy, Builder, CancellationReason,
+    CustomRecurrence, NamePolicy, RetryPolicy, RunRecord, SystemConditionType, SystemTriggerType,
+    TaskGroup, TaskOutcome, TaskRecord, TaskType, Trigger, TriggerKind,
 };
 pub use platform::PlatformOptions;
 pub use policy::{Durability, Policy};

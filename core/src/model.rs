@@ -148,8 +148,109 @@ value_enum!(
         Succeeded = 0 => "SUCCEEDED",
         Failed = 1 => "FAILED",
         Canceled = 2 => "CANCELED",
+        /// The run asked for another attempt (or failed or was cut off, under a retry policy
+        /// that retries it): the next attempt waits for its delay, then for its conditions.
+        Retry = 3 => "RETRY",
     }
 );
+
+value_enum!(
+    /// How the delay between attempts grows (WorkManager's `BackoffPolicy`).
+    BackoffPolicy, "backoff policy" {
+        Exponential = 0 => "EXPONENTIAL",
+        Linear = 1 => "LINEAR",
+    }
+);
+
+/// The shortest first delay between attempts (WorkManager's `MIN_BACKOFF_MILLIS`).
+pub const MIN_BACKOFF_MS: u64 = 10_000;
+/// The longest delay between attempts (WorkManager's `MAX_BACKOFF_MILLIS`): 5 hours.
+pub const MAX_BACKOFF_MS: u64 = 5 * 60 * 60 * 1000;
+
+/// When and how often a run is tried again (beyond Windows; WorkManager's backoff criteria and
+/// systemd's `Restart=`). Without one on the builder nothing is retried on its own; a run that
+/// asks for a retry gets the default policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    pub backoff: BackoffPolicy,
+    /// The delay after the first attempt: 10 s – 5 h.
+    pub initial_delay_ms: u64,
+    /// No delay is longer: from `initial_delay_ms` to 5 h.
+    pub max_delay_ms: u64,
+    /// At most this many attempts in all; `None`: no limit.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// Failed runs are retried too, not only those that ask (or are cut off).
+    #[serde(default)]
+    pub retry_on_failure: bool,
+    /// Each delay moves by up to this fraction of it, at random, in thousandths (0–1000).
+    #[serde(default)]
+    pub jitter_permille: u32,
+}
+
+impl Default for RetryPolicy {
+    /// Exponential from 30 s, capped at 5 h, no limit on attempts (WorkManager's default).
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            backoff: BackoffPolicy::Exponential,
+            initial_delay_ms: 30_000,
+            max_delay_ms: MAX_BACKOFF_MS,
+            max_attempts: None,
+            retry_on_failure: false,
+            jitter_permille: 0,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Checks the bounds, naming the value out of them.
+    pub fn check(&self) -> Result<()> {
+        if !(MIN_BACKOFF_MS..=MAX_BACKOFF_MS).contains(&self.initial_delay_ms) {
+            return Err(Error::invalid(format!(
+                "retry policy: initial delay {} ms is outside 10 s – 5 h ({MIN_BACKOFF_MS}–{MAX_BACKOFF_MS} ms)",
+                self.initial_delay_ms
+            )));
+        }
+        if !(self.initial_delay_ms..=MAX_BACKOFF_MS).contains(&self.max_delay_ms) {
+            return Err(Error::invalid(format!(
+                "retry policy: max delay {} ms is outside the initial delay – 5 h ({}–{MAX_BACKOFF_MS} ms)",
+                self.max_delay_ms, self.initial_delay_ms
+            )));
+        }
+        if self.max_attempts == Some(0) {
+            return Err(Error::invalid(
+                "retry policy: max attempts is 0; it counts the first attempt, so at least 1",
+            ));
+        }
+        if self.jitter_permille > 1000 {
+            return Err(Error::invalid(format!(
+                "retry policy: jitter {} is outside 0–1 (a fraction of the delay)",
+                f64::from(self.jitter_permille) / 1000.0
+            )));
+        }
+        Ok(())
+    }
+
+    /// The delay before the attempt after attempt `attempt` (1-based), before jitter: linear
+    /// `d·n`, exponential `d·2^(n−1)`, capped at `max_delay_ms`.
+    pub fn delay_ms(&self, attempt: u32) -> u64 {
+        let n = u64::from(attempt.max(1));
+        let d = self.initial_delay_ms;
+        let raw = match self.backoff {
+            BackoffPolicy::Linear => d.saturating_mul(n),
+            BackoffPolicy::Exponential => d.saturating_mul(1u64 << (n - 1).min(40)),
+        };
+        raw.min(self.max_delay_ms)
+    }
+
+    /// [`RetryPolicy::delay_ms`] moved by the jitter: `unit` is uniform in [0, 1) and maps onto
+    /// [−jitter, +jitter] of the delay.
+    pub fn jittered_ms(&self, attempt: u32, unit: f64) -> u64 {
+        let delay = self.delay_ms(attempt) as f64;
+        let jitter = f64::from(self.jitter_permille) / 1000.0;
+        (delay * (1.0 + jitter * (2.0 * unit - 1.0))).max(0.0) as u64
+    }
+}
 
 value_enum!(
     /// The kind of a trigger, also the key of per-kind policy limits.
@@ -457,6 +558,9 @@ pub struct Builder {
     pub trigger: Option<Trigger>,
     /// Raw `SystemConditionType` values in the order added; duplicates collapse.
     pub conditions: Vec<u32>,
+    /// Retries (beyond Windows); `None`: none but those a run asks for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_policy: Option<RetryPolicy>,
 }
 
 impl Builder {
@@ -495,6 +599,7 @@ pub struct TaskRecord {
     pub next_due_ms: Option<i64>,
     /// Insertion order, so listings are stable.
     pub seq: i64,
+    pub retry_policy: Option<RetryPolicy>,
 }
 
 /// One finished run of a registration, as kept in the run history.
@@ -514,6 +619,20 @@ pub struct RunRecord {
     /// The ends of a host process's stdout and stderr (the last 64 KiB of each), for `exec` runs.
     pub stdout: Option<String>,
     pub stderr: Option<String>,
+    /// Which attempt this was (1-based; SPEC §12).
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+    /// With outcome `RETRY`: when the next attempt is due (ms since the epoch).
+    #[serde(default)]
+    pub retry_at_ms: Option<i64>,
+    /// What the run handed back: a JSON object, as text (SPEC §12).
+    #[serde(default)]
+    pub output: Option<String>,
+}
+
+/// The attempt of a record that does not say (written before retries existed).
+pub(crate) fn first_attempt() -> u32 {
+    1
 }
 
 /// [`TaskRecord`] on the wire (fields a newer broker adds are ignored, SPEC §5).
@@ -530,6 +649,8 @@ struct RecordWire {
     registered_at_ms: i64,
     next_due_ms: Option<i64>,
     seq: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retry_policy: Option<RetryPolicy>,
 }
 
 impl From<TaskRecord> for RecordWire {
@@ -546,6 +667,7 @@ impl From<TaskRecord> for RecordWire {
             registered_at_ms: r.registered_at_ms,
             next_due_ms: r.next_due_ms,
             seq: r.seq,
+            retry_policy: r.retry_policy,
         }
     }
 }
@@ -565,6 +687,7 @@ impl TryFrom<RecordWire> for TaskRecord {
             registered_at_ms: r.registered_at_ms,
             next_due_ms: r.next_due_ms,
             seq: r.seq,
+            retry_policy: r.retry_policy,
         })
     }
 }

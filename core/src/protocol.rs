@@ -72,6 +72,17 @@ pub enum ToBroker {
     Failure {
         message: String,
     },
+    /// Version 2: the run asks for another attempt (`after_ms`: instead of the policy's delay).
+    Retry {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after_ms: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
+    /// Version 2: what the run hands back (a JSON object of at most 64 KiB).
+    Output {
+        output: serde_json::Value,
+    },
     /// The run ended (its function returned and its deferrals completed): what a client process
     /// that ran it says last. An `exec` host need not: its exit ends the run.
     Finished,
@@ -119,6 +130,9 @@ pub struct HandedRun {
     pub task: crate::model::TaskRecord,
     pub trigger_details: Option<serde_json::Value>,
     pub started_ms: i64,
+    /// Version 2: which attempt it is.
+    #[serde(default = "crate::model::first_attempt")]
+    pub attempt: u32,
 }
 
 /// Encodes one frame.

@@ -15,8 +15,8 @@ use uuid::Uuid;
 use crate::error::{Error, Result};
 use crate::lockfile::{FileLock, LockError};
 use crate::model::{
-    CancellationReason, RunRecord, SystemConditionType, TaskGroup, TaskOutcome, TaskRecord,
-    TaskTrigger, Trigger, TriggerKind,
+    CancellationReason, RetryPolicy, RunRecord, SystemConditionType, TaskGroup, TaskOutcome,
+    TaskRecord, TaskTrigger, Trigger, TriggerKind,
 };
 use crate::policy::Durability;
 
@@ -67,11 +67,35 @@ impl StoreLocation {
 pub enum ScheduleChange {
     NextDue(Uuid, Option<i64>),
     Spent(Uuid),
-    Pending(Uuid, Option<Option<String>>),
+    /// A latched fire set (`Some`) or cleared (`None`).
+    Pending(Uuid, Option<Latched>),
+    /// A run started: kept until its record is written, so that a run cut off by the broker's
+    /// death is found at the next open (SPEC §11).
+    Started(RunStart),
+}
+
+/// A latched fire as stored: its trigger details (JSON), which attempt it is, and, for a retry,
+/// the instant before which it does not run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Latched {
+    pub details: Option<String>,
+    pub attempt: u32,
+    pub not_before: Option<i64>,
+}
+
+/// A run that started and has no record yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunStart {
+    pub instance_id: Uuid,
+    pub task_id: Uuid,
+    pub attempt: u32,
+    pub started_ms: i64,
+    pub trigger_kind: TriggerKind,
+    pub trigger_details: Option<String>,
 }
 
 /// The newest schema this build knows.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Forward migrations: `MIGRATIONS[n]` takes a store from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -122,6 +146,22 @@ CREATE INDEX run_history_by_task ON run_history(task_id, seq);
 ALTER TABLE run_history ADD COLUMN stdout TEXT;
 ALTER TABLE run_history ADD COLUMN stderr TEXT;
 "#,
+    r#"
+ALTER TABLE registrations ADD COLUMN retry_policy TEXT;
+ALTER TABLE registrations ADD COLUMN pending_attempt INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE registrations ADD COLUMN pending_not_before INTEGER;
+ALTER TABLE run_history ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE run_history ADD COLUMN retry_at_ms INTEGER;
+ALTER TABLE run_history ADD COLUMN output TEXT;
+CREATE TABLE runs_started (
+    instance_id     BLOB PRIMARY KEY NOT NULL,
+    task_id         BLOB NOT NULL,
+    attempt         INTEGER NOT NULL,
+    started_ms      INTEGER NOT NULL,
+    trigger_kind    INTEGER NOT NULL,
+    trigger_details TEXT
+);
+"#,
 ];
 
 /// A record as loaded: the registration, its spent flag and its latched fire.
@@ -129,8 +169,8 @@ ALTER TABLE run_history ADD COLUMN stderr TEXT;
 pub struct StoredTask {
     pub record: TaskRecord,
     pub spent: bool,
-    /// A latched fire waiting for its conditions: `Some(trigger details as JSON, if any)`.
-    pub pending: Option<Option<String>>,
+    /// A latched fire waiting for its conditions (or, a retry, for its time).
+    pub pending: Option<Latched>,
 }
 
 pub struct Store {
@@ -455,6 +495,11 @@ impl Store {
         let conditions: Vec<u32> = record.conditions.iter().map(|c| *c as u32).collect();
         let conditions =
             serde_json::to_string(&conditions).map_err(|e| self.err("encode conditions", e))?;
+        let retry = record
+            .retry_policy
+            .map(|p| serde_json::to_string(&p))
+            .transpose()
+            .map_err(|e| self.err("encode the retry policy", e))?;
         let path = self.path.clone();
         let fail =
             |e: rusqlite::Error| Error::store(&path, format!("cannot write registration: {e}"));
@@ -471,8 +516,8 @@ impl Store {
             tx.prepare_cached(
                 "INSERT INTO registrations (task_id, seq, name, entry_point, group_id,
                  cancel_on_condition_loss, is_network_requested, trigger, conditions,
-                 registered_at_ms, next_due_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                 registered_at_ms, next_due_ms, retry_policy)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -487,6 +532,7 @@ impl Store {
                     conditions,
                     record.registered_at_ms,
                     record.next_due_ms,
+                    retry,
                 ])
             })?;
             Ok(())
@@ -510,7 +556,8 @@ impl Store {
             .prepare(
                 "SELECT r.task_id, r.seq, r.name, r.entry_point, r.group_id, g.name,
                         r.cancel_on_condition_loss, r.is_network_requested, r.trigger, r.conditions,
-                        r.registered_at_ms, r.next_due_ms, r.spent, r.pending_fire, r.pending_details
+                        r.registered_at_ms, r.next_due_ms, r.spent, r.pending_fire, r.pending_details,
+                        r.retry_policy, r.pending_attempt, r.pending_not_before
                  FROM registrations r LEFT JOIN task_groups g ON g.id = r.group_id
                  ORDER BY r.seq",
             )
@@ -532,7 +579,12 @@ impl Store {
                     r.get::<_, Option<i64>>(11)?,
                     r.get::<_, bool>(12)?,
                     r.get::<_, bool>(13)?,
-                    r.get::<_, Option<String>>(14)?,
+                    (
+                        r.get::<_, Option<String>>(14)?,
+                        r.get::<_, Option<String>>(15)?,
+                        r.get::<_, u32>(16)?,
+                        r.get::<_, Option<i64>>(17)?,
+                    ),
                 ))
             })
             .map_err(fail)?;
@@ -553,8 +605,12 @@ impl Store {
                 due,
                 spent,
                 pending,
-                details,
+                (details, retry, attempt, not_before),
             ) = row.map_err(fail)?;
+            let retry_policy = retry
+                .map(|p| serde_json::from_str::<RetryPolicy>(&p))
+                .transpose()
+                .map_err(|e| self.err("decode a retry policy", e))?;
             let task_id = Uuid::from_slice(&id).map_err(|e| self.err("read a task id", e))?;
             let trigger = serde_json::from_str::<Trigger>(&trig)
                 .map_err(|e| e.to_string())
@@ -583,9 +639,14 @@ impl Store {
                     registered_at_ms: at,
                     next_due_ms: due,
                     seq,
+                    retry_policy,
                 },
                 spent,
-                pending: pending.then_some(details),
+                pending: pending.then_some(Latched {
+                    details,
+                    attempt: attempt.max(1),
+                    not_before,
+                }),
             });
         }
         Ok(out)
@@ -656,7 +717,7 @@ impl Store {
             .conn
             .prepare_cached(
                 "SELECT instance_id, trigger_kind, trigger_details, started_ms, ended_ms, outcome,
-                        reason, message, last_progress, stdout, stderr
+                        reason, message, last_progress, stdout, stderr, attempt, retry_at_ms, output
                  FROM run_history WHERE task_id = ?1 ORDER BY seq",
             )
             .map_err(fail)?;
@@ -675,6 +736,9 @@ impl Store {
                     (
                         r.get::<_, Option<String>>(9)?,
                         r.get::<_, Option<String>>(10)?,
+                        r.get::<_, u32>(11)?,
+                        r.get::<_, Option<i64>>(12)?,
+                        r.get::<_, Option<String>>(13)?,
                     ),
                 ))
             })
@@ -691,7 +755,7 @@ impl Store {
                 reason,
                 message,
                 progress,
-                (stdout, stderr),
+                (stdout, stderr, attempt, retry_at_ms, output),
             ) = row.map_err(fail)?;
             let bad = |e: Error| self.err("decode the run history", e);
             out.push(RunRecord {
@@ -711,6 +775,47 @@ impl Store {
                 last_progress: progress,
                 stdout,
                 stderr,
+                attempt,
+                retry_at_ms,
+                output,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Runs that started and have no record: the broker that ran them died during them.
+    pub fn started_runs(&self) -> Result<Vec<RunStart>> {
+        let fail = |e: rusqlite::Error| self.err("read the runs that started", e);
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT instance_id, task_id, attempt, started_ms, trigger_kind, trigger_details
+                 FROM runs_started ORDER BY started_ms",
+            )
+            .map_err(fail)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, u32>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, u32>(4)?,
+                    r.get::<_, Option<String>>(5)?,
+                ))
+            })
+            .map_err(fail)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (instance, task, attempt, started_ms, kind, trigger_details) = row.map_err(fail)?;
+            let bad = |e: String| self.err("decode a run that started", e);
+            out.push(RunStart {
+                instance_id: Uuid::from_slice(&instance).map_err(|e| bad(e.to_string()))?,
+                task_id: Uuid::from_slice(&task).map_err(|e| bad(e.to_string()))?,
+                attempt,
+                started_ms,
+                trigger_kind: TriggerKind::from_u32(kind).map_err(|e| bad(e.message().into()))?,
+                trigger_details,
             });
         }
         Ok(out)
@@ -763,16 +868,32 @@ fn schedule_in(tx: &Connection, change: &ScheduleChange) -> rusqlite::Result<usi
         ScheduleChange::Spent(id) => tx
             .prepare_cached("UPDATE registrations SET spent = 1 WHERE task_id = ?1")?
             .execute(params![id.as_bytes()]),
-        ScheduleChange::Pending(id, Some(details)) => tx
+        ScheduleChange::Pending(id, Some(l)) => tx
             .prepare_cached(
-                "UPDATE registrations SET pending_fire = 1, pending_details = ?2 WHERE task_id = ?1",
+                "UPDATE registrations SET pending_fire = 1, pending_details = ?2,
+                     pending_attempt = ?3, pending_not_before = ?4 WHERE task_id = ?1",
             )?
-            .execute(params![id.as_bytes(), details]),
+            .execute(params![id.as_bytes(), l.details, l.attempt, l.not_before]),
         ScheduleChange::Pending(id, None) => tx
             .prepare_cached(
-                "UPDATE registrations SET pending_fire = 0, pending_details = NULL WHERE task_id = ?1",
+                "UPDATE registrations SET pending_fire = 0, pending_details = NULL,
+                     pending_attempt = 1, pending_not_before = NULL WHERE task_id = ?1",
             )?
             .execute(params![id.as_bytes()]),
+        ScheduleChange::Started(r) => tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO runs_started
+                     (instance_id, task_id, attempt, started_ms, trigger_kind, trigger_details)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                r.instance_id.as_bytes(),
+                r.task_id.as_bytes(),
+                r.attempt,
+                r.started_ms,
+                r.trigger_kind as u32,
+                r.trigger_details
+            ]),
     }
 }
 
@@ -782,9 +903,11 @@ fn run_in(tx: &Connection, run: &RunRecord, limit: u32) -> rusqlite::Result<()> 
     let inserted = tx
         .prepare_cached(
             "INSERT INTO run_history (instance_id, task_id, trigger_kind, trigger_details,
-                 started_ms, ended_ms, outcome, reason, message, last_progress, stdout, stderr)
-             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12
-             WHERE EXISTS (SELECT 1 FROM registrations WHERE task_id = ?2)",
+                 started_ms, ended_ms, outcome, reason, message, last_progress, stdout, stderr,
+                 attempt, retry_at_ms, output)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15
+             WHERE EXISTS (SELECT 1 FROM registrations WHERE task_id = ?2)
+             ON CONFLICT(instance_id) DO NOTHING",
         )?
         .execute(params![
             run.instance_id.as_bytes(),
@@ -799,7 +922,13 @@ fn run_in(tx: &Connection, run: &RunRecord, limit: u32) -> rusqlite::Result<()> 
             run.last_progress,
             run.stdout,
             run.stderr,
+            run.attempt,
+            run.retry_at_ms,
+            run.output,
         ])?;
+    // Its start marker goes with it: the run ended, whoever recorded it.
+    tx.prepare_cached("DELETE FROM runs_started WHERE instance_id = ?1")?
+        .execute([run.instance_id.as_bytes()])?;
     if inserted == 0 {
         return Ok(());
     }
@@ -820,6 +949,8 @@ fn delete_in(tx: &Connection, task_id: &Uuid) -> rusqlite::Result<bool> {
         .optional()?;
     let Some(group) = group else { return Ok(false) };
     tx.prepare_cached("DELETE FROM run_history WHERE task_id = ?1")?
+        .execute([task_id.as_bytes()])?;
+    tx.prepare_cached("DELETE FROM runs_started WHERE task_id = ?1")?
         .execute([task_id.as_bytes()])?;
     if let Some(gid) = group {
         tx.prepare_cached(

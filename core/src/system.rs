@@ -190,12 +190,21 @@ pub(crate) fn start_broker(
     }
     // Before anything runs: no registration starts again while a host of a broker of this
     // store that died still runs it.
-    crate::broker::stop_orphans(
+    let now = options.clock.now_ms();
+    let mut retries = crate::broker::stop_orphans(&mut store, &registry, &options.policy, now);
+    // Runs cut off by the death of the broker that started them: recorded, retried under a
+    // policy (SPEC §11, §12). A fire already latched for the task runs instead of its retry.
+    retries.extend(crate::broker::recover_cut_off(
         &mut store,
         &registry,
-        &options.policy,
-        options.clock.now_ms(),
-    );
+        options.policy.history_limit,
+        now,
+    )?);
+    for (task_id, retry) in retries {
+        if !latched.iter().any(|(id, _)| *id == task_id) {
+            latched.push((task_id, retry));
+        }
+    }
     let store_path = store.path().to_owned();
     // STORAGE_NOT_LOW measures the store's file system; an in-memory store, the state directory.
     let storage_dir = match &options.store {
@@ -585,6 +594,7 @@ impl System {
             registered_at_ms: now,
             next_due_ms,
             seq: state.registry.next_seq(),
+            retry_policy: builder.retry_policy,
         });
         drop(state);
         store
@@ -753,7 +763,10 @@ impl System {
         if !shared.policy.allow_application_triggers {
             return Ok(ApplicationTriggerResult::DisabledByPolicy);
         }
-        Ok(shared.request(&mut st, trigger_id, arguments))
+        let result = shared.request(&mut st, trigger_id, arguments);
+        // ALLOWED is said once the fire is on disk (latched, or its run's start marker).
+        shared.acknowledge(st)?;
+        Ok(result)
     }
 
     /// Raises a system event (the platform source does this for the events it sees; apps with a
@@ -781,7 +794,9 @@ impl System {
     fn fire_event(shared: &Arc<Broker>, key: &EventKey) -> Result<usize> {
         shared.check_writable("the event")?;
         let mut st = shared.open_state()?;
-        Ok(shared.fire_key(&mut st, key))
+        let fired = shared.fire_key(&mut st, key);
+        shared.acknowledge(st)?;
+        Ok(fired)
     }
 
     /// Sets a state of the simulated source; `STATE` on a system using the platform sources.

@@ -133,6 +133,9 @@ pub fn validate(
         }
     }
     let name_policy = NamePolicy::from_u32(builder.name_policy)?;
+    if let Some(retry) = &builder.retry_policy {
+        retry.check()?;
+    }
 
     // 7. contradictions (the name-policy conflict is checked by the system)
     for (a, b) in CONTRADICTIONS {

@@ -265,6 +265,7 @@ mod tests {
             registered_at_ms: 0,
             next_due_ms: None,
             seq: 1,
+            retry_policy: None,
         }
     }
 

@@ -816,3 +816,56 @@ fn host_prints_trigger_details() {
         .len();
     println!("env: {in_env}, blob: {blob}");
 }
+
+#[test]
+fn a_host_asks_for_a_retry_by_exit_status_75_or_over_its_socket_and_hands_back_output() {
+    let rig = open(
+        &[
+            ("app.TempFail", sh("echo busy >&2; exit 75")),
+            ("app.Output", this_binary_as("host_hands_back_output")),
+        ],
+        5000,
+    );
+    let (reg, done) = rig.register("tempfail", "app.TempFail");
+    reg.request(None).unwrap();
+    let c = recv(&done, "the EX_TEMPFAIL host's end");
+    assert_eq!(c.outcome, TaskOutcome::Retry, "{c:?}");
+    assert_eq!(
+        c.message.as_deref(),
+        Some("the host process exited with status 75 (EX_TEMPFAIL)")
+    );
+    // No policy on the task: a run that asks gets the default one (30 s, exponential).
+    assert_eq!(c.retry_at_ms, Some(T0 + 30 * SEC));
+
+    let (reg, done) = rig.register("output", "app.Output");
+    reg.request(None).unwrap();
+    let c = recv(&done, "attempt 1");
+    assert_eq!((c.outcome, c.attempt), (TaskOutcome::Retry, 1), "{c:?}");
+    assert_eq!(c.message.as_deref(), Some("try later"));
+    assert_eq!(c.retry_at_ms, Some(T0 + 90 * SEC), "the delay it asked for");
+    rig.clock.advance_ms(90 * SEC).unwrap();
+    let c = recv(&done, "attempt 2");
+    assert_eq!((c.outcome, c.attempt), (TaskOutcome::Succeeded, 2), "{c:?}");
+    assert_eq!(c.output, Some(serde_json::json!({"attempt": 2})));
+    assert!(rig.sys.wait_idle(DEADLINE).unwrap());
+    assert_eq!(
+        reg.history().unwrap()[1].output.as_deref(),
+        Some(r#"{"attempt":2}"#)
+    );
+}
+
+/// Host: on attempt 1 asks for a retry in 90 s; on attempt 2 hands back its attempt as output.
+#[test]
+#[ignore = "a host process started by a_host_asks_for_a_retry_…, not a test"]
+fn host_hands_back_output() {
+    let instance = btb_core::host::connect().unwrap();
+    if instance.attempt() == 1 {
+        instance
+            .request_retry(Some(Duration::from_secs(90)), Some("try later".into()))
+            .unwrap();
+    } else {
+        instance
+            .set_output(&serde_json::json!({"attempt": instance.attempt()}))
+            .unwrap();
+    }
+}

@@ -58,6 +58,9 @@ fn run_record() -> RunRecord {
         last_progress: 40,
         stdout: Some("out\n".into()),
         stderr: None,
+        attempt: 1,
+        retry_at_ms: None,
+        output: None,
     }
 }
 
@@ -68,6 +71,9 @@ fn completion() -> Completion {
         message: Some("canceled: ABORT".into()),
         reason: Some(CancellationReason::Abort),
         last_progress: 10,
+        attempt: 1,
+        retry_at_ms: None,
+        output: None,
     }
 }
 
@@ -96,6 +102,7 @@ fn handed() -> HandedRun {
         task: record(),
         trigger_details: Some(json!({"file": "a.txt"})),
         started_ms: 1_700_000_000_000,
+        attempt: 1,
     }
 }
 
@@ -114,6 +121,7 @@ fn v1() -> Vec<(&'static str, Frame)> {
         name_policy: 1,
         trigger: Some(Trigger::Application { id: id(5) }),
         conditions: vec![SystemConditionType::InternetAvailable as u32],
+        retry_policy: None,
     };
     let mut states = BTreeMap::new();
     states.insert(
@@ -479,7 +487,7 @@ fn fields_and_messages_of_a_newer_version_are_taken_not_refused() {
     );
     // A record with a field of a newer broker.
     let mut value = serde_json::to_value(Reply::Registered { record: record() }).unwrap();
-    value["record"]["retry_policy"] = json!({"backoff": "exponential"});
+    value["record"]["expedited"] = json!({"quota": 3});
     assert_eq!(
         serde_json::from_value::<Reply>(value).unwrap(),
         Reply::Registered { record: record() }

@@ -427,6 +427,9 @@ fn completed_handlers_carry_the_outcome_and_the_history_records_the_run() {
             message: Some("bad input".into()),
             reason: None,
             last_progress: 33,
+            attempt: 1,
+            retry_at_ms: None,
+            output: None,
         }
     );
     let h = reg.history().unwrap();
@@ -445,6 +448,9 @@ fn completed_handlers_carry_the_outcome_and_the_history_records_the_run() {
             last_progress: 33,
             stdout: None,
             stderr: None,
+            attempt: 1,
+            retry_at_ms: None,
+            output: None,
         }]
     );
     assert!(neighbour.history().unwrap().is_empty());

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::{Broker, Completion, Event, Instance, Note, State};
-use crate::model::{CancellationReason, RunRecord, TaskOutcome};
+use crate::model::{CancellationReason, RunRecord};
 
 /// A live instance and its deadlines (clock milliseconds).
 pub(crate) struct Running {
@@ -96,28 +96,27 @@ impl Broker {
             st.busy_workers -= 1;
         }
         let reason = life.canceled.or(abandon_reason);
-        let (outcome, message) = match (reason, life.failure.take()) {
-            (Some(r), _) => (
-                TaskOutcome::Canceled,
-                Some(format!("canceled: {}", r.name())),
-            ),
-            (None, Some(m)) => (TaskOutcome::Failed, Some(m)),
-            (None, None) => (TaskOutcome::Succeeded, None),
-        };
+        let failure = life.failure.take();
+        let retry = life.retry.take();
+        let output = life.result.take();
         let (stdout, stderr) = life.output.take().unwrap_or_default();
         drop(life);
         st.running.remove(&task_id);
+        let now = self.clock.now_ms();
+        let end = self.end_of_run(st, instance, reason, failure, retry, now);
         // Pull-queue events about it that the host never took are stale now.
         st.events.retain(|e| match e {
             Event::Run(i) | Event::Canceled(i, _) => i != instance,
         });
-        let now = self.clock.now_ms();
         let completion = Completion {
             instance_id: instance.instance_id(),
-            outcome,
-            message,
+            outcome: end.outcome,
+            message: end.message,
             reason,
             last_progress: instance.progress(),
+            attempt: instance.attempt(),
+            retry_at_ms: end.retry_at_ms,
+            output: output.as_deref().and_then(|t| serde_json::from_str(t).ok()),
         };
         if st.registry.contains(&task_id) {
             let run = RunRecord {
@@ -127,12 +126,15 @@ impl Broker {
                 trigger_details: instance.trigger_details().map(|d| d.to_string()),
                 started_ms: instance.started_ms(),
                 ended_ms: now,
-                outcome,
+                outcome: completion.outcome,
                 reason,
                 message: completion.message.clone(),
                 last_progress: completion.last_progress,
                 stdout,
                 stderr,
+                attempt: completion.attempt,
+                retry_at_ms: completion.retry_at_ms,
+                output,
             };
             self.writer
                 .enqueue(super::writer::Write::Run(run, self.policy.history_limit));

@@ -211,6 +211,7 @@ impl Broker {
                 task.task_entry_point().unwrap_or_default(),
             )
             .env("BTB_APP_ID", self.manifest.app_id())
+            .env("BTB_ATTEMPT", instance.attempt().to_string())
             .env("BTB_HOST_FD", HOST_FD.to_string());
         // Small details in the environment; large ones (an environment string is limited to
         // 128 KiB, and the environment and arguments together) in the welcome.
@@ -364,6 +365,18 @@ impl Broker {
         }
         let stderr_text = err.into_text();
         match status {
+            // EX_TEMPFAIL: the host asks for another attempt, as `request_retry` (SPEC §12).
+            Ok(Some(status)) if status.exit_status() == Some(EX_TEMPFAIL) => {
+                let mut life = instance.life();
+                if life.retry.is_none() {
+                    life.retry = Some(super::instance::RetryRequest {
+                        after_ms: None,
+                        message: Some(format!(
+                            "the host process exited with status {EX_TEMPFAIL} (EX_TEMPFAIL)"
+                        )),
+                    });
+                }
+            }
             Ok(Some(status)) => {
                 if let Some(failure) = failure(&status, stderr_text.as_deref()) {
                     instance.report_failure(failure);
@@ -482,6 +495,14 @@ impl Broker {
             // process says when its run (with its deferrals) is over.
             ToBroker::DeferralTaken | ToBroker::DeferralCompleted => {}
             ToBroker::Unknown => {} // a notice of a newer host
+            ToBroker::Retry { after_ms, message } => {
+                instance.life().retry = Some(super::instance::RetryRequest { after_ms, message });
+            }
+            ToBroker::Output { output } => {
+                if let Err(e) = instance.set_output(&output) {
+                    log::warn!(target: "btb", "instance {}: {}", instance.instance_id(), e.message());
+                }
+            }
             ToBroker::Finished => {
                 if let Some(child) = instance.life().child.as_mut() {
                     child.finished = true;
@@ -682,6 +703,9 @@ impl Broker {
                 last_progress: 0,
                 stdout: None,
                 stderr: None,
+                attempt: instance.attempt(),
+                retry_at_ms: None,
+                output: None,
             },
         };
         let dir = hosts_dir(&self.store_path);
@@ -715,18 +739,21 @@ impl Broker {
 /// is gone). What is left: the host itself (its pid and start time), every process whose
 /// environment names its instance (`BTB_INSTANCE_ID`: what it forked, in any group or session),
 /// and while the host lives, its process group. They get SIGTERM, and SIGKILL after the grace.
+///
+/// Returns the retries that the runs' retry policies ask for (SPEC §12), to latch.
 pub(crate) fn stop_orphans(
     store: &mut crate::store::Store,
     registry: &crate::registry::Registry,
     policy: &crate::policy::Policy,
     now_ms: i64,
-) {
+) -> Vec<(uuid::Uuid, crate::store::Latched)> {
+    let mut retries = Vec::new();
     if store.path() == ":memory:" {
-        return;
+        return retries;
     }
     let dir = hosts_dir(store.path());
     let Ok(entries) = std::fs::read_dir(&dir) else {
-        return;
+        return retries;
     };
     let mut orphans = Vec::new();
     for entry in entries.flatten() {
@@ -743,7 +770,7 @@ pub(crate) fn stop_orphans(
         }
     }
     if orphans.is_empty() {
-        return;
+        return retries;
     }
     let left = leftovers(&orphans);
     let grace = std::time::Duration::from_millis(u64::from(policy.grace_ms));
@@ -763,13 +790,12 @@ pub(crate) fn stop_orphans(
     for ((path, host), left) in orphans.into_iter().zip(left) {
         let mut run = host.run;
         run.ended_ms = now_ms.max(run.started_ms);
-        run.outcome = TaskOutcome::Failed;
         let pid = if host.pid == 0 {
             String::new() // it died starting it
         } else {
             format!(" (pid {})", host.pid)
         };
-        run.message = Some(format!(
+        let why = format!(
             "the broker that ran it (pid {}) died; its host{pid} {}",
             host.broker_pid,
             if left.is_empty() {
@@ -777,7 +803,17 @@ pub(crate) fn stop_orphans(
             } else {
                 "was stopped"
             }
-        ));
+        );
+        let (outcome, message, retry_at_ms, retry) = super::retry::cut_off(
+            registry.get(&run.task_id).and_then(|r| r.retry_policy),
+            run.attempt,
+            run.trigger_details.clone(),
+            now_ms,
+            &why,
+        );
+        run.outcome = outcome;
+        run.message = Some(message);
+        run.retry_at_ms = retry_at_ms;
         log::warn!(target: "btb", "instance {}: {}", run.instance_id, run.message.as_deref().unwrap_or_default());
         if registry.contains(&run.task_id)
             && let Err(e) = store.insert_run(&run, policy.history_limit)
@@ -785,8 +821,14 @@ pub(crate) fn stop_orphans(
             log::error!(target: "btb", "{e}");
             continue; // recorded by the next broker of the store, then
         }
+        if let Some(next) = retry
+            && registry.contains(&run.task_id)
+        {
+            retries.push((run.task_id, next));
+        }
         let _ = std::fs::remove_file(path);
     }
+    retries
 }
 
 /// For each recorded host, pidfds of what is left of it (see [`stop_orphans`]).
@@ -1025,8 +1067,12 @@ fn handed_run(instance: &Instance) -> Box<protocol::HandedRun> {
         task: instance.task().record().clone(),
         trigger_details: instance.trigger_details().cloned(),
         started_ms: instance.started_ms(),
+        attempt: instance.attempt(),
     })
 }
+
+/// The exit status with which a host asks for another attempt (`sysexits.h`).
+const EX_TEMPFAIL: i32 = 75;
 
 /// The failure a wait status means (`None`: exit 0), with the end of stderr.
 fn failure(status: &WaitIdStatus, stderr: Option<&str>) -> Option<String> {

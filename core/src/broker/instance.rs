@@ -37,6 +37,26 @@ pub struct Completion {
     pub message: Option<String>,
     pub reason: Option<CancellationReason>,
     pub last_progress: u32,
+    /// Which attempt ended (1-based).
+    #[serde(default = "crate::model::first_attempt")]
+    pub attempt: u32,
+    /// With outcome `RETRY`: when the next attempt is due (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at_ms: Option<i64>,
+    /// What the run handed back (a JSON object), if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<serde_json::Value>,
+}
+
+/// The largest output a run may hand back, as JSON text.
+pub const MAX_OUTPUT: usize = 64 * 1024;
+
+/// A run's request for another attempt.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct RetryRequest {
+    /// Instead of the policy's delay.
+    pub(crate) after_ms: Option<u64>,
+    pub(crate) message: Option<String>,
 }
 
 impl Completion {
@@ -76,6 +96,10 @@ pub(crate) struct Life {
     pub(crate) output: Option<(Option<String>, Option<String>)>,
     /// The sleep inhibitor held for the run (`is_network_requested`); closed when it ends.
     pub(crate) inhibitor: Option<std::os::fd::OwnedFd>,
+    /// The run asked for another attempt (the last request wins).
+    pub(crate) retry: Option<RetryRequest>,
+    /// What the run handed back: a JSON object, as text.
+    pub(crate) result: Option<String>,
 }
 
 /// The client side of a run that a broker handed to this process (`client.rs`): what the
@@ -110,6 +134,7 @@ pub(crate) struct Inner {
     pub(crate) task: Registration,
     pub(crate) trigger_details: Option<serde_json::Value>,
     pub(crate) started_ms: i64,
+    pub(crate) attempt: u32,
     pub(crate) progress: AtomicU32,
     pub(crate) network_granted: AtomicBool,
     pub(crate) life: Mutex<Life>,
@@ -139,8 +164,16 @@ impl Instance {
         task: Registration,
         trigger_details: Option<serde_json::Value>,
         started_ms: i64,
+        attempt: u32,
     ) -> Instance {
-        Self::with_link(Uuid::new_v4(), task, trigger_details, started_ms, None)
+        Self::with_link(
+            Uuid::new_v4(),
+            task,
+            trigger_details,
+            started_ms,
+            attempt,
+            None,
+        )
     }
 
     /// An instance with a given id (a run handed over by a broker has the broker's id).
@@ -149,6 +182,7 @@ impl Instance {
         task: Registration,
         trigger_details: Option<serde_json::Value>,
         started_ms: i64,
+        attempt: u32,
         link: Option<Link>,
     ) -> Instance {
         Instance(Arc::new(Inner {
@@ -157,6 +191,7 @@ impl Instance {
             task,
             trigger_details,
             started_ms,
+            attempt,
             progress: AtomicU32::new(0),
             network_granted: AtomicBool::new(false),
             life: Mutex::new(Life::default()),
@@ -183,6 +218,37 @@ impl Instance {
 
     pub fn started_ms(&self) -> i64 {
         self.0.started_ms
+    }
+
+    /// Which attempt this run is: 1, then 2, 3… for retries (SPEC §12).
+    pub fn attempt(&self) -> u32 {
+        self.0.attempt
+    }
+
+    /// Asks for another attempt when this run ends (SPEC §12): after `after` (instead of the
+    /// retry policy's delay; the default policy's when the task has none), with `message` kept
+    /// in the run's record. The run still ends as it would; its record says `RETRY`.
+    pub fn request_retry(&self, after: Option<std::time::Duration>, message: Option<String>) {
+        self.life().retry = Some(RetryRequest {
+            after_ms: after.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            message,
+        });
+    }
+
+    /// Sets what the run hands back (SPEC §12): a JSON object of at most 64 KiB, kept with the
+    /// run's record and given to completed handlers. The last one set wins.
+    pub fn set_output(&self, output: &serde_json::Value) -> Result<()> {
+        let text = check_output(output)?;
+        self.life().result = Some(text);
+        Ok(())
+    }
+
+    /// What the run set with [`Instance::set_output`], if anything.
+    pub fn output(&self) -> Option<serde_json::Value> {
+        self.life()
+            .result
+            .as_deref()
+            .and_then(|t| serde_json::from_str(t).ok())
     }
 
     pub fn progress(&self) -> u32 {
@@ -293,14 +359,27 @@ impl Instance {
             self.0.task.shared().complete(self);
             return;
         };
-        let failure = {
+        let (failure, retry, output) = {
             let mut life = self.life();
             if life.done {
                 return;
             }
             life.done = true;
-            life.failure.clone()
+            (
+                life.failure.clone(),
+                life.retry.clone(),
+                life.result.clone(),
+            )
         };
+        if let Some(output) = output.and_then(|t| serde_json::from_str(&t).ok()) {
+            link.send(&crate::protocol::ToBroker::Output { output });
+        }
+        if let Some(r) = retry {
+            link.send(&crate::protocol::ToBroker::Retry {
+                after_ms: r.after_ms,
+                message: r.message,
+            });
+        }
         if let Some(message) = failure {
             link.send(&crate::protocol::ToBroker::Failure { message });
         }
@@ -376,4 +455,29 @@ impl Deferral {
     pub fn instance(&self) -> &Instance {
         &self.instance
     }
+}
+
+/// Checks what a run hands back: a JSON object of at most [`MAX_OUTPUT`] bytes; returns its text.
+pub(crate) fn check_output(output: &serde_json::Value) -> Result<String> {
+    if !output.is_object() {
+        return Err(Error::invalid(format!(
+            "a run's output must be a JSON object, not {}",
+            match output {
+                serde_json::Value::Null => "null",
+                serde_json::Value::Bool(_) => "a boolean",
+                serde_json::Value::Number(_) => "a number",
+                serde_json::Value::String(_) => "a string",
+                serde_json::Value::Array(_) => "an array",
+                serde_json::Value::Object(_) => "an object",
+            }
+        )));
+    }
+    let text = output.to_string();
+    if text.len() > MAX_OUTPUT {
+        return Err(Error::invalid(format!(
+            "a run's output is {} bytes as JSON; the limit is {MAX_OUTPUT} bytes",
+            text.len()
+        )));
+    }
+    Ok(text)
 }

@@ -24,6 +24,10 @@ pub(crate) struct Pending {
     pub(crate) persisted: bool,
     /// Run without waiting for the conditions (`btbctl run --ignore-conditions`; not persisted).
     pub(crate) forced: bool,
+    /// Which attempt it starts (1 for a fire; later for a retry, `retry.rs`).
+    pub(crate) attempt: u32,
+    /// A retry: not before this instant (ms).
+    pub(crate) not_before: Option<i64>,
 }
 
 impl Broker {
@@ -54,10 +58,14 @@ impl Broker {
             st.unschedule(&task_id);
             changes.push(ScheduleChange::Spent(task_id));
         }
-        if st.pending.contains_key(&task_id) {
-            return; // coalesces with the fire already pending
+        if let Some(p) = st.pending.get(&task_id) {
+            if p.attempt == 1 && p.not_before.is_none() {
+                return; // coalesces with the fire already pending
+            }
+            // A retry waits: this fire replaces it, as attempt 1 with its own details.
+            st.unlatch(&task_id);
         }
-        st.latch(task_id, details, false);
+        st.latch(task_id, details, false, 1, None);
         st.unpersisted.push(task_id);
     }
 
@@ -113,7 +121,13 @@ impl Broker {
                 break;
             }
             let forced = st.pending.get(&task_id).is_some_and(|p| p.forced);
-            let runnable = !st.running.contains_key(&task_id)
+            let waits = st
+                .pending
+                .get(&task_id)
+                .and_then(|p| p.not_before)
+                .is_some_and(|t| t > now);
+            let runnable = !waits
+                && !st.running.contains_key(&task_id)
                 && st
                     .registry
                     .get(&task_id)
@@ -124,8 +138,8 @@ impl Broker {
         }
         for (seq, task_id) in started {
             let record = Arc::clone(st.registry.get(&task_id).expect("registered"));
-            st.pending_order.remove(&seq);
-            let pending = st.pending.remove(&task_id).expect("pending");
+            debug_assert_eq!(st.pending.get(&task_id).map(|p| p.seq), Some(seq));
+            let pending = st.unlatch(&task_id).expect("pending");
             if pending.persisted {
                 changes.push(ScheduleChange::Pending(task_id, None));
             }
@@ -136,7 +150,20 @@ impl Broker {
                 ),
                 pending.details,
                 now,
+                pending.attempt,
             );
+            if self.durable() {
+                // Until its record is written: a run cut off by the broker's death is found at
+                // the next open (and retried under a policy), never lost without a trace.
+                changes.push(ScheduleChange::Started(crate::store::RunStart {
+                    instance_id: instance.instance_id(),
+                    task_id,
+                    attempt: pending.attempt,
+                    started_ms: now,
+                    trigger_kind: record.trigger.kind(),
+                    trigger_details: instance.trigger_details().map(|d| d.to_string()),
+                }));
+            }
             let limit = self.policy.time_limit(record.trigger.kind());
             let limit_at = (limit > 0).then(|| now + i64::from(limit) * 1000);
             if let Some(at) = limit_at {
@@ -159,8 +186,14 @@ impl Broker {
                 && !pending.persisted
             {
                 pending.persisted = true;
-                let details = pending.details.as_ref().map(|d| d.to_string());
-                changes.push(ScheduleChange::Pending(task_id, Some(details)));
+                changes.push(ScheduleChange::Pending(
+                    task_id,
+                    Some(crate::store::Latched {
+                        details: pending.details.as_ref().map(|d| d.to_string()),
+                        attempt: pending.attempt,
+                        not_before: pending.not_before,
+                    }),
+                ));
             }
         }
         self.commit(st, changes);

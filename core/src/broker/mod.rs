@@ -61,6 +61,7 @@ pub(crate) mod instance;
 mod latch;
 mod notify;
 mod pool;
+mod retry;
 mod tasks;
 mod threads;
 mod timers;
@@ -90,6 +91,7 @@ pub(crate) use latch::Pending;
 pub(crate) use notify::Note;
 pub use pool::Event;
 pub(crate) use pool::resolve;
+pub(crate) use retry::recover_cut_off;
 
 /// A completed handler: `(registration, completion)`.
 pub type CompletedFn = Arc<dyn Fn(&Registration, &Completion) + Send + Sync>;
@@ -111,6 +113,8 @@ pub(crate) struct State {
     running: HashMap<Uuid, Running>,
     timers: BTreeSet<(i64, Uuid)>,
     due: HashMap<Uuid, i64>,
+    /// Retries waiting for their delay: `(not before, task)` of pending fires (`retry.rs`).
+    retry_timers: BTreeSet<(i64, Uuid)>,
     once_fired: HashSet<Uuid>,
     states: States,
     /// With the number of the last store write queued before it: it starts once that is committed.
@@ -147,6 +151,7 @@ impl State {
             fire_seq: 0,
             running: HashMap::new(),
             timers: BTreeSet::new(),
+            retry_timers: BTreeSet::new(),
             due: HashMap::new(),
             once_fired: HashSet::new(),
             states: States::default(),
@@ -447,6 +452,26 @@ impl Broker {
     /// store error while they cannot be. Never call it holding a btb lock.
     pub(crate) fn flush(&self) -> Result<()> {
         self.writer.wait_committed(self.writer.last())
+    }
+
+    /// Makes what the caller just did under the state lock durable before it is acknowledged
+    /// (SPEC §11): releases the lock, then waits until the writes queued so far are committed
+    /// (nothing to wait for with an in-memory store). The store error, if they cannot be.
+    pub(crate) fn acknowledge(&self, st: Locked<'_>) -> Result<()> {
+        let queued = self.writer.last();
+        drop(st);
+        if !self.durable() {
+            return Ok(());
+        }
+        self.writer.wait_committed(queued).map_err(|e| {
+            Error::new(
+                crate::ErrorKind::Store,
+                format!(
+                    "taken, but not yet durable: {} (it runs once the store can be written)",
+                    e.message()
+                ),
+            )
+        })
     }
 
     /// The store error while the broker's own writes cannot be committed (SPEC §7: runs are held

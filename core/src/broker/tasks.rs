@@ -52,9 +52,7 @@ impl Broker {
     fn forget(&self, st: &mut State, task_id: &Uuid) {
         st.registry.remove(task_id);
         st.unschedule(task_id);
-        if let Some(p) = st.pending.remove(task_id) {
-            st.pending_order.remove(&p.seq);
-        }
+        st.unlatch(task_id);
         st.once_fired.remove(task_id);
         if !st.running.contains_key(task_id) {
             let handlers = self.handlers_mut().forget(task_id);
@@ -80,10 +78,11 @@ impl Broker {
         }
         // Each ALLOWED request causes exactly one run: while a run is going or already pending,
         // a request would only coalesce with it, so it is refused as Windows refuses it.
-        if holders
-            .iter()
-            .any(|id| st.running.contains_key(id) || st.pending.contains_key(id))
-        {
+        // A retry waiting for its delay is no run going: this request replaces it (SPEC §12).
+        if holders.iter().any(|id| {
+            st.running.contains_key(id)
+                || st.pending.get(id).is_some_and(|p| p.not_before.is_none())
+        }) {
             return ApplicationTriggerResult::CurrentlyRunning;
         }
         let now = self.clock.now_ms();

@@ -23,15 +23,21 @@ impl State {
     }
 
     /// Adds a pending fire, last in firing order.
+    /// `attempt` 1 for a fire; a retry's is later, and waits until `not_before`.
     pub(super) fn latch(
         &mut self,
         task_id: Uuid,
         details: Option<serde_json::Value>,
         persisted: bool,
+        attempt: u32,
+        not_before: Option<i64>,
     ) {
         self.fire_seq += 1;
         let seq = self.fire_seq;
         self.pending_order.insert(seq, task_id);
+        if let Some(at) = not_before {
+            self.retry_timers.insert((at, task_id));
+        }
         self.pending.insert(
             task_id,
             Pending {
@@ -39,8 +45,20 @@ impl State {
                 details,
                 persisted,
                 forced: false,
+                attempt,
+                not_before,
             },
         );
+    }
+
+    /// Removes a pending fire (with its retry timer).
+    pub(super) fn unlatch(&mut self, task_id: &Uuid) -> Option<Pending> {
+        let p = self.pending.remove(task_id)?;
+        self.pending_order.remove(&p.seq);
+        if let Some(at) = p.not_before {
+            self.retry_timers.remove(&(at, *task_id));
+        }
+        Some(p)
     }
 
     pub(crate) fn schedule(&mut self, task_id: Uuid, due: i64) {
@@ -119,12 +137,12 @@ impl Broker {
     pub(crate) fn restore(
         self: &Arc<Self>,
         st: &mut State,
-        latched: Vec<(Uuid, Option<String>)>,
+        latched: Vec<(Uuid, crate::store::Latched)>,
         serviced: bool,
     ) -> Result<()> {
-        for (task_id, details) in latched {
-            let details = details.and_then(|d| serde_json::from_str(&d).ok());
-            st.latch(task_id, details, true);
+        for (task_id, l) in latched {
+            let details = l.details.and_then(|d| serde_json::from_str(&d).ok());
+            st.latch(task_id, details, true, l.attempt, l.not_before);
         }
         let now = self.clock.now_ms();
         let mut changes = Vec::new();
@@ -231,14 +249,19 @@ impl Broker {
             // In-process: abandoned (its thread cannot be killed), recorded as canceled.
             self.finish(st, &instance, Some(CancellationReason::Terminating));
         }
+        // Retries whose delay is over are runnable now: dispatch takes them.
+        while st.retry_timers.first().is_some_and(|(at, _)| *at <= now) {
+            st.retry_timers.pop_first();
+        }
         self.dispatch(st, now);
         let timer = st.timers.first().map(|(due, _)| due + window);
+        let retry = st.retry_timers.first().map(|(at, _)| *at);
         let deadlines = st
             .running
             .values()
             .filter_map(|r| r.grace_at.or(r.limit_at))
             .min();
-        [timer, deadlines].into_iter().flatten().min()
+        [timer, retry, deadlines].into_iter().flatten().min()
     }
 
     /// Fires every timer due by `now`, even those whose window is still open.

@@ -1,0 +1,191 @@
+//! Retries (SPEC §12): when a run ends, whether it is tried again and when — it asked
+//! (`Instance::request_retry`, an `exec` host's exit status 75), it failed under a policy with
+//! `retry_on_failure`, or it was cut off (closed with `TERMINATING`, or found at open as a run
+//! whose broker died) under a policy. A retry is a latched fire of attempt `n + 1` that may not
+//! run before its delay is over (`Pending::not_before`, `State::retry_timers`); then it waits for
+//! its conditions like any fire. It is persisted like any latched fire, so it survives a close,
+//! a crash and a takeover; a new fire of the task replaces it (`latch.rs`).
+
+use uuid::Uuid;
+
+use super::instance::RetryRequest;
+use super::{Broker, Instance, State};
+use crate::model::{CancellationReason, RetryPolicy, RunRecord, TaskOutcome};
+use crate::registry::Registry;
+use crate::store::{Latched, ScheduleChange, Store};
+
+/// How a run ends: its outcome and message, and when its next attempt is due (a retry).
+pub(super) struct End {
+    pub(super) outcome: TaskOutcome,
+    pub(super) message: Option<String>,
+    pub(super) retry_at_ms: Option<i64>,
+}
+
+/// A uniform value in [0, 1) for jitter, from the system's random source (as `Uuid::new_v4`).
+fn unit() -> f64 {
+    (Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64
+}
+
+/// "gave up after N attempts", with the last attempt's word.
+fn gave_up(attempt: u32, why: Option<&str>) -> String {
+    let plural = if attempt == 1 { "" } else { "s" };
+    match why {
+        Some(why) => format!("gave up after {attempt} attempt{plural}: {why}"),
+        None => format!("gave up after {attempt} attempt{plural}"),
+    }
+}
+
+impl Broker {
+    /// How `instance` ends (SPEC §12): canceled, failed or succeeded — or `RETRY`, with its next
+    /// attempt latched to run after the delay. Called by `finish` under the state lock.
+    pub(super) fn end_of_run(
+        &self,
+        st: &mut State,
+        instance: &Instance,
+        reason: Option<CancellationReason>,
+        failure: Option<String>,
+        retry: Option<RetryRequest>,
+        now: i64,
+    ) -> End {
+        let (outcome, message) = match (reason, failure) {
+            (Some(r), _) => (
+                TaskOutcome::Canceled,
+                Some(format!("canceled: {}", r.name())),
+            ),
+            (None, Some(m)) => (TaskOutcome::Failed, Some(m)),
+            (None, None) => (TaskOutcome::Succeeded, None),
+        };
+        let plain = End {
+            outcome,
+            message: message.clone(),
+            retry_at_ms: None,
+        };
+        let record = instance.task().record();
+        let task_id = record.task_id;
+        let policy = record.retry_policy;
+        let wanted = retry.is_some()
+            || (outcome == TaskOutcome::Failed && policy.is_some_and(|p| p.retry_on_failure))
+            || (reason == Some(CancellationReason::Terminating) && policy.is_some());
+        // Unregistered (nothing to retry), or a new fire already waits (it runs instead).
+        if !wanted || !st.registry.contains(&task_id) || st.pending.contains_key(&task_id) {
+            return plain;
+        }
+        // A run that asks for a retry of a task without a policy gets the default one.
+        let policy = policy.unwrap_or_default();
+        let attempt = instance.attempt();
+        let why = retry.as_ref().and_then(|r| r.message.clone()).or(message);
+        if policy.max_attempts.is_some_and(|max| attempt >= max) {
+            return End {
+                outcome: TaskOutcome::Failed,
+                message: Some(gave_up(attempt, why.as_deref())),
+                retry_at_ms: None,
+            };
+        }
+        let delay = retry
+            .and_then(|r| r.after_ms)
+            .unwrap_or_else(|| policy.jittered_ms(attempt, unit()));
+        let at = now.saturating_add(i64::try_from(delay).unwrap_or(i64::MAX));
+        // Persisted at once, not at the next dispatch: a closing broker dispatches no more.
+        st.latch(
+            task_id,
+            instance.trigger_details().cloned(),
+            true,
+            attempt + 1,
+            Some(at),
+        );
+        self.commit(
+            st,
+            vec![ScheduleChange::Pending(
+                task_id,
+                Some(Latched {
+                    details: instance.trigger_details().map(|d| d.to_string()),
+                    attempt: attempt + 1,
+                    not_before: Some(at),
+                }),
+            )],
+        );
+        st.wake_broker_by(at, &self.waker);
+        End {
+            outcome: TaskOutcome::Retry,
+            message: why,
+            retry_at_ms: Some(at),
+        }
+    }
+}
+
+/// How a run cut off by its broker's death is recorded — `RETRY` with the next attempt to latch
+/// when its policy allows one more, else `FAILED` — saying `why`.
+pub(crate) fn cut_off(
+    policy: Option<RetryPolicy>,
+    attempt: u32,
+    details: Option<String>,
+    now: i64,
+    why: &str,
+) -> (TaskOutcome, String, Option<i64>, Option<Latched>) {
+    match policy {
+        Some(p) if p.max_attempts.is_none_or(|max| attempt < max) => {
+            let at = now
+                .saturating_add(i64::try_from(p.jittered_ms(attempt, unit())).unwrap_or(i64::MAX));
+            let next = Latched {
+                details,
+                attempt: attempt + 1,
+                not_before: Some(at),
+            };
+            (TaskOutcome::Retry, why.to_owned(), Some(at), Some(next))
+        }
+        Some(_) => (TaskOutcome::Failed, gave_up(attempt, Some(why)), None, None),
+        None => (TaskOutcome::Failed, why.to_owned(), None, None),
+    }
+}
+
+/// Records the runs that a broker of this store started and never recorded — it died during
+/// them — and returns the retries their policies ask for, to latch (SPEC §11, §12). Called at
+/// open, before anything runs; a run whose host was already stopped and recorded (`exec.rs`
+/// `stop_orphans`) has no marker left.
+pub(crate) fn recover_cut_off(
+    store: &mut Store,
+    registry: &Registry,
+    history_limit: u32,
+    now: i64,
+) -> crate::Result<Vec<(Uuid, Latched)>> {
+    let mut retries = Vec::new();
+    for start in store.started_runs()? {
+        let policy: Option<RetryPolicy> = registry.get(&start.task_id).and_then(|r| r.retry_policy);
+        let (outcome, message, retry_at_ms, retry) = cut_off(
+            policy,
+            start.attempt,
+            start.trigger_details.clone(),
+            now,
+            "the broker died during the run",
+        );
+        if let Some(latched) = retry {
+            retries.push((start.task_id, latched));
+        }
+        log::warn!(
+            target: "btb",
+            "instance {} of task {}: {message}",
+            start.instance_id,
+            start.task_id
+        );
+        let run = RunRecord {
+            instance_id: start.instance_id,
+            task_id: start.task_id,
+            trigger_kind: start.trigger_kind,
+            trigger_details: start.trigger_details,
+            started_ms: start.started_ms,
+            ended_ms: now.max(start.started_ms),
+            outcome,
+            reason: None,
+            message: Some(message),
+            last_progress: 0,
+            stdout: None,
+            stderr: None,
+            attempt: start.attempt,
+            retry_at_ms,
+            output: None,
+        };
+        // Also drops the marker (or only that, for a task unregistered since).
+        store.insert_run(&run, history_limit)?;
+    }
+    Ok(retries)
+}
