@@ -336,6 +336,11 @@ enum btb_task_outcome
   BTB_TASK_OUTCOME_SUCCEEDED = 0,
   BTB_TASK_OUTCOME_FAILED = 1,
   BTB_TASK_OUTCOME_CANCELED = 2,
+  /**
+   * Another attempt follows (SPEC §12): the run asked for one, or failed or was cut off under a
+   * retry policy. `btb_run.retry_at_ms` says when.
+   */
+  BTB_TASK_OUTCOME_RETRY = 3,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

@@ -111,6 +111,18 @@ pub enum btb_task_outcome {
     BTB_TASK_OUTCOME_SUCCEEDED = 0,
     BTB_TASK_OUTCOME_FAILED = 1,
     BTB_TASK_OUTCOME_CANCELED = 2,
+    /// Another attempt follows (SPEC §12): the run asked for one, or failed or was cut off under a
+    /// retry policy. `btb_run.retry_at_ms` says when.
+    BTB_TASK_OUTCOME_RETRY = 3,
+}
+
+/// How the delay between attempts grows (`btb_retry_policy_new`).
+#[repr(u32)]
+pub enum btb_backoff_policy {
+    /// `d·2^(n−1)` after attempt n.
+    BTB_BACKOFF_EXPONENTIAL = 0,
+    /// `d·n` after attempt n.
+    BTB_BACKOFF_LINEAR = 1,
 }
 
 /// Trigger kinds, as returned by `btb_trigger_kind` and used for per-kind time limits.
