@@ -491,6 +491,9 @@ pub struct Broadcast {
     attaching: std::sync::Mutex<std::collections::HashMap<Uuid, (u64, Attached)>>,
     /// By client pid: connections waiting for a run ([`Request::Ready`]).
     ready: std::sync::Mutex<std::collections::HashMap<u32, Vec<(UnixStream, Decoder)>>>,
+    /// Called (on the serving thread, no lock held) when a client offers what it can run: runs
+    /// that wait for a handler are tried again.
+    on_offer: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 /// Where a client's connection for a run goes: the connection and the bytes it sent after its
@@ -502,6 +505,11 @@ fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Broadcast {
+    /// Sets what is called when a client offers what it can run (once).
+    pub fn set_on_offer(&self, f: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.on_offer.set(f);
+    }
+
     /// Queues `notice` for every subscriber (nothing, and no wake-up, while there is none).
     pub fn send(&self, notice: &Reply) {
         if self.subscribers.load(std::sync::atomic::Ordering::Acquire) == 0 {
@@ -741,6 +749,7 @@ impl ControlListener {
                 offers: Default::default(),
                 attaching: Default::default(),
                 ready: Default::default(),
+                on_offer: Default::default(),
             })
         })
         .map_err(|e| cleanup(Error::state(format!("cannot create an eventfd: {e}"))))?;
@@ -1074,6 +1083,9 @@ impl Server {
             && let Request::Offer { offer } = request
         {
             locked(&self.broadcast.offers).insert(conn.id, (conn.pid, offer));
+            if let Some(on_offer) = self.broadcast.on_offer.get() {
+                on_offer();
+            }
             return None;
         }
         if conn.greeted

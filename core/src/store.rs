@@ -72,6 +72,8 @@ pub enum ScheduleChange {
     /// A run started: kept until its record is written, so that a run cut off by the broker's
     /// death is found at the next open (SPEC §11).
     Started(RunStart),
+    /// A run that started did not run after all (it waits for a handler, SPEC §12).
+    Unstarted(Uuid),
 }
 
 /// A latched fire as stored: its trigger details (JSON), which attempt it is, and, for a retry,
@@ -880,6 +882,9 @@ fn schedule_in(tx: &Connection, change: &ScheduleChange) -> rusqlite::Result<usi
                      pending_attempt = 1, pending_not_before = NULL WHERE task_id = ?1",
             )?
             .execute(params![id.as_bytes()]),
+        ScheduleChange::Unstarted(id) => tx
+            .prepare_cached("DELETE FROM runs_started WHERE instance_id = ?1")?
+            .execute([id.as_bytes()]),
         ScheduleChange::Started(r) => tx
             .prepare_cached(
                 "INSERT OR REPLACE INTO runs_started

@@ -262,6 +262,12 @@ pub(crate) fn start_broker(
             handler,
         ) {
             Ok(l) => {
+                let weak = Arc::downgrade(&shared);
+                l.broadcast().set_on_offer(Box::new(move || {
+                    if let Some(shared) = weak.upgrade() {
+                        shared.handlers_changed();
+                    }
+                }));
                 let _ = shared.broadcast.set(l.broadcast());
                 *shared.listener.lock().unwrap_or_else(|p| p.into_inner()) = Some(l);
             }
@@ -488,10 +494,12 @@ impl System {
         Ok(())
     }
 
-    /// A client tells its broker what it can run now.
+    /// A client tells its broker what it can run now; a broker tries the runs that wait for a
+    /// handler again.
     fn offer(&self) {
-        if let Route::Remote(r) = self.home.route() {
-            r.offer();
+        match self.home.route() {
+            Route::Remote(r) => r.offer(),
+            Route::Local(b) => b.handlers_changed(),
         }
     }
 

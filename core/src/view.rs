@@ -96,6 +96,12 @@ pub struct TaskFacts {
     pub last_outcome: Option<TaskOutcome>,
     /// `None`: the states are not known (no broker runs); else the conditions that do not hold.
     pub waiting_for: Option<Vec<SystemConditionType>>,
+    /// A retry waits (SPEC §12): its attempt and when it is due.
+    pub retry: Option<(u32, i64)>,
+    /// The message of the last recorded run (`show` only).
+    pub last_message: Option<String>,
+    /// Its fire waits for a process of the app that has this handler (SPEC §12).
+    pub waiting_for_handler: Option<String>,
 }
 
 /// One run (`btbctl history`).
@@ -108,6 +114,20 @@ pub struct RunView {
     pub reason: Option<String>,
     pub message: Option<String>,
     pub last_progress: u32,
+    /// Which attempt (1-based, SPEC §12).
+    #[serde(default = "crate::model::first_attempt")]
+    pub attempt: u32,
+    /// With status `RETRY`: when the next attempt is due (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<String>,
+    /// What the run handed back (a JSON object).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<serde_json::Value>,
+    /// The end of an `exec` host's stdout and stderr (the last 64 KiB of each).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<String>,
 }
 
 impl From<&RunRecord> for RunView {
@@ -120,6 +140,14 @@ impl From<&RunRecord> for RunView {
             reason: run.reason.map(|r| r.name().to_owned()),
             message: run.message.clone(),
             last_progress: run.last_progress,
+            attempt: run.attempt,
+            retry_at: run.retry_at_ms.map(rfc3339),
+            output: run
+                .output
+                .as_deref()
+                .and_then(|o| serde_json::from_str(o).ok()),
+            stdout: run.stdout.clone(),
+            stderr: run.stderr.clone(),
         }
     }
 }
@@ -176,6 +204,22 @@ pub fn why(record: &TaskRecord, facts: &TaskFacts, now_ms: i64) -> String {
 fn why_live(record: &TaskRecord, facts: &TaskFacts, now_ms: i64) -> String {
     if let Some(since) = facts.running_since_ms {
         return format!("running since {}", rfc3339(since));
+    }
+    if let Some(handler) = &facts.waiting_for_handler {
+        return format!(
+            "waiting for a process of the app that runs {handler} (no `activate` in the manifest)"
+        );
+    }
+    if let Some((attempt, at)) = facts.retry {
+        let of = record
+            .retry_policy
+            .and_then(|p| p.max_attempts)
+            .map_or(String::new(), |max| format!(" of {max}"));
+        let last = facts
+            .last_message
+            .as_deref()
+            .map_or(String::new(), |m| format!(" (last: {m})"));
+        return format!("retrying: attempt {attempt}{of} at {}{last}", rfc3339(at));
     }
     if facts.spent {
         return "spent: its one-shot trigger has fired, and it never fires again".to_owned();

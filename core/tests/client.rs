@@ -498,18 +498,25 @@ fn runs_go_to_the_client_process_that_has_the_handler() {
         "{message}"
     );
 
-    // No process has a handler now: the run fails naming where it looked.
+    // No process has a handler now: the run waits for one (SPEC §12), and says so.
     assert_eq!(broker.signal_event("hang-now").unwrap(), 1);
     assert!(broker.wait_idle(DEADLINE).unwrap());
-    let runs = find("hang").history().unwrap();
-    assert_eq!(runs.len(), 2);
-    let message = runs[1].message.as_deref().unwrap();
-    assert!(
-        message.contains("no handler for entry point \"app.SystemEvent\"")
-            && message.contains("client process(es) of this broker")
-            && message.contains("none offers one"),
-        "{message}"
-    );
+    assert_eq!(find("hang").history().unwrap().len(), 1, "no failed run");
+    let mut ctl = btb_core::control::Client::connect(broker.app_id()).unwrap();
+    match ctl
+        .call(&btb_core::control::Request::Show {
+            task: "hang".into(),
+        })
+        .unwrap()
+    {
+        btb_core::control::Reply::Task { task } => assert_eq!(
+            task.why.as_deref(),
+            Some(
+                "waiting for a process of the app that runs app.SystemEvent (no `activate` in the manifest)"
+            )
+        ),
+        other => panic!("{other:?}"),
+    }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -558,4 +565,98 @@ fn a_client_that_sends_garbage_for_a_run_fails_that_run() {
     assert!(message.contains("sent a bad frame"), "{message}");
     // The broker still serves.
     assert!(broker.all_tasks().unwrap().len() == 1);
+}
+
+// ------------------------------------------------------------------------------------------------
+// A run whose handler is nowhere waits — persisted — until a process offers it (SPEC §12).
+
+#[test]
+fn a_run_with_no_handler_anywhere_waits_until_a_client_offers_one() {
+    use btb_core::control::{Client, Offer, Reply, Request};
+    use btb_core::protocol;
+    const APP: &str = "org.example.client.waits";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("btb.sqlite3");
+    let broker = open(&path, APP);
+    let mut b = application_builder("later");
+    b.task_entry_point = Some("app.General".into());
+    let registration = broker.register(&b).unwrap();
+    assert_eq!(
+        registration
+            .request(Some(serde_json::json!({"n": 7})))
+            .unwrap(),
+        btb_core::ApplicationTriggerResult::Allowed
+    );
+    assert!(broker.wait_idle(DEADLINE).unwrap());
+    assert!(registration.history().unwrap().is_empty(), "no failed run");
+    assert_eq!(
+        registration.request(None).unwrap(),
+        btb_core::ApplicationTriggerResult::CurrentlyRunning,
+        "its fire waits"
+    );
+    // It waits across a restart of the broker (the latch is on disk).
+    broker.close().unwrap();
+    let broker = open(&path, APP);
+    assert!(broker.wait_idle(DEADLINE).unwrap());
+    let registration = broker.all_tasks().unwrap().pop().unwrap();
+    assert!(registration.history().unwrap().is_empty());
+
+    // A client process offers the handler: the run is handed to it, with its details.
+    let mut feed = Client::connect(APP).unwrap().subscribe().unwrap();
+    protocol::write_frame(
+        &mut feed.socket().unwrap(),
+        &Request::Offer {
+            offer: Offer {
+                entry_points: vec!["app.General".into()],
+                ..Offer::default()
+            },
+        },
+    )
+    .unwrap();
+    let Some(Reply::Run { run }) = feed.next_notice() else {
+        panic!("the waiting run was not handed to the client that offers its handler");
+    };
+    assert_eq!(run.trigger_details, Some(serde_json::json!({"n": 7})));
+    assert_eq!(run.attempt, 1);
+    drop(feed); // the client goes away before it attaches: the run waits for the next one
+    assert!(broker.wait_idle(DEADLINE).unwrap());
+    assert!(registration.history().unwrap().is_empty());
+    assert_eq!(
+        registration.request(None).unwrap(),
+        btb_core::ApplicationTriggerResult::CurrentlyRunning,
+        "it still waits"
+    );
+    broker.close().unwrap();
+}
+
+#[test]
+fn a_run_with_no_handler_runs_once_this_process_registers_one() {
+    const APP: &str = "org.example.client.registers";
+    let dir = tempfile::tempdir().unwrap();
+    let broker = open(&dir.path().join("btb.sqlite3"), APP);
+    let mut b = application_builder("later");
+    b.task_entry_point = Some("app.General".into());
+    let registration = broker.register(&b).unwrap();
+    registration.request(None).unwrap();
+    assert!(broker.wait_idle(DEADLINE).unwrap());
+    assert!(registration.history().unwrap().is_empty());
+    let (tx, rx) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    broker
+        .register_entry_point(
+            "app.General",
+            Some(Handler::Call(std::sync::Arc::new(
+                move |i: &btb_core::Instance| {
+                    tx.lock().unwrap().send(i.attempt()).unwrap();
+                },
+            ))),
+        )
+        .unwrap();
+    assert_eq!(next(&rx), 1);
+    assert!(broker.wait_idle(DEADLINE).unwrap());
+    assert_eq!(
+        registration.history().unwrap()[0].outcome,
+        TaskOutcome::Succeeded
+    );
+    broker.close().unwrap();
 }

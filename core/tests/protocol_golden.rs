@@ -248,7 +248,10 @@ fn v1() -> Vec<(&'static str, Frame)> {
         (
             "reply_runs",
             Rep(Reply::Runs {
-                runs: vec![RunView::from(&run_record())],
+                runs: vec![RunView {
+                    stdout: None, // version 1 did not send the tails
+                    ..RunView::from(&run_record())
+                }],
             }),
         ),
         ("reply_doctor", Rep(doctor_reply(states))),

@@ -108,6 +108,18 @@ impl Broker {
         st.events.retain(|e| match e {
             Event::Run(i) | Event::Canceled(i, _) => i != instance,
         });
+        log::info!(
+            target: "btb",
+            "run {} of {:?} ended {} after {} ms (attempt {}){}{}",
+            instance.instance_id(),
+            instance.task().name(),
+            end.outcome.name(),
+            now.saturating_sub(instance.started_ms()),
+            instance.attempt(),
+            end.message.as_deref().map_or(String::new(), |m| format!(": {m}")),
+            end.retry_at_ms
+                .map_or(String::new(), |at| format!("; next attempt at {}", crate::view::rfc3339(at)))
+        );
         let completion = Completion {
             instance_id: instance.instance_id(),
             outcome: end.outcome,

@@ -48,6 +48,12 @@ impl Broker {
             running_since_ms: st.running.get(id).map(|r| r.instance.started_ms()),
             last_outcome: last.get(id).copied(),
             waiting_for: Some(waiting),
+            retry: st
+                .pending
+                .get(id)
+                .and_then(|p| p.not_before.map(|at| (p.attempt, at))),
+            last_message: None,
+            waiting_for_handler: st.pending.get(id).and_then(|p| p.needs_handler.clone()),
         }
     }
 
@@ -55,10 +61,22 @@ impl Broker {
     /// that says why it is not running.
     pub(crate) fn task_views(&self, task: Option<&str>) -> Result<Vec<TaskView>> {
         // Store (lock 0) before state (lock 1).
-        let last = match self.store().as_ref() {
-            Some(store) => store.last_outcomes()?,
-            None => return Err(super::closed()),
+        let store = self.store();
+        let Some(stored) = store.as_ref() else {
+            return Err(super::closed());
         };
+        let last = stored.last_outcomes()?;
+        // `show`: the last run's message too (one task's history, from the store).
+        let last_message = match task {
+            Some(task) => {
+                let st = self.open_state()?;
+                let id = self.find_task(&st, task)?;
+                drop(st);
+                stored.history(&id)?.pop().and_then(|r| r.message)
+            }
+            None => None,
+        };
+        drop(store);
         let st = self.open_state()?;
         let now = self.clock.now_ms();
         let mut records: Vec<&Arc<TaskRecord>> = match task {
@@ -71,7 +89,11 @@ impl Broker {
         records.sort_by_key(|r| r.seq);
         Ok(records
             .into_iter()
-            .map(|r| TaskView::new(r, &self.facts(&st, r, &last), now, task.is_some()))
+            .map(|r| {
+                let mut facts = self.facts(&st, r, &last);
+                facts.last_message.clone_from(&last_message);
+                TaskView::new(r, &facts, now, task.is_some())
+            })
             .collect())
     }
 

@@ -28,9 +28,93 @@ pub(crate) struct Pending {
     pub(crate) attempt: u32,
     /// A retry: not before this instant (ms).
     pub(crate) not_before: Option<i64>,
+    /// It started, but no process of the app has its handler: it waits for one (`park`).
+    pub(crate) needs_handler: Option<String>,
 }
 
 impl Broker {
+    /// A run whose handler is nowhere — no `exec` host, none in this process, none offered by a
+    /// client — waits for one instead of failing (SPEC §12): its fire is latched again (the same
+    /// details and attempt), persisted, and not dispatched until a handler appears
+    /// (`handlers_changed`). `false` when it cannot wait (canceled, or ended meanwhile).
+    pub(super) fn park(self: &Arc<Self>, instance: &Instance, why: &str) -> bool {
+        let mut st = self.lock();
+        let task_id = instance.task().task_id();
+        let mut life = instance.life();
+        if life.done || life.canceled.is_some() || !st.registry.contains(&task_id) {
+            return false;
+        }
+        life.done = true;
+        drop(life.inhibitor.take());
+        drop(life);
+        if st
+            .running
+            .get(&task_id)
+            .is_some_and(|r| r.instance == *instance)
+        {
+            st.running.remove(&task_id);
+        }
+        let what = instance.task().task_entry_point().map_or_else(
+            || "its background-activated handler".to_owned(),
+            str::to_owned,
+        );
+        log::info!(
+            target: "btb",
+            "run of {:?} waits for a process of the app that runs {what} (no `activate` in the manifest): {why}",
+            instance.task().name()
+        );
+        if !st.pending.contains_key(&task_id) {
+            st.latch(
+                task_id,
+                instance.trigger_details().cloned(),
+                false,
+                instance.attempt(),
+                None,
+            );
+            if let Some(p) = st.pending.get_mut(&task_id) {
+                p.needs_handler = Some(what);
+            }
+            st.unpersisted.push(task_id);
+        }
+        let mut changes = vec![ScheduleChange::Unstarted(instance.instance_id())];
+        for id in std::mem::take(&mut st.unpersisted) {
+            if let Some(p) = st.pending.get_mut(&id)
+                && !p.persisted
+            {
+                p.persisted = true;
+                changes.push(ScheduleChange::Pending(
+                    id,
+                    Some(crate::store::Latched {
+                        details: p.details.as_ref().map(|d| d.to_string()),
+                        attempt: p.attempt,
+                        not_before: p.not_before,
+                    }),
+                ));
+            }
+        }
+        self.commit(&mut st, changes);
+        self.changed();
+        let now = self.clock.now_ms();
+        self.dispatch(&mut st, now); // its slot is free for others
+        true
+    }
+
+    /// A handler appeared (registered here, or offered by a client process): the runs that wait
+    /// for one are tried again (and wait again if it is not theirs).
+    pub(crate) fn handlers_changed(self: &Arc<Self>) {
+        let Ok(mut st) = self.open_state() else {
+            return;
+        };
+        let mut any = false;
+        for p in st.pending.values_mut() {
+            any |= p.needs_handler.take().is_some();
+        }
+        if any {
+            let now = self.clock.now_ms();
+            self.dispatch(&mut st, now);
+        }
+    }
+
     /// Whether every condition of a registration holds now (a maintenance trigger also needs AC).
     fn conditions_hold(&self, st: &State, record: &TaskRecord) -> bool {
         let ac_ok = !matches!(record.trigger, TaskTrigger::Maintenance { .. })
@@ -60,6 +144,7 @@ impl Broker {
         }
         if let Some(p) = st.pending.get(&task_id) {
             if p.attempt == 1 && p.not_before.is_none() {
+                log::debug!(target: "btb", "a fire of {:?} coalesces with the one already latched", record.name);
                 return; // coalesces with the fire already pending
             }
             // A retry waits: this fire replaces it, as attempt 1 with its own details.
@@ -126,7 +211,12 @@ impl Broker {
                 .get(&task_id)
                 .and_then(|p| p.not_before)
                 .is_some_and(|t| t > now);
+            let parked = st
+                .pending
+                .get(&task_id)
+                .is_some_and(|p| p.needs_handler.is_some());
             let runnable = !waits
+                && !parked
                 && !st.running.contains_key(&task_id)
                 && st
                     .registry
@@ -151,6 +241,14 @@ impl Broker {
                 pending.details,
                 now,
                 pending.attempt,
+            );
+            log::info!(
+                target: "btb",
+                "run {} of {:?} starts (attempt {}, {})",
+                instance.instance_id(),
+                record.name,
+                pending.attempt,
+                crate::view::trigger_text(&record.trigger)
             );
             if self.durable() {
                 // Until its record is written: a run cut off by the broker's death is found at
@@ -185,6 +283,10 @@ impl Broker {
             if let Some(pending) = st.pending.get_mut(&task_id)
                 && !pending.persisted
             {
+                log::debug!(
+                    target: "btb",
+                    "a fire of task {task_id} is latched: it waits for its conditions, a free slot or its retry time"
+                );
                 pending.persisted = true;
                 changes.push(ScheduleChange::Pending(
                     task_id,

@@ -114,8 +114,13 @@ impl Broker {
                     self.changed();
                 }
                 Err(message) => {
-                    instance.report_failure(message);
-                    let _ = instance.finish_run();
+                    // No handler anywhere: the run waits for a process that has one — unless this
+                    // process has a resolver, which tried and failed (an app's bug, SPEC §12).
+                    let resolver = self.handlers().resolver.is_some();
+                    if resolver || !self.park(&instance, &message) {
+                        instance.report_failure(message);
+                        let _ = instance.finish_run();
+                    }
                 }
             }
             done = Some(job);

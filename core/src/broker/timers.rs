@@ -47,6 +47,7 @@ impl State {
                 forced: false,
                 attempt,
                 not_before,
+                needs_handler: None,
             },
         );
     }

@@ -189,6 +189,12 @@ impl Target {
                     running_since_ms: None,
                     last_outcome: last.get(&t.record.task_id).copied(),
                     waiting_for: None, // no broker: the states are not known
+                    retry: t
+                        .pending
+                        .as_ref()
+                        .and_then(|p| p.not_before.map(|at| (p.attempt, at))),
+                    last_message: None,
+                    waiting_for_handler: None,
                 };
                 TaskView::new(&t.record, &facts, now, task.is_some())
             })
@@ -310,23 +316,54 @@ fn show(t: &TaskView) {
     }
 }
 
+/// Lines of a run's stdout or stderr shown by `history` (all of it with `--json`).
+const TAIL_LINES: usize = 5;
+
 fn history(runs: &[RunView]) {
     let rows: Vec<Vec<String>> = runs
         .iter()
         .map(|r| {
+            let status = match &r.retry_at {
+                Some(at) => format!("{} (next at {at})", r.status),
+                None => r.status.clone(),
+            };
             vec![
                 r.started.clone(),
                 r.ended.clone(),
-                r.status.clone(),
+                r.attempt.to_string(),
+                status,
                 format!("{}%", r.last_progress),
                 or_dash(r.message.as_deref()),
             ]
         })
         .collect();
     table(
-        &["STARTED", "ENDED", "STATUS", "PROGRESS", "MESSAGE"],
+        &[
+            "STARTED", "ENDED", "ATTEMPT", "STATUS", "PROGRESS", "MESSAGE",
+        ],
         &rows,
     );
+    // What each run handed back and the end of what it wrote, under the table.
+    for r in runs {
+        let tails = [("stdout", &r.stdout), ("stderr", &r.stderr)];
+        if r.output.is_none() && tails.iter().all(|(_, t)| t.is_none()) {
+            continue;
+        }
+        out!("");
+        out!("run {} (started {}):", r.instance_id, r.started);
+        if let Some(output) = &r.output {
+            out!("  output: {output}");
+        }
+        for (name, tail) in tails {
+            let Some(tail) = tail else { continue };
+            let lines: Vec<&str> = tail.lines().collect();
+            let shown = &lines[lines.len().saturating_sub(TAIL_LINES)..];
+            out!("  {name} (last {} of {} lines):", shown.len(), lines.len());
+            for line in shown {
+                out!("    {line}");
+            }
+        }
+    }
 }
 
 fn doctor(
