@@ -311,7 +311,16 @@ impl Remote {
     /// Tells the broker what this process can run (after its handlers changed, and on each new
     /// feed). Best effort: a broker that is gone hears it from the next feed.
     pub(crate) fn offer(&self) {
-        let offer = {
+        let offer = self.current_offer();
+        if let Some(socket) = lock(&self.feed_socket).as_ref() {
+            let _ = socket.set_write_timeout(Some(crate::control::CLIENT_TIMEOUT));
+            let _ = crate::protocol::write_frame(&mut &*socket, &Request::Offer { offer });
+        }
+    }
+
+    /// What this process can run now (what `offer` tells the broker).
+    pub(crate) fn current_offer(&self) -> crate::control::Offer {
+        {
             let h = self.handlers();
             // Pull-queue handlers are served by `next_event`, which only a broker's process has.
             let callable = |handler: &crate::Handler| matches!(handler, crate::Handler::Call(_));
@@ -333,10 +342,6 @@ impl Remote {
                 activation,
                 resolver: h.resolver.is_some(),
             }
-        };
-        if let Some(socket) = lock(&self.feed_socket).as_ref() {
-            let _ = socket.set_write_timeout(Some(crate::control::CLIENT_TIMEOUT));
-            let _ = crate::protocol::write_frame(&mut &*socket, &Request::Offer { offer });
         }
     }
 

@@ -303,6 +303,11 @@ pub enum Request {
     Attach {
         instance_id: Uuid,
     },
+    /// Version 2: how many runs a process with this offer is still to serve — runs that wait for
+    /// a handler it offers, and runs of such tasks going now (`System::serve_activation`).
+    Waiting {
+        offer: Offer,
+    },
     /// A request of a newer version: answered `UNSUPPORTED`.
     #[serde(other)]
     Unknown,
@@ -355,6 +360,7 @@ impl Request {
                 | Request::StateOf { .. }
                 | Request::WorkCost
                 | Request::Due { .. }
+                | Request::Waiting { .. }
         )
     }
 }
@@ -436,6 +442,10 @@ pub enum Reply {
     Due {
         next_due_ms: Option<i64>,
         spent: bool,
+    },
+    /// How many runs are left for a process with that offer ([`Request::Waiting`]).
+    Waiting {
+        runs: usize,
     },
     /// Pushed to subscribers: an instance of `task_id` reported progress.
     Progress {

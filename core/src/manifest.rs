@@ -75,15 +75,19 @@ pub(crate) fn check_entry_point(entry_point: &str) -> Result<()> {
 }
 
 fn check_exec(entry_point: &str, argv: &[String]) -> Result<()> {
+    check_command("exec", argv)
+        .map_err(|e| Error::invalid(format!("entry point {entry_point:?}: {}", e.message())))
+}
+
+/// A command btb starts (`exec`, `activate`): an absolute program path, no shell, no NUL.
+fn check_command(what: &str, argv: &[String]) -> Result<()> {
     match argv.first() {
-        None => Err(Error::invalid(format!(
-            "entry point {entry_point:?}: exec is empty"
-        ))),
+        None => Err(Error::invalid(format!("{what} is empty"))),
         Some(program) if !Path::new(program).is_absolute() => Err(Error::invalid(format!(
-            "entry point {entry_point:?}: exec program {program:?} is not an absolute path (btb starts it without a shell or PATH search)"
+            "{what} program {program:?} is not an absolute path (btb starts it without a shell or PATH search)"
         ))),
         Some(_) if argv.iter().any(|a| a.contains('\0')) => Err(Error::invalid(format!(
-            "entry point {entry_point:?}: exec argument contains a NUL byte"
+            "{what} argument contains a NUL byte"
         ))),
         Some(_) => Ok(()),
     }
@@ -123,6 +127,9 @@ pub struct Manifest {
     /// Entry point → index in `tasks` (declaring and finding stay O(1)).
     index: HashMap<String, usize>,
     path: Option<PathBuf>,
+    /// How to start the app for a run whose handler no process has (SPEC §12): absolute program
+    /// path and arguments, started without a shell.
+    activate: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -131,6 +138,8 @@ struct FileManifest {
     app_id: Spanned<String>,
     #[serde(default)]
     version: Option<String>,
+    #[serde(default)]
+    activate: Option<Spanned<Vec<String>>>,
     #[serde(default)]
     task: Vec<FileTask>,
 }
@@ -157,7 +166,20 @@ impl Manifest {
             tasks: Vec::new(),
             index: HashMap::new(),
             path: None,
+            activate: None,
         })
+    }
+
+    /// Sets how to start the app for background work (`argv[0]` an absolute path).
+    pub fn with_activate(mut self, argv: Vec<String>) -> Result<Manifest> {
+        check_command("activate", &argv)?;
+        self.activate = Some(argv);
+        Ok(self)
+    }
+
+    /// How to start the app for background work, if the manifest says.
+    pub fn activate(&self) -> Option<&[String]> {
+        self.activate.as_deref()
     }
 
     /// Adds a declaration; an entry point declared twice, or more than [`MAX_TASKS`], is an error.
@@ -228,6 +250,10 @@ impl Manifest {
         let mut manifest =
             Manifest::new(file.app_id.get_ref(), file.version.as_deref().unwrap_or(""))
                 .map_err(|e| at(file.app_id.span().start, e))?;
+        if let Some(argv) = file.activate {
+            check_command("activate", argv.get_ref()).map_err(|e| at(argv.span().start, e))?;
+            manifest.activate = Some(argv.into_inner());
+        }
         for task in file.task {
             let start = task.entry_point.span().start;
             let ep = task.entry_point.get_ref();

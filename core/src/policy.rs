@@ -52,6 +52,9 @@ pub struct Policy {
     /// `STORAGE_NOT_LOW` holds while more than this percentage of the store's file system is
     /// available (default 10; 0..=100).
     pub storage_low_percent: u8,
+    /// How long a run waits for the app that the manifest's `activate` started to offer its
+    /// handler before it fails, saying so (default 30 s; SPEC §12).
+    pub activation_timeout_ms: u32,
 }
 
 impl Default for Policy {
@@ -67,6 +70,7 @@ impl Default for Policy {
             history_limit: 100,
             allow_application_triggers: true,
             storage_low_percent: 10,
+            activation_timeout_ms: 30_000,
         }
     }
 }

@@ -883,6 +883,36 @@ impl System {
         }
     }
 
+    /// For an app started for background work (`activate` in the manifest, `BTB_ACTIVATION=1`
+    /// in its environment; SPEC §12): serves the runs its broker hands it, and returns once none
+    /// is left for it — no run waits for a handler it offers, and none of those runs is going —
+    /// `true`; or `false` at `timeout`. Register the handlers first. A process that holds the
+    /// store itself (no broker ran) waits for its own runs, as `wait_idle`.
+    pub fn serve_activation(&self, timeout: std::time::Duration) -> Result<bool> {
+        let deadline = std::time::Instant::now() + timeout;
+        let r = match self.home.route() {
+            Route::Local(_) => return self.wait_idle(timeout),
+            Route::Remote(r) => r,
+        };
+        // Asked again after each pause: the runs are handed on the feed, and end in the runs'
+        // own threads; a short pause, doubling, bounds the questions a busy app asks.
+        let mut pause = std::time::Duration::from_millis(20);
+        loop {
+            let offer = r.current_offer();
+            match r.ask(&Request::Waiting { offer })? {
+                Reply::Waiting { runs: 0 } => return Ok(true),
+                Reply::Waiting { .. } => {}
+                other => return Err(unexpected(&other)),
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            std::thread::sleep(pause.min(left));
+            pause = (pause * 2).min(std::time::Duration::from_millis(500));
+        }
+    }
+
     /// Waits until nothing runs or is runnable and every handler has been called: `true`, or
     /// `false` after `timeout` — the store error (`STORE`) instead when the work is held because
     /// the store cannot be written (SPEC §7). Not from a btb handler thread (`STATE`). In a client, which runs
@@ -1168,6 +1198,9 @@ impl System {
                 .task_id_of(&task)
                 .and_then(|id| self.unregister(&id, cancel_task))
                 .map(|()| Reply::Done),
+            Request::Waiting { offer } => shared
+                .waiting_for(&offer)
+                .map(|runs| Reply::Waiting { runs }),
             Request::Doctor => self.doctor().map(|states| Reply::Doctor {
                 states,
                 broker: Some(std::process::id()),

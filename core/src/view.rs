@@ -100,7 +100,8 @@ pub struct TaskFacts {
     pub retry: Option<(u32, i64)>,
     /// The message of the last recorded run (`show` only).
     pub last_message: Option<String>,
-    /// Its fire waits for a process of the app that has this handler (SPEC §12).
+    /// Its fire waits for a process of the app that has its handler (SPEC §12): the sentence
+    /// that says which, and whether the app is being started.
     pub waiting_for_handler: Option<String>,
 }
 
@@ -205,10 +206,8 @@ fn why_live(record: &TaskRecord, facts: &TaskFacts, now_ms: i64) -> String {
     if let Some(since) = facts.running_since_ms {
         return format!("running since {}", rfc3339(since));
     }
-    if let Some(handler) = &facts.waiting_for_handler {
-        return format!(
-            "waiting for a process of the app that runs {handler} (no `activate` in the manifest)"
-        );
+    if let Some(sentence) = &facts.waiting_for_handler {
+        return sentence.clone();
     }
     if let Some((attempt, at)) = facts.retry {
         let of = record

@@ -53,7 +53,19 @@ impl Broker {
                 .get(id)
                 .and_then(|p| p.not_before.map(|at| (p.attempt, at))),
             last_message: None,
-            waiting_for_handler: st.pending.get(id).and_then(|p| p.needs_handler.clone()),
+            waiting_for_handler: st.pending.get(id).and_then(|p| {
+                let handler = p.needs_handler.as_deref()?;
+                Some(match (self.manifest.activate(), &st.activation) {
+                    (None, _) => format!(
+                        "waiting for a process of the app that runs {handler} (no `activate` in the manifest)"
+                    ),
+                    (Some(_), Some(a)) if a.pid != 0 => format!(
+                        "waiting for the app started for background work (pid {}) to offer {handler}",
+                        a.pid
+                    ),
+                    (Some(_), _) => format!("waiting for the app to start and offer {handler}"),
+                })
+            }),
         }
     }
 
@@ -95,6 +107,30 @@ impl Broker {
                 TaskView::new(r, &facts, now, task.is_some())
             })
             .collect())
+    }
+
+    /// How many runs a process that offers `offer` is still to serve: those that wait for a
+    /// handler it offers, and those of such tasks going now.
+    pub(crate) fn waiting_for(&self, offer: &crate::control::Offer) -> Result<usize> {
+        let st = self.open_state()?;
+        let covered = |r: &TaskRecord| {
+            offer.covers(
+                r.task_entry_point.as_deref(),
+                r.task_group.as_ref().map(|g| g.id.as_str()),
+            ) > 0
+        };
+        let parked = st
+            .pending
+            .iter()
+            .filter(|(_, p)| p.needs_handler.is_some())
+            .filter(|(id, _)| st.registry.get(id).is_some_and(|r| covered(r)))
+            .count();
+        let running = st
+            .running
+            .values()
+            .filter(|r| covered(r.instance.task().record()))
+            .count();
+        Ok(parked + running)
     }
 
     /// Fires a task as if its trigger fired (`btbctl run`); with `ignore_conditions` it runs even

@@ -30,6 +30,8 @@ pub(crate) struct Pending {
     pub(crate) not_before: Option<i64>,
     /// It started, but no process of the app has its handler: it waits for one (`park`).
     pub(crate) needs_handler: Option<String>,
+    /// With `activate` in the manifest: it fails unless a handler appears by then.
+    pub(crate) park_deadline: Option<i64>,
 }
 
 impl Broker {
@@ -60,9 +62,20 @@ impl Broker {
         );
         log::info!(
             target: "btb",
-            "run of {:?} waits for a process of the app that runs {what} (no `activate` in the manifest): {why}",
-            instance.task().name()
+            "run of {:?} waits for a process of the app that runs {what}{}: {why}",
+            instance.task().name(),
+            if self.manifest.activate().is_some() {
+                " (starting the app: `activate`)"
+            } else {
+                " (no `activate` in the manifest)"
+            }
         );
+        let now = self.clock.now_ms();
+        // With `activate`, the app is started for it and has a while to offer the handler.
+        let deadline = self
+            .manifest
+            .activate()
+            .map(|_| now.saturating_add(i64::from(self.policy.activation_timeout_ms)));
         if !st.pending.contains_key(&task_id) {
             st.latch(
                 task_id,
@@ -73,8 +86,12 @@ impl Broker {
             );
             if let Some(p) = st.pending.get_mut(&task_id) {
                 p.needs_handler = Some(what);
+                p.park_deadline = deadline;
             }
             st.unpersisted.push(task_id);
+        }
+        if let Some(at) = deadline {
+            st.wake_broker_by(at, &self.waker);
         }
         let mut changes = vec![ScheduleChange::Unstarted(instance.instance_id())];
         for id in std::mem::take(&mut st.unpersisted) {
@@ -94,7 +111,6 @@ impl Broker {
         }
         self.commit(&mut st, changes);
         self.changed();
-        let now = self.clock.now_ms();
         self.dispatch(&mut st, now); // its slot is free for others
         true
     }
@@ -108,6 +124,7 @@ impl Broker {
         let mut any = false;
         for p in st.pending.values_mut() {
             any |= p.needs_handler.take().is_some();
+            p.park_deadline = None;
         }
         if any {
             let now = self.clock.now_ms();

@@ -54,6 +54,7 @@
 //! hold one are never dropped under a lock; [`State::defer_drop`] hands them to the [`Locked`]
 //! guard, which drops them right after it releases the state lock.
 
+mod activation;
 mod cancel;
 mod exec;
 mod explain;
@@ -115,6 +116,8 @@ pub(crate) struct State {
     due: HashMap<Uuid, i64>,
     /// Retries waiting for their delay: `(not before, task)` of pending fires (`retry.rs`).
     retry_timers: BTreeSet<(i64, Uuid)>,
+    /// The app process started for background work (`activation.rs`).
+    activation: Option<activation::Activation>,
     once_fired: HashSet<Uuid>,
     states: States,
     /// With the number of the last store write queued before it: it starts once that is committed.
@@ -152,6 +155,7 @@ impl State {
             running: HashMap::new(),
             timers: BTreeSet::new(),
             retry_timers: BTreeSet::new(),
+            activation: None,
             due: HashMap::new(),
             once_fired: HashSet::new(),
             states: States::default(),
@@ -742,6 +746,10 @@ impl Broker {
         for id in running {
             self.cancel_task(&mut st, &id, CancellationReason::Terminating, now);
         }
+        // The app started for background work ends with its broker (SIGKILL below if need be).
+        if let Some(a) = &st.activation {
+            a.signal(rustix::process::Signal::TERM);
+        }
         // Wait (real time) for running instances to end and handlers to be called.
         st = self.wait_closing(st, deadline, |st| st.running.is_empty());
         // Host processes still running: SIGTERM, and SIGKILL after a second grace, as after a
@@ -775,6 +783,9 @@ impl Broker {
                         .is_some_and(|r| r.instance == *i)
                 })
             });
+        }
+        if let Some(a) = &st.activation {
+            a.signal(rustix::process::Signal::KILL);
         }
         let stuck: Vec<Instance> = st.running.values().map(|r| r.instance.clone()).collect();
         for instance in stuck {

@@ -120,6 +120,8 @@ impl Broker {
                     if resolver || !self.park(&instance, &message) {
                         instance.report_failure(message);
                         let _ = instance.finish_run();
+                    } else {
+                        self.activate(); // when the manifest says how to start the app
                     }
                 }
             }

@@ -48,6 +48,7 @@ impl State {
                 attempt,
                 not_before,
                 needs_handler: None,
+                park_deadline: None,
             },
         );
     }
@@ -254,9 +255,33 @@ impl Broker {
         while st.retry_timers.first().is_some_and(|(at, _)| *at <= now) {
             st.retry_timers.pop_first();
         }
+        // Runs that waited for the activated app's handler longer than the policy allows.
+        if st
+            .pending
+            .values()
+            .any(|p| p.park_deadline.is_some_and(|d| d <= now))
+        {
+            let who = st.activation.as_ref().map_or_else(
+                || "the activated app".to_owned(),
+                |a| format!("the activated app (pid {})", a.pid),
+            );
+            let limit = self.policy.activation_timeout_ms;
+            self.fail_parked(
+                st,
+                now,
+                |p| p.park_deadline.is_some_and(|d| d <= now),
+                |handler| format!("{who} did not offer {handler} within {limit} ms"),
+            );
+        }
         self.dispatch(st, now);
         let timer = st.timers.first().map(|(due, _)| due + window);
-        let retry = st.retry_timers.first().map(|(at, _)| *at);
+        let retry = [
+            st.retry_timers.first().map(|(at, _)| *at),
+            st.pending.values().filter_map(|p| p.park_deadline).min(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let deadlines = st
             .running
             .values()

@@ -1,0 +1,223 @@
+//! Activation (SPEC §12), as Windows activates an app for its in-process background task: a run
+//! whose handler no process has, in an app whose manifest says how to start it (`activate`),
+//! starts the app — one process for every run that waits — with a clean environment,
+//! `BTB_APP_ID`, `BTB_ACTIVATION=1` and `BTB_STORE`. The app opens its system (a client of this
+//! broker), offers its handlers, and is handed the runs (`handlers_changed`); it returns from
+//! `serve_activation` when nothing is left for it. A run that no process offers a handler for
+//! within `policy.activation_timeout_ms` fails, saying so; so does every run that waits when the
+//! app cannot be started or exits without offering its handler.
+//!
+//! The process is supervised like an `exec` host: its own process group, a pidfd, a thread
+//! (`btb-activation`, owned by the broker's `ThreadSet`) that reaps it; `close` ends it (SIGTERM,
+//! SIGKILL after the grace).
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use rustix::event::{PollFd, PollFlags, poll};
+use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
+use uuid::Uuid;
+
+use super::{Broker, Note, State};
+use crate::model::{RunRecord, TaskOutcome};
+use crate::store::ScheduleChange;
+
+/// The app process started for background work.
+pub(crate) struct Activation {
+    /// 0 while it is being started.
+    pub(crate) pid: u32,
+    pidfd: Option<OwnedFd>,
+}
+
+impl Activation {
+    /// Signals the app (and what it forked into its group).
+    pub(crate) fn signal(&self, signal: Signal) {
+        if let Some(fd) = &self.pidfd {
+            let _ = rustix::process::pidfd_send_signal(fd, signal);
+        }
+        if let Some(pid) = Pid::from_raw(self.pid as i32) {
+            let _ = rustix::process::kill_process_group(pid, signal);
+        }
+    }
+}
+
+impl Broker {
+    /// Starts the app for the runs that wait for a handler, unless it runs already or the
+    /// manifest has no `activate`. Called with no btb lock held (it forks).
+    pub(super) fn activate(self: &Arc<Self>) {
+        let Some(argv) = self.manifest.activate() else {
+            return;
+        };
+        {
+            let mut st = self.lock();
+            if st.activation.is_some() || st.closing {
+                return;
+            }
+            st.activation = Some(Activation {
+                pid: 0,
+                pidfd: None,
+            });
+        }
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin");
+        for name in ["HOME", "USER", "LOGNAME", "LANG", "XDG_RUNTIME_DIR", "TZ"] {
+            if let Some(v) = std::env::var_os(name) {
+                cmd.env(name, v);
+            }
+        }
+        cmd.env("BTB_APP_ID", self.manifest.app_id())
+            .env("BTB_ACTIVATION", "1")
+            .env("BTB_STORE", &self.store_path)
+            .stdin(Stdio::null())
+            .process_group(0);
+        if let Some(path) = self.manifest.path() {
+            cmd.env("BTB_MANIFEST", path);
+        }
+        if let Some(dir) = std::path::Path::new(&self.store_path).parent() {
+            cmd.current_dir(dir);
+        }
+        let started = cmd.spawn().and_then(|child| {
+            let pid = Pid::from_raw(child.id() as i32).expect("a child has a pid");
+            let fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
+            Ok((child.id(), fd))
+        });
+        let now = self.clock.now_ms();
+        let mut st = self.lock();
+        match started {
+            Ok((pid, fd)) => {
+                log::info!(target: "btb", "started the app for background work (pid {pid}): {}", argv.join(" "));
+                let watched = fd.try_clone();
+                st.activation = Some(Activation {
+                    pid,
+                    pidfd: Some(fd),
+                });
+                let shared = Arc::clone(self);
+                let spawned = watched.and_then(|fd| {
+                    self.threads.spawn("btb-activation", move || {
+                        shared.watch_activation(pid, fd);
+                    })
+                });
+                if let Err(e) = spawned {
+                    log::error!(target: "btb", "cannot watch the activated app (pid {pid}): {e}");
+                }
+            }
+            Err(e) => {
+                st.activation = None;
+                let why = format!("cannot start the app to run it ({}): {e}", argv[0]);
+                log::error!(target: "btb", "{why}");
+                self.fail_parked(&mut st, now, |_| true, |_| why.clone());
+            }
+        }
+    }
+
+    /// Waits for the activated app to exit, reaps it, and fails the runs that still wait for a
+    /// handler it never offered.
+    fn watch_activation(self: &Arc<Self>, pid: u32, fd: OwnedFd) {
+        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+        while matches!(poll(&mut fds, None), Err(rustix::io::Errno::INTR)) {}
+        let status = rustix::process::waitid(WaitId::PidFd(fd.as_fd()), WaitIdOptions::EXITED);
+        let status = match status {
+            Ok(Some(s)) => match (s.exit_status(), s.terminating_signal()) {
+                (Some(code), _) => format!("status {code}"),
+                (None, Some(signal)) => format!("signal {signal}"),
+                _ => "an unknown status".to_owned(),
+            },
+            other => format!("an unreadable status ({other:?})"),
+        };
+        let now = self.clock.now_ms();
+        let mut st = self.lock();
+        if st.activation.as_ref().is_some_and(|a| a.pid == pid) {
+            st.activation = None;
+        }
+        log::info!(target: "btb", "the activated app (pid {pid}) exited with {status}");
+        self.fail_parked(
+            &mut st,
+            now,
+            |_| true,
+            |handler| {
+                format!(
+                    "the activated app (pid {pid}) exited with {status} without offering {handler}"
+                )
+            },
+        );
+        self.changed();
+    }
+
+    /// Fails the runs that wait for a handler and that `which` picks: each is recorded as a
+    /// failed run (`why`, then the handler it waited for) and its fire let go.
+    pub(super) fn fail_parked(
+        self: &Arc<Self>,
+        st: &mut State,
+        now: i64,
+        which: impl Fn(&super::Pending) -> bool,
+        why: impl Fn(&str) -> String,
+    ) {
+        let parked: Vec<Uuid> = st
+            .pending
+            .iter()
+            .filter(|(_, p)| p.needs_handler.is_some() && which(p))
+            .map(|(id, _)| *id)
+            .collect();
+        let mut changes = Vec::new();
+        for task_id in parked {
+            let Some(p) = st.unlatch(&task_id) else {
+                continue;
+            };
+            if p.persisted {
+                changes.push(ScheduleChange::Pending(task_id, None));
+            }
+            let Some(record) = st.registry.get(&task_id).cloned() else {
+                continue;
+            };
+            let message = why(p.needs_handler.as_deref().unwrap_or_default());
+            log::info!(target: "btb", "run of {:?} failed: {message}", record.name);
+            let completion = super::Completion {
+                instance_id: Uuid::new_v4(),
+                outcome: TaskOutcome::Failed,
+                message: Some(message),
+                reason: None,
+                last_progress: 0,
+                attempt: p.attempt,
+                retry_at_ms: None,
+                output: None,
+            };
+            let run = RunRecord {
+                instance_id: completion.instance_id,
+                task_id,
+                trigger_kind: record.trigger.kind(),
+                trigger_details: p.details.as_ref().map(|d| d.to_string()),
+                started_ms: now,
+                ended_ms: now,
+                outcome: TaskOutcome::Failed,
+                reason: None,
+                message: completion.message.clone(),
+                last_progress: 0,
+                stdout: None,
+                stderr: None,
+                attempt: p.attempt,
+                retry_at_ms: None,
+                output: None,
+            };
+            self.writer
+                .enqueue(super::writer::Write::Run(run, self.policy.history_limit));
+            let handlers = self
+                .handlers()
+                .completed
+                .get(&task_id)
+                .cloned()
+                .unwrap_or_default();
+            let registration = crate::registration::Registration::new(
+                crate::system::Home::Broker(Arc::clone(self)),
+                record,
+            );
+            st.notes
+                .push_back(Note::Completed(registration, completion, handlers));
+            self.notify_cv.notify_one();
+        }
+        self.commit(st, changes);
+    }
+}

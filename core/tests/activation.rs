@@ -1,0 +1,203 @@
+//! Activation (SPEC §12): a run whose handler no process has starts the app the manifest's
+//! `activate` names — a real process, this test binary in the role of the app — which opens its
+//! system as a client of the broker, offers its handler, is handed the run, and returns from
+//! `serve_activation` once nothing is left for it; a run fails, saying so, when the app cannot
+//! start, or does not offer the handler within the activation timeout (manual clock).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, mpsc};
+
+use btb_core::*;
+use common::rt::{DEADLINE, SEC, T0, recv};
+
+const EP: &str = "app.Sync";
+
+fn manifest(app_id: &str, activate: Vec<String>) -> Manifest {
+    let mut m = Manifest::new(app_id, "1").unwrap();
+    m.declare(TaskDeclaration::new(EP, &["general"]).unwrap())
+        .unwrap();
+    m.with_activate(activate).unwrap()
+}
+
+fn this_binary_as(name: &str) -> Vec<String> {
+    vec![
+        std::env::current_exe().unwrap().display().to_string(),
+        "--exact".into(),
+        name.into(),
+        "--ignored".into(),
+        "--nocapture".into(),
+        "--test-threads=1".into(),
+    ]
+}
+
+fn open(
+    store: &Path,
+    app_id: &str,
+    activate: Vec<String>,
+    clock: Clock,
+    timeout_ms: u32,
+) -> System {
+    System::open(SystemOptions {
+        manifest: Some(manifest(app_id, activate)),
+        store: StoreLocation::File(store.to_owned()),
+        clock,
+        simulated: true,
+        policy: Policy {
+            durability: Durability::Normal,
+            activation_timeout_ms: timeout_ms,
+            ..Policy::default()
+        },
+        ..SystemOptions::default()
+    })
+    .unwrap()
+}
+
+fn request_sync(
+    sys: &System,
+    details: serde_json::Value,
+) -> (Registration, mpsc::Receiver<Completion>) {
+    let mut b = Builder::new();
+    b.name = Some("sync".into());
+    b.task_entry_point = Some(EP.into());
+    b.set_trigger(Trigger::application());
+    let reg = sys.register(&b).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    reg.add_completed(Arc::new(move |_: &Registration, c: &Completion| {
+        let _ = tx.lock().unwrap().send(c.clone());
+    }))
+    .unwrap();
+    assert_eq!(
+        reg.request(Some(details)).unwrap(),
+        ApplicationTriggerResult::Allowed
+    );
+    (reg, rx)
+}
+
+/// The app, as `activate` starts it (active only with `BTB_ACTIVATION=1`): opens its system
+/// as a client of the broker, offers its run function, serves, and says how it ended in
+/// `<store dir>/app.fifo`.
+#[test]
+#[ignore = "the app process that activation_starts_the_app_… starts"]
+fn activated_app() {
+    if std::env::var("BTB_ACTIVATION").as_deref() != Ok("1") {
+        return;
+    }
+    let store = PathBuf::from(std::env::var("BTB_STORE").unwrap());
+    let app_id = std::env::var("BTB_APP_ID").unwrap();
+    let sys = System::open(SystemOptions {
+        manifest: Some(manifest(&app_id, vec!["/bin/false".into()])),
+        store: StoreLocation::File(store.clone()),
+        simulated: true,
+        ..SystemOptions::default()
+    })
+    .unwrap();
+    let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = Arc::clone(&runs);
+    sys.register_entry_point(
+        EP,
+        Some(Handler::Call(Arc::new(move |i: &Instance| {
+            seen.lock().unwrap().push(i.trigger_details().cloned());
+            i.set_output(&serde_json::json!({"served_by": std::process::id()}))
+                .unwrap();
+        }))),
+    )
+    .unwrap();
+    let served = sys.serve_activation(DEADLINE).unwrap();
+    let report = format!(
+        "client={} served={served} runs={}\n",
+        !sys.is_broker(),
+        serde_json::to_string(&*runs.lock().unwrap()).unwrap()
+    );
+    sys.close().unwrap();
+    std::fs::write(store.with_file_name("app.fifo"), report).unwrap();
+}
+
+#[test]
+fn activation_starts_the_app_which_serves_the_run_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("btb.sqlite3");
+    let fifo = dir.path().join("app.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let (tx, report) = mpsc::channel();
+    let reading = fifo.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::read_to_string(reading).unwrap());
+    });
+    let app_id = format!("org.example.activation.p{}", std::process::id());
+    let sys = open(
+        &store,
+        &app_id,
+        this_binary_as("activated_app"),
+        Clock::Real,
+        30_000,
+    );
+    let (reg, done) = request_sync(&sys, serde_json::json!({"note": 7}));
+    let c = recv(&done, "the run in the activated app");
+    assert_eq!(c.outcome, TaskOutcome::Succeeded, "{c:?}");
+    let app_pid = c.output.as_ref().unwrap()["served_by"].as_u64().unwrap();
+    assert_ne!(
+        app_pid,
+        u64::from(std::process::id()),
+        "run in another process"
+    );
+    let report = report
+        .recv_timeout(DEADLINE)
+        .expect("the activated app to finish serving and exit");
+    assert_eq!(
+        report, "client=true served=true runs=[{\"note\":7}]\n",
+        "it was a client, was handed the run with its details, and returned once none was left"
+    );
+    assert!(sys.wait_idle(DEADLINE).unwrap());
+    assert_eq!(reg.history().unwrap().len(), 1);
+    sys.close().unwrap();
+}
+
+#[test]
+fn a_run_fails_when_the_app_cannot_start_or_does_not_offer_its_handler_in_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let app_id = format!("org.example.activation.fail.p{}", std::process::id());
+    let sys = open(
+        &dir.path().join("a.sqlite3"),
+        &app_id,
+        vec!["/nonexistent/app".into()],
+        Clock::Real,
+        30_000,
+    );
+    let (_, done) = request_sync(&sys, serde_json::json!({}));
+    let c = recv(&done, "the failed activation");
+    assert_eq!(c.outcome, TaskOutcome::Failed);
+    let m = c.message.unwrap();
+    assert!(
+        m.starts_with("cannot start the app to run it (/nonexistent/app): "),
+        "{m}"
+    );
+    sys.close().unwrap();
+
+    // An app that starts but never offers the handler: the run fails after the timeout.
+    let clock = ManualClock::new(T0).unwrap();
+    let sys = open(
+        &dir.path().join("b.sqlite3"),
+        &format!("{app_id}.b"),
+        vec!["/bin/sleep".into(), "60".into()],
+        Clock::Manual(clock.clone()),
+        5_000,
+    );
+    let (reg, done) = request_sync(&sys, serde_json::json!({}));
+    assert!(sys.wait_idle(DEADLINE).unwrap());
+    assert!(reg.history().unwrap().is_empty(), "it waits for the app");
+    clock.advance_ms(5 * SEC - 1).unwrap();
+    assert!(done.try_recv().is_err(), "not before the timeout");
+    clock.advance_ms(1).unwrap();
+    let c = recv(&done, "the run that no app offered a handler for");
+    assert_eq!(c.outcome, TaskOutcome::Failed);
+    let m = c.message.unwrap();
+    assert!(
+        m.starts_with("the activated app (pid ")
+            && m.ends_with(") did not offer app.Sync within 5000 ms"),
+        "{m}"
+    );
+    sys.close().unwrap(); // and ends the app it started
+}
