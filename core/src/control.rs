@@ -48,6 +48,9 @@ pub const MAX_NAME: usize = 256;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client waits for a reply.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client process has to start a run handed to it (its hello, or its attach) before
+/// the broker gives the run to another client that offers to run it (if there is one).
+pub const START_TIMEOUT: Duration = Duration::from_secs(3);
 /// Connections served at once; more are answered "busy" and closed.
 pub const MAX_CONNECTIONS: usize = 4096;
 /// Replies queued for a peer that does not read: past this, the connection is dropped.
@@ -317,6 +320,11 @@ pub struct Offer {
     pub activation: Vec<Option<String>>,
     /// It resolves other entry points itself (Python imports `package.module:function`).
     pub resolver: bool,
+    /// It says hello on a ready connection before it runs what the broker starts there
+    /// (`ToHost::Run`), and runs it only once welcomed: the broker may then take back a run the
+    /// client does not start in time ([`START_TIMEOUT`]) and give it to another client.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub starts: bool,
 }
 
 impl Offer {
@@ -491,6 +499,43 @@ pub struct Broadcast {
     attaching: std::sync::Mutex<std::collections::HashMap<Uuid, (u64, Attached)>>,
     /// By client pid: connections waiting for a run ([`Request::Ready`]).
     ready: std::sync::Mutex<std::collections::HashMap<u32, Vec<(UnixStream, Decoder)>>>,
+    /// By client pid: how it took the runs handed to it (which client the next run goes to).
+    health: std::sync::Mutex<std::collections::HashMap<u32, Health>>,
+    /// Counts runs handed to clients (round robin: the client handed one least recently first).
+    hands: std::sync::atomic::AtomicU64,
+}
+
+/// How a client process took the runs handed to it.
+#[derive(Default, Clone, Copy)]
+struct Health {
+    /// When it was last handed a run (a value of `Broadcast::hands`).
+    last_hand: u64,
+    /// Runs handed to it that it has not started yet.
+    unstarted: usize,
+    /// It let a start deadline pass and has shown no sign of life since (a new ready connection,
+    /// an offer, a run started).
+    stalled: bool,
+}
+
+/// How a run handed to a client ended its start ([`Broadcast::settle`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The client started it (its hello or attach came).
+    Started,
+    /// The client let the start deadline pass: the run was taken back.
+    Missed,
+    /// The run ended otherwise before it started (abandoned, or the client went away).
+    Dropped,
+}
+
+/// The client [`Broadcast::pick`] chose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Picked {
+    /// Its feed connection.
+    pub conn: u64,
+    pub pid: u32,
+    /// It says hello before it runs a run started on a ready connection ([`Offer::starts`]).
+    pub starts: bool,
 }
 
 /// Where a client's connection for a run goes: the connection and the bytes it sent after its
@@ -512,28 +557,73 @@ impl Broadcast {
     }
 
     /// The subscribed client that can run a task best, at least as well as `fit` (see
-    /// [`Offer::covers`]; the longest-connected first): its connection and pid. Also how many
-    /// clients there are.
+    /// [`Offer::covers`]), leaving out the processes in `besides`: among those that fit best,
+    /// one that has not let a start deadline pass, then one with the fewest runs handed to it
+    /// and not started, then the one handed a run least recently (round robin), then the
+    /// longest-connected. Its connection, pid and whether it starts runs ([`Offer::starts`]);
+    /// also how many clients there are.
     pub fn pick(
         &self,
         entry_point: Option<&str>,
         group: Option<&str>,
         fit: u8,
-    ) -> (Option<(u64, u32)>, usize) {
+        besides: &[u32],
+    ) -> (Option<Picked>, usize) {
         let offers = locked(&self.offers);
+        let health = locked(&self.health);
         let best = offers
             .iter()
+            .filter(|(_, (pid, _))| !besides.contains(pid))
             .map(|(conn, (pid, offer))| {
+                let h = health.get(pid).copied().unwrap_or_default();
                 (
-                    offer.covers(entry_point, group),
-                    std::cmp::Reverse(*conn),
-                    *pid,
+                    (
+                        offer.covers(entry_point, group),
+                        !h.stalled,
+                        std::cmp::Reverse(h.unstarted),
+                        std::cmp::Reverse(h.last_hand),
+                        std::cmp::Reverse(*conn),
+                    ),
+                    Picked {
+                        conn: *conn,
+                        pid: *pid,
+                        starts: offer.starts,
+                    },
                 )
             })
-            .filter(|(score, _, _)| *score >= fit.max(1))
-            .max()
-            .map(|(_, conn, pid)| (conn.0, pid));
+            .filter(|(rank, _)| rank.0 >= fit.max(1))
+            .max_by_key(|(rank, _)| *rank)
+            .map(|(_, picked)| picked);
         (best, offers.len())
+    }
+
+    /// A run is being handed to client process `pid` (settle it with [`Broadcast::settle`]).
+    pub fn handing(&self, pid: u32) {
+        let hand = self.hands.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
+        let mut health = locked(&self.health);
+        let h = health.entry(pid).or_default();
+        h.last_hand = hand;
+        h.unstarted += 1;
+    }
+
+    /// How a run handed to client process `pid` ended its start.
+    pub fn settle(&self, pid: u32, start: Start) {
+        let mut health = locked(&self.health);
+        if let Some(h) = health.get_mut(&pid) {
+            h.unstarted = h.unstarted.saturating_sub(1);
+            match start {
+                Start::Started => h.stalled = false,
+                Start::Missed => h.stalled = true,
+                Start::Dropped => {}
+            }
+        }
+    }
+
+    /// Client process `pid` showed a sign of life (a new ready connection, an offer).
+    fn alive(&self, pid: u32) {
+        if let Some(h) = locked(&self.health).get_mut(&pid) {
+            h.stalled = false;
+        }
     }
 
     /// Hands a run to the client on connection `conn`; the connection it attaches for the run
@@ -741,6 +831,8 @@ impl ControlListener {
                 offers: Default::default(),
                 attaching: Default::default(),
                 ready: Default::default(),
+                health: Default::default(),
+                hands: 0.into(),
             })
         })
         .map_err(|e| cleanup(Error::state(format!("cannot create an eventfd: {e}"))))?;
@@ -1074,6 +1166,7 @@ impl Server {
             && let Request::Offer { offer } = request
         {
             locked(&self.broadcast.offers).insert(conn.id, (conn.pid, offer));
+            self.broadcast.alive(conn.pid);
             return None;
         }
         if conn.greeted
@@ -1200,6 +1293,9 @@ impl Server {
                 offers.remove(&c.id);
                 locked(&broadcast.attaching).retain(|_, (conn, _)| *conn != c.id);
                 locked(&broadcast.ready).remove(&c.pid);
+                if !offers.values().any(|(pid, _)| *pid == c.pid) {
+                    locked(&broadcast.health).remove(&c.pid);
+                }
                 drop(offers);
             }
         };
@@ -1213,6 +1309,7 @@ impl Server {
                         .entry(c.pid)
                         .or_default()
                         .push((stream, rest));
+                    broadcast.alive(c.pid);
                 }
                 return false; // handed over (the clone); this copy closes
             }
@@ -1414,6 +1511,7 @@ impl Client {
         let pid = self.broker_pid;
         let broken = |delivered: bool, what: String| Failure {
             delivered,
+            timed_out: false,
             pid,
             error: Error::state(format!(
                 "talking to the btb broker for app {:?}: {what}",
@@ -1444,10 +1542,17 @@ impl Client {
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                return Err(broken(
-                    true,
-                    format!("no reply within {} s", CLIENT_TIMEOUT.as_secs()),
-                ));
+                return Err(Failure {
+                    timed_out: true,
+                    ..broken(
+                        true,
+                        format!(
+                            "no reply within {} s (the broker is stopped or stuck; the connection \
+                             was dropped)",
+                            CLIENT_TIMEOUT.as_secs()
+                        ),
+                    )
+                });
             }
             (Err(e), Ok(())) => return Err(broken(true, format!("cannot read the reply: {e}"))),
         };
@@ -1463,6 +1568,9 @@ impl Client {
 pub struct Failure {
     /// The request was sent (the broker may have acted on it).
     pub delivered: bool,
+    /// No reply came in time: the broker is there but did not answer (stopped, stuck). Its
+    /// connection is out of step and must be dropped; its feed says whether it is gone.
+    pub timed_out: bool,
     /// The broker's process id.
     pub pid: u32,
     pub error: Error,

@@ -559,3 +559,129 @@ fn a_client_that_sends_garbage_for_a_run_fails_that_run() {
     // The broker still serves.
     assert!(broker.all_tasks().unwrap().len() == 1);
 }
+
+// ------------------------------------------------------------------------------------------------
+// A broker that stalls (SIGSTOP past the client's timeout, then SIGCONT) is not a dead one: the
+// client's calls fail meanwhile, but it keeps its one feed — each completion reaches its handler
+// once — and failed or timed-out calls leave no thread and no descriptor behind.
+
+fn count(dir: &str) -> usize {
+    std::fs::read_dir(dir).unwrap().count()
+}
+
+fn signal(child: &Child, signal: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, signal).unwrap();
+}
+
+/// Writes a line to a child waiting on its stdin.
+fn tell(child: &mut Proc, line: &str) {
+    let stdin = child.child.stdin.as_mut().unwrap();
+    writeln!(stdin, "{line}").unwrap();
+    stdin.flush().unwrap();
+}
+
+fn wait_line() -> String {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).unwrap();
+    line.trim().to_owned()
+}
+
+#[test]
+#[ignore = "the broker process of a_stalled_broker_keeps_its_clients_one_feed"]
+fn plain_broker_child() {
+    let Some((path, app_id)) = child_env() else {
+        return;
+    };
+    let system = open(&path, &app_id);
+    assert!(system.is_broker());
+    system
+        .register_entry_point("app.All", Some(Handler::Call(Arc::new(|_| {}))))
+        .unwrap();
+    say("READY");
+    let _ = wait_line(); // serve until killed
+}
+
+#[test]
+#[ignore = "the client process of a_stalled_broker_keeps_its_clients_one_feed"]
+fn stalled_client_child() {
+    let Some((path, app_id)) = child_env() else {
+        return;
+    };
+    let system = open(&path, &app_id);
+    assert!(!system.is_broker());
+    let registration = system.register(&application_builder("stalled")).unwrap();
+    let (tx, rx) = mpsc::channel();
+    registration
+        .add_completed(Arc::new(move |_, c| {
+            let _ = tx.send(c.instance_id);
+        }))
+        .unwrap();
+    let run = || {
+        assert_eq!(
+            registration.request(None).unwrap(),
+            btb_core::ApplicationTriggerResult::Allowed
+        );
+        next(&rx)
+    };
+    let mut heard = vec![run()]; // every thread of the client is up now
+    let baseline = (count("/proc/self/task"), count("/proc/self/fd"));
+    say("STOP ME");
+    assert_eq!(wait_line(), "stopped");
+    // Calls to the stopped broker time out (a change, then a read: neither is a dead broker).
+    let started = Instant::now();
+    let e = registration.request(None).unwrap_err();
+    say(&format!("FAILED {} {}", e.kind().name(), e.message()));
+    let e = system.all_tasks().unwrap_err();
+    say(&format!("FAILED {} {}", e.kind().name(), e.message()));
+    assert!(started.elapsed() < DEADLINE);
+    let during = (count("/proc/self/task"), count("/proc/self/fd"));
+    assert_eq!(during.0, baseline.0, "threads after failed calls");
+    // The request connection, out of step, was dropped; the next call opens one.
+    assert!(during.1 <= baseline.1, "descriptors after failed calls");
+    say("CONTINUE ME");
+    assert_eq!(wait_line(), "continued");
+    // The broker answers again: a run requested now completes once (one feed).
+    heard.push(run());
+    heard.push(run());
+    let after = (count("/proc/self/task"), count("/proc/self/fd"));
+    assert_eq!(
+        after, baseline,
+        "threads and descriptors after the broker came back"
+    );
+    system.close().unwrap(); // the feed thread is joined: every notice it read was delivered
+    heard.extend(rx.try_iter());
+    let distinct: std::collections::HashSet<_> = heard.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        heard.len(),
+        "a completion delivered twice: {heard:?}"
+    );
+    // The request that timed out was delivered: the broker, once continued, may have done it.
+    assert!((3..=4).contains(&heard.len()), "{heard:?}");
+    say(&format!("THREADS {} {}", baseline.0, after.0));
+    say("DONE");
+}
+
+#[test]
+fn a_stalled_broker_keeps_its_clients_one_feed() {
+    const APP: &str = "org.example.client.stall";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("btb.sqlite3");
+    let broker = spawn("plain_broker_child", &path, APP);
+    broker.expect("READY");
+    let mut client = spawn("stalled_client_child", &path, APP);
+    client.expect("STOP ME");
+    signal(&broker.child, rustix::process::Signal::STOP);
+    tell(&mut client, "stopped");
+    let failed = client.expect("FAILED ");
+    assert!(failed.starts_with("FAILED STATE"), "{failed}");
+    assert!(failed.contains("did not answer"), "{failed}");
+    client.expect("FAILED STATE");
+    client.expect("CONTINUE ME");
+    signal(&broker.child, rustix::process::Signal::CONT);
+    tell(&mut client, "continued");
+    println!("{}", client.expect("THREADS "));
+    client.expect("DONE");
+    client.wait_success();
+}

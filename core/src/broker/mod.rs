@@ -62,7 +62,7 @@ mod latch;
 mod notify;
 mod pool;
 mod tasks;
-mod threads;
+pub(crate) mod threads;
 mod timers;
 mod writer;
 
@@ -803,7 +803,7 @@ impl Broker {
 
 /// How long `close` waits, past the grace, for the broker's threads to end before it abandons
 /// those still in app code.
-const CLOSE_MARGIN: Duration = Duration::from_secs(1);
+pub(crate) const CLOSE_MARGIN: Duration = Duration::from_secs(1);
 
 pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic
