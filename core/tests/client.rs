@@ -685,3 +685,118 @@ fn a_stalled_broker_keeps_its_clients_one_feed() {
     client.expect("DONE");
     client.wait_success();
 }
+
+// ------------------------------------------------------------------------------------------------
+// A frozen client (SIGSTOP) does not take every run handed out: a run it does not start within
+// the start deadline goes to a healthy client that offers the same function, and the frozen one,
+// continued, does not run the instance that was taken from it.
+
+#[test]
+#[ignore = "a client process of a_frozen_client_does_not_take_every_run"]
+fn offering_child() {
+    let Some((path, app_id)) = child_env() else {
+        return;
+    };
+    let system = open(&path, &app_id);
+    assert!(!system.is_broker());
+    system
+        .register_entry_point(
+            "app.General",
+            Some(Handler::Call(Arc::new(|instance| {
+                say(&format!("RAN {}", instance.instance_id()));
+            }))),
+        )
+        .unwrap();
+    // A round trip after the offer: the broker has read it (the offer went first).
+    system.all_tasks().unwrap();
+    say("READY");
+    let _ = wait_line(); // until killed
+}
+
+#[test]
+fn a_frozen_client_does_not_take_every_run() {
+    const APP: &str = "org.example.client.frozen";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("btb.sqlite3");
+    let broker = open(&path, APP); // no handler for app.General here
+    let mut b = application_builder("handed");
+    b.task_entry_point = Some("app.General".into());
+    let registration = broker.register(&b).unwrap();
+    let (done_tx, done) = mpsc::channel();
+    registration
+        .add_completed(Arc::new(move |_, c| {
+            let _ = done_tx.send((c.instance_id, c.outcome));
+        }))
+        .unwrap();
+    // Both clients' lines on one channel, tagged: 1 the frozen one, 2 the healthy one.
+    let (lines_tx, lines) = mpsc::channel::<(u8, String)>();
+    let mut children = Vec::new();
+    for tag in [1u8, 2] {
+        let mut child = spawn("offering_child", &path, APP);
+        child.expect("READY");
+        let (_, empty) = mpsc::channel();
+        let own = std::mem::replace(&mut child.lines, empty);
+        let tx = lines_tx.clone();
+        std::thread::spawn(move || {
+            for line in own.iter() {
+                if let Some(at) = line.find("RAN ") {
+                    let _ = tx.send((tag, line[at..].to_owned()));
+                }
+            }
+        });
+        children.push(child);
+    }
+    // Requests a run; the instance id and who ran it (the tagged RAN lines seen meanwhile).
+    let run = || {
+        assert_eq!(
+            registration.request(None).unwrap(),
+            btb_core::ApplicationTriggerResult::Allowed
+        );
+        let (id, outcome) = next(&done);
+        assert_eq!(outcome, TaskOutcome::Succeeded);
+        let mut seen = Vec::new();
+        loop {
+            let (tag, line) = next(&lines);
+            let mine = line == format!("RAN {id}");
+            seen.push((tag, line));
+            if mine {
+                return (id, tag, seen);
+            }
+        }
+    };
+
+    signal(&children[0].child, rustix::process::Signal::STOP);
+    let started = Instant::now();
+    let (taken_back, by, _) = run(); // handed to the frozen client first, then taken back
+    assert_eq!(by, 2);
+    for _ in 0..3 {
+        let (_, by, seen) = run(); // straight to the healthy one
+        assert_eq!(by, 2, "{seen:?}");
+    }
+    let frozen_for = started.elapsed();
+    // One start deadline (3 s) in all, not one per run, and no time limit waited for.
+    assert!(
+        frozen_for < btb_core::control::START_TIMEOUT * 3,
+        "{frozen_for:?}"
+    );
+
+    // Continued, the frozen client runs again, but never the run taken from it: its first run
+    // (round robin brings it there) comes after it saw that run's end, on the same connection.
+    signal(&children[0].child, rustix::process::Signal::CONT);
+    let mut ran_in_first = Vec::new();
+    for _ in 0..8 {
+        let (id, by, seen) = run();
+        ran_in_first.extend(seen.into_iter().filter(|(tag, _)| *tag == 1));
+        if by == 1 {
+            assert!(
+                !ran_in_first.contains(&(1, format!("RAN {taken_back}"))),
+                "the frozen client ran the instance taken back from it: {ran_in_first:?}"
+            );
+            assert_eq!(ran_in_first, [(1, format!("RAN {id}"))]);
+            let runs = registration.history().unwrap();
+            assert!(runs.iter().all(|r| r.outcome == TaskOutcome::Succeeded));
+            return;
+        }
+    }
+    panic!("the continued client got no run in 8: {ran_in_first:?}");
+}
