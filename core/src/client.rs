@@ -268,6 +268,12 @@ impl Remote {
             };
             match client.exchange(request) {
                 Ok(reply) => return reply,
+                Err(failure) if failure.unreadable => {
+                    // The broker is there and answered: the call fails, and is not asked again
+                    // (the answer would be the same). The connection, out of step, is dropped.
+                    *conn = None;
+                    return Err(failure.error);
+                }
                 Err(failure) if failure.timed_out => {
                     // A broker that does not answer in time is stopped or stuck, not gone (its
                     // feed would have ended): the connection, out of step now, is dropped and

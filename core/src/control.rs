@@ -1512,6 +1512,7 @@ impl Client {
         let broken = |delivered: bool, what: String| Failure {
             delivered,
             timed_out: false,
+            unreadable: false,
             pid,
             error: Error::state(format!(
                 "talking to the btb broker for app {:?}: {what}",
@@ -1554,6 +1555,12 @@ impl Client {
                     )
                 });
             }
+            (Err(e), Ok(())) if e.kind() == io::ErrorKind::InvalidData => {
+                return Err(Failure {
+                    unreadable: true,
+                    ..broken(true, format!("cannot read the reply: {e}"))
+                });
+            }
             (Err(e), Ok(())) => return Err(broken(true, format!("cannot read the reply: {e}"))),
         };
         Ok(match reply {
@@ -1571,6 +1578,9 @@ pub struct Failure {
     /// No reply came in time: the broker is there but did not answer (stopped, stuck). Its
     /// connection is out of step and must be dropped; its feed says whether it is gone.
     pub timed_out: bool,
+    /// The broker answered, but its reply cannot be read (over the limit, not JSON): the
+    /// connection is out of step and must be dropped; asking again would get the same.
+    pub unreadable: bool,
     /// The broker's process id.
     pub pid: u32,
     pub error: Error,
