@@ -536,6 +536,8 @@ pub struct Picked {
     pub pid: u32,
     /// It says hello before it runs a run started on a ready connection ([`Offer::starts`]).
     pub starts: bool,
+    /// It let a start deadline pass and showed no sign of life since.
+    pub stalled: bool,
 }
 
 /// Where a client's connection for a run goes: the connection and the bytes it sent after its
@@ -588,6 +590,7 @@ impl Broadcast {
                         conn: *conn,
                         pid: *pid,
                         starts: offer.starts,
+                        stalled: h.stalled,
                     },
                 )
             })

@@ -552,8 +552,14 @@ impl Broker {
         let record = instance.task().record();
         let entry_point = record.task_entry_point.as_deref();
         let group = record.task_group.as_ref().map(|g| g.id.as_str());
-        // Whether a client other than `pid` could take the run.
-        let another = |pid: u32| broadcast.pick(entry_point, group, fit, &[pid]).0.is_some();
+        // Whether a healthy client other than `pid` could take the run (a run is not bounced
+        // between clients that are all stalled: it waits for the one it was handed to).
+        let another = |pid: u32| {
+            broadcast
+                .pick(entry_point, group, fit, &[pid])
+                .0
+                .is_some_and(|other| !other.stalled)
+        };
         // Clients that let this run's start deadline pass.
         let mut besides: Vec<u32> = Vec::new();
         loop {
