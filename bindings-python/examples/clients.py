@@ -46,6 +46,8 @@ def client(store: str) -> int:
             done.set()
 
         registration.add_completed(completed)
+        # The run and its completion may be printed before the answer to the request: they come
+        # on other connections, to other threads (SPEC §10 promises no order between them).
         print(f"client pid {os.getpid()}: request -> {trigger.request().name}")
         if not done.wait(10):
             return 1

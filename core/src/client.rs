@@ -5,7 +5,7 @@
 //! client takes the store and becomes the broker itself, or — if another process was faster —
 //! connects to the new one (takeover).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, Weak};
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
+use crate::broker::threads::ThreadSet;
 use crate::broker::{AppCall, Broker};
 use crate::control::{Client, Reply, Request, Subscription};
 use crate::error::{Error, ErrorKind, Result};
@@ -26,6 +27,19 @@ use crate::system::SystemOptions;
 /// How long opening (or recovering) waits for the broker that holds the store to answer: it
 /// binds its socket after taking the store, and its first platform readings may take seconds.
 const REACH_TIMEOUT: Duration = Duration::from_secs(10);
+/// Threads that run the runs handed over the feed (when the ready connection is busy); more runs
+/// wait in a queue of [`HANDED_QUEUE`], and past that are not taken (the broker's start deadline
+/// gives them to another client, or fails them).
+const RUN_THREADS: usize = 4;
+const HANDED_QUEUE: usize = 16;
+
+/// Runs handed over the feed, waiting for a run thread.
+#[derive(Default)]
+struct Handed {
+    queue: VecDeque<HandedRun>,
+    /// Run threads started and not ended.
+    threads: usize,
+}
 
 pub(crate) struct Remote {
     pub(crate) manifest: Manifest,
@@ -54,7 +68,14 @@ pub(crate) struct Remote {
     runner_socket: Mutex<Option<UnixStream>>,
     /// Counts feeds: a feed that ends after a newer one started says nothing about the broker.
     feed_generation: AtomicU64,
-    feed_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The current feed has not ended: its broker is there. A call it does not answer in time
+    /// is no sign that it is gone — only the end of its feed is — so while this holds, a broken
+    /// call opens a new request connection and never a second feed.
+    feed_live: AtomicBool,
+    /// Every thread of this client (feed, runner and its reader, run threads), joined by `close`
+    /// up to the grace plus a margin.
+    threads: Arc<ThreadSet>,
+    handed: Mutex<Handed>,
 }
 
 /// Reads a ready connection (`btb-run-reader`): each run the broker starts on it goes to the
@@ -63,7 +84,7 @@ fn read_runs(
     remote: &Weak<Remote>,
     link: UnixStream,
     mut reader: UnixStream,
-    runner: &std::sync::mpsc::Sender<crate::Instance>,
+    runner: &std::sync::mpsc::SyncSender<crate::Instance>,
 ) {
     use crate::protocol::ToHost;
     let mut current: Option<crate::Instance> = None;
@@ -72,8 +93,33 @@ fn read_runs(
             ToHost::Run {
                 run,
                 canceled,
-                network_granted,
+                network_granted: _,
             } => {
+                // Hello first, and run it only once welcomed: a broker that took the run back
+                // meanwhile (this process was stopped past the start deadline, or the run ended)
+                // hangs up instead, and the run is not run here.
+                let hello = crate::protocol::ToBroker::Hello {
+                    version: crate::protocol::VERSION,
+                    min_version: Some(crate::protocol::MIN_VERSION),
+                    instance_id: run.instance_id,
+                };
+                if crate::protocol::write_frame(&mut &link, &hello).is_err() {
+                    return;
+                }
+                let (canceled, network_granted) = loop {
+                    match crate::protocol::read_frame::<ToHost>(&mut reader) {
+                        Ok(Some(ToHost::Welcome {
+                            canceled: now_canceled,
+                            network_granted,
+                            ..
+                        })) => break (now_canceled.or(canceled), network_granted),
+                        Ok(Some(ToHost::Unknown)) => {}
+                        _ => {
+                            log::info!(target: "btb", "instance {} was taken back before this process started it", run.instance_id);
+                            return;
+                        }
+                    }
+                };
                 let (Some(remote), Ok(link)) = (remote.upgrade(), link.try_clone()) else {
                     return;
                 };
@@ -139,8 +185,10 @@ impl Remote {
             pid: std::process::id(),
             feed_socket: Mutex::new(None),
             feed_generation: AtomicU64::new(0),
+            feed_live: AtomicBool::new(false),
             runner_socket: Mutex::new(None),
-            feed_thread: Mutex::new(None),
+            threads: Arc::default(),
+            handed: Mutex::new(Handed::default()),
         });
         remote.start_feed()?;
         Ok(Ok(remote))
@@ -220,6 +268,31 @@ impl Remote {
             };
             match client.exchange(request) {
                 Ok(reply) => return reply,
+                Err(failure) if failure.unreadable => {
+                    // The broker is there and answered: the call fails, and is not asked again
+                    // (the answer would be the same). The connection, out of step, is dropped.
+                    *conn = None;
+                    return Err(failure.error);
+                }
+                Err(failure) if failure.timed_out => {
+                    // A broker that does not answer in time is stopped or stuck, not gone (its
+                    // feed would have ended): the connection, out of step now, is dropped and
+                    // the call fails; the next call opens a new one. Nothing is asked again.
+                    *conn = None;
+                    drop(conn);
+                    return Err(Error::state(format!(
+                        "the btb broker of app {:?} (pid {}) did not answer within {} s{}: {}",
+                        self.manifest.app_id(),
+                        failure.pid,
+                        crate::control::CLIENT_TIMEOUT.as_secs(),
+                        if request.is_read_only() {
+                            ""
+                        } else {
+                            "; the call may or may not have been done"
+                        },
+                        failure.error.message(),
+                    )));
+                }
                 Err(failure) => {
                     *conn = None;
                     drop(conn);
@@ -265,6 +338,23 @@ impl Remote {
             Ok(store) => return self.take_over(store),
             Err(held) => held,
         };
+        if self.feed_live.load(Ordering::Acquire) {
+            // The feed is up, so its broker is there: only the request connection is new (a
+            // second feed would deliver every notice twice).
+            match Client::connect_kept(self.manifest.app_id()) {
+                Ok(client)
+                    if client.broker_pid == self.broker_pid()
+                        && client.broker_store.as_deref() == Some(self.canonical.as_str()) =>
+                {
+                    *lock(&self.conn) = Some(client);
+                    return Ok(());
+                }
+                // Another broker answers, or none: the feed's end is on its way.
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e), // stopped or stuck: the next call tries again
+            }
+        }
         match reach(&self.manifest, &self.options, &self.canonical, held.error)? {
             Ok(client) => {
                 self.broker_pid.store(client.broker_pid, Ordering::Relaxed);
@@ -297,14 +387,13 @@ impl Remote {
         *lock(&self.feed_socket) = feed.socket().ok();
         self.offer();
         let generation = self.feed_generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.feed_live.store(true, Ordering::Release);
         self.start_runner(generation);
         let weak = Arc::downgrade(self);
-        let thread = std::thread::Builder::new()
-            .name("btb-feed".to_owned())
-            .spawn(move || feed_loop(&weak, feed, generation))
+        // A previous feed's thread ends by itself (its feed ended); the set joins it.
+        self.threads
+            .spawn("btb-feed", move || feed_loop(&weak, feed, generation))
             .map_err(|e| Error::state(format!("cannot start the feed thread: {e}")))?;
-        // A previous feed's thread ends by itself (its feed ended); it is not joined.
-        drop(lock(&self.feed_thread).replace(thread));
         Ok(())
     }
 
@@ -341,6 +430,7 @@ impl Remote {
                     .collect(),
                 activation,
                 resolver: h.resolver.is_some(),
+                starts: true,
             }
         }
     }
@@ -388,53 +478,79 @@ impl Remote {
     /// Keeps one connection ready for the broker to start runs on (`Request::Ready`): a run
     /// then starts with a single message, and the connection serves the next run once this one
     /// has finished. `btb-run-reader` reads it (each run, then that run's cancellations) and
-    /// `btb-runner` runs what it reads; both are started before any run comes. They end with
-    /// the feed of `generation` (the broker went away) or with the client; a connection that
-    /// ends otherwise (a run abandoned after its grace) is replaced.
+    /// `btb-runner` runs what it reads; the first connection and both threads are up when this
+    /// returns (before any run comes). They end with the feed of `generation` (the broker went
+    /// away) or with the client; a connection that ends otherwise (a run abandoned after its
+    /// grace, or taken back) is replaced.
     fn start_runner(self: &Arc<Self>, generation: u64) {
+        let Some(mut runs) = self.ready_connection() else {
+            return;
+        };
         let weak = Arc::downgrade(self);
-        let app_id = self.manifest.app_id().to_owned();
         let runner = move || {
             loop {
-                let Some(remote) = weak.upgrade() else { return };
-                if remote.is_closed()
-                    || remote.feed_generation.load(Ordering::Acquire) != generation
-                {
-                    return;
-                }
-                let ready = Client::connect_kept(&app_id)
-                    .and_then(|c| {
-                        c.into_stream()
-                            .map_err(|e| Error::state(format!("cannot use a connection: {e}")))
-                    })
-                    .and_then(|mut stream| {
-                        crate::protocol::write_frame(&mut stream, &Request::Ready)
-                            .and_then(|()| Ok((stream.try_clone()?, stream)))
-                            .map_err(|e| Error::state(format!("cannot offer a connection: {e}")))
-                    });
-                let Ok((link, reader)) = ready else { return };
-                *lock(&remote.runner_socket) = link.try_clone().ok();
-                drop(remote); // waiting does not keep the client open
-                let (tx, rx) = std::sync::mpsc::channel::<crate::Instance>();
-                let reading = weak.clone();
-                let spawned = std::thread::Builder::new()
-                    .name("btb-run-reader".into())
-                    .spawn(move || read_runs(&reading, link, reader, &tx));
-                if spawned.is_err() {
-                    return;
-                }
-                while let Ok(instance) = rx.recv() {
+                while let Ok(instance) = runs.recv() {
                     let Some(remote) = weak.upgrade() else { return };
                     remote.execute(&instance);
                 }
+                let Some(remote) = weak.upgrade() else { return };
+                if remote.feed_generation.load(Ordering::Acquire) != generation {
+                    return;
+                }
+                match remote.ready_connection() {
+                    Some(next) => runs = next,
+                    None => return,
+                }
             }
         };
-        if let Err(e) = std::thread::Builder::new()
-            .name("btb-runner".into())
-            .spawn(runner)
-        {
+        if let Err(e) = self.threads.spawn("btb-runner", runner) {
             log::warn!(target: "btb", "cannot start the runner thread (runs will attach instead): {e}");
         }
+    }
+
+    /// Opens a ready connection and starts the thread that reads it; the runs it reads come on
+    /// the returned channel, which ends with the connection. `None` when closed or unreachable.
+    fn ready_connection(self: &Arc<Self>) -> Option<std::sync::mpsc::Receiver<crate::Instance>> {
+        if self.is_closed() {
+            return None;
+        }
+        let ready = Client::connect_kept(self.manifest.app_id())
+            .and_then(|c| {
+                c.into_stream()
+                    .map_err(|e| Error::state(format!("cannot use a connection: {e}")))
+            })
+            .and_then(|mut stream| {
+                crate::protocol::write_frame(&mut stream, &Request::Ready)
+                    .and_then(|()| Ok((stream.try_clone()?, stream)))
+                    .map_err(|e| Error::state(format!("cannot offer a connection: {e}")))
+            });
+        let (link, reader) = match ready {
+            Ok(ready) => ready,
+            Err(e) => {
+                log::info!(target: "btb", "app {:?}: no connection ready for runs (runs will attach instead): {e}", self.manifest.app_id());
+                return None;
+            }
+        };
+        {
+            // Checked under the slot's lock: `close` (which sets `closed` first) either finds
+            // this connection there, or it is not kept.
+            let mut slot = lock(&self.runner_socket);
+            if self.is_closed() {
+                let _ = link.shutdown(std::net::Shutdown::Both);
+                return None;
+            }
+            *slot = link.try_clone().ok();
+        }
+        // One run at a time on a ready connection: the broker starts the next one there only
+        // after this one finished.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<crate::Instance>(1);
+        let reading = Arc::downgrade(self);
+        self.threads
+            .spawn("btb-run-reader", move || {
+                read_runs(&reading, link, reader, &tx);
+            })
+            .ok()?;
+        Some(rx)
     }
 
     /// Runs a handed instance here, reporting over `stream` in the instance protocol.
@@ -445,17 +561,57 @@ impl Remote {
         canceled: Option<u32>,
         network_granted: bool,
     ) {
-        let Ok(mut reader) = stream.try_clone() else {
+        let (Ok(mut reader), Ok(stop)) = (stream.try_clone(), stream.try_clone()) else {
             return;
         };
         let instance = self.handed_instance(stream, run, canceled, network_granted);
-        {
-            let instance = instance.clone();
-            let _ = std::thread::Builder::new()
+        // The run's cancellations are read by a thread of this run's, joined when it ends.
+        std::thread::scope(|scope| {
+            let hearing = std::thread::Builder::new()
                 .name("btb-run-reader".into())
-                .spawn(move || hear_cancellations(&instance, &mut reader));
+                .spawn_scoped(scope, || hear_cancellations(&instance, &mut reader));
+            if let Err(e) = hearing {
+                log::warn!(target: "btb", "instance {}: cannot start the thread that hears its cancellation: {e}", instance.instance_id());
+            }
+            self.execute(&instance);
+            // Its end is said: stop reading (even if the broker does not hang up now).
+            let _ = stop.shutdown(std::net::Shutdown::Read);
+        });
+    }
+
+    /// Queues a run handed over the feed for a run thread (at most [`RUN_THREADS`], started
+    /// as needed; each ends when the queue is empty).
+    fn queue_run(self: &Arc<Self>, run: HandedRun) {
+        let mut handed = lock(&self.handed);
+        if self.is_closed() || handed.queue.len() >= HANDED_QUEUE {
+            log::warn!(target: "btb", "instance {} was handed to this process, which has {} runs waiting already: not taken", run.instance_id, handed.queue.len());
+            return;
         }
-        self.execute(&instance);
+        handed.queue.push_back(run);
+        if handed.threads >= RUN_THREADS {
+            return;
+        }
+        handed.threads += 1;
+        drop(handed);
+        let weak = Arc::downgrade(self);
+        let spawned = self.threads.spawn("btb-run", move || {
+            while let Some(remote) = weak.upgrade() {
+                let next = {
+                    let mut handed = lock(&remote.handed);
+                    let next = handed.queue.pop_front();
+                    if next.is_none() {
+                        handed.threads -= 1;
+                    }
+                    next
+                };
+                let Some(run) = next else { return };
+                remote.run_handed(run);
+            }
+        });
+        if let Err(e) = spawned {
+            lock(&self.handed).threads -= 1;
+            log::error!(target: "btb", "cannot start a thread for a run handed to this process: {e}");
+        }
     }
 
     /// The instance of a handed run, reporting over `stream`.
@@ -534,14 +690,7 @@ impl Remote {
                 )
             }
             Reply::Run { run } => {
-                let remote = Arc::clone(self);
-                let instance_id = run.instance_id;
-                let spawned = std::thread::Builder::new()
-                    .name("btb-run".into())
-                    .spawn(move || remote.run_handed(*run));
-                if let Err(e) = spawned {
-                    log::error!(target: "btb", "cannot start a thread for instance {instance_id}: {e}");
-                }
+                self.queue_run(*run);
                 return;
             }
             Reply::Completed {
@@ -583,26 +732,38 @@ impl Remote {
         }
     }
 
-    /// Closes the client (and the broker it became): later calls fail with `STATE`.
+    /// Closes the client (and the broker it became): later calls fail with `STATE`. Its threads
+    /// end (their connections are shut down) and are joined, waiting at most the grace plus a
+    /// margin for those in app code (a run function, a handler that blocks), which are then
+    /// abandoned, named in the log.
     pub(crate) fn close(&self) -> Result<()> {
         let moving = lock(&self.moving); // not in the middle of a takeover
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        let deadline = Instant::now()
+            + Duration::from_millis(u64::from(self.options.policy.grace_ms))
+            + crate::broker::CLOSE_MARGIN;
         if let Some(stop) = lock(&self.feed_socket).take() {
             let _ = stop.shutdown(std::net::Shutdown::Both);
         }
-        // Let go before waiting for the feed thread: it may be about to recover (and find the
-        // client closed).
+        // Let go before waiting for the threads: the feed thread may be about to recover (and
+        // find the client closed).
         drop(moving);
-        if let Some(thread) = lock(&self.feed_thread).take()
-            && thread.thread().id() != std::thread::current().id()
-        {
-            let _ = thread.join();
-        }
+        lock(&self.handed).queue.clear();
         drop(lock(&self.conn).take());
         if let Some(ready) = lock(&self.runner_socket).take() {
             let _ = ready.shutdown(std::net::Shutdown::Both);
+        }
+        let abandoned = self.threads.join_until(deadline);
+        if !abandoned.is_empty() {
+            log::warn!(
+                target: "btb",
+                "app {:?}: the client closed without waiting for {} thread(s) still in app code: {}",
+                self.manifest.app_id(),
+                abandoned.len(),
+                abandoned.join(", ")
+            );
         }
         let handlers = std::mem::take(&mut *self.handlers_mut());
         drop(handlers);
@@ -620,8 +781,14 @@ fn feed_loop(weak: &Weak<Remote>, mut feed: Subscription, generation: u64) {
         remote.deliver(notice);
     }
     let Some(remote) = weak.upgrade() else { return };
-    if remote.is_closed() || remote.feed_generation.load(Ordering::Acquire) != generation {
-        return; // closing, or another thread already recovered
+    {
+        // Under `moving`, which a recovery holds while it starts a feed: this one's end never
+        // marks a newer feed dead.
+        let _moving = lock(&remote.moving);
+        if remote.is_closed() || remote.feed_generation.load(Ordering::Acquire) != generation {
+            return; // closing, or another thread already recovered
+        }
+        remote.feed_live.store(false, Ordering::Release);
     }
     // The broker went away: the request connection is dead too.
     drop(lock(&remote.conn).take());

@@ -48,6 +48,9 @@ pub const MAX_NAME: usize = 256;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client waits for a reply.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client process has to start a run handed to it (its hello, or its attach) before
+/// the broker gives the run to another client that offers to run it (if there is one).
+pub const START_TIMEOUT: Duration = Duration::from_secs(3);
 /// Connections served at once; more are answered "busy" and closed.
 pub const MAX_CONNECTIONS: usize = 4096;
 /// Replies queued for a peer that does not read: past this, the connection is dropped.
@@ -322,6 +325,11 @@ pub struct Offer {
     pub activation: Vec<Option<String>>,
     /// It resolves other entry points itself (Python imports `package.module:function`).
     pub resolver: bool,
+    /// It says hello on a ready connection before it runs what the broker starts there
+    /// (`ToHost::Run`), and runs it only once welcomed: the broker may then take back a run the
+    /// client does not start in time ([`START_TIMEOUT`]) and give it to another client.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub starts: bool,
 }
 
 impl Offer {
@@ -504,6 +512,45 @@ pub struct Broadcast {
     /// Called (on the serving thread, no lock held) when a client offers what it can run: runs
     /// that wait for a handler are tried again.
     on_offer: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// By client pid: how it took the runs handed to it (which client the next run goes to).
+    health: std::sync::Mutex<std::collections::HashMap<u32, Health>>,
+    /// Counts runs handed to clients (round robin: the client handed one least recently first).
+    hands: std::sync::atomic::AtomicU64,
+}
+
+/// How a client process took the runs handed to it.
+#[derive(Default, Clone, Copy)]
+struct Health {
+    /// When it was last handed a run (a value of `Broadcast::hands`).
+    last_hand: u64,
+    /// Runs handed to it that it has not started yet.
+    unstarted: usize,
+    /// It let a start deadline pass and has shown no sign of life since (a new ready connection,
+    /// an offer, a run started).
+    stalled: bool,
+}
+
+/// How a run handed to a client ended its start ([`Broadcast::settle`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The client started it (its hello or attach came).
+    Started,
+    /// The client let the start deadline pass: the run was taken back.
+    Missed,
+    /// The run ended otherwise before it started (abandoned, or the client went away).
+    Dropped,
+}
+
+/// The client [`Broadcast::pick`] chose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Picked {
+    /// Its feed connection.
+    pub conn: u64,
+    pub pid: u32,
+    /// It says hello before it runs a run started on a ready connection ([`Offer::starts`]).
+    pub starts: bool,
+    /// It let a start deadline pass and showed no sign of life since.
+    pub stalled: bool,
 }
 
 /// Where a client's connection for a run goes: the connection and the bytes it sent after its
@@ -530,28 +577,74 @@ impl Broadcast {
     }
 
     /// The subscribed client that can run a task best, at least as well as `fit` (see
-    /// [`Offer::covers`]; the longest-connected first): its connection and pid. Also how many
-    /// clients there are.
+    /// [`Offer::covers`]), leaving out the processes in `besides`: among those that fit best,
+    /// one that has not let a start deadline pass, then one with the fewest runs handed to it
+    /// and not started, then the one handed a run least recently (round robin), then the
+    /// longest-connected. Its connection, pid and whether it starts runs ([`Offer::starts`]);
+    /// also how many clients there are.
     pub fn pick(
         &self,
         entry_point: Option<&str>,
         group: Option<&str>,
         fit: u8,
-    ) -> (Option<(u64, u32)>, usize) {
+        besides: &[u32],
+    ) -> (Option<Picked>, usize) {
         let offers = locked(&self.offers);
+        let health = locked(&self.health);
         let best = offers
             .iter()
+            .filter(|(_, (pid, _))| !besides.contains(pid))
             .map(|(conn, (pid, offer))| {
+                let h = health.get(pid).copied().unwrap_or_default();
                 (
-                    offer.covers(entry_point, group),
-                    std::cmp::Reverse(*conn),
-                    *pid,
+                    (
+                        offer.covers(entry_point, group),
+                        !h.stalled,
+                        std::cmp::Reverse(h.unstarted),
+                        std::cmp::Reverse(h.last_hand),
+                        std::cmp::Reverse(*conn),
+                    ),
+                    Picked {
+                        conn: *conn,
+                        pid: *pid,
+                        starts: offer.starts,
+                        stalled: h.stalled,
+                    },
                 )
             })
-            .filter(|(score, _, _)| *score >= fit.max(1))
-            .max()
-            .map(|(_, conn, pid)| (conn.0, pid));
+            .filter(|(rank, _)| rank.0 >= fit.max(1))
+            .max_by_key(|(rank, _)| *rank)
+            .map(|(_, picked)| picked);
         (best, offers.len())
+    }
+
+    /// A run is being handed to client process `pid` (settle it with [`Broadcast::settle`]).
+    pub fn handing(&self, pid: u32) {
+        let hand = self.hands.fetch_add(1, std::sync::atomic::Ordering::AcqRel) + 1;
+        let mut health = locked(&self.health);
+        let h = health.entry(pid).or_default();
+        h.last_hand = hand;
+        h.unstarted += 1;
+    }
+
+    /// How a run handed to client process `pid` ended its start.
+    pub fn settle(&self, pid: u32, start: Start) {
+        let mut health = locked(&self.health);
+        if let Some(h) = health.get_mut(&pid) {
+            h.unstarted = h.unstarted.saturating_sub(1);
+            match start {
+                Start::Started => h.stalled = false,
+                Start::Missed => h.stalled = true,
+                Start::Dropped => {}
+            }
+        }
+    }
+
+    /// Client process `pid` showed a sign of life (a new ready connection, an offer).
+    fn alive(&self, pid: u32) {
+        if let Some(h) = locked(&self.health).get_mut(&pid) {
+            h.stalled = false;
+        }
     }
 
     /// Hands a run to the client on connection `conn`; the connection it attaches for the run
@@ -760,6 +853,8 @@ impl ControlListener {
                 attaching: Default::default(),
                 ready: Default::default(),
                 on_offer: Default::default(),
+                health: Default::default(),
+                hands: 0.into(),
             })
         })
         .map_err(|e| cleanup(Error::state(format!("cannot create an eventfd: {e}"))))?;
@@ -1093,6 +1188,7 @@ impl Server {
             && let Request::Offer { offer } = request
         {
             locked(&self.broadcast.offers).insert(conn.id, (conn.pid, offer));
+            self.broadcast.alive(conn.pid);
             if let Some(on_offer) = self.broadcast.on_offer.get() {
                 on_offer();
             }
@@ -1222,6 +1318,9 @@ impl Server {
                 offers.remove(&c.id);
                 locked(&broadcast.attaching).retain(|_, (conn, _)| *conn != c.id);
                 locked(&broadcast.ready).remove(&c.pid);
+                if !offers.values().any(|(pid, _)| *pid == c.pid) {
+                    locked(&broadcast.health).remove(&c.pid);
+                }
                 drop(offers);
             }
         };
@@ -1235,6 +1334,7 @@ impl Server {
                         .entry(c.pid)
                         .or_default()
                         .push((stream, rest));
+                    broadcast.alive(c.pid);
                 }
                 return false; // handed over (the clone); this copy closes
             }
@@ -1436,6 +1536,8 @@ impl Client {
         let pid = self.broker_pid;
         let broken = |delivered: bool, what: String| Failure {
             delivered,
+            timed_out: false,
+            unreadable: false,
             pid,
             error: Error::state(format!(
                 "talking to the btb broker for app {:?}: {what}",
@@ -1466,10 +1568,23 @@ impl Client {
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                return Err(broken(
-                    true,
-                    format!("no reply within {} s", CLIENT_TIMEOUT.as_secs()),
-                ));
+                return Err(Failure {
+                    timed_out: true,
+                    ..broken(
+                        true,
+                        format!(
+                            "no reply within {} s (the broker is stopped or stuck; the connection \
+                             was dropped)",
+                            CLIENT_TIMEOUT.as_secs()
+                        ),
+                    )
+                });
+            }
+            (Err(e), Ok(())) if e.kind() == io::ErrorKind::InvalidData => {
+                return Err(Failure {
+                    unreadable: true,
+                    ..broken(true, format!("cannot read the reply: {e}"))
+                });
             }
             (Err(e), Ok(())) => return Err(broken(true, format!("cannot read the reply: {e}"))),
         };
@@ -1485,6 +1600,12 @@ impl Client {
 pub struct Failure {
     /// The request was sent (the broker may have acted on it).
     pub delivered: bool,
+    /// No reply came in time: the broker is there but did not answer (stopped, stuck). Its
+    /// connection is out of step and must be dropped; its feed says whether it is gone.
+    pub timed_out: bool,
+    /// The broker answered, but its reply cannot be read (over the limit, not JSON): the
+    /// connection is out of step and must be dropped; asking again would get the same.
+    pub unreadable: bool,
     /// The broker's process id.
     pub pid: u32,
     pub error: Error,

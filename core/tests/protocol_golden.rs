@@ -222,6 +222,7 @@ fn v1() -> Vec<(&'static str, Frame)> {
                     entry_points: vec!["notes.Sync".into()],
                     activation: vec![None, Some("g".into())],
                     resolver: true,
+                    starts: false, // a v1 offer: its client runs what it is handed at once
                 },
             }),
         ),

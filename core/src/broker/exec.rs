@@ -515,12 +515,14 @@ impl Broker {
 
     /// Starts an instance on a connection that client process `pid` keeps ready, if it has one
     /// that is still open: the connection to supervise it on (`None`: it has none, or the
-    /// instance was abandoned meanwhile).
+    /// instance was abandoned meanwhile). `starts`: the client says hello before it runs it
+    /// (until then, a cancellation waits for the welcome).
     fn start_on_ready(
         &self,
         broadcast: &crate::control::Broadcast,
         instance: &Instance,
         pid: u32,
+        starts: bool,
     ) -> Option<(UnixStream, Decoder)> {
         use std::io::Write;
         while let Some((socket, decoder)) = broadcast.take_ready(pid) {
@@ -541,7 +543,7 @@ impl Broker {
             if (&socket).write_all(&protocol::encode(&run)).is_err() {
                 continue; // that connection's process is gone (or stuck): the next one
             }
-            life.child = Some(Child::in_client(socket, true));
+            life.child = Some(Child::in_client(socket, !starts));
             return Some((reader, decoder));
         }
         None
@@ -550,69 +552,181 @@ impl Broker {
     /// Hands a run that no handler here can take to a client process that offers one (`fit`: 2
     /// a handler by name, 1 also through a resolver), and supervises it there; `Err(why)` when
     /// no client can take it (nothing was tried).
+    ///
+    /// Which client: see [`crate::control::Broadcast::pick`] (healthy ones first, round robin).
+    /// A client must start the run within [`crate::control::START_TIMEOUT`] (its hello on a ready
+    /// connection, or its attach): one that does not (stopped, stuck) has it taken back — the
+    /// broker hangs up, so its late hello finds no run — and the run goes to another client that
+    /// offers to run it; when there is none, it keeps waiting for this one.
     pub(super) fn run_in_client(
         self: &Arc<Self>,
         instance: &Instance,
         fit: u8,
     ) -> std::result::Result<(), String> {
+        use crate::control::{START_TIMEOUT, Start};
+        use std::sync::mpsc::RecvTimeoutError;
         let Some(broadcast) = self.broadcast.get() else {
             return Err(
                 "and no client process can reach this broker (it has no control socket)".into(),
             );
         };
         let record = instance.task().record();
+        let entry_point = record.task_entry_point.as_deref();
         let group = record.task_group.as_ref().map(|g| g.id.as_str());
-        // A client that goes away before it attaches is no longer offered: try the next.
-        // `reusable`: a connection the client keeps ready, which serves its next run too.
-        let ((reader, mut decoder), pid, reusable) = loop {
-            let (picked, asked) = broadcast.pick(record.task_entry_point.as_deref(), group, fit);
-            let Some((conn, pid)) = picked else {
-                return Err(format!(
-                    "and in the {asked} client process(es) of this broker (pid {}): none offers one",
-                    std::process::id()
-                ));
+        // Whether a healthy client other than `pid` could take the run (a run is not bounced
+        // between clients that are all stalled: it waits for the one it was handed to).
+        let another = |pid: u32| {
+            broadcast
+                .pick(entry_point, group, fit, &[pid])
+                .0
+                .is_some_and(|other| !other.stalled)
+        };
+        // Clients that let this run's start deadline pass.
+        let mut besides: Vec<u32> = Vec::new();
+        loop {
+            let (picked, asked) = broadcast.pick(entry_point, group, fit, &besides);
+            let Some(picked) = picked else {
+                if besides.is_empty() {
+                    return Err(format!(
+                        "and in the {asked} client process(es) of this broker (pid {}): none offers one",
+                        std::process::id()
+                    ));
+                }
+                besides.clear(); // the other clients went away meanwhile: those again
+                continue;
             };
+            let pid = picked.pid;
             if instance.life().done {
                 return Ok(()); // abandoned before it started
             }
-            // A connection the client keeps ready: the run starts with one message on it.
-            if let Some(ready) = self.start_on_ready(broadcast, instance, pid) {
-                break (ready, pid, true);
+            broadcast.handing(pid);
+            let mut hand = Some(Hand {
+                broadcast,
+                pid,
+                start: Start::Dropped,
+            });
+            // A connection the client keeps ready: the run starts with one message on it (and,
+            // from a client that says so, its hello).
+            if let Some(ready) = self.start_on_ready(broadcast, instance, pid, picked.starts) {
+                let start_by = if picked.starts {
+                    Some(std::time::Instant::now() + START_TIMEOUT)
+                } else {
+                    if let Some(h) = hand.as_mut() {
+                        h.start = Start::Started;
+                    }
+                    hand = None; // an older client says no hello: started now
+                    None
+                };
+                let over = self.supervise_in_client(instance, ready, pid, true, start_by, &mut |started| {
+                    if started {
+                        if let Some(mut h) = hand.take() {
+                            h.start = Start::Started;
+                        }
+                        return false;
+                    }
+                    if !another(pid) {
+                        return false; // no other client: the run waits for this one
+                    }
+                    let mut life = instance.life();
+                    if life.child.as_ref().is_none_or(|c| c.greeted) {
+                        return false;
+                    }
+                    if let Some(child) = life.child.take() {
+                        child.hang_up(); // its late hello finds the end
+                    }
+                    drop(life);
+                    if let Some(h) = hand.as_mut() {
+                        h.start = Start::Missed;
+                    }
+                    log::warn!(target: "btb", "instance {}: the client process (pid {pid}) did not start it within {} s: it goes to another client", instance.instance_id(), START_TIMEOUT.as_secs());
+                    true
+                });
+                drop(hand);
+                if over {
+                    return Ok(());
+                }
+                besides.push(pid);
+                continue;
             }
             if instance.life().done {
                 return Ok(()); // abandoned meanwhile
             }
             let attached = broadcast.hand_run(
-                conn,
+                picked.conn,
                 instance.instance_id(),
                 &crate::control::Reply::Run {
                     run: handed_run(instance),
                 },
             );
-            match attached.recv_timeout(crate::control::IDLE_TIMEOUT) {
-                Ok((socket, decoder)) => {
-                    let Ok(reader) = socket.try_clone() else {
-                        instance.report_failure("cannot supervise the run in the client process");
-                        return Ok(());
-                    };
-                    let mut life = instance.life();
-                    if life.done {
-                        return Ok(()); // abandoned meanwhile: dropping the socket tells the client
+            let handed_at = std::time::Instant::now();
+            let mut wait = START_TIMEOUT;
+            let got = loop {
+                match attached.recv_timeout(wait) {
+                    Ok(got) => break Some(got),
+                    Err(RecvTimeoutError::Disconnected) => break None, // the client went away
+                    Err(RecvTimeoutError::Timeout) if wait == START_TIMEOUT && another(pid) => {
+                        // Dropping the receiver refuses a late attach: the client sees the end.
+                        broadcast.cancel_hand(&instance.instance_id());
+                        if let Some(h) = hand.as_mut() {
+                            h.start = Start::Missed;
+                        }
+                        besides.push(pid);
+                        log::warn!(target: "btb", "instance {}: the client process (pid {pid}) did not take it within {} s: it goes to another client", instance.instance_id(), START_TIMEOUT.as_secs());
+                        break None;
                     }
-                    life.child = Some(Child::in_client(socket, false));
-                    break ((reader, decoder), pid, false);
+                    Err(RecvTimeoutError::Timeout)
+                        if handed_at.elapsed() < crate::control::IDLE_TIMEOUT =>
+                    {
+                        wait = crate::control::IDLE_TIMEOUT.saturating_sub(handed_at.elapsed());
+                    }
+                    Err(RecvTimeoutError::Timeout) => {
+                        broadcast.cancel_hand(&instance.instance_id());
+                        instance.report_failure(format!(
+                            "the client process (pid {pid}) it was handed to did not take it within {} s",
+                            crate::control::IDLE_TIMEOUT.as_secs()
+                        ));
+                        return Ok(());
+                    }
                 }
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => continue,
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    broadcast.cancel_hand(&instance.instance_id());
-                    instance.report_failure(format!(
-                        "the client process (pid {pid}) it was handed to did not take it within {} s",
-                        crate::control::IDLE_TIMEOUT.as_secs()
-                    ));
-                    return Ok(());
-                }
+            };
+            let Some((socket, decoder)) = got else {
+                continue; // the next client
+            };
+            if let Some(mut h) = hand.take() {
+                h.start = Start::Started;
             }
-        };
+            let Ok(reader) = socket.try_clone() else {
+                instance.report_failure("cannot supervise the run in the client process");
+                return Ok(());
+            };
+            {
+                let mut life = instance.life();
+                if life.done {
+                    return Ok(()); // abandoned meanwhile: dropping the socket tells the client
+                }
+                life.child = Some(Child::in_client(socket, false));
+            }
+            self.supervise_in_client(instance, (reader, decoder), pid, false, None, &mut |_| {
+                false
+            });
+            return Ok(());
+        }
+    }
+
+    /// Supervises a run in client process `pid` on `reader` until it ends; `reusable`: a ready
+    /// connection, given back for the next run when this one finished. Until the client says
+    /// hello, `start_by` (if any) is its deadline: `starting(false)` is then asked whether the
+    /// run was taken back (and `false` is returned at once); `starting(true)` tells that it
+    /// started. `true` when the run is over (or was abandoned).
+    fn supervise_in_client(
+        &self,
+        instance: &Instance,
+        (reader, mut decoder): (UnixStream, Decoder),
+        pid: u32,
+        reusable: bool,
+        mut start_by: Option<std::time::Instant>,
+        starting: &mut dyn FnMut(bool) -> bool,
+    ) -> bool {
         let mut stream = Stream {
             fd: Some(OwnedFd::from(reader)),
         };
@@ -627,9 +741,27 @@ impl Broker {
                     stream.fd = None;
                 }
             }
+            if start_by.is_some() && instance.life().child.as_ref().is_some_and(|c| c.greeted) {
+                start_by = None;
+                starting(true);
+            }
             let Some(fd) = &stream.fd else { break };
+            let now = std::time::Instant::now();
+            if start_by.is_some_and(|d| d <= now) {
+                if starting(false) {
+                    return false; // taken back: another client gets it
+                }
+                start_by = None; // no other client: it waits for this one
+            }
+            let timeout = start_by.map(|d| {
+                let left = d.saturating_duration_since(now);
+                rustix::time::Timespec {
+                    tv_sec: left.as_secs() as i64,
+                    tv_nsec: i64::from(left.subsec_nanos()),
+                }
+            });
             let mut fds = [PollFd::new(fd, PollFlags::IN)];
-            match poll(&mut fds, None) {
+            match poll(&mut fds, timeout.as_ref()) {
                 Ok(_) | Err(rustix::io::Errno::INTR) => {}
                 Err(e) => {
                     log::error!(target: "btb", "supervising a run in a client: poll failed: {e}");
@@ -640,7 +772,7 @@ impl Broker {
         }
         let child = instance.life().child.take();
         if let Some(child) = child.filter(|c| c.finished) {
-            if reusable {
+            if reusable && let Some(broadcast) = self.broadcast.get() {
                 broadcast.give_back_ready(pid, child.socket, decoder);
             }
         } else if !instance.life().done {
@@ -653,7 +785,21 @@ impl Broker {
                 ),
             });
         }
-        Ok(())
+        true
+    }
+}
+
+/// A run handed to a client process, settled (`Broadcast::settle`) when dropped: whether the
+/// client started it.
+struct Hand<'a> {
+    broadcast: &'a crate::control::Broadcast,
+    pid: u32,
+    start: crate::control::Start,
+}
+
+impl Drop for Hand<'_> {
+    fn drop(&mut self) {
+        self.broadcast.settle(self.pid, self.start);
     }
 }
 

@@ -64,7 +64,7 @@ mod notify;
 mod pool;
 mod retry;
 mod tasks;
-mod threads;
+pub(crate) mod threads;
 mod timers;
 mod writer;
 
@@ -839,7 +839,7 @@ impl Broker {
 
 /// How long `close` waits, past the grace, for the broker's threads to end before it abandons
 /// those still in app code.
-const CLOSE_MARGIN: Duration = Duration::from_secs(1);
+pub(crate) const CLOSE_MARGIN: Duration = Duration::from_secs(1);
 
 pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic

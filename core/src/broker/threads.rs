@@ -43,13 +43,19 @@ impl ThreadSet {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Starts a thread named `name` that this set owns.
+    /// Starts a thread named `name` that this set owns. Joins those that ended meanwhile first:
+    /// a long-lived set (a client's, whose connections come and go) keeps no ended thread.
     pub(crate) fn spawn(
         self: &Arc<Self>,
         name: &'static str,
         body: impl FnOnce() + Send + 'static,
     ) -> std::io::Result<()> {
         let mut inner = self.lock();
+        for id in std::mem::take(&mut inner.ended) {
+            if let Some((_, handle)) = inner.live.remove(&id) {
+                let _ = handle.join(); // past its body: only its exit is waited for
+            }
+        }
         let ending = Ending(Arc::clone(self));
         let handle = std::thread::Builder::new()
             .name(name.into())
