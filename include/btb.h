@@ -428,6 +428,31 @@ typedef uint32_t btb_event_kind;
 #endif // __cplusplus
 
 /**
+ * How the delay between attempts grows (`btb_retry_policy_new`).
+ */
+enum btb_backoff_policy
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * `d·2^(n−1)` after attempt n.
+   */
+  BTB_BACKOFF_EXPONENTIAL = 0,
+  /**
+   * `d·n` after attempt n.
+   */
+  BTB_BACKOFF_LINEAR = 1,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum btb_backoff_policy btb_backoff_policy;
+#else
+typedef uint32_t btb_backoff_policy;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * A mutable description of one task before registration (`BackgroundTaskBuilder`).
  * Thread-safe (calls on one builder are serialised). Free with `btb_free`.
  */
@@ -470,6 +495,13 @@ typedef struct btb_registration btb_registration;
  * A snapshot list of registrations. Immutable; thread-safe. Free with `btb_registration_list_free`.
  */
 typedef struct btb_registration_list btb_registration_list;
+
+/**
+ * A retry policy (WorkManager's backoff criteria): backoff, initial and max delay, max attempts,
+ * whether failures are retried, jitter. Thread-safe (calls on one policy are serialised). Free with
+ * `btb_retry_policy_free`; a builder keeps its own copy.
+ */
+typedef struct btb_retry_policy btb_retry_policy;
 
 /**
  * A snapshot of a registration's run history. Immutable; thread-safe. Free with
@@ -553,6 +585,19 @@ typedef struct {
    */
   const char *message;
   uint32_t last_progress;
+  /**
+   * Which attempt ended (1-based; SPEC §12).
+   */
+  uint32_t attempt;
+  /**
+   * With outcome `BTB_TASK_OUTCOME_RETRY`: when the next attempt is due (ms since the epoch),
+   * else -1.
+   */
+  int64_t retry_at_ms;
+  /**
+   * What the run handed back (`btb_instance_set_output`) as JSON object text, or NULL.
+   */
+  const char *output;
 } btb_completion;
 
 /**
@@ -609,6 +654,19 @@ typedef struct {
    * The end (last 64 KiB) of an exec host's stderr, or NULL.
    */
   const char *stderr_tail;
+  /**
+   * Which attempt this was (1-based; SPEC §12).
+   */
+  uint32_t attempt;
+  /**
+   * With outcome `BTB_TASK_OUTCOME_RETRY`: when the next attempt is due (ms since the epoch),
+   * else -1.
+   */
+  int64_t retry_at_ms;
+  /**
+   * What the run handed back, as JSON object text, or NULL.
+   */
+  const char *output;
 } btb_run;
 
 /**
@@ -704,6 +762,15 @@ btb_status btb_set_trigger(btb_builder *builder, const btb_trigger *trigger);
 btb_status btb_add_condition(btb_builder *builder, const btb_condition *condition);
 
 /**
+ * Sets the retry policy (copied; SPEC §12) or, with NULL, clears it: without one nothing is retried
+ * on its own, and a run that asks for a retry gets the default policy. The caller still owns and
+ * frees `policy`. Its bounds are checked by `btb_register` (`BTB_ERROR_INVALID_ARGUMENT`).
+ * Errors: `BTB_ERROR_NULL_ARGUMENT` (builder), `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ */
+btb_status btb_set_retry_policy(btb_builder *builder,
+                                const btb_retry_policy *policy);
+
+/**
  * Writes a copy of the name to `*out` (NULL when unset); the caller frees it with
  * `btb_string_free`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
  */
@@ -748,6 +815,13 @@ btb_status btb_get_name_policy(const btb_builder *builder, uint32_t *out);
 btb_status btb_get_trigger(const btb_builder *builder, btb_trigger **out);
 
 /**
+ * Writes a new handle to a copy of the retry policy to `*out` (free with `btb_retry_policy_free`;
+ * changing it does not change the builder's). Errors: `BTB_ERROR_NULL_ARGUMENT`,
+ * `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_NOT_FOUND` (no retry policy set). Thread-safe.
+ */
+btb_status btb_get_retry_policy(const btb_builder *builder, btb_retry_policy **out);
+
+/**
  * Copies up to `capacity` condition types (`BTB_CONDITION_*`, in the order added) to `conditions`
  * and writes their total number to `*out_len` (call with `capacity` 0 to learn it).
  * `conditions` may be NULL when `capacity` is 0.
@@ -775,9 +849,10 @@ btb_status btb_register(const btb_builder *builder, btb_registration **out);
  * nothing is stored and `*out` is untouched. Checks, in order: `BTB_ERROR_NULL_ARGUMENT` /
  * `BTB_ERROR_INVALID_HANDLE`; name (`BTB_ERROR_INVALID_ARGUMENT`); `BTB_ERROR_NO_TRIGGER`;
  * `BTB_ERROR_NO_ENTRY_POINT`; `BTB_ERROR_NOT_DECLARED` (entry point, then task type);
- * `BTB_ERROR_INVALID_ARGUMENT` (freshness, enum values, calendar expression); `BTB_ERROR_CONFLICT`
- * (contradictory conditions, name taken under `BTB_NAME_POLICY_FAIL`); `BTB_ERROR_STORE`. Also
- * `BTB_ERROR_STATE` (closed system, used after fork). Thread-safe; blocks for the commit.
+ * `BTB_ERROR_INVALID_ARGUMENT` (freshness, enum values, calendar expression, retry policy
+ * bounds); `BTB_ERROR_CONFLICT` (contradictory conditions, name taken under
+ * `BTB_NAME_POLICY_FAIL`); `BTB_ERROR_STORE`. Also `BTB_ERROR_STATE` (closed system, used after
+ * fork). Thread-safe; blocks for the commit.
  */
 btb_status btb_register_in(btb_system *system, const btb_builder *builder, btb_registration **out);
 
@@ -872,6 +947,40 @@ btb_status btb_instance_is_network_granted(const btb_instance *instance, bool *o
  * `BTB_ERROR_INVALID_UTF8`. Thread-safe.
  */
 btb_status btb_instance_report_failure(btb_instance *instance, const char *message);
+
+/**
+ * Writes which attempt this run is to `*out` (1, then 2, 3… for retries; SPEC §12; WorkManager's
+ * `getRunAttemptCount() + 1`; `BTB_ATTEMPT` in an exec host). Errors: `BTB_ERROR_NULL_ARGUMENT`,
+ * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ */
+btb_status btb_instance_attempt(const btb_instance *instance, uint32_t *out);
+
+/**
+ * Asks for another attempt when this run ends (SPEC §12; WorkManager's `Result.retry()`): its
+ * record says `BTB_TASK_OUTCOME_RETRY`, and the next attempt runs `after_ms` after it ends (0: the
+ * delay of the task's retry policy, or of the default policy, exponential from 30 s, when it has
+ * none), then waits for its conditions. `message` (copied; may be NULL) is kept with the run. The
+ * run still ends as it would (return, complete its deferrals); the last request wins, and once
+ * `max_attempts` is reached the run is recorded as failed instead. In an exec host it is sent to
+ * the broker (as exiting with status 75 does). Errors: `BTB_ERROR_NULL_ARGUMENT` (instance),
+ * `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT` (negative `after_ms`),
+ * `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_UNSUPPORTED` (a host whose broker speaks protocol version
+ * 1). Thread-safe.
+ */
+btb_status btb_instance_request_retry(btb_instance *instance,
+                                      int64_t after_ms,
+                                      const char *message);
+
+/**
+ * Sets what the run hands back (SPEC §12; WorkManager's `Result.success(outputData)`): `json`, the
+ * text of a JSON object of at most 64 KiB (copied), kept with the run's record
+ * (`btb_run.output`) and given to completed handlers (`btb_completion.output`). The last one set
+ * wins. In an exec host it is sent to the broker. Errors: `BTB_ERROR_NULL_ARGUMENT`,
+ * `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_INVALID_ARGUMENT` (not JSON,
+ * not an object, more than 64 KiB; the output is unchanged), `BTB_ERROR_UNSUPPORTED` (a host whose
+ * broker speaks protocol version 1). Thread-safe.
+ */
+btb_status btb_instance_set_output(btb_instance *instance, const char *json);
 
 /**
  * For instances taken from the pull queue (`btb_system_next_event`): tells btb the run is over on
@@ -983,6 +1092,14 @@ btb_status btb_registration_task_group(const btb_registration *registration,
  * `btb_trigger_free`). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
  */
 btb_status btb_registration_trigger(const btb_registration *registration, btb_trigger **out);
+
+/**
+ * Writes a new handle to a copy of the registration's retry policy to `*out` (free with
+ * `btb_retry_policy_free`). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`,
+ * `BTB_ERROR_NOT_FOUND` (registered without one). Thread-safe.
+ */
+btb_status btb_registration_retry_policy(const btb_registration *registration,
+                                         btb_retry_policy **out);
 
 /**
  * Copies up to `capacity` condition types (`BTB_CONDITION_*`) to `conditions` and writes their total
@@ -1193,6 +1310,87 @@ btb_status btb_run_list_get(const btb_run_list *list, size_t index, btb_run *out
  * Frees a run list. NULL is a no-op. Errors: `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
  */
 btb_status btb_run_list_free(btb_run_list *list);
+
+/**
+ * Creates a retry policy (WorkManager's `setBackoffCriteria`): `backoff` is a `BTB_BACKOFF_*`
+ * value; the delay after attempt n is `initial_delay_ms·2^(n−1)` (exponential) or
+ * `initial_delay_ms·n` (linear), capped at `max_delay_ms`. No limit on attempts, failures not
+ * retried, no jitter until set. The defaults of SPEC §12 are `BTB_BACKOFF_EXPONENTIAL`, 30000,
+ * 18000000. The delays' bounds (10 s – 5 h; the max not below the initial delay) are checked by
+ * `btb_register`.
+ *
+ * On success `*out` is a new policy the caller frees with `btb_retry_policy_free`.
+ * Errors: `BTB_ERROR_NULL_ARGUMENT` (`out`), `BTB_ERROR_INVALID_ARGUMENT` (an unknown backoff, a
+ * negative delay). Thread-safe.
+ */
+btb_status btb_retry_policy_new(uint32_t backoff,
+                                int64_t initial_delay_ms,
+                                int64_t max_delay_ms,
+                                btb_retry_policy **out);
+
+/**
+ * Frees a retry policy. NULL is a no-op. Errors: `BTB_ERROR_INVALID_HANDLE` (freed, foreign,
+ * another type, double free). Thread-safe.
+ */
+btb_status btb_retry_policy_free(btb_retry_policy *policy);
+
+/**
+ * Sets the most attempts in all, the first included (0: no limit, the default). Once the last one
+ * asks for a retry or fails, it is recorded `BTB_TASK_OUTCOME_FAILED` ("gave up after N
+ * attempts: …"). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ */
+btb_status btb_retry_policy_set_max_attempts(btb_retry_policy *policy, uint32_t max_attempts);
+
+/**
+ * Sets whether a failed run (`BTB_TASK_OUTCOME_FAILED`) is retried too, not only one that asks or
+ * is cut off (default false; systemd's `Restart=on-failure`). Errors: `BTB_ERROR_NULL_ARGUMENT`,
+ * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ */
+btb_status btb_retry_policy_set_retry_on_failure(btb_retry_policy *policy, bool retry_on_failure);
+
+/**
+ * Sets the jitter: each delay moves at random, uniformly, by up to `fraction` of itself either way
+ * (0–1, kept to thousandths; default 0). Errors: `BTB_ERROR_NULL_ARGUMENT`,
+ * `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT` (outside 0–1, or NaN; the policy is
+ * unchanged). Thread-safe.
+ */
+btb_status btb_retry_policy_set_jitter(btb_retry_policy *policy, double fraction);
+
+/**
+ * Writes the backoff (`BTB_BACKOFF_*`) to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
+ * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ */
+btb_status btb_retry_policy_backoff(const btb_retry_policy *policy, uint32_t *out);
+
+/**
+ * Writes the initial delay (ms) to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
+ * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ */
+btb_status btb_retry_policy_initial_delay_ms(const btb_retry_policy *policy, int64_t *out);
+
+/**
+ * Writes the max delay (ms) to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
+ * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ */
+btb_status btb_retry_policy_max_delay_ms(const btb_retry_policy *policy, int64_t *out);
+
+/**
+ * Writes the most attempts (0: no limit) to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
+ * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ */
+btb_status btb_retry_policy_max_attempts(const btb_retry_policy *policy, uint32_t *out);
+
+/**
+ * Writes whether failed runs are retried to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
+ * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ */
+btb_status btb_retry_policy_retry_on_failure(const btb_retry_policy *policy, bool *out);
+
+/**
+ * Writes the jitter (a fraction, 0–1) to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
+ * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ */
+btb_status btb_retry_policy_jitter(const btb_retry_policy *policy, double *out);
 
 /**
  * Frees a string that btb returned as owned. NULL is a no-op. Passing any other pointer, or

@@ -10,6 +10,7 @@ use pyo3::types::PyString;
 
 use crate::convert::{enum_or_int, opt_utf8, py_repr, uint};
 use crate::errors::OrRaise;
+use crate::retry::RetryPolicy;
 use crate::system::{
     BackgroundTaskRegistration, BackgroundTaskRegistrationGroup, System, default_system, lock,
     try_lock,
@@ -123,6 +124,21 @@ impl BackgroundTaskBuilder {
         let value = uint(value, "name policy")?;
         self.with(py, |s| s.builder.name_policy = value);
         Ok(())
+    }
+
+    /// The `RetryPolicy` (SPEC §12; WorkManager's `setBackoffCriteria`), or `None`: without one
+    /// nothing is retried on its own, and a run that asks for a retry gets the default policy.
+    /// Its bounds are checked by `register`.
+    #[getter]
+    fn retry_policy(&self, py: Python<'_>) -> Option<RetryPolicy> {
+        self.with(py, |s| s.builder.retry_policy)
+            .map(|inner| RetryPolicy { inner })
+    }
+
+    #[setter]
+    fn set_retry_policy(&self, py: Python<'_>, value: Option<PyRef<'_, RetryPolicy>>) {
+        let value = value.map(|p| p.inner);
+        self.with(py, |s| s.builder.retry_policy = value);
     }
 
     /// The trigger set with `set_trigger`, or `None`.

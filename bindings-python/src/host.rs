@@ -9,7 +9,7 @@ use btb_core::CancellationReason;
 use btb_core::host::{HostDeferral, HostInstance as CoreHost};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyTuple, PyWeakrefMethods, PyWeakrefReference};
+use pyo3::types::{PyString, PyTuple, PyWeakrefMethods, PyWeakrefReference};
 use uuid::Uuid;
 
 use crate::convert::{member, uint};
@@ -22,6 +22,8 @@ use crate::runtime::{attach, call_unwinding, describe, log_error, reason_value};
 #[pyclass(frozen, weakref, module = "btb.host")]
 pub struct HostInstance {
     inner: CoreHost,
+    /// The last output sent to the broker, for the getter.
+    output: std::sync::Mutex<Option<serde_json::Value>>,
 }
 
 /// A deferral taken in a host process (`HostInstance.get_deferral()`).
@@ -43,7 +45,10 @@ impl HostInstanceDeferral {
 #[pyfunction(name = "_host_connect")]
 pub(crate) fn connect(py: Python<'_>) -> PyResult<HostInstance> {
     let inner = py.detach(btb_core::host::connect).or_raise()?;
-    Ok(HostInstance { inner })
+    Ok(HostInstance {
+        inner,
+        output: std::sync::Mutex::default(),
+    })
 }
 
 #[pymethods]
@@ -116,6 +121,51 @@ impl HostInstance {
     #[getter]
     fn cancellation_reason(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         reason_value(py, self.inner.cancellation_reason())
+    }
+
+    /// Which attempt this run is (`BTB_ATTEMPT`: 1, then 2, 3… for retries; SPEC §12;
+    /// WorkManager's `runAttemptCount + 1`).
+    #[getter]
+    fn attempt(&self) -> u32 {
+        self.inner.attempt()
+    }
+
+    /// Asks for another attempt (SPEC §12; WorkManager's `Result.retry()`), as exiting with status
+    /// 75 (`EX_TEMPFAIL`) does: `after` (a `timedelta`, or seconds) instead of the retry policy's
+    /// delay, `message` kept with the run. `UnsupportedError` with a broker of protocol version 1.
+    #[pyo3(signature = (after = None, message = None))]
+    fn request_retry(
+        &self,
+        py: Python<'_>,
+        after: Option<&Bound<'_, PyAny>>,
+        message: Option<&Bound<'_, PyString>>,
+    ) -> PyResult<()> {
+        let after = after
+            .map(|a| crate::retry::delay_ms(a, "request_retry after").map(Duration::from_millis))
+            .transpose()?;
+        let message = crate::convert::opt_utf8(message, "retry message")?;
+        py.detach(|| self.inner.request_retry(after, message))
+            .or_raise()
+    }
+
+    /// What the run hands back (SPEC §12; WorkManager's output `Data`): a `dict` of JSON values,
+    /// at most 64 KiB as JSON, sent to the broker when set (anything else raises
+    /// `InvalidArgumentError`); the broker keeps it with the run (`RunRecord.output`). Reads the
+    /// last one set by this process, or `None`.
+    #[getter]
+    fn output<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let output = crate::system::lock(py, &self.output).clone();
+        output
+            .map(|value| crate::json::to_python(py, &value))
+            .transpose()
+    }
+
+    #[setter]
+    fn set_output(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        let output = crate::json::output(value)?;
+        py.detach(|| self.inner.set_output(&output)).or_raise()?;
+        *crate::system::lock(py, &self.output) = Some(output);
+        Ok(())
     }
 
     /// Marks the run as failed with `message`, whatever the exit status.

@@ -1,4 +1,5 @@
-//! Application trigger arguments: a Python `dict` of JSON values ↔ the core's JSON object.
+//! Application trigger arguments and run outputs: a Python `dict` of JSON values ↔ the core's
+//! JSON object.
 //!
 //! Converted by hand rather than through the `json` module: no text round trip on the request path,
 //! and errors name the offending key.
@@ -27,13 +28,30 @@ pub(crate) fn arguments(value: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Val
             value.get_type().name()?
         )));
     }
-    to_json(value, "arguments", 0).map(Some)
+    to_json(value, ARGUMENTS, "arguments", 0).map(Some)
 }
 
-fn to_json(value: &Bound<'_, PyAny>, path: &str, depth: usize) -> PyResult<Value> {
+const ARGUMENTS: &str = "application trigger arguments";
+
+/// A run's output (SPEC §12): a `dict` with `str` keys and JSON values → a JSON object. Anything
+/// but a dict (`None` included) is `InvalidArgumentError`, as the core refuses any JSON but an
+/// object; values JSON cannot hold are `TypeError` (as `json.dumps` raises) or
+/// `InvalidArgumentError` (NaN, infinities, integers beyond 64 bits). The 64 KiB bound is the
+/// core's.
+pub(crate) fn output(value: &Bound<'_, PyAny>) -> PyResult<Value> {
+    if !value.is_instance_of::<PyDict>() {
+        return Err(invalid(format!(
+            "a run's output must be a dict (a JSON object), not {}",
+            value.get_type().name()?
+        )));
+    }
+    to_json(value, "a run's output", "output", 0)
+}
+
+fn to_json(value: &Bound<'_, PyAny>, what: &str, path: &str, depth: usize) -> PyResult<Value> {
     if depth > MAX_DEPTH {
         return Err(invalid(format!(
-            "application trigger arguments are nested more than {MAX_DEPTH} levels deep at {path}"
+            "{what}: nested more than {MAX_DEPTH} levels deep at {path}"
         )));
     }
     if value.is_none() {
@@ -75,7 +93,7 @@ fn to_json(value: &Bound<'_, PyAny>, path: &str, depth: usize) -> PyResult<Value
                 )));
             };
             let key = utf8(key, &format!("a key of {path}"))?;
-            let item = to_json(&item, &format!("{path}[{key:?}]"), depth + 1)?;
+            let item = to_json(&item, what, &format!("{path}[{key:?}]"), depth + 1)?;
             map.insert(key, item);
         }
         return Ok(Value::Object(map));
@@ -83,13 +101,13 @@ fn to_json(value: &Bound<'_, PyAny>, path: &str, depth: usize) -> PyResult<Value
     if value.is_instance_of::<PyList>() || value.is_instance_of::<PyTuple>() {
         let mut items = Vec::new();
         for (i, item) in value.try_iter()?.enumerate() {
-            items.push(to_json(&item?, &format!("{path}[{i}]"), depth + 1)?);
+            items.push(to_json(&item?, what, &format!("{path}[{i}]"), depth + 1)?);
         }
         return Ok(Value::Array(items));
     }
     Err(PyTypeError::new_err(format!(
-        "{path} is a {}, which is not JSON: application trigger arguments hold None, bool, int, \
-         float, str, list, tuple and dict values",
+        "{path} is a {}, which is not JSON: {what} may hold None, bool, int, float, str, list, \
+         tuple and dict values",
         value.get_type().name()?
     )))
 }

@@ -10,6 +10,7 @@ mod host;
 mod json;
 mod manifest;
 mod policy;
+mod retry;
 mod runtime;
 mod system;
 mod trigger;
@@ -19,8 +20,9 @@ use pyo3::prelude::*;
 #[pymodule]
 mod _btb {
     use btb_core::{
-        ApplicationTriggerResult, BackgroundWorkCostValue, CancellationReason, CustomRecurrence,
-        Durability, ErrorKind, NamePolicy, SystemConditionType, SystemTriggerType, TaskOutcome,
+        ApplicationTriggerResult, BackgroundWorkCostValue, BackoffPolicy, CancellationReason,
+        CustomRecurrence, Durability, ErrorKind, NamePolicy, SystemConditionType,
+        SystemTriggerType, TaskOutcome,
     };
     use pyo3::prelude::*;
     use pyo3::types::PyDict;
@@ -33,6 +35,8 @@ mod _btb {
     use crate::manifest::{Manifest, TaskDeclaration};
     #[pymodule_export]
     use crate::policy::{ManualClock, Policy};
+    #[pymodule_export]
+    use crate::retry::RetryPolicy;
     #[pymodule_export]
     use crate::runtime::{
         _wait_python_idle, BackgroundTaskCompletedEventArgs, BackgroundTaskDeferral,
@@ -75,6 +79,7 @@ mod _btb {
         dict.set_item("BackgroundWorkCostValue", table!(BackgroundWorkCostValue))?;
         dict.set_item("NamePolicy", table!(NamePolicy))?;
         dict.set_item("TaskOutcome", table!(TaskOutcome))?;
+        dict.set_item("BackoffPolicy", table!(BackoffPolicy))?;
         dict.set_item(
             "Durability",
             vec![

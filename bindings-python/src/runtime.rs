@@ -223,11 +223,12 @@ const SHUTTING_DOWN: &str = "the Python interpreter is shutting down: the task w
 /// What a run calls: a function (called with the instance), or a class with `run(self, instance)`
 /// (instantiated per run, as Windows instantiates the `IBackgroundTask` class). A run function
 /// that returns a coroutine (`async def`) is run to completion with `asyncio.run` on the worker.
-fn invoke(
-    py: Python<'_>,
-    target: &Bound<'_, PyAny>,
-    instance: &Bound<'_, BackgroundTaskInstance>,
-) -> PyResult<()> {
+/// Returns what the run function returned (the coroutine's result, for an `async def`).
+fn invoke<'py>(
+    py: Python<'py>,
+    target: &Bound<'py, PyAny>,
+    instance: &Bound<'py, BackgroundTaskInstance>,
+) -> PyResult<Bound<'py, PyAny>> {
     fn one<'py>(arg: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
         PyTuple::new(arg.py(), [arg])
     }
@@ -249,10 +250,26 @@ fn invoke(
             .is_truthy()?
         {
             let run = module(py, &ASYNCIO, "asyncio")?.getattr(intern!(py, "run"))?;
-            call_unwinding(&run, one(&result)?)?;
+            return call_unwinding(&run, one(&result)?);
         }
     }
-    Ok(())
+    Ok(result)
+}
+
+/// What a run function returned (SPEC §12): a `dict` is the run's output (WorkManager's
+/// `Result.success(outputData)`), `None` changes nothing, anything else fails the run.
+fn returned(py: Python<'_>, instance: &Instance, result: &Bound<'_, PyAny>) -> PyResult<()> {
+    if result.is_none() {
+        return Ok(());
+    }
+    if !result.is_instance_of::<pyo3::types::PyDict>() {
+        return Err(PyTypeError::new_err(format!(
+            "the run function returned a {}: it may return a dict (the run's output) or None",
+            result.get_type().name()?
+        )));
+    }
+    let output = crate::json::output(result)?;
+    py.detach(|| instance.set_output(&output)).or_raise()
 }
 
 /// Checks what `register_entry_point` and the activation handlers accept.
@@ -298,7 +315,9 @@ fn run_target(
         Ok(i) => i,
         Err(err) => return fail(py, instance, &err),
     };
-    if let Err(err) = invoke(py, &target, &python_instance) {
+    if let Err(err) =
+        invoke(py, &target, &python_instance).and_then(|result| returned(py, instance, &result))
+    {
         fail(py, instance, &err);
     }
     // The run is over: finish it before letting go of what it held. Dropping the last reference
@@ -703,6 +722,52 @@ impl BackgroundTaskInstance {
         drop(removed); // unlocked: dropping a callable can run Python code
     }
 
+    /// Which attempt this run is: 1, then 2, 3… for retries (SPEC §12; WorkManager's
+    /// `runAttemptCount + 1`).
+    #[getter]
+    fn attempt(&self) -> u32 {
+        self.inner.attempt()
+    }
+
+    /// Asks for another attempt when this run ends (SPEC §12; WorkManager's `Result.retry()`):
+    /// its record says `TaskOutcome.RETRY`, and the next attempt runs `after` (a `timedelta`, or
+    /// seconds) after it ends — by default, the delay of the task's `RetryPolicy`, or of the
+    /// default policy (exponential from 30 s) when it has none — then waits for its conditions.
+    /// `message` is kept with the run. The run still ends as it would; the last request wins; once
+    /// `max_attempts` is reached the run is recorded as failed instead.
+    #[pyo3(signature = (after = None, message = None))]
+    fn request_retry(
+        &self,
+        py: Python<'_>,
+        after: Option<&Bound<'_, PyAny>>,
+        message: Option<&Bound<'_, PyString>>,
+    ) -> PyResult<()> {
+        let after = after
+            .map(|a| crate::retry::delay_ms(a, "request_retry after").map(Duration::from_millis))
+            .transpose()?;
+        let message = crate::convert::opt_utf8(message, "retry message")?;
+        py.detach(|| self.inner.request_retry(after, message));
+        Ok(())
+    }
+
+    /// What the run hands back (SPEC §12; WorkManager's output `Data`): a `dict` of JSON values,
+    /// at most 64 KiB as JSON, kept with the run's record and given to completed handlers; `None`
+    /// until set. Setting anything but such a dict raises `InvalidArgumentError` (values JSON
+    /// cannot hold: `TypeError`). Returning a dict from the run function sets it too.
+    #[getter]
+    fn output<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let output = py.detach(|| self.inner.output());
+        output
+            .map(|value| crate::json::to_python(py, &value))
+            .transpose()
+    }
+
+    #[setter]
+    fn set_output(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        let output = crate::json::output(value)?;
+        py.detach(|| self.inner.set_output(&output)).or_raise()
+    }
+
     /// Marks the run as failed with `message` (it still ends when the run function returns and
     /// its deferrals complete); raising from the run function does the same.
     fn report_failure(&self, message: &Bound<'_, PyString>) -> PyResult<()> {
@@ -833,6 +898,31 @@ impl BackgroundTaskCompletedEventArgs {
         self.completion.last_progress
     }
 
+    /// Which attempt ended (1-based; SPEC §12).
+    #[getter]
+    fn attempt(&self) -> u32 {
+        self.completion.attempt
+    }
+
+    /// With status `RETRY`: when the next attempt is due (aware UTC `datetime`), else `None`.
+    #[getter]
+    fn retry_at<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        self.completion
+            .retry_at_ms
+            .map(|ms| datetime_from_ms(py, ms))
+            .transpose()
+    }
+
+    /// What the run handed back (a new dict each time; SPEC §12), or `None`.
+    #[getter]
+    fn output<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        self.completion
+            .output
+            .as_ref()
+            .map(|value| crate::json::to_python(py, value))
+            .transpose()
+    }
+
     /// Returns `None` if the run succeeded; raises `btb.TaskFailedError` (failed) or
     /// `btb.TaskCanceledError` (canceled, with `.reason`) otherwise (WinRT `CheckResult`).
     fn check_result(&self, py: Python<'_>) -> PyResult<()> {
@@ -942,6 +1032,31 @@ impl RunRecord {
     #[getter]
     fn stderr(&self) -> Option<&str> {
         self.record.stderr.as_deref()
+    }
+
+    /// Which attempt this was (1-based; SPEC §12).
+    #[getter]
+    fn attempt(&self) -> u32 {
+        self.record.attempt
+    }
+
+    /// With status `RETRY`: when the next attempt is due (aware UTC `datetime`), else `None`.
+    #[getter]
+    fn retry_at<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        self.record
+            .retry_at_ms
+            .map(|ms| datetime_from_ms(py, ms))
+            .transpose()
+    }
+
+    /// What the run handed back (a new dict each time; SPEC §12), or `None`.
+    #[getter]
+    fn output<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        self.record
+            .output
+            .as_deref()
+            .map(|text| crate::json::text_to_python(py, text))
+            .transpose()
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {

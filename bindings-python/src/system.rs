@@ -788,6 +788,15 @@ impl BackgroundTaskRegistration {
         self.inner.is_network_requested()
     }
 
+    /// The `RetryPolicy` it was registered with (SPEC §12), or `None`.
+    #[getter]
+    fn retry_policy(&self) -> Option<crate::retry::RetryPolicy> {
+        self.inner
+            .record()
+            .retry_policy
+            .map(|inner| crate::retry::RetryPolicy { inner })
+    }
+
     /// True once a one-shot trigger has fired: the registration stays but never fires again.
     #[getter]
     fn spent(&self, py: Python<'_>) -> bool {

@@ -17,7 +17,8 @@ SPEC_VALUES = {
     "CustomSystemEventTriggerRecurrence": {"ONCE": 0, "ALWAYS": 1},
     "BackgroundWorkCostValue": {"LOW": 0, "MEDIUM": 1, "HIGH": 2},
     "NamePolicy": {"ALLOW": 0, "KEEP": 1, "REPLACE": 2, "FAIL": 3},
-    "TaskOutcome": {"SUCCEEDED": 0, "FAILED": 1, "CANCELED": 2},
+    "TaskOutcome": {"SUCCEEDED": 0, "FAILED": 1, "CANCELED": 2, "RETRY": 3},
+    "BackoffPolicy": {"EXPONENTIAL": 0, "LINEAR": 1},
     "Durability": {"FULL": 0, "NORMAL": 1},
 }
 

@@ -9,6 +9,7 @@ use btb_core::{Builder, Error, ErrorKind};
 use crate::error::{btb_status, guard};
 use crate::handle::{self, Out, OutArray, handle_type, read, required};
 use crate::registration::{btb_registration, btb_task_group, new_group, new_registration};
+use crate::retry::{self, btb_retry_policy, new_retry_policy};
 use crate::strings::{arg, c_str, opt_arg, owned};
 use crate::system::btb_system;
 use crate::trigger::{btb_condition, btb_trigger, new_trigger};
@@ -172,6 +173,25 @@ pub extern "C" fn btb_add_condition(
     })
 }
 
+/// Sets the retry policy (copied; SPEC §12) or, with NULL, clears it: without one nothing is retried
+/// on its own, and a run that asks for a retry gets the default policy. The caller still owns and
+/// frees `policy`. Its bounds are checked by `btb_register` (`BTB_ERROR_INVALID_ARGUMENT`).
+/// Errors: `BTB_ERROR_NULL_ARGUMENT` (builder), `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn btb_set_retry_policy(
+    builder: *mut btb_builder,
+    policy: *const btb_retry_policy,
+) -> btb_status {
+    edit(builder, |b| {
+        b.retry_policy = if policy.is_null() {
+            None
+        } else {
+            Some(*retry::lock(&handle::get(policy, "policy")?))
+        };
+        Ok(())
+    })
+}
+
 /// Writes a copy of the name to `*out` (NULL when unset); the caller frees it with
 /// `btb_string_free`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
@@ -284,6 +304,27 @@ pub extern "C" fn btb_get_trigger(
     })
 }
 
+/// Writes a new handle to a copy of the retry policy to `*out` (free with `btb_retry_policy_free`;
+/// changing it does not change the builder's). Errors: `BTB_ERROR_NULL_ARGUMENT`,
+/// `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_NOT_FOUND` (no retry policy set). Thread-safe.
+#[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
+pub extern "C" fn btb_get_retry_policy(
+    builder: *const btb_builder,
+    out: *mut *mut btb_retry_policy,
+) -> btb_status {
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| {
+        read(builder, out, |b| {
+            lock(b)
+                .retry_policy
+                .map(new_retry_policy)
+                .ok_or_else(|| Error::new(ErrorKind::NotFound, "the builder has no retry policy"))
+        })
+    })
+}
+
 /// Copies up to `capacity` condition types (`BTB_CONDITION_*`, in the order added) to `conditions`
 /// and writes their total number to `*out_len` (call with `capacity` 0 to learn it).
 /// `conditions` may be NULL when `capacity` is 0.
@@ -358,9 +399,10 @@ pub extern "C" fn btb_register(
 /// nothing is stored and `*out` is untouched. Checks, in order: `BTB_ERROR_NULL_ARGUMENT` /
 /// `BTB_ERROR_INVALID_HANDLE`; name (`BTB_ERROR_INVALID_ARGUMENT`); `BTB_ERROR_NO_TRIGGER`;
 /// `BTB_ERROR_NO_ENTRY_POINT`; `BTB_ERROR_NOT_DECLARED` (entry point, then task type);
-/// `BTB_ERROR_INVALID_ARGUMENT` (freshness, enum values, calendar expression); `BTB_ERROR_CONFLICT`
-/// (contradictory conditions, name taken under `BTB_NAME_POLICY_FAIL`); `BTB_ERROR_STORE`. Also
-/// `BTB_ERROR_STATE` (closed system, used after fork). Thread-safe; blocks for the commit.
+/// `BTB_ERROR_INVALID_ARGUMENT` (freshness, enum values, calendar expression, retry policy
+/// bounds); `BTB_ERROR_CONFLICT` (contradictory conditions, name taken under
+/// `BTB_NAME_POLICY_FAIL`); `BTB_ERROR_STORE`. Also `BTB_ERROR_STATE` (closed system, used after
+/// fork). Thread-safe; blocks for the commit.
 #[unsafe(no_mangle)]
 #[expect(clippy::not_unsafe_ptr_arg_deref)]
 pub extern "C" fn btb_register_in(

@@ -35,6 +35,7 @@ pub(crate) enum Object {
     Instance(crate::instance::InstanceRef),
     Deferral(crate::instance::DeferralRef),
     RunList(crate::registration::RunListRef),
+    RetryPolicy(crate::retry::RetryPolicyRef),
 }
 
 impl Object {
@@ -53,6 +54,7 @@ impl Object {
             Object::Instance(_) => "btb_instance",
             Object::Deferral(_) => "btb_deferral",
             Object::RunList(_) => "btb_run_list",
+            Object::RetryPolicy(_) => "btb_retry_policy",
         }
     }
 }

@@ -16,7 +16,7 @@ use btb_core::{CancellationReason, Deferral, Error, ErrorKind, Handler, Instance
 use crate::error::{btb_status, guard};
 use crate::handle::{self, Out, UserData, handle_type, read};
 use crate::registration::{btb_registration, btb_uuid, new_registration};
-use crate::strings::{arg, c_str};
+use crate::strings::{arg, c_str, opt_arg};
 
 /// One run of a registered task (`IBackgroundTaskInstance`). Thread-safe. A handle passed to a
 /// callback is borrowed (valid until the callback returns); handles from `btb_instance_clone` and
@@ -104,6 +104,34 @@ impl Run {
         match self {
             Run::Local(i) => i.report_failure(message),
             Run::Host(h) => h.report_failure(message),
+        }
+    }
+
+    fn attempt(&self) -> u32 {
+        match self {
+            Run::Local(i) => i.attempt(),
+            Run::Host(h) => h.attempt(),
+        }
+    }
+
+    fn request_retry(
+        &self,
+        after: Option<std::time::Duration>,
+        message: Option<String>,
+    ) -> Result<(), Error> {
+        match self {
+            Run::Local(i) => {
+                i.request_retry(after, message);
+                Ok(())
+            }
+            Run::Host(h) => h.request_retry(after, message),
+        }
+    }
+
+    fn set_output(&self, output: &serde_json::Value) -> Result<(), Error> {
+        match self {
+            Run::Local(i) => i.set_output(output),
+            Run::Host(h) => h.set_output(output),
         }
     }
 
@@ -368,6 +396,74 @@ pub extern "C" fn btb_instance_report_failure(
         let message = unsafe { c_str(message) };
         i.report_failure(arg(message, "message")?);
         Ok(())
+    })
+}
+
+/// Writes which attempt this run is to `*out` (1, then 2, 3… for retries; SPEC §12; WorkManager's
+/// `getRunAttemptCount() + 1`; `BTB_ATTEMPT` in an exec host). Errors: `BTB_ERROR_NULL_ARGUMENT`,
+/// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+#[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
+pub extern "C" fn btb_instance_attempt(instance: *const btb_instance, out: *mut u32) -> btb_status {
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| read(instance, out, |i| Ok(i.run.attempt())))
+}
+
+/// Asks for another attempt when this run ends (SPEC §12; WorkManager's `Result.retry()`): its
+/// record says `BTB_TASK_OUTCOME_RETRY`, and the next attempt runs `after_ms` after it ends (0: the
+/// delay of the task's retry policy, or of the default policy, exponential from 30 s, when it has
+/// none), then waits for its conditions. `message` (copied; may be NULL) is kept with the run. The
+/// run still ends as it would (return, complete its deferrals); the last request wins, and once
+/// `max_attempts` is reached the run is recorded as failed instead. In an exec host it is sent to
+/// the broker (as exiting with status 75 does). Errors: `BTB_ERROR_NULL_ARGUMENT` (instance),
+/// `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT` (negative `after_ms`),
+/// `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_UNSUPPORTED` (a host whose broker speaks protocol version
+/// 1). Thread-safe.
+#[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
+pub extern "C" fn btb_instance_request_retry(
+    instance: *mut btb_instance,
+    after_ms: i64,
+    message: *const c_char,
+) -> btb_status {
+    act(instance, |i| {
+        // SAFETY: the C contract: `message` is NULL or a NUL-terminated string valid during the
+        // call.
+        let message = unsafe { c_str(message) };
+        let message = opt_arg(message, "message")?.map(str::to_owned);
+        let after = match after_ms {
+            0 => None,
+            ms => Some(std::time::Duration::from_millis(
+                u64::try_from(ms).map_err(|_| {
+                    Error::invalid(format!("after_ms is {ms}; it must not be negative"))
+                })?,
+            )),
+        };
+        i.request_retry(after, message)
+    })
+}
+
+/// Sets what the run hands back (SPEC §12; WorkManager's `Result.success(outputData)`): `json`, the
+/// text of a JSON object of at most 64 KiB (copied), kept with the run's record
+/// (`btb_run.output`) and given to completed handlers (`btb_completion.output`). The last one set
+/// wins. In an exec host it is sent to the broker. Errors: `BTB_ERROR_NULL_ARGUMENT`,
+/// `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_INVALID_ARGUMENT` (not JSON,
+/// not an object, more than 64 KiB; the output is unchanged), `BTB_ERROR_UNSUPPORTED` (a host whose
+/// broker speaks protocol version 1). Thread-safe.
+#[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
+pub extern "C" fn btb_instance_set_output(
+    instance: *mut btb_instance,
+    json: *const c_char,
+) -> btb_status {
+    act(instance, |i| {
+        // SAFETY: the C contract: `json` is NULL or a NUL-terminated string valid during the call.
+        let json = unsafe { c_str(json) };
+        let json = arg(json, "json")?;
+        let value: serde_json::Value = serde_json::from_str(json)
+            .map_err(|e| Error::invalid(format!("the output is not valid JSON: {e}")))?;
+        i.set_output(&value)
     })
 }
 

@@ -19,6 +19,7 @@ pub mod error;
 pub mod handle;
 pub mod instance;
 pub mod registration;
+pub mod retry;
 pub mod strings;
 pub mod system;
 pub mod trigger;

@@ -8,6 +8,7 @@ use btb_core::{Completion, Error, ErrorKind, Registration, RunRecord, TaskGroup}
 use crate::error::{btb_status, guard};
 use crate::handle::{self, Handle, Out, OutArray, UserData, handle_type, read, required};
 use crate::instance::btb_free_fn;
+use crate::retry::{btb_retry_policy, new_retry_policy};
 use crate::strings::{arg, c_str, c_string, opt_arg, owned};
 use crate::trigger::{btb_trigger, new_trigger};
 
@@ -229,6 +230,30 @@ pub extern "C" fn btb_registration_trigger(
     guard(|| {
         read(registration, out, |r| {
             Ok(new_trigger(r.registration.trigger()))
+        })
+    })
+}
+
+/// Writes a new handle to a copy of the registration's retry policy to `*out` (free with
+/// `btb_retry_policy_free`). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`,
+/// `BTB_ERROR_NOT_FOUND` (registered without one). Thread-safe.
+#[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
+pub extern "C" fn btb_registration_retry_policy(
+    registration: *const btb_registration,
+    out: *mut *mut btb_retry_policy,
+) -> btb_status {
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| {
+        read(registration, out, |r| {
+            r.registration
+                .record()
+                .retry_policy
+                .map(new_retry_policy)
+                .ok_or_else(|| {
+                    Error::new(ErrorKind::NotFound, "the registration has no retry policy")
+                })
         })
     })
 }
@@ -531,6 +556,13 @@ pub struct btb_completion {
     /// The failure message, or a description of the cancellation; NULL on success.
     pub message: *const c_char,
     pub last_progress: u32,
+    /// Which attempt ended (1-based; SPEC §12).
+    pub attempt: u32,
+    /// With outcome `BTB_TASK_OUTCOME_RETRY`: when the next attempt is due (ms since the epoch),
+    /// else -1.
+    pub retry_at_ms: i64,
+    /// What the run handed back (`btb_instance_set_output`) as JSON object text, or NULL.
+    pub output: *const c_char,
 }
 
 /// A completed handler (`BackgroundTaskCompletedEventHandler`): called on a btb thread with no btb
@@ -586,6 +618,7 @@ pub extern "C" fn btb_registration_add_completed(
             r.registration
                 .add_completed(Arc::new(move |reg: &Registration, c: &Completion| {
                     let message = c.message.as_deref().map(c_string);
+                    let output = c.output.as_ref().map(|o| c_string(&o.to_string()));
                     let completion = btb_completion {
                         instance_id: btb_uuid {
                             bytes: *c.instance_id.as_bytes(),
@@ -594,6 +627,9 @@ pub extern "C" fn btb_registration_add_completed(
                         reason: c.reason.map_or(-1, |r| r as i32),
                         message: message.as_ref().map_or(std::ptr::null(), |m| m.as_ptr()),
                         last_progress: c.last_progress,
+                        attempt: c.attempt,
+                        retry_at_ms: c.retry_at_ms.unwrap_or(-1),
+                        output: output.as_ref().map_or(std::ptr::null(), |o| o.as_ptr()),
                     };
                     // SAFETY: the C caller promised `f` accepts these arguments.
                     borrowed_registration(reg, |h| unsafe { f(h, &completion, held.ptr()) });
@@ -734,6 +770,13 @@ pub struct btb_run {
     pub stdout_tail: *const c_char,
     /// The end (last 64 KiB) of an exec host's stderr, or NULL.
     pub stderr_tail: *const c_char,
+    /// Which attempt this was (1-based; SPEC §12).
+    pub attempt: u32,
+    /// With outcome `BTB_TASK_OUTCOME_RETRY`: when the next attempt is due (ms since the epoch),
+    /// else -1.
+    pub retry_at_ms: i64,
+    /// What the run handed back, as JSON object text, or NULL.
+    pub output: *const c_char,
 }
 
 pub(crate) struct RunRow {
@@ -742,6 +785,7 @@ pub(crate) struct RunRow {
     message: Option<CString>,
     stdout: Option<CString>,
     stderr: Option<CString>,
+    output: Option<CString>,
 }
 pub(crate) type RunListRef = Arc<Vec<RunRow>>;
 handle_type!(btb_run_list, "list", 13, RunList, RunListRef);
@@ -768,6 +812,7 @@ pub extern "C" fn btb_registration_history(
                     message: run.message.as_deref().map(c_string),
                     stdout: run.stdout.as_deref().map(c_string),
                     stderr: run.stderr.as_deref().map(c_string),
+                    output: run.output.as_deref().map(c_string),
                     run,
                 })
                 .collect();
@@ -820,6 +865,9 @@ pub extern "C" fn btb_run_list_get(
             last_progress: row.run.last_progress,
             stdout_tail: row.stdout.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
             stderr_tail: row.stderr.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
+            attempt: row.run.attempt,
+            retry_at_ms: row.run.retry_at_ms.unwrap_or(-1),
+            output: row.output.as_ref().map_or(std::ptr::null(), |c| c.as_ptr()),
         })
     })
 }

@@ -69,6 +69,9 @@ fn header_names_every_core_value() {
     for o in btb_core::TaskOutcome::ALL {
         has(&format!("BTB_TASK_OUTCOME_{}", o.name()), *o as u32);
     }
+    for b in btb_core::BackoffPolicy::ALL {
+        has(&format!("BTB_BACKOFF_{}", b.name()), *b as u32);
+    }
     for k in btb_core::TriggerKind::ALL {
         has(&format!("BTB_TRIGGER_KIND_{}", k.name()), *k as u32);
     }

@@ -5,6 +5,7 @@
 #include "check.h"
 
 #include <fcntl.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -439,6 +440,150 @@ static void test_registration_checks(void) {
     btb_free(b);
 }
 
+/* Retry policies (SPEC §12): handle misuse, setters that check what they can, the builder's copy,
+ * the bounds checked at registration, the registration's copy; instance calls on bad handles. */
+static void test_retry_policy(void) {
+    btb_retry_policy *p = NULL, *p2 = NULL;
+    btb_builder *b = NULL;
+    btb_trigger *t = NULL;
+    uint32_t v = 99;
+    int64_t ms = 0;
+    double jitter = -1;
+    bool flag = true;
+
+    /* NULL out-parameters and handles */
+    EXPECT(btb_retry_policy_new(BTB_BACKOFF_EXPONENTIAL, 30000, 18000000, NULL), BTB_ERROR_NULL_ARGUMENT);
+    MSG_HAS("out is NULL");
+    EXPECT(btb_retry_policy_set_max_attempts(NULL, 3), BTB_ERROR_NULL_ARGUMENT);
+    MSG_HAS("policy is NULL");
+    EXPECT(btb_retry_policy_set_jitter(NULL, 0.5), BTB_ERROR_NULL_ARGUMENT);
+    EXPECT(btb_retry_policy_backoff(NULL, &v), BTB_ERROR_NULL_ARGUMENT);
+    EXPECT(btb_retry_policy_free(NULL), BTB_OK);
+
+    /* what the constructor can check: an unknown backoff, a negative delay */
+    EXPECT(btb_retry_policy_new(7, 30000, 18000000, &p), BTB_ERROR_INVALID_ARGUMENT);
+    MSG_HAS("unknown backoff policy value 7");
+    EXPECT(btb_retry_policy_new(BTB_BACKOFF_LINEAR, -1, 18000000, &p), BTB_ERROR_INVALID_ARGUMENT);
+    MSG_HAS("initial delay -1 ms is negative");
+    EXPECT(btb_retry_policy_new(BTB_BACKOFF_LINEAR, 10000, -5, &p), BTB_ERROR_INVALID_ARGUMENT);
+    MSG_HAS("max delay -5 ms");
+    CHECK(p == NULL);
+
+    /* a policy and its getters */
+    EXPECT(btb_retry_policy_new(BTB_BACKOFF_LINEAR, 10000, 60000, &p), BTB_OK);
+    EXPECT(btb_retry_policy_backoff(p, NULL), BTB_ERROR_NULL_ARGUMENT);
+    EXPECT(btb_retry_policy_backoff(p, &v), BTB_OK);
+    CHECK(v == BTB_BACKOFF_LINEAR);
+    EXPECT(btb_retry_policy_initial_delay_ms(p, &ms), BTB_OK);
+    CHECK(ms == 10000);
+    EXPECT(btb_retry_policy_max_delay_ms(p, &ms), BTB_OK);
+    CHECK(ms == 60000);
+    EXPECT(btb_retry_policy_max_attempts(p, &v), BTB_OK);
+    CHECK(v == 0);
+    EXPECT(btb_retry_policy_retry_on_failure(p, &flag), BTB_OK);
+    CHECK(!flag);
+    EXPECT(btb_retry_policy_jitter(p, &jitter), BTB_OK);
+    CHECK(jitter == 0.0);
+    EXPECT(btb_retry_policy_set_max_attempts(p, 4), BTB_OK);
+    EXPECT(btb_retry_policy_set_retry_on_failure(p, true), BTB_OK);
+    EXPECT(btb_retry_policy_set_jitter(p, 0.25), BTB_OK);
+    /* jitter out of range (or NaN) is refused at the setter and changes nothing */
+    EXPECT(btb_retry_policy_set_jitter(p, 1.5), BTB_ERROR_INVALID_ARGUMENT);
+    MSG_HAS("jitter 1.5 is outside 0");
+    EXPECT(btb_retry_policy_set_jitter(p, -0.1), BTB_ERROR_INVALID_ARGUMENT);
+    EXPECT(btb_retry_policy_set_jitter(p, NAN), BTB_ERROR_INVALID_ARGUMENT);
+    EXPECT(btb_retry_policy_jitter(p, &jitter), BTB_OK);
+    CHECK(jitter == 0.25);
+    EXPECT(btb_retry_policy_max_attempts(p, &v), BTB_OK);
+    CHECK(v == 4);
+    EXPECT(btb_retry_policy_retry_on_failure(p, &flag), BTB_OK);
+    CHECK(flag);
+
+    /* wrong types both ways */
+    EXPECT(btb_time_trigger_new(15, false, &t), BTB_OK);
+    EXPECT(btb_retry_policy_set_max_attempts((btb_retry_policy *)t, 2), BTB_ERROR_INVALID_HANDLE);
+    MSG_HAS("btb_trigger");
+    EXPECT(btb_retry_policy_free((btb_retry_policy *)t), BTB_ERROR_INVALID_HANDLE);
+    EXPECT(btb_trigger_free((btb_trigger *)p), BTB_ERROR_INVALID_HANDLE);
+    MSG_HAS("btb_retry_policy");
+    EXPECT(btb_trigger_free(t), BTB_OK);
+
+    /* the builder copies it; NULL clears; the getter is NOT_FOUND without one */
+    EXPECT(btb_new(&b), BTB_OK);
+    EXPECT(btb_get_retry_policy(b, &p2), BTB_ERROR_NOT_FOUND);
+    MSG_HAS("no retry policy");
+    EXPECT(btb_get_retry_policy(b, NULL), BTB_ERROR_NULL_ARGUMENT);
+    EXPECT(btb_set_retry_policy(NULL, p), BTB_ERROR_NULL_ARGUMENT);
+    EXPECT(btb_set_retry_policy(b, (btb_retry_policy *)b), BTB_ERROR_INVALID_HANDLE);
+    EXPECT(btb_set_retry_policy(b, p), BTB_OK);
+    EXPECT(btb_retry_policy_set_max_attempts(p, 9), BTB_OK); /* the builder's copy is unchanged */
+    EXPECT(btb_get_retry_policy(b, &p2), BTB_OK);
+    EXPECT(btb_retry_policy_max_attempts(p2, &v), BTB_OK);
+    CHECK(v == 4);
+    EXPECT(btb_retry_policy_backoff(p2, &v), BTB_OK);
+    CHECK(v == BTB_BACKOFF_LINEAR);
+    EXPECT(btb_retry_policy_jitter(p2, &jitter), BTB_OK);
+    CHECK(jitter == 0.25);
+    EXPECT(btb_retry_policy_free(p2), BTB_OK);
+    EXPECT(btb_set_retry_policy(b, NULL), BTB_OK);
+    EXPECT(btb_get_retry_policy(b, &p2), BTB_ERROR_NOT_FOUND);
+
+    /* freed handles and double free */
+    EXPECT(btb_retry_policy_free(p), BTB_OK);
+    EXPECT(btb_retry_policy_free(p), BTB_ERROR_INVALID_HANDLE);
+    MSG_HAS("freed");
+    EXPECT(btb_set_retry_policy(b, p), BTB_ERROR_INVALID_HANDLE);
+    EXPECT(btb_retry_policy_set_jitter(p, 0.5), BTB_ERROR_INVALID_HANDLE);
+    EXPECT(btb_free(b), BTB_OK);
+
+    /* the bounds of SPEC §12 are checked at registration */
+    btb_system *s = open_system(":memory:");
+    CHECK(s != NULL);
+    if (!s) return;
+    btb_registration *r = NULL;
+    b = timer_builder("retrying", 15);
+    EXPECT(btb_retry_policy_new(BTB_BACKOFF_EXPONENTIAL, 5000, 60000, &p), BTB_OK);
+    EXPECT(btb_set_retry_policy(b, p), BTB_OK);
+    EXPECT(btb_register_in(s, b, &r), BTB_ERROR_INVALID_ARGUMENT);
+    MSG_HAS("initial delay 5000 ms");
+    EXPECT(btb_retry_policy_free(p), BTB_OK);
+    EXPECT(btb_retry_policy_new(BTB_BACKOFF_EXPONENTIAL, 60000, 30000, &p), BTB_OK);
+    EXPECT(btb_set_retry_policy(b, p), BTB_OK);
+    EXPECT(btb_register_in(s, b, &r), BTB_ERROR_INVALID_ARGUMENT);
+    MSG_HAS("max delay 30000 ms");
+    EXPECT(btb_retry_policy_free(p), BTB_OK);
+    CHECK(count_all(s) == 0);
+    EXPECT(btb_retry_policy_new(BTB_BACKOFF_EXPONENTIAL, 30000, 18000000, &p), BTB_OK);
+    EXPECT(btb_retry_policy_set_max_attempts(p, 3), BTB_OK);
+    EXPECT(btb_set_retry_policy(b, p), BTB_OK);
+    EXPECT(btb_retry_policy_free(p), BTB_OK);
+    EXPECT(btb_register_in(s, b, &r), BTB_OK);
+    EXPECT(btb_registration_retry_policy(r, &p2), BTB_OK);
+    EXPECT(btb_retry_policy_max_attempts(p2, &v), BTB_OK);
+    CHECK(v == 3);
+    EXPECT(btb_retry_policy_initial_delay_ms(p2, &ms), BTB_OK);
+    CHECK(ms == 30000);
+    EXPECT(btb_retry_policy_free(p2), BTB_OK);
+    EXPECT(btb_registration_free(r), BTB_OK);
+    EXPECT(btb_set_retry_policy(b, NULL), BTB_OK);
+    EXPECT(btb_set_name(b, "plain"), BTB_OK);
+    EXPECT(btb_register_in(s, b, &r), BTB_OK);
+    EXPECT(btb_registration_retry_policy(r, &p2), BTB_ERROR_NOT_FOUND);
+    EXPECT(btb_registration_free(r), BTB_OK);
+    EXPECT(btb_free(b), BTB_OK);
+
+    /* instance calls on a NULL or wrong-type handle (runs: tests/c/test_runtime.c) */
+    EXPECT(btb_instance_attempt(NULL, &v), BTB_ERROR_NULL_ARGUMENT);
+    MSG_HAS("instance is NULL");
+    EXPECT(btb_instance_request_retry(NULL, 0, NULL), BTB_ERROR_NULL_ARGUMENT);
+    EXPECT(btb_instance_set_output(NULL, "{}"), BTB_ERROR_NULL_ARGUMENT);
+    EXPECT(btb_instance_attempt((btb_instance *)s, &v), BTB_ERROR_INVALID_HANDLE);
+    MSG_HAS("btb_system");
+    EXPECT(btb_instance_request_retry((btb_instance *)s, 1000, "x"), BTB_ERROR_INVALID_HANDLE);
+    EXPECT(btb_instance_set_output((btb_instance *)s, "{}"), BTB_ERROR_INVALID_HANDLE);
+    EXPECT(btb_system_close(s), BTB_OK);
+}
+
 /* argv[0]: test_store runs this program again as a client process. */
 static const char *self_path;
 
@@ -600,6 +745,7 @@ int main(int argc, char **argv) {
     test_null_and_handles();
     test_builder_roundtrip();
     test_registration_checks();
+    test_retry_policy();
     test_store();
     test_default_system();
     test_fork();

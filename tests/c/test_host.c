@@ -52,6 +52,15 @@ static int host_main(void) {
         btb_instance_cancellation_reason(instance, &reason);
         fprintf(stderr, "host heard cancellation %u\n", reason);
         code = canceled && reason == BTB_CANCELLATION_ABORT ? 0 : 15;
+    } else if (strcmp(task, "retry") == 0) {
+        /* SPEC §12 from a host: the attempt, a refused output, an output, a retry request */
+        uint32_t attempt = 0;
+        btb_instance_attempt(instance, &attempt);
+        if (attempt != 1) code = 16;
+        else if (btb_instance_set_output(instance, "[1]") != BTB_ERROR_INVALID_ARGUMENT) code = 17;
+        else if (btb_instance_set_output(instance, "{\"attempt\": 1}") != BTB_OK) code = 18;
+        else if (btb_instance_request_retry(instance, -1, NULL) != BTB_ERROR_INVALID_ARGUMENT) code = 19;
+        else if (btb_instance_request_retry(instance, 3600000, "host busy") != BTB_OK) code = 20;
     } else if (strcmp(task, "exit7") == 0) {
         fprintf(stderr, "about to fail\n");
         code = 7;
@@ -70,6 +79,9 @@ typedef struct {
     uint32_t progress[8];
     int n_progress;
     char message[512];
+    uint32_t attempt;
+    int64_t retry_at_ms;
+    char output[128];
 } watch;
 
 static void on_completed(btb_registration *r, const btb_completion *c, void *user_data) {
@@ -79,6 +91,9 @@ static void on_completed(btb_registration *r, const btb_completion *c, void *use
     w->completed++;
     w->outcome = c->outcome;
     snprintf(w->message, sizeof w->message, "%s", c->message ? c->message : "");
+    w->attempt = c->attempt;
+    w->retry_at_ms = c->retry_at_ms;
+    snprintf(w->output, sizeof w->output, "%s", c->output ? c->output : "(null)");
     pthread_cond_broadcast(&w->cond);
     pthread_mutex_unlock(&w->lock);
 }
@@ -182,6 +197,24 @@ int main(int argc, char **argv) {
     CHECK(wait_for(&fail, &fail.completed, 1));
     CHECK(fail.outcome == BTB_TASK_OUTCOME_FAILED);
     CHECK(strcmp(fail.message, "the input was empty") == 0);
+    OK(btb_registration_free(r));
+
+    /* a retry asked for by the host, with its output (SPEC §12) */
+    watch retry = {0};
+    r = reg(s, "retry", &retry);
+    request(r, NULL);
+    CHECK(wait_for(&retry, &retry.completed, 1));
+    CHECK(retry.outcome == BTB_TASK_OUTCOME_RETRY);
+    CHECK(strcmp(retry.message, "host busy") == 0);
+    CHECK(retry.attempt == 1 && retry.retry_at_ms > 0);
+    CHECK(strcmp(retry.output, "{\"attempt\":1}") == 0);
+    OK(btb_registration_history(r, &runs));
+    OK(btb_run_list_get(runs, 0, &run));
+    CHECK(run.outcome == BTB_TASK_OUTCOME_RETRY && run.attempt == 1);
+    CHECK(run.retry_at_ms == retry.retry_at_ms && run.retry_at_ms >= run.ended_ms + 3600000);
+    CHECK(run.output && strcmp(run.output, "{\"attempt\":1}") == 0);
+    OK(btb_run_list_free(runs));
+    OK(btb_registration_unregister(r, true)); /* drops the waiting attempt */
     OK(btb_registration_free(r));
 
     /* a non-zero exit names the status and quotes stderr */

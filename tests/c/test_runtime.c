@@ -626,6 +626,148 @@ static void test_failure(void) {
     rec_destroy(&rec2);
 }
 
+/* Retries and results (SPEC §12): a run that asks for a retry (attempt 1) runs again once the
+ * manual clock reaches its delay (attempt 2); its outputs reach the completion and the history;
+ * bad outputs are refused inside the run. */
+typedef struct {
+    pthread_mutex_t mu;
+    int runs;
+    uint32_t attempt[MAXREC];
+    btb_status not_json, not_object, null_json, too_big, bad_utf8, negative_after, output, retry;
+    int completed;
+    uint32_t c_outcome[MAXREC], c_attempt[MAXREC];
+    int64_t c_retry_at[MAXREC];
+    char c_output[MAXREC][128], c_message[MAXREC][128];
+} retry_ctx;
+
+static void run_retry(btb_instance *inst, void *ud) {
+    retry_ctx *c = ud;
+    uint32_t attempt = 0;
+    btb_status st = btb_instance_attempt(inst, &attempt);
+    pthread_mutex_lock(&c->mu);
+    int i = c->runs++;
+    if (i < MAXREC) c->attempt[i] = st == BTB_OK ? attempt : 999;
+    pthread_mutex_unlock(&c->mu);
+    if (attempt == 1) {
+        static char big[70 * 1024];
+        memset(big, 'x', sizeof big - 1);
+        memcpy(big, "{\"a\":\"", 6);
+        memcpy(big + sizeof big - 3, "\"}", 3);
+        c->not_json = btb_instance_set_output(inst, "{not json");
+        c->not_object = btb_instance_set_output(inst, "[1, 2]");
+        c->null_json = btb_instance_set_output(inst, NULL);
+        c->too_big = btb_instance_set_output(inst, big);
+        c->bad_utf8 = btb_instance_set_output(inst, "{\"a\": \"\xff\"}");
+        c->negative_after = btb_instance_request_retry(inst, -5, NULL);
+        c->output = btb_instance_set_output(inst, "{\"step\": 1}");
+        c->retry = btb_instance_request_retry(inst, 0, "server busy");
+    } else {
+        btb_instance_set_output(inst, "{\"step\": 2, \"done\": true}");
+    }
+}
+
+static void on_retry_completed(btb_registration *reg, const btb_completion *comp, void *ud) {
+    (void)reg;
+    retry_ctx *c = ud;
+    pthread_mutex_lock(&c->mu);
+    int i = c->completed++;
+    if (i < MAXREC) {
+        c->c_outcome[i] = comp->outcome;
+        c->c_attempt[i] = comp->attempt;
+        c->c_retry_at[i] = comp->retry_at_ms;
+        snprintf(c->c_output[i], sizeof c->c_output[i], "%s", comp->output ? comp->output : "(null)");
+        snprintf(c->c_message[i], sizeof c->c_message[i], "%s", comp->message ? comp->message : "(null)");
+    }
+    pthread_mutex_unlock(&c->mu);
+}
+
+static int retry_runs(retry_ctx *c) {
+    pthread_mutex_lock(&c->mu);
+    int n = c->runs;
+    pthread_mutex_unlock(&c->mu);
+    return n;
+}
+
+static void test_retry(void) {
+    btb_system *s = open_sim();
+    CHECK(s != NULL);
+    if (!s) return;
+    retry_ctx ctx;
+    memset(&ctx, 0, sizeof ctx);
+    pthread_mutex_init(&ctx.mu, NULL);
+    EXPECT(btb_system_register_entry_point(s, "app.Work", run_retry, &ctx, NULL), BTB_OK);
+    btb_builder *b = NULL;
+    btb_retry_policy *p = NULL;
+    btb_trigger *t = app_trigger();
+    btb_registration *r = NULL;
+    EXPECT(btb_new(&b), BTB_OK);
+    EXPECT(btb_set_name(b, "flaky"), BTB_OK);
+    EXPECT(btb_set_task_entry_point(b, "app.Work"), BTB_OK);
+    EXPECT(btb_set_trigger(b, t), BTB_OK);
+    EXPECT(btb_retry_policy_new(BTB_BACKOFF_LINEAR, 10000, 60000, &p), BTB_OK);
+    EXPECT(btb_retry_policy_set_max_attempts(p, 3), BTB_OK);
+    EXPECT(btb_set_retry_policy(b, p), BTB_OK);
+    EXPECT(btb_register_in(s, b, &r), BTB_OK);
+    EXPECT(btb_retry_policy_free(p), BTB_OK);
+    EXPECT(btb_trigger_free(t), BTB_OK);
+    EXPECT(btb_free(b), BTB_OK);
+    EXPECT(btb_registration_add_completed(r, on_retry_completed, &ctx, NULL, NULL), BTB_OK);
+
+    CHECK(request(r, "{\"file\": \"a\"}") == BTB_APPLICATION_TRIGGER_ALLOWED);
+    CHECK(wait_idle(s));
+    CHECK(retry_runs(&ctx) == 1 && ctx.attempt[0] == 1);
+    CHECK(ctx.not_json == BTB_ERROR_INVALID_ARGUMENT);
+    CHECK(ctx.not_object == BTB_ERROR_INVALID_ARGUMENT);
+    CHECK(ctx.null_json == BTB_ERROR_NULL_ARGUMENT);
+    CHECK(ctx.too_big == BTB_ERROR_INVALID_ARGUMENT);
+    CHECK(ctx.bad_utf8 == BTB_ERROR_INVALID_UTF8);
+    CHECK(ctx.negative_after == BTB_ERROR_INVALID_ARGUMENT);
+    CHECK(ctx.output == BTB_OK && ctx.retry == BTB_OK);
+    pthread_mutex_lock(&ctx.mu);
+    CHECK(ctx.completed == 1);
+    CHECK(ctx.c_outcome[0] == BTB_TASK_OUTCOME_RETRY && ctx.c_attempt[0] == 1);
+    CHECK(ctx.c_retry_at[0] == T0 + 10000);
+    CHECK(strcmp(ctx.c_output[0], "{\"step\":1}") == 0);
+    CHECK(strcmp(ctx.c_message[0], "server busy") == 0);
+    pthread_mutex_unlock(&ctx.mu);
+
+    /* not before its delay; then attempt 2 */
+    advance(s, 9999);
+    CHECK(wait_idle(s));
+    CHECK(retry_runs(&ctx) == 1);
+    advance(s, 1);
+    CHECK(wait_idle(s));
+    CHECK(retry_runs(&ctx) == 2 && ctx.attempt[1] == 2);
+    pthread_mutex_lock(&ctx.mu);
+    CHECK(ctx.completed == 2);
+    CHECK(ctx.c_outcome[1] == BTB_TASK_OUTCOME_SUCCEEDED && ctx.c_attempt[1] == 2);
+    CHECK(ctx.c_retry_at[1] == -1);
+    CHECK(strstr(ctx.c_output[1], "\"done\":true") != NULL);
+    pthread_mutex_unlock(&ctx.mu);
+
+    btb_run_list *l = NULL;
+    btb_run run;
+    size_t n = 0;
+    EXPECT(btb_registration_history(r, &l), BTB_OK);
+    EXPECT(btb_run_list_len(l, &n), BTB_OK);
+    CHECK(n == 2);
+    EXPECT(btb_run_list_get(l, 0, &run), BTB_OK);
+    CHECK(run.outcome == BTB_TASK_OUTCOME_RETRY && run.attempt == 1);
+    CHECK(run.retry_at_ms == T0 + 10000);
+    CHECK(run.output && strcmp(run.output, "{\"step\":1}") == 0);
+    CHECK(run.message && strcmp(run.message, "server busy") == 0);
+    CHECK(run.trigger_details && strstr(run.trigger_details, "\"a\"") != NULL);
+    EXPECT(btb_run_list_get(l, 1, &run), BTB_OK);
+    CHECK(run.outcome == BTB_TASK_OUTCOME_SUCCEEDED && run.attempt == 2 && run.retry_at_ms == -1);
+    CHECK(run.output && strstr(run.output, "\"step\":2") != NULL);
+    CHECK(run.trigger_details && strstr(run.trigger_details, "\"a\"") != NULL); /* the same details */
+    EXPECT(btb_run_list_free(l), BTB_OK);
+
+    EXPECT(btb_registration_free(r), BTB_OK);
+    EXPECT(btb_system_close(s), BTB_OK);
+    pthread_mutex_destroy(&ctx.mu);
+}
+
 /* A deferral taken in the run function and completed from another thread: the instance completes
  * only then. While it runs, another request is CURRENTLY_RUNNING and is not queued. */
 static void test_deferral_from_thread(void) {
@@ -1829,6 +1971,7 @@ int main(int argc, char **argv) {
 
     test_run_progress_completion();
     test_failure();
+    test_retry();
     test_deferral_from_thread();
     test_time_trigger();
     test_condition_latch();

@@ -13,6 +13,7 @@ from ._enums import (
     ApplicationTriggerResult,
     BackgroundTaskCancellationReason,
     BackgroundWorkCostValue,
+    BackoffPolicy,
     CustomSystemEventTriggerRecurrence,
     Durability,
     NamePolicy,
@@ -42,6 +43,7 @@ __all__ = [
     "Manifest",
     "ManualClock",
     "Policy",
+    "RetryPolicy",
     "RunRecord",
     "System",
     "SystemCondition",
@@ -151,6 +153,40 @@ class ManualClock:
     def advance(self, delta: datetime.timedelta | float) -> None:
         """Moves the clock forward and wakes the systems using it."""
 
+@final
+class RetryPolicy:
+    """When and how often a run is tried again (SPEC §12; WorkManager's backoff criteria,
+    ``setBackoffCriteria``): the delay after attempt n is ``initial_delay·2^(n−1)`` (EXPONENTIAL)
+    or ``initial_delay·n`` (LINEAR), capped at ``max_delay``, moved at random by up to ``jitter``
+    of itself. ``None`` arguments keep the defaults: EXPONENTIAL, 30 s, 5 h, no limit on attempts,
+    failures not retried, no jitter. Delays are ``timedelta`` or seconds. The bounds (delays
+    10 s – 5 h, ``max_delay`` ≥ ``initial_delay``, ``max_attempts`` ≥ 1) are checked by
+    ``register``."""
+
+    __hash__: ClassVar[None]  # type: ignore[assignment]
+
+    def __new__(
+        cls,
+        backoff: BackoffPolicy | int | None = None,
+        initial_delay: datetime.timedelta | float | None = None,
+        max_delay: datetime.timedelta | float | None = None,
+        max_attempts: int | None = None,
+        retry_on_failure: bool = False,
+        jitter: float = 0.0,
+    ) -> Self: ...
+    @property
+    def backoff(self) -> BackoffPolicy: ...
+    @property
+    def initial_delay(self) -> datetime.timedelta: ...
+    @property
+    def max_delay(self) -> datetime.timedelta: ...
+    @property
+    def max_attempts(self) -> int | None: ...
+    @property
+    def retry_on_failure(self) -> bool: ...
+    @property
+    def jitter(self) -> float: ...
+
 @disjoint_base
 class IBackgroundTrigger:
     """The common base of every trigger; not constructible itself."""
@@ -256,6 +292,11 @@ class BackgroundTaskBuilder:
     def trigger(self) -> IBackgroundTrigger | None: ...
     @property
     def conditions(self) -> list[SystemCondition]: ...
+    @property
+    def retry_policy(self) -> RetryPolicy | None:
+        """Retries (SPEC §12; WorkManager's ``setBackoffCriteria``); ``None``: none on its own."""
+    @retry_policy.setter
+    def retry_policy(self, value: RetryPolicy | None) -> None: ...
     def set_trigger(self, trigger: IBackgroundTrigger) -> None: ...
     def add_condition(self, condition: SystemCondition) -> None: ...
     def register(self, system: System | None = None) -> BackgroundTaskRegistration: ...
@@ -358,6 +399,18 @@ class BackgroundTaskInstance:
     ) -> int: ...
     def remove_canceled(self, token: int) -> None: ...
     def report_failure(self, message: str) -> None: ...
+    @property
+    def attempt(self) -> int:
+        """Which attempt this run is: 1, then 2, 3… (WorkManager's ``runAttemptCount + 1``)."""
+    def request_retry(
+        self, after: datetime.timedelta | float | None = None, message: str | None = None
+    ) -> None:
+        """Asks for another attempt when the run ends (WorkManager's ``Result.retry()``)."""
+    @property
+    def output(self) -> _Json | None:
+        """What the run hands back: a dict, ≤ 64 KiB as JSON (WorkManager's output ``Data``)."""
+    @output.setter
+    def output(self, value: _Json) -> None: ...
 
 @final
 class BackgroundTaskDeferral:
@@ -386,6 +439,13 @@ class BackgroundTaskCompletedEventArgs:
     def reason(self) -> BackgroundTaskCancellationReason | None: ...
     @property
     def last_progress(self) -> int: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def retry_at(self) -> datetime.datetime | None:
+        """With status RETRY: when the next attempt is due."""
+    @property
+    def output(self) -> _Json | None: ...
     def check_result(self) -> None:
         """Raises ``TaskFailedError`` / ``TaskCanceledError`` unless the run succeeded."""
 
@@ -419,6 +479,13 @@ class RunRecord:
     @property
     def stderr(self) -> str | None:
         """The end (last 64 KiB) of an exec host's stderr."""
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def retry_at(self) -> datetime.datetime | None:
+        """With status RETRY: when the next attempt is due."""
+    @property
+    def output(self) -> _Json | None: ...
 
 @final
 class BackgroundTaskRegistration:
@@ -445,6 +512,8 @@ class BackgroundTaskRegistration:
     def cancel_on_condition_loss(self) -> bool: ...
     @property
     def is_network_requested(self) -> bool: ...
+    @property
+    def retry_policy(self) -> RetryPolicy | None: ...
     @property
     def spent(self) -> bool: ...
     @property
@@ -532,6 +601,18 @@ class HostInstance:
     @property
     def cancellation_reason(self) -> BackgroundTaskCancellationReason | None: ...
     def report_failure(self, message: str) -> None: ...
+    @property
+    def attempt(self) -> int:
+        """``BTB_ATTEMPT``: 1, then 2, 3… (WorkManager's ``runAttemptCount + 1``)."""
+    def request_retry(
+        self, after: datetime.timedelta | float | None = None, message: str | None = None
+    ) -> None:
+        """Asks for another attempt, as exit status 75 does (WorkManager's ``Result.retry()``)."""
+    @property
+    def output(self) -> _Json | None:
+        """The last output sent to the broker (WorkManager's output ``Data``)."""
+    @output.setter
+    def output(self, value: _Json) -> None: ...
     def get_deferral(self) -> HostInstanceDeferral: ...
     def wait_canceled(self, timeout: float) -> BackgroundTaskCancellationReason | None:
         """Waits (without the GIL) until canceled or ``timeout`` seconds pass."""

@@ -9,6 +9,7 @@ __all__ = [
     "ApplicationTriggerResult",
     "BackgroundTaskCancellationReason",
     "BackgroundWorkCostValue",
+    "BackoffPolicy",
     "CustomSystemEventTriggerRecurrence",
     "Durability",
     "NamePolicy",
@@ -112,6 +113,18 @@ class TaskOutcome(enum.IntEnum):
     SUCCEEDED = 0
     FAILED = 1
     CANCELED = 2
+    RETRY = 3
+    """Another attempt follows (SPEC §12): the run asked for one (WorkManager's
+    ``Result.retry()``), or failed or was cut off under a retry policy; ``retry_at`` says when."""
+
+
+class BackoffPolicy(enum.IntEnum):
+    """How the delay between attempts grows (WorkManager's ``BackoffPolicy``; SPEC §12)."""
+
+    EXPONENTIAL = 0
+    """``initial_delay·2^(n−1)`` after attempt n."""
+    LINEAR = 1
+    """``initial_delay·n`` after attempt n."""
 
 
 class Durability(enum.IntEnum):
