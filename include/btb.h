@@ -1792,6 +1792,18 @@ btb_status btb_system_background_work_cost(const btb_system *system, uint32_t *o
 btb_status btb_system_wait_idle(btb_system *system, uint32_t timeout_ms, bool *out_idle);
 
 /**
+ * For an app the broker started for background work (`activate` in the manifest;
+ * `BTB_ACTIVATION=1` in its environment, `BTB_STORE` the store to open): serves the runs its
+ * broker hands it — register the run functions first — and returns once none is left for it
+ * (no run waits for a handler it offers, and none of those runs is going), writing `true` to
+ * `*out_done`; `false` at `timeout_ms`. Then `main` can close the system and exit. A system that
+ * holds its store itself waits as `btb_system_wait_idle` does. Errors: `BTB_ERROR_NULL_ARGUMENT`,
+ * `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE` (closed, or the broker went away). Thread-safe;
+ * blocks.
+ */
+btb_status btb_system_serve_activation(btb_system *system, uint32_t timeout_ms, bool *out_done);
+
+/**
  * Takes the next event of the pull queue, waiting at most `timeout_ms`: `BTB_EVENT_RUN` (run the
  * instance on this thread, then call `btb_instance_finish_run`), `BTB_EVENT_CANCELED` (a queued
  * instance was canceled: stop it and finish its run), or `BTB_EVENT_NONE` on timeout. Only runs of

@@ -73,14 +73,18 @@ pub struct Manifest {
 #[pymethods]
 impl Manifest {
     #[new]
-    #[pyo3(signature = (app_id, version = None, tasks = None))]
+    #[pyo3(signature = (app_id, version = None, tasks = None, activate = None))]
     fn new(
         app_id: &Bound<'_, PyString>,
         version: Option<&Bound<'_, PyString>>,
         tasks: Option<&Bound<'_, PyAny>>,
+        activate: Option<Vec<String>>,
     ) -> PyResult<Self> {
         let version = opt_utf8(version, "manifest version")?.unwrap_or_default();
         let mut inner = btb_core::Manifest::new(&utf8(app_id, "app id")?, &version).or_raise()?;
+        if let Some(argv) = activate {
+            inner = inner.with_activate(argv).or_raise()?;
+        }
         if let Some(tasks) = tasks {
             for task in tasks.try_iter()? {
                 let task = task?;
@@ -89,6 +93,12 @@ impl Manifest {
             }
         }
         Ok(Manifest { inner })
+    }
+
+    /// How the broker starts the app for background work (SPEC §12), or `None`.
+    #[getter]
+    fn activate(&self) -> Option<Vec<String>> {
+        self.inner.activate().map(<[String]>::to_vec)
     }
 
     /// Reads a TOML manifest file.

@@ -644,6 +644,35 @@ impl System {
         }
     }
 
+    /// For an app the broker started for background work (`activate` in the manifest;
+    /// `BTB_ACTIVATION=1` in the environment, `BTB_STORE` the store to open): serves the runs the
+    /// broker hands this process — register the run functions first — and returns `True` once
+    /// none is left for it, or `False` after `timeout` seconds, so that `main` can exit. Ctrl-C
+    /// interrupts it. The analogue of Windows activating an app for `OnBackgroundActivated`.
+    fn serve_activation(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
+        if !timeout.is_finite() || timeout < 0.0 {
+            return Err(invalid(format!(
+                "serve_activation timeout {timeout} is not a number of seconds >= 0"
+            )));
+        }
+        let deadline = Instant::now() + Duration::from_secs_f64(timeout.min(1.0e9));
+        loop {
+            let slice = deadline
+                .saturating_duration_since(Instant::now())
+                .min(WAIT_SLICE);
+            if py
+                .detach(|| self.core().serve_activation(slice))
+                .or_raise()?
+            {
+                return Ok(true);
+            }
+            py.check_signals()?;
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+        }
+    }
+
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         Ok(format!(
             "System(app_id={}, store={})",

@@ -937,6 +937,31 @@ pub extern "C" fn btb_system_wait_idle(
     })
 }
 
+/// For an app the broker started for background work (`activate` in the manifest;
+/// `BTB_ACTIVATION=1` in its environment, `BTB_STORE` the store to open): serves the runs its
+/// broker hands it — register the run functions first — and returns once none is left for it
+/// (no run waits for a handler it offers, and none of those runs is going), writing `true` to
+/// `*out_done`; `false` at `timeout_ms`. Then `main` can close the system and exit. A system that
+/// holds its store itself waits as `btb_system_wait_idle` does. Errors: `BTB_ERROR_NULL_ARGUMENT`,
+/// `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE` (closed, or the broker went away). Thread-safe;
+/// blocks.
+#[unsafe(no_mangle)]
+#[expect(clippy::not_unsafe_ptr_arg_deref)]
+pub extern "C" fn btb_system_serve_activation(
+    system: *mut btb_system,
+    timeout_ms: u32,
+    out_done: *mut bool,
+) -> btb_status {
+    // SAFETY: the C contract: `out_done` is NULL or writable storage for the result.
+    let out_done = unsafe { Out::from_raw(out_done) };
+    guard(|| {
+        read(system, out_done, |s| {
+            s.system
+                .serve_activation(Duration::from_millis(u64::from(timeout_ms)))
+        })
+    })
+}
+
 /// An entry of the pull queue.
 #[repr(C)]
 pub struct btb_event {

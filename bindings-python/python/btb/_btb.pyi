@@ -91,6 +91,7 @@ class Manifest:
         app_id: str,
         version: str | None = None,
         tasks: Iterable[TaskDeclaration] | None = None,
+        activate: list[str] | None = None,
     ) -> Self: ...
     @staticmethod
     def load(path: str | os.PathLike[str]) -> Manifest: ...
@@ -104,6 +105,9 @@ class Manifest:
     def tasks(self) -> list[TaskDeclaration]: ...
     @property
     def path(self) -> os.PathLike[str] | None: ...
+    @property
+    def activate(self) -> list[str] | None:
+        """How the broker starts the app for background work (SPEC §12), or None."""
 
 @final
 class Policy:
@@ -369,6 +373,9 @@ class System:
     def background_work_cost(self) -> BackgroundWorkCostValue | None: ...
     def wait_idle(self, timeout: float) -> bool:
         """True once nothing runs or is runnable and every handler was called; False on timeout."""
+    def serve_activation(self, timeout: float) -> bool:
+        """In an app started for background work (manifest `activate`, `BTB_ACTIVATION=1`): serve
+        the runs the broker hands this process; True once none is left, False on timeout."""
 
 @final
 class BackgroundTaskInstance:
