@@ -231,7 +231,7 @@ dist-check: dist
 docs: lib python
 	rm -rf build/docs && mkdir -p build/docs
 	@$(PY) -m pip install -q pdoc || echo "*** SKIPPED: the Python API reference (cannot install pdoc from PyPI: pip install pdoc)" >&2
-	if $(PY) -m pdoc --version >/dev/null 2>&1; then $(PY) -m pdoc -q -o build/docs/python btb btb.host; fi
+	if $(PY) -m pdoc --version >/dev/null 2>&1; then $(PY) -m pdoc -o build/docs/python btb btb.host; fi
 	@command -v doxygen >/dev/null || { [ -n "$(APT)" ] && echo "make: installing doxygen" && \
 	  $(APT_INSTALL) doxygen >/dev/null; } || true
 	@if command -v doxygen >/dev/null; then { cat docs/Doxyfile; echo "PROJECT_NUMBER = $(VERSION)"; } | doxygen - && \
