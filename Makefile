@@ -222,8 +222,8 @@ dist-deb: lib tools man
 	$(MAKE) --no-print-directory install DESTDIR=$(abspath $(DIST_STAGE)/deb) PREFIX=/usr
 	sh packaging/deb/build.sh $(DIST_STAGE)/deb $(VERSION) $(DIST)
 
-dist-check: dist
-	tests/dist/check.sh $(DIST)
+dist-check: dist $(CMAKE)
+	CMAKE=$(CMAKE) tests/dist/check.sh $(DIST)
 
 # The Python reference is pdoc over the installed package (docstrings of the compiled module, types
 # from its .pyi stubs); the C reference is Doxygen over include/btb.h, failing on any warning. A

@@ -120,6 +120,23 @@ clean env LD_LIBRARY_PATH="$root/usr/lib" ldd "$scratch/c/register" |
 echo "   installed under a scratch dpkg root: SONAME, tools, unit, man pages ok;" \
      "examples-c built with pkg-config and ran"
 
+# The same with the CMake package (find_package(btb) -> btb::btb), when cmake is there (not Rust:
+# `make dist-check` passes the system's, or the one it installs into the repo venv from PyPI).
+cmake=${CMAKE:-$(command -v cmake || true)}
+if [ -n "$cmake" ] && [ -x "$cmake" ]; then
+  clean "$cmake" -S examples-c -B "$scratch/cmake" -DCMAKE_PREFIX_PATH="$root/usr" >/dev/null
+  clean "$cmake" --build "$scratch/cmake" >/dev/null
+  for example in register tasks; do
+    clean "$scratch/cmake/$example" > "$scratch/$example.out" 2>&1 ||
+      fail "examples-c/$example (CMake) exited $?: $(cat "$scratch/$example.out")"
+  done
+  clean readelf -d "$scratch/cmake/register" | grep -q "RUNPATH.*$root/usr/lib" ||
+    fail "the CMake build of register does not link the package's library"
+  echo "   examples-c built with find_package(btb) against it and ran"
+else
+  echo "*** SKIPPED: the .deb's CMake package (no cmake: apt-get install cmake, or make dist-check)" >&2
+fi
+
 # Purged: nothing of the package is left (the scratch root held nothing else but dpkg's database).
 dpkg_root --purge btb >/dev/null
 [ -z "$(dpkg_root_query -W btb 2>/dev/null)" ] || fail "btb is still known to the scratch dpkg database"
