@@ -225,9 +225,10 @@ dist-deb: lib tools man
 dist-check: dist $(CMAKE)
 	CMAKE=$(CMAKE) tests/dist/check.sh $(DIST)
 
-# The Python reference is pdoc over the installed package (docstrings of the compiled module, types
-# from its .pyi stubs); the C reference is Doxygen over include/btb.h, failing on any warning. A
-# tool that cannot be had is skipped by name; the docs checks (tests/docs/check.py) always run.
+# The Python reference is pdoc over the installed package: the docstrings of the compiled module
+# (pdoc 16 cannot load btb/_btb.pyi — a NameError in its stub reader — so signatures carry no
+# types). The C reference is Doxygen over include/btb.h, failing on any warning. A tool that cannot
+# be had is skipped by name; the docs checks (tests/docs/check.py) always run.
 docs: lib python
 	rm -rf build/docs && mkdir -p build/docs
 	@$(PY) -m pip install -q pdoc || echo "*** SKIPPED: the Python API reference (cannot install pdoc from PyPI: pip install pdoc)" >&2
