@@ -1,12 +1,14 @@
 # btb — top-level build. The two commands of the README:
 #   make demo    build the library, header and Python module; run the C and Python examples
 #   make test    run every test suite: Rust (core, C ABI incl. ASan/valgrind), Python, install
-# Also: make install PREFIX=/usr/local [DESTDIR=…], make bench, make lint, make stress, make tsan.
+# Also: make install PREFIX=/usr/local [DESTDIR=…], make bench, make lint, make stress, make tsan,
+# make dist / dist-check / man / docs (the block at the end).
 
 PREFIX ?= /usr/local
 BINDIR ?= $(PREFIX)/bin
 LIBDIR ?= $(PREFIX)/lib
 INCLUDEDIR ?= $(PREFIX)/include
+MANDIR ?= $(PREFIX)/share/man
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 MAJOR := $(firstword $(subst ., ,$(VERSION)))
 CARGO ?= cargo
@@ -119,7 +121,7 @@ test-install: lib $(CMAKE)
 	@echo "cmake package: the four examples built and ran"
 	readelf -d build/install-test/cmake/register | grep -q 'NEEDED.*libbtb.so.$(MAJOR)' && echo "example links libbtb.so.$(MAJOR)"
 
-install: lib tools
+install: lib tools man
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(LIBDIR)/cmake/btb
 	install -m 0755 $(RELEASE)/btbctl $(RELEASE)/btbd $(DESTDIR)$(BINDIR)/
 	install -d $(DESTDIR)$(PREFIX)/lib/systemd/user
@@ -133,6 +135,9 @@ install: lib tools
 	  packaging/btb.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/btb.pc
 	sed -e 's|@VERSION@|$(VERSION)|; s|@MAJOR@|$(MAJOR)|' packaging/btbConfig.cmake.in > $(DESTDIR)$(LIBDIR)/cmake/btb/btbConfig.cmake
 	sed -e 's|@VERSION@|$(VERSION)|; s|@MAJOR@|$(MAJOR)|' packaging/btbConfigVersion.cmake.in > $(DESTDIR)$(LIBDIR)/cmake/btb/btbConfigVersion.cmake
+	install -d $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man8
+	install -m 0644 $(MAN_PAGES)/*.1 $(DESTDIR)$(MANDIR)/man1/
+	install -m 0644 $(MAN_PAGES)/*.8 $(DESTDIR)$(MANDIR)/man8/
 
 lint:
 	@{ $(CARGO) fmt --version && $(CARGO) clippy --version; } >/dev/null 2>&1 || rustup component add rustfmt clippy
@@ -184,3 +189,53 @@ fuzz:
 	  case $$t in calendar) len=256;; *) len=4096;; esac; \
 	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t -- -max_total_time=$(FUZZ_SECS) -max_len=$$len -timeout=10 || exit 1; \
 	done
+
+# ---- Distribution (docs/packaging.md) --------------------------------------------------------------
+#   make man         btbctl.1 (+ btbctl-COMMAND.1) and btbd.8 from the clap definitions, in build/man
+#   make dist        build/dist/: the wheel (abi3, manylinux, with btbctl and btbd) and the .deb
+#   make dist-check  installs each as a user would, with no Rust toolchain on PATH (slow: not in test)
+#   make docs        docs/ checked, and the HTML API references in build/docs/
+MAN_PAGES := build/man
+DIST := build/dist
+DIST_STAGE := build/dist-stage
+
+.PHONY: man dist dist-wheel dist-deb dist-check docs
+
+man: tools
+	rm -rf $(MAN_PAGES)
+	$(RELEASE)/btbctl generate-man $(MAN_PAGES)
+	$(RELEASE)/btbd --generate-man $(MAN_PAGES)
+
+dist: dist-wheel dist-deb
+	@ls -l $(DIST)
+
+dist-wheel: $(PY)
+	$(PY) -m pip install -q wheel
+	sh packaging/wheel.sh $(PY) $(abspath $(DIST_STAGE)/wheel) $(abspath $(DIST))
+
+# Debian's layout: PREFIX=/usr, the library in /usr/lib (the CMake package finds its prefix from
+# there), the unit in /usr/lib/systemd/user.
+dist-deb: lib tools man
+	@command -v dpkg-shlibdeps >/dev/null || { [ -n "$(APT)" ] && $(APT_INSTALL) dpkg-dev >/dev/null; } || \
+	  { echo "make dist-deb: needs dpkg-dev (apt-get install dpkg-dev)" >&2; exit 1; }
+	rm -rf $(DIST_STAGE)/deb
+	$(MAKE) --no-print-directory install DESTDIR=$(abspath $(DIST_STAGE)/deb) PREFIX=/usr
+	sh packaging/deb/build.sh $(DIST_STAGE)/deb $(VERSION) $(DIST)
+
+dist-check: dist $(CMAKE)
+	CMAKE=$(CMAKE) tests/dist/check.sh $(DIST)
+
+# The Python reference is pdoc over the installed package: the docstrings of the compiled module
+# (pdoc 16 cannot load btb/_btb.pyi — a NameError in its stub reader — so signatures carry no
+# types). The C reference is Doxygen over include/btb.h, failing on any warning. A tool that cannot
+# be had is skipped by name; the docs checks (tests/docs/check.py) always run.
+docs: lib python
+	rm -rf build/docs && mkdir -p build/docs
+	@$(PY) -m pip install -q pdoc || echo "*** SKIPPED: the Python API reference (cannot install pdoc from PyPI: pip install pdoc)" >&2
+	if $(PY) -m pdoc --version >/dev/null 2>&1; then $(PY) -m pdoc -o build/docs/python btb btb.host; fi
+	@command -v doxygen >/dev/null || { [ -n "$(APT)" ] && echo "make: installing doxygen" && \
+	  $(APT_INSTALL) doxygen >/dev/null; } || true
+	@if command -v doxygen >/dev/null; then { cat docs/Doxyfile; echo "PROJECT_NUMBER = $(VERSION)"; } | doxygen - && \
+	  echo "C API reference: build/docs/c/index.html"; else \
+	  echo "*** SKIPPED: the C API reference (doxygen is not installed; apt-get install doxygen)" >&2; fi
+	$(PY) tests/docs/check.py

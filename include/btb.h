@@ -541,6 +541,9 @@ typedef struct btb_trigger btb_trigger;
  * A 128-bit task or instance id, in RFC 9562 byte order.
  */
 typedef struct {
+  /**
+   * The 16 bytes (`btb_uuid_to_string` gives the text form).
+   */
   uint8_t bytes[16];
 } btb_uuid;
 
@@ -571,6 +574,9 @@ typedef void (*btb_run_fn)(btb_instance *instance, void *user_data);
  * How a run ended, as completed handlers see it. Borrowed for the duration of the callback.
  */
 typedef struct {
+  /**
+   * The run (`IBackgroundTaskInstance.InstanceId`).
+   */
   btb_uuid instance_id;
   /**
    * `BTB_TASK_OUTCOME_*`.
@@ -584,6 +590,9 @@ typedef struct {
    * The failure message, or a description of the cancellation; NULL on success.
    */
   const char *message;
+  /**
+   * The last progress the run reported.
+   */
   uint32_t last_progress;
   /**
    * Which attempt ended (1-based; SPEC §12).
@@ -622,6 +631,9 @@ typedef void (*btb_progress_fn)(btb_registration *registration,
  * One recorded run. Its strings are borrowed from the list (valid while the list lives).
  */
 typedef struct {
+  /**
+   * The run (`IBackgroundTaskInstance.InstanceId`).
+   */
   btb_uuid instance_id;
   /**
    * `BTB_TRIGGER_KIND_*`.
@@ -631,7 +643,13 @@ typedef struct {
    * What fired it as JSON (application trigger arguments), or NULL.
    */
   const char *trigger_details;
+  /**
+   * When it started, in milliseconds since the Unix epoch (UTC).
+   */
   int64_t started_ms;
+  /**
+   * When it ended, in milliseconds since the Unix epoch (UTC).
+   */
   int64_t ended_ms;
   /**
    * `BTB_TASK_OUTCOME_*`.
@@ -645,6 +663,9 @@ typedef struct {
    * Failure or cancellation message, or NULL.
    */
   const char *message;
+  /**
+   * The last progress the run reported.
+   */
   uint32_t last_progress;
   /**
    * The end (last 64 KiB) of an exec host's stdout, or NULL (in-process runs, no output).

@@ -16,6 +16,7 @@ use crate::trigger::{btb_trigger, new_trigger};
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct btb_uuid {
+    /// The 16 bytes (`btb_uuid_to_string` gives the text form).
     pub bytes: [u8; 16],
 }
 
@@ -548,6 +549,7 @@ pub extern "C" fn btb_task_group_list_free(list: *mut btb_task_group_list) -> bt
 /// How a run ended, as completed handlers see it. Borrowed for the duration of the callback.
 #[repr(C)]
 pub struct btb_completion {
+    /// The run (`IBackgroundTaskInstance.InstanceId`).
     pub instance_id: btb_uuid,
     /// `BTB_TASK_OUTCOME_*`.
     pub outcome: u32,
@@ -555,6 +557,7 @@ pub struct btb_completion {
     pub reason: i32,
     /// The failure message, or a description of the cancellation; NULL on success.
     pub message: *const c_char,
+    /// The last progress the run reported.
     pub last_progress: u32,
     /// Which attempt ended (1-based; SPEC §12).
     pub attempt: u32,
@@ -752,12 +755,15 @@ pub struct btb_run_list {
 /// One recorded run. Its strings are borrowed from the list (valid while the list lives).
 #[repr(C)]
 pub struct btb_run {
+    /// The run (`IBackgroundTaskInstance.InstanceId`).
     pub instance_id: btb_uuid,
     /// `BTB_TRIGGER_KIND_*`.
     pub trigger_kind: u32,
     /// What fired it as JSON (application trigger arguments), or NULL.
     pub trigger_details: *const c_char,
+    /// When it started, in milliseconds since the Unix epoch (UTC).
     pub started_ms: i64,
+    /// When it ended, in milliseconds since the Unix epoch (UTC).
     pub ended_ms: i64,
     /// `BTB_TASK_OUTCOME_*`.
     pub outcome: u32,
@@ -765,6 +771,7 @@ pub struct btb_run {
     pub reason: i32,
     /// Failure or cancellation message, or NULL.
     pub message: *const c_char,
+    /// The last progress the run reported.
     pub last_progress: u32,
     /// The end (last 64 KiB) of an exec host's stdout, or NULL (in-process runs, no output).
     pub stdout_tail: *const c_char,

@@ -421,3 +421,167 @@ Normalized form: *-*-* 00:00:00
         "\n  Original form: daily\nNormalized form: *-*-* 00:00:00\n    Next elapse: Fri 1970-01-02 00:00:00 UTC\n"
     );
 }
+
+#[test]
+fn man_pages_come_from_clap() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_btbctl"))
+        .arg("generate-man")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_btbd"))
+        .arg("--generate-man")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let page = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    let btbctl = page("btbctl.1");
+    for part in [
+        ".TH btbctl 1",
+        "EXIT STATUS",
+        "btbctl\\-enable(1)",
+        "btbd\\fR(8)",
+    ] {
+        assert!(btbctl.contains(part), "{part:?} not in btbctl.1:\n{btbctl}");
+    }
+    assert!(
+        !btbctl.contains("generate"),
+        "the hidden command is not documented"
+    );
+    // Each command btbctl.1 lists has its page.
+    for command in [
+        "list", "show", "history", "run", "enable", "disable", "doctor",
+    ] {
+        assert!(page(&format!("btbctl-{command}.1")).contains(&format!(".TH btbctl-{command} 1")));
+    }
+    let btbd = page("btbd.8");
+    for part in [
+        ".TH btbd 8",
+        "\\-\\-manifest",
+        "SIGTERM",
+        "EXIT STATUS",
+        "btbctl\\fR(1)",
+    ] {
+        assert!(btbd.contains(part), "{part:?} not in btbd.8:\n{btbd}");
+    }
+    assert!(
+        !btbd.contains("generate"),
+        "the hidden option is not documented"
+    );
+}
+
+/// `enable` where no systemd user manager runs (this test hides systemctl from PATH, so also on a
+/// machine with systemd): the manifest lands where btbd@.service reads it, exit status 3, and the
+/// printed command starts btbd by hand. `disable` removes the manifest. The systemctl branch
+/// (`systemctl --user enable --now btbd@APP.service`) needs a systemd user session: not run here.
+#[test]
+fn enable_installs_the_manifest_and_says_how_to_start_btbd_without_systemd() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let empty_path = dir.path().join("bin");
+    for d in [&home, &empty_path, &dir.path().join("run")] {
+        std::fs::create_dir(d).unwrap();
+    }
+    let source = dir.path().join("app.toml");
+    std::fs::write(
+        &source,
+        format!(
+            "app_id = \"{APP}\"\nversion = \"1\"\n\n[[task]]\nentry_point = \"app.Run\"\n\
+             types = [\"general\"]\nexec = [\"/bin/true\"]\n"
+        ),
+    )
+    .unwrap();
+    let btbctl = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_btbctl"))
+            .args(args)
+            .env_clear()
+            .env("HOME", &home)
+            .env("PATH", &empty_path)
+            .env("XDG_RUNTIME_DIR", dir.path().join("run"))
+            .env("XDG_STATE_HOME", dir.path().join("state"))
+            .output()
+            .unwrap()
+    };
+
+    let out = btbctl(&["enable", "--manifest", source.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let installed = home
+        .join(".local/share/btb")
+        .join(APP)
+        .join("manifest.toml");
+    assert_eq!(
+        std::fs::read(&installed).unwrap(),
+        std::fs::read(&source).unwrap()
+    );
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "btbd@{APP}.service is not enabled; start btbd by hand with:"
+        )),
+        "{stderr}"
+    );
+    let stdout = text(&out.stdout);
+    let command = stdout.lines().last().unwrap();
+    let expected = format!(
+        "{} --manifest {}",
+        env!("CARGO_BIN_EXE_btbd"),
+        installed.display()
+    );
+    assert_eq!(command, expected, "{stdout}");
+
+    // The printed command starts the app's broker, which btbctl then reaches.
+    let words: Vec<&str> = command.split(' ').collect();
+    let mut btbd = Command::new(words[0])
+        .args(&words[1..])
+        .env("XDG_RUNTIME_DIR", dir.path().join("run"))
+        .env("XDG_STATE_HOME", dir.path().join("state"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = btbd.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+        let _ = tx.send(line);
+    });
+    assert_eq!(rx.recv_timeout(DEADLINE).unwrap(), "btbd: ready\n");
+    let out = btbctl(&["--app", APP, "doctor", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let doctor: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doctor["broker"], btbd.id());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(btbd.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(btbd.wait().unwrap());
+    });
+    assert_eq!(rx.recv_timeout(DEADLINE).unwrap().code(), Some(0));
+
+    // disable removes the manifest (and its directory); again, it says nothing is installed.
+    let out = btbctl(&["--app", APP, "disable"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        format!("removed {}\n", installed.display())
+    );
+    assert!(!installed.parent().unwrap().exists());
+    let out = btbctl(&["--app", APP, "disable"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).starts_with("no manifest installed at "));
+
+    // enable needs the manifest itself; disable takes an app id, not a path.
+    let out = btbctl(&["--app", APP, "enable"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("pass --manifest PATH"));
+    let out = btbctl(&["--app", "../../etc", "disable"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("is not a reverse-DNS name"));
+}

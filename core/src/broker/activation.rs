@@ -80,6 +80,8 @@ impl Broker {
         if let Some(dir) = std::path::Path::new(&self.store_path).parent() {
             cmd.current_dir(dir);
         }
+        // As an exec host: stdio only, no signal blocked, dies with its broker.
+        super::exec::confine(&mut cmd, 2);
         let started = cmd.spawn().and_then(|child| {
             let pid = Pid::from_raw(child.id() as i32).expect("a child has a pid");
             let fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;

@@ -239,7 +239,7 @@ impl Broker {
             child_fd: HOST_FD,
         }])
         .map_err(std::io::Error::other)?;
-        confine(&mut cmd); // after the fd mappings: fd 3 is in place when it runs
+        confine(&mut cmd, HOST_FD); // after the fd mappings: fd 3 is in place when it runs
         // Recorded before it starts (it is found by its instance id, `stop_orphans`), then again
         // with its pid once it has one.
         let durable = self.durable();
@@ -1057,9 +1057,10 @@ fn exited(fd: &OwnedFd, deadline: Option<std::time::Instant>) -> bool {
 /// (Linux 5.11; `linux/close_range.h`).
 const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
 
-/// Arranges what the child does between fork and exec (SPEC §5): every descriptor above the
-/// instance socket (fd 3) is closed at exec, whether or not the app opened it with `O_CLOEXEC`
-/// (a C library's, Python's inheritable ones) — the host gets stdio and fd 3, nothing else.
+/// Arranges what the child does between fork and exec (SPEC §5): every descriptor above
+/// `keep_through` (the instance socket, fd 3, of a host; stderr of the activated app) is closed
+/// at exec, whether or not the app opened it with `O_CLOEXEC` (a C library's, Python's
+/// inheritable ones) — a host gets stdio and fd 3, nothing else; no signal is blocked.
 ///
 /// Marked close-on-exec rather than closed: std's own error pipe (close-on-exec, above 3) must
 /// stay open until the exec, which closes it, so that a failed exec is still reported.
@@ -1069,7 +1070,7 @@ const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
 /// process dies (a broker killed with SIGKILL, a crash). What the host forked is stopped by the
 /// next broker of the store (`stop_orphans`).
 #[allow(unsafe_code)]
-fn confine(cmd: &mut Command) {
+pub(super) fn confine(cmd: &mut Command, keep_through: i32) {
     let broker = rustix::process::getpid();
     // SAFETY: the closure runs in the forked child, where only async-signal-safe calls are
     // allowed: it makes system calls and nothing else (no allocation, no lock, no captured value
@@ -1081,7 +1082,13 @@ fn confine(cmd: &mut Command) {
                 // The broker died before the death signal was set: no one would supervise it.
                 return Err(rustix::io::Errno::SRCH.into());
             }
-            let first = (HOST_FD + 1) as libc::c_uint;
+            // No signal blocked: btbd blocks SIGTERM and SIGINT in its threads (to `sigwait`
+            // them), and a blocked mask is inherited across exec — a host would never hear the
+            // SIGTERM that ends it.
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+            let first = (keep_through + 1) as libc::c_uint;
             if libc::syscall(
                 libc::SYS_close_range,
                 first,

@@ -1,8 +1,10 @@
 //! `btbctl`: inspect and drive an app's background tasks (SPEC §10).
 //!
 //! It talks to the app's running broker through its control socket, or — when none runs — reads
-//! the store directly (read-only, except `unregister`). Exit status: 0 done, 1 an error (the
-//! message on stderr names what failed), 2 a usage error.
+//! the store directly (read-only, except `unregister`). `enable`/`disable` install an app's manifest
+//! for `btbd@.service` and enable/disable that unit. Exit status: 0 done, 1 an error (the message on
+//! stderr names what failed), 2 a usage error, 3 `enable` installed the manifest but there is no
+//! systemd user manager to start btbd (the command that starts it by hand is printed).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,7 +23,10 @@ use clap::{CommandFactory, Parser, Subcommand};
     long_about = "Inspect and drive an app's btb background tasks: through its running broker, \
                   or from its store when none runs (read-only then, except unregister).\n\
                   Select the app with --manifest PATH [--store PATH], or --app APP_ID for the \
-                  default store location."
+                  default store location.",
+    after_long_help = "Exit status: 0 done; 1 an error (the message on stderr names what failed); \
+                       2 a usage error; 3 enable installed the manifest but no systemd user manager \
+                       runs to start btbd (the command that starts it by hand is printed)."
 )]
 struct Cli {
     /// The app's manifest (its app id names the broker and the default store).
@@ -72,6 +77,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Install the app's manifest for btbd@.service and enable that unit.
+    ///
+    /// Copies --manifest PATH to ~/.local/share/btb/APP_ID/manifest.toml, where btbd@.service
+    /// reads it, and runs `systemctl --user enable --now btbd@APP_ID.service`. Without a systemd
+    /// user manager it exits 3 and prints the command that starts btbd by hand on stdout. A btbd
+    /// already running reads a changed manifest once restarted
+    /// (`systemctl --user restart btbd@APP_ID.service`).
+    Enable,
+    /// Stop and disable btbd@APP_ID.service and remove the installed manifest.
+    ///
+    /// Runs `systemctl --user disable --now btbd@APP_ID.service` where systemd runs, then removes
+    /// ~/.local/share/btb/APP_ID/manifest.toml.
+    Disable,
     /// Print shell completions.
     Completions { shell: clap_complete::Shell },
     /// Normalize calendar expressions and print their next elapses, as `systemd-analyze calendar`
@@ -86,6 +104,9 @@ enum Command {
         #[arg(long, value_name = "TIME")]
         base_time: Option<String>,
     },
+    /// Write the manual page btbctl.1 into DIR (for packagers: make install, the .deb).
+    #[command(hide = true)]
+    GenerateMan { dir: PathBuf },
 }
 
 /// The app a command is about.
@@ -400,15 +421,222 @@ fn doctor(
     }
 }
 
-fn run(cli: Cli) -> Result<()> {
-    if let Command::Completions { shell } = &cli.command {
-        clap_complete::generate(
-            *shell,
-            &mut Cli::command(),
-            "btbctl",
-            &mut std::io::stdout(),
+/// The exit status of `enable` when the manifest is installed but no systemd user manager runs.
+const NO_SYSTEMD: u8 = 3;
+
+/// Where `btbd@.service` reads an app's manifest: `%h/.local/share/btb/%i/manifest.toml`.
+fn installed_manifest(app_id: &str) -> Result<PathBuf> {
+    let home = std::env::var_os("HOME")
+        .filter(|h| Path::new(h).is_absolute())
+        .ok_or_else(|| {
+            Error::invalid(
+                "HOME is not an absolute path: cannot place the manifest for btbd@.service",
+            )
+        })?;
+    Ok(PathBuf::from(home)
+        .join(".local/share/btb")
+        .join(app_id)
+        .join("manifest.toml"))
+}
+
+/// Why systemd cannot start units for this user here, or `None` when its user manager answers.
+fn no_systemd_user_manager() -> Option<String> {
+    // sd_booted(3): the system was booted with systemd as PID 1.
+    if !Path::new("/run/systemd/system").exists() {
+        return Some(
+            "systemd is not running on this machine (/run/systemd/system is absent)".into(),
         );
-        return Ok(());
+    }
+    match std::process::Command::new("systemctl")
+        .args(["--user", "show-environment"])
+        .stdout(std::process::Stdio::null())
+        .output()
+    {
+        Ok(out) if out.status.success() => None,
+        Ok(out) => Some(format!(
+            "the systemd user manager does not answer (systemctl --user: {})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Some(format!("systemctl cannot be run ({e})")),
+    }
+}
+
+/// Runs `systemctl --user ACTION --now UNIT`.
+fn systemctl(action: &str, unit: &str) -> Result<()> {
+    let out = std::process::Command::new("systemctl")
+        .args(["--user", action, "--now", unit])
+        .output()
+        .map_err(|e| Error::invalid(format!("cannot run systemctl: {e}")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "systemctl --user {action} --now {unit} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// A word as a POSIX shell reads it back unchanged.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+=:@%,".contains(c));
+    if plain {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+fn enable(cli: &Cli, target: &Target) -> Result<ExitCode> {
+    let Some(source) = &cli.manifest else {
+        return Err(Error::invalid(
+            "enable installs a manifest: pass --manifest PATH",
+        ));
+    };
+    let installed = installed_manifest(&target.app_id)?;
+    let dir = installed.parent().expect("a file in a directory");
+    let fail = |what: &str, e: std::io::Error| Error::invalid(format!("cannot {what}: {e}"));
+    std::fs::create_dir_all(dir).map_err(|e| fail(&format!("create {}", dir.display()), e))?;
+    // Whole or not at all: a broker (re)starting now reads the old manifest or the new one.
+    let partial = dir.join(".manifest.toml.partial");
+    std::fs::copy(source, &partial)
+        .and_then(|_| std::fs::rename(&partial, &installed))
+        .map_err(|e| {
+            fail(
+                &format!("install the manifest at {}", installed.display()),
+                e,
+            )
+        })?;
+    out!(
+        "installed the manifest of {} at {}",
+        target.app_id,
+        installed.display()
+    );
+    let unit = format!("btbd@{}.service", target.app_id);
+    if let Some(why) = no_systemd_user_manager() {
+        // btbd beside this btbctl (as installed), else the one on PATH.
+        let btbd = std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.join("btbd")))
+            .filter(|btbd| btbd.is_file())
+            .map_or_else(|| "btbd".to_owned(), |p| p.display().to_string());
+        eprintln!("btbctl: {why}: {unit} is not enabled; start btbd by hand with:");
+        let manifest = installed.display().to_string();
+        out!("{} --manifest {}", shell_word(&btbd), shell_word(&manifest));
+        return Ok(ExitCode::from(NO_SYSTEMD));
+    }
+    systemctl("enable", &unit)?;
+    out!("enabled and started {unit}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn disable(target: &Target) -> Result<ExitCode> {
+    Manifest::new(&target.app_id, "0")?; // an app id, not a path
+    let installed = installed_manifest(&target.app_id)?;
+    let unit = format!("btbd@{}.service", target.app_id);
+    match no_systemd_user_manager() {
+        None => {
+            systemctl("disable", &unit)?;
+            out!("stopped and disabled {unit}");
+        }
+        Some(why) => eprintln!(
+            "btbctl: {why}: no unit to stop (a btbd started by hand keeps running until stopped)"
+        ),
+    }
+    match std::fs::remove_file(&installed) {
+        Ok(()) => {
+            let _ = std::fs::remove_dir(installed.parent().expect("a file in a directory"));
+            out!("removed {}", installed.display());
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            out!("no manifest installed at {}", installed.display())
+        }
+        Err(e) => {
+            return Err(Error::invalid(format!(
+                "cannot remove {}: {e}",
+                installed.display()
+            )));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The manual pages: btbctl.1 (clap's sections, then what clap does not describe) and, as
+/// `clap_mangen::generate_to` writes them, btbctl-COMMAND.1 for each command it lists.
+fn generate_man(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        clap_mangen::Man::new(sub.clone())
+            .section("1")
+            .generate_to(dir)?;
+    }
+    let man = clap_mangen::Man::new(cmd).section("1");
+    let mut page = Vec::new();
+    man.render_title(&mut page)?;
+    man.render_name_section(&mut page)?;
+    man.render_synopsis_section(&mut page)?;
+    man.render_description_section(&mut page)?;
+    man.render_options_section(&mut page)?;
+    man.render_subcommands_section(&mut page)?;
+    page.extend_from_slice(MAN_EXTRA.as_bytes());
+    man.render_version_section(&mut page)?;
+    std::fs::write(dir.join(man.get_filename()), page)
+}
+
+const MAN_EXTRA: &str = r#".SH "EXIT STATUS"
+.TP
+\fB0\fR
+Done.
+.TP
+\fB1\fR
+An error; the message on stderr names what failed.
+.TP
+\fB2\fR
+A usage error.
+.TP
+\fB3\fR
+\fBenable\fR installed the manifest, but no systemd user manager runs to start btbd; the command that starts it by hand is printed on stdout.
+.SH ENVIRONMENT
+.TP
+\fBXDG_RUNTIME_DIR\fR
+Where the app's broker listens (its control socket).
+.TP
+\fBXDG_STATE_HOME\fR
+The default store: \fI$XDG_STATE_HOME/btb/APP_ID/btb.sqlite3\fR (\fI~/.local/state\fR when unset).
+.SH FILES
+.TP
+\fI~/.local/share/btb/APP_ID/manifest.toml\fR
+The manifest \fBbtbctl enable\fR installs and \fBbtbd@APP_ID.service\fR reads.
+.SH "SEE ALSO"
+\fBbtbd\fR(8), \fBsystemctl\fR(1)
+"#;
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "btbctl",
+                &mut std::io::stdout(),
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::GenerateMan { dir } => {
+            generate_man(dir).map_err(|e| {
+                Error::invalid(format!(
+                    "cannot write the man page into {}: {e}",
+                    dir.display()
+                ))
+            })?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
     }
     if let Command::Calendar {
         expressions,
@@ -416,9 +644,15 @@ fn run(cli: Cli) -> Result<()> {
         base_time,
     } = &cli.command
     {
-        return calendar(expressions, *iterations, base_time.as_deref());
+        calendar(expressions, *iterations, base_time.as_deref())?;
+        return Ok(ExitCode::SUCCESS);
     }
     let target = Target::of(&cli)?;
+    match cli.command {
+        Command::Enable => return enable(&cli, &target),
+        Command::Disable => return disable(&target),
+        _ => {}
+    }
     let mut broker = target.broker()?;
     let mut call = |request: Request| -> Result<Option<Reply>> {
         broker.as_mut().map(|b| b.call(&request)).transpose()
@@ -514,15 +748,19 @@ fn run(cli: Cli) -> Result<()> {
                 system.close()?;
             }
         },
-        Command::Completions { .. } | Command::Calendar { .. } => unreachable!("handled above"),
+        Command::Completions { .. }
+        | Command::Calendar { .. }
+        | Command::GenerateMan { .. }
+        | Command::Enable
+        | Command::Disable => unreachable!("handled above"),
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse(); // usage errors exit 2
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(status) => status,
         Err(e) => {
             eprintln!("btbctl: {}", e.message());
             ExitCode::from(1)

@@ -7,27 +7,85 @@
 //! and btbd exits 0. A bad manifest, or a store another broker holds, exits 1 with the reason.
 //! Logs go to stderr (the journal, under systemd); `RUST_LOG` sets the level (default `info`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use btb_core::{Manifest, StoreLocation, System, SystemOptions};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use nix::sys::signal::{SigSet, Signal};
 
 #[derive(Parser)]
 #[command(
     name = "btbd",
     version,
-    about = "A btb broker with no app code: runs an app's exec tasks while the app is closed"
+    about = "A btb broker with no app code: runs an app's exec tasks while the app is closed",
+    long_about = "A btb broker with no app code: runs an app's exec tasks while the app is closed.\n\
+                  It holds the app's store and runs what becomes due; btbctl and the app's own \
+                  processes talk to it through its control socket. systemd runs it as the user \
+                  unit btbd@APP_ID.service (btbctl enable installs the manifest and enables it). \
+                  It prints \"btbd: ready\" on stdout once it serves."
 )]
 struct Cli {
     /// The app's manifest (TOML).
-    #[arg(long, value_name = "PATH")]
-    manifest: PathBuf,
+    #[arg(long, value_name = "PATH", required = true)]
+    manifest: Option<PathBuf>,
     /// The app's store, if not at the default location ($XDG_STATE_HOME/btb/<app_id>/btb.sqlite3).
     #[arg(long, value_name = "PATH")]
     store: Option<PathBuf>,
+    /// Write the manual page btbd.8 into DIR and exit (for packagers: make install, the .deb).
+    #[arg(long, value_name = "DIR", hide = true, exclusive = true)]
+    generate_man: Option<PathBuf>,
 }
+
+/// The manual page: clap's sections, then what clap does not describe.
+fn generate_man(dir: &Path) -> std::io::Result<()> {
+    let man = clap_mangen::Man::new(Cli::command()).section("8");
+    let mut page = Vec::new();
+    man.render_title(&mut page)?;
+    man.render_name_section(&mut page)?;
+    man.render_synopsis_section(&mut page)?;
+    man.render_description_section(&mut page)?;
+    man.render_options_section(&mut page)?;
+    page.extend_from_slice(MAN_EXTRA.as_bytes());
+    man.render_version_section(&mut page)?;
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join(man.get_filename()), page)
+}
+
+const MAN_EXTRA: &str = r#".SH SIGNALS
+.TP
+\fBSIGTERM\fR, \fBSIGINT\fR
+Running task instances are canceled with reason TERMINATING and given their grace period (5 s); then btbd exits 0.
+.SH "EXIT STATUS"
+.TP
+\fB0\fR
+Stopped by SIGTERM or SIGINT.
+.TP
+\fB1\fR
+A bad manifest, a store another broker holds, or a failure closing the store; the reason is on stderr.
+.TP
+\fB2\fR
+A usage error.
+.SH ENVIRONMENT
+.TP
+\fBRUST_LOG\fR
+The log level of the lines btbd writes on stderr (default \fBinfo\fR).
+.TP
+\fBXDG_STATE_HOME\fR
+The default store: \fI$XDG_STATE_HOME/btb/APP_ID/btb.sqlite3\fR (\fI~/.local/state\fR when unset).
+.TP
+\fBXDG_RUNTIME_DIR\fR
+Where btbd listens for btbctl and the app's processes (its control socket).
+.SH FILES
+.TP
+\fI~/.local/share/btb/APP_ID/manifest.toml\fR
+The manifest \fBbtbd@APP_ID.service\fR passes to btbd; \fBbtbctl enable\fR installs it there.
+.TP
+\fI/usr/lib/systemd/user/btbd@.service\fR
+The systemd user unit (instance = app id): \fBsystemctl \-\-user enable \-\-now btbd@APP_ID.service\fR.
+.SH "SEE ALSO"
+\fBbtbctl\fR(1), \fBsystemd.unit\fR(5), \fBjournalctl\fR(1)
+"#;
 
 fn main() -> ExitCode {
     // Before any thread starts (btb's threads inherit the mask): SIGTERM and SIGINT wait for
@@ -39,10 +97,23 @@ fn main() -> ExitCode {
         eprintln!("btbd: cannot block SIGTERM and SIGINT: {e}");
         return ExitCode::from(1);
     }
-    let cli = Cli::parse();
+    let cli = Cli::parse(); // usage errors exit 2
+    if let Some(dir) = &cli.generate_man {
+        return match generate_man(dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!(
+                    "btbd: cannot write the man page into {}: {e}",
+                    dir.display()
+                );
+                ExitCode::from(1)
+            }
+        };
+    }
+    let manifest = cli.manifest.expect("clap requires --manifest");
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
 
-    let manifest = match Manifest::load(&cli.manifest) {
+    let manifest = match Manifest::load(&manifest) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("btbd: {}", e.message());
