@@ -114,3 +114,17 @@ def test_connect_outside_a_host_says_why() -> None:
 
     with pytest.raises(btb.StateError, match="BTB_HOST_FD"):
         btb.host.connect()
+
+
+def test_import_btb_makes_btb_host_available() -> None:
+    import subprocess
+    import sys
+
+    # A fresh interpreter: `import btb` alone, then `btb.host` (no `import btb.host`).
+    out = subprocess.run(
+        [sys.executable, "-c", "import btb; print(btb.host.connect.__name__, btb.host.HostInstance.__name__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.split() == ["_host_connect", "HostInstance"]

@@ -75,6 +75,10 @@ from ._errors import (
     UnsupportedError,
 )
 
+# `btb.host` (the child's side of an `exec` host) is there after a plain `import btb`, as any
+# attribute of the package; it costs nothing until `btb.host.connect()` is called.
+from . import host as host  # noqa: E402
+
 __version__: str = _btb.__version__
 
 __all__ = [
