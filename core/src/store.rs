@@ -74,6 +74,8 @@ pub enum ScheduleChange {
     Started(RunStart),
     /// A run that started did not run after all (it waits for a handler, SPEC §12).
     Unstarted(Uuid),
+    /// A retry latched unless a fire is latched already (that one runs instead, SPEC §12).
+    RetryUnlessPending(Uuid, Latched),
 }
 
 /// A latched fire as stored: its trigger details (JSON), which attempt it is, and, for a retry,
@@ -882,6 +884,13 @@ fn schedule_in(tx: &Connection, change: &ScheduleChange) -> rusqlite::Result<usi
                      pending_attempt = 1, pending_not_before = NULL WHERE task_id = ?1",
             )?
             .execute(params![id.as_bytes()]),
+        ScheduleChange::RetryUnlessPending(id, l) => tx
+            .prepare_cached(
+                "UPDATE registrations SET pending_fire = 1, pending_details = ?2,
+                     pending_attempt = ?3, pending_not_before = ?4
+                 WHERE task_id = ?1 AND pending_fire = 0",
+            )?
+            .execute(params![id.as_bytes(), l.details, l.attempt, l.not_before]),
         ScheduleChange::Unstarted(id) => tx
             .prepare_cached("DELETE FROM runs_started WHERE instance_id = ?1")?
             .execute([id.as_bytes()]),

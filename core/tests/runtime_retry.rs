@@ -368,6 +368,12 @@ fn a_run_cut_off_by_its_brokers_death_is_recorded_and_retried() {
     assert_eq!(h[0].retry_at_ms, Some(T0 + 30 * SEC));
     rig.idle();
     rig.no_start();
+    // The retry is on disk, not only in this broker: closed before it runs, it runs after the
+    // next open (found by the soak: it was latched in memory only).
+    rig.sys.close().unwrap();
+    drop(rig);
+    let rig = open_at(&store, &clock);
+    let reg = rig.sys.all_tasks().unwrap().pop().unwrap();
     rig.advance(30 * SEC);
     let run = rig.next_start();
     assert_eq!(run.details, Some(serde_json::json!({"k": "v"})));

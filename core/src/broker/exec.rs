@@ -961,8 +961,14 @@ pub(crate) fn stop_orphans(
         run.message = Some(message);
         run.retry_at_ms = retry_at_ms;
         log::warn!(target: "btb", "instance {}: {}", run.instance_id, run.message.as_deref().unwrap_or_default());
+        // The record and the retry's latch in one transaction: a broker that dies next loses
+        // neither (SPEC §11).
+        let latch: Vec<crate::store::ScheduleChange> = retry
+            .iter()
+            .map(|next| crate::store::ScheduleChange::RetryUnlessPending(run.task_id, next.clone()))
+            .collect();
         if registry.contains(&run.task_id)
-            && let Err(e) = store.insert_run(&run, policy.history_limit)
+            && let Err(e) = store.write_batch(&latch, &[(run.clone(), policy.history_limit)])
         {
             log::error!(target: "btb", "{e}");
             continue; // recorded by the next broker of the store, then

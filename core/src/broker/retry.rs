@@ -158,6 +158,12 @@ pub(crate) fn recover_cut_off(
             now,
             "the broker died during the run",
         );
+        // The retry's latch is written with the record, in one transaction: a broker that dies
+        // before the retry runs leaves it on disk for the next one (SPEC §11, §12).
+        let latch: Vec<ScheduleChange> = retry
+            .iter()
+            .map(|next| ScheduleChange::RetryUnlessPending(start.task_id, next.clone()))
+            .collect();
         if let Some(latched) = retry {
             retries.push((start.task_id, latched));
         }
@@ -185,7 +191,7 @@ pub(crate) fn recover_cut_off(
             output: None,
         };
         // Also drops the marker (or only that, for a task unregistered since).
-        store.insert_run(&run, history_limit)?;
+        store.write_batch(&latch, &[(run, history_limit)])?;
     }
     Ok(retries)
 }
