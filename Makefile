@@ -2,7 +2,7 @@
 #   make demo    build the library, header and Python module; run the C and Python examples
 #   make test    run every test suite: Rust (core, C ABI incl. ASan/valgrind), Python, install
 # Also: make install PREFIX=/usr/local [DESTDIR=…], make bench, make lint, make stress, make tsan,
-# make dist / dist-check / man / docs (the block at the end).
+# make dist / dist-check / man / docs (the block at the end), make soak.
 
 PREFIX ?= /usr/local
 BINDIR ?= $(PREFIX)/bin
@@ -35,7 +35,7 @@ SYSTEM_PYTHON3 := /usr/bin/python3
 DBUSMOCK_VENV := .venv-dbusmock
 DBUSMOCK := $(abspath $(DBUSMOCK_VENV))/bin/python
 
-.PHONY: all lib tools header python demo test test-rust test-python test-install install lint bench stress tsan clean fuzz
+.PHONY: all lib tools header python demo test test-rust test-python test-install install lint bench stress tsan soak clean fuzz
 
 all: lib tools header python
 
@@ -162,6 +162,18 @@ bench: python $(DBUSMOCK)
 # Nightly-style: the 8-thread stress test for 60 s in release mode (the test suite runs it for 10 s).
 stress:
 	BTB_STRESS_SECS=60 $(CARGO) test --release -p btb-core --test runtime_stress -- --nocapture
+
+# The soak (docs/soak.md), minutes long and not part of `make test` or CI: $(SOAK_CLIENTS) client
+# processes registering, requesting and disconnecting, exec hosts and handed runs, the broker
+# SIGKILLed every $(SOAK_KILL_SECS) s and taken over, for $(SOAK_SECS) s; then it checks that no
+# acknowledged registration or fire was lost, nothing ran twice or twice at once, and that the
+# broker's RSS, fds and threads stayed flat. Release mode; prints its figures.
+SOAK_SECS ?= 180
+SOAK_CLIENTS ?= 50
+SOAK_KILL_SECS ?= 30
+soak:
+	SOAK_SECS=$(SOAK_SECS) SOAK_CLIENTS=$(SOAK_CLIENTS) SOAK_KILL_SECS=$(SOAK_KILL_SECS) \
+	  $(CARGO) test --release -p btb-core --test soak -- --ignored --exact soak --nocapture
 
 # ThreadSanitizer over the stress and concurrency tests. Needs a nightly toolchain with rust-src
 # (the standard library is rebuilt instrumented; without that TSan reports false races).
