@@ -1131,9 +1131,10 @@ btb_status btb_instance_wait_canceled(const btb_instance *instance,
  * called on any thread, during any btb call or from btb's own threads, possibly with btb locks
  * held: it must not call btb functions (see `btb_log_fn`). Process-wide, thread-safe.
  *
- * Errors: `BTB_ERROR_INVALID_ARGUMENT` for a level not in 1..5; `BTB_ERROR_STATE` when the process
- * already has another `log` logger (btb's Python binding installs one, so a C library loaded into
- * a Python process that uses btb cannot hook it; a plain C program never sees this). On an error
+ * Errors: `BTB_ERROR_INVALID_ARGUMENT` for a level not in 1..5; `BTB_ERROR_STATE` when btb's copy of
+ * the `log` crate already has another logger — only possible when btb is linked into a Rust
+ * program as a crate that installed one (as the Python binding installs pyo3-log; libbtb.so has
+ * its own copy, so a C program, or a C library beside that binding, never sees this). On an error
  * nothing changes and the caller keeps `user_data`.
  */
 btb_status btb_set_log_callback(btb_log_fn callback,
