@@ -453,6 +453,43 @@ typedef uint32_t btb_backoff_policy;
 #endif // __cplusplus
 
 /**
+ * Log levels, for `btb_set_log_callback` and `btb_log_fn` (the `log` crate's numbers).
+ */
+enum btb_log_level
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * Something failed.
+   */
+  BTB_LOG_ERROR = 1,
+  /**
+   * Something is wrong, and btb carries on.
+   */
+  BTB_LOG_WARN = 2,
+  /**
+   * What the broker does: each run's start and end, activation, failover.
+   */
+  BTB_LOG_INFO = 3,
+  /**
+   * Details for debugging.
+   */
+  BTB_LOG_DEBUG = 4,
+  /**
+   * Everything.
+   */
+  BTB_LOG_TRACE = 5,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum btb_log_level btb_log_level;
+#else
+typedef uint32_t btb_log_level;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * A mutable description of one task before registration (`BackgroundTaskBuilder`).
  * Thread-safe (calls on one builder are serialised). Free with `btb_free`.
  */
@@ -562,6 +599,16 @@ typedef void (*btb_canceled_fn)(btb_instance *instance, uint32_t reason, void *u
  * not called when the function that received it fails: the caller keeps `user_data` then.
  */
 typedef void (*btb_free_fn)(void *user_data);
+
+/**
+ * A log callback: `level` is a `BTB_LOG_*` value, `target` the record's target (`"btb"` for btb's
+ * own lines), `message` the line; both strings are NUL-terminated UTF-8 borrowed for the call (a
+ * message with an interior NUL is cut there). Called on any thread — the caller's or a btb thread,
+ * possibly several at once — and possibly while btb holds its own locks (records are emitted from
+ * deep inside btb): it must return soon and must not call btb functions (that may deadlock or
+ * recurse). Hand the line to your own logging, or queue it.
+ */
+typedef void (*btb_log_fn)(uint32_t level, const char *target, const char *message, void *user_data);
 
 /**
  * A run function: runs one instance on a btb worker thread (never the caller's thread, never with
@@ -1074,6 +1121,26 @@ btb_status btb_host_connect(btb_instance **out);
 btb_status btb_instance_wait_canceled(const btb_instance *instance,
                                       uint32_t timeout_ms,
                                       bool *out_canceled);
+
+/**
+ * Sends btb's log lines at `level` (a `BTB_LOG_*` value) or more severe to `callback`, with `user_data`.
+ *
+ * Replaces the callback set before, whose `free_user_data` is called for its `user_data` once no
+ * call of it is in flight (see `btb_free_fn`); `callback = NULL` removes the callback (`level` is then
+ * ignored, and `user_data` is freed at once if `free_user_data` is given). The callback may be
+ * called on any thread, during any btb call or from btb's own threads, possibly with btb locks
+ * held: it must not call btb functions (see `btb_log_fn`). Process-wide, thread-safe.
+ *
+ * Errors: `BTB_ERROR_INVALID_ARGUMENT` for a level not in 1..5; `BTB_ERROR_STATE` when btb's copy of
+ * the `log` crate already has another logger — only possible when btb is linked into a Rust
+ * program as a crate that installed one (as the Python binding installs pyo3-log; libbtb.so has
+ * its own copy, so a C program, or a C library beside that binding, never sees this). On an error
+ * nothing changes and the caller keeps `user_data`.
+ */
+btb_status btb_set_log_callback(btb_log_fn callback,
+                                uint32_t level,
+                                void *user_data,
+                                btb_free_fn free_user_data);
 
 /**
  * Writes the task id to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`.

@@ -241,9 +241,15 @@ pub enum Request {
         task: String,
     },
     /// Fire the task as if its trigger fired; `ignore_conditions` runs it even if they do not hold.
+    /// `details`: the trigger details the run sees (as an application trigger's arguments).
+    /// `keep`: a one-shot is not spent by this run (it runs even if spent already).
     Run {
         task: String,
         ignore_conditions: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        details: Option<serde_json::Value>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        keep: bool,
     },
     /// `cancel_task` (default true, as `btbctl unregister`): cancel a running instance with `ABORT`.
     Unregister {

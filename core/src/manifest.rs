@@ -99,14 +99,16 @@ pub(crate) fn check_app_id(app_id: &str) -> Result<()> {
     let ok_chars = app_id
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    // Each part starts with a letter, as in D-Bus names and Flatpak app ids: `org.example.2fa`
+    // is refused (write `org.example.twofa` or `org.example.app2fa`).
     let ok_shape = app_id.contains('.')
         && app_id
             .split('.')
-            .all(|seg| !seg.is_empty() && !seg.starts_with('-'));
+            .all(|seg| seg.starts_with(|c: char| c.is_ascii_alphabetic()));
     if !ok_chars || !ok_shape {
         return Err(Error::invalid(format!(
             "app id {app_id:?} is not a reverse-DNS name such as \"org.example.notes\" \
-             (letters, digits, '-', '_', dot-separated non-empty parts)"
+             (dot-separated parts, each starting with a letter, then letters, digits, '-', '_')"
         )));
     }
     Ok(())
@@ -373,6 +375,36 @@ exec        = ["/usr/bin/notes", "--background-task"]
         );
         assert!(m.contains("line 5"), "{m}");
         assert!(m.contains("\"teleport\""), "{m}");
+    }
+
+    #[test]
+    fn each_part_of_an_app_id_starts_with_a_letter() {
+        for good in [
+            "org.example.notes",
+            "a.b",
+            "org.example.app2fa",
+            "io.x-y.z_9",
+            "A.B",
+        ] {
+            assert!(check_app_id(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "org.example.2fa",
+            "1org.example",
+            "org._private.app",
+            "org.-x.app",
+            "org..app",
+            "org.example.",
+            ".org.example",
+            "notes",
+        ] {
+            let e = check_app_id(bad).unwrap_err();
+            assert!(
+                e.message().contains("each starting with a letter"),
+                "{bad}: {}",
+                e.message()
+            );
+        }
     }
 
     #[test]

@@ -1191,8 +1191,10 @@ impl System {
             Request::Run {
                 task,
                 ignore_conditions,
+                details,
+                keep,
             } => shared
-                .run_now(&task, ignore_conditions)
+                .run_now(&task, ignore_conditions, details, keep)
                 .map(|()| Reply::Done),
             Request::Unregister { task, cancel_task } => self
                 .task_id_of(&task)

@@ -37,12 +37,18 @@ pub fn find_task<'a>(
             Err(Error::new(
                 ErrorKind::Conflict,
                 format!(
-                    "{n} tasks are named {task:?} (in different groups): name one by its id: {}",
+                    "{n} tasks are named {task:?}: name one by its id: {}",
                     named
                         .iter()
-                        .map(|r| r.task_id.to_string())
+                        .map(|r| {
+                            let scope = match &r.task_group {
+                                Some(g) => format!("group {:?}", g.id),
+                                None => "no group".to_owned(),
+                            };
+                            format!("{} ({}, {scope})", r.task_id, trigger_text(&r.trigger))
+                        })
                         .collect::<Vec<_>>()
-                        .join(", ")
+                        .join("; ")
                 ),
             ))
         }
@@ -270,7 +276,8 @@ impl TaskView {
                 .iter()
                 .map(|c| c.name().to_owned())
                 .collect(),
-            next_due: facts.next_due_ms.map(rfc3339),
+            // A spent one-shot is never due again, whatever its record still says.
+            next_due: facts.next_due_ms.filter(|_| !facts.spent).map(rfc3339),
             pending: facts.pending,
             spent: facts.spent,
             running_since: facts.running_since_ms.map(rfc3339),

@@ -158,6 +158,8 @@ fn v1() -> Vec<(&'static str, Frame)> {
             Req(Request::Run {
                 task: "sync".into(),
                 ignore_conditions: true,
+                details: None,
+                keep: false,
             }),
         ),
         (

@@ -155,3 +155,18 @@ pub enum btb_event_kind {
     /// A queued instance was canceled (`btb_event.reason`): stop it and finish its run.
     BTB_EVENT_CANCELED = 2,
 }
+
+/// Log levels, for `btb_set_log_callback` and `btb_log_fn` (the `log` crate's numbers).
+#[repr(u32)]
+pub enum btb_log_level {
+    /// Something failed.
+    BTB_LOG_ERROR = 1,
+    /// Something is wrong, and btb carries on.
+    BTB_LOG_WARN = 2,
+    /// What the broker does: each run's start and end, activation, failover.
+    BTB_LOG_INFO = 3,
+    /// Details for debugging.
+    BTB_LOG_DEBUG = 4,
+    /// Everything.
+    BTB_LOG_TRACE = 5,
+}

@@ -18,6 +18,7 @@ pub mod constants;
 pub mod error;
 pub mod handle;
 pub mod instance;
+pub mod log;
 pub mod registration;
 pub mod retry;
 pub mod strings;

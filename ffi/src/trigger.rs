@@ -197,14 +197,18 @@ pub extern "C" fn btb_trigger_free(trigger: *mut btb_trigger) -> btb_status {
 }
 
 fn not_applicable(data: &TriggerData, what: &str) -> Error {
-    Error::invalid(format!(
-        "a {} trigger has no {what}",
-        data.trigger
-            .kind()
-            .name()
-            .to_ascii_lowercase()
-            .replace('_', " ")
-    ))
+    let kind = data
+        .trigger
+        .kind()
+        .name()
+        .to_ascii_lowercase()
+        .replace('_', " ");
+    let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        "an"
+    } else {
+        "a"
+    };
+    Error::invalid(format!("{article} {kind} trigger has no {what}"))
 }
 
 /// Writes the trigger's kind (`BTB_TRIGGER_KIND_*`) to `*out`.
@@ -367,4 +371,26 @@ pub extern "C" fn btb_condition_type(condition: *const btb_condition, out: *mut 
 #[unsafe(no_mangle)]
 pub extern "C" fn btb_condition_free(condition: *mut btb_condition) -> btb_status {
     guard(|| handle::free(condition).map(drop))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_property_is_named_with_the_right_article() {
+        let mut t: *mut btb_trigger = std::ptr::null_mut();
+        assert_eq!(btb_application_trigger_new(&mut t), btb_status::BTB_OK);
+        let mut v = 0u32;
+        assert_eq!(
+            btb_trigger_freshness_minutes(t, &mut v),
+            btb_status::BTB_ERROR_INVALID_ARGUMENT
+        );
+        let msg = unsafe { std::ffi::CStr::from_ptr(crate::error::btb_last_error_message()) };
+        assert_eq!(
+            msg.to_str().unwrap(),
+            "an application trigger has no freshness"
+        );
+        assert_eq!(btb_trigger_free(t), btb_status::BTB_OK);
+    }
 }

@@ -203,6 +203,14 @@ fn runtime_tests_pass_under_valgrind() {
     runtime_tests(VALGRIND, &[]);
 }
 
+/// The log hook (`tests/c/test_log.c`): btb's log lines reach a C callback; replacing and
+/// removing it frees its user data.
+#[test]
+fn log_lines_reach_a_c_callback() {
+    c_tests("test_log", 25, &[], &[]);
+    c_tests("test_log", 25, &[], ASAN);
+}
+
 /// Microsoft's BackgroundTask sample, transliterated to C (`tests/c/test_windows_sample.c`).
 #[test]
 fn the_windows_background_task_sample_ports_line_by_line() {

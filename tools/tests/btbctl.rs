@@ -585,3 +585,160 @@ fn enable_installs_the_manifest_and_says_how_to_start_btbd_without_systemd() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("is not a reverse-DNS name"));
 }
+
+/// `btbctl` run as a real process: with no app named it is a usage error.
+#[test]
+fn no_app_named_is_a_usage_error() {
+    let env = Env::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_btbctl"))
+        .arg("list")
+        .env("XDG_RUNTIME_DIR", env.dir.path().join("run"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("name the app: --manifest PATH"), "{stderr}");
+    assert!(stderr.contains("Usage:"), "{stderr}");
+}
+
+#[test]
+fn run_passes_arguments_and_spends_a_one_shot_only_when_told() {
+    let env = Env::new();
+    let sys = open(&env.store());
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    sys.register_entry_point(
+        "app.Run",
+        Some(Handler::Call(Arc::new(move |i: &Instance| {
+            let details = i.trigger_details().cloned();
+            tx.lock()
+                .unwrap()
+                .send((i.task().name().to_owned(), details))
+                .unwrap();
+        }))),
+    )
+    .unwrap();
+    register(&sys, "upload", Trigger::application(), None);
+    let once = register(
+        &sys,
+        "once",
+        Trigger::Time {
+            freshness_minutes: 15,
+            one_shot: true,
+        },
+        None,
+    );
+
+    // --args: a JSON object becomes the run's trigger details; anything else is a usage error.
+    let out = env.btbctl(&["run", "upload", "--args", r#"{"file":"a.txt"}"#]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (name, details) = rx.recv_timeout(DEADLINE).unwrap();
+    assert_eq!(name, "upload");
+    assert_eq!(details, Some(serde_json::json!({"file": "a.txt"})));
+    assert!(sys.wait_idle(DEADLINE).unwrap());
+    for (bad, says) in [("[1, 2]", "not a JSON object"), ("{nope", "not JSON")] {
+        let out = env.btbctl(&["run", "upload", "--args", bad]);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("--args") && stderr.contains(says),
+            "{stderr}"
+        );
+    }
+
+    // A one-shot: `run` says it spends it and wants --yes.
+    let due = |env: &Env| {
+        let list = env.json(&["list", "--json"]);
+        (list[1]["spent"].clone(), list[1]["next_due"].clone())
+    };
+    assert!(due(&env).1.is_string(), "a one-shot time trigger is due");
+    let out = env.btbctl(&["run", "once"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("\"once\" has a one-shot trigger: this run spends it")
+            && stderr.contains("--yes")
+            && stderr.contains("--keep"),
+        "{stderr}"
+    );
+    assert_eq!(due(&env).0, false, "not run, not spent");
+
+    // --keep runs it and leaves it unspent and due.
+    let out = env.btbctl(&["run", "once", "--keep"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "fired \"once\"\n");
+    assert_eq!(rx.recv_timeout(DEADLINE).unwrap().0, "once");
+    assert!(sys.wait_idle(DEADLINE).unwrap());
+    let (spent, next_due) = due(&env);
+    assert_eq!(spent, false);
+    assert!(next_due.is_string(), "{next_due}");
+
+    // --yes runs and spends it: no next due any more.
+    let out = env.btbctl(&["run", "once", "--yes"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "fired \"once\" (now spent)\n");
+    assert_eq!(rx.recv_timeout(DEADLINE).unwrap().0, "once");
+    assert!(sys.wait_idle(DEADLINE).unwrap());
+    assert_eq!(due(&env), (Value::Bool(true), Value::Null));
+    let out = env.btbctl(&["list"]);
+    let row = text(&out.stdout)
+        .lines()
+        .find(|l| l.starts_with("once "))
+        .unwrap()
+        .to_owned();
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert!(
+        cells.contains(&"spent") && !cells.iter().any(|c| c.ends_with('Z')),
+        "{row}"
+    );
+
+    // Spent: --yes is refused by the broker; --keep still runs it, unspent as it was.
+    let out = env.btbctl(&["run", "once", "--yes"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("is spent"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = env.btbctl(&["run", "once", "--keep"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(rx.recv_timeout(DEADLINE).unwrap().0, "once");
+    assert!(sys.wait_idle(DEADLINE).unwrap());
+    assert_eq!(due(&env).0, true);
+    sys.close().unwrap();
+
+    // The store alone shows no next due for the spent task either.
+    let list = env.json(&["list", "--json"]);
+    assert_eq!(list[1]["task_id"], once.task_id().to_string());
+    assert_eq!(list[1]["spent"], true);
+    assert_eq!(list[1]["next_due"], Value::Null);
+}
+
+#[test]
+fn show_of_a_shared_name_lists_the_tasks() {
+    let env = Env::new();
+    let sys = open(&env.store());
+    let a = register(&sys, "dup", Trigger::application(), None);
+    let b = register(
+        &sys,
+        "dup",
+        Trigger::CustomEvent {
+            trigger_id: "refresh".into(),
+            recurrence: 1,
+        },
+        None,
+    );
+    sys.close().unwrap();
+    let out = env.btbctl(&["show", "dup"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("different groups"), "{stderr}");
+    assert!(
+        stderr.contains("2 tasks are named \"dup\": name one by its id: ")
+            && stderr.contains(&format!("{} (application trigger, no group)", a.task_id()))
+            && stderr.contains(&b.task_id().to_string()),
+        "{stderr}"
+    );
+    let by_id = env.json(&["show", &b.task_id().to_string(), "--json"]);
+    assert_eq!(by_id["name"], "dup");
+}

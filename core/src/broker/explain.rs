@@ -133,20 +133,27 @@ impl Broker {
         Ok(parked + running)
     }
 
-    /// Fires a task as if its trigger fired (`btbctl run`); with `ignore_conditions` it runs even
-    /// if they do not hold. `STATE` for a spent one-shot.
-    pub(crate) fn run_now(self: &Arc<Self>, task: &str, ignore_conditions: bool) -> Result<()> {
+    /// Fires a task as if its trigger fired (`btbctl run`), with `details` as its trigger details;
+    /// with `ignore_conditions` it runs even if they do not hold. `STATE` for a spent one-shot,
+    /// unless `keep`: then it runs without spending it (spent or not).
+    pub(crate) fn run_now(
+        self: &Arc<Self>,
+        task: &str,
+        ignore_conditions: bool,
+        details: Option<serde_json::Value>,
+        keep: bool,
+    ) -> Result<()> {
         self.check_writable("the run")?;
         let mut st = self.open_state()?;
         let id = self.find_task(&st, task)?;
-        if st.registry.is_spent(&id) {
+        if !keep && st.registry.is_spent(&id) {
             return Err(Error::state(format!(
                 "task {task:?} is spent: its one-shot trigger fired already"
             )));
         }
         let now = self.clock.now_ms();
         let mut changes = Vec::new();
-        self.fire(&mut st, id, None, now, &mut changes);
+        self.fire_as(&mut st, id, details, !keep, &mut changes);
         if ignore_conditions && let Some(pending) = st.pending.get_mut(&id) {
             pending.forced = true;
         }

@@ -148,13 +148,26 @@ impl Broker {
         _now: i64,
         changes: &mut Vec<ScheduleChange>,
     ) {
+        self.fire_as(st, task_id, details, true, changes);
+    }
+
+    /// [`Self::fire`]; without `spend` a one-shot is neither spent by it nor refused as spent
+    /// (`btbctl run --keep`).
+    pub(super) fn fire_as(
+        &self,
+        st: &mut State,
+        task_id: Uuid,
+        details: Option<serde_json::Value>,
+        spend: bool,
+        changes: &mut Vec<ScheduleChange>,
+    ) {
         let Some(record) = st.registry.get(&task_id).cloned() else {
             return;
         };
-        if st.registry.is_spent(&task_id) {
+        if spend && st.registry.is_spent(&task_id) {
             return;
         }
-        if record.trigger.one_shot() {
+        if spend && record.trigger.one_shot() {
             st.registry.mark_spent(task_id);
             st.unschedule(&task_id);
             changes.push(ScheduleChange::Spent(task_id));

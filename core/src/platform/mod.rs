@@ -260,7 +260,7 @@ pub(crate) fn unreported_source(condition: SystemConditionType) -> &'static str 
 
 /// Logs a source that cannot start or was lost, once per system and source.
 pub(crate) fn unavailable(what: &str, why: impl std::fmt::Display) {
-    log::info!(target: "btb", "{what} unavailable ({why}): its states read unknown");
+    log::info!(target: "btb", "{what}: unavailable ({why}); the states it gives read unknown");
 }
 
 /// Reads a file the platform options name (a TZif file, a sysfs attribute) — only when it is a

@@ -62,11 +62,23 @@ enum Command {
         json: bool,
     },
     /// Fire a task now, as if its trigger fired (needs a running broker).
+    ///
+    /// A one-shot task is spent by the run (it never fires again): that takes --yes, or --keep to
+    /// run it without spending it.
     Run {
         task: String,
         /// Run even if its conditions do not hold.
         #[arg(long)]
         ignore_conditions: bool,
+        /// The trigger details the run sees, as an application trigger's arguments (a JSON object).
+        #[arg(long, value_name = "JSON", value_parser = json_object)]
+        args: Option<serde_json::Value>,
+        /// Run a one-shot task, spending it.
+        #[arg(long, conflicts_with = "keep")]
+        yes: bool,
+        /// Run a one-shot task without spending it (also one spent already).
+        #[arg(long)]
+        keep: bool,
     },
     /// Signal a custom event (needs a running broker).
     Signal { event: String },
@@ -123,9 +135,7 @@ impl Target {
             (Some(path), _) => Manifest::load(path)?.app_id().to_owned(),
             (None, Some(app)) => app.clone(),
             (None, None) => {
-                return Err(Error::invalid(
-                    "name the app: --manifest PATH [--store PATH], or --app APP_ID",
-                ));
+                usage_error("name the app: --manifest PATH [--store PATH], or --app APP_ID")
             }
         };
         let store = match &cli.store {
@@ -220,6 +230,24 @@ impl Target {
                 TaskView::new(&t.record, &facts, now, task.is_some())
             })
             .collect())
+    }
+}
+
+/// A usage error, as clap reports its own: the message and the usage on stderr, exit status 2.
+fn usage_error(message: &str) -> ! {
+    Cli::command()
+        .error(clap::error::ErrorKind::MissingRequiredArgument, message)
+        .exit()
+}
+
+/// `--args`: a JSON object.
+fn json_object(text: &str) -> std::result::Result<serde_json::Value, String> {
+    match serde_json::from_str(text) {
+        Ok(value @ serde_json::Value::Object(_)) => Ok(value),
+        Ok(other) => Err(format!(
+            "not a JSON object (the trigger details are one, e.g. '{{\"file\":\"a.txt\"}}'): {other}"
+        )),
+        Err(e) => Err(format!("not JSON: {e}")),
     }
 }
 
@@ -697,14 +725,34 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run {
             task,
             ignore_conditions,
-        } => match call(Request::Run {
-            task: task.clone(),
-            ignore_conditions,
-        })? {
-            Some(Reply::Done) => out!("fired {task:?}"),
-            Some(other) => return Err(unexpected(other)),
-            None => return Err(target.no_broker("run")),
-        },
+            args,
+            yes,
+            keep,
+        } => {
+            let view = match call(Request::Show { task: task.clone() })? {
+                Some(Reply::Task { task }) => *task,
+                Some(other) => return Err(unexpected(other)),
+                None => return Err(target.no_broker("run")),
+            };
+            let one_shot = view.trigger.get("one_shot") == Some(&serde_json::Value::Bool(true));
+            if one_shot && !yes && !keep {
+                usage_error(&format!(
+                    "{task:?} has a one-shot trigger: this run spends it (it never fires again). \
+                     Pass --yes to run it so, or --keep to run it without spending it"
+                ));
+            }
+            match call(Request::Run {
+                task: task.clone(),
+                ignore_conditions,
+                details: args,
+                keep,
+            })? {
+                Some(Reply::Done) if one_shot && !keep => out!("fired {task:?} (now spent)"),
+                Some(Reply::Done) => out!("fired {task:?}"),
+                Some(other) => return Err(unexpected(other)),
+                None => return Err(target.no_broker("run")),
+            }
+        }
         Command::Signal { event } => match call(Request::Signal {
             name: event.clone(),
         })? {
