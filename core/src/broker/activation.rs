@@ -13,7 +13,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 
 use rustix::event::{PollFd, PollFlags, poll};
@@ -60,15 +60,7 @@ impl Broker {
                 pidfd: None,
             });
         }
-        let mut cmd = Command::new(&argv[0]);
-        cmd.args(&argv[1..])
-            .env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin");
-        for name in ["HOME", "USER", "LOGNAME", "LANG", "XDG_RUNTIME_DIR", "TZ"] {
-            if let Some(v) = std::env::var_os(name) {
-                cmd.env(name, v);
-            }
-        }
+        let mut cmd = super::exec::command(argv);
         cmd.env("BTB_APP_ID", self.manifest.app_id())
             .env("BTB_ACTIVATION", "1")
             .env("BTB_STORE", &self.store_path)

@@ -193,16 +193,7 @@ impl Broker {
     ) -> std::io::Result<(OwnedFd, OwnedFd, OwnedFd)> {
         let (broker_end, host_end) = UnixStream::pair()?;
         let task = instance.task();
-        let mut cmd = Command::new(&argv[0]);
-        cmd.args(&argv[1..])
-            .env_clear()
-            // What any program expects (as systemd gives a service); nothing else of the app's.
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin");
-        for name in ["HOME", "USER", "LOGNAME", "LANG", "XDG_RUNTIME_DIR", "TZ"] {
-            if let Some(v) = std::env::var_os(name) {
-                cmd.env(name, v);
-            }
-        }
+        let mut cmd = command(argv);
         cmd.env("BTB_INSTANCE_ID", instance.instance_id().to_string())
             .env("BTB_TASK_ID", task.task_id().to_string())
             .env("BTB_TASK_NAME", task.name())
@@ -1228,6 +1219,21 @@ fn handed_run(instance: &Instance) -> Box<protocol::HandedRun> {
         started_ms: instance.started_ms(),
         attempt: instance.attempt(),
     })
+}
+
+/// A command btb starts (an `exec` host, the activated app): no shell, and a clean environment —
+/// what any program expects (as systemd gives a service), nothing else of the app's.
+pub(super) fn command(argv: &[String]) -> Command {
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin");
+    for name in ["HOME", "USER", "LOGNAME", "LANG", "XDG_RUNTIME_DIR", "TZ"] {
+        if let Some(v) = std::env::var_os(name) {
+            cmd.env(name, v);
+        }
+    }
+    cmd
 }
 
 /// The exit status with which a host asks for another attempt (`sysexits.h`).
