@@ -74,6 +74,10 @@ impl Broker {
             .listeners(&EventKey::Application(*trigger_id))
             .to_vec();
         if holders.is_empty() {
+            log::debug!(
+                target: "btb",
+                "request of application trigger {trigger_id}: no registration of this system holds it (UNKNOWN_ERROR)"
+            );
             return ApplicationTriggerResult::UnknownError;
         }
         // Each ALLOWED request causes exactly one run: while a run is going or already pending,
