@@ -16,7 +16,9 @@ VENV ?= .venv
 PY := $(abspath $(VENV))/bin/python
 # What a static link of libbtb.a needs besides libc (rustc --print native-static-libs on Linux).
 NATIVE_STATIC_LIBS := -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
-RELEASE := target/release
+# Where cargo builds: $CARGO_TARGET_DIR when the user set one, as cargo itself honours it.
+TARGET_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
+RELEASE := $(TARGET_DIR)/release
 
 # What `make test` needs beyond a Rust toolchain, a C compiler and Python 3 is found on PATH, else
 # bootstrapped — cmake from PyPI into the repo venv; valgrind with apt-get when root — else that

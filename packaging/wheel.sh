@@ -28,7 +28,7 @@ else
   echo "*** wheel: zig is not available (pip install ziglang cargo-zigbuild): the wheel is built for" \
        "this machine's glibc and tagged with the oldest policy maturin's audit grants" >&2
   cargo build --release -q -p btb-tools
-  tools=target/release
+  tools="${CARGO_TARGET_DIR:-target}/release"
   (cd bindings-python && maturin build --release -q -o "$stage/maturin")
 fi
 
