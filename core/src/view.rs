@@ -102,6 +102,11 @@ pub struct TaskFacts {
     pub last_outcome: Option<TaskOutcome>,
     /// `None`: the states are not known (no broker runs); else the conditions that do not hold.
     pub waiting_for: Option<Vec<SystemConditionType>>,
+    /// Of `waiting_for`, the conditions whose state is unknown on this machine (no source reports
+    /// them): they do not hold until one does.
+    pub unknown: Vec<SystemConditionType>,
+    /// A timed trigger's window: it runs within `[due, due + window]` (SPEC §3).
+    pub window_ms: Option<i64>,
     /// A retry waits (SPEC §12): its attempt and when it is due.
     pub retry: Option<(u32, i64)>,
     /// The message of the last recorded run (`show` only).
@@ -233,19 +238,35 @@ fn why_live(record: &TaskRecord, facts: &TaskFacts, now_ms: i64) -> String {
         .waiting_for
         .as_ref()
         .map(|w| w.iter().map(|c| c.name()).collect::<Vec<_>>().join(" and "));
+    let unknown = if facts.unknown.is_empty() {
+        String::new()
+    } else {
+        let names: Vec<&str> = facts.unknown.iter().map(|c| c.name()).collect();
+        format!(
+            " ({} unknown on this machine: no source reports it, so it does not hold)",
+            names.join(" and ")
+        )
+    };
     if facts.pending {
         return match waiting {
-            Some(w) if !w.is_empty() => format!("fired; waiting for {w}"),
+            Some(w) if !w.is_empty() => format!("fired; waiting for {w}{unknown}"),
             Some(_) => "fired; about to run".to_owned(),
             None => "fired; waiting for its conditions (no broker runs to check them)".to_owned(),
         };
     }
     let after = match facts.waiting_for.as_deref() {
         Some([]) | None => String::new(),
-        Some(_) => format!(", then for {}", waiting.unwrap_or_default()),
+        Some(_) => format!(", then for {}{unknown}", waiting.unwrap_or_default()),
     };
     match (&record.trigger, facts.next_due_ms) {
-        (_, Some(due)) if due > now_ms => format!("not due until {}{after}", rfc3339(due)),
+        (_, Some(due)) if due > now_ms => match facts.window_ms.filter(|w| *w > 0) {
+            Some(window) => format!(
+                "not due until {} (will run by {}){after}",
+                rfc3339(due),
+                rfc3339(due + window)
+            ),
+            None => format!("not due until {}{after}", rfc3339(due)),
+        },
         (_, Some(due)) => format!("due since {}{after}", rfc3339(due)),
         (TaskTrigger::Application { .. }, None) => {
             format!("waiting for a request of its application trigger{after}")
@@ -340,7 +361,23 @@ mod tests {
             why(&time, &facts, nine - 1),
             "not due until 2025-12-01T09:15:00Z, then for INTERNET_AVAILABLE"
         );
+        // A window: by when it runs; an unknown state: that it does not hold.
+        facts.window_ms = Some(900_000);
+        facts.unknown = vec![SystemConditionType::InternetAvailable];
+        assert_eq!(
+            why(&time, &facts, nine - 1),
+            "not due until 2025-12-01T09:15:00Z (will run by 2025-12-01T09:30:00Z), then for \
+             INTERNET_AVAILABLE (INTERNET_AVAILABLE unknown on this machine: no source reports it, \
+             so it does not hold)"
+        );
         facts.pending = true;
+        assert_eq!(
+            why(&time, &facts, nine),
+            "fired; waiting for INTERNET_AVAILABLE (INTERNET_AVAILABLE unknown on this machine: no \
+             source reports it, so it does not hold)"
+        );
+        facts.unknown.clear();
+        facts.window_ms = None;
         assert_eq!(
             why(&time, &facts, nine),
             "fired; waiting for INTERNET_AVAILABLE"

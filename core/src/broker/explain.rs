@@ -47,6 +47,17 @@ impl Broker {
             spent: st.registry.is_spent(id),
             running_since_ms: st.running.get(id).map(|r| r.instance.started_ms()),
             last_outcome: last.get(id).copied(),
+            // The machine's sources left these unknown (a simulated system's app sets its own).
+            unknown: waiting
+                .iter()
+                .copied()
+                .filter(|c| !self.simulated && self.state_of(st, *c).is_none())
+                .collect(),
+            window_ms: matches!(
+                record.trigger,
+                TaskTrigger::Time { .. } | TaskTrigger::Maintenance { .. } | TaskTrigger::Calendar { .. }
+            )
+            .then(|| self.window_ms()),
             waiting_for: Some(waiting),
             retry: st
                 .pending

@@ -226,6 +226,8 @@ impl Target {
                         .and_then(|p| p.not_before.map(|at| (p.attempt, at))),
                     last_message: None,
                     waiting_for_handler: None,
+                    unknown: Vec::new(), // no broker: nothing is known, said below
+                    window_ms: None,
                 };
                 TaskView::new(&t.record, &facts, now, task.is_some())
             })
