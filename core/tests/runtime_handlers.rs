@@ -658,3 +658,42 @@ fn the_pull_queue_hands_runs_to_the_host_thread() {
     assert_eq!(c.message.as_deref(), Some("host says no"));
     assert_eq!(reg.history().unwrap().len(), 2);
 }
+
+#[test]
+fn a_progress_flood_is_coalesced_per_instance_and_handlers_see_the_last_value() {
+    // Issue 17 (bounded): a run that reports progress 10,000 times while its handler is blocked
+    // queues at most 4,096 notes (past that, one per instance), not 10,000; the handler then sees
+    // the latest value.
+    let rig = Rig::open(policy());
+    let gate = Gate::new();
+    let (tx, rx) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let (b, trigger) = app_task("chatty");
+    let reg = rig.register(&b);
+    let g = gate.clone();
+    reg.add_progress(Arc::new(move |_: &Registration, _, value: u32| {
+        g.wait();
+        tx.lock().unwrap().send(value).unwrap();
+    }))
+    .unwrap();
+    let (reported, done) = mpsc::channel();
+    let reported = std::sync::Mutex::new(reported);
+    rig.router.on("chatty", move |i: &Instance| {
+        for v in 1..=10_000 {
+            i.set_progress(v % 101); // 0..=100, changing every time
+        }
+        i.set_progress(100);
+        reported.lock().unwrap().send(()).unwrap();
+    });
+    rig.sys.request(&trigger, None).unwrap();
+    recv(&done, "the run to report all its progress");
+    gate.open();
+    rig.idle();
+    let seen: Vec<u32> = rx.try_iter().collect();
+    assert!(
+        seen.len() <= 4097,
+        "{} progress calls for 10,000 reports: not coalesced",
+        seen.len()
+    );
+    assert_eq!(seen.last(), Some(&100), "the latest value: {seen:?}");
+}

@@ -13,6 +13,10 @@ use super::{
 use crate::model::CancellationReason;
 use crate::registration::Registration;
 
+/// Notes queued past which progress is coalesced per instance (`progress_changed`): handlers
+/// that keep within it see every change, in order (SPEC §4).
+const COALESCE_FROM: usize = 4096;
+
 /// Work for the notifier thread.
 pub(crate) enum Note {
     Progress(Registration, Uuid, u32),
@@ -35,13 +39,27 @@ impl Broker {
         self.notify_cv.notify_one();
     }
 
+    /// Queues a progress change. Once the handlers fall behind ([`COALESCE_FROM`] notes queued)
+    /// it is coalesced per instance: a value not yet delivered is replaced by the newer one, so a
+    /// run — or a host process — that reports progress faster than the handlers take it cannot
+    /// grow the queue past that, and handlers see its latest value (the queue is bounded by the
+    /// runs going, not by how often they report). Handlers that keep up see every value. An
+    /// instance's progress still comes before its end: nothing is queued for it after that.
     pub(crate) fn progress_changed(&self, instance: &Instance, value: u32) {
         let mut st = self.lock();
-        st.notes.push_back(Note::Progress(
-            instance.task().clone(),
-            instance.instance_id(),
-            value,
-        ));
+        let id = instance.instance_id();
+        if st.notes.len() >= COALESCE_FROM {
+            let queued = st.notes.iter_mut().rev().find_map(|n| match n {
+                Note::Progress(_, queued, v) if *queued == id => Some(v),
+                _ => None,
+            });
+            if let Some(v) = queued {
+                *v = value;
+                return;
+            }
+        }
+        st.notes
+            .push_back(Note::Progress(instance.task().clone(), id, value));
         self.notify_cv.notify_one();
     }
 
