@@ -100,7 +100,7 @@ pub fn local_time_zone(localtime: &std::path::Path) -> TimeZone {
     if std::env::var_os("TZ").is_some() {
         return system_time_zone();
     }
-    let Ok(data) = crate::platform::read_regular(localtime) else {
+    let Ok(data) = crate::files::read_regular(localtime) else {
         return TimeZone::UTC;
     };
     // The IANA name, when the link points into a zoneinfo tree (".../zoneinfo/Europe/Berlin").

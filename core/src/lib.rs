@@ -9,6 +9,7 @@ mod client;
 pub mod clock;
 pub mod control;
 pub mod error;
+mod files;
 pub mod groups;
 pub mod host;
 mod lockfile;

@@ -29,7 +29,7 @@ pub(crate) struct Power {
 }
 
 fn attr(dir: &Path, name: &str) -> Option<String> {
-    super::read_regular(&dir.join(name))
+    crate::files::read_regular(&dir.join(name))
         .ok()
         .map(|s| String::from_utf8_lossy(&s).trim().to_owned())
 }

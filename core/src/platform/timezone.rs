@@ -56,7 +56,7 @@ impl TimeZoneWatch {
 }
 
 fn read(localtime: &Path) -> Option<(Option<PathBuf>, Vec<u8>)> {
-    let bytes = super::read_regular(localtime).ok()?;
+    let bytes = crate::files::read_regular(localtime).ok()?;
     Some((std::fs::read_link(localtime).ok(), bytes))
 }
 
