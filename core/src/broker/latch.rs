@@ -34,6 +34,35 @@ pub(crate) struct Pending {
     pub(crate) park_deadline: Option<i64>,
 }
 
+impl Pending {
+    /// This latched fire as the store keeps it.
+    pub(crate) fn stored(&self) -> crate::store::Latched {
+        crate::store::Latched {
+            details: self.details.as_ref().map(|d| d.to_string()),
+            attempt: self.attempt,
+            not_before: self.not_before,
+        }
+    }
+}
+
+impl State {
+    /// The writes that make the latches not yet on disk durable (each once).
+    pub(super) fn persist_latches(&mut self, changes: &mut Vec<ScheduleChange>) {
+        for task_id in std::mem::take(&mut self.unpersisted) {
+            if let Some(pending) = self.pending.get_mut(&task_id)
+                && !pending.persisted
+            {
+                log::debug!(
+                    target: "btb",
+                    "a fire of task {task_id} is latched: it waits for its conditions, a free slot, its retry time or a handler"
+                );
+                pending.persisted = true;
+                changes.push(ScheduleChange::Pending(task_id, Some(pending.stored())));
+            }
+        }
+    }
+}
+
 impl Broker {
     /// A run whose handler is nowhere — no `exec` host, none in this process, none offered by a
     /// client — waits for one instead of failing (SPEC §12): its fire is latched again (the same
@@ -93,22 +122,9 @@ impl Broker {
         if let Some(at) = deadline {
             st.wake_broker_by(at, &self.waker);
         }
+        // Persisted here, not by the dispatch below: a closing broker dispatches nothing.
         let mut changes = vec![ScheduleChange::Unstarted(instance.instance_id())];
-        for id in std::mem::take(&mut st.unpersisted) {
-            if let Some(p) = st.pending.get_mut(&id)
-                && !p.persisted
-            {
-                p.persisted = true;
-                changes.push(ScheduleChange::Pending(
-                    id,
-                    Some(crate::store::Latched {
-                        details: p.details.as_ref().map(|d| d.to_string()),
-                        attempt: p.attempt,
-                        not_before: p.not_before,
-                    }),
-                ));
-            }
-        }
+        st.persist_latches(&mut changes);
         self.commit(&mut st, changes);
         self.changed();
         self.dispatch(&mut st, now); // its slot is free for others
@@ -116,20 +132,50 @@ impl Broker {
     }
 
     /// A handler appeared (registered here, or offered by a client process): the runs that wait
-    /// for one are tried again (and wait again if it is not theirs).
+    /// for it are tried again. Only theirs: a waiting run keeps waiting — and its activation
+    /// deadline stands — while the handlers that change are others'.
     pub(crate) fn handlers_changed(self: &Arc<Self>) {
         let Ok(mut st) = self.open_state() else {
             return;
         };
+        let parked: Vec<Uuid> = st
+            .pending
+            .iter()
+            .filter(|(_, p)| p.needs_handler.is_some())
+            .map(|(id, _)| *id)
+            .collect();
         let mut any = false;
-        for p in st.pending.values_mut() {
-            any |= p.needs_handler.take().is_some();
-            p.park_deadline = None;
+        for task_id in parked {
+            let found = st
+                .registry
+                .get(&task_id)
+                .is_some_and(|record| self.has_handler(record));
+            if found && let Some(p) = st.pending.get_mut(&task_id) {
+                p.needs_handler = None;
+                p.park_deadline = None;
+                any = true;
+            }
         }
         if any {
             let now = self.clock.now_ms();
             self.dispatch(&mut st, now);
         }
+    }
+
+    /// Whether some process can run a task now: a handler of this process by name (no resolver:
+    /// a broker with one never lets a run wait), or a client process's offer.
+    fn has_handler(&self, record: &TaskRecord) -> bool {
+        super::resolve(&self.handlers, record, false).is_ok()
+            || self.broadcast.get().is_some_and(|b| {
+                b.pick(
+                    record.task_entry_point.as_deref(),
+                    record.task_group.as_ref().map(|g| g.id.as_str()),
+                    1,
+                    &[],
+                )
+                .0
+                .is_some()
+            })
     }
 
     /// Whether every condition of a registration holds now (a maintenance trigger also needs AC).
@@ -309,25 +355,7 @@ impl Broker {
             jobs.push(instance);
         }
         // Latches that did not start are made durable, each once.
-        for task_id in std::mem::take(&mut st.unpersisted) {
-            if let Some(pending) = st.pending.get_mut(&task_id)
-                && !pending.persisted
-            {
-                log::debug!(
-                    target: "btb",
-                    "a fire of task {task_id} is latched: it waits for its conditions, a free slot or its retry time"
-                );
-                pending.persisted = true;
-                changes.push(ScheduleChange::Pending(
-                    task_id,
-                    Some(crate::store::Latched {
-                        details: pending.details.as_ref().map(|d| d.to_string()),
-                        attempt: pending.attempt,
-                        not_before: pending.not_before,
-                    }),
-                ));
-            }
-        }
+        st.persist_latches(&mut changes);
         self.commit(st, changes);
         // A run starts once the schedule writes queued so far are committed (its one-shot spent,
         // its latch taken): a crash can then never run it a second time after a restart. An

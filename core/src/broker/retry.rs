@@ -89,21 +89,14 @@ impl Broker {
         st.latch(
             task_id,
             instance.trigger_details().cloned(),
-            true,
+            false,
             attempt + 1,
             Some(at),
         );
-        self.commit(
-            st,
-            vec![ScheduleChange::Pending(
-                task_id,
-                Some(Latched {
-                    details: instance.trigger_details().map(|d| d.to_string()),
-                    attempt: attempt + 1,
-                    not_before: Some(at),
-                }),
-            )],
-        );
+        st.unpersisted.push(task_id);
+        let mut changes = Vec::new();
+        st.persist_latches(&mut changes);
+        self.commit(st, changes);
         st.wake_broker_by(at, &self.waker);
         End {
             outcome: TaskOutcome::Retry,
