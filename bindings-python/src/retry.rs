@@ -121,6 +121,17 @@ impl RetryPolicy {
 }
 
 /// A `timedelta` or a number of seconds as whole milliseconds, not negative.
+/// The arguments of `request_retry(after=None, message=None)`, in-process and in a host.
+pub(crate) fn retry_request(
+    after: Option<&Bound<'_, PyAny>>,
+    message: Option<&Bound<'_, pyo3::types::PyString>>,
+) -> PyResult<(Option<std::time::Duration>, Option<String>)> {
+    let after = after
+        .map(|a| delay_ms(a, "request_retry after").map(std::time::Duration::from_millis))
+        .transpose()?;
+    Ok((after, crate::convert::opt_utf8(message, "retry message")?))
+}
+
 pub(crate) fn delay_ms(value: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
     let ms = if let Ok(delta) = value.cast::<PyDelta>() {
         i64::from(delta.get_days()) * 86_400_000

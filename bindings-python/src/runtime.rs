@@ -742,10 +742,7 @@ impl BackgroundTaskInstance {
         after: Option<&Bound<'_, PyAny>>,
         message: Option<&Bound<'_, PyString>>,
     ) -> PyResult<()> {
-        let after = after
-            .map(|a| crate::retry::delay_ms(a, "request_retry after").map(Duration::from_millis))
-            .transpose()?;
-        let message = crate::convert::opt_utf8(message, "retry message")?;
+        let (after, message) = crate::retry::retry_request(after, message)?;
         py.detach(|| self.inner.request_retry(after, message));
         Ok(())
     }

@@ -323,6 +323,34 @@ fn condition_of(value: &Bound<'_, PyAny>) -> PyResult<SystemConditionType> {
 /// How long one detached wait lasts before `wait_idle` checks for signals (Ctrl-C).
 const WAIT_SLICE: Duration = Duration::from_millis(50);
 
+/// Waits up to `timeout` seconds for `wait` (a core wait given at most one slice) to say `true`,
+/// without the GIL, checking for signals between slices so that Ctrl-C interrupts it.
+fn wait_in_slices(
+    py: Python<'_>,
+    timeout: f64,
+    what: &str,
+    wait: impl Fn(Duration) -> btb_core::Result<bool> + Sync,
+) -> PyResult<bool> {
+    if !timeout.is_finite() || timeout < 0.0 {
+        return Err(invalid(format!(
+            "{what} timeout {timeout} is not a number of seconds >= 0"
+        )));
+    }
+    let deadline = Instant::now() + Duration::from_secs_f64(timeout.min(1.0e9));
+    loop {
+        let slice = deadline
+            .saturating_duration_since(Instant::now())
+            .min(WAIT_SLICE);
+        if py.detach(|| wait(slice)).or_raise()? {
+            return Ok(true);
+        }
+        py.check_signals()?;
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+    }
+}
+
 #[pymethods]
 impl System {
     #[new]
@@ -624,24 +652,9 @@ impl System {
     /// `False` after `timeout` seconds. Ctrl-C interrupts it. Not from a btb handler
     /// (`StateError`).
     fn wait_idle(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
-        if !timeout.is_finite() || timeout < 0.0 {
-            return Err(invalid(format!(
-                "wait_idle timeout {timeout} is not a number of seconds >= 0"
-            )));
-        }
-        let deadline = Instant::now() + Duration::from_secs_f64(timeout.min(1.0e9));
-        loop {
-            let slice = deadline
-                .saturating_duration_since(Instant::now())
-                .min(WAIT_SLICE);
-            if py.detach(|| self.core().wait_idle(slice)).or_raise()? {
-                return Ok(true);
-            }
-            py.check_signals()?;
-            if Instant::now() >= deadline {
-                return Ok(false);
-            }
-        }
+        wait_in_slices(py, timeout, "wait_idle", |slice| {
+            self.core().wait_idle(slice)
+        })
     }
 
     /// For an app the broker started for background work (`activate` in the manifest;
@@ -650,27 +663,9 @@ impl System {
     /// none is left for it, or `False` after `timeout` seconds, so that `main` can exit. Ctrl-C
     /// interrupts it. The analogue of Windows activating an app for `OnBackgroundActivated`.
     fn serve_activation(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
-        if !timeout.is_finite() || timeout < 0.0 {
-            return Err(invalid(format!(
-                "serve_activation timeout {timeout} is not a number of seconds >= 0"
-            )));
-        }
-        let deadline = Instant::now() + Duration::from_secs_f64(timeout.min(1.0e9));
-        loop {
-            let slice = deadline
-                .saturating_duration_since(Instant::now())
-                .min(WAIT_SLICE);
-            if py
-                .detach(|| self.core().serve_activation(slice))
-                .or_raise()?
-            {
-                return Ok(true);
-            }
-            py.check_signals()?;
-            if Instant::now() >= deadline {
-                return Ok(false);
-            }
-        }
+        wait_in_slices(py, timeout, "serve_activation", |slice| {
+            self.core().serve_activation(slice)
+        })
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
