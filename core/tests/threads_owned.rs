@@ -14,6 +14,20 @@ fn count(dir: &str) -> usize {
     std::fs::read_dir(dir).unwrap().count()
 }
 
+/// The count of `dir`, looked at again (up to a deadline) until it is `want`: a joined thread can
+/// stay listed in /proc for a moment after `join` returns (its tid is cleared before the kernel
+/// releases the task).
+fn settled(dir: &str, want: usize) -> usize {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let n = count(dir);
+        if n == want || std::time::Instant::now() >= deadline {
+            return n;
+        }
+        std::thread::yield_now();
+    }
+}
+
 /// One test at a time: both count the process's threads.
 static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -90,7 +104,7 @@ fn open_close_cycles_leave_no_thread_and_no_descriptor_behind() {
         cycle(n);
     }
     assert_eq!(
-        count("/proc/self/task"),
+        settled("/proc/self/task", threads),
         threads,
         "threads after 300 cycles"
     );
