@@ -20,6 +20,7 @@ pub mod policy;
 pub mod protocol;
 mod registration;
 mod registry;
+mod runfile;
 mod source;
 pub mod store;
 pub mod system;

@@ -194,12 +194,9 @@ pub(crate) fn start_broker(
     let mut retries = crate::broker::stop_orphans(&mut store, &registry, &options.policy, now);
     // Runs cut off by the death of the broker that started them: recorded, retried under a
     // policy (SPEC §11, §12). A fire already latched for the task runs instead of its retry.
-    retries.extend(crate::broker::recover_cut_off(
-        &mut store,
-        &registry,
-        options.policy.history_limit,
-        now,
-    )?);
+    let recovered =
+        crate::broker::recover_cut_off(&mut store, &registry, options.policy.history_limit, now)?;
+    retries.extend(recovered.retries);
     for (task_id, retry) in retries {
         if !latched.iter().any(|(id, _)| *id == task_id) {
             latched.push((task_id, retry));
@@ -224,6 +221,16 @@ pub(crate) fn start_broker(
         State::new(registry, options.paused),
     )?);
     *shared.handlers_mut() = handlers;
+    {
+        let mut st = shared.lock();
+        for run in &recovered.recorded {
+            shared.announce(&mut st, run);
+        }
+    }
+    // Before anything runs: a task whose run goes on in a client counts as running.
+    if let Some(dir) = shared.run_files.clone() {
+        shared.watch_elsewhere(dir, recovered.elsewhere);
+    }
     {
         let mut st = shared.lock();
         shared.restore(

@@ -776,6 +776,10 @@ impl Broker {
                 ),
             });
         }
+        // Heard (or gone): nothing a next broker needs (`runfile.rs`).
+        if let Some(dir) = &self.run_files {
+            crate::runfile::remove(dir, instance.instance_id(), pid);
+        }
         true
     }
 }

@@ -45,7 +45,11 @@ impl Broker {
             next_due_ms: st.next_due(id),
             pending: st.pending.contains_key(id),
             spent: st.registry.is_spent(id),
-            running_since_ms: st.running.get(id).map(|r| r.instance.started_ms()),
+            running_since_ms: st
+                .running
+                .get(id)
+                .map(|r| r.instance.started_ms())
+                .or_else(|| st.elsewhere_since(id)),
             last_outcome: last.get(id).copied(),
             // The machine's sources left these unknown (a simulated system's app sets its own).
             unknown: waiting

@@ -294,6 +294,7 @@ impl Broker {
             let runnable = !waits
                 && !parked
                 && !st.running.contains_key(&task_id)
+                && !st.runs_elsewhere(&task_id)
                 && st
                     .registry
                     .get(&task_id)

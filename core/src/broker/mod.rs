@@ -56,6 +56,7 @@
 
 mod activation;
 mod cancel;
+mod elsewhere;
 mod exec;
 mod explain;
 pub(crate) mod instance;
@@ -112,6 +113,11 @@ pub(crate) struct State {
     unpersisted: Vec<Uuid>,
     fire_seq: u64,
     running: HashMap<Uuid, Running>,
+    /// Runs that go on in a client process after the broker that handed them died, by task
+    /// (`elsewhere.rs`): their tasks count as running.
+    elsewhere: HashMap<Uuid, elsewhere::Elsewhere>,
+    /// Ends `btb-elsewhere` (while it runs).
+    elsewhere_stop: Option<Arc<std::os::fd::OwnedFd>>,
     timers: BTreeSet<(i64, Uuid)>,
     due: HashMap<Uuid, i64>,
     /// Retries waiting for their delay: `(not before, task)` of pending fires (`retry.rs`).
@@ -153,6 +159,8 @@ impl State {
             unpersisted: Vec::new(),
             fire_seq: 0,
             running: HashMap::new(),
+            elsewhere: HashMap::new(),
+            elsewhere_stop: None,
             timers: BTreeSet::new(),
             retry_timers: BTreeSet::new(),
             activation: None,
@@ -255,6 +263,8 @@ pub(crate) struct Broker {
     pub(crate) simulated: bool,
     pub(crate) policy: Policy,
     pub(crate) store_path: String,
+    /// Where client processes keep the run files of runs handed to them (`runfile.rs`).
+    pub(crate) run_files: Option<std::path::PathBuf>,
     /// The directory whose file system `STORAGE_NOT_LOW` measures (`platform/storage.rs`).
     storage_dir: std::path::PathBuf,
     /// Lock 0 of the lock order; `None` once closed.
@@ -389,6 +399,7 @@ impl Broker {
     ) -> Result<Broker> {
         Ok(Broker {
             store_path: store.path().to_owned(),
+            run_files: retry::run_files(&store),
             pid: std::process::id(),
             manifest,
             clock,
@@ -655,6 +666,7 @@ impl Broker {
 
     pub(super) fn is_idle(&self, st: &State, now: i64) -> bool {
         st.running.is_empty()
+            && st.elsewhere.is_empty()
             && st.busy_workers == 0
             && st.jobs.is_empty()
             && st.notes.is_empty()
@@ -792,6 +804,7 @@ impl Broker {
             self.finish(&mut st, &instance, Some(CancellationReason::Terminating));
         }
         st.stopping = true;
+        st.stop_elsewhere();
         st.closed = true;
         // The margin counts from here: what the stuck runs' ends just queued is still delivered.
         let st_close_by = Instant::now().max(deadline) + CLOSE_MARGIN;
