@@ -866,6 +866,21 @@ fn reach(
             }
             Err(e) => e,
         };
+        // A broker that listens where this process does not look (another runtime directory)
+        // cannot be reached by waiting.
+        if let Ok(ours) = crate::control::socket_path(app_id)
+            && let Some(theirs) = crate::socket_note::elsewhere(canonical, &ours)
+        {
+            return Err(Error::store(
+                canonical,
+                format!(
+                    "{}; its broker listens on {}, but this process looks for it at {}                      (the two processes see different XDG_RUNTIME_DIRs: give this one the                      broker's, SPEC §10)",
+                    in_use.message(),
+                    theirs.display(),
+                    ours.display()
+                ),
+            ));
+        }
         // The holder may be starting (its socket comes after the store) or gone.
         match Store::try_open(&options.store, app_id, options.policy.durability)? {
             Ok(store) => return Ok(Err(store)),

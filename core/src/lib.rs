@@ -21,6 +21,7 @@ pub mod protocol;
 mod registration;
 mod registry;
 mod runfile;
+mod socket_note;
 mod source;
 pub mod store;
 pub mod system;

@@ -172,6 +172,10 @@ pub(crate) fn start_broker(
     mut store: Store,
     handlers: crate::registry::Handlers,
 ) -> Result<Arc<Broker>> {
+    // Until this broker binds its socket, no note says where it listens (a client waits).
+    if let Ok(canonical) = std::fs::canonicalize(store.path()) {
+        crate::socket_note::write(&canonical.to_string_lossy(), None);
+    }
     let stored = store.load()?;
     let servicing = store.get_meta("manifest_version")?;
     if servicing.as_deref() != Some(manifest.version()) {
@@ -263,11 +267,16 @@ pub(crate) fn start_broker(
         let canonical = std::fs::canonicalize(&shared.store_path)
             .ok()
             .map(|p| p.to_string_lossy().into_owned());
-        match crate::control::ControlListener::bind_for_store(
+        let noted = canonical.clone();
+        let bound = crate::control::ControlListener::bind_for_store(
             shared.manifest.app_id(),
             canonical,
             handler,
-        ) {
+        );
+        if let Some(store) = &noted {
+            crate::socket_note::write(store, bound.as_ref().ok().map(|l| l.path()));
+        }
+        match bound {
             Ok(l) => {
                 let weak = Arc::downgrade(&shared);
                 l.broadcast().set_on_offer(Box::new(move || {
