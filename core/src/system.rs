@@ -632,6 +632,7 @@ impl System {
         // (their handlers), which may call back into btb and register again.
         drop(store);
         drop(state);
+        shared.refresh_storage(); // a write: the space left may have changed (off the locks)
         Ok(self.registration(record))
     }
 
@@ -865,6 +866,9 @@ impl System {
     pub fn state(&self, condition: SystemConditionType) -> Result<Option<bool>> {
         match self.home.route() {
             Route::Local(b) => {
+                if condition == SystemConditionType::StorageNotLow {
+                    b.refresh_storage(); // read now, off the locks
+                }
                 let st = b.open_state()?;
                 Ok(b.state_of(&st, condition))
             }

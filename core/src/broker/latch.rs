@@ -408,7 +408,7 @@ impl Broker {
                 all
             }
             Heard::TimeZoneChanged => {
-                self.reload_time_zone();
+                // The zone was re-read by the sink, off this lock (`start_platform`).
                 self.replan_calendars(st, now, true);
                 vec![SystemTriggerType::TimeZoneChange]
             }
@@ -428,7 +428,7 @@ impl Broker {
 
     /// The conditions may hold differently now: cancel the runs they strand (Windows: a
     /// maintenance task off AC power is aborted; `cancel_on_condition_loss`).
-    fn conditions_changed(self: &Arc<Self>, st: &mut State) {
+    pub(super) fn conditions_changed(self: &Arc<Self>, st: &mut State) {
         let now = self.clock.now_ms();
         let stranded: Vec<(Uuid, CancellationReason)> = st
             .running

@@ -64,6 +64,7 @@ mod latch;
 mod notify;
 mod pool;
 mod retry;
+mod storage;
 mod tasks;
 pub(crate) mod threads;
 mod timers;
@@ -267,6 +268,8 @@ pub(crate) struct Broker {
     pub(crate) run_files: Option<std::path::PathBuf>,
     /// The directory whose file system `STORAGE_NOT_LOW` measures (`platform/storage.rs`).
     storage_dir: std::path::PathBuf,
+    /// `STORAGE_NOT_LOW` as last read, off the locks (`storage.rs`).
+    storage: storage::Gauge,
     /// Lock 0 of the lock order; `None` once closed.
     store: Mutex<Option<Store>>,
     /// Lock 1 of the lock order.
@@ -397,6 +400,10 @@ impl Broker {
         store: Store,
         state: State,
     ) -> Result<Broker> {
+        let storage = storage::Gauge::default();
+        if !simulated {
+            storage.set_initial(storage::read(&storage_dir, policy.storage_low_percent));
+        }
         Ok(Broker {
             store_path: store.path().to_owned(),
             run_files: retry::run_files(&store),
@@ -405,6 +412,7 @@ impl Broker {
             clock,
             simulated,
             policy,
+            storage,
             storage_dir,
             store: Mutex::new(Some(store)),
             state: Mutex::new(state),
@@ -519,8 +527,7 @@ impl Broker {
     /// (`platform/`); `None` while unknown.
     pub(crate) fn state_of(&self, st: &State, condition: SystemConditionType) -> Option<bool> {
         if !self.simulated && condition == SystemConditionType::StorageNotLow {
-            let dir = crate::platform::storage::existing(&self.storage_dir)?;
-            return crate::platform::storage::not_low(&dir, self.policy.storage_low_percent);
+            return self.storage.get();
         }
         st.states.get(condition)
     }
@@ -618,9 +625,12 @@ impl Broker {
     pub(crate) fn start_platform(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         let sink: crate::platform::Sink = Arc::new(move |heard| {
-            if let Some(broker) = weak.upgrade()
-                && let Ok(mut st) = broker.open_state()
-            {
+            let Some(broker) = weak.upgrade() else { return };
+            // Read off the state lock (a file read): the zone the broker re-plans with.
+            if heard == crate::platform::Heard::TimeZoneChanged {
+                broker.reload_time_zone();
+            }
+            if let Ok(mut st) = broker.open_state() {
                 broker.heard(&mut st, heard);
             }
         });
@@ -640,6 +650,7 @@ impl Broker {
     pub(super) fn broker_loop(self: &Arc<Self>) {
         let mut jumped = false;
         loop {
+            self.refresh_storage(); // off the lock: a statvfs may block
             let mut st = self.lock();
             if st.stopping {
                 return;

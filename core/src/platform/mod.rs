@@ -6,7 +6,7 @@
 //! | `network.rs` | INTERNET_AVAILABLE | `netlink` | rtnetlink multicast (links, addresses, routes) |
 //! | `dbus.rs` | INTERNET_AVAILABLE, FREE_NETWORK_AVAILABLE; ON_AC_POWER, BATTERY_NOT_LOW; USER_PRESENT, SESSION_CONNECTED, DEVICE_IDLE; (resume from sleep; the sleep inhibitor of `is_network_requested`) | `networkmanager`, `upower`, `logind` | D-Bus signals on the system bus, on its own thread |
 //! | `power.rs` | ON_AC_POWER, BATTERY_NOT_LOW | `sysfs` | kobject uevents |
-//! | `storage.rs` | STORAGE_NOT_LOW | `statvfs` | read on each decision |
+//! | `storage.rs` | STORAGE_NOT_LOW | `statvfs` | read after each store write and broker wake (`broker/storage.rs`) |
 //! | `timezone.rs` | (TIME_ZONE_CHANGE) | — | inotify on the localtime link's directory |
 //!
 //! Several sources may report one state; the one of highest rank that knows it wins
