@@ -46,9 +46,8 @@
 //! The writer's queue and its waiters, and the count of app calls in flight, are leaf locks:
 //! nothing is taken while one of them is held.
 //!
-//! `Broker::platform` is taken with no other btb lock held, never under the state lock: a worker
-//! holds it across a D-Bus call (the sleep inhibitor, `pool.rs`) whose reply the platform's
-//! `btb-dbus` thread reads, and that thread takes the state lock to report what it hears.
+//! `Broker::platform` is a leaf, held only to take what a worker needs from the platform (the
+//! sleep inhibitor's connection, `pool.rs`): the D-Bus call itself waits with no lock held.
 //!
 //! Dropping a handler can run app code (a Python finalizer, a C `free_user_data`): values that may
 //! hold one are never dropped under a lock; [`State::defer_drop`] hands them to the [`Locked`]

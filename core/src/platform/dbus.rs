@@ -27,6 +27,7 @@ use std::time::Duration;
 use zbus::message::Type;
 use zbus::{Connection, Message, MessageStream, OwnedObjectPath, OwnedVariant, Variant};
 
+use super::call_timer::CallTimer;
 use super::{Heard, PlatformOptions, Sink, Source};
 use crate::model::SystemConditionType as C;
 
@@ -46,6 +47,9 @@ const LOGIND_PATH: &str = "/org/freedesktop/login1";
 const LOGIND_MANAGER: &str = "org.freedesktop.login1.Manager";
 const LOGIND_SESSION: &str = "org.freedesktop.login1.Session";
 
+/// How long the watcher waits for a daemon's answer (a daemon that hangs must not freeze the
+/// watcher, `call_timer.rs`).
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a worker waits for logind to grant a sleep inhibitor.
 const INHIBIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long `start` waits for the bus to accept us (connect, authenticate, subscribe).
@@ -81,16 +85,19 @@ const MATCH_RULES: [&str; 7] = [
 /// watcher reads), the other makes every method call, the watcher's and the workers' sleep
 /// inhibitors. A reply therefore never waits behind unread signals (a stream's queue that is full
 /// holds up its connection's reader), and a reply's descriptor goes to its caller alone. No call
-/// has a zbus timeout: zbus arms a timer per call that fires (and wakes the thread) seconds after
-/// the call is over, and an idle broker makes no system calls. A daemon that hangs holds the
-/// watcher until it answers or leaves the bus (the bus then answers for it); a worker waits for
-/// an inhibitor `INHIBIT_TIMEOUT` at most.
+/// has a zbus timeout (zbus arms a timer per call that fires, and wakes the thread, seconds after
+/// the call is over; an idle broker makes no system calls): the watcher's calls end after
+/// `CALL_TIMEOUT` through `btb-dbus-timer` (`call_timer.rs`), armed only while one is in flight,
+/// and a worker waits for an inhibitor `INHIBIT_TIMEOUT` at most.
 pub(crate) struct Bus {
     /// The calls connection. Let go of first when dropped: a connection still alive when the
     /// thread's `block_on` returns would be handed to a zbus helper thread.
     calls: Option<Connection>,
     stop: Arc<Stop>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The deadlines of the watcher's calls, and their thread (joined after `thread`).
+    timer: Arc<CallTimer>,
+    timer_thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Bus {
@@ -103,9 +110,12 @@ impl Bus {
     pub(crate) fn start(options: &PlatformOptions, sink: Sink) -> std::io::Result<Bus> {
         let address = options.system_bus.clone();
         let stop = Arc::new(Stop::default());
+        let timer = Arc::new(CallTimer::default());
+        let timer_thread = timer.start()?;
         let (tx, rx) = std::sync::mpsc::sync_channel(2);
         let thread = {
             let stop = Arc::clone(&stop);
+            let timer = Arc::clone(&timer);
             std::thread::Builder::new()
                 .name("btb-dbus".into())
                 .spawn(move || {
@@ -123,7 +133,7 @@ impl Bus {
                             }
                         };
                         let _ = tx.send(Started::Connected(calls.clone()));
-                        let mut watcher = Watcher::new(calls, sink);
+                        let mut watcher = Watcher::new(calls, sink, timer);
                         watcher.read_all().await;
                         let _ = tx.send(Started::Read);
                         drop(tx);
@@ -135,6 +145,8 @@ impl Bus {
             calls: None,
             stop,
             thread: Some(thread),
+            timer,
+            timer_thread: Some(timer_thread),
         };
         // On an error `bus` drops on the way out, which stops its thread.
         match rx.recv_timeout(CONNECT_TIMEOUT) {
@@ -151,12 +163,25 @@ impl Bus {
         Ok(bus)
     }
 
+    /// What asks logind for sleep inhibitors, to use with no lock held (the call blocks).
+    pub(crate) fn inhibitor(&self) -> Option<Inhibitor> {
+        self.calls.clone().map(|conn| Inhibitor { conn })
+    }
+}
+
+/// Asks logind for sleep inhibitors over the bus's calls connection (a clone: it outlives no
+/// `Bus` in use, and calls on it after the bus stopped fail).
+pub(crate) struct Inhibitor {
+    conn: Connection,
+}
+
+impl Inhibitor {
     /// A logind sleep inhibitor, `Inhibit("sleep", who, why, "block")`: the lock lives as long as
     /// the returned descriptor. `None` when logind is absent, refuses or does not answer within
     /// `INHIBIT_TIMEOUT` (logged at debug). Blocks the calling thread for the round trip, which
     /// the `btb-dbus` thread completes: never call it on that thread.
     pub(crate) fn inhibit_sleep(&self, who: &str, why: &str) -> Option<OwnedFd> {
-        let conn = self.calls.as_ref()?;
+        let conn = &self.conn;
         let args = ("sleep", who, why, "block");
         let call = conn.call_method(
             Some(LOGIND),
@@ -214,6 +239,10 @@ impl Drop for Bus {
         if let Some(t) = self.thread.take()
             && t.thread().id() != std::thread::current().id()
         {
+            let _ = t.join();
+        }
+        self.timer.stop();
+        if let Some(t) = self.timer_thread.take() {
             let _ = t.join();
         }
     }
@@ -421,6 +450,8 @@ fn session_states(manager: &Props, sessions: Option<&HashMap<String, Props>>) ->
 struct Watcher {
     /// The calls connection.
     conn: Connection,
+    /// Ends calls that a daemon does not answer.
+    timer: Arc<CallTimer>,
     sink: Sink,
     uid: u32,
     /// The unique name of each daemon's owner (indexed by `Daemon`), `None` while it has none.
@@ -439,9 +470,10 @@ struct Watcher {
 }
 
 impl Watcher {
-    fn new(conn: Connection, sink: Sink) -> Watcher {
+    fn new(conn: Connection, sink: Sink, timer: Arc<CallTimer>) -> Watcher {
         Watcher {
             conn,
+            timer,
             sink,
             uid: rustix::process::getuid().as_raw(),
             owners: Default::default(),
@@ -499,9 +531,18 @@ impl Watcher {
     where
         B: serde::Serialize + zbus::DynamicType,
     {
-        self.conn
-            .call_method(Some(destination), path, Some(interface), method, body)
-            .await
+        let call = self
+            .conn
+            .call_method(Some(destination), path, Some(interface), method, body);
+        match self.timer.within(CALL_TIMEOUT, call).await {
+            Some(reply) => reply,
+            None => Err(zbus::Error::InputOutput(Arc::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "{destination} did not answer {interface}.{method} within {CALL_TIMEOUT:?}"
+                ),
+            )))),
+        }
     }
 
     /// Every property of `interface` on `path` of the owner `dest`; empty (so: unknown states)
@@ -817,13 +858,15 @@ mod tests {
         let bus = Bus::start(&options, sink).unwrap();
         assert!(threads().iter().any(|t| t == "btb-dbus"));
         // From this thread, as a worker would: no logind on this bus.
-        assert!(bus.inhibit_sleep("test", "a test").is_none());
+        let inhibitor = bus.inhibitor().expect("a calls connection");
+        assert!(inhibitor.inhibit_sleep("test", "a test").is_none());
+        drop(inhibitor);
         assert!(
             !threads().iter().any(|t| t == "zruntime"),
             "a call from another thread needs no zbus thread"
         );
         drop(bus);
-        let left = left_behind(&["btb-dbus", "zruntime"]);
+        let left = left_behind(&["btb-dbus", "btb-dbus-timer", "zruntime"]);
         assert!(left.is_empty(), "threads left behind: {left:?}");
         assert!(
             notes.lock().unwrap().is_empty(),

@@ -17,6 +17,7 @@
 //! Event-driven only: the fd sources share one thread blocked in `poll` with no timeout; the D-Bus
 //! sources wait on their connection. An idle broker makes no system calls.
 
+mod call_timer;
 pub(crate) mod dbus;
 pub(crate) mod network;
 pub(crate) mod power;
@@ -156,10 +157,11 @@ impl Platform {
         Ok(platform)
     }
 
-    /// A logind sleep inhibitor for a run of a task with `is_network_requested` (SPEC §4), held
-    /// as long as the descriptor is open; `None` without logind. Blocks for a D-Bus round trip.
-    pub(crate) fn inhibit_sleep(&self, who: &str, why: &str) -> Option<OwnedFd> {
-        self.bus.as_ref()?.inhibit_sleep(who, why)
+    /// What asks logind for sleep inhibitors for runs of tasks with `is_network_requested`
+    /// (SPEC §4); `None` without a bus. Its call blocks for a D-Bus round trip: make it with no
+    /// lock held.
+    pub(crate) fn inhibitor(&self) -> Option<dbus::Inhibitor> {
+        self.bus.as_ref()?.inhibitor()
     }
 
     /// Starts the given fd sources on one thread, after their first readings (taken here, so
