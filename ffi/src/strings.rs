@@ -86,9 +86,13 @@ pub(crate) fn owned(s: &str) -> *mut c_char {
 
 /// Frees a string that btb returned as owned. NULL is a no-op. Passing any other pointer, or
 /// freeing twice, is undefined behaviour (as with `free`). Thread-safe.
+///
+/// # Safety
+///
+/// `string` is NULL or points to writable storage for one result, valid for the duration of the
+/// call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)] // C contract: a string btb returned as owned
-pub extern "C" fn btb_string_free(string: *mut c_char) -> btb_status {
+pub unsafe extern "C" fn btb_string_free(string: *mut c_char) -> btb_status {
     guard(|| {
         if !string.is_null() {
             // SAFETY: documented: `string` came from btb's `CString::into_raw` and is freed once.

@@ -110,7 +110,8 @@ fn every_export_is_panic_guarded() {
                 .find(|l| l.contains("extern \"C\" fn"))
                 .unwrap_or("?");
             assert!(
-                sig.starts_with("pub extern \"C\" fn"),
+                sig.starts_with("pub extern \"C\" fn")
+                    || sig.starts_with("pub unsafe extern \"C\" fn"),
                 "{}: export is not a literal pub extern fn: {sig}",
                 path.display()
             );
