@@ -8,8 +8,17 @@
  *    only on success. btb_last_error_message() gives the calling thread's last failure message.
  *  - Handles are opaque. Every *_new / *_open has a *_free / *_close; freeing NULL is a no-op; a freed,
  *    foreign or wrong-type handle (double free included) yields BTB_ERROR_INVALID_HANDLE.
- *  - Strings in are NUL-terminated UTF-8 and copied. Strings out are either borrowed (valid while the
- *    handle they came from lives) or owned (free with btb_string_free), as each function says.
+ *  - Strings in are NUL-terminated UTF-8 and copied.
+ *  - Strings out are always borrowed; btb never gives you a string to free. A `const char *` that a
+ *    function writes to `*out` stays valid until the object it came from changes (btb_get_name
+ *    until the next btb_set_name on that builder) or is freed; strings in a struct live as long as
+ *    what filled it (a btb_run's as its btb_run_list; a btb_completion's, and every string passed
+ *    to a callback, until the callback returns). Copy a string to keep it longer, and do not
+ *    change or free its object on another thread while you read it. The one string btb formats
+ *    for you, btb_uuid_to_string, goes into your buffer. (rustls-ffi and libgit2 lend strings the
+ *    same way.)
+ *  - Handles out (`**out`) are new: each is freed with its own *_free, also when it refers to an
+ *    object another handle refers to too. Handles passed to callbacks are borrowed for the call.
  *  - All functions are thread-safe. No function aborts the process on bad input; panics are caught
  *    and reported as BTB_ERROR_INTERNAL.
  *  - Handles of a system opened in one process fail with BTB_ERROR_STATE in a fork()ed child.
@@ -37,6 +46,12 @@
  * Patch version.
  */
 #define BTB_VERSION_PATCH 0
+
+/**
+ * The size of a uuid's text form with its terminating NUL (36 characters + 1): the capacity that
+ * `btb_uuid_to_string` needs.
+ */
+#define BTB_UUID_STRING_SIZE 37
 
 /**
  * The result of every fallible btb call. `BTB_OK` is 0; numbers are never reused.
@@ -851,24 +866,26 @@ btb_status btb_set_retry_policy(btb_builder *builder,
                                 const btb_retry_policy *policy);
 
 /**
- * Writes a copy of the name to `*out` (NULL when unset); the caller frees it with
- * `btb_string_free`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ * Writes the name to `*out` (NULL when unset), borrowed: valid until the builder's name changes
+ * or the builder is freed. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`.
+ * Thread-safe.
  *
  * # Safety
  *
  * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
-btb_status btb_get_name(const btb_builder *builder, char **out);
+btb_status btb_get_name(const btb_builder *builder, const char **out);
 
 /**
- * Writes a copy of the entry point to `*out` (NULL when unset); free it with `btb_string_free`.
- * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ * Writes the entry point to `*out` (NULL when unset), borrowed: valid until the builder's entry
+ * point changes or the builder is freed. Errors: `BTB_ERROR_NULL_ARGUMENT`,
+ * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
  *
  * # Safety
  *
  * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
-btb_status btb_get_task_entry_point(const btb_builder *builder, char **out);
+btb_status btb_get_task_entry_point(const btb_builder *builder, const char **out);
 
 /**
  * Writes a new handle to the builder's task group to `*out` (NULL when unset); free it with
@@ -1215,15 +1232,18 @@ btb_status btb_set_log_callback(btb_log_fn callback,
 btb_status btb_registration_task_id(const btb_registration *registration, btb_uuid *out);
 
 /**
- * Writes the canonical text form of a uuid (36 characters, lowercase, hyphenated) to `*out`; the
- * caller frees it with `btb_string_free`. Errors: `BTB_ERROR_NULL_ARGUMENT`. Thread-safe.
+ * Writes the canonical text form of a uuid (36 characters, lowercase, hyphenated) and a NUL to the
+ * caller's buffer `out` of `capacity` bytes, as libgit2's `git_oid_tostr` does: there is no string
+ * to free. `char text[BTB_UUID_STRING_SIZE]` is enough. Errors: `BTB_ERROR_NULL_ARGUMENT`,
+ * `BTB_ERROR_INVALID_ARGUMENT` (`capacity` below `BTB_UUID_STRING_SIZE`; nothing is written).
+ * Thread-safe.
  *
  * # Safety
  *
- * `id` is NULL or points to a readable `btb_uuid`; `out` is NULL or points to writable storage for
- * one result, each valid for the duration of the call.
+ * `id` is NULL or points to a readable `btb_uuid`; `out` is NULL or points to `capacity` writable
+ * bytes, each valid for the duration of the call.
  */
-btb_status btb_uuid_to_string(const btb_uuid *id, char **out);
+btb_status btb_uuid_to_string(const btb_uuid *id, char *out, size_t capacity);
 
 /**
  * Writes the task name to `*out` (borrowed: valid while the registration handle lives).
@@ -1685,17 +1705,6 @@ btb_status btb_retry_policy_retry_on_failure(const btb_retry_policy *policy, boo
 btb_status btb_retry_policy_jitter(const btb_retry_policy *policy, double *out);
 
 /**
- * Frees a string that btb returned as owned. NULL is a no-op. Passing any other pointer, or
- * freeing twice, is undefined behaviour (as with `free`). Thread-safe.
- *
- * # Safety
- *
- * `string` is NULL or points to writable storage for one result, valid for the duration of the
- * call.
- */
-btb_status btb_string_free(char *string);
-
-/**
  * Creates an empty manifest declared in code. `app_id` is reverse-DNS (it names the store and the
  * control socket); `version` may be NULL or empty (= "0"). Both are copied.
  * On success `*out` is a new manifest (free with `btb_manifest_free`).
@@ -1754,14 +1763,14 @@ btb_status btb_manifest_declare(btb_manifest *manifest,
                                 size_t n_exec);
 
 /**
- * Writes a copy of the manifest's app id to `*out`; free it with `btb_string_free`.
+ * Writes the manifest's app id to `*out` (borrowed: valid while the manifest handle lives).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
  *
  * # Safety
  *
  * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
-btb_status btb_manifest_app_id(const btb_manifest *manifest, char **out);
+btb_status btb_manifest_app_id(const btb_manifest *manifest, const char **out);
 
 /**
  * Frees a manifest. NULL is a no-op. Errors: `BTB_ERROR_INVALID_HANDLE`. Thread-safe.

@@ -1,7 +1,7 @@
 //! `btb_builder`: `BackgroundTaskBuilder`. Setters copy their arguments; `btb_register*` borrows
 //! the builder, so after a validation error the caller fixes it and calls again.
 
-use std::ffi::c_char;
+use std::ffi::{CString, c_char};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use btb_core::{Builder, Error, ErrorKind};
@@ -10,7 +10,7 @@ use crate::error::{btb_status, guard};
 use crate::handle::{self, Out, OutArray, handle_type, read, required};
 use crate::registration::{btb_registration, btb_task_group, new_group, new_registration};
 use crate::retry::{self, btb_retry_policy, new_retry_policy};
-use crate::strings::{arg, c_str, opt_arg, owned};
+use crate::strings::{arg, c_str, c_string, opt_arg};
 use crate::system::btb_system;
 use crate::trigger::{btb_condition, btb_trigger, new_trigger};
 
@@ -20,11 +20,43 @@ pub struct btb_builder {
     _private: [u8; 0],
 }
 
-pub(crate) type BuilderRef = Arc<Mutex<Builder>>;
+/// A builder and the C copies of its strings that the getters lend out.
+pub(crate) struct BuilderData {
+    builder: Mutex<Builder>,
+    lent: Mutex<Lent>,
+}
+
+/// The strings `btb_get_name` and `btb_get_task_entry_point` lent. A copy is replaced only when
+/// its value changed, so a pointer stays valid until the builder changes or is freed.
+#[derive(Default)]
+struct Lent {
+    name: Option<CString>,
+    entry_point: Option<CString>,
+}
+
+pub(crate) type BuilderRef = Arc<BuilderData>;
 handle_type!(btb_builder, "builder", 1, Builder, BuilderRef);
 
 fn lock(b: &BuilderRef) -> MutexGuard<'_, Builder> {
-    b.lock().unwrap_or_else(|p| p.into_inner())
+    b.builder.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A pointer to the C copy of `value` kept in `slot` (NULL for `None`); the copy is made anew only
+/// when `value` differs from it.
+fn lend(slot: &mut Option<CString>, value: Option<&str>) -> *const c_char {
+    match value {
+        None => std::ptr::null(),
+        Some(v) => {
+            if slot.as_ref().is_none_or(|c| c.as_bytes() != v.as_bytes()) {
+                *slot = Some(c_string(v));
+            }
+            slot.as_ref().map_or(std::ptr::null(), |c| c.as_ptr())
+        }
+    }
+}
+
+fn lent(b: &BuilderRef) -> MutexGuard<'_, Lent> {
+    b.lent.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn edit(
@@ -50,9 +82,10 @@ pub unsafe extern "C" fn btb_new(out: *mut *mut btb_builder) -> btb_status {
     let out = unsafe { Out::from_raw(out) };
     guard(|| {
         let out = required(out, "out")?;
-        out.write(handle::insert::<btb_builder>(Arc::new(Mutex::new(
-            Builder::new(),
-        ))));
+        out.write(handle::insert::<btb_builder>(Arc::new(BuilderData {
+            builder: Mutex::new(Builder::new()),
+            lent: Mutex::new(Lent::default()),
+        })));
         Ok(())
     })
 }
@@ -204,8 +237,9 @@ pub extern "C" fn btb_set_retry_policy(
     })
 }
 
-/// Writes a copy of the name to `*out` (NULL when unset); the caller frees it with
-/// `btb_string_free`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+/// Writes the name to `*out` (NULL when unset), borrowed: valid until the builder's name changes
+/// or the builder is freed. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`.
+/// Thread-safe.
 ///
 /// # Safety
 ///
@@ -213,19 +247,21 @@ pub extern "C" fn btb_set_retry_policy(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn btb_get_name(
     builder: *const btb_builder,
-    out: *mut *mut c_char,
+    out: *mut *const c_char,
 ) -> btb_status {
     // SAFETY: the C contract: `out` is NULL or writable storage for the result.
     let out = unsafe { Out::from_raw(out) };
     guard(|| {
         read(builder, out, |b| {
-            Ok(lock(b).name.as_deref().map_or(std::ptr::null_mut(), owned))
+            let name = lock(b).name.clone();
+            Ok(lend(&mut lent(b).name, name.as_deref()))
         })
     })
 }
 
-/// Writes a copy of the entry point to `*out` (NULL when unset); free it with `btb_string_free`.
-/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+/// Writes the entry point to `*out` (NULL when unset), borrowed: valid until the builder's entry
+/// point changes or the builder is freed. Errors: `BTB_ERROR_NULL_ARGUMENT`,
+/// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 ///
 /// # Safety
 ///
@@ -233,16 +269,14 @@ pub unsafe extern "C" fn btb_get_name(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn btb_get_task_entry_point(
     builder: *const btb_builder,
-    out: *mut *mut c_char,
+    out: *mut *const c_char,
 ) -> btb_status {
     // SAFETY: the C contract: `out` is NULL or writable storage for the result.
     let out = unsafe { Out::from_raw(out) };
     guard(|| {
         read(builder, out, |b| {
-            Ok(lock(b)
-                .task_entry_point
-                .as_deref()
-                .map_or(std::ptr::null_mut(), owned))
+            let entry_point = lock(b).task_entry_point.clone();
+            Ok(lend(&mut lent(b).entry_point, entry_point.as_deref()))
         })
     })
 }

@@ -9,7 +9,7 @@ use crate::error::{btb_status, guard};
 use crate::handle::{self, Handle, Out, OutArray, UserData, handle_type, read, required};
 use crate::instance::btb_free_fn;
 use crate::retry::{btb_retry_policy, new_retry_policy};
-use crate::strings::{arg, c_str, c_string, opt_arg, owned};
+use crate::strings::{arg, c_str, c_string, opt_arg};
 use crate::trigger::{btb_trigger, new_trigger};
 
 /// A 128-bit task or instance id, in RFC 9562 byte order.
@@ -152,25 +152,40 @@ pub unsafe extern "C" fn btb_registration_task_id(
     })
 }
 
-/// Writes the canonical text form of a uuid (36 characters, lowercase, hyphenated) to `*out`; the
-/// caller frees it with `btb_string_free`. Errors: `BTB_ERROR_NULL_ARGUMENT`. Thread-safe.
+/// The size of a uuid's text form with its terminating NUL (36 characters + 1): the capacity that
+/// `btb_uuid_to_string` needs.
+pub const BTB_UUID_STRING_SIZE: usize = 37;
+
+/// Writes the canonical text form of a uuid (36 characters, lowercase, hyphenated) and a NUL to the
+/// caller's buffer `out` of `capacity` bytes, as libgit2's `git_oid_tostr` does: there is no string
+/// to free. `char text[BTB_UUID_STRING_SIZE]` is enough. Errors: `BTB_ERROR_NULL_ARGUMENT`,
+/// `BTB_ERROR_INVALID_ARGUMENT` (`capacity` below `BTB_UUID_STRING_SIZE`; nothing is written).
+/// Thread-safe.
 ///
 /// # Safety
 ///
-/// `id` is NULL or points to a readable `btb_uuid`; `out` is NULL or points to writable storage for
-/// one result, each valid for the duration of the call.
+/// `id` is NULL or points to a readable `btb_uuid`; `out` is NULL or points to `capacity` writable
+/// bytes, each valid for the duration of the call.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn btb_uuid_to_string(
     id: *const btb_uuid,
-    out: *mut *mut c_char,
+    out: *mut c_char,
+    capacity: usize,
 ) -> btb_status {
     // SAFETY: the C contract: `id` is NULL or points to a readable `btb_uuid`; `out` is NULL or
-    // writable storage for the result.
-    let (id, out) = unsafe { (id.as_ref(), Out::from_raw(out)) };
+    // `capacity` writable bytes.
+    let (id, out) = unsafe { (id.as_ref(), OutArray::from_raw(out, capacity)) };
     guard(|| {
-        let out = required(out, "out")?;
         let bytes = required(id, "id")?.bytes;
-        out.write(owned(&uuid::Uuid::from_bytes(bytes).to_string()));
+        let out = required(out, "out")?;
+        if capacity < BTB_UUID_STRING_SIZE {
+            return Err(Error::invalid(format!(
+                "capacity {capacity} is too small for a uuid: it needs BTB_UUID_STRING_SIZE ({BTB_UUID_STRING_SIZE})"
+            )));
+        }
+        let text = uuid::Uuid::from_bytes(bytes).to_string();
+        let with_nul: Vec<c_char> = text.bytes().chain([0]).map(|b| b as c_char).collect();
+        out.fill(&with_nul);
         Ok(())
     })
 }

@@ -24,7 +24,7 @@ use crate::registration::{
     btb_registration, btb_registration_list, btb_task_group, btb_task_group_list, new_group,
     new_registration,
 };
-use crate::strings::{arg, arg_array, c_str, c_string, opt_arg, owned};
+use crate::strings::{arg, arg_array, c_str, c_string, opt_arg};
 
 /// An app manifest: app id, version and declared entry points. Thread-safe. Free with
 /// `btb_manifest_free`.
@@ -44,7 +44,20 @@ pub struct btb_system {
     _private: [u8; 0],
 }
 
-pub(crate) type ManifestRef = Arc<Mutex<Manifest>>;
+/// A manifest and the C copy of its app id that `btb_manifest_app_id` lends out (the app id never
+/// changes after creation).
+pub(crate) struct ManifestData {
+    manifest: Mutex<Manifest>,
+    app_id: CString,
+}
+
+impl ManifestData {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Manifest> {
+        self.manifest.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub(crate) type ManifestRef = Arc<ManifestData>;
 pub(crate) type OptionsRef = Arc<Mutex<SystemOptions>>;
 
 pub(crate) struct SystemData {
@@ -64,9 +77,10 @@ fn new_manifest(
 ) -> Result<(), Error> {
     let out = required(out, "out")?;
     let manifest = make()?;
-    out.write(handle::insert::<btb_manifest>(Arc::new(Mutex::new(
-        manifest,
-    ))));
+    out.write(handle::insert::<btb_manifest>(Arc::new(ManifestData {
+        app_id: c_string(manifest.app_id()),
+        manifest: Mutex::new(manifest),
+    })));
     Ok(())
 }
 
@@ -170,11 +184,11 @@ pub unsafe extern "C" fn btb_manifest_declare(
             // SAFETY: the C contract: `exec` is NULL or `n_exec` strings valid during the call.
             decl = decl.with_exec(unsafe { arg_array(exec, n_exec, "exec") }?)?;
         }
-        m.lock().unwrap_or_else(|p| p.into_inner()).declare(decl)
+        m.lock().declare(decl)
     })
 }
 
-/// Writes a copy of the manifest's app id to `*out`; free it with `btb_string_free`.
+/// Writes the manifest's app id to `*out` (borrowed: valid while the manifest handle lives).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 ///
 /// # Safety
@@ -183,15 +197,11 @@ pub unsafe extern "C" fn btb_manifest_declare(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn btb_manifest_app_id(
     manifest: *const btb_manifest,
-    out: *mut *mut c_char,
+    out: *mut *const c_char,
 ) -> btb_status {
     // SAFETY: the C contract: `out` is NULL or writable storage for the result.
     let out = unsafe { Out::from_raw(out) };
-    guard(|| {
-        read(manifest, out, |m| {
-            Ok(owned(m.lock().unwrap_or_else(|p| p.into_inner()).app_id()))
-        })
-    })
+    guard(|| read(manifest, out, |m| Ok(m.app_id.as_ptr())))
 }
 
 /// Frees a manifest. NULL is a no-op. Errors: `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
@@ -247,7 +257,7 @@ pub extern "C" fn btb_system_options_set_manifest(
 ) -> btb_status {
     edit(options, |o| {
         let m = handle::get(manifest, "manifest")?;
-        o.manifest = Some(m.lock().unwrap_or_else(|p| p.into_inner()).clone());
+        o.manifest = Some(m.lock().clone());
         Ok(())
     })
 }
