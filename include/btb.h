@@ -626,11 +626,16 @@ typedef void (*btb_free_fn)(void *user_data);
 typedef void (*btb_log_fn)(uint32_t level, const char *target, const char *message, void *user_data);
 
 /**
- * A run function: runs one instance on a btb worker thread (never the caller's thread, never with
- * a btb lock held). `instance` is borrowed for the call. Report failure with
- * `btb_instance_report_failure`; take a deferral to finish later from another thread.
+ * A task group's background-activated handler, called as WinRT calls
+ * `BackgroundTaskRegistrationGroup.BackgroundActivated` (sender, args) and with the same shape as
+ * the completed and progress handlers: the group (the one the handler was added to), then the
+ * instance, both borrowed for the call (`btb_instance_clone` keeps the instance longer). It runs
+ * on a btb worker thread with no btb lock held; report failure with `btb_instance_report_failure`,
+ * take a deferral to finish later.
  */
-typedef void (*btb_run_fn)(btb_instance *instance, void *user_data);
+typedef void (*btb_group_activated_fn)(btb_task_group *group,
+                                       btb_instance *instance,
+                                       void *user_data);
 
 /**
  * How a run ended, as completed handlers see it. Borrowed for the duration of the callback.
@@ -751,6 +756,13 @@ typedef struct {
    */
   const char *output;
 } btb_run;
+
+/**
+ * A run function: runs one instance on a btb worker thread (never the caller's thread, never with
+ * a btb lock held). `instance` is borrowed for the call. Report failure with
+ * `btb_instance_report_failure`; take a deferral to finish later from another thread.
+ */
+typedef void (*btb_run_fn)(btb_instance *instance, void *user_data);
 
 /**
  * An entry of the pull queue.
@@ -1381,9 +1393,9 @@ btb_status btb_task_group_new(const char *id, const char *name, btb_task_group *
  * whether added before or after the registration (objects are bound by use). Several handlers of
  * one group run in the order added, with one instance; the first to report a failure ends the run.
  * A system's own handler for the group (`btb_system_set_background_activated` with the group id)
- * is asked first. `handler` runs on a btb worker thread with a borrowed instance; `user_data` is
- * passed back as given (btb never dereferences it) until `free_user_data` (may be NULL) is called
- * for it (see `btb_free_fn`).
+ * is asked first. `handler` runs on a btb worker thread with the group and the instance, both
+ * borrowed (see `btb_group_activated_fn`); `user_data` is passed back as given (btb never
+ * dereferences it) until `free_user_data` (may be NULL) is called for it (see `btb_free_fn`).
  * On success `*out_token` (may be NULL) names the handler for
  * `btb_task_group_remove_background_activated`.
  * Errors: `BTB_ERROR_NULL_ARGUMENT` (group or handler), `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
@@ -1391,11 +1403,11 @@ btb_status btb_task_group_new(const char *id, const char *name, btb_task_group *
  * # Safety
  *
  * `out_token` is NULL or points to writable storage for one result, valid for the duration of the
- * call. `handler` and `free_user_data` must be safe to call with `user_data` from btb's threads,
- * as documented above.
+ * call. `handler` and `free_user_data` must be safe to call with `user_data` from btb's threads, as
+ * documented above.
  */
 btb_status btb_task_group_add_background_activated(const btb_task_group *group,
-                                                   btb_run_fn handler,
+                                                   btb_group_activated_fn handler,
                                                    void *user_data,
                                                    btb_free_fn free_user_data,
                                                    uint64_t *out_token);

@@ -444,15 +444,29 @@ pub unsafe extern "C" fn btb_task_group_new(
     })
 }
 
+/// A task group's background-activated handler, called as WinRT calls
+/// `BackgroundTaskRegistrationGroup.BackgroundActivated` (sender, args) and with the same shape as
+/// the completed and progress handlers: the group (the one the handler was added to), then the
+/// instance, both borrowed for the call (`btb_instance_clone` keeps the instance longer). It runs
+/// on a btb worker thread with no btb lock held; report failure with `btb_instance_report_failure`,
+/// take a deferral to finish later.
+pub type btb_group_activated_fn = Option<
+    unsafe extern "C" fn(
+        group: *mut btb_task_group,
+        instance: *mut crate::instance::btb_instance,
+        user_data: *mut c_void,
+    ),
+>;
+
 /// Adds a background-activated handler to the task group (WinRT
 /// `BackgroundTaskRegistrationGroup.BackgroundActivated`): it runs the group's registered tasks
 /// that have no entry point, in every system of this process where a registration names the group —
 /// whether added before or after the registration (objects are bound by use). Several handlers of
 /// one group run in the order added, with one instance; the first to report a failure ends the run.
 /// A system's own handler for the group (`btb_system_set_background_activated` with the group id)
-/// is asked first. `handler` runs on a btb worker thread with a borrowed instance; `user_data` is
-/// passed back as given (btb never dereferences it) until `free_user_data` (may be NULL) is called
-/// for it (see `btb_free_fn`).
+/// is asked first. `handler` runs on a btb worker thread with the group and the instance, both
+/// borrowed (see `btb_group_activated_fn`); `user_data` is passed back as given (btb never
+/// dereferences it) until `free_user_data` (may be NULL) is called for it (see `btb_free_fn`).
 /// On success `*out_token` (may be NULL) names the handler for
 /// `btb_task_group_remove_background_activated`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT` (group or handler), `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
@@ -460,12 +474,12 @@ pub unsafe extern "C" fn btb_task_group_new(
 /// # Safety
 ///
 /// `out_token` is NULL or points to writable storage for one result, valid for the duration of the
-/// call. `handler` and `free_user_data` must be safe to call with `user_data` from btb's threads,
-/// as documented above.
+/// call. `handler` and `free_user_data` must be safe to call with `user_data` from btb's threads, as
+/// documented above.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn btb_task_group_add_background_activated(
     group: *const btb_task_group,
-    handler: crate::instance::btb_run_fn,
+    handler: btb_group_activated_fn,
     user_data: *mut c_void,
     free_user_data: btb_free_fn,
     out_token: *mut u64,
@@ -476,10 +490,19 @@ pub unsafe extern "C" fn btb_task_group_add_background_activated(
         let g = handle::get(group, "group")?;
         let f = handler.ok_or_else(|| Error::new(ErrorKind::NullArgument, "handler is NULL"))?;
         let user_data = UserData::new(user_data, free_user_data);
-        let btb_core::Handler::Call(run) = crate::instance::run_handler(f, &user_data) else {
-            unreachable!("run_handler makes a call handler")
-        };
-        let token = btb_core::groups::add_background_activated(&g.group.id, run);
+        let id = g.group.id.clone();
+        let run: btb_core::RunFn = Arc::new(move |instance: &btb_core::Instance| {
+            // A handle of its own for each call, freed when the call returns (as for completed
+            // and progress handlers), so that the handler's `btb_task_group_free` cannot take the
+            // group from a later call.
+            let group = handle::insert::<btb_task_group>(Arc::clone(&g));
+            crate::instance::with_borrowed(instance, |instance| {
+                // SAFETY: the C caller promised `f` accepts these arguments (documented).
+                unsafe { f(group, instance, user_data.ptr()) }
+            });
+            let _ = handle::free(group);
+        });
+        let token = btb_core::groups::add_background_activated(&id, run);
         if let Some(out_token) = out_token {
             out_token.write(token);
         }
