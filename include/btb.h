@@ -1546,6 +1546,8 @@ btb_status btb_registration_remove_handler(btb_registration *registration, uint6
 /**
  * Requests a run through the registration's application trigger, with `arguments` (a JSON object
  * text, or NULL); writes a `BTB_APPLICATION_TRIGGER_*` result to `*out`. Works after a restart.
+ * UNKNOWN_ERROR (the task was unregistered) comes with `BTB_OK`, and `btb_last_error_message()`
+ * says why.
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
  * `BTB_ERROR_INVALID_ARGUMENT` (not an application trigger; bad arguments), `BTB_ERROR_STATE`.
  * Thread-safe.
@@ -2269,8 +2271,8 @@ btb_status btb_system_next_event(btb_system *system, uint32_t timeout_ms, btb_ev
  * open system of this process that holds one (objects are bound by use; the default system is
  * asked only when none does). A non-NULL `system` narrows the request to that system. Writes a `BTB_APPLICATION_TRIGGER_*` result
  * to `*out`: ALLOWED (exactly one run follows), CURRENTLY_RUNNING (a run is going or pending; nothing is
- * queued), DISABLED_BY_POLICY, or UNKNOWN_ERROR (no
- * registration holds the trigger).
+ * queued), DISABLED_BY_POLICY, or UNKNOWN_ERROR (no registration holds the trigger:
+ * `btb_last_error_message()` then says so, although the status is `BTB_OK`).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
  * `BTB_ERROR_INVALID_ARGUMENT` (not an application trigger; arguments not a JSON object),
  * `BTB_ERROR_STATE`. Thread-safe.

@@ -73,6 +73,13 @@ fn set_last_error(message: &str) {
     LAST_ERROR.with(|slot| *slot.borrow_mut() = c);
 }
 
+/// Explains an answer that is not a failure status but is one for the caller (a request that no
+/// registration holds answers `BTB_APPLICATION_TRIGGER_UNKNOWN_ERROR` with `BTB_OK`, as Windows'
+/// `RequestAsync` answers `UnknownError`): `btb_last_error_message()` then says why.
+pub(crate) fn explain(message: &str) {
+    set_last_error(message);
+}
+
 /// Runs an entry point's body: catches panics, records the message of a failure, maps it to a status.
 pub(crate) fn guard(body: impl FnOnce() -> Result<(), Error>) -> btb_status {
     match catch_unwind(AssertUnwindSafe(body)) {

@@ -817,6 +817,8 @@ pub extern "C" fn btb_registration_remove_handler(
 
 /// Requests a run through the registration's application trigger, with `arguments` (a JSON object
 /// text, or NULL); writes a `BTB_APPLICATION_TRIGGER_*` result to `*out`. Works after a restart.
+/// UNKNOWN_ERROR (the task was unregistered) comes with `BTB_OK`, and `btb_last_error_message()`
+/// says why.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
 /// `BTB_ERROR_INVALID_ARGUMENT` (not an application trigger; bad arguments), `BTB_ERROR_STATE`.
 /// Thread-safe.
@@ -838,7 +840,14 @@ pub unsafe extern "C" fn btb_registration_request(
         let out = required(out, "out")?;
         let r = handle::get(registration as *const btb_registration, "registration")?;
         let args = crate::system::parse_arguments(arguments)?;
-        out.write(r.registration.request(args)? as u32);
+        let result = r.registration.request(args)?;
+        if result == btb_core::ApplicationTriggerResult::UnknownError {
+            crate::system::explain_unheld(&format!(
+                "no registration holds the application trigger of task \"{}\" (it was unregistered)",
+                r.registration.name()
+            ));
+        }
+        out.write(result as u32);
         Ok(())
     })
 }

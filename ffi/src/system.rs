@@ -1143,8 +1143,8 @@ pub unsafe extern "C" fn btb_system_next_event(
 /// open system of this process that holds one (objects are bound by use; the default system is
 /// asked only when none does). A non-NULL `system` narrows the request to that system. Writes a `BTB_APPLICATION_TRIGGER_*` result
 /// to `*out`: ALLOWED (exactly one run follows), CURRENTLY_RUNNING (a run is going or pending; nothing is
-/// queued), DISABLED_BY_POLICY, or UNKNOWN_ERROR (no
-/// registration holds the trigger).
+/// queued), DISABLED_BY_POLICY, or UNKNOWN_ERROR (no registration holds the trigger:
+/// `btb_last_error_message()` then says so, although the status is `BTB_OK`).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
 /// `BTB_ERROR_INVALID_ARGUMENT` (not an application trigger; arguments not a JSON object),
 /// `BTB_ERROR_STATE`. Thread-safe.
@@ -1177,9 +1177,27 @@ pub unsafe extern "C" fn btb_application_trigger_request(
                 .system
                 .request(&id, args)?
         };
+        if result == btb_core::ApplicationTriggerResult::UnknownError {
+            let place = if system.is_null() {
+                "in any open system of this process"
+            } else {
+                "in this system"
+            };
+            explain_unheld(&format!(
+                "no registration holds application trigger {id} {place}"
+            ));
+        }
         out.write(result as u32);
         Ok(())
     })
+}
+
+/// Says why a request answered `UNKNOWN_ERROR` (`btb_last_error_message`).
+pub(crate) fn explain_unheld(what: &str) {
+    crate::error::explain(&format!(
+        "{what}: register a task with the trigger first, or keep it registered \
+         (BTB_APPLICATION_TRIGGER_UNKNOWN_ERROR)"
+    ));
 }
 
 /// Parses optional application trigger arguments (a JSON object text).
