@@ -1028,6 +1028,10 @@ const char *btb_status_name(uint32_t status);
  * Writes a new owned handle to the same instance to `*out` (free with `btb_instance_free`), to keep
  * it beyond the callback that lent it. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`.
  * Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_instance_clone(const btb_instance *instance,
                               btb_instance **out);
@@ -1041,6 +1045,10 @@ btb_status btb_instance_free(btb_instance *instance);
 /**
  * Writes the instance id (new for every run) to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
  * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_instance_id(const btb_instance *instance, btb_uuid *out);
 
@@ -1049,6 +1057,10 @@ btb_status btb_instance_id(const btb_instance *instance, btb_uuid *out);
  * `btb_registration_free`). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`,
  * `BTB_ERROR_STATE` (in a host process, which has no registrations: its `BTB_TASK_*` variables
  * name the task). Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_instance_task(const btb_instance *instance, btb_registration **out);
 
@@ -1056,12 +1068,20 @@ btb_status btb_instance_task(const btb_instance *instance, btb_registration **ou
  * Writes the trigger details to `*out`: the application trigger's arguments as a JSON object text,
  * or NULL for other triggers. Borrowed: valid while this instance handle lives.
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_instance_trigger_details(const btb_instance *instance, const char **out);
 
 /**
  * Writes the current progress to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
  * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_instance_progress(const btb_instance *instance, uint32_t *out);
 
@@ -1074,24 +1094,40 @@ btb_status btb_instance_set_progress(btb_instance *instance, uint32_t progress);
 /**
  * Writes the suspended count to `*out` (btb never suspends a task: always 0).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_instance_suspended_count(const btb_instance *instance, uint32_t *out);
 
 /**
  * Writes whether the instance has been canceled to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
  * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_instance_canceled(const btb_instance *instance, bool *out);
 
 /**
  * Writes the `BTB_CANCELLATION_*` reason to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
  * `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_NOT_FOUND` (not canceled). Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_instance_cancellation_reason(const btb_instance *instance, uint32_t *out);
 
 /**
  * Writes whether the broker holds a sleep inhibitor for this run (`is_network_requested`) to
  * `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_instance_is_network_granted(const btb_instance *instance, bool *out);
 
@@ -1099,6 +1135,10 @@ btb_status btb_instance_is_network_granted(const btb_instance *instance, bool *o
  * Marks the run as failed with `message` (copied): its outcome is `BTB_TASK_OUTCOME_FAILED` once
  * it ends. The last report wins. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`,
  * `BTB_ERROR_INVALID_UTF8`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `message` is NULL or a NUL-terminated string, valid for the duration of the call.
  */
 btb_status btb_instance_report_failure(btb_instance *instance, const char *message);
 
@@ -1106,6 +1146,10 @@ btb_status btb_instance_report_failure(btb_instance *instance, const char *messa
  * Writes which attempt this run is to `*out` (1, then 2, 3… for retries; SPEC §12; WorkManager's
  * `getRunAttemptCount() + 1`; `BTB_ATTEMPT` in an exec host). Errors: `BTB_ERROR_NULL_ARGUMENT`,
  * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_instance_attempt(const btb_instance *instance, uint32_t *out);
 
@@ -1120,6 +1164,10 @@ btb_status btb_instance_attempt(const btb_instance *instance, uint32_t *out);
  * `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT` (negative `after_ms`),
  * `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_UNSUPPORTED` (a host whose broker speaks protocol version
  * 1). Thread-safe.
+ *
+ * # Safety
+ *
+ * `message` is NULL or a NUL-terminated string, valid for the duration of the call.
  */
 btb_status btb_instance_request_retry(btb_instance *instance,
                                       int64_t after_ms,
@@ -1133,6 +1181,10 @@ btb_status btb_instance_request_retry(btb_instance *instance,
  * `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_INVALID_ARGUMENT` (not JSON,
  * not an object, more than 64 KiB; the output is unchanged), `BTB_ERROR_UNSUPPORTED` (a host whose
  * broker speaks protocol version 1). Thread-safe.
+ *
+ * # Safety
+ *
+ * `json` is NULL or a NUL-terminated string, valid for the duration of the call.
  */
 btb_status btb_instance_set_output(btb_instance *instance, const char *json);
 
@@ -1149,6 +1201,12 @@ btb_status btb_instance_finish_run(btb_instance *instance);
  * writes a token for `btb_instance_remove_canceled` to `*out_token` (may be NULL).
  * `free_user_data` (may be NULL) is called once btb is done with `user_data` (see `btb_free_fn`).
  * Errors: `BTB_ERROR_NULL_ARGUMENT` (instance or handler), `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out_token` is NULL or points to writable storage for one result, valid for the duration of the
+ * call. `handler` and `free_user_data` must be safe to call with `user_data` from btb's threads,
+ * as documented above.
  */
 btb_status btb_instance_add_canceled(btb_instance *instance,
                                      btb_canceled_fn handler,
@@ -1168,6 +1226,10 @@ btb_status btb_instance_remove_canceled(btb_instance *instance, uint64_t token);
  * (free with `btb_deferral_free` after completing it).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE` (the instance
  * already completed). Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_instance_get_deferral(btb_instance *instance, btb_deferral **out);
 
@@ -1195,6 +1257,10 @@ btb_status btb_deferral_free(btb_deferral *deferral);
  * unset; connected already; the broker refused, e.g. another protocol version),
  * `BTB_ERROR_INVALID_ARGUMENT` (a `BTB_*` variable is malformed), `BTB_ERROR_INTERNAL` (the socket
  * failed). Call once per process, from any thread.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_host_connect(btb_instance **out);
 
@@ -1203,6 +1269,11 @@ btb_status btb_host_connect(btb_instance **out);
  * `*out_canceled` (the reason: `btb_instance_cancellation_reason`). For a host process's main
  * loop; in-process run functions can wait the same way. Errors: `BTB_ERROR_NULL_ARGUMENT`,
  * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out_canceled` is NULL or points to writable storage for one result, valid for the duration of
+ * the call.
  */
 btb_status btb_instance_wait_canceled(const btb_instance *instance,
                                       uint32_t timeout_ms,

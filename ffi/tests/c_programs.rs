@@ -1,6 +1,7 @@
 //! Compiles the C programs against the library and header built by this `cargo test` and runs them:
 //! the header alone as C11 and C++17 with `-Werror -pedantic`, the ABI and runtime tests plain,
-//! under AddressSanitizer and under valgrind, and the C examples. Needs `cc`, `c++` and `valgrind`.
+//! under AddressSanitizer and under valgrind, and the C examples (one of them started by a real
+//! btbd, which this test builds). Needs `cc`, `c++` and `valgrind`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
