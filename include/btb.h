@@ -1013,8 +1013,9 @@ btb_status btb_register_in(btb_system *system, const btb_builder *builder, btb_r
 /**
  * The message of the calling thread's last failed btb call.
  *
- * Never NULL: an empty string when this thread has had no failure. The pointer stays valid until
- * this thread's next failing btb call. Thread-safe (per-thread storage).
+ * Never NULL: an empty string when this thread has had no failure. A request answered
+ * `BTB_APPLICATION_TRIGGER_UNKNOWN_ERROR` (with `BTB_OK`) sets it too, saying why. The pointer
+ * stays valid until this thread's next btb call that sets it. Thread-safe (per-thread storage).
  */
 const char *btb_last_error_message(void);
 

@@ -109,8 +109,9 @@ pub(crate) fn guard_value<T>(fallback: T, body: impl FnOnce() -> T) -> T {
 
 /// The message of the calling thread's last failed btb call.
 ///
-/// Never NULL: an empty string when this thread has had no failure. The pointer stays valid until
-/// this thread's next failing btb call. Thread-safe (per-thread storage).
+/// Never NULL: an empty string when this thread has had no failure. A request answered
+/// `BTB_APPLICATION_TRIGGER_UNKNOWN_ERROR` (with `BTB_OK`) sets it too, saying why. The pointer
+/// stays valid until this thread's next btb call that sets it. Thread-safe (per-thread storage).
 #[unsafe(no_mangle)]
 pub extern "C" fn btb_last_error_message() -> *const c_char {
     guard_value(c"".as_ptr(), || {
