@@ -48,6 +48,18 @@ fn linkable(scratch: &Path) -> PathBuf {
     dir
 }
 
+/// A command for a C program that gets a runtime directory of its own under `scratch`: brokers
+/// listen on `$XDG_RUNTIME_DIR/btb/<app id>.sock`, and the suites run at once (plain, ASan,
+/// valgrind) with the same app ids — sharing the user's directory, one suite's broker answered
+/// another suite's client ("serves store …, not this store").
+fn isolated(program: impl AsRef<std::ffi::OsStr>, scratch: &Path) -> Command {
+    let runtime = scratch.join("run");
+    std::fs::create_dir_all(&runtime).unwrap();
+    let mut cmd = Command::new(program);
+    cmd.env("XDG_RUNTIME_DIR", runtime);
+    cmd
+}
+
 fn run(cmd: &mut Command) -> String {
     let out = cmd
         .output()
@@ -91,7 +103,10 @@ fn c_tests(program: &str, min_checks: u32, wrapper: &[&str], extra_cflags: &[&st
     );
     let work = scratch.path().join("work");
     std::fs::create_dir(&work).unwrap();
-    let mut cmd = Command::new(wrapper.first().copied().unwrap_or(exe.to_str().unwrap()));
+    let mut cmd = isolated(
+        wrapper.first().copied().unwrap_or(exe.to_str().unwrap()),
+        scratch.path(),
+    );
     if !wrapper.is_empty() {
         cmd.args(&wrapper[1..]).arg(&exe);
     }
@@ -225,7 +240,7 @@ fn c_example_registers_lists_fails_and_unregisters() {
     let lib = linkable(scratch.path());
     let exe = scratch.path().join("register");
     compile("cc", &root().join("examples-c/register.c"), &exe, &lib, &[]);
-    let out = run(&mut Command::new(&exe));
+    let out = run(&mut isolated(&exe, scratch.path()));
     assert!(out.contains("3 registered task(s)"), "{out}");
     assert!(
         out.contains("BTB_ERROR_INVALID_ARGUMENT: time trigger freshness 5 minutes"),
@@ -249,7 +264,7 @@ fn run_example(name: &str, extra_cflags: &[&str]) -> String {
         &lib,
         extra_cflags,
     );
-    run(&mut Command::new(&exe))
+    run(&mut isolated(&exe, scratch.path()))
 }
 
 #[test]
