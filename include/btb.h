@@ -1297,7 +1297,7 @@ btb_status btb_instance_wait_canceled(const btb_instance *instance,
  *
  * # Safety
  *
- * `callback` and `free_user_data` must be safe to call with `user_data` from btb's threads, as
+ * `callback` and `free_user_data` must be safe to call with `user_data` from any thread, as
  * documented above.
  */
 btb_status btb_set_log_callback(btb_log_fn callback,

@@ -137,7 +137,7 @@ fn set(f: btb_log_fn, level: u32, user_data: Arc<UserData>) -> Result<()> {
 ///
 /// # Safety
 ///
-/// `callback` and `free_user_data` must be safe to call with `user_data` from btb's threads, as
+/// `callback` and `free_user_data` must be safe to call with `user_data` from any thread, as
 /// documented above.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn btb_set_log_callback(
