@@ -440,11 +440,26 @@ fn wait_line(
 #[test]
 fn btbd_activates_a_c_app_that_exits_once_it_has_served() {
     for cflags in [&[][..], ASAN] {
-        btbd_activates_a_c_app(cflags);
+        btbd_activates_a_c_app(cflags, &[]);
     }
 }
 
-fn btbd_activates_a_c_app(cflags: &[&str]) {
+/// The same, with the manifest's `activate` starting the app under valgrind (an error or a
+/// definite leak makes it exit 9, which btbd logs).
+#[test]
+fn btbd_activates_a_c_app_under_valgrind() {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let valgrind = std::env::split_paths(&path)
+        .map(|dir| dir.join("valgrind"))
+        .find(|p| p.is_file())
+        .expect("valgrind on PATH");
+    let mut wrapper = vec![valgrind.display().to_string()];
+    wrapper.extend(VALGRIND[1..].iter().map(|a| a.to_string()));
+    btbd_activates_a_c_app(&[], &wrapper);
+}
+
+/// `wrapper`: what `activate` runs the app under (absolute path first), if anything.
+fn btbd_activates_a_c_app(cflags: &[&str], wrapper: &[String]) {
     let scratch = tempfile::tempdir().unwrap();
     let lib = linkable(scratch.path());
     let app = scratch.path().join("activated");
@@ -461,9 +476,9 @@ fn btbd_activates_a_c_app(cflags: &[&str]) {
     std::fs::write(
         &manifest,
         format!(
-            "app_id = \"org.example.activated\"\nversion = \"1\"\nactivate = [{:?}]\n\
+            "app_id = \"org.example.activated\"\nversion = \"1\"\nactivate = {}\n\
              [[task]]\nentry_point = \"notes.Sync\"\ntypes = [\"general\"]\n",
-            app.display().to_string()
+            serde_json::json!([wrapper, &[app.display().to_string()]].concat())
         ),
     )
     .unwrap();
