@@ -1093,6 +1093,10 @@ pub fn request_application_trigger(
         return if configured {
             default_system()?.request(trigger_id, arguments)
         } else {
+            log::debug!(
+                target: "btb",
+                "request of application trigger {trigger_id}: no open system of this process holds it, and there is no default system (UNKNOWN_ERROR)"
+            );
             Ok(ApplicationTriggerResult::UnknownError)
         };
     }
