@@ -276,6 +276,15 @@ impl Remote {
                 continue;
             };
             match client.exchange(request) {
+                Ok(Err(e)) if crate::broker::is_closed(&e) => {
+                    // Its broker is closing (it hands the store on): the call was not done; it
+                    // goes to whoever holds the store next (this process, maybe).
+                    let closing = client.broker_pid;
+                    *conn = None;
+                    drop(conn);
+                    self.await_handover(closing)?;
+                    continue;
+                }
                 Ok(reply) => return reply,
                 Err(failure) if failure.unreadable => {
                     // The broker is there and answered: the call fails, and is not asked again
@@ -371,6 +380,31 @@ impl Remote {
                 self.start_feed()
             }
             Err(store) => self.take_over(store),
+        }
+    }
+
+    /// Waits until the broker `closing` (which answers that it is closed) has let go of its
+    /// socket, or another broker answers: then `recover` reaches the store's next holder. Like
+    /// `reach`, with short growing pauses: a library broker's process outlives its close, so there
+    /// is no process end to wait on.
+    fn await_handover(&self, closing: u32) -> Result<()> {
+        let app_id = self.manifest.app_id();
+        let deadline = Instant::now() + REACH_TIMEOUT;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            match Client::connect_kept(app_id) {
+                Ok(c) if c.broker_pid != closing => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::state(format!(
+                    "the btb broker of app {app_id:?} (pid {closing}) is closing and did not hand                      its store on within {} s",
+                    REACH_TIMEOUT.as_secs()
+                )));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(100));
         }
     }
 

@@ -319,7 +319,14 @@ pub(crate) fn check_opener(opener: u32) -> Result<()> {
 
 /// The error of any call on a closed system.
 pub(crate) fn closed() -> Error {
-    Error::state("the btb system is closed")
+    Error::state(CLOSED)
+}
+
+const CLOSED: &str = "the btb system is closed";
+
+/// Whether `e` is [`closed`]'s error (a broker's answer once it began to close).
+pub(crate) fn is_closed(e: &Error) -> bool {
+    e.kind() == crate::error::ErrorKind::State && e.message() == CLOSED
 }
 
 /// Calls into app code (run functions, handlers, resolvers) in progress on btb threads in this
