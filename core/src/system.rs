@@ -172,11 +172,12 @@ pub(crate) fn start_broker(
     mut store: Store,
     handlers: crate::registry::Handlers,
 ) -> Result<Arc<Broker>> {
-    // Until this broker binds its socket, no note says where it listens (a client waits).
+    let stored = store.load()?;
+    // Until this broker binds its socket, no note says where it listens (a client waits). After
+    // the load: a store refused at open is left as it was.
     if let Ok(canonical) = std::fs::canonicalize(store.path()) {
         crate::socket_note::write(&canonical.to_string_lossy(), None);
     }
-    let stored = store.load()?;
     let servicing = store.get_meta("manifest_version")?;
     if servicing.as_deref() != Some(manifest.version()) {
         store.set_meta("manifest_version", manifest.version())?;
