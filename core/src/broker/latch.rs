@@ -419,6 +419,15 @@ impl Broker {
                 self.waker.wake();
                 Vec::new()
             }
+            Heard::LoggingOff => {
+                self.cancel_all(st, CancellationReason::LoggingOff, now);
+                Vec::new()
+            }
+            Heard::EnergySaver(on) => {
+                st.energy_saver = on;
+                self.conditions_changed(st);
+                Vec::new()
+            }
         };
         for t in fires {
             self.fire_key(st, &EventKey::System(t));
@@ -435,7 +444,9 @@ impl Broker {
             .iter()
             .filter_map(|(id, r)| {
                 let record = r.instance.task().record();
-                if matches!(record.trigger, TaskTrigger::Maintenance { .. })
+                if self.saves_energy_from(st, record) {
+                    Some((*id, CancellationReason::EnergySaver))
+                } else if matches!(record.trigger, TaskTrigger::Maintenance { .. })
                     && !st.states.holds(SystemConditionType::OnAcPower)
                 {
                     Some((*id, CancellationReason::Abort)) // Windows: maintenance task off AC

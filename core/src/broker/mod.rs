@@ -126,6 +126,8 @@ pub(crate) struct State {
     activation: Option<activation::Activation>,
     once_fired: HashSet<Uuid>,
     states: States,
+    /// power-profiles-daemon's energy saver is on (`cancel.rs`, ENERGY_SAVER).
+    energy_saver: bool,
     /// With the number of the last store write queued before it: it starts once that is committed.
     jobs: VecDeque<(Instance, u64)>,
     /// The number of the last schedule write queued (see `writer.rs`).
@@ -167,6 +169,7 @@ impl State {
             due: HashMap::new(),
             once_fired: HashSet::new(),
             states: States::default(),
+            energy_saver: false,
             jobs: VecDeque::new(),
             schedule_written: 0,
             busy_workers: 0,
