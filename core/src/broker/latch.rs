@@ -93,7 +93,7 @@ impl Broker {
             target: "btb",
             "run of {:?} waits for a process of the app that runs {what}{}: {why}",
             instance.task().name(),
-            if self.manifest.activate().is_some() {
+            if self.manifest().activate().is_some() {
                 " (starting the app: `activate`)"
             } else {
                 " (no `activate` in the manifest)"
@@ -102,7 +102,7 @@ impl Broker {
         let now = self.clock.now_ms();
         // With `activate`, the app is started for it and has a while to offer the handler.
         let deadline = self
-            .manifest
+            .manifest()
             .activate()
             .map(|_| now.saturating_add(i64::from(self.policy.activation_timeout_ms)));
         if !st.pending.contains_key(&task_id) {

@@ -64,9 +64,11 @@ mod latch;
 mod notify;
 mod pool;
 mod retry;
+mod servicing;
 mod tasks;
 pub(crate) mod threads;
 mod timers;
+mod uninstall;
 mod writer;
 
 use std::any::Any;
@@ -261,7 +263,10 @@ impl Locked<'_> {
 /// One open system's broker: its identity, policy and clock, its state, and its threads.
 pub(crate) struct Broker {
     pub(crate) pid: u32,
-    pub(crate) manifest: Manifest,
+    /// The app id (a serviced manifest keeps it).
+    pub(crate) app_id: String,
+    /// The manifest, replaced when the app is serviced: read it with `manifest()` (`servicing.rs`).
+    manifest: std::sync::RwLock<Arc<Manifest>>,
     pub(crate) clock: Clock,
     pub(crate) simulated: bool,
     pub(crate) policy: Policy,
@@ -404,7 +409,8 @@ impl Broker {
             store_path: store.path().to_owned(),
             run_files: retry::run_files(&store),
             pid: std::process::id(),
-            manifest,
+            app_id: manifest.app_id().to_owned(),
+            manifest: std::sync::RwLock::new(Arc::new(manifest)),
             clock,
             simulated,
             policy,
@@ -839,7 +845,7 @@ impl Broker {
                 target: "btb",
                 "closed without waiting for {} thread(s) still in app code past the grace ({}): {}",
                 abandoned.len(),
-                self.manifest.app_id(),
+                self.app_id.as_str(),
                 abandoned.join(", ")
             );
         }

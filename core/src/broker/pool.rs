@@ -75,8 +75,7 @@ impl Broker {
             let exec = instance
                 .task()
                 .task_entry_point()
-                .and_then(|ep| self.manifest.find(ep))
-                .and_then(|d| d.exec.clone());
+                .and_then(|ep| self.manifest().find(ep).and_then(|d| d.exec.clone()));
             if let Some(argv) = exec {
                 self.run_exec(&instance, &argv);
                 let _ = instance.finish_run();
@@ -140,7 +139,7 @@ impl Broker {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .and_then(|p| p.inhibit_sleep(self.manifest.app_id(), &why));
+            .and_then(|p| p.inhibit_sleep(self.app_id.as_str(), &why));
         let Some(fd) = fd else {
             return; // no logind (or a simulated system): not granted
         };
