@@ -10,26 +10,47 @@ use crate::policy::Durability;
 use crate::store::{Store, StoreLocation};
 use crate::{Error, Result};
 
+/// `path` with `suffix` appended to its last component.
+fn with(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
 /// The files of the store at `path`: the database, SQLite's write-ahead log, shared memory and
-/// rollback journal, and btb's lock beside it (named after the canonical path).
-fn store_files(path: &Path) -> Vec<PathBuf> {
-    let with = |p: &Path, suffix: &str| {
-        let mut name = p.as_os_str().to_owned();
-        name.push(suffix);
-        PathBuf::from(name)
-    };
-    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+/// rollback journal, and btb's notes beside it (named after the canonical path): its lock and
+/// where its broker listens.
+fn store_files(path: &Path, canonical: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = ["", "-wal", "-shm", "-journal"]
         .iter()
         .map(|s| with(path, s))
         .collect();
-    files.push(with(&canonical, ".lock"));
+    files.extend([".lock", ".socket"].iter().map(|s| with(canonical, s)));
     files
 }
 
-/// Removes the store at `path` and the files beside it; a file already gone is no error.
+/// The directories beside the store at `path`: the run files of clients (`.runs`, by the
+/// canonical path) and the records of live exec hosts (`.hosts`).
+fn store_dirs(path: &Path, canonical: &Path) -> [PathBuf; 2] {
+    [with(canonical, ".runs"), with(path, ".hosts")]
+}
+
+/// Removes the store at `path` and the files and directories beside it; one already gone is no
+/// error.
 pub fn remove_store_files(path: &Path) -> Result<()> {
-    for file in store_files(path) {
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    for dir in store_dirs(path, &canonical) {
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(Error::store(
+                    &dir.display().to_string(),
+                    format!("cannot remove it: {e}"),
+                ));
+            }
+            _ => {}
+        }
+    }
+    for file in store_files(path, &canonical) {
         remove(&file)?;
     }
     Ok(())

@@ -144,6 +144,15 @@ exec = ["/bin/sh", "-c", "echo serviced by {version} > {events}"]
         rx.recv_timeout(DEADLINE).expect("a task to run")
     }
 
+    /// The store's files and directories still there (the database, SQLite's, btb's beside it).
+    fn left_of_store(&self) -> Vec<String> {
+        std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("btb.sqlite3"))
+            .collect()
+    }
+
     fn log(&self) -> String {
         let mut text = String::new();
         std::fs::File::open(self.path("btbd.log"))
@@ -264,7 +273,11 @@ fn btbctl_uninstall_cancels_runs_and_removes_the_store_under_btbd() {
         log.contains("was removed (the app was uninstalled)"),
         "{log}"
     );
-    assert!(!s.store().exists(), "btbd wrote the store again");
+    assert_eq!(
+        s.left_of_store(),
+        Vec::<String>::new(),
+        "btbd wrote beside the store again"
+    );
 }
 
 #[test]
@@ -273,12 +286,7 @@ fn btbctl_uninstall_without_a_broker_removes_the_store_itself() {
     s.register();
     let out = ok(&s.btbctl(&["uninstall", "--yes"]));
     assert!(out.contains("2 task(s) unregistered"), "{out}");
-    let left: Vec<_> = std::fs::read_dir(s.dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("btb.sqlite3"))
-        .collect();
-    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(s.left_of_store(), Vec::<String>::new());
     let out = ok(&s.btbctl(&["uninstall", "--yes"]));
     assert!(out.contains("nothing to uninstall"), "{out}");
 }
