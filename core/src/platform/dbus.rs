@@ -620,6 +620,8 @@ impl Watcher {
             Daemon::Logind => {
                 self.logind = self.get_all(&owner, LOGIND_PATH, LOGIND_MANAGER).await;
                 self.sessions = self.read_sessions(&owner).await;
+                // A new owner's first reading is no logging off, whatever the last one said.
+                self.logged_in = None;
             }
             Daemon::Profiles => {
                 self.profiles = self.get_all(&owner, PROFILES_PATH, PROFILES).await;

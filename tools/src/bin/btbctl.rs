@@ -104,8 +104,9 @@ enum Command {
     /// Copies --manifest PATH to ~/.local/share/btb/APP_ID/manifest.toml, where btbd@.service
     /// reads it, and runs `systemctl --user enable --now btbd@APP_ID.service`. Without a systemd
     /// user manager it exits 3 and prints the command that starts btbd by hand on stdout. A btbd
-    /// already running reads a changed manifest once restarted
-    /// (`systemctl --user restart btbd@APP_ID.service`).
+    /// already running reads the new manifest at once: a new version services the app (running
+    /// tasks canceled with SERVICING_UPDATE, then SERVICING_COMPLETE); other changes at the same
+    /// version take a restart (`systemctl --user restart btbd@APP_ID.service`).
     Enable,
     /// Stop and disable btbd@APP_ID.service and remove the installed manifest.
     ///
