@@ -25,6 +25,7 @@ mod socket_note;
 mod source;
 pub mod store;
 pub mod system;
+pub mod uninstall;
 pub mod validate;
 pub mod view;
 mod wake;

@@ -241,7 +241,7 @@ pub(crate) fn start_broker(
         shared.restore(
             &mut st,
             latched,
-            servicing.is_some() && servicing.as_deref() != Some(shared.manifest.version()),
+            servicing.is_some() && servicing.as_deref() != Some(shared.manifest().version()),
         )?;
     }
     shared.start_threads()?;
@@ -270,7 +270,7 @@ pub(crate) fn start_broker(
             .map(|p| p.to_string_lossy().into_owned());
         let noted = canonical.clone();
         let bound = crate::control::ControlListener::bind_for_store(
-            shared.manifest.app_id(),
+            shared.app_id.as_str(),
             canonical,
             handler,
         );
@@ -396,15 +396,20 @@ impl System {
         }
     }
 
-    pub fn manifest(&self) -> &Manifest {
+    /// The manifest in force: the one opened with, or the one the app was serviced with since
+    /// (`service`).
+    pub fn manifest(&self) -> Arc<Manifest> {
         match &self.home {
-            Home::Broker(b) => &b.manifest,
-            Home::Client(r) => &r.manifest,
+            Home::Broker(b) => b.manifest(),
+            Home::Client(r) => Arc::new(r.manifest.clone()),
         }
     }
 
     pub fn app_id(&self) -> &str {
-        self.manifest().app_id()
+        match &self.home {
+            Home::Broker(b) => &b.app_id,
+            Home::Client(r) => r.manifest.app_id(),
+        }
     }
 
     /// The policy this system was opened with (a client's broker applies its own).
@@ -567,7 +572,7 @@ impl System {
             return Err(crate::broker::closed());
         }
         let state = shared.lock_open()?;
-        let valid = validate(builder, &shared.manifest, &shared.policy, activation)?;
+        let valid = validate(builder, &shared.manifest(), &shared.policy, activation)?;
         let group_id = builder.task_group.as_ref().map(|g| g.id.as_str());
         let same_name: Vec<Uuid> = match valid.name_policy {
             NamePolicy::Allow => Vec::new(),
@@ -648,6 +653,37 @@ impl System {
                 .map(|record| self.registration(r.remember(record)))
                 .collect()),
             other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Services the app (SPEC §10): when `manifest`'s version differs from the one in force,
+    /// cancels every run with `SERVICING_UPDATE`, takes `manifest` and fires
+    /// `SERVICING_COMPLETE`; `false`, changing nothing, for the same version. For the broker
+    /// (btbd re-reads its manifest on SIGHUP and when the file changes); `UNSUPPORTED` in a
+    /// client.
+    pub fn service(&self, manifest: Manifest) -> Result<bool> {
+        match self.home.route() {
+            Route::Local(b) => b.service(manifest),
+            Route::Remote(r) => Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "servicing is for the broker; this system is a client of the btb broker in pid {}",
+                    r.broker_pid()
+                ),
+            )),
+        }
+    }
+
+    /// Uninstalls the app (SPEC §10): cancels every run with `UNINSTALL`, unregisters every
+    /// task, and removes the store and the control socket; in a client, its broker does. The
+    /// system stays open, holding nothing, until closed. Returns how many tasks were registered.
+    pub fn uninstall(&self) -> Result<usize> {
+        match self.home.route() {
+            Route::Local(b) => b.uninstall(),
+            Route::Remote(r) => match r.ask(&Request::Uninstall)? {
+                Reply::Uninstalled { tasks } => Ok(tasks),
+                other => Err(unexpected(&other)),
+            },
         }
     }
 
@@ -1225,6 +1261,7 @@ impl System {
                 .task_id_of(&task)
                 .and_then(|id| self.unregister(&id, cancel_task))
                 .map(|()| Reply::Done),
+            Request::Uninstall => shared.uninstall().map(|tasks| Reply::Uninstalled { tasks }),
             Request::Waiting { offer } => shared
                 .waiting_for(&offer)
                 .map(|runs| Reply::Waiting { runs }),

@@ -93,7 +93,7 @@ impl Broker {
             target: "btb",
             "run of {:?} waits for a process of the app that runs {what}{}: {why}",
             instance.task().name(),
-            if self.manifest.activate().is_some() {
+            if self.manifest().activate().is_some() {
                 " (starting the app: `activate`)"
             } else {
                 " (no `activate` in the manifest)"
@@ -102,7 +102,7 @@ impl Broker {
         let now = self.clock.now_ms();
         // With `activate`, the app is started for it and has a while to offer the handler.
         let deadline = self
-            .manifest
+            .manifest()
             .activate()
             .map(|_| now.saturating_add(i64::from(self.policy.activation_timeout_ms)));
         if !st.pending.contains_key(&task_id) {
@@ -419,6 +419,15 @@ impl Broker {
                 self.waker.wake();
                 Vec::new()
             }
+            Heard::LoggingOff => {
+                self.cancel_all(st, CancellationReason::LoggingOff, now);
+                Vec::new()
+            }
+            Heard::EnergySaver(on) => {
+                st.energy_saver = on;
+                self.conditions_changed(st);
+                Vec::new()
+            }
         };
         for t in fires {
             self.fire_key(st, &EventKey::System(t));
@@ -435,7 +444,9 @@ impl Broker {
             .iter()
             .filter_map(|(id, r)| {
                 let record = r.instance.task().record();
-                if matches!(record.trigger, TaskTrigger::Maintenance { .. })
+                if self.saves_energy_from(st, record) {
+                    Some((*id, CancellationReason::EnergySaver))
+                } else if matches!(record.trigger, TaskTrigger::Maintenance { .. })
                     && !st.states.holds(SystemConditionType::OnAcPower)
                 {
                     Some((*id, CancellationReason::Abort)) // Windows: maintenance task off AC

@@ -63,10 +63,12 @@ mod latch;
 mod notify;
 mod pool;
 mod retry;
+mod servicing;
 mod storage;
 mod tasks;
 pub(crate) mod threads;
 mod timers;
+mod uninstall;
 mod writer;
 
 use std::any::Any;
@@ -126,6 +128,8 @@ pub(crate) struct State {
     activation: Option<activation::Activation>,
     once_fired: HashSet<Uuid>,
     states: States,
+    /// power-profiles-daemon's energy saver is on (`cancel.rs`, ENERGY_SAVER).
+    energy_saver: bool,
     /// With the number of the last store write queued before it: it starts once that is committed.
     jobs: VecDeque<(Instance, u64)>,
     /// The number of the last schedule write queued (see `writer.rs`).
@@ -167,6 +171,7 @@ impl State {
             due: HashMap::new(),
             once_fired: HashSet::new(),
             states: States::default(),
+            energy_saver: false,
             jobs: VecDeque::new(),
             schedule_written: 0,
             busy_workers: 0,
@@ -258,7 +263,10 @@ impl Locked<'_> {
 /// One open system's broker: its identity, policy and clock, its state, and its threads.
 pub(crate) struct Broker {
     pub(crate) pid: u32,
-    pub(crate) manifest: Manifest,
+    /// The app id (a serviced manifest keeps it).
+    pub(crate) app_id: String,
+    /// The manifest, replaced when the app is serviced: read it with `manifest()` (`servicing.rs`).
+    manifest: std::sync::RwLock<Arc<Manifest>>,
     pub(crate) clock: Clock,
     pub(crate) simulated: bool,
     pub(crate) policy: Policy,
@@ -414,7 +422,8 @@ impl Broker {
             store_path: store.path().to_owned(),
             run_files: retry::run_files(&store),
             pid: std::process::id(),
-            manifest,
+            app_id: manifest.app_id().to_owned(),
+            manifest: std::sync::RwLock::new(Arc::new(manifest)),
             clock,
             simulated,
             policy,
@@ -853,7 +862,7 @@ impl Broker {
                 target: "btb",
                 "closed without waiting for {} thread(s) still in app code past the grace ({}): {}",
                 abandoned.len(),
-                self.manifest.app_id(),
+                self.app_id.as_str(),
                 abandoned.join(", ")
             );
         }

@@ -75,8 +75,7 @@ impl Broker {
             let exec = instance
                 .task()
                 .task_entry_point()
-                .and_then(|ep| self.manifest.find(ep))
-                .and_then(|d| d.exec.clone());
+                .and_then(|ep| self.manifest().find(ep).and_then(|d| d.exec.clone()));
             if let Some(argv) = exec {
                 self.run_exec(&instance, &argv);
                 let _ = instance.finish_run();
@@ -143,7 +142,7 @@ impl Broker {
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             .and_then(|p| p.inhibitor());
-        let fd = inhibitor.and_then(|i| i.inhibit_sleep(self.manifest.app_id(), &why));
+        let fd = inhibitor.and_then(|i| i.inhibit_sleep(self.app_id.as_str(), &why));
         let Some(fd) = fd else {
             return; // no logind (or a simulated system): not granted
         };
