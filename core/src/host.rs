@@ -4,7 +4,7 @@
 //! failure, and cancellation heard from the broker. A child that never connects still works: its
 //! exit status is the outcome.
 
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -168,44 +168,16 @@ fn trim(mut text: String, max: usize) -> String {
     text
 }
 
-/// Takes ownership of the inherited descriptor, once per process.
+/// Takes ownership of the inherited descriptor, once per process (`btb_os::adopt_inherited`).
 fn adopt(fd: RawFd) -> Result<OwnedFd> {
-    static TAKEN: AtomicBool = AtomicBool::new(false);
-    if TAKEN.swap(true, Ordering::SeqCst) {
-        return Err(Error::state(
+    btb_os::adopt_inherited(fd).map_err(|refused| match refused {
+        btb_os::Refused::Again => Error::state(
             "this process already connected to its instance (connect once, share the instance)",
-        ));
-    }
-    let owned = inherited(fd);
-    // Owned only if it is what the broker passes: an open socket.
-    let stat = rustix::fs::fstat(&owned);
-    match stat {
-        Ok(stat)
-            if rustix::fs::FileType::from_raw_mode(stat.st_mode)
-                == rustix::fs::FileType::Socket =>
-        {
-            Ok(owned)
-        }
-        other => {
-            std::mem::forget(owned); // not ours to close
-            Err(Error::invalid(format!(
-                "BTB_HOST_FD={fd} is not an inherited socket ({})",
-                other.map_or_else(|e| e.to_string(), |_| "another kind of file".into())
-            )))
-        }
-    }
-}
-
-/// The descriptor the broker passed, as an owned one. One of the two unsafe places of the core
-/// (the other: the broker's `pre_exec` in `broker/exec.rs`): a descriptor number from the
-/// environment becomes an `OwnedFd` (what `BTB_HOST_FD` is for).
-#[allow(unsafe_code)]
-fn inherited(fd: RawFd) -> OwnedFd {
-    // SAFETY: `fd` comes from BTB_HOST_FD, which the broker sets to the socket it passed; `adopt`
-    // makes this happen once per process, and forgets the result unless fstat says it is a
-    // socket. A file descriptor number that is not open makes fstat fail (EBADF) and nothing is
-    // closed.
-    unsafe { OwnedFd::from_raw_fd(fd) }
+        ),
+        btb_os::Refused::NotSocket(what) => Error::invalid(format!(
+            "BTB_HOST_FD={fd} is not an inherited socket ({what})"
+        )),
+    })
 }
 
 /// Hears the broker: cancellations until it closes the socket.
