@@ -12,6 +12,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use uuid::Uuid;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::link::Link;
 use crate::model::CancellationReason;
 use crate::protocol::{self, ToBroker, ToHost};
 
@@ -39,9 +40,7 @@ struct Inner {
     app_id: String,
     trigger_details: Option<serde_json::Value>,
     progress: AtomicU32,
-    socket: UnixStream,
-    /// Serializes frames written by several threads.
-    write: Mutex<()>,
+    link: Link,
     life: Mutex<Life>,
     changed: Condvar,
 }
@@ -140,8 +139,7 @@ pub fn connect() -> Result<HostInstance> {
         app_id: var("BTB_APP_ID")?,
         trigger_details,
         progress: AtomicU32::new(0),
-        socket,
-        write: Mutex::new(()),
+        link: Link::new(socket),
         life: Mutex::new(Life {
             canceled,
             ..Life::default()
@@ -154,18 +152,6 @@ pub fn connect() -> Result<HostInstance> {
         .spawn(move || listen(reader, weak))
         .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot start a thread: {e}")))?;
     Ok(HostInstance(inner))
-}
-
-/// `text` cut to at most `max` bytes, on a character boundary.
-fn trim(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-    text
 }
 
 /// Takes ownership of the inherited descriptor, once per process (`btb_os::adopt_inherited`).
@@ -219,10 +205,8 @@ impl HostInstance {
         self.0.life.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn send(&self, message: &ToBroker) {
-        let _guard = self.0.write.lock().unwrap_or_else(PoisonError::into_inner);
-        // A broker that is gone cannot hear it; the exit status still tells.
-        let _ = protocol::write_frame(&mut &self.0.socket, message);
+    fn send(&self, message: ToBroker) {
+        self.0.link.send(message);
     }
 
     pub fn instance_id(&self) -> Uuid {
@@ -263,7 +247,7 @@ impl HostInstance {
     /// Sets the progress; each change reaches the registration's progress handlers in the app.
     pub fn set_progress(&self, value: u32) {
         if self.0.progress.swap(value, Ordering::AcqRel) != value {
-            self.send(&ToBroker::Progress { value });
+            self.send(ToBroker::Progress { value });
         }
     }
 
@@ -281,9 +265,9 @@ impl HostInstance {
         message: Option<String>,
     ) -> Result<()> {
         self.check_version("request_retry")?;
-        self.send(&ToBroker::Retry {
+        self.send(ToBroker::Retry {
             after_ms: after.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-            message: message.map(|m| trim(m, protocol::MAX_FRAME / 2)),
+            message,
         });
         Ok(())
     }
@@ -292,7 +276,7 @@ impl HostInstance {
     pub fn set_output(&self, output: &serde_json::Value) -> Result<()> {
         crate::broker::instance::check_output(output)?;
         self.check_version("set_output")?;
-        self.send(&ToBroker::Output {
+        self.send(ToBroker::Output {
             output: output.clone(),
         });
         Ok(())
@@ -313,9 +297,9 @@ impl HostInstance {
 
     /// Marks the run as failed with `message`, whatever the exit status (the last report wins).
     pub fn report_failure(&self, message: impl Into<String>) {
-        // The frame limit, with room for the envelope.
-        let message = trim(message.into(), protocol::MAX_FRAME - 64);
-        self.send(&ToBroker::Failure { message });
+        self.send(ToBroker::Failure {
+            message: message.into(),
+        });
     }
 
     pub fn canceled(&self) -> bool {
@@ -350,7 +334,7 @@ impl HostInstance {
     /// A deferral, for code written against the in-process surface. The process is the run: it
     /// ends when the process exits, so a deferral only tells the broker (no run is kept alive).
     pub fn get_deferral(&self) -> HostDeferral {
-        self.send(&ToBroker::DeferralTaken);
+        self.send(ToBroker::DeferralTaken);
         HostDeferral {
             instance: self.clone(),
             completed: AtomicBool::new(false),
@@ -381,7 +365,7 @@ impl HostDeferral {
         if self.completed.swap(true, Ordering::AcqRel) {
             return Err(Error::state("this deferral was already completed"));
         }
-        self.instance.send(&ToBroker::DeferralCompleted);
+        self.instance.send(ToBroker::DeferralCompleted);
         Ok(())
     }
 }

@@ -6,9 +6,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use uuid::Uuid;
 
+use super::Broker;
+use super::backend::Backend;
+use super::registration::Registration;
 use crate::error::{Error, Result};
 use crate::model::{CancellationReason, TaskOutcome};
-use crate::registration::Registration;
 
 /// A run function: what executes an instance (an entry point's handler, a group's or the system's
 /// background-activated handler). It reports failure with [`Instance::report_failure`]; a panic is
@@ -102,21 +104,6 @@ pub(crate) struct Life {
     pub(crate) result: Option<String>,
 }
 
-/// The client side of a run that a broker handed to this process (`client.rs`): what the
-/// instance reports goes to the broker over this connection, in the instance protocol.
-pub(crate) struct Link {
-    pub(crate) stream: std::os::unix::net::UnixStream,
-}
-
-impl Link {
-    /// Sends a message (blocking, bounded by the stream's write timeout); a broker that is gone
-    /// no longer hears anything of the run.
-    pub(crate) fn send(&self, message: &crate::protocol::ToBroker) {
-        use std::io::Write;
-        let _ = (&self.stream).write_all(&crate::protocol::encode(message));
-    }
-}
-
 impl Life {
     /// The canceled handlers added so far, to call with no lock held.
     pub(crate) fn canceled_handler_list(&self) -> Vec<CanceledFn> {
@@ -127,10 +114,17 @@ impl Life {
     }
 }
 
+/// Where an instance reports what it does.
+pub(crate) enum Reports {
+    /// This process's broker runs it.
+    Broker(Arc<Broker>),
+    /// This process runs it for another process's broker (a run handed to a client).
+    Link(crate::link::Link),
+}
+
 pub(crate) struct Inner {
     pub(crate) id: Uuid,
-    /// Set when this process runs the instance for another process's broker.
-    pub(crate) link: Option<Link>,
+    pub(crate) reports: Reports,
     pub(crate) task: Registration,
     pub(crate) trigger_details: Option<serde_json::Value>,
     pub(crate) started_ms: i64,
@@ -160,34 +154,37 @@ impl PartialEq for Instance {
 }
 
 impl Instance {
+    /// A run of `record` in `broker`.
     pub(crate) fn new(
-        task: Registration,
+        broker: &Arc<Broker>,
+        record: Arc<crate::model::TaskRecord>,
         trigger_details: Option<serde_json::Value>,
         started_ms: i64,
         attempt: u32,
     ) -> Instance {
-        Self::with_link(
+        let home: Arc<dyn Backend> = Arc::clone(broker) as Arc<dyn Backend>;
+        Self::with_reports(
             Uuid::new_v4(),
-            task,
+            Registration::new(home, record),
             trigger_details,
             started_ms,
             attempt,
-            None,
+            Reports::Broker(Arc::clone(broker)),
         )
     }
 
     /// An instance with a given id (a run handed over by a broker has the broker's id).
-    pub(crate) fn with_link(
+    pub(crate) fn with_reports(
         id: Uuid,
         task: Registration,
         trigger_details: Option<serde_json::Value>,
         started_ms: i64,
         attempt: u32,
-        link: Option<Link>,
+        reports: Reports,
     ) -> Instance {
         Instance(Arc::new(Inner {
             id,
-            link,
+            reports,
             task,
             trigger_details,
             started_ms,
@@ -258,9 +255,9 @@ impl Instance {
     /// Sets the progress; each change reaches the registration's progress handlers.
     pub fn set_progress(&self, value: u32) {
         if self.0.progress.swap(value, Ordering::AcqRel) != value && !self.life().done {
-            match &self.0.link {
-                Some(link) => link.send(&crate::protocol::ToBroker::Progress { value }),
-                None => self.0.task.shared().progress_changed(self, value),
+            match &self.0.reports {
+                Reports::Link(link) => link.send(crate::protocol::ToBroker::Progress { value }),
+                Reports::Broker(broker) => broker.progress_changed(self, value),
             }
         }
     }
@@ -295,8 +292,8 @@ impl Instance {
         }
         life.deferrals += 1;
         drop(life);
-        if let Some(link) = &self.0.link {
-            link.send(&crate::protocol::ToBroker::DeferralTaken);
+        if let Reports::Link(link) = &self.0.reports {
+            link.send(crate::protocol::ToBroker::DeferralTaken);
         }
         Ok(Deferral {
             instance: self.clone(),
@@ -321,8 +318,8 @@ impl Instance {
     /// Calls canceled handlers on a btb thread: the broker's notifier, or — for a run handed to
     /// this client process — a thread of its own.
     fn call_canceled(&self, handlers: Vec<CanceledFn>, reason: CancellationReason) {
-        if self.0.link.is_none() {
-            self.0.task.shared().notify_canceled(self, handlers, reason);
+        if let Reports::Broker(broker) = &self.0.reports {
+            broker.notify_canceled(self, handlers, reason);
             return;
         }
         let instance = self.clone();
@@ -355,9 +352,9 @@ impl Instance {
     /// The run and its deferrals are over: the broker records it (or, for a run handed to this
     /// client, hears how it ended).
     fn complete_run(&self) {
-        let Some(link) = &self.0.link else {
-            self.0.task.shared().complete(self);
-            return;
+        let link = match &self.0.reports {
+            Reports::Broker(broker) => return broker.complete(self),
+            Reports::Link(link) => link,
         };
         let (failure, retry, output) = {
             let mut life = self.life();
@@ -372,20 +369,20 @@ impl Instance {
             )
         };
         if let Some(output) = output.and_then(|t| serde_json::from_str(&t).ok()) {
-            link.send(&crate::protocol::ToBroker::Output { output });
+            link.send(crate::protocol::ToBroker::Output { output });
         }
         if let Some(r) = retry {
-            link.send(&crate::protocol::ToBroker::Retry {
+            link.send(crate::protocol::ToBroker::Retry {
                 after_ms: r.after_ms,
                 message: r.message,
             });
         }
         if let Some(message) = failure {
-            link.send(&crate::protocol::ToBroker::Failure { message });
+            link.send(crate::protocol::ToBroker::Failure { message });
         }
         // The last word of this run; the connection may serve the next one (the broker hangs up
         // a connection it will not use again).
-        link.send(&crate::protocol::ToBroker::Finished);
+        link.send(crate::protocol::ToBroker::Finished);
     }
 
     /// Removes a canceled handler; `false` if the token is unknown.
@@ -443,8 +440,8 @@ impl Deferral {
         life.deferrals -= 1;
         let complete = life.deferrals == 0 && life.run_returned && !life.done;
         drop(life);
-        if let Some(link) = &self.instance.0.link {
-            link.send(&crate::protocol::ToBroker::DeferralCompleted);
+        if let Reports::Link(link) = &self.instance.0.reports {
+            link.send(crate::protocol::ToBroker::DeferralCompleted);
         }
         if complete {
             self.instance.complete_run();

@@ -1,0 +1,60 @@
+//! The writing side of the instance protocol (SPEC §5, §10): what a run that executes in another
+//! process than its broker's — an `exec` host (`host.rs`), or a run handed to a client
+//! (`client.rs`) — tells its broker. One write lock, so frames written by several threads (a
+//! progress report, a deferral completed on another thread) never interleave; and one rule for
+//! long messages, cut to fit a frame.
+
+use std::os::unix::net::UnixStream;
+use std::sync::{Mutex, PoisonError};
+
+use crate::protocol::{self, ToBroker};
+
+/// One run's connection to its broker.
+pub(crate) struct Link {
+    socket: UnixStream,
+    write: Mutex<()>,
+}
+
+impl Link {
+    pub(crate) fn new(socket: UnixStream) -> Link {
+        Link {
+            socket,
+            write: Mutex::new(()),
+        }
+    }
+
+    /// Sends a message (blocking, bounded by the socket's write timeout, if any); a broker that
+    /// is gone no longer hears anything of the run (an exec host's exit status still tells).
+    pub(crate) fn send(&self, message: ToBroker) {
+        let frame = protocol::encode(&fitted(message));
+        let _guard = self.write.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = std::io::Write::write_all(&mut &self.socket, &frame);
+    }
+}
+
+/// A message whose free text fits one frame: a failure message up to the frame limit (with room
+/// for the envelope), a retry's message up to half of it.
+fn fitted(message: ToBroker) -> ToBroker {
+    match message {
+        ToBroker::Failure { message } => ToBroker::Failure {
+            message: trim(message, protocol::MAX_FRAME - 64),
+        },
+        ToBroker::Retry { after_ms, message } => ToBroker::Retry {
+            after_ms,
+            message: message.map(|m| trim(m, protocol::MAX_FRAME / 2)),
+        },
+        other => other,
+    }
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn trim(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
