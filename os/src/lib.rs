@@ -98,9 +98,10 @@ pub fn adopt_inherited(fd: RawFd) -> Result<OwnedFd, Refused> {
         }
         other => {
             std::mem::forget(owned); // not ours to close
-            Err(Refused::NotSocket(
-                other.map_or_else(|e| e.to_string(), |_| "another kind of file".into()),
-            ))
+            Err(Refused::NotSocket(other.map_or_else(
+                |e| e.to_string(),
+                |_| "another kind of file".into(),
+            )))
         }
     }
 }
