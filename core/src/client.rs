@@ -635,13 +635,13 @@ impl Remote {
         network_granted: bool,
     ) -> crate::Instance {
         let record = self.remember(run.task);
-        let instance = crate::Instance::with_reports(
+        let instance = crate::Instance::with_sink(
             run.instance_id,
             Registration::new(Arc::clone(self) as Arc<dyn Backend>, record),
             run.trigger_details,
             run.started_ms,
             run.attempt,
-            crate::broker::instance::Reports::Link(crate::link::Link::new(stream)),
+            Arc::new(crate::link::Link::new(stream)),
         );
         instance
             .0

@@ -114,17 +114,102 @@ impl Life {
     }
 }
 
-/// Where an instance reports what it does.
-pub(crate) enum Reports {
-    /// This process's broker runs it.
-    Broker(Arc<Broker>),
-    /// This process runs it for another process's broker (a run handed to a client).
-    Link(crate::link::Link),
+/// Where an instance reports what it does: this process's broker (`impl RunSink for Broker`), or
+/// — for a run this process executes for another process's broker (a run handed to a client) —
+/// the [`Link`](crate::link::Link) to that broker. What the run reports last (failure, output,
+/// retry) is in its [`Life`] when it has finished.
+pub(crate) trait RunSink: Send + Sync {
+    /// The progress changed to `value`.
+    fn progress(&self, instance: &Instance, value: u32);
+    /// A deferral was taken (`true`) or completed (`false`).
+    fn deferral(&self, taken: bool);
+    /// Calls canceled handlers on a btb thread.
+    fn canceled(&self, instance: &Instance, handlers: Vec<CanceledFn>, reason: CancellationReason);
+    /// The run function returned and every deferral completed.
+    fn finished(self: Arc<Self>, instance: &Instance);
+}
+
+impl RunSink for Broker {
+    fn progress(&self, instance: &Instance, value: u32) {
+        self.progress_changed(instance, value);
+    }
+
+    fn deferral(&self, _taken: bool) {}
+
+    fn canceled(&self, instance: &Instance, handlers: Vec<CanceledFn>, reason: CancellationReason) {
+        self.notify_canceled(instance, handlers, reason);
+    }
+
+    fn finished(self: Arc<Self>, instance: &Instance) {
+        self.complete(instance);
+    }
+}
+
+/// The instance protocol (SPEC §5), as an exec host speaks it too.
+impl RunSink for crate::link::Link {
+    fn progress(&self, _instance: &Instance, value: u32) {
+        self.send(crate::protocol::ToBroker::Progress { value });
+    }
+
+    fn deferral(&self, taken: bool) {
+        self.send(if taken {
+            crate::protocol::ToBroker::DeferralTaken
+        } else {
+            crate::protocol::ToBroker::DeferralCompleted
+        });
+    }
+
+    /// On a thread of its own (the broker's notifier is in another process).
+    fn canceled(&self, instance: &Instance, handlers: Vec<CanceledFn>, reason: CancellationReason) {
+        let instance = instance.clone();
+        let _ = std::thread::Builder::new()
+            .name("btb-canceled".into())
+            .spawn(move || {
+                for handler in handlers {
+                    let _call = super::AppCall::enter();
+                    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        handler(&instance, reason)
+                    })) {
+                        log::error!(target: "btb", "a canceled handler panicked: {}", super::panic_message(&panic));
+                    }
+                }
+            });
+    }
+
+    fn finished(self: Arc<Self>, instance: &Instance) {
+        let (failure, retry, output) = {
+            let mut life = instance.life();
+            if life.done {
+                return;
+            }
+            life.done = true;
+            (
+                life.failure.clone(),
+                life.retry.clone(),
+                life.result.clone(),
+            )
+        };
+        if let Some(output) = output.and_then(|t| serde_json::from_str(&t).ok()) {
+            self.send(crate::protocol::ToBroker::Output { output });
+        }
+        if let Some(r) = retry {
+            self.send(crate::protocol::ToBroker::Retry {
+                after_ms: r.after_ms,
+                message: r.message,
+            });
+        }
+        if let Some(message) = failure {
+            self.send(crate::protocol::ToBroker::Failure { message });
+        }
+        // The last word of this run; the connection may serve the next one (the broker hangs up
+        // a connection it will not use again).
+        self.send(crate::protocol::ToBroker::Finished);
+    }
 }
 
 pub(crate) struct Inner {
     pub(crate) id: Uuid,
-    pub(crate) reports: Reports,
+    pub(crate) sink: Arc<dyn RunSink>,
     pub(crate) task: Registration,
     pub(crate) trigger_details: Option<serde_json::Value>,
     pub(crate) started_ms: i64,
@@ -163,28 +248,28 @@ impl Instance {
         attempt: u32,
     ) -> Instance {
         let home: Arc<dyn Backend> = Arc::clone(broker) as Arc<dyn Backend>;
-        Self::with_reports(
+        Self::with_sink(
             Uuid::new_v4(),
             Registration::new(home, record),
             trigger_details,
             started_ms,
             attempt,
-            Reports::Broker(Arc::clone(broker)),
+            Arc::clone(broker) as Arc<dyn RunSink>,
         )
     }
 
     /// An instance with a given id (a run handed over by a broker has the broker's id).
-    pub(crate) fn with_reports(
+    pub(crate) fn with_sink(
         id: Uuid,
         task: Registration,
         trigger_details: Option<serde_json::Value>,
         started_ms: i64,
         attempt: u32,
-        reports: Reports,
+        sink: Arc<dyn RunSink>,
     ) -> Instance {
         Instance(Arc::new(Inner {
             id,
-            reports,
+            sink,
             task,
             trigger_details,
             started_ms,
@@ -255,10 +340,7 @@ impl Instance {
     /// Sets the progress; each change reaches the registration's progress handlers.
     pub fn set_progress(&self, value: u32) {
         if self.0.progress.swap(value, Ordering::AcqRel) != value && !self.life().done {
-            match &self.0.reports {
-                Reports::Link(link) => link.send(crate::protocol::ToBroker::Progress { value }),
-                Reports::Broker(broker) => broker.progress_changed(self, value),
-            }
+            self.0.sink.progress(self, value);
         }
     }
 
@@ -292,9 +374,7 @@ impl Instance {
         }
         life.deferrals += 1;
         drop(life);
-        if let Reports::Link(link) = &self.0.reports {
-            link.send(crate::protocol::ToBroker::DeferralTaken);
-        }
+        self.0.sink.deferral(true);
         Ok(Deferral {
             instance: self.clone(),
             completed: AtomicBool::new(false),
@@ -315,26 +395,9 @@ impl Instance {
         token
     }
 
-    /// Calls canceled handlers on a btb thread: the broker's notifier, or — for a run handed to
-    /// this client process — a thread of its own.
+    /// Calls canceled handlers on a btb thread (see [`RunSink::canceled`]).
     fn call_canceled(&self, handlers: Vec<CanceledFn>, reason: CancellationReason) {
-        if let Reports::Broker(broker) = &self.0.reports {
-            broker.notify_canceled(self, handlers, reason);
-            return;
-        }
-        let instance = self.clone();
-        let _ = std::thread::Builder::new()
-            .name("btb-canceled".into())
-            .spawn(move || {
-                for handler in handlers {
-                    let _call = super::AppCall::enter();
-                    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        handler(&instance, reason)
-                    })) {
-                        log::error!(target: "btb", "a canceled handler panicked: {}", super::panic_message(&panic));
-                    }
-                }
-            });
+        self.0.sink.canceled(self, handlers, reason);
     }
 
     /// The broker canceled a run handed to this client process (its reader thread calls this).
@@ -352,37 +415,7 @@ impl Instance {
     /// The run and its deferrals are over: the broker records it (or, for a run handed to this
     /// client, hears how it ended).
     fn complete_run(&self) {
-        let link = match &self.0.reports {
-            Reports::Broker(broker) => return broker.complete(self),
-            Reports::Link(link) => link,
-        };
-        let (failure, retry, output) = {
-            let mut life = self.life();
-            if life.done {
-                return;
-            }
-            life.done = true;
-            (
-                life.failure.clone(),
-                life.retry.clone(),
-                life.result.clone(),
-            )
-        };
-        if let Some(output) = output.and_then(|t| serde_json::from_str(&t).ok()) {
-            link.send(crate::protocol::ToBroker::Output { output });
-        }
-        if let Some(r) = retry {
-            link.send(crate::protocol::ToBroker::Retry {
-                after_ms: r.after_ms,
-                message: r.message,
-            });
-        }
-        if let Some(message) = failure {
-            link.send(crate::protocol::ToBroker::Failure { message });
-        }
-        // The last word of this run; the connection may serve the next one (the broker hangs up
-        // a connection it will not use again).
-        link.send(crate::protocol::ToBroker::Finished);
+        Arc::clone(&self.0.sink).finished(self);
     }
 
     /// Removes a canceled handler; `false` if the token is unknown.
@@ -440,9 +473,7 @@ impl Deferral {
         life.deferrals -= 1;
         let complete = life.deferrals == 0 && life.run_returned && !life.done;
         drop(life);
-        if let Reports::Link(link) = &self.instance.0.reports {
-            link.send(crate::protocol::ToBroker::DeferralCompleted);
-        }
+        self.instance.0.sink.deferral(false);
         if complete {
             self.instance.complete_run();
         }
