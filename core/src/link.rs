@@ -58,3 +58,50 @@ fn trim(mut text: String, max: usize) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Frames of several threads arrive whole, each one readable, and a failure message longer
+    /// than a frame arrives cut, not as a frame the broker refuses.
+    #[test]
+    fn concurrent_long_messages_arrive_as_whole_frames() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let link = std::sync::Arc::new(Link::new(ours));
+        let long = "é".repeat(protocol::MAX_FRAME); // twice the frame limit, in bytes
+        let writers: Vec<_> = (0..4)
+            .map(|_| {
+                let link = std::sync::Arc::clone(&link);
+                let long = long.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..20 {
+                        link.send(ToBroker::Failure {
+                            message: long.clone(),
+                        });
+                    }
+                })
+            })
+            .collect();
+        let reader = std::thread::spawn(move || {
+            let mut lengths = Vec::new();
+            for _ in 0..80 {
+                match protocol::read_frame::<ToBroker>(&mut theirs).unwrap() {
+                    Some(ToBroker::Failure { message }) => lengths.push(message.len()),
+                    other => panic!("expected a failure, read {other:?}"),
+                }
+            }
+            lengths
+        });
+        for w in writers {
+            w.join().unwrap();
+        }
+        let lengths = reader.join().unwrap();
+        assert_eq!(lengths.len(), 80);
+        assert!(
+            lengths
+                .iter()
+                .all(|&n| n <= protocol::MAX_FRAME - 64 && n > 0)
+        );
+    }
+}
