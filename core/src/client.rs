@@ -191,17 +191,7 @@ impl Remote {
         });
         remote.start_feed()?;
         // Task-group handlers are process-wide: a change may change what this process offers.
-        let weak = Arc::downgrade(&remote);
-        crate::broker::groups::observe(Arc::new(move || match weak.upgrade() {
-            // A client that took the store over: its broker observes for itself.
-            Some(remote) => {
-                if remote.taken.get().is_none() {
-                    remote.send_offer();
-                }
-                true
-            }
-            None => false,
-        }));
+        crate::broker::groups::observe(Arc::downgrade(&remote) as _);
         Ok(Ok(remote))
     }
 
@@ -869,6 +859,15 @@ fn reach(
                     ),
                 ));
             }
+        }
+    }
+}
+
+impl crate::broker::groups::GroupObserver for Remote {
+    fn groups_changed(self: Arc<Self>) {
+        // A client that took the store over: its broker observes for itself.
+        if self.taken.get().is_none() {
+            self.send_offer();
         }
     }
 }

@@ -8,7 +8,7 @@
 //! first that reports a failure ends the run. A token removes one.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use super::instance::{Instance, RunFn};
 
@@ -58,31 +58,42 @@ pub fn remove_background_activated(token: u64) -> Option<RunFn> {
     removed
 }
 
-/// Told that the group handlers changed; `false` once it no longer wants to hear (its system is
-/// gone).
-pub(crate) type Observer = Arc<dyn Fn() -> bool + Send + Sync>;
-
-static OBSERVERS: Mutex<Vec<Observer>> = Mutex::new(Vec::new());
-
-/// Adds an observer of changes (a broker tries the runs that wait for a handler again; a client
-/// tells its broker what it can run now).
-pub(crate) fn observe(observer: Observer) {
-    OBSERVERS
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(observer);
+/// Told when the group handlers change: a broker tries the runs that wait for a handler again; a
+/// client tells its broker what it can run now.
+pub(crate) trait GroupObserver: Send + Sync {
+    fn groups_changed(self: Arc<Self>);
 }
 
-/// Tells every observer that the handlers changed (with no lock held: an observer talks to a
-/// broker) and forgets those that are gone.
+/// The observers, one per open system of this process (those gone are pruned at each change).
+static OBSERVERS: Mutex<Vec<Weak<dyn GroupObserver>>> = Mutex::new(Vec::new());
+
+fn observers() -> MutexGuard<'static, Vec<Weak<dyn GroupObserver>>> {
+    OBSERVERS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Adds an observer for as long as it lives.
+pub(crate) fn observe(observer: Weak<dyn GroupObserver>) {
+    let mut list = observers();
+    list.retain(|o| o.strong_count() > 0);
+    list.push(observer);
+}
+
+/// Tells every observer that the handlers changed, with no lock held (an observer talks to a
+/// broker).
 fn announce() {
-    let observers = OBSERVERS.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let gone: Vec<Observer> = observers.into_iter().filter(|o| !o()).collect();
-    if !gone.is_empty() {
-        OBSERVERS
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|o| !gone.iter().any(|g| Arc::ptr_eq(g, o)));
+    let live: Vec<Arc<dyn GroupObserver>> = {
+        let mut list = observers();
+        list.retain(|o| o.strong_count() > 0);
+        list.iter().filter_map(Weak::upgrade).collect()
+    };
+    for observer in live {
+        observer.groups_changed();
+    }
+}
+
+impl GroupObserver for super::Broker {
+    fn groups_changed(self: Arc<Self>) {
+        self.handlers_changed();
     }
 }
 

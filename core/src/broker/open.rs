@@ -86,14 +86,7 @@ impl Broker {
             shared.start_platform();
         }
         // Task-group handlers are process-wide: a change may serve runs that wait for a handler.
-        let weak = Arc::downgrade(&shared);
-        super::groups::observe(Arc::new(move || match weak.upgrade() {
-            Some(shared) => {
-                shared.handlers_changed();
-                true
-            }
-            None => false,
-        }));
+        super::groups::observe(Arc::downgrade(&shared) as _);
         if let Clock::Manual(clock) = &shared.clock {
             let weak = Arc::downgrade(&shared);
             clock.subscribe(Arc::new(move || {
