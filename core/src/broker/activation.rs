@@ -205,8 +205,8 @@ impl Broker {
                 .get(&task_id)
                 .cloned()
                 .unwrap_or_default();
-            let registration = crate::registration::Registration::new(
-                crate::system::Home::Broker(Arc::clone(self)),
+            let registration = super::registration::Registration::new(
+                Arc::clone(self) as Arc<dyn super::backend::Backend>,
                 record,
             );
             st.notes

@@ -12,7 +12,6 @@ use crate::model::{
     TaskTrigger,
 };
 use crate::platform::Heard;
-use crate::registration::Registration;
 use crate::registry::EventKey;
 use crate::store::ScheduleChange;
 
@@ -310,15 +309,8 @@ impl Broker {
             if pending.persisted {
                 changes.push(ScheduleChange::Pending(task_id, None));
             }
-            let instance = Instance::new(
-                Registration::new(
-                    crate::system::Home::Broker(Arc::clone(self)),
-                    record.clone(),
-                ),
-                pending.details,
-                now,
-                pending.attempt,
-            );
+            let instance =
+                Instance::new(self, record.clone(), pending.details, now, pending.attempt);
             log::info!(
                 target: "btb",
                 "run {} of {:?} starts (attempt {}, {})",

@@ -187,7 +187,7 @@ impl Broker {
 /// `Err` says what was looked for. The resolver is called with no lock held.
 /// `use_resolver`: also ask the resolver (an import guess) for an entry point without a handler.
 pub(crate) fn resolve(
-    handlers: &std::sync::RwLock<crate::registry::Handlers>,
+    handlers: &std::sync::RwLock<super::Handlers>,
     record: &crate::model::TaskRecord,
     use_resolver: bool,
 ) -> std::result::Result<Handler, String> {
@@ -226,7 +226,7 @@ pub(crate) fn resolve(
                 return Ok(h);
             }
             // The group's own handlers, wherever they were added (objects bound by use).
-            if let Some(h) = group.as_deref().and_then(crate::groups::handler) {
+            if let Some(h) = group.as_deref().and_then(super::groups::handler) {
                 return Ok(Handler::Call(h));
             }
             if let Some(h) = handlers.activation.get(&None) {
