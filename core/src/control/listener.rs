@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use super::answer::Answerers;
 use super::routing::{Broadcast, locked};
 use super::server::Server;
 use super::socket::{connect_with_timeout, ensure_private_dir, socket_dir, socket_path};
@@ -17,12 +18,15 @@ use super::wire::{Reply, Request};
 use crate::protocol;
 use crate::{Error, Result};
 
-/// Serves one request (called on the listener's thread; a panic is answered as `INTERNAL`).
+/// Answers one request (called on one of the listener's answering threads, several at once; a
+/// panic is answered as `INTERNAL`).
 pub type Handler = Arc<dyn Fn(Request) -> Reply + Send + Sync>;
-/// Listens on one app's control socket and serves it on one thread until dropped.
+/// Listens on one app's control socket and serves it until dropped: one thread moves the bytes of
+/// every connection, a few others answer requests (`answer.rs`); `Drop` joins them all.
 ///
-/// The handler runs on the listener's thread, one request at a time: keep it short (hand work to
-/// the broker and return). It must not drop the listener.
+/// The handler runs on the answering threads, up to [`super::MAX_ANSWERERS`] requests at once, one at
+/// a time per connection: a slow answer delays only its own connection. It may drop the
+/// listener (its own thread is then not joined; it ends right after).
 pub struct ControlListener {
     path: PathBuf,
     app_id: String,
@@ -30,6 +34,8 @@ pub struct ControlListener {
     stop: Arc<OwnedFd>,
     broadcast: Arc<Broadcast>,
     thread: Option<JoinHandle<()>>,
+    /// The threads that answer requests, joined after the serving thread.
+    answerers: Arc<Answerers>,
     /// Device and inode of the socket file we bound, so `Drop` removes only our own file.
     socket_id: (u64, u64),
     /// Holds the exclusive `flock` on `<app_id>.sock.lock`; released (closed) last in `Drop`.
@@ -175,7 +181,7 @@ impl ControlListener {
         )
         .map(|wake| {
             Arc::new(Broadcast {
-                queue: std::sync::Mutex::new(Vec::new()),
+                queue: Default::default(),
                 wake,
                 subscribers: 0.into(),
                 offers: Default::default(),
@@ -188,6 +194,12 @@ impl ControlListener {
         })
         .map_err(|e| cleanup(Error::state(format!("cannot create an eventfd: {e}"))))?;
 
+        let answerers = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )
+        .map(|wake| Answerers::new(handler, app_id.to_owned(), wake))
+        .map_err(|e| cleanup(Error::state(format!("cannot create an eventfd: {e}"))))?;
         let thread = {
             let stop = Arc::clone(&stop);
             let hello = Reply::Hello {
@@ -196,7 +208,7 @@ impl ControlListener {
                 app_id: app_id.to_owned(),
                 store,
             };
-            let server = Server::new(listener, handler, app_id.to_owned(), hello, &broadcast);
+            let server = Server::new(listener, Arc::clone(&answerers), hello, &broadcast);
             std::thread::Builder::new()
                 .name("btb-control".to_owned())
                 .spawn(move || server.run(&stop))
@@ -214,6 +226,7 @@ impl ControlListener {
             stop,
             broadcast,
             thread: Some(thread),
+            answerers,
             socket_id,
             _lock: lock,
         })
@@ -241,6 +254,7 @@ impl Drop for ControlListener {
                 let _ = thread.join();
             }
         }
+        self.answerers.stop();
         // Remove the socket file only if it is still the one we bound, while still holding the lock.
         if let Ok(meta) = fs::symlink_metadata(&self.path)
             && (meta.dev(), meta.ino()) == self.socket_id

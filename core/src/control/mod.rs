@@ -8,9 +8,11 @@
 //! then any number of requests, one reply each. A request of a type this build does not know is
 //! answered `UNSUPPORTED`, one it cannot read `INVALID_ARGUMENT`; the connection stays up.
 //!
-//! One thread serves every connection with `poll`: a slow, silent or half-closed peer holds only
-//! its own connection, which is closed after [`IDLE_TIMEOUT`] without a complete request. No
-//! timer runs while no connection is open.
+//! One thread serves every connection with `poll` and only moves bytes; requests that call the
+//! broker are answered on a few answering threads, so a slow request, or a slow, silent or
+//! half-closed peer, holds only its own connection, which is closed after [`IDLE_TIMEOUT`]
+//! without a complete request. No timer runs while no connection is open. Every buffer is
+//! bounded (`docs/limits.md`).
 //!
 //! Security: the directory is `0700` and must be ours, the socket `0600`; on top of that the broker
 //! checks each peer's uid (`SO_PEERCRED`) and answers "not your broker" to anyone else, and the
@@ -26,6 +28,7 @@
 
 use std::time::Duration;
 
+mod answer;
 mod client;
 mod listener;
 pub mod routing;
@@ -33,9 +36,11 @@ mod server;
 pub mod socket;
 pub mod wire;
 
+pub use answer::MAX_ANSWERERS;
 pub use client::{Client, Failure, Subscription, signal_event};
 pub use listener::{ControlListener, Handler};
-pub use routing::{Attached, Broadcast, Picked, Start};
+pub use routing::{Attached, Broadcast, MAX_BROADCAST_QUEUED, Picked, Start};
+pub use server::{MAX_FEED_BACKLOG, MAX_OUTPUT_TOTAL, MAX_PENDING_OUTPUT};
 pub use socket::socket_path;
 pub(crate) use wire::check_name;
 pub use wire::{Filter, MAX_NAME, Offer, Reply, Request};

@@ -12,8 +12,9 @@ use crate::protocol::{self, Decoder};
 /// Notices for subscribed connections ([`Request::Subscribe`]), sent from any thread; what the
 /// subscribed clients offer to run; and the runs waiting for a client to attach.
 pub struct Broadcast {
-    /// Frames for every subscriber (`None`) or for one connection.
-    pub(super) queue: std::sync::Mutex<Vec<(Option<u64>, Vec<u8>)>>,
+    /// Frames for every subscriber (`None`) or for one connection, and their size in bytes
+    /// (at most [`MAX_BROADCAST_QUEUED`] of notices for every subscriber).
+    pub(super) queue: std::sync::Mutex<(Vec<(Option<u64>, Vec<u8>)>, usize)>,
     /// Wakes the serving thread to hand the queue out.
     pub(super) wake: OwnedFd,
     pub(super) subscribers: std::sync::atomic::AtomicUsize,
@@ -23,16 +24,28 @@ pub struct Broadcast {
     /// (By the connection it was handed to: dropping the sender tells the waiting worker that
     /// the client went away.)
     pub(super) attaching: std::sync::Mutex<std::collections::HashMap<Uuid, (u64, Attached)>>,
-    /// By client pid: connections waiting for a run ([`Request::Ready`]).
-    pub(super) ready: std::sync::Mutex<std::collections::HashMap<u32, Vec<(UnixStream, Decoder)>>>,
-    /// Called (on the serving thread, no lock held) when a client offers what it can run: runs
+    /// By client pid: connections waiting for a run ([`Request::Ready`]), each with the id of
+    /// the serving thread's connection that watches it for its end (0: given back, not watched
+    /// yet). The serving thread drops its watch when the entry goes, and the entry when its
+    /// peer hangs up.
+    pub(super) ready: std::sync::Mutex<std::collections::HashMap<u32, Vec<ReadyConn>>>,
+    /// Called (on an answering thread, no lock held) when a client offers what it can run: runs
     /// that wait for a handler are tried again.
-    pub(super) on_offer: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+    pub(super) on_offer: std::sync::OnceLock<std::sync::Arc<dyn Fn() + Send + Sync>>,
     /// By client pid: how it took the runs handed to it (which client the next run goes to).
     pub(super) health: std::sync::Mutex<std::collections::HashMap<u32, Health>>,
     /// Counts runs handed to clients (round robin: the client handed one least recently first).
     pub(super) hands: std::sync::atomic::AtomicU64,
 }
+
+/// Notices waiting for the serving thread, in bytes: past this, notices for every subscriber are
+/// dropped (with a warning). The serving thread moves the queue out on every wake-up and never
+/// blocks, so only a burst between two wake-ups fills it.
+pub const MAX_BROADCAST_QUEUED: usize = 8 << 20;
+
+/// A connection kept ready for a run: the id of its watch, the stream, and what it sent after
+/// `Ready`.
+pub(super) type ReadyConn = (u64, UnixStream, Decoder);
 
 /// How a client process took the runs handed to it.
 #[derive(Default, Clone, Copy)]
@@ -80,7 +93,7 @@ pub(super) fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T>
 impl Broadcast {
     /// Sets what is called when a client offers what it can run (once).
     pub fn set_on_offer(&self, f: Box<dyn Fn() + Send + Sync>) {
-        let _ = self.on_offer.set(f);
+        let _ = self.on_offer.set(std::sync::Arc::from(f));
     }
 
     /// Queues `notice` for every subscriber (nothing, and no wake-up, while there is none).
@@ -88,8 +101,18 @@ impl Broadcast {
         if self.subscribers.load(std::sync::atomic::Ordering::Acquire) == 0 {
             return;
         }
-        locked(&self.queue).push((None, protocol::encode(notice)));
-        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+        let frame = protocol::encode(notice);
+        {
+            let mut queue = locked(&self.queue);
+            if queue.1 + frame.len() > MAX_BROADCAST_QUEUED {
+                drop(queue);
+                log::warn!(target: "btb", "control socket: {MAX_BROADCAST_QUEUED} bytes of notices wait for the serving thread: a notice is dropped");
+                return;
+            }
+            queue.1 += frame.len();
+            queue.0.push((None, frame));
+        }
+        self.wake();
     }
 
     /// The subscribed client that can run a task best, at least as well as `fit` (see
@@ -173,14 +196,24 @@ impl Broadcast {
     ) -> std::sync::mpsc::Receiver<(UnixStream, Decoder)> {
         let (tx, rx) = std::sync::mpsc::channel();
         locked(&self.attaching).insert(instance_id, (conn, tx));
-        locked(&self.queue).push((Some(conn), protocol::encode(run)));
-        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
+        // Not counted against the bound: one per run being handed, which workers bound.
+        locked(&self.queue)
+            .0
+            .push((Some(conn), protocol::encode(run)));
+        self.wake();
         rx
     }
 
     /// A connection that client process `pid` keeps ready for a run, if it has one.
     pub fn take_ready(&self, pid: u32) -> Option<(UnixStream, Decoder)> {
-        locked(&self.ready).get_mut(&pid)?.pop()
+        let (_, stream, decoder) = locked(&self.ready).get_mut(&pid)?.pop()?;
+        self.wake(); // the serving thread drops its watch
+        Some((stream, decoder))
+    }
+
+    /// Wakes the serving thread.
+    fn wake(&self) {
+        let _ = rustix::io::write(&self.wake, &1u64.to_ne_bytes());
     }
 
     /// Takes back a ready connection whose run finished, for the next run — if its client
@@ -191,7 +224,9 @@ impl Broadcast {
             locked(&self.ready)
                 .entry(pid)
                 .or_default()
-                .push((stream, decoder));
+                .push((0, stream, decoder));
+            drop(offers);
+            self.wake(); // the serving thread watches it again
         }
     }
 
