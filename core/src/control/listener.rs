@@ -182,6 +182,7 @@ impl ControlListener {
         .map(|wake| {
             Arc::new(Broadcast {
                 queue: Default::default(),
+                drained: Default::default(),
                 wake,
                 subscribers: 0.into(),
                 offers: Default::default(),

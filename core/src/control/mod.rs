@@ -39,7 +39,7 @@ pub mod wire;
 pub use answer::MAX_ANSWERERS;
 pub use client::{Client, Failure, Subscription, signal_event};
 pub use listener::{ControlListener, Handler};
-pub use routing::{Attached, Broadcast, MAX_BROADCAST_QUEUED, Picked, Start};
+pub use routing::{Attached, Broadcast, MAX_BROADCAST_QUEUED, MAX_BROADCAST_WAIT, Picked, Start};
 pub use server::{MAX_FEED_BACKLOG, MAX_OUTPUT_TOTAL, MAX_PENDING_OUTPUT};
 pub use socket::socket_path;
 pub(crate) use wire::check_name;

@@ -15,6 +15,8 @@ pub struct Broadcast {
     /// Frames for every subscriber (`None`) or for one connection, and their size in bytes
     /// (at most [`MAX_BROADCAST_QUEUED`] of notices for every subscriber).
     pub(super) queue: std::sync::Mutex<(Vec<(Option<u64>, Vec<u8>)>, usize)>,
+    /// Signalled when the serving thread took the queue.
+    pub(super) drained: std::sync::Condvar,
     /// Wakes the serving thread to hand the queue out.
     pub(super) wake: OwnedFd,
     pub(super) subscribers: std::sync::atomic::AtomicUsize,
@@ -38,10 +40,13 @@ pub struct Broadcast {
     pub(super) hands: std::sync::atomic::AtomicU64,
 }
 
-/// Notices waiting for the serving thread, in bytes: past this, notices for every subscriber are
-/// dropped (with a warning). The serving thread moves the queue out on every wake-up and never
-/// blocks, so only a burst between two wake-ups fills it.
+/// Notices waiting for the serving thread, in bytes: past this, [`Broadcast::send`] waits for the
+/// serving thread to take them (it takes the whole queue on every wake-up and never blocks, so
+/// only a burst between two wake-ups fills it) — at most [`MAX_BROADCAST_WAIT`], after which the
+/// notice is dropped with a warning.
 pub const MAX_BROADCAST_QUEUED: usize = 8 << 20;
+/// How long [`Broadcast::send`] waits for room in a full queue.
+pub const MAX_BROADCAST_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A connection kept ready for a run: the id of its watch, the stream, and what it sent after
 /// `Ready`.
@@ -96,22 +101,32 @@ impl Broadcast {
         let _ = self.on_offer.set(std::sync::Arc::from(f));
     }
 
-    /// Queues `notice` for every subscriber (nothing, and no wake-up, while there is none).
+    /// Queues `notice` for every subscriber (nothing, and no wake-up, while there is none); waits
+    /// while [`MAX_BROADCAST_QUEUED`] bytes of notices are queued already (call it with no lock held).
     pub fn send(&self, notice: &Reply) {
         if self.subscribers.load(std::sync::atomic::Ordering::Acquire) == 0 {
             return;
         }
         let frame = protocol::encode(notice);
-        {
-            let mut queue = locked(&self.queue);
-            if queue.1 + frame.len() > MAX_BROADCAST_QUEUED {
+        let mut queue = locked(&self.queue);
+        let give_up = std::time::Instant::now() + MAX_BROADCAST_WAIT;
+        while queue.1 > 0 && queue.1 + frame.len() > MAX_BROADCAST_QUEUED {
+            // The serving thread takes the whole queue on its next wake-up (already signalled).
+            let left = give_up.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
                 drop(queue);
-                log::warn!(target: "btb", "control socket: {MAX_BROADCAST_QUEUED} bytes of notices wait for the serving thread: a notice is dropped");
+                log::warn!(target: "btb", "control socket: {MAX_BROADCAST_QUEUED} bytes of notices have waited {} s for the serving thread: a notice is dropped", MAX_BROADCAST_WAIT.as_secs());
                 return;
             }
-            queue.1 += frame.len();
-            queue.0.push((None, frame));
+            queue = self
+                .drained
+                .wait_timeout(queue, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
+        queue.1 += frame.len();
+        queue.0.push((None, frame));
+        drop(queue);
         self.wake();
     }
 

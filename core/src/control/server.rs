@@ -50,9 +50,11 @@ struct Conn {
     pid: u32,
     /// Attached to this run ([`Request::Attach`]): handed over to the broker.
     attach: Option<Uuid>,
-    /// Waiting for a run ([`Request::Ready`]): a clone waits in [`Broadcast`]; this copy only
-    /// watches for the peer's end (and counts against the connection cap).
+    /// Waiting for a run ([`Request::Ready`]): once `pooled`, a clone waits in [`Broadcast`] and
+    /// this copy only watches for the peer's end (and counts against the connection cap).
     ready: bool,
+    /// Its clone is in [`Broadcast`]'s pool of ready connections.
+    pooled: bool,
     /// A request of it is with the answerers: nothing more is read until its answer is written.
     busy: bool,
     /// The peer went away, or the watched ready connection was taken: drop without writing.
@@ -81,6 +83,7 @@ impl Conn {
             pid,
             attach: None,
             ready: false,
+            pooled: false,
             busy: false,
             gone: false,
             stream,
@@ -221,7 +224,7 @@ impl Server {
             }
             for (i, flags) in ready.iter().enumerate() {
                 let c = &mut self.conns[i];
-                if flags.intersects(PollFlags::HUP | PollFlags::ERR) && (c.busy || c.ready) {
+                if flags.intersects(PollFlags::HUP | PollFlags::ERR) && (c.busy || c.pooled) {
                     // Its answer (or run) has no one to go to.
                     c.gone = true;
                 } else if flags.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR) {
@@ -382,18 +385,10 @@ impl Server {
             return None;
         }
         if conn.greeted && !conn.subscribed && request == Request::Ready {
+            // Pooled once its replies are written (`flush_and_reap`): a run started on it must
+            // not be interleaved with them.
             conn.ready = true;
             conn.deadline = None;
-            if let Ok(stream) = conn.stream.try_clone() {
-                let rest = std::mem::take(&mut conn.decoder);
-                locked(&self.broadcast.ready)
-                    .entry(conn.pid)
-                    .or_default()
-                    .push((conn.id, stream, rest));
-                self.broadcast.alive(conn.pid);
-            } else {
-                conn.gone = true;
-            }
             return None;
         }
         if !conn.greeted {
@@ -481,7 +476,11 @@ impl Server {
             }
             let conn = &mut self.conns[i];
             conn.busy = false;
-            conn.out.extend_from_slice(&bytes);
+            if conn.out.is_empty() {
+                conn.out = bytes; // no copy of a big reply
+            } else {
+                conn.out.extend_from_slice(&bytes);
+            }
             conn.deadline = (!conn.keep_alive).then(|| Instant::now() + IDLE_TIMEOUT);
             if !conn.gone {
                 self.pump(i);
@@ -495,6 +494,7 @@ impl Server {
         let mut count = [0u8; 8];
         let _ = rustix::io::read(&self.broadcast.wake, &mut count);
         let (frames, _) = std::mem::take(&mut *locked(&self.broadcast.queue));
+        self.broadcast.drained.notify_all();
         for (to, bytes) in frames {
             let mut reached = false;
             for c in self
@@ -526,7 +526,7 @@ impl Server {
         let hung_up: Vec<u64> = self
             .conns
             .iter()
-            .filter(|c| c.ready && c.gone)
+            .filter(|c| c.pooled && c.gone)
             .map(|c| c.id)
             .collect();
         let mut ready = locked(&self.broadcast.ready);
@@ -548,13 +548,14 @@ impl Server {
                     let mut conn = Conn::new(*id, *pid, watch, None);
                     conn.greeted = true;
                     conn.ready = true;
+                    conn.pooled = true;
                     self.conns.push(conn);
                 }
                 pooled.insert(*id);
             }
         }
         drop(ready);
-        for c in self.conns.iter_mut().filter(|c| c.ready) {
+        for c in self.conns.iter_mut().filter(|c| c.pooled) {
             if !pooled.contains(&c.id) {
                 c.gone = true;
             }
@@ -583,8 +584,26 @@ impl Server {
         let before = self.conns.len();
         let mut attached = Vec::new();
         let mut unsubscribed = false;
+        let mut unpooled = Vec::new();
         self.conns.retain_mut(|c| {
             let mut keep = Self::flush_one(c, now);
+            if keep && c.ready && !c.pooled && c.out.is_empty() {
+                match c.stream.try_clone() {
+                    Ok(stream) => {
+                        let rest = std::mem::take(&mut c.decoder);
+                        locked(&broadcast.ready)
+                            .entry(c.pid)
+                            .or_default()
+                            .push((c.id, stream, rest));
+                        broadcast.alive(c.pid);
+                        c.pooled = true;
+                    }
+                    Err(_) => keep = false,
+                }
+            }
+            if !keep && c.pooled {
+                unpooled.push(c.id);
+            }
             if keep
                 && c.out.is_empty()
                 && let Some(instance_id) = c.attach
@@ -605,10 +624,17 @@ impl Server {
                 let _ = tx.send((stream, rest));
             } // else no run waits for it (given up, or never handed): the client sees the end
         }
+        if !unpooled.is_empty() {
+            let mut ready = locked(&broadcast.ready);
+            for conns in ready.values_mut() {
+                conns.retain(|(id, _, _)| !unpooled.contains(id));
+            }
+            ready.retain(|_, conns| !conns.is_empty());
+        }
         if unsubscribed {
             // Its ready connections left the pool with its offers: drop their watches too.
             self.watch_ready();
-            self.conns.retain(|c| !(c.ready && c.gone));
+            self.conns.retain(|c| !(c.pooled && c.gone));
         }
         if self.conns.len() < before {
             self.accept_paused = None; // a descriptor was freed
@@ -638,7 +664,7 @@ impl Server {
             let _ = c.stream.shutdown(std::net::Shutdown::Write);
             return false;
         }
-        if c.busy || c.ready {
+        if c.busy || c.pooled {
             return true; // no deadline: its answer (or its run) is on the way
         }
         if (c.subscribed || c.keep_alive) && c.out.is_empty() && !c.closing {
