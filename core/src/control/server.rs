@@ -646,10 +646,12 @@ impl Server {
             // Dropped without a shutdown: a ready connection's socket lives on in its clone.
             return false;
         }
+        let mut wrote = false;
         while !c.out.is_empty() {
             match (&c.stream).write(&c.out) {
                 Ok(n) => {
                     c.out.drain(..n);
+                    wrote |= n > 0;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -670,8 +672,10 @@ impl Server {
         if (c.subscribed || c.keep_alive) && c.out.is_empty() && !c.closing {
             c.deadline = None; // up to date: a feed or a kept connection may stay quiet for ever
         }
-        if !c.out.is_empty() && c.deadline.is_none() {
-            c.deadline = Some(now + IDLE_TIMEOUT); // a peer that does not read is dropped
+        if !c.out.is_empty() && (wrote || c.deadline.is_none()) {
+            // A peer that reads nothing of its output for that long is dropped; one that reads a
+            // big reply slowly is not.
+            c.deadline = Some(now + IDLE_TIMEOUT);
         }
         if c.deadline.is_some_and(|d| d <= now) {
             if c.closing || c.subscribed || !c.out.is_empty() {
