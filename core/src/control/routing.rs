@@ -14,7 +14,7 @@ use crate::protocol::{self, Decoder};
 pub struct Broadcast {
     /// Frames for every subscriber (`None`) or for one connection, and their size in bytes
     /// (at most [`MAX_BROADCAST_QUEUED`] of notices for every subscriber).
-    pub(super) queue: std::sync::Mutex<(Vec<(Option<u64>, Vec<u8>)>, usize)>,
+    pub(super) queue: std::sync::Mutex<Notices>,
     /// Signalled when the serving thread took the queue.
     pub(super) drained: std::sync::Condvar,
     /// Wakes the serving thread to hand the queue out.
@@ -47,6 +47,14 @@ pub struct Broadcast {
 pub const MAX_BROADCAST_QUEUED: usize = 8 << 20;
 /// How long [`Broadcast::send`] waits for room in a full queue.
 pub const MAX_BROADCAST_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Frames for every subscriber (`None`) or for one connection, and the bytes of those for every
+/// subscriber.
+#[derive(Default)]
+pub(super) struct Notices {
+    pub(super) frames: Vec<(Option<u64>, Vec<u8>)>,
+    pub(super) bytes: usize,
+}
 
 /// A connection kept ready for a run: the id of its watch, the stream, and what it sent after
 /// `Ready`.
@@ -110,7 +118,7 @@ impl Broadcast {
         let frame = protocol::encode(notice);
         let mut queue = locked(&self.queue);
         let give_up = std::time::Instant::now() + MAX_BROADCAST_WAIT;
-        while queue.1 > 0 && queue.1 + frame.len() > MAX_BROADCAST_QUEUED {
+        while queue.bytes > 0 && queue.bytes + frame.len() > MAX_BROADCAST_QUEUED {
             // The serving thread takes the whole queue on its next wake-up (already signalled).
             let left = give_up.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
@@ -124,8 +132,8 @@ impl Broadcast {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-        queue.1 += frame.len();
-        queue.0.push((None, frame));
+        queue.bytes += frame.len();
+        queue.frames.push((None, frame));
         drop(queue);
         self.wake();
     }
@@ -213,7 +221,7 @@ impl Broadcast {
         locked(&self.attaching).insert(instance_id, (conn, tx));
         // Not counted against the bound: one per run being handed, which workers bound.
         locked(&self.queue)
-            .0
+            .frames
             .push((Some(conn), protocol::encode(run)));
         self.wake();
         rx

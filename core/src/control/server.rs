@@ -493,7 +493,7 @@ impl Server {
     fn hand_out_notices(&mut self, now: Instant) {
         let mut count = [0u8; 8];
         let _ = rustix::io::read(&self.broadcast.wake, &mut count);
-        let (frames, _) = std::mem::take(&mut *locked(&self.broadcast.queue));
+        let frames = std::mem::take(&mut *locked(&self.broadcast.queue)).frames;
         self.broadcast.drained.notify_all();
         for (to, bytes) in frames {
             let mut reached = false;
