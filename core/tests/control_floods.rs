@@ -518,3 +518,69 @@ fn at_the_descriptor_limit_accept_does_not_spin() {
     drop(child.stdin.take());
     assert!(child.wait().unwrap().success());
 }
+
+/// This process's threads whose name starts with `prefix` (the test harness starts threads of
+/// its own meanwhile, so the total would not do).
+fn threads_named(prefix: &str) -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter(|t| {
+            let comm = t.as_ref().unwrap().path().join("comm");
+            std::fs::read_to_string(comm).is_ok_and(|c| c.trim().starts_with(prefix))
+        })
+        .count()
+}
+
+#[test]
+fn dropping_the_listener_joins_its_answering_threads() {
+    const APP: &str = "org.example.floods.join";
+    let _env = RuntimeDir::new();
+    assert_eq!(
+        threads_named("btb-"),
+        0,
+        "a listener of another test is running"
+    );
+    let (entered_tx, entered) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel();
+    let listener = ControlListener::bind(APP, handler(entered_tx, release_rx, 10)).unwrap();
+    // Every answerer busy at once: one slow request each, plus one waiting in line.
+    let slow: Vec<_> = (0..btb_core::control::MAX_ANSWERERS + 1)
+        .map(|_| {
+            std::thread::spawn(|| {
+                let mut client = Client::connect(APP).unwrap();
+                client.call(&Request::Signal {
+                    name: "slow".into(),
+                })
+            })
+        })
+        .collect();
+    for _ in 0..btb_core::control::MAX_ANSWERERS {
+        entered
+            .recv_timeout(DEADLINE)
+            .expect("a slow request reached an answerer");
+    }
+    // Exactly that many answering threads, all held: the last request waits in line.
+    assert_eq!(
+        threads_named("btb-answer"),
+        btb_core::control::MAX_ANSWERERS
+    );
+    assert!(
+        entered.try_recv().is_err(),
+        "a fifth request answered at once"
+    );
+    // The one in line gets an answerer once one is free.
+    for _ in 0..=btb_core::control::MAX_ANSWERERS {
+        release.send(()).unwrap();
+    }
+    for s in slow {
+        assert_eq!(s.join().unwrap().unwrap(), Reply::Fired { count: 1 });
+    }
+    assert!(serves(APP));
+    drop(listener);
+    // Joined: the kernel may list a joined thread a moment longer.
+    assert!(
+        wait_until(DEADLINE, || threads_named("btb-") == 0),
+        "{} btb threads after the listener was dropped",
+        threads_named("btb-")
+    );
+}

@@ -249,12 +249,12 @@ impl Drop for ControlListener {
         let _ = rustix::io::write(&*self.stop, &1u64.to_ne_bytes());
         // Clients waiting on a ready connection hear the end.
         drop(std::mem::take(&mut *locked(&self.broadcast.ready)));
+        // The serving thread calls no broker or app code, so it never drops us itself.
         if let Some(thread) = self.thread.take() {
-            // Joining from the listener thread itself (the callback dropped us) would deadlock.
-            if thread.thread().id() != std::thread::current().id() {
-                let _ = thread.join();
-            }
+            let _ = thread.join();
         }
+        // An answerer may drop us (its answer held the last reference to the broker): it is
+        // not joined by itself, and ends right after.
         self.answerers.stop();
         // Remove the socket file only if it is still the one we bound, while still holding the lock.
         if let Ok(meta) = fs::symlink_metadata(&self.path)
