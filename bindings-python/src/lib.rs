@@ -39,13 +39,13 @@ mod _btb {
     use crate::retry::RetryPolicy;
     #[pymodule_export]
     use crate::runtime::{
-        _wait_python_idle, BackgroundTaskCompletedEventArgs, BackgroundTaskDeferral,
-        BackgroundTaskInstance, BackgroundTaskProgressEventArgs, RunRecord,
+        _wait_python_idle, BackgroundActivatedEventArgs, BackgroundTaskCompletedEventArgs,
+        BackgroundTaskDeferral, BackgroundTaskInstance, BackgroundTaskProgressEventArgs, RunRecord,
     };
     #[pymodule_export]
     use crate::system::{
-        BackgroundTaskRegistration, BackgroundTaskRegistrationGroup, System, py_default_system,
-        set_default_system, signal_event,
+        _interrupted, BackgroundTaskRegistration, BackgroundTaskRegistrationGroup, System,
+        py_default_system, set_default_system, signal_event,
     };
     #[pymodule_export]
     use crate::trigger::{

@@ -102,7 +102,7 @@ def test_handler_cycles_are_collected(tmp_path: Path) -> None:
     listed = system.all_task_groups["lib"]
     # Group handlers are process-wide (a group's handlers apply in every system): one that refers
     # to the system keeps it alive until it is removed, as an atexit function would.
-    token = listed.add_background_activated(lambda instance: (listed, builder, registration))
+    token = listed.add_background_activated(lambda group, args: (listed, builder, registration))
     listed.remove_background_activated(token)
     ref = weakref.ref(system)
     del system, group, builder, registration, listed
@@ -166,7 +166,7 @@ def test_dropping_a_handler_may_call_back_into_btb(tmp_path: Path) -> None:
         calls: list[int] = []
 
         class Handler:
-            def __call__(self, instance: object) -> None:
+            def __call__(self, *args: object) -> None:
                 pass
 
             def __del__(self) -> None:
