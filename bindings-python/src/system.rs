@@ -289,23 +289,20 @@ impl System {
         Ok(Some(own))
     }
 
-    /// The app's loop this system is bound to (`async with`), if that is the loop running on the
-    /// calling thread: a blocking wait there would stop the coroutines it waits for.
-    fn on_bound_loop(&self, py: Python<'_>) -> PyResult<bool> {
-        let bound = match &*lock(py, &self.event_loop) {
+    /// Whether the calling thread runs this system's event loop (the app's, bound by `async
+    /// with`, or btb's own, in one of its coroutines): a blocking wait there would stop the
+    /// coroutines it waits for.
+    fn on_own_event_loop(&self, py: Python<'_>) -> PyResult<bool> {
+        let event_loop = match &*lock(py, &self.event_loop) {
             EventLoop::Set(l) => l.clone_ref(py),
             _ => return Ok(false),
         };
-        let bound = bound.bind(py);
-        if !bound.is_instance(&crate::runtime::aio(py)?.getattr("AppLoop")?)? {
-            return Ok(false);
-        }
         let running = py.import("asyncio")?.call_method0("_get_running_loop")?;
-        Ok(running.is(&bound.getattr("loop")?))
+        Ok(running.is(&event_loop.bind(py).getattr("loop")?))
     }
 
     fn refuse_on_bound_loop(&self, py: Python<'_>, what: &str) -> PyResult<()> {
-        if self.on_bound_loop(py)? {
+        if self.on_own_event_loop(py)? {
             return Err(crate::errors::raise(btb_core::Error::state(format!(
                 "{what} would block the event loop that runs this system's coroutines, and so \
                  wait for itself: use `await system.{what}_async(timeout)`"

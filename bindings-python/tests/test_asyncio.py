@@ -53,6 +53,8 @@ def test_coroutines_of_a_system_opened_without_a_loop_share_one_loop_btb_owns() 
 
     async def run(instance: btb.BackgroundTaskInstance) -> dict[str, int]:
         await asyncio.sleep(0)
+        with pytest.raises(btb.StateError, match="wait_idle_async"):
+            instance.task.system.wait_idle(0)  # it would wait for this very coroutine
         seen.append((asyncio.get_running_loop(), threading.current_thread().name))
         instance.progress = 5
         return {"n": len(seen)}
