@@ -218,7 +218,7 @@ def test_async_waits_check_their_timeout() -> None:
 # --- Ctrl-C, with a real process and real SIGINTs ---------------------------------------------------
 
 APP = """
-import asyncio, sys, time, btb
+import asyncio, sys, threading, time, btb
 
 STUBBORN = sys.argv[1]
 manifest = btb.Manifest(app_id="org.example.ctrlc", version="1",
@@ -237,25 +237,30 @@ async def async_run(instance):
         except asyncio.CancelledError:
             pass  # ignores its cancellation
 
-with btb.System(manifest, ":memory:", simulated=True,
-                policy=btb.Policy(grace_seconds=float(sys.argv[2]))) as system:
-    system.register_entry_point("app.Run", sync_run if STUBBORN == "sync" else async_run)
-    builder = btb.BackgroundTaskBuilder()
-    builder.name, builder.task_entry_point = "stubborn", "app.Run"
-    builder.set_trigger(btb.ApplicationTrigger())
-    builder.register(system).request()
-    system.wait_idle(3600)
+system = btb.System(manifest, ":memory:", simulated=True,
+                    policy=btb.Policy(grace_seconds=float(sys.argv[2])))
+system.register_entry_point("app.Run", sync_run if STUBBORN == "sync" else async_run)
+builder = btb.BackgroundTaskBuilder()
+builder.name, builder.task_entry_point = "stubborn", "app.Run"
+builder.set_trigger(btb.ApplicationTrigger())
+builder.register(system).request()
+if sys.argv[3] == "with":
+    with system:
+        system.wait_idle(3600)
+else:
+    # Ctrl-C lands in the app's own code; btb's exit hook closes the system.
+    threading.Event().wait()
 """
 
 
 class App:
     """The app above in a child process; its stdout and stderr lines are read as they come."""
 
-    def __init__(self, tmp_path: Path, kind: str, grace: float) -> None:
+    def __init__(self, tmp_path: Path, kind: str, grace: float, closed_by: str = "with") -> None:
         script = tmp_path / "app.py"
         script.write_text(textwrap.dedent(APP))
         self.process = subprocess.Popen(
-            [sys.executable, str(script), kind, str(grace)],
+            [sys.executable, str(script), kind, str(grace), closed_by],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -300,10 +305,12 @@ class App:
         self.process.send_signal(signal.SIGINT)
 
 
-@pytest.mark.parametrize("kind", ["sync", "async"])
-def test_ctrl_c_ends_an_app_whose_task_ignores_cancellation_after_one_grace(tmp_path: Path, kind: str) -> None:
+@pytest.mark.parametrize(("kind", "closed_by"), [("sync", "with"), ("async", "with"), ("sync", "exit hook")])
+def test_ctrl_c_ends_an_app_whose_task_ignores_cancellation_after_one_grace(
+    tmp_path: Path, kind: str, closed_by: str
+) -> None:
     grace = 3.0
-    app = App(tmp_path, kind, grace)
+    app = App(tmp_path, kind, grace, closed_by)
     app.expect("stdout", "started")
     app.interrupt()
     app.expect("stderr", "Ctrl-C again exits at once")

@@ -12,6 +12,7 @@ at a time, in order).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import math
 import threading
@@ -128,7 +129,7 @@ def _call(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, Any]) 
     while True:
         try:
             return future.result(_CHECK_LOOP)
-        except TimeoutError:
+        except concurrent.futures.TimeoutError:  # the builtin TimeoutError only from 3.11
             if not loop.is_running():
                 future.cancel()
                 raise RuntimeError(
