@@ -3,6 +3,7 @@
 //! package (`IntEnum`s, the exception classes, the default-system class attributes and the exit
 //! hook) live in `python/btb/`.
 
+mod aio;
 mod builder;
 mod convert;
 mod errors;

@@ -281,7 +281,7 @@ impl System {
             EventLoop::Closed => return Ok(None),
             EventLoop::Unset => {}
         }
-        let own = crate::runtime::aio(py)?
+        let own = crate::aio::aio(py)?
             .getattr("OwnLoop")?
             .call1((this.core().app_id(),))?
             .unbind();
@@ -359,7 +359,7 @@ impl System {
             }
         })?;
         if CTRL_C.load(Ordering::SeqCst) {
-            let left = crate::runtime::Going::of(core);
+            let left = crate::aio::Going::of(core);
             if !left.is_empty() {
                 let said = crate::runtime::warn(
                     py,
@@ -524,7 +524,7 @@ fn heard(py: Python<'_>, core: &btb_core::System, err: PyErr, interrupt: &mut Op
 
 /// After Ctrl-C: says which runs a close waits for, and for how long.
 fn announce_wait(py: Python<'_>, core: &btb_core::System) -> PyResult<()> {
-    let going = crate::runtime::Going::of(core);
+    let going = crate::aio::Going::of(core);
     if going.is_empty() {
         return Ok(());
     }
@@ -544,7 +544,7 @@ fn announce_wait(py: Python<'_>, core: &btb_core::System) -> PyResult<()> {
 /// by SIGINT, as an unhandled `KeyboardInterrupt` does (exit status 130 in a shell). What ran
 /// is found at the next open as runs with no end (SPEC §11).
 fn exit_at_once(py: Python<'_>, core: &btb_core::System) -> ! {
-    let going = crate::runtime::Going::of(core);
+    let going = crate::aio::Going::of(core);
     let what = if going.is_empty() {
         String::new()
     } else {
@@ -709,7 +709,7 @@ impl System {
     /// `StateError` if its coroutines already run on another loop.
     fn __aenter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
-        let aio = crate::runtime::aio(py)?;
+        let aio = crate::aio::aio(py)?;
         let running = py.import("asyncio")?.call_method0("get_running_loop")?;
         let mut event_loop = lock(py, &slf.get().event_loop);
         match &*event_loop {
@@ -745,7 +745,7 @@ impl System {
     /// `await system.aclose()`: `close` on the loop's default executor, so that the loop keeps
     /// running the coroutines that the close cancels and waits for.
     fn aclose<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        crate::runtime::aio(slf.py())?.call_method1("aclose", (slf,))
+        crate::aio::aio(slf.py())?.call_method1("aclose", (slf,))
     }
 
     #[getter]
@@ -994,7 +994,7 @@ impl System {
         timeout: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let wait = slf.getattr("wait_idle")?;
-        crate::runtime::aio(slf.py())?.call_method1("wait", (wait, "wait_idle", timeout))
+        crate::aio::aio(slf.py())?.call_method1("wait", (wait, "wait_idle", timeout))
     }
 
     /// `await system.serve_activation_async(timeout)`: `serve_activation` without blocking the
@@ -1004,7 +1004,7 @@ impl System {
         timeout: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let serve = slf.getattr("serve_activation")?;
-        crate::runtime::aio(slf.py())?.call_method1("wait", (serve, "serve_activation", timeout))
+        crate::aio::aio(slf.py())?.call_method1("wait", (serve, "serve_activation", timeout))
     }
 
     /// For an app the broker started for background work (`activate` in the manifest;
