@@ -193,3 +193,16 @@ def test_core_log_records_reach_the_btb_logger(
             pass
     messages = [r.getMessage() for r in caplog.records if r.name == "btb"]
     assert any("other processes (clients, btbctl, signal_event) will not reach this system" in m for m in messages), messages
+
+
+def test_import_btb_makes_btb_host_available() -> None:
+    """A fresh interpreter: `import btb` alone, then `btb.host` (the exec host's side)."""
+    result = subprocess.run(
+        [sys.executable, "-c", "import btb; print(callable(btb.host.connect))"],
+        capture_output=True,
+        text=True,
+        timeout=55,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True"]
