@@ -31,7 +31,7 @@ pub(crate) fn is_coroutine(value: &Bound<'_, PyAny>) -> PyResult<bool> {
         .is_truthy()
 }
 
-/// Runs a handler's coroutine to its end on the system's event loop (SPEC §9, asyncio), from the
+/// Runs a handler's coroutine to its end on the system's event loop (SPEC §9.1), from the
 /// btb thread that calls handlers, which waits for it: handlers stay one at a time, in order.
 /// Returns what the coroutine returned, or raises what it raised.
 pub(crate) fn await_handler<'py>(
@@ -54,7 +54,7 @@ pub(crate) fn aio(py: Python<'_>) -> PyResult<Bound<'_, PyModule>> {
 
 /// An `async def` run: its coroutine runs as a task on the system's event loop, and a deferral
 /// keeps the run going until it ends — no worker waits for it. Cancellation reaches it as
-/// `CancelledError` once the canceled handlers have run (`BackgroundTaskInstance::canceled`).
+/// `CancelledError` once the canceled handlers have run (`BackgroundTaskInstance::on_canceled`).
 pub(crate) fn start_coroutine(
     system: &Bound<'_, System>,
     python_instance: &Bound<'_, BackgroundTaskInstance>,

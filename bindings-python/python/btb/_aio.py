@@ -1,4 +1,4 @@
-"""Where btb runs coroutines (SPEC §9, asyncio).
+"""Where btb runs coroutines (SPEC §9.1).
 
 An ``async def`` run function or handler runs on the event loop of its system: the app's own
 loop when the system was opened with ``async with btb.System(...)`` (:class:`AppLoop`), else the
