@@ -81,18 +81,20 @@ pub(crate) fn start_coroutine(
             return fail(py, instance, &err);
         }
     };
-    let deferral = match py.detach(|| instance.get_deferral()).or_raise() {
-        Ok(deferral) => deferral,
-        Err(err) => {
-            close_coroutine(&coroutine);
-            return fail(py, instance, &err);
-        }
-    };
-    let run = AsyncRun {
-        instance: python_instance.clone().unbind(),
-        end: Mutex::new(Some((deferral, going))),
-    };
-    let run = match Py::new(py, run) {
+    let made = Py::new(
+        py,
+        AsyncRun {
+            instance: python_instance.clone().unbind(),
+            end: Mutex::new(None),
+        },
+    );
+    // The deferral is taken once nothing can fail before `end` is set to complete it.
+    let run = made.and_then(|run| {
+        let deferral = py.detach(|| instance.get_deferral()).or_raise()?;
+        *lock(py, &run.get().end) = Some((deferral, going));
+        Ok(run)
+    });
+    let run = match run {
         Ok(run) => run,
         Err(err) => {
             close_coroutine(&coroutine);
