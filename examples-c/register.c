@@ -45,13 +45,13 @@ static void list_tasks(btb_system *system) {
         btb_registration *r = NULL;
         btb_trigger *t = NULL;
         btb_uuid id;
-        char *id_text = NULL;
+        char id_text[BTB_UUID_STRING_SIZE];
         const char *name = NULL, *entry_point = NULL;
         uint32_t kind = 0;
         size_t n_conditions = 0;
         TRY(btb_registration_list_get(list, i, &r));
         TRY(btb_registration_task_id(r, &id));
-        TRY(btb_uuid_to_string(&id, &id_text));
+        TRY(btb_uuid_to_string(&id, id_text, sizeof id_text));
         TRY(btb_registration_name(r, &name));
         TRY(btb_registration_task_entry_point(r, &entry_point));
         TRY(btb_registration_trigger(r, &t));
@@ -60,7 +60,6 @@ static void list_tasks(btb_system *system) {
         static const char *const kinds[] = {"time", "maintenance", "system", "application", "custom event", "calendar"};
         printf("  %s  %-10s entry point %-12s %s trigger, %zu condition(s)\n", id_text, name, entry_point,
                kinds[kind], n_conditions);
-        TRY(btb_string_free(id_text));
         TRY(btb_trigger_free(t));
         TRY(btb_registration_free(r));
     }

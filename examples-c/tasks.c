@@ -35,11 +35,10 @@ static void format_time(int64_t ms, char *buf, size_t len) {
 }
 
 static void short_id(const btb_uuid *id, char out[9]) {
-    char *text = NULL;
-    TRY(btb_uuid_to_string(id, &text));
+    char text[BTB_UUID_STRING_SIZE];
+    TRY(btb_uuid_to_string(id, text, sizeof text));
     memcpy(out, text, 8);
     out[8] = '\0';
-    TRY(btb_string_free(text));
 }
 
 /* ---- the upload task: application trigger, progress, a deferral completed by another thread ---- */

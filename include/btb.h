@@ -8,8 +8,17 @@
  *    only on success. btb_last_error_message() gives the calling thread's last failure message.
  *  - Handles are opaque. Every *_new / *_open has a *_free / *_close; freeing NULL is a no-op; a freed,
  *    foreign or wrong-type handle (double free included) yields BTB_ERROR_INVALID_HANDLE.
- *  - Strings in are NUL-terminated UTF-8 and copied. Strings out are either borrowed (valid while the
- *    handle they came from lives) or owned (free with btb_string_free), as each function says.
+ *  - Strings in are NUL-terminated UTF-8 and copied.
+ *  - Strings out are always borrowed; btb never gives you a string to free. A `const char *` that a
+ *    function writes to `*out` stays valid until the object it came from changes (btb_get_name
+ *    until the next btb_set_name on that builder) or is freed; strings in a struct live as long as
+ *    what filled it (a btb_run's as its btb_run_list; a btb_completion's, and every string passed
+ *    to a callback, until the callback returns). Copy a string to keep it longer, and do not
+ *    change or free its object on another thread while you read it. The one string btb formats
+ *    for you, btb_uuid_to_string, goes into your buffer. (rustls-ffi and libgit2 lend strings the
+ *    same way.)
+ *  - Handles out (`**out`) are new: each is freed with its own *_free, also when it refers to an
+ *    object another handle refers to too. Handles passed to callbacks are borrowed for the call.
  *  - All functions are thread-safe. No function aborts the process on bad input; panics are caught
  *    and reported as BTB_ERROR_INTERNAL.
  *  - Handles of a system opened in one process fail with BTB_ERROR_STATE in a fork()ed child.
@@ -37,6 +46,12 @@
  * Patch version.
  */
 #define BTB_VERSION_PATCH 0
+
+/**
+ * The size of a uuid's text form with its terminating NUL (36 characters + 1): the capacity that
+ * `btb_uuid_to_string` needs.
+ */
+#define BTB_UUID_STRING_SIZE 37
 
 /**
  * The result of every fallible btb call. `BTB_OK` is 0; numbers are never reused.
@@ -611,11 +626,16 @@ typedef void (*btb_free_fn)(void *user_data);
 typedef void (*btb_log_fn)(uint32_t level, const char *target, const char *message, void *user_data);
 
 /**
- * A run function: runs one instance on a btb worker thread (never the caller's thread, never with
- * a btb lock held). `instance` is borrowed for the call. Report failure with
- * `btb_instance_report_failure`; take a deferral to finish later from another thread.
+ * A task group's background-activated handler, called as WinRT calls
+ * `BackgroundTaskRegistrationGroup.BackgroundActivated` (sender, args) and with the same shape as
+ * the completed and progress handlers: the group (the one the handler was added to), then the
+ * instance, both borrowed for the call (`btb_instance_clone` keeps the instance longer). It runs
+ * on a btb worker thread with no btb lock held; report failure with `btb_instance_report_failure`,
+ * take a deferral to finish later.
  */
-typedef void (*btb_run_fn)(btb_instance *instance, void *user_data);
+typedef void (*btb_group_activated_fn)(btb_task_group *group,
+                                       btb_instance *instance,
+                                       void *user_data);
 
 /**
  * How a run ended, as completed handlers see it. Borrowed for the duration of the callback.
@@ -738,6 +758,13 @@ typedef struct {
 } btb_run;
 
 /**
+ * A run function: runs one instance on a btb worker thread (never the caller's thread, never with
+ * a btb lock held). `instance` is borrowed for the call. Report failure with
+ * `btb_instance_report_failure`; take a deferral to finish later from another thread.
+ */
+typedef void (*btb_run_fn)(btb_instance *instance, void *user_data);
+
+/**
  * An entry of the pull queue.
  */
 typedef struct {
@@ -769,6 +796,10 @@ const char *btb_version(void);
  * Creates an empty builder: no name, no trigger, no conditions, name policy `BTB_NAME_POLICY_ALLOW`.
  * On success `*out` is a new builder the caller frees with `btb_free`.
  * Errors: `BTB_ERROR_NULL_ARGUMENT`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_new(btb_builder **out);
 
@@ -781,6 +812,10 @@ btb_status btb_free(btb_builder *builder);
 /**
  * Sets the task name (copied). Its length (1–256 bytes) is checked by `btb_register`.
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `name` is NULL or a NUL-terminated string, valid for the duration of the call.
  */
 btb_status btb_set_name(btb_builder *builder,
                         const char *name);
@@ -789,6 +824,10 @@ btb_status btb_set_name(btb_builder *builder,
  * Sets (copied) or, with NULL or `""`, clears the entry point: a name declared in the manifest.
  * Errors: `BTB_ERROR_NULL_ARGUMENT` (builder), `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`.
  * Thread-safe.
+ *
+ * # Safety
+ *
+ * `entry_point` is NULL or a NUL-terminated string, valid for the duration of the call.
  */
 btb_status btb_set_task_entry_point(btb_builder *builder,
                                     const char *entry_point);
@@ -839,20 +878,34 @@ btb_status btb_set_retry_policy(btb_builder *builder,
                                 const btb_retry_policy *policy);
 
 /**
- * Writes a copy of the name to `*out` (NULL when unset); the caller frees it with
- * `btb_string_free`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ * Writes the name to `*out` (NULL when unset), borrowed: valid until the builder's name changes
+ * or the builder is freed. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`.
+ * Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
-btb_status btb_get_name(const btb_builder *builder, char **out);
+btb_status btb_get_name(const btb_builder *builder, const char **out);
 
 /**
- * Writes a copy of the entry point to `*out` (NULL when unset); free it with `btb_string_free`.
- * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ * Writes the entry point to `*out` (NULL when unset), borrowed: valid until the builder's entry
+ * point changes or the builder is freed. Errors: `BTB_ERROR_NULL_ARGUMENT`,
+ * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
-btb_status btb_get_task_entry_point(const btb_builder *builder, char **out);
+btb_status btb_get_task_entry_point(const btb_builder *builder, const char **out);
 
 /**
  * Writes a new handle to the builder's task group to `*out` (NULL when unset); free it with
  * `btb_task_group_free`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_get_task_group(const btb_builder *builder,
                               btb_task_group **out);
@@ -860,18 +913,30 @@ btb_status btb_get_task_group(const btb_builder *builder,
 /**
  * Writes `cancel_on_condition_loss` to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
  * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_get_cancel_on_condition_loss(const btb_builder *builder, bool *out);
 
 /**
  * Writes `is_network_requested` to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
  * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_get_is_network_requested(const btb_builder *builder, bool *out);
 
 /**
  * Writes the name policy (`BTB_NAME_POLICY_*`) to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
  * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_get_name_policy(const btb_builder *builder, uint32_t *out);
 
@@ -879,6 +944,10 @@ btb_status btb_get_name_policy(const btb_builder *builder, uint32_t *out);
  * Writes a new handle to a copy of the trigger to `*out` (free with `btb_trigger_free`).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_NOT_FOUND` (no trigger
  * set). Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_get_trigger(const btb_builder *builder, btb_trigger **out);
 
@@ -886,6 +955,10 @@ btb_status btb_get_trigger(const btb_builder *builder, btb_trigger **out);
  * Writes a new handle to a copy of the retry policy to `*out` (free with `btb_retry_policy_free`;
  * changing it does not change the builder's). Errors: `BTB_ERROR_NULL_ARGUMENT`,
  * `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_NOT_FOUND` (no retry policy set). Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_get_retry_policy(const btb_builder *builder, btb_retry_policy **out);
 
@@ -894,6 +967,11 @@ btb_status btb_get_retry_policy(const btb_builder *builder, btb_retry_policy **o
  * and writes their total number to `*out_len` (call with `capacity` 0 to learn it).
  * `conditions` may be NULL when `capacity` is 0.
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `conditions` is NULL or points to `capacity` writable elements; `out_len` is NULL or points to
+ * writable storage for one result, each valid for the duration of the call.
  */
 btb_status btb_get_conditions(const btb_builder *builder,
                               uint32_t *conditions,
@@ -905,6 +983,10 @@ btb_status btb_get_conditions(const btb_builder *builder,
  * `BTB_MANIFEST` and `BTB_STORE`, or set with `btb_system_set_default`). Same contract as
  * `btb_register_in`; without a default system it fails with `BTB_ERROR_STATE` and a message that
  * says how to provide a manifest.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_register(const btb_builder *builder, btb_registration **out);
 
@@ -921,14 +1003,19 @@ btb_status btb_register(const btb_builder *builder, btb_registration **out);
  * bounds); `BTB_ERROR_CONFLICT` (contradictory conditions, name taken under
  * `BTB_NAME_POLICY_FAIL`); `BTB_ERROR_STORE`. Also `BTB_ERROR_STATE` (closed system, used after
  * fork). Thread-safe; blocks for the commit.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_register_in(btb_system *system, const btb_builder *builder, btb_registration **out);
 
 /**
  * The message of the calling thread's last failed btb call.
  *
- * Never NULL: an empty string when this thread has had no failure. The pointer stays valid until
- * this thread's next failing btb call. Thread-safe (per-thread storage).
+ * Never NULL: an empty string when this thread has had no failure. A request answered
+ * `BTB_APPLICATION_TRIGGER_UNKNOWN_ERROR` (with `BTB_OK`) sets it too, saying why. The pointer
+ * stays valid until this thread's next btb call that sets it. Thread-safe (per-thread storage).
  */
 const char *btb_last_error_message(void);
 
@@ -942,6 +1029,10 @@ const char *btb_status_name(uint32_t status);
  * Writes a new owned handle to the same instance to `*out` (free with `btb_instance_free`), to keep
  * it beyond the callback that lent it. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`.
  * Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_instance_clone(const btb_instance *instance,
                               btb_instance **out);
@@ -955,6 +1046,10 @@ btb_status btb_instance_free(btb_instance *instance);
 /**
  * Writes the instance id (new for every run) to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
  * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_instance_id(const btb_instance *instance, btb_uuid *out);
 
@@ -963,6 +1058,10 @@ btb_status btb_instance_id(const btb_instance *instance, btb_uuid *out);
  * `btb_registration_free`). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`,
  * `BTB_ERROR_STATE` (in a host process, which has no registrations: its `BTB_TASK_*` variables
  * name the task). Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_instance_task(const btb_instance *instance, btb_registration **out);
 
@@ -970,12 +1069,20 @@ btb_status btb_instance_task(const btb_instance *instance, btb_registration **ou
  * Writes the trigger details to `*out`: the application trigger's arguments as a JSON object text,
  * or NULL for other triggers. Borrowed: valid while this instance handle lives.
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_instance_trigger_details(const btb_instance *instance, const char **out);
 
 /**
  * Writes the current progress to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
  * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_instance_progress(const btb_instance *instance, uint32_t *out);
 
@@ -988,24 +1095,40 @@ btb_status btb_instance_set_progress(btb_instance *instance, uint32_t progress);
 /**
  * Writes the suspended count to `*out` (btb never suspends a task: always 0).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_instance_suspended_count(const btb_instance *instance, uint32_t *out);
 
 /**
  * Writes whether the instance has been canceled to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
  * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_instance_canceled(const btb_instance *instance, bool *out);
 
 /**
  * Writes the `BTB_CANCELLATION_*` reason to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
  * `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_NOT_FOUND` (not canceled). Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_instance_cancellation_reason(const btb_instance *instance, uint32_t *out);
 
 /**
  * Writes whether the broker holds a sleep inhibitor for this run (`is_network_requested`) to
  * `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_instance_is_network_granted(const btb_instance *instance, bool *out);
 
@@ -1013,6 +1136,10 @@ btb_status btb_instance_is_network_granted(const btb_instance *instance, bool *o
  * Marks the run as failed with `message` (copied): its outcome is `BTB_TASK_OUTCOME_FAILED` once
  * it ends. The last report wins. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`,
  * `BTB_ERROR_INVALID_UTF8`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `message` is NULL or a NUL-terminated string, valid for the duration of the call.
  */
 btb_status btb_instance_report_failure(btb_instance *instance, const char *message);
 
@@ -1020,6 +1147,10 @@ btb_status btb_instance_report_failure(btb_instance *instance, const char *messa
  * Writes which attempt this run is to `*out` (1, then 2, 3… for retries; SPEC §12; WorkManager's
  * `getRunAttemptCount() + 1`; `BTB_ATTEMPT` in an exec host). Errors: `BTB_ERROR_NULL_ARGUMENT`,
  * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_instance_attempt(const btb_instance *instance, uint32_t *out);
 
@@ -1034,6 +1165,10 @@ btb_status btb_instance_attempt(const btb_instance *instance, uint32_t *out);
  * `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT` (negative `after_ms`),
  * `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_UNSUPPORTED` (a host whose broker speaks protocol version
  * 1). Thread-safe.
+ *
+ * # Safety
+ *
+ * `message` is NULL or a NUL-terminated string, valid for the duration of the call.
  */
 btb_status btb_instance_request_retry(btb_instance *instance,
                                       int64_t after_ms,
@@ -1047,6 +1182,10 @@ btb_status btb_instance_request_retry(btb_instance *instance,
  * `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_INVALID_ARGUMENT` (not JSON,
  * not an object, more than 64 KiB; the output is unchanged), `BTB_ERROR_UNSUPPORTED` (a host whose
  * broker speaks protocol version 1). Thread-safe.
+ *
+ * # Safety
+ *
+ * `json` is NULL or a NUL-terminated string, valid for the duration of the call.
  */
 btb_status btb_instance_set_output(btb_instance *instance, const char *json);
 
@@ -1063,6 +1202,12 @@ btb_status btb_instance_finish_run(btb_instance *instance);
  * writes a token for `btb_instance_remove_canceled` to `*out_token` (may be NULL).
  * `free_user_data` (may be NULL) is called once btb is done with `user_data` (see `btb_free_fn`).
  * Errors: `BTB_ERROR_NULL_ARGUMENT` (instance or handler), `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out_token` is NULL or points to writable storage for one result, valid for the duration of the
+ * call. `handler` and `free_user_data` must be safe to call with `user_data` from btb's threads,
+ * as documented above.
  */
 btb_status btb_instance_add_canceled(btb_instance *instance,
                                      btb_canceled_fn handler,
@@ -1082,6 +1227,10 @@ btb_status btb_instance_remove_canceled(btb_instance *instance, uint64_t token);
  * (free with `btb_deferral_free` after completing it).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE` (the instance
  * already completed). Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_instance_get_deferral(btb_instance *instance, btb_deferral **out);
 
@@ -1109,6 +1258,10 @@ btb_status btb_deferral_free(btb_deferral *deferral);
  * unset; connected already; the broker refused, e.g. another protocol version),
  * `BTB_ERROR_INVALID_ARGUMENT` (a `BTB_*` variable is malformed), `BTB_ERROR_INTERNAL` (the socket
  * failed). Call once per process, from any thread.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_host_connect(btb_instance **out);
 
@@ -1117,6 +1270,11 @@ btb_status btb_host_connect(btb_instance **out);
  * `*out_canceled` (the reason: `btb_instance_cancellation_reason`). For a host process's main
  * loop; in-process run functions can wait the same way. Errors: `BTB_ERROR_NULL_ARGUMENT`,
  * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out_canceled` is NULL or points to writable storage for one result, valid for the duration of
+ * the call.
  */
 btb_status btb_instance_wait_canceled(const btb_instance *instance,
                                       uint32_t timeout_ms,
@@ -1136,6 +1294,11 @@ btb_status btb_instance_wait_canceled(const btb_instance *instance,
  * program as a crate that installed one (as the Python binding installs pyo3-log; libbtb.so has
  * its own copy, so a C program, or a C library beside that binding, never sees this). On an error
  * nothing changes and the caller keeps `user_data`.
+ *
+ * # Safety
+ *
+ * `callback` and `free_user_data` must be safe to call with `user_data` from any thread, as
+ * documented above.
  */
 btb_status btb_set_log_callback(btb_log_fn callback,
                                 uint32_t level,
@@ -1145,18 +1308,34 @@ btb_status btb_set_log_callback(btb_log_fn callback,
 /**
  * Writes the task id to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`.
  * Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_registration_task_id(const btb_registration *registration, btb_uuid *out);
 
 /**
- * Writes the canonical text form of a uuid (36 characters, lowercase, hyphenated) to `*out`; the
- * caller frees it with `btb_string_free`. Errors: `BTB_ERROR_NULL_ARGUMENT`. Thread-safe.
+ * Writes the canonical text form of a uuid (36 characters, lowercase, hyphenated) and a NUL to the
+ * caller's buffer `out` of `capacity` bytes, as libgit2's `git_oid_tostr` does: there is no string
+ * to free. `char text[BTB_UUID_STRING_SIZE]` is enough. Errors: `BTB_ERROR_NULL_ARGUMENT`,
+ * `BTB_ERROR_INVALID_ARGUMENT` (`capacity` below `BTB_UUID_STRING_SIZE`; nothing is written).
+ * Thread-safe.
+ *
+ * # Safety
+ *
+ * `id` is NULL or points to a readable `btb_uuid`; `out` is NULL or points to `capacity` writable
+ * bytes, each valid for the duration of the call.
  */
-btb_status btb_uuid_to_string(const btb_uuid *id, char **out);
+btb_status btb_uuid_to_string(const btb_uuid *id, char *out, size_t capacity);
 
 /**
  * Writes the task name to `*out` (borrowed: valid while the registration handle lives).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_registration_name(const btb_registration *registration, const char **out);
 
@@ -1164,6 +1343,10 @@ btb_status btb_registration_name(const btb_registration *registration, const cha
  * Writes the entry point to `*out`, or NULL for a task without one (borrowed: valid while the
  * registration handle lives). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`.
  * Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_registration_task_entry_point(const btb_registration *registration,
                                              const char **out);
@@ -1171,6 +1354,10 @@ btb_status btb_registration_task_entry_point(const btb_registration *registratio
 /**
  * Writes a new handle to the registration's task group to `*out`, or NULL if it has none (free with
  * `btb_task_group_free`). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_registration_task_group(const btb_registration *registration,
                                        btb_task_group **out);
@@ -1178,6 +1365,10 @@ btb_status btb_registration_task_group(const btb_registration *registration,
 /**
  * Writes a new handle to a copy of the registration's trigger to `*out` (free with
  * `btb_trigger_free`). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_registration_trigger(const btb_registration *registration, btb_trigger **out);
 
@@ -1185,6 +1376,10 @@ btb_status btb_registration_trigger(const btb_registration *registration, btb_tr
  * Writes a new handle to a copy of the registration's retry policy to `*out` (free with
  * `btb_retry_policy_free`). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`,
  * `BTB_ERROR_NOT_FOUND` (registered without one). Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_registration_retry_policy(const btb_registration *registration,
                                          btb_retry_policy **out);
@@ -1193,6 +1388,11 @@ btb_status btb_registration_retry_policy(const btb_registration *registration,
  * Copies up to `capacity` condition types (`BTB_CONDITION_*`) to `conditions` and writes their total
  * number to `*out_len`. `conditions` may be NULL when `capacity` is 0.
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `conditions` is NULL or points to `capacity` writable elements; `out_len` is NULL or points to
+ * writable storage for one result, each valid for the duration of the call.
  */
 btb_status btb_registration_conditions(const btb_registration *registration,
                                        uint32_t *conditions,
@@ -1202,6 +1402,10 @@ btb_status btb_registration_conditions(const btb_registration *registration,
 /**
  * Writes `cancel_on_condition_loss` to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
  * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_registration_cancel_on_condition_loss(const btb_registration *registration,
                                                      bool *out);
@@ -1209,12 +1413,20 @@ btb_status btb_registration_cancel_on_condition_loss(const btb_registration *reg
 /**
  * Writes `is_network_requested` to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
  * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_registration_is_network_requested(const btb_registration *registration, bool *out);
 
 /**
  * Writes whether the registration is spent (its one-shot trigger fired; it never fires again) to
  * `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_registration_is_spent(const btb_registration *registration, bool *out);
 
@@ -1238,6 +1450,11 @@ btb_status btb_registration_free(btb_registration *registration);
  * On success `*out` is a new group (free with `btb_task_group_free`).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_INVALID_ARGUMENT`
  * (empty or longer than 256 bytes). Thread-safe.
+ *
+ * # Safety
+ *
+ * `id` is NULL or a NUL-terminated string; `name` is NULL or a NUL-terminated string; `out` is
+ * NULL or points to writable storage for one result, each valid for the duration of the call.
  */
 btb_status btb_task_group_new(const char *id, const char *name, btb_task_group **out);
 
@@ -1248,15 +1465,21 @@ btb_status btb_task_group_new(const char *id, const char *name, btb_task_group *
  * whether added before or after the registration (objects are bound by use). Several handlers of
  * one group run in the order added, with one instance; the first to report a failure ends the run.
  * A system's own handler for the group (`btb_system_set_background_activated` with the group id)
- * is asked first. `handler` runs on a btb worker thread with a borrowed instance; `user_data` is
- * passed back as given (btb never dereferences it) until `free_user_data` (may be NULL) is called
- * for it (see `btb_free_fn`).
+ * is asked first. `handler` runs on a btb worker thread with the group and the instance, both
+ * borrowed (see `btb_group_activated_fn`); `user_data` is passed back as given (btb never
+ * dereferences it) until `free_user_data` (may be NULL) is called for it (see `btb_free_fn`).
  * On success `*out_token` (may be NULL) names the handler for
  * `btb_task_group_remove_background_activated`.
  * Errors: `BTB_ERROR_NULL_ARGUMENT` (group or handler), `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out_token` is NULL or points to writable storage for one result, valid for the duration of the
+ * call. `handler` and `free_user_data` must be safe to call with `user_data` from btb's threads, as
+ * documented above.
  */
 btb_status btb_task_group_add_background_activated(const btb_task_group *group,
-                                                   btb_run_fn handler,
+                                                   btb_group_activated_fn handler,
                                                    void *user_data,
                                                    btb_free_fn free_user_data,
                                                    uint64_t *out_token);
@@ -1271,12 +1494,20 @@ btb_status btb_task_group_remove_background_activated(uint64_t token);
 /**
  * Writes the group id to `*out` (borrowed: valid while the group handle lives).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_task_group_id(const btb_task_group *group, const char **out);
 
 /**
  * Writes the group's friendly name to `*out` (borrowed: valid while the group handle lives).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_task_group_name(const btb_task_group *group, const char **out);
 
@@ -1288,6 +1519,10 @@ btb_status btb_task_group_free(btb_task_group *group);
 /**
  * Writes the number of registrations in the list to `*out`.
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_registration_list_len(const btb_registration_list *list, size_t *out);
 
@@ -1295,6 +1530,10 @@ btb_status btb_registration_list_len(const btb_registration_list *list, size_t *
  * Writes a new handle to the registration at `index` to `*out` (free with `btb_registration_free`).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
  * (index out of range). Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_registration_list_get(const btb_registration_list *list,
                                      size_t index,
@@ -1308,6 +1547,10 @@ btb_status btb_registration_list_free(btb_registration_list *list);
 /**
  * Writes the number of groups in the list to `*out`.
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_task_group_list_len(const btb_task_group_list *list, size_t *out);
 
@@ -1315,6 +1558,10 @@ btb_status btb_task_group_list_len(const btb_task_group_list *list, size_t *out)
  * Writes a new handle to the group at `index` to `*out` (free with `btb_task_group_free`).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
  * (index out of range). Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_task_group_list_get(const btb_task_group_list *list,
                                    size_t index,
@@ -1331,6 +1578,12 @@ btb_status btb_task_group_list_free(btb_task_group_list *list);
  * `free_user_data` (may be NULL) is called once btb is done with `user_data` (see `btb_free_fn`).
  * Errors: `BTB_ERROR_NULL_ARGUMENT` (registration or handler),
  * `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out_token` is NULL or points to writable storage for one result, valid for the duration of the
+ * call. `handler` and `free_user_data` must be safe to call with `user_data` from btb's threads,
+ * as documented above.
  */
 btb_status btb_registration_add_completed(btb_registration *registration,
                                           btb_completed_fn handler,
@@ -1342,6 +1595,12 @@ btb_status btb_registration_add_completed(btb_registration *registration,
  * Adds a progress handler; writes its token to `*out_token` (may be NULL).
  * `free_user_data` (may be NULL) is called once btb is done with `user_data` (see `btb_free_fn`).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out_token` is NULL or points to writable storage for one result, valid for the duration of the
+ * call. `handler` and `free_user_data` must be safe to call with `user_data` from btb's threads,
+ * as documented above.
  */
 btb_status btb_registration_add_progress(btb_registration *registration,
                                          btb_progress_fn handler,
@@ -1359,9 +1618,16 @@ btb_status btb_registration_remove_handler(btb_registration *registration, uint6
 /**
  * Requests a run through the registration's application trigger, with `arguments` (a JSON object
  * text, or NULL); writes a `BTB_APPLICATION_TRIGGER_*` result to `*out`. Works after a restart.
+ * UNKNOWN_ERROR (the task was unregistered) comes with `BTB_OK`, and `btb_last_error_message()`
+ * says why.
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
  * `BTB_ERROR_INVALID_ARGUMENT` (not an application trigger; bad arguments), `BTB_ERROR_STATE`.
  * Thread-safe.
+ *
+ * # Safety
+ *
+ * `arguments` is NULL or a NUL-terminated string; `out` is NULL or points to writable storage for
+ * one result, each valid for the duration of the call.
  */
 btb_status btb_registration_request(btb_registration *registration,
                                     const char *arguments,
@@ -1371,6 +1637,10 @@ btb_status btb_registration_request(btb_registration *registration,
  * Writes when the registration's time, maintenance or calendar trigger is next due (ms since the
  * Unix epoch) to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`,
  * `BTB_ERROR_NOT_FOUND` (another kind of trigger, or spent). Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_registration_next_due_ms(const btb_registration *registration, int64_t *out);
 
@@ -1378,12 +1648,20 @@ btb_status btb_registration_next_due_ms(const btb_registration *registration, in
  * Writes a new list of the registration's recorded runs (oldest first; the last 100 by default) to
  * `*out`; free it with `btb_run_list_free`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
  * `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STORE`, `BTB_ERROR_STATE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_registration_history(const btb_registration *registration, btb_run_list **out);
 
 /**
  * Writes the number of runs in the list to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
  * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_run_list_len(const btb_run_list *list, size_t *out);
 
@@ -1391,6 +1669,10 @@ btb_status btb_run_list_len(const btb_run_list *list, size_t *out);
  * Writes the run at `index` to `*out` (strings borrowed from the list).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
  * (index out of range). Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_run_list_get(const btb_run_list *list, size_t index, btb_run *out);
 
@@ -1410,6 +1692,10 @@ btb_status btb_run_list_free(btb_run_list *list);
  * On success `*out` is a new policy the caller frees with `btb_retry_policy_free`.
  * Errors: `BTB_ERROR_NULL_ARGUMENT` (`out`), `BTB_ERROR_INVALID_ARGUMENT` (an unknown backoff, a
  * negative delay). Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_retry_policy_new(uint32_t backoff,
                                 int64_t initial_delay_ms,
@@ -1447,44 +1733,62 @@ btb_status btb_retry_policy_set_jitter(btb_retry_policy *policy, double fraction
 /**
  * Writes the backoff (`BTB_BACKOFF_*`) to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
  * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_retry_policy_backoff(const btb_retry_policy *policy, uint32_t *out);
 
 /**
  * Writes the initial delay (ms) to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
  * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_retry_policy_initial_delay_ms(const btb_retry_policy *policy, int64_t *out);
 
 /**
  * Writes the max delay (ms) to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
  * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_retry_policy_max_delay_ms(const btb_retry_policy *policy, int64_t *out);
 
 /**
  * Writes the most attempts (0: no limit) to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
  * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_retry_policy_max_attempts(const btb_retry_policy *policy, uint32_t *out);
 
 /**
  * Writes whether failed runs are retried to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
  * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_retry_policy_retry_on_failure(const btb_retry_policy *policy, bool *out);
 
 /**
  * Writes the jitter (a fraction, 0–1) to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
  * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_retry_policy_jitter(const btb_retry_policy *policy, double *out);
-
-/**
- * Frees a string that btb returned as owned. NULL is a no-op. Passing any other pointer, or
- * freeing twice, is undefined behaviour (as with `free`). Thread-safe.
- */
-btb_status btb_string_free(char *string);
 
 /**
  * Creates an empty manifest declared in code. `app_id` is reverse-DNS (it names the store and the
@@ -1492,6 +1796,11 @@ btb_status btb_string_free(char *string);
  * On success `*out` is a new manifest (free with `btb_manifest_free`).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_INVALID_ARGUMENT`
  * (app id not reverse-DNS). Thread-safe.
+ *
+ * # Safety
+ *
+ * `app_id` is NULL or a NUL-terminated string; `version` is NULL or a NUL-terminated string; `out`
+ * is NULL or points to writable storage for one result, each valid for the duration of the call.
  */
 btb_status btb_manifest_new(const char *app_id, const char *version, btb_manifest **out);
 
@@ -1499,11 +1808,21 @@ btb_status btb_manifest_new(const char *app_id, const char *version, btb_manifes
  * Loads a TOML manifest file. On success `*out` is a new manifest (free with `btb_manifest_free`).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_INVALID_ARGUMENT` (cannot
  * read, bad TOML, unknown key or task type — the message names the line). Thread-safe.
+ *
+ * # Safety
+ *
+ * `path` is NULL or a NUL-terminated string; `out` is NULL or points to writable storage for one
+ * result, each valid for the duration of the call.
  */
 btb_status btb_manifest_load(const char *path, btb_manifest **out);
 
 /**
  * Parses a TOML manifest from text. Same contract as `btb_manifest_load`.
+ *
+ * # Safety
+ *
+ * `toml` is NULL or a NUL-terminated string; `out` is NULL or points to writable storage for one
+ * result, each valid for the duration of the call.
  */
 btb_status btb_manifest_from_toml(const char *toml, btb_manifest **out);
 
@@ -1514,6 +1833,13 @@ btb_status btb_manifest_from_toml(const char *toml, btb_manifest **out);
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
  * `BTB_ERROR_INVALID_ARGUMENT` (unknown type, entry point declared twice, relative exec path).
  * Thread-safe.
+ *
+ * # Safety
+ *
+ * `entry_point` is NULL or a NUL-terminated string; `types` is NULL or points to `n_types`
+ * readable pointers, each NULL or a NUL-terminated string; `exec` is NULL or points to `n_exec`
+ * readable pointers, each NULL or a NUL-terminated string, each valid for the duration of the
+ * call.
  */
 btb_status btb_manifest_declare(btb_manifest *manifest,
                                 const char *entry_point,
@@ -1523,10 +1849,14 @@ btb_status btb_manifest_declare(btb_manifest *manifest,
                                 size_t n_exec);
 
 /**
- * Writes a copy of the manifest's app id to `*out`; free it with `btb_string_free`.
+ * Writes the manifest's app id to `*out` (borrowed: valid while the manifest handle lives).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
-btb_status btb_manifest_app_id(const btb_manifest *manifest, char **out);
+btb_status btb_manifest_app_id(const btb_manifest *manifest, const char **out);
 
 /**
  * Frees a manifest. NULL is a no-op. Errors: `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
@@ -1539,6 +1869,10 @@ btb_status btb_manifest_free(btb_manifest *manifest);
  * policy (15-minute minimum freshness, 15-minute timer window, 5 s grace, 25 s / 10 min limits,
  * `max_concurrent` = CPUs, `synchronous=FULL`). On success `*out` is new options (free with
  * `btb_system_options_free`). Errors: `BTB_ERROR_NULL_ARGUMENT`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_system_options_new(btb_system_options **out);
 
@@ -1559,6 +1893,10 @@ btb_status btb_system_options_set_manifest(btb_system_options *options,
  * NULL restores the per-app default. Copied.
  * Errors: `BTB_ERROR_NULL_ARGUMENT` (options), `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`.
  * Thread-safe.
+ *
+ * # Safety
+ *
+ * `store` is NULL or a NUL-terminated string, valid for the duration of the call.
  */
 btb_status btb_system_options_set_store(btb_system_options *options,
                                         const char *store);
@@ -1582,6 +1920,10 @@ btb_status btb_system_options_set_simulated(btb_system_options *options, bool si
  * restores the default. Copied. For tests and for hosts whose sysfs lives elsewhere (SPEC §6).
  * Errors: `BTB_ERROR_NULL_ARGUMENT` (options), `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`.
  * Thread-safe.
+ *
+ * # Safety
+ *
+ * `path` is NULL or a NUL-terminated string, valid for the duration of the call.
  */
 btb_status btb_system_options_set_power_supply_root(btb_system_options *options,
                                                     const char *path);
@@ -1592,6 +1934,10 @@ btb_status btb_system_options_set_power_supply_root(btb_system_options *options,
  * NULL restores the default. Copied.
  * Errors: `BTB_ERROR_NULL_ARGUMENT` (options), `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`.
  * Thread-safe.
+ *
+ * # Safety
+ *
+ * `path` is NULL or a NUL-terminated string, valid for the duration of the call.
  */
 btb_status btb_system_options_set_localtime_path(btb_system_options *options,
                                                  const char *path);
@@ -1674,6 +2020,10 @@ btb_status btb_system_options_set_durability(btb_system_options *options, uint32
  * `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT` (no manifest, policy out of range),
  * `BTB_ERROR_STORE` (corrupt or newer-schema file, left untouched; store in use by a system whose
  * broker cannot be reached; the message names the path). Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_system_open(const btb_system_options *options, btb_system **out);
 
@@ -1708,12 +2058,20 @@ btb_status btb_system_set_default(btb_system *system);
 /**
  * Writes the system's app id to `*out` (borrowed: valid while the system handle lives).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_system_app_id(const btb_system *system, const char **out);
 
 /**
  * Writes the store's path (`":memory:"` for an ephemeral store) to `*out` (borrowed: valid while
  * the system handle lives). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_system_store_path(const btb_system *system,
                                  const char **out);
@@ -1723,6 +2081,10 @@ btb_status btb_system_store_path(const btb_system *system,
  * process's broker held the store at open, so that this system is its client (every call goes
  * through that broker; SPEC §10). A client becomes the broker when that broker goes away.
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_system_is_broker(const btb_system *system, bool *out);
 
@@ -1730,12 +2092,20 @@ btb_status btb_system_is_broker(const btb_system *system, bool *out);
  * Writes the process id of the broker this system uses to `*out` (this process's own when
  * `btb_system_is_broker` says so). Errors: `BTB_ERROR_NULL_ARGUMENT`,
  * `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_system_broker_pid(const btb_system *system, uint32_t *out);
 
 /**
  * Writes the system clock's time (ms since the Unix epoch) to `*out`.
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_system_now_ms(const btb_system *system, int64_t *out);
 
@@ -1756,6 +2126,11 @@ btb_status btb_system_advance_clock(btb_system *system, int64_t ms);
  * `free_user_data` (may be NULL) is called once btb is done with `user_data` (see `btb_free_fn`).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
  * `BTB_ERROR_STATE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `group_id` is NULL or a NUL-terminated string, valid for the duration of the call. `handler` and
+ * `free_user_data` must be safe to call with `user_data` from btb's threads, as documented above.
  */
 btb_status btb_system_set_background_activated(btb_system *system,
                                                const char *group_id,
@@ -1768,6 +2143,10 @@ btb_status btb_system_set_background_activated(btb_system *system,
  * (`btb_system_next_event`) instead of a callback, so a host runs them on its own thread.
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
  * `BTB_ERROR_STATE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `group_id` is NULL or a NUL-terminated string, valid for the duration of the call.
  */
 btb_status btb_system_set_background_activated_queued(btb_system *system, const char *group_id);
 
@@ -1780,6 +2159,12 @@ btb_status btb_system_set_background_activated_queued(btb_system *system, const 
  * Errors: `BTB_ERROR_NULL_ARGUMENT` (system, entry point or handler), `BTB_ERROR_INVALID_HANDLE`,
  * `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_NOT_DECLARED` (not in the manifest), `BTB_ERROR_STATE`.
  * Thread-safe.
+ *
+ * # Safety
+ *
+ * `entry_point` is NULL or a NUL-terminated string, valid for the duration of the call. `handler`
+ * and `free_user_data` must be safe to call with `user_data` from btb's threads, as documented
+ * above.
  */
 btb_status btb_system_register_entry_point(btb_system *system,
                                            const char *entry_point,
@@ -1790,6 +2175,10 @@ btb_status btb_system_register_entry_point(btb_system *system,
 /**
  * Routes the runs of a declared entry point to the pull queue (`btb_system_next_event`), so a host
  * runtime runs them on its own thread. Errors: as `btb_system_register_entry_point`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `entry_point` is NULL or a NUL-terminated string, valid for the duration of the call.
  */
 btb_status btb_system_register_entry_point_queued(btb_system *system, const char *entry_point);
 
@@ -1797,6 +2186,10 @@ btb_status btb_system_register_entry_point_queued(btb_system *system, const char
  * Removes the handler of an entry point (its tasks then fail when they fire, saying so).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
  * `BTB_ERROR_NOT_DECLARED`, `BTB_ERROR_STATE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `entry_point` is NULL or a NUL-terminated string, valid for the duration of the call.
  */
 btb_status btb_system_unregister_entry_point(btb_system *system, const char *entry_point);
 
@@ -1806,6 +2199,11 @@ btb_status btb_system_unregister_entry_point(btb_system *system, const char *ent
  * events here. Writes how many registrations fired to `*out_fired` (may be NULL).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
  * (unknown type), `BTB_ERROR_STATE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out_fired` is NULL or points to writable storage for one result, valid for the duration of the
+ * call.
  */
 btb_status btb_system_raise_event(btb_system *system, uint32_t event, size_t *out_fired);
 
@@ -1816,6 +2214,11 @@ btb_status btb_system_raise_event(btb_system *system, uint32_t event, size_t *ou
  * NULL). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
  * `BTB_ERROR_INVALID_ARGUMENT` (empty, too long or with a control character),
  * `BTB_ERROR_STATE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `name` is NULL or a NUL-terminated string; `out_fired` is NULL or points to writable storage for
+ * one result, each valid for the duration of the call.
  */
 btb_status btb_system_signal_event(btb_system *system, const char *name, size_t *out_fired);
 
@@ -1827,6 +2230,11 @@ btb_status btb_system_signal_event(btb_system *system, const char *name, size_t 
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_INVALID_ARGUMENT` (bad app
  * id or name), `BTB_ERROR_NOT_FOUND` (no broker of that app runs), `BTB_ERROR_POLICY` (the socket
  * belongs to another user), `BTB_ERROR_STATE` (no answer). Thread-safe.
+ *
+ * # Safety
+ *
+ * `app_id` is NULL or a NUL-terminated string; `name` is NULL or a NUL-terminated string, each
+ * valid for the duration of the call.
  */
 btb_status btb_signal_event(const char *app_id,
                             const char *name);
@@ -1847,6 +2255,10 @@ btb_status btb_system_set_state(btb_system *system, uint32_t condition, bool val
  * simulated source, or read from the machine (`btb_system_state_source` says which).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`,
  * `BTB_ERROR_STATE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_system_state(const btb_system *system,
                             uint32_t condition,
@@ -1859,6 +2271,10 @@ btb_status btb_system_state(const btb_system *system,
  * when none does).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
  * (unknown condition), `BTB_ERROR_STATE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_system_state_source(const btb_system *system, uint32_t condition, const char **out);
 
@@ -1867,6 +2283,10 @@ btb_status btb_system_state_source(const btb_system *system, uint32_t condition,
  * and a free network, HIGH when the battery is low, MEDIUM otherwise.
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_NOT_FOUND` (the power
  * state is unknown), `BTB_ERROR_STATE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_system_background_work_cost(const btb_system *system, uint32_t *out);
 
@@ -1876,6 +2296,11 @@ btb_status btb_system_background_work_cost(const btb_system *system, uint32_t *o
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`,
  * `BTB_ERROR_UNSUPPORTED` in a client (its broker runs the tasks: use a completed handler).
  * Thread-safe; blocks.
+ *
+ * # Safety
+ *
+ * `out_idle` is NULL or points to writable storage for one result, valid for the duration of the
+ * call.
  */
 btb_status btb_system_wait_idle(btb_system *system, uint32_t timeout_ms, bool *out_idle);
 
@@ -1888,6 +2313,11 @@ btb_status btb_system_wait_idle(btb_system *system, uint32_t timeout_ms, bool *o
  * holds its store itself waits as `btb_system_wait_idle` does. Errors: `BTB_ERROR_NULL_ARGUMENT`,
  * `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE` (closed, or the broker went away). Thread-safe;
  * blocks.
+ *
+ * # Safety
+ *
+ * `out_done` is NULL or points to writable storage for one result, valid for the duration of the
+ * call.
  */
 btb_status btb_system_serve_activation(btb_system *system, uint32_t timeout_ms, bool *out_done);
 
@@ -1899,6 +2329,10 @@ btb_status btb_system_serve_activation(btb_system *system, uint32_t timeout_ms, 
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`,
  * `BTB_ERROR_UNSUPPORTED` in a client (the pull queue is the broker process's). Thread-safe;
  * blocks.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_system_next_event(btb_system *system, uint32_t timeout_ms, btb_event *out);
 
@@ -1909,11 +2343,16 @@ btb_status btb_system_next_event(btb_system *system, uint32_t timeout_ms, btb_ev
  * open system of this process that holds one (objects are bound by use; the default system is
  * asked only when none does). A non-NULL `system` narrows the request to that system. Writes a `BTB_APPLICATION_TRIGGER_*` result
  * to `*out`: ALLOWED (exactly one run follows), CURRENTLY_RUNNING (a run is going or pending; nothing is
- * queued), DISABLED_BY_POLICY, or UNKNOWN_ERROR (no
- * registration holds the trigger).
+ * queued), DISABLED_BY_POLICY, or UNKNOWN_ERROR (no registration holds the trigger:
+ * `btb_last_error_message()` then says so, although the status is `BTB_OK`).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
  * `BTB_ERROR_INVALID_ARGUMENT` (not an application trigger; arguments not a JSON object),
  * `BTB_ERROR_STATE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `arguments` is NULL or a NUL-terminated string; `out` is NULL or points to writable storage for
+ * one result, each valid for the duration of the call.
  */
 btb_status btb_application_trigger_request(btb_system *system,
                                            const btb_trigger *trigger,
@@ -1924,6 +2363,10 @@ btb_status btb_application_trigger_request(btb_system *system,
  * Writes a new list of the registrations outside any task group, in registration order, to
  * `*out` (Windows `AllTasks`); free it with `btb_registration_list_free`.
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_system_all_tasks(const btb_system *system, btb_registration_list **out);
 
@@ -1932,6 +2375,11 @@ btb_status btb_system_all_tasks(const btb_system *system, btb_registration_list 
  * free it with `btb_registration_list_free`.
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
  * `BTB_ERROR_STATE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `group_id` is NULL or a NUL-terminated string; `out` is NULL or points to writable storage for
+ * one result, each valid for the duration of the call.
  */
 btb_status btb_system_group_tasks(const btb_system *system,
                                   const char *group_id,
@@ -1941,6 +2389,10 @@ btb_status btb_system_group_tasks(const btb_system *system,
  * Writes a new list of the task groups that hold registrations, ordered by id, to `*out`
  * (Windows `AllTaskGroups`); free it with `btb_task_group_list_free`.
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_system_all_task_groups(const btb_system *system, btb_task_group_list **out);
 
@@ -1948,6 +2400,11 @@ btb_status btb_system_all_task_groups(const btb_system *system, btb_task_group_l
  * Writes a new handle to the task group `group_id` to `*out` (free with `btb_task_group_free`).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
  * `BTB_ERROR_NOT_FOUND` (no registration in that group), `BTB_ERROR_STATE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `group_id` is NULL or a NUL-terminated string; `out` is NULL or points to writable storage for
+ * one result, each valid for the duration of the call.
  */
 btb_status btb_system_get_task_group(const btb_system *system,
                                      const char *group_id,
@@ -1958,6 +2415,11 @@ btb_status btb_system_get_task_group(const btb_system *system,
  * (free with `btb_registration_free`).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_NOT_FOUND`,
  * `BTB_ERROR_STATE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `task_id` is NULL or points to a readable `btb_uuid`; `out` is NULL or points to writable
+ * storage for one result, each valid for the duration of the call.
  */
 btb_status btb_system_find_task(const btb_system *system,
                                 const btb_uuid *task_id,
@@ -1970,6 +2432,10 @@ btb_status btb_system_find_task(const btb_system *system,
  *
  * On success `*out` is a new trigger the caller frees with `btb_trigger_free`.
  * Errors: `BTB_ERROR_NULL_ARGUMENT` (`out`). Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_time_trigger_new(uint32_t freshness_minutes, bool one_shot, btb_trigger **out);
 
@@ -1977,6 +2443,10 @@ btb_status btb_time_trigger_new(uint32_t freshness_minutes, bool one_shot, btb_t
  * Creates a maintenance trigger (`MaintenanceTrigger`): like a time trigger, but runs only on AC
  * power. On success `*out` is a new trigger (free with `btb_trigger_free`).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_maintenance_trigger_new(uint32_t freshness_minutes,
                                        bool one_shot,
@@ -1986,6 +2456,10 @@ btb_status btb_maintenance_trigger_new(uint32_t freshness_minutes,
  * Creates a system-event trigger (`SystemTrigger`) for a `BTB_SYSTEM_TRIGGER_*` value.
  * On success `*out` is a new trigger (free with `btb_trigger_free`). An unknown type is reported
  * by `btb_register` as `BTB_ERROR_INVALID_ARGUMENT`. Errors: `BTB_ERROR_NULL_ARGUMENT`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_system_trigger_new(uint32_t trigger_type,
                                   bool one_shot,
@@ -1995,6 +2469,10 @@ btb_status btb_system_trigger_new(uint32_t trigger_type,
  * Creates an application trigger (`ApplicationTrigger`), fired by the app's own request.
  * On success `*out` is a new trigger (free with `btb_trigger_free`).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_application_trigger_new(btb_trigger **out);
 
@@ -2003,6 +2481,11 @@ btb_status btb_application_trigger_new(btb_trigger **out);
  * user signals `trigger_id`; `recurrence` is a `BTB_CUSTOM_RECURRENCE_*` value. `trigger_id` is
  * copied. On success `*out` is a new trigger (free with `btb_trigger_free`).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_UTF8`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `trigger_id` is NULL or a NUL-terminated string; `out` is NULL or points to writable storage for
+ * one result, each valid for the duration of the call.
  */
 btb_status btb_custom_trigger_new(const char *trigger_id, uint32_t recurrence, btb_trigger **out);
 
@@ -2011,6 +2494,11 @@ btb_status btb_custom_trigger_new(const char *trigger_id, uint32_t recurrence, b
  * `"Mon..Fri *-*-* 09:30"` or `"daily"`; the expression is parsed by `btb_register`.
  * On success `*out` is a new trigger (free with `btb_trigger_free`).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_UTF8`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `expression` is NULL or a NUL-terminated string; `out` is NULL or points to writable storage for
+ * one result, each valid for the duration of the call.
  */
 btb_status btb_calendar_trigger_new(const char *expression, btb_trigger **out);
 
@@ -2023,6 +2511,10 @@ btb_status btb_trigger_free(btb_trigger *trigger);
 /**
  * Writes the trigger's kind (`BTB_TRIGGER_KIND_*`) to `*out`.
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_trigger_kind(const btb_trigger *trigger, uint32_t *out);
 
@@ -2030,12 +2522,20 @@ btb_status btb_trigger_kind(const btb_trigger *trigger, uint32_t *out);
  * Writes the freshness in minutes of a time or maintenance trigger to `*out`.
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
  * (another kind of trigger). Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_trigger_freshness_minutes(const btb_trigger *trigger, uint32_t *out);
 
 /**
  * Writes whether the trigger is one-shot to `*out` (always false for application, custom-event
  * and calendar triggers). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_trigger_one_shot(const btb_trigger *trigger,
                                 bool *out);
@@ -2044,6 +2544,10 @@ btb_status btb_trigger_one_shot(const btb_trigger *trigger,
  * Writes the `BTB_SYSTEM_TRIGGER_*` type of a system trigger to `*out`.
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
  * (not a system trigger). Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_trigger_system_type(const btb_trigger *trigger, uint32_t *out);
 
@@ -2051,6 +2555,10 @@ btb_status btb_trigger_system_type(const btb_trigger *trigger, uint32_t *out);
  * Writes the `BTB_CUSTOM_RECURRENCE_*` value of a custom-event trigger to `*out`.
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`.
  * Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_trigger_recurrence(const btb_trigger *trigger, uint32_t *out);
 
@@ -2059,6 +2567,10 @@ btb_status btb_trigger_recurrence(const btb_trigger *trigger, uint32_t *out);
  * `*out`. The string is borrowed: valid while the trigger handle lives.
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
  * (a trigger without text). Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_trigger_text(const btb_trigger *trigger, const char **out);
 
@@ -2069,6 +2581,10 @@ btb_status btb_trigger_text(const btb_trigger *trigger, const char **out);
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT` (not
  * a calendar trigger, or an expression that does not parse — the message names the offending
  * part, as `btb_register` would). Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_calendar_trigger_normalized(const btb_trigger *trigger, const char **out);
 
@@ -2076,6 +2592,10 @@ btb_status btb_calendar_trigger_normalized(const btb_trigger *trigger, const cha
  * Creates a system condition (`SystemCondition`) for a `BTB_CONDITION_*` value; an unknown value is
  * reported by `btb_register`. On success `*out` is a new condition (free with `btb_condition_free`).
  * Errors: `BTB_ERROR_NULL_ARGUMENT`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_system_condition_new(uint32_t condition_type,
                                     btb_condition **out);
@@ -2083,6 +2603,10 @@ btb_status btb_system_condition_new(uint32_t condition_type,
 /**
  * Writes the condition's `BTB_CONDITION_*` type to `*out`.
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+ *
+ * # Safety
+ *
+ * `out` is NULL or points to writable storage for one result, valid for the duration of the call.
  */
 btb_status btb_condition_type(const btb_condition *condition, uint32_t *out);
 

@@ -103,7 +103,13 @@ fn read_runs(
                     min_version: Some(crate::protocol::MIN_VERSION),
                     instance_id: run.instance_id,
                 };
+                // Held before the hello: a broker that welcomes it and dies leaves the next one
+                // a run it must not start again while it goes on here (SPEC §11).
+                let run_file = remote
+                    .upgrade()
+                    .and_then(|r| r.claim_run_file(run.instance_id));
                 if crate::protocol::write_frame(&mut &link, &hello).is_err() {
+                    crate::runfile::RunFile::discard(run_file);
                     return;
                 }
                 let (canceled, network_granted) = loop {
@@ -116,14 +122,17 @@ fn read_runs(
                         Ok(Some(ToHost::Unknown)) => {}
                         _ => {
                             log::info!(target: "btb", "instance {} was taken back before this process started it", run.instance_id);
+                            crate::runfile::RunFile::discard(run_file);
                             return;
                         }
                     }
                 };
                 let (Some(remote), Ok(link)) = (remote.upgrade(), link.try_clone()) else {
+                    crate::runfile::RunFile::discard(run_file);
                     return;
                 };
-                let instance = remote.handed_instance(link, *run, canceled, network_granted);
+                let instance =
+                    remote.handed_instance(link, *run, run_file, canceled, network_granted);
                 current = Some(instance.clone());
                 if runner.send(instance).is_err() {
                     return;
@@ -267,6 +276,15 @@ impl Remote {
                 continue;
             };
             match client.exchange(request) {
+                Ok(Err(e)) if crate::broker::is_closed(&e) => {
+                    // Its broker is closing (it hands the store on): the call was not done; it
+                    // goes to whoever holds the store next (this process, maybe).
+                    let closing = client.broker_pid;
+                    *conn = None;
+                    drop(conn);
+                    self.await_handover(closing)?;
+                    continue;
+                }
                 Ok(reply) => return reply,
                 Err(failure) if failure.unreadable => {
                     // The broker is there and answered: the call fails, and is not asked again
@@ -365,6 +383,31 @@ impl Remote {
         }
     }
 
+    /// Waits until the broker `closing` (which answers that it is closed) has let go of its
+    /// socket, or another broker answers: then `recover` reaches the store's next holder. Like
+    /// `reach`, with short growing pauses: a library broker's process outlives its close, so there
+    /// is no process end to wait on.
+    fn await_handover(&self, closing: u32) -> Result<()> {
+        let app_id = self.manifest.app_id();
+        let deadline = Instant::now() + REACH_TIMEOUT;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            match Client::connect_kept(app_id) {
+                Ok(c) if c.broker_pid != closing => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::state(format!(
+                    "the btb broker of app {app_id:?} (pid {closing}) is closing and did not hand                      its store on within {} s",
+                    REACH_TIMEOUT.as_secs()
+                )));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+
     /// Becomes the broker of the store: this process's handlers move into it, and it runs at
     /// once (a client has nothing to start).
     fn take_over(self: &Arc<Self>, store: Store) -> Result<()> {
@@ -435,6 +478,16 @@ impl Remote {
         }
     }
 
+    /// Claims the run file of a run handed to this process (`runfile.rs`); `None` when it cannot
+    /// be written (the run still runs here; a broker that dies during it may start it again).
+    fn claim_run_file(&self, instance_id: Uuid) -> Option<crate::runfile::RunFile> {
+        crate::runfile::RunFile::claim(&self.canonical, instance_id)
+            .inspect_err(|e| {
+                log::warn!(target: "btb", "instance {instance_id} was handed to this process, which cannot hold its run file beside the store: {e}");
+            })
+            .ok()
+    }
+
     /// Runs an instance the broker handed to this process over its feed (on a thread of its
     /// own, when the ready connection was busy): attaches a connection for it, then runs it.
     fn run_handed(self: &Arc<Self>, run: HandedRun) {
@@ -448,6 +501,7 @@ impl Remote {
             min_version: Some(crate::protocol::MIN_VERSION),
             instance_id,
         }));
+        let run_file = self.claim_run_file(instance_id);
         let attached = Client::connect_kept(self.manifest.app_id()).and_then(|client| {
             let mut stream = client
                 .into_stream()
@@ -467,9 +521,10 @@ impl Remote {
         });
         match attached {
             Ok((stream, canceled, network_granted)) => {
-                self.run_here(stream, run, canceled, network_granted);
+                self.run_here(stream, run, run_file, canceled, network_granted);
             }
             Err(e) => {
+                crate::runfile::RunFile::discard(run_file);
                 log::warn!(target: "btb", "instance {instance_id} was handed to this process, but it cannot attach to the broker: {e}");
             }
         }
@@ -558,13 +613,14 @@ impl Remote {
         self: &Arc<Self>,
         stream: UnixStream,
         run: HandedRun,
+        run_file: Option<crate::runfile::RunFile>,
         canceled: Option<u32>,
         network_granted: bool,
     ) {
         let (Ok(mut reader), Ok(stop)) = (stream.try_clone(), stream.try_clone()) else {
             return;
         };
-        let instance = self.handed_instance(stream, run, canceled, network_granted);
+        let instance = self.handed_instance(stream, run, run_file, canceled, network_granted);
         // The run's cancellations are read by a thread of this run's, joined when it ends.
         std::thread::scope(|scope| {
             let hearing = std::thread::Builder::new()
@@ -620,6 +676,7 @@ impl Remote {
         self: &Arc<Self>,
         stream: UnixStream,
         run: HandedRun,
+        run_file: Option<crate::runfile::RunFile>,
         canceled: Option<u32>,
         network_granted: bool,
     ) -> crate::Instance {
@@ -630,7 +687,10 @@ impl Remote {
             run.trigger_details,
             run.started_ms,
             run.attempt,
-            Some(crate::broker::instance::Link { stream }),
+            Some(crate::broker::instance::Link {
+                stream,
+                run_file: Mutex::new(run_file),
+            }),
         );
         instance
             .0
@@ -840,6 +900,21 @@ fn reach(
             }
             Err(e) => e,
         };
+        // A broker that listens where this process does not look (another runtime directory)
+        // cannot be reached by waiting.
+        if let Ok(ours) = crate::control::socket_path(app_id)
+            && let Some(theirs) = crate::socket_note::elsewhere(canonical, &ours)
+        {
+            return Err(Error::store(
+                canonical,
+                format!(
+                    "{}; its broker listens on {}, but this process looks for it at {}                      (the two processes see different XDG_RUNTIME_DIRs: give this one the                      broker's, SPEC §10)",
+                    in_use.message(),
+                    theirs.display(),
+                    ours.display()
+                ),
+            ));
+        }
         // The holder may be starting (its socket comes after the store) or gone.
         match Store::try_open(&options.store, app_id, options.policy.durability)? {
             Ok(store) => return Ok(Err(store)),

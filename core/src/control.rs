@@ -209,6 +209,31 @@ fn connect_with_timeout(path: &Path, timeout: Duration) -> io::Result<UnixStream
     Ok(UnixStream::from(fd))
 }
 
+/// Whether the process that listens at the other end of `stream` is exiting: it ends within
+/// [`EXIT_WAIT`] (waited for through a pidfd, not by polling).
+fn exiting(stream: &UnixStream) -> bool {
+    let Ok(cred) = sockopt::socket_peercred(stream) else {
+        return false;
+    };
+    match rustix::process::pidfd_open(cred.pid, rustix::process::PidfdFlags::empty()) {
+        Ok(pidfd) => {
+            let mut fds = [rustix::event::PollFd::new(
+                &pidfd,
+                rustix::event::PollFlags::IN,
+            )];
+            let timeout = rustix::time::Timespec {
+                tv_sec: 0,
+                tv_nsec: EXIT_WAIT.as_nanos() as i64,
+            };
+            matches!(rustix::event::poll(&mut fds, Some(&timeout)), Ok(n) if n > 0)
+        }
+        Err(e) => e == rustix::io::Errno::SRCH,
+    }
+}
+
+/// How long a broker that binds the control socket waits for the previous one to finish dying.
+const EXIT_WAIT: Duration = Duration::from_millis(500);
+
 /// The uid of the process at the other end of a connected Unix socket.
 fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
     Ok(sockopt::socket_peercred(stream)?.uid.as_raw())
@@ -317,6 +342,9 @@ pub enum Request {
     Waiting {
         offer: Offer,
     },
+    /// Version 2 (`btbctl uninstall`): cancel every run with `UNINSTALL`, unregister every task,
+    /// remove the store and the control socket ([`Reply::Uninstalled`]).
+    Uninstall,
     /// A request of a newer version: answered `UNSUPPORTED`.
     #[serde(other)]
     Unknown,
@@ -476,6 +504,10 @@ pub enum Reply {
     /// [`Request::Attach`]).
     Run {
         run: Box<protocol::HandedRun>,
+    },
+    /// Version 2: [`Request::Uninstall`] is done; `tasks` were registered.
+    Uninstalled {
+        tasks: usize,
     },
     /// `kind`: an `ErrorKind` name (`NOT_FOUND`, …).
     Error {
@@ -764,7 +796,13 @@ impl ControlListener {
         let lock_path = PathBuf::from(lock_path);
         let lock = match crate::lockfile::FileLock::open(&lock_path) {
             Ok(lock) => lock,
-            Err(crate::lockfile::LockError::Held { .. }) => return Err(already()),
+            Err(e @ crate::lockfile::LockError::Held { .. }) => {
+                return Err(Error::state(format!(
+                    "another btb broker{} for app {app_id:?} is already listening on {}",
+                    e.holder(),
+                    path.display()
+                )));
+            }
             Err(crate::lockfile::LockError::Io(e)) => {
                 return Err(Error::state(format!(
                     "cannot lock {}: {e}",
@@ -778,7 +816,19 @@ impl ControlListener {
         match fs::symlink_metadata(&path) {
             Ok(meta) if meta.file_type().is_socket() => {
                 match connect_with_timeout(&path, Duration::from_secs(1)) {
-                    Ok(_) => return Err(already()),
+                    // A broker that is dying (its store lock and this lock already released)
+                    // still answers until the kernel closes its socket: it is stale then.
+                    Ok(s) if !exiting(&s) => return Err(already()),
+                    Ok(_) => {
+                        fs::remove_file(&path)
+                            .or_else(ignore_not_found)
+                            .map_err(|e| {
+                                Error::state(format!(
+                                    "cannot remove the stale socket {}: {e}",
+                                    path.display()
+                                ))
+                            })?;
+                    }
                     // Connecting timed out: the backlog is full, so someone is alive there.
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(already()),
                     Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {

@@ -173,6 +173,11 @@ pub(crate) fn start_broker(
     handlers: crate::registry::Handlers,
 ) -> Result<Arc<Broker>> {
     let stored = store.load()?;
+    // Until this broker binds its socket, no note says where it listens (a client waits). After
+    // the load: a store refused at open is left as it was.
+    if let Ok(canonical) = std::fs::canonicalize(store.path()) {
+        crate::socket_note::write(&canonical.to_string_lossy(), None);
+    }
     let servicing = store.get_meta("manifest_version")?;
     if servicing.as_deref() != Some(manifest.version()) {
         store.set_meta("manifest_version", manifest.version())?;
@@ -194,12 +199,9 @@ pub(crate) fn start_broker(
     let mut retries = crate::broker::stop_orphans(&mut store, &registry, &options.policy, now);
     // Runs cut off by the death of the broker that started them: recorded, retried under a
     // policy (SPEC §11, §12). A fire already latched for the task runs instead of its retry.
-    retries.extend(crate::broker::recover_cut_off(
-        &mut store,
-        &registry,
-        options.policy.history_limit,
-        now,
-    )?);
+    let recovered =
+        crate::broker::recover_cut_off(&mut store, &registry, options.policy.history_limit, now)?;
+    retries.extend(recovered.retries);
     for (task_id, retry) in retries {
         if !latched.iter().any(|(id, _)| *id == task_id) {
             latched.push((task_id, retry));
@@ -226,10 +228,20 @@ pub(crate) fn start_broker(
     *shared.handlers_mut() = handlers;
     {
         let mut st = shared.lock();
+        for run in &recovered.recorded {
+            shared.announce(&mut st, run);
+        }
+    }
+    // Before anything runs: a task whose run goes on in a client counts as running.
+    if let Some(dir) = shared.run_files.clone() {
+        shared.watch_elsewhere(dir, recovered.elsewhere);
+    }
+    {
+        let mut st = shared.lock();
         shared.restore(
             &mut st,
             latched,
-            servicing.is_some() && servicing.as_deref() != Some(shared.manifest.version()),
+            servicing.is_some() && servicing.as_deref() != Some(shared.manifest().version()),
         )?;
     }
     shared.start_threads()?;
@@ -256,11 +268,16 @@ pub(crate) fn start_broker(
         let canonical = std::fs::canonicalize(&shared.store_path)
             .ok()
             .map(|p| p.to_string_lossy().into_owned());
-        match crate::control::ControlListener::bind_for_store(
-            shared.manifest.app_id(),
+        let noted = canonical.clone();
+        let bound = crate::control::ControlListener::bind_for_store(
+            shared.app_id.as_str(),
             canonical,
             handler,
-        ) {
+        );
+        if let Some(store) = &noted {
+            crate::socket_note::write(store, bound.as_ref().ok().map(|l| l.path()));
+        }
+        match bound {
             Ok(l) => {
                 let weak = Arc::downgrade(&shared);
                 l.broadcast().set_on_offer(Box::new(move || {
@@ -379,15 +396,20 @@ impl System {
         }
     }
 
-    pub fn manifest(&self) -> &Manifest {
+    /// The manifest in force: the one opened with, or the one the app was serviced with since
+    /// (`service`).
+    pub fn manifest(&self) -> Arc<Manifest> {
         match &self.home {
-            Home::Broker(b) => &b.manifest,
-            Home::Client(r) => &r.manifest,
+            Home::Broker(b) => b.manifest(),
+            Home::Client(r) => Arc::new(r.manifest.clone()),
         }
     }
 
     pub fn app_id(&self) -> &str {
-        self.manifest().app_id()
+        match &self.home {
+            Home::Broker(b) => &b.app_id,
+            Home::Client(r) => r.manifest.app_id(),
+        }
     }
 
     /// The policy this system was opened with (a client's broker applies its own).
@@ -550,7 +572,7 @@ impl System {
             return Err(crate::broker::closed());
         }
         let state = shared.lock_open()?;
-        let valid = validate(builder, &shared.manifest, &shared.policy, activation)?;
+        let valid = validate(builder, &shared.manifest(), &shared.policy, activation)?;
         let group_id = builder.task_group.as_ref().map(|g| g.id.as_str());
         let same_name: Vec<Uuid> = match valid.name_policy {
             NamePolicy::Allow => Vec::new(),
@@ -616,6 +638,7 @@ impl System {
         // (their handlers), which may call back into btb and register again.
         drop(store);
         drop(state);
+        shared.refresh_storage(); // a write: the space left may have changed (off the locks)
         Ok(self.registration(record))
     }
 
@@ -630,6 +653,37 @@ impl System {
                 .map(|record| self.registration(r.remember(record)))
                 .collect()),
             other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Services the app (SPEC §10): when `manifest`'s version differs from the one in force,
+    /// cancels every run with `SERVICING_UPDATE`, takes `manifest` and fires
+    /// `SERVICING_COMPLETE`; `false`, changing nothing, for the same version. For the broker
+    /// (btbd re-reads its manifest on SIGHUP and when the file changes); `UNSUPPORTED` in a
+    /// client.
+    pub fn service(&self, manifest: Manifest) -> Result<bool> {
+        match self.home.route() {
+            Route::Local(b) => b.service(manifest),
+            Route::Remote(r) => Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "servicing is for the broker; this system is a client of the btb broker in pid {}",
+                    r.broker_pid()
+                ),
+            )),
+        }
+    }
+
+    /// Uninstalls the app (SPEC §10): cancels every run with `UNINSTALL`, unregisters every
+    /// task, and removes the store and the control socket; in a client, its broker does. The
+    /// system stays open, holding nothing, until closed. Returns how many tasks were registered.
+    pub fn uninstall(&self) -> Result<usize> {
+        match self.home.route() {
+            Route::Local(b) => b.uninstall(),
+            Route::Remote(r) => match r.ask(&Request::Uninstall)? {
+                Reply::Uninstalled { tasks } => Ok(tasks),
+                other => Err(unexpected(&other)),
+            },
         }
     }
 
@@ -849,6 +903,9 @@ impl System {
     pub fn state(&self, condition: SystemConditionType) -> Result<Option<bool>> {
         match self.home.route() {
             Route::Local(b) => {
+                if condition == SystemConditionType::StorageNotLow {
+                    b.refresh_storage(); // read now, off the locks
+                }
                 let st = b.open_state()?;
                 Ok(b.state_of(&st, condition))
             }
@@ -1073,6 +1130,10 @@ pub fn request_application_trigger(
         return if configured {
             default_system()?.request(trigger_id, arguments)
         } else {
+            log::debug!(
+                target: "btb",
+                "request of application trigger {trigger_id}: no open system of this process holds it, and there is no default system (UNKNOWN_ERROR)"
+            );
             Ok(ApplicationTriggerResult::UnknownError)
         };
     }
@@ -1200,6 +1261,7 @@ impl System {
                 .task_id_of(&task)
                 .and_then(|id| self.unregister(&id, cancel_task))
                 .map(|()| Reply::Done),
+            Request::Uninstall => shared.uninstall().map(|tasks| Reply::Uninstalled { tasks }),
             Request::Waiting { offer } => shared
                 .waiting_for(&offer)
                 .map(|runs| Reply::Waiting { runs }),

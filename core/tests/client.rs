@@ -1140,3 +1140,153 @@ fn an_oversize_reply_leaves_no_thread_behind() {
     client.expect("DONE");
     client.wait_success();
 }
+
+// ------------------------------------------------------------------------------------------------
+// A client that looks for the broker in another runtime directory fails at once, naming both.
+
+#[test]
+#[ignore = "a process of a_client_in_another_runtime_dir_fails_at_once_naming_both"]
+fn open_child() {
+    let Some((path, app_id)) = child_env() else {
+        return;
+    };
+    let opened = System::open(SystemOptions {
+        manifest: Some(manifest_for(&app_id)),
+        store: StoreLocation::File(path.clone()),
+        clock: Clock::Real,
+        simulated: true,
+        ..SystemOptions::default()
+    });
+    match opened {
+        Ok(system) => {
+            say(if system.is_broker() {
+                "OPENED broker"
+            } else {
+                "OPENED client"
+            });
+            let _ = std::io::stdin().read_line(&mut String::new()); // serve until killed
+        }
+        Err(e) => say(&format!("ERROR {}", e.message())),
+    }
+}
+
+#[test]
+fn a_client_in_another_runtime_dir_fails_at_once_naming_both() {
+    const APP: &str = "org.example.client.rundir";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("btb.sqlite3");
+    for run in ["a", "b"] {
+        std::fs::create_dir(dir.path().join(run)).unwrap(); // runtime directories exist
+    }
+    let in_dir = |run: &str| {
+        let child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "open_child",
+                "--ignored",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(STORE_VAR, &path)
+            .env(APP_VAR, APP)
+            .env("XDG_RUNTIME_DIR", dir.path().join(run))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        Proc::new(child)
+    };
+    let broker = in_dir("a");
+    assert_eq!(broker.expect("OPENED"), "OPENED broker");
+    let client = in_dir("b");
+    let error = client.expect("ERROR");
+    let theirs = dir.path().join("a/btb").join(format!("{APP}.sock"));
+    let ours = dir.path().join("b/btb").join(format!("{APP}.sock"));
+    assert!(
+        error.contains(&format!("its broker listens on {}", theirs.display()))
+            && error.contains(&format!("looks for it at {}", ours.display())),
+        "{error}"
+    );
+    // In the broker's runtime directory, the same process is its client.
+    let same = in_dir("a");
+    assert_eq!(same.expect("OPENED"), "OPENED client");
+}
+
+// ------------------------------------------------------------------------------------------------
+// A call that reaches a broker while it closes goes to the store's next holder.
+
+#[test]
+#[ignore = "the broker process of a_call_to_a_closing_broker_goes_to_the_next_holder"]
+fn closing_broker_child() {
+    let Some((path, app_id)) = child_env() else {
+        return;
+    };
+    let system = System::open(SystemOptions {
+        manifest: Some(manifest_for(&app_id)),
+        store: StoreLocation::File(path.clone()),
+        clock: Clock::Real,
+        simulated: true,
+        policy: Policy {
+            grace_ms: 1000,
+            ..Policy::default()
+        },
+        ..SystemOptions::default()
+    })
+    .unwrap();
+    assert!(system.is_broker());
+    // A run that ignores its cancellation: `close` waits out the grace with the broker closing.
+    let (release, stuck) = mpsc::channel::<()>();
+    let stuck = Mutex::new(stuck);
+    system
+        .register_entry_point(
+            "app.General",
+            Some(Handler::Call(Arc::new(move |instance| {
+                instance.add_canceled(Arc::new(|_, _| say("CLOSING")));
+                let _ = stuck.lock().unwrap().recv_timeout(DEADLINE);
+            }))),
+        )
+        .unwrap();
+    let mut b = application_builder("stuck");
+    b.task_entry_point = Some("app.General".into());
+    let task = system.register(&b).unwrap();
+    task.request(None).unwrap();
+    say("READY");
+    let _ = std::io::stdin().read_line(&mut String::new());
+    system.close().unwrap();
+    drop(release);
+    say("CLOSED");
+    let _ = std::io::stdin().read_line(&mut String::new()); // the process lives on
+}
+
+#[test]
+fn a_call_to_a_closing_broker_goes_to_the_next_holder() {
+    const APP: &str = "org.example.client.closing";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("btb.sqlite3");
+    let mut child = spawn("closing_broker_child", &path, APP);
+    child.expect("READY");
+    let system = open(&path, APP);
+    assert!(!system.is_broker());
+    let (tx, rx) = mpsc::channel();
+    system
+        .register_entry_point(
+            "app.All",
+            Some(Handler::Call(Arc::new(move |instance| {
+                let _ = tx.send(instance.task().name().to_owned());
+            }))),
+        )
+        .unwrap();
+    let task = system.register(&application_builder("mine")).unwrap();
+    writeln!(child.child.stdin.as_mut().unwrap()).unwrap();
+    child.expect("CLOSING"); // its close began: it answers every call "closed" now
+    // Not "the btb system is closed": the call waits for the store's next holder — this process.
+    assert_eq!(
+        task.request(None).unwrap(),
+        btb_core::ApplicationTriggerResult::Allowed
+    );
+    assert_eq!(next(&rx), "mine");
+    assert!(system.is_broker());
+    child.expect("CLOSED");
+    system.close().unwrap();
+}

@@ -214,3 +214,47 @@ fn a_run_that_ends_on_a_full_disk_keeps_its_record_until_it_can_be_written() {
     assert_eq!(rig.sys.history(&long.task_id()).unwrap().len(), 1);
     rig.sys.close().unwrap();
 }
+
+/// STORAGE_NOT_LOW follows the store's file system (SPEC §6): read off the broker's locks after
+/// each store write (and when the broker wakes), a change starts the fires that waited for space.
+#[test]
+fn storage_not_low_is_read_again_after_each_store_write() {
+    let Some(fs) = Tmpfs::mount("storage_not_low_is_read_again…") else {
+        return;
+    };
+    let clock = ManualClock::new(T0).unwrap();
+    let mut opts = options(
+        &format!("org.example.space.p{}", std::process::id()),
+        "1",
+        StoreLocation::File(fs.path("btb.sqlite3")),
+        &clock,
+        Policy {
+            storage_low_percent: 50,
+            ..policy()
+        },
+    );
+    opts.simulated = false;
+    opts.platform = btb_core::PlatformOptions {
+        power_supply_root: fs.path("power_supply"),
+        localtime: fs.path("etc/localtime"),
+        accept_user_uevents: true,
+        system_bus: Some(format!("unix:path={}", fs.path("no-bus").display())),
+    };
+    let rig = Rig::attach(System::open(opts).unwrap(), clock);
+    let c = SystemConditionType::StorageNotLow;
+    assert_eq!(rig.sys.state(c).unwrap(), Some(true));
+
+    // Three quarters of the file system taken by another writer: low once read again.
+    std::fs::write(fs.path("filler"), vec![0u8; 3 << 20]).unwrap();
+    let (mut b, trigger) = app_task("needs-space");
+    b.add_condition(c as u32);
+    rig.register(&b); // a store write: the broker reads the space again
+    assert_eq!(rig.sys.state(c).unwrap(), Some(false));
+    rig.sys.request(&trigger, None).unwrap();
+    rig.idle();
+    rig.no_start(); // latched: storage is low
+
+    fs.free();
+    rig.register(&app_task("another").0); // the next write finds the space back
+    assert_eq!(rig.next_start().name, "needs-space");
+}

@@ -35,38 +35,44 @@ fn open(store: &str, durability: u32) -> *mut btb_system {
     let mut manifest = std::ptr::null_mut();
     let mut options = std::ptr::null_mut();
     let mut system = std::ptr::null_mut();
-    let types = [c"timer".as_ptr()];
-    ok(btb_manifest_new(
-        c"org.example.bench".as_ptr(),
-        c"1".as_ptr(),
-        &mut manifest,
-    ));
-    ok(btb_manifest_declare(
-        manifest,
-        c"bench.Task".as_ptr(),
-        types.as_ptr(),
-        1,
-        std::ptr::null(),
-        0,
-    ));
-    ok(btb_system_options_new(&mut options));
-    ok(btb_system_options_set_manifest(options, manifest));
-    let store = CString::new(store).unwrap();
-    ok(btb_system_options_set_store(options, store.as_ptr()));
-    ok(btb_system_options_set_durability(options, durability));
-    ok(btb_system_open(options, &mut system));
-    ok(btb_system_options_free(options));
-    ok(btb_manifest_free(manifest));
+    // SAFETY: every pointer passed is a live local, a C string literal or NULL with length 0.
+    unsafe {
+        let types = [c"timer".as_ptr()];
+        ok(btb_manifest_new(
+            c"org.example.bench".as_ptr(),
+            c"1".as_ptr(),
+            &mut manifest,
+        ));
+        ok(btb_manifest_declare(
+            manifest,
+            c"bench.Task".as_ptr(),
+            types.as_ptr(),
+            1,
+            std::ptr::null(),
+            0,
+        ));
+        ok(btb_system_options_new(&mut options));
+        ok(btb_system_options_set_manifest(options, manifest));
+        let store = CString::new(store).unwrap();
+        ok(btb_system_options_set_store(options, store.as_ptr()));
+        ok(btb_system_options_set_durability(options, durability));
+        ok(btb_system_open(options, &mut system));
+        ok(btb_system_options_free(options));
+        ok(btb_manifest_free(manifest));
+    }
     system
 }
 
 fn builder() -> *mut btb_builder {
     let mut b = std::ptr::null_mut();
     let mut t = std::ptr::null_mut();
-    ok(btb_new(&mut b));
-    ok(btb_set_name(b, c"bench-task".as_ptr()));
-    ok(btb_set_task_entry_point(b, c"bench.Task".as_ptr()));
-    ok(btb_time_trigger_new(15, false, &mut t));
+    // SAFETY: the out-pointers are live locals; the strings are C string literals.
+    unsafe {
+        ok(btb_new(&mut b));
+        ok(btb_set_name(b, c"bench-task".as_ptr()));
+        ok(btb_set_task_entry_point(b, c"bench.Task".as_ptr()));
+        ok(btb_time_trigger_new(15, false, &mut t));
+    }
     ok(btb_set_trigger(b, t));
     ok(btb_trigger_free(t));
     b
@@ -74,7 +80,8 @@ fn builder() -> *mut btb_builder {
 
 fn register_one(system: *mut btb_system, b: *mut btb_builder) {
     let mut r: *mut btb_registration = std::ptr::null_mut();
-    ok(btb_register_in(system, b, &mut r));
+    // SAFETY: `r` is a live local.
+    ok(unsafe { btb_register_in(system, b, &mut r) });
     ok(btb_registration_free(black_box(r)));
 }
 

@@ -1,7 +1,7 @@
 //! `btb_builder`: `BackgroundTaskBuilder`. Setters copy their arguments; `btb_register*` borrows
 //! the builder, so after a validation error the caller fixes it and calls again.
 
-use std::ffi::c_char;
+use std::ffi::{CString, c_char};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use btb_core::{Builder, Error, ErrorKind};
@@ -10,7 +10,7 @@ use crate::error::{btb_status, guard};
 use crate::handle::{self, Out, OutArray, handle_type, read, required};
 use crate::registration::{btb_registration, btb_task_group, new_group, new_registration};
 use crate::retry::{self, btb_retry_policy, new_retry_policy};
-use crate::strings::{arg, c_str, opt_arg, owned};
+use crate::strings::{arg, c_str, c_string, opt_arg};
 use crate::system::btb_system;
 use crate::trigger::{btb_condition, btb_trigger, new_trigger};
 
@@ -20,11 +20,43 @@ pub struct btb_builder {
     _private: [u8; 0],
 }
 
-pub(crate) type BuilderRef = Arc<Mutex<Builder>>;
+/// A builder and the C copies of its strings that the getters lend out.
+pub(crate) struct BuilderData {
+    builder: Mutex<Builder>,
+    lent: Mutex<Lent>,
+}
+
+/// The strings `btb_get_name` and `btb_get_task_entry_point` lent. A copy is replaced only when
+/// its value changed, so a pointer stays valid until the builder changes or is freed.
+#[derive(Default)]
+struct Lent {
+    name: Option<CString>,
+    entry_point: Option<CString>,
+}
+
+pub(crate) type BuilderRef = Arc<BuilderData>;
 handle_type!(btb_builder, "builder", 1, Builder, BuilderRef);
 
 fn lock(b: &BuilderRef) -> MutexGuard<'_, Builder> {
-    b.lock().unwrap_or_else(|p| p.into_inner())
+    b.builder.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A pointer to the C copy of `value` kept in `slot` (NULL for `None`); the copy is made anew only
+/// when `value` differs from it.
+fn lend(slot: &mut Option<CString>, value: Option<&str>) -> *const c_char {
+    match value {
+        None => std::ptr::null(),
+        Some(v) => {
+            if slot.as_ref().is_none_or(|c| c.as_bytes() != v.as_bytes()) {
+                *slot = Some(c_string(v));
+            }
+            slot.as_ref().map_or(std::ptr::null(), |c| c.as_ptr())
+        }
+    }
+}
+
+fn lent(b: &BuilderRef) -> MutexGuard<'_, Lent> {
+    b.lent.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn edit(
@@ -40,16 +72,20 @@ fn edit(
 /// Creates an empty builder: no name, no trigger, no conditions, name policy `BTB_NAME_POLICY_ALLOW`.
 /// On success `*out` is a new builder the caller frees with `btb_free`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_new(out: *mut *mut btb_builder) -> btb_status {
+pub unsafe extern "C" fn btb_new(out: *mut *mut btb_builder) -> btb_status {
     // SAFETY: the C contract: `out` is NULL or writable storage for the result.
     let out = unsafe { Out::from_raw(out) };
     guard(|| {
         let out = required(out, "out")?;
-        out.write(handle::insert::<btb_builder>(Arc::new(Mutex::new(
-            Builder::new(),
-        ))));
+        out.write(handle::insert::<btb_builder>(Arc::new(BuilderData {
+            builder: Mutex::new(Builder::new()),
+            lent: Mutex::new(Lent::default()),
+        })));
         Ok(())
     })
 }
@@ -63,9 +99,15 @@ pub extern "C" fn btb_free(builder: *mut btb_builder) -> btb_status {
 
 /// Sets the task name (copied). Its length (1–256 bytes) is checked by `btb_register`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`. Thread-safe.
+///
+/// # Safety
+///
+/// `name` is NULL or a NUL-terminated string, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_set_name(builder: *mut btb_builder, name: *const c_char) -> btb_status {
+pub unsafe extern "C" fn btb_set_name(
+    builder: *mut btb_builder,
+    name: *const c_char,
+) -> btb_status {
     edit(builder, |b| {
         // SAFETY: the C contract: `name` is NULL or a NUL-terminated string valid during the call.
         let name = unsafe { c_str(name) };
@@ -77,9 +119,12 @@ pub extern "C" fn btb_set_name(builder: *mut btb_builder, name: *const c_char) -
 /// Sets (copied) or, with NULL or `""`, clears the entry point: a name declared in the manifest.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT` (builder), `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`.
 /// Thread-safe.
+///
+/// # Safety
+///
+/// `entry_point` is NULL or a NUL-terminated string, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_set_task_entry_point(
+pub unsafe extern "C" fn btb_set_task_entry_point(
     builder: *mut btb_builder,
     entry_point: *const c_char,
 ) -> btb_status {
@@ -192,45 +237,58 @@ pub extern "C" fn btb_set_retry_policy(
     })
 }
 
-/// Writes a copy of the name to `*out` (NULL when unset); the caller frees it with
-/// `btb_string_free`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+/// Writes the name to `*out` (NULL when unset), borrowed: valid until the builder's name changes
+/// or the builder is freed. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`.
+/// Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_get_name(builder: *const btb_builder, out: *mut *mut c_char) -> btb_status {
-    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
-    let out = unsafe { Out::from_raw(out) };
-    guard(|| {
-        read(builder, out, |b| {
-            Ok(lock(b).name.as_deref().map_or(std::ptr::null_mut(), owned))
-        })
-    })
-}
-
-/// Writes a copy of the entry point to `*out` (NULL when unset); free it with `btb_string_free`.
-/// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
-#[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_get_task_entry_point(
+pub unsafe extern "C" fn btb_get_name(
     builder: *const btb_builder,
-    out: *mut *mut c_char,
+    out: *mut *const c_char,
 ) -> btb_status {
     // SAFETY: the C contract: `out` is NULL or writable storage for the result.
     let out = unsafe { Out::from_raw(out) };
     guard(|| {
         read(builder, out, |b| {
-            Ok(lock(b)
-                .task_entry_point
-                .as_deref()
-                .map_or(std::ptr::null_mut(), owned))
+            let name = lock(b).name.clone();
+            Ok(lend(&mut lent(b).name, name.as_deref()))
+        })
+    })
+}
+
+/// Writes the entry point to `*out` (NULL when unset), borrowed: valid until the builder's entry
+/// point changes or the builder is freed. Errors: `BTB_ERROR_NULL_ARGUMENT`,
+/// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn btb_get_task_entry_point(
+    builder: *const btb_builder,
+    out: *mut *const c_char,
+) -> btb_status {
+    // SAFETY: the C contract: `out` is NULL or writable storage for the result.
+    let out = unsafe { Out::from_raw(out) };
+    guard(|| {
+        read(builder, out, |b| {
+            let entry_point = lock(b).task_entry_point.clone();
+            Ok(lend(&mut lent(b).entry_point, entry_point.as_deref()))
         })
     })
 }
 
 /// Writes a new handle to the builder's task group to `*out` (NULL when unset); free it with
 /// `btb_task_group_free`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_get_task_group(
+pub unsafe extern "C" fn btb_get_task_group(
     builder: *const btb_builder,
     out: *mut *mut btb_task_group,
 ) -> btb_status {
@@ -248,9 +306,12 @@ pub extern "C" fn btb_get_task_group(
 
 /// Writes `cancel_on_condition_loss` to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_get_cancel_on_condition_loss(
+pub unsafe extern "C" fn btb_get_cancel_on_condition_loss(
     builder: *const btb_builder,
     out: *mut bool,
 ) -> btb_status {
@@ -261,9 +322,12 @@ pub extern "C" fn btb_get_cancel_on_condition_loss(
 
 /// Writes `is_network_requested` to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_get_is_network_requested(
+pub unsafe extern "C" fn btb_get_is_network_requested(
     builder: *const btb_builder,
     out: *mut bool,
 ) -> btb_status {
@@ -274,9 +338,15 @@ pub extern "C" fn btb_get_is_network_requested(
 
 /// Writes the name policy (`BTB_NAME_POLICY_*`) to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_get_name_policy(builder: *const btb_builder, out: *mut u32) -> btb_status {
+pub unsafe extern "C" fn btb_get_name_policy(
+    builder: *const btb_builder,
+    out: *mut u32,
+) -> btb_status {
     // SAFETY: the C contract: `out` is NULL or writable storage for the result.
     let out = unsafe { Out::from_raw(out) };
     guard(|| read(builder, out, |b| Ok(lock(b).name_policy)))
@@ -285,9 +355,12 @@ pub extern "C" fn btb_get_name_policy(builder: *const btb_builder, out: *mut u32
 /// Writes a new handle to a copy of the trigger to `*out` (free with `btb_trigger_free`).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_NOT_FOUND` (no trigger
 /// set). Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_get_trigger(
+pub unsafe extern "C" fn btb_get_trigger(
     builder: *const btb_builder,
     out: *mut *mut btb_trigger,
 ) -> btb_status {
@@ -307,9 +380,12 @@ pub extern "C" fn btb_get_trigger(
 /// Writes a new handle to a copy of the retry policy to `*out` (free with `btb_retry_policy_free`;
 /// changing it does not change the builder's). Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_NOT_FOUND` (no retry policy set). Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_get_retry_policy(
+pub unsafe extern "C" fn btb_get_retry_policy(
     builder: *const btb_builder,
     out: *mut *mut btb_retry_policy,
 ) -> btb_status {
@@ -329,9 +405,13 @@ pub extern "C" fn btb_get_retry_policy(
 /// and writes their total number to `*out_len` (call with `capacity` 0 to learn it).
 /// `conditions` may be NULL when `capacity` is 0.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `conditions` is NULL or points to `capacity` writable elements; `out_len` is NULL or points to
+/// writable storage for one result, each valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_get_conditions(
+pub unsafe extern "C" fn btb_get_conditions(
     builder: *const btb_builder,
     conditions: *mut u32,
     capacity: usize,
@@ -380,9 +460,12 @@ fn register(
 /// `BTB_MANIFEST` and `BTB_STORE`, or set with `btb_system_set_default`). Same contract as
 /// `btb_register_in`; without a default system it fails with `BTB_ERROR_STATE` and a message that
 /// says how to provide a manifest.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_register(
+pub unsafe extern "C" fn btb_register(
     builder: *const btb_builder,
     out: *mut *mut btb_registration,
 ) -> btb_status {
@@ -403,9 +486,12 @@ pub extern "C" fn btb_register(
 /// bounds); `BTB_ERROR_CONFLICT` (contradictory conditions, name taken under
 /// `BTB_NAME_POLICY_FAIL`); `BTB_ERROR_STORE`. Also `BTB_ERROR_STATE` (closed system, used after
 /// fork). Thread-safe; blocks for the commit.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_register_in(
+pub unsafe extern "C" fn btb_register_in(
     system: *mut btb_system,
     builder: *const btb_builder,
     out: *mut *mut btb_registration,

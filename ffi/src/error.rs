@@ -73,6 +73,13 @@ fn set_last_error(message: &str) {
     LAST_ERROR.with(|slot| *slot.borrow_mut() = c);
 }
 
+/// Explains an answer that is not a failure status but is one for the caller (a request that no
+/// registration holds answers `BTB_APPLICATION_TRIGGER_UNKNOWN_ERROR` with `BTB_OK`, as Windows'
+/// `RequestAsync` answers `UnknownError`): `btb_last_error_message()` then says why.
+pub(crate) fn explain(message: &str) {
+    set_last_error(message);
+}
+
 /// Runs an entry point's body: catches panics, records the message of a failure, maps it to a status.
 pub(crate) fn guard(body: impl FnOnce() -> Result<(), Error>) -> btb_status {
     match catch_unwind(AssertUnwindSafe(body)) {
@@ -102,8 +109,9 @@ pub(crate) fn guard_value<T>(fallback: T, body: impl FnOnce() -> T) -> T {
 
 /// The message of the calling thread's last failed btb call.
 ///
-/// Never NULL: an empty string when this thread has had no failure. The pointer stays valid until
-/// this thread's next failing btb call. Thread-safe (per-thread storage).
+/// Never NULL: an empty string when this thread has had no failure. A request answered
+/// `BTB_APPLICATION_TRIGGER_UNKNOWN_ERROR` (with `BTB_OK`) sets it too, saying why. The pointer
+/// stays valid until this thread's next btb call that sets it. Thread-safe (per-thread storage).
 #[unsafe(no_mangle)]
 pub extern "C" fn btb_last_error_message() -> *const c_char {
     guard_value(c"".as_ptr(), || {

@@ -214,9 +214,12 @@ fn act(instance: *mut btb_instance, f: impl FnOnce(&Run) -> Result<(), Error>) -
 /// Writes a new owned handle to the same instance to `*out` (free with `btb_instance_free`), to keep
 /// it beyond the callback that lent it. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`.
 /// Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_instance_clone(
+pub unsafe extern "C" fn btb_instance_clone(
     instance: *const btb_instance,
     out: *mut *mut btb_instance,
 ) -> btb_status {
@@ -241,9 +244,15 @@ pub extern "C" fn btb_instance_free(instance: *mut btb_instance) -> btb_status {
 
 /// Writes the instance id (new for every run) to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_instance_id(instance: *const btb_instance, out: *mut btb_uuid) -> btb_status {
+pub unsafe extern "C" fn btb_instance_id(
+    instance: *const btb_instance,
+    out: *mut btb_uuid,
+) -> btb_status {
     // SAFETY: the C contract: `out` is NULL or writable storage for the result.
     let out = unsafe { Out::from_raw(out) };
     guard(|| {
@@ -259,9 +268,12 @@ pub extern "C" fn btb_instance_id(instance: *const btb_instance, out: *mut btb_u
 /// `btb_registration_free`). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`,
 /// `BTB_ERROR_STATE` (in a host process, which has no registrations: its `BTB_TASK_*` variables
 /// name the task). Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_instance_task(
+pub unsafe extern "C" fn btb_instance_task(
     instance: *const btb_instance,
     out: *mut *mut btb_registration,
 ) -> btb_status {
@@ -279,9 +291,12 @@ pub extern "C" fn btb_instance_task(
 /// Writes the trigger details to `*out`: the application trigger's arguments as a JSON object text,
 /// or NULL for other triggers. Borrowed: valid while this instance handle lives.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_instance_trigger_details(
+pub unsafe extern "C" fn btb_instance_trigger_details(
     instance: *const btb_instance,
     out: *mut *const c_char,
 ) -> btb_status {
@@ -296,9 +311,12 @@ pub extern "C" fn btb_instance_trigger_details(
 
 /// Writes the current progress to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_instance_progress(
+pub unsafe extern "C" fn btb_instance_progress(
     instance: *const btb_instance,
     out: *mut u32,
 ) -> btb_status {
@@ -322,9 +340,12 @@ pub extern "C" fn btb_instance_set_progress(
 
 /// Writes the suspended count to `*out` (btb never suspends a task: always 0).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_instance_suspended_count(
+pub unsafe extern "C" fn btb_instance_suspended_count(
     instance: *const btb_instance,
     out: *mut u32,
 ) -> btb_status {
@@ -335,9 +356,12 @@ pub extern "C" fn btb_instance_suspended_count(
 
 /// Writes whether the instance has been canceled to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_instance_canceled(
+pub unsafe extern "C" fn btb_instance_canceled(
     instance: *const btb_instance,
     out: *mut bool,
 ) -> btb_status {
@@ -348,9 +372,12 @@ pub extern "C" fn btb_instance_canceled(
 
 /// Writes the `BTB_CANCELLATION_*` reason to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_NOT_FOUND` (not canceled). Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_instance_cancellation_reason(
+pub unsafe extern "C" fn btb_instance_cancellation_reason(
     instance: *const btb_instance,
     out: *mut u32,
 ) -> btb_status {
@@ -370,9 +397,12 @@ pub extern "C" fn btb_instance_cancellation_reason(
 
 /// Writes whether the broker holds a sleep inhibitor for this run (`is_network_requested`) to
 /// `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_instance_is_network_granted(
+pub unsafe extern "C" fn btb_instance_is_network_granted(
     instance: *const btb_instance,
     out: *mut bool,
 ) -> btb_status {
@@ -384,9 +414,12 @@ pub extern "C" fn btb_instance_is_network_granted(
 /// Marks the run as failed with `message` (copied): its outcome is `BTB_TASK_OUTCOME_FAILED` once
 /// it ends. The last report wins. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`,
 /// `BTB_ERROR_INVALID_UTF8`. Thread-safe.
+///
+/// # Safety
+///
+/// `message` is NULL or a NUL-terminated string, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_instance_report_failure(
+pub unsafe extern "C" fn btb_instance_report_failure(
     instance: *mut btb_instance,
     message: *const c_char,
 ) -> btb_status {
@@ -402,9 +435,15 @@ pub extern "C" fn btb_instance_report_failure(
 /// Writes which attempt this run is to `*out` (1, then 2, 3… for retries; SPEC §12; WorkManager's
 /// `getRunAttemptCount() + 1`; `BTB_ATTEMPT` in an exec host). Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_instance_attempt(instance: *const btb_instance, out: *mut u32) -> btb_status {
+pub unsafe extern "C" fn btb_instance_attempt(
+    instance: *const btb_instance,
+    out: *mut u32,
+) -> btb_status {
     // SAFETY: the C contract: `out` is NULL or writable storage for the result.
     let out = unsafe { Out::from_raw(out) };
     guard(|| read(instance, out, |i| Ok(i.run.attempt())))
@@ -420,9 +459,12 @@ pub extern "C" fn btb_instance_attempt(instance: *const btb_instance, out: *mut 
 /// `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT` (negative `after_ms`),
 /// `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_UNSUPPORTED` (a host whose broker speaks protocol version
 /// 1). Thread-safe.
+///
+/// # Safety
+///
+/// `message` is NULL or a NUL-terminated string, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_instance_request_retry(
+pub unsafe extern "C" fn btb_instance_request_retry(
     instance: *mut btb_instance,
     after_ms: i64,
     message: *const c_char,
@@ -451,9 +493,12 @@ pub extern "C" fn btb_instance_request_retry(
 /// `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_INVALID_ARGUMENT` (not JSON,
 /// not an object, more than 64 KiB; the output is unchanged), `BTB_ERROR_UNSUPPORTED` (a host whose
 /// broker speaks protocol version 1). Thread-safe.
+///
+/// # Safety
+///
+/// `json` is NULL or a NUL-terminated string, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_instance_set_output(
+pub unsafe extern "C" fn btb_instance_set_output(
     instance: *mut btb_instance,
     json: *const c_char,
 ) -> btb_status {
@@ -482,9 +527,14 @@ pub extern "C" fn btb_instance_finish_run(instance: *mut btb_instance) -> btb_st
 /// writes a token for `btb_instance_remove_canceled` to `*out_token` (may be NULL).
 /// `free_user_data` (may be NULL) is called once btb is done with `user_data` (see `btb_free_fn`).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT` (instance or handler), `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out_token` is NULL or points to writable storage for one result, valid for the duration of the
+/// call. `handler` and `free_user_data` must be safe to call with `user_data` from btb's threads,
+/// as documented above.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_instance_add_canceled(
+pub unsafe extern "C" fn btb_instance_add_canceled(
     instance: *mut btb_instance,
     handler: btb_canceled_fn,
     user_data: *mut c_void,
@@ -538,9 +588,12 @@ pub extern "C" fn btb_instance_remove_canceled(
 /// (free with `btb_deferral_free` after completing it).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE` (the instance
 /// already completed). Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_instance_get_deferral(
+pub unsafe extern "C" fn btb_instance_get_deferral(
     instance: *mut btb_instance,
     out: *mut *mut btb_deferral,
 ) -> btb_status {
@@ -587,9 +640,12 @@ pub extern "C" fn btb_deferral_free(deferral: *mut btb_deferral) -> btb_status {
 /// unset; connected already; the broker refused, e.g. another protocol version),
 /// `BTB_ERROR_INVALID_ARGUMENT` (a `BTB_*` variable is malformed), `BTB_ERROR_INTERNAL` (the socket
 /// failed). Call once per process, from any thread.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_host_connect(out: *mut *mut btb_instance) -> btb_status {
+pub unsafe extern "C" fn btb_host_connect(out: *mut *mut btb_instance) -> btb_status {
     // SAFETY: the C contract: `out` is NULL or writable storage for the result.
     let out = unsafe { Out::from_raw(out) };
     guard(|| {
@@ -604,9 +660,13 @@ pub extern "C" fn btb_host_connect(out: *mut *mut btb_instance) -> btb_status {
 /// `*out_canceled` (the reason: `btb_instance_cancellation_reason`). For a host process's main
 /// loop; in-process run functions can wait the same way. Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out_canceled` is NULL or points to writable storage for one result, valid for the duration of
+/// the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_instance_wait_canceled(
+pub unsafe extern "C" fn btb_instance_wait_canceled(
     instance: *const btb_instance,
     timeout_ms: u32,
     out_canceled: *mut bool,

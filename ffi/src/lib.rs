@@ -2,15 +2,15 @@
 //! runs inside [`error::guard`] (or `guard_value` for infallible getters), so no panic crosses the
 //! boundary. Handles are tagged, generation-checked table entries ([`handle`]), never raw pointers.
 //!
-//! Other pointer arguments — out-parameters, strings, arrays — point to the caller's memory, and
-//! btb relies on the C contract documented on each function. An export turns each such pointer
-//! into a checked Rust view in one `unsafe` block whose SAFETY comment states what C promised
-//! (`handle::Out` for out-parameters, written by a safe `write`; `handle::OutArray`;
-//! `strings::c_str`; `strings::arg_array`; `<*const T>::as_ref`), at its top or at the top of the
-//! closure that uses it. Such an export carries `#[expect(clippy::not_unsafe_ptr_arg_deref)]`: it
-//! is a safe Rust function whose soundness rests on its caller, as every C function's does, and
-//! the expectation marks exactly those exports. Apart from those `unsafe fn` conversions, no
-//! function dereferences a pointer it was given.
+//! Other pointer arguments — out-parameters, strings, arrays, callbacks with their `user_data` —
+//! belong to the caller, and btb relies on the C contract documented on each function. Every export
+//! that takes one is a `pub unsafe extern "C" fn` whose `# Safety` section says what the caller
+//! promises (the C declaration is the same: C has no `unsafe`); exports that take only handles and
+//! values stay safe. Inside, each such pointer becomes a checked Rust view in one `unsafe` block
+//! whose SAFETY comment states what C promised (`handle::Out` for out-parameters, written by a safe
+//! `write`; `handle::OutArray`; `strings::c_str`; `strings::arg_array`; `<*const T>::as_ref`), at
+//! its top or at the top of the closure that uses it. Clippy's `not_unsafe_ptr_arg_deref` (denied by
+//! default) fails the build when a safe export dereferences a pointer argument.
 #![allow(non_camel_case_types)]
 
 pub mod builder;

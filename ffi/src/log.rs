@@ -134,8 +134,13 @@ fn set(f: btb_log_fn, level: u32, user_data: Arc<UserData>) -> Result<()> {
 /// program as a crate that installed one (as the Python binding installs pyo3-log; libbtb.so has
 /// its own copy, so a C program, or a C library beside that binding, never sees this). On an error
 /// nothing changes and the caller keeps `user_data`.
+///
+/// # Safety
+///
+/// `callback` and `free_user_data` must be safe to call with `user_data` from any thread, as
+/// documented above.
 #[unsafe(no_mangle)]
-pub extern "C" fn btb_set_log_callback(
+pub unsafe extern "C" fn btb_set_log_callback(
     callback: btb_log_fn,
     level: u32,
     user_data: *mut c_void,

@@ -9,7 +9,7 @@ use crate::error::{btb_status, guard};
 use crate::handle::{self, Handle, Out, OutArray, UserData, handle_type, read, required};
 use crate::instance::btb_free_fn;
 use crate::retry::{btb_retry_policy, new_retry_policy};
-use crate::strings::{arg, c_str, c_string, opt_arg, owned};
+use crate::strings::{arg, c_str, c_string, opt_arg};
 use crate::trigger::{btb_trigger, new_trigger};
 
 /// A 128-bit task or instance id, in RFC 9562 byte order.
@@ -132,9 +132,12 @@ pub(crate) fn new_group_list(list: Vec<TaskGroup>) -> *mut btb_task_group_list {
 
 /// Writes the task id to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`.
 /// Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_registration_task_id(
+pub unsafe extern "C" fn btb_registration_task_id(
     registration: *const btb_registration,
     out: *mut btb_uuid,
 ) -> btb_status {
@@ -149,27 +152,52 @@ pub extern "C" fn btb_registration_task_id(
     })
 }
 
-/// Writes the canonical text form of a uuid (36 characters, lowercase, hyphenated) to `*out`; the
-/// caller frees it with `btb_string_free`. Errors: `BTB_ERROR_NULL_ARGUMENT`. Thread-safe.
+/// The size of a uuid's text form with its terminating NUL (36 characters + 1): the capacity that
+/// `btb_uuid_to_string` needs.
+pub const BTB_UUID_STRING_SIZE: usize = 37;
+
+/// Writes the canonical text form of a uuid (36 characters, lowercase, hyphenated) and a NUL to the
+/// caller's buffer `out` of `capacity` bytes, as libgit2's `git_oid_tostr` does: there is no string
+/// to free. `char text[BTB_UUID_STRING_SIZE]` is enough. Errors: `BTB_ERROR_NULL_ARGUMENT`,
+/// `BTB_ERROR_INVALID_ARGUMENT` (`capacity` below `BTB_UUID_STRING_SIZE`; nothing is written).
+/// Thread-safe.
+///
+/// # Safety
+///
+/// `id` is NULL or points to a readable `btb_uuid`; `out` is NULL or points to `capacity` writable
+/// bytes, each valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_uuid_to_string(id: *const btb_uuid, out: *mut *mut c_char) -> btb_status {
+pub unsafe extern "C" fn btb_uuid_to_string(
+    id: *const btb_uuid,
+    out: *mut c_char,
+    capacity: usize,
+) -> btb_status {
     // SAFETY: the C contract: `id` is NULL or points to a readable `btb_uuid`; `out` is NULL or
-    // writable storage for the result.
-    let (id, out) = unsafe { (id.as_ref(), Out::from_raw(out)) };
+    // `capacity` writable bytes.
+    let (id, out) = unsafe { (id.as_ref(), OutArray::from_raw(out, capacity)) };
     guard(|| {
-        let out = required(out, "out")?;
         let bytes = required(id, "id")?.bytes;
-        out.write(owned(&uuid::Uuid::from_bytes(bytes).to_string()));
+        let out = required(out, "out")?;
+        if capacity < BTB_UUID_STRING_SIZE {
+            return Err(Error::invalid(format!(
+                "capacity {capacity} is too small for a uuid: it needs BTB_UUID_STRING_SIZE ({BTB_UUID_STRING_SIZE})"
+            )));
+        }
+        let text = uuid::Uuid::from_bytes(bytes).to_string();
+        let with_nul: Vec<c_char> = text.bytes().chain([0]).map(|b| b as c_char).collect();
+        out.fill(&with_nul);
         Ok(())
     })
 }
 
 /// Writes the task name to `*out` (borrowed: valid while the registration handle lives).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_registration_name(
+pub unsafe extern "C" fn btb_registration_name(
     registration: *const btb_registration,
     out: *mut *const c_char,
 ) -> btb_status {
@@ -181,9 +209,12 @@ pub extern "C" fn btb_registration_name(
 /// Writes the entry point to `*out`, or NULL for a task without one (borrowed: valid while the
 /// registration handle lives). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`.
 /// Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_registration_task_entry_point(
+pub unsafe extern "C" fn btb_registration_task_entry_point(
     registration: *const btb_registration,
     out: *mut *const c_char,
 ) -> btb_status {
@@ -200,9 +231,12 @@ pub extern "C" fn btb_registration_task_entry_point(
 
 /// Writes a new handle to the registration's task group to `*out`, or NULL if it has none (free with
 /// `btb_task_group_free`). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_registration_task_group(
+pub unsafe extern "C" fn btb_registration_task_group(
     registration: *const btb_registration,
     out: *mut *mut btb_task_group,
 ) -> btb_status {
@@ -220,9 +254,12 @@ pub extern "C" fn btb_registration_task_group(
 
 /// Writes a new handle to a copy of the registration's trigger to `*out` (free with
 /// `btb_trigger_free`). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_registration_trigger(
+pub unsafe extern "C" fn btb_registration_trigger(
     registration: *const btb_registration,
     out: *mut *mut btb_trigger,
 ) -> btb_status {
@@ -238,9 +275,12 @@ pub extern "C" fn btb_registration_trigger(
 /// Writes a new handle to a copy of the registration's retry policy to `*out` (free with
 /// `btb_retry_policy_free`). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`,
 /// `BTB_ERROR_NOT_FOUND` (registered without one). Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_registration_retry_policy(
+pub unsafe extern "C" fn btb_registration_retry_policy(
     registration: *const btb_registration,
     out: *mut *mut btb_retry_policy,
 ) -> btb_status {
@@ -262,9 +302,13 @@ pub extern "C" fn btb_registration_retry_policy(
 /// Copies up to `capacity` condition types (`BTB_CONDITION_*`) to `conditions` and writes their total
 /// number to `*out_len`. `conditions` may be NULL when `capacity` is 0.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `conditions` is NULL or points to `capacity` writable elements; `out_len` is NULL or points to
+/// writable storage for one result, each valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_registration_conditions(
+pub unsafe extern "C" fn btb_registration_conditions(
     registration: *const btb_registration,
     conditions: *mut u32,
     capacity: usize,
@@ -296,9 +340,12 @@ pub extern "C" fn btb_registration_conditions(
 
 /// Writes `cancel_on_condition_loss` to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_registration_cancel_on_condition_loss(
+pub unsafe extern "C" fn btb_registration_cancel_on_condition_loss(
     registration: *const btb_registration,
     out: *mut bool,
 ) -> btb_status {
@@ -313,9 +360,12 @@ pub extern "C" fn btb_registration_cancel_on_condition_loss(
 
 /// Writes `is_network_requested` to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_registration_is_network_requested(
+pub unsafe extern "C" fn btb_registration_is_network_requested(
     registration: *const btb_registration,
     out: *mut bool,
 ) -> btb_status {
@@ -330,9 +380,12 @@ pub extern "C" fn btb_registration_is_network_requested(
 
 /// Writes whether the registration is spent (its one-shot trigger fired; it never fires again) to
 /// `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_registration_is_spent(
+pub unsafe extern "C" fn btb_registration_is_spent(
     registration: *const btb_registration,
     out: *mut bool,
 ) -> btb_status {
@@ -369,9 +422,13 @@ pub extern "C" fn btb_registration_free(registration: *mut btb_registration) -> 
 /// On success `*out` is a new group (free with `btb_task_group_free`).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_INVALID_ARGUMENT`
 /// (empty or longer than 256 bytes). Thread-safe.
+///
+/// # Safety
+///
+/// `id` is NULL or a NUL-terminated string; `name` is NULL or a NUL-terminated string; `out` is
+/// NULL or points to writable storage for one result, each valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_task_group_new(
+pub unsafe extern "C" fn btb_task_group_new(
     id: *const c_char,
     name: *const c_char,
     out: *mut *mut btb_task_group,
@@ -387,23 +444,42 @@ pub extern "C" fn btb_task_group_new(
     })
 }
 
+/// A task group's background-activated handler, called as WinRT calls
+/// `BackgroundTaskRegistrationGroup.BackgroundActivated` (sender, args) and with the same shape as
+/// the completed and progress handlers: the group (the one the handler was added to), then the
+/// instance, both borrowed for the call (`btb_instance_clone` keeps the instance longer). It runs
+/// on a btb worker thread with no btb lock held; report failure with `btb_instance_report_failure`,
+/// take a deferral to finish later.
+pub type btb_group_activated_fn = Option<
+    unsafe extern "C" fn(
+        group: *mut btb_task_group,
+        instance: *mut crate::instance::btb_instance,
+        user_data: *mut c_void,
+    ),
+>;
+
 /// Adds a background-activated handler to the task group (WinRT
 /// `BackgroundTaskRegistrationGroup.BackgroundActivated`): it runs the group's registered tasks
 /// that have no entry point, in every system of this process where a registration names the group —
 /// whether added before or after the registration (objects are bound by use). Several handlers of
 /// one group run in the order added, with one instance; the first to report a failure ends the run.
 /// A system's own handler for the group (`btb_system_set_background_activated` with the group id)
-/// is asked first. `handler` runs on a btb worker thread with a borrowed instance; `user_data` is
-/// passed back as given (btb never dereferences it) until `free_user_data` (may be NULL) is called
-/// for it (see `btb_free_fn`).
+/// is asked first. `handler` runs on a btb worker thread with the group and the instance, both
+/// borrowed (see `btb_group_activated_fn`); `user_data` is passed back as given (btb never
+/// dereferences it) until `free_user_data` (may be NULL) is called for it (see `btb_free_fn`).
 /// On success `*out_token` (may be NULL) names the handler for
 /// `btb_task_group_remove_background_activated`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT` (group or handler), `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out_token` is NULL or points to writable storage for one result, valid for the duration of the
+/// call. `handler` and `free_user_data` must be safe to call with `user_data` from btb's threads, as
+/// documented above.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_task_group_add_background_activated(
+pub unsafe extern "C" fn btb_task_group_add_background_activated(
     group: *const btb_task_group,
-    handler: crate::instance::btb_run_fn,
+    handler: btb_group_activated_fn,
     user_data: *mut c_void,
     free_user_data: btb_free_fn,
     out_token: *mut u64,
@@ -414,10 +490,19 @@ pub extern "C" fn btb_task_group_add_background_activated(
         let g = handle::get(group, "group")?;
         let f = handler.ok_or_else(|| Error::new(ErrorKind::NullArgument, "handler is NULL"))?;
         let user_data = UserData::new(user_data, free_user_data);
-        let btb_core::Handler::Call(run) = crate::instance::run_handler(f, &user_data) else {
-            unreachable!("run_handler makes a call handler")
-        };
-        let token = btb_core::groups::add_background_activated(&g.group.id, run);
+        let id = g.group.id.clone();
+        let run: btb_core::RunFn = Arc::new(move |instance: &btb_core::Instance| {
+            // A handle of its own for each call, freed when the call returns (as for completed
+            // and progress handlers), so that the handler's `btb_task_group_free` cannot take the
+            // group from a later call.
+            let group = handle::insert::<btb_task_group>(Arc::clone(&g));
+            crate::instance::with_borrowed(instance, |instance| {
+                // SAFETY: the C caller promised `f` accepts these arguments (documented).
+                unsafe { f(group, instance, user_data.ptr()) }
+            });
+            let _ = handle::free(group);
+        });
+        let token = btb_core::groups::add_background_activated(&id, run);
         if let Some(out_token) = out_token {
             out_token.write(token);
         }
@@ -444,9 +529,12 @@ pub extern "C" fn btb_task_group_remove_background_activated(token: u64) -> btb_
 
 /// Writes the group id to `*out` (borrowed: valid while the group handle lives).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_task_group_id(
+pub unsafe extern "C" fn btb_task_group_id(
     group: *const btb_task_group,
     out: *mut *const c_char,
 ) -> btb_status {
@@ -457,9 +545,12 @@ pub extern "C" fn btb_task_group_id(
 
 /// Writes the group's friendly name to `*out` (borrowed: valid while the group handle lives).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_task_group_name(
+pub unsafe extern "C" fn btb_task_group_name(
     group: *const btb_task_group,
     out: *mut *const c_char,
 ) -> btb_status {
@@ -476,9 +567,12 @@ pub extern "C" fn btb_task_group_free(group: *mut btb_task_group) -> btb_status 
 
 /// Writes the number of registrations in the list to `*out`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_registration_list_len(
+pub unsafe extern "C" fn btb_registration_list_len(
     list: *const btb_registration_list,
     out: *mut usize,
 ) -> btb_status {
@@ -490,9 +584,12 @@ pub extern "C" fn btb_registration_list_len(
 /// Writes a new handle to the registration at `index` to `*out` (free with `btb_registration_free`).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
 /// (index out of range). Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_registration_list_get(
+pub unsafe extern "C" fn btb_registration_list_get(
     list: *const btb_registration_list,
     index: usize,
     out: *mut *mut btb_registration,
@@ -514,9 +611,12 @@ pub extern "C" fn btb_registration_list_free(list: *mut btb_registration_list) -
 
 /// Writes the number of groups in the list to `*out`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_task_group_list_len(
+pub unsafe extern "C" fn btb_task_group_list_len(
     list: *const btb_task_group_list,
     out: *mut usize,
 ) -> btb_status {
@@ -528,9 +628,12 @@ pub extern "C" fn btb_task_group_list_len(
 /// Writes a new handle to the group at `index` to `*out` (free with `btb_task_group_free`).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
 /// (index out of range). Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_task_group_list_get(
+pub unsafe extern "C" fn btb_task_group_list_get(
     list: *const btb_task_group_list,
     index: usize,
     out: *mut *mut btb_task_group,
@@ -601,9 +704,14 @@ fn borrowed_registration(registration: &Registration, f: impl FnOnce(*mut btb_re
 /// `free_user_data` (may be NULL) is called once btb is done with `user_data` (see `btb_free_fn`).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT` (registration or handler),
 /// `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out_token` is NULL or points to writable storage for one result, valid for the duration of the
+/// call. `handler` and `free_user_data` must be safe to call with `user_data` from btb's threads,
+/// as documented above.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_registration_add_completed(
+pub unsafe extern "C" fn btb_registration_add_completed(
     registration: *mut btb_registration,
     handler: btb_completed_fn,
     user_data: *mut c_void,
@@ -648,9 +756,14 @@ pub extern "C" fn btb_registration_add_completed(
 /// Adds a progress handler; writes its token to `*out_token` (may be NULL).
 /// `free_user_data` (may be NULL) is called once btb is done with `user_data` (see `btb_free_fn`).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out_token` is NULL or points to writable storage for one result, valid for the duration of the
+/// call. `handler` and `free_user_data` must be safe to call with `user_data` from btb's threads,
+/// as documented above.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_registration_add_progress(
+pub unsafe extern "C" fn btb_registration_add_progress(
     registration: *mut btb_registration,
     handler: btb_progress_fn,
     user_data: *mut c_void,
@@ -704,12 +817,18 @@ pub extern "C" fn btb_registration_remove_handler(
 
 /// Requests a run through the registration's application trigger, with `arguments` (a JSON object
 /// text, or NULL); writes a `BTB_APPLICATION_TRIGGER_*` result to `*out`. Works after a restart.
+/// UNKNOWN_ERROR (the task was unregistered) comes with `BTB_OK`, and `btb_last_error_message()`
+/// says why.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
 /// `BTB_ERROR_INVALID_ARGUMENT` (not an application trigger; bad arguments), `BTB_ERROR_STATE`.
 /// Thread-safe.
+///
+/// # Safety
+///
+/// `arguments` is NULL or a NUL-terminated string; `out` is NULL or points to writable storage for
+/// one result, each valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_registration_request(
+pub unsafe extern "C" fn btb_registration_request(
     registration: *mut btb_registration,
     arguments: *const c_char,
     out: *mut u32,
@@ -721,7 +840,14 @@ pub extern "C" fn btb_registration_request(
         let out = required(out, "out")?;
         let r = handle::get(registration as *const btb_registration, "registration")?;
         let args = crate::system::parse_arguments(arguments)?;
-        out.write(r.registration.request(args)? as u32);
+        let result = r.registration.request(args)?;
+        if result == btb_core::ApplicationTriggerResult::UnknownError {
+            crate::system::explain_unheld(&format!(
+                "no registration holds the application trigger of task \"{}\" (it was unregistered)",
+                r.registration.name()
+            ));
+        }
+        out.write(result as u32);
         Ok(())
     })
 }
@@ -729,9 +855,12 @@ pub extern "C" fn btb_registration_request(
 /// Writes when the registration's time, maintenance or calendar trigger is next due (ms since the
 /// Unix epoch) to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`,
 /// `BTB_ERROR_NOT_FOUND` (another kind of trigger, or spent). Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_registration_next_due_ms(
+pub unsafe extern "C" fn btb_registration_next_due_ms(
     registration: *const btb_registration,
     out: *mut i64,
 ) -> btb_status {
@@ -800,9 +929,12 @@ handle_type!(btb_run_list, "list", 13, RunList, RunListRef);
 /// Writes a new list of the registration's recorded runs (oldest first; the last 100 by default) to
 /// `*out`; free it with `btb_run_list_free`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STORE`, `BTB_ERROR_STATE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_registration_history(
+pub unsafe extern "C" fn btb_registration_history(
     registration: *const btb_registration,
     out: *mut *mut btb_run_list,
 ) -> btb_status {
@@ -830,9 +962,15 @@ pub extern "C" fn btb_registration_history(
 
 /// Writes the number of runs in the list to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_run_list_len(list: *const btb_run_list, out: *mut usize) -> btb_status {
+pub unsafe extern "C" fn btb_run_list_len(
+    list: *const btb_run_list,
+    out: *mut usize,
+) -> btb_status {
     // SAFETY: the C contract: `out` is NULL or writable storage for the result.
     let out = unsafe { Out::from_raw(out) };
     guard(|| list_len(list, out))
@@ -841,9 +979,12 @@ pub extern "C" fn btb_run_list_len(list: *const btb_run_list, out: *mut usize) -
 /// Writes the run at `index` to `*out` (strings borrowed from the list).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
 /// (index out of range). Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_run_list_get(
+pub unsafe extern "C" fn btb_run_list_get(
     list: *const btb_run_list,
     index: usize,
     out: *mut btb_run,

@@ -57,9 +57,12 @@ fn edit(
 /// On success `*out` is a new policy the caller frees with `btb_retry_policy_free`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT` (`out`), `BTB_ERROR_INVALID_ARGUMENT` (an unknown backoff, a
 /// negative delay). Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_retry_policy_new(
+pub unsafe extern "C" fn btb_retry_policy_new(
     backoff: u32,
     initial_delay_ms: i64,
     max_delay_ms: i64,
@@ -137,9 +140,12 @@ pub extern "C" fn btb_retry_policy_set_jitter(
 
 /// Writes the backoff (`BTB_BACKOFF_*`) to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_retry_policy_backoff(
+pub unsafe extern "C" fn btb_retry_policy_backoff(
     policy: *const btb_retry_policy,
     out: *mut u32,
 ) -> btb_status {
@@ -150,9 +156,12 @@ pub extern "C" fn btb_retry_policy_backoff(
 
 /// Writes the initial delay (ms) to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_retry_policy_initial_delay_ms(
+pub unsafe extern "C" fn btb_retry_policy_initial_delay_ms(
     policy: *const btb_retry_policy,
     out: *mut i64,
 ) -> btb_status {
@@ -167,9 +176,12 @@ pub extern "C" fn btb_retry_policy_initial_delay_ms(
 
 /// Writes the max delay (ms) to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_retry_policy_max_delay_ms(
+pub unsafe extern "C" fn btb_retry_policy_max_delay_ms(
     policy: *const btb_retry_policy,
     out: *mut i64,
 ) -> btb_status {
@@ -184,9 +196,12 @@ pub extern "C" fn btb_retry_policy_max_delay_ms(
 
 /// Writes the most attempts (0: no limit) to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_retry_policy_max_attempts(
+pub unsafe extern "C" fn btb_retry_policy_max_attempts(
     policy: *const btb_retry_policy,
     out: *mut u32,
 ) -> btb_status {
@@ -197,9 +212,12 @@ pub extern "C" fn btb_retry_policy_max_attempts(
 
 /// Writes whether failed runs are retried to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_retry_policy_retry_on_failure(
+pub unsafe extern "C" fn btb_retry_policy_retry_on_failure(
     policy: *const btb_retry_policy,
     out: *mut bool,
 ) -> btb_status {
@@ -210,9 +228,12 @@ pub extern "C" fn btb_retry_policy_retry_on_failure(
 
 /// Writes the jitter (a fraction, 0–1) to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_retry_policy_jitter(
+pub unsafe extern "C" fn btb_retry_policy_jitter(
     policy: *const btb_retry_policy,
     out: *mut f64,
 ) -> btb_status {

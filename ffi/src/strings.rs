@@ -1,11 +1,11 @@
-//! Strings across the boundary: in = NUL-terminated UTF-8, copied; out = owned (`btb_string_free`)
-//! or borrowed from a handle, as each function documents.
+//! Strings across the boundary: in = NUL-terminated UTF-8, copied; out = borrowed from the handle
+//! (or callback argument) they came from — btb never hands C a string to free (the header's
+//! conventions block).
 
 use std::ffi::{CStr, CString, c_char};
 
 use btb_core::{Error, ErrorKind, Result};
 
-use crate::error::{btb_status, guard};
 use crate::handle::required;
 
 /// Wraps the C string argument `ptr` of an entry point (`None` for NULL). Call it at the top of the
@@ -77,23 +77,4 @@ pub(crate) unsafe fn arg_array(
 /// A C copy of a Rust string (interior NULs cannot occur: inputs were C strings or validated).
 pub(crate) fn c_string(s: &str) -> CString {
     CString::new(s).unwrap_or_else(|_| CString::new(s.replace('\0', "")).expect("no NUL"))
-}
-
-/// An owned C string for an out-parameter; the caller frees it with `btb_string_free`.
-pub(crate) fn owned(s: &str) -> *mut c_char {
-    c_string(s).into_raw()
-}
-
-/// Frees a string that btb returned as owned. NULL is a no-op. Passing any other pointer, or
-/// freeing twice, is undefined behaviour (as with `free`). Thread-safe.
-#[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)] // C contract: a string btb returned as owned
-pub extern "C" fn btb_string_free(string: *mut c_char) -> btb_status {
-    guard(|| {
-        if !string.is_null() {
-            // SAFETY: documented: `string` came from btb's `CString::into_raw` and is freed once.
-            drop(unsafe { CString::from_raw(string) });
-        }
-        Ok(())
-    })
 }

@@ -24,7 +24,7 @@ use crate::registration::{
     btb_registration, btb_registration_list, btb_task_group, btb_task_group_list, new_group,
     new_registration,
 };
-use crate::strings::{arg, arg_array, c_str, c_string, opt_arg, owned};
+use crate::strings::{arg, arg_array, c_str, c_string, opt_arg};
 
 /// An app manifest: app id, version and declared entry points. Thread-safe. Free with
 /// `btb_manifest_free`.
@@ -44,7 +44,20 @@ pub struct btb_system {
     _private: [u8; 0],
 }
 
-pub(crate) type ManifestRef = Arc<Mutex<Manifest>>;
+/// A manifest and the C copy of its app id that `btb_manifest_app_id` lends out (the app id never
+/// changes after creation).
+pub(crate) struct ManifestData {
+    manifest: Mutex<Manifest>,
+    app_id: CString,
+}
+
+impl ManifestData {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Manifest> {
+        self.manifest.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub(crate) type ManifestRef = Arc<ManifestData>;
 pub(crate) type OptionsRef = Arc<Mutex<SystemOptions>>;
 
 pub(crate) struct SystemData {
@@ -64,9 +77,10 @@ fn new_manifest(
 ) -> Result<(), Error> {
     let out = required(out, "out")?;
     let manifest = make()?;
-    out.write(handle::insert::<btb_manifest>(Arc::new(Mutex::new(
-        manifest,
-    ))));
+    out.write(handle::insert::<btb_manifest>(Arc::new(ManifestData {
+        app_id: c_string(manifest.app_id()),
+        manifest: Mutex::new(manifest),
+    })));
     Ok(())
 }
 
@@ -75,9 +89,13 @@ fn new_manifest(
 /// On success `*out` is a new manifest (free with `btb_manifest_free`).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_INVALID_ARGUMENT`
 /// (app id not reverse-DNS). Thread-safe.
+///
+/// # Safety
+///
+/// `app_id` is NULL or a NUL-terminated string; `version` is NULL or a NUL-terminated string; `out`
+/// is NULL or points to writable storage for one result, each valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_manifest_new(
+pub unsafe extern "C" fn btb_manifest_new(
     app_id: *const c_char,
     version: *const c_char,
     out: *mut *mut btb_manifest,
@@ -98,9 +116,13 @@ pub extern "C" fn btb_manifest_new(
 /// Loads a TOML manifest file. On success `*out` is a new manifest (free with `btb_manifest_free`).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_INVALID_ARGUMENT` (cannot
 /// read, bad TOML, unknown key or task type — the message names the line). Thread-safe.
+///
+/// # Safety
+///
+/// `path` is NULL or a NUL-terminated string; `out` is NULL or points to writable storage for one
+/// result, each valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_manifest_load(
+pub unsafe extern "C" fn btb_manifest_load(
     path: *const c_char,
     out: *mut *mut btb_manifest,
 ) -> btb_status {
@@ -111,9 +133,13 @@ pub extern "C" fn btb_manifest_load(
 }
 
 /// Parses a TOML manifest from text. Same contract as `btb_manifest_load`.
+///
+/// # Safety
+///
+/// `toml` is NULL or a NUL-terminated string; `out` is NULL or points to writable storage for one
+/// result, each valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_manifest_from_toml(
+pub unsafe extern "C" fn btb_manifest_from_toml(
     toml: *const c_char,
     out: *mut *mut btb_manifest,
 ) -> btb_status {
@@ -129,9 +155,15 @@ pub extern "C" fn btb_manifest_from_toml(
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
 /// `BTB_ERROR_INVALID_ARGUMENT` (unknown type, entry point declared twice, relative exec path).
 /// Thread-safe.
+///
+/// # Safety
+///
+/// `entry_point` is NULL or a NUL-terminated string; `types` is NULL or points to `n_types`
+/// readable pointers, each NULL or a NUL-terminated string; `exec` is NULL or points to `n_exec`
+/// readable pointers, each NULL or a NUL-terminated string, each valid for the duration of the
+/// call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_manifest_declare(
+pub unsafe extern "C" fn btb_manifest_declare(
     manifest: *mut btb_manifest,
     entry_point: *const c_char,
     types: *const *const c_char,
@@ -152,25 +184,24 @@ pub extern "C" fn btb_manifest_declare(
             // SAFETY: the C contract: `exec` is NULL or `n_exec` strings valid during the call.
             decl = decl.with_exec(unsafe { arg_array(exec, n_exec, "exec") }?)?;
         }
-        m.lock().unwrap_or_else(|p| p.into_inner()).declare(decl)
+        m.lock().declare(decl)
     })
 }
 
-/// Writes a copy of the manifest's app id to `*out`; free it with `btb_string_free`.
+/// Writes the manifest's app id to `*out` (borrowed: valid while the manifest handle lives).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_manifest_app_id(
+pub unsafe extern "C" fn btb_manifest_app_id(
     manifest: *const btb_manifest,
-    out: *mut *mut c_char,
+    out: *mut *const c_char,
 ) -> btb_status {
     // SAFETY: the C contract: `out` is NULL or writable storage for the result.
     let out = unsafe { Out::from_raw(out) };
-    guard(|| {
-        read(manifest, out, |m| {
-            Ok(owned(m.lock().unwrap_or_else(|p| p.into_inner()).app_id()))
-        })
-    })
+    guard(|| read(manifest, out, |m| Ok(m.app_id.as_ptr())))
 }
 
 /// Frees a manifest. NULL is a no-op. Errors: `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
@@ -184,9 +215,12 @@ pub extern "C" fn btb_manifest_free(manifest: *mut btb_manifest) -> btb_status {
 /// policy (15-minute minimum freshness, 15-minute timer window, 5 s grace, 25 s / 10 min limits,
 /// `max_concurrent` = CPUs, `synchronous=FULL`). On success `*out` is new options (free with
 /// `btb_system_options_free`). Errors: `BTB_ERROR_NULL_ARGUMENT`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_system_options_new(out: *mut *mut btb_system_options) -> btb_status {
+pub unsafe extern "C" fn btb_system_options_new(out: *mut *mut btb_system_options) -> btb_status {
     // SAFETY: the C contract: `out` is NULL or writable storage for the result.
     let out = unsafe { Out::from_raw(out) };
     guard(|| {
@@ -223,7 +257,7 @@ pub extern "C" fn btb_system_options_set_manifest(
 ) -> btb_status {
     edit(options, |o| {
         let m = handle::get(manifest, "manifest")?;
-        o.manifest = Some(m.lock().unwrap_or_else(|p| p.into_inner()).clone());
+        o.manifest = Some(m.lock().clone());
         Ok(())
     })
 }
@@ -232,9 +266,12 @@ pub extern "C" fn btb_system_options_set_manifest(
 /// NULL restores the per-app default. Copied.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT` (options), `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`.
 /// Thread-safe.
+///
+/// # Safety
+///
+/// `store` is NULL or a NUL-terminated string, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_system_options_set_store(
+pub unsafe extern "C" fn btb_system_options_set_store(
     options: *mut btb_system_options,
     store: *const c_char,
 ) -> btb_status {
@@ -278,9 +315,12 @@ pub extern "C" fn btb_system_options_set_simulated(
 /// restores the default. Copied. For tests and for hosts whose sysfs lives elsewhere (SPEC §6).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT` (options), `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`.
 /// Thread-safe.
+///
+/// # Safety
+///
+/// `path` is NULL or a NUL-terminated string, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_system_options_set_power_supply_root(
+pub unsafe extern "C" fn btb_system_options_set_power_supply_root(
     options: *mut btb_system_options,
     path: *const c_char,
 ) -> btb_status {
@@ -300,9 +340,12 @@ pub extern "C" fn btb_system_options_set_power_supply_root(
 /// NULL restores the default. Copied.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT` (options), `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`.
 /// Thread-safe.
+///
+/// # Safety
+///
+/// `path` is NULL or a NUL-terminated string, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_system_options_set_localtime_path(
+pub unsafe extern "C" fn btb_system_options_set_localtime_path(
     options: *mut btb_system_options,
     path: *const c_char,
 ) -> btb_status {
@@ -469,9 +512,12 @@ fn new_system(system: System) -> *mut btb_system {
 /// `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT` (no manifest, policy out of range),
 /// `BTB_ERROR_STORE` (corrupt or newer-schema file, left untouched; store in use by a system whose
 /// broker cannot be reached; the message names the path). Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_system_open(
+pub unsafe extern "C" fn btb_system_open(
     options: *const btb_system_options,
     out: *mut *mut btb_system,
 ) -> btb_status {
@@ -543,9 +589,12 @@ pub extern "C" fn btb_system_set_default(system: *mut btb_system) -> btb_status 
 
 /// Writes the system's app id to `*out` (borrowed: valid while the system handle lives).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_system_app_id(
+pub unsafe extern "C" fn btb_system_app_id(
     system: *const btb_system,
     out: *mut *const c_char,
 ) -> btb_status {
@@ -556,9 +605,12 @@ pub extern "C" fn btb_system_app_id(
 
 /// Writes the store's path (`":memory:"` for an ephemeral store) to `*out` (borrowed: valid while
 /// the system handle lives). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_system_store_path(
+pub unsafe extern "C" fn btb_system_store_path(
     system: *const btb_system,
     out: *mut *const c_char,
 ) -> btb_status {
@@ -571,9 +623,15 @@ pub extern "C" fn btb_system_store_path(
 /// process's broker held the store at open, so that this system is its client (every call goes
 /// through that broker; SPEC §10). A client becomes the broker when that broker goes away.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_system_is_broker(system: *const btb_system, out: *mut bool) -> btb_status {
+pub unsafe extern "C" fn btb_system_is_broker(
+    system: *const btb_system,
+    out: *mut bool,
+) -> btb_status {
     // SAFETY: the C contract: `out` is NULL or writable storage for the result.
     let out = unsafe { Out::from_raw(out) };
     guard(|| read(system, out, |s| Ok(s.system.is_broker())))
@@ -582,9 +640,15 @@ pub extern "C" fn btb_system_is_broker(system: *const btb_system, out: *mut bool
 /// Writes the process id of the broker this system uses to `*out` (this process's own when
 /// `btb_system_is_broker` says so). Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_system_broker_pid(system: *const btb_system, out: *mut u32) -> btb_status {
+pub unsafe extern "C" fn btb_system_broker_pid(
+    system: *const btb_system,
+    out: *mut u32,
+) -> btb_status {
     // SAFETY: the C contract: `out` is NULL or writable storage for the result.
     let out = unsafe { Out::from_raw(out) };
     guard(|| read(system, out, |s| Ok(s.system.broker_pid())))
@@ -592,9 +656,12 @@ pub extern "C" fn btb_system_broker_pid(system: *const btb_system, out: *mut u32
 
 /// Writes the system clock's time (ms since the Unix epoch) to `*out`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_system_now_ms(system: *const btb_system, out: *mut i64) -> btb_status {
+pub unsafe extern "C" fn btb_system_now_ms(system: *const btb_system, out: *mut i64) -> btb_status {
     // SAFETY: the C contract: `out` is NULL or writable storage for the result.
     let out = unsafe { Out::from_raw(out) };
     guard(|| read(system, out, |s| Ok(s.system.clock().now_ms())))
@@ -627,9 +694,13 @@ pub extern "C" fn btb_system_advance_clock(system: *mut btb_system, ms: i64) -> 
 /// `free_user_data` (may be NULL) is called once btb is done with `user_data` (see `btb_free_fn`).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
 /// `BTB_ERROR_STATE`. Thread-safe.
+///
+/// # Safety
+///
+/// `group_id` is NULL or a NUL-terminated string, valid for the duration of the call. `handler` and
+/// `free_user_data` must be safe to call with `user_data` from btb's threads, as documented above.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_system_set_background_activated(
+pub unsafe extern "C" fn btb_system_set_background_activated(
     system: *mut btb_system,
     group_id: *const c_char,
     handler: btb_run_fn,
@@ -653,9 +724,12 @@ pub extern "C" fn btb_system_set_background_activated(
 /// (`btb_system_next_event`) instead of a callback, so a host runs them on its own thread.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
 /// `BTB_ERROR_STATE`. Thread-safe.
+///
+/// # Safety
+///
+/// `group_id` is NULL or a NUL-terminated string, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_system_set_background_activated_queued(
+pub unsafe extern "C" fn btb_system_set_background_activated_queued(
     system: *mut btb_system,
     group_id: *const c_char,
 ) -> btb_status {
@@ -676,9 +750,14 @@ pub extern "C" fn btb_system_set_background_activated_queued(
 /// Errors: `BTB_ERROR_NULL_ARGUMENT` (system, entry point or handler), `BTB_ERROR_INVALID_HANDLE`,
 /// `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_NOT_DECLARED` (not in the manifest), `BTB_ERROR_STATE`.
 /// Thread-safe.
+///
+/// # Safety
+///
+/// `entry_point` is NULL or a NUL-terminated string, valid for the duration of the call. `handler`
+/// and `free_user_data` must be safe to call with `user_data` from btb's threads, as documented
+/// above.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_system_register_entry_point(
+pub unsafe extern "C" fn btb_system_register_entry_point(
     system: *mut btb_system,
     entry_point: *const c_char,
     handler: btb_run_fn,
@@ -702,9 +781,12 @@ pub extern "C" fn btb_system_register_entry_point(
 
 /// Routes the runs of a declared entry point to the pull queue (`btb_system_next_event`), so a host
 /// runtime runs them on its own thread. Errors: as `btb_system_register_entry_point`. Thread-safe.
+///
+/// # Safety
+///
+/// `entry_point` is NULL or a NUL-terminated string, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_system_register_entry_point_queued(
+pub unsafe extern "C" fn btb_system_register_entry_point_queued(
     system: *mut btb_system,
     entry_point: *const c_char,
 ) -> btb_status {
@@ -721,9 +803,12 @@ pub extern "C" fn btb_system_register_entry_point_queued(
 /// Removes the handler of an entry point (its tasks then fail when they fire, saying so).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
 /// `BTB_ERROR_NOT_DECLARED`, `BTB_ERROR_STATE`. Thread-safe.
+///
+/// # Safety
+///
+/// `entry_point` is NULL or a NUL-terminated string, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_system_unregister_entry_point(
+pub unsafe extern "C" fn btb_system_unregister_entry_point(
     system: *mut btb_system,
     entry_point: *const c_char,
 ) -> btb_status {
@@ -742,9 +827,13 @@ pub extern "C" fn btb_system_unregister_entry_point(
 /// events here. Writes how many registrations fired to `*out_fired` (may be NULL).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
 /// (unknown type), `BTB_ERROR_STATE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out_fired` is NULL or points to writable storage for one result, valid for the duration of the
+/// call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_system_raise_event(
+pub unsafe extern "C" fn btb_system_raise_event(
     system: *mut btb_system,
     event: u32,
     out_fired: *mut usize,
@@ -767,9 +856,13 @@ pub extern "C" fn btb_system_raise_event(
 /// NULL). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
 /// `BTB_ERROR_INVALID_ARGUMENT` (empty, too long or with a control character),
 /// `BTB_ERROR_STATE`. Thread-safe.
+///
+/// # Safety
+///
+/// `name` is NULL or a NUL-terminated string; `out_fired` is NULL or points to writable storage for
+/// one result, each valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_system_signal_event(
+pub unsafe extern "C" fn btb_system_signal_event(
     system: *mut btb_system,
     name: *const c_char,
     out_fired: *mut usize,
@@ -794,9 +887,16 @@ pub extern "C" fn btb_system_signal_event(
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_UTF8`, `BTB_ERROR_INVALID_ARGUMENT` (bad app
 /// id or name), `BTB_ERROR_NOT_FOUND` (no broker of that app runs), `BTB_ERROR_POLICY` (the socket
 /// belongs to another user), `BTB_ERROR_STATE` (no answer). Thread-safe.
+///
+/// # Safety
+///
+/// `app_id` is NULL or a NUL-terminated string; `name` is NULL or a NUL-terminated string, each
+/// valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_signal_event(app_id: *const c_char, name: *const c_char) -> btb_status {
+pub unsafe extern "C" fn btb_signal_event(
+    app_id: *const c_char,
+    name: *const c_char,
+) -> btb_status {
     // SAFETY: the C contract: `app_id` and `name` are NULL or NUL-terminated strings valid during
     // the call.
     let (app_id, name) = unsafe { (c_str(app_id), c_str(name)) };
@@ -827,9 +927,12 @@ pub extern "C" fn btb_system_set_state(
 /// simulated source, or read from the machine (`btb_system_state_source` says which).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`,
 /// `BTB_ERROR_STATE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_system_state(
+pub unsafe extern "C" fn btb_system_state(
     system: *const btb_system,
     condition: u32,
     out: *mut i32,
@@ -855,9 +958,12 @@ pub extern "C" fn btb_system_state(
 /// when none does).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
 /// (unknown condition), `BTB_ERROR_STATE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_system_state_source(
+pub unsafe extern "C" fn btb_system_state_source(
     system: *const btb_system,
     condition: u32,
     out: *mut *const c_char,
@@ -892,9 +998,12 @@ fn source_c_str(name: &str) -> &'static std::ffi::CStr {
 /// and a free network, HIGH when the battery is low, MEDIUM otherwise.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_NOT_FOUND` (the power
 /// state is unknown), `BTB_ERROR_STATE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_system_background_work_cost(
+pub unsafe extern "C" fn btb_system_background_work_cost(
     system: *const btb_system,
     out: *mut u32,
 ) -> btb_status {
@@ -920,9 +1029,13 @@ pub extern "C" fn btb_system_background_work_cost(
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`,
 /// `BTB_ERROR_UNSUPPORTED` in a client (its broker runs the tasks: use a completed handler).
 /// Thread-safe; blocks.
+///
+/// # Safety
+///
+/// `out_idle` is NULL or points to writable storage for one result, valid for the duration of the
+/// call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_system_wait_idle(
+pub unsafe extern "C" fn btb_system_wait_idle(
     system: *mut btb_system,
     timeout_ms: u32,
     out_idle: *mut bool,
@@ -945,9 +1058,13 @@ pub extern "C" fn btb_system_wait_idle(
 /// holds its store itself waits as `btb_system_wait_idle` does. Errors: `BTB_ERROR_NULL_ARGUMENT`,
 /// `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE` (closed, or the broker went away). Thread-safe;
 /// blocks.
+///
+/// # Safety
+///
+/// `out_done` is NULL or points to writable storage for one result, valid for the duration of the
+/// call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_system_serve_activation(
+pub unsafe extern "C" fn btb_system_serve_activation(
     system: *mut btb_system,
     timeout_ms: u32,
     out_done: *mut bool,
@@ -980,9 +1097,12 @@ pub struct btb_event {
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`,
 /// `BTB_ERROR_UNSUPPORTED` in a client (the pull queue is the broker process's). Thread-safe;
 /// blocks.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_system_next_event(
+pub unsafe extern "C" fn btb_system_next_event(
     system: *mut btb_system,
     timeout_ms: u32,
     out: *mut btb_event,
@@ -1023,14 +1143,18 @@ pub extern "C" fn btb_system_next_event(
 /// open system of this process that holds one (objects are bound by use; the default system is
 /// asked only when none does). A non-NULL `system` narrows the request to that system. Writes a `BTB_APPLICATION_TRIGGER_*` result
 /// to `*out`: ALLOWED (exactly one run follows), CURRENTLY_RUNNING (a run is going or pending; nothing is
-/// queued), DISABLED_BY_POLICY, or UNKNOWN_ERROR (no
-/// registration holds the trigger).
+/// queued), DISABLED_BY_POLICY, or UNKNOWN_ERROR (no registration holds the trigger:
+/// `btb_last_error_message()` then says so, although the status is `BTB_OK`).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
 /// `BTB_ERROR_INVALID_ARGUMENT` (not an application trigger; arguments not a JSON object),
 /// `BTB_ERROR_STATE`. Thread-safe.
+///
+/// # Safety
+///
+/// `arguments` is NULL or a NUL-terminated string; `out` is NULL or points to writable storage for
+/// one result, each valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_application_trigger_request(
+pub unsafe extern "C" fn btb_application_trigger_request(
     system: *mut btb_system,
     trigger: *const btb_trigger,
     arguments: *const c_char,
@@ -1053,9 +1177,27 @@ pub extern "C" fn btb_application_trigger_request(
                 .system
                 .request(&id, args)?
         };
+        if result == btb_core::ApplicationTriggerResult::UnknownError {
+            let place = if system.is_null() {
+                "in any open system of this process"
+            } else {
+                "in this system"
+            };
+            explain_unheld(&format!(
+                "no registration holds application trigger {id} {place}"
+            ));
+        }
         out.write(result as u32);
         Ok(())
     })
+}
+
+/// Says why a request answered `UNKNOWN_ERROR` (`btb_last_error_message`).
+pub(crate) fn explain_unheld(what: &str) {
+    crate::error::explain(&format!(
+        "{what}: register a task with the trigger first, or keep it registered \
+         (BTB_APPLICATION_TRIGGER_UNKNOWN_ERROR)"
+    ));
 }
 
 /// Parses optional application trigger arguments (a JSON object text).
@@ -1073,9 +1215,12 @@ pub(crate) fn parse_arguments(
 /// Writes a new list of the registrations outside any task group, in registration order, to
 /// `*out` (Windows `AllTasks`); free it with `btb_registration_list_free`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_system_all_tasks(
+pub unsafe extern "C" fn btb_system_all_tasks(
     system: *const btb_system,
     out: *mut *mut btb_registration_list,
 ) -> btb_status {
@@ -1094,9 +1239,13 @@ pub extern "C" fn btb_system_all_tasks(
 /// free it with `btb_registration_list_free`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
 /// `BTB_ERROR_STATE`. Thread-safe.
+///
+/// # Safety
+///
+/// `group_id` is NULL or a NUL-terminated string; `out` is NULL or points to writable storage for
+/// one result, each valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_system_group_tasks(
+pub unsafe extern "C" fn btb_system_group_tasks(
     system: *const btb_system,
     group_id: *const c_char,
     out: *mut *mut btb_registration_list,
@@ -1117,9 +1266,12 @@ pub extern "C" fn btb_system_group_tasks(
 /// Writes a new list of the task groups that hold registrations, ordered by id, to `*out`
 /// (Windows `AllTaskGroups`); free it with `btb_task_group_list_free`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_system_all_task_groups(
+pub unsafe extern "C" fn btb_system_all_task_groups(
     system: *const btb_system,
     out: *mut *mut btb_task_group_list,
 ) -> btb_status {
@@ -1137,9 +1289,13 @@ pub extern "C" fn btb_system_all_task_groups(
 /// Writes a new handle to the task group `group_id` to `*out` (free with `btb_task_group_free`).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_UTF8`,
 /// `BTB_ERROR_NOT_FOUND` (no registration in that group), `BTB_ERROR_STATE`. Thread-safe.
+///
+/// # Safety
+///
+/// `group_id` is NULL or a NUL-terminated string; `out` is NULL or points to writable storage for
+/// one result, each valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_system_get_task_group(
+pub unsafe extern "C" fn btb_system_get_task_group(
     system: *const btb_system,
     group_id: *const c_char,
     out: *mut *mut btb_task_group,
@@ -1158,9 +1314,13 @@ pub extern "C" fn btb_system_get_task_group(
 /// (free with `btb_registration_free`).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_NOT_FOUND`,
 /// `BTB_ERROR_STATE`. Thread-safe.
+///
+/// # Safety
+///
+/// `task_id` is NULL or points to a readable `btb_uuid`; `out` is NULL or points to writable
+/// storage for one result, each valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_system_find_task(
+pub unsafe extern "C" fn btb_system_find_task(
     system: *const btb_system,
     task_id: *const crate::registration::btb_uuid,
     out: *mut *mut btb_registration,

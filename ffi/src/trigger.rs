@@ -69,9 +69,12 @@ fn make(
 ///
 /// On success `*out` is a new trigger the caller frees with `btb_trigger_free`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT` (`out`). Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_time_trigger_new(
+pub unsafe extern "C" fn btb_time_trigger_new(
     freshness_minutes: u32,
     one_shot: bool,
     out: *mut *mut btb_trigger,
@@ -91,9 +94,12 @@ pub extern "C" fn btb_time_trigger_new(
 /// Creates a maintenance trigger (`MaintenanceTrigger`): like a time trigger, but runs only on AC
 /// power. On success `*out` is a new trigger (free with `btb_trigger_free`).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_maintenance_trigger_new(
+pub unsafe extern "C" fn btb_maintenance_trigger_new(
     freshness_minutes: u32,
     one_shot: bool,
     out: *mut *mut btb_trigger,
@@ -113,9 +119,12 @@ pub extern "C" fn btb_maintenance_trigger_new(
 /// Creates a system-event trigger (`SystemTrigger`) for a `BTB_SYSTEM_TRIGGER_*` value.
 /// On success `*out` is a new trigger (free with `btb_trigger_free`). An unknown type is reported
 /// by `btb_register` as `BTB_ERROR_INVALID_ARGUMENT`. Errors: `BTB_ERROR_NULL_ARGUMENT`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_system_trigger_new(
+pub unsafe extern "C" fn btb_system_trigger_new(
     trigger_type: u32,
     one_shot: bool,
     out: *mut *mut btb_trigger,
@@ -135,9 +144,12 @@ pub extern "C" fn btb_system_trigger_new(
 /// Creates an application trigger (`ApplicationTrigger`), fired by the app's own request.
 /// On success `*out` is a new trigger (free with `btb_trigger_free`).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_application_trigger_new(out: *mut *mut btb_trigger) -> btb_status {
+pub unsafe extern "C" fn btb_application_trigger_new(out: *mut *mut btb_trigger) -> btb_status {
     // SAFETY: the C contract: `out` is NULL or writable storage for the result.
     let out = unsafe { Out::from_raw(out) };
     guard(|| make(out, || Ok(Trigger::application())))
@@ -147,9 +159,13 @@ pub extern "C" fn btb_application_trigger_new(out: *mut *mut btb_trigger) -> btb
 /// user signals `trigger_id`; `recurrence` is a `BTB_CUSTOM_RECURRENCE_*` value. `trigger_id` is
 /// copied. On success `*out` is a new trigger (free with `btb_trigger_free`).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_UTF8`. Thread-safe.
+///
+/// # Safety
+///
+/// `trigger_id` is NULL or a NUL-terminated string; `out` is NULL or points to writable storage for
+/// one result, each valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_custom_trigger_new(
+pub unsafe extern "C" fn btb_custom_trigger_new(
     trigger_id: *const c_char,
     recurrence: u32,
     out: *mut *mut btb_trigger,
@@ -171,9 +187,13 @@ pub extern "C" fn btb_custom_trigger_new(
 /// `"Mon..Fri *-*-* 09:30"` or `"daily"`; the expression is parsed by `btb_register`.
 /// On success `*out` is a new trigger (free with `btb_trigger_free`).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_UTF8`. Thread-safe.
+///
+/// # Safety
+///
+/// `expression` is NULL or a NUL-terminated string; `out` is NULL or points to writable storage for
+/// one result, each valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_calendar_trigger_new(
+pub unsafe extern "C" fn btb_calendar_trigger_new(
     expression: *const c_char,
     out: *mut *mut btb_trigger,
 ) -> btb_status {
@@ -213,9 +233,15 @@ fn not_applicable(data: &TriggerData, what: &str) -> Error {
 
 /// Writes the trigger's kind (`BTB_TRIGGER_KIND_*`) to `*out`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_trigger_kind(trigger: *const btb_trigger, out: *mut u32) -> btb_status {
+pub unsafe extern "C" fn btb_trigger_kind(
+    trigger: *const btb_trigger,
+    out: *mut u32,
+) -> btb_status {
     // SAFETY: the C contract: `out` is NULL or writable storage for the result.
     let out = unsafe { Out::from_raw(out) };
     guard(|| read(trigger, out, |d| Ok(d.trigger.kind() as u32)))
@@ -224,9 +250,12 @@ pub extern "C" fn btb_trigger_kind(trigger: *const btb_trigger, out: *mut u32) -
 /// Writes the freshness in minutes of a time or maintenance trigger to `*out`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
 /// (another kind of trigger). Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_trigger_freshness_minutes(
+pub unsafe extern "C" fn btb_trigger_freshness_minutes(
     trigger: *const btb_trigger,
     out: *mut u32,
 ) -> btb_status {
@@ -243,9 +272,15 @@ pub extern "C" fn btb_trigger_freshness_minutes(
 
 /// Writes whether the trigger is one-shot to `*out` (always false for application, custom-event
 /// and calendar triggers). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_trigger_one_shot(trigger: *const btb_trigger, out: *mut bool) -> btb_status {
+pub unsafe extern "C" fn btb_trigger_one_shot(
+    trigger: *const btb_trigger,
+    out: *mut bool,
+) -> btb_status {
     // SAFETY: the C contract: `out` is NULL or writable storage for the result.
     let out = unsafe { Out::from_raw(out) };
     guard(|| read(trigger, out, |d| Ok(d.trigger.one_shot())))
@@ -254,9 +289,12 @@ pub extern "C" fn btb_trigger_one_shot(trigger: *const btb_trigger, out: *mut bo
 /// Writes the `BTB_SYSTEM_TRIGGER_*` type of a system trigger to `*out`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
 /// (not a system trigger). Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_trigger_system_type(
+pub unsafe extern "C" fn btb_trigger_system_type(
     trigger: *const btb_trigger,
     out: *mut u32,
 ) -> btb_status {
@@ -273,9 +311,15 @@ pub extern "C" fn btb_trigger_system_type(
 /// Writes the `BTB_CUSTOM_RECURRENCE_*` value of a custom-event trigger to `*out`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`.
 /// Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_trigger_recurrence(trigger: *const btb_trigger, out: *mut u32) -> btb_status {
+pub unsafe extern "C" fn btb_trigger_recurrence(
+    trigger: *const btb_trigger,
+    out: *mut u32,
+) -> btb_status {
     // SAFETY: the C contract: `out` is NULL or writable storage for the result.
     let out = unsafe { Out::from_raw(out) };
     guard(|| {
@@ -290,9 +334,12 @@ pub extern "C" fn btb_trigger_recurrence(trigger: *const btb_trigger, out: *mut 
 /// `*out`. The string is borrowed: valid while the trigger handle lives.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT`
 /// (a trigger without text). Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_trigger_text(
+pub unsafe extern "C" fn btb_trigger_text(
     trigger: *const btb_trigger,
     out: *mut *const c_char,
 ) -> btb_status {
@@ -315,9 +362,12 @@ pub extern "C" fn btb_trigger_text(
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_INVALID_ARGUMENT` (not
 /// a calendar trigger, or an expression that does not parse — the message names the offending
 /// part, as `btb_register` would). Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_calendar_trigger_normalized(
+pub unsafe extern "C" fn btb_calendar_trigger_normalized(
     trigger: *const btb_trigger,
     out: *mut *const c_char,
 ) -> btb_status {
@@ -342,9 +392,12 @@ pub extern "C" fn btb_calendar_trigger_normalized(
 /// Creates a system condition (`SystemCondition`) for a `BTB_CONDITION_*` value; an unknown value is
 /// reported by `btb_register`. On success `*out` is a new condition (free with `btb_condition_free`).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_system_condition_new(
+pub unsafe extern "C" fn btb_system_condition_new(
     condition_type: u32,
     out: *mut *mut btb_condition,
 ) -> btb_status {
@@ -359,9 +412,15 @@ pub extern "C" fn btb_system_condition_new(
 
 /// Writes the condition's `BTB_CONDITION_*` type to `*out`.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
+///
+/// # Safety
+///
+/// `out` is NULL or points to writable storage for one result, valid for the duration of the call.
 #[unsafe(no_mangle)]
-#[expect(clippy::not_unsafe_ptr_arg_deref)]
-pub extern "C" fn btb_condition_type(condition: *const btb_condition, out: *mut u32) -> btb_status {
+pub unsafe extern "C" fn btb_condition_type(
+    condition: *const btb_condition,
+    out: *mut u32,
+) -> btb_status {
     // SAFETY: the C contract: `out` is NULL or writable storage for the result.
     let out = unsafe { Out::from_raw(out) };
     guard(|| read(condition, out, |c| Ok(*c)))
@@ -380,10 +439,14 @@ mod tests {
     #[test]
     fn a_missing_property_is_named_with_the_right_article() {
         let mut t: *mut btb_trigger = std::ptr::null_mut();
-        assert_eq!(btb_application_trigger_new(&mut t), btb_status::BTB_OK);
+        // SAFETY: `t` and `v` are writable locals.
+        assert_eq!(
+            unsafe { btb_application_trigger_new(&mut t) },
+            btb_status::BTB_OK
+        );
         let mut v = 0u32;
         assert_eq!(
-            btb_trigger_freshness_minutes(t, &mut v),
+            unsafe { btb_trigger_freshness_minutes(t, &mut v) },
             btb_status::BTB_ERROR_INVALID_ARGUMENT
         );
         let msg = unsafe { std::ffi::CStr::from_ptr(crate::error::btb_last_error_message()) };

@@ -1,6 +1,7 @@
 //! Compiles the C programs against the library and header built by this `cargo test` and runs them:
 //! the header alone as C11 and C++17 with `-Werror -pedantic`, the ABI and runtime tests plain,
-//! under AddressSanitizer and under valgrind, and the C examples. Needs `cc`, `c++` and `valgrind`.
+//! under AddressSanitizer and under valgrind, and the C examples (one of them started by a real
+//! btbd, which this test builds). Needs `cc`, `c++` and `valgrind`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -47,6 +48,18 @@ fn linkable(scratch: &Path) -> PathBuf {
     dir
 }
 
+/// A command for a C program that gets a runtime directory of its own under `scratch`: brokers
+/// listen on `$XDG_RUNTIME_DIR/btb/<app id>.sock`, and the suites run at once (plain, ASan,
+/// valgrind) with the same app ids — sharing the user's directory, one suite's broker answered
+/// another suite's client ("serves store …, not this store").
+fn isolated(program: impl AsRef<std::ffi::OsStr>, scratch: &Path) -> Command {
+    let runtime = scratch.join("run");
+    std::fs::create_dir_all(&runtime).unwrap();
+    let mut cmd = Command::new(program);
+    cmd.env("XDG_RUNTIME_DIR", runtime);
+    cmd
+}
+
 fn run(cmd: &mut Command) -> String {
     let out = cmd
         .output()
@@ -90,7 +103,10 @@ fn c_tests(program: &str, min_checks: u32, wrapper: &[&str], extra_cflags: &[&st
     );
     let work = scratch.path().join("work");
     std::fs::create_dir(&work).unwrap();
-    let mut cmd = Command::new(wrapper.first().copied().unwrap_or(exe.to_str().unwrap()));
+    let mut cmd = isolated(
+        wrapper.first().copied().unwrap_or(exe.to_str().unwrap()),
+        scratch.path(),
+    );
     if !wrapper.is_empty() {
         cmd.args(&wrapper[1..]).arg(&exe);
     }
@@ -224,7 +240,7 @@ fn c_example_registers_lists_fails_and_unregisters() {
     let lib = linkable(scratch.path());
     let exe = scratch.path().join("register");
     compile("cc", &root().join("examples-c/register.c"), &exe, &lib, &[]);
-    let out = run(&mut Command::new(&exe));
+    let out = run(&mut isolated(&exe, scratch.path()));
     assert!(out.contains("3 registered task(s)"), "{out}");
     assert!(
         out.contains("BTB_ERROR_INVALID_ARGUMENT: time trigger freshness 5 minutes"),
@@ -248,7 +264,7 @@ fn run_example(name: &str, extra_cflags: &[&str]) -> String {
         &lib,
         extra_cflags,
     );
-    run(&mut Command::new(&exe))
+    run(&mut isolated(&exe, scratch.path()))
 }
 
 #[test]
@@ -346,4 +362,210 @@ fn only_btb_symbols_are_exported_and_the_soname_is_set() {
         dynamic.contains("Library soname: [libbtb.so.0]"),
         "{dynamic}"
     );
+}
+
+/// `target/<profile>` after building btbd and btbctl there (`cargo test -p btb-ffi` builds only
+/// this crate).
+fn tools_dir() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = lib_dir();
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let mut cmd = Command::new(cargo);
+            cmd.args([
+                "build",
+                "-p",
+                "btb-tools",
+                "--bin",
+                "btbd",
+                "--bin",
+                "btbctl",
+            ]);
+            if dir.file_name().is_some_and(|n| n == "release") {
+                cmd.arg("--release");
+            }
+            run(&mut cmd);
+            dir
+        })
+        .clone()
+}
+
+const DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The lines a child writes to one of its pipes, read on a thread as they come.
+fn lines(pipe: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits, at most until `deadline`, for a line that contains `needle`; returns it with the lines
+/// seen before it.
+fn wait_line(
+    rx: &std::sync::mpsc::Receiver<String>,
+    needle: &str,
+    deadline: std::time::Instant,
+    what: &str,
+) -> String {
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(line) => seen.push(line),
+            Err(_) => panic!(
+                "{what}: no line with {needle:?} in time; saw:\n{}",
+                seen.join("\n")
+            ),
+        }
+    }
+}
+
+/// Activation with a C app (SPEC §12): btbd holds the store with no app code; the task's run
+/// function is only in `examples-c/activated.c`, which the manifest's `activate` names. The app
+/// registers the task and exits; `btbctl run` fires it; btbd starts the app (clean environment,
+/// `BTB_ACTIVATION=1`), which opens its system as btbd's client, offers its run function, serves
+/// the run from `btb_system_serve_activation` and exits 0 once nothing is left; the run is
+/// recorded SUCCEEDED with the output the app set. Plain and under AddressSanitizer (a leak or
+/// an error makes the app exit non-zero, which btbd logs).
+#[test]
+fn btbd_activates_a_c_app_that_exits_once_it_has_served() {
+    for cflags in [&[][..], ASAN] {
+        btbd_activates_a_c_app(cflags, &[]);
+    }
+}
+
+/// The same, with the manifest's `activate` starting the app under valgrind (an error or a
+/// definite leak makes it exit 9, which btbd logs).
+#[test]
+fn btbd_activates_a_c_app_under_valgrind() {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let valgrind = std::env::split_paths(&path)
+        .map(|dir| dir.join("valgrind"))
+        .find(|p| p.is_file())
+        .expect("valgrind on PATH");
+    let mut wrapper = vec![valgrind.display().to_string()];
+    wrapper.extend(VALGRIND[1..].iter().map(|a| a.to_string()));
+    btbd_activates_a_c_app(&[], &wrapper);
+}
+
+/// `wrapper`: what `activate` runs the app under (absolute path first), if anything.
+fn btbd_activates_a_c_app(cflags: &[&str], wrapper: &[String]) {
+    let scratch = tempfile::tempdir().unwrap();
+    let lib = linkable(scratch.path());
+    let app = scratch.path().join("activated");
+    compile(
+        "cc",
+        &root().join("examples-c/activated.c"),
+        &app,
+        &lib,
+        cflags,
+    );
+    let runtime = scratch.path().join("run");
+    std::fs::create_dir(&runtime).unwrap();
+    let manifest = scratch.path().join("manifest.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "app_id = \"org.example.activated\"\nversion = \"1\"\nactivate = {}\n\
+             [[task]]\nentry_point = \"notes.Sync\"\ntypes = [\"general\"]\n",
+            serde_json::json!([wrapper, &[app.display().to_string()]].concat())
+        ),
+    )
+    .unwrap();
+    let store = scratch.path().join("btb.sqlite3");
+    let tools = tools_dir();
+    // Every process of the test (and the app btbd starts, which keeps XDG_RUNTIME_DIR) meets at
+    // this runtime directory's control socket, not at the user's.
+    let command = |program: &Path| {
+        let mut cmd = Command::new(program);
+        cmd.env("XDG_RUNTIME_DIR", &runtime)
+            .env_remove("BTB_MANIFEST")
+            .env_remove("BTB_STORE")
+            .env_remove("BTB_ACTIVATION");
+        cmd
+    };
+    let btbctl = |args: &[&str]| {
+        run(command(&tools.join("btbctl"))
+            .arg("--manifest")
+            .arg(&manifest)
+            .arg("--store")
+            .arg(&store)
+            .args(args))
+    };
+
+    // The user opens the app once: it registers the task and closes.
+    let out = run(command(&app).arg(&manifest).arg(&store));
+    assert!(out.contains("registered \"sync\""), "{out}");
+
+    let mut btbd = command(&tools.join("btbd"))
+        .arg("--manifest")
+        .arg(&manifest)
+        .arg("--store")
+        .arg(&store)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = lines(btbd.stdout.take().unwrap());
+    let stderr = lines(btbd.stderr.take().unwrap());
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_line(&stdout, "btbd: ready", deadline, "btbd");
+        btbctl(&["run", "sync", "--args", r#"{"folder":"notes"}"#]);
+        // The activated app prints to btbd's stdout (inherited); btbd logs its start and exit.
+        let started = wait_line(
+            &stderr,
+            "started the app for background work",
+            deadline,
+            "btbd",
+        );
+        let pid = started
+            .split("(pid ")
+            .nth(1)
+            .and_then(|s| s.split(')').next())
+            .expect(&started)
+            .to_owned();
+        let synced = wait_line(&stdout, "syncing", deadline, "the app");
+        assert_eq!(
+            synced,
+            format!(r#"activated pid {pid}: syncing {{"folder":"notes"}}"#)
+        );
+        let served = wait_line(&stdout, "activated pid", deadline, "the app");
+        assert_eq!(
+            served,
+            format!("activated pid {pid}: nothing left to serve, exiting (a client of btbd: yes)")
+        );
+        let exited = wait_line(&stderr, "the activated app", deadline, "btbd");
+        assert!(
+            exited.contains(&format!(
+                "the activated app (pid {pid}) exited with status 0"
+            )),
+            "{exited}"
+        );
+        let history: serde_json::Value =
+            serde_json::from_str(&btbctl(&["history", "sync", "--json"])).unwrap();
+        let runs = history.as_array().expect("a JSON array of runs");
+        assert_eq!(runs.len(), 1, "{history}");
+        assert_eq!(runs[0]["status"], "SUCCEEDED", "{history}");
+        assert_eq!(
+            runs[0]["output"]["served_by"].to_string(),
+            pid,
+            "the run's output is the activated app's: {history}"
+        );
+    }));
+    let _ = btbd.kill();
+    let _ = btbd.wait();
+    if let Err(panic) = checked {
+        std::panic::resume_unwind(panic);
+    }
 }

@@ -1,5 +1,6 @@
 //! The checked-in header must be what cbindgen generates from the sources (BTB_BLESS=1 rewrites it),
-//! carry every core enum value under its C name, and declare every export inside the panic guard.
+//! carry every core enum value under its C name, and declare every export inside the panic guard
+//! (an export that takes a caller's pointer being `unsafe extern "C"`).
 
 use std::path::PathBuf;
 
@@ -102,6 +103,13 @@ fn every_export_is_panic_guarded() {
                 body.contains("guard(").then(|| format!("{name}("))
             })
             .collect();
+        // An export that dereferences a caller's pointer is `unsafe extern "C"` (clippy's
+        // `not_unsafe_ptr_arg_deref`, denied by default, finds the others): no export opts out.
+        assert!(
+            !text.contains("not_unsafe_ptr_arg_deref)]"),
+            "{}: an export silences not_unsafe_ptr_arg_deref instead of being unsafe",
+            path.display()
+        );
         for chunk in text.split("#[unsafe(no_mangle)]").skip(1) {
             exports += 1;
             let body = chunk.split("\n}\n").next().unwrap();
@@ -110,7 +118,8 @@ fn every_export_is_panic_guarded() {
                 .find(|l| l.contains("extern \"C\" fn"))
                 .unwrap_or("?");
             assert!(
-                sig.starts_with("pub extern \"C\" fn"),
+                sig.starts_with("pub extern \"C\" fn")
+                    || sig.starts_with("pub unsafe extern \"C\" fn"),
                 "{}: export is not a literal pub extern fn: {sig}",
                 path.display()
             );

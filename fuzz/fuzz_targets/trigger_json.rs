@@ -40,8 +40,9 @@ fn ok(st: btb_status, what: &str) {
 
 unsafe extern "C" fn run(instance: *mut btb_instance, _: *mut c_void) {
     let mut details: *const c_char = std::ptr::null();
+    // SAFETY: `details` is a live local.
     ok(
-        btb_instance_trigger_details(instance, &mut details),
+        unsafe { btb_instance_trigger_details(instance, &mut details) },
         "trigger details",
     );
     let text = (!details.is_null()).then(|| {
@@ -56,30 +57,33 @@ unsafe extern "C" fn run(instance: *mut btb_instance, _: *mut c_void) {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let toml = c"app_id = \"org.example.fuzz\"\n[[task]]\nentry_point = \"fuzz.Run\"\ntypes = [\"general\"]\n";
-        let mut manifest = std::ptr::null_mut();
-        ok(btb_manifest_from_toml(toml.as_ptr(), &mut manifest), "manifest");
-        let mut options = std::ptr::null_mut();
-        ok(btb_system_options_new(&mut options), "options");
-        ok(btb_system_options_set_manifest(options, manifest), "set manifest");
-        ok(btb_system_options_set_store(options, c":memory:".as_ptr()), "set store");
-        ok(btb_system_options_set_manual_clock(options, 1_700_000_000_000), "set clock");
-        ok(btb_system_options_set_simulated(options, true), "set simulated");
-        let mut system = std::ptr::null_mut();
-        ok(btb_system_open(options, &mut system), "open");
-        ok(btb_system_options_free(options), "free options");
-        ok(btb_manifest_free(manifest), "free manifest");
-        ok(btb_system_register_entry_point(system, c"fuzz.Run".as_ptr(), Some(run), std::ptr::null_mut(), None), "handler");
-        let mut trigger = std::ptr::null_mut();
-        ok(btb_application_trigger_new(&mut trigger), "trigger");
-        let mut builder: *mut btb_builder = std::ptr::null_mut();
-        ok(btb_new(&mut builder), "builder");
-        ok(btb_set_name(builder, c"fuzz".as_ptr()), "name");
-        ok(btb_set_task_entry_point(builder, c"fuzz.Run".as_ptr()), "entry point");
-        ok(btb_set_trigger(builder, trigger), "set trigger");
-        let mut registration = std::ptr::null_mut();
-        ok(btb_register_in(system, builder, &mut registration), "register");
-        Fixture { system, trigger }
+        // SAFETY: every pointer passed is a live local or a C string literal.
+        unsafe {
+            let toml = c"app_id = \"org.example.fuzz\"\n[[task]]\nentry_point = \"fuzz.Run\"\ntypes = [\"general\"]\n";
+            let mut manifest = std::ptr::null_mut();
+            ok(btb_manifest_from_toml(toml.as_ptr(), &mut manifest), "manifest");
+            let mut options = std::ptr::null_mut();
+            ok(btb_system_options_new(&mut options), "options");
+            ok(btb_system_options_set_manifest(options, manifest), "set manifest");
+            ok(btb_system_options_set_store(options, c":memory:".as_ptr()), "set store");
+            ok(btb_system_options_set_manual_clock(options, 1_700_000_000_000), "set clock");
+            ok(btb_system_options_set_simulated(options, true), "set simulated");
+            let mut system = std::ptr::null_mut();
+            ok(btb_system_open(options, &mut system), "open");
+            ok(btb_system_options_free(options), "free options");
+            ok(btb_manifest_free(manifest), "free manifest");
+            ok(btb_system_register_entry_point(system, c"fuzz.Run".as_ptr(), Some(run), std::ptr::null_mut(), None), "handler");
+            let mut trigger = std::ptr::null_mut();
+            ok(btb_application_trigger_new(&mut trigger), "trigger");
+            let mut builder: *mut btb_builder = std::ptr::null_mut();
+            ok(btb_new(&mut builder), "builder");
+            ok(btb_set_name(builder, c"fuzz".as_ptr()), "name");
+            ok(btb_set_task_entry_point(builder, c"fuzz.Run".as_ptr()), "entry point");
+            ok(btb_set_trigger(builder, trigger), "set trigger");
+            let mut registration = std::ptr::null_mut();
+            ok(btb_register_in(system, builder, &mut registration), "register");
+            Fixture { system, trigger }
+        }
     })
 }
 
@@ -95,7 +99,9 @@ fuzz_target!(|data: &[u8]| {
         },
     };
     let mut out = u32::MAX;
-    let st = btb_application_trigger_request(f.system, f.trigger, text.as_ptr(), &mut out);
+    // SAFETY: `text` and `out` are live locals.
+    let st =
+        unsafe { btb_application_trigger_request(f.system, f.trigger, text.as_ptr(), &mut out) };
     match expected {
         Err(want) => {
             assert_eq!(st, want);
@@ -105,8 +111,9 @@ fuzz_target!(|data: &[u8]| {
             ok(st, "request");
             assert_eq!(out, 0, "BTB_APPLICATION_TRIGGER_ALLOWED");
             let mut idle = false;
+            // SAFETY: `idle` is a live local.
             ok(
-                btb_system_wait_idle(f.system, 10_000, &mut idle),
+                unsafe { btb_system_wait_idle(f.system, 10_000, &mut idle) },
                 "wait idle",
             );
             assert!(idle, "the run finished");

@@ -27,6 +27,9 @@ static btb_system *open_system(const char *store) {
     EXPECT(btb_manifest_declare(m, "app.Timer", timer, 1, NULL, 0), BTB_OK);
     EXPECT(btb_manifest_declare(m, "app.Sync", both, 2, NULL, 0), BTB_OK);
     EXPECT(btb_manifest_declare(m, "app.General", general, 1, NULL, 0), BTB_OK);
+    const char *app_id = NULL; /* borrowed from the manifest */
+    EXPECT(btb_manifest_app_id(m, &app_id), BTB_OK);
+    CHECK(app_id && strcmp(app_id, "org.example.ctest") == 0);
     EXPECT(btb_system_options_new(&o), BTB_OK);
     EXPECT(btb_system_options_set_manifest(o, m), BTB_OK);
     EXPECT(btb_system_options_set_store(o, store), BTB_OK);
@@ -103,7 +106,6 @@ static void test_null_and_handles(void) {
     EXPECT(btb_task_group_free(NULL), BTB_OK);
     EXPECT(btb_registration_list_free(NULL), BTB_OK);
     EXPECT(btb_task_group_list_free(NULL), BTB_OK);
-    EXPECT(btb_string_free(NULL), BTB_OK);
 
     /* wrong type: a trigger passed as a builder, and the other way round */
     EXPECT(btb_time_trigger_new(15, false, &t), BTB_OK);
@@ -164,7 +166,7 @@ static void test_builder_roundtrip(void) {
     btb_trigger *t = NULL, *t2 = NULL;
     btb_condition *c = NULL;
     btb_task_group *g = NULL, *g2 = NULL;
-    char *s = NULL;
+    const char *s = NULL, *before = NULL;
     uint32_t v = 0, conds[4] = {0};
     size_t n = 0;
     bool flag = false;
@@ -176,7 +178,14 @@ static void test_builder_roundtrip(void) {
     EXPECT(btb_set_name(b, "n\xc3\xa4me"), BTB_OK);
     EXPECT(btb_get_name(b, &s), BTB_OK);
     CHECK(s && strcmp(s, "n\xc3\xa4me") == 0);
-    EXPECT(btb_string_free(s), BTB_OK);
+    /* borrowed: the same string until the name changes, readable after other changes */
+    before = s;
+    EXPECT(btb_set_is_network_requested(b, false), BTB_OK);
+    EXPECT(btb_get_name(b, &s), BTB_OK);
+    CHECK(s == before && strcmp(before, "n\xc3\xa4me") == 0);
+    EXPECT(btb_set_name(b, "other"), BTB_OK);
+    EXPECT(btb_get_name(b, &s), BTB_OK);
+    CHECK(s && strcmp(s, "other") == 0);
     EXPECT(btb_get_trigger(b, &t2), BTB_ERROR_NOT_FOUND);
     EXPECT(btb_custom_trigger_new("org.example.ping", BTB_CUSTOM_RECURRENCE_ALWAYS, &t), BTB_OK);
     EXPECT(btb_set_trigger(b, t), BTB_OK);
@@ -232,6 +241,8 @@ static void test_builder_roundtrip(void) {
     EXPECT(btb_get_name_policy(b, &v), BTB_OK);
     CHECK(v == BTB_NAME_POLICY_KEEP);
     EXPECT(btb_set_task_entry_point(b, "x.Y"), BTB_OK);
+    EXPECT(btb_get_task_entry_point(b, &s), BTB_OK);
+    CHECK(s && strcmp(s, "x.Y") == 0);
     EXPECT(btb_set_task_entry_point(b, NULL), BTB_OK);
     EXPECT(btb_get_task_entry_point(b, &s), BTB_OK);
     CHECK(s == NULL);
@@ -365,12 +376,16 @@ static void test_registration_checks(void) {
     CHECK(strcmp(text, "Mon..Fri *-*-* 09:30:00") == 0);
     EXPECT(btb_trigger_free(t), BTB_OK);
     btb_uuid id;
-    char *idtext = NULL;
+    char idtext[BTB_UUID_STRING_SIZE + 1];
     btb_registration *found = NULL;
     EXPECT(btb_registration_task_id(r2, &id), BTB_OK);
-    EXPECT(btb_uuid_to_string(&id, &idtext), BTB_OK);
-    CHECK(idtext && strlen(idtext) == 36);
-    btb_string_free(idtext);
+    memset(idtext, 'x', sizeof idtext);
+    EXPECT(btb_uuid_to_string(&id, idtext, BTB_UUID_STRING_SIZE - 1), BTB_ERROR_INVALID_ARGUMENT);
+    MSG_HAS("BTB_UUID_STRING_SIZE");
+    CHECK(idtext[0] == 'x'); /* nothing written on error */
+    EXPECT(btb_uuid_to_string(&id, NULL, BTB_UUID_STRING_SIZE), BTB_ERROR_NULL_ARGUMENT);
+    EXPECT(btb_uuid_to_string(&id, idtext, BTB_UUID_STRING_SIZE), BTB_OK);
+    CHECK(strlen(idtext) == 36 && idtext[8] == '-' && idtext[BTB_UUID_STRING_SIZE] == 'x');
     EXPECT(btb_system_find_task(s, &id, &found), BTB_OK);
     EXPECT(btb_registration_free(found), BTB_OK);
 

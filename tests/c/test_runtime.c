@@ -1033,6 +1033,7 @@ static void test_unregister_cancels(void) {
     uint32_t res = 99;
     EXPECT(btb_registration_request(r, NULL, &res), BTB_OK);
     CHECK(res == BTB_APPLICATION_TRIGGER_UNKNOWN_ERROR); /* nobody holds the trigger any more */
+    MSG_HAS("no registration holds the application trigger of task"); /* OK, yet explained */
     CHECK(wait_idle(s));
     CHECK(ctx_runs(&ctx) == 1);
 
@@ -1539,6 +1540,11 @@ static void test_misuse(void) {
     t = app_trigger();
     EXPECT(btb_application_trigger_request(s, t, NULL, &res), BTB_OK);
     CHECK(res == BTB_APPLICATION_TRIGGER_UNKNOWN_ERROR);
+    MSG_HAS("no registration holds application trigger");
+    MSG_HAS("in this system");
+    EXPECT(btb_application_trigger_request(NULL, t, NULL, &res), BTB_OK);
+    CHECK(res == BTB_APPLICATION_TRIGGER_UNKNOWN_ERROR);
+    MSG_HAS("in any open system of this process");
     EXPECT(btb_trigger_free(t), BTB_OK);
     t = time_trigger(15, false);
     EXPECT(btb_application_trigger_request(s, t, NULL, &res), BTB_ERROR_INVALID_ARGUMENT);

@@ -190,14 +190,16 @@ static int logged(const char *log, const char *needle) {
 
 static char activated[256];
 
-static void on_background_activated(btb_instance *task_instance, void *user_data) {
+/* WinRT: OnBackgroundActivated(BackgroundTaskRegistrationGroup sender, BackgroundActivatedEventArgs args) */
+static void on_background_activated(btb_task_group *sender, btb_instance *task_instance, void *user_data) {
     (void)user_data;
     btb_registration *task = NULL;
-    const char *name = "?";
+    const char *name = "?", *group_name = "?";
+    OK(btb_task_group_name(sender, &group_name));
     OK(btb_instance_task(task_instance, &task));
     OK(btb_registration_name(task, &name));
     pthread_mutex_lock(&lock);
-    snprintf(activated, sizeof activated, "%s", name);
+    snprintf(activated, sizeof activated, "%s: %s", group_name, name);
     pthread_mutex_unlock(&lock);
     btb_registration_free(task);
 }
@@ -298,7 +300,7 @@ int main(int argc, char **argv) {
     OK(btb_application_trigger_request(NULL, trigger, NULL, &result));
     CHECK(result == BTB_APPLICATION_TRIGGER_ALLOWED);
     CHECK(wait_completed(7));
-    CHECK(logged(activated, "GroupedBackgroundTask"));
+    CHECK(logged(activated, "Example Group: GroupedBackgroundTask"));
     CHECK(logged(completed_log, "GroupedBackgroundTask Completed;"));
     OK(btb_task_group_remove_background_activated(token));
     CHECK(btb_task_group_remove_background_activated(token) == BTB_ERROR_NOT_FOUND);

@@ -201,7 +201,7 @@ impl Broker {
                 "BTB_ENTRY_POINT",
                 task.task_entry_point().unwrap_or_default(),
             )
-            .env("BTB_APP_ID", self.manifest.app_id())
+            .env("BTB_APP_ID", self.app_id.as_str())
             .env("BTB_ATTEMPT", instance.attempt().to_string())
             .env("BTB_HOST_FD", HOST_FD.to_string());
         // Small details in the environment; large ones (an environment string is limited to
@@ -775,6 +775,10 @@ impl Broker {
                     "the client process (pid {pid}) that ran it went away before the run ended"
                 ),
             });
+        }
+        // Heard (or gone): nothing a next broker needs (`runfile.rs`).
+        if let Some(dir) = &self.run_files {
+            crate::runfile::remove(dir, instance.instance_id(), pid);
         }
         true
     }

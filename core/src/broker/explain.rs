@@ -17,7 +17,7 @@ impl Broker {
     pub(crate) fn find_task(&self, st: &State, task: &str) -> Result<Uuid> {
         crate::view::find_task(
             st.registry.records().map(|r| &**r),
-            self.manifest.app_id(),
+            self.app_id.as_str(),
             task,
         )
     }
@@ -45,7 +45,11 @@ impl Broker {
             next_due_ms: st.next_due(id),
             pending: st.pending.contains_key(id),
             spent: st.registry.is_spent(id),
-            running_since_ms: st.running.get(id).map(|r| r.instance.started_ms()),
+            running_since_ms: st
+                .running
+                .get(id)
+                .map(|r| r.instance.started_ms())
+                .or_else(|| st.elsewhere_since(id)),
             last_outcome: last.get(id).copied(),
             // The machine's sources left these unknown (a simulated system's app sets its own).
             unknown: waiting
@@ -66,7 +70,7 @@ impl Broker {
             last_message: None,
             waiting_for_handler: st.pending.get(id).and_then(|p| {
                 let handler = p.needs_handler.as_deref()?;
-                Some(match (self.manifest.activate(), &st.activation) {
+                Some(match (self.manifest().activate(), &st.activation) {
                     (None, _) => format!(
                         "waiting for a process of the app that runs {handler} (no `activate` in the manifest)"
                     ),

@@ -2,7 +2,7 @@
 //! deferrals, cancellation, and how it ends. The broker (`runtime.rs`) creates and finishes them.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use uuid::Uuid;
 
@@ -106,14 +106,22 @@ pub(crate) struct Life {
 /// instance reports goes to the broker over this connection, in the instance protocol.
 pub(crate) struct Link {
     pub(crate) stream: std::os::unix::net::UnixStream,
+    /// The run file this process holds while it runs the instance (`runfile.rs`): the run's last
+    /// word is written there first; dropped (unlocked) once it is said.
+    pub(crate) run_file: Mutex<Option<crate::runfile::RunFile>>,
 }
 
 impl Link {
     /// Sends a message (blocking, bounded by the stream's write timeout); a broker that is gone
     /// no longer hears anything of the run.
     pub(crate) fn send(&self, message: &crate::protocol::ToBroker) {
+        self.send_bytes(&crate::protocol::encode(message));
+    }
+
+    /// Sends encoded frames in one write.
+    pub(crate) fn send_bytes(&self, frames: &[u8]) {
         use std::io::Write;
-        let _ = (&self.stream).write_all(&crate::protocol::encode(message));
+        let _ = (&self.stream).write_all(frames);
     }
 }
 
@@ -371,21 +379,37 @@ impl Instance {
                 life.result.clone(),
             )
         };
+        use crate::protocol::{ToBroker, encode};
+        let mut word = Vec::new();
         if let Some(output) = output.and_then(|t| serde_json::from_str(&t).ok()) {
-            link.send(&crate::protocol::ToBroker::Output { output });
+            word.extend(encode(&ToBroker::Output { output }));
         }
         if let Some(r) = retry {
-            link.send(&crate::protocol::ToBroker::Retry {
+            word.extend(encode(&ToBroker::Retry {
                 after_ms: r.after_ms,
                 message: r.message,
-            });
+            }));
         }
         if let Some(message) = failure {
-            link.send(&crate::protocol::ToBroker::Failure { message });
+            word.extend(encode(&ToBroker::Failure { message }));
         }
         // The last word of this run; the connection may serve the next one (the broker hangs up
         // a connection it will not use again).
-        link.send(&crate::protocol::ToBroker::Finished);
+        word.extend(encode(&ToBroker::Finished));
+        // Kept in the run file first: a broker that dies before it hears it leaves it to the
+        // next one (SPEC §11), which records the run as it ended here.
+        let run_file = link
+            .run_file
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(mut file) = run_file {
+            file.last_word(&word);
+            link.send_bytes(&word);
+            drop(file); // unlocked: the run is over here
+        } else {
+            link.send_bytes(&word);
+        }
     }
 
     /// Removes a canceled handler; `false` if the token is unknown.

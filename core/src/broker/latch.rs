@@ -93,7 +93,7 @@ impl Broker {
             target: "btb",
             "run of {:?} waits for a process of the app that runs {what}{}: {why}",
             instance.task().name(),
-            if self.manifest.activate().is_some() {
+            if self.manifest().activate().is_some() {
                 " (starting the app: `activate`)"
             } else {
                 " (no `activate` in the manifest)"
@@ -102,7 +102,7 @@ impl Broker {
         let now = self.clock.now_ms();
         // With `activate`, the app is started for it and has a while to offer the handler.
         let deadline = self
-            .manifest
+            .manifest()
             .activate()
             .map(|_| now.saturating_add(i64::from(self.policy.activation_timeout_ms)));
         if !st.pending.contains_key(&task_id) {
@@ -294,6 +294,7 @@ impl Broker {
             let runnable = !waits
                 && !parked
                 && !st.running.contains_key(&task_id)
+                && !st.runs_elsewhere(&task_id)
                 && st
                     .registry
                     .get(&task_id)
@@ -407,7 +408,7 @@ impl Broker {
                 all
             }
             Heard::TimeZoneChanged => {
-                self.reload_time_zone();
+                // The zone was re-read by the sink, off this lock (`start_platform`).
                 self.replan_calendars(st, now, true);
                 vec![SystemTriggerType::TimeZoneChange]
             }
@@ -416,6 +417,15 @@ impl Broker {
                 // at the end of its window (one wake-up instead of two). Then the broker re-plans.
                 self.fire_due(st, now);
                 self.waker.wake();
+                Vec::new()
+            }
+            Heard::LoggingOff => {
+                self.cancel_all(st, CancellationReason::LoggingOff, now);
+                Vec::new()
+            }
+            Heard::EnergySaver(on) => {
+                st.energy_saver = on;
+                self.conditions_changed(st);
                 Vec::new()
             }
         };
@@ -427,14 +437,16 @@ impl Broker {
 
     /// The conditions may hold differently now: cancel the runs they strand (Windows: a
     /// maintenance task off AC power is aborted; `cancel_on_condition_loss`).
-    fn conditions_changed(self: &Arc<Self>, st: &mut State) {
+    pub(super) fn conditions_changed(self: &Arc<Self>, st: &mut State) {
         let now = self.clock.now_ms();
         let stranded: Vec<(Uuid, CancellationReason)> = st
             .running
             .iter()
             .filter_map(|(id, r)| {
                 let record = r.instance.task().record();
-                if matches!(record.trigger, TaskTrigger::Maintenance { .. })
+                if self.saves_energy_from(st, record) {
+                    Some((*id, CancellationReason::EnergySaver))
+                } else if matches!(record.trigger, TaskTrigger::Maintenance { .. })
                     && !st.states.holds(SystemConditionType::OnAcPower)
                 {
                     Some((*id, CancellationReason::Abort)) // Windows: maintenance task off AC

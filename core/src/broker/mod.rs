@@ -46,9 +46,8 @@
 //! The writer's queue and its waiters, and the count of app calls in flight, are leaf locks:
 //! nothing is taken while one of them is held.
 //!
-//! `Broker::platform` is taken with no other btb lock held, never under the state lock: a worker
-//! holds it across a D-Bus call (the sleep inhibitor, `pool.rs`) whose reply the platform's
-//! `btb-dbus` thread reads, and that thread takes the state lock to report what it hears.
+//! `Broker::platform` is a leaf, held only to take what a worker needs from the platform (the
+//! sleep inhibitor's connection, `pool.rs`): the D-Bus call itself waits with no lock held.
 //!
 //! Dropping a handler can run app code (a Python finalizer, a C `free_user_data`): values that may
 //! hold one are never dropped under a lock; [`State::defer_drop`] hands them to the [`Locked`]
@@ -56,6 +55,7 @@
 
 mod activation;
 mod cancel;
+mod elsewhere;
 mod exec;
 mod explain;
 pub(crate) mod instance;
@@ -63,9 +63,12 @@ mod latch;
 mod notify;
 mod pool;
 mod retry;
+mod servicing;
+mod storage;
 mod tasks;
 pub(crate) mod threads;
 mod timers;
+mod uninstall;
 mod writer;
 
 use std::any::Any;
@@ -112,6 +115,11 @@ pub(crate) struct State {
     unpersisted: Vec<Uuid>,
     fire_seq: u64,
     running: HashMap<Uuid, Running>,
+    /// Runs that go on in a client process after the broker that handed them died, by task
+    /// (`elsewhere.rs`): their tasks count as running.
+    elsewhere: HashMap<Uuid, elsewhere::Elsewhere>,
+    /// Ends `btb-elsewhere` (while it runs).
+    elsewhere_stop: Option<Arc<std::os::fd::OwnedFd>>,
     timers: BTreeSet<(i64, Uuid)>,
     due: HashMap<Uuid, i64>,
     /// Retries waiting for their delay: `(not before, task)` of pending fires (`retry.rs`).
@@ -120,6 +128,8 @@ pub(crate) struct State {
     activation: Option<activation::Activation>,
     once_fired: HashSet<Uuid>,
     states: States,
+    /// power-profiles-daemon's energy saver is on (`cancel.rs`, ENERGY_SAVER).
+    energy_saver: bool,
     /// With the number of the last store write queued before it: it starts once that is committed.
     jobs: VecDeque<(Instance, u64)>,
     /// The number of the last schedule write queued (see `writer.rs`).
@@ -153,12 +163,15 @@ impl State {
             unpersisted: Vec::new(),
             fire_seq: 0,
             running: HashMap::new(),
+            elsewhere: HashMap::new(),
+            elsewhere_stop: None,
             timers: BTreeSet::new(),
             retry_timers: BTreeSet::new(),
             activation: None,
             due: HashMap::new(),
             once_fired: HashSet::new(),
             states: States::default(),
+            energy_saver: false,
             jobs: VecDeque::new(),
             schedule_written: 0,
             busy_workers: 0,
@@ -250,13 +263,20 @@ impl Locked<'_> {
 /// One open system's broker: its identity, policy and clock, its state, and its threads.
 pub(crate) struct Broker {
     pub(crate) pid: u32,
-    pub(crate) manifest: Manifest,
+    /// The app id (a serviced manifest keeps it).
+    pub(crate) app_id: String,
+    /// The manifest, replaced when the app is serviced: read it with `manifest()` (`servicing.rs`).
+    manifest: std::sync::RwLock<Arc<Manifest>>,
     pub(crate) clock: Clock,
     pub(crate) simulated: bool,
     pub(crate) policy: Policy,
     pub(crate) store_path: String,
+    /// Where client processes keep the run files of runs handed to them (`runfile.rs`).
+    pub(crate) run_files: Option<std::path::PathBuf>,
     /// The directory whose file system `STORAGE_NOT_LOW` measures (`platform/storage.rs`).
     storage_dir: std::path::PathBuf,
+    /// `STORAGE_NOT_LOW` as last read, off the locks (`storage.rs`).
+    storage: storage::Gauge,
     /// Lock 0 of the lock order; `None` once closed.
     store: Mutex<Option<Store>>,
     /// Lock 1 of the lock order.
@@ -307,7 +327,14 @@ pub(crate) fn check_opener(opener: u32) -> Result<()> {
 
 /// The error of any call on a closed system.
 pub(crate) fn closed() -> Error {
-    Error::state("the btb system is closed")
+    Error::state(CLOSED)
+}
+
+const CLOSED: &str = "the btb system is closed";
+
+/// Whether `e` is [`closed`]'s error (a broker's answer once it began to close).
+pub(crate) fn is_closed(e: &Error) -> bool {
+    e.kind() == crate::error::ErrorKind::State && e.message() == CLOSED
 }
 
 /// Calls into app code (run functions, handlers, resolvers) in progress on btb threads in this
@@ -387,13 +414,20 @@ impl Broker {
         store: Store,
         state: State,
     ) -> Result<Broker> {
+        let storage = storage::Gauge::default();
+        if !simulated {
+            storage.set_initial(storage::read(&storage_dir, policy.storage_low_percent));
+        }
         Ok(Broker {
             store_path: store.path().to_owned(),
+            run_files: retry::run_files(&store),
             pid: std::process::id(),
-            manifest,
+            app_id: manifest.app_id().to_owned(),
+            manifest: std::sync::RwLock::new(Arc::new(manifest)),
             clock,
             simulated,
             policy,
+            storage,
             storage_dir,
             store: Mutex::new(Some(store)),
             state: Mutex::new(state),
@@ -508,8 +542,7 @@ impl Broker {
     /// (`platform/`); `None` while unknown.
     pub(crate) fn state_of(&self, st: &State, condition: SystemConditionType) -> Option<bool> {
         if !self.simulated && condition == SystemConditionType::StorageNotLow {
-            let dir = crate::platform::storage::existing(&self.storage_dir)?;
-            return crate::platform::storage::not_low(&dir, self.policy.storage_low_percent);
+            return self.storage.get();
         }
         st.states.get(condition)
     }
@@ -607,9 +640,12 @@ impl Broker {
     pub(crate) fn start_platform(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         let sink: crate::platform::Sink = Arc::new(move |heard| {
-            if let Some(broker) = weak.upgrade()
-                && let Ok(mut st) = broker.open_state()
-            {
+            let Some(broker) = weak.upgrade() else { return };
+            // Read off the state lock (a file read): the zone the broker re-plans with.
+            if heard == crate::platform::Heard::TimeZoneChanged {
+                broker.reload_time_zone();
+            }
+            if let Ok(mut st) = broker.open_state() {
                 broker.heard(&mut st, heard);
             }
         });
@@ -629,6 +665,7 @@ impl Broker {
     pub(super) fn broker_loop(self: &Arc<Self>) {
         let mut jumped = false;
         loop {
+            self.refresh_storage(); // off the lock: a statvfs may block
             let mut st = self.lock();
             if st.stopping {
                 return;
@@ -655,6 +692,7 @@ impl Broker {
 
     pub(super) fn is_idle(&self, st: &State, now: i64) -> bool {
         st.running.is_empty()
+            && st.elsewhere.is_empty()
             && st.busy_workers == 0
             && st.jobs.is_empty()
             && st.notes.is_empty()
@@ -792,6 +830,7 @@ impl Broker {
             self.finish(&mut st, &instance, Some(CancellationReason::Terminating));
         }
         st.stopping = true;
+        st.stop_elsewhere();
         st.closed = true;
         // The margin counts from here: what the stuck runs' ends just queued is still delivered.
         let st_close_by = Instant::now().max(deadline) + CLOSE_MARGIN;
@@ -823,7 +862,7 @@ impl Broker {
                 target: "btb",
                 "closed without waiting for {} thread(s) still in app code past the grace ({}): {}",
                 abandoned.len(),
-                self.manifest.app_id(),
+                self.app_id.as_str(),
                 abandoned.join(", ")
             );
         }

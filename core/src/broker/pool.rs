@@ -75,8 +75,7 @@ impl Broker {
             let exec = instance
                 .task()
                 .task_entry_point()
-                .and_then(|ep| self.manifest.find(ep))
-                .and_then(|d| d.exec.clone());
+                .and_then(|ep| self.manifest().find(ep).and_then(|d| d.exec.clone()));
             if let Some(argv) = exec {
                 self.run_exec(&instance, &argv);
                 let _ = instance.finish_run();
@@ -135,12 +134,15 @@ impl Broker {
     /// takes the state lock to report. `finish` closes the inhibitor, however the run ends.
     fn inhibit_sleep(&self, instance: &Instance) {
         let why = format!("background task {}", instance.task().name());
-        let fd = self
+        // The platform lock only to take the inhibitor: the call waits with no lock held, so a
+        // logind that does not answer delays this run alone (not other runs, nor `close`).
+        let inhibitor = self
             .platform
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .and_then(|p| p.inhibit_sleep(self.manifest.app_id(), &why));
+            .and_then(|p| p.inhibitor());
+        let fd = inhibitor.and_then(|i| i.inhibit_sleep(self.app_id.as_str(), &why));
         let Some(fd) = fd else {
             return; // no logind (or a simulated system): not granted
         };

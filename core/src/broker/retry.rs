@@ -10,9 +10,10 @@ use uuid::Uuid;
 
 use super::instance::RetryRequest;
 use super::{Broker, Instance, State};
-use crate::model::{CancellationReason, RetryPolicy, RunRecord, TaskOutcome};
+use crate::model::{CancellationReason, RetryPolicy, TaskOutcome};
 use crate::registry::Registry;
-use crate::store::{Latched, ScheduleChange, Store};
+use crate::runfile::Found;
+use crate::store::{Latched, RunStart, ScheduleChange, Store};
 
 /// How a run ends: its outcome and message, and when its next attempt is due (a retry).
 pub(super) struct End {
@@ -22,12 +23,12 @@ pub(super) struct End {
 }
 
 /// A uniform value in [0, 1) for jitter, from the system's random source (as `Uuid::new_v4`).
-fn unit() -> f64 {
+pub(super) fn unit() -> f64 {
     (Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64
 }
 
 /// "gave up after N attempts", with the last attempt's word.
-fn gave_up(attempt: u32, why: Option<&str>) -> String {
+pub(super) fn gave_up(attempt: u32, why: Option<&str>) -> String {
     let plural = if attempt == 1 { "" } else { "s" };
     match why {
         Some(why) => format!("gave up after {attempt} attempt{plural}: {why}"),
@@ -131,26 +132,41 @@ pub(crate) fn cut_off(
     }
 }
 
+/// What a broker found at open of the runs that a broker of this store started and never
+/// recorded: the retries to latch, and the runs that go on in client processes (`elsewhere.rs`).
+#[derive(Default)]
+pub(crate) struct Recovered {
+    pub(crate) retries: Vec<(Uuid, Latched)>,
+    pub(crate) elsewhere: Vec<RunStart>,
+    /// The runs recorded, for their completed handlers to hear of.
+    pub(crate) recorded: Vec<crate::model::RunRecord>,
+}
+
 /// Records the runs that a broker of this store started and never recorded — it died during
 /// them — and returns the retries their policies ask for, to latch (SPEC §11, §12). Called at
 /// open, before anything runs; a run whose host was already stopped and recorded (`exec.rs`
-/// `stop_orphans`) has no marker left.
+/// `stop_orphans`) has no marker left. A run handed to a client process that still runs it (its
+/// run file is held, `runfile.rs`) is not recorded: it is returned in `elsewhere`; one that the
+/// client finished is recorded as the client said it ended.
 pub(crate) fn recover_cut_off(
     store: &mut Store,
     registry: &Registry,
     history_limit: u32,
     now: i64,
-) -> crate::Result<Vec<(Uuid, Latched)>> {
-    let mut retries = Vec::new();
-    for start in store.started_runs()? {
+) -> crate::Result<Recovered> {
+    let mut recovered = Recovered::default();
+    let dir = run_files(store);
+    let started = store.started_runs()?;
+    for start in &started {
+        let found = dir.as_deref().map_or(Found::Nothing, |d| {
+            crate::runfile::probe(d, start.instance_id)
+        });
+        if found == Found::Running {
+            recovered.elsewhere.push(start.clone());
+            continue;
+        }
         let policy: Option<RetryPolicy> = registry.get(&start.task_id).and_then(|r| r.retry_policy);
-        let (outcome, message, retry_at_ms, retry) = cut_off(
-            policy,
-            start.attempt,
-            start.trigger_details.clone(),
-            now,
-            "the broker died during the run",
-        );
+        let (run, retry) = super::elsewhere::record_of(start, &found, policy, now);
         // The retry's latch is written with the record, in one transaction: a broker that dies
         // before the retry runs leaves it on disk for the next one (SPEC §11, §12).
         let latch: Vec<ScheduleChange> = retry
@@ -158,33 +174,34 @@ pub(crate) fn recover_cut_off(
             .map(|next| ScheduleChange::RetryUnlessPending(start.task_id, next.clone()))
             .collect();
         if let Some(latched) = retry {
-            retries.push((start.task_id, latched));
+            recovered.retries.push((start.task_id, latched));
         }
         log::warn!(
             target: "btb",
-            "instance {} of task {}: {message}",
+            "instance {} of task {}: {} {}",
             start.instance_id,
-            start.task_id
+            start.task_id,
+            run.outcome.name(),
+            run.message.as_deref().unwrap_or_default()
         );
-        let run = RunRecord {
-            instance_id: start.instance_id,
-            task_id: start.task_id,
-            trigger_kind: start.trigger_kind,
-            trigger_details: start.trigger_details,
-            started_ms: start.started_ms,
-            ended_ms: now.max(start.started_ms),
-            outcome,
-            reason: None,
-            message: Some(message),
-            last_progress: 0,
-            stdout: None,
-            stderr: None,
-            attempt: start.attempt,
-            retry_at_ms,
-            output: None,
-        };
         // Also drops the marker (or only that, for a task unregistered since).
-        store.write_batch(&latch, &[(run, history_limit)])?;
+        store.write_batch(&latch, &[(run.clone(), history_limit)])?;
+        recovered.recorded.push(run);
     }
-    Ok(retries)
+    // Files of runs whose ends were recorded (or that never started) and that no one holds.
+    if let Some(d) = &dir {
+        let live: std::collections::HashSet<Uuid> =
+            recovered.elsewhere.iter().map(|s| s.instance_id).collect();
+        crate::runfile::sweep(d, &|id| live.contains(&id));
+    }
+    Ok(recovered)
+}
+
+/// The directory of the store's run files (none for a store in memory).
+pub(crate) fn run_files(store: &Store) -> Option<std::path::PathBuf> {
+    if store.path() == ":memory:" {
+        return None;
+    }
+    let canonical = std::fs::canonicalize(store.path()).ok()?;
+    Some(crate::runfile::dir(&canonical.to_string_lossy()))
 }

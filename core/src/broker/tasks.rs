@@ -85,6 +85,7 @@ impl Broker {
         // A retry waiting for its delay is no run going: this request replaces it (SPEC §12).
         if holders.iter().any(|id| {
             st.running.contains_key(id)
+                || st.runs_elsewhere(id)
                 || st.pending.get(id).is_some_and(|p| p.not_before.is_none())
         }) {
             return ApplicationTriggerResult::CurrentlyRunning;

@@ -254,6 +254,8 @@ impl Broker {
                     retry = None;
                     writer.done.store(batch.last, Ordering::Release);
                     batch = Batch::default();
+                    // Writes are what fill the disk: read its space again (off the locks).
+                    self.refresh_storage();
                 }
                 Err(e) if stopping => {
                     log::error!(

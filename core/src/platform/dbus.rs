@@ -1,6 +1,8 @@
 //! The states the system bus knows (SPEC §6): NetworkManager (INTERNET_AVAILABLE,
 //! FREE_NETWORK_AVAILABLE), UPower (ON_AC_POWER, BATTERY_NOT_LOW) and logind (SESSION_CONNECTED,
-//! USER_PRESENT, DEVICE_IDLE; resume from sleep; the sleep inhibitor of `is_network_requested`).
+//! USER_PRESENT, DEVICE_IDLE; resume from sleep; logging off and shutdown, LOGGING_OFF; the sleep
+//! inhibitor of `is_network_requested`), and power-profiles-daemon (its energy saver,
+//! ENERGY_SAVER).
 //!
 //! One thread, `btb-dbus`, runs zbus's own runtime (`zbus::block_on`) for our connections (see
 //! [`Bus`]): it reads each daemon's properties when the daemon is (or comes) on the bus, then
@@ -27,6 +29,7 @@ use std::time::Duration;
 use zbus::message::Type;
 use zbus::{Connection, Message, MessageStream, OwnedObjectPath, OwnedVariant, Variant};
 
+use super::call_timer::CallTimer;
 use super::{Heard, PlatformOptions, Sink, Source};
 use crate::model::SystemConditionType as C;
 
@@ -46,6 +49,18 @@ const LOGIND_PATH: &str = "/org/freedesktop/login1";
 const LOGIND_MANAGER: &str = "org.freedesktop.login1.Manager";
 const LOGIND_SESSION: &str = "org.freedesktop.login1.Session";
 
+/// How long the watcher waits for a daemon's answer (a daemon that hangs must not freeze the
+/// watcher, `call_timer.rs`).
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// power-profiles-daemon: since 0.20 under UPower's name, before under its own (0.20 and later
+/// own both). The interface name equals the bus name in both.
+const PROFILES: &str = "org.freedesktop.UPower.PowerProfiles";
+const PROFILES_PATH: &str = "/org/freedesktop/UPower/PowerProfiles";
+const HADESS_PROFILES: &str = "net.hadess.PowerProfiles";
+const HADESS_PROFILES_PATH: &str = "/net/hadess/PowerProfiles";
+/// The `ActiveProfile` that saves energy.
+const POWER_SAVER: &str = "power-saver";
+
 /// How long a worker waits for logind to grant a sleep inhibitor.
 const INHIBIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long `start` waits for the bus to accept us (connect, authenticate, subscribe).
@@ -55,13 +70,17 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The signals the watcher hears. `sender` names a well-known name: the bus matches it against
 /// whoever owns that name when it sends.
-const MATCH_RULES: [&str; 7] = [
+const MATCH_RULES: [&str; 11] = [
     "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',\
      member='NameOwnerChanged',arg0='org.freedesktop.NetworkManager'",
     "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',\
      member='NameOwnerChanged',arg0='org.freedesktop.UPower'",
     "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',\
      member='NameOwnerChanged',arg0='org.freedesktop.login1'",
+    "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',\
+     member='NameOwnerChanged',arg0='org.freedesktop.UPower.PowerProfiles'",
+    "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',\
+     member='NameOwnerChanged',arg0='net.hadess.PowerProfiles'",
     "type='signal',sender='org.freedesktop.NetworkManager',\
      interface='org.freedesktop.DBus.Properties',member='PropertiesChanged',\
      path='/org/freedesktop/NetworkManager'",
@@ -71,8 +90,14 @@ const MATCH_RULES: [&str; 7] = [
     // The manager and the sessions, which come and go.
     "type='signal',sender='org.freedesktop.login1',interface='org.freedesktop.DBus.Properties',\
      member='PropertiesChanged',path_namespace='/org/freedesktop/login1'",
-    // SessionNew, SessionRemoved, PrepareForSleep.
+    // SessionNew, SessionRemoved, PrepareForSleep, PrepareForShutdown.
     "type='signal',sender='org.freedesktop.login1',interface='org.freedesktop.login1.Manager'",
+    "type='signal',sender='org.freedesktop.UPower.PowerProfiles',\
+     interface='org.freedesktop.DBus.Properties',member='PropertiesChanged',\
+     path='/org/freedesktop/UPower/PowerProfiles'",
+    "type='signal',sender='net.hadess.PowerProfiles',\
+     interface='org.freedesktop.DBus.Properties',member='PropertiesChanged',\
+     path='/net/hadess/PowerProfiles'",
 ];
 
 /// The D-Bus sources of one open system; dropping it stops its thread.
@@ -81,16 +106,19 @@ const MATCH_RULES: [&str; 7] = [
 /// watcher reads), the other makes every method call, the watcher's and the workers' sleep
 /// inhibitors. A reply therefore never waits behind unread signals (a stream's queue that is full
 /// holds up its connection's reader), and a reply's descriptor goes to its caller alone. No call
-/// has a zbus timeout: zbus arms a timer per call that fires (and wakes the thread) seconds after
-/// the call is over, and an idle broker makes no system calls. A daemon that hangs holds the
-/// watcher until it answers or leaves the bus (the bus then answers for it); a worker waits for
-/// an inhibitor `INHIBIT_TIMEOUT` at most.
+/// has a zbus timeout (zbus arms a timer per call that fires, and wakes the thread, seconds after
+/// the call is over; an idle broker makes no system calls): the watcher's calls end after
+/// `CALL_TIMEOUT` through `btb-dbus-timer` (`call_timer.rs`), armed only while one is in flight,
+/// and a worker waits for an inhibitor `INHIBIT_TIMEOUT` at most.
 pub(crate) struct Bus {
     /// The calls connection. Let go of first when dropped: a connection still alive when the
     /// thread's `block_on` returns would be handed to a zbus helper thread.
     calls: Option<Connection>,
     stop: Arc<Stop>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// The deadlines of the watcher's calls, and their thread (joined after `thread`).
+    timer: Arc<CallTimer>,
+    timer_thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Bus {
@@ -103,9 +131,12 @@ impl Bus {
     pub(crate) fn start(options: &PlatformOptions, sink: Sink) -> std::io::Result<Bus> {
         let address = options.system_bus.clone();
         let stop = Arc::new(Stop::default());
+        let timer = Arc::new(CallTimer::default());
+        let timer_thread = timer.start()?;
         let (tx, rx) = std::sync::mpsc::sync_channel(2);
         let thread = {
             let stop = Arc::clone(&stop);
+            let timer = Arc::clone(&timer);
             std::thread::Builder::new()
                 .name("btb-dbus".into())
                 .spawn(move || {
@@ -123,7 +154,7 @@ impl Bus {
                             }
                         };
                         let _ = tx.send(Started::Connected(calls.clone()));
-                        let mut watcher = Watcher::new(calls, sink);
+                        let mut watcher = Watcher::new(calls, sink, timer);
                         watcher.read_all().await;
                         let _ = tx.send(Started::Read);
                         drop(tx);
@@ -135,6 +166,8 @@ impl Bus {
             calls: None,
             stop,
             thread: Some(thread),
+            timer,
+            timer_thread: Some(timer_thread),
         };
         // On an error `bus` drops on the way out, which stops its thread.
         match rx.recv_timeout(CONNECT_TIMEOUT) {
@@ -151,12 +184,25 @@ impl Bus {
         Ok(bus)
     }
 
+    /// What asks logind for sleep inhibitors, to use with no lock held (the call blocks).
+    pub(crate) fn inhibitor(&self) -> Option<Inhibitor> {
+        self.calls.clone().map(|conn| Inhibitor { conn })
+    }
+}
+
+/// Asks logind for sleep inhibitors over the bus's calls connection (a clone: it outlives no
+/// `Bus` in use, and calls on it after the bus stopped fail).
+pub(crate) struct Inhibitor {
+    conn: Connection,
+}
+
+impl Inhibitor {
     /// A logind sleep inhibitor, `Inhibit("sleep", who, why, "block")`: the lock lives as long as
     /// the returned descriptor. `None` when logind is absent, refuses or does not answer within
     /// `INHIBIT_TIMEOUT` (logged at debug). Blocks the calling thread for the round trip, which
     /// the `btb-dbus` thread completes: never call it on that thread.
     pub(crate) fn inhibit_sleep(&self, who: &str, why: &str) -> Option<OwnedFd> {
-        let conn = self.calls.as_ref()?;
+        let conn = &self.conn;
         let args = ("sleep", who, why, "block");
         let call = conn.call_method(
             Some(LOGIND),
@@ -214,6 +260,10 @@ impl Drop for Bus {
         if let Some(t) = self.thread.take()
             && t.thread().id() != std::thread::current().id()
         {
+            let _ = t.join();
+        }
+        self.timer.stop();
+        if let Some(t) = self.timer_thread.take() {
             let _ = t.join();
         }
     }
@@ -299,23 +349,39 @@ enum Daemon {
     NetworkManager = 0,
     UPower = 1,
     Logind = 2,
+    /// power-profiles-daemon under UPower's name (0.20 and later): energy saver, no state.
+    Profiles = 3,
+    /// The same daemon under its old name (before 0.20).
+    HadessProfiles = 4,
 }
 
+/// How many daemons are watched (the length of the watcher's per-daemon arrays).
+const DAEMONS: usize = 5;
+
 impl Daemon {
-    const ALL: [Daemon; 3] = [Daemon::NetworkManager, Daemon::UPower, Daemon::Logind];
+    const ALL: [Daemon; DAEMONS] = [
+        Daemon::NetworkManager,
+        Daemon::UPower,
+        Daemon::Logind,
+        Daemon::Profiles,
+        Daemon::HadessProfiles,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Daemon::NetworkManager => NM,
             Daemon::UPower => UPOWER,
             Daemon::Logind => LOGIND,
+            Daemon::Profiles => PROFILES,
+            Daemon::HadessProfiles => HADESS_PROFILES,
         }
     }
 
     fn source(self) -> Source {
         match self {
             Daemon::NetworkManager => Source::NetworkManager,
-            Daemon::UPower => Source::UPower,
+            // power-profiles-daemon reports no state (see `Watcher::report_energy_saver`).
+            Daemon::UPower | Daemon::Profiles | Daemon::HadessProfiles => Source::UPower,
             Daemon::Logind => Source::Logind,
         }
     }
@@ -325,6 +391,16 @@ impl Daemon {
             Daemon::NetworkManager => &[C::InternetAvailable, C::FreeNetworkAvailable],
             Daemon::UPower => &[C::OnAcPower, C::BatteryNotLow],
             Daemon::Logind => &[C::SessionConnected, C::UserPresent, C::DeviceIdle],
+            Daemon::Profiles | Daemon::HadessProfiles => &[],
+        }
+    }
+
+    /// power-profiles-daemon's object (path and interface) under this name.
+    fn profiles_object(self) -> Option<&'static str> {
+        match self {
+            Daemon::Profiles => Some(PROFILES_PATH),
+            Daemon::HadessProfiles => Some(HADESS_PROFILES_PATH),
+            _ => None,
         }
     }
 }
@@ -417,18 +493,32 @@ fn session_states(manager: &Props, sessions: Option<&HashMap<String, Props>>) ->
     ]
 }
 
+/// Whether our user is logged in: one of their sessions is not closing (`None` while unread).
+/// Its fall to false, the last session closing or removed, is logging off (SPEC §4 LOGGING_OFF).
+fn logged_in(sessions: Option<&HashMap<String, Props>>) -> Option<bool> {
+    let closing = |p: &Props| matches!(get::<String>(p, "State"), Ok(Some(s)) if s == "closing");
+    Some(sessions?.values().any(|p| !closing(p)))
+}
+
+/// Whether power-profiles-daemon saves energy: its `ActiveProfile` is `power-saver`.
+fn saving_energy(profiles: &Props) -> bool {
+    matches!(get::<String>(profiles, "ActiveProfile"), Ok(Some(p)) if p == POWER_SAVER)
+}
+
 /// What the watcher knows of the bus.
 struct Watcher {
     /// The calls connection.
     conn: Connection,
+    /// Ends calls that a daemon does not answer.
+    timer: Arc<CallTimer>,
     sink: Sink,
     uid: u32,
     /// The unique name of each daemon's owner (indexed by `Daemon`), `None` while it has none.
-    owners: [Option<String>; 3],
+    owners: [Option<String>; DAEMONS],
     /// What each daemon last reported (`None`: nothing since it appeared or left).
-    reported: [Option<Readings>; 3],
+    reported: [Option<Readings>; DAEMONS],
     /// Daemons whose absence was logged (once per system each).
-    logged: [bool; 3],
+    logged: [bool; DAEMONS],
     nm: Props,
     upower: Props,
     /// The display device: its path and properties.
@@ -436,22 +526,35 @@ struct Watcher {
     logind: Props,
     /// Our user's sessions by object path; `None` while unread.
     sessions: Option<HashMap<String, Props>>,
+    /// Whether our user was logged in at the last reading of the sessions (`logged_in`).
+    logged_in: Option<bool>,
+    /// power-profiles-daemon's properties under each of its names (`Daemon::Profiles`,
+    /// `Daemon::HadessProfiles`).
+    profiles: Props,
+    hadess_profiles: Props,
+    /// The energy saver as last reported.
+    energy_saver: bool,
 }
 
 impl Watcher {
-    fn new(conn: Connection, sink: Sink) -> Watcher {
+    fn new(conn: Connection, sink: Sink, timer: Arc<CallTimer>) -> Watcher {
         Watcher {
             conn,
+            timer,
             sink,
             uid: rustix::process::getuid().as_raw(),
             owners: Default::default(),
             reported: Default::default(),
-            logged: [false; 3],
+            logged: [false; DAEMONS],
             nm: Props::new(),
             upower: Props::new(),
             display: None,
             logind: Props::new(),
             sessions: None,
+            logged_in: None,
+            profiles: Props::new(),
+            hadess_profiles: Props::new(),
+            energy_saver: false,
         }
     }
 
@@ -499,9 +602,18 @@ impl Watcher {
     where
         B: serde::Serialize + zbus::DynamicType,
     {
-        self.conn
-            .call_method(Some(destination), path, Some(interface), method, body)
-            .await
+        let call = self
+            .conn
+            .call_method(Some(destination), path, Some(interface), method, body);
+        match self.timer.within(CALL_TIMEOUT, call).await {
+            Some(reply) => reply,
+            None => Err(zbus::Error::InputOutput(Arc::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "{destination} did not answer {interface}.{method} within {CALL_TIMEOUT:?}"
+                ),
+            )))),
+        }
     }
 
     /// Every property of `interface` on `path` of the owner `dest`; empty (so: unknown states)
@@ -549,6 +661,16 @@ impl Watcher {
             Daemon::Logind => {
                 self.logind = self.get_all(&owner, LOGIND_PATH, LOGIND_MANAGER).await;
                 self.sessions = self.read_sessions(&owner).await;
+                // A new owner's first reading is no logging off, whatever the last one said.
+                self.logged_in = None;
+            }
+            Daemon::Profiles => {
+                self.profiles = self.get_all(&owner, PROFILES_PATH, PROFILES).await;
+            }
+            Daemon::HadessProfiles => {
+                self.hadess_profiles = self
+                    .get_all(&owner, HADESS_PROFILES_PATH, HADESS_PROFILES)
+                    .await;
             }
         }
         self.report(d, initial);
@@ -594,7 +716,14 @@ impl Watcher {
             Daemon::Logind => {
                 self.logind.clear();
                 self.sessions = None;
+                self.logged_in = None;
             }
+            Daemon::Profiles => self.profiles.clear(),
+            Daemon::HadessProfiles => self.hadess_profiles.clear(),
+        }
+        if d.profiles_object().is_some() {
+            self.report_energy_saver();
+            return;
         }
         if self.reported[d as usize].take().is_some() {
             (self.sink)(Heard::Report {
@@ -609,11 +738,18 @@ impl Watcher {
     /// Reports `d`'s states if they changed since its last report (or it is the first).
     fn report(&mut self, d: Daemon, initial: bool) {
         let values: Vec<Option<bool>> = match d {
+            Daemon::Profiles | Daemon::HadessProfiles => {
+                self.report_energy_saver();
+                return;
+            }
             Daemon::NetworkManager => network_states(&self.nm).to_vec(),
             Daemon::UPower => {
                 power_states(&self.upower, self.display.as_ref().map(|(_, p)| p)).to_vec()
             }
-            Daemon::Logind => session_states(&self.logind, self.sessions.as_ref()).to_vec(),
+            Daemon::Logind => {
+                self.report_logging_off();
+                session_states(&self.logind, self.sessions.as_ref()).to_vec()
+            }
         };
         let states: Readings = d.conditions().iter().copied().zip(values).collect();
         let last = &mut self.reported[d as usize];
@@ -627,6 +763,32 @@ impl Watcher {
             fires: Vec::new(),
             initial,
         });
+    }
+
+    /// Tells the broker when our user logs off: their last session that was not closing closes
+    /// or is removed (not when logind leaves the bus: then nothing is known).
+    fn report_logging_off(&mut self) {
+        let now = logged_in(self.sessions.as_ref());
+        let before = std::mem::replace(&mut self.logged_in, now);
+        if before == Some(true) && now == Some(false) {
+            (self.sink)(Heard::LoggingOff);
+        }
+    }
+
+    /// Tells the broker when the energy saver goes on or off: power-profiles-daemon's profile,
+    /// read under its newer name while that has an owner, else under the old one; off while
+    /// neither runs.
+    fn report_energy_saver(&mut self) {
+        let on = if self.owners[Daemon::Profiles as usize].is_some() {
+            saving_energy(&self.profiles)
+        } else if self.owners[Daemon::HadessProfiles as usize].is_some() {
+            saving_energy(&self.hadess_profiles)
+        } else {
+            false
+        };
+        if std::mem::replace(&mut self.energy_saver, on) != on {
+            (self.sink)(Heard::EnergySaver(on));
+        }
     }
 
     async fn on_message(&mut self, msg: &Message) {
@@ -704,6 +866,12 @@ impl Watcher {
                     (self.sink)(Heard::Resumed);
                 }
             }
+            (Daemon::Logind, LOGIND_MANAGER, "PrepareForShutdown") => {
+                // true before shutting down (or rebooting): every session is about to end.
+                if let Ok(true) = msg.body().deserialize::<bool>() {
+                    (self.sink)(Heard::LoggingOff);
+                }
+            }
             _ => {}
         }
     }
@@ -731,6 +899,10 @@ impl Watcher {
             (Daemon::Logind, LOGIND_SESSION) => {
                 self.sessions.as_mut().and_then(|s| s.get_mut(path))
             }
+            (Daemon::Profiles, PROFILES) if path == PROFILES_PATH => Some(&mut self.profiles),
+            (Daemon::HadessProfiles, HADESS_PROFILES) if path == HADESS_PROFILES_PATH => {
+                Some(&mut self.hadess_profiles)
+            }
             _ => None,
         };
         let Some(object) = object else {
@@ -746,6 +918,8 @@ impl Watcher {
                 (Daemon::UPower, _) => self.display.as_mut().map(|(_, p)| p),
                 (Daemon::Logind, LOGIND_MANAGER) => Some(&mut self.logind),
                 (Daemon::Logind, _) => self.sessions.as_mut().and_then(|s| s.get_mut(path)),
+                (Daemon::Profiles, _) => Some(&mut self.profiles),
+                (Daemon::HadessProfiles, _) => Some(&mut self.hadess_profiles),
             };
             if let Some(object) = object {
                 *object = fresh;
@@ -817,13 +991,15 @@ mod tests {
         let bus = Bus::start(&options, sink).unwrap();
         assert!(threads().iter().any(|t| t == "btb-dbus"));
         // From this thread, as a worker would: no logind on this bus.
-        assert!(bus.inhibit_sleep("test", "a test").is_none());
+        let inhibitor = bus.inhibitor().expect("a calls connection");
+        assert!(inhibitor.inhibit_sleep("test", "a test").is_none());
+        drop(inhibitor);
         assert!(
             !threads().iter().any(|t| t == "zruntime"),
             "a call from another thread needs no zbus thread"
         );
         drop(bus);
-        let left = left_behind(&["btb-dbus", "zruntime"]);
+        let left = left_behind(&["btb-dbus", "btb-dbus-timer", "zruntime"]);
         assert!(left.is_empty(), "threads left behind: {left:?}");
         assert!(
             notes.lock().unwrap().is_empty(),

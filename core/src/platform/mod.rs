@@ -4,9 +4,9 @@
 //! | file | states | source names | hears changes by |
 //! |---|---|---|---|
 //! | `network.rs` | INTERNET_AVAILABLE | `netlink` | rtnetlink multicast (links, addresses, routes) |
-//! | `dbus.rs` | INTERNET_AVAILABLE, FREE_NETWORK_AVAILABLE; ON_AC_POWER, BATTERY_NOT_LOW; USER_PRESENT, SESSION_CONNECTED, DEVICE_IDLE; (resume from sleep; the sleep inhibitor of `is_network_requested`) | `networkmanager`, `upower`, `logind` | D-Bus signals on the system bus, on its own thread |
+//! | `dbus.rs` | INTERNET_AVAILABLE, FREE_NETWORK_AVAILABLE; ON_AC_POWER, BATTERY_NOT_LOW; USER_PRESENT, SESSION_CONNECTED, DEVICE_IDLE; (resume from sleep; logging off and shutdown; the energy saver of power-profiles-daemon; the sleep inhibitor of `is_network_requested`) | `networkmanager`, `upower`, `logind` | D-Bus signals on the system bus, on its own thread |
 //! | `power.rs` | ON_AC_POWER, BATTERY_NOT_LOW | `sysfs` | kobject uevents |
-//! | `storage.rs` | STORAGE_NOT_LOW | `statvfs` | read on each decision |
+//! | `storage.rs` | STORAGE_NOT_LOW | `statvfs` | read after each store write and broker wake (`broker/storage.rs`) |
 //! | `timezone.rs` | (TIME_ZONE_CHANGE) | — | inotify on the localtime link's directory |
 //!
 //! Several sources may report one state; the one of highest rank that knows it wins
@@ -17,6 +17,7 @@
 //! Event-driven only: the fd sources share one thread blocked in `poll` with no timeout; the D-Bus
 //! sources wait on their connection. An idle broker makes no system calls.
 
+mod call_timer;
 pub(crate) mod dbus;
 pub(crate) mod network;
 pub(crate) mod power;
@@ -100,6 +101,12 @@ pub(crate) enum Heard {
     TimeZoneChanged,
     /// The machine resumed from sleep: run what became due meanwhile, now.
     Resumed,
+    /// Our user logs off (their last session closes) or the machine shuts down: cancel every
+    /// run with LOGGING_OFF (SPEC §4).
+    LoggingOff,
+    /// power-profiles-daemon's energy saver went on (`true`) or off: while it is on and the
+    /// machine is on battery, runs that need power are canceled with ENERGY_SAVER (SPEC §4).
+    EnergySaver(bool),
 }
 
 /// Where notes go (the broker, through a weak reference).
@@ -156,10 +163,11 @@ impl Platform {
         Ok(platform)
     }
 
-    /// A logind sleep inhibitor for a run of a task with `is_network_requested` (SPEC §4), held
-    /// as long as the descriptor is open; `None` without logind. Blocks for a D-Bus round trip.
-    pub(crate) fn inhibit_sleep(&self, who: &str, why: &str) -> Option<OwnedFd> {
-        self.bus.as_ref()?.inhibit_sleep(who, why)
+    /// What asks logind for sleep inhibitors for runs of tasks with `is_network_requested`
+    /// (SPEC §4); `None` without a bus. Its call blocks for a D-Bus round trip: make it with no
+    /// lock held.
+    pub(crate) fn inhibitor(&self) -> Option<dbus::Inhibitor> {
+        self.bus.as_ref()?.inhibitor()
     }
 
     /// Starts the given fd sources on one thread, after their first readings (taken here, so

@@ -1,5 +1,6 @@
-//! `STORAGE_NOT_LOW` (SPEC §6): `statvfs` on the file system of the store, read on each decision
-//! (no events: free space changes with every write). The store's directory for a file store; the
+//! `STORAGE_NOT_LOW` (SPEC §6): `statvfs` on the file system of the store, read off the broker's
+//! locks after each write and each wake (`broker/storage.rs`; no events: free space changes with
+//! every write). The store's directory for a file store; the
 //! per-app state directory for an in-memory one. Low means at most the policy's
 //! `storage_low_percent` of the blocks are available to the app (default 10).
 

@@ -4,15 +4,20 @@
 //!
 //! It holds the app's store and runs what becomes due; `btbctl` talks to it through the control
 //! socket. SIGTERM or SIGINT: running instances are canceled with `TERMINATING`, given their grace,
-//! and btbd exits 0. A bad manifest, or a store another broker holds, exits 1 with the reason.
+//! and btbd exits 0. SIGHUP, or the manifest file changing: btbd re-reads it, and a new `version`
+//! services the app (runs canceled with `SERVICING_UPDATE`, the new manifest taken,
+//! `SERVICING_COMPLETE` fired). The store removed (`btbctl uninstall`): btbd closes and exits 0.
+//! A bad manifest, or a store another broker holds, exits 1 with the reason.
 //! Logs go to stderr (the journal, under systemd); `RUST_LOG` sets the level (default `info`).
+
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use btb_core::{Manifest, StoreLocation, System, SystemOptions};
 use clap::{CommandFactory, Parser};
-use nix::sys::signal::{SigSet, Signal};
+use watch::{Wake, Watch};
 
 #[derive(Parser)]
 #[command(
@@ -56,6 +61,16 @@ const MAN_EXTRA: &str = r#".SH SIGNALS
 .TP
 \fBSIGTERM\fR, \fBSIGINT\fR
 Running task instances are canceled with reason TERMINATING and given their grace period (5 s); then btbd exits 0.
+.TP
+\fBSIGHUP\fR
+Re-read the manifest (as when its file changes). A new \fBversion\fR services the app: running task instances are canceled with reason SERVICING_UPDATE, btbd takes the new manifest, and the SERVICING_COMPLETE system trigger fires. A manifest that does not load, or of the same version, changes nothing (logged).
+.SH FILES WATCHED
+.TP
+The manifest
+Written in place or replaced by a rename: re-read, as on SIGHUP.
+.TP
+The store
+Removed (\fBbtbctl uninstall\fR): btbd closes and exits 0.
 .SH "EXIT STATUS"
 .TP
 \fB0\fR
@@ -88,13 +103,11 @@ The systemd user unit (instance = app id): \fBsystemctl \-\-user enable \-\-now 
 "#;
 
 fn main() -> ExitCode {
-    // Before any thread starts (btb's threads inherit the mask): SIGTERM and SIGINT wait for
-    // `sigwait` below instead of killing the process, so close runs.
-    let mut signals = SigSet::empty();
-    signals.add(Signal::SIGTERM);
-    signals.add(Signal::SIGINT);
+    // Before any thread starts (btb's threads inherit the mask): SIGTERM, SIGINT and SIGHUP are
+    // read from a signalfd below instead of killing the process, so close runs.
+    let signals = watch::signals();
     if let Err(e) = signals.thread_block() {
-        eprintln!("btbd: cannot block SIGTERM and SIGINT: {e}");
+        eprintln!("btbd: cannot block SIGTERM, SIGINT and SIGHUP: {e}");
         return ExitCode::from(1);
     }
     let cli = Cli::parse(); // usage errors exit 2
@@ -110,10 +123,10 @@ fn main() -> ExitCode {
             }
         };
     }
-    let manifest = cli.manifest.expect("clap requires --manifest");
+    let manifest_path = cli.manifest.expect("clap requires --manifest");
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
 
-    let manifest = match Manifest::load(&manifest) {
+    let manifest = match Manifest::load(&manifest_path) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("btbd: {}", e.message());
@@ -159,6 +172,19 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Watched before btbd says it is ready: a change from then on is never missed.
+    let mut watch = match Watch::new(&signals, &manifest_path, Path::new(system.store_path())) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!(
+                "btbd: cannot watch the manifest {} and the store {}: {e}",
+                manifest_path.display(),
+                system.store_path()
+            );
+            let _ = system.close();
+            return ExitCode::from(1);
+        }
+    };
     if let Err(e) = system.start() {
         eprintln!("btbd: {}", e.message());
         return ExitCode::from(1);
@@ -173,13 +199,31 @@ fn main() -> ExitCode {
     );
     println!("btbd: ready"); // for supervisors and tests that wait for it
 
-    match signals.wait() {
-        Ok(signal) => log::info!(
-            target: "btbd",
-            "{}: canceling running tasks (TERMINATING) and closing",
-            signal.as_str()
-        ),
-        Err(e) => log::error!(target: "btbd", "waiting for a signal failed ({e}): closing"),
+    loop {
+        match watch.next() {
+            Ok(Wake::Stop(signal)) => {
+                log::info!(
+                    target: "btbd",
+                    "{}: canceling running tasks (TERMINATING) and closing",
+                    signal.as_str()
+                );
+                break;
+            }
+            Ok(Wake::Reload) => reload(&system, &manifest_path, "SIGHUP"),
+            Ok(Wake::ManifestChanged) => reload(&system, &manifest_path, "the manifest changed"),
+            Ok(Wake::StoreRemoved) => {
+                log::info!(
+                    target: "btbd",
+                    "the store {} was removed (the app was uninstalled): closing",
+                    system.store_path()
+                );
+                break;
+            }
+            Err(e) => {
+                log::error!(target: "btbd", "waiting for a signal or a file failed ({e}): closing");
+                break;
+            }
+        }
     }
     match system.close() {
         Ok(()) => ExitCode::SUCCESS,
@@ -187,5 +231,29 @@ fn main() -> ExitCode {
             eprintln!("btbd: closing: {}", e.message());
             ExitCode::from(1)
         }
+    }
+}
+
+/// Re-reads the manifest and services the app when its version changed (SPEC §10). A manifest
+/// that does not load (half written, say) changes nothing: the next change is read again.
+fn reload(system: &System, path: &Path, why: &str) {
+    let manifest = match Manifest::load(path) {
+        Ok(m) => m,
+        Err(e) => {
+            log::error!(target: "btbd", "{why}: the manifest does not load, keeping the one in force: {}", e.message());
+            return;
+        }
+    };
+    let version = manifest.version().to_owned();
+    match system.service(manifest) {
+        Ok(true) => log::info!(
+            target: "btbd",
+            "{why}: serviced to version {version:?} (running tasks canceled with SERVICING_UPDATE; SERVICING_COMPLETE fired)"
+        ),
+        Ok(false) => log::info!(
+            target: "btbd",
+            "{why}: version {version:?} unchanged; nothing to do (raise the version to service the app)"
+        ),
+        Err(e) => log::error!(target: "btbd", "{why}: cannot service the app: {}", e.message()),
     }
 }

@@ -1,0 +1,358 @@
+//! A run handed to a client process outlives its broker (SPEC §11, issue 16): when the broker
+//! process is SIGKILLed while a client runs one of its runs, the process that takes the store
+//! over counts the task as running until that run ends, records the run as the client ended it,
+//! and never starts the task again meanwhile — whether the runner itself takes over or another
+//! process does, and whether the runner finishes or dies too.
+//!
+//! Real processes: this binary run again as the broker (`bare_broker_child`) and as a runner
+//! (`runner_child`), talking through stdin/stdout under deadlines. No sleeps.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use btb_core::{
+    ApplicationTriggerResult, Builder, Clock, Handler, Policy, Registration, RetryPolicy,
+    StoreLocation, System, SystemOptions, TaskOutcome, Trigger,
+};
+use common::*;
+
+const STORE_VAR: &str = "BTB_TEST_ELSEWHERE_STORE";
+const APP_VAR: &str = "BTB_TEST_ELSEWHERE_APP";
+const DEADLINE: Duration = Duration::from_secs(30);
+
+fn open(path: &Path, app_id: &str) -> System {
+    System::open(SystemOptions {
+        manifest: Some(manifest_for(app_id)),
+        store: StoreLocation::File(path.to_owned()),
+        clock: Clock::Real,
+        simulated: true,
+        policy: Policy::default(),
+        ..SystemOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()))
+}
+
+/// A child run of this binary as the ignored test `name`, killed and reaped when dropped.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn spawn(name: &str, path: &Path, app_id: &str) -> Proc {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                name,
+                "--ignored",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(STORE_VAR, path)
+            .env(APP_VAR, app_id)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc { child, lines }
+    }
+
+    /// The next line with `tag` (libtest prints its own lines around ours).
+    fn expect(&self, tag: &str) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(at) = line.find(tag) {
+                        return line[at..].to_owned();
+                    }
+                }
+                Err(e) => panic!("no {tag:?} line from the child within {DEADLINE:?}: {e}"),
+            }
+        }
+    }
+
+    fn tell(&mut self, line: &str) {
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    fn sigkill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").unwrap();
+    out.flush().unwrap();
+}
+
+fn child_env() -> Option<(std::path::PathBuf, String)> {
+    let path = std::env::var_os(STORE_VAR)?;
+    Some((path.into(), std::env::var(APP_VAR).unwrap()))
+}
+
+fn wait_for_stdin_line() -> String {
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    line.trim().to_owned()
+}
+
+fn slow_task(system: &System, retry: bool) -> Registration {
+    let mut b: Builder = builder("slow");
+    b.set_trigger(Trigger::application());
+    if retry {
+        b.retry_policy = Some(RetryPolicy {
+            initial_delay_ms: 10_000,
+            max_attempts: Some(3),
+            ..RetryPolicy::default()
+        });
+    }
+    system.register(&b).unwrap()
+}
+
+/// The outcomes of `task`'s runs, as its completed handler hears them.
+fn completions(system: &System, task: &Registration) -> mpsc::Receiver<TaskOutcome> {
+    let (tx, rx) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    system
+        .add_completed(
+            &task.task_id(),
+            Arc::new(move |_, completion| {
+                let _ = tx.lock().unwrap().send(completion.outcome);
+            }),
+        )
+        .unwrap();
+    rx
+}
+
+#[test]
+#[ignore = "the broker process of the tests in this file"]
+fn bare_broker_child() {
+    let Some((path, app_id)) = child_env() else {
+        return;
+    };
+    // No handlers: every run it starts is handed to a client process.
+    let system = open(&path, &app_id);
+    assert!(system.is_broker());
+    say("READY");
+    wait_for_stdin_line(); // serve until killed
+}
+
+#[test]
+#[ignore = "the runner process of another_process_takes_over_while_the_runner_goes_on"]
+fn runner_child() {
+    let Some((path, app_id)) = child_env() else {
+        return;
+    };
+    let system = open(&path, &app_id);
+    assert!(!system.is_broker());
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let go_rx = Mutex::new(go_rx);
+    system
+        .register_entry_point(
+            "app.All",
+            Some(Handler::Call(Arc::new(move |instance| {
+                say(&format!("STARTED {}", instance.attempt()));
+                let _ = go_rx.lock().unwrap().recv_timeout(DEADLINE);
+                instance
+                    .set_output(&serde_json::json!({"ran_in": std::process::id()}))
+                    .unwrap();
+                say("ENDING");
+            }))),
+        )
+        .unwrap();
+    say("READY");
+    loop {
+        match wait_for_stdin_line().as_str() {
+            "go" => go_tx.send(()).unwrap(),
+            _ => return,
+        }
+    }
+}
+
+/// The runner itself takes the store over when its broker dies: its own run goes on, counts as
+/// running (a request is `CURRENTLY_RUNNING`), and is recorded as it ended — once.
+#[test]
+fn the_runner_takes_over_and_its_run_goes_on_once() {
+    const APP: &str = "org.example.elsewhere.self";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("btb.sqlite3");
+    let mut broker = Proc::spawn("bare_broker_child", &path, APP);
+    broker.expect("READY");
+
+    let system = open(&path, APP);
+    assert!(!system.is_broker());
+    let (started_tx, started) = mpsc::channel::<u32>();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let go_rx = Mutex::new(go_rx);
+    let running = Arc::new(Mutex::new(0u32));
+    let overlaps = Arc::new(Mutex::new(0u32));
+    let (r, o) = (Arc::clone(&running), Arc::clone(&overlaps));
+    system
+        .register_entry_point(
+            "app.All",
+            Some(Handler::Call(Arc::new(move |instance| {
+                {
+                    let mut n = r.lock().unwrap();
+                    *n += 1;
+                    if *n > 1 {
+                        *o.lock().unwrap() += 1;
+                    }
+                }
+                started_tx.send(instance.attempt()).unwrap();
+                let _ = go_rx.lock().unwrap().recv_timeout(DEADLINE);
+                instance
+                    .set_output(&serde_json::json!({"finished": true}))
+                    .unwrap();
+                *r.lock().unwrap() -= 1;
+            }))),
+        )
+        .unwrap();
+    let task = slow_task(&system, false);
+    assert_eq!(
+        task.request(None).unwrap(),
+        ApplicationTriggerResult::Allowed
+    );
+    assert_eq!(started.recv_timeout(DEADLINE).unwrap(), 1);
+
+    broker.sigkill();
+    // This call takes the store over: the run handed to this process still goes on here.
+    assert_eq!(
+        task.request(None).unwrap(),
+        ApplicationTriggerResult::CurrentlyRunning
+    );
+    assert!(system.is_broker());
+    go_tx.send(()).unwrap();
+    assert!(system.wait_idle(DEADLINE).unwrap());
+    let history = task.history().unwrap();
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(history[0].outcome, TaskOutcome::Succeeded, "{history:?}");
+    assert_eq!(history[0].output.as_deref(), Some(r#"{"finished":true}"#));
+
+    // Ended: the task runs again.
+    assert_eq!(
+        task.request(None).unwrap(),
+        ApplicationTriggerResult::Allowed
+    );
+    assert_eq!(started.recv_timeout(DEADLINE).unwrap(), 1);
+    go_tx.send(()).unwrap();
+    assert!(system.wait_idle(DEADLINE).unwrap());
+    assert_eq!(task.history().unwrap().len(), 2);
+    assert_eq!(*overlaps.lock().unwrap(), 0);
+    system.close().unwrap();
+}
+
+/// Another process takes the store over while a third still runs the dead broker's run: the
+/// task waits for that run, which is recorded as the runner ended it (its output too).
+#[test]
+fn another_process_takes_over_while_the_runner_goes_on() {
+    const APP: &str = "org.example.elsewhere.other";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("btb.sqlite3");
+    let mut broker = Proc::spawn("bare_broker_child", &path, APP);
+    broker.expect("READY");
+    let mut runner = Proc::spawn("runner_child", &path, APP);
+    runner.expect("READY");
+
+    let system = open(&path, APP); // a client with no handler: runs go to the runner
+    let task = slow_task(&system, false);
+    let ended = completions(&system, &task);
+    assert_eq!(
+        task.request(None).unwrap(),
+        ApplicationTriggerResult::Allowed
+    );
+    assert_eq!(runner.expect("STARTED"), "STARTED 1");
+
+    broker.sigkill();
+    // Whichever process takes the store over (this one, or the runner), the task is running.
+    assert_eq!(
+        task.request(None).unwrap(),
+        ApplicationTriggerResult::CurrentlyRunning
+    );
+    runner.tell("go");
+    runner.expect("ENDING");
+    // Heard by whichever process is the broker now (the runner, or this one).
+    assert_eq!(
+        ended.recv_timeout(DEADLINE).unwrap(),
+        TaskOutcome::Succeeded
+    );
+    let history = task.history().unwrap();
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(history[0].outcome, TaskOutcome::Succeeded, "{history:?}");
+    assert_eq!(
+        history[0].output.as_deref(),
+        Some(format!(r#"{{"ran_in":{}}}"#, runner.child.id()).as_str())
+    );
+    system.close().unwrap();
+}
+
+/// The runner dies too (SIGKILL) while the process that took over waits for it: the run is
+/// recorded as cut off and retried under its policy — after the runner is gone, not before.
+#[test]
+fn a_runner_that_dies_after_its_broker_is_recorded_and_retried() {
+    const APP: &str = "org.example.elsewhere.dies";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("btb.sqlite3");
+    let mut broker = Proc::spawn("bare_broker_child", &path, APP);
+    broker.expect("READY");
+    let mut runner = Proc::spawn("runner_child", &path, APP);
+    runner.expect("READY");
+
+    let system = open(&path, APP);
+    let task = slow_task(&system, true);
+    let ended = completions(&system, &task);
+    assert_eq!(
+        task.request(None).unwrap(),
+        ApplicationTriggerResult::Allowed
+    );
+    assert_eq!(runner.expect("STARTED"), "STARTED 1");
+
+    broker.sigkill();
+    assert_eq!(
+        task.request(None).unwrap(),
+        ApplicationTriggerResult::CurrentlyRunning
+    );
+    runner.sigkill();
+    // Recorded once the runner is gone (heard through its run file), with the next attempt due.
+    assert_eq!(ended.recv_timeout(DEADLINE).unwrap(), TaskOutcome::Retry);
+    let history = task.history().unwrap();
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(history[0].outcome, TaskOutcome::Retry, "{history:?}");
+    assert!(
+        history[0]
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("broker died")),
+        "{history:?}"
+    );
+    assert!(history[0].retry_at_ms.is_some());
+    system.close().unwrap();
+}
