@@ -24,12 +24,17 @@ MANIFEST = btb.Manifest(
 )
 
 
+def say(line: str) -> None:
+    """Prints a line in one write: lines printed on btb's threads and this one do not mix."""
+    sys.stdout.write(line + "\n")
+
+
 def client(store: str) -> int:
     with btb.System(MANIFEST, store) as system:
         print(f"client pid {os.getpid()}: is_broker={system.is_broker}, broker pid {system.broker_pid}")
 
         def work(instance: btb.BackgroundTaskInstance) -> None:
-            print(f"client pid {os.getpid()}: running {instance.task.name!r}")
+            say(f"client pid {os.getpid()}: running {instance.task.name!r}")
             instance.progress = 100
 
         system.register_entry_point("notes.Work", work)
@@ -42,13 +47,13 @@ def client(store: str) -> int:
         done = threading.Event()
 
         def completed(reg: btb.BackgroundTaskRegistration, args: btb.BackgroundTaskCompletedEventArgs) -> None:
-            print(f"client pid {os.getpid()}: {reg.name!r} completed {args.status.name}")
+            say(f"client pid {os.getpid()}: {reg.name!r} completed {args.status.name}")
             done.set()
 
         registration.add_completed(completed)
         # The run and its completion may be printed before the answer to the request: they come
         # on other connections, to other threads (SPEC §10 promises no order between them).
-        print(f"client pid {os.getpid()}: request -> {trigger.request().name}")
+        say(f"client pid {os.getpid()}: request -> {trigger.request().name}")
         if not done.wait(10):
             return 1
         print("client: ready for the broker to close", flush=True)

@@ -3,6 +3,7 @@
 //! package (`IntEnum`s, the exception classes, the default-system class attributes and the exit
 //! hook) live in `python/btb/`.
 
+mod aio;
 mod builder;
 mod convert;
 mod errors;
@@ -39,13 +40,13 @@ mod _btb {
     use crate::retry::RetryPolicy;
     #[pymodule_export]
     use crate::runtime::{
-        _wait_python_idle, BackgroundTaskCompletedEventArgs, BackgroundTaskDeferral,
-        BackgroundTaskInstance, BackgroundTaskProgressEventArgs, RunRecord,
+        _wait_python_idle, BackgroundActivatedEventArgs, BackgroundTaskCompletedEventArgs,
+        BackgroundTaskDeferral, BackgroundTaskInstance, BackgroundTaskProgressEventArgs, RunRecord,
     };
     #[pymodule_export]
     use crate::system::{
-        BackgroundTaskRegistration, BackgroundTaskRegistrationGroup, System, py_default_system,
-        set_default_system, signal_event,
+        _interrupted, BackgroundTaskRegistration, BackgroundTaskRegistrationGroup, System,
+        py_default_system, set_default_system, signal_event,
     };
     #[pymodule_export]
     use crate::trigger::{

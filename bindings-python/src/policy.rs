@@ -31,6 +31,7 @@ impl Policy {
         history_limit = None,
         allow_application_triggers = None,
         storage_low_percent = None,
+        activation_timeout = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -43,6 +44,7 @@ impl Policy {
         history_limit: Option<&Bound<'_, PyAny>>,
         allow_application_triggers: Option<bool>,
         storage_low_percent: Option<&Bound<'_, PyAny>>,
+        activation_timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let mut policy = btb_core::Policy::default();
         if let Some(v) = min_freshness_minutes {
@@ -90,6 +92,16 @@ impl Policy {
         if let Some(v) = storage_low_percent {
             let percent = uint(v, "policy storage_low_percent")?;
             policy.storage_low_percent = u8::try_from(percent).unwrap_or(u8::MAX);
+        }
+        if let Some(v) = activation_timeout {
+            let ms = crate::retry::delay_ms(v, "policy activation_timeout")?;
+            policy.activation_timeout_ms = u32::try_from(ms).map_err(|_| {
+                invalid(format!(
+                    "policy activation_timeout {} is out of range (at most {} days)",
+                    v.repr().map(|r| r.to_string()).unwrap_or_default(),
+                    u32::MAX / 86_400_000
+                ))
+            })?;
         }
         policy.validate().or_raise()?;
         Ok(Policy { inner: policy })
@@ -153,11 +165,18 @@ impl Policy {
         self.inner.storage_low_percent
     }
 
+    /// How long a run waits for the app that the manifest's `activate` started to offer its
+    /// handler before it fails, saying so (a `timedelta`; default 30 s; SPEC §12).
+    #[getter]
+    fn activation_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(u64::from(self.inner.activation_timeout_ms))
+    }
+
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         Ok(format!(
             "Policy(min_freshness_minutes={}, timer_window_seconds={}, grace_seconds={:?}, \
              max_concurrent={}, durability={}, time_limits={}, history_limit={}, \
-             allow_application_triggers={})",
+             allow_application_triggers={}, activation_timeout={})",
             self.inner.min_freshness_minutes,
             self.inner.timer_window_seconds,
             self.grace_seconds(),
@@ -169,7 +188,8 @@ impl Policy {
                 "True"
             } else {
                 "False"
-            }
+            },
+            self.activation_timeout().into_pyobject(py)?.repr()?
         ))
     }
 }

@@ -2,6 +2,8 @@
 //! function receives, deferrals, progress and completed event arguments, run records and the
 //! import-path resolver.
 //!
+//! Coroutines (`async def` run functions and handlers) are handed to `aio.rs`.
+//!
 //! Threads: every closure here is called by the core on one of its threads (a worker for run
 //! functions, the notifier for progress, completed and canceled handlers) with no core lock held;
 //! it attaches to the interpreter only while Python code runs. Every call back into the core from
@@ -28,9 +30,12 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyModule, PyString, PyTuple, PyType, PyWeakrefMethods, PyWeakrefReference};
 use uuid::Uuid;
 
+use crate::aio::{Going, await_handler, is_coroutine, start_coroutine};
 use crate::convert::{datetime_from_ms, member, py_repr, uint};
 use crate::errors::OrRaise;
-use crate::system::{BackgroundTaskRegistration, System, lock, try_lock};
+use crate::system::{
+    BackgroundTaskRegistration, BackgroundTaskRegistrationGroup, System, lock, try_lock,
+};
 
 /// A weak reference to the Python `System` that made a closure (shared by its closures).
 pub(crate) type WeakSystem = Arc<Py<PyWeakrefReference>>;
@@ -39,17 +44,22 @@ pub(crate) fn weak_system(system: &Bound<'_, System>) -> PyResult<WeakSystem> {
     Ok(Arc::new(PyWeakrefReference::new(system)?.unbind()))
 }
 
-/// The `System` object that made a closure; if it is gone (dropped while the core still delivers
-/// what was queued before it closed), a non-owning view of the same core system.
-/// `None` (a task group's handler, which serves every system): always the view.
+/// The `System` object that made a closure; if it is gone, the `System` object that owns the
+/// same core system (a task group's handler, `None` here, serves every system), else a
+/// non-owning view of it (dropped while the core still delivers what was queued before it
+/// closed).
 fn system_for(
     py: Python<'_>,
     system: Option<&WeakSystem>,
     registration: &Registration,
 ) -> PyResult<Py<System>> {
-    match system.and_then(|s| s.bind(py).upgrade_as::<System>().ok().flatten()) {
-        Some(system) => Ok(system.unbind()),
-        None => System::view(py, registration.system()),
+    if let Some(system) = system.and_then(|s| s.bind(py).upgrade_as::<System>().ok().flatten()) {
+        return Ok(system.unbind());
+    }
+    let core = registration.system();
+    match System::owner_of(py, &core) {
+        Some(system) => Ok(system),
+        None => System::view(py, core),
     }
 }
 
@@ -145,7 +155,7 @@ pub(crate) fn _wait_python_idle(py: Python<'_>, timeout: f64) -> bool {
 // ------------------------------------------------------------------------------------------------
 // Logging and failure messages
 
-fn module<'py>(
+pub(crate) fn module<'py>(
     py: Python<'py>,
     cell: &'static PyOnceLock<Py<PyModule>>,
     name: &str,
@@ -172,6 +182,16 @@ pub(crate) fn describe(py: Python<'_>, err: &PyErr) -> String {
     formatted.unwrap_or_else(|_| err.to_string())
 }
 
+/// Logs `message` at WARNING on the `btb` logger; an exception raised meanwhile (a Ctrl-C
+/// heard while the logging code runs) is the caller's.
+pub(crate) fn warn(py: Python<'_>, message: &str) -> PyResult<()> {
+    static LOGGING: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+    module(py, &LOGGING, "logging")?
+        .call_method1("getLogger", ("btb",))?
+        .call_method1("warning", ("%s", message))?;
+    Ok(())
+}
+
 /// Logs `message` at ERROR on the `btb` logger, with the exception's traceback when there is one.
 /// If logging itself fails, the message goes to stderr: a failure is never swallowed silently.
 pub(crate) fn log_error(py: Python<'_>, message: &str, err: Option<&PyErr>) {
@@ -195,7 +215,7 @@ pub(crate) fn log_error(py: Python<'_>, message: &str, err: Option<&PyErr>) {
     }
 }
 
-fn task_label(instance: &Instance) -> String {
+pub(crate) fn task_label(instance: &Instance) -> String {
     format!(
         "task {:?} (instance {})",
         instance.task().name(),
@@ -205,7 +225,7 @@ fn task_label(instance: &Instance) -> String {
 
 /// A run function raised: the run fails with the exception as its message, and the traceback is
 /// logged.
-fn fail(py: Python<'_>, instance: &Instance, err: &PyErr) {
+pub(crate) fn fail(py: Python<'_>, instance: &Instance, err: &PyErr) {
     let message = describe(py, err);
     log_error(
         py,
@@ -221,9 +241,8 @@ const SHUTTING_DOWN: &str = "the Python interpreter is shutting down: the task w
 // Run functions
 
 /// What a run calls: a function (called with the instance), or a class with `run(self, instance)`
-/// (instantiated per run, as Windows instantiates the `IBackgroundTask` class). A run function
-/// that returns a coroutine (`async def`) is run to completion with `asyncio.run` on the worker.
-/// Returns what the run function returned (the coroutine's result, for an `async def`).
+/// (instantiated per run, as Windows instantiates the `IBackgroundTask` class). Returns what it
+/// returned: for an `async def`, the coroutine, which `run_target` hands to the system's loop.
 fn invoke<'py>(
     py: Python<'py>,
     target: &Bound<'py, PyAny>,
@@ -232,33 +251,24 @@ fn invoke<'py>(
     fn one<'py>(arg: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
         PyTuple::new(arg.py(), [arg])
     }
-    let result = if target.is_instance_of::<PyType>() {
+    if target.is_instance_of::<PyType>() {
         let object = call_unwinding(target, PyTuple::empty(py))?;
         call_unwinding(
             &object.getattr(intern!(py, "run"))?,
             one(instance.as_any())?,
-        )?
+        )
     } else {
-        call_unwinding(target, one(instance.as_any())?)?
-    };
-    if !result.is_none() {
-        static INSPECT: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
-        static ASYNCIO: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
-        let inspect = module(py, &INSPECT, "inspect")?;
-        if inspect
-            .call_method1(intern!(py, "iscoroutine"), (&result,))?
-            .is_truthy()?
-        {
-            let run = module(py, &ASYNCIO, "asyncio")?.getattr(intern!(py, "run"))?;
-            return call_unwinding(&run, one(&result)?);
-        }
+        call_unwinding(target, one(instance.as_any())?)
     }
-    Ok(result)
 }
 
 /// What a run function returned (SPEC §12): a `dict` is the run's output (WorkManager's
 /// `Result.success(outputData)`), `None` changes nothing, anything else fails the run.
-fn returned(py: Python<'_>, instance: &Instance, result: &Bound<'_, PyAny>) -> PyResult<()> {
+pub(crate) fn returned(
+    py: Python<'_>,
+    instance: &Instance,
+    result: &Bound<'_, PyAny>,
+) -> PyResult<()> {
     if result.is_none() {
         return Ok(());
     }
@@ -293,11 +303,19 @@ pub(crate) fn check_target(target: &Bound<'_, PyAny>, what: &str) -> PyResult<()
     Ok(())
 }
 
+/// What a run calls: its run function (an entry point's handler, the system's
+/// background-activated handler, an imported entry point), or a task group's
+/// background-activated handler, called as WinRT calls it: `handler(group, args)`.
+enum Target<'py> {
+    Run(Bound<'py, PyAny>),
+    Group(Bound<'py, PyAny>),
+}
+
 fn run_target(
     py: Python<'_>,
     instance: &Instance,
     system: Option<&WeakSystem>,
-    target: Option<Bound<'_, PyAny>>,
+    target: Option<Target<'_>>,
 ) {
     let Some(target) = target else {
         instance.report_failure(
@@ -310,21 +328,37 @@ fn run_target(
         Err(err) => return fail(py, instance, &err),
     };
     let created = BackgroundTaskInstance::new(py, instance.clone(), system.clone_ref(py))
-        .and_then(|i| Bound::new(py, i));
+        .and_then(|i| Bound::new(py, i))
+        .and_then(|i| BackgroundTaskInstance::watch_cancellation(&i).map(|()| i));
     let python_instance = match created {
         Ok(i) => i,
         Err(err) => return fail(py, instance, &err),
     };
-    if let Err(err) =
-        invoke(py, &target, &python_instance).and_then(|result| returned(py, instance, &result))
-    {
-        fail(py, instance, &err);
+    let going = Going::enter(instance);
+    let called = match &target {
+        Target::Run(run) => invoke(py, run, &python_instance),
+        Target::Group(handler) => {
+            BackgroundActivatedEventArgs::call(handler, &system, &python_instance)
+        }
+    };
+    match called {
+        Ok(result) => match is_coroutine(&result) {
+            Ok(true) => start_coroutine(system.bind(py), &python_instance, result, going),
+            Ok(false) => {
+                if let Err(err) = returned(py, instance, &result) {
+                    fail(py, instance, &err);
+                }
+            }
+            Err(err) => fail(py, instance, &err),
+        },
+        Err(err) => fail(py, instance, &err),
     }
-    // The run is over: finish it before letting go of what it held. Dropping the last reference
-    // to the `System` (the app let go of it; only this run kept it) closes it, and that close must
-    // find the run ended, not still going (it would record it as canceled). The core counts this
-    // worker busy until it is back from the job, so `wait_idle` returns only once nothing of the
-    // app's is held here; its own `finish_run` after this closure reports `STATE`, ignored.
+    // The run function is over: finish it before letting go of what it held. Dropping the last
+    // reference to the `System` (the app let go of it; only this run kept it) closes it, and that
+    // close must find the run ended, not still going (it would record it as canceled). The core
+    // counts this worker busy until it is back from the job, so `wait_idle` returns only once
+    // nothing of the app's is held here; its own `finish_run` after this closure reports
+    // `STATE`, ignored. (A coroutine's deferral keeps its run going until the coroutine ends.)
     py.detach(|| {
         let _ = instance.finish_run();
     });
@@ -338,7 +372,7 @@ fn run_target(
 pub(crate) fn run_handler(slot: Arc<Slot>, system: WeakSystem) -> Handler {
     Handler::Call(Arc::new(move |instance: &Instance| {
         let attached = attach(|py| {
-            run_target(py, instance, Some(&system), slot.get(py));
+            run_target(py, instance, Some(&system), slot.get(py).map(Target::Run));
         });
         if attached.is_none() {
             instance.report_failure(SHUTTING_DOWN);
@@ -350,10 +384,11 @@ pub(crate) fn run_handler(slot: Arc<Slot>, system: WeakSystem) -> Handler {
 /// system where the group is used, so the instance's system is found from its registration.
 /// The callable lives as long as the handler stays added (a module-level registration, as
 /// `atexit` keeps its functions).
-pub(crate) fn group_run_fn(target: Py<PyAny>) -> RunFn {
+pub(crate) fn group_run_fn(handler: Py<PyAny>) -> RunFn {
     Arc::new(move |instance: &Instance| {
         let attached = attach(|py| {
-            run_target(py, instance, None, Some(target.bind(py).clone()));
+            let handler = Target::Group(handler.bind(py).clone());
+            run_target(py, instance, None, Some(handler));
         });
         if attached.is_none() {
             instance.report_failure(SHUTTING_DOWN);
@@ -370,7 +405,7 @@ pub(crate) fn resolver(system: WeakSystem) -> Resolver {
         let system = Arc::clone(&system);
         Some(Handler::Call(Arc::new(move |instance: &Instance| {
             let attached = attach(|py| match import_target(py, &entry_point) {
-                Ok(target) => run_target(py, instance, Some(&system), Some(target)),
+                Ok(target) => run_target(py, instance, Some(&system), Some(Target::Run(target))),
                 Err((message, err)) => {
                     log_error(
                         py,
@@ -466,7 +501,13 @@ fn call_event_handlers(
             let args = args?;
             if let Some(handler) = slot.get(py) {
                 let call_args = PyTuple::new(py, [reg.as_any(), &args])?;
-                if let Err(err) = call_unwinding(&handler, call_args) {
+                let called = call_unwinding(&handler, call_args).and_then(|result| {
+                    if is_coroutine(&result)? {
+                        await_handler(reg.get().system.bind(py), result)?;
+                    }
+                    Ok(())
+                });
+                if let Err(err) = called {
                     log_error(
                         py,
                         &format!(
@@ -531,20 +572,28 @@ pub(crate) fn completed_handler(slot: Arc<Slot>, system: WeakSystem) -> Complete
 // ------------------------------------------------------------------------------------------------
 // The instance
 
+/// An instance's canceled handlers, and the coroutine its cancellation reaches after them.
 #[derive(Default)]
-struct CanceledHandlers {
+struct Cancellation {
     next_token: u64,
-    /// `(token, core token once known, handler)`.
-    items: Vec<(u64, Option<u64>, Py<PyAny>)>,
+    /// `(token, handler)`, in the order added.
+    handlers: Vec<(u64, Py<PyAny>)>,
+    /// The core called the instance's cancellation: the handlers are being called, or were; one
+    /// added now is called at once, on its own.
+    called: bool,
+    /// Those handlers have returned: the coroutine may be cancelled.
+    handlers_done: bool,
+    /// The task of an `async def` run, with its event loop, while it runs.
+    coroutine: Option<(Py<PyAny>, Py<PyAny>)>,
 }
 
 /// One run of a registered task (WinRT `IBackgroundTaskInstance`): what a run function receives.
 /// It stays usable after the run function returns (with a deferral, until the run completes).
 #[pyclass(frozen, weakref, module = "btb")]
 pub struct BackgroundTaskInstance {
-    inner: Instance,
+    pub(crate) inner: Instance,
     task: Py<BackgroundTaskRegistration>,
-    canceled_handlers: Mutex<CanceledHandlers>,
+    cancellation: Mutex<Cancellation>,
 }
 
 impl BackgroundTaskInstance {
@@ -556,16 +605,122 @@ impl BackgroundTaskInstance {
         Ok(BackgroundTaskInstance {
             inner,
             task,
-            canceled_handlers: Mutex::default(),
+            cancellation: Mutex::default(),
         })
     }
 
-    fn canceled_handler(&self, py: Python<'_>, token: u64) -> Option<Py<PyAny>> {
-        lock(py, &self.canceled_handlers)
-            .items
-            .iter()
-            .find(|(t, _, _)| *t == token)
-            .map(|(_, _, h)| h.clone_ref(py))
+    /// Hands the core one canceled handler for this object, which calls the Python handlers in
+    /// order and then cancels the coroutine of an `async def` run. It holds the object weakly:
+    /// the handlers belong to it.
+    fn watch_cancellation(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let weak = Arc::new(PyWeakrefReference::new(slf)?.unbind());
+        let closure = Arc::new(move |_: &Instance, reason: CancellationReason| {
+            attach(|py| {
+                if let Some(owner) = weak.bind(py).upgrade_as::<Self>().ok().flatten() {
+                    Self::on_canceled(&owner, reason);
+                }
+            });
+        });
+        let inner = &slf.get().inner;
+        slf.py().detach(|| inner.add_canceled(closure));
+        Ok(())
+    }
+
+    /// The run was canceled (on a btb thread): its canceled handlers, then its coroutine.
+    fn on_canceled(slf: &Bound<'_, Self>, reason: CancellationReason) {
+        let py = slf.py();
+        let this = slf.get();
+        let handlers: Vec<Py<PyAny>> = {
+            let mut c = lock(py, &this.cancellation);
+            c.called = true;
+            c.handlers.iter().map(|(_, h)| h.clone_ref(py)).collect()
+        };
+        for handler in handlers {
+            Self::call_canceled(slf, handler.bind(py), reason);
+        }
+        let coroutine = {
+            let mut c = lock(py, &this.cancellation);
+            c.handlers_done = true;
+            c.coroutine.take()
+        };
+        if let Some((event_loop, task)) = coroutine {
+            let cancel = task
+                .bind(py)
+                .getattr(intern!(py, "cancel"))
+                .and_then(|cancel| {
+                    event_loop
+                        .bind(py)
+                        .call_method1(intern!(py, "call_soon_threadsafe"), (cancel,))
+                });
+            // A closed loop runs no coroutine any more: there is nothing left to cancel.
+            if let Err(err) = cancel
+                && !err.is_instance_of::<pyo3::exceptions::PyRuntimeError>(py)
+            {
+                log_error(
+                    py,
+                    &format!(
+                        "cannot cancel the coroutine of {}: {}",
+                        task_label(&this.inner),
+                        describe(py, &err)
+                    ),
+                    Some(&err),
+                );
+            }
+        }
+    }
+
+    /// Calls one canceled handler as `handler(instance, reason)`; an `async def` one runs to its
+    /// end on the system's event loop. What it raises is logged.
+    fn call_canceled(
+        slf: &Bound<'_, Self>,
+        handler: &Bound<'_, PyAny>,
+        reason: CancellationReason,
+    ) {
+        let py = slf.py();
+        let called = member(py, "BackgroundTaskCancellationReason", reason as u32)
+            .and_then(|reason| PyTuple::new(py, [slf.as_any(), &reason]))
+            .and_then(|args| call_unwinding(handler, args))
+            .and_then(|result| {
+                if is_coroutine(&result)? {
+                    let system = slf.get().task.get().system.clone_ref(py);
+                    await_handler(system.bind(py), result)?;
+                }
+                Ok(())
+            });
+        if let Err(err) = called {
+            log_error(
+                py,
+                &format!(
+                    "a canceled handler of {} raised {}",
+                    task_label(&slf.get().inner),
+                    describe(py, &err)
+                ),
+                Some(&err),
+            );
+        }
+    }
+
+    /// The task of this run's coroutine was made (on its loop's thread): cancelled now if the
+    /// run's canceled handlers have already run, else once they have.
+    pub(crate) fn attach_coroutine(
+        &self,
+        py: Python<'_>,
+        event_loop: Py<PyAny>,
+        task: Py<PyAny>,
+    ) -> PyResult<()> {
+        let mut c = lock(py, &self.cancellation);
+        if c.handlers_done {
+            drop(c);
+            task.bind(py).call_method0(intern!(py, "cancel"))?;
+        } else {
+            c.coroutine = Some((event_loop, task));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn forget_coroutine(&self, py: Python<'_>) {
+        let task = lock(py, &self.cancellation).coroutine.take();
+        drop(task); // unlocked
     }
 }
 
@@ -650,7 +805,9 @@ impl BackgroundTaskInstance {
     }
 
     /// Adds a handler called as `handler(instance, reason)` on a btb thread when the run is
-    /// canceled (at once if it already is); returns a token for `remove_canceled`.
+    /// canceled (at once if it already is); returns a token for `remove_canceled`. An
+    /// `async def` handler runs on the system's event loop; the run's own coroutine gets its
+    /// `CancelledError` after the handlers.
     fn add_canceled(slf: &Bound<'_, Self>, handler: Bound<'_, PyAny>) -> PyResult<u64> {
         let py = slf.py();
         if !handler.is_callable() {
@@ -660,51 +817,33 @@ impl BackgroundTaskInstance {
             )));
         }
         let this = slf.get();
-        let token = {
-            let mut handlers = lock(py, &this.canceled_handlers);
-            handlers.next_token += 1;
-            let token = handlers.next_token;
-            handlers.items.push((token, None, handler.unbind()));
-            token
+        let (token, late) = {
+            let mut c = lock(py, &this.cancellation);
+            c.next_token += 1;
+            let token = c.next_token;
+            c.handlers.push((token, handler.clone().unbind()));
+            (token, c.called)
         };
-        // The core closure holds only a weak reference: the handlers belong to this object.
-        let weak = Arc::new(PyWeakrefReference::new(slf)?.unbind());
-        let closure = Arc::new(move |_: &Instance, reason: CancellationReason| {
-            attach(|py| {
-                let Some(owner) = weak
-                    .bind(py)
-                    .upgrade_as::<BackgroundTaskInstance>()
-                    .ok()
-                    .flatten()
-                else {
-                    return;
-                };
-                let Some(handler) = owner.get().canceled_handler(py, token) else {
-                    return;
-                };
-                let called = member(py, "BackgroundTaskCancellationReason", reason as u32)
-                    .and_then(|reason| PyTuple::new(py, [owner.as_any(), &reason]))
-                    .and_then(|args| call_unwinding(handler.bind(py), args));
-                if let Err(err) = called {
-                    log_error(
-                        py,
-                        &format!(
-                            "a canceled handler of {} raised {}",
-                            task_label(&owner.get().inner),
-                            describe(py, &err)
-                        ),
-                        Some(&err),
-                    );
-                }
+        if late {
+            // Canceled already, and its handlers called: this one is called at once, on its own
+            // (the core queues it on a btb thread).
+            let weak = Arc::new(PyWeakrefReference::new(slf)?.unbind());
+            let closure = Arc::new(move |_: &Instance, reason: CancellationReason| {
+                attach(|py| {
+                    let Some(owner) = weak.bind(py).upgrade_as::<Self>().ok().flatten() else {
+                        return;
+                    };
+                    let handler = lock(py, &owner.get().cancellation)
+                        .handlers
+                        .iter()
+                        .find(|(t, _)| *t == token)
+                        .map(|(_, h)| h.clone_ref(py));
+                    if let Some(handler) = handler {
+                        Self::call_canceled(&owner, handler.bind(py), reason);
+                    }
+                });
             });
-        });
-        let core_token = py.detach(|| this.inner.add_canceled(closure));
-        if let Some(item) = lock(py, &this.canceled_handlers)
-            .items
-            .iter_mut()
-            .find(|(t, _, _)| *t == token)
-        {
-            item.1 = Some(core_token);
+            py.detach(|| this.inner.add_canceled(closure));
         }
         Ok(token)
     }
@@ -712,13 +851,10 @@ impl BackgroundTaskInstance {
     /// Removes a canceled handler; an unknown token is ignored.
     fn remove_canceled(&self, py: Python<'_>, token: u64) {
         let removed = {
-            let mut handlers = lock(py, &self.canceled_handlers);
-            let index = handlers.items.iter().position(|(t, _, _)| *t == token);
-            index.map(|i| handlers.items.remove(i))
+            let mut c = lock(py, &self.cancellation);
+            let index = c.handlers.iter().position(|(t, _)| *t == token);
+            index.map(|i| c.handlers.remove(i))
         };
-        if let Some((_, Some(core_token), _)) = &removed {
-            py.detach(|| self.inner.remove_canceled(*core_token));
-        }
         drop(removed); // unlocked: dropping a callable can run Python code
     }
 
@@ -783,16 +919,21 @@ impl BackgroundTaskInstance {
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.task)?;
-        if let Some(handlers) = try_lock(&self.canceled_handlers) {
-            for (_, _, handler) in &handlers.items {
+        if let Some(c) = try_lock(&self.cancellation) {
+            for (_, handler) in &c.handlers {
                 visit.call(handler)?;
+            }
+            if let Some((event_loop, task)) = &c.coroutine {
+                visit.call(event_loop)?;
+                visit.call(task)?;
             }
         }
         Ok(())
     }
 
     fn __clear__(&self) {
-        let released = try_lock(&self.canceled_handlers).map(|mut h| std::mem::take(&mut h.items));
+        let released = try_lock(&self.cancellation)
+            .map(|mut c| (std::mem::take(&mut c.handlers), c.coroutine.take()));
         drop(released);
     }
 }
@@ -825,6 +966,63 @@ impl BackgroundTaskDeferral {
 
 // ------------------------------------------------------------------------------------------------
 // Event arguments and run records
+
+/// What a task group's background-activated handlers receive, as `handler(group, args)` (WinRT
+/// `BackgroundActivatedEventArgs`, with the `BackgroundTaskRegistrationGroup` as the sender).
+#[pyclass(frozen, module = "btb")]
+pub struct BackgroundActivatedEventArgs {
+    task_instance: Py<BackgroundTaskInstance>,
+}
+
+impl BackgroundActivatedEventArgs {
+    /// Calls a group's handler for the run of `instance`; returns what it returned.
+    fn call<'py>(
+        handler: &Bound<'py, PyAny>,
+        system: &Py<System>,
+        instance: &Bound<'py, BackgroundTaskInstance>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = handler.py();
+        let Some(group) = instance.get().inner.task().task_group().cloned() else {
+            return Err(crate::errors::raise(btb_core::Error::state(
+                "a task group's handler was handed a run of a task in no group",
+            )));
+        };
+        let group = Bound::new(
+            py,
+            BackgroundTaskRegistrationGroup {
+                group,
+                system: Some(system.clone_ref(py)),
+            },
+        )?;
+        let args = Bound::new(
+            py,
+            BackgroundActivatedEventArgs {
+                task_instance: instance.clone().unbind(),
+            },
+        )?;
+        call_unwinding(handler, PyTuple::new(py, [group.as_any(), args.as_any()])?)
+    }
+}
+
+#[pymethods]
+impl BackgroundActivatedEventArgs {
+    /// The run to carry out (WinRT `TaskInstance`).
+    #[getter]
+    fn task_instance(&self, py: Python<'_>) -> Py<BackgroundTaskInstance> {
+        self.task_instance.clone_ref(py)
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!(
+            "BackgroundActivatedEventArgs(task_instance={})",
+            self.task_instance.bind(py).repr()?
+        ))
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.task_instance)
+    }
+}
 
 /// What progress handlers receive (WinRT `BackgroundTaskProgressEventArgs`).
 #[pyclass(frozen, module = "btb")]

@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 use btb_core::{
@@ -120,7 +121,18 @@ impl Registry {
     }
 }
 
-/// One broker: app identity and manifest, store, clock and policy. A context manager.
+/// Where a system's coroutines run (`btb._aio`).
+enum EventLoop {
+    /// None yet: btb starts its own at the first coroutine.
+    Unset,
+    /// An `AppLoop` (the app's, bound by `async with`) or an `OwnLoop` (btb's).
+    Set(Py<PyAny>),
+    /// The system closed: a coroutine still delivered runs on a loop of its own.
+    Closed,
+}
+
+/// One broker: app identity and manifest, store, clock and policy. A context manager, also
+/// `async with`.
 #[pyclass(frozen, weakref, module = "btb")]
 pub struct System {
     /// `None` only while the object is being dropped.
@@ -128,6 +140,10 @@ pub struct System {
     registry: Mutex<Registry>,
     /// A weak reference to this object, for the closures handed to the core.
     me: OnceLock<WeakSystem>,
+    /// Whether this object owns its system (made by `btb.System` or as the default system), or is
+    /// a view of one whose object is gone.
+    owner: bool,
+    event_loop: Mutex<EventLoop>,
 }
 
 impl Drop for System {
@@ -139,7 +155,55 @@ impl Drop for System {
             Python::try_attach(|py| py.detach(|| drop(core.take())));
         }
         drop(core);
+        let event_loop = std::mem::replace(
+            self.event_loop
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner),
+            EventLoop::Closed,
+        );
+        if let EventLoop::Set(event_loop) = event_loop {
+            Python::try_attach(|py| close_event_loop(py, event_loop));
+        }
     }
+}
+
+/// Stops btb's own loop and joins its thread (nothing for the app's loop).
+fn close_event_loop(py: Python<'_>, event_loop: Py<PyAny>) {
+    if let Err(err) = event_loop.bind(py).call_method0("close") {
+        crate::runtime::log_error(py, "cannot close btb's event loop", Some(&err));
+    }
+}
+
+/// The `System` objects that own their systems, so that a handler serving every system (a task
+/// group's) finds the object of the system it runs in.
+static OWNERS: Mutex<Vec<WeakSystem>> = Mutex::new(Vec::new());
+
+/// Set once Ctrl-C (`KeyboardInterrupt`) interrupted a wait or a close in this process: a close
+/// then says what it waits for, the exit hook does not wait a second grace, and the next Ctrl-C
+/// during a close exits at once.
+static CTRL_C: AtomicBool = AtomicBool::new(false);
+
+/// `btb._btb._interrupted(mark=False)`: whether Ctrl-C interrupted btb in this process; `mark`
+/// records that it did (the exit hook, after an unhandled `KeyboardInterrupt`).
+#[pyfunction]
+#[pyo3(signature = (mark = false))]
+pub(crate) fn _interrupted(mark: bool) -> bool {
+    if mark {
+        CTRL_C.store(true, Ordering::SeqCst);
+    }
+    CTRL_C.load(Ordering::SeqCst)
+}
+
+fn is_keyboard_interrupt(py: Python<'_>, err: &PyErr) -> bool {
+    err.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py)
+}
+
+/// Whether the calling thread is Python's main thread (where signal handlers run).
+fn on_main_thread(py: Python<'_>) -> PyResult<bool> {
+    let threading = py.import("threading")?;
+    Ok(threading
+        .call_method0("current_thread")?
+        .is(&threading.call_method0("main_thread")?))
 }
 
 impl System {
@@ -158,9 +222,16 @@ impl System {
                 core: Some(core),
                 registry: Mutex::default(),
                 me: OnceLock::new(),
+                owner: true,
+                event_loop: Mutex::new(EventLoop::Unset),
             },
         )?;
         let weak = System::weak(system.bind(py))?;
+        {
+            let mut owners = lock(py, &OWNERS);
+            owners.retain(|w| w.bind(py).upgrade().is_some());
+            owners.push(Arc::clone(&weak));
+        }
         let core = system.get().core();
         py.detach(|| core.set_entry_point_resolver(Some(resolver(weak))))
             .or_raise()?;
@@ -180,8 +251,135 @@ impl System {
                 core: Some(core),
                 registry: Mutex::default(),
                 me: OnceLock::new(),
+                owner: false,
+                event_loop: Mutex::new(EventLoop::Unset),
             },
         )
+    }
+
+    /// The open `System` object that owns `core`, if any.
+    pub(crate) fn owner_of(py: Python<'_>, core: &btb_core::System) -> Option<Py<System>> {
+        let owners: Vec<WeakSystem> = lock(py, &OWNERS).iter().map(Arc::clone).collect();
+        owners.iter().find_map(|weak| {
+            let system = weak.bind(py).upgrade_as::<System>().ok().flatten()?;
+            (system.get().core() == core).then(|| system.unbind())
+        })
+    }
+
+    /// Where this system's coroutines run: the loop bound by `async with`, else btb's own, started
+    /// now if need be. `None` for a view or a closed system (a coroutine delivered then runs on a
+    /// loop of its own).
+    pub(crate) fn event_loop(slf: &Bound<'_, Self>) -> PyResult<Option<Py<PyAny>>> {
+        let py = slf.py();
+        let this = slf.get();
+        if !this.owner {
+            return Ok(None);
+        }
+        let mut event_loop = lock(py, &this.event_loop);
+        match &*event_loop {
+            EventLoop::Set(l) => return Ok(Some(l.clone_ref(py))),
+            EventLoop::Closed => return Ok(None),
+            EventLoop::Unset => {}
+        }
+        let own = crate::aio::aio(py)?
+            .getattr("OwnLoop")?
+            .call1((this.core().app_id(),))?
+            .unbind();
+        *event_loop = EventLoop::Set(own.clone_ref(py));
+        Ok(Some(own))
+    }
+
+    /// Whether the calling thread runs this system's event loop (the app's, bound by `async
+    /// with`, or btb's own, in one of its coroutines): a blocking wait there would stop the
+    /// coroutines it waits for.
+    fn on_own_event_loop(&self, py: Python<'_>) -> PyResult<bool> {
+        let event_loop = match &*lock(py, &self.event_loop) {
+            EventLoop::Set(l) => l.clone_ref(py),
+            _ => return Ok(false),
+        };
+        let running = py.import("asyncio")?.call_method0("_get_running_loop")?;
+        Ok(running.is(&event_loop.bind(py).getattr("loop")?))
+    }
+
+    fn refuse_on_bound_loop(&self, py: Python<'_>, what: &str) -> PyResult<()> {
+        if self.on_own_event_loop(py)? {
+            return Err(crate::errors::raise(btb_core::Error::state(format!(
+                "{what} would block the event loop that runs this system's coroutines, and so \
+                 wait for itself: use `await system.{what}_async(timeout)`"
+            ))));
+        }
+        Ok(())
+    }
+
+    /// Closes the core system. On Python's main thread the close runs on a thread of its own
+    /// (`btb-close`, joined here) so that Ctrl-C is heard while it waits: the first Ctrl-C is
+    /// raised once the close is done (after at most the grace), a second one exits the process
+    /// at once. After a Ctrl-C, it says what it waits for and what it left behind.
+    fn close_core(&self, py: Python<'_>) -> PyResult<()> {
+        let core = self.core();
+        if py.detach(|| core.is_closed()) {
+            return Ok(());
+        }
+        if !on_main_thread(py)? {
+            return py.detach(|| core.close()).or_raise();
+        }
+        let mut interrupt: Option<PyErr> = None;
+        if CTRL_C.load(Ordering::SeqCst)
+            && let Err(err) = announce_wait(py, core)
+        {
+            heard(py, core, err, &mut interrupt);
+        }
+        let answer: Mutex<Option<btb_core::Result<()>>> = Mutex::new(None);
+        let answered = Condvar::new();
+        let closed = std::thread::scope(|scope| -> PyResult<btb_core::Result<()>> {
+            let spawned = std::thread::Builder::new()
+                .name("btb-close".into())
+                .spawn_scoped(scope, || {
+                    let result = core.close();
+                    *answer.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
+                    answered.notify_all();
+                });
+            if spawned.is_err() {
+                return Ok(py.detach(|| core.close()));
+            }
+            loop {
+                let result = py.detach(|| {
+                    let guard = answer.lock().unwrap_or_else(PoisonError::into_inner);
+                    let (mut guard, _) = answered
+                        .wait_timeout_while(guard, WAIT_SLICE, |a| a.is_none())
+                        .unwrap_or_else(PoisonError::into_inner);
+                    guard.take()
+                });
+                if let Some(result) = result {
+                    return Ok(result);
+                }
+                if let Err(err) = py.check_signals() {
+                    heard(py, core, err, &mut interrupt);
+                }
+            }
+        })?;
+        if CTRL_C.load(Ordering::SeqCst) {
+            let left = crate::aio::Going::of(core);
+            if !left.is_empty() {
+                let said = crate::runtime::warn(
+                    py,
+                    &format!(
+                        "Ctrl-C: waited the grace period ({} s) for {}: it ignored its \
+                         cancellation; closed without it",
+                        seconds(core.policy().grace_ms),
+                        left.join(", ")
+                    ),
+                );
+                if let Err(err) = said {
+                    interrupt.get_or_insert(err);
+                }
+            }
+        }
+        closed.or_raise()?;
+        match interrupt {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
     }
 
     pub(crate) fn weak(slf: &Bound<'_, Self>) -> PyResult<WeakSystem> {
@@ -305,6 +503,70 @@ impl System {
     }
 }
 
+fn seconds(ms: u32) -> String {
+    format!("{}", f64::from(ms) / 1000.0)
+}
+
+/// An exception raised while a close waits (by a signal handler, or while btb logs): Ctrl-C a
+/// second time exits at once; the first Ctrl-C, or anything else, is raised once the close is
+/// done.
+fn heard(py: Python<'_>, core: &btb_core::System, err: PyErr, interrupt: &mut Option<PyErr>) {
+    if is_keyboard_interrupt(py, &err) {
+        if CTRL_C.swap(true, Ordering::SeqCst) {
+            exit_at_once(py, core);
+        }
+        if let Err(again) = announce_wait(py, core) {
+            heard(py, core, again, interrupt);
+        }
+    }
+    interrupt.get_or_insert(err);
+}
+
+/// After Ctrl-C: says which runs a close waits for, and for how long.
+fn announce_wait(py: Python<'_>, core: &btb_core::System) -> PyResult<()> {
+    let going = crate::aio::Going::of(core);
+    if going.is_empty() {
+        return Ok(());
+    }
+    crate::runtime::warn(
+        py,
+        &format!(
+            "Ctrl-C: closing {}: waiting up to the grace period ({} s) for {} to end after its \
+             cancellation (TERMINATING); Ctrl-C again exits at once",
+            core.app_id(),
+            seconds(core.policy().grace_ms),
+            going.join(", ")
+        ),
+    )
+}
+
+/// A second Ctrl-C while a close waits: says what is left behind, and ends the process at once
+/// by SIGINT, as an unhandled `KeyboardInterrupt` does (exit status 130 in a shell). What ran
+/// is found at the next open as runs with no end (SPEC §11).
+fn exit_at_once(py: Python<'_>, core: &btb_core::System) -> ! {
+    let going = crate::aio::Going::of(core);
+    let what = if going.is_empty() {
+        String::new()
+    } else {
+        format!(", without waiting for {}", going.join(", "))
+    };
+    // Whatever happens while this is said, the process exits.
+    let _ = crate::runtime::warn(py, &format!("Ctrl-C again: exiting at once{what}"));
+    let killed = (|| -> PyResult<()> {
+        let signal = py.import("signal")?;
+        let sigint = signal.getattr("SIGINT")?;
+        signal.call_method1("signal", (&sigint, signal.getattr("SIG_DFL")?))?;
+        let os = py.import("os")?;
+        os.call_method1("kill", (os.call_method0("getpid")?, &sigint))?;
+        Ok(())
+    })();
+    if let Err(err) = killed {
+        err.print(py);
+    }
+    // SIGINT with its default action ends the process before `kill` returns; should it not:
+    std::process::exit(130)
+}
+
 /// `None` → the per-app default file; `":memory:"` → ephemeral; any other str or path → that file.
 fn store_location(store: Option<&Bound<'_, PyAny>>) -> PyResult<StoreLocation> {
     let Some(store) = store else {
@@ -344,7 +606,12 @@ fn wait_in_slices(
         if py.detach(|| wait(slice)).or_raise()? {
             return Ok(true);
         }
-        py.check_signals()?;
+        if let Err(err) = py.check_signals() {
+            if is_keyboard_interrupt(py, &err) {
+                CTRL_C.store(true, Ordering::SeqCst);
+            }
+            return Err(err);
+        }
         if Instant::now() >= deadline {
             return Ok(false);
         }
@@ -400,22 +667,85 @@ impl System {
     }
 
     /// Closes the system: running tasks are canceled with `TERMINATING` and get the policy's grace
-    /// to finish, then the store is released. Closing twice is harmless.
+    /// to finish, then the store is released and btb's event loop stopped. Closing twice is
+    /// harmless. Ctrl-C while it waits: see SPEC §9 (one grace, then a second Ctrl-C exits).
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        py.detach(|| self.core().close()).or_raise()?;
+        let closed = self.close_core(py);
+        let event_loop = std::mem::replace(&mut *lock(py, &self.event_loop), EventLoop::Closed);
+        if let EventLoop::Set(event_loop) = event_loop {
+            close_event_loop(py, event_loop);
+        }
         let released = std::mem::take(&mut *lock(py, &self.registry));
         drop(released);
-        Ok(())
+        closed
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
         slf
     }
 
-    #[pyo3(signature = (*_exc_info))]
-    fn __exit__(&self, py: Python<'_>, _exc_info: &Bound<'_, PyAny>) -> PyResult<bool> {
+    #[pyo3(signature = (exc_type = None, *_exc_info))]
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        exc_type: Option<&Bound<'_, PyAny>>,
+        _exc_info: &Bound<'_, PyAny>,
+    ) -> PyResult<bool> {
+        let interrupted = exc_type.is_some_and(|t| {
+            t.cast::<pyo3::types::PyType>().is_ok_and(|t| {
+                t.is_subclass_of::<pyo3::exceptions::PyKeyboardInterrupt>()
+                    .unwrap_or(false)
+            })
+        });
+        if interrupted {
+            CTRL_C.store(true, Ordering::SeqCst);
+        }
         self.close(py)?;
         Ok(false)
+    }
+
+    /// `async with btb.System(...) as system`: the system's `async def` run functions and
+    /// handlers run on the running loop (else on a loop btb owns, on a thread of its own).
+    /// `StateError` if its coroutines already run on another loop.
+    fn __aenter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let aio = crate::aio::aio(py)?;
+        let running = py.import("asyncio")?.call_method0("get_running_loop")?;
+        let mut event_loop = lock(py, &slf.get().event_loop);
+        match &*event_loop {
+            EventLoop::Unset => {
+                let app = aio.getattr("AppLoop")?.call1((&running,))?;
+                *event_loop = EventLoop::Set(app.unbind());
+            }
+            EventLoop::Set(l) if l.bind(py).getattr("loop")?.is(&running) => {}
+            EventLoop::Set(_) => {
+                return Err(crate::errors::raise(btb_core::Error::state(
+                    "this system already runs coroutines on another event loop: open it with \
+                     `async with` before anything runs",
+                )));
+            }
+            EventLoop::Closed => {
+                return Err(crate::errors::raise(btb_core::Error::state(
+                    "the btb system is closed",
+                )));
+            }
+        }
+        drop(event_loop);
+        aio.call_method1("returning", (slf,))
+    }
+
+    #[pyo3(signature = (*_exc_info))]
+    fn __aexit__<'py>(
+        slf: &Bound<'py, Self>,
+        _exc_info: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        Self::aclose(slf)
+    }
+
+    /// `await system.aclose()`: `close` on the loop's default executor, so that the loop keeps
+    /// running the coroutines that the close cancels and waits for.
+    fn aclose<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        crate::aio::aio(slf.py())?.call_method1("aclose", (slf,))
     }
 
     #[getter]
@@ -652,9 +982,29 @@ impl System {
     /// `False` after `timeout` seconds. Ctrl-C interrupts it. Not from a btb handler
     /// (`StateError`).
     fn wait_idle(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
+        self.refuse_on_bound_loop(py, "wait_idle")?;
         wait_in_slices(py, timeout, "wait_idle", |slice| {
             self.core().wait_idle(slice)
         })
+    }
+
+    /// `await system.wait_idle_async(timeout)`: `wait_idle` without blocking the event loop.
+    fn wait_idle_async<'py>(
+        slf: &Bound<'py, Self>,
+        timeout: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let wait = slf.getattr("wait_idle")?;
+        crate::aio::aio(slf.py())?.call_method1("wait", (wait, "wait_idle", timeout))
+    }
+
+    /// `await system.serve_activation_async(timeout)`: `serve_activation` without blocking the
+    /// event loop.
+    fn serve_activation_async<'py>(
+        slf: &Bound<'py, Self>,
+        timeout: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let serve = slf.getattr("serve_activation")?;
+        crate::aio::aio(slf.py())?.call_method1("wait", (serve, "serve_activation", timeout))
     }
 
     /// For an app the broker started for background work (`activate` in the manifest;
@@ -663,6 +1013,7 @@ impl System {
     /// none is left for it, or `False` after `timeout` seconds, so that `main` can exit. Ctrl-C
     /// interrupts it. The analogue of Windows activating an app for `OnBackgroundActivated`.
     fn serve_activation(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
+        self.refuse_on_bound_loop(py, "serve_activation")?;
         wait_in_slices(py, timeout, "serve_activation", |slice| {
             self.core().serve_activation(slice)
         })
@@ -750,7 +1101,7 @@ pub(crate) fn signal_event(
 #[pyclass(frozen, module = "btb")]
 pub struct BackgroundTaskRegistration {
     inner: btb_core::Registration,
-    system: Py<System>,
+    pub(crate) system: Py<System>,
 }
 
 impl BackgroundTaskRegistration {
@@ -974,7 +1325,7 @@ pub(crate) fn request_trigger<'py>(
 pub struct BackgroundTaskRegistrationGroup {
     pub(crate) group: TaskGroup,
     /// The system the group came from; `None` for one made by the app (the default system).
-    system: Option<Py<System>>,
+    pub(crate) system: Option<Py<System>>,
 }
 
 impl BackgroundTaskRegistrationGroup {
@@ -1020,12 +1371,18 @@ impl BackgroundTaskRegistrationGroup {
     }
 
     /// Adds a handler for the group's tasks that have no entry point (WinRT
-    /// `BackgroundActivated`): called with the instance on a btb thread, in every system where a
-    /// registration names this group, whether added before or after the registration (objects are
-    /// bound by use). Several handlers are called in the order added. Returns a token for
-    /// `remove_background_activated`.
+    /// `BackgroundActivated`): called as `handler(group, args)` on a btb thread, with the run in
+    /// `args.task_instance`, in every system where a registration names this group, whether
+    /// added before or after the registration (objects are bound by use). Several handlers are
+    /// called in the order added. An `async def` handler runs on the system's event loop.
+    /// Returns a token for `remove_background_activated`.
     fn add_background_activated(&self, py: Python<'_>, handler: Bound<'_, PyAny>) -> PyResult<u64> {
-        check_target(&handler, "a background-activated handler")?;
+        if !handler.is_callable() {
+            return Err(PyTypeError::new_err(format!(
+                "a background-activated handler must be callable as handler(group, args), not {}",
+                handler.get_type().name()?
+            )));
+        }
         let run = group_run_fn(handler.unbind());
         let id = self.group.id.clone();
         Ok(py.detach(|| btb_core::groups::add_background_activated(&id, run)))

@@ -5,6 +5,7 @@ run, and returns from `serve_activation` once nothing is left for it — then ex
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import queue
@@ -100,3 +101,29 @@ def test_btbd_activates_a_python_app_that_exits_once_it_has_served(tmp_path: Pat
         _, stderr = daemon.communicate(timeout=DEADLINE)
     assert daemon.returncode == 0, stderr
     assert "started the app for background work" in stderr
+
+
+def test_the_policy_takes_an_activation_timeout(tmp_path: Path) -> None:
+    """`Policy(activation_timeout=…)` mirrors the core's `activation_timeout_ms`: how long a run
+    waits for the app that `activate` started (its effect is tested in core/tests/activation.rs:
+    in a Python broker the import-path resolver claims every entry point, so nothing waits)."""
+    policy = btb.Policy(activation_timeout=datetime.timedelta(seconds=7))
+    assert policy.activation_timeout == datetime.timedelta(seconds=7)
+    assert btb.Policy().activation_timeout == datetime.timedelta(seconds=30)
+    assert btb.Policy(activation_timeout=2.5).activation_timeout == datetime.timedelta(seconds=2.5)
+    assert policy != btb.Policy()
+    assert "activation_timeout=datetime.timedelta(seconds=7)" in repr(policy)
+    with pytest.raises(btb.InvalidArgumentError, match="activation_timeout .* negative"):
+        btb.Policy(activation_timeout=-1)
+    with pytest.raises(btb.InvalidArgumentError, match="activation_timeout .* out of range"):
+        btb.Policy(activation_timeout=datetime.timedelta(days=60))
+    with pytest.raises(TypeError, match="activation_timeout must be a timedelta"):
+        btb.Policy(activation_timeout="7s")  # type: ignore[arg-type]
+    manifest = btb.Manifest(
+        app_id="org.example.timeout",
+        version="1",
+        tasks=[btb.TaskDeclaration("notes.Sync", ["general"])],
+        activate=["/bin/true"],
+    )
+    with btb.System(manifest, ":memory:", simulated=True, policy=policy) as system:
+        assert system.policy.activation_timeout == datetime.timedelta(seconds=7)

@@ -114,10 +114,13 @@ def test_a_group_handler_applies_in_any_system_using_the_group(
     group = btb.BackgroundTaskRegistrationGroup("bound.lib", "Library")
     seen: list[tuple[str, str]] = []
 
-    def handler(instance: btb.BackgroundTaskInstance) -> None:
+    def handler(sender: btb.BackgroundTaskRegistrationGroup, args: btb.BackgroundActivatedEventArgs) -> None:
+        # Called as WinRT calls it: the group, then the args with the run to carry out.
+        instance = args.task_instance
         group_of = instance.task.task_group
-        assert group_of is not None
-        seen.append((instance.task.name, group_of.id))
+        assert group_of is not None and sender == group_of
+        assert instance.task.system is system, "the group's handler gets the system's own object"
+        seen.append((instance.task.name, sender.id))
 
     token = 0
     if added == "before":  # registration needs a handler to accept a task without entry point

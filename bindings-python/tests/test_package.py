@@ -102,7 +102,7 @@ def test_handler_cycles_are_collected(tmp_path: Path) -> None:
     listed = system.all_task_groups["lib"]
     # Group handlers are process-wide (a group's handlers apply in every system): one that refers
     # to the system keeps it alive until it is removed, as an atexit function would.
-    token = listed.add_background_activated(lambda instance: (listed, builder, registration))
+    token = listed.add_background_activated(lambda group, args: (listed, builder, registration))
     listed.remove_background_activated(token)
     ref = weakref.ref(system)
     del system, group, builder, registration, listed
@@ -166,7 +166,7 @@ def test_dropping_a_handler_may_call_back_into_btb(tmp_path: Path) -> None:
         calls: list[int] = []
 
         class Handler:
-            def __call__(self, instance: object) -> None:
+            def __call__(self, *args: object) -> None:
                 pass
 
             def __del__(self) -> None:
@@ -193,3 +193,16 @@ def test_core_log_records_reach_the_btb_logger(
             pass
     messages = [r.getMessage() for r in caplog.records if r.name == "btb"]
     assert any("other processes (clients, btbctl, signal_event) will not reach this system" in m for m in messages), messages
+
+
+def test_import_btb_makes_btb_host_available() -> None:
+    """A fresh interpreter: `import btb` alone, then `btb.host` (the exec host's side)."""
+    result = subprocess.run(
+        [sys.executable, "-c", "import btb; print(callable(btb.host.connect))"],
+        capture_output=True,
+        text=True,
+        timeout=55,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True"]

@@ -767,8 +767,8 @@ def test_activation_handlers_run_tasks_without_an_entry_point(system: btb.System
     )
     plain = register(system, btb.ApplicationTrigger(), None, name="plain")
     group = system.all_task_groups["lib"]
-    first = group.add_background_activated(lambda instance: calls.append(("group 1", instance.task.name)))
-    second = group.add_background_activated(lambda instance: calls.append(("group 2", instance.task.name)))
+    first = group.add_background_activated(lambda g, args: calls.append(("group 1", args.task_instance.task.name)))
+    second = group.add_background_activated(lambda g, args: calls.append(("group 2", args.task_instance.task.name)))
     grouped.request()
     idle(system)
     plain.request()

@@ -287,7 +287,9 @@ def test_group_without_handler_then_with(
     with pytest.raises(btb.NoEntryPointError, match='"lib"'):
         builder.register(system)
     btb.set_default_system(system)
-    token = group.add_background_activated(lambda instance: None)
+    with pytest.raises(TypeError, match=r"callable as handler\(group, args\), not int"):
+        group.add_background_activated(42)  # type: ignore[arg-type]
+    token = group.add_background_activated(lambda group, args: None)
     registration = builder.register(system)
     assert registration.task_entry_point is None
     group.remove_background_activated(token)

@@ -211,9 +211,12 @@ def test_grouped_background_task(app_system: tuple[btb.System, btb.ManualClock])
     group = btb.BackgroundTaskRegistrationGroup("3F2504E0-4F89-11D3-9A0C-0305E82C3301", "Example Group")
     activated: list[str] = []
 
-    def on_background_activated(task_instance: btb.BackgroundTaskInstance) -> None:
+    def on_background_activated(
+        sender: btb.BackgroundTaskRegistrationGroup, args: btb.BackgroundActivatedEventArgs
+    ) -> None:
         # group.BackgroundActivated += ...: an in-process task without an entry point
-        activated.append(task_instance.task.name)
+        assert sender == group
+        activated.append(args.task_instance.task.name)
 
     token = group.add_background_activated(on_background_activated)
     try:

@@ -5,19 +5,22 @@ broker validates it at once and keeps it until it is unregistered, and runs it w
 fires and its conditions hold. Names are the snake_case of the WinRT projection, so Windows code
 ports line by line.
 
-Run functions and handlers run on btb's threads. An exception in one is logged with its traceback
-on the ``"btb"`` logger (and fails the run, for a run function).
+Run functions and handlers run on btb's threads; ``async def`` ones run on the system's event loop
+(the app's, with ``async with btb.System(...)``, else one loop that btb owns). An exception in one
+is logged with its traceback on the ``"btb"`` logger (and fails the run, for a run function).
 """
 
 from __future__ import annotations
 
 import atexit
+import sys
 import weakref
 from typing import Any
 
 from . import _btb
 from ._btb import (
     ApplicationTrigger,
+    BackgroundActivatedEventArgs,
     BackgroundTaskBuilder,
     BackgroundTaskCompletedEventArgs,
     BackgroundTaskDeferral,
@@ -84,6 +87,7 @@ __version__: str = _btb.__version__
 __all__ = [
     "ApplicationTrigger",
     "ApplicationTriggerResult",
+    "BackgroundActivatedEventArgs",
     "BackgroundTaskBuilder",
     "BackgroundTaskCancellationReason",
     "BackgroundTaskCompletedEventArgs",
@@ -157,8 +161,16 @@ _registration_type.all_tasks = _DefaultSystemAttribute("all_tasks")
 _registration_type.all_task_groups = _DefaultSystemAttribute("all_task_groups")
 
 
+def _unhandled_keyboard_interrupt() -> bool:
+    """Whether the program is ending on Ctrl-C (an unhandled ``KeyboardInterrupt``)."""
+    last = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    return isinstance(last, KeyboardInterrupt)
+
+
 @atexit.register
 def _close_open_systems() -> None:
+    if _unhandled_keyboard_interrupt():
+        _btb._interrupted(mark=True)
     set_default_system(None)
     grace = 0.0
     for system in list(_OPEN_SYSTEMS):
@@ -168,5 +180,7 @@ def _close_open_systems() -> None:
         except StateError:
             pass  # opened by the parent of this forked process: not ours to close
     # A run abandoned after its grace period may still be in Python code on a btb thread: give it
-    # as long again to leave before the interpreter finalizes (one stuck for good is left behind).
-    _btb._wait_python_idle(grace)
+    # as long again to leave before the interpreter finalizes (one stuck for good is left behind)
+    # — unless Ctrl-C asked the program to end: it has waited one grace already, and says so.
+    if not _btb._interrupted():
+        _btb._wait_python_idle(grace)

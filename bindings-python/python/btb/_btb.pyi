@@ -4,7 +4,7 @@ import asyncio
 import datetime
 import os
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, ClassVar, TypeVar, final
 
 from typing_extensions import Self, disjoint_base
@@ -27,6 +27,7 @@ _Json = dict[str, Any]
 
 __all__ = [
     "ApplicationTrigger",
+    "BackgroundActivatedEventArgs",
     "BackgroundTaskBuilder",
     "BackgroundTaskCompletedEventArgs",
     "BackgroundTaskDeferral",
@@ -54,6 +55,7 @@ __all__ = [
     "_ERROR_CLASSES",
     "__version__",
     "_host_connect",
+    "_interrupted",
     "_wait_python_idle",
     "default_system",
     "set_default_system",
@@ -127,6 +129,7 @@ class Policy:
         history_limit: int | None = None,
         allow_application_triggers: bool | None = None,
         storage_low_percent: int | None = None,
+        activation_timeout: datetime.timedelta | float | None = None,
     ) -> Self: ...
     @property
     def min_freshness_minutes(self) -> int: ...
@@ -146,6 +149,10 @@ class Policy:
     def allow_application_triggers(self) -> bool: ...
     @property
     def storage_low_percent(self) -> int: ...
+    @property
+    def activation_timeout(self) -> datetime.timedelta:
+        """How long a run waits for the app that the manifest's ``activate`` started to offer
+        its handler before it fails, saying so (default 30 s; SPEC §12)."""
 
 @final
 class ManualClock:
@@ -307,7 +314,10 @@ class BackgroundTaskBuilder:
 
 @final
 class System:
-    """One broker: app identity and manifest, store, clock and policy. A context manager."""
+    """One broker: app identity and manifest, store, clock and policy. A context manager, and an
+    async one: with ``async with btb.System(...)``, ``async def`` run functions and handlers run
+    on the running loop; otherwise on one loop that btb owns (thread ``btb-asyncio``, joined at
+    close)."""
 
     def __new__(
         cls,
@@ -325,9 +335,18 @@ class System:
         ``localtime`` (default ``/etc/localtime``) point the platform sources elsewhere (tests)."""
     def start(self) -> None:
         """Starts a system opened with ``start=False`` (what latched meanwhile runs now)."""
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Cancels running tasks (TERMINATING), waits at most the policy's grace for them,
+        releases the store and stops btb's event loop. Ctrl-C while it waits is raised once it
+        is done; a second Ctrl-C exits the process at once."""
     def __enter__(self) -> Self: ...
-    def __exit__(self, *_exc_info: object) -> bool: ...
+    def __exit__(self, exc_type: type[BaseException] | None = None, *_exc_info: object) -> bool: ...
+    def __aenter__(self) -> Coroutine[Any, Any, Self]:
+        """Binds the system to the running loop: its coroutines run there."""
+    def __aexit__(self, *_exc_info: object) -> Coroutine[Any, Any, None]: ...
+    def aclose(self) -> Coroutine[Any, Any, None]:
+        """``close`` on the loop's default executor: the loop keeps running the coroutines that
+        the close cancels (``CancelledError``) and waits for."""
     @property
     def closed(self) -> bool: ...
     @property
@@ -372,14 +391,21 @@ class System:
     @property
     def background_work_cost(self) -> BackgroundWorkCostValue | None: ...
     def wait_idle(self, timeout: float) -> bool:
-        """True once nothing runs or is runnable and every handler was called; False on timeout."""
+        """True once nothing runs or is runnable and every handler was called; False on timeout.
+        ``StateError`` on the event loop that the system is bound to (``async with``)."""
+    def wait_idle_async(self, timeout: float) -> Coroutine[Any, Any, bool]:
+        """``await system.wait_idle_async(timeout)``: ``wait_idle`` without blocking the loop."""
     def serve_activation(self, timeout: float) -> bool:
         """In an app started for background work (manifest `activate`, `BTB_ACTIVATION=1`): serve
         the runs the broker hands this process; True once none is left, False on timeout."""
+    def serve_activation_async(self, timeout: float) -> Coroutine[Any, Any, bool]:
+        """``serve_activation`` without blocking the loop."""
 
 @final
 class BackgroundTaskInstance:
-    """One run of a registered task: what a run function receives."""
+    """One run of a registered task: what a run function receives. A run function may be an
+    ``async def``: its coroutine runs on the system's event loop, the run lasts until it ends,
+    and a cancellation reaches it as ``CancelledError`` after the canceled handlers ran."""
 
     @property
     def instance_id(self) -> uuid.UUID: ...
@@ -426,6 +452,13 @@ class BackgroundTaskDeferral:
     def complete(self) -> None: ...
     @property
     def instance(self) -> BackgroundTaskInstance: ...
+
+@final
+class BackgroundActivatedEventArgs:
+    """What a task group's background-activated handler receives after the group."""
+
+    @property
+    def task_instance(self) -> BackgroundTaskInstance: ...
 
 @final
 class BackgroundTaskProgressEventArgs:
@@ -558,14 +591,18 @@ class BackgroundTaskRegistrationGroup:
     @property
     def all_tasks(self) -> dict[uuid.UUID, BackgroundTaskRegistration]: ...
     def add_background_activated(
-        self, handler: Callable[[BackgroundTaskInstance], object] | type
-    ) -> int: ...
+        self,
+        handler: Callable[[BackgroundTaskRegistrationGroup, BackgroundActivatedEventArgs], object],
+    ) -> int:
+        """Runs the group's tasks that have no entry point (WinRT ``BackgroundActivated``):
+        called as ``handler(group, args)``, the run in ``args.task_instance``."""
     def remove_background_activated(self, token: int) -> None: ...
     def __hash__(self) -> int: ...
 
 def default_system() -> System: ...
 def set_default_system(system: System | None) -> None: ...
 def _wait_python_idle(timeout: float) -> bool: ...
+def _interrupted(mark: bool = False) -> bool: ...
 def signal_event(app_id: str, name: str) -> None:
     """Signals a custom event to the running broker of ``app_id`` (any process of this user).
 
