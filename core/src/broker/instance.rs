@@ -159,21 +159,18 @@ impl RunSink for crate::link::Link {
         });
     }
 
-    /// On a thread of its own (the broker's notifier is in another process).
+    /// On the thread that heard the cancellation — the run's own reader, owned by the client and
+    /// joined when the run ends (the broker's notifier is in another process): no thread per
+    /// cancellation.
     fn canceled(&self, instance: &Instance, handlers: Vec<CanceledFn>, reason: CancellationReason) {
-        let instance = instance.clone();
-        let _ = std::thread::Builder::new()
-            .name("btb-canceled".into())
-            .spawn(move || {
-                for handler in handlers {
-                    let _call = super::AppCall::enter();
-                    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        handler(&instance, reason)
-                    })) {
-                        log::error!(target: "btb", "a canceled handler panicked: {}", super::panic_message(&panic));
-                    }
-                }
-            });
+        for handler in handlers {
+            let _call = super::AppCall::enter();
+            if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                handler(instance, reason)
+            })) {
+                log::error!(target: "btb", "a canceled handler panicked: {}", super::panic_message(&panic));
+            }
+        }
     }
 
     fn finished(self: Arc<Self>, instance: &Instance) {
