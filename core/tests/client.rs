@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
@@ -18,11 +18,11 @@ use btb_core::{
     Builder, Clock, Handler, Policy, StoreLocation, System, SystemConditionType, SystemOptions,
     TaskOutcome, Trigger,
 };
+use common::child::*;
 use common::*;
 
 const STORE_VAR: &str = "BTB_TEST_CLIENT_STORE";
 const APP_VAR: &str = "BTB_TEST_CLIENT_APP";
-const DEADLINE: Duration = Duration::from_secs(30);
 
 /// A real-clock, simulated-source system on `path` (so that the states are the test's to set).
 fn open(path: &Path, app_id: &str) -> System {
@@ -37,81 +37,13 @@ fn open(path: &Path, app_id: &str) -> System {
     .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()))
 }
 
-/// Runs `f` in a child run of this binary (the ignored test `name`, with the store and app id
-/// in its environment).
+/// Runs a child run of this binary as the ignored test `name`, with the store and app id in its
+/// environment.
 fn spawn(name: &str, path: &Path, app_id: &str) -> Proc {
-    let child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            name,
-            "--ignored",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(STORE_VAR, path)
-        .env(APP_VAR, app_id)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    Proc::new(child)
-}
-
-/// A child process and the lines it prints; killed and reaped whatever happens to the test.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Proc {
-    fn new(mut child: Child) -> Proc {
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc { child, lines }
-    }
-
-    /// The next line that starts with one of our tags (libtest prints its own around them).
-    fn expect(&self, tag: &str) -> String {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(at) = line.find(tag) {
-                        return line[at..].to_owned();
-                    }
-                }
-                Err(e) => panic!("no {tag:?} line from the child within {DEADLINE:?}: {e}"),
-            }
-        }
-    }
-
-    fn wait_success(&mut self) {
-        let status = self.child.wait().unwrap();
-        assert!(status.success(), "child failed: {status}");
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn say(line: &str) {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}").unwrap();
-    out.flush().unwrap();
+    Proc::role(
+        name,
+        &[(STORE_VAR, path.as_os_str()), (APP_VAR, app_id.as_ref())],
+    )
 }
 
 fn child_env() -> Option<(std::path::PathBuf, String)> {
@@ -845,8 +777,7 @@ fn a_frozen_client_does_not_take_every_run() {
     for tag in [1u8, 2] {
         let mut child = spawn("offering_child", &path, APP);
         child.expect("READY");
-        let (_, empty) = mpsc::channel();
-        let own = std::mem::replace(&mut child.lines, empty);
+        let own = child.take_lines();
         let tx = lines_tx.clone();
         std::thread::spawn(move || {
             for line in own.iter() {

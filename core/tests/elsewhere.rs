@@ -9,21 +9,18 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant};
 
 use btb_core::{
     ApplicationTriggerResult, Builder, Clock, Handler, Policy, Registration, RetryPolicy,
     StoreLocation, System, SystemOptions, TaskOutcome, Trigger,
 };
+use common::child::*;
 use common::*;
 
 const STORE_VAR: &str = "BTB_TEST_ELSEWHERE_STORE";
 const APP_VAR: &str = "BTB_TEST_ELSEWHERE_APP";
-const DEADLINE: Duration = Duration::from_secs(30);
 
 fn open(path: &Path, app_id: &str) -> System {
     System::open(SystemOptions {
@@ -37,81 +34,11 @@ fn open(path: &Path, app_id: &str) -> System {
     .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()))
 }
 
-/// A child run of this binary as the ignored test `name`, killed and reaped when dropped.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Proc {
-    fn spawn(name: &str, path: &Path, app_id: &str) -> Proc {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                name,
-                "--ignored",
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(STORE_VAR, path)
-            .env(APP_VAR, app_id)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc { child, lines }
-    }
-
-    /// The next line with `tag` (libtest prints its own lines around ours).
-    fn expect(&self, tag: &str) -> String {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(at) = line.find(tag) {
-                        return line[at..].to_owned();
-                    }
-                }
-                Err(e) => panic!("no {tag:?} line from the child within {DEADLINE:?}: {e}"),
-            }
-        }
-    }
-
-    fn tell(&mut self, line: &str) {
-        let stdin = self.child.stdin.as_mut().unwrap();
-        writeln!(stdin, "{line}").unwrap();
-        stdin.flush().unwrap();
-    }
-
-    fn sigkill(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn say(line: &str) {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}").unwrap();
-    out.flush().unwrap();
+fn spawn(name: &str, path: &Path, app_id: &str) -> Proc {
+    Proc::role(
+        name,
+        &[(STORE_VAR, path.as_os_str()), (APP_VAR, app_id.as_ref())],
+    )
 }
 
 fn child_env() -> Option<(std::path::PathBuf, String)> {
@@ -205,7 +132,7 @@ fn the_runner_takes_over_and_its_run_goes_on_once() {
     const APP: &str = "org.example.elsewhere.self";
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("btb.sqlite3");
-    let mut broker = Proc::spawn("bare_broker_child", &path, APP);
+    let mut broker = spawn("bare_broker_child", &path, APP);
     broker.expect("READY");
 
     let system = open(&path, APP);
@@ -277,9 +204,9 @@ fn another_process_takes_over_while_the_runner_goes_on() {
     const APP: &str = "org.example.elsewhere.other";
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("btb.sqlite3");
-    let mut broker = Proc::spawn("bare_broker_child", &path, APP);
+    let mut broker = spawn("bare_broker_child", &path, APP);
     broker.expect("READY");
-    let mut runner = Proc::spawn("runner_child", &path, APP);
+    let mut runner = spawn("runner_child", &path, APP);
     runner.expect("READY");
 
     let system = open(&path, APP); // a client with no handler: runs go to the runner
@@ -321,9 +248,9 @@ fn a_runner_that_dies_after_its_broker_is_recorded_and_retried() {
     const APP: &str = "org.example.elsewhere.dies";
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("btb.sqlite3");
-    let mut broker = Proc::spawn("bare_broker_child", &path, APP);
+    let mut broker = spawn("bare_broker_child", &path, APP);
     broker.expect("READY");
-    let mut runner = Proc::spawn("runner_child", &path, APP);
+    let mut runner = spawn("runner_child", &path, APP);
     runner.expect("READY");
 
     let system = open(&path, APP);

@@ -23,15 +23,7 @@ use SystemTriggerType as T;
 /// A real system on `bus`: no sysfs power supplies (so power states come from UPower alone), a
 /// manual clock, the rig's router.
 fn open(bus: &TestBus, app_id: &str, policy: Policy) -> Rig {
-    let clock = ManualClock::new(T0).unwrap();
-    let mut opts = options(app_id, "1", StoreLocation::Memory, &clock, policy);
-    opts.simulated = false;
-    opts.platform = PlatformOptions {
-        system_bus: Some(bus.address.clone()),
-        power_supply_root: "/nonexistent/btb-test/power_supply".into(),
-        ..PlatformOptions::default()
-    };
-    Rig::attach(System::open(opts).unwrap(), clock)
+    Rig::on_bus(&bus.address, app_id, policy)
 }
 
 fn state(rig: &Rig, c: S) -> Option<bool> {

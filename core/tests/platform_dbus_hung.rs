@@ -16,15 +16,7 @@ use zbus::Variant;
 use SystemConditionType as S;
 
 fn open(bus: &TestBus, app_id: &str) -> Rig {
-    let clock = ManualClock::new(T0).unwrap();
-    let mut opts = options(app_id, "1", StoreLocation::Memory, &clock, policy());
-    opts.simulated = false;
-    opts.platform = PlatformOptions {
-        system_bus: Some(bus.address.clone()),
-        power_supply_root: "/nonexistent/btb-test/power_supply".into(),
-        ..PlatformOptions::default()
-    };
-    Rig::attach(System::open(opts).unwrap(), clock)
+    Rig::on_bus(&bus.address, app_id, policy())
 }
 
 /// Replaces logind's `method` by one that never returns (the mock process then answers nothing).

@@ -26,15 +26,7 @@ const HADESS_PROFILES_PATH: &str = "/net/hadess/PowerProfiles";
 /// A real system on `bus`: no sysfs power supplies (so power states come from UPower alone), a
 /// manual clock, the rig's router.
 fn open(bus: &TestBus, app_id: &str) -> Rig {
-    let clock = ManualClock::new(T0).unwrap();
-    let mut opts = options(app_id, "1", StoreLocation::Memory, &clock, policy());
-    opts.simulated = false;
-    opts.platform = PlatformOptions {
-        system_bus: Some(bus.address.clone()),
-        power_supply_root: "/nonexistent/btb-test/power_supply".into(),
-        ..PlatformOptions::default()
-    };
-    Rig::attach(System::open(opts).unwrap(), clock)
+    Rig::on_bus(&bus.address, app_id, policy())
 }
 
 /// A running task: its run blocks until canceled (or until `release` is opened).

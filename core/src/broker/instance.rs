@@ -165,9 +165,9 @@ impl RunSink for crate::link::Link {
     fn canceled(&self, instance: &Instance, handlers: Vec<CanceledFn>, reason: CancellationReason) {
         for handler in handlers {
             let _call = super::AppCall::enter();
-            if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                handler(instance, reason)
-            })) {
+            if let Err(panic) =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler(instance, reason)))
+            {
                 log::error!(target: "btb", "a canceled handler panicked: {}", super::panic_message(&panic));
             }
         }

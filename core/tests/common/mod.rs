@@ -3,6 +3,7 @@
 //! router, gates and deadline waits).
 #![allow(dead_code)]
 
+pub mod child;
 pub mod dbus;
 pub mod netns;
 pub mod rt;

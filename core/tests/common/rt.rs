@@ -171,6 +171,20 @@ impl Rig {
         Rig::attach(sys, clock)
     }
 
+    /// A real (non-simulated) system on the private system bus at `bus_address`: no sysfs power
+    /// supplies (so power states come from UPower alone), a manual clock, the rig's router.
+    pub fn on_bus(bus_address: &str, app_id: &str, policy: Policy) -> Rig {
+        let clock = ManualClock::new(T0).unwrap();
+        let mut opts = options(app_id, "1", StoreLocation::Memory, &clock, policy);
+        opts.simulated = false;
+        opts.platform = btb_core::PlatformOptions {
+            system_bus: Some(bus_address.to_owned()),
+            power_supply_root: "/nonexistent/btb-test/power_supply".into(),
+            ..btb_core::PlatformOptions::default()
+        };
+        Rig::attach(System::open(opts).unwrap(), clock)
+    }
+
     /// Installs a fresh router on an already opened system.
     pub fn attach(sys: System, clock: ManualClock) -> Rig {
         let (router, starts) = Router::new();
