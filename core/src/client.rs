@@ -390,7 +390,11 @@ impl Remote {
     /// is no process end to wait on.
     fn await_handover(&self, closing: u32) -> Result<()> {
         let app_id = self.manifest.app_id();
-        let deadline = Instant::now() + REACH_TIMEOUT;
+        // Its close waits out the grace of its runs (twice, for exec hosts: SIGTERM, then SIGKILL)
+        // and a margin before it lets go of its socket.
+        let grace = Duration::from_millis(u64::from(self.options.policy.grace_ms));
+        let waited = REACH_TIMEOUT + grace * 2 + Duration::from_secs(1);
+        let deadline = Instant::now() + waited;
         let mut pause = Duration::from_millis(2);
         loop {
             match Client::connect_kept(app_id) {
@@ -400,8 +404,9 @@ impl Remote {
             }
             if Instant::now() >= deadline {
                 return Err(Error::state(format!(
-                    "the btb broker of app {app_id:?} (pid {closing}) is closing and did not hand                      its store on within {} s",
-                    REACH_TIMEOUT.as_secs()
+                    "the btb broker of app {app_id:?} (pid {closing}) is closing and did not hand its \
+                     store on within {} s",
+                    waited.as_secs()
                 )));
             }
             std::thread::sleep(pause);
@@ -903,7 +908,8 @@ fn reach(
             return Err(Error::store(
                 canonical,
                 format!(
-                    "{}; its broker listens on {}, but this process looks for it at {}                      (the two processes see different XDG_RUNTIME_DIRs: give this one the                      broker's, SPEC §10)",
+                    "{}; its broker listens on {}, but this process looks for it at {} (the two \
+                     processes see different XDG_RUNTIME_DIRs: give this one the broker's, SPEC §10)",
                     in_use.message(),
                     theirs.display(),
                     ours.display()
