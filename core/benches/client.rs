@@ -5,7 +5,10 @@
 //!   broker hands the run back over the socket); from a client to a run function in the broker
 //!   process (its start time read from a pipe, CLOCK_MONOTONIC on both sides).
 //!
-//! The broker of the client cases is this bench binary run with `--broker STORE`.
+//! The broker of the client cases is this bench binary run with `--broker STORE DURABILITY`.
+//! Everything runs twice: with the store's default durability (`synchronous=FULL`: each run
+//! start waits for an fsync, in both cases), then with `synchronous=NORMAL` (no fsync), which
+//! leaves only what client mode adds — the socket hops between the processes.
 //!
 //!   cargo bench -p btb-core --bench client [-- N]
 
@@ -36,14 +39,25 @@ fn manifest() -> Manifest {
     m
 }
 
-fn open(path: &Path) -> System {
+fn open(path: &Path, durability: Durability) -> System {
     System::open(SystemOptions {
         manifest: Some(manifest()),
         store: StoreLocation::File(path.to_owned()),
         simulated: true,
+        policy: Policy {
+            durability,
+            ..Policy::default()
+        },
         ..SystemOptions::default()
     })
     .unwrap()
+}
+
+fn durability_arg(d: Durability) -> &'static str {
+    match d {
+        Durability::Full => "full",
+        Durability::Normal => "normal",
+    }
 }
 
 fn builder(name: &str, entry_point: &str) -> Builder {
@@ -103,8 +117,12 @@ fn stamped_here(system: &System) -> (Registration, mpsc::Receiver<i128>) {
     (system.register(&builder("here", "bench.Here")).unwrap(), rx)
 }
 
-fn broker(store: &str) {
-    let system = open(Path::new(store));
+fn broker(store: &str, durability: &str) {
+    let durability = match durability {
+        "full" => Durability::Full,
+        _ => Durability::Normal,
+    };
+    let system = open(Path::new(store), durability);
     let out = Arc::new(std::sync::Mutex::new(std::io::stdout()));
     system
         .register_entry_point(
@@ -125,7 +143,7 @@ fn broker(store: &str) {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(at) = args.iter().position(|a| a == "--broker") {
-        broker(&args[at + 1]);
+        broker(&args[at + 1], &args[at + 2]);
         return;
     }
     let n: usize = args
@@ -133,10 +151,17 @@ fn main() {
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(300);
+    for durability in [Durability::Full, Durability::Normal] {
+        println!("store durability {}:", durability_arg(durability).to_uppercase());
+        compare(n, durability);
+    }
+}
+
+fn compare(n: usize, durability: Durability) {
     let dir = tempfile::tempdir().unwrap();
 
     // In-process: this process is the broker.
-    let local = open(&dir.path().join("local.sqlite3"));
+    let local = open(&dir.path().join("local.sqlite3"), durability);
     let reg_local = summary("register, in-process (durable)", registrations(&local, n));
     let (here, stamps) = stamped_here(&local);
     let req_local = summary(
@@ -150,13 +175,14 @@ fn main() {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .arg("--broker")
         .arg(&store)
+        .arg(durability_arg(durability))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     assert_eq!(lines.next().unwrap().unwrap(), "ready");
-    let client = open(&store);
+    let client = open(&store, durability);
     assert!(!client.is_broker());
     let reg_client = summary("register, from a client process", registrations(&client, n));
     let (here, stamps) = stamped_here(&client);
