@@ -155,10 +155,7 @@ fn posix_spawn_once(
     std::fs::File::from(r).read_to_string(&mut out).unwrap();
     nix::sys::wait::waitpid(pid, None).unwrap();
     let stamps = stamps(out.trim(), 2);
-    (
-        (stamps[0] - t0) as f64 / 1000.0,
-        (stamps[1] - t0) as f64 / 1000.0,
-    )
+    (us(t0, stamps[0]), us(t0, stamps[1]))
 }
 
 fn stamps(text: &str, n: usize) -> Vec<i128> {
