@@ -158,6 +158,7 @@ bench: python $(DBUSMOCK)
 	$(CARGO) bench -p btb-core --bench client
 	$(CARGO) bench -p btb-tools --bench list
 	$(CARGO) bench -p btb-tools --bench btbd_rss
+	$(CARGO) bench -p btb-tools --bench activation
 	$(PY) bench/compare_apscheduler.py
 	bash bench/idle_strace.sh 60 10000
 
