@@ -73,6 +73,13 @@ demo: all
 
 test: test-rust test-python test-install
 
+# The suites' brokers listen in a runtime directory of this checkout's own: two `make test` at once
+# (two clones, two worktrees) never reach each other's brokers, nor a btbd the user runs.
+TEST_RUNTIME := $(abspath build/test-runtime)
+test-rust test-python: export XDG_RUNTIME_DIR := $(TEST_RUNTIME)
+$(TEST_RUNTIME):
+	mkdir -p -m 0700 $@
+
 # Not made (no python3-dbus, no root to install it): the recipe says so, the D-Bus platform tests
 # skip themselves, and it is tried again next time.
 $(DBUSMOCK):
@@ -88,7 +95,7 @@ $(DBUSMOCK):
 # valgrind: the C ABI suites also run under it; without it (and no way to install it) they are
 # skipped by name, loudly, and everything else still runs.
 test-rust: export BTB_DBUSMOCK_PYTHON := $(DBUSMOCK)
-test-rust: $(DBUSMOCK)
+test-rust: $(DBUSMOCK) | $(TEST_RUNTIME)
 	@command -v valgrind >/dev/null || { [ -n "$(APT)" ] && echo "make: installing valgrind" && \
 	  $(APT_INSTALL) valgrind >/dev/null; } || true
 	@if command -v valgrind >/dev/null; then $(CARGO) test; else \
@@ -103,7 +110,7 @@ test-rust: $(DBUSMOCK)
 $(abspath $(VENV))/bin/cmake: | $(PY)
 	$(VENV)/bin/pip install -q cmake
 
-test-python: python
+test-python: python | $(TEST_RUNTIME)
 	cd bindings-python && $(PY) -m pytest -q
 
 test-install: lib $(CMAKE)
