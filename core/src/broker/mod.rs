@@ -55,6 +55,7 @@
 
 mod activation;
 mod cancel;
+mod cgroup;
 mod elsewhere;
 mod exec;
 mod explain;
