@@ -266,3 +266,77 @@ fn broker_process_runs_a_daemonizing_host() {
         std::thread::park(); // until killed
     }
 }
+
+#[test]
+fn without_a_cgroup2_mount_hosts_run_in_the_brokers_cgroup_and_their_group_still_dies() {
+    let Some(mount) = cgroup2() else { return };
+    // This test binary again, in a mount namespace of its own where no cgroup2 is mounted.
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "/bin/sh", "-c"])
+        .arg(r#"umount -l "$0" && exec "$@""#)
+        .arg(&mount)
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "broker_process_without_cgroup2",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("BTB_TEST_NO_CGROUP2", "1")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("1 passed"), "{text}");
+}
+
+/// A broker where no cgroup2 is mounted (`BTB_TEST_NO_CGROUP2`): its host runs in the broker's own
+/// cgroup, and what it left in its process group dies when it exits (SPEC §5, without a cgroup).
+#[test]
+#[ignore = "a broker process started by without_a_cgroup2_mount_…, not a test"]
+fn broker_process_without_cgroup2() {
+    if std::env::var_os("BTB_TEST_NO_CGROUP2").is_none() {
+        return;
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(" - cgroup2 "), "{mounts}");
+    let fifos = Fifos::new();
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        "sleep 1000 & echo $! > {}; read x < {}; cat /proc/self/cgroup",
+        fifos.pids().display(),
+        fifos.go().display()
+    );
+    let sys = open(
+        &dir.path().join("btb.sqlite3"),
+        vec!["/bin/sh".into(), "-c".into(), script],
+    );
+    let reg = register(&sys);
+    let done = completions(&reg);
+    reg.request(None).unwrap();
+    let fifo = fifos.pids();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::read_to_string(&fifo).unwrap());
+    });
+    let pid: i32 = recv(&rx, "the grandchild's pid").trim().parse().unwrap();
+    let grandchild = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::PidfdFlags::empty(),
+    )
+    .expect("it lives: its host waits");
+    std::fs::write(fifos.go(), "go\n").unwrap();
+    let c = recv(&done, "the run's end");
+    assert_eq!(c.outcome, TaskOutcome::Succeeded, "{c:?}");
+    assert_dead(&grandchild, "its host, in its process group");
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let history = reg.history().unwrap();
+    assert_eq!(
+        history[0].stdout.as_deref(),
+        Some(own.as_str()),
+        "no cgroup of its own"
+    );
+    sys.close().unwrap();
+}
