@@ -41,9 +41,11 @@ fn cgroup2() -> Option<PathBuf> {
 /// exits (a double fork: the daemon's parent is gone), the daemon is in a session of its own with
 /// an empty environment, writes its pid to `fifo` and becomes `sleep 1000`. The host waits for a
 /// line on `go` (the test holds a pidfd of the daemon by then), then exits, or (`stay`) sleeps on.
-fn daemonizing_host(fifo: &Path, go: &Path, stay: bool) -> Vec<String> {
+/// A `deaf` daemon ignores SIGTERM (only SIGKILL ends it).
+fn daemonizing_host(fifo: &Path, go: &Path, stay: bool, deaf: bool) -> Vec<String> {
     let script = format!(
-        "(setsid env -i /bin/sh -c 'echo $$ > {}; exec sleep 1000' &); read x < {}; {}",
+        "(setsid env -i /bin/sh -c '{}echo $$ > {}; exec sleep 1000' &); read x < {}; {}",
+        if deaf { "trap \"\" TERM; " } else { "" },
         fifo.display(),
         go.display(),
         if stay { "exec sleep 1000" } else { "exit 0" }
@@ -160,20 +162,24 @@ fn assert_dead(daemon: &OwnedFd, when: &str) {
 }
 
 #[test]
-fn a_daemon_that_double_forks_setsids_and_clears_its_environment_dies_when_its_host_exits() {
+fn a_daemon_that_double_forks_setsids_clears_its_environment_and_ignores_sigterm_dies_when_its_host_exits()
+ {
     let Some(mount) = cgroup2() else { return };
     let fifos = Fifos::new();
     let dir = tempfile::tempdir().unwrap();
     let sys = open(
         &dir.path().join("btb.sqlite3"),
-        daemonizing_host(&fifos.pids(), &fifos.go(), false),
+        daemonizing_host(&fifos.pids(), &fifos.go(), false, true),
     );
     let reg = register(&sys);
     let done = completions(&reg);
     reg.request(None).unwrap();
+    let before_exit = std::time::Instant::now();
     let (daemon, cgroup) = fifos.daemon(&mount);
     let c = recv(&done, "the run's end");
     assert_eq!(c.outcome, TaskOutcome::Succeeded, "{c:?}");
+    // SIGTERM, ignored, then SIGKILL once the grace (300 ms) ran out: the run ends after it.
+    assert!(before_exit.elapsed() >= Duration::from_millis(300));
     assert_dead(&daemon, "its run");
     assert!(!cgroup.exists(), "{} is removed", cgroup.display());
     sys.close().unwrap();
@@ -186,7 +192,7 @@ fn a_daemon_that_escaped_its_running_host_dies_with_close() {
     let dir = tempfile::tempdir().unwrap();
     let sys = open(
         &dir.path().join("btb.sqlite3"),
-        daemonizing_host(&fifos.pids(), &fifos.go(), true),
+        daemonizing_host(&fifos.pids(), &fifos.go(), true, false),
     );
     let reg = register(&sys);
     reg.request(None).unwrap();
@@ -232,7 +238,10 @@ fn a_daemon_of_a_broker_killed_with_sigkill_dies_before_the_next_broker_runs_any
     broker.kill().unwrap(); // SIGKILL
     broker.wait().unwrap();
 
-    let sys = open(&store, daemonizing_host(&fifos.pids(), &fifos.go(), true));
+    let sys = open(
+        &store,
+        daemonizing_host(&fifos.pids(), &fifos.go(), true, false),
+    );
     assert!(sys.is_broker());
     assert_dead(&daemon, "its broker's death and the next open");
     assert!(!cgroup.exists(), "{} is removed", cgroup.display());
@@ -259,7 +268,7 @@ fn broker_process_runs_a_daemonizing_host() {
     let fifos = Path::new(&fifos);
     let sys = open(
         Path::new(&store),
-        daemonizing_host(&fifos.join("pids"), &fifos.join("go"), true),
+        daemonizing_host(&fifos.join("pids"), &fifos.join("go"), true, true),
     );
     register(&sys).request(None).unwrap();
     loop {
