@@ -258,13 +258,16 @@ impl Broker {
         let mut child = match cmd.spawn() {
             Ok(child) => child,
             Err(e) => {
-                if let Some(cgroup) = &cgroup {
-                    cgroup.remove();
-                }
                 if durable {
                     self.forget_host(instance);
                 }
-                return Err(e);
+                let Some(cgroup) = &cgroup else {
+                    return Err(e);
+                };
+                cgroup.remove();
+                // The child may have failed to enter it: say which cgroup.
+                let what = format!("{e} (its cgroup: {})", cgroup.path().display());
+                return Err(std::io::Error::new(e.kind(), what));
             }
         };
         drop(cmd); // closes the parent's copy of the host's end
