@@ -6,6 +6,9 @@
 //! socket. SIGTERM or SIGINT: running instances are canceled with `TERMINATING`, given their grace,
 //! and btbd exits 0. A bad manifest, or a store another broker holds, exits 1 with the reason.
 //! Logs go to stderr (the journal, under systemd); `RUST_LOG` sets the level (default `info`).
+//!
+//! btbd is a child subreaper (SPEC §5, "Under btbd"): what its exec hosts orphan (a daemon's double
+//! fork) becomes its child, is reaped when it exits, and is stopped when btbd exits (`orphans`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -90,11 +93,13 @@ The systemd user unit (instance = app id): \fBsystemctl \-\-user enable \-\-now 
 fn main() -> ExitCode {
     // Before any thread starts (btb's threads inherit the mask): SIGTERM and SIGINT wait for
     // `sigwait` below instead of killing the process, so close runs.
+    // SIGCHLD too: an orphan that exits is reaped here (`orphans`).
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGTERM);
     signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGCHLD);
     if let Err(e) = signals.thread_block() {
-        eprintln!("btbd: cannot block SIGTERM and SIGINT: {e}");
+        eprintln!("btbd: cannot block SIGTERM, SIGINT and SIGCHLD: {e}");
         return ExitCode::from(1);
     }
     let cli = Cli::parse(); // usage errors exit 2
@@ -112,6 +117,9 @@ fn main() -> ExitCode {
     }
     let manifest = cli.manifest.expect("clap requires --manifest");
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        log::warn!(target: "btbd", "cannot become a child subreaper ({e}): what exec hosts orphan goes to init");
+    }
 
     let manifest = match Manifest::load(&manifest) {
         Ok(m) => m,
@@ -173,19 +181,122 @@ fn main() -> ExitCode {
     );
     println!("btbd: ready"); // for supervisors and tests that wait for it
 
-    match signals.wait() {
-        Ok(signal) => log::info!(
-            target: "btbd",
-            "{}: canceling running tasks (TERMINATING) and closing",
-            signal.as_str()
-        ),
-        Err(e) => log::error!(target: "btbd", "waiting for a signal failed ({e}): closing"),
+    loop {
+        match signals.wait() {
+            Ok(Signal::SIGCHLD) => orphans::reap(),
+            Ok(signal) => {
+                log::info!(
+                    target: "btbd",
+                    "{}: canceling running tasks (TERMINATING) and closing",
+                    signal.as_str()
+                );
+                break;
+            }
+            Err(e) => {
+                log::error!(target: "btbd", "waiting for a signal failed ({e}): closing");
+                break;
+            }
+        }
     }
-    match system.close() {
+    let closed = system.close();
+    orphans::stop(std::time::Duration::from_millis(u64::from(
+        btb_core::Policy::default().grace_ms,
+    )));
+    match closed {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("btbd: closing: {}", e.message());
             ExitCode::from(1)
         }
+    }
+}
+
+/// btbd as a child subreaper (`PR_SET_CHILD_SUBREAPER`): a process orphaned below it — a
+/// descendant of an exec host whose parent exited, a daemon's double fork — becomes its child
+/// instead of init's.
+///
+/// Which children are orphans: the kernel gives an orphan to the subreaper's first live thread,
+/// the main thread, and btbd's main thread starts no process (hosts and the activated app are
+/// started, supervised and reaped through their pidfds by btb's worker threads). So the main
+/// thread's children are orphans and nothing else, and waiting with `__WNOTHREAD` (only the
+/// calling thread's children) never reaps a host that a worker waits on. (A thread's children go
+/// to the main thread when that thread ends; btb's workers end only in `close`, after which the
+/// main thread reaps again only once btb's threads are joined and have reaped theirs.)
+mod orphans {
+    use std::os::fd::OwnedFd;
+    use std::time::{Duration, Instant};
+
+    use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+    use rustix::process::{Pid, PidfdFlags, Signal};
+
+    /// Reaps the orphans that exited (on SIGCHLD: one may stand for several).
+    pub(super) fn reap() {
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::__WNOTHREAD;
+        loop {
+            match waitid(Id::All, flags) {
+                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return,
+                Ok(status) => {
+                    log::debug!(target: "btbd", "reaped an orphan: {status:?}");
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => {
+                    log::error!(target: "btbd", "reaping orphans: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The orphans alive now (the main thread's children, from /proc), as pidfds. A pid listed
+    /// there is an unreaped child of this thread, which only this thread reaps: it names that
+    /// child until then.
+    fn alive() -> Vec<OwnedFd> {
+        let me = std::process::id();
+        std::fs::read_to_string(format!("/proc/{me}/task/{me}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| Pid::from_raw(p.parse().ok()?))
+            .filter_map(|pid| rustix::process::pidfd_open(pid, PidfdFlags::empty()).ok())
+            .filter(|fd| !exited(fd, None))
+            .collect()
+    }
+
+    /// Whether the process of a pidfd has exited, waiting until `deadline` at most.
+    fn exited(fd: &OwnedFd, deadline: Option<Instant>) -> bool {
+        let left = deadline.map_or(Duration::ZERO, |d| {
+            d.saturating_duration_since(Instant::now())
+        });
+        let timeout = rustix::time::Timespec {
+            tv_sec: left.as_secs() as i64,
+            tv_nsec: i64::from(left.subsec_nanos()),
+        };
+        let mut fds = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
+        loop {
+            match rustix::event::poll(&mut fds, Some(&timeout)) {
+                Ok(n) => return n > 0,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(_) => return true,
+            }
+        }
+    }
+
+    /// At exit (after close): the orphans still alive get SIGTERM, and SIGKILL after `grace`;
+    /// then all are reaped. Nothing an exec host orphaned outlives btbd.
+    pub(super) fn stop(grace: Duration) {
+        for signal in [Signal::TERM, Signal::KILL] {
+            let alive = alive();
+            if alive.is_empty() {
+                break;
+            }
+            log::info!(target: "btbd", "{} process(es) orphaned by exec hosts still run: {signal:?}", alive.len());
+            for fd in &alive {
+                let _ = rustix::process::pidfd_send_signal(fd, signal);
+            }
+            let deadline = Instant::now() + grace;
+            for fd in &alive {
+                exited(fd, Some(deadline));
+            }
+        }
+        reap();
     }
 }
