@@ -96,10 +96,12 @@ impl Child {
     /// Signals the host and everything it forked: its descendants found under it now (wherever
     /// they went: another process group, another session), the host itself through its pidfd
     /// (even if it left its group), and its process group (what its exited children left in it).
-    /// In a cgroup, everything in it too (`cgroup.kill` for SIGKILL).
+    /// In a cgroup, everything in it instead, which is all of that (`cgroup.kill` for SIGKILL):
+    /// each process gets the signal once (a host whose SIGTERM trap ran would hear a second one).
     pub(crate) fn signal(&self, signal: Signal) {
         if let Some(cgroup) = &self.cgroup {
             cgroup.signal(signal);
+            return;
         }
         if let Some((pid, pidfd)) = &self.process {
             // Descendants first: once the host is gone, they are no longer found under it.
