@@ -450,7 +450,7 @@ impl System {
     #[getter]
     fn manifest(&self) -> Manifest {
         Manifest {
-            inner: self.core().manifest().clone(),
+            inner: btb_core::Manifest::clone(&self.core().manifest()),
         }
     }
 

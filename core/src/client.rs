@@ -14,15 +14,14 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 use crate::broker::threads::ThreadSet;
-use crate::broker::{AppCall, Broker};
+use crate::broker::{AppCall, Backend, Broker, Handlers, Registration};
 use crate::control::{Client, Reply, Request, Subscription};
 use crate::error::{Error, ErrorKind, Result};
 use crate::manifest::Manifest;
 use crate::model::TaskRecord;
+use crate::options::SystemOptions;
 use crate::protocol::HandedRun;
-use crate::registry::Handlers;
 use crate::store::{Held, Store};
-use crate::system::SystemOptions;
 
 /// How long opening (or recovering) waits for the broker that holds the store to answer: it
 /// binds its socket after taking the store, and its first platform readings may take seconds.
@@ -200,6 +199,8 @@ impl Remote {
             handed: Mutex::new(Handed::default()),
         });
         remote.start_feed()?;
+        // Task-group handlers are process-wide: a change may change what this process offers.
+        crate::broker::groups::observe(Arc::downgrade(&remote) as _);
         Ok(Ok(remote))
     }
 
@@ -416,7 +417,7 @@ impl Remote {
             paused: false,
             ..self.options.clone()
         };
-        let broker = crate::system::start_broker(self.manifest.clone(), &options, store, handlers)?;
+        let broker = Broker::open(self.manifest.clone(), &options, store, handlers)?;
         log::info!(target: "btb", "app {:?}: the broker (pid {}) went away; this process (pid {}) is the broker now",
             self.manifest.app_id(), self.broker_pid(), std::process::id());
         self.broker_pid.store(std::process::id(), Ordering::Relaxed);
@@ -428,7 +429,7 @@ impl Remote {
     fn start_feed(self: &Arc<Self>) -> Result<()> {
         let feed = Client::connect(self.manifest.app_id())?.subscribe()?;
         *lock(&self.feed_socket) = feed.socket().ok();
-        self.offer();
+        self.send_offer();
         let generation = self.feed_generation.fetch_add(1, Ordering::AcqRel) + 1;
         self.feed_live.store(true, Ordering::Release);
         self.start_runner(generation);
@@ -442,7 +443,7 @@ impl Remote {
 
     /// Tells the broker what this process can run (after its handlers changed, and on each new
     /// feed). Best effort: a broker that is gone hears it from the next feed.
-    pub(crate) fn offer(&self) {
+    pub(crate) fn send_offer(&self) {
         let offer = self.current_offer();
         if let Some(socket) = lock(&self.feed_socket).as_ref() {
             let _ = socket.set_write_timeout(Some(crate::control::CLIENT_TIMEOUT));
@@ -463,7 +464,7 @@ impl Remote {
                 .map(|(key, _)| key.clone())
                 .collect();
             // The process-wide handlers of task groups (objects bound by use) too.
-            activation.extend(crate::groups::with_handlers().into_iter().map(Some));
+            activation.extend(crate::broker::groups::with_handlers().into_iter().map(Some));
             crate::control::Offer {
                 entry_points: h
                     .entry_points
@@ -681,16 +682,13 @@ impl Remote {
         network_granted: bool,
     ) -> crate::Instance {
         let record = self.remember(run.task);
-        let instance = crate::Instance::with_link(
+        let instance = crate::Instance::with_sink(
             run.instance_id,
-            crate::Registration::new(crate::system::Home::Client(Arc::clone(self)), record),
+            Registration::new(Arc::clone(self) as Arc<dyn Backend>, record),
             run.trigger_details,
             run.started_ms,
             run.attempt,
-            Some(crate::broker::instance::Link {
-                stream,
-                run_file: Mutex::new(run_file),
-            }),
+            Arc::new(crate::link::Link::with_run_file(stream, run_file)),
         );
         instance
             .0
@@ -782,8 +780,7 @@ impl Remote {
                 _ => return, // unregistered meanwhile: nothing to hand the handlers
             },
         };
-        let registration =
-            crate::Registration::new(crate::system::Home::Client(Arc::clone(self)), record);
+        let registration = Registration::new(Arc::clone(self) as Arc<dyn Backend>, record);
         let _call = AppCall::enter();
         if let Err(panic) =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(&registration)))
@@ -859,9 +856,7 @@ fn feed_loop(weak: &Weak<Remote>, mut feed: Subscription, generation: u64) {
 
 /// Answers a request in this process's own broker (after a takeover).
 fn answer_locally(broker: &Arc<Broker>, request: &Request) -> Result<Reply> {
-    match crate::system::System::view(crate::system::Home::Broker(Arc::clone(broker)))
-        .answer(request.clone())
-    {
+    match broker.answer(request.clone()) {
         Reply::Error { kind, message } => Err(Error::new(ErrorKind::named(&kind), message)),
         reply => Ok(reply),
     }
@@ -937,5 +932,277 @@ fn reach(
                 ));
             }
         }
+    }
+}
+
+impl crate::broker::groups::GroupObserver for Remote {
+    fn groups_changed(self: Arc<Self>) {
+        // A client that took the store over: its broker observes for itself.
+        if self.taken.get().is_none() {
+            self.send_offer();
+        }
+    }
+}
+
+/// A client: every call is a request to its broker (`ask`), and goes to this process's own
+/// broker once it took the store over.
+impl Backend for Remote {
+    fn current(self: Arc<Self>) -> Arc<dyn Backend> {
+        match self.taken.get() {
+            Some(broker) => Arc::clone(broker) as Arc<dyn Backend>,
+            None => self,
+        }
+    }
+
+    fn is_broker(&self) -> bool {
+        false
+    }
+
+    fn close(self: Arc<Self>) -> Result<()> {
+        Remote::close(&self)
+    }
+
+    fn manifest(&self) -> Arc<Manifest> {
+        Arc::new(self.manifest.clone())
+    }
+
+    fn app_id(&self) -> &str {
+        self.manifest.app_id()
+    }
+
+    fn policy(&self) -> &crate::policy::Policy {
+        &self.options.policy
+    }
+
+    fn clock(&self) -> &crate::clock::Clock {
+        &self.options.clock
+    }
+
+    fn is_simulated(&self) -> bool {
+        self.options.simulated
+    }
+
+    fn store_path(&self) -> &str {
+        Remote::store_path(self)
+    }
+
+    /// A client reaches its broker through the broker's socket.
+    fn control_socket(&self) -> Result<std::path::PathBuf> {
+        crate::control::socket_path(self.manifest.app_id())
+    }
+
+    fn broker_pid(&self) -> u32 {
+        Remote::broker_pid(self)
+    }
+
+    fn is_closed(&self) -> bool {
+        Remote::is_closed(self)
+    }
+
+    fn check(&self) -> Result<()> {
+        self.check_open()
+    }
+
+    /// Its broker runs: nothing to start.
+    fn start(self: Arc<Self>) -> Result<()> {
+        self.check_open()
+    }
+
+    fn handler_table(&self) -> &RwLock<Handlers> {
+        &self.handlers
+    }
+
+    fn offer(self: Arc<Self>) {
+        self.send_offer();
+    }
+
+    fn register(self: Arc<Self>, builder: &crate::model::Builder) -> Result<Arc<TaskRecord>> {
+        let this: Arc<dyn Backend> = Arc::clone(&self) as Arc<dyn Backend>;
+        let activation = this.has_activation(builder.task_group.as_ref().map(|g| g.id.as_str()));
+        match self.ask(&Request::Register {
+            builder: builder.clone(),
+            activation,
+        })? {
+            Reply::Registered { record } => Ok(self.remember(record)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn unregister(self: Arc<Self>, task_id: &Uuid, cancel_task: bool) -> Result<()> {
+        self.ask(&Request::Unregister {
+            task: task_id.to_string(),
+            cancel_task,
+        })?;
+        self.forget(task_id);
+        Ok(())
+    }
+
+    fn list(self: Arc<Self>, filter: crate::control::Filter) -> Result<Vec<Arc<TaskRecord>>> {
+        match self.ask(&Request::Registrations { filter })? {
+            Reply::Registrations { records } => Ok(records
+                .into_iter()
+                .map(|record| self.remember(record))
+                .collect()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn all_task_groups(self: Arc<Self>) -> Result<Vec<crate::model::TaskGroup>> {
+        match self.ask(&Request::Groups)? {
+            Reply::Groups { groups } => Ok(groups),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn history(self: Arc<Self>, task_id: &Uuid) -> Result<Vec<crate::model::RunRecord>> {
+        match self.ask(&Request::RunHistory { task_id: *task_id })? {
+            Reply::History { runs } => Ok(runs),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn due(self: Arc<Self>, task_id: &Uuid) -> Result<(Option<i64>, bool)> {
+        match self.ask(&Request::Due { task_id: *task_id })? {
+            Reply::Due { next_due_ms, spent } => Ok((next_due_ms, spent)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn request(
+        self: Arc<Self>,
+        trigger_id: &Uuid,
+        arguments: Option<serde_json::Value>,
+    ) -> Result<crate::model::ApplicationTriggerResult> {
+        crate::broker::backend::check_arguments(arguments.as_ref())?;
+        match self.ask(&Request::Request {
+            trigger_id: *trigger_id,
+            arguments,
+        })? {
+            Reply::Requested { result } => Ok(result),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// A client holds what it registered or listed.
+    fn holds_application_trigger(&self, id: &Uuid) -> bool {
+        !Remote::is_closed(self) && self.knows_application_trigger(id)
+    }
+
+    fn raise_event(self: Arc<Self>, event: crate::model::SystemTriggerType) -> Result<usize> {
+        fired(self.ask(&Request::Raise { event })?)
+    }
+
+    fn signal_event(self: Arc<Self>, name: &str) -> Result<usize> {
+        fired(self.ask(&Request::Signal {
+            name: name.to_owned(),
+        })?)
+    }
+
+    fn set_state(
+        self: Arc<Self>,
+        condition: crate::model::SystemConditionType,
+        value: bool,
+    ) -> Result<()> {
+        self.ask(&Request::SetState { condition, value }).map(drop)
+    }
+
+    fn state(
+        self: Arc<Self>,
+        condition: crate::model::SystemConditionType,
+    ) -> Result<Option<bool>> {
+        Ok(self.state_of(condition)?.0)
+    }
+
+    fn state_source(
+        self: Arc<Self>,
+        condition: crate::model::SystemConditionType,
+    ) -> Result<&'static str> {
+        Ok(self.state_of(condition)?.1)
+    }
+
+    fn background_work_cost(
+        self: Arc<Self>,
+    ) -> Result<Option<crate::model::BackgroundWorkCostValue>> {
+        match self.ask(&Request::WorkCost)? {
+            Reply::WorkCost { cost } => Ok(cost),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn wait_idle(&self, _timeout: Duration) -> Result<bool> {
+        Err(crate::broker::backend::client_only_broker(
+            Remote::broker_pid(self),
+            "wait_idle",
+        ))
+    }
+
+    fn next_event(&self, _timeout: Duration) -> Result<Option<crate::broker::Event>> {
+        Err(crate::broker::backend::client_only_broker(
+            Remote::broker_pid(self),
+            "next_event",
+        ))
+    }
+
+    fn serve_activation(self: Arc<Self>, timeout: Duration) -> Result<bool> {
+        let deadline = std::time::Instant::now() + timeout;
+        let r = &self;
+        // Asked again after each pause: the runs are handed on the feed, and end in the runs'
+        // own threads; a short pause, doubling, bounds the questions a busy app asks.
+        let mut pause = std::time::Duration::from_millis(20);
+        loop {
+            let offer = r.current_offer();
+            match r.ask(&Request::Waiting { offer })? {
+                Reply::Waiting { runs: 0 } => return Ok(true),
+                Reply::Waiting { .. } => {}
+                other => return Err(unexpected(&other)),
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            std::thread::sleep(pause.min(left));
+            pause = (pause * 2).min(std::time::Duration::from_millis(500));
+        }
+    }
+
+    fn service(self: Arc<Self>, _manifest: Manifest) -> Result<bool> {
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "servicing is for the broker; this system is a client of the btb broker in pid {}",
+                Remote::broker_pid(&self)
+            ),
+        ))
+    }
+
+    fn uninstall(self: Arc<Self>) -> Result<usize> {
+        match self.ask(&Request::Uninstall)? {
+            Reply::Uninstalled { tasks } => Ok(tasks),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+impl Remote {
+    /// A condition's state and the name of its source, from the broker.
+    fn state_of(
+        self: &Arc<Self>,
+        condition: crate::model::SystemConditionType,
+    ) -> Result<(Option<bool>, &'static str)> {
+        match self.ask(&Request::StateOf { condition })? {
+            Reply::StateOf { state, source } => Ok((state, crate::platform::source_named(&source))),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+fn unexpected(reply: &Reply) -> Error {
+    Error::state(format!("the btb broker answered {reply:?}"))
+}
+
+fn fired(reply: Reply) -> Result<usize> {
+    match reply {
+        Reply::Fired { count } => Ok(count),
+        other => Err(unexpected(&other)),
     }
 }

@@ -342,6 +342,9 @@ pub enum Request {
     Waiting {
         offer: Offer,
     },
+    /// Version 2 (`btbctl uninstall`): cancel every run with `UNINSTALL`, unregister every task,
+    /// remove the store and the control socket ([`Reply::Uninstalled`]).
+    Uninstall,
     /// A request of a newer version: answered `UNSUPPORTED`.
     #[serde(other)]
     Unknown,
@@ -501,6 +504,10 @@ pub enum Reply {
     /// [`Request::Attach`]).
     Run {
         run: Box<protocol::HandedRun>,
+    },
+    /// Version 2: [`Request::Uninstall`] is done; `tasks` were registered.
+    Uninstalled {
+        tasks: usize,
     },
     /// `kind`: an `ErrorKind` name (`NOT_FOUND`, …).
     Error {

@@ -4,7 +4,7 @@
 //! failure, and cancellation heard from the broker. A child that never connects still works: its
 //! exit status is the outcome.
 
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -12,6 +12,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use uuid::Uuid;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::link::Link;
 use crate::model::CancellationReason;
 use crate::protocol::{self, ToBroker, ToHost};
 
@@ -39,9 +40,7 @@ struct Inner {
     app_id: String,
     trigger_details: Option<serde_json::Value>,
     progress: AtomicU32,
-    socket: UnixStream,
-    /// Serializes frames written by several threads.
-    write: Mutex<()>,
+    link: Link,
     life: Mutex<Life>,
     changed: Condvar,
 }
@@ -140,8 +139,7 @@ pub fn connect() -> Result<HostInstance> {
         app_id: var("BTB_APP_ID")?,
         trigger_details,
         progress: AtomicU32::new(0),
-        socket,
-        write: Mutex::new(()),
+        link: Link::new(socket),
         life: Mutex::new(Life {
             canceled,
             ..Life::default()
@@ -156,56 +154,16 @@ pub fn connect() -> Result<HostInstance> {
     Ok(HostInstance(inner))
 }
 
-/// `text` cut to at most `max` bytes, on a character boundary.
-fn trim(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-    text
-}
-
-/// Takes ownership of the inherited descriptor, once per process.
+/// Takes ownership of the inherited descriptor, once per process (`btb_os::adopt_inherited`).
 fn adopt(fd: RawFd) -> Result<OwnedFd> {
-    static TAKEN: AtomicBool = AtomicBool::new(false);
-    if TAKEN.swap(true, Ordering::SeqCst) {
-        return Err(Error::state(
+    btb_os::adopt_inherited(fd).map_err(|refused| match refused {
+        btb_os::Refused::Again => Error::state(
             "this process already connected to its instance (connect once, share the instance)",
-        ));
-    }
-    let owned = inherited(fd);
-    // Owned only if it is what the broker passes: an open socket.
-    let stat = rustix::fs::fstat(&owned);
-    match stat {
-        Ok(stat)
-            if rustix::fs::FileType::from_raw_mode(stat.st_mode)
-                == rustix::fs::FileType::Socket =>
-        {
-            Ok(owned)
-        }
-        other => {
-            std::mem::forget(owned); // not ours to close
-            Err(Error::invalid(format!(
-                "BTB_HOST_FD={fd} is not an inherited socket ({})",
-                other.map_or_else(|e| e.to_string(), |_| "another kind of file".into())
-            )))
-        }
-    }
-}
-
-/// The descriptor the broker passed, as an owned one. One of the two unsafe places of the core
-/// (the other: the broker's `pre_exec` in `broker/exec.rs`): a descriptor number from the
-/// environment becomes an `OwnedFd` (what `BTB_HOST_FD` is for).
-#[allow(unsafe_code)]
-fn inherited(fd: RawFd) -> OwnedFd {
-    // SAFETY: `fd` comes from BTB_HOST_FD, which the broker sets to the socket it passed; `adopt`
-    // makes this happen once per process, and forgets the result unless fstat says it is a
-    // socket. A file descriptor number that is not open makes fstat fail (EBADF) and nothing is
-    // closed.
-    unsafe { OwnedFd::from_raw_fd(fd) }
+        ),
+        btb_os::Refused::NotSocket(what) => Error::invalid(format!(
+            "BTB_HOST_FD={fd} is not an inherited socket ({what})"
+        )),
+    })
 }
 
 /// Hears the broker: cancellations until it closes the socket.
@@ -247,10 +205,8 @@ impl HostInstance {
         self.0.life.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn send(&self, message: &ToBroker) {
-        let _guard = self.0.write.lock().unwrap_or_else(PoisonError::into_inner);
-        // A broker that is gone cannot hear it; the exit status still tells.
-        let _ = protocol::write_frame(&mut &self.0.socket, message);
+    fn send(&self, message: ToBroker) {
+        self.0.link.send(message);
     }
 
     pub fn instance_id(&self) -> Uuid {
@@ -291,7 +247,7 @@ impl HostInstance {
     /// Sets the progress; each change reaches the registration's progress handlers in the app.
     pub fn set_progress(&self, value: u32) {
         if self.0.progress.swap(value, Ordering::AcqRel) != value {
-            self.send(&ToBroker::Progress { value });
+            self.send(ToBroker::Progress { value });
         }
     }
 
@@ -309,9 +265,9 @@ impl HostInstance {
         message: Option<String>,
     ) -> Result<()> {
         self.check_version("request_retry")?;
-        self.send(&ToBroker::Retry {
+        self.send(ToBroker::Retry {
             after_ms: after.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-            message: message.map(|m| trim(m, protocol::MAX_FRAME / 2)),
+            message,
         });
         Ok(())
     }
@@ -320,7 +276,7 @@ impl HostInstance {
     pub fn set_output(&self, output: &serde_json::Value) -> Result<()> {
         crate::broker::instance::check_output(output)?;
         self.check_version("set_output")?;
-        self.send(&ToBroker::Output {
+        self.send(ToBroker::Output {
             output: output.clone(),
         });
         Ok(())
@@ -341,9 +297,9 @@ impl HostInstance {
 
     /// Marks the run as failed with `message`, whatever the exit status (the last report wins).
     pub fn report_failure(&self, message: impl Into<String>) {
-        // The frame limit, with room for the envelope.
-        let message = trim(message.into(), protocol::MAX_FRAME - 64);
-        self.send(&ToBroker::Failure { message });
+        self.send(ToBroker::Failure {
+            message: message.into(),
+        });
     }
 
     pub fn canceled(&self) -> bool {
@@ -378,7 +334,7 @@ impl HostInstance {
     /// A deferral, for code written against the in-process surface. The process is the run: it
     /// ends when the process exits, so a deferral only tells the broker (no run is kept alive).
     pub fn get_deferral(&self) -> HostDeferral {
-        self.send(&ToBroker::DeferralTaken);
+        self.send(ToBroker::DeferralTaken);
         HostDeferral {
             instance: self.clone(),
             completed: AtomicBool::new(false),
@@ -409,7 +365,7 @@ impl HostDeferral {
         if self.completed.swap(true, Ordering::AcqRel) {
             return Err(Error::state("this deferral was already completed"));
         }
-        self.instance.send(&ToBroker::DeferralCompleted);
+        self.instance.send(ToBroker::DeferralCompleted);
         Ok(())
     }
 }

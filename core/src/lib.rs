@@ -1,7 +1,8 @@
 //! btb core: the background-task model of `Windows.ApplicationModel.Background` — model,
 //! validation, manifest, store and system handle. No FFI and no Python live here.
-// One exception, `host::inherited`: a descriptor inherited from the broker becomes owned.
-#![deny(unsafe_code)]
+// The two steps that need unsafe code (between fork and exec; adopting an inherited descriptor)
+// live in the `btb-os` crate.
+#![forbid(unsafe_code)]
 
 mod broker;
 pub mod calendar;
@@ -12,19 +13,21 @@ pub mod error;
 mod files;
 pub mod groups;
 pub mod host;
+mod link;
 mod lockfile;
 pub mod manifest;
 pub mod model;
+mod options;
 mod platform;
 pub mod policy;
 pub mod protocol;
-mod registration;
 mod registry;
 mod runfile;
 mod socket_note;
 mod source;
 pub mod store;
 pub mod system;
+pub mod uninstall;
 pub mod validate;
 pub mod view;
 mod wake;

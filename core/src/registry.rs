@@ -1,16 +1,15 @@
 //! What is registered: the registrations by task id with their indexes (name scope for the name
-//! policies, the events each listens to, spent one-shots, task groups), and the handler tables
-//! (entry points, activation handlers, completed and progress handlers with their tokens).
+//! policies, the events each listens to, spent one-shots, task groups).
 //!
-//! Both live inside the broker's state and change only through these methods, which keep the
-//! indexes consistent with the registrations. Neither knows anything of running.
+//! It lives inside the broker's state and changes only through these methods, which keep the
+//! indexes consistent with the registrations. It knows nothing of running (the handler tables
+//! are the broker's: `broker/handlers.rs`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use uuid::Uuid;
 
-use crate::broker::{CompletedFn, Handler, ProgressFn, Resolver};
 use crate::model::{SystemTriggerType, TaskGroup, TaskRecord, TaskTrigger};
 
 /// What an event-style trigger listens to.
@@ -163,68 +162,5 @@ impl Registry {
     /// The sequence number the next registration gets.
     pub(crate) fn next_seq(&self) -> i64 {
         self.next_seq
-    }
-}
-
-/// The handlers a system calls, and the tokens that remove them.
-#[derive(Default)]
-pub(crate) struct Handlers {
-    pub(crate) entry_points: HashMap<String, Handler>,
-    /// Background-activated handlers: `None` = the system's, `Some(id)` = a group's.
-    pub(crate) activation: HashMap<Option<String>, Handler>,
-    pub(crate) resolver: Option<Resolver>,
-    pub(crate) completed: HashMap<Uuid, Vec<(u64, CompletedFn)>>,
-    pub(crate) progress: HashMap<Uuid, Vec<(u64, ProgressFn)>>,
-    next_token: u64,
-}
-
-impl Handlers {
-    pub(crate) fn add_completed(&mut self, task_id: Uuid, handler: CompletedFn) -> u64 {
-        self.next_token += 1;
-        let token = self.next_token;
-        self.completed
-            .entry(task_id)
-            .or_default()
-            .push((token, handler));
-        token
-    }
-
-    pub(crate) fn add_progress(&mut self, task_id: Uuid, handler: ProgressFn) -> u64 {
-        self.next_token += 1;
-        let token = self.next_token;
-        self.progress
-            .entry(task_id)
-            .or_default()
-            .push((token, handler));
-        token
-    }
-
-    /// Removes a completed or progress handler; returns it to be dropped unlocked.
-    pub(crate) fn remove(&mut self, token: u64) -> Option<Box<dyn std::any::Any + Send>> {
-        for list in self.completed.values_mut() {
-            if let Some(i) = list.iter().position(|(t, _)| *t == token) {
-                return Some(Box::new(list.remove(i)));
-            }
-        }
-        for list in self.progress.values_mut() {
-            if let Some(i) = list.iter().position(|(t, _)| *t == token) {
-                return Some(Box::new(list.remove(i)));
-            }
-        }
-        None
-    }
-
-    /// Whether a completed or progress handler with this token is still held.
-    pub(crate) fn holds(&self, token: u64) -> bool {
-        let completed = self.completed.values().flatten().any(|(t, _)| *t == token);
-        completed || self.progress.values().flatten().any(|(t, _)| *t == token)
-    }
-
-    /// Takes every handler of a registration that is gone (to be dropped unlocked).
-    pub(crate) fn forget(&mut self, task_id: &Uuid) -> Box<dyn std::any::Any + Send> {
-        Box::new((
-            self.completed.remove(task_id),
-            self.progress.remove(task_id),
-        ))
     }
 }

@@ -463,6 +463,27 @@ fn version_1_frames_keep_decoding_to_the_same_messages() {
     assert_eq!(files, names);
 }
 
+/// Messages version 2 added (a version 1 broker answers an unknown request `UNSUPPORTED`).
+fn v2() -> Vec<(&'static str, Frame)> {
+    use Frame::*;
+    vec![
+        ("request_uninstall", Req(Request::Uninstall)),
+        ("reply_uninstalled", Rep(Reply::Uninstalled { tasks: 2 })),
+    ]
+}
+
+#[test]
+fn version_2_frames_keep_decoding_to_the_same_messages() {
+    for (name, frame) in &v2() {
+        match frame {
+            Frame::Req(m) => check(name, "v2", m),
+            Frame::Rep(m) => check(name, "v2", m),
+            Frame::Tb(m) => check(name, "v2", m),
+            Frame::Th(m) => check(name, "v2", m),
+        }
+    }
+}
+
 #[test]
 fn fields_and_messages_of_a_newer_version_are_taken_not_refused() {
     use btb_core::protocol::{Decoder, Framed, encode};

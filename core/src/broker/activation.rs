@@ -47,7 +47,8 @@ impl Broker {
     /// Starts the app for the runs that wait for a handler, unless it runs already or the
     /// manifest has no `activate`. Called with no btb lock held (it forks).
     pub(super) fn activate(self: &Arc<Self>) {
-        let Some(argv) = self.manifest.activate() else {
+        let manifest = self.manifest();
+        let Some(argv) = manifest.activate() else {
             return;
         };
         {
@@ -61,12 +62,12 @@ impl Broker {
             });
         }
         let mut cmd = super::exec::command(argv);
-        cmd.env("BTB_APP_ID", self.manifest.app_id())
+        cmd.env("BTB_APP_ID", self.app_id.as_str())
             .env("BTB_ACTIVATION", "1")
             .env("BTB_STORE", &self.store_path)
             .stdin(Stdio::null())
             .process_group(0);
-        if let Some(path) = self.manifest.path() {
+        if let Some(path) = manifest.path() {
             cmd.env("BTB_MANIFEST", path);
         }
         if let Some(dir) = std::path::Path::new(&self.store_path).parent() {
@@ -204,8 +205,8 @@ impl Broker {
                 .get(&task_id)
                 .cloned()
                 .unwrap_or_default();
-            let registration = crate::registration::Registration::new(
-                crate::system::Home::Broker(Arc::clone(self)),
+            let registration = super::registration::Registration::new(
+                Arc::clone(self) as Arc<dyn super::backend::Backend>,
                 record,
             );
             st.notes

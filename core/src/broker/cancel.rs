@@ -6,7 +6,7 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::{Broker, Completion, Event, Instance, Note, State};
-use crate::model::{CancellationReason, RunRecord};
+use crate::model::{CancellationReason, RunRecord, SystemConditionType, TaskRecord, TaskTrigger};
 
 /// A live instance and its deadlines (clock milliseconds).
 pub(crate) struct Running {
@@ -53,6 +53,33 @@ impl Broker {
             st.wake_broker_by(grace_at, &self.waker);
             self.changed();
         }
+    }
+
+    /// Cancels every running instance with `reason`: the user logs off (LOGGING_OFF), the app is
+    /// uninstalled (UNINSTALL) or its manifest's version changed (SERVICING_UPDATE).
+    pub(crate) fn cancel_all(&self, st: &mut State, reason: CancellationReason, now: i64) {
+        let running: Vec<Uuid> = st.running.keys().copied().collect();
+        if !running.is_empty() {
+            log::info!(target: "btb", "canceling {} run(s): {}", running.len(), reason.name());
+        }
+        for id in running {
+            self.cancel_task(st, &id, reason, now);
+        }
+    }
+
+    /// Whether the energy saver strands a run of `record` (ENERGY_SAVER, as Windows' battery
+    /// saver): it is on while the machine is on battery, and the task needs power — a condition
+    /// ON_AC_POWER or BATTERY_NOT_LOW, or a maintenance trigger.
+    pub(crate) fn saves_energy_from(&self, st: &State, record: &TaskRecord) -> bool {
+        st.energy_saver
+            && st.states.get(SystemConditionType::OnAcPower) == Some(false)
+            && (matches!(record.trigger, TaskTrigger::Maintenance { .. })
+                || record.conditions.iter().any(|c| {
+                    matches!(
+                        c,
+                        SystemConditionType::OnAcPower | SystemConditionType::BatteryNotLow
+                    )
+                }))
     }
 
     /// Ends an instance: records the run, frees its slot, queues the completed handlers and runs

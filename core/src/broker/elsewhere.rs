@@ -254,8 +254,8 @@ impl Broker {
                 .as_deref()
                 .and_then(|o| serde_json::from_str(o).ok()),
         };
-        let task = crate::registration::Registration::new(
-            crate::system::Home::Broker(Arc::clone(self)),
+        let task = super::registration::Registration::new(
+            Arc::clone(self) as Arc<dyn super::backend::Backend>,
             record,
         );
         st.notes.push_back(super::notify::Note::Completed(

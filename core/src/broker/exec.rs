@@ -213,7 +213,7 @@ impl Broker {
                 "BTB_ENTRY_POINT",
                 task.task_entry_point().unwrap_or_default(),
             )
-            .env("BTB_APP_ID", self.manifest.app_id())
+            .env("BTB_APP_ID", self.app_id.as_str())
             .env("BTB_ATTEMPT", instance.attempt().to_string())
             .env("BTB_HOST_FD", HOST_FD.to_string());
         // Small details in the environment; large ones (an environment string is limited to
@@ -1119,70 +1119,12 @@ fn exited(fd: &OwnedFd, deadline: Option<std::time::Instant>) -> bool {
     }
 }
 
-/// The `close_range` flag that marks the descriptors close-on-exec instead of closing them
-/// (Linux 5.11; `linux/close_range.h`).
-const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
-
-/// Arranges what the child does between fork and exec (SPEC §5): every descriptor above
-/// `keep_through` (the instance socket, fd 3, of a host; stderr of the activated app) is closed
-/// at exec, whether or not the app opened it with `O_CLOEXEC` (a C library's, Python's
-/// inheritable ones) — a host gets stdio and fd 3, nothing else; no signal is blocked.
-///
-/// Marked close-on-exec rather than closed: std's own error pipe (close-on-exec, above 3) must
-/// stay open until the exec, which closes it, so that a failed exec is still reported.
-///
-/// And the child gets SIGKILL when the thread that started it ends (`PR_SET_PDEATHSIG`): that is
-/// the worker that supervises it until it is reaped, so this happens only when the broker's
-/// process dies (a broker killed with SIGKILL, a crash). What the host forked is stopped by the
-/// next broker of the store (`stop_orphans`).
-///
-/// `into_cgroup`: the `cgroup.procs` of the host's cgroup (`cgroup.rs`), which the child enters
-/// first; a failure to enter it fails the spawn.
-#[allow(unsafe_code)]
+/// Arranges what the child does between fork and exec (SPEC §5; `btb_os::confine`): descriptors
+/// above `keep_through` closed at exec, no signal blocked, SIGKILL when the supervising thread's
+/// process dies; first, with `into_cgroup` (the `cgroup.procs` of the host's cgroup, `cgroup.rs`,
+/// kept open by the caller until the spawn returns), into its cgroup.
 pub(super) fn confine(cmd: &mut Command, keep_through: i32, into_cgroup: Option<RawFd>) {
-    let broker = rustix::process::getpid();
-    // SAFETY: the closure runs in the forked child, where only async-signal-safe calls are
-    // allowed: it makes system calls and nothing else (no allocation, no lock, no captured value
-    // but plain integers).
-    unsafe {
-        cmd.pre_exec(move || {
-            if let Some(procs) = into_cgroup {
-                // Into its cgroup (`cgroup.rs`) before anything else: it cannot fork before.
-                if libc::write(procs, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
-            if rustix::process::getppid() != Some(broker) {
-                // The broker died before the death signal was set: no one would supervise it.
-                return Err(rustix::io::Errno::SRCH.into());
-            }
-            // No signal blocked: btbd blocks SIGTERM and SIGINT in its threads (to `sigwait`
-            // them), and a blocked mask is inherited across exec — a host would never hear the
-            // SIGTERM that ends it.
-            let mut all: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut all);
-            libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
-            let first = (keep_through + 1) as libc::c_uint;
-            if libc::syscall(
-                libc::SYS_close_range,
-                first,
-                libc::c_uint::MAX,
-                CLOSE_RANGE_CLOEXEC,
-            ) != 0
-            {
-                // A kernel before 5.11: every possible descriptor, one by one.
-                let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-                    .current
-                    .unwrap_or(1 << 20)
-                    .min(1 << 20);
-                for fd in first as libc::c_int..limit as libc::c_int {
-                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-                }
-            }
-            Ok(())
-        });
-    }
+    btb_os::confine(cmd, keep_through, into_cgroup);
 }
 
 /// Writes a welcome too large for one non-blocking write, outside the instance's lock (the

@@ -17,7 +17,7 @@ impl Broker {
     pub(crate) fn find_task(&self, st: &State, task: &str) -> Result<Uuid> {
         crate::view::find_task(
             st.registry.records().map(|r| &**r),
-            self.manifest.app_id(),
+            self.app_id.as_str(),
             task,
         )
     }
@@ -70,7 +70,7 @@ impl Broker {
             last_message: None,
             waiting_for_handler: st.pending.get(id).and_then(|p| {
                 let handler = p.needs_handler.as_deref()?;
-                Some(match (self.manifest.activate(), &st.activation) {
+                Some(match (self.manifest().activate(), &st.activation) {
                     (None, _) => format!(
                         "waiting for a process of the app that runs {handler} (no `activate` in the manifest)"
                     ),

@@ -2,13 +2,15 @@
 //! deferrals, cancellation, and how it ends. The broker (`runtime.rs`) creates and finishes them.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use uuid::Uuid;
 
+use super::Broker;
+use super::backend::Backend;
+use super::registration::Registration;
 use crate::error::{Error, Result};
 use crate::model::{CancellationReason, TaskOutcome};
-use crate::registration::Registration;
 
 /// A run function: what executes an instance (an entry point's handler, a group's or the system's
 /// background-activated handler). It reports failure with [`Instance::report_failure`]; a panic is
@@ -102,29 +104,6 @@ pub(crate) struct Life {
     pub(crate) result: Option<String>,
 }
 
-/// The client side of a run that a broker handed to this process (`client.rs`): what the
-/// instance reports goes to the broker over this connection, in the instance protocol.
-pub(crate) struct Link {
-    pub(crate) stream: std::os::unix::net::UnixStream,
-    /// The run file this process holds while it runs the instance (`runfile.rs`): the run's last
-    /// word is written there first; dropped (unlocked) once it is said.
-    pub(crate) run_file: Mutex<Option<crate::runfile::RunFile>>,
-}
-
-impl Link {
-    /// Sends a message (blocking, bounded by the stream's write timeout); a broker that is gone
-    /// no longer hears anything of the run.
-    pub(crate) fn send(&self, message: &crate::protocol::ToBroker) {
-        self.send_bytes(&crate::protocol::encode(message));
-    }
-
-    /// Sends encoded frames in one write.
-    pub(crate) fn send_bytes(&self, frames: &[u8]) {
-        use std::io::Write;
-        let _ = (&self.stream).write_all(frames);
-    }
-}
-
 impl Life {
     /// The canceled handlers added so far, to call with no lock held.
     pub(crate) fn canceled_handler_list(&self) -> Vec<CanceledFn> {
@@ -135,10 +114,104 @@ impl Life {
     }
 }
 
+/// Where an instance reports what it does: this process's broker (`impl RunSink for Broker`), or
+/// — for a run this process executes for another process's broker (a run handed to a client) —
+/// the [`Link`](crate::link::Link) to that broker. What the run reports last (failure, output,
+/// retry) is in its [`Life`] when it has finished.
+pub(crate) trait RunSink: Send + Sync {
+    /// The progress changed to `value`.
+    fn progress(&self, instance: &Instance, value: u32);
+    /// A deferral was taken (`true`) or completed (`false`).
+    fn deferral(&self, taken: bool);
+    /// Calls canceled handlers on a btb thread.
+    fn canceled(&self, instance: &Instance, handlers: Vec<CanceledFn>, reason: CancellationReason);
+    /// The run function returned and every deferral completed.
+    fn finished(self: Arc<Self>, instance: &Instance);
+}
+
+impl RunSink for Broker {
+    fn progress(&self, instance: &Instance, value: u32) {
+        self.progress_changed(instance, value);
+    }
+
+    fn deferral(&self, _taken: bool) {}
+
+    fn canceled(&self, instance: &Instance, handlers: Vec<CanceledFn>, reason: CancellationReason) {
+        self.notify_canceled(instance, handlers, reason);
+    }
+
+    fn finished(self: Arc<Self>, instance: &Instance) {
+        self.complete(instance);
+    }
+}
+
+/// The instance protocol (SPEC §5), as an exec host speaks it too.
+impl RunSink for crate::link::Link {
+    fn progress(&self, _instance: &Instance, value: u32) {
+        self.send(crate::protocol::ToBroker::Progress { value });
+    }
+
+    fn deferral(&self, taken: bool) {
+        self.send(if taken {
+            crate::protocol::ToBroker::DeferralTaken
+        } else {
+            crate::protocol::ToBroker::DeferralCompleted
+        });
+    }
+
+    /// On a thread of its own (the broker's notifier is in another process).
+    fn canceled(&self, instance: &Instance, handlers: Vec<CanceledFn>, reason: CancellationReason) {
+        let instance = instance.clone();
+        let _ = std::thread::Builder::new()
+            .name("btb-canceled".into())
+            .spawn(move || {
+                for handler in handlers {
+                    let _call = super::AppCall::enter();
+                    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        handler(&instance, reason)
+                    })) {
+                        log::error!(target: "btb", "a canceled handler panicked: {}", super::panic_message(&panic));
+                    }
+                }
+            });
+    }
+
+    fn finished(self: Arc<Self>, instance: &Instance) {
+        let (failure, retry, output) = {
+            let mut life = instance.life();
+            if life.done {
+                return;
+            }
+            life.done = true;
+            (
+                life.failure.clone(),
+                life.retry.clone(),
+                life.result.clone(),
+            )
+        };
+        let mut word = Vec::new();
+        if let Some(output) = output.and_then(|t| serde_json::from_str(&t).ok()) {
+            word.push(crate::protocol::ToBroker::Output { output });
+        }
+        if let Some(r) = retry {
+            word.push(crate::protocol::ToBroker::Retry {
+                after_ms: r.after_ms,
+                message: r.message,
+            });
+        }
+        if let Some(message) = failure {
+            word.push(crate::protocol::ToBroker::Failure { message });
+        }
+        // The last word of this run; the connection may serve the next one (the broker hangs up
+        // a connection it will not use again).
+        word.push(crate::protocol::ToBroker::Finished);
+        self.last_word(word);
+    }
+}
+
 pub(crate) struct Inner {
     pub(crate) id: Uuid,
-    /// Set when this process runs the instance for another process's broker.
-    pub(crate) link: Option<Link>,
+    pub(crate) sink: Arc<dyn RunSink>,
     pub(crate) task: Registration,
     pub(crate) trigger_details: Option<serde_json::Value>,
     pub(crate) started_ms: i64,
@@ -168,34 +241,37 @@ impl PartialEq for Instance {
 }
 
 impl Instance {
+    /// A run of `record` in `broker`.
     pub(crate) fn new(
-        task: Registration,
+        broker: &Arc<Broker>,
+        record: Arc<crate::model::TaskRecord>,
         trigger_details: Option<serde_json::Value>,
         started_ms: i64,
         attempt: u32,
     ) -> Instance {
-        Self::with_link(
+        let home: Arc<dyn Backend> = Arc::clone(broker) as Arc<dyn Backend>;
+        Self::with_sink(
             Uuid::new_v4(),
-            task,
+            Registration::new(home, record),
             trigger_details,
             started_ms,
             attempt,
-            None,
+            Arc::clone(broker) as Arc<dyn RunSink>,
         )
     }
 
     /// An instance with a given id (a run handed over by a broker has the broker's id).
-    pub(crate) fn with_link(
+    pub(crate) fn with_sink(
         id: Uuid,
         task: Registration,
         trigger_details: Option<serde_json::Value>,
         started_ms: i64,
         attempt: u32,
-        link: Option<Link>,
+        sink: Arc<dyn RunSink>,
     ) -> Instance {
         Instance(Arc::new(Inner {
             id,
-            link,
+            sink,
             task,
             trigger_details,
             started_ms,
@@ -266,10 +342,7 @@ impl Instance {
     /// Sets the progress; each change reaches the registration's progress handlers.
     pub fn set_progress(&self, value: u32) {
         if self.0.progress.swap(value, Ordering::AcqRel) != value && !self.life().done {
-            match &self.0.link {
-                Some(link) => link.send(&crate::protocol::ToBroker::Progress { value }),
-                None => self.0.task.shared().progress_changed(self, value),
-            }
+            self.0.sink.progress(self, value);
         }
     }
 
@@ -303,9 +376,7 @@ impl Instance {
         }
         life.deferrals += 1;
         drop(life);
-        if let Some(link) = &self.0.link {
-            link.send(&crate::protocol::ToBroker::DeferralTaken);
-        }
+        self.0.sink.deferral(true);
         Ok(Deferral {
             instance: self.clone(),
             completed: AtomicBool::new(false),
@@ -326,26 +397,9 @@ impl Instance {
         token
     }
 
-    /// Calls canceled handlers on a btb thread: the broker's notifier, or — for a run handed to
-    /// this client process — a thread of its own.
+    /// Calls canceled handlers on a btb thread (see [`RunSink::canceled`]).
     fn call_canceled(&self, handlers: Vec<CanceledFn>, reason: CancellationReason) {
-        if self.0.link.is_none() {
-            self.0.task.shared().notify_canceled(self, handlers, reason);
-            return;
-        }
-        let instance = self.clone();
-        let _ = std::thread::Builder::new()
-            .name("btb-canceled".into())
-            .spawn(move || {
-                for handler in handlers {
-                    let _call = super::AppCall::enter();
-                    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        handler(&instance, reason)
-                    })) {
-                        log::error!(target: "btb", "a canceled handler panicked: {}", super::panic_message(&panic));
-                    }
-                }
-            });
+        self.0.sink.canceled(self, handlers, reason);
     }
 
     /// The broker canceled a run handed to this client process (its reader thread calls this).
@@ -363,53 +417,7 @@ impl Instance {
     /// The run and its deferrals are over: the broker records it (or, for a run handed to this
     /// client, hears how it ended).
     fn complete_run(&self) {
-        let Some(link) = &self.0.link else {
-            self.0.task.shared().complete(self);
-            return;
-        };
-        let (failure, retry, output) = {
-            let mut life = self.life();
-            if life.done {
-                return;
-            }
-            life.done = true;
-            (
-                life.failure.clone(),
-                life.retry.clone(),
-                life.result.clone(),
-            )
-        };
-        use crate::protocol::{ToBroker, encode};
-        let mut word = Vec::new();
-        if let Some(output) = output.and_then(|t| serde_json::from_str(&t).ok()) {
-            word.extend(encode(&ToBroker::Output { output }));
-        }
-        if let Some(r) = retry {
-            word.extend(encode(&ToBroker::Retry {
-                after_ms: r.after_ms,
-                message: r.message,
-            }));
-        }
-        if let Some(message) = failure {
-            word.extend(encode(&ToBroker::Failure { message }));
-        }
-        // The last word of this run; the connection may serve the next one (the broker hangs up
-        // a connection it will not use again).
-        word.extend(encode(&ToBroker::Finished));
-        // Kept in the run file first: a broker that dies before it hears it leaves it to the
-        // next one (SPEC §11), which records the run as it ended here.
-        let run_file = link
-            .run_file
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(mut file) = run_file {
-            file.last_word(&word);
-            link.send_bytes(&word);
-            drop(file); // unlocked: the run is over here
-        } else {
-            link.send_bytes(&word);
-        }
+        Arc::clone(&self.0.sink).finished(self);
     }
 
     /// Removes a canceled handler; `false` if the token is unknown.
@@ -467,9 +475,7 @@ impl Deferral {
         life.deferrals -= 1;
         let complete = life.deferrals == 0 && life.run_returned && !life.done;
         drop(life);
-        if let Some(link) = &self.instance.0.link {
-            link.send(&crate::protocol::ToBroker::DeferralCompleted);
-        }
+        self.instance.0.sink.deferral(false);
         if complete {
             self.instance.complete_run();
         }

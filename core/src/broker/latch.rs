@@ -12,7 +12,6 @@ use crate::model::{
     TaskTrigger,
 };
 use crate::platform::Heard;
-use crate::registration::Registration;
 use crate::registry::EventKey;
 use crate::store::ScheduleChange;
 
@@ -93,7 +92,7 @@ impl Broker {
             target: "btb",
             "run of {:?} waits for a process of the app that runs {what}{}: {why}",
             instance.task().name(),
-            if self.manifest.activate().is_some() {
+            if self.manifest().activate().is_some() {
                 " (starting the app: `activate`)"
             } else {
                 " (no `activate` in the manifest)"
@@ -102,7 +101,7 @@ impl Broker {
         let now = self.clock.now_ms();
         // With `activate`, the app is started for it and has a while to offer the handler.
         let deadline = self
-            .manifest
+            .manifest()
             .activate()
             .map(|_| now.saturating_add(i64::from(self.policy.activation_timeout_ms)));
         if !st.pending.contains_key(&task_id) {
@@ -310,15 +309,8 @@ impl Broker {
             if pending.persisted {
                 changes.push(ScheduleChange::Pending(task_id, None));
             }
-            let instance = Instance::new(
-                Registration::new(
-                    crate::system::Home::Broker(Arc::clone(self)),
-                    record.clone(),
-                ),
-                pending.details,
-                now,
-                pending.attempt,
-            );
+            let instance =
+                Instance::new(self, record.clone(), pending.details, now, pending.attempt);
             log::info!(
                 target: "btb",
                 "run {} of {:?} starts (attempt {}, {})",
@@ -419,6 +411,15 @@ impl Broker {
                 self.waker.wake();
                 Vec::new()
             }
+            Heard::LoggingOff => {
+                self.cancel_all(st, CancellationReason::LoggingOff, now);
+                Vec::new()
+            }
+            Heard::EnergySaver(on) => {
+                st.energy_saver = on;
+                self.conditions_changed(st);
+                Vec::new()
+            }
         };
         for t in fires {
             self.fire_key(st, &EventKey::System(t));
@@ -435,7 +436,9 @@ impl Broker {
             .iter()
             .filter_map(|(id, r)| {
                 let record = r.instance.task().record();
-                if matches!(record.trigger, TaskTrigger::Maintenance { .. })
+                if self.saves_energy_from(st, record) {
+                    Some((*id, CancellationReason::EnergySaver))
+                } else if matches!(record.trigger, TaskTrigger::Maintenance { .. })
                     && !st.states.holds(SystemConditionType::OnAcPower)
                 {
                     Some((*id, CancellationReason::Abort)) // Windows: maintenance task off AC

@@ -1,11 +1,20 @@
 //! The broker (SPEC §3–§4): one per open system. It fires triggers, latches them until their
 //! conditions hold, runs instances on a bounded worker pool (or hands them to a host through the
 //! pull queue), enforces time limits and grace, records runs and delivers progress and completion.
-//! `System` (system.rs) is its façade; it calls the broker only through the `pub(crate)` methods
-//! of these files.
+//! `System` (system.rs) is its façade; it calls the broker through one trait, [`Backend`]
+//! (`backend.rs`), which a client of another process's broker (`client.rs`) implements too. The
+//! broker never names the façade.
 //!
 //! Where things are:
 //! - `mod.rs`: the broker's state and lock, its threads (broker loop, notifier), idle waits, close.
+//! - `open.rs`: opening a broker on a store (load, catch-up, threads, sources, control socket).
+//! - `backend.rs`: what a `System` or a `Registration` delegates to ([`Backend`]).
+//! - `register.rs`: registering and unregistering (store first, then state), listing.
+//! - `answer.rs`: answering the requests of the control socket.
+//! - `registration.rs`: the handle of one registration (`Registration`).
+//! - `handlers.rs`: the handler tables and the types of handlers.
+//! - `groups.rs`: the process-wide background-activated handlers of task groups, and the
+//!   observers (brokers, clients) told when they change.
 //! - `timers.rs`: due times of time, maintenance and calendar triggers; windows; catch-up at open.
 //! - `latch.rs`: fires, pending (latched) fires, conditions, dispatch to the pool.
 //! - `pool.rs`: worker threads, entry-point resolution, the pull queue.
@@ -54,20 +63,29 @@
 //! guard, which drops them right after it releases the state lock.
 
 mod activation;
+mod answer;
+pub(crate) mod backend;
 mod cancel;
 mod cgroup;
 mod elsewhere;
 mod exec;
 mod explain;
+pub(crate) mod groups;
+pub(crate) mod handlers;
 pub(crate) mod instance;
 mod latch;
 mod notify;
+mod open;
 mod pool;
+mod register;
+pub(crate) mod registration;
 mod retry;
+mod servicing;
 mod storage;
 mod tasks;
 pub(crate) mod threads;
 mod timers;
+mod uninstall;
 mod writer;
 
 use std::any::Any;
@@ -83,28 +101,22 @@ use crate::error::{Error, Result};
 use crate::manifest::Manifest;
 use crate::model::{CancellationReason, SystemConditionType};
 use crate::policy::Policy;
-use crate::registry::{Handlers, Registry};
+use crate::registry::Registry;
 use crate::source::States;
 use crate::store::{ScheduleChange, Store};
 
+pub(crate) use backend::Backend;
 pub(crate) use cancel::Running;
 pub(crate) use exec::stop_orphans;
+pub(crate) use handlers::Handlers;
+pub use handlers::{CompletedFn, ProgressFn, Resolver};
 pub use instance::{CanceledFn, Completion, Deferral, Handler, Instance, RunFn};
 pub(crate) use latch::Pending;
 pub(crate) use notify::Note;
 pub use pool::Event;
 pub(crate) use pool::resolve;
+pub use registration::Registration;
 pub(crate) use retry::recover_cut_off;
-
-/// A completed handler: `(registration, completion)`.
-pub type CompletedFn = Arc<dyn Fn(&Registration, &Completion) + Send + Sync>;
-/// A progress handler: `(registration, instance id, progress)`.
-pub type ProgressFn = Arc<dyn Fn(&Registration, Uuid, u32) + Send + Sync>;
-/// Resolves an entry point that has no registered handler (the Python layer imports
-/// `package.module:function` or `package.module.Class`). Called on a worker thread, no lock held.
-pub type Resolver = Arc<dyn Fn(&str) -> Option<Handler> + Send + Sync>;
-
-use crate::registration::Registration;
 
 /// Everything under the broker's lock.
 pub(crate) struct State {
@@ -127,6 +139,8 @@ pub(crate) struct State {
     activation: Option<activation::Activation>,
     once_fired: HashSet<Uuid>,
     states: States,
+    /// power-profiles-daemon's energy saver is on (`cancel.rs`, ENERGY_SAVER).
+    energy_saver: bool,
     /// With the number of the last store write queued before it: it starts once that is committed.
     jobs: VecDeque<(Instance, u64)>,
     /// The number of the last schedule write queued (see `writer.rs`).
@@ -168,6 +182,7 @@ impl State {
             due: HashMap::new(),
             once_fired: HashSet::new(),
             states: States::default(),
+            energy_saver: false,
             jobs: VecDeque::new(),
             schedule_written: 0,
             busy_workers: 0,
@@ -259,7 +274,10 @@ impl Locked<'_> {
 /// One open system's broker: its identity, policy and clock, its state, and its threads.
 pub(crate) struct Broker {
     pub(crate) pid: u32,
-    pub(crate) manifest: Manifest,
+    /// The app id (a serviced manifest keeps it).
+    pub(crate) app_id: String,
+    /// The manifest, replaced when the app is serviced: read it with `manifest()` (`servicing.rs`).
+    manifest: std::sync::RwLock<Arc<Manifest>>,
     pub(crate) clock: Clock,
     pub(crate) simulated: bool,
     pub(crate) policy: Policy,
@@ -415,7 +433,8 @@ impl Broker {
             store_path: store.path().to_owned(),
             run_files: retry::run_files(&store),
             pid: std::process::id(),
-            manifest,
+            app_id: manifest.app_id().to_owned(),
+            manifest: std::sync::RwLock::new(Arc::new(manifest)),
             clock,
             simulated,
             policy,
@@ -854,7 +873,7 @@ impl Broker {
                 target: "btb",
                 "closed without waiting for {} thread(s) still in app code past the grace ({}): {}",
                 abandoned.len(),
-                self.manifest.app_id(),
+                self.app_id.as_str(),
                 abandoned.join(", ")
             );
         }

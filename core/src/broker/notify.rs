@@ -7,11 +7,11 @@ use std::time::Instant;
 
 use uuid::Uuid;
 
+use super::registration::Registration;
 use super::{
     AppCall, Broker, CanceledFn, CompletedFn, Completion, Instance, ON_BTB_THREAD, panic_message,
 };
 use crate::model::CancellationReason;
-use crate::registration::Registration;
 
 /// Notes queued past which progress is coalesced per instance (`progress_changed`): handlers
 /// that keep within it see every change, in order (SPEC §4).
@@ -137,7 +137,7 @@ impl Broker {
 
     pub(super) fn handlers_for<T>(
         &self,
-        pick: impl FnOnce(&crate::registry::Handlers) -> Option<Vec<T>>,
+        pick: impl FnOnce(&super::Handlers) -> Option<Vec<T>>,
     ) -> Vec<T> {
         pick(&self.handlers.read().unwrap_or_else(|p| p.into_inner())).unwrap_or_default()
     }

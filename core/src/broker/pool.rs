@@ -75,8 +75,7 @@ impl Broker {
             let exec = instance
                 .task()
                 .task_entry_point()
-                .and_then(|ep| self.manifest.find(ep))
-                .and_then(|d| d.exec.clone());
+                .and_then(|ep| self.manifest().find(ep).and_then(|d| d.exec.clone()));
             if let Some(argv) = exec {
                 self.run_exec(&instance, &argv);
                 let _ = instance.finish_run();
@@ -143,7 +142,7 @@ impl Broker {
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             .and_then(|p| p.inhibitor());
-        let fd = inhibitor.and_then(|i| i.inhibit_sleep(self.manifest.app_id(), &why));
+        let fd = inhibitor.and_then(|i| i.inhibit_sleep(self.app_id.as_str(), &why));
         let Some(fd) = fd else {
             return; // no logind (or a simulated system): not granted
         };
@@ -188,7 +187,7 @@ impl Broker {
 /// `Err` says what was looked for. The resolver is called with no lock held.
 /// `use_resolver`: also ask the resolver (an import guess) for an entry point without a handler.
 pub(crate) fn resolve(
-    handlers: &std::sync::RwLock<crate::registry::Handlers>,
+    handlers: &std::sync::RwLock<super::Handlers>,
     record: &crate::model::TaskRecord,
     use_resolver: bool,
 ) -> std::result::Result<Handler, String> {
@@ -227,7 +226,7 @@ pub(crate) fn resolve(
                 return Ok(h);
             }
             // The group's own handlers, wherever they were added (objects bound by use).
-            if let Some(h) = group.as_deref().and_then(crate::groups::handler) {
+            if let Some(h) = group.as_deref().and_then(super::groups::handler) {
                 return Ok(Handler::Call(h));
             }
             if let Some(h) = handlers.activation.get(&None) {

@@ -1,6 +1,8 @@
 //! The states the system bus knows (SPEC §6): NetworkManager (INTERNET_AVAILABLE,
 //! FREE_NETWORK_AVAILABLE), UPower (ON_AC_POWER, BATTERY_NOT_LOW) and logind (SESSION_CONNECTED,
-//! USER_PRESENT, DEVICE_IDLE; resume from sleep; the sleep inhibitor of `is_network_requested`).
+//! USER_PRESENT, DEVICE_IDLE; resume from sleep; logging off and shutdown, LOGGING_OFF; the sleep
+//! inhibitor of `is_network_requested`), and power-profiles-daemon (its energy saver,
+//! ENERGY_SAVER).
 //!
 //! One thread, `btb-dbus`, runs zbus's own runtime (`zbus::block_on`) for our connections (see
 //! [`Bus`]): it reads each daemon's properties when the daemon is (or comes) on the bus, then
@@ -50,6 +52,15 @@ const LOGIND_SESSION: &str = "org.freedesktop.login1.Session";
 /// How long the watcher waits for a daemon's answer (a daemon that hangs must not freeze the
 /// watcher, `call_timer.rs`).
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// power-profiles-daemon: since 0.20 under UPower's name, before under its own (0.20 and later
+/// own both). The interface name equals the bus name in both.
+const PROFILES: &str = "org.freedesktop.UPower.PowerProfiles";
+const PROFILES_PATH: &str = "/org/freedesktop/UPower/PowerProfiles";
+const HADESS_PROFILES: &str = "net.hadess.PowerProfiles";
+const HADESS_PROFILES_PATH: &str = "/net/hadess/PowerProfiles";
+/// The `ActiveProfile` that saves energy.
+const POWER_SAVER: &str = "power-saver";
+
 /// How long a worker waits for logind to grant a sleep inhibitor.
 const INHIBIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long `start` waits for the bus to accept us (connect, authenticate, subscribe).
@@ -59,13 +70,17 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The signals the watcher hears. `sender` names a well-known name: the bus matches it against
 /// whoever owns that name when it sends.
-const MATCH_RULES: [&str; 7] = [
+const MATCH_RULES: [&str; 11] = [
     "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',\
      member='NameOwnerChanged',arg0='org.freedesktop.NetworkManager'",
     "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',\
      member='NameOwnerChanged',arg0='org.freedesktop.UPower'",
     "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',\
      member='NameOwnerChanged',arg0='org.freedesktop.login1'",
+    "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',\
+     member='NameOwnerChanged',arg0='org.freedesktop.UPower.PowerProfiles'",
+    "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',\
+     member='NameOwnerChanged',arg0='net.hadess.PowerProfiles'",
     "type='signal',sender='org.freedesktop.NetworkManager',\
      interface='org.freedesktop.DBus.Properties',member='PropertiesChanged',\
      path='/org/freedesktop/NetworkManager'",
@@ -75,8 +90,14 @@ const MATCH_RULES: [&str; 7] = [
     // The manager and the sessions, which come and go.
     "type='signal',sender='org.freedesktop.login1',interface='org.freedesktop.DBus.Properties',\
      member='PropertiesChanged',path_namespace='/org/freedesktop/login1'",
-    // SessionNew, SessionRemoved, PrepareForSleep.
+    // SessionNew, SessionRemoved, PrepareForSleep, PrepareForShutdown.
     "type='signal',sender='org.freedesktop.login1',interface='org.freedesktop.login1.Manager'",
+    "type='signal',sender='org.freedesktop.UPower.PowerProfiles',\
+     interface='org.freedesktop.DBus.Properties',member='PropertiesChanged',\
+     path='/org/freedesktop/UPower/PowerProfiles'",
+    "type='signal',sender='net.hadess.PowerProfiles',\
+     interface='org.freedesktop.DBus.Properties',member='PropertiesChanged',\
+     path='/net/hadess/PowerProfiles'",
 ];
 
 /// The D-Bus sources of one open system; dropping it stops its thread.
@@ -328,23 +349,39 @@ enum Daemon {
     NetworkManager = 0,
     UPower = 1,
     Logind = 2,
+    /// power-profiles-daemon under UPower's name (0.20 and later): energy saver, no state.
+    Profiles = 3,
+    /// The same daemon under its old name (before 0.20).
+    HadessProfiles = 4,
 }
 
+/// How many daemons are watched (the length of the watcher's per-daemon arrays).
+const DAEMONS: usize = 5;
+
 impl Daemon {
-    const ALL: [Daemon; 3] = [Daemon::NetworkManager, Daemon::UPower, Daemon::Logind];
+    const ALL: [Daemon; DAEMONS] = [
+        Daemon::NetworkManager,
+        Daemon::UPower,
+        Daemon::Logind,
+        Daemon::Profiles,
+        Daemon::HadessProfiles,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Daemon::NetworkManager => NM,
             Daemon::UPower => UPOWER,
             Daemon::Logind => LOGIND,
+            Daemon::Profiles => PROFILES,
+            Daemon::HadessProfiles => HADESS_PROFILES,
         }
     }
 
     fn source(self) -> Source {
         match self {
             Daemon::NetworkManager => Source::NetworkManager,
-            Daemon::UPower => Source::UPower,
+            // power-profiles-daemon reports no state (see `Watcher::report_energy_saver`).
+            Daemon::UPower | Daemon::Profiles | Daemon::HadessProfiles => Source::UPower,
             Daemon::Logind => Source::Logind,
         }
     }
@@ -354,6 +391,16 @@ impl Daemon {
             Daemon::NetworkManager => &[C::InternetAvailable, C::FreeNetworkAvailable],
             Daemon::UPower => &[C::OnAcPower, C::BatteryNotLow],
             Daemon::Logind => &[C::SessionConnected, C::UserPresent, C::DeviceIdle],
+            Daemon::Profiles | Daemon::HadessProfiles => &[],
+        }
+    }
+
+    /// power-profiles-daemon's object (path and interface) under this name.
+    fn profiles_object(self) -> Option<&'static str> {
+        match self {
+            Daemon::Profiles => Some(PROFILES_PATH),
+            Daemon::HadessProfiles => Some(HADESS_PROFILES_PATH),
+            _ => None,
         }
     }
 }
@@ -446,6 +493,18 @@ fn session_states(manager: &Props, sessions: Option<&HashMap<String, Props>>) ->
     ]
 }
 
+/// Whether our user is logged in: one of their sessions is not closing (`None` while unread).
+/// Its fall to false, the last session closing or removed, is logging off (SPEC §4 LOGGING_OFF).
+fn logged_in(sessions: Option<&HashMap<String, Props>>) -> Option<bool> {
+    let closing = |p: &Props| matches!(get::<String>(p, "State"), Ok(Some(s)) if s == "closing");
+    Some(sessions?.values().any(|p| !closing(p)))
+}
+
+/// Whether power-profiles-daemon saves energy: its `ActiveProfile` is `power-saver`.
+fn saving_energy(profiles: &Props) -> bool {
+    matches!(get::<String>(profiles, "ActiveProfile"), Ok(Some(p)) if p == POWER_SAVER)
+}
+
 /// What the watcher knows of the bus.
 struct Watcher {
     /// The calls connection.
@@ -455,11 +514,11 @@ struct Watcher {
     sink: Sink,
     uid: u32,
     /// The unique name of each daemon's owner (indexed by `Daemon`), `None` while it has none.
-    owners: [Option<String>; 3],
+    owners: [Option<String>; DAEMONS],
     /// What each daemon last reported (`None`: nothing since it appeared or left).
-    reported: [Option<Readings>; 3],
+    reported: [Option<Readings>; DAEMONS],
     /// Daemons whose absence was logged (once per system each).
-    logged: [bool; 3],
+    logged: [bool; DAEMONS],
     nm: Props,
     upower: Props,
     /// The display device: its path and properties.
@@ -467,6 +526,14 @@ struct Watcher {
     logind: Props,
     /// Our user's sessions by object path; `None` while unread.
     sessions: Option<HashMap<String, Props>>,
+    /// Whether our user was logged in at the last reading of the sessions (`logged_in`).
+    logged_in: Option<bool>,
+    /// power-profiles-daemon's properties under each of its names (`Daemon::Profiles`,
+    /// `Daemon::HadessProfiles`).
+    profiles: Props,
+    hadess_profiles: Props,
+    /// The energy saver as last reported.
+    energy_saver: bool,
 }
 
 impl Watcher {
@@ -478,12 +545,16 @@ impl Watcher {
             uid: rustix::process::getuid().as_raw(),
             owners: Default::default(),
             reported: Default::default(),
-            logged: [false; 3],
+            logged: [false; DAEMONS],
             nm: Props::new(),
             upower: Props::new(),
             display: None,
             logind: Props::new(),
             sessions: None,
+            logged_in: None,
+            profiles: Props::new(),
+            hadess_profiles: Props::new(),
+            energy_saver: false,
         }
     }
 
@@ -590,6 +661,16 @@ impl Watcher {
             Daemon::Logind => {
                 self.logind = self.get_all(&owner, LOGIND_PATH, LOGIND_MANAGER).await;
                 self.sessions = self.read_sessions(&owner).await;
+                // A new owner's first reading is no logging off, whatever the last one said.
+                self.logged_in = None;
+            }
+            Daemon::Profiles => {
+                self.profiles = self.get_all(&owner, PROFILES_PATH, PROFILES).await;
+            }
+            Daemon::HadessProfiles => {
+                self.hadess_profiles = self
+                    .get_all(&owner, HADESS_PROFILES_PATH, HADESS_PROFILES)
+                    .await;
             }
         }
         self.report(d, initial);
@@ -635,7 +716,14 @@ impl Watcher {
             Daemon::Logind => {
                 self.logind.clear();
                 self.sessions = None;
+                self.logged_in = None;
             }
+            Daemon::Profiles => self.profiles.clear(),
+            Daemon::HadessProfiles => self.hadess_profiles.clear(),
+        }
+        if d.profiles_object().is_some() {
+            self.report_energy_saver();
+            return;
         }
         if self.reported[d as usize].take().is_some() {
             (self.sink)(Heard::Report {
@@ -650,11 +738,18 @@ impl Watcher {
     /// Reports `d`'s states if they changed since its last report (or it is the first).
     fn report(&mut self, d: Daemon, initial: bool) {
         let values: Vec<Option<bool>> = match d {
+            Daemon::Profiles | Daemon::HadessProfiles => {
+                self.report_energy_saver();
+                return;
+            }
             Daemon::NetworkManager => network_states(&self.nm).to_vec(),
             Daemon::UPower => {
                 power_states(&self.upower, self.display.as_ref().map(|(_, p)| p)).to_vec()
             }
-            Daemon::Logind => session_states(&self.logind, self.sessions.as_ref()).to_vec(),
+            Daemon::Logind => {
+                self.report_logging_off();
+                session_states(&self.logind, self.sessions.as_ref()).to_vec()
+            }
         };
         let states: Readings = d.conditions().iter().copied().zip(values).collect();
         let last = &mut self.reported[d as usize];
@@ -668,6 +763,32 @@ impl Watcher {
             fires: Vec::new(),
             initial,
         });
+    }
+
+    /// Tells the broker when our user logs off: their last session that was not closing closes
+    /// or is removed (not when logind leaves the bus: then nothing is known).
+    fn report_logging_off(&mut self) {
+        let now = logged_in(self.sessions.as_ref());
+        let before = std::mem::replace(&mut self.logged_in, now);
+        if before == Some(true) && now == Some(false) {
+            (self.sink)(Heard::LoggingOff);
+        }
+    }
+
+    /// Tells the broker when the energy saver goes on or off: power-profiles-daemon's profile,
+    /// read under its newer name while that has an owner, else under the old one; off while
+    /// neither runs.
+    fn report_energy_saver(&mut self) {
+        let on = if self.owners[Daemon::Profiles as usize].is_some() {
+            saving_energy(&self.profiles)
+        } else if self.owners[Daemon::HadessProfiles as usize].is_some() {
+            saving_energy(&self.hadess_profiles)
+        } else {
+            false
+        };
+        if std::mem::replace(&mut self.energy_saver, on) != on {
+            (self.sink)(Heard::EnergySaver(on));
+        }
     }
 
     async fn on_message(&mut self, msg: &Message) {
@@ -745,6 +866,12 @@ impl Watcher {
                     (self.sink)(Heard::Resumed);
                 }
             }
+            (Daemon::Logind, LOGIND_MANAGER, "PrepareForShutdown") => {
+                // true before shutting down (or rebooting): every session is about to end.
+                if let Ok(true) = msg.body().deserialize::<bool>() {
+                    (self.sink)(Heard::LoggingOff);
+                }
+            }
             _ => {}
         }
     }
@@ -772,6 +899,10 @@ impl Watcher {
             (Daemon::Logind, LOGIND_SESSION) => {
                 self.sessions.as_mut().and_then(|s| s.get_mut(path))
             }
+            (Daemon::Profiles, PROFILES) if path == PROFILES_PATH => Some(&mut self.profiles),
+            (Daemon::HadessProfiles, HADESS_PROFILES) if path == HADESS_PROFILES_PATH => {
+                Some(&mut self.hadess_profiles)
+            }
             _ => None,
         };
         let Some(object) = object else {
@@ -787,6 +918,8 @@ impl Watcher {
                 (Daemon::UPower, _) => self.display.as_mut().map(|(_, p)| p),
                 (Daemon::Logind, LOGIND_MANAGER) => Some(&mut self.logind),
                 (Daemon::Logind, _) => self.sessions.as_mut().and_then(|s| s.get_mut(path)),
+                (Daemon::Profiles, _) => Some(&mut self.profiles),
+                (Daemon::HadessProfiles, _) => Some(&mut self.hadess_profiles),
             };
             if let Some(object) = object {
                 *object = fresh;

@@ -4,7 +4,7 @@
 //! | file | states | source names | hears changes by |
 //! |---|---|---|---|
 //! | `network.rs` | INTERNET_AVAILABLE | `netlink` | rtnetlink multicast (links, addresses, routes) |
-//! | `dbus.rs` | INTERNET_AVAILABLE, FREE_NETWORK_AVAILABLE; ON_AC_POWER, BATTERY_NOT_LOW; USER_PRESENT, SESSION_CONNECTED, DEVICE_IDLE; (resume from sleep; the sleep inhibitor of `is_network_requested`) | `networkmanager`, `upower`, `logind` | D-Bus signals on the system bus, on its own thread |
+//! | `dbus.rs` | INTERNET_AVAILABLE, FREE_NETWORK_AVAILABLE; ON_AC_POWER, BATTERY_NOT_LOW; USER_PRESENT, SESSION_CONNECTED, DEVICE_IDLE; (resume from sleep; logging off and shutdown; the energy saver of power-profiles-daemon; the sleep inhibitor of `is_network_requested`) | `networkmanager`, `upower`, `logind` | D-Bus signals on the system bus, on its own thread |
 //! | `power.rs` | ON_AC_POWER, BATTERY_NOT_LOW | `sysfs` | kobject uevents |
 //! | `storage.rs` | STORAGE_NOT_LOW | `statvfs` | read after each store write and broker wake (`broker/storage.rs`) |
 //! | `timezone.rs` | (TIME_ZONE_CHANGE) | — | inotify on the localtime link's directory |
@@ -101,6 +101,12 @@ pub(crate) enum Heard {
     TimeZoneChanged,
     /// The machine resumed from sleep: run what became due meanwhile, now.
     Resumed,
+    /// Our user logs off (their last session closes) or the machine shuts down: cancel every
+    /// run with LOGGING_OFF (SPEC §4).
+    LoggingOff,
+    /// power-profiles-daemon's energy saver went on (`true`) or off: while it is on and the
+    /// machine is on battery, runs that need power are canceled with ENERGY_SAVER (SPEC §4).
+    EnergySaver(bool),
 }
 
 /// Where notes go (the broker, through a weak reference).

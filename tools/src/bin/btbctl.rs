@@ -1,7 +1,7 @@
 //! `btbctl`: inspect and drive an app's background tasks (SPEC §10).
 //!
 //! It talks to the app's running broker through its control socket, or — when none runs — reads
-//! the store directly (read-only, except `unregister`). `enable`/`disable` install an app's manifest
+//! the store directly (read-only, except `unregister` and `uninstall`). `enable`/`disable` install an app's manifest
 //! for `btbd@.service` and enable/disable that unit. Exit status: 0 done, 1 an error (the message on
 //! stderr names what failed), 2 a usage error, 3 `enable` installed the manifest but there is no
 //! systemd user manager to start btbd (the command that starts it by hand is printed).
@@ -84,6 +84,16 @@ enum Command {
     Signal { event: String },
     /// Unregister a task (canceling its run, if one is going).
     Unregister { task: String },
+    /// Uninstall the app: unregister every task, canceling running ones with UNINSTALL, and
+    /// remove its store (with the run history) and its control socket. Takes --yes.
+    ///
+    /// Asks the app's running broker, which then holds nothing (btbd exits); without one, changes
+    /// the store itself. The manifest installed by `enable` stays: `disable` removes it.
+    Uninstall {
+        /// Uninstall: without it, btbctl only says what would be removed.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Each state of the machine that conditions read, and where it comes from.
     Doctor {
         #[arg(long)]
@@ -94,8 +104,9 @@ enum Command {
     /// Copies --manifest PATH to ~/.local/share/btb/APP_ID/manifest.toml, where btbd@.service
     /// reads it, and runs `systemctl --user enable --now btbd@APP_ID.service`. Without a systemd
     /// user manager it exits 3 and prints the command that starts btbd by hand on stdout. A btbd
-    /// already running reads a changed manifest once restarted
-    /// (`systemctl --user restart btbd@APP_ID.service`).
+    /// already running reads the new manifest at once: a new version services the app (running
+    /// tasks canceled with SERVICING_UPDATE, then SERVICING_COMPLETE); other changes at the same
+    /// version take a restart (`systemctl --user restart btbd@APP_ID.service`).
     Enable,
     /// Stop and disable btbd@APP_ID.service and remove the installed manifest.
     ///
@@ -374,9 +385,11 @@ fn history(runs: &[RunView]) {
     let rows: Vec<Vec<String>> = runs
         .iter()
         .map(|r| {
-            let status = match &r.retry_at {
-                Some(at) => format!("{} (next at {at})", r.status),
-                None => r.status.clone(),
+            // A cancellation says why (LOGGING_OFF, UNINSTALL, ENERGY_SAVER, …).
+            let status = match (&r.retry_at, &r.reason) {
+                (Some(at), _) => format!("{} (next at {at})", r.status),
+                (None, Some(reason)) => format!("{} ({reason})", r.status),
+                (None, None) => r.status.clone(),
             };
             vec![
                 r.started.clone(),
@@ -780,6 +793,49 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 out!("unregistered {task:?}");
             }
         },
+        Command::Uninstall { yes } => {
+            if !yes {
+                usage_error(&format!(
+                    "uninstall unregisters every task of {} and removes its store {} (run history \
+                     included): add --yes",
+                    target.app_id,
+                    target.store.display()
+                ));
+            }
+            let tasks = match call(Request::Uninstall) {
+                Ok(Some(Reply::Uninstalled { tasks })) => tasks,
+                Ok(Some(other)) => return Err(unexpected(other)),
+                Ok(None) if !target.store.exists() => {
+                    btb_core::uninstall::remove_control_socket(&target.app_id)?;
+                    out!(
+                        "{} has no store at {}: nothing to uninstall",
+                        target.app_id,
+                        target.store.display()
+                    );
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Ok(None) => btb_core::uninstall::uninstall_store(&target.store, &target.app_id)?,
+                Err(e) if e.kind() == ErrorKind::Unsupported => {
+                    return Err(Error::new(
+                        ErrorKind::Unsupported,
+                        format!(
+                            "the running broker of {} is of an older btb that cannot uninstall \
+                             ({}): stop it (systemctl --user stop btbd@{}.service, or close the \
+                             app), then run btbctl uninstall again",
+                            target.app_id,
+                            e.message(),
+                            target.app_id
+                        ),
+                    ));
+                }
+                Err(e) => return Err(e),
+            };
+            out!(
+                "uninstalled {}: {tasks} task(s) unregistered, store {} removed",
+                target.app_id,
+                target.store.display()
+            );
+        }
         Command::Doctor { json } => match call(Request::Doctor)? {
             Some(Reply::Doctor {
                 states,

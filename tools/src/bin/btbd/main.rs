@@ -4,18 +4,24 @@
 //!
 //! It holds the app's store and runs what becomes due; `btbctl` talks to it through the control
 //! socket. SIGTERM or SIGINT: running instances are canceled with `TERMINATING`, given their grace,
-//! and btbd exits 0. A bad manifest, or a store another broker holds, exits 1 with the reason.
+//! and btbd exits 0. SIGHUP, or the manifest file changing: btbd re-reads it, and a new `version`
+//! services the app (runs canceled with `SERVICING_UPDATE`, the new manifest taken,
+//! `SERVICING_COMPLETE` fired). The store removed (`btbctl uninstall`): btbd closes and exits 0.
+//! A bad manifest, or a store another broker holds, exits 1 with the reason.
 //! Logs go to stderr (the journal, under systemd); `RUST_LOG` sets the level (default `info`).
 //!
 //! btbd is a child subreaper (SPEC §5, "Under btbd"): what its exec hosts orphan (a daemon's double
-//! fork) becomes its child, is reaped when it exits, and is stopped when btbd exits (`orphans`).
+//! fork) becomes its child, is reaped when it exits, and is stopped when btbd exits (`orphans.rs`).
+
+mod orphans;
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use btb_core::{Manifest, StoreLocation, System, SystemOptions};
 use clap::{CommandFactory, Parser};
-use nix::sys::signal::{SigSet, Signal};
+use watch::{Wake, Watch};
 
 #[derive(Parser)]
 #[command(
@@ -59,6 +65,16 @@ const MAN_EXTRA: &str = r#".SH SIGNALS
 .TP
 \fBSIGTERM\fR, \fBSIGINT\fR
 Running task instances are canceled with reason TERMINATING and given their grace period (5 s); then btbd exits 0.
+.TP
+\fBSIGHUP\fR
+Re-read the manifest (as when its file changes). A new \fBversion\fR services the app: running task instances are canceled with reason SERVICING_UPDATE, btbd takes the new manifest, and the SERVICING_COMPLETE system trigger fires. A manifest that does not load, or of the same version, changes nothing (logged).
+.SH FILES WATCHED
+.TP
+The manifest
+Written in place or replaced by a rename: re-read, as on SIGHUP.
+.TP
+The store
+Removed (\fBbtbctl uninstall\fR): btbd closes and exits 0.
 .SH "EXIT STATUS"
 .TP
 \fB0\fR
@@ -91,15 +107,12 @@ The systemd user unit (instance = app id): \fBsystemctl \-\-user enable \-\-now 
 "#;
 
 fn main() -> ExitCode {
-    // Before any thread starts (btb's threads inherit the mask): SIGTERM and SIGINT wait for
-    // `sigwait` below instead of killing the process, so close runs.
-    // SIGCHLD too: an orphan that exits is reaped here (`orphans`).
-    let mut signals = SigSet::empty();
-    signals.add(Signal::SIGTERM);
-    signals.add(Signal::SIGINT);
-    signals.add(Signal::SIGCHLD);
+    // Before any thread starts (btb's threads inherit the mask): SIGTERM, SIGINT, SIGHUP and
+    // SIGCHLD are read from a signalfd below instead of killing the process, so close runs (and
+    // an orphan that exits is reaped, `orphans.rs`).
+    let signals = watch::signals();
     if let Err(e) = signals.thread_block() {
-        eprintln!("btbd: cannot block SIGTERM, SIGINT and SIGCHLD: {e}");
+        eprintln!("btbd: cannot block SIGTERM, SIGINT, SIGHUP and SIGCHLD: {e}");
         return ExitCode::from(1);
     }
     let cli = Cli::parse(); // usage errors exit 2
@@ -115,13 +128,13 @@ fn main() -> ExitCode {
             }
         };
     }
-    let manifest = cli.manifest.expect("clap requires --manifest");
+    let manifest_path = cli.manifest.expect("clap requires --manifest");
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         log::warn!(target: "btbd", "cannot become a child subreaper ({e}): what exec hosts orphan goes to init");
     }
 
-    let manifest = match Manifest::load(&manifest) {
+    let manifest = match Manifest::load(&manifest_path) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("btbd: {}", e.message());
@@ -167,6 +180,19 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Watched before btbd says it is ready: a change from then on is never missed.
+    let mut watch = match Watch::new(&signals, &manifest_path, Path::new(system.store_path())) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!(
+                "btbd: cannot watch the manifest {} and the store {}: {e}",
+                manifest_path.display(),
+                system.store_path()
+            );
+            let _ = system.close();
+            return ExitCode::from(1);
+        }
+    };
     if let Err(e) = system.start() {
         eprintln!("btbd: {}", e.message());
         return ExitCode::from(1);
@@ -182,9 +208,8 @@ fn main() -> ExitCode {
     println!("btbd: ready"); // for supervisors and tests that wait for it
 
     loop {
-        match signals.wait() {
-            Ok(Signal::SIGCHLD) => orphans::reap(),
-            Ok(signal) => {
+        match watch.next() {
+            Ok(Wake::Stop(signal)) => {
                 log::info!(
                     target: "btbd",
                     "{}: canceling running tasks (TERMINATING) and closing",
@@ -192,15 +217,26 @@ fn main() -> ExitCode {
                 );
                 break;
             }
+            Ok(Wake::ChildExited) => orphans::reap(),
+            Ok(Wake::Reload) => reload(&system, &manifest_path, "SIGHUP"),
+            Ok(Wake::ManifestChanged) => reload(&system, &manifest_path, "the manifest changed"),
+            Ok(Wake::StoreRemoved) => {
+                log::info!(
+                    target: "btbd",
+                    "the store {} was removed (the app was uninstalled): closing",
+                    system.store_path()
+                );
+                break;
+            }
             Err(e) => {
-                log::error!(target: "btbd", "waiting for a signal failed ({e}): closing");
+                log::error!(target: "btbd", "waiting for a signal or a file failed ({e}): closing");
                 break;
             }
         }
     }
     let closed = system.close();
     orphans::stop(std::time::Duration::from_millis(u64::from(
-        btb_core::Policy::default().grace_ms,
+        system.policy().grace_ms,
     )));
     match closed {
         Ok(()) => ExitCode::SUCCESS,
@@ -211,92 +247,26 @@ fn main() -> ExitCode {
     }
 }
 
-/// btbd as a child subreaper (`PR_SET_CHILD_SUBREAPER`): a process orphaned below it — a
-/// descendant of an exec host whose parent exited, a daemon's double fork — becomes its child
-/// instead of init's.
-///
-/// Which children are orphans: the kernel gives an orphan to the subreaper's first live thread,
-/// the main thread, and btbd's main thread starts no process (hosts and the activated app are
-/// started, supervised and reaped through their pidfds by btb's worker threads). So the main
-/// thread's children are orphans and nothing else, and waiting with `__WNOTHREAD` (only the
-/// calling thread's children) never reaps a host that a worker waits on. (A thread's children go
-/// to the main thread when that thread ends; btb's workers end only in `close`, after which the
-/// main thread reaps again only once btb's threads are joined and have reaped theirs.)
-mod orphans {
-    use std::os::fd::OwnedFd;
-    use std::time::{Duration, Instant};
-
-    use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
-    use rustix::process::{Pid, PidfdFlags, Signal};
-
-    /// Reaps the orphans that exited (on SIGCHLD: one may stand for several).
-    pub(super) fn reap() {
-        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::__WNOTHREAD;
-        loop {
-            match waitid(Id::All, flags) {
-                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return,
-                Ok(status) => {
-                    log::debug!(target: "btbd", "reaped an orphan: {status:?}");
-                }
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => {
-                    log::error!(target: "btbd", "reaping orphans: {e}");
-                    return;
-                }
-            }
+/// Re-reads the manifest and services the app when its version changed (SPEC §10). A manifest
+/// that does not load (half written, say) changes nothing: the next change is read again.
+fn reload(system: &System, path: &Path, why: &str) {
+    let manifest = match Manifest::load(path) {
+        Ok(m) => m,
+        Err(e) => {
+            log::error!(target: "btbd", "{why}: the manifest does not load, keeping the one in force: {}", e.message());
+            return;
         }
-    }
-
-    /// The orphans alive now (the main thread's children, from /proc), as pidfds. A pid listed
-    /// there is an unreaped child of this thread, which only this thread reaps: it names that
-    /// child until then.
-    fn alive() -> Vec<OwnedFd> {
-        let me = std::process::id();
-        std::fs::read_to_string(format!("/proc/{me}/task/{me}/children"))
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|p| Pid::from_raw(p.parse().ok()?))
-            .filter_map(|pid| rustix::process::pidfd_open(pid, PidfdFlags::empty()).ok())
-            .filter(|fd| !exited(fd, None))
-            .collect()
-    }
-
-    /// Whether the process of a pidfd has exited, waiting until `deadline` at most.
-    fn exited(fd: &OwnedFd, deadline: Option<Instant>) -> bool {
-        let left = deadline.map_or(Duration::ZERO, |d| {
-            d.saturating_duration_since(Instant::now())
-        });
-        let timeout = rustix::time::Timespec {
-            tv_sec: left.as_secs() as i64,
-            tv_nsec: i64::from(left.subsec_nanos()),
-        };
-        let mut fds = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
-        loop {
-            match rustix::event::poll(&mut fds, Some(&timeout)) {
-                Ok(n) => return n > 0,
-                Err(rustix::io::Errno::INTR) => {}
-                Err(_) => return true,
-            }
-        }
-    }
-
-    /// At exit (after close): the orphans still alive get SIGTERM, and SIGKILL after `grace`;
-    /// then all are reaped. Nothing an exec host orphaned outlives btbd.
-    pub(super) fn stop(grace: Duration) {
-        for signal in [Signal::TERM, Signal::KILL] {
-            let alive = alive();
-            if alive.is_empty() {
-                break;
-            }
-            log::info!(target: "btbd", "{} process(es) orphaned by exec hosts still run: {signal:?}", alive.len());
-            for fd in &alive {
-                let _ = rustix::process::pidfd_send_signal(fd, signal);
-            }
-            let deadline = Instant::now() + grace;
-            for fd in &alive {
-                exited(fd, Some(deadline));
-            }
-        }
-        reap();
+    };
+    let version = manifest.version().to_owned();
+    match system.service(manifest) {
+        Ok(true) => log::info!(
+            target: "btbd",
+            "{why}: serviced to version {version:?} (running tasks canceled with SERVICING_UPDATE; SERVICING_COMPLETE fired)"
+        ),
+        Ok(false) => log::info!(
+            target: "btbd",
+            "{why}: version {version:?} unchanged; nothing to do (raise the version to service the app)"
+        ),
+        Err(e) => log::error!(target: "btbd", "{why}: cannot service the app: {}", e.message()),
     }
 }

@@ -1,25 +1,25 @@
 //! A registered task (`BackgroundTaskRegistration`): the public handle of one registration — an
-//! immutable snapshot of what was registered plus the broker it lives in. The broker hands these to
-//! run functions and handlers; the façade (`system.rs`) hands them to the app.
+//! immutable snapshot of what was registered plus the backend it lives in (this process's broker,
+//! or another's reached as a client). The broker hands these to run functions and handlers; the
+//! façade (`system.rs`) hands them to the app, and adds `Registration::system`.
 
 use std::sync::Arc;
 
 use uuid::Uuid;
 
-use crate::broker::{Broker, CompletedFn, ProgressFn};
+use super::backend::Backend;
+use super::handlers::{CompletedFn, ProgressFn};
 use crate::error::{Error, Result};
 use crate::model::{
     ApplicationTriggerResult, RunRecord, SystemConditionType, TaskGroup, TaskRecord, TaskTrigger,
     Trigger,
 };
-use crate::system::Home;
-use crate::system::System;
 
 /// A registered task (`BackgroundTaskRegistration`): an immutable snapshot of what was registered
 /// plus the system it lives in.
 #[derive(Clone)]
 pub struct Registration {
-    home: Home,
+    pub(crate) home: Arc<dyn Backend>,
     record: Arc<TaskRecord>,
 }
 
@@ -34,22 +34,17 @@ impl std::fmt::Debug for Registration {
 
 impl PartialEq for Registration {
     fn eq(&self, other: &Self) -> bool {
-        self.record.task_id == other.record.task_id && self.system() == other.system()
+        self.record.task_id == other.record.task_id && same_home(&self.home, &other.home)
     }
 }
 
 impl Registration {
-    pub(crate) fn new(home: Home, record: Arc<TaskRecord>) -> Registration {
+    pub(crate) fn new(home: Arc<dyn Backend>, record: Arc<TaskRecord>) -> Registration {
         Registration { home, record }
     }
-    /// The broker of an instance's registration (instances only exist in brokers).
-    pub(crate) fn shared(&self) -> &Arc<Broker> {
-        match self.home.route() {
-            crate::system::Route::Local(b) => b,
-            crate::system::Route::Remote(_) => {
-                unreachable!("an instance's registration is made by its broker")
-            }
-        }
+    /// Where calls for it go now (see `Backend::current`).
+    fn backend(&self) -> Arc<dyn Backend> {
+        Arc::clone(&self.home).current()
     }
     pub fn task_id(&self) -> Uuid {
         self.record.task_id
@@ -83,25 +78,21 @@ impl Registration {
     pub fn record(&self) -> &TaskRecord {
         &self.record
     }
-    /// The system this registration lives in (a handle that does not keep it open).
-    pub fn system(&self) -> System {
-        System::view(self.home.clone())
-    }
     /// When its time, maintenance or calendar trigger is next due (ms since the epoch), as the
     /// broker plans it now; `None` for other triggers and spent ones.
     pub fn next_due_ms(&self) -> Option<i64> {
-        self.system()
+        self.backend()
             .due(&self.record.task_id)
             .ok()
             .and_then(|d| d.0)
     }
     /// A one-shot trigger that has fired: the registration stays but never fires again.
     pub fn is_spent(&self) -> bool {
-        self.system().due(&self.record.task_id).is_ok_and(|d| d.1)
+        self.backend().due(&self.record.task_id).is_ok_and(|d| d.1)
     }
-    /// Unregisters this task (see [`System::unregister`]).
+    /// Unregisters this task (see [`System::unregister`](crate::System::unregister)).
     pub fn unregister(&self, cancel_task: bool) -> Result<()> {
-        self.system().unregister(&self.record.task_id, cancel_task)
+        self.backend().unregister(&self.record.task_id, cancel_task)
     }
     /// Requests a run through this registration's application trigger (`INVALID_ARGUMENT` for
     /// another kind of trigger).
@@ -110,7 +101,7 @@ impl Registration {
         arguments: Option<serde_json::Value>,
     ) -> Result<ApplicationTriggerResult> {
         match &self.record.trigger {
-            TaskTrigger::Application { id } => self.system().request(id, arguments),
+            TaskTrigger::Application { id } => self.backend().request(id, arguments),
             other => Err(Error::invalid(format!(
                 "task {:?} has a {} trigger, not an application trigger",
                 self.record.name,
@@ -119,16 +110,21 @@ impl Registration {
         }
     }
     pub fn add_completed(&self, handler: CompletedFn) -> Result<u64> {
-        self.system().add_completed(&self.record.task_id, handler)
+        self.backend().add_completed(&self.record.task_id, handler)
     }
     pub fn add_progress(&self, handler: ProgressFn) -> Result<u64> {
-        self.system().add_progress(&self.record.task_id, handler)
+        self.backend().add_progress(&self.record.task_id, handler)
     }
     pub fn remove_handler(&self, token: u64) -> bool {
-        self.system().remove_handler(token)
+        self.backend().remove_handler(token)
     }
     /// The recorded runs, oldest first.
     pub fn history(&self) -> Result<Vec<RunRecord>> {
-        self.system().history(&self.record.task_id)
+        self.backend().history(&self.record.task_id)
     }
+}
+
+/// Whether two handles lead to the same backend (the same system).
+pub(crate) fn same_home(a: &Arc<dyn Backend>, b: &Arc<dyn Backend>) -> bool {
+    std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
 }
