@@ -27,6 +27,10 @@ use rustix::event::{PollFd, PollFlags, poll};
 use rustix::fs::{Access, Mode, OFlags};
 use rustix::process::{Pid, PidfdFlags, Signal};
 
+/// The lowest descriptor number the `cgroup.procs` descriptor may have: above the ones a child
+/// is given (stdio, the instance socket on fd 3).
+const FIRST_PROCS_FD: rustix::fd::RawFd = 10;
+
 /// The cgroup of one exec host.
 pub(crate) struct Cgroup {
     dir: PathBuf,
@@ -137,6 +141,11 @@ impl Cgroup {
                 Mode::empty(),
             )
             .map_err(|e| format!("cannot open {}/cgroup.procs: {e}", dir.display()))?;
+            // Above the descriptors the child places before it enters (the instance socket is
+            // dup2'ed onto fd 3): a lower number could be replaced by the socket, and the `0`
+            // meant for the cgroup would go to the broker.
+            let procs = rustix::io::fcntl_dupfd_cloexec(&procs, FIRST_PROCS_FD)
+                .map_err(|e| format!("cannot open {}/cgroup.procs: {e}", dir.display()))?;
             let mut cgroup = Cgroup::open(&dir)
                 .ok_or_else(|| format!("cannot open {}/cgroup.events", dir.display()))?;
             cgroup.procs = Some(procs);
