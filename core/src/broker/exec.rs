@@ -100,6 +100,12 @@ impl Child {
     /// each process gets the signal once (a host whose SIGTERM trap ran would hear a second one).
     pub(crate) fn signal(&self, signal: Signal) {
         if let Some(cgroup) = &self.cgroup {
+            // SIGKILL reaches the host through its pidfd too, at once, as without a cgroup.
+            if let Some((_, pidfd)) = &self.process
+                && signal == Signal::KILL
+            {
+                let _ = rustix::process::pidfd_send_signal(pidfd, signal);
+            }
             cgroup.signal(signal);
             return;
         }
