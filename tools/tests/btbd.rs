@@ -432,7 +432,15 @@ fn btbd_adopts_the_daemons_its_hosts_orphan_reaps_them_and_stops_them_when_it_ex
     assert!(s.btbctl(&["run", "daemon"]).status.success());
     let daemon: i32 = s.next_event().trim().parse().unwrap();
     assert_eq!(parent_of(daemon), btbd_pid, "adopted by btbd");
-    std::fs::write(s.path("go"), "go\n").unwrap();
+    // Opening the fifo waits for the daemon to read it: with a deadline.
+    let go = s.path("go");
+    let (tx, told) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::write(go, "go\n"));
+    });
+    told.recv_timeout(DEADLINE)
+        .expect("the daemon reads its fifo")
+        .unwrap();
     wait_for("reaped an orphan: Exited(Pid(");
     assert!(
         std::fs::read_to_string(format!("/proc/{daemon}/stat"))
