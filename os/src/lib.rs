@@ -27,14 +27,25 @@ const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
 /// process dies (a broker killed with SIGKILL, a crash). The spawn fails (`ESRCH`) when the
 /// calling process died before the death signal was set.
 ///
+/// `into_cgroup`: a descriptor of a cgroup's `cgroup.procs` opened for writing, which the child
+/// writes `0` to first, so that it is in that cgroup before it can fork (btb SPEC §5: an exec
+/// host's cgroup); the caller keeps it open until the spawn returns. A failure to enter it fails
+/// the spawn with its error.
+///
 /// Call it after any other `pre_exec` step that places descriptors (they must be in place first).
-pub fn confine(cmd: &mut Command, keep_through: i32) {
+pub fn confine(cmd: &mut Command, keep_through: i32, into_cgroup: Option<RawFd>) {
     let parent = rustix::process::getpid();
     // SAFETY: the closure runs in the forked child, where only async-signal-safe calls are
     // allowed: it makes system calls and nothing else (no allocation, no lock, no captured value
-    // but plain integers).
+    // but plain integers; `last_os_error` reads errno and allocates nothing). `into_cgroup` is
+    // open in the child: the caller keeps it open until the spawn returns.
     unsafe {
         cmd.pre_exec(move || {
+            if let Some(procs) = into_cgroup
+                && libc::write(procs, b"0".as_ptr().cast(), 1) != 1
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
             if rustix::process::getppid() != Some(parent) {
                 // The parent died before the death signal was set: no one would supervise it.

@@ -22,7 +22,9 @@ impl Scratch {
     fn new() -> Scratch {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("run")).unwrap();
-        nix::unistd::mkfifo(&dir.path().join("events"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        for fifo in ["events", "go"] {
+            nix::unistd::mkfifo(&dir.path().join(fifo), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        }
         Scratch { dir }
     }
 
@@ -33,6 +35,10 @@ impl Scratch {
     /// A manifest whose entry points run shell scripts (`exec`, absolute path, no shell by btb).
     fn manifest(&self) -> PathBuf {
         let events = self.path("events").display().to_string();
+        let (go, pid) = (
+            self.path("go").display().to_string(),
+            self.path("daemon.pid").display().to_string(),
+        );
         let text = format!(
             r#"app_id = "{APP}"
 version = "1"
@@ -51,6 +57,18 @@ exec = ["/bin/sh", "-c", "echo hello from $BTB_TASK_NAME"]
 entry_point = "app.Long"
 types = ["general"]
 exec = ["/bin/sh", "-c", "echo long > {events}; exec sleep 1000"]
+
+# A daemon (double fork, setsid, env -i) that exits when told: its pid once its subshell is gone.
+[[task]]
+entry_point = "app.Daemon"
+types = ["general"]
+exec = ["/bin/sh", "-c", "(setsid env -i /bin/sh -c 'read x < {go}; exit 3' & echo $! > {pid}); cat {pid} > {events}"]
+
+# A daemon that stays.
+[[task]]
+entry_point = "app.Stays"
+types = ["general"]
+exec = ["/bin/sh", "-c", "(setsid env -i /bin/sleep 1000 & echo $! > {pid}); cat {pid} > {events}"]
 "#
         );
         let path = self.path("manifest.toml");
@@ -346,4 +364,109 @@ fn btbd_runs_an_exec_task_registered_by_a_client() {
     sigterm(&btbd);
     assert_eq!(wait_exit(&mut btbd).code(), Some(0));
     assert_eq!(history(&s.path("btb.sqlite3"), "from-app").len(), 1);
+}
+
+/// The parent of a process (field 4 of its stat).
+fn parent_of(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    rest.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn btbd_adopts_the_daemons_its_hosts_orphan_reaps_them_and_stops_them_when_it_exits() {
+    let s = Scratch::new();
+    s.register(&[("daemon", "app.Daemon"), ("stays", "app.Stays")]);
+    // Without a cgroup for its hosts (one would kill the daemons at their runs' ends): as root,
+    // in a mount namespace where no cgroup2 is mounted; otherwise none can be made anyway.
+    let mut cmd = if rustix::process::geteuid().is_root() {
+        let mut cmd = s.command("unshare");
+        cmd.args(["--mount", "--propagation", "private", "/bin/sh", "-c"])
+            .arg(r#"for m in $(findmnt -n -t cgroup2 -o TARGET); do umount -l "$m"; done; exec "$@""#)
+            .arg("sh")
+            .arg(env!("CARGO_BIN_EXE_btbd"));
+        cmd
+    } else {
+        s.command(env!("CARGO_BIN_EXE_btbd"))
+    };
+    let mut btbd = cmd
+        .arg("--manifest")
+        .arg(s.manifest())
+        .arg("--store")
+        .arg(s.path("btb.sqlite3"))
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // btbd's lines (stdout and stderr), as they come.
+    let (tx, lines) = mpsc::channel::<String>();
+    for out in [
+        Box::new(btbd.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(btbd.stderr.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let _ = tx.send(line.unwrap());
+            }
+        });
+    }
+    let wait_for = |what: &str| -> String {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("btbd did not log {what:?}"));
+            if line.contains(what) {
+                return line;
+            }
+        }
+    };
+    wait_for("btbd: ready");
+    let btbd_pid = btbd.id() as i32;
+
+    // A daemon that escaped its host's group and session is btbd's child; when it exits, btbd
+    // reaps it (no zombie is left).
+    assert!(s.btbctl(&["run", "daemon"]).status.success());
+    let daemon: i32 = s.next_event().trim().parse().unwrap();
+    assert_eq!(parent_of(daemon), btbd_pid, "adopted by btbd");
+    // Opening the fifo waits for the daemon to read it: with a deadline.
+    let go = s.path("go");
+    let (tx, told) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::write(go, "go\n"));
+    });
+    told.recv_timeout(DEADLINE)
+        .expect("the daemon reads its fifo")
+        .unwrap();
+    wait_for("reaped an orphan: Exited(Pid(");
+    assert!(
+        std::fs::read_to_string(format!("/proc/{daemon}/stat"))
+            .map_or(true, |stat| !stat.contains(") Z ")),
+        "the daemon is not left a zombie"
+    );
+
+    // One that stays is stopped when btbd exits.
+    assert!(s.btbctl(&["run", "stays"]).status.success());
+    let stays: i32 = s.next_event().trim().parse().unwrap();
+    let fd = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(stays).unwrap(),
+        rustix::process::PidfdFlags::empty(),
+    )
+    .unwrap();
+    assert_eq!(parent_of(stays), btbd_pid);
+    sigterm(&btbd);
+    assert_eq!(wait_exit(&mut btbd).code(), Some(0));
+    let mut fds = [rustix::event::PollFd::new(
+        &fd,
+        rustix::event::PollFlags::IN,
+    )];
+    let ended = rustix::event::poll(&mut fds, Some(&rustix::time::Timespec::default()))
+        .is_ok_and(|n| n == 1);
+    if !ended {
+        let _ = rustix::process::pidfd_send_signal(&fd, rustix::process::Signal::KILL);
+    }
+    assert!(ended, "the daemon outlived btbd");
 }

@@ -74,7 +74,7 @@ impl Broker {
             cmd.current_dir(dir);
         }
         // As an exec host: stdio only, no signal blocked, dies with its broker.
-        super::exec::confine(&mut cmd, 2);
+        super::exec::confine(&mut cmd, 2, None);
         let started = cmd.spawn().and_then(|child| {
             let pid = Pid::from_raw(child.id() as i32).expect("a child has a pid");
             let fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;

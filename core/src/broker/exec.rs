@@ -17,6 +17,8 @@
 //!   child dies with the broker's process (SIGKILL as its parent-death signal). While it runs it
 //!   is recorded beside the store; a broker that opens the store after one died stops what is left
 //!   of its hosts and records their runs before anything runs (`stop_orphans`).
+//! - Where the broker can make one, in a cgroup of its own (`cgroup.rs`), entered before its
+//!   exec: at the run's end everything left in it, wherever it went, is terminated, then killed.
 //!
 //! A run that no handler of this process can take goes to a client process of the broker that
 //! offers one (`run_in_client`): on a connection the client keeps ready (the run starts with
@@ -24,7 +26,7 @@
 //! ending with `Finished`. It is supervised like a host process, without a process to signal:
 //! after the grace it is abandoned, as in-process.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 
@@ -39,6 +41,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::cgroup::Cgroup;
 use super::{Broker, Instance};
 use crate::model::{RunRecord, TaskOutcome};
 use crate::protocol::{self, Decoder, ToBroker, ToHost};
@@ -60,6 +63,8 @@ pub(crate) struct Child {
     /// client process of the broker (nothing to signal). The child is not reaped while it is
     /// here: its pid, and so its group's id, name it and nothing else.
     process: Option<(Pid, OwnedFd)>,
+    /// The host's cgroup, where one could be made (`cgroup.rs`): everything it forks is in it.
+    cgroup: Option<Arc<Cgroup>>,
     /// The broker's end of the instance socket (non-blocking).
     socket: UnixStream,
     /// The child said hello: cancellations go over the socket from now on.
@@ -79,6 +84,7 @@ impl Child {
     fn in_client(socket: UnixStream, greeted: bool) -> Child {
         Child {
             process: None,
+            cgroup: None,
             socket,
             greeted,
             finished: false,
@@ -90,7 +96,19 @@ impl Child {
     /// Signals the host and everything it forked: its descendants found under it now (wherever
     /// they went: another process group, another session), the host itself through its pidfd
     /// (even if it left its group), and its process group (what its exited children left in it).
+    /// In a cgroup, everything in it instead, which is all of that (`cgroup.kill` for SIGKILL):
+    /// each process gets the signal once (a host whose SIGTERM trap ran would hear a second one).
     pub(crate) fn signal(&self, signal: Signal) {
+        if let Some(cgroup) = &self.cgroup {
+            // SIGKILL reaches the host through its pidfd too, at once, as without a cgroup.
+            if let Some((_, pidfd)) = &self.process
+                && signal == Signal::KILL
+            {
+                let _ = rustix::process::pidfd_send_signal(pidfd, signal);
+            }
+            cgroup.signal(signal);
+            return;
+        }
         if let Some((pid, pidfd)) = &self.process {
             // Descendants first: once the host is gone, they are no longer found under it.
             for descendant in descendants(*pid) {
@@ -230,12 +248,20 @@ impl Broker {
             child_fd: HOST_FD,
         }])
         .map_err(std::io::Error::other)?;
-        confine(&mut cmd, HOST_FD); // after the fd mappings: fd 3 is in place when it runs
-        // Recorded before it starts (it is found by its instance id, `stop_orphans`), then again
-        // with its pid once it has one.
+        // Where one can be made, a cgroup of its own, which the child enters before its exec.
+        let cgroup = Cgroup::prepare(instance.instance_id()).map(Arc::new);
+        let cgroup_path = cgroup.as_ref().map(|c| c.path());
+        // After the fd mappings: fd 3 is in place when it runs.
+        confine(
+            &mut cmd,
+            HOST_FD,
+            cgroup.as_ref().and_then(|c| c.procs_fd()),
+        );
+        // Recorded before it starts (it is found by its instance id and its cgroup,
+        // `stop_orphans`), then again with its pid once it has one.
         let durable = self.durable();
         if durable {
-            self.record_host(instance, None);
+            self.record_host(instance, None, cgroup_path);
         }
         let mut child = match cmd.spawn() {
             Ok(child) => child,
@@ -243,7 +269,13 @@ impl Broker {
                 if durable {
                     self.forget_host(instance);
                 }
-                return Err(e);
+                let Some(cgroup) = &cgroup else {
+                    return Err(e);
+                };
+                cgroup.remove();
+                // The child may have failed to enter it: say which cgroup.
+                let what = format!("{e} (its cgroup: {})", cgroup.path().display());
+                return Err(std::io::Error::new(e.kind(), what));
             }
         };
         drop(cmd); // closes the parent's copy of the host's end
@@ -251,7 +283,7 @@ impl Broker {
         // The child is ours and not reaped until `supervise` says so: its pid is stable.
         let pidfd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
         if durable {
-            self.record_host(instance, Some(pid));
+            self.record_host(instance, Some(pid), cgroup_path);
         }
         let stdout = OwnedFd::from(child.stdout.take().expect("piped"));
         let stderr = OwnedFd::from(child.stderr.take().expect("piped"));
@@ -260,6 +292,7 @@ impl Broker {
         nonblocking(&broker_end)?;
         let child = Child {
             process: Some((pid, pidfd.try_clone()?)),
+            cgroup,
             socket: broker_end,
             greeted: false,
             finished: false,
@@ -340,6 +373,18 @@ impl Broker {
             WaitId::PidFd(pidfd.as_fd()),
             WaitIdOptions::EXITED | WaitIdOptions::NOWAIT,
         );
+        // What is left in its cgroup: SIGTERM, then SIGKILL after the grace — while the child is
+        // still in the instance, so that a close or a time limit meanwhile reaches it too.
+        let cgroup = instance
+            .life()
+            .child
+            .as_ref()
+            .and_then(|c| c.cgroup.clone());
+        if let Some(cgroup) = &cgroup {
+            cgroup.end(std::time::Duration::from_millis(u64::from(
+                self.policy.grace_ms,
+            )));
+        }
         // No signal may reach the group once the child is reaped (its pid could be reused): take
         // it out of the instance first, then sweep the group, then reap.
         let child = instance.life().child.take();
@@ -347,6 +392,9 @@ impl Broker {
             child.signal(Signal::KILL);
         }
         let _ = rustix::process::waitid(WaitId::PidFd(pidfd.as_fd()), WaitIdOptions::EXITED);
+        if let Some(cgroup) = &cgroup {
+            cgroup.remove();
+        }
         if self.durable() {
             self.forget_host(instance); // nothing of it runs any more
         }
@@ -809,6 +857,9 @@ struct HostFile {
     start: u64,
     /// The process of the broker that started it.
     broker_pid: u32,
+    /// Its cgroup, if it has one (`cgroup.rs`): everything it forked is in it.
+    #[serde(default)]
+    cgroup: Option<PathBuf>,
     /// The run as it will be recorded (its end is filled in then).
     run: RunRecord,
 }
@@ -826,8 +877,9 @@ fn start_time(pid: Pid) -> Option<u64> {
 impl Broker {
     /// Records a host that just started beside the store (see [`HostFile`]). Best effort: a host
     /// that cannot be recorded still runs (and dies with this process, `confine`).
-    fn record_host(&self, instance: &Instance, pid: Option<Pid>) {
+    fn record_host(&self, instance: &Instance, pid: Option<Pid>, cgroup: Option<&std::path::Path>) {
         let host = HostFile {
+            cgroup: cgroup.map(ToOwned::to_owned),
             pid: pid.map_or(0, |p| p.as_raw_nonzero().get()),
             start: pid.and_then(start_time).unwrap_or(0),
             broker_pid: self.pid,
@@ -914,21 +966,40 @@ pub(crate) fn stop_orphans(
         return retries;
     }
     let left = leftovers(&orphans);
+    // A host's cgroup holds everything it forked, whatever became of it.
+    let cgroups: Vec<Option<Cgroup>> = orphans
+        .iter()
+        .map(|(_, h)| h.cgroup.as_deref().and_then(Cgroup::open))
+        .collect();
+    let populated: Vec<bool> = cgroups
+        .iter()
+        .map(|c| c.as_ref().is_some_and(|c| !c.is_empty()))
+        .collect();
     let grace = std::time::Duration::from_millis(u64::from(policy.grace_ms));
     for signal in [Signal::TERM, Signal::KILL] {
         let alive: Vec<&OwnedFd> = left.iter().flatten().filter(|f| !exited(f, None)).collect();
-        if alive.is_empty() {
+        let full: Vec<&Cgroup> = cgroups.iter().flatten().filter(|c| !c.is_empty()).collect();
+        if alive.is_empty() && full.is_empty() {
             break;
         }
         for fd in &alive {
             let _ = rustix::process::pidfd_send_signal(fd, signal);
         }
+        for cgroup in &full {
+            cgroup.signal(signal);
+        }
         let deadline = std::time::Instant::now() + grace;
         for fd in alive {
             exited(fd, Some(deadline));
         }
+        for cgroup in full {
+            cgroup.wait_empty(deadline);
+        }
     }
-    for ((path, host), left) in orphans.into_iter().zip(left) {
+    for cgroup in cgroups.iter().flatten() {
+        cgroup.remove();
+    }
+    for (((path, host), left), populated) in orphans.into_iter().zip(left).zip(populated) {
         let mut run = host.run;
         run.ended_ms = now_ms.max(run.started_ms);
         let pid = if host.pid == 0 {
@@ -939,7 +1010,7 @@ pub(crate) fn stop_orphans(
         let why = format!(
             "the broker that ran it (pid {}) died; its host{pid} {}",
             host.broker_pid,
-            if left.is_empty() {
+            if left.is_empty() && !populated {
                 "had ended with it"
             } else {
                 "was stopped"
@@ -1056,9 +1127,10 @@ fn exited(fd: &OwnedFd, deadline: Option<std::time::Instant>) -> bool {
 
 /// Arranges what the child does between fork and exec (SPEC §5; `btb_os::confine`): descriptors
 /// above `keep_through` closed at exec, no signal blocked, SIGKILL when the supervising thread's
-/// process dies.
-pub(super) fn confine(cmd: &mut Command, keep_through: i32) {
-    btb_os::confine(cmd, keep_through);
+/// process dies; first, with `into_cgroup` (the `cgroup.procs` of the host's cgroup, `cgroup.rs`,
+/// kept open by the caller until the spawn returns), into its cgroup.
+pub(super) fn confine(cmd: &mut Command, keep_through: i32, into_cgroup: Option<RawFd>) {
+    btb_os::confine(cmd, keep_through, into_cgroup);
 }
 
 /// Writes a welcome too large for one non-blocking write, outside the instance's lock (the

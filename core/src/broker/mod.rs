@@ -66,6 +66,7 @@ mod activation;
 mod answer;
 pub(crate) mod backend;
 mod cancel;
+mod cgroup;
 mod elsewhere;
 mod exec;
 mod explain;

@@ -9,7 +9,11 @@
 //! `SERVICING_COMPLETE` fired). The store removed (`btbctl uninstall`): btbd closes and exits 0.
 //! A bad manifest, or a store another broker holds, exits 1 with the reason.
 //! Logs go to stderr (the journal, under systemd); `RUST_LOG` sets the level (default `info`).
+//!
+//! btbd is a child subreaper (SPEC §5, "Under btbd"): what its exec hosts orphan (a daemon's double
+//! fork) becomes its child, is reaped when it exits, and is stopped when btbd exits (`orphans.rs`).
 
+mod orphans;
 mod watch;
 
 use std::path::{Path, PathBuf};
@@ -103,11 +107,12 @@ The systemd user unit (instance = app id): \fBsystemctl \-\-user enable \-\-now 
 "#;
 
 fn main() -> ExitCode {
-    // Before any thread starts (btb's threads inherit the mask): SIGTERM, SIGINT and SIGHUP are
-    // read from a signalfd below instead of killing the process, so close runs.
+    // Before any thread starts (btb's threads inherit the mask): SIGTERM, SIGINT, SIGHUP and
+    // SIGCHLD are read from a signalfd below instead of killing the process, so close runs (and
+    // an orphan that exits is reaped, `orphans.rs`).
     let signals = watch::signals();
     if let Err(e) = signals.thread_block() {
-        eprintln!("btbd: cannot block SIGTERM, SIGINT and SIGHUP: {e}");
+        eprintln!("btbd: cannot block SIGTERM, SIGINT, SIGHUP and SIGCHLD: {e}");
         return ExitCode::from(1);
     }
     let cli = Cli::parse(); // usage errors exit 2
@@ -125,6 +130,9 @@ fn main() -> ExitCode {
     }
     let manifest_path = cli.manifest.expect("clap requires --manifest");
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        log::warn!(target: "btbd", "cannot become a child subreaper ({e}): what exec hosts orphan goes to init");
+    }
 
     let manifest = match Manifest::load(&manifest_path) {
         Ok(m) => m,
@@ -209,6 +217,7 @@ fn main() -> ExitCode {
                 );
                 break;
             }
+            Ok(Wake::ChildExited) => orphans::reap(),
             Ok(Wake::Reload) => reload(&system, &manifest_path, "SIGHUP"),
             Ok(Wake::ManifestChanged) => reload(&system, &manifest_path, "the manifest changed"),
             Ok(Wake::StoreRemoved) => {
@@ -225,7 +234,11 @@ fn main() -> ExitCode {
             }
         }
     }
-    match system.close() {
+    let closed = system.close();
+    orphans::stop(std::time::Duration::from_millis(u64::from(
+        system.policy().grace_ms,
+    )));
+    match closed {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("btbd: closing: {}", e.message());

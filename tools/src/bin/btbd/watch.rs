@@ -1,5 +1,5 @@
 //! What btbd waits for besides its running broker: signals (SIGTERM and SIGINT stop it, SIGHUP
-//! re-reads the manifest), the manifest file changing, and the store being removed (the app was
+//! re-reads the manifest, SIGCHLD reaps orphans), the manifest file changing, and the store being removed (the app was
 //! uninstalled). One `poll` over a signalfd and an inotify descriptor, with no timeout: an idle
 //! btbd makes no system calls.
 
@@ -21,6 +21,8 @@ pub enum Wake {
     Stop(Signal),
     /// SIGHUP: re-read the manifest.
     Reload,
+    /// SIGCHLD: a child exited (an orphan to reap, `orphans.rs`).
+    ChildExited,
     /// The manifest file was written or replaced.
     ManifestChanged,
     /// The store file was removed or moved away.
@@ -49,6 +51,7 @@ pub fn signals() -> SigSet {
     set.add(Signal::SIGTERM);
     set.add(Signal::SIGINT);
     set.add(Signal::SIGHUP);
+    set.add(Signal::SIGCHLD);
     set
 }
 
@@ -124,10 +127,14 @@ impl Watch {
             while let Some(info) = self.signals.read_signal()? {
                 let wake = match Signal::try_from(info.ssi_signo as i32) {
                     Ok(Signal::SIGHUP) => Wake::Reload,
+                    Ok(Signal::SIGCHLD) => Wake::ChildExited,
                     Ok(s) => Wake::Stop(s),
                     Err(_) => continue,
                 };
-                self.queued.push(wake);
+                // One reap takes every orphan that exited: a SIGCHLD is queued once.
+                if wake != Wake::ChildExited || !self.queued.contains(&wake) {
+                    self.queued.push(wake);
+                }
             }
             self.read_files();
         }
