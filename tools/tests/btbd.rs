@@ -22,7 +22,7 @@ impl Scratch {
     fn new() -> Scratch {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("run")).unwrap();
-        for fifo in ["events", "go"] {
+        for fifo in ["events", "go", "daemon.pid"] {
             nix::unistd::mkfifo(&dir.path().join(fifo), nix::sys::stat::Mode::S_IRWXU).unwrap();
         }
         Scratch { dir }
@@ -58,17 +58,19 @@ entry_point = "app.Long"
 types = ["general"]
 exec = ["/bin/sh", "-c", "echo long > {events}; exec sleep 1000"]
 
-# A daemon (double fork, setsid, env -i) that exits when told: its pid once its subshell is gone.
+# A daemon (double fork, setsid, env -i) that exits when told. Its subshell has exited (so it is
+# orphaned) before the host reads the pid, which the daemon says once it is in its own session:
+# the host ends only then (before, its end would take the daemon's process group along).
 [[task]]
 entry_point = "app.Daemon"
 types = ["general"]
-exec = ["/bin/sh", "-c", "(setsid env -i /bin/sh -c 'read x < {go}; exit 3' & echo $! > {pid}); cat {pid} > {events}"]
+exec = ["/bin/sh", "-c", "(setsid env -i /bin/sh -c 'echo $$ > {pid}; read x < {go}; exit 3' &); cat {pid} > {events}"]
 
 # A daemon that stays.
 [[task]]
 entry_point = "app.Stays"
 types = ["general"]
-exec = ["/bin/sh", "-c", "(setsid env -i /bin/sleep 1000 & echo $! > {pid}); cat {pid} > {events}"]
+exec = ["/bin/sh", "-c", "(setsid env -i /bin/sh -c 'echo $$ > {pid}; exec /bin/sleep 1000' &); cat {pid} > {events}"]
 "#
         );
         let path = self.path("manifest.toml");
