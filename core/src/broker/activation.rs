@@ -20,7 +20,7 @@ use rustix::event::{PollFd, PollFlags, poll};
 use rustix::process::{Pid, Signal, WaitId, WaitIdOptions};
 use uuid::Uuid;
 
-use super::{Broker, Note, State};
+use super::{Broker, State};
 use crate::model::{RunRecord, TaskOutcome};
 use crate::store::ScheduleChange;
 
@@ -170,18 +170,8 @@ impl Broker {
             };
             let message = why(p.needs_handler.as_deref().unwrap_or_default());
             log::info!(target: "btb", "run of {:?} failed: {message}", record.name);
-            let completion = super::Completion {
-                instance_id: Uuid::new_v4(),
-                outcome: TaskOutcome::Failed,
-                message: Some(message),
-                reason: None,
-                last_progress: 0,
-                attempt: p.attempt,
-                retry_at_ms: None,
-                output: None,
-            };
             let run = RunRecord {
-                instance_id: completion.instance_id,
+                instance_id: Uuid::new_v4(),
                 task_id,
                 trigger_kind: record.trigger.kind(),
                 trigger_details: p.details.as_ref().map(|d| d.to_string()),
@@ -189,7 +179,7 @@ impl Broker {
                 ended_ms: now,
                 outcome: TaskOutcome::Failed,
                 reason: None,
-                message: completion.message.clone(),
+                message: Some(message),
                 last_progress: 0,
                 stdout: None,
                 stderr: None,
@@ -197,21 +187,9 @@ impl Broker {
                 retry_at_ms: None,
                 output: None,
             };
+            self.announce(st, &run);
             self.writer
                 .enqueue(super::writer::Write::Run(run, self.policy.history_limit));
-            let handlers = self
-                .handlers()
-                .completed
-                .get(&task_id)
-                .cloned()
-                .unwrap_or_default();
-            let registration = super::registration::Registration::new(
-                Arc::clone(self) as Arc<dyn super::backend::Backend>,
-                record,
-            );
-            st.notes
-                .push_back(Note::Completed(registration, completion, handlers));
-            self.notify_cv.notify_one();
         }
         self.commit(st, changes);
     }

@@ -230,42 +230,6 @@ impl Broker {
         }
     }
 
-    /// Tells the completed handlers (and clients' feeds) of a run that its broker's death cut off,
-    /// recorded by this broker, as of any run that ends.
-    pub(crate) fn announce(self: &Arc<Self>, st: &mut State, run: &RunRecord) {
-        let task_id = run.task_id;
-        let handlers = self.handlers_mut().completed.get(&task_id).cloned();
-        if handlers.is_none() && !self.has_subscribers() {
-            return;
-        }
-        let Some(record) = st.registry.get(&task_id).cloned() else {
-            return;
-        };
-        let completion = super::Completion {
-            instance_id: run.instance_id,
-            outcome: run.outcome,
-            message: run.message.clone(),
-            reason: None,
-            last_progress: 0,
-            attempt: run.attempt,
-            retry_at_ms: run.retry_at_ms,
-            output: run
-                .output
-                .as_deref()
-                .and_then(|o| serde_json::from_str(o).ok()),
-        };
-        let task = super::registration::Registration::new(
-            Arc::clone(self) as Arc<dyn super::backend::Backend>,
-            record,
-        );
-        st.notes.push_back(super::notify::Note::Completed(
-            task,
-            completion,
-            handlers.unwrap_or_default(),
-        ));
-        self.notify_cv.notify_one();
-    }
-
     /// Records the runs that went on elsewhere and have ended; returns how many still go on.
     fn settle_elsewhere(self: &Arc<Self>, dir: &Path) -> usize {
         let watched: Vec<RunStart> = {

@@ -27,6 +27,43 @@ pub(crate) enum Note {
 }
 
 impl Broker {
+    /// Tells the completed handlers (and clients' feeds) of a run recorded without an instance of
+    /// this broker: cut off by a broker's death, gone on in a client (`elsewhere.rs`), or failed
+    /// while it waited for a handler (`activation.rs`) — as of any run that ends.
+    pub(crate) fn announce(self: &Arc<Self>, st: &mut super::State, run: &crate::model::RunRecord) {
+        let task_id = run.task_id;
+        let handlers = self.handlers().completed.get(&task_id).cloned();
+        if handlers.is_none() && !self.has_subscribers() {
+            return;
+        }
+        let Some(record) = st.registry.get(&task_id).cloned() else {
+            return;
+        };
+        let completion = Completion {
+            instance_id: run.instance_id,
+            outcome: run.outcome,
+            message: run.message.clone(),
+            reason: None,
+            last_progress: 0,
+            attempt: run.attempt,
+            retry_at_ms: run.retry_at_ms,
+            output: run
+                .output
+                .as_deref()
+                .and_then(|o| serde_json::from_str(o).ok()),
+        };
+        let task = super::registration::Registration::new(
+            Arc::clone(self) as Arc<dyn super::backend::Backend>,
+            record,
+        );
+        st.notes.push_back(Note::Completed(
+            task,
+            completion,
+            handlers.unwrap_or_default(),
+        ));
+        self.notify_cv.notify_one();
+    }
+
     pub(crate) fn notify_canceled(
         &self,
         instance: &Instance,
