@@ -112,16 +112,12 @@ pub(crate) fn record_of(
         .or(word.failure.clone());
     if wanted {
         let policy = policy.unwrap_or_default();
-        if policy.max_attempts.is_some_and(|max| start.attempt >= max) {
+        let after_ms = word.retry.and_then(|(after, _)| after);
+        let Some(at) = super::retry::next_attempt_at(&policy, start.attempt, after_ms, now) else {
             run.outcome = TaskOutcome::Failed;
             run.message = Some(super::retry::gave_up(start.attempt, said.as_deref()));
             return (run, None);
-        }
-        let delay = word
-            .retry
-            .and_then(|(after, _)| after)
-            .unwrap_or_else(|| policy.jittered_ms(start.attempt, super::retry::unit()));
-        let at = now.saturating_add(i64::try_from(delay).unwrap_or(i64::MAX));
+        };
         run.outcome = TaskOutcome::Retry;
         run.message = said;
         run.retry_at_ms = Some(at);

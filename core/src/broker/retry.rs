@@ -23,7 +23,7 @@ pub(super) struct End {
 }
 
 /// A uniform value in [0, 1) for jitter, from the system's random source (as `Uuid::new_v4`).
-pub(super) fn unit() -> f64 {
+fn unit() -> f64 {
     (Uuid::new_v4().as_u128() >> 75) as f64 / (1u64 << 53) as f64
 }
 
@@ -34,6 +34,21 @@ pub(super) fn gave_up(attempt: u32, why: Option<&str>) -> String {
         Some(why) => format!("gave up after {attempt} attempt{plural}: {why}"),
         None => format!("gave up after {attempt} attempt{plural}"),
     }
+}
+
+/// When attempt `attempt + 1` is due under `policy` — after `after_ms` (the run's own delay) or
+/// the policy's jittered delay — or `None` when `attempt` was the last the policy allows.
+pub(super) fn next_attempt_at(
+    policy: &RetryPolicy,
+    attempt: u32,
+    after_ms: Option<u64>,
+    now: i64,
+) -> Option<i64> {
+    if policy.max_attempts.is_some_and(|max| attempt >= max) {
+        return None;
+    }
+    let delay = after_ms.unwrap_or_else(|| policy.jittered_ms(attempt, unit()));
+    Some(now.saturating_add(i64::try_from(delay).unwrap_or(i64::MAX)))
 }
 
 impl Broker {
@@ -75,17 +90,14 @@ impl Broker {
         let policy = policy.unwrap_or_default();
         let attempt = instance.attempt();
         let why = retry.as_ref().and_then(|r| r.message.clone()).or(message);
-        if policy.max_attempts.is_some_and(|max| attempt >= max) {
+        let Some(at) = next_attempt_at(&policy, attempt, retry.and_then(|r| r.after_ms), now)
+        else {
             return End {
                 outcome: TaskOutcome::Failed,
                 message: Some(gave_up(attempt, why.as_deref())),
                 retry_at_ms: None,
             };
-        }
-        let delay = retry
-            .and_then(|r| r.after_ms)
-            .unwrap_or_else(|| policy.jittered_ms(attempt, unit()));
-        let at = now.saturating_add(i64::try_from(delay).unwrap_or(i64::MAX));
+        };
         // Persisted at once, not at the next dispatch: a closing broker dispatches no more.
         st.latch(
             task_id,
@@ -116,10 +128,11 @@ pub(crate) fn cut_off(
     now: i64,
     why: &str,
 ) -> (TaskOutcome, String, Option<i64>, Option<Latched>) {
-    match policy {
-        Some(p) if p.max_attempts.is_none_or(|max| attempt < max) => {
-            let at = now
-                .saturating_add(i64::try_from(p.jittered_ms(attempt, unit())).unwrap_or(i64::MAX));
+    let Some(policy) = policy else {
+        return (TaskOutcome::Failed, why.to_owned(), None, None);
+    };
+    match next_attempt_at(&policy, attempt, None, now) {
+        Some(at) => {
             let next = Latched {
                 details,
                 attempt: attempt + 1,
@@ -127,8 +140,7 @@ pub(crate) fn cut_off(
             };
             (TaskOutcome::Retry, why.to_owned(), Some(at), Some(next))
         }
-        Some(_) => (TaskOutcome::Failed, gave_up(attempt, Some(why)), None, None),
-        None => (TaskOutcome::Failed, why.to_owned(), None, None),
+        None => (TaskOutcome::Failed, gave_up(attempt, Some(why)), None, None),
     }
 }
 
