@@ -42,27 +42,28 @@ impl Link {
         for m in messages {
             word.extend(protocol::encode(&fitted(m)));
         }
-        let run_file = self
+        let mut run_file = self
             .run_file
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        let _guard = self.write.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(mut file) = run_file {
+        if let Some(file) = run_file.as_mut() {
             file.last_word(&word);
-            let _ = std::io::Write::write_all(&mut &self.socket, &word);
-            drop(file); // let go of: the run is over here
-        } else {
-            let _ = std::io::Write::write_all(&mut &self.socket, &word);
         }
+        self.write(&word);
+        drop(run_file); // let go of (after the broker was told): the run is over here
     }
 
     /// Sends a message (blocking, bounded by the socket's write timeout, if any); a broker that
     /// is gone no longer hears anything of the run (an exec host's exit status still tells).
     pub(crate) fn send(&self, message: ToBroker) {
-        let frame = protocol::encode(&fitted(message));
+        self.write(&protocol::encode(&fitted(message)));
+    }
+
+    /// Writes whole frames, one writer at a time.
+    fn write(&self, frames: &[u8]) {
         let _guard = self.write.lock().unwrap_or_else(PoisonError::into_inner);
-        let _ = std::io::Write::write_all(&mut &self.socket, &frame);
+        let _ = std::io::Write::write_all(&mut &self.socket, frames);
     }
 }
 

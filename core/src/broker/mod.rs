@@ -427,7 +427,7 @@ impl Broker {
     ) -> Result<Broker> {
         let storage = storage::Gauge::default();
         if !simulated {
-            storage.set_initial(storage::read(&storage_dir, policy.storage_low_percent));
+            storage.set(storage::read(&storage_dir, policy.storage_low_percent));
         }
         Ok(Broker {
             store_path: store.path().to_owned(),

@@ -26,12 +26,8 @@ impl Gauge {
         }
     }
 
-    pub(super) fn set_initial(&self, value: Option<bool>) {
-        self.set(value);
-    }
-
     /// Stores a reading; whether it changed.
-    fn set(&self, value: Option<bool>) -> bool {
+    pub(super) fn set(&self, value: Option<bool>) -> bool {
         let v = match value {
             None => UNKNOWN,
             Some(false) => LOW,
