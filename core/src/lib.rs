@@ -18,6 +18,7 @@ mod lockfile;
 pub mod manifest;
 pub mod model;
 mod options;
+mod pidfd;
 mod platform;
 pub mod policy;
 pub mod protocol;

@@ -1108,21 +1108,7 @@ fn leftovers(orphans: &[(PathBuf, HostFile)]) -> Vec<Vec<OwnedFd>> {
 /// Whether the process of a pidfd has exited, waiting until `deadline` at most (`None`: not at
 /// all).
 fn exited(fd: &OwnedFd, deadline: Option<std::time::Instant>) -> bool {
-    let left = deadline.map_or(std::time::Duration::ZERO, |d| {
-        d.saturating_duration_since(std::time::Instant::now())
-    });
-    let timeout = rustix::time::Timespec {
-        tv_sec: left.as_secs() as i64,
-        tv_nsec: i64::from(left.subsec_nanos()),
-    };
-    let mut fds = [PollFd::new(fd, PollFlags::IN)];
-    loop {
-        match poll(&mut fds, Some(&timeout)) {
-            Ok(n) => return n > 0,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(_) => return true,
-        }
-    }
+    crate::pidfd::ended_by(fd, deadline).unwrap_or(true)
 }
 
 /// Arranges what the child does between fork and exec (SPEC §5; `btb_os::confine`): descriptors

@@ -153,15 +153,8 @@ pub(super) fn exiting(stream: &UnixStream) -> bool {
     };
     match rustix::process::pidfd_open(cred.pid, rustix::process::PidfdFlags::empty()) {
         Ok(pidfd) => {
-            let mut fds = [rustix::event::PollFd::new(
-                &pidfd,
-                rustix::event::PollFlags::IN,
-            )];
-            let timeout = rustix::time::Timespec {
-                tv_sec: 0,
-                tv_nsec: EXIT_WAIT.as_nanos() as i64,
-            };
-            matches!(rustix::event::poll(&mut fds, Some(&timeout)), Ok(n) if n > 0)
+            let by = std::time::Instant::now() + EXIT_WAIT;
+            crate::pidfd::ended_by(&pidfd, Some(by)).unwrap_or(false)
         }
         Err(e) => e == rustix::io::Errno::SRCH,
     }
