@@ -24,19 +24,6 @@ use common::*;
 const STORE_VAR: &str = "BTB_TEST_CLIENT_STORE";
 const APP_VAR: &str = "BTB_TEST_CLIENT_APP";
 
-/// A real-clock, simulated-source system on `path` (so that the states are the test's to set).
-fn open(path: &Path, app_id: &str) -> System {
-    System::open(SystemOptions {
-        manifest: Some(manifest_for(app_id)),
-        store: StoreLocation::File(path.to_owned()),
-        clock: Clock::Real,
-        simulated: true,
-        policy: Policy::default(),
-        ..SystemOptions::default()
-    })
-    .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()))
-}
-
 /// Runs a child run of this binary as the ignored test `name`, with the store and app id in its
 /// environment.
 fn spawn(name: &str, path: &Path, app_id: &str) -> Proc {
@@ -72,7 +59,7 @@ fn client_child() {
     let Some((path, app_id)) = child_env() else {
         return;
     };
-    let system = open(&path, &app_id);
+    let system = open_real_clock(&path, &app_id);
     assert!(!system.is_broker());
     say(&format!("BROKER {}", system.broker_pid()));
     // Validation happens in the broker, with the messages an in-process register gives.
@@ -119,7 +106,7 @@ fn a_client_process_works_through_the_broker() {
     const APP: &str = "org.example.client.works";
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("btb.sqlite3");
-    let broker = open(&path, APP);
+    let broker = open_real_clock(&path, APP);
     let ran = Arc::new(Mutex::new(Vec::new()));
     {
         let ran = Arc::clone(&ran);
@@ -179,7 +166,7 @@ fn broker_child() {
     let Some((path, app_id)) = child_env() else {
         return;
     };
-    let system = open(&path, &app_id);
+    let system = open_real_clock(&path, &app_id);
     assert!(system.is_broker());
     system
         .register_entry_point(
@@ -224,7 +211,7 @@ fn takeover_after_sigkill_loses_nothing_and_runs_nothing_twice() {
     assert_eq!(child.expect("RAN "), "RAN done");
     child.expect("READY");
 
-    let system = open(&path, APP);
+    let system = open_real_clock(&path, APP);
     assert!(!system.is_broker());
     assert_eq!(system.broker_pid(), child.child.id());
     let (tx, rx) = mpsc::channel();
@@ -279,7 +266,7 @@ fn runner_child() {
     let Some((path, app_id)) = child_env() else {
         return;
     };
-    let system = open(&path, &app_id);
+    let system = open_real_clock(&path, &app_id);
     assert!(!system.is_broker());
     system
         .register_entry_point(
@@ -372,7 +359,7 @@ fn runs_go_to_the_client_process_that_has_the_handler() {
     const APP: &str = "org.example.client.runs";
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("btb.sqlite3");
-    let broker = open(&path, APP); // no handler for app.General or app.SystemEvent here
+    let broker = open_real_clock(&path, APP); // no handler for app.General or app.SystemEvent here
     let mut child = spawn("runner_child", &path, APP);
     let pid = child.child.id();
     assert_eq!(
@@ -460,7 +447,7 @@ fn a_client_that_sends_garbage_for_a_run_fails_that_run() {
     use btb_core::protocol;
     const APP: &str = "org.example.client.garbage";
     let dir = tempfile::tempdir().unwrap();
-    let broker = open(&dir.path().join("btb.sqlite3"), APP);
+    let broker = open_real_clock(&dir.path().join("btb.sqlite3"), APP);
     let mut feed = Client::connect(APP).unwrap().subscribe().unwrap();
     protocol::write_frame(
         &mut feed.socket().unwrap(),
@@ -509,7 +496,7 @@ fn a_run_with_no_handler_anywhere_waits_until_a_client_offers_one() {
     const APP: &str = "org.example.client.waits";
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("btb.sqlite3");
-    let broker = open(&path, APP);
+    let broker = open_real_clock(&path, APP);
     let mut b = application_builder("later");
     b.task_entry_point = Some("app.General".into());
     let registration = broker.register(&b).unwrap();
@@ -528,7 +515,7 @@ fn a_run_with_no_handler_anywhere_waits_until_a_client_offers_one() {
     );
     // It waits across a restart of the broker (the latch is on disk).
     broker.close().unwrap();
-    let broker = open(&path, APP);
+    let broker = open_real_clock(&path, APP);
     assert!(broker.wait_idle(DEADLINE).unwrap());
     let registration = broker.all_tasks().unwrap().pop().unwrap();
     assert!(registration.history().unwrap().is_empty());
@@ -565,7 +552,7 @@ fn a_run_with_no_handler_anywhere_waits_until_a_client_offers_one() {
 fn a_run_with_no_handler_runs_once_this_process_registers_one() {
     const APP: &str = "org.example.client.registers";
     let dir = tempfile::tempdir().unwrap();
-    let broker = open(&dir.path().join("btb.sqlite3"), APP);
+    let broker = open_real_clock(&dir.path().join("btb.sqlite3"), APP);
     let mut b = application_builder("later");
     b.task_entry_point = Some("app.General".into());
     let registration = broker.register(&b).unwrap();
@@ -626,7 +613,7 @@ fn plain_broker_child() {
     let Some((path, app_id)) = child_env() else {
         return;
     };
-    let system = open(&path, &app_id);
+    let system = open_real_clock(&path, &app_id);
     assert!(system.is_broker());
     system
         .register_entry_point("app.All", Some(Handler::Call(Arc::new(|_| {}))))
@@ -641,7 +628,7 @@ fn stalled_client_child() {
     let Some((path, app_id)) = child_env() else {
         return;
     };
-    let system = open(&path, &app_id);
+    let system = open_real_clock(&path, &app_id);
     assert!(!system.is_broker());
     let registration = system.register(&application_builder("stalled")).unwrap();
     let (tx, rx) = mpsc::channel();
@@ -740,7 +727,7 @@ fn offering_child() {
     let Some((path, app_id)) = child_env() else {
         return;
     };
-    let system = open(&path, &app_id);
+    let system = open_real_clock(&path, &app_id);
     assert!(!system.is_broker());
     system
         .register_entry_point(
@@ -761,7 +748,7 @@ fn a_frozen_client_does_not_take_every_run() {
     const APP: &str = "org.example.client.frozen";
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("btb.sqlite3");
-    let broker = open(&path, APP); // no handler for app.General here
+    let broker = open_real_clock(&path, APP); // no handler for app.General here
     let mut b = application_builder("handed");
     b.task_entry_point = Some("app.General".into());
     let registration = broker.register(&b).unwrap();
@@ -870,7 +857,7 @@ fn cycling_client_child() {
         return;
     };
     let cycle = |n: usize| {
-        let system = open(&path, &app_id);
+        let system = open_real_clock(&path, &app_id);
         assert!(!system.is_broker());
         // Its run function runs here: on the connection kept ready, or one attached for it.
         system
@@ -1046,7 +1033,7 @@ fn oversize_client_child() {
     let Some((path, app_id)) = child_env() else {
         return;
     };
-    let system = open(&path, &app_id);
+    let system = open_real_clock(&path, &app_id);
     assert!(!system.is_broker());
     let baseline = (count("/proc/self/task"), count("/proc/self/fd"));
     for _ in 0..3 {
@@ -1207,7 +1194,7 @@ fn a_call_to_a_closing_broker_goes_to_the_next_holder() {
     let path = dir.path().join("btb.sqlite3");
     let mut child = spawn("closing_broker_child", &path, APP);
     child.expect("READY");
-    let system = open(&path, APP);
+    let system = open_real_clock(&path, APP);
     assert!(!system.is_broker());
     let (tx, rx) = mpsc::channel();
     system

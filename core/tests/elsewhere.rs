@@ -13,26 +13,14 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
 
 use btb_core::{
-    ApplicationTriggerResult, Builder, Clock, Handler, Policy, Registration, RetryPolicy,
-    StoreLocation, System, SystemOptions, TaskOutcome, Trigger,
+    ApplicationTriggerResult, Builder, Handler, Registration, RetryPolicy, System, TaskOutcome,
+    Trigger,
 };
 use common::child::*;
 use common::*;
 
 const STORE_VAR: &str = "BTB_TEST_ELSEWHERE_STORE";
 const APP_VAR: &str = "BTB_TEST_ELSEWHERE_APP";
-
-fn open(path: &Path, app_id: &str) -> System {
-    System::open(SystemOptions {
-        manifest: Some(manifest_for(app_id)),
-        store: StoreLocation::File(path.to_owned()),
-        clock: Clock::Real,
-        simulated: true,
-        policy: Policy::default(),
-        ..SystemOptions::default()
-    })
-    .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()))
-}
 
 fn spawn(name: &str, path: &Path, app_id: &str) -> Proc {
     Proc::role(
@@ -87,7 +75,7 @@ fn bare_broker_child() {
         return;
     };
     // No handlers: every run it starts is handed to a client process.
-    let system = open(&path, &app_id);
+    let system = open_real_clock(&path, &app_id);
     assert!(system.is_broker());
     say("READY");
     wait_for_stdin_line(); // serve until killed
@@ -99,7 +87,7 @@ fn runner_child() {
     let Some((path, app_id)) = child_env() else {
         return;
     };
-    let system = open(&path, &app_id);
+    let system = open_real_clock(&path, &app_id);
     assert!(!system.is_broker());
     let (go_tx, go_rx) = mpsc::channel::<()>();
     let go_rx = Mutex::new(go_rx);
@@ -135,7 +123,7 @@ fn the_runner_takes_over_and_its_run_goes_on_once() {
     let mut broker = spawn("bare_broker_child", &path, APP);
     broker.expect("READY");
 
-    let system = open(&path, APP);
+    let system = open_real_clock(&path, APP);
     assert!(!system.is_broker());
     let (started_tx, started) = mpsc::channel::<u32>();
     let (go_tx, go_rx) = mpsc::channel::<()>();
@@ -197,20 +185,27 @@ fn the_runner_takes_over_and_its_run_goes_on_once() {
     system.close().unwrap();
 }
 
-/// Another process takes the store over while a third still runs the dead broker's run: the
-/// task waits for that run, which is recorded as the runner ended it (its output too).
-#[test]
-fn another_process_takes_over_while_the_runner_goes_on() {
-    const APP: &str = "org.example.elsewhere.other";
+/// A run that goes on in `runner_child` after its broker was SIGKILLed: the store (in `_dir`), the
+/// runner, this process's system (a client, or the broker if it took the store over), the task
+/// (`retry`: with a retry policy) and its completions.
+struct RunnerGoesOn {
+    _dir: tempfile::TempDir,
+    runner: Proc,
+    system: System,
+    task: Registration,
+    ended: mpsc::Receiver<TaskOutcome>,
+}
+
+fn runner_goes_on(app: &str, retry: bool) -> RunnerGoesOn {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("btb.sqlite3");
-    let mut broker = spawn("bare_broker_child", &path, APP);
+    let mut broker = spawn("bare_broker_child", &path, app);
     broker.expect("READY");
-    let mut runner = spawn("runner_child", &path, APP);
+    let runner = spawn("runner_child", &path, app);
     runner.expect("READY");
 
-    let system = open(&path, APP); // a client with no handler: runs go to the runner
-    let task = slow_task(&system, false);
+    let system = open_real_clock(&path, app); // a client with no handler: runs go to the runner
+    let task = slow_task(&system, retry);
     let ended = completions(&system, &task);
     assert_eq!(
         task.request(None).unwrap(),
@@ -224,6 +219,27 @@ fn another_process_takes_over_while_the_runner_goes_on() {
         task.request(None).unwrap(),
         ApplicationTriggerResult::CurrentlyRunning
     );
+    RunnerGoesOn {
+        _dir: dir,
+        runner,
+        system,
+        task,
+        ended,
+    }
+}
+
+/// Another process takes the store over while a third still runs the dead broker's run: the
+/// task waits for that run, which is recorded as the runner ended it (its output too).
+#[test]
+fn another_process_takes_over_while_the_runner_goes_on() {
+    const APP: &str = "org.example.elsewhere.other";
+    let RunnerGoesOn {
+        _dir,
+        mut runner,
+        system,
+        task,
+        ended,
+    } = runner_goes_on(APP, false);
     runner.tell("go");
     runner.expect("ENDING");
     // Heard by whichever process is the broker now (the runner, or this one).
@@ -246,27 +262,13 @@ fn another_process_takes_over_while_the_runner_goes_on() {
 #[test]
 fn a_runner_that_dies_after_its_broker_is_recorded_and_retried() {
     const APP: &str = "org.example.elsewhere.dies";
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("btb.sqlite3");
-    let mut broker = spawn("bare_broker_child", &path, APP);
-    broker.expect("READY");
-    let mut runner = spawn("runner_child", &path, APP);
-    runner.expect("READY");
-
-    let system = open(&path, APP);
-    let task = slow_task(&system, true);
-    let ended = completions(&system, &task);
-    assert_eq!(
-        task.request(None).unwrap(),
-        ApplicationTriggerResult::Allowed
-    );
-    assert_eq!(runner.expect("STARTED"), "STARTED 1");
-
-    broker.sigkill();
-    assert_eq!(
-        task.request(None).unwrap(),
-        ApplicationTriggerResult::CurrentlyRunning
-    );
+    let RunnerGoesOn {
+        _dir,
+        mut runner,
+        system,
+        task,
+        ended,
+    } = runner_goes_on(APP, true);
     runner.sigkill();
     // Recorded once the runner is gone (heard through its run file), with the next attempt due.
     assert_eq!(ended.recv_timeout(DEADLINE).unwrap(), TaskOutcome::Retry);

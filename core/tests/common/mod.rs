@@ -86,6 +86,20 @@ pub fn file_system_as(app_id: &str, path: &Path) -> Result<System> {
     })
 }
 
+/// A real-clock, simulated-source system on the store file `path` under `app_id` (so that the
+/// states are the test's to set), for tests whose processes share the store.
+pub fn open_real_clock(path: &Path, app_id: &str) -> System {
+    System::open(SystemOptions {
+        manifest: Some(manifest_for(app_id)),
+        store: StoreLocation::File(path.to_owned()),
+        clock: Clock::Real,
+        simulated: true,
+        policy: Policy::default(),
+        ..SystemOptions::default()
+    })
+    .unwrap_or_else(|e| panic!("cannot open {}: {e}", path.display()))
+}
+
 pub fn time(freshness_minutes: u32) -> Trigger {
     Trigger::Time {
         freshness_minutes,
