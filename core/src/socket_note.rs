@@ -5,7 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-fn note_path(canonical_store: &str) -> PathBuf {
+/// The note of the store whose canonical path is `canonical_store`.
+pub(crate) fn note_path(canonical_store: &str) -> PathBuf {
     PathBuf::from(format!("{canonical_store}.socket"))
 }
 

@@ -25,14 +25,18 @@ fn store_files(path: &Path, canonical: &Path) -> Vec<PathBuf> {
         .iter()
         .map(|s| with(path, s))
         .collect();
-    files.extend([".lock", ".socket"].iter().map(|s| with(canonical, s)));
+    files.push(with(canonical, ".lock"));
+    files.push(crate::socket_note::note_path(&canonical.to_string_lossy()));
     files
 }
 
 /// The directories beside the store at `path`: the run files of clients (`.runs`, by the
 /// canonical path) and the records of live exec hosts (`.hosts`).
 fn store_dirs(path: &Path, canonical: &Path) -> [PathBuf; 2] {
-    [with(canonical, ".runs"), with(path, ".hosts")]
+    [
+        crate::runfile::dir(&canonical.to_string_lossy()),
+        with(path, ".hosts"),
+    ]
 }
 
 /// Removes the store at `path` and the files and directories beside it; one already gone is no
