@@ -33,17 +33,26 @@ impl RunFile {
     pub(crate) fn claim(store: &str, instance_id: Uuid) -> std::io::Result<RunFile> {
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         let dir = dir(store);
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)?;
         let path = dir.join(format!("{instance_id}.{}", std::process::id()));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&path)?;
+        let open = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .open(&path)
+        };
+        // The directory is made once, by the first run that finds it missing (not on every run).
+        let file = match open() {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&dir)?;
+                open()?
+            }
+            other => other?,
+        };
         // Our own new file: only a broker probing it holds it, and only for a moment.
         flock(&file, FlockOperation::LockExclusive)?;
         Ok(RunFile { file, path })
