@@ -41,7 +41,7 @@ struct Handed {
 }
 
 pub(crate) struct Remote {
-    pub(crate) manifest: Manifest,
+    pub(crate) manifest: Arc<Manifest>,
     /// How this process opened the system (used again to take the store over).
     pub(crate) options: SystemOptions,
     /// The store's canonical path: a broker must name it in its hello.
@@ -181,7 +181,7 @@ impl Remote {
         };
         let remote = Arc::new(Remote {
             broker_pid: AtomicU32::new(client.broker_pid),
-            manifest,
+            manifest: Arc::new(manifest),
             options,
             canonical,
             conn: Mutex::new(Some(client)),
@@ -422,7 +422,7 @@ impl Remote {
             paused: false,
             ..self.options.clone()
         };
-        let broker = Broker::open(self.manifest.clone(), &options, store, handlers)?;
+        let broker = Broker::open((*self.manifest).clone(), &options, store, handlers)?;
         log::info!(target: "btb", "app {:?}: the broker (pid {}) went away; this process (pid {}) is the broker now",
             self.manifest.app_id(), self.broker_pid(), std::process::id());
         self.broker_pid.store(std::process::id(), Ordering::Relaxed);
@@ -969,7 +969,7 @@ impl Backend for Remote {
     }
 
     fn manifest(&self) -> Arc<Manifest> {
-        Arc::new(self.manifest.clone())
+        Arc::clone(&self.manifest)
     }
 
     fn app_id(&self) -> &str {
