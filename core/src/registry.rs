@@ -5,9 +5,10 @@
 //! indexes consistent with the registrations. It knows nothing of running (the handler tables
 //! are the broker's: `broker/handlers.rs`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use foldhash::{HashMap, HashMapExt, HashSet};
 use uuid::Uuid;
 
 use crate::model::{SystemTriggerType, TaskGroup, TaskRecord, TaskTrigger};

@@ -2,7 +2,7 @@
 //! resolver, completed and progress handlers with their tokens): a broker's, or a client's
 //! (which its broker never calls). The types of the handlers live here too.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use uuid::Uuid;

@@ -280,16 +280,12 @@ impl Broker {
             if st.running.len() + started.len() >= max {
                 break;
             }
-            let forced = st.pending.get(&task_id).is_some_and(|p| p.forced);
-            let waits = st
-                .pending
-                .get(&task_id)
-                .and_then(|p| p.not_before)
-                .is_some_and(|t| t > now);
-            let parked = st
-                .pending
-                .get(&task_id)
-                .is_some_and(|p| p.needs_handler.is_some());
+            let Some(pending) = st.pending.get(&task_id) else {
+                continue;
+            };
+            let forced = pending.forced;
+            let waits = pending.not_before.is_some_and(|t| t > now);
+            let parked = pending.needs_handler.is_some();
             let runnable = !waits
                 && !parked
                 && !st.running.contains_key(&task_id)
@@ -365,7 +361,7 @@ impl Broker {
             if st.jobs.len() > st.idle_workers {
                 self.spawn_worker();
             } else {
-                self.work_cv.notify_one();
+                st.wake_worker();
             }
         }
         self.changed();

@@ -89,11 +89,12 @@ mod uninstall;
 mod writer;
 
 use std::any::Any;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use uuid::Uuid;
 
 use crate::clock::Clock;
@@ -163,6 +164,8 @@ pub(crate) struct State {
     /// When the broker plans to wake next (see `State::wake_broker_by`).
     planned_wake: Option<i64>,
     garbage: Vec<Box<dyn Any + Send>>,
+    /// Idle workers to wake once the lock is released (see [`State::wake_worker`]).
+    wake_workers: usize,
 }
 
 impl State {
@@ -197,12 +200,21 @@ impl State {
             close_by: None,
             planned_wake: None,
             garbage: Vec::new(),
+            wake_workers: 0,
         }
     }
 
     /// Drops `value` once the state lock is released (by the [`Locked`] guard holding it).
     pub(crate) fn defer_drop(&mut self, value: impl Any + Send) {
         self.garbage.push(Box::new(value));
+    }
+
+    /// Wakes an idle worker for a job just queued — once the lock is released (by the
+    /// [`Locked`] guard), so that the worker does not wake only to block on the lock still held
+    /// by the thread that queued the job: that second sleep and wake-up doubled the latency of a
+    /// run's start.
+    pub(crate) fn wake_worker(&mut self) {
+        self.wake_workers += 1;
     }
 
     /// When a timed registration is next due (ms since the epoch), as planned now.
@@ -225,6 +237,8 @@ impl State {
 /// forgotten under it.
 pub(crate) struct Locked<'a> {
     guard: Option<MutexGuard<'a, State>>,
+    /// The workers' condvar, signalled for [`State::wake_worker`] after the unlock.
+    work_cv: &'a Condvar,
 }
 
 impl Deref for Locked<'_> {
@@ -242,11 +256,17 @@ impl DerefMut for Locked<'_> {
 
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
-        let garbage = self
-            .guard
-            .as_mut()
-            .map(|st| std::mem::take(&mut st.garbage));
+        let (garbage, wake) = match self.guard.as_mut() {
+            Some(st) => (
+                std::mem::take(&mut st.garbage),
+                std::mem::take(&mut st.wake_workers),
+            ),
+            None => (Vec::new(), 0),
+        };
         drop(self.guard.take()); // unlock first
+        for _ in 0..wake {
+            self.work_cv.notify_one();
+        }
         drop(garbage);
     }
 }
@@ -254,6 +274,10 @@ impl Drop for Locked<'_> {
 impl Locked<'_> {
     /// Waits on `cv` (the lock is released while waiting).
     fn wait(mut self, cv: &Condvar) -> Self {
+        // Workers owed a wake-up get it now: this thread may wait long.
+        for _ in 0..std::mem::take(&mut self.wake_workers) {
+            self.work_cv.notify_one();
+        }
         let guard = self.guard.take().expect("held until dropped");
         self.guard = Some(cv.wait(guard).unwrap_or_else(PoisonError::into_inner));
         self
@@ -261,6 +285,9 @@ impl Locked<'_> {
 
     /// Waits on `cv` at most `timeout`.
     fn wait_timeout(mut self, cv: &Condvar, timeout: Duration) -> Self {
+        for _ in 0..std::mem::take(&mut self.wake_workers) {
+            self.work_cv.notify_one();
+        }
         let guard = self.guard.take().expect("held until dropped");
         self.guard = Some(
             cv.wait_timeout(guard, timeout)
@@ -605,6 +632,7 @@ impl Broker {
     pub(crate) fn lock(&self) -> Locked<'_> {
         Locked {
             guard: Some(self.state.lock().unwrap_or_else(PoisonError::into_inner)),
+            work_cv: &self.work_cv,
         }
     }
 
