@@ -1055,9 +1055,10 @@ btb_status btb_instance_id(const btb_instance *instance, btb_uuid *out);
 
 /**
  * Writes a new handle to the registration this is a run of to `*out` (free with
- * `btb_registration_free`). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`,
- * `BTB_ERROR_STATE` (in a host process, which has no registrations: its `BTB_TASK_*` variables
- * name the task). Thread-safe.
+ * `btb_registration_free`). In an exec host it describes the task the broker started it for;
+ * the calls on it that need the app's system (unregister, request, handlers, history) are
+ * `BTB_ERROR_UNSUPPORTED` there. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`.
+ * Thread-safe.
  *
  * # Safety
  *
@@ -1253,7 +1254,8 @@ btb_status btb_deferral_free(btb_deferral *deferral);
  * in-process run: progress, failure, deferrals, canceled handlers (called on a btb thread of this
  * process when the broker cancels the run), `btb_instance_wait_canceled`; the run ends when the
  * process exits, with its exit status (0 = succeeded unless a failure was reported).
- * `btb_instance_task` and `btb_instance_finish_run` are `BTB_ERROR_STATE` on it.
+ * `btb_instance_task` describes its task (calls on that registration that need the app's system
+ * are `BTB_ERROR_UNSUPPORTED`); `btb_instance_finish_run` is `BTB_ERROR_STATE` on it.
  * Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_STATE` (not started by a broker: `BTB_HOST_FD`
  * unset; connected already; the broker refused, e.g. another protocol version),
  * `BTB_ERROR_INVALID_ARGUMENT` (a `BTB_*` variable is malformed), `BTB_ERROR_INTERNAL` (the socket

@@ -31,7 +31,7 @@ mod _btb {
     #[pymodule_export]
     use crate::builder::BackgroundTaskBuilder;
     #[pymodule_export]
-    use crate::host::{HostInstance, HostInstanceDeferral, connect as _host_connect};
+    use crate::host::connect as _host_connect;
     #[pymodule_export]
     use crate::manifest::{Manifest, TaskDeclaration};
     #[pymodule_export]

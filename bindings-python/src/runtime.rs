@@ -327,9 +327,7 @@ fn run_target(
         Ok(system) => system,
         Err(err) => return fail(py, instance, &err),
     };
-    let created = BackgroundTaskInstance::new(py, instance.clone(), system.clone_ref(py))
-        .and_then(|i| Bound::new(py, i))
-        .and_then(|i| BackgroundTaskInstance::watch_cancellation(&i).map(|()| i));
+    let created = BackgroundTaskInstance::wrap(py, instance.clone(), system.clone_ref(py));
     let python_instance = match created {
         Ok(i) => i,
         Err(err) => return fail(py, instance, &err),
@@ -609,6 +607,18 @@ impl BackgroundTaskInstance {
         })
     }
 
+    /// The Python object of a run, with its task's registration in `system`, hearing its
+    /// cancellation.
+    pub(crate) fn wrap(
+        py: Python<'_>,
+        inner: Instance,
+        system: Py<System>,
+    ) -> PyResult<Bound<'_, Self>> {
+        let wrapped = Bound::new(py, Self::new(py, inner, system)?)?;
+        Self::watch_cancellation(&wrapped)?;
+        Ok(wrapped)
+    }
+
     /// Hands the core one canceled handler for this object, which calls the Python handlers in
     /// order and then cancels the coroutine of an `async def` run. It holds the object weakly:
     /// the handlers belong to it.
@@ -879,8 +889,18 @@ impl BackgroundTaskInstance {
         message: Option<&Bound<'_, PyString>>,
     ) -> PyResult<()> {
         let (after, message) = crate::retry::retry_request(after, message)?;
-        py.detach(|| self.inner.request_retry(after, message));
-        Ok(())
+        py.detach(|| self.inner.request_retry(after, message))
+            .or_raise()
+    }
+
+    /// Waits (without the GIL) until the run is canceled or `timeout` seconds pass; returns the
+    /// `BackgroundTaskCancellationReason`, or `None` on timeout. For an exec host's main thread,
+    /// or a run function with nothing else to wait for.
+    fn wait_canceled(&self, py: Python<'_>, timeout: f64) -> PyResult<Py<PyAny>> {
+        let timeout = Duration::try_from_secs_f64(timeout.max(0.0))
+            .map_err(|e| pyo3::exceptions::PyValueError::new_err(format!("timeout: {e}")))?;
+        let reason = py.detach(|| self.inner.wait_canceled(timeout));
+        reason_value(py, reason)
     }
 
     /// What the run hands back (SPEC §12; WorkManager's output `Data`): a `dict` of JSON values,

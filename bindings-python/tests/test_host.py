@@ -18,23 +18,32 @@ HOST = textwrap.dedent(
     import btb, btb.host
 
     instance = btb.host.connect()
-    print("host", instance.name, instance.trigger_details, instance.app_id)
-    if instance.name == "progress":
+    assert isinstance(instance, btb.BackgroundTaskInstance), type(instance)
+    name = instance.task.name
+    print("host", name, instance.trigger_details, instance.task.system.app_id)
+    if name == "progress":
         deferral = instance.get_deferral()
         instance.progress = 25
         instance.progress = 75
         deferral.complete()
-    elif instance.name == "fail":
+    elif name == "fail":
         instance.report_failure("nothing to do")
-    elif instance.name == "cancel":
+    elif name == "cancel":
         heard = []
         instance.add_canceled(lambda inst, reason: heard.append(reason))
         instance.progress = 1  # ready
         reason = instance.wait_canceled(30)
         assert reason == btb.BackgroundTaskCancellationReason.ABORT, reason
         assert instance.canceled and heard == [reason], heard
-    elif instance.name == "raise":
+    elif name == "raise":
         raise RuntimeError("the host broke")
+    elif name == "describe":
+        task = instance.task
+        print("task", task.task_entry_point, type(task.trigger).__name__, task.task_id)
+        try:
+            task.unregister(False)
+        except btb.UnsupportedError as e:
+            print("unregister:", e)
     """
 )
 
@@ -109,6 +118,19 @@ def test_cancellation_reaches_the_host(system: btb.System) -> None:
     assert events[-1] == btb.TaskOutcome.CANCELED
 
 
+def test_a_host_gets_its_task_and_registration_calls_are_unsupported(system: btb.System) -> None:
+    """The same instance type as in-process: its task (from the broker's welcome), on which what
+    needs the app's system raises ``UnsupportedError`` naming why."""
+    registration, events, done = register(system, "describe")
+    registration.request()
+    assert done.wait(30)
+    assert events == [btb.TaskOutcome.SUCCEEDED]
+    lines = registration.history[0].stdout.splitlines()
+    assert lines[1] == f"task app.Host ApplicationTrigger {registration.task_id}", lines
+    assert lines[2].startswith("unregister: ") and "an exec host cannot unregister a task" in lines[2], lines
+    assert "the app's process does" in lines[2], lines
+
+
 def test_connect_outside_a_host_says_why() -> None:
     import btb.host
 
@@ -122,9 +144,9 @@ def test_import_btb_makes_btb_host_available() -> None:
 
     # A fresh interpreter: `import btb` alone, then `btb.host` (no `import btb.host`).
     out = subprocess.run(
-        [sys.executable, "-c", "import btb; print(btb.host.connect.__name__, btb.host.HostInstance.__name__)"],
+        [sys.executable, "-c", "import btb; print(btb.host.connect.__name__, btb.host.__all__)"],
         capture_output=True,
         text=True,
         check=True,
     )
-    assert out.stdout.split() == ["_host_connect", "HostInstance"]
+    assert out.stdout.split() == ["_host_connect", "['connect']"]

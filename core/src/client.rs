@@ -139,27 +139,13 @@ fn read_runs(
             }
             ToHost::Canceled { reason } => {
                 if let Some(instance) = &current {
-                    instance.canceled_by_broker(cancellation_reason(reason));
+                    instance.canceled_by_broker(crate::link::cancellation_reason(reason));
                 }
             }
             ToHost::Welcome { .. } | ToHost::Refused { .. } => return, // not on this connection
             ToHost::Unknown => {}                                      // a notice of a newer broker
         }
     }
-}
-
-/// Reads a handed run's connection for cancellations until the broker hangs up (at its end).
-fn hear_cancellations(instance: &crate::Instance, reader: &mut UnixStream) {
-    while let Ok(Some(message)) = crate::protocol::read_frame::<crate::protocol::ToHost>(reader) {
-        if let crate::protocol::ToHost::Canceled { reason } = message {
-            instance.canceled_by_broker(cancellation_reason(reason));
-        }
-    }
-}
-
-fn cancellation_reason(value: u32) -> crate::model::CancellationReason {
-    crate::model::CancellationReason::from_u32(value)
-        .unwrap_or(crate::model::CancellationReason::Abort)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -631,7 +617,11 @@ impl Remote {
         std::thread::scope(|scope| {
             let hearing = std::thread::Builder::new()
                 .name("btb-run-reader".into())
-                .spawn_scoped(scope, || hear_cancellations(&instance, &mut reader));
+                .spawn_scoped(scope, || {
+                    crate::link::hear_cancellations(&mut reader, |reason| {
+                        instance.canceled_by_broker(reason);
+                    });
+                });
             if let Err(e) = hearing {
                 log::warn!(target: "btb", "instance {}: cannot start the thread that hears its cancellation: {e}", instance.instance_id());
             }
@@ -700,7 +690,7 @@ impl Remote {
             .network_granted
             .store(network_granted, Ordering::Release);
         if let Some(r) = canceled {
-            instance.canceled_by_broker(cancellation_reason(r));
+            instance.canceled_by_broker(crate::link::cancellation_reason(r));
         }
         instance
     }

@@ -2,7 +2,7 @@
 //! process than its broker's — an `exec` host (`host.rs`), or a run handed to a client
 //! (`client.rs`) — tells its broker. One write lock, so frames written by several threads (a
 //! progress report, a deferral completed on another thread) never interleave; and one rule for
-//! long messages, cut to fit a frame.
+//! long messages, cut to fit a frame. And one loop that hears the broker's cancellations.
 
 use std::os::unix::net::UnixStream;
 use std::sync::{Mutex, PoisonError};
@@ -65,6 +65,26 @@ impl Link {
         let _guard = self.write.lock().unwrap_or_else(PoisonError::into_inner);
         let _ = std::io::Write::write_all(&mut &self.socket, frames);
     }
+}
+
+/// Reads the broker's side of a run's connection until the broker hangs up (or the reading
+/// side is shut down): each cancellation goes to `canceled`. The one reader loop of a run in
+/// another process than its broker's — a client's handed run, an exec host's.
+pub(crate) fn hear_cancellations(
+    reader: &mut UnixStream,
+    mut canceled: impl FnMut(crate::model::CancellationReason),
+) {
+    while let Ok(Some(message)) = protocol::read_frame::<protocol::ToHost>(reader) {
+        if let protocol::ToHost::Canceled { reason } = message {
+            canceled(cancellation_reason(reason));
+        }
+    }
+}
+
+/// A cancellation reason the broker sent; one a newer broker knows is still a cancellation.
+pub(crate) fn cancellation_reason(value: u32) -> crate::model::CancellationReason {
+    crate::model::CancellationReason::from_u32(value)
+        .unwrap_or(crate::model::CancellationReason::Abort)
 }
 
 /// A message whose free text fits one frame: a failure message up to the frame limit (with room

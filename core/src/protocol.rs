@@ -105,6 +105,11 @@ pub enum ToHost {
         /// environment (`BTB_TRIGGER_DETAILS` is then unset); absent otherwise.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         trigger_details: Option<serde_json::Value>,
+        /// Version 2, to an `exec` host: the registration it runs (what a client's handed run
+        /// carries as [`HandedRun::task`]); absent to a client, which has it with the run, and
+        /// from older brokers (the host then knows its task from its `BTB_*` environment).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        task: Option<Box<WireTask>>,
     },
     /// The instance was canceled (a `CancellationReason` value); the grace period runs.
     Canceled { reason: u32 },
@@ -122,12 +127,16 @@ pub enum ToHost {
     Unknown,
 }
 
+/// A registration as the instance protocol carries it (a handed run's task, an exec host's
+/// welcome): one type for both, so the two cannot drift apart.
+pub type WireTask = crate::model::TaskRecord;
+
 /// A run a broker hands to a client process (on the client's feed, or on a connection it keeps
 /// ready): what the client needs to start the instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HandedRun {
     pub instance_id: Uuid,
-    pub task: crate::model::TaskRecord,
+    pub task: WireTask,
     pub trigger_details: Option<serde_json::Value>,
     pub started_ms: i64,
     /// Version 2: which attempt it is.

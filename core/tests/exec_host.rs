@@ -702,7 +702,7 @@ fn progress_of(reg: &Registration) -> mpsc::Receiver<u32> {
 #[ignore = "a host process started by a_connected_host_…, not a test"]
 fn host_progress_then_fail() {
     let instance = btb_core::host::connect().unwrap();
-    assert_eq!(instance.name(), "progress");
+    assert_eq!(instance.task().name(), "progress");
     instance.set_progress(40);
     instance.set_progress(80);
     instance.report_failure("reported: bad input");
@@ -868,4 +868,158 @@ fn host_hands_back_output() {
             .set_output(&serde_json::json!({"attempt": instance.attempt()}))
             .unwrap();
     }
+}
+
+/// A host gets the same `Instance` as an in-process run: its registration comes in the welcome
+/// (name, entry point, the trigger it was registered with), and what needs the app's system
+/// answers `UNSUPPORTED` saying so. Its `finish_run` is `STATE`: the process is the run.
+#[test]
+fn a_host_gets_its_task_from_the_welcome_and_registration_calls_are_unsupported() {
+    let rig = open(
+        &[("app.Task", this_binary_as("host_prints_its_task"))],
+        5000,
+    );
+    let (reg, c) = rig.run("described", "app.Task", None);
+    assert_eq!(c.outcome, TaskOutcome::Succeeded, "{c:?}");
+    let stdout = reg.history().unwrap()[0].stdout.clone().unwrap();
+    // (The test harness of the host writes its own text before the first line.)
+    let lines: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.find("host ").map(|at| &l[at..]))
+        .collect();
+    let Trigger::Application { id } = reg.trigger() else {
+        panic!("registered with an application trigger");
+    };
+    assert_eq!(
+        lines,
+        [
+            format!("host task: described app.Task {} {id}", reg.task_id()),
+            "host unregister: UNSUPPORTED an exec host cannot unregister a task: it runs one \
+             instance of its task; the app's process does"
+                .to_owned(),
+            "host add_completed: UNSUPPORTED an exec host cannot use the app's system (add \
+             handlers, register, request): it runs one instance of its task; the app's process \
+             does"
+                .to_owned(),
+            "host finish_run: STATE".to_owned(),
+        ]
+        .as_slice(),
+        "{stdout}"
+    );
+}
+
+/// Host: prints its task as its instance tells it, then what registration calls answer.
+#[test]
+#[ignore = "a host process started by a_host_gets_its_task_…, not a test"]
+fn host_prints_its_task() {
+    let instance = btb_core::host::connect().unwrap();
+    let task = instance.task();
+    let Trigger::Application { id } = task.trigger() else {
+        panic!("{:?}", task.trigger());
+    };
+    println!(
+        "host task: {} {} {} {id}",
+        task.name(),
+        task.task_entry_point().unwrap(),
+        task.task_id()
+    );
+    let e = task.unregister(true).unwrap_err();
+    println!("host unregister: {} {}", e.kind().name(), e.message());
+    let e = task
+        .add_completed(std::sync::Arc::new(|_: &Registration, _: &Completion| {}))
+        .unwrap_err();
+    println!("host add_completed: {} {}", e.kind().name(), e.message());
+    let e = instance.finish_run().unwrap_err();
+    println!("host finish_run: {}", e.kind().name());
+}
+
+/// A broker of protocol version 1 (this test, speaking it by hand over a real socket to a real
+/// host process) sends no task in its welcome: the host's task comes from its `BTB_*`
+/// environment, `request_retry` and `set_output` are `UNSUPPORTED`, and a failure reaches the
+/// broker at once (before the host exits).
+#[test]
+fn a_host_of_a_version_1_broker_takes_its_task_from_its_environment() {
+    use btb_core::protocol::{ToBroker, ToHost, read_frame, write_frame};
+    use command_fds::{CommandFdExt, FdMapping};
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let (instance_id, task_id) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+    let argv = this_binary_as("host_of_a_version_1_broker");
+    let mut cmd = std::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .env("BTB_HOST_FD", "3")
+        .env("BTB_INSTANCE_ID", instance_id.to_string())
+        .env("BTB_TASK_ID", task_id.to_string())
+        .env("BTB_TASK_NAME", "old")
+        .env("BTB_ENTRY_POINT", "app.Old")
+        .env("BTB_APP_ID", APP)
+        .stdout(std::process::Stdio::null());
+    cmd.fd_mappings(vec![FdMapping {
+        parent_fd: theirs.into(),
+        child_fd: 3,
+    }])
+    .unwrap();
+    let mut child = cmd.spawn().unwrap();
+    drop(cmd); // our copy of the host's end: the socket ends when the host exits
+    let mut reader = &ours;
+    match read_frame::<ToBroker>(&mut reader).unwrap() {
+        Some(ToBroker::Hello {
+            instance_id: id, ..
+        }) => assert_eq!(id, instance_id),
+        other => panic!("expected a hello, read {other:?}"),
+    }
+    write_frame(
+        &mut &ours,
+        &ToHost::Welcome {
+            version: 1,
+            canceled: None,
+            network_granted: false,
+            trigger_details: None,
+            task: None,
+        },
+    )
+    .unwrap();
+    let said = read_frame::<ToBroker>(&mut reader).unwrap();
+    assert_eq!(
+        said,
+        Some(ToBroker::Failure {
+            message: format!(
+                "old app.Old {task_id} {}; retry: UNSUPPORTED; output: UNSUPPORTED",
+                uuid::Uuid::nil()
+            )
+        })
+    );
+    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        read_frame::<ToBroker>(&mut reader).unwrap(),
+        None,
+        "the end"
+    );
+}
+
+/// Host: reports as a failure what its instance says of its task, and what a retry request and
+/// an output answer.
+#[test]
+#[ignore = "a host process started by a_host_of_a_version_1_broker_…, not a test"]
+fn host_of_a_version_1_broker() {
+    let instance = btb_core::host::connect().unwrap();
+    let task = instance.task();
+    let Trigger::Application { id } = task.trigger() else {
+        panic!("{:?}", task.trigger());
+    };
+    let retry = instance.request_retry(None, None).unwrap_err();
+    let output = instance
+        .set_output(&serde_json::json!({"a": 1}))
+        .unwrap_err();
+    assert!(
+        instance.output().is_none(),
+        "an output not taken is not kept"
+    );
+    instance.report_failure(format!(
+        "{} {} {} {id}; retry: {}; output: {}",
+        task.name(),
+        task.task_entry_point().unwrap(),
+        task.task_id(),
+        retry.kind().name(),
+        output.kind().name()
+    ));
 }

@@ -406,6 +406,7 @@ fn welcome(version: u32) -> ToHost {
         canceled: Some(1),
         network_granted: false,
         trigger_details: None,
+        task: None,
     }
 }
 
@@ -469,6 +470,16 @@ fn v2() -> Vec<(&'static str, Frame)> {
     vec![
         ("request_uninstall", Req(Request::Uninstall)),
         ("reply_uninstalled", Rep(Reply::Uninstalled { tasks: 2 })),
+        (
+            "to_host_welcome_task",
+            Th(ToHost::Welcome {
+                version: 2,
+                canceled: None,
+                network_granted: false,
+                trigger_details: None,
+                task: Some(Box::new(record())),
+            }),
+        ),
     ]
 }
 

@@ -42,7 +42,8 @@ fn outcomes(reg: &Registration) -> Vec<(TaskOutcome, u32)> {
 fn a_run_that_asks_for_a_retry_runs_again_after_its_delay_until_max_attempts() {
     let rig = Rig::open(policy());
     rig.router.on("flaky", |i: &Instance| {
-        i.request_retry(None, Some(format!("server busy (attempt {})", i.attempt())));
+        i.request_retry(None, Some(format!("server busy (attempt {})", i.attempt())))
+            .unwrap();
     });
     let (b, trigger) = app_task_with(
         "flaky",
@@ -152,7 +153,8 @@ fn a_new_fire_replaces_a_waiting_retry_as_attempt_1_with_its_own_details() {
             .send((i.attempt(), i.trigger_details().cloned()))
             .unwrap();
         if !asked.swap(true, std::sync::atomic::Ordering::SeqCst) {
-            i.request_retry(Some(Duration::from_secs(600)), None);
+            i.request_retry(Some(Duration::from_secs(600)), None)
+                .unwrap();
         }
     });
     let (b, trigger) = app_task_with(
@@ -214,7 +216,7 @@ fn a_waiting_retry_and_a_run_cut_off_by_close_survive_a_reopen() {
     let rig = open_at(&store_in(dir.path()), &clock);
     rig.router.on("asks", |i: &Instance| {
         if i.attempt() == 1 {
-            i.request_retry(None, None);
+            i.request_retry(None, None).unwrap();
         }
     });
     let gate = Gate::new();

@@ -1,7 +1,8 @@
 //! `btb_instance` and `btb_deferral`: one run of a task as a run function sees it, and the
-//! deferrals that keep it alive after the run function returns. The same handle type serves an
-//! out-of-process host (`btb_host_connect`): code written against `btb_instance_*` runs in either
-//! place, as Windows' `IBackgroundTaskInstance` does in-process and out-of-process.
+//! deferrals that keep it alive after the run function returns. The same handle type, wrapping
+//! the same core `Instance`, serves an out-of-process host (`btb_host_connect`): code written
+//! against `btb_instance_*` runs in either place, as Windows' `IBackgroundTaskInstance` does
+//! in-process and out-of-process.
 //!
 //! Handles passed *to* callbacks are borrowed: valid until the callback returns (btb frees them
 //! then; a later use is `BTB_ERROR_INVALID_HANDLE`, never undefined behaviour). Keep an instance
@@ -10,8 +11,7 @@
 use std::ffi::{CString, c_char, c_void};
 use std::sync::Arc;
 
-use btb_core::host::{HostDeferral, HostInstance};
-use btb_core::{CancellationReason, Deferral, Error, ErrorKind, Handler, Instance};
+use btb_core::{Deferral, Error, ErrorKind, Handler, Instance};
 
 use crate::error::{btb_status, guard};
 use crate::handle::{self, Out, UserData, handle_type, read};
@@ -51,141 +51,22 @@ pub type btb_free_fn = Option<unsafe extern "C" fn(user_data: *mut c_void)>;
 pub type btb_canceled_fn =
     Option<unsafe extern "C" fn(instance: *mut btb_instance, reason: u32, user_data: *mut c_void)>;
 
-/// A run as the C ABI sees it: in this process, or the one a host process runs.
-pub(crate) enum Run {
-    Local(Instance),
-    Host(HostInstance),
-}
-
-impl Run {
-    fn id(&self) -> uuid::Uuid {
-        match self {
-            Run::Local(i) => i.instance_id(),
-            Run::Host(h) => h.instance_id(),
-        }
-    }
-
-    fn trigger_details(&self) -> Option<&serde_json::Value> {
-        match self {
-            Run::Local(i) => i.trigger_details(),
-            Run::Host(h) => h.trigger_details(),
-        }
-    }
-
-    fn progress(&self) -> u32 {
-        match self {
-            Run::Local(i) => i.progress(),
-            Run::Host(h) => h.progress(),
-        }
-    }
-
-    fn set_progress(&self, value: u32) {
-        match self {
-            Run::Local(i) => i.set_progress(value),
-            Run::Host(h) => h.set_progress(value),
-        }
-    }
-
-    fn cancellation_reason(&self) -> Option<CancellationReason> {
-        match self {
-            Run::Local(i) => i.cancellation_reason(),
-            Run::Host(h) => h.cancellation_reason(),
-        }
-    }
-
-    fn is_network_granted(&self) -> bool {
-        match self {
-            Run::Local(i) => i.is_network_granted(),
-            Run::Host(h) => h.is_network_granted(),
-        }
-    }
-
-    fn report_failure(&self, message: &str) {
-        match self {
-            Run::Local(i) => i.report_failure(message),
-            Run::Host(h) => h.report_failure(message),
-        }
-    }
-
-    fn attempt(&self) -> u32 {
-        match self {
-            Run::Local(i) => i.attempt(),
-            Run::Host(h) => h.attempt(),
-        }
-    }
-
-    fn request_retry(
-        &self,
-        after: Option<std::time::Duration>,
-        message: Option<String>,
-    ) -> Result<(), Error> {
-        match self {
-            Run::Local(i) => {
-                i.request_retry(after, message);
-                Ok(())
-            }
-            Run::Host(h) => h.request_retry(after, message),
-        }
-    }
-
-    fn set_output(&self, output: &serde_json::Value) -> Result<(), Error> {
-        match self {
-            Run::Local(i) => i.set_output(output),
-            Run::Host(h) => h.set_output(output),
-        }
-    }
-
-    fn remove_canceled(&self, token: u64) -> bool {
-        match self {
-            Run::Local(i) => i.remove_canceled(token),
-            Run::Host(h) => h.remove_canceled(token),
-        }
-    }
-
-    /// The in-process instance, or `STATE` naming what a host process cannot do.
-    fn local(&self, what: &str) -> Result<&Instance, Error> {
-        match self {
-            Run::Local(i) => Ok(i),
-            Run::Host(_) => Err(Error::state(format!(
-                "{what} is not available in a host process (its run ends when the process exits)"
-            ))),
-        }
-    }
-}
-
 pub(crate) struct InstanceData {
-    pub(crate) run: Run,
+    pub(crate) instance: Instance,
     details: Option<CString>,
 }
 
-/// A deferral of either kind of run.
-pub(crate) enum AnyDeferral {
-    Local(Deferral),
-    Host(HostDeferral),
-}
-
 pub(crate) type InstanceRef = Arc<InstanceData>;
-pub(crate) type DeferralRef = Arc<AnyDeferral>;
+pub(crate) type DeferralRef = Arc<Deferral>;
 handle_type!(btb_instance, "instance", 11, Instance, InstanceRef);
 handle_type!(btb_deferral, "deferral", 12, Deferral, DeferralRef);
 
 /// A new (owned) handle for an instance.
 pub(crate) fn new_instance(instance: Instance) -> *mut btb_instance {
-    new_run(Run::Local(instance))
-}
-
-pub(crate) fn new_run(run: Run) -> *mut btb_instance {
-    let details = run
+    let details = instance
         .trigger_details()
         .map(|d| CString::new(d.to_string()).unwrap_or_default());
-    handle::insert::<btb_instance>(Arc::new(InstanceData { run, details }))
-}
-
-/// Calls `f` with a handle to a host instance that is freed when `f` returns.
-fn with_borrowed_host(instance: &HostInstance, f: impl FnOnce(*mut btb_instance)) {
-    let h = new_run(Run::Host(instance.clone()));
-    f(h);
-    let _ = handle::free(h);
+    handle::insert::<btb_instance>(Arc::new(InstanceData { instance, details }))
 }
 
 /// Calls `f` with a handle to `instance` that is freed when `f` returns.
@@ -207,8 +88,8 @@ pub(crate) fn run_handler(
     }))
 }
 
-fn act(instance: *mut btb_instance, f: impl FnOnce(&Run) -> Result<(), Error>) -> btb_status {
-    guard(|| f(&handle::get(instance as *const btb_instance, "instance")?.run))
+fn act(instance: *mut btb_instance, f: impl FnOnce(&Instance) -> Result<(), Error>) -> btb_status {
+    guard(|| f(&handle::get(instance as *const btb_instance, "instance")?.instance))
 }
 
 /// Writes a new owned handle to the same instance to `*out` (free with `btb_instance_free`), to keep
@@ -225,14 +106,7 @@ pub unsafe extern "C" fn btb_instance_clone(
 ) -> btb_status {
     // SAFETY: the C contract: `out` is NULL or writable storage for the result.
     let out = unsafe { Out::from_raw(out) };
-    guard(|| {
-        read(instance, out, |i| {
-            Ok(new_run(match &i.run {
-                Run::Local(l) => Run::Local(l.clone()),
-                Run::Host(h) => Run::Host(h.clone()),
-            }))
-        })
-    })
+    guard(|| read(instance, out, |i| Ok(new_instance(i.instance.clone()))))
 }
 
 /// Frees an owned instance handle (from `btb_instance_clone` or `btb_system_next_event`). NULL is a
@@ -258,16 +132,17 @@ pub unsafe extern "C" fn btb_instance_id(
     guard(|| {
         read(instance, out, |i| {
             Ok(btb_uuid {
-                bytes: *i.run.id().as_bytes(),
+                bytes: *i.instance.instance_id().as_bytes(),
             })
         })
     })
 }
 
 /// Writes a new handle to the registration this is a run of to `*out` (free with
-/// `btb_registration_free`). Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`,
-/// `BTB_ERROR_STATE` (in a host process, which has no registrations: its `BTB_TASK_*` variables
-/// name the task). Thread-safe.
+/// `btb_registration_free`). In an exec host it describes the task the broker started it for;
+/// the calls on it that need the app's system (unregister, request, handlers, history) are
+/// `BTB_ERROR_UNSUPPORTED` there. Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`.
+/// Thread-safe.
 ///
 /// # Safety
 ///
@@ -281,9 +156,7 @@ pub unsafe extern "C" fn btb_instance_task(
     let out = unsafe { Out::from_raw(out) };
     guard(|| {
         read(instance, out, |i| {
-            Ok(new_registration(
-                i.run.local("the registration")?.task().clone(),
-            ))
+            Ok(new_registration(i.instance.task().clone()))
         })
     })
 }
@@ -322,7 +195,7 @@ pub unsafe extern "C" fn btb_instance_progress(
 ) -> btb_status {
     // SAFETY: the C contract: `out` is NULL or writable storage for the result.
     let out = unsafe { Out::from_raw(out) };
-    guard(|| read(instance, out, |i| Ok(i.run.progress())))
+    guard(|| read(instance, out, |i| Ok(i.instance.progress())))
 }
 
 /// Sets the progress; each change reaches the registration's progress handlers (on a btb thread).
@@ -367,7 +240,11 @@ pub unsafe extern "C" fn btb_instance_canceled(
 ) -> btb_status {
     // SAFETY: the C contract: `out` is NULL or writable storage for the result.
     let out = unsafe { Out::from_raw(out) };
-    guard(|| read(instance, out, |i| Ok(i.run.cancellation_reason().is_some())))
+    guard(|| {
+        read(instance, out, |i| {
+            Ok(i.instance.cancellation_reason().is_some())
+        })
+    })
 }
 
 /// Writes the `BTB_CANCELLATION_*` reason to `*out`. Errors: `BTB_ERROR_NULL_ARGUMENT`,
@@ -385,7 +262,7 @@ pub unsafe extern "C" fn btb_instance_cancellation_reason(
     let out = unsafe { Out::from_raw(out) };
     guard(|| {
         read(instance, out, |i| {
-            i.run
+            i.instance
                 .cancellation_reason()
                 .map(|r| r as u32)
                 .ok_or_else(|| {
@@ -408,7 +285,7 @@ pub unsafe extern "C" fn btb_instance_is_network_granted(
 ) -> btb_status {
     // SAFETY: the C contract: `out` is NULL or writable storage for the result.
     let out = unsafe { Out::from_raw(out) };
-    guard(|| read(instance, out, |i| Ok(i.run.is_network_granted())))
+    guard(|| read(instance, out, |i| Ok(i.instance.is_network_granted())))
 }
 
 /// Marks the run as failed with `message` (copied): its outcome is `BTB_TASK_OUTCOME_FAILED` once
@@ -446,7 +323,7 @@ pub unsafe extern "C" fn btb_instance_attempt(
 ) -> btb_status {
     // SAFETY: the C contract: `out` is NULL or writable storage for the result.
     let out = unsafe { Out::from_raw(out) };
-    guard(|| read(instance, out, |i| Ok(i.run.attempt())))
+    guard(|| read(instance, out, |i| Ok(i.instance.attempt())))
 }
 
 /// Asks for another attempt when this run ends (SPEC §12; WorkManager's `Result.retry()`): its
@@ -518,9 +395,7 @@ pub unsafe extern "C" fn btb_instance_set_output(
 /// finished; or a host process's instance, whose run ends when the process exits). Thread-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn btb_instance_finish_run(instance: *mut btb_instance) -> btb_status {
-    act(instance, |i| {
-        i.local("btb_instance_finish_run")?.finish_run()
-    })
+    act(instance, Instance::finish_run)
 }
 
 /// Adds a canceled handler (called on a btb thread at once if the instance is already canceled);
@@ -547,16 +422,12 @@ pub unsafe extern "C" fn btb_instance_add_canceled(
         let i = handle::get(instance as *const btb_instance, "instance")?;
         let f = handler.ok_or_else(|| Error::new(ErrorKind::NullArgument, "handler is NULL"))?;
         let user_data = UserData::new(user_data, free_user_data);
-        let token = match &i.run {
-            Run::Local(l) => l.add_canceled(Arc::new(move |inst: &Instance, reason| {
+        let token = i
+            .instance
+            .add_canceled(Arc::new(move |inst: &Instance, reason| {
                 // SAFETY: the C caller promised `f` accepts these arguments.
                 with_borrowed(inst, |h| unsafe { f(h, reason as u32, user_data.ptr()) });
-            })),
-            Run::Host(h) => h.add_canceled(Arc::new(move |inst: &HostInstance, reason| {
-                // SAFETY: as above.
-                with_borrowed_host(inst, |h| unsafe { f(h, reason as u32, user_data.ptr()) });
-            })),
-        };
+            }));
         if let Some(out_token) = out_token {
             out_token.write(token);
         }
@@ -601,10 +472,7 @@ pub unsafe extern "C" fn btb_instance_get_deferral(
     let out = unsafe { Out::from_raw(out) };
     guard(|| {
         read(instance, out, |i| {
-            let deferral = match &i.run {
-                Run::Local(l) => AnyDeferral::Local(l.get_deferral()?),
-                Run::Host(h) => AnyDeferral::Host(h.get_deferral()),
-            };
+            let deferral = i.instance.get_deferral()?;
             Ok(handle::insert::<btb_deferral>(Arc::new(deferral)))
         })
     })
@@ -614,12 +482,7 @@ pub unsafe extern "C" fn btb_instance_get_deferral(
 /// `BTB_ERROR_INVALID_HANDLE`, `BTB_ERROR_STATE` (already completed). Thread-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn btb_deferral_complete(deferral: *mut btb_deferral) -> btb_status {
-    guard(
-        || match &*handle::get(deferral as *const btb_deferral, "deferral")? {
-            AnyDeferral::Local(d) => d.complete(),
-            AnyDeferral::Host(d) => d.complete(),
-        },
-    )
+    guard(|| handle::get(deferral as *const btb_deferral, "deferral")?.complete())
 }
 
 /// Frees a deferral handle (without completing it). NULL is a no-op.
@@ -635,7 +498,8 @@ pub extern "C" fn btb_deferral_free(deferral: *mut btb_deferral) -> btb_status {
 /// in-process run: progress, failure, deferrals, canceled handlers (called on a btb thread of this
 /// process when the broker cancels the run), `btb_instance_wait_canceled`; the run ends when the
 /// process exits, with its exit status (0 = succeeded unless a failure was reported).
-/// `btb_instance_task` and `btb_instance_finish_run` are `BTB_ERROR_STATE` on it.
+/// `btb_instance_task` describes its task (calls on that registration that need the app's system
+/// are `BTB_ERROR_UNSUPPORTED`); `btb_instance_finish_run` is `BTB_ERROR_STATE` on it.
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_STATE` (not started by a broker: `BTB_HOST_FD`
 /// unset; connected already; the broker refused, e.g. another protocol version),
 /// `BTB_ERROR_INVALID_ARGUMENT` (a `BTB_*` variable is malformed), `BTB_ERROR_INTERNAL` (the socket
@@ -651,7 +515,7 @@ pub unsafe extern "C" fn btb_host_connect(out: *mut *mut btb_instance) -> btb_st
     guard(|| {
         let out = out.ok_or_else(|| Error::new(ErrorKind::NullArgument, "out is NULL"))?;
         let instance = btb_core::host::connect()?;
-        out.write(new_run(Run::Host(instance)));
+        out.write(new_instance(instance));
         Ok(())
     })
 }
@@ -676,26 +540,7 @@ pub unsafe extern "C" fn btb_instance_wait_canceled(
     guard(|| {
         read(instance, out, |i| {
             let timeout = std::time::Duration::from_millis(u64::from(timeout_ms));
-            Ok(match &i.run {
-                Run::Host(h) => h.wait_canceled(timeout).is_some(),
-                Run::Local(l) => {
-                    // A canceled handler that wakes this thread, for the length of the wait.
-                    let woken = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
-                    let w = Arc::clone(&woken);
-                    let token = l.add_canceled(Arc::new(move |_: &Instance, _| {
-                        *w.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
-                        w.1.notify_all();
-                    }));
-                    let guard = woken.0.lock().unwrap_or_else(|p| p.into_inner());
-                    let (canceled, _) = woken
-                        .1
-                        .wait_timeout_while(guard, timeout, |c| !*c)
-                        .unwrap_or_else(|p| p.into_inner());
-                    let canceled = *canceled;
-                    l.remove_canceled(token);
-                    canceled
-                }
-            })
+            Ok(i.instance.wait_canceled(timeout).is_some())
         })
     })
 }

@@ -28,8 +28,14 @@ static int host_main(void) {
     if (btb_instance_trigger_details(instance, &details) != BTB_OK) return 11;
     btb_instance *again = NULL;
     if (btb_host_connect(&again) != BTB_ERROR_STATE) return 12; /* once per process */
+    /* The same instance as in-process: its task (from the broker's welcome), on which what
+     * needs the app's system is UNSUPPORTED; the process is the run, so no finish_run. */
     btb_registration *reg = NULL;
-    if (btb_instance_task(instance, &reg) != BTB_ERROR_STATE) return 13; /* no registrations here */
+    if (btb_instance_task(instance, &reg) != BTB_OK) return 13;
+    const char *name = NULL;
+    if (btb_registration_name(reg, &name) != BTB_OK || strcmp(name, task) != 0) return 21;
+    if (btb_registration_unregister(reg, false) != BTB_ERROR_UNSUPPORTED) return 22;
+    btb_registration_free(reg);
     if (btb_instance_finish_run(instance) != BTB_ERROR_STATE) return 14;
     printf("host %s got %s\n", task, details ? details : "(none)");
     fflush(stdout);

@@ -37,8 +37,6 @@ __all__ = [
     "BackgroundTaskRegistrationGroup",
     "CalendarTrigger",
     "CustomSystemEventTrigger",
-    "HostInstance",
-    "HostInstanceDeferral",
     "IBackgroundTrigger",
     "MaintenanceTrigger",
     "Manifest",
@@ -431,6 +429,8 @@ class BackgroundTaskInstance:
         handler: Callable[[BackgroundTaskInstance, BackgroundTaskCancellationReason], object],
     ) -> int: ...
     def remove_canceled(self, token: int) -> None: ...
+    def wait_canceled(self, timeout: float) -> BackgroundTaskCancellationReason | None:
+        """Waits (without the GIL) until canceled or ``timeout`` seconds pass."""
     def report_failure(self, message: str) -> None: ...
     @property
     def attempt(self) -> int:
@@ -609,60 +609,4 @@ def signal_event(app_id: str, name: str) -> None:
     Only systems with a file store listen for it: an in-memory (``":memory:"``) system has no
     control socket; signal it with ``system.signal_event(name)`` instead."""
 
-@final
-class HostInstanceDeferral:
-    """A deferral taken in a host process: the process is the run, so it keeps nothing alive."""
-
-    def complete(self) -> None: ...
-
-@final
-class HostInstance:
-    """The instance a host process runs (``btb.host.connect()``): the surface of
-    ``BackgroundTaskInstance``; the run ends when the process exits."""
-
-    @property
-    def instance_id(self) -> uuid.UUID: ...
-    @property
-    def task_id(self) -> uuid.UUID: ...
-    @property
-    def name(self) -> str: ...
-    @property
-    def entry_point(self) -> str: ...
-    @property
-    def app_id(self) -> str: ...
-    @property
-    def progress(self) -> int: ...
-    @progress.setter
-    def progress(self, value: int) -> None: ...
-    @property
-    def trigger_details(self) -> _Json | None: ...
-    @property
-    def suspended_count(self) -> int: ...
-    @property
-    def is_network_granted(self) -> bool: ...
-    @property
-    def canceled(self) -> bool: ...
-    @property
-    def cancellation_reason(self) -> BackgroundTaskCancellationReason | None: ...
-    def report_failure(self, message: str) -> None: ...
-    @property
-    def attempt(self) -> int:
-        """``BTB_ATTEMPT``: 1, then 2, 3… (WorkManager's ``runAttemptCount + 1``)."""
-    def request_retry(
-        self, after: datetime.timedelta | float | None = None, message: str | None = None
-    ) -> None:
-        """Asks for another attempt, as exit status 75 does (WorkManager's ``Result.retry()``)."""
-    @property
-    def output(self) -> _Json | None:
-        """The last output sent to the broker (WorkManager's output ``Data``)."""
-    @output.setter
-    def output(self, value: _Json) -> None: ...
-    def get_deferral(self) -> HostInstanceDeferral: ...
-    def wait_canceled(self, timeout: float) -> BackgroundTaskCancellationReason | None:
-        """Waits (without the GIL) until canceled or ``timeout`` seconds pass."""
-    def add_canceled(
-        self, handler: Callable[[HostInstance, BackgroundTaskCancellationReason], object]
-    ) -> int: ...
-    def remove_canceled(self, token: int) -> None: ...
-
-def _host_connect() -> HostInstance: ...
+def _host_connect() -> BackgroundTaskInstance: ...

@@ -53,6 +53,9 @@ const HOST_FD: i32 = 3;
 /// The largest trigger details passed in the environment (`BTB_TRIGGER_DETAILS`), in bytes;
 /// larger ones come in the welcome.
 const DETAILS_IN_ENV: usize = 16 * 1024;
+/// The largest welcome written at once under the instance's lock (a few small frames always fit
+/// a socket's buffer); a larger one is written by the supervisor, outside it.
+const WELCOME_INLINE: usize = 16 * 1024;
 /// Lines of stderr quoted in a failure message.
 const STDERR_LINES: usize = 5;
 
@@ -133,8 +136,12 @@ impl Child {
     /// sends two small frames at most, which fit any socket buffer, and a host that never reads
     /// hears the signals that follow.
     pub(crate) fn send(&self, message: &ToHost) {
+        self.send_frame(&protocol::encode(message));
+    }
+
+    fn send_frame(&self, frame: &[u8]) {
         use std::io::Write;
-        let _ = (&self.socket).write_all(&protocol::encode(message));
+        let _ = (&self.socket).write_all(frame);
     }
 }
 
@@ -508,24 +515,29 @@ impl Broker {
                 }
                 // Under the instance's lock, like `cancel_task`: a cancellation is either in the
                 // welcome or sent after it, never lost between.
+                let version = negotiated.unwrap_or(protocol::VERSION);
                 let welcome = ToHost::Welcome {
-                    version: negotiated.unwrap_or(protocol::VERSION),
+                    version,
                     canceled,
                     network_granted: instance.is_network_granted(),
                     trigger_details: child
                         .large_details
                         .then(|| instance.trigger_details().cloned())
                         .flatten(),
+                    // To an exec host (a client has it with the run), in version 2: a version 1
+                    // host refuses fields it does not know.
+                    task: (child.process.is_some() && version >= 2)
+                        .then(|| Box::new(instance.task().record().clone())),
                 };
-                if child.large_details {
+                let frame = protocol::encode(&welcome);
+                if child.large_details || frame.len() > WELCOME_INLINE {
                     // Too large to write here: the supervisor writes it, then greets.
                     if let Ok(socket) = child.socket.try_clone() {
-                        let frame = protocol::encode(&welcome);
                         child.welcome = Some((frame, canceled.is_some(), socket));
                     }
                 } else {
                     child.greeted = true;
-                    child.send(&welcome);
+                    child.send_frame(&frame);
                 }
             }
             ToBroker::Progress { value } => instance.set_progress(value),

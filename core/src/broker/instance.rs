@@ -114,11 +114,31 @@ impl Life {
     }
 }
 
+/// What a run reports about how it ends (the last report of each kind wins).
+pub(crate) enum Report<'a> {
+    Failure(&'a str),
+    Retry(&'a RetryRequest),
+    /// A JSON object, checked already.
+    Output(&'a serde_json::Value),
+}
+
 /// Where an instance reports what it does: this process's broker (`impl RunSink for Broker`), or
-/// — for a run this process executes for another process's broker (a run handed to a client) —
-/// the [`Link`](crate::link::Link) to that broker. What the run reports last (failure, output,
-/// retry) is in its [`Life`] when it has finished.
+/// — for a run this process executes for another process's broker — the
+/// [`Link`](crate::link::Link) to that broker: a run handed to a client, or an exec host's
+/// (`host::HostSink`). What the run reports (failure, output, retry) is kept in its [`Life`];
+/// the broker and a client's link read it there when the run has finished.
 pub(crate) trait RunSink: Send + Sync {
+    /// The run reported how it ends, before it is kept in its `Life`. Nothing to do where the
+    /// run's end reads it there; an exec host, whose run ends when its process exits, tells
+    /// its broker at once. `Err`: not taken (it is not kept either).
+    fn reported(&self, _report: Report<'_>) -> Result<()> {
+        Ok(())
+    }
+    /// Whether the run may say its run function returned (`Instance::finish_run`): an exec
+    /// host's run ends with its process instead.
+    fn check_finish_run(&self) -> Result<()> {
+        Ok(())
+    }
     /// The progress changed to `value`.
     fn progress(&self, instance: &Instance, value: u32);
     /// A deferral was taken (`true`) or completed (`false`).
@@ -309,17 +329,29 @@ impl Instance {
     /// Asks for another attempt when this run ends (SPEC §12): after `after` (instead of the
     /// retry policy's delay; the default policy's when the task has none), with `message` kept
     /// in the run's record. The run still ends as it would; its record says `RETRY`.
-    pub fn request_retry(&self, after: Option<std::time::Duration>, message: Option<String>) {
-        self.life().retry = Some(RetryRequest {
+    ///
+    /// In an exec host it reaches the broker at once (as exiting with status 75 does);
+    /// `UNSUPPORTED` there when the broker speaks protocol version 1.
+    pub fn request_retry(
+        &self,
+        after: Option<std::time::Duration>,
+        message: Option<String>,
+    ) -> Result<()> {
+        let retry = RetryRequest {
             after_ms: after.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             message,
-        });
+        };
+        self.0.sink.reported(Report::Retry(&retry))?;
+        self.life().retry = Some(retry);
+        Ok(())
     }
 
     /// Sets what the run hands back (SPEC §12): a JSON object of at most 64 KiB, kept with the
-    /// run's record and given to completed handlers. The last one set wins.
+    /// run's record and given to completed handlers. The last one set wins. In an exec host it
+    /// reaches the broker at once; `UNSUPPORTED` there when the broker speaks protocol version 1.
     pub fn set_output(&self, output: &serde_json::Value) -> Result<()> {
         let text = check_output(output)?;
+        self.0.sink.reported(Report::Output(output))?;
         self.life().result = Some(text);
         Ok(())
     }
@@ -425,10 +457,34 @@ impl Instance {
         before != life.canceled_handlers.len()
     }
 
+    /// Waits until the run is canceled (`Some(reason)`) or `timeout` passes (`None`): for a run
+    /// function, or an exec host's main thread, that has nothing else to wait for.
+    pub fn wait_canceled(&self, timeout: std::time::Duration) -> Option<CancellationReason> {
+        // A canceled handler that wakes this thread, for the length of the wait.
+        let woken = Arc::new((Mutex::new(None), std::sync::Condvar::new()));
+        let waking = Arc::clone(&woken);
+        let token = self.add_canceled(Arc::new(move |_: &Instance, reason| {
+            *waking.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+            waking.1.notify_all();
+        }));
+        let heard = woken.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (heard, _) = woken
+            .1
+            .wait_timeout_while(heard, timeout, |r| r.is_none())
+            .unwrap_or_else(|p| p.into_inner());
+        let reason = *heard;
+        drop(heard);
+        self.remove_canceled(token);
+        reason
+    }
+
     /// Marks the run as failed with `message` (the run still ends when it returns and its
     /// deferrals complete). The last report wins.
     pub fn report_failure(&self, message: impl Into<String>) {
-        self.life().failure = Some(message.into());
+        let message = message.into();
+        // A failure is always taken: only retries and output depend on the broker's version.
+        let _ = self.0.sink.reported(Report::Failure(&message));
+        self.life().failure = Some(message);
     }
 
     /// Whether a failure has been reported for this run.
@@ -439,6 +495,7 @@ impl Instance {
     /// Tells btb the run function returned (for queued instances run by a host; btb calls it
     /// itself after a run function). Calling it twice is `STATE`.
     pub fn finish_run(&self) -> Result<()> {
+        self.0.sink.check_finish_run()?;
         let mut life = self.life();
         if life.run_returned {
             return Err(Error::state(format!(
