@@ -231,19 +231,33 @@ def sync_run(instance):
 
 async def async_run(instance):
     print("started", flush=True)
-    while True:
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            pass  # ignores its cancellation
+    try:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                pass  # ignores its cancellation
+    finally:
+        print("async_run: finally", file=sys.stderr, flush=True)
+
+def start(system):
+    system.register_entry_point("app.Run", sync_run if STUBBORN == "sync" else async_run)
+    builder = btb.BackgroundTaskBuilder()
+    builder.name, builder.task_entry_point = "stubborn", "app.Run"
+    builder.set_trigger(btb.ApplicationTrigger())
+    builder.register(system).request()
 
 system = btb.System(manifest, ":memory:", simulated=True,
                     policy=btb.Policy(grace_seconds=float(sys.argv[2])))
-system.register_entry_point("app.Run", sync_run if STUBBORN == "sync" else async_run)
-builder = btb.BackgroundTaskBuilder()
-builder.name, builder.task_entry_point = "stubborn", "app.Run"
-builder.set_trigger(btb.ApplicationTrigger())
-builder.register(system).request()
+if sys.argv[3] == "asyncio.run":
+    # asyncio's own SIGINT handler cancels `main`; the system is the app loop's.
+    async def main():
+        async with system:
+            start(system)
+            await system.wait_idle_async(3600)
+    asyncio.run(main())
+    sys.exit("asyncio.run returned")
+start(system)
 if sys.argv[3] == "with":
     with system:
         system.wait_idle(3600)
@@ -305,7 +319,10 @@ class App:
         self.process.send_signal(signal.SIGINT)
 
 
-@pytest.mark.parametrize(("kind", "closed_by"), [("sync", "with"), ("async", "with"), ("sync", "exit hook")])
+@pytest.mark.parametrize(
+    ("kind", "closed_by"),
+    [("sync", "with"), ("async", "with"), ("sync", "exit hook"), ("async", "asyncio.run")],
+)
 def test_ctrl_c_ends_an_app_whose_task_ignores_cancellation_after_one_grace(
     tmp_path: Path, kind: str, closed_by: str
 ) -> None:
@@ -321,11 +338,15 @@ def test_ctrl_c_ends_an_app_whose_task_ignores_cancellation_after_one_grace(
     assert 'waiting up to the grace period (3 s) for task "stubborn"' in stderr, stderr
     assert 'Ctrl-C: waited the grace period (3 s) for task "stubborn"' in stderr, stderr
     assert "ignored its cancellation" in stderr
+    if closed_by == "asyncio.run":
+        # The app's loop would wait for the coroutine for ever at its end: btb closed it.
+        assert 'closed without task "stubborn"' in stderr, stderr
+        assert "async_run: finally" in stderr, stderr
 
 
-@pytest.mark.parametrize("kind", ["sync", "async"])
-def test_a_second_ctrl_c_exits_at_once(tmp_path: Path, kind: str) -> None:
-    app = App(tmp_path, kind, grace=60.0)
+@pytest.mark.parametrize(("kind", "closed_by"), [("sync", "with"), ("async", "with"), ("async", "asyncio.run")])
+def test_a_second_ctrl_c_exits_at_once(tmp_path: Path, kind: str, closed_by: str) -> None:
+    app = App(tmp_path, kind, grace=60.0, closed_by=closed_by)
     app.expect("stdout", "started")
     app.interrupt()
     app.expect("stderr", "Ctrl-C again exits at once")

@@ -5,7 +5,7 @@ import datetime
 import os
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Mapping
-from typing import Any, ClassVar, TypeVar, final
+from typing import Any, ClassVar, NoReturn, TypeVar, final
 
 from typing_extensions import Self, disjoint_base
 
@@ -54,6 +54,7 @@ __all__ = [
     "_ENUM_VALUES",
     "_ERROR_CLASSES",
     "__version__",
+    "_ctrl_c_again",
     "_host_connect",
     "_interrupted",
     "_wait_python_idle",
@@ -603,6 +604,7 @@ def default_system() -> System: ...
 def set_default_system(system: System | None) -> None: ...
 def _wait_python_idle(timeout: float) -> bool: ...
 def _interrupted(mark: bool = False) -> bool: ...
+def _ctrl_c_again(system: System) -> NoReturn: ...
 def signal_event(app_id: str, name: str) -> None:
     """Signals a custom event to the running broker of ``app_id`` (any process of this user).
 
