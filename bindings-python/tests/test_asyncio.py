@@ -185,6 +185,50 @@ def test_a_closing_system_cancels_its_coroutines_and_records_them_canceled() -> 
     assert registration.system.closed
 
 
+def test_a_coroutine_that_ignores_its_cancellation_is_closed_once_the_system_closed_without_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """On the app's loop, which would wait for it for ever at its end (asyncio.run cancels and
+    awaits every task): after the grace, it gets GeneratorExit, so its finally runs."""
+    started = threading.Event()
+    events: list[str] = []
+
+    async def stubborn(instance: btb.BackgroundTaskInstance) -> None:
+        started.set()
+        try:
+            while True:
+                try:
+                    await asyncio.Event().wait()
+                except asyncio.CancelledError:
+                    events.append("CancelledError ignored")
+        except GeneratorExit:
+            events.append("GeneratorExit")
+            raise
+        finally:
+            events.append("finally")
+
+    async def main() -> None:
+        system = btb.System(manifest(), ":memory:", simulated=True, policy=btb.Policy(grace_seconds=0.2))
+        async with system:
+            system.register_entry_point("app.Run", stubborn)
+            register(system).request()
+            assert await asyncio.get_running_loop().run_in_executor(None, started.wait, WAIT)
+        left = asyncio.all_tasks() - {asyncio.current_task()}
+        if left:  # ended already, as a rule: the close gave it up before `aclose` returned
+            await asyncio.wait_for(asyncio.wait(left), WAIT)
+
+    # Not asyncio.run, which would hang at its end should the coroutine still run.
+    loop = asyncio.new_event_loop()
+    try:
+        with caplog.at_level("WARNING", logger="btb"):
+            loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert events == ["CancelledError ignored", "GeneratorExit", "finally"]
+    assert 'closed without task "task"' in caplog.text, caplog.text
+    assert "closing it (GeneratorExit)" in caplog.text
+
+
 def test_async_run_failures_and_what_it_returns() -> None:
     async def raises(instance: btb.BackgroundTaskInstance) -> None:
         await asyncio.sleep(0)

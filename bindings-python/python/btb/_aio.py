@@ -197,9 +197,11 @@ def _start(
 
     def begin() -> None:
         driven = _Coroutine(coroutine, run)
+        driving = _drive(driven)
         try:
-            task = loop.create_task(_drive(driven))
+            task = loop.create_task(driving)
         except BaseException as error:  # noqa: BLE001 - the run fails with it, not the loop
+            driving.close()
             coroutine.close()
             run.failed(error)
             return
