@@ -728,7 +728,8 @@ impl System {
 
     /// `async with btb.System(...) as system`: the system's `async def` run functions and
     /// handlers run on the running loop (else on a loop btb owns, on a thread of its own).
-    /// `StateError` if its coroutines already run on another loop.
+    /// `StateError` if its coroutines already run on another loop. On the main thread, Ctrl-C
+    /// is heard until `aclose` (`btb._aio.AppLoop`, SPEC §9.1).
     fn __aenter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let aio = crate::aio::aio(py)?;
@@ -765,7 +766,7 @@ impl System {
     }
 
     /// `await system.aclose()`: `close` on the loop's default executor, so that the loop keeps
-    /// running the coroutines that the close cancels and waits for.
+    /// running the coroutines that the close cancels and waits for (`btb._aio.aclose`).
     fn aclose<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let event_loop = match &*lock(py, &slf.get().event_loop) {

@@ -343,11 +343,14 @@ class System:
     def __enter__(self) -> Self: ...
     def __exit__(self, exc_type: type[BaseException] | None = None, *_exc_info: object) -> bool: ...
     def __aenter__(self) -> Coroutine[Any, Any, Self]:
-        """Binds the system to the running loop: its coroutines run there."""
+        """Binds the system to the running loop: its coroutines run there. On the main thread,
+        Ctrl-C is heard until ``aclose`` (one grace, then a second Ctrl-C exits at once)."""
     def __aexit__(self, *_exc_info: object) -> Coroutine[Any, Any, None]: ...
     def aclose(self) -> Coroutine[Any, Any, None]:
         """``close`` on the loop's default executor: the loop keeps running the coroutines that
-        the close cancels (``CancelledError``) and waits for."""
+        the close cancels (``CancelledError``) and waits for. Cancelled meanwhile, it still waits
+        for the close (at most the grace). A coroutine still going after the grace is closed
+        (``GeneratorExit``)."""
     @property
     def closed(self) -> bool: ...
     @property
