@@ -72,7 +72,6 @@ class AppLoop:
         at the end of ``aclose``)."""
         if self._replaced is not None and signal.getsignal(signal.SIGINT) == self._on_sigint:
             signal.signal(signal.SIGINT, self._replaced)
-        self._replaced = None
 
     def start(self, coroutine: Coroutine[Any, Any, Any], run: Any) -> None:
         _start(self.loop, coroutine, run, self._runs)
