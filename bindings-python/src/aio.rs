@@ -183,6 +183,12 @@ impl AsyncRun {
         Ok(())
     }
 
+    /// The run's task, as the logs name it (`task "name" (instance …)`).
+    #[getter]
+    fn label(&self) -> String {
+        task_label(&self.instance.get().inner)
+    }
+
     /// The task could not even be made: the run fails with `error`.
     fn failed(&self, py: Python<'_>, error: &Bound<'_, PyAny>) {
         fail(

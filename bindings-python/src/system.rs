@@ -194,6 +194,15 @@ pub(crate) fn _interrupted(mark: bool) -> bool {
     CTRL_C.load(Ordering::SeqCst)
 }
 
+/// `btb._btb._ctrl_c_again(system)`: a second Ctrl-C while `system` closes, heard by the SIGINT
+/// handler of `btb._aio.AppLoop` (under asyncio the close waits on an executor's thread): says
+/// what is left behind and ends the process at once, as in a close on the main thread.
+#[pyfunction]
+pub(crate) fn _ctrl_c_again(system: &Bound<'_, System>) {
+    CTRL_C.store(true, Ordering::SeqCst);
+    exit_at_once(system.py(), system.get().core())
+}
+
 fn is_keyboard_interrupt(py: Python<'_>, err: &PyErr) -> bool {
     err.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py)
 }
@@ -311,17 +320,13 @@ impl System {
         Ok(())
     }
 
-    /// Closes the core system. On Python's main thread the close runs on a thread of its own
-    /// (`btb-close`, joined here) so that Ctrl-C is heard while it waits: the first Ctrl-C is
-    /// raised once the close is done (after at most the grace), a second one exits the process
-    /// at once. After a Ctrl-C, it says what it waits for and what it left behind.
+    /// Closes the core system. On Python's main thread Ctrl-C is heard while it waits
+    /// ([`close_hearing_ctrl_c`]). After a Ctrl-C (on any thread: `aclose` closes on an
+    /// executor's), it says what it waits for and what it left behind.
     fn close_core(&self, py: Python<'_>) -> PyResult<()> {
         let core = self.core();
         if py.detach(|| core.is_closed()) {
             return Ok(());
-        }
-        if !on_main_thread(py)? {
-            return py.detach(|| core.close()).or_raise();
         }
         let mut interrupt: Option<PyErr> = None;
         if CTRL_C.load(Ordering::SeqCst)
@@ -329,35 +334,13 @@ impl System {
         {
             heard(py, core, err, &mut interrupt);
         }
-        let answer: Mutex<Option<btb_core::Result<()>>> = Mutex::new(None);
-        let answered = Condvar::new();
-        let closed = std::thread::scope(|scope| -> PyResult<btb_core::Result<()>> {
-            let spawned = std::thread::Builder::new()
-                .name("btb-close".into())
-                .spawn_scoped(scope, || {
-                    let result = core.close();
-                    *answer.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
-                    answered.notify_all();
-                });
-            if spawned.is_err() {
-                return Ok(py.detach(|| core.close()));
-            }
-            loop {
-                let result = py.detach(|| {
-                    let guard = answer.lock().unwrap_or_else(PoisonError::into_inner);
-                    let (mut guard, _) = answered
-                        .wait_timeout_while(guard, WAIT_SLICE, |a| a.is_none())
-                        .unwrap_or_else(PoisonError::into_inner);
-                    guard.take()
-                });
-                if let Some(result) = result {
-                    return Ok(result);
-                }
-                if let Err(err) = py.check_signals() {
-                    heard(py, core, err, &mut interrupt);
-                }
-            }
-        })?;
+        // Off the main thread no signal is heard here: `aclose` under asyncio, whose SIGINT
+        // handler (`btb._aio.AppLoop`) hears the second Ctrl-C instead.
+        let closed = if on_main_thread(py)? {
+            close_hearing_ctrl_c(py, core, &mut interrupt)?
+        } else {
+            py.detach(|| core.close())
+        };
         if CTRL_C.load(Ordering::SeqCst) {
             let left = crate::aio::Going::of(core);
             if !left.is_empty() {
@@ -520,6 +503,45 @@ fn heard(py: Python<'_>, core: &btb_core::System, err: PyErr, interrupt: &mut Op
         }
     }
     interrupt.get_or_insert(err);
+}
+
+/// Closes `core` on a thread of its own (`btb-close`, joined here) so that the calling main
+/// thread hears Ctrl-C while it waits: the first Ctrl-C is kept in `interrupt`, to be raised
+/// once the close is done (after at most the grace); a second one exits the process at once.
+fn close_hearing_ctrl_c(
+    py: Python<'_>,
+    core: &btb_core::System,
+    interrupt: &mut Option<PyErr>,
+) -> PyResult<btb_core::Result<()>> {
+    let answer: Mutex<Option<btb_core::Result<()>>> = Mutex::new(None);
+    let answered = Condvar::new();
+    std::thread::scope(|scope| -> PyResult<btb_core::Result<()>> {
+        let spawned = std::thread::Builder::new()
+            .name("btb-close".into())
+            .spawn_scoped(scope, || {
+                let result = core.close();
+                *answer.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
+                answered.notify_all();
+            });
+        if spawned.is_err() {
+            return Ok(py.detach(|| core.close()));
+        }
+        loop {
+            let result = py.detach(|| {
+                let guard = answer.lock().unwrap_or_else(PoisonError::into_inner);
+                let (mut guard, _) = answered
+                    .wait_timeout_while(guard, WAIT_SLICE, |a| a.is_none())
+                    .unwrap_or_else(PoisonError::into_inner);
+                guard.take()
+            });
+            if let Some(result) = result {
+                return Ok(result);
+            }
+            if let Err(err) = py.check_signals() {
+                heard(py, core, err, interrupt);
+            }
+        }
+    })
 }
 
 /// After Ctrl-C: says which runs a close waits for, and for how long.
@@ -706,7 +728,8 @@ impl System {
 
     /// `async with btb.System(...) as system`: the system's `async def` run functions and
     /// handlers run on the running loop (else on a loop btb owns, on a thread of its own).
-    /// `StateError` if its coroutines already run on another loop.
+    /// `StateError` if its coroutines already run on another loop. On the main thread, Ctrl-C
+    /// is heard until `aclose` (`btb._aio.AppLoop`, SPEC §9.1).
     fn __aenter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let aio = crate::aio::aio(py)?;
@@ -714,7 +737,7 @@ impl System {
         let mut event_loop = lock(py, &slf.get().event_loop);
         match &*event_loop {
             EventLoop::Unset => {
-                let app = aio.getattr("AppLoop")?.call1((&running,))?;
+                let app = aio.getattr("AppLoop")?.call1((&running, slf))?;
                 *event_loop = EventLoop::Set(app.unbind());
             }
             EventLoop::Set(l) if l.bind(py).getattr("loop")?.is(&running) => {}
@@ -743,9 +766,14 @@ impl System {
     }
 
     /// `await system.aclose()`: `close` on the loop's default executor, so that the loop keeps
-    /// running the coroutines that the close cancels and waits for.
+    /// running the coroutines that the close cancels and waits for (`btb._aio.aclose`).
     fn aclose<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        crate::aio::aio(slf.py())?.call_method1("aclose", (slf,))
+        let py = slf.py();
+        let event_loop = match &*lock(py, &slf.get().event_loop) {
+            EventLoop::Set(event_loop) => Some(event_loop.clone_ref(py)),
+            _ => None,
+        };
+        crate::aio::aio(py)?.call_method1("aclose", (slf, event_loop))
     }
 
     #[getter]

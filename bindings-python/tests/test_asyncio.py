@@ -185,6 +185,50 @@ def test_a_closing_system_cancels_its_coroutines_and_records_them_canceled() -> 
     assert registration.system.closed
 
 
+def test_a_coroutine_that_ignores_its_cancellation_is_closed_once_the_system_closed_without_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """On the app's loop, which would wait for it for ever at its end (asyncio.run cancels and
+    awaits every task): after the grace, it gets GeneratorExit, so its finally runs."""
+    started = threading.Event()
+    events: list[str] = []
+
+    async def stubborn(instance: btb.BackgroundTaskInstance) -> None:
+        started.set()
+        try:
+            while True:
+                try:
+                    await asyncio.Event().wait()
+                except asyncio.CancelledError:
+                    events.append("CancelledError ignored")
+        except GeneratorExit:
+            events.append("GeneratorExit")
+            raise
+        finally:
+            events.append("finally")
+
+    async def main() -> None:
+        system = btb.System(manifest(), ":memory:", simulated=True, policy=btb.Policy(grace_seconds=0.2))
+        async with system:
+            system.register_entry_point("app.Run", stubborn)
+            register(system).request()
+            assert await asyncio.get_running_loop().run_in_executor(None, started.wait, WAIT)
+        left = asyncio.all_tasks() - {asyncio.current_task()}
+        if left:  # ended already, as a rule: the close gave it up before `aclose` returned
+            await asyncio.wait_for(asyncio.wait(left), WAIT)
+
+    # Not asyncio.run, which would hang at its end should the coroutine still run.
+    loop = asyncio.new_event_loop()
+    try:
+        with caplog.at_level("WARNING", logger="btb"):
+            loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert events == ["CancelledError ignored", "GeneratorExit", "finally"]
+    assert 'closed without task "task"' in caplog.text, caplog.text
+    assert "closing it (GeneratorExit)" in caplog.text
+
+
 def test_async_run_failures_and_what_it_returns() -> None:
     async def raises(instance: btb.BackgroundTaskInstance) -> None:
         await asyncio.sleep(0)
@@ -231,19 +275,33 @@ def sync_run(instance):
 
 async def async_run(instance):
     print("started", flush=True)
-    while True:
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            pass  # ignores its cancellation
+    try:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                pass  # ignores its cancellation
+    finally:
+        print("async_run: finally", file=sys.stderr, flush=True)
+
+def start(system):
+    system.register_entry_point("app.Run", sync_run if STUBBORN == "sync" else async_run)
+    builder = btb.BackgroundTaskBuilder()
+    builder.name, builder.task_entry_point = "stubborn", "app.Run"
+    builder.set_trigger(btb.ApplicationTrigger())
+    builder.register(system).request()
 
 system = btb.System(manifest, ":memory:", simulated=True,
                     policy=btb.Policy(grace_seconds=float(sys.argv[2])))
-system.register_entry_point("app.Run", sync_run if STUBBORN == "sync" else async_run)
-builder = btb.BackgroundTaskBuilder()
-builder.name, builder.task_entry_point = "stubborn", "app.Run"
-builder.set_trigger(btb.ApplicationTrigger())
-builder.register(system).request()
+if sys.argv[3] == "asyncio.run":
+    # asyncio's own SIGINT handler cancels `main`; the system is the app loop's.
+    async def main():
+        async with system:
+            start(system)
+            await system.wait_idle_async(3600)
+    asyncio.run(main())
+    sys.exit("asyncio.run returned")
+start(system)
 if sys.argv[3] == "with":
     with system:
         system.wait_idle(3600)
@@ -305,7 +363,10 @@ class App:
         self.process.send_signal(signal.SIGINT)
 
 
-@pytest.mark.parametrize(("kind", "closed_by"), [("sync", "with"), ("async", "with"), ("sync", "exit hook")])
+@pytest.mark.parametrize(
+    ("kind", "closed_by"),
+    [("sync", "with"), ("async", "with"), ("sync", "exit hook"), ("async", "asyncio.run")],
+)
 def test_ctrl_c_ends_an_app_whose_task_ignores_cancellation_after_one_grace(
     tmp_path: Path, kind: str, closed_by: str
 ) -> None:
@@ -321,11 +382,15 @@ def test_ctrl_c_ends_an_app_whose_task_ignores_cancellation_after_one_grace(
     assert 'waiting up to the grace period (3 s) for task "stubborn"' in stderr, stderr
     assert 'Ctrl-C: waited the grace period (3 s) for task "stubborn"' in stderr, stderr
     assert "ignored its cancellation" in stderr
+    if closed_by == "asyncio.run":
+        # The app's loop would wait for the coroutine for ever at its end: btb closed it.
+        assert 'closed without task "stubborn"' in stderr, stderr
+        assert "async_run: finally" in stderr, stderr
 
 
-@pytest.mark.parametrize("kind", ["sync", "async"])
-def test_a_second_ctrl_c_exits_at_once(tmp_path: Path, kind: str) -> None:
-    app = App(tmp_path, kind, grace=60.0)
+@pytest.mark.parametrize(("kind", "closed_by"), [("sync", "with"), ("async", "with"), ("async", "asyncio.run")])
+def test_a_second_ctrl_c_exits_at_once(tmp_path: Path, kind: str, closed_by: str) -> None:
+    app = App(tmp_path, kind, grace=60.0, closed_by=closed_by)
     app.expect("stdout", "started")
     app.interrupt()
     app.expect("stderr", "Ctrl-C again exits at once")

@@ -15,10 +15,13 @@ import asyncio
 import concurrent.futures
 import logging
 import math
+import signal
 import threading
-from collections.abc import Callable, Coroutine
+import weakref
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
+from . import _btb
 from ._errors import InvalidArgumentError
 
 _log = logging.getLogger("btb")
@@ -35,19 +38,68 @@ _WAIT_SLICE = 0.25
 
 
 class AppLoop:
-    """The app's running loop, which a system opened with ``async with`` uses: the app owns it."""
+    """The app's running loop, which a system opened with ``async with`` uses: the app owns it.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    On the main thread it also hears Ctrl-C while the system is open (SPEC §9.1): its SIGINT
+    handler records the Ctrl-C for btb (the close then says what it waits for, and waits at most
+    one grace) and passes it on to the handler it replaced (``asyncio.run``'s cancels the main
+    task); a second Ctrl-C while ``aclose`` waits exits the process at once, for that wait is on
+    an executor's thread, where no signal is heard."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, system: Any) -> None:
         self.loop = loop
+        self._system = weakref.ref(system)
+        # The tasks of the runs going on this loop: those left when the system has closed ignored
+        # their cancellation past the grace, and are given up (`close`).
+        self._runs: dict[asyncio.Task[Any], _Coroutine] = {}
+        self.closing = False
+        self._replaced: Any = None
+        if threading.current_thread() is threading.main_thread():
+            replaced = signal.getsignal(signal.SIGINT)
+            if callable(replaced):  # not SIG_IGN, nor a handler that is not Python's
+                self._replaced = replaced
+                signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        system = self._system()
+        if self.closing and system is not None and _btb._interrupted():
+            _btb._ctrl_c_again(system)  # does not return
+        _btb._interrupted(mark=True)
+        self._replaced(signum, frame)
+
+    def restore_sigint(self) -> None:
+        """Gives SIGINT back to the handler it had before ``async with`` (from the main thread,
+        at the end of ``aclose``)."""
+        if self._replaced is not None and signal.getsignal(signal.SIGINT) == self._on_sigint:
+            signal.signal(signal.SIGINT, self._replaced)
 
     def start(self, coroutine: Coroutine[Any, Any, Any], run: Any) -> None:
-        _start(self.loop, coroutine, run)
+        _start(self.loop, coroutine, run, self._runs)
 
     def call(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
         return _call(self.loop, coroutine)
 
     def close(self) -> None:
-        """Nothing to do: the loop is the app's."""
+        """After the system closed: a run whose coroutine still runs ignored its cancellation
+        past the grace, and the system closed without it. The loop is the app's, and would wait
+        for it for ever at its end (``asyncio.run`` does): its coroutine is closed (it gets
+        ``GeneratorExit``, so its ``finally`` blocks run), named in a warning."""
+        try:
+            self.loop.call_soon_threadsafe(self._give_up)
+        except RuntimeError:
+            pass  # the app's loop is closed: nothing runs on it any more
+
+    def _give_up(self) -> None:
+        for task, coroutine in list(self._runs.items()):
+            if task.done():
+                continue
+            _log.warning(
+                "closed without %s: its coroutine ignored its cancellation past the grace "
+                "period; closing it (GeneratorExit)",
+                coroutine.run.label,
+            )
+            coroutine.given_up = True
+            task.cancel()
 
 
 class OwnLoop:
@@ -72,7 +124,7 @@ class OwnLoop:
             self.loop.close()
 
     def start(self, coroutine: Coroutine[Any, Any, Any], run: Any) -> None:
-        _start(self.loop, coroutine, run)
+        _start(self.loop, coroutine, run, None)
 
     def call(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
         return _call(self.loop, coroutine)
@@ -95,19 +147,68 @@ class OwnLoop:
             )
 
 
-def _start(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, Any], run: Any) -> None:
+class _Coroutine:
+    """What a run's task awaits: the run function's coroutine, driven as ``await`` drives it
+    (what the task sends or throws goes to it), until the system gives up on it (``given_up``,
+    after it ignored its cancellation past the grace): the next exception thrown in then closes
+    it and ends the task, instead of being swallowed by it."""
+
+    def __init__(self, coroutine: Coroutine[Any, Any, Any], run: Any) -> None:
+        self.coroutine = coroutine
+        self.run = run
+        self.given_up = False
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coroutine = self.coroutine
+        sent: Any = None
+        thrown: BaseException | None = None
+        while True:
+            try:
+                yielded = coroutine.send(sent) if thrown is None else coroutine.throw(thrown)
+            except StopIteration as stop:
+                return stop.value
+            sent = thrown = None
+            try:
+                sent = yield yielded
+            except GeneratorExit:
+                coroutine.close()
+                raise
+            except BaseException as error:  # noqa: BLE001 - thrown in by the task: passed on
+                if self.given_up:
+                    coroutine.close()
+                    raise
+                thrown = error
+
+
+async def _drive(coroutine: _Coroutine) -> Any:
+    return await coroutine
+
+
+def _start(
+    loop: asyncio.AbstractEventLoop,
+    coroutine: Coroutine[Any, Any, Any],
+    run: Any,
+    runs: dict[asyncio.Task[Any], _Coroutine] | None,
+) -> None:
     """Runs a run function's coroutine on ``loop`` as a task; ``run`` (the extension's
-    ``_AsyncRun``) hears of the task and of how it ended."""
+    ``_AsyncRun``) hears of the task and of how it ended; ``runs`` (if any) holds the task
+    while it runs."""
 
     def begin() -> None:
+        driven = _Coroutine(coroutine, run)
+        driving = _drive(driven)
         try:
-            task = loop.create_task(coroutine)
+            task = loop.create_task(driving)
         except BaseException as error:  # noqa: BLE001 - the run fails with it, not the loop
+            driving.close()
             coroutine.close()
             run.failed(error)
             return
         run.attach(loop, task)
         task.add_done_callback(run.done)
+        if runs is not None:
+            runs[task] = driven
+            task.add_done_callback(runs.pop)
 
     try:
         loop.call_soon_threadsafe(begin)
@@ -149,10 +250,31 @@ async def returning(value: Any) -> Any:
     return value
 
 
-async def aclose(system: Any) -> None:
+async def aclose(system: Any, event_loop: Any) -> None:
     """Closes ``system`` on the loop's default executor, so that the loop keeps running the
-    coroutines that close waits for (they get their cancellation as ``CancelledError``)."""
-    await asyncio.get_running_loop().run_in_executor(None, system.close)
+    coroutines that close waits for (they get their cancellation as ``CancelledError``).
+    Cancelled meanwhile (Ctrl-C under ``asyncio.run`` cancels the main task), it still waits for
+    the close, which lasts at most the grace, and then ends cancelled."""
+    loop = asyncio.get_running_loop()
+    app_loop = event_loop if isinstance(event_loop, AppLoop) else None
+    if app_loop is not None:
+        app_loop.closing = True
+    try:
+        closing = loop.run_in_executor(None, system.close)
+        cancelled: asyncio.CancelledError | None = None
+        while True:
+            try:
+                await asyncio.shield(closing)
+                break
+            except asyncio.CancelledError as error:
+                if closing.done():
+                    raise
+                cancelled = error
+        if cancelled is not None:
+            raise cancelled
+    finally:
+        if app_loop is not None:
+            app_loop.restore_sigint()
 
 
 async def wait(call: Callable[[float], bool], what: str, timeout: float) -> bool:

@@ -5,7 +5,7 @@ import datetime
 import os
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Mapping
-from typing import Any, ClassVar, TypeVar, final
+from typing import Any, ClassVar, NoReturn, TypeVar, final
 
 from typing_extensions import Self, disjoint_base
 
@@ -52,6 +52,7 @@ __all__ = [
     "_ENUM_VALUES",
     "_ERROR_CLASSES",
     "__version__",
+    "_ctrl_c_again",
     "_host_connect",
     "_interrupted",
     "_wait_python_idle",
@@ -340,11 +341,14 @@ class System:
     def __enter__(self) -> Self: ...
     def __exit__(self, exc_type: type[BaseException] | None = None, *_exc_info: object) -> bool: ...
     def __aenter__(self) -> Coroutine[Any, Any, Self]:
-        """Binds the system to the running loop: its coroutines run there."""
+        """Binds the system to the running loop: its coroutines run there. On the main thread,
+        Ctrl-C is heard until ``aclose`` (one grace, then a second Ctrl-C exits at once)."""
     def __aexit__(self, *_exc_info: object) -> Coroutine[Any, Any, None]: ...
     def aclose(self) -> Coroutine[Any, Any, None]:
         """``close`` on the loop's default executor: the loop keeps running the coroutines that
-        the close cancels (``CancelledError``) and waits for."""
+        the close cancels (``CancelledError``) and waits for. Cancelled meanwhile, it still waits
+        for the close (at most the grace). A coroutine still going after the grace is closed
+        (``GeneratorExit``)."""
     @property
     def closed(self) -> bool: ...
     @property
@@ -603,6 +607,7 @@ def default_system() -> System: ...
 def set_default_system(system: System | None) -> None: ...
 def _wait_python_idle(timeout: float) -> bool: ...
 def _interrupted(mark: bool = False) -> bool: ...
+def _ctrl_c_again(system: System) -> NoReturn: ...
 def signal_event(app_id: str, name: str) -> None:
     """Signals a custom event to the running broker of ``app_id`` (any process of this user).
 
