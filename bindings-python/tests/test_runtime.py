@@ -1321,6 +1321,33 @@ def test_exit_with_a_cpu_bound_task_that_ignores_cancellation_is_clean(tmp_path:
     assert result.stdout.splitlines() == ["exiting"]
 
 
+def test_a_forked_child_cannot_use_its_parents_system() -> None:
+    """SPEC §8: a system is refused in a forked child (the parent's threads are not there), with
+    a StateError naming both processes; the parent's system goes on."""
+    manifest = btb.Manifest("org.example.forkuse", "1", [btb.TaskDeclaration("e.Run", ["general"])])
+    with btb.System(manifest, ":memory:", simulated=True) as system:
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: reports what using the system raised, then leaves at once
+            os.close(read_end)
+            try:
+                system.all_tasks
+                said = b"no error"
+            except btb.StateError as e:
+                said = str(e).encode()
+            except BaseException as e:  # noqa: BLE001 - reported to the parent
+                said = repr(e).encode()
+            os.write(write_end, said)
+            os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as child:
+            said = child.read().decode()
+        os.waitpid(pid, 0)
+        assert f"opened by process {os.getpid()}" in said, said
+        assert f"forked child (pid {pid})" in said, said
+        assert system.all_tasks == {}
+
+
 def test_a_forked_child_does_not_keep_the_store(tmp_path: Path) -> None:
     """Regression: the child of a fork inherited the store's lock; after the parent closed its
     system, opening the store again failed while the child lived, naming the parent's own pid."""

@@ -60,7 +60,8 @@ pub(crate) struct Remote {
     closed: AtomicBool,
     broker_pid: AtomicU32,
     /// The process that opened it: a forked child must not speak on the parent's connections.
-    pid: u32,
+    /// Refuses use in a forked child.
+    opener: crate::broker::Opener,
     /// A clone of the feed's socket: offers go out on it; shut down at close to end the feed.
     feed_socket: Mutex<Option<UnixStream>>,
     /// The connection the runner thread keeps ready for runs (shut down at close).
@@ -176,7 +177,7 @@ impl Remote {
             taken: OnceLock::new(),
             moving: Mutex::new(()),
             closed: AtomicBool::new(false),
-            pid: std::process::id(),
+            opener: crate::broker::Opener::this_process(),
             feed_socket: Mutex::new(None),
             feed_generation: AtomicU64::new(0),
             feed_live: AtomicBool::new(false),
@@ -200,7 +201,7 @@ impl Remote {
     }
 
     pub(crate) fn check_open(&self) -> Result<()> {
-        crate::broker::check_opener(self.pid)?;
+        self.opener.check()?;
         if self.is_closed() {
             return Err(crate::broker::closed());
         }

@@ -958,7 +958,7 @@ fn run_in(tx: &Connection, run: &RunRecord, limit: u32) -> rusqlite::Result<()> 
     }
     let seq = tx.last_insert_rowid();
     tx.prepare_cached(TRIM_HISTORY)?
-    .execute(params![run.task_id.as_bytes(), seq, limit])?;
+        .execute(params![run.task_id.as_bytes(), seq, limit])?;
     Ok(())
 }
 
@@ -1010,7 +1010,8 @@ mod tests {
     /// again for each run (it did, for each of them, before the cast in `TRIM_HISTORY`).
     #[test]
     fn trimming_the_history_keeps_its_prepared_statement() {
-        let mut store = Store::open(&StoreLocation::Memory, "org.example.trim", Durability::Full).unwrap();
+        let mut store =
+            Store::open(&StoreLocation::Memory, "org.example.trim", Durability::Full).unwrap();
         let record = TaskRecord {
             task_id: Uuid::new_v4(),
             name: "trimmed".into(),
@@ -1030,12 +1031,18 @@ mod tests {
             store.insert_run(&run(record.task_id, n), 10).unwrap();
         }
         let kept = store.history(&record.task_id).unwrap();
-        assert_eq!(kept.iter().map(|r| r.started_ms).collect::<Vec<_>>(), (40..50).collect::<Vec<_>>());
+        assert_eq!(
+            kept.iter().map(|r| r.started_ms).collect::<Vec<_>>(),
+            (40..50).collect::<Vec<_>>()
+        );
         let reprepared = store
             .conn
             .prepare_cached(TRIM_HISTORY)
             .unwrap()
             .get_status(rusqlite::StatementStatus::RePrepare);
-        assert_eq!(reprepared, 0, "the trimming statement was prepared again {reprepared} times");
+        assert_eq!(
+            reprepared, 0,
+            "the trimming statement was prepared again {reprepared} times"
+        );
     }
 }

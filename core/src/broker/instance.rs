@@ -268,7 +268,7 @@ impl Instance {
     ) -> Instance {
         let home: Arc<dyn Backend> = Arc::clone(broker) as Arc<dyn Backend>;
         Self::with_sink(
-            Uuid::new_v4(),
+            new_instance_id(),
             Registration::new(home, record),
             trigger_details,
             started_ms,
@@ -541,6 +541,24 @@ impl Deferral {
     }
 }
 
+/// A random (version 4) id for a new run, from this thread's fast generator: unique, not secret
+/// (ids are not capabilities: the control socket is the app user's own), and without the
+/// `getrandom` system call of `Uuid::new_v4` on the path of every run's start.
+///
+/// The generator is seeded from the OS (`Uuid::new_v4`) at a thread's first id and again after a
+/// fork: a forked child would otherwise go on with its parent's sequence, and a child that opens
+/// the parent's store once the parent closed it would give its runs the ids the parent's next
+/// runs had (and the store keeps one record per id).
+fn new_instance_id() -> Uuid {
+    thread_local!(static SEEDED_AT: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) });
+    let forks = btb_os::forks();
+    if SEEDED_AT.get() != Some(forks) {
+        fastrand::seed(Uuid::new_v4().as_u64_pair().0);
+        SEEDED_AT.set(Some(forks));
+    }
+    uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid()
+}
+
 /// Checks what a run hands back: a JSON object of at most [`MAX_OUTPUT`] bytes; returns its text.
 pub(crate) fn check_output(output: &serde_json::Value) -> Result<String> {
     if !output.is_object() {
@@ -564,4 +582,28 @@ pub(crate) fn check_output(output: &serde_json::Value) -> Result<String> {
         )));
     }
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instance_ids_are_distinct_version_4_uuids_on_every_thread() {
+        let ids: Vec<Uuid> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| (0..10_000).map(|_| new_instance_id()).collect::<Vec<_>>()))
+                .collect();
+            threads
+                .into_iter()
+                .flat_map(|t| t.join().unwrap())
+                .collect()
+        });
+        assert!(
+            ids.iter()
+                .all(|id| id.get_version_num() == 4 && id.get_variant() == uuid::Variant::RFC4122)
+        );
+        let distinct: std::collections::HashSet<&Uuid> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+    }
 }

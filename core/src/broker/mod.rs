@@ -301,6 +301,8 @@ impl Locked<'_> {
 /// One open system's broker: its identity, policy and clock, its state, and its threads.
 pub(crate) struct Broker {
     pub(crate) pid: u32,
+    /// Refuses use in a forked child.
+    opener: Opener,
     /// The app id (a serviced manifest keeps it).
     pub(crate) app_id: String,
     /// The manifest, replaced when the app is serviced: read it with `manifest()` (`servicing.rs`).
@@ -350,17 +352,39 @@ pub(crate) struct Broker {
     pub(crate) broadcast: std::sync::OnceLock<Arc<crate::control::Broadcast>>,
 }
 
-/// `STATE` in a forked child of the process that opened a system (`opener`): the parent's threads
-/// and connections do not exist there.
-pub(crate) fn check_opener(opener: u32) -> Result<()> {
-    let pid = std::process::id();
-    if pid != opener {
-        return Err(Error::state(format!(
-            "this btb system was opened by process {opener} and cannot be used in a forked child \
-             (pid {pid}); open a new system in the child"
-        )));
+/// The process that opened a system: its id and how many forks its memory had gone through
+/// ([`btb_os::forks`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Opener {
+    pub(crate) pid: u32,
+    forks: u64,
+}
+
+impl Opener {
+    pub(crate) fn this_process() -> Opener {
+        Opener {
+            pid: std::process::id(),
+            forks: btb_os::forks(),
+        }
     }
-    Ok(())
+
+    /// `STATE` in a forked child of the process that opened the system: the parent's threads
+    /// and connections do not exist there. Every call checks it, so it compares a fork count
+    /// (a load) and reads the process id (a system call) only when the count cannot be kept.
+    pub(crate) fn check(&self) -> Result<()> {
+        let forked = match self.forks {
+            u64::MAX => std::process::id() != self.pid,
+            forks => btb_os::forks() != forks,
+        };
+        if forked {
+            let (opener, pid) = (self.pid, std::process::id());
+            return Err(Error::state(format!(
+                "this btb system was opened by process {opener} and cannot be used in a forked child \
+                 (pid {pid}); open a new system in the child"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The error of any call on a closed system.
@@ -460,6 +484,7 @@ impl Broker {
             store_path: store.path().to_owned(),
             run_files: retry::run_files(&store),
             pid: std::process::id(),
+            opener: Opener::this_process(),
             app_id: manifest.app_id().to_owned(),
             manifest: std::sync::RwLock::new(Arc::new(manifest)),
             clock,
@@ -637,7 +662,7 @@ impl Broker {
     }
 
     pub(crate) fn check_pid(&self) -> Result<()> {
-        check_opener(self.pid)
+        self.opener.check()
     }
 
     pub(crate) fn open_state(&self) -> Result<Locked<'_>> {
