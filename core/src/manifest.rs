@@ -1,7 +1,7 @@
 //! The manifest (SPEC §5): the app's identity and the entry points it declares, each with the
 //! Windows task types it may use. Loaded from TOML or declared in code; every mistake names its line.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
