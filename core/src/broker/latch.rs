@@ -47,7 +47,9 @@ impl Pending {
 impl State {
     /// The writes that make the latches not yet on disk durable (each once).
     pub(super) fn persist_latches(&mut self, changes: &mut Vec<ScheduleChange>) {
-        for task_id in std::mem::take(&mut self.unpersisted) {
+        // Taken and given back, so that its allocation serves the next fires.
+        let mut unpersisted = std::mem::take(&mut self.unpersisted);
+        for task_id in unpersisted.drain(..) {
             if let Some(pending) = self.pending.get_mut(&task_id)
                 && !pending.persisted
             {
@@ -59,6 +61,7 @@ impl State {
                 changes.push(ScheduleChange::Pending(task_id, Some(pending.stored())));
             }
         }
+        self.unpersisted = unpersisted;
     }
 }
 
@@ -274,7 +277,7 @@ impl Broker {
         let mut changes = Vec::new();
         let max = self.policy.max_concurrent as usize;
         let mut started = Vec::new();
-        let mut jobs = Vec::new();
+        let mut jobs = 0;
         // Oldest fire first; stop as soon as every slot is taken (the rest stay latched).
         for (&seq, &task_id) in &st.pending_order {
             if st.running.len() + started.len() >= max {
@@ -341,7 +344,9 @@ impl Broker {
                     terminated: false,
                 },
             );
-            jobs.push(instance);
+            // Its commit is known below: `after` is set then, before the lock is released.
+            st.jobs.push_back((instance, u64::MAX));
+            jobs += 1;
         }
         // Latches that did not start are made durable, each once.
         st.persist_latches(&mut changes);
@@ -354,11 +359,13 @@ impl Broker {
         } else {
             0
         };
-        for instance in jobs {
-            st.jobs.push_back((instance, after));
+        for (_, waits_for) in st.jobs.iter_mut().rev().take(jobs) {
+            *waits_for = after;
+        }
+        for queued in st.jobs.len() - jobs + 1..=st.jobs.len() {
             // Every queued job needs a worker of its own: an idle worker woken for an earlier job
             // of this dispatch still counts as idle until it takes that job.
-            if st.jobs.len() > st.idle_workers {
+            if queued > st.idle_workers {
                 self.spawn_worker();
             } else {
                 st.wake_worker();
