@@ -432,7 +432,7 @@ impl Remote {
 
     /// Opens the feed of notices (greeted by `reach`) and starts the thread that reads it.
     fn start_feed(self: &Arc<Self>, greeted: Greeted) -> Result<()> {
-        let feed = greeted.feed?.welcome()?.subscribed(Ok(()))?;
+        let feed = greeted.feed?.welcome()?.subscribed()?;
         *lock(&self.feed_socket) = feed.socket().ok();
         self.send_offer();
         let generation = self.feed_generation.fetch_add(1, Ordering::AcqRel) + 1;

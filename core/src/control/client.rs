@@ -126,12 +126,17 @@ impl Client {
     /// Turns this connection into a feed of notices ([`Request::Subscribe`]).
     pub fn subscribe(mut self) -> Result<Subscription> {
         let sent = self.send(&protocol::encode(&Request::Subscribe));
-        self.subscribed(sent)
+        self.into_feed(sent)
     }
 
-    /// The feed, once the broker answered the [`Request::Subscribe`] whose sending ended in
-    /// `sent` (sent alone, or with the hello: [`Client::greet`]).
-    pub fn subscribed(mut self, sent: io::Result<()>) -> Result<Subscription> {
+    /// The feed of a connection greeted with its [`Request::Subscribe`] ([`Client::greet`]), once
+    /// the broker answered it.
+    pub fn subscribed(self) -> Result<Subscription> {
+        self.into_feed(Ok(()))
+    }
+
+    /// The feed, once the broker answered the subscribe whose sending ended in `sent`.
+    fn into_feed(mut self, sent: io::Result<()>) -> Result<Subscription> {
         match self
             .receive(sent)
             .unwrap_or_else(|failure| Err(failure.error))?
