@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::broker::threads::ThreadSet;
 use crate::broker::{AppCall, Backend, Broker, Handlers, Registration};
-use crate::control::{Client, Reply, Request, Subscription};
+use crate::control::{Client, Greeting, Reply, Request, Subscription};
 use crate::error::{Error, ErrorKind, Result};
 use crate::manifest::Manifest;
 use crate::model::TaskRecord;
@@ -162,8 +162,8 @@ impl Remote {
         held: Held,
     ) -> Result<std::result::Result<Arc<Remote>, Store>> {
         let canonical = held.canonical.to_string_lossy().into_owned();
-        let client = match reach(&manifest, &options, &canonical, held.error)? {
-            Ok(client) => client,
+        let (client, greeted) = match reach(&manifest, &options, &canonical, held.error)? {
+            Ok(reached) => reached,
             Err(store) => return Ok(Err(store)),
         };
         let remote = Arc::new(Remote {
@@ -185,7 +185,7 @@ impl Remote {
             threads: Arc::default(),
             handed: Mutex::new(Handed::default()),
         });
-        remote.start_feed()?;
+        remote.start_feed(greeted)?;
         // Task-group handlers are process-wide: a change may change what this process offers.
         crate::broker::groups::observe(Arc::downgrade(&remote) as _);
         Ok(Ok(remote))
@@ -362,10 +362,10 @@ impl Remote {
             }
         }
         match reach(&self.manifest, &self.options, &self.canonical, held.error)? {
-            Ok(client) => {
+            Ok((client, greeted)) => {
                 self.broker_pid.store(client.broker_pid, Ordering::Relaxed);
                 *lock(&self.conn) = Some(client);
-                self.start_feed()
+                self.start_feed(greeted)
             }
             Err(store) => self.take_over(store),
         }
@@ -417,14 +417,14 @@ impl Remote {
         Ok(())
     }
 
-    /// Opens the feed of notices and starts the thread that reads it.
-    fn start_feed(self: &Arc<Self>) -> Result<()> {
-        let feed = Client::connect(self.manifest.app_id())?.subscribe()?;
+    /// Opens the feed of notices (greeted by `reach`) and starts the thread that reads it.
+    fn start_feed(self: &Arc<Self>, greeted: Greeted) -> Result<()> {
+        let feed = greeted.feed?.welcome()?.subscribed()?;
         *lock(&self.feed_socket) = feed.socket().ok();
         self.send_offer();
         let generation = self.feed_generation.fetch_add(1, Ordering::AcqRel) + 1;
         self.feed_live.store(true, Ordering::Release);
-        self.start_runner(generation);
+        self.start_runner(generation, greeted.ready);
         let weak = Arc::downgrade(self);
         // A previous feed's thread ends by itself (its feed ended); the set joins it.
         self.threads
@@ -530,8 +530,8 @@ impl Remote {
     /// returns (before any run comes). They end with the feed of `generation` (the broker went
     /// away) or with the client; a connection that ends otherwise (a run abandoned after its
     /// grace, or taken back) is replaced.
-    fn start_runner(self: &Arc<Self>, generation: u64) {
-        let Some(mut runs) = self.ready_connection() else {
+    fn start_runner(self: &Arc<Self>, generation: u64, first: Result<Greeting>) {
+        let Some(mut runs) = self.keep_ready(first) else {
             return;
         };
         let weak = Arc::downgrade(self);
@@ -562,15 +562,32 @@ impl Remote {
         if self.is_closed() {
             return None;
         }
-        let ready = Client::connect_kept(self.manifest.app_id())
+        self.keep_ready(Client::greet(
+            self.manifest.app_id(),
+            true,
+            &[Request::Ready],
+        ))
+    }
+
+    /// [`Self::ready_connection`] for a connection greeted with its `Ready` already sent.
+    fn keep_ready(
+        self: &Arc<Self>,
+        greeting: Result<Greeting>,
+    ) -> Option<std::sync::mpsc::Receiver<crate::Instance>> {
+        if self.is_closed() {
+            return None;
+        }
+        let ready = greeting
+            .and_then(Greeting::welcome)
             .and_then(|c| {
                 c.into_stream()
                     .map_err(|e| Error::state(format!("cannot use a connection: {e}")))
             })
-            .and_then(|mut stream| {
-                crate::protocol::write_frame(&mut stream, &Request::Ready)
-                    .and_then(|()| Ok((stream.try_clone()?, stream)))
-                    .map_err(|e| Error::state(format!("cannot offer a connection: {e}")))
+            .and_then(|stream| {
+                let link = stream
+                    .try_clone()
+                    .map_err(|e| Error::state(format!("cannot use a connection: {e}")))?;
+                Ok((link, stream))
             });
         let (link, reader) = match ready {
             Ok(ready) => ready,
@@ -858,23 +875,47 @@ fn answer_locally(broker: &Arc<Broker>, request: &Request) -> Result<Reply> {
     }
 }
 
+/// A client's feed and first ready connection, greeted with the request connection (their
+/// hellos, the subscribe and the `Ready` sent; the answers not read yet): the three connections
+/// of a client cost one round trip, not four in a row.
+struct Greeted {
+    feed: Result<Greeting>,
+    ready: Result<Greeting>,
+}
+
+impl Greeted {
+    fn send(app_id: &str) -> Greeted {
+        Greeted {
+            feed: Client::greet(app_id, false, &[Request::Subscribe]),
+            ready: Client::greet(app_id, true, &[Request::Ready]),
+        }
+    }
+}
+
 /// Connects to the broker of a store that another system holds, waiting for it to bind its
-/// socket; if the holder lets go of the store meanwhile, takes it (`Ok(Err(store))`).
+/// socket; if the holder lets go of the store meanwhile, takes it (`Ok(Err(store))`). With the
+/// request connection, greets the feed and the first ready connection (dropped when the broker
+/// serves another store).
 fn reach(
     manifest: &Manifest,
     options: &SystemOptions,
     canonical: &str,
     in_use: Error,
-) -> Result<std::result::Result<Client, Store>> {
+) -> Result<std::result::Result<(Client, Greeted), Store>> {
     let app_id = manifest.app_id();
     let deadline = Instant::now() + REACH_TIMEOUT;
     let mut pause = Duration::from_millis(2);
     loop {
-        let why = match Client::connect_kept(app_id) {
-            Ok(client) if client.broker_store.as_deref() == Some(canonical) => {
-                return Ok(Ok(client));
+        let reached = Client::greet(app_id, true, &[]).and_then(|request| {
+            // A broker is there: the other two connections are greeted before its answer is read.
+            let greeted = Greeted::send(app_id);
+            Ok((request.welcome()?, greeted))
+        });
+        let why = match reached {
+            Ok((client, greeted)) if client.broker_store.as_deref() == Some(canonical) => {
+                return Ok(Ok((client, greeted)));
             }
-            Ok(client) => {
+            Ok((client, _)) => {
                 return Err(Error::store(
                     canonical,
                     format!(

@@ -85,6 +85,16 @@ fn activated_app() {
     if std::env::var("BTB_ACTIVATION").as_deref() != Ok("1") {
         return;
     }
+    // What it got from the broker: no descriptor but stdio (the test left fd 200 open without
+    // close-on-exec), no blocked signal (the test blocked SIGUSR2), its own process group.
+    let inherited = Path::new("/proc/self/fd/200").exists();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let blocked = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigBlk:"))
+        .map(|mask| u64::from_str_radix(mask.trim(), 16).unwrap())
+        .unwrap();
+    let own_group = rustix::process::getpgrp() == rustix::process::getpid();
     let store = PathBuf::from(std::env::var("BTB_STORE").unwrap());
     let app_id = std::env::var("BTB_APP_ID").unwrap();
     let sys = System::open(SystemOptions {
@@ -107,7 +117,7 @@ fn activated_app() {
     .unwrap();
     let served = sys.serve_activation(DEADLINE).unwrap();
     let report = format!(
-        "client={} served={served} runs={}\n",
+        "client={} served={served} runs={} fd200={inherited} blocked={blocked:x} own_group={own_group}\n",
         !sys.is_broker(),
         serde_json::to_string(&*runs.lock().unwrap()).unwrap()
     );
@@ -127,6 +137,19 @@ fn activation_starts_the_app_which_serves_the_run_and_exits() {
         let _ = tx.send(std::fs::read_to_string(reading).unwrap());
     });
     let app_id = format!("org.example.activation.p{}", std::process::id());
+    // A descriptor without close-on-exec and a blocked signal, which btb's threads (started
+    // from this one) inherit: the app must get neither.
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let leaked = rustix::io::fcntl_dupfd_cloexec(&null, 200).unwrap();
+    assert_eq!(
+        std::os::fd::AsRawFd::as_raw_fd(&leaked),
+        200,
+        "fd 200 was free"
+    );
+    rustix::io::fcntl_setfd(&leaked, rustix::io::FdFlags::empty()).unwrap();
+    let mut usr2 = nix::sys::signal::SigSet::empty();
+    usr2.add(nix::sys::signal::Signal::SIGUSR2);
+    usr2.thread_block().unwrap();
     let sys = open(
         &store,
         &app_id,
@@ -147,9 +170,13 @@ fn activation_starts_the_app_which_serves_the_run_and_exits() {
         .recv_timeout(DEADLINE)
         .expect("the activated app to finish serving and exit");
     assert_eq!(
-        report, "client=true served=true runs=[{\"note\":7}]\n",
-        "it was a client, was handed the run with its details, and returned once none was left"
+        report,
+        "client=true served=true runs=[{\"note\":7}] fd200=false blocked=0 own_group=true\n",
+        "it was a client, was handed the run with its details, and returned once none was left; \
+         it got only stdio, no blocked signal, its own process group"
     );
+    usr2.thread_unblock().unwrap();
+    drop(leaked);
     assert!(sys.wait_idle(DEADLINE).unwrap());
     assert_eq!(reg.history().unwrap().len(), 1);
     sys.close().unwrap();

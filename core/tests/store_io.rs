@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once, OnceLock};
 
 use btb_core::{Durability, ErrorKind, ManualClock, NamePolicy, Policy, StoreLocation, System};
+use common::rt::{EP, recv};
 use common::*;
 use rusqlite::ffi;
 
@@ -344,4 +345,101 @@ fn names(system: &System) -> Vec<String> {
         .iter()
         .map(|r| r.name().to_owned())
         .collect()
+}
+
+/// The app that `the_app_starts_while_…` activates (active only with `BTB_ACTIVATION=1`): opens
+/// its system as a client, says so in `<store dir>/opened`, offers its run function, serves, and
+/// writes what it ran to `<store dir>/served`.
+#[test]
+#[ignore = "the app process that the_app_starts_while_… starts"]
+fn activated_app() {
+    if std::env::var("BTB_ACTIVATION").as_deref() != Ok("1") {
+        return;
+    }
+    let store = PathBuf::from(std::env::var("BTB_STORE").unwrap());
+    let app_id = std::env::var("BTB_APP_ID").unwrap();
+    let sys = System::open(btb_core::SystemOptions {
+        manifest: Some(manifest_for(&app_id)),
+        store: StoreLocation::File(store.clone()),
+        simulated: true,
+        ..btb_core::SystemOptions::default()
+    })
+    .unwrap();
+    std::fs::write(store.with_file_name("opened"), "").unwrap();
+    let runs = Arc::new(AtomicU64::new(0));
+    let ran = Arc::clone(&runs);
+    sys.register_entry_point(
+        EP,
+        Some(btb_core::Handler::Call(Arc::new(move |_| {
+            ran.fetch_add(1, Ordering::SeqCst);
+        }))),
+    )
+    .unwrap();
+    let served = sys.serve_activation(common::rt::DEADLINE * 3).unwrap();
+    let report = format!("served={served} runs={}", runs.load(Ordering::SeqCst));
+    sys.close().unwrap();
+    std::fs::write(store.with_file_name("served"), report).unwrap();
+}
+
+/// SPEC §12 with §11: a run that no process can take starts the app while its start is being
+/// committed, and is handed to the app only once that start is on disk. Here the commit cannot
+/// be made (the store's writes fail): the app is started all the same — before, it started only
+/// after the commit — and offers its handler, and the run does not go to it; once the store can
+/// be written again, the run is handed and runs once.
+#[test]
+fn the_app_starts_while_the_runs_start_is_committed_and_gets_the_run_once_it_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = watch(dir.path());
+    let path = dir.path().join("btb.sqlite3");
+    let app_id = format!("org.example.storeio.p{}", std::process::id());
+    let app = vec![
+        std::env::current_exe().unwrap().display().to_string(),
+        "--exact".into(),
+        "activated_app".into(),
+        "--ignored".into(),
+        "--test-threads=1".into(),
+    ];
+    let clock = ManualClock::new(T0).unwrap();
+    let system = System::open(btb_core::SystemOptions {
+        manifest: Some(manifest_for(&app_id).with_activate(app).unwrap()),
+        ..options(StoreLocation::File(path.clone()), &clock, Policy::default())
+    })
+    .unwrap();
+    let mut b = builder("sync");
+    b.set_trigger(btb_core::Trigger::application());
+    let reg = system.register(&b).unwrap();
+
+    let opened = fifo(&dir.path().join("opened"));
+    let served = fifo(&dir.path().join("served"));
+    w.fail_writes.store(true, Ordering::SeqCst);
+    // The fire is taken but cannot be made durable: the run waits for its commit.
+    expect_err(reg.request(None), ErrorKind::Store, &["durable"]);
+    recv(
+        &opened,
+        "the app, started while the run's start could not be committed",
+    );
+
+    w.fail_writes.store(false, Ordering::SeqCst);
+    assert_eq!(
+        served
+            .recv_timeout(common::rt::DEADLINE * 4)
+            .expect("the app to serve the run once the store can be written"),
+        "served=true runs=1"
+    );
+    assert!(system.wait_idle(common::rt::DEADLINE).unwrap());
+    let history = reg.history().unwrap();
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(history[0].outcome, btb_core::TaskOutcome::Succeeded);
+    system.close().unwrap();
+}
+
+/// What is written to a new fifo at `path`, read on a thread.
+fn fifo(path: &Path) -> std::sync::mpsc::Receiver<String> {
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = path.to_owned();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::read_to_string(path).unwrap());
+    });
+    rx
 }

@@ -1,6 +1,7 @@
 //! The operating-system steps of btb that safe Rust cannot express, each behind a safe function
 //! with its safety argument, so that `btb-core` can `forbid(unsafe_code)`:
-//! - [`confine`]: what an `exec` host's (or an activated app's) child does between fork and exec;
+//! - [`confine`]: what an `exec` host's child does between fork and exec;
+//! - [`spawn_clean`]: an activated app started with `posix_spawn` (no fork of the broker);
 //! - [`adopt_inherited`]: the descriptor a broker passed to its host (`BTB_HOST_FD`) becomes owned;
 //! - [`forks`]: how many forks this process's memory went through, counted in each child.
 
@@ -17,9 +18,9 @@ use rustix::process::Signal;
 const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
 
 /// Arranges what the child does between fork and exec (btb SPEC §5): every descriptor above
-/// `keep_through` (the instance socket, fd 3, of a host; stderr of the activated app) is closed
-/// at exec, whether or not the app opened it with `O_CLOEXEC` (a C library's, Python's
-/// inheritable ones) — a host gets stdio and fd 3, nothing else; no signal is blocked.
+/// `keep_through` (fd 3, a host's instance socket) is closed at exec, whether or not the app
+/// opened it with `O_CLOEXEC` (a C library's, Python's inheritable ones) — a host gets stdio and
+/// fd 3, nothing else; no signal is blocked.
 ///
 /// Marked close-on-exec rather than closed: std's own error pipe (close-on-exec, above 3) must
 /// stay open until the exec, which closes it, so that a failed exec is still reported.
@@ -149,4 +150,130 @@ pub fn forks() -> u64 {
         }
     });
     FORKS.load(Ordering::Relaxed)
+}
+
+/// What [`spawn_clean`] starts.
+pub struct Clean<'a> {
+    /// An absolute path, then the arguments.
+    pub argv: &'a [String],
+    /// The whole environment (`NAME=value`).
+    pub env: &'a [std::ffi::OsString],
+    /// The working directory (else the caller's).
+    pub cwd: Option<&'a std::path::Path>,
+}
+
+/// Starts a process with `posix_spawn` (a vfork: nothing of the caller's memory is copied) that
+/// gets stdin from `/dev/null`, the caller's stdout and stderr and no other descriptor (whether or
+/// not it was opened with `O_CLOEXEC`), no blocked signal, SIGPIPE at its default, and its own
+/// process group. Unlike [`confine`], no parent-death signal: `posix_spawn` has no way to set
+/// one, so the process outlives the caller's death (what btb wants of an app it activates, a
+/// client that takes the store over, SPEC §10–12). Returns its pid; reaping it is the caller's.
+pub fn spawn_clean(what: &Clean) -> std::io::Result<libc::pid_t> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let invalid = |e: std::ffi::NulError| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
+    let argv: Vec<CString> = what
+        .argv
+        .iter()
+        .map(|a| CString::new(a.as_str()))
+        .collect::<Result<_, _>>()
+        .map_err(invalid)?;
+    let env: Vec<CString> = what
+        .env
+        .iter()
+        .map(|e| CString::new(e.as_bytes()))
+        .collect::<Result<_, _>>()
+        .map_err(invalid)?;
+    let cwd = what
+        .cwd
+        .map(|d| CString::new(d.as_os_str().as_bytes()))
+        .transpose()
+        .map_err(invalid)?;
+    let Some(path) = argv.first() else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "no program to start",
+        ));
+    };
+    let mut argv_ptrs: Vec<*mut libc::c_char> =
+        argv.iter().map(|a| a.as_ptr().cast_mut()).collect();
+    argv_ptrs.push(std::ptr::null_mut());
+    let mut env_ptrs: Vec<*mut libc::c_char> = env.iter().map(|e| e.as_ptr().cast_mut()).collect();
+    env_ptrs.push(std::ptr::null_mut());
+    let check = |rc: libc::c_int| {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::from_raw_os_error(rc))
+        }
+    };
+    // SAFETY: the attribute and file-action objects are initialised before use and destroyed on
+    // every path (the guards below); every pointer handed to libc points into a `CString` or a
+    // null-terminated pointer array that lives until `posix_spawn` returns; `pid` is written by
+    // `posix_spawn` only. No code of ours runs in the child: glibc's `posix_spawn` (a
+    // `clone(CLONE_VM | CLONE_VFORK)`) applies the attributes and file actions, then execs.
+    unsafe {
+        let mut attr = std::mem::MaybeUninit::<libc::posix_spawnattr_t>::uninit();
+        check(libc::posix_spawnattr_init(attr.as_mut_ptr()))?;
+        let mut attr = Guard(attr.assume_init(), |a| {
+            libc::posix_spawnattr_destroy(a);
+        });
+        let mut actions = std::mem::MaybeUninit::<libc::posix_spawn_file_actions_t>::uninit();
+        check(libc::posix_spawn_file_actions_init(actions.as_mut_ptr()))?;
+        let mut actions = Guard(actions.assume_init(), |a| {
+            libc::posix_spawn_file_actions_destroy(a);
+        });
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        let mut pipe: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut pipe);
+        libc::sigaddset(&mut pipe, libc::SIGPIPE);
+        check(libc::posix_spawnattr_setsigmask(&mut attr.0, &none))?;
+        check(libc::posix_spawnattr_setsigdefault(&mut attr.0, &pipe))?;
+        check(libc::posix_spawnattr_setpgroup(&mut attr.0, 0))?;
+        check(libc::posix_spawnattr_setflags(
+            &mut attr.0,
+            (libc::POSIX_SPAWN_SETPGROUP
+                | libc::POSIX_SPAWN_SETSIGMASK
+                | libc::POSIX_SPAWN_SETSIGDEF) as libc::c_short,
+        ))?;
+        check(libc::posix_spawn_file_actions_addopen(
+            &mut actions.0,
+            0,
+            c"/dev/null".as_ptr(),
+            libc::O_RDONLY,
+            0,
+        ))?;
+        if let Some(cwd) = &cwd {
+            check(libc::posix_spawn_file_actions_addchdir_np(
+                &mut actions.0,
+                cwd.as_ptr(),
+            ))?;
+        }
+        check(libc::posix_spawn_file_actions_addclosefrom_np(
+            &mut actions.0,
+            3,
+        ))?;
+        let mut pid: libc::pid_t = 0;
+        check(libc::posix_spawn(
+            &mut pid,
+            path.as_ptr(),
+            &actions.0,
+            &attr.0,
+            argv_ptrs.as_ptr(),
+            env_ptrs.as_ptr(),
+        ))?;
+        Ok(pid)
+    }
+}
+
+/// A libc object destroyed when dropped.
+struct Guard<T>(T, unsafe fn(*mut T));
+
+impl<T> Drop for Guard<T> {
+    fn drop(&mut self) {
+        // SAFETY: constructed only around an object its init function initialised, with the
+        // matching destroy function, which is called once.
+        unsafe { (self.1)(&mut self.0) }
+    }
 }

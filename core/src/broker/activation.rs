@@ -7,13 +7,13 @@
 //! within `policy.activation_timeout_ms` fails, saying so; so does every run that waits when the
 //! app cannot be started or exits without offering its handler.
 //!
-//! The process is supervised like an `exec` host: its own process group, a pidfd, a thread
+//! The process is started with `posix_spawn` (`btb_os::spawn_clean`: stdio only, no blocked
+//! signal, its own process group) and supervised like an `exec` host: a pidfd, a thread
 //! (`btb-activation`, owned by the broker's `ThreadSet`) that reaps it; `close` ends it (SIGTERM,
-//! SIGKILL after the grace).
+//! SIGKILL after the grace). Unlike a host it has no parent-death signal: it is a client, which
+//! outlives its broker like any client (SPEC §10–12).
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::Stdio;
 use std::sync::Arc;
 
 use rustix::event::{PollFd, PollFlags, poll};
@@ -45,7 +45,7 @@ impl Activation {
 
 impl Broker {
     /// Starts the app for the runs that wait for a handler, unless it runs already or the
-    /// manifest has no `activate`. Called with no btb lock held (it forks).
+    /// manifest has no `activate`. Called with no btb lock held (it starts a process).
     pub(super) fn activate(self: &Arc<Self>) {
         let manifest = self.manifest();
         let Some(argv) = manifest.activate() else {
@@ -61,24 +61,38 @@ impl Broker {
                 pidfd: None,
             });
         }
-        let mut cmd = super::exec::command(argv);
-        cmd.env("BTB_APP_ID", self.app_id.as_str())
-            .env("BTB_ACTIVATION", "1")
-            .env("BTB_STORE", &self.store_path)
-            .stdin(Stdio::null())
-            .process_group(0);
+        let mut env: Vec<(&str, std::ffi::OsString)> = super::exec::clean_env();
+        env.push(("BTB_APP_ID", self.app_id.as_str().into()));
+        env.push(("BTB_ACTIVATION", "1".into()));
+        env.push(("BTB_STORE", self.store_path.as_str().into()));
         if let Some(path) = manifest.path() {
-            cmd.env("BTB_MANIFEST", path);
+            env.push(("BTB_MANIFEST", path.into()));
         }
-        if let Some(dir) = std::path::Path::new(&self.store_path).parent() {
-            cmd.current_dir(dir);
-        }
-        // As an exec host: stdio only, no signal blocked, dies with its broker.
-        super::exec::confine(&mut cmd, 2, None);
-        let started = cmd.spawn().and_then(|child| {
-            let pid = Pid::from_raw(child.id() as i32).expect("a child has a pid");
-            let fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
-            Ok((child.id(), fd))
+        let env: Vec<std::ffi::OsString> = env
+            .into_iter()
+            .map(|(name, value)| {
+                let mut pair = std::ffi::OsString::from(format!("{name}="));
+                pair.push(value);
+                pair
+            })
+            .collect();
+        // A vfork (`posix_spawn`), not a fork of the broker: a fork copies its page tables and is
+        // the most of what the broker adds before the app's first instruction. So no
+        // parent-death signal (only a forked child can set one): the app is a client, which
+        // outlives its broker like any (it takes the store over, SPEC §10–12); stdio only, no
+        // signal blocked, its own process group.
+        let started = btb_os::spawn_clean(&btb_os::Clean {
+            argv,
+            env: &env,
+            cwd: std::path::Path::new(&self.store_path)
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty()),
+        })
+        .and_then(|pid| {
+            let pid = u32::try_from(pid).map_err(std::io::Error::other)?;
+            let raw = Pid::from_raw(pid as i32).ok_or_else(|| std::io::Error::other("pid 0"))?;
+            let fd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty())?;
+            Ok((pid, fd))
         });
         let now = self.clock.now_ms();
         let mut st = self.lock();

@@ -1249,15 +1249,20 @@ fn handed_run(instance: &Instance) -> Box<protocol::HandedRun> {
 /// what any program expects (as systemd gives a service), nothing else of the app's.
 pub(super) fn command(argv: &[String]) -> Command {
     let mut cmd = Command::new(&argv[0]);
-    cmd.args(&argv[1..])
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin");
+    cmd.args(&argv[1..]).env_clear().envs(clean_env());
+    cmd
+}
+
+/// The environment a process that btb starts gets (before its own `BTB_*` variables): a fixed
+/// `PATH` and the broker's `HOME`, `USER`, `LOGNAME`, `LANG`, `XDG_RUNTIME_DIR` and `TZ`.
+pub(super) fn clean_env() -> Vec<(&'static str, std::ffi::OsString)> {
+    let mut env = vec![("PATH", "/usr/local/bin:/usr/bin:/bin".into())];
     for name in ["HOME", "USER", "LOGNAME", "LANG", "XDG_RUNTIME_DIR", "TZ"] {
         if let Some(v) = std::env::var_os(name) {
-            cmd.env(name, v);
+            env.push((name, v));
         }
     }
-    cmd
+    env
 }
 
 /// The exit status with which a host asks for another attempt (`sysexits.h`).

@@ -166,7 +166,7 @@ impl Broker {
 
     /// Whether some process can run a task now: a handler of this process by name (no resolver:
     /// a broker with one never lets a run wait), or a client process's offer.
-    fn has_handler(&self, record: &TaskRecord) -> bool {
+    pub(super) fn has_handler(&self, record: &TaskRecord) -> bool {
         super::resolve(&self.handlers, record, false).is_ok()
             || self.broadcast.get().is_some_and(|b| {
                 b.pick(

@@ -57,6 +57,12 @@ impl Broker {
             };
             drop(st);
             let job = instance.clone();
+            // A run that no process can take (SPEC §12) starts the app now, while its start record
+            // is committed: the app's start-up overlaps the fsync. It is handed only after that
+            // commit, like any run (§11), and parks below if no handler came meanwhile.
+            if self.activates_for(&instance) {
+                self.activate();
+            }
             // Unlocked: the writes this run depends on (its one-shot spent, its latch taken). A
             // failing store holds the run here until they are committed (fail-stop, SPEC §7).
             if !self.writer.wait_done(after) {
@@ -126,6 +132,26 @@ impl Broker {
             }
             done = Some(job);
         }
+    }
+
+    /// Whether a run will wait for a handler that only the app started by `activate` can offer:
+    /// the manifest has `activate`, and nothing can run it now — no `exec` host, no handler here
+    /// (nor a resolver, which fails it instead), no client process's offer.
+    fn activates_for(&self, instance: &Instance) -> bool {
+        let manifest = self.manifest();
+        if manifest.activate().is_none() {
+            return false;
+        }
+        let record = instance.task().record();
+        let exec = record
+            .task_entry_point
+            .as_deref()
+            .and_then(|ep| manifest.find(ep))
+            .is_some_and(|d| d.exec.is_some());
+        if exec || self.handlers().resolver.is_some() {
+            return false;
+        }
+        !self.has_handler(record)
     }
 
     /// `is_network_requested` (SPEC §4): holds a logind sleep inhibitor for the run, and says so

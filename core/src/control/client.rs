@@ -1,7 +1,7 @@
 //! The client side of the control socket: a connection to a running broker, a feed of its
 //! notices, and `signal_event`.
 
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::net::UnixStream;
 
 use super::CLIENT_TIMEOUT;
@@ -34,6 +34,14 @@ impl Client {
     }
 
     fn connect_with(app_id: &str, keep_alive: bool) -> Result<Client> {
+        Self::greet(app_id, keep_alive, &[])?.welcome()
+    }
+
+    /// Connects to the broker of `app_id` and sends its hello, then `then`, in one write, without
+    /// waiting for the answer ([`Greeting::welcome`] reads it): a process that opens several
+    /// connections greets them all before it reads, one round trip for all. `keep_alive` as in
+    /// [`Client::connect_kept`]. The errors of [`Client::connect`] for the connection.
+    pub fn greet(app_id: &str, keep_alive: bool, then: &[Request]) -> Result<Greeting> {
         let path = socket_path(app_id)?;
         let shown = path.display();
         let stream = match connect_with_timeout(&path, CLIENT_TIMEOUT) {
@@ -87,29 +95,52 @@ impl Client {
                 )));
             }
         }
+        // Every exchange waits at most this long; kept until the connection becomes a feed or a
+        // run's stream.
+        stream
+            .set_write_timeout(Some(CLIENT_TIMEOUT))
+            .and_then(|()| stream.set_read_timeout(Some(CLIENT_TIMEOUT)))
+            .map_err(|e| {
+                Error::state(format!(
+                    "cannot set the timeouts of a connection to the btb broker for app {app_id:?}: {e}"
+                ))
+            })?;
         let mut client = Client {
             stream,
             app_id: app_id.to_owned(),
             broker_pid: 0,
             broker_store: None,
         };
-        match client.call(&Request::Hello {
+        let mut frames = protocol::encode(&Request::Hello {
             version: protocol::VERSION,
             min_version: Some(protocol::MIN_VERSION),
             keep_alive,
-        })? {
-            Reply::Hello { pid, store, .. } => {
-                client.broker_pid = pid;
-                client.broker_store = store;
-            }
-            other => return Err(client.unexpected(&other)),
+        });
+        for request in then {
+            frames.extend_from_slice(&protocol::encode(request));
         }
-        Ok(client)
+        let sent = client.send(&frames);
+        Ok(Greeting { client, sent })
     }
 
     /// Turns this connection into a feed of notices ([`Request::Subscribe`]).
     pub fn subscribe(mut self) -> Result<Subscription> {
-        match self.call(&Request::Subscribe)? {
+        let sent = self.send(&protocol::encode(&Request::Subscribe));
+        self.into_feed(sent)
+    }
+
+    /// The feed of a connection greeted with its [`Request::Subscribe`] ([`Client::greet`]), once
+    /// the broker answered it.
+    pub fn subscribed(self) -> Result<Subscription> {
+        self.into_feed(Ok(()))
+    }
+
+    /// The feed, once the broker answered the subscribe whose sending ended in `sent`.
+    fn into_feed(mut self, sent: io::Result<()>) -> Result<Subscription> {
+        match self
+            .receive(sent)
+            .unwrap_or_else(|failure| Err(failure.error))?
+        {
             Reply::Done => {}
             other => return Err(self.unexpected(&other)),
         }
@@ -146,6 +177,17 @@ impl Client {
 
     /// As [`Client::call`], telling a broken exchange (the outer error) from an answer.
     pub fn exchange(&mut self, request: &Request) -> std::result::Result<Result<Reply>, Failure> {
+        let sent = self.send(&protocol::encode(request));
+        self.receive(sent)
+    }
+
+    /// Writes encoded requests (within the write timeout set at connect).
+    fn send(&mut self, frames: &[u8]) -> io::Result<()> {
+        self.stream.write_all(frames)
+    }
+
+    /// Reads the reply to the request whose sending ended in `sent`.
+    fn receive(&mut self, sent: io::Result<()>) -> std::result::Result<Result<Reply>, Failure> {
         let pid = self.broker_pid;
         let broken = |delivered: bool, what: String| Failure {
             delivered,
@@ -157,12 +199,7 @@ impl Client {
                 self.app_id
             )),
         };
-        self.stream
-            .set_write_timeout(Some(CLIENT_TIMEOUT))
-            .and_then(|()| self.stream.set_read_timeout(Some(CLIENT_TIMEOUT)))
-            .map_err(|e| broken(false, e.to_string()))?;
         // Even if sending failed, the broker may have answered (and closed) first: read its reply.
-        let sent = protocol::write_frame(&mut self.stream, request);
         let reply = match (
             protocol::read_frame_max::<Reply>(&mut self.stream, protocol::MAX_REPLY),
             sent,
@@ -205,6 +242,31 @@ impl Client {
             Reply::Error { kind, message } => Err(Error::new(ErrorKind::named(&kind), message)),
             reply => Ok(reply),
         })
+    }
+}
+
+/// A connection whose hello is sent and not yet answered ([`Client::greet`]).
+pub struct Greeting {
+    client: Client,
+    /// How sending the hello (and what followed it) ended.
+    sent: io::Result<()>,
+}
+
+impl Greeting {
+    /// Reads the broker's answer to the hello: the connection, greeted.
+    pub fn welcome(self) -> Result<Client> {
+        let Greeting { mut client, sent } = self;
+        match client
+            .receive(sent)
+            .unwrap_or_else(|failure| Err(failure.error))?
+        {
+            Reply::Hello { pid, store, .. } => {
+                client.broker_pid = pid;
+                client.broker_store = store;
+            }
+            other => return Err(client.unexpected(&other)),
+        }
+        Ok(client)
     }
 }
 

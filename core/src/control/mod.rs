@@ -37,7 +37,7 @@ pub mod socket;
 pub mod wire;
 
 pub use answer::MAX_ANSWERERS;
-pub use client::{Client, Failure, Subscription, signal_event};
+pub use client::{Client, Failure, Greeting, Subscription, signal_event};
 pub use listener::{ControlListener, Handler};
 pub use routing::{Attached, Broadcast, MAX_BROADCAST_QUEUED, MAX_BROADCAST_WAIT, Picked, Start};
 pub use server::{MAX_FEED_BACKLOG, MAX_OUTPUT_TOTAL, MAX_PENDING_OUTPUT};
