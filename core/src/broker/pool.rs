@@ -60,7 +60,9 @@ impl Broker {
             // A run that no process can take (SPEC §12) starts the app now, while its start record
             // is committed: the app's start-up overlaps the fsync. It is handed only after that
             // commit, like any run (§11), and parks below if no handler came meanwhile.
-            if self.activates_for(&instance) {
+            // The manifest in force for this run (servicing may replace it meanwhile).
+            let manifest = self.manifest();
+            if self.activates_for(&manifest, &instance) {
                 self.activate();
             }
             // Unlocked: the writes this run depends on (its one-shot spent, its latch taken). A
@@ -81,7 +83,7 @@ impl Broker {
             let exec = instance
                 .task()
                 .task_entry_point()
-                .and_then(|ep| self.manifest().find(ep).and_then(|d| d.exec.clone()));
+                .and_then(|ep| manifest.find(ep).and_then(|d| d.exec.clone()));
             if let Some(argv) = exec {
                 self.run_exec(&instance, &argv);
                 let _ = instance.finish_run();
@@ -137,8 +139,7 @@ impl Broker {
     /// Whether a run will wait for a handler that only the app started by `activate` can offer:
     /// the manifest has `activate`, and nothing can run it now — no `exec` host, no handler here
     /// (nor a resolver, which fails it instead), no client process's offer.
-    fn activates_for(&self, instance: &Instance) -> bool {
-        let manifest = self.manifest();
+    fn activates_for(&self, manifest: &crate::manifest::Manifest, instance: &Instance) -> bool {
         if manifest.activate().is_none() {
             return false;
         }
