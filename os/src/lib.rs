@@ -60,25 +60,34 @@ pub fn confine(cmd: &mut Command, keep_through: i32, into_cgroup: Option<RawFd>)
             let mut all: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut all);
             libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
-            let first = (keep_through + 1) as libc::c_uint;
-            if libc::syscall(
-                libc::SYS_close_range,
-                first,
-                libc::c_uint::MAX,
-                CLOSE_RANGE_CLOEXEC,
-            ) != 0
-            {
-                // A kernel before 5.11: every possible descriptor, one by one.
-                let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
-                    .current
-                    .unwrap_or(1 << 20)
-                    .min(1 << 20);
-                for fd in first as libc::c_int..limit as libc::c_int {
-                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-                }
-            }
+            close_at_exec_from(keep_through + 1);
             Ok(())
         });
+    }
+}
+
+/// Marks every descriptor from `first` up close-on-exec, in a forked child: only system calls
+/// (async-signal-safe), `close_range` where the kernel has it (5.11), else one by one.
+fn close_at_exec_from(first: i32) {
+    let first = first as libc::c_uint;
+    // SAFETY: system calls on descriptor numbers; nothing is dereferenced.
+    let done = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    } == 0;
+    if !done {
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .unwrap_or(1 << 20)
+            .min(1 << 20);
+        for fd in first as libc::c_int..limit as libc::c_int {
+            // SAFETY: as above.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        }
     }
 }
 
@@ -168,7 +177,98 @@ pub struct Clean<'a> {
 /// process group. Unlike [`confine`], no parent-death signal: `posix_spawn` has no way to set
 /// one, so the process outlives the caller's death (what btb wants of an app it activates, a
 /// client that takes the store over, SPEC §10–12). Returns its pid; reaping it is the caller's.
+///
+/// With a glibc older than 2.34 (no `posix_spawn_file_actions_addclosefrom_np`, looked up at run
+/// time so that binaries built for older systems link), the same process state comes from a fork
+/// instead ([`spawn_clean_fork`]).
 pub fn spawn_clean(what: &Clean) -> std::io::Result<libc::pid_t> {
+    match spawn_extensions() {
+        Some(ext) if what.cwd.is_none() || ext.addchdir.is_some() => spawn_clean_vfork(what, ext),
+        _ => spawn_clean_fork(what),
+    }
+}
+
+type AddClosefrom =
+    unsafe extern "C" fn(*mut libc::posix_spawn_file_actions_t, libc::c_int) -> libc::c_int;
+type AddChdir =
+    unsafe extern "C" fn(*mut libc::posix_spawn_file_actions_t, *const libc::c_char) -> libc::c_int;
+
+/// The glibc extensions of `posix_spawn` that [`spawn_clean`] needs, looked up at run time:
+/// `addclosefrom_np` (glibc 2.34) and `addchdir_np` (2.29). Linking them would tie every binary
+/// and the Python wheel (manylinux2014: glibc 2.17) to those versions.
+#[derive(Clone, Copy)]
+struct SpawnExtensions {
+    addclosefrom: AddClosefrom,
+    addchdir: Option<AddChdir>,
+}
+
+fn spawn_extensions() -> Option<SpawnExtensions> {
+    static FOUND: std::sync::OnceLock<Option<SpawnExtensions>> = std::sync::OnceLock::new();
+    *FOUND.get_or_init(|| {
+        // SAFETY: `dlsym` with RTLD_DEFAULT and a NUL-terminated name; a non-null result is the
+        // address of glibc's function of that name, whose C signature the types above spell.
+        unsafe {
+            let closefrom = libc::dlsym(
+                libc::RTLD_DEFAULT,
+                c"posix_spawn_file_actions_addclosefrom_np".as_ptr(),
+            );
+            if closefrom.is_null() {
+                return None;
+            }
+            let chdir = libc::dlsym(
+                libc::RTLD_DEFAULT,
+                c"posix_spawn_file_actions_addchdir_np".as_ptr(),
+            );
+            Some(SpawnExtensions {
+                addclosefrom: std::mem::transmute::<*mut libc::c_void, AddClosefrom>(closefrom),
+                addchdir: (!chdir.is_null())
+                    .then(|| std::mem::transmute::<*mut libc::c_void, AddChdir>(chdir)),
+            })
+        }
+    })
+}
+
+/// [`spawn_clean`] where glibc lacks the extensions (before 2.34): the same process state through
+/// `std::process::Command` — which resets the signal mask and SIGPIPE in the child — and a fork
+/// with one `pre_exec` step (descriptors from 3 up closed at exec); still no parent-death signal.
+fn spawn_clean_fork(what: &Clean) -> std::io::Result<libc::pid_t> {
+    let Some((program, args)) = what.argv.split_first() else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "no program to start",
+        ));
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .process_group(0);
+    for pair in what.env {
+        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(pair.as_os_str());
+        if let Some(eq) = bytes.iter().position(|&b| b == b'=') {
+            let (name, value) = (&bytes[..eq], &bytes[eq + 1..]);
+            cmd.env(
+                <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name),
+                <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(value),
+            );
+        }
+    }
+    if let Some(dir) = what.cwd {
+        cmd.current_dir(dir);
+    }
+    // SAFETY: the closure runs in the forked child and makes system calls only (see
+    // `close_at_exec_from`).
+    unsafe {
+        cmd.pre_exec(|| {
+            close_at_exec_from(3);
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    Ok(child.id() as libc::pid_t)
+}
+
+fn spawn_clean_vfork(what: &Clean, ext: SpawnExtensions) -> std::io::Result<libc::pid_t> {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
     let invalid = |e: std::ffi::NulError| std::io::Error::new(std::io::ErrorKind::InvalidInput, e);
@@ -244,16 +344,10 @@ pub fn spawn_clean(what: &Clean) -> std::io::Result<libc::pid_t> {
             libc::O_RDONLY,
             0,
         ))?;
-        if let Some(cwd) = &cwd {
-            check(libc::posix_spawn_file_actions_addchdir_np(
-                &mut actions.0,
-                cwd.as_ptr(),
-            ))?;
+        if let (Some(cwd), Some(addchdir)) = (&cwd, ext.addchdir) {
+            check(addchdir(&mut actions.0, cwd.as_ptr()))?;
         }
-        check(libc::posix_spawn_file_actions_addclosefrom_np(
-            &mut actions.0,
-            3,
-        ))?;
+        check((ext.addclosefrom)(&mut actions.0, 3))?;
         let mut pid: libc::pid_t = 0;
         check(libc::posix_spawn(
             &mut pid,
@@ -275,5 +369,54 @@ impl<T> Drop for Guard<T> {
         // SAFETY: constructed only around an object its init function initialised, with the
         // matching destroy function, which is called once.
         unsafe { (self.1)(&mut self.0) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `script` under `sh` with `spawn`, a descriptor `leaked` open without close-on-exec
+    /// in this process; returns the shell's exit status.
+    fn run(
+        spawn: fn(&Clean) -> std::io::Result<libc::pid_t>,
+        script: &str,
+        cwd: &std::path::Path,
+    ) -> i32 {
+        let argv = ["/bin/sh".to_owned(), "-c".to_owned(), script.to_owned()];
+        let env = [std::ffi::OsString::from("PATH=/usr/bin:/bin")];
+        let pid = spawn(&Clean {
+            argv: &argv,
+            env: &env,
+            cwd: Some(cwd),
+        })
+        .unwrap();
+        let mut status = 0;
+        // SAFETY: waits for the child just started; `status` is a valid out pointer.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status), "the shell did not exit: {status}");
+        libc::WEXITSTATUS(status)
+    }
+
+    #[test]
+    fn both_ways_to_spawn_clean_leave_no_descriptor_and_set_the_directory() {
+        // SAFETY: opens /dev/null without O_CLOEXEC, as a C library might; closed below.
+        let leaked = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) };
+        assert!(leaked > 2);
+        let dir = std::env::temp_dir();
+        let dir = std::fs::canonicalize(dir).unwrap();
+        let script = format!(
+            "[ -e /proc/$$/fd/{leaked} ] && exit 3; [ \"$(pwd -P)\" = {:?} ] || exit 4; exit 0",
+            dir.display().to_string()
+        );
+        let mut ways: Vec<fn(&Clean) -> std::io::Result<libc::pid_t>> = vec![spawn_clean_fork];
+        if spawn_extensions().is_some() {
+            ways.push(|what| spawn_clean_vfork(what, spawn_extensions().unwrap()));
+        }
+        for spawn in ways {
+            assert_eq!(run(spawn, &script, &dir), 0);
+        }
+        // SAFETY: closes the descriptor opened above.
+        unsafe { libc::close(leaked) };
     }
 }
