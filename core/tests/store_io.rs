@@ -585,3 +585,49 @@ fn a_parked_run_is_handed_without_a_second_commit_and_never_runs_twice_after_its
     assert_eq!(on_disk(&path), (Vec::new(), 0), "nothing left to run");
     system.close().unwrap();
 }
+
+/// The other side of the parked hand-over: a parked run that a handler of the broker's own
+/// process takes still starts only once the writes of its hand-over are on disk (no run file
+/// would tell a later broker that it started). The store's writes fail once the run parked: the
+/// handler registered then does not run until they succeed again, and then runs once.
+#[test]
+fn a_parked_run_taken_in_process_waits_for_its_hand_over_to_be_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = watch(dir.path());
+    let path = dir.path().join("btb.sqlite3");
+    let app_id = format!("org.example.storeio.inprocess.p{}", std::process::id());
+    let system = open_real_clock(&path, &app_id);
+    assert!(system.is_broker());
+    let mut b = builder("parked");
+    b.set_trigger(btb_core::Trigger::application());
+    let task = system.register(&b).unwrap();
+    assert_eq!(
+        task.request(None).unwrap(),
+        btb_core::ApplicationTriggerResult::Allowed
+    );
+    wait_parked_on_disk(&path);
+
+    w.fail_writes.store(true, Ordering::SeqCst);
+    let (tx, ran) = std::sync::mpsc::channel();
+    let tx = Mutex::new(tx);
+    system
+        .register_entry_point(
+            EP,
+            Some(btb_core::Handler::Call(Arc::new(move |_| {
+                tx.lock().unwrap().send(()).unwrap();
+            }))),
+        )
+        .unwrap();
+    assert!(
+        ran.recv_timeout(std::time::Duration::from_millis(300))
+            .is_err(),
+        "it does not run before its hand-over is written"
+    );
+    w.fail_writes.store(false, Ordering::SeqCst);
+    recv(&ran, "the run, once the store can be written");
+    assert!(system.wait_idle(common::rt::DEADLINE).unwrap());
+    assert_eq!(task.history().unwrap().len(), 1);
+    assert!(ran.try_recv().is_err(), "once");
+    assert_eq!(on_disk(&path), (Vec::new(), 0));
+    system.close().unwrap();
+}
