@@ -74,6 +74,11 @@ pub enum ScheduleChange {
     Started(RunStart),
     /// A run that started did not run after all (it waits for a handler, SPEC §12).
     Unstarted(Uuid),
+    /// A run's start marker marked parked (`true`: it waits for a handler, its fire latched
+    /// again, and will be handed under the same instance id without a new marker) or handed
+    /// (`false`: it left the wait). Recovery tells a parked run that was never handed from one
+    /// that was by its run files (`broker/retry.rs`).
+    Parked(Uuid, bool),
     /// A retry latched unless a fire is latched already (that one runs instead, SPEC §12).
     RetryUnlessPending(Uuid, Latched),
 }
@@ -96,10 +101,12 @@ pub struct RunStart {
     pub started_ms: i64,
     pub trigger_kind: TriggerKind,
     pub trigger_details: Option<String>,
+    /// It waits for a handler (`ScheduleChange::Parked`), its fire latched again.
+    pub parked: bool,
 }
 
 /// The newest schema this build knows.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Forward migrations: `MIGRATIONS[n]` takes a store from version `n` to `n + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -165,6 +172,9 @@ CREATE TABLE runs_started (
     trigger_kind    INTEGER NOT NULL,
     trigger_details TEXT
 );
+"#,
+    r#"
+ALTER TABLE runs_started ADD COLUMN parked INTEGER NOT NULL DEFAULT 0;
 "#,
 ];
 
@@ -793,7 +803,8 @@ impl Store {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT instance_id, task_id, attempt, started_ms, trigger_kind, trigger_details
+                "SELECT instance_id, task_id, attempt, started_ms, trigger_kind, trigger_details,
+                     parked
                  FROM runs_started ORDER BY started_ms",
             )
             .map_err(fail)?;
@@ -806,12 +817,14 @@ impl Store {
                     r.get::<_, i64>(3)?,
                     r.get::<_, u32>(4)?,
                     r.get::<_, Option<String>>(5)?,
+                    r.get::<_, bool>(6)?,
                 ))
             })
             .map_err(fail)?;
         let mut out = Vec::new();
         for row in rows {
-            let (instance, task, attempt, started_ms, kind, trigger_details) = row.map_err(fail)?;
+            let (instance, task, attempt, started_ms, kind, trigger_details, parked) =
+                row.map_err(fail)?;
             let bad = |e: String| self.err("decode a run that started", e);
             out.push(RunStart {
                 instance_id: Uuid::from_slice(&instance).map_err(|e| bad(e.to_string()))?,
@@ -820,6 +833,7 @@ impl Store {
                 started_ms,
                 trigger_kind: TriggerKind::from_u32(kind).map_err(|e| bad(e.message().into()))?,
                 trigger_details,
+                parked,
             });
         }
         Ok(out)
@@ -894,11 +908,15 @@ fn schedule_in(tx: &Connection, change: &ScheduleChange) -> rusqlite::Result<usi
         ScheduleChange::Unstarted(id) => tx
             .prepare_cached("DELETE FROM runs_started WHERE instance_id = ?1")?
             .execute([id.as_bytes()]),
+        ScheduleChange::Parked(id, parked) => tx
+            .prepare_cached("UPDATE runs_started SET parked = ?2 WHERE instance_id = ?1")?
+            .execute(params![id.as_bytes(), parked]),
         ScheduleChange::Started(r) => tx
             .prepare_cached(
                 "INSERT OR REPLACE INTO runs_started
-                     (instance_id, task_id, attempt, started_ms, trigger_kind, trigger_details)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                     (instance_id, task_id, attempt, started_ms, trigger_kind, trigger_details,
+                      parked)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
             .execute(params![
                 r.instance_id.as_bytes(),
@@ -906,7 +924,8 @@ fn schedule_in(tx: &Connection, change: &ScheduleChange) -> rusqlite::Result<usi
                 r.attempt,
                 r.started_ms,
                 r.trigger_kind as u32,
-                r.trigger_details
+                r.trigger_details,
+                r.parked
             ]),
     }
 }

@@ -88,7 +88,9 @@ fn activated_app() {
     // What it got from the broker: no descriptor but stdio (the test left fd 200 open without
     // close-on-exec), no blocked signal (the test blocked SIGUSR2), its own process group.
     let inherited = Path::new("/proc/self/fd/200").exists();
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    // This thread's own mask (libtest's, inherited from the process's start): `/proc/self`
+    // would show the main thread's, all blocked for a moment while it creates a thread.
+    let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
     let blocked = status
         .lines()
         .find_map(|l| l.strip_prefix("SigBlk:"))

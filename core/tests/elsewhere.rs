@@ -2,7 +2,8 @@
 //! process is SIGKILLed while a client runs one of its runs, the process that takes the store
 //! over counts the task as running until that run ends, records the run as the client ended it,
 //! and never starts the task again meanwhile — whether the runner itself takes over or another
-//! process does, and whether the runner finishes or dies too.
+//! process does, and whether the runner finishes or dies too. A run that waits for a handler
+//! (SPEC §12) when its broker dies keeps waiting, and runs once when a handler comes.
 //!
 //! Real processes: this binary run again as the broker (`bare_broker_child`) and as a runner
 //! (`runner_child`), talking through stdin/stdout under deadlines. No sleeps.
@@ -283,5 +284,64 @@ fn a_runner_that_dies_after_its_broker_is_recorded_and_retried() {
         "{history:?}"
     );
     assert!(history[0].retry_at_ms.is_some());
+    system.close().unwrap();
+}
+
+/// A run waits for a handler — no process has one — when its broker is SIGKILLed: its start
+/// marker, kept marked parked, is dropped by the process that takes the store over (no run file:
+/// it was never handed), its fire still waits, and it runs once, in the runner that comes later.
+#[test]
+fn a_parked_run_keeps_waiting_across_its_brokers_death_and_runs_once() {
+    const APP: &str = "org.example.elsewhere.parked";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("btb.sqlite3");
+    let mut broker = spawn("bare_broker_child", &path, APP);
+    broker.expect("READY");
+    let system = open_real_clock(&path, APP); // a client with no handler: the run waits
+    let task = slow_task(&system, false);
+    let ended = completions(&system, &task);
+    assert_eq!(
+        task.request(None).unwrap(),
+        ApplicationTriggerResult::Allowed
+    );
+    let parked = wait_parked_on_disk(&path);
+
+    broker.sigkill();
+    // This call takes the store over: the fire still waits.
+    assert_eq!(
+        task.request(None).unwrap(),
+        ApplicationTriggerResult::CurrentlyRunning
+    );
+    assert!(system.is_broker());
+    // It started again here and waits again, under a marker of this broker's.
+    let again = wait_parked_on_disk(&path);
+    assert_ne!(again.instance_id, parked.instance_id);
+    assert_eq!(
+        on_disk(&path).0,
+        vec![again],
+        "the dead broker's marker is dropped"
+    );
+    assert!(task.history().unwrap().is_empty(), "nothing recorded");
+
+    let mut runner = spawn("runner_child", &path, APP);
+    runner.expect("READY");
+    assert_eq!(runner.expect("STARTED"), "STARTED 1");
+    runner.tell("go");
+    runner.expect("ENDING");
+    assert_eq!(
+        ended.recv_timeout(DEADLINE).unwrap(),
+        TaskOutcome::Succeeded
+    );
+    assert!(system.wait_idle(DEADLINE).unwrap());
+    let history = task.history().unwrap();
+    assert_eq!(history.len(), 1, "{history:?}");
+    runner.tell("stop");
+    runner.wait_success();
+    let lines: Vec<String> = runner.take_lines().try_iter().collect();
+    assert!(
+        !lines.iter().any(|l| l.contains("STARTED")),
+        "one run: {lines:?}"
+    );
+    assert_eq!(on_disk(&path), (Vec::new(), 0), "nothing left to run");
     system.close().unwrap();
 }

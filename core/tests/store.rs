@@ -657,3 +657,54 @@ fn a_store_in_a_read_only_directory_says_so() {
         assert_eq!(snapshot(dir.path()), before, "the refused open wrote");
     }
 }
+
+/// A store of schema 4 (before runs could be parked, SPEC §11) opens: migrated to the current
+/// schema, a run that started there reads as not parked — recovered as any cut-off run — and a
+/// marker can be marked parked and handed.
+#[test]
+fn a_schema_4_store_with_a_started_run_is_migrated_and_its_run_is_not_parked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = make_store(dir.path());
+    let instance = uuid::Uuid::new_v4();
+    {
+        // Schema 4 is the current one without `runs_started.parked`.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "ALTER TABLE runs_started DROP COLUMN parked; UPDATE btb_schema SET version = 4;",
+        )
+        .unwrap();
+        let task: Vec<u8> = conn
+            .query_row("SELECT task_id FROM registrations LIMIT 1", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        conn.execute(
+            "INSERT INTO runs_started
+                 (instance_id, task_id, attempt, started_ms, trigger_kind, trigger_details)
+             VALUES (?1, ?2, 1, 5, 0, NULL)",
+            rusqlite::params![instance.as_bytes().to_vec(), task],
+        )
+        .unwrap();
+    }
+    let mut store = btb_core::Store::open(
+        &btb_core::StoreLocation::File(path.clone()),
+        APP_ID,
+        btb_core::Durability::Full,
+    )
+    .unwrap();
+    let started = store.started_runs().unwrap();
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0].instance_id, instance);
+    assert!(!started[0].parked);
+    use btb_core::store::ScheduleChange::Parked;
+    store.write_batch(&[Parked(instance, true)], &[]).unwrap();
+    assert!(store.started_runs().unwrap()[0].parked);
+    store.write_batch(&[Parked(instance, false)], &[]).unwrap();
+    assert!(!store.started_runs().unwrap()[0].parked);
+    drop(store);
+    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let version: i64 = conn
+        .query_row("SELECT version FROM btb_schema", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, SCHEMA_VERSION);
+}

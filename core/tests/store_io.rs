@@ -443,3 +443,191 @@ fn fifo(path: &Path) -> std::sync::mpsc::Receiver<String> {
     });
     rx
 }
+
+const STORE_VAR: &str = "BTB_TEST_STOREIO_STORE";
+const APP_VAR: &str = "BTB_TEST_STOREIO_APP";
+
+fn role(name: &str, path: &Path, app_id: &str) -> common::child::Proc {
+    common::child::Proc::role(
+        name,
+        &[(STORE_VAR, path.as_os_str()), (APP_VAR, app_id.as_ref())],
+    )
+}
+
+fn role_env() -> Option<(PathBuf, String)> {
+    let path = std::env::var_os(STORE_VAR)?;
+    Some((path.into(), std::env::var(APP_VAR).unwrap()))
+}
+
+fn stdin_line() -> String {
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    line.trim().to_owned()
+}
+
+/// A broker process with no handler (every run goes to a client), its store watched by the
+/// shim: told `fail`, its store's writes fail from then on. It serves until killed.
+#[test]
+#[ignore = "the broker process of a_parked_run_is_handed_…"]
+fn shimmed_broker_child() {
+    let Some((path, app_id)) = role_env() else {
+        return;
+    };
+    let w = watch(path.parent().unwrap());
+    let system = open_real_clock(&path, &app_id);
+    assert!(system.is_broker());
+    common::child::say("READY");
+    while stdin_line() == "fail" {
+        w.fail_writes.store(true, Ordering::SeqCst);
+        common::child::say("FAILING");
+    }
+}
+
+/// A client process that runs `app.All`: says `STARTED <attempt>`, waits for `go`, says `ENDING`.
+#[test]
+#[ignore = "the runner process of a_parked_run_is_handed_…"]
+fn runner_child() {
+    let Some((path, app_id)) = role_env() else {
+        return;
+    };
+    let system = open_real_clock(&path, &app_id);
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let go_rx = Mutex::new(go_rx);
+    system
+        .register_entry_point(
+            EP,
+            Some(btb_core::Handler::Call(Arc::new(move |instance| {
+                common::child::say(&format!("STARTED {}", instance.attempt()));
+                let _ = go_rx.lock().unwrap().recv_timeout(common::child::DEADLINE);
+                common::child::say("ENDING");
+            }))),
+        )
+        .unwrap();
+    common::child::say("READY");
+    while stdin_line() == "go" {
+        go_tx.send(()).unwrap();
+    }
+}
+
+/// SPEC §11 with §12, the hand-over of a run that waited for a handler: it is handed under the
+/// start marker kept since it parked, and waits for no further commit. Here the broker's store
+/// cannot be written once the run is parked: the runner that comes is handed the run all the
+/// same (before, the hand-over waited for the commit of a new start). Its broker SIGKILLed then,
+/// the store still says "parked, fire latched"; the process that takes it over finds the run
+/// file held — the run was handed — and neither records it as cut off nor runs it again.
+#[test]
+fn a_parked_run_is_handed_without_a_second_commit_and_never_runs_twice_after_its_brokers_death() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("btb.sqlite3");
+    let app_id = format!("org.example.storeio.parked.p{}", std::process::id());
+    let mut broker = role("shimmed_broker_child", &path, &app_id);
+    broker.expect("READY");
+    let system = open_real_clock(&path, &app_id); // a client with no handler: the run waits
+    assert!(!system.is_broker());
+    let mut b = builder("parked");
+    b.set_trigger(btb_core::Trigger::application());
+    let task = system.register(&b).unwrap();
+    let (tx, ended) = std::sync::mpsc::channel();
+    let tx = Mutex::new(tx);
+    system
+        .add_completed(
+            &task.task_id(),
+            Arc::new(move |_, c| {
+                let _ = tx.lock().unwrap().send(c.outcome);
+            }),
+        )
+        .unwrap();
+    assert_eq!(
+        task.request(None).unwrap(),
+        btb_core::ApplicationTriggerResult::Allowed
+    );
+    let parked = wait_parked_on_disk(&path);
+
+    broker.tell("fail");
+    broker.expect("FAILING");
+    let mut runner = role("runner_child", &path, &app_id);
+    runner.expect("READY");
+    assert_eq!(
+        runner.expect("STARTED"),
+        "STARTED 1",
+        "handed with nothing more committed"
+    );
+    assert_eq!(
+        on_disk(&path),
+        (vec![parked], 1),
+        "the hand-over is not written"
+    );
+    broker.sigkill();
+
+    // Whichever process takes the store over (this one, or the runner), the run goes on.
+    assert_eq!(
+        task.request(None).unwrap(),
+        btb_core::ApplicationTriggerResult::CurrentlyRunning
+    );
+    runner.tell("go");
+    runner.expect("ENDING");
+    assert_eq!(
+        ended.recv_timeout(common::child::DEADLINE).unwrap(),
+        btb_core::TaskOutcome::Succeeded
+    );
+    runner.tell("stop");
+    runner.wait_success();
+    let lines: Vec<String> = runner.take_lines().try_iter().collect();
+    assert!(
+        !lines.iter().any(|l| l.contains("STARTED")),
+        "one run: {lines:?}"
+    );
+    // This process is the broker now: a fire left latched would start here.
+    let history = task.history().unwrap();
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert!(system.is_broker());
+    assert!(system.wait_idle(common::child::DEADLINE).unwrap());
+    assert_eq!(on_disk(&path), (Vec::new(), 0), "nothing left to run");
+    system.close().unwrap();
+}
+
+/// The other side of the parked hand-over: a parked run that a handler of the broker's own
+/// process takes still starts only once the writes of its hand-over are on disk (no run file
+/// would tell a later broker that it started). The store's writes fail once the run parked: the
+/// handler registered then does not run until they succeed again, and then runs once.
+#[test]
+fn a_parked_run_taken_in_process_waits_for_its_hand_over_to_be_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = watch(dir.path());
+    let path = dir.path().join("btb.sqlite3");
+    let app_id = format!("org.example.storeio.inprocess.p{}", std::process::id());
+    let system = open_real_clock(&path, &app_id);
+    assert!(system.is_broker());
+    let mut b = builder("parked");
+    b.set_trigger(btb_core::Trigger::application());
+    let task = system.register(&b).unwrap();
+    assert_eq!(
+        task.request(None).unwrap(),
+        btb_core::ApplicationTriggerResult::Allowed
+    );
+    wait_parked_on_disk(&path);
+
+    w.fail_writes.store(true, Ordering::SeqCst);
+    let (tx, ran) = std::sync::mpsc::channel();
+    let tx = Mutex::new(tx);
+    system
+        .register_entry_point(
+            EP,
+            Some(btb_core::Handler::Call(Arc::new(move |_| {
+                tx.lock().unwrap().send(()).unwrap();
+            }))),
+        )
+        .unwrap();
+    assert!(
+        ran.recv_timeout(std::time::Duration::from_millis(300))
+            .is_err(),
+        "it does not run before its hand-over is written"
+    );
+    w.fail_writes.store(false, Ordering::SeqCst);
+    recv(&ran, "the run, once the store can be written");
+    assert!(system.wait_idle(common::rt::DEADLINE).unwrap());
+    assert_eq!(task.history().unwrap().len(), 1);
+    assert!(ran.try_recv().is_err(), "once");
+    assert_eq!(on_disk(&path), (Vec::new(), 0));
+    system.close().unwrap();
+}

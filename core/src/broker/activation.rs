@@ -179,13 +179,18 @@ impl Broker {
             if p.persisted {
                 changes.push(ScheduleChange::Pending(task_id, None));
             }
+            // The start marker of the run that parked goes with its latch: it never ran.
+            let parked = p.parked_run.map(|(id, _)| id);
+            if let Some(id) = parked {
+                changes.push(ScheduleChange::Unstarted(id));
+            }
             let Some(record) = st.registry.get(&task_id).cloned() else {
                 continue;
             };
             let message = why(p.needs_handler.as_deref().unwrap_or_default());
             log::info!(target: "btb", "run of {:?} failed: {message}", record.name);
             let run = RunRecord {
-                instance_id: Uuid::new_v4(),
+                instance_id: parked.unwrap_or_else(Uuid::new_v4),
                 task_id,
                 trigger_kind: record.trigger.kind(),
                 trigger_details: p.details.as_ref().map(|d| d.to_string()),

@@ -277,6 +277,26 @@ impl Instance {
         )
     }
 
+    /// A run of this broker under a given id (a parked run resumes under its own).
+    pub(crate) fn with_id(
+        broker: &Arc<Broker>,
+        id: Uuid,
+        record: Arc<crate::model::TaskRecord>,
+        trigger_details: Option<serde_json::Value>,
+        started_ms: i64,
+        attempt: u32,
+    ) -> Instance {
+        let home: Arc<dyn Backend> = Arc::clone(broker) as Arc<dyn Backend>;
+        Self::with_sink(
+            id,
+            Registration::new(home, record),
+            trigger_details,
+            started_ms,
+            attempt,
+            Arc::clone(broker) as Arc<dyn RunSink>,
+        )
+    }
+
     /// An instance with a given id (a run handed over by a broker has the broker's id).
     pub(crate) fn with_sink(
         id: Uuid,

@@ -31,6 +31,9 @@ pub(crate) struct Pending {
     pub(crate) needs_handler: Option<String>,
     /// With `activate` in the manifest: it fails unless a handler appears by then.
     pub(crate) park_deadline: Option<i64>,
+    /// The run that parked (`park`), whose start marker the store keeps marked parked: the
+    /// instance id that this fire runs under, and the number of the park's write.
+    pub(crate) parked_run: Option<(Uuid, u64)>,
 }
 
 impl Pending {
@@ -107,7 +110,13 @@ impl Broker {
             .manifest()
             .activate()
             .map(|_| now.saturating_add(i64::from(self.policy.activation_timeout_ms)));
-        if !st.pending.contains_key(&task_id) {
+        // Its start marker is kept, marked parked: the run is handed later under the same id
+        // with no new marker to commit (`dispatch`). Unless a fire latched meanwhile runs
+        // instead: then this run never ran, and its marker goes.
+        let id = instance.instance_id();
+        let mut changes = Vec::new();
+        let resumes = !st.pending.contains_key(&task_id);
+        if resumes {
             st.latch(
                 task_id,
                 instance.trigger_details().cloned(),
@@ -120,14 +129,21 @@ impl Broker {
                 p.park_deadline = deadline;
             }
             st.unpersisted.push(task_id);
+            changes.push(ScheduleChange::Parked(id, true));
+        } else {
+            changes.push(ScheduleChange::Unstarted(id));
         }
         if let Some(at) = deadline {
             st.wake_broker_by(at, &self.waker);
         }
-        // Persisted here, not by the dispatch below: a closing broker dispatches nothing.
-        let mut changes = vec![ScheduleChange::Unstarted(instance.instance_id())];
+        // Persisted here, not by the dispatch below: a closing broker dispatches nothing. The
+        // marker and the latch in one write: recovery finds both or neither.
         st.persist_latches(&mut changes);
         self.commit(&mut st, changes);
+        let written = st.schedule_written;
+        if resumes && let Some(p) = st.pending.get_mut(&task_id) {
+            p.parked_run = Some((id, written));
+        }
         self.changed();
         self.dispatch(&mut st, now); // its slot is free for others
         true
@@ -225,8 +241,11 @@ impl Broker {
                 log::debug!(target: "btb", "a fire of {:?} coalesces with the one already latched", record.name);
                 return; // coalesces with the fire already pending
             }
-            // A retry waits: this fire replaces it, as attempt 1 with its own details.
-            st.unlatch(&task_id);
+            // A retry waits: this fire replaces it, as attempt 1 with its own details. A parked
+            // run it replaces never ran: its marker goes with it.
+            if let Some((parked, _)) = st.unlatch(&task_id).and_then(|p| p.parked_run) {
+                changes.push(ScheduleChange::Unstarted(parked));
+            }
         }
         st.latch(task_id, details, false, 1, None);
         st.unpersisted.push(task_id);
@@ -308,17 +327,40 @@ impl Broker {
             if pending.persisted {
                 changes.push(ScheduleChange::Pending(task_id, None));
             }
-            let instance =
-                Instance::new(self, record.clone(), pending.details, now, pending.attempt);
+            // A run that parked resumes under its id: its marker, kept since its first start, is
+            // marked handed in the writes below, which its hand-over to a client need not wait
+            // for (`pool::Job`). Others start anew, their marker written below.
+            let (instance, handed_after) = match pending.parked_run {
+                Some((id, parked)) => (
+                    Instance::with_id(
+                        self,
+                        id,
+                        record.clone(),
+                        pending.details,
+                        now,
+                        pending.attempt,
+                    ),
+                    Some(parked),
+                ),
+                None => (
+                    Instance::new(self, record.clone(), pending.details, now, pending.attempt),
+                    None,
+                ),
+            };
             log::info!(
                 target: "btb",
-                "run {} of {:?} starts (attempt {}, {})",
+                "run {} of {:?} {} (attempt {}, {})",
                 instance.instance_id(),
                 record.name,
+                if handed_after.is_some() { "resumes" } else { "starts" },
                 pending.attempt,
                 crate::view::trigger_text(&record.trigger)
             );
-            if self.durable() {
+            if handed_after.is_some() {
+                if self.durable() {
+                    changes.push(ScheduleChange::Parked(instance.instance_id(), false));
+                }
+            } else if self.durable() {
                 // Until its record is written: a run cut off by the broker's death is found at
                 // the next open (and retried under a policy), never lost without a trace.
                 changes.push(ScheduleChange::Started(crate::store::RunStart {
@@ -328,6 +370,7 @@ impl Broker {
                     started_ms: now,
                     trigger_kind: record.trigger.kind(),
                     trigger_details: instance.trigger_details().map(|d| d.to_string()),
+                    parked: false,
                 }));
             }
             let limit = self.policy.time_limit(record.trigger.kind());
@@ -345,7 +388,11 @@ impl Broker {
                 },
             );
             // Its commit is known below: `after` is set then, before the lock is released.
-            st.jobs.push_back((instance, u64::MAX));
+            st.jobs.push_back(super::pool::Job {
+                instance,
+                handed_after: handed_after.unwrap_or(u64::MAX),
+                after: u64::MAX,
+            });
             jobs += 1;
         }
         // Latches that did not start are made durable, each once.
@@ -359,8 +406,11 @@ impl Broker {
         } else {
             0
         };
-        for (_, waits_for) in st.jobs.iter_mut().rev().take(jobs) {
-            *waits_for = after;
+        for job in st.jobs.iter_mut().rev().take(jobs) {
+            job.after = after;
+            if !self.durable() || job.handed_after == u64::MAX {
+                job.handed_after = after;
+            }
         }
         for queued in st.jobs.len() - jobs + 1..=st.jobs.len() {
             // Every queued job needs a worker of its own: an idle worker woken for an earlier job

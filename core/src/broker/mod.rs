@@ -32,7 +32,7 @@
 //! - `running`: the live instance of each registration, with its limit and grace deadlines.
 //! - `timers` / `due`: the next due time of each timed registration (a set ordered by time, and
 //!   its index by task id).
-//! - `jobs`: instances waiting for a worker (each with the store write it waits for);
+//! - `jobs`: instances waiting for a worker (each with the store writes it waits for);
 //!   `idle_workers`: workers waiting for a job; `busy_workers`: workers on a job.
 //! - `events`: the pull queue (`System::next_event`): runs and cancellations for a host.
 //! - `notes`: calls for the notifier thread (progress, completed, canceled handlers), in order.
@@ -142,8 +142,8 @@ pub(crate) struct State {
     states: States,
     /// power-profiles-daemon's energy saver is on (`cancel.rs`, ENERGY_SAVER).
     energy_saver: bool,
-    /// With the number of the last store write queued before it: it starts once that is committed.
-    jobs: VecDeque<(Instance, u64)>,
+    /// Runs for the workers, each with the store writes it waits for (`pool::Job`).
+    jobs: VecDeque<pool::Job>,
     /// The number of the last schedule write queued (see `writer.rs`).
     schedule_written: u64,
     /// Workers between taking a job and letting go of all it held (`wait_idle` waits for them:

@@ -48,9 +48,11 @@ impl Broker {
         let mut retries = super::stop_orphans(&mut store, &registry, &options.policy, now);
         // Runs cut off by the death of the broker that started them: recorded, retried under a
         // policy (SPEC §11, §12). A fire already latched for the task runs instead of its retry.
-        let recovered =
+        let mut recovered =
             super::recover_cut_off(&mut store, &registry, options.policy.history_limit, now)?;
-        retries.extend(recovered.retries);
+        // A parked run's fire, loaded above, is gone when a client was handed that run.
+        latched.retain(|(id, _)| !recovered.handed.contains(id));
+        retries.extend(std::mem::take(&mut recovered.retries));
         for (task_id, retry) in retries {
             if !latched.iter().any(|(id, _)| *id == task_id) {
                 latched.push((task_id, retry));

@@ -17,6 +17,19 @@ pub enum Event {
     Canceled(Instance, CancellationReason),
 }
 
+/// A run for a worker, with the numbers of the store writes it waits for (`writer.rs`).
+pub(super) struct Job {
+    pub(super) instance: Instance,
+    /// Before it is handed to a client process: its start marker, its one-shot spent, its
+    /// latch taken. A run that waited for a handler needs only its park's write here (its
+    /// marker kept, marked parked): recovery tells from the run files whether it was handed
+    /// (SPEC §11, `retry.rs`), so the hand-over waits for no second commit.
+    pub(super) handed_after: u64,
+    /// Before it runs in this process or an `exec` host (no run file says it started there):
+    /// every write its dispatch queued.
+    pub(super) after: u64,
+}
+
 impl Broker {
     pub(super) fn spawn_worker(self: &Arc<Self>) {
         let shared = Arc::clone(self);
@@ -42,13 +55,17 @@ impl Broker {
                     self.changed();
                 }
             }
-            let (instance, after) = loop {
+            let Job {
+                instance,
+                handed_after,
+                after,
+            } = loop {
                 if st.stopping {
                     return;
                 }
                 if let Some(job) = st.jobs.pop_front() {
                     st.busy_workers += 1;
-                    job.0.life().on_worker = true;
+                    job.instance.life().on_worker = true;
                     break job;
                 }
                 st.idle_workers += 1;
@@ -67,11 +84,8 @@ impl Broker {
             }
             // Unlocked: the writes this run depends on (its one-shot spent, its latch taken). A
             // failing store holds the run here until they are committed (fail-stop, SPEC §7).
-            if !self.writer.wait_done(after) {
-                instance.report_failure(
-                    "the run did not start: the store could not be written before the system closed",
-                );
-                let _ = instance.finish_run();
+            if !self.writer.wait_done(handed_after) {
+                not_started(&instance);
                 done = Some(job);
                 continue;
             }
@@ -85,12 +99,25 @@ impl Broker {
                 .task_entry_point()
                 .and_then(|ep| manifest.find(ep).and_then(|d| d.exec.clone()));
             if let Some(argv) = exec {
+                if !self.writer.wait_done(after) {
+                    not_started(&instance);
+                    done = Some(job);
+                    continue;
+                }
                 self.run_exec(&instance, &argv);
                 let _ = instance.finish_run();
                 done = Some(job);
                 continue;
             }
-            match self.resolve_anywhere(&instance) {
+            let resolved = match self.resolve_anywhere(&instance) {
+                Ok(Some(_)) if !self.writer.wait_done(after) => {
+                    not_started(&instance);
+                    done = Some(job);
+                    continue;
+                }
+                resolved => resolved,
+            };
+            match resolved {
                 Ok(Some(Handler::Call(run))) => {
                     let call = AppCall::enter();
                     let result = catch_unwind(AssertUnwindSafe(|| run(&instance)));
@@ -208,6 +235,14 @@ impl Broker {
             },
         }
     }
+}
+
+/// A run that never started: the store could not be written before the system closed.
+fn not_started(instance: &Instance) {
+    instance.report_failure(
+        "the run did not start: the store could not be written before the system closed",
+    );
+    let _ = instance.finish_run();
 }
 
 /// Finds what runs a task among one process's handlers (SPEC §4 order, after a manifest `exec`);

@@ -152,6 +152,8 @@ pub(crate) struct Recovered {
     pub(crate) elsewhere: Vec<RunStart>,
     /// The runs recorded, for their completed handlers to hear of.
     pub(crate) recorded: Vec<crate::model::RunRecord>,
+    /// Tasks whose latched fire was a parked run that a client was handed: that fire is gone.
+    pub(crate) handed: Vec<Uuid>,
 }
 
 /// Records the runs that a broker of this store started and never recorded — it died during
@@ -173,7 +175,31 @@ pub(crate) fn recover_cut_off(
         let found = dir.as_deref().map_or(Found::Nothing, |d| {
             crate::runfile::probe(d, start.instance_id)
         });
+        // A run that waited for a handler (SPEC §12) has its fire latched again, and its marker
+        // kept, marked parked, until it is handed (`latch.rs` `park`, `dispatch`). The broker
+        // died before the hand-over was written: no run file means it was never handed — it
+        // keeps waiting, its latch as it was, its marker gone; a run file means a client took
+        // it: its latch goes, and the run is what any run of a client is (SPEC §11).
+        let mut latch = Vec::new();
+        if start.parked {
+            if found == Found::Nothing {
+                log::info!(
+                    target: "btb",
+                    "instance {} of task {} was never handed: its fire waits for a handler again",
+                    start.instance_id,
+                    start.task_id
+                );
+                store.write_batch(&[ScheduleChange::Unstarted(start.instance_id)], &[])?;
+                continue;
+            }
+            latch.push(ScheduleChange::Pending(start.task_id, None));
+            recovered.handed.push(start.task_id);
+        }
         if found == Found::Running {
+            latch.push(ScheduleChange::Parked(start.instance_id, false));
+            if start.parked {
+                store.write_batch(&latch, &[])?;
+            }
             recovered.elsewhere.push(start.clone());
             continue;
         }
@@ -181,10 +207,11 @@ pub(crate) fn recover_cut_off(
         let (run, retry) = super::elsewhere::record_of(start, &found, policy, now);
         // The retry's latch is written with the record, in one transaction: a broker that dies
         // before the retry runs leaves it on disk for the next one (SPEC §11, §12).
-        let latch: Vec<ScheduleChange> = retry
-            .iter()
-            .map(|next| ScheduleChange::RetryUnlessPending(start.task_id, next.clone()))
-            .collect();
+        latch.extend(
+            retry
+                .iter()
+                .map(|next| ScheduleChange::RetryUnlessPending(start.task_id, next.clone())),
+        );
         if let Some(latched) = retry {
             recovered.retries.push((start.task_id, latched));
         }

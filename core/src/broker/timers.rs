@@ -49,6 +49,7 @@ impl State {
                 not_before,
                 needs_handler: None,
                 park_deadline: None,
+                parked_run: None,
             },
         );
     }

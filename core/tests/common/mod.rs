@@ -160,3 +160,36 @@ pub fn everything(system: &System) -> Vec<Registration> {
     all.sort_by_key(|r| r.record().seq);
     all
 }
+
+/// What another process's store holds on disk, read without its lock: the runs started and not
+/// recorded, and how many tasks have a latched fire.
+pub fn on_disk(path: &Path) -> (Vec<btb_core::store::RunStart>, usize) {
+    let store = btb_core::Store::open_read_only(path).unwrap();
+    let latched = store
+        .load()
+        .unwrap()
+        .iter()
+        .filter(|t| t.pending.is_some())
+        .count();
+    (store.started_runs().unwrap(), latched)
+}
+
+/// Waits until another process's store holds a run marked parked with its latched fire (SPEC
+/// §12): it re-reads the file, as no event says when another process committed.
+pub fn wait_parked_on_disk(path: &Path) -> btb_core::store::RunStart {
+    let end = std::time::Instant::now() + child::DEADLINE;
+    loop {
+        let (started, latched) = on_disk(path);
+        if latched == 1
+            && let Some(parked) = started.into_iter().find(|s| s.parked)
+        {
+            return parked;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "no parked run in {}",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2)); // re-read, not wait for an event
+    }
+}
