@@ -32,12 +32,6 @@ const REACH_TIMEOUT: Duration = Duration::from_secs(10);
 const RUN_THREADS: usize = 4;
 const HANDED_QUEUE: usize = 16;
 
-/// A ready connection the broker welcomed: `link` writes to it, `reader` reads it.
-struct ReadyLink {
-    link: UnixStream,
-    reader: UnixStream,
-}
-
 /// Runs handed over the feed, waiting for a run thread.
 #[derive(Default)]
 struct Handed {
@@ -430,20 +424,11 @@ impl Remote {
         self.send_offer();
         let generation = self.feed_generation.fetch_add(1, Ordering::AcqRel) + 1;
         self.feed_live.store(true, Ordering::Release);
-        // The ready connection is welcomed here, before anything this process offers can reach
-        // the broker; its two threads are started by the feed's thread, so that an open does not
-        // wait for three thread starts (they are up long before a run comes: it needs an offer,
-        // which the app makes after the open, and the broker's commit of the run's start).
-        let ready = self.welcome_ready(greeted.ready);
+        self.start_runner(generation, greeted.ready);
         let weak = Arc::downgrade(self);
         // A previous feed's thread ends by itself (its feed ended); the set joins it.
         self.threads
-            .spawn("btb-feed", move || {
-                if let Some(remote) = weak.upgrade() {
-                    remote.start_runner(generation, ready);
-                }
-                feed_loop(&weak, feed, generation);
-            })
+            .spawn("btb-feed", move || feed_loop(&weak, feed, generation))
             .map_err(|e| Error::state(format!("cannot start the feed thread: {e}")))?;
         Ok(())
     }
@@ -541,12 +526,12 @@ impl Remote {
     /// Keeps one connection ready for the broker to start runs on (`Request::Ready`): a run
     /// then starts with a single message, and the connection serves the next run once this one
     /// has finished. `btb-run-reader` reads it (each run, then that run's cancellations) and
-    /// `btb-runner` runs what it reads; `first` is the first connection, welcomed, and both
-    /// threads are up when this returns. They end with the feed of `generation` (the broker went
+    /// `btb-runner` runs what it reads; the first connection and both threads are up when this
+    /// returns (before any run comes). They end with the feed of `generation` (the broker went
     /// away) or with the client; a connection that ends otherwise (a run abandoned after its
     /// grace, or taken back) is replaced.
-    fn start_runner(self: &Arc<Self>, generation: u64, first: Option<ReadyLink>) {
-        let Some(mut runs) = first.and_then(|ready| self.read_ready(ready)) else {
+    fn start_runner(self: &Arc<Self>, generation: u64, first: Result<Greeting>) {
+        let Some(mut runs) = self.keep_ready(first) else {
             return;
         };
         let weak = Arc::downgrade(self);
@@ -589,13 +574,6 @@ impl Remote {
         self: &Arc<Self>,
         greeting: Result<Greeting>,
     ) -> Option<std::sync::mpsc::Receiver<crate::Instance>> {
-        self.welcome_ready(greeting)
-            .and_then(|ready| self.read_ready(ready))
-    }
-
-    /// Reads the broker's welcome on a ready connection greeted with its `Ready`, and keeps the
-    /// connection (`close` shuts it down). `None` when closed or unreachable.
-    fn welcome_ready(&self, greeting: Result<Greeting>) -> Option<ReadyLink> {
         if self.is_closed() {
             return None;
         }
@@ -628,15 +606,6 @@ impl Remote {
             }
             *slot = link.try_clone().ok();
         }
-        Some(ReadyLink { link, reader })
-    }
-
-    /// Starts the thread that reads a welcomed ready connection; the runs it reads come on the
-    /// returned channel, which ends with the connection.
-    fn read_ready(
-        self: &Arc<Self>,
-        ReadyLink { link, reader }: ReadyLink,
-    ) -> Option<std::sync::mpsc::Receiver<crate::Instance>> {
         // One run at a time on a ready connection: the broker starts the next one there only
         // after this one finished.
         let (tx, rx) = std::sync::mpsc::sync_channel::<crate::Instance>(1);
