@@ -896,8 +896,8 @@ fn cycling_client_child() {
     for n in 1..=300 {
         cycle(n);
     }
-    // And systems closed as soon as they are open: each close races the feed's thread, which
-    // starts the runner's two threads after the open returned; close joins them all the same.
+    // And systems closed as soon as they are open, before any run: close joins the threads
+    // the open just started all the same.
     for _ in 0..100 {
         open_real_clock(&path, &app_id).close().unwrap();
     }
