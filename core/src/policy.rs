@@ -145,7 +145,10 @@ mod tests {
     #[test]
     fn the_default_pool_is_counted_by_the_broker_not_by_the_default() {
         let policy = Policy::default();
-        assert_eq!(policy.max_concurrent, 0, "the default leaves the count to the broker");
+        assert_eq!(
+            policy.max_concurrent, 0,
+            "the default leaves the count to the broker"
+        );
         policy.validate().unwrap();
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
         assert_eq!(policy.pool_size(), cpus);

@@ -251,5 +251,9 @@ fn the_default_pool_is_one_per_cpu_counted_when_the_broker_opens() {
         ..policy()
     });
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    assert_eq!(rig.sys.policy().max_concurrent, cpus, "the broker applies the count");
+    assert_eq!(
+        rig.sys.policy().max_concurrent,
+        cpus,
+        "the broker applies the count"
+    );
 }
