@@ -60,6 +60,13 @@ impl Policy {
         }
         if let Some(v) = max_concurrent {
             policy.max_concurrent = uint(v, "policy max_concurrent")?;
+            // Omitted (None) means one per CPU; an explicit 0 is a mistake here.
+            if policy.max_concurrent == 0 {
+                return Err(invalid(
+                    "policy max_concurrent 0 is out of range 1..4096 (omit it for one per CPU)"
+                        .to_owned(),
+                ));
+            }
         }
         if let Some(v) = durability {
             policy.durability = durability_of(v)?;
@@ -124,7 +131,7 @@ impl Policy {
 
     #[getter]
     fn max_concurrent(&self) -> u32 {
-        self.inner.max_concurrent
+        self.inner.pool_size() // the default, 0, counted: one per CPU
     }
 
     /// A `btb.Durability`.
@@ -180,7 +187,7 @@ impl Policy {
             self.inner.min_freshness_minutes,
             self.inner.timer_window_seconds,
             self.grace_seconds(),
-            self.inner.max_concurrent,
+            self.max_concurrent(),
             self.durability(py)?.repr()?,
             self.time_limits(py)?.repr()?,
             self.inner.history_limit,

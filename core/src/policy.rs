@@ -41,7 +41,9 @@ pub struct Policy {
     pub grace_ms: u32,
     /// Run-time limit per trigger kind in seconds, indexed by `TriggerKind` (0 = none).
     pub time_limit_seconds: [u32; 6],
-    /// Worker pool size (default: number of CPUs).
+    /// Worker pool size; 0 (the default) = one worker per CPU this process may use, counted by
+    /// the broker when it opens ([`Policy::pool_size`]): a client never dispatches, and opening
+    /// one does not pay for the count (the CPU quota files of its cgroup).
     pub max_concurrent: u32,
     pub durability: Durability,
     /// Runs kept in the history of each registration (default 100).
@@ -59,13 +61,12 @@ pub struct Policy {
 
 impl Default for Policy {
     fn default() -> Self {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
         Policy {
             min_freshness_minutes: WINDOWS_MIN_FRESHNESS_MINUTES,
             timer_window_seconds: 900,
             grace_ms: 5_000,
             time_limit_seconds: [25, 600, 25, 600, 25, 25],
-            max_concurrent: cpus,
+            max_concurrent: 0,
             durability: Durability::Full,
             history_limit: 100,
             allow_application_triggers: true,
@@ -84,6 +85,23 @@ impl Policy {
         self.time_limit_seconds[kind as usize] = seconds;
     }
 
+    /// The worker pool's size: `max_concurrent`, or for 0 the number of CPUs this process may
+    /// use (its CPU affinity, bounded by its cgroup's CPU quota; 1 if unknown).
+    pub fn pool_size(&self) -> u32 {
+        match self.max_concurrent {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            n => n,
+        }
+    }
+
+    /// The policy a broker applies: `max_concurrent` counted ([`Policy::pool_size`]).
+    pub(crate) fn counted(&self) -> Policy {
+        Policy {
+            max_concurrent: self.pool_size(),
+            ..self.clone()
+        }
+    }
+
     /// Checks the ranges; called when a system opens.
     pub fn validate(&self) -> Result<()> {
         if self.storage_low_percent > 100 {
@@ -98,9 +116,9 @@ impl Policy {
                 self.min_freshness_minutes
             )));
         }
-        if self.max_concurrent == 0 || self.max_concurrent > 4096 {
+        if self.max_concurrent > 4096 {
             return Err(Error::invalid(format!(
-                "policy max_concurrent {} is out of range 1..4096",
+                "policy max_concurrent {} is out of range 0..4096 (0 = one per CPU)",
                 self.max_concurrent
             )));
         }
@@ -117,5 +135,33 @@ impl Policy {
             )));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_pool_is_counted_by_the_broker_not_by_the_default() {
+        let policy = Policy::default();
+        assert_eq!(
+            policy.max_concurrent, 0,
+            "the default leaves the count to the broker"
+        );
+        policy.validate().unwrap();
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        assert_eq!(policy.pool_size(), cpus);
+        assert_eq!(policy.counted().max_concurrent, cpus);
+        let set = Policy {
+            max_concurrent: 3,
+            ..Policy::default()
+        };
+        assert_eq!((set.pool_size(), set.counted().max_concurrent), (3, 3));
+        let over = Policy {
+            max_concurrent: 4097,
+            ..Policy::default()
+        };
+        assert!(over.validate().unwrap_err().message().contains("0..4096"));
     }
 }

@@ -896,12 +896,20 @@ fn cycling_client_child() {
     for n in 1..=300 {
         cycle(n);
     }
+    // And systems closed as soon as they are open, before any run: close joins the threads
+    // the open just started all the same.
+    for _ in 0..100 {
+        open_real_clock(&path, &app_id).close().unwrap();
+    }
     let after = (count("/proc/self/task"), count("/proc/self/fd"));
     say(&format!(
         "COUNTS threads {} -> {}, descriptors {} -> {}",
         baseline.0, after.0, baseline.1, after.1
     ));
-    assert_eq!(after, baseline, "threads and descriptors after 300 cycles");
+    assert_eq!(
+        after, baseline,
+        "threads and descriptors after 300 cycles and 100 opens closed at once"
+    );
     say("DONE");
 }
 

@@ -241,3 +241,19 @@ fn advance_returns_after_the_broker_has_handled_the_new_time() {
     instance.finish_run().unwrap();
     rig.idle();
 }
+
+#[test]
+fn the_default_pool_is_one_per_cpu_counted_when_the_broker_opens() {
+    // The default (0) leaves the count to the broker: a client never dispatches (SPEC §4).
+    assert_eq!(Policy::default().max_concurrent, 0);
+    let rig = Rig::open(Policy {
+        max_concurrent: 0,
+        ..policy()
+    });
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    assert_eq!(
+        rig.sys.policy().max_concurrent,
+        cpus,
+        "the broker applies the count"
+    );
+}

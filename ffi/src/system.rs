@@ -213,7 +213,7 @@ pub extern "C" fn btb_manifest_free(manifest: *mut btb_manifest) -> btb_status {
 /// Creates system options with the defaults: no manifest (one must be set), the per-app store under
 /// `$XDG_STATE_HOME/btb/<app_id>/`, the real clock, the real platform sources, and the Windows
 /// policy (15-minute minimum freshness, 15-minute timer window, 5 s grace, 25 s / 10 min limits,
-/// `max_concurrent` = CPUs, `synchronous=FULL`). On success `*out` is new options (free with
+/// `max_concurrent` = 0, one per CPU, `synchronous=FULL`). On success `*out` is new options (free with
 /// `btb_system_options_free`). Errors: `BTB_ERROR_NULL_ARGUMENT`. Thread-safe.
 ///
 /// # Safety
@@ -432,7 +432,8 @@ pub extern "C" fn btb_system_options_set_time_limit_seconds(
     })
 }
 
-/// Policy: the most task instances running at once (default: CPUs; range 1–4,096).
+/// Policy: the most task instances running at once (range 0–4,096; 0, the default: one per CPU,
+/// counted by the broker when it opens).
 /// Errors: `BTB_ERROR_NULL_ARGUMENT`, `BTB_ERROR_INVALID_HANDLE`. Thread-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn btb_system_options_set_max_concurrent(

@@ -71,7 +71,8 @@ impl Broker {
             options.clock.clone(),
             options.simulated,
             options.platform.clone(),
-            options.policy.clone(),
+            // A client's options leave the pool's size to the broker it becomes.
+            options.policy.counted(),
             storage_dir,
             store,
             State::new(registry, options.paused),
