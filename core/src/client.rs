@@ -76,6 +76,10 @@ pub(crate) struct Remote {
     /// up to the grace plus a margin.
     threads: Arc<ThreadSet>,
     handed: Mutex<Handed>,
+    /// Counts what may change the runs left for this process — each notice of the feed (a run
+    /// that ended anywhere, a run handed here), the close:
+    /// `serve_activation` waits for it to move before it asks the broker again (no timer).
+    activity: (Mutex<u64>, std::sync::Condvar),
 }
 
 /// Reads a ready connection (`btb-run-reader`): each run the broker starts on it goes to the
@@ -184,6 +188,7 @@ impl Remote {
             runner_socket: Mutex::new(None),
             threads: Arc::default(),
             handed: Mutex::new(Handed::default()),
+            activity: (Mutex::new(0), std::sync::Condvar::new()),
         });
         remote.start_feed(greeted)?;
         // Task-group handlers are process-wide: a change may change what this process offers.
@@ -742,6 +747,7 @@ impl Remote {
 
     /// Delivers one notice to this process's handlers (on the feed thread, no lock held).
     fn deliver(self: &Arc<Self>, notice: Reply) {
+        self.stir();
         type Call = Box<dyn Fn(&crate::Registration)>;
         let (task_id, call): (Uuid, Call) = match notice {
             Reply::Progress {
@@ -806,7 +812,14 @@ impl Remote {
     /// end (their connections are shut down) and are joined, waiting at most the grace plus a
     /// margin for those in app code (a run function, a handler that blocks), which are then
     /// abandoned, named in the log.
+    /// Something happened that may change the runs left for this process (see `activity`).
+    fn stir(&self) {
+        *lock(&self.activity.0) += 1;
+        self.activity.1.notify_all();
+    }
+
     pub(crate) fn close(&self) -> Result<()> {
+        self.stir(); // a `serve_activation` waiting returns: the system is closing
         let moving = lock(&self.moving); // not in the middle of a takeover
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
@@ -1183,23 +1196,27 @@ impl Backend for Remote {
 
     fn serve_activation(self: Arc<Self>, timeout: Duration) -> Result<bool> {
         let deadline = std::time::Instant::now() + timeout;
-        let r = &self;
-        // Asked again after each pause: the runs are handed on the feed, and end in the runs'
-        // own threads; a short pause, doubling, bounds the questions a busy app asks.
-        let mut pause = std::time::Duration::from_millis(20);
         loop {
-            let offer = r.current_offer();
-            match r.ask(&Request::Waiting { offer })? {
+            // Read before asking: what happens during the question wakes the wait below.
+            let seen = *lock(&self.activity.0);
+            self.check_open()?;
+            let offer = self.current_offer();
+            match self.ask(&Request::Waiting { offer })? {
                 Reply::Waiting { runs: 0 } => return Ok(true),
                 Reply::Waiting { .. } => {}
                 other => return Err(unexpected(&other)),
             }
+            // A run left ends with a notice on the feed (a run's end, wherever it ran, is told to
+            // every client's feed): ask again then, or when the system closes.
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
+            let (count, waited) = self
+                .activity
+                .1
+                .wait_timeout_while(lock(&self.activity.0), left, |n| *n == seen)
+                .unwrap_or_else(PoisonError::into_inner);
+            if waited.timed_out() && *count == seen {
                 return Ok(false);
             }
-            std::thread::sleep(pause.min(left));
-            pause = (pause * 2).min(std::time::Duration::from_millis(500));
         }
     }
 
