@@ -45,8 +45,9 @@ mod _btb {
     };
     #[pymodule_export]
     use crate::system::{
-        _ctrl_c_again, _interrupted, BackgroundTaskRegistration, BackgroundTaskRegistrationGroup,
-        System, py_default_system, set_default_system, signal_event,
+        _ctrl_c_while_closing, _interrupted, BackgroundTaskRegistration,
+        BackgroundTaskRegistrationGroup, System, py_default_system, set_default_system,
+        signal_event,
     };
     #[pymodule_export]
     use crate::trigger::{

@@ -194,13 +194,18 @@ pub(crate) fn _interrupted(mark: bool) -> bool {
     CTRL_C.load(Ordering::SeqCst)
 }
 
-/// `btb._btb._ctrl_c_again(system)`: a second Ctrl-C while `system` closes, heard by the SIGINT
-/// handler of `btb._aio.AppLoop` (under asyncio the close waits on an executor's thread): says
-/// what is left behind and ends the process at once, as in a close on the main thread.
+/// `btb._btb._ctrl_c_while_closing(system)`: Ctrl-C while `system` closes, heard by the SIGINT
+/// handler of `btb._aio.AppLoop` (under asyncio the close waits on an executor's thread, where no
+/// signal is heard). The first says what the close waits for (as one heard on the main thread
+/// does: the Ctrl-C may land after the close began, when no announcement was made yet); a second
+/// says what is left behind and ends the process at once.
 #[pyfunction]
-pub(crate) fn _ctrl_c_again(system: &Bound<'_, System>) {
-    CTRL_C.store(true, Ordering::SeqCst);
-    exit_at_once(system.py(), system.get().core())
+pub(crate) fn _ctrl_c_while_closing(system: &Bound<'_, System>) -> PyResult<()> {
+    let core = system.get().core();
+    if CTRL_C.swap(true, Ordering::SeqCst) {
+        exit_at_once(system.py(), core)
+    }
+    announce_wait(system.py(), core)
 }
 
 fn is_keyboard_interrupt(py: Python<'_>, err: &PyErr) -> bool {

@@ -273,14 +273,18 @@ def sync_run(instance):
     while True:  # ignores its cancellation
         time.sleep(0.05)
 
+running = None  # an asyncio.Event of the app's loop, once main runs
+
 async def async_run(instance):
     print("started", flush=True)
+    if running is not None:
+        running.set()
     try:
         while True:
             try:
                 await asyncio.sleep(3600)
             except asyncio.CancelledError:
-                pass  # ignores its cancellation
+                print("ignoring its cancellation", flush=True)
     finally:
         print("async_run: finally", file=sys.stderr, flush=True)
 
@@ -293,12 +297,17 @@ def start(system):
 
 system = btb.System(manifest, ":memory:", simulated=True,
                     policy=btb.Policy(grace_seconds=float(sys.argv[2])))
-if sys.argv[3] == "asyncio.run":
+if sys.argv[3] in ("asyncio.run", "leaving async with"):
     # asyncio's own SIGINT handler cancels `main`; the system is the app loop's.
     async def main():
+        global running
+        running = asyncio.Event()
         async with system:
             start(system)
-            await system.wait_idle_async(3600)
+            if sys.argv[3] == "asyncio.run":
+                await system.wait_idle_async(3600)
+            else:
+                await running.wait()  # then leaves: aclose cancels the run and waits
     asyncio.run(main())
     sys.exit("asyncio.run returned")
 start(system)
@@ -400,3 +409,19 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path: Path, kind: str, closed_by: str
     assert took < WAIT, stderr  # not the 60 s grace
     assert 'Ctrl-C again: exiting at once, without waiting for task "stubborn"' in stderr, stderr
 
+
+
+def test_ctrl_c_that_lands_while_aclose_waits_says_what_it_waits_for(tmp_path: Path) -> None:
+    """The close began before Ctrl-C (the app left ``async with``): nothing was announced yet, so
+    the first Ctrl-C says what the close waits for; the close still lasts one grace."""
+    grace = 3.0
+    app = App(tmp_path, "async", grace, "leaving async with")
+    app.expect("stdout", "ignoring its cancellation")  # aclose has cancelled the run: it waits
+    app.interrupt()
+    app.expect("stderr", "Ctrl-C again exits at once")
+    status, took, stderr = app.wait()
+    assert status == -signal.SIGINT, stderr
+    assert took < 2 * grace, (took, stderr)
+    assert 'waiting up to the grace period (3 s) for task "stubborn"' in stderr, stderr
+    assert 'Ctrl-C: waited the grace period (3 s) for task "stubborn"' in stderr, stderr
+    assert "async_run: finally" in stderr, stderr

@@ -62,9 +62,11 @@ class AppLoop:
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         system = self._system()
-        if self.closing and system is not None and _btb._interrupted():
-            _btb._ctrl_c_again(system)  # does not return
-        _btb._interrupted(mark=True)
+        if self.closing and system is not None:
+            # The first says what the close waits for; a second exits at once (no return).
+            _btb._ctrl_c_while_closing(system)
+        else:
+            _btb._interrupted(mark=True)
         self._replaced(signum, frame)
 
     def restore_sigint(self) -> None:

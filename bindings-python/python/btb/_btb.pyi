@@ -5,7 +5,7 @@ import datetime
 import os
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Mapping
-from typing import Any, ClassVar, NoReturn, TypeVar, final
+from typing import Any, ClassVar, TypeVar, final
 
 from typing_extensions import Self, disjoint_base
 
@@ -52,7 +52,7 @@ __all__ = [
     "_ENUM_VALUES",
     "_ERROR_CLASSES",
     "__version__",
-    "_ctrl_c_again",
+    "_ctrl_c_while_closing",
     "_host_connect",
     "_interrupted",
     "_wait_python_idle",
@@ -607,7 +607,7 @@ def default_system() -> System: ...
 def set_default_system(system: System | None) -> None: ...
 def _wait_python_idle(timeout: float) -> bool: ...
 def _interrupted(mark: bool = False) -> bool: ...
-def _ctrl_c_again(system: System) -> NoReturn: ...
+def _ctrl_c_while_closing(system: System) -> None: ...
 def signal_event(app_id: str, name: str) -> None:
     """Signals a custom event to the running broker of ``app_id`` (any process of this user).
 
