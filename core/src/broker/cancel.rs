@@ -15,6 +15,10 @@ pub(crate) struct Running {
     pub(crate) grace_at: Option<i64>,
     /// A host process's group got SIGTERM when the grace ran out; SIGKILL follows after another.
     pub(crate) terminated: bool,
+    /// A grace that ran out while the run's host process was still starting: it has no process
+    /// to signal yet, and is not abandoned as an in-process run would be. It is due again once
+    /// the process is there (`Broker::host_started`).
+    pub(crate) grace_for_host: Option<i64>,
 }
 
 impl Broker {

@@ -202,8 +202,13 @@ impl Broker {
     /// Runs an instance in a child process and supervises it to its end; the caller finishes the
     /// run when this returns.
     pub(super) fn run_exec(self: &Arc<Self>, instance: &Instance, argv: &[String]) {
-        if instance.life().done {
-            return; // abandoned before it started: nothing to run
+        {
+            let mut life = instance.life();
+            if life.done {
+                return; // abandoned before it started: nothing to run
+            }
+            // Its grace, should it run out meanwhile, waits for the process (`timers.rs`).
+            life.starting_host = true;
         }
         match self.spawn_host(instance, argv) {
             Ok((pidfd, stdout, stderr)) => self.supervise(instance, pidfd, stdout, stderr),
@@ -307,13 +312,14 @@ impl Broker {
             welcome: None,
         };
         let mut life = instance.life();
+        life.starting_host = false;
         if life.done {
-            // Abandoned while it started (its system closed, or its grace ran out before there
-            // was a process to signal): no process outlives its run.
+            // Abandoned while it started (its system closed): no process outlives its run.
             child.signal(Signal::KILL);
         }
         life.child = Some(child);
         drop(life);
+        self.host_started(instance);
         // `child` (std's handle) is dropped without waiting: `supervise` reaps through the pidfd.
         Ok((pidfd, stdout, stderr))
     }

@@ -94,6 +94,8 @@ pub(crate) struct Life {
     pub(crate) on_worker: bool,
     /// The host process running it (an `exec` entry point), until that process has exited.
     pub(crate) child: Option<super::exec::Child>,
+    /// A worker is starting its host process: `child` is not there yet, but will be.
+    pub(crate) starting_host: bool,
     /// What the host process wrote: the ends of its stdout and stderr.
     pub(crate) output: Option<(Option<String>, Option<String>)>,
     /// The sleep inhibitor held for the run (`is_network_requested`); closed when it ends.

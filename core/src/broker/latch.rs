@@ -385,6 +385,7 @@ impl Broker {
                     limit_at,
                     grace_at: None,
                     terminated: false,
+                    grace_for_host: None,
                 },
             );
             // Its commit is known below: `after` is set then, before the lock is released.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use super::{Broker, Pending, State};
+use super::{Broker, Instance, Pending, State};
 use crate::error::Result;
 use crate::model::{CancellationReason, SystemTriggerType, TaskRecord, TaskTrigger, TriggerKind};
 use crate::registry::EventKey;
@@ -234,18 +234,30 @@ impl Broker {
             let running = st.running.get_mut(&id).expect("listed");
             let instance = running.instance.clone();
             let life = instance.life();
+            if life.child.is_none() && life.starting_host {
+                // Its host process is still starting: the grace is due again once it is there
+                // (`host_started`), and nothing is recorded before that process ends.
+                running.grace_for_host = running.grace_at.take();
+                running.limit_at = None; // canceled already: no deadline of its own is left
+                continue;
+            }
             if let Some(child) = life.child.as_ref().filter(|c| c.is_process()) {
                 // A host process: SIGTERM, and SIGKILL after a second grace. It ends when the
                 // process exits (its worker records it), not before.
                 let grace_at = running.grace_at.take().expect("listed");
-                if running.terminated {
-                    child.signal(rustix::process::Signal::KILL);
-                    running.limit_at = None;
-                } else {
+                if !running.terminated {
                     child.signal(rustix::process::Signal::TERM);
                     running.terminated = true;
-                    running.grace_at = Some(grace_at + i64::from(self.policy.grace_ms));
+                    let kill_at = grace_at + i64::from(self.policy.grace_ms);
+                    if kill_at > now {
+                        running.grace_at = Some(kill_at);
+                        continue;
+                    }
+                    // Both graces are over already (the clock moved past them in one step, or
+                    // the process came late): SIGKILL follows at once.
                 }
+                child.signal(rustix::process::Signal::KILL);
+                running.limit_at = None;
                 continue;
             }
             drop(life);
@@ -289,6 +301,23 @@ impl Broker {
             .filter_map(|r| r.grace_at.or(r.limit_at))
             .min();
         [timer, retry, deadlines].into_iter().flatten().min()
+    }
+
+    /// The host process of `instance` is there now: a grace that ran out while it started is due
+    /// again, and the broker looks at it at once (SIGTERM, or SIGKILL when both graces are over).
+    pub(super) fn host_started(&self, instance: &Instance) {
+        let mut st = self.lock();
+        let Some(running) = st
+            .running
+            .get_mut(&instance.task().task_id())
+            .filter(|r| r.instance == *instance)
+        else {
+            return;
+        };
+        if let Some(at) = running.grace_for_host.take() {
+            running.grace_at = Some(at);
+            self.waker.wake(); // a tick now, whatever the clock (a manual one included)
+        }
     }
 
     /// Fires every timer due by `now`, even those whose window is still open.
