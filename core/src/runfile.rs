@@ -33,7 +33,7 @@ impl RunFile {
     pub(crate) fn claim(store: &str, instance_id: Uuid) -> std::io::Result<RunFile> {
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         let dir = dir(store);
-        let path = dir.join(format!("{instance_id}.{}", std::process::id()));
+        let path = path(&dir, instance_id, std::process::id());
         let open = || {
             std::fs::OpenOptions::new()
                 .create(true)
@@ -93,7 +93,8 @@ pub(crate) enum Found {
 }
 
 /// Looks for `instance_id`'s run files in `dir`; those let go of are read (the first with a last
-/// word wins) and removed.
+/// word wins). They are not removed: the caller removes them once what it found is committed
+/// ([`sweep`]) — a broker that dies before that finds them again.
 pub(crate) fn probe(dir: &Path, instance_id: Uuid) -> Found {
     let prefix = format!("{instance_id}.");
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -115,7 +116,6 @@ pub(crate) fn probe(dir: &Path, instance_id: Uuid) -> Found {
         }
         let mut word = Vec::new();
         let _ = file.read_to_end(&mut word);
-        let _ = std::fs::remove_file(&path);
         match &found {
             Found::Running => {}
             Found::Ended(w) if !w.is_empty() => {}
@@ -125,9 +125,14 @@ pub(crate) fn probe(dir: &Path, instance_id: Uuid) -> Found {
     found
 }
 
-/// Removes the run files of `instance_id` (its end is recorded).
+/// The run file of `instance_id` in client process `pid`.
+pub(crate) fn path(dir: &Path, instance_id: Uuid, pid: u32) -> PathBuf {
+    dir.join(format!("{instance_id}.{pid}"))
+}
+
+/// Removes the run file of `instance_id` in client process `pid`.
 pub(crate) fn remove(dir: &Path, instance_id: Uuid, pid: u32) {
-    let _ = std::fs::remove_file(dir.join(format!("{instance_id}.{pid}")));
+    let _ = std::fs::remove_file(path(dir, instance_id, pid));
 }
 
 /// Removes the files of runs no broker waits for (their records were written, or their runs

@@ -278,6 +278,50 @@ fn a_waiting_retry_and_a_run_cut_off_by_close_survive_a_reopen() {
 }
 
 #[test]
+fn a_new_fire_that_runs_at_once_in_place_of_a_stored_retry_leaves_no_fire_on_disk() {
+    // The retry's latch is on disk; the new fire replaces it and starts at once. Before the fix
+    // only the memory forgot the retry: the next open found it latched and ran the task again.
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0).unwrap();
+    let rig = open_at(&store_in(dir.path()), &clock);
+    rig.router.on("sync", |i: &Instance| {
+        if i.attempt() == 1 && i.trigger_details().is_none() {
+            i.request_retry(Some(Duration::from_secs(600)), None)
+                .unwrap();
+        }
+    });
+    let (b, trigger) = app_task_with(
+        "sync",
+        Some(policy_of(BackoffPolicy::Exponential, 10, None)),
+    );
+    let reg = rig.register(&b);
+    rig.sys.request(&trigger, None).unwrap();
+    rig.next_start();
+    rig.idle();
+    rig.sys
+        .request(&trigger, Some(serde_json::json!({"v": 2})))
+        .unwrap();
+    rig.next_start();
+    rig.idle();
+    assert_eq!(
+        outcomes(&reg),
+        [(TaskOutcome::Retry, 1), (TaskOutcome::Succeeded, 1)]
+    );
+    rig.sys.close().unwrap();
+    drop(rig);
+
+    let rig = open_at(&store_in(dir.path()), &clock);
+    rig.advance_idle(600 * SEC);
+    rig.no_start(); // neither the replaced retry nor the fire that ran
+    let reg = rig.sys.find(&reg.task_id()).unwrap();
+    assert_eq!(
+        outcomes(&reg),
+        [(TaskOutcome::Retry, 1), (TaskOutcome::Succeeded, 1)]
+    );
+    rig.sys.close().unwrap();
+}
+
+#[test]
 fn a_run_hands_back_output_to_its_record_and_its_completed_handlers() {
     let rig = Rig::open(policy());
     rig.router.on("out", |i: &Instance| {

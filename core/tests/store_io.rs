@@ -586,6 +586,63 @@ fn a_parked_run_is_handed_without_a_second_commit_and_never_runs_twice_after_its
     system.close().unwrap();
 }
 
+/// The end of that run, heard while the broker still cannot write: the runner's run file stays
+/// until the run's record is committed. Its broker SIGKILLed after it heard the end, the process
+/// that takes the store over finds the file with the run's last word and records the run as it
+/// ended — before, the file went at once, and the next broker took the parked marker with no
+/// file for a run never handed, and latched its fire to run it again.
+#[test]
+fn a_parked_run_that_ended_before_its_brokers_death_is_recorded_once_and_not_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("btb.sqlite3");
+    let app_id = format!("org.example.storeio.ended.p{}", std::process::id());
+    let mut broker = role("shimmed_broker_child", &path, &app_id);
+    broker.expect("READY");
+    let system = open_real_clock(&path, &app_id); // a client with no handler: the run waits
+    assert!(!system.is_broker());
+    let mut b = builder("parked");
+    b.set_trigger(btb_core::Trigger::application());
+    let task = system.register(&b).unwrap();
+    let (tx, ended) = std::sync::mpsc::channel();
+    let tx = Mutex::new(tx);
+    system
+        .add_completed(
+            &task.task_id(),
+            Arc::new(move |_, c| {
+                let _ = tx.lock().unwrap().send(c.outcome);
+            }),
+        )
+        .unwrap();
+    task.request(None).unwrap();
+    let parked = wait_parked_on_disk(&path);
+
+    broker.tell("fail");
+    broker.expect("FAILING");
+    let mut runner = role("runner_child", &path, &app_id);
+    runner.expect("READY");
+    assert_eq!(runner.expect("STARTED"), "STARTED 1");
+    runner.tell("go");
+    runner.expect("ENDING");
+    assert_eq!(
+        ended.recv_timeout(common::child::DEADLINE).unwrap(),
+        btb_core::TaskOutcome::Succeeded,
+        "the broker heard the end"
+    );
+    runner.tell("stop");
+    runner.wait_success();
+    assert_eq!(on_disk(&path), (vec![parked], 1), "nothing of it written");
+    broker.sigkill();
+
+    // This process takes the store over (its next call reaches no broker), and recovers.
+    let history = task.history().unwrap();
+    assert!(system.is_broker());
+    assert!(system.wait_idle(common::child::DEADLINE).unwrap());
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(history[0].outcome, btb_core::TaskOutcome::Succeeded);
+    assert_eq!(on_disk(&path), (Vec::new(), 0), "no fire left to run again");
+    system.close().unwrap();
+}
+
 /// The other side of the parked hand-over: a parked run that a handler of the broker's own
 /// process takes still starts only once the writes of its hand-over are on disk (no run file
 /// would tell a later broker that it started). The store's writes fail once the run parked: the

@@ -172,6 +172,7 @@ impl Broker {
             .map(|(id, _)| *id)
             .collect();
         let mut changes = Vec::new();
+        let mut failed = Vec::new();
         for task_id in parked {
             let Some(p) = st.unlatch(&task_id) else {
                 continue;
@@ -207,9 +208,14 @@ impl Broker {
                 output: None,
             };
             self.announce(st, &run);
+            failed.push(run);
+        }
+        // The latches and markers first: a broker that dies between the two writes has let the
+        // fires go (their failed records lost), never kept a fire whose failure is recorded.
+        self.commit(st, changes);
+        for run in failed {
             self.writer
                 .enqueue(super::writer::Write::Run(run, self.policy.history_limit));
         }
-        self.commit(st, changes);
     }
 }

@@ -246,10 +246,12 @@ impl Broker {
             .collect();
         let mut st = self.lock();
         let now = self.clock.now_ms();
+        let mut settled = std::collections::HashSet::new();
         for (start, found) in ended {
             if st.elsewhere.remove(&start.task_id).is_none() {
                 continue;
             }
+            settled.insert(start.instance_id);
             let task_id = start.task_id;
             let policy = st.registry.get(&task_id).and_then(|r| r.retry_policy);
             let (run, retry) = record_of(&start, &found, policy, now);
@@ -288,6 +290,12 @@ impl Broker {
         }
         self.changed();
         self.dispatch(&mut st, now);
+        let written = self.writer.last();
+        drop(st);
+        // Their files go once their records are committed: a broker that dies before finds them.
+        if !settled.is_empty() && self.writer.wait_done(written) {
+            crate::runfile::sweep(dir, &|id| !settled.contains(&id));
+        }
         left
     }
 }

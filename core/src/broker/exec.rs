@@ -738,6 +738,7 @@ impl Broker {
                     }
                     Err(RecvTimeoutError::Timeout) => {
                         broadcast.cancel_hand(&instance.instance_id());
+                        self.drop_unstarted_run_file(instance, pid);
                         instance.report_failure(format!(
                             "the client process (pid {pid}) it was handed to did not take it within {} s",
                             crate::control::IDLE_TIMEOUT.as_secs()
@@ -747,6 +748,7 @@ impl Broker {
                 }
             };
             let Some((socket, decoder)) = got else {
+                self.drop_unstarted_run_file(instance, pid);
                 continue; // the next client
             };
             if let Some(mut h) = hand.take() {
@@ -806,7 +808,10 @@ impl Broker {
             let now = std::time::Instant::now();
             if start_by.is_some_and(|d| d <= now) {
                 if starting(false) {
-                    return false; // taken back: another client gets it
+                    // Taken back (the client is not welcomed: it never runs it): another
+                    // client gets it.
+                    self.drop_unstarted_run_file(instance, pid);
+                    return false;
                 }
                 start_by = None; // no other client: it waits for this one
             }
@@ -842,11 +847,32 @@ impl Broker {
                 ),
             });
         }
-        // Heard (or gone): nothing a next broker needs (`runfile.rs`).
+        // Heard (or gone): its file goes once the run's record is committed (`pool.rs`).
+        instance.life().client_run_file = Some(pid);
+        true
+    }
+
+    /// Removes the run file of `instance` in client process `pid`, which never started the run
+    /// there (taken back, or never attached): a file left behind would tell a next broker that
+    /// the run was handed (`runfile.rs`).
+    fn drop_unstarted_run_file(&self, instance: &Instance, pid: u32) {
         if let Some(dir) = &self.run_files {
             crate::runfile::remove(dir, instance.instance_id(), pid);
         }
-        true
+    }
+
+    /// A run that ended in a client process (recorded already): its run file goes once its
+    /// record (and every write before it, the hand-over's included) is committed — until then
+    /// the file is what tells a next broker that the run was handed and how it ended (SPEC §11).
+    /// A writer that stops without committing leaves it for that broker.
+    pub(super) fn forget_client_run_file(&self, instance: &Instance) {
+        let Some(pid) = instance.life().client_run_file.take() else {
+            return;
+        };
+        if let Some(dir) = &self.run_files {
+            let path = crate::runfile::path(dir, instance.instance_id(), pid);
+            self.writer.enqueue(super::writer::Write::Forget(path));
+        }
     }
 }
 

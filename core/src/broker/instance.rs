@@ -96,6 +96,8 @@ pub(crate) struct Life {
     pub(crate) child: Option<super::exec::Child>,
     /// A worker is starting its host process: `child` is not there yet, but will be.
     pub(crate) starting_host: bool,
+    /// It ran in this client process, whose run file goes once its record is committed.
+    pub(crate) client_run_file: Option<u32>,
     /// What the host process wrote: the ends of its stdout and stderr.
     pub(crate) output: Option<(Option<String>, Option<String>)>,
     /// The sleep inhibitor held for the run (`is_network_requested`); closed when it ends.

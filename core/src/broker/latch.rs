@@ -124,7 +124,10 @@ impl Broker {
                 instance.attempt(),
                 None,
             );
-            if let Some(p) = st.pending.get_mut(&task_id) {
+            // A handler offered since the worker looked (`handlers_changed` found nothing parked
+            // then): the fire is dispatched below at once instead of waiting for another offer.
+            let offered = self.has_handler(instance.task().record());
+            if !offered && let Some(p) = st.pending.get_mut(&task_id) {
                 p.needs_handler = Some(what);
                 p.park_deadline = deadline;
             }
@@ -242,10 +245,23 @@ impl Broker {
                 return; // coalesces with the fire already pending
             }
             // A retry waits: this fire replaces it, as attempt 1 with its own details. A parked
-            // run it replaces never ran: its marker goes with it.
-            if let Some((parked, _)) = st.unlatch(&task_id).and_then(|p| p.parked_run) {
+            // run it replaces never ran: its marker goes with it, in the same write as the new
+            // latch, which replaces the stored one there (else a dispatch that starts it at once
+            // would not clear the old one, and a next open would run it again).
+            let replaced = st.unlatch(&task_id).expect("pending");
+            if let Some((parked, _)) = replaced.parked_run {
                 changes.push(ScheduleChange::Unstarted(parked));
             }
+            st.latch(task_id, details, false, 1, None);
+            if let Some(p) = st.pending.get_mut(&task_id)
+                && replaced.persisted
+            {
+                p.persisted = true;
+                changes.push(ScheduleChange::Pending(task_id, Some(p.stored())));
+            } else {
+                st.unpersisted.push(task_id);
+            }
+            return;
         }
         st.latch(task_id, details, false, 1, None);
         st.unpersisted.push(task_id);

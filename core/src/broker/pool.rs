@@ -133,6 +133,7 @@ impl Broker {
                 Ok(None) => {
                     // It ran in a client process, which reported how it ended.
                     let _ = instance.finish_run();
+                    self.forget_client_run_file(&instance);
                 }
                 Ok(Some(Handler::Queued)) => {
                     // Under the state lock, like `cancel_task`: RUN always precedes CANCELED.

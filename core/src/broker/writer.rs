@@ -41,6 +41,9 @@ pub(crate) enum Write {
     Schedule(Vec<ScheduleChange>),
     /// A run record and the history limit of its registration.
     Run(RunRecord, u32),
+    /// A file to remove once every write queued before it is committed: the run file of a run
+    /// that ended in a client process (`runfile.rs`), which a next broker reads until then.
+    Forget(std::path::PathBuf),
 }
 
 #[derive(Default)]
@@ -63,6 +66,8 @@ struct Done {
 struct Batch {
     schedule: Vec<ScheduleChange>,
     runs: Vec<(RunRecord, u32)>,
+    /// Removed once the batch is committed.
+    forget: Vec<std::path::PathBuf>,
     last: u64,
 }
 
@@ -71,12 +76,13 @@ impl Batch {
         match write {
             Write::Schedule(changes) => self.schedule.extend(changes),
             Write::Run(run, limit) => self.runs.push((run, limit)),
+            Write::Forget(path) => self.forget.push(path),
         }
         self.last = n;
     }
 
     fn is_empty(&self) -> bool {
-        self.schedule.is_empty() && self.runs.is_empty()
+        self.schedule.is_empty() && self.runs.is_empty() && self.forget.is_empty()
     }
 }
 
@@ -252,6 +258,9 @@ impl Broker {
                         log::warn!(target: "btb", "the store is written again; held runs start");
                     }
                     retry = None;
+                    for path in &batch.forget {
+                        let _ = std::fs::remove_file(path);
+                    }
                     writer.done.store(batch.last, Ordering::Release);
                     batch = Batch::default();
                     // Writes are what fill the disk: read its space again (off the locks).
