@@ -419,6 +419,7 @@ impl Remote {
             self.manifest.app_id(), self.broker_pid(), std::process::id());
         self.broker_pid.store(std::process::id(), Ordering::Relaxed);
         let _ = self.taken.set(broker);
+        self.stir(); // a `serve_activation` waiting goes on with this process's broker
         Ok(())
     }
 
@@ -819,11 +820,12 @@ impl Remote {
     }
 
     pub(crate) fn close(&self) -> Result<()> {
-        self.stir(); // a `serve_activation` waiting returns: the system is closing
         let moving = lock(&self.moving); // not in the middle of a takeover
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        // After the flag: a `serve_activation` that wakes finds the system closed, and returns.
+        self.stir();
         let deadline = Instant::now()
             + Duration::from_millis(u64::from(self.options.policy.grace_ms))
             + crate::broker::CLOSE_MARGIN;
@@ -878,6 +880,8 @@ fn feed_loop(weak: &Weak<Remote>, mut feed: Subscription, generation: u64) {
     if let Err(e) = remote.recover() {
         log::warn!(target: "btb", "app {:?}: the broker went away and this client could not recover: {e}", remote.manifest.app_id());
     }
+    // Notices of the time without a feed are lost: a `serve_activation` waiting asks again.
+    remote.stir();
 }
 
 /// Answers a request in this process's own broker (after a takeover).
@@ -1200,6 +1204,11 @@ impl Backend for Remote {
             // Read before asking: what happens during the question wakes the wait below.
             let seen = *lock(&self.activity.0);
             self.check_open()?;
+            if let Some(broker) = self.taken.get() {
+                // This process took the store over: its broker's runs end with no notice here.
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                return Arc::clone(broker).serve_activation(left);
+            }
             let offer = self.current_offer();
             match self.ask(&Request::Waiting { offer })? {
                 Reply::Waiting { runs: 0 } => return Ok(true),

@@ -186,6 +186,50 @@ fn the_runner_takes_over_and_its_run_goes_on_once() {
     system.close().unwrap();
 }
 
+/// An activated app serving its runs (`serve_activation`) when its broker dies: it takes the store
+/// over and goes on serving with the broker it became, returning once its run has ended —
+/// before, it waited for a notice on the feed that had ended with the broker, until its timeout.
+#[test]
+fn serve_activation_goes_on_in_the_broker_a_client_becomes() {
+    const APP: &str = "org.example.elsewhere.serve";
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("btb.sqlite3");
+    let mut broker = spawn("bare_broker_child", &path, APP);
+    broker.expect("READY");
+
+    let system = open_real_clock(&path, APP);
+    assert!(!system.is_broker());
+    let (started_tx, started) = mpsc::channel::<()>();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let go_rx = Mutex::new(go_rx);
+    system
+        .register_entry_point(
+            "app.All",
+            Some(Handler::Call(Arc::new(move |_| {
+                started_tx.send(()).unwrap();
+                let _ = go_rx.lock().unwrap().recv_timeout(DEADLINE);
+            }))),
+        )
+        .unwrap();
+    let task = slow_task(&system, false);
+    task.request(None).unwrap();
+    started.recv_timeout(DEADLINE).unwrap();
+    std::thread::scope(|scope| {
+        let served = scope.spawn(|| system.serve_activation(DEADLINE));
+        broker.sigkill(); // the feed ends; this process takes the store over
+        go_tx.send(()).unwrap();
+        assert!(
+            served.join().unwrap().unwrap(),
+            "served until nothing was left, not until the timeout"
+        );
+    });
+    assert!(system.is_broker());
+    let history = task.history().unwrap();
+    assert_eq!(history.len(), 1, "the run had ended: {history:?}");
+    assert_eq!(history[0].outcome, TaskOutcome::Succeeded);
+    system.close().unwrap();
+}
+
 /// A run that goes on in `runner_child` after its broker was SIGKILLed: the store (in `_dir`), the
 /// runner, this process's system (a client, or the broker if it took the store over), the task
 /// (`retry`: with a retry policy) and its completions.

@@ -8,8 +8,7 @@
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
-use std::sync::Once;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use rustix::process::Signal;
 
@@ -130,7 +129,8 @@ pub fn adopt_inherited(fd: RawFd) -> Result<OwnedFd, Refused> {
 }
 
 static FORKS: AtomicU64 = AtomicU64::new(0);
-static COUNT_FORKS: Once = Once::new();
+/// 0: the handler is not registered; 1: a thread registers it; 2: registered (or failed to be).
+static COUNT_FORKS: AtomicU8 = AtomicU8::new(0);
 
 extern "C" fn forked_child() {
     // In the child, right after fork, before `fork` returns there: an atomic add is all it does
@@ -148,8 +148,16 @@ extern "C" fn forked_child() {
 /// not counted (no system was open then). A child made by `fork()` (libc's, Python's `os.fork`) is
 /// counted; one made by a raw `clone` system call without `CLONE_VM` is not — such a child runs no
 /// code of the parent's libraries by design.
+///
+/// Never blocks (no `Once`: a child forked while another thread was inside one would wait on it
+/// for ever): a thread that calls it while another registers the handler reads the count as it is,
+/// and a child forked during that registration may go uncounted.
 pub fn forks() -> u64 {
-    COUNT_FORKS.call_once(|| {
+    if COUNT_FORKS.load(Ordering::Acquire) != 2
+        && COUNT_FORKS
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    {
         // SAFETY: `forked_child` is a plain `extern "C" fn` that only touches a static atomic;
         // registering it has no other precondition. A failure (ENOMEM) leaves the count at 0, so
         // the check it serves falls back to comparing process ids (see btb-core's check_opener).
@@ -157,7 +165,8 @@ pub fn forks() -> u64 {
         if registered != 0 {
             FORKS.store(u64::MAX, Ordering::Relaxed);
         }
-    });
+        COUNT_FORKS.store(2, Ordering::Release);
+    }
     FORKS.load(Ordering::Relaxed)
 }
 

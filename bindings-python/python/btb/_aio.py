@@ -62,12 +62,16 @@ class AppLoop:
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         system = self._system()
-        if self.closing and system is not None:
-            # The first says what the close waits for; a second exits at once (no return).
-            _btb._ctrl_c_while_closing(system)
-        else:
-            _btb._interrupted(mark=True)
-        self._replaced(signum, frame)
+        try:
+            if self.closing and system is not None:
+                # The first says what the close waits for; a second exits at once (no return).
+                _btb._ctrl_c_while_closing(system)
+            else:
+                _btb._interrupted(mark=True)
+        finally:
+            # Passed on even when saying it raised (warnings turned into errors): asyncio's
+            # handler still cancels `main`.
+            self._replaced(signum, frame)
 
     def restore_sigint(self) -> None:
         """Gives SIGINT back to the handler it had before ``async with`` (from the main thread,

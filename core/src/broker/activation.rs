@@ -91,8 +91,17 @@ impl Broker {
         .and_then(|pid| {
             let pid = u32::try_from(pid).map_err(std::io::Error::other)?;
             let raw = Pid::from_raw(pid as i32).ok_or_else(|| std::io::Error::other("pid 0"))?;
-            let fd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty())?;
-            Ok((pid, fd))
+            match rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()) {
+                Ok(fd) => Ok((pid, fd)),
+                Err(e) => {
+                    // Not watched, so not kept (a kernel without pidfds, before 5.3): no app
+                    // runs unsupervised, and no zombie is left.
+                    let _ = rustix::process::kill_process(raw, rustix::process::Signal::KILL);
+                    let _ =
+                        rustix::process::waitpid(Some(raw), rustix::process::WaitOptions::empty());
+                    Err(e.into())
+                }
+            }
         });
         let now = self.clock.now_ms();
         let mut st = self.lock();

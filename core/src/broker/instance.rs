@@ -573,14 +573,20 @@ impl Deferral {
 /// fork: a forked child would otherwise go on with its parent's sequence, and a child that opens
 /// the parent's store once the parent closed it would give its runs the ids the parent's next
 /// runs had (and the store keeps one record per id).
+///
+/// The generator is btb's own (not fastrand's per-thread global, which an app on the same thread
+/// may seed: its ids would repeat across processes).
 fn new_instance_id() -> Uuid {
-    thread_local!(static SEEDED_AT: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) });
+    thread_local!(static IDS: std::cell::RefCell<(Option<u64>, fastrand::Rng)> =
+        const { std::cell::RefCell::new((None, fastrand::Rng::with_seed(0))) });
     let forks = btb_os::forks();
-    if SEEDED_AT.get() != Some(forks) {
-        fastrand::seed(Uuid::new_v4().as_u64_pair().0);
-        SEEDED_AT.set(Some(forks));
-    }
-    uuid::Builder::from_random_bytes(fastrand::u128(..).to_le_bytes()).into_uuid()
+    IDS.with_borrow_mut(|(seeded_at, rng)| {
+        if *seeded_at != Some(forks) {
+            rng.seed(Uuid::new_v4().as_u64_pair().0);
+            *seeded_at = Some(forks);
+        }
+        uuid::Builder::from_random_bytes(rng.u128(..).to_le_bytes()).into_uuid()
+    })
 }
 
 /// Checks what a run hands back: a JSON object of at most [`MAX_OUTPUT`] bytes; returns its text.
