@@ -76,10 +76,13 @@ pub(crate) struct Remote {
     /// up to the grace plus a margin.
     threads: Arc<ThreadSet>,
     handed: Mutex<Handed>,
-    /// Counts what may change the runs left for this process — each notice of the feed (a run
-    /// that ended anywhere, a run handed here), the close:
-    /// `serve_activation` waits for it to move before it asks the broker again (no timer).
+    /// Counts what may change the runs left for this process — each notice of the feed but
+    /// progress (a run that ended anywhere, a run handed here), the feed's end, a takeover, the
+    /// close: `serve_activation` waits for it to move before it asks the broker again (no timer).
     activity: (Mutex<u64>, std::sync::Condvar),
+    /// How many `serve_activation` calls wait on `activity`: only then is it counted (a feed's
+    /// notices cost no lock and no wake-up otherwise).
+    serving: std::sync::atomic::AtomicUsize,
 }
 
 /// Reads a ready connection (`btb-run-reader`): each run the broker starts on it goes to the
@@ -189,6 +192,7 @@ impl Remote {
             threads: Arc::default(),
             handed: Mutex::new(Handed::default()),
             activity: (Mutex::new(0), std::sync::Condvar::new()),
+            serving: std::sync::atomic::AtomicUsize::new(0),
         });
         remote.start_feed(greeted)?;
         // Task-group handlers are process-wide: a change may change what this process offers.
@@ -748,7 +752,9 @@ impl Remote {
 
     /// Delivers one notice to this process's handlers (on the feed thread, no lock held).
     fn deliver(self: &Arc<Self>, notice: Reply) {
-        self.stir();
+        if !matches!(notice, Reply::Progress { .. }) {
+            self.stir();
+        }
         type Call = Box<dyn Fn(&crate::Registration)>;
         let (task_id, call): (Uuid, Call) = match notice {
             Reply::Progress {
@@ -815,6 +821,10 @@ impl Remote {
     /// abandoned, named in the log.
     /// Something happened that may change the runs left for this process (see `activity`).
     fn stir(&self) {
+        // A call that starts serving after this load asks the broker after it, too.
+        if self.serving.load(Ordering::SeqCst) == 0 {
+            return;
+        }
         *lock(&self.activity.0) += 1;
         self.activity.1.notify_all();
     }
@@ -1199,6 +1209,14 @@ impl Backend for Remote {
     }
 
     fn serve_activation(self: Arc<Self>, timeout: Duration) -> Result<bool> {
+        struct Serving<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Serving<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.serving.fetch_add(1, Ordering::SeqCst);
+        let _serving = Serving(&self.serving);
         let deadline = std::time::Instant::now() + timeout;
         loop {
             // Read before asking: what happens during the question wakes the wait below.
