@@ -1229,7 +1229,9 @@ impl Backend for Remote {
             }
             let offer = self.current_offer();
             match self.ask(&Request::Waiting { offer })? {
-                Reply::Waiting { runs: 0 } => return Ok(true),
+                // Unless the store was taken over meanwhile: this process's handlers moved into
+                // its broker, the offer asked with may be empty (the loop goes on there).
+                Reply::Waiting { runs: 0 } if self.taken.get().is_none() => return Ok(true),
                 Reply::Waiting { .. } => {}
                 other => return Err(unexpected(&other)),
             }

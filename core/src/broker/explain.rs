@@ -125,7 +125,8 @@ impl Broker {
     }
 
     /// How many runs a process that offers `offer` is still to serve: those that wait for a
-    /// handler it offers, and those of such tasks going now.
+    /// handler it offers, and those of such tasks going now (a run of a broker that died, still
+    /// going on in a client, included).
     pub(crate) fn waiting_for(&self, offer: &crate::control::Offer) -> Result<usize> {
         let st = self.open_state()?;
         let covered = |r: &TaskRecord| {
@@ -145,7 +146,13 @@ impl Broker {
             .values()
             .filter(|r| covered(r.instance.task().record()))
             .count();
-        Ok(parked + running)
+        // Runs of a broker that died, still going on in a client (this one, perhaps).
+        let elsewhere = st
+            .elsewhere
+            .keys()
+            .filter(|id| st.registry.get(id).is_some_and(|r| covered(r)))
+            .count();
+        Ok(parked + running + elsewhere)
     }
 
     /// Fires a task as if its trigger fired (`btbctl run`), with `details` as its trigger details;
