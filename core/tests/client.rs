@@ -901,14 +901,25 @@ fn cycling_client_child() {
     for _ in 0..100 {
         open_real_clock(&path, &app_id).close().unwrap();
     }
-    let after = (count("/proc/self/task"), count("/proc/self/fd"));
+    // A joined thread can stay listed in /proc for a moment after `join` returns (its tid is
+    // cleared before the kernel releases the task): in the baseline (then it is one fewer now)
+    // or now (looked at again, up to a deadline, until there are no more than before).
+    let deadline = Instant::now() + DEADLINE;
+    let threads = loop {
+        let n = count("/proc/self/task");
+        if n <= baseline.0 || Instant::now() >= deadline {
+            break n;
+        }
+        std::thread::yield_now();
+    };
+    let after = (threads, count("/proc/self/fd"));
     say(&format!(
         "COUNTS threads {} -> {}, descriptors {} -> {}",
         baseline.0, after.0, baseline.1, after.1
     ));
-    assert_eq!(
-        after, baseline,
-        "threads and descriptors after 300 cycles and 100 opens closed at once"
+    assert!(
+        after.0 <= baseline.0 && after.1 == baseline.1,
+        "threads and descriptors after 300 cycles and 100 opens closed at once: {baseline:?} -> {after:?}"
     );
     say("DONE");
 }
