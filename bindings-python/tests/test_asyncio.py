@@ -320,6 +320,14 @@ else:
 """
 
 
+
+def _sigint_as_a_terminal_gives_it() -> None:
+    """In the child, before exec: SIGINT's default action, even when these tests run with SIGINT
+    ignored (started in the background by a shell without job control, which a child inherits
+    and Python then keeps: Ctrl-C would never reach it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class App:
     """The app above in a child process; its stdout and stderr lines are read as they come."""
 
@@ -328,6 +336,7 @@ class App:
         script.write_text(textwrap.dedent(APP))
         self.process = subprocess.Popen(
             [sys.executable, str(script), kind, str(grace), closed_by],
+            preexec_fn=_sigint_as_a_terminal_gives_it,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

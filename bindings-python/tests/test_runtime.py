@@ -10,6 +10,7 @@ import gc
 import logging
 import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -1027,9 +1028,18 @@ def test_instance_outlives_its_run(system: btb.System) -> None:
     assert isinstance(instance.instance_id, uuid.UUID)
 
 
+
+def _sigint_as_a_terminal_gives_it() -> None:
+    """In the child, before exec: SIGINT's default action, even when these tests run with SIGINT
+    ignored (started in the background by a shell without job control, which a child inherits
+    and Python then keeps: Ctrl-C would never reach it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_script(code: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
+        preexec_fn=_sigint_as_a_terminal_gives_it,
         cwd=tmp_path,
         capture_output=True,
         text=True,

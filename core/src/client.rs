@@ -815,10 +815,6 @@ impl Remote {
         }
     }
 
-    /// Closes the client (and the broker it became): later calls fail with `STATE`. Its threads
-    /// end (their connections are shut down) and are joined, waiting at most the grace plus a
-    /// margin for those in app code (a run function, a handler that blocks), which are then
-    /// abandoned, named in the log.
     /// Something happened that may change the runs left for this process (see `activity`).
     fn stir(&self) {
         // A call that starts serving after this load asks the broker after it, too.
@@ -829,6 +825,10 @@ impl Remote {
         self.activity.1.notify_all();
     }
 
+    /// Closes the client (and the broker it became): later calls fail with `STATE`. Its threads
+    /// end (their connections are shut down) and are joined, waiting at most the grace plus a
+    /// margin for those in app code (a run function, a handler that blocks), which are then
+    /// abandoned, named in the log.
     pub(crate) fn close(&self) -> Result<()> {
         let moving = lock(&self.moving); // not in the middle of a takeover
         if self.closed.swap(true, Ordering::AcqRel) {

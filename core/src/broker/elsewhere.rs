@@ -293,7 +293,9 @@ impl Broker {
         let written = self.writer.last();
         drop(st);
         // Their files go once their records are committed: a broker that dies before finds them.
-        if !settled.is_empty() && self.writer.wait_done(written) {
+        // Not waited for through a failing store (a close would have to abandon this thread):
+        // the files stay for the next broker then.
+        if !settled.is_empty() && self.writer.wait_committed(written).is_ok() {
             crate::runfile::sweep(dir, &|id| !settled.contains(&id));
         }
         left
