@@ -509,17 +509,24 @@ fn runner_child() {
     }
 }
 
-/// SPEC §11 with §12, the hand-over of a run that waited for a handler: it is handed under the
-/// start marker kept since it parked, and waits for no further commit. Here the broker's store
-/// cannot be written once the run is parked: the runner that comes is handed the run all the
-/// same (before, the hand-over waited for the commit of a new start). Its broker SIGKILLed then,
-/// the store still says "parked, fire latched"; the process that takes it over finds the run
-/// file held — the run was handed — and neither records it as cut off nor runs it again.
-#[test]
-fn a_parked_run_is_handed_without_a_second_commit_and_never_runs_twice_after_its_brokers_death() {
+/// A run that waited for a handler (parked), handed to `runner_child` after the broker process's
+/// store writes began to fail: the store (in `_dir`), the broker and the runner, this process's
+/// system (a client with no handler), the task and its completions, and the parked marker.
+struct Handed {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    broker: common::child::Proc,
+    system: System,
+    task: btb_core::Registration,
+    ended: std::sync::mpsc::Receiver<btb_core::TaskOutcome>,
+    parked: btb_core::store::RunStart,
+    runner: common::child::Proc,
+}
+
+fn handed_while_the_broker_cannot_write(app: &str) -> Handed {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("btb.sqlite3");
-    let app_id = format!("org.example.storeio.parked.p{}", std::process::id());
+    let app_id = format!("org.example.storeio.{app}.p{}", std::process::id());
     let mut broker = role("shimmed_broker_child", &path, &app_id);
     broker.expect("READY");
     let system = open_real_clock(&path, &app_id); // a client with no handler: the run waits
@@ -545,13 +552,43 @@ fn a_parked_run_is_handed_without_a_second_commit_and_never_runs_twice_after_its
 
     broker.tell("fail");
     broker.expect("FAILING");
-    let mut runner = role("runner_child", &path, &app_id);
+    let runner = role("runner_child", &path, &app_id);
     runner.expect("READY");
     assert_eq!(
         runner.expect("STARTED"),
         "STARTED 1",
         "handed with nothing more committed"
     );
+    Handed {
+        _dir: dir,
+        path,
+        broker,
+        system,
+        task,
+        ended,
+        parked,
+        runner,
+    }
+}
+
+/// SPEC §11 with §12, the hand-over of a run that waited for a handler: it is handed under the
+/// start marker kept since it parked, and waits for no further commit. Here the broker's store
+/// cannot be written once the run is parked: the runner that comes is handed the run all the
+/// same (before, the hand-over waited for the commit of a new start). Its broker SIGKILLed then,
+/// the store still says "parked, fire latched"; the process that takes it over finds the run
+/// file held — the run was handed — and neither records it as cut off nor runs it again.
+#[test]
+fn a_parked_run_is_handed_without_a_second_commit_and_never_runs_twice_after_its_brokers_death() {
+    let Handed {
+        _dir,
+        path,
+        mut broker,
+        system,
+        task,
+        ended,
+        parked,
+        mut runner,
+    } = handed_while_the_broker_cannot_write("parked");
     assert_eq!(
         on_disk(&path),
         (vec![parked], 1),
@@ -593,34 +630,16 @@ fn a_parked_run_is_handed_without_a_second_commit_and_never_runs_twice_after_its
 /// file for a run never handed, and latched its fire to run it again.
 #[test]
 fn a_parked_run_that_ended_before_its_brokers_death_is_recorded_once_and_not_run_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("btb.sqlite3");
-    let app_id = format!("org.example.storeio.ended.p{}", std::process::id());
-    let mut broker = role("shimmed_broker_child", &path, &app_id);
-    broker.expect("READY");
-    let system = open_real_clock(&path, &app_id); // a client with no handler: the run waits
-    assert!(!system.is_broker());
-    let mut b = builder("parked");
-    b.set_trigger(btb_core::Trigger::application());
-    let task = system.register(&b).unwrap();
-    let (tx, ended) = std::sync::mpsc::channel();
-    let tx = Mutex::new(tx);
-    system
-        .add_completed(
-            &task.task_id(),
-            Arc::new(move |_, c| {
-                let _ = tx.lock().unwrap().send(c.outcome);
-            }),
-        )
-        .unwrap();
-    task.request(None).unwrap();
-    let parked = wait_parked_on_disk(&path);
-
-    broker.tell("fail");
-    broker.expect("FAILING");
-    let mut runner = role("runner_child", &path, &app_id);
-    runner.expect("READY");
-    assert_eq!(runner.expect("STARTED"), "STARTED 1");
+    let Handed {
+        _dir,
+        path,
+        mut broker,
+        system,
+        task,
+        ended,
+        parked,
+        mut runner,
+    } = handed_while_the_broker_cannot_write("ended");
     runner.tell("go");
     runner.expect("ENDING");
     assert_eq!(
