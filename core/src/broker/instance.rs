@@ -270,14 +270,13 @@ impl Instance {
         started_ms: i64,
         attempt: u32,
     ) -> Instance {
-        let home: Arc<dyn Backend> = Arc::clone(broker) as Arc<dyn Backend>;
-        Self::with_sink(
+        Self::with_id(
+            broker,
             new_instance_id(),
-            Registration::new(home, record),
+            record,
             trigger_details,
             started_ms,
             attempt,
-            Arc::clone(broker) as Arc<dyn RunSink>,
         )
     }
 
