@@ -35,7 +35,7 @@ const HANDED_QUEUE: usize = 16;
 /// Runs handed over the feed, waiting for a run thread.
 #[derive(Default)]
 struct Handed {
-    queue: VecDeque<HandedRun>,
+    queue: VecDeque<(HandedRun, Option<Presumed>)>,
     /// Run threads started and not ended.
     threads: usize,
 }
@@ -83,6 +83,46 @@ pub(crate) struct Remote {
     /// How many `serve_activation` calls wait on `activity`: only then is it counted (a feed's
     /// notices cost no lock and no wake-up otherwise).
     serving: std::sync::atomic::AtomicUsize,
+    /// This process was started by the broker for background work (`BTB_ACTIVATION=1` for this
+    /// app) and has not called `serve_activation` yet: its offer says so
+    /// ([`crate::control::Offer::activated`]), and the runs the broker hands it meanwhile wait
+    /// for their handler to be registered (SPEC §12).
+    presuming: AtomicBool,
+    /// Changes of this process's handlers, and the runs taken on presumption not yet ended.
+    offered: (Mutex<Offered>, std::sync::Condvar),
+}
+
+/// What runs taken on presumption (see `Remote::presuming`) wait for, and what waits for them.
+#[derive(Default)]
+struct Offered {
+    /// Counts changes of this process's handlers (and the end of `presuming`): a run that waits
+    /// for its handler looks again when it moves.
+    changes: u64,
+    /// Runs handed on presumption and not ended: `serve_activation` waits for them (the broker
+    /// counts a run only for the handlers an offer names).
+    presumed: usize,
+}
+
+/// A run handed to this process while it presumed, until it ends (however: run, failed, taken
+/// back, dropped at close): counted in `Offered::presumed` while it lives.
+struct Presumed(Weak<Remote>);
+
+impl Drop for Presumed {
+    fn drop(&mut self) {
+        if let Some(remote) = self.0.upgrade() {
+            lock(&remote.offered.0).presumed -= 1;
+            remote.offered.1.notify_all();
+        }
+    }
+}
+
+/// A handed run's instance, for the runner, with its count if it was taken on presumption.
+type ForRunner = (crate::Instance, Option<Presumed>);
+
+/// Whether this process was started by the broker of `app_id` for background work.
+fn started_for_background_work(app_id: &str) -> bool {
+    std::env::var_os("BTB_ACTIVATION").is_some_and(|v| v == "1")
+        && std::env::var_os("BTB_APP_ID").is_some_and(|v| v == app_id)
 }
 
 /// Reads a ready connection (`btb-run-reader`): each run the broker starts on it goes to the
@@ -91,7 +131,7 @@ fn read_runs(
     remote: &Weak<Remote>,
     link: UnixStream,
     mut reader: UnixStream,
-    runner: &std::sync::mpsc::SyncSender<crate::Instance>,
+    runner: &std::sync::mpsc::SyncSender<ForRunner>,
 ) {
     use crate::protocol::ToHost;
     let mut current: Option<crate::Instance> = None;
@@ -102,6 +142,8 @@ fn read_runs(
                 canceled,
                 network_granted: _,
             } => {
+                // Counted from now if taken on presumption: `serve_activation` waits for it.
+                let presumed = remote.upgrade().and_then(|r| r.presume());
                 // Hello first, and run it only once welcomed: a broker that took the run back
                 // meanwhile (this process was stopped past the start deadline, or the run ended)
                 // hangs up instead, and the run is not run here.
@@ -141,7 +183,7 @@ fn read_runs(
                 let instance =
                     remote.handed_instance(link, *run, run_file, canceled, network_granted);
                 current = Some(instance.clone());
-                if runner.send(instance).is_err() {
+                if runner.send((instance, presumed)).is_err() {
                     return;
                 }
             }
@@ -173,6 +215,7 @@ impl Remote {
             Ok(reached) => reached,
             Err(store) => return Ok(Err(store)),
         };
+        let presuming = started_for_background_work(manifest.app_id());
         let remote = Arc::new(Remote {
             broker_pid: AtomicU32::new(client.broker_pid),
             manifest: Arc::new(manifest),
@@ -193,6 +236,8 @@ impl Remote {
             handed: Mutex::new(Handed::default()),
             activity: (Mutex::new(0), std::sync::Condvar::new()),
             serving: std::sync::atomic::AtomicUsize::new(0),
+            presuming: AtomicBool::new(presuming),
+            offered: (Mutex::default(), std::sync::Condvar::new()),
         });
         remote.start_feed(greeted)?;
         // Task-group handlers are process-wide: a change may change what this process offers.
@@ -477,6 +522,7 @@ impl Remote {
                 activation,
                 resolver: h.resolver.is_some(),
                 starts: true,
+                activated: self.presuming.load(Ordering::Acquire),
             }
         }
     }
@@ -493,7 +539,7 @@ impl Remote {
 
     /// Runs an instance the broker handed to this process over its feed (on a thread of its
     /// own, when the ready connection was busy): attaches a connection for it, then runs it.
-    fn run_handed(self: &Arc<Self>, run: HandedRun) {
+    fn run_handed(self: &Arc<Self>, run: HandedRun, presumed: Option<Presumed>) {
         use crate::protocol::{ToBroker, ToHost};
         let instance_id = run.instance_id;
         // The attach and the instance's hello in one write: the broker hands both to the worker
@@ -524,7 +570,7 @@ impl Remote {
         });
         match attached {
             Ok((stream, canceled, network_granted)) => {
-                self.run_here(stream, run, run_file, canceled, network_granted);
+                self.run_here(stream, run, run_file, canceled, network_granted, presumed);
             }
             Err(e) => {
                 crate::runfile::RunFile::discard(run_file);
@@ -547,9 +593,9 @@ impl Remote {
         let weak = Arc::downgrade(self);
         let runner = move || {
             loop {
-                while let Ok(instance) = runs.recv() {
+                while let Ok((instance, presumed)) = runs.recv() {
                     let Some(remote) = weak.upgrade() else { return };
-                    remote.execute(&instance);
+                    remote.execute(&instance, presumed);
                 }
                 let Some(remote) = weak.upgrade() else { return };
                 if remote.feed_generation.load(Ordering::Acquire) != generation {
@@ -568,7 +614,7 @@ impl Remote {
 
     /// Opens a ready connection and starts the thread that reads it; the runs it reads come on
     /// the returned channel, which ends with the connection. `None` when closed or unreachable.
-    fn ready_connection(self: &Arc<Self>) -> Option<std::sync::mpsc::Receiver<crate::Instance>> {
+    fn ready_connection(self: &Arc<Self>) -> Option<std::sync::mpsc::Receiver<ForRunner>> {
         if self.is_closed() {
             return None;
         }
@@ -583,7 +629,7 @@ impl Remote {
     fn keep_ready(
         self: &Arc<Self>,
         greeting: Result<Greeting>,
-    ) -> Option<std::sync::mpsc::Receiver<crate::Instance>> {
+    ) -> Option<std::sync::mpsc::Receiver<ForRunner>> {
         if self.is_closed() {
             return None;
         }
@@ -618,7 +664,7 @@ impl Remote {
         }
         // One run at a time on a ready connection: the broker starts the next one there only
         // after this one finished.
-        let (tx, rx) = std::sync::mpsc::sync_channel::<crate::Instance>(1);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<ForRunner>(1);
         let reading = Arc::downgrade(self);
         self.threads
             .spawn("btb-run-reader", move || {
@@ -636,6 +682,7 @@ impl Remote {
         run_file: Option<crate::runfile::RunFile>,
         canceled: Option<u32>,
         network_granted: bool,
+        presumed: Option<Presumed>,
     ) {
         let (Ok(mut reader), Ok(stop)) = (stream.try_clone(), stream.try_clone()) else {
             return;
@@ -653,7 +700,7 @@ impl Remote {
             if let Err(e) = hearing {
                 log::warn!(target: "btb", "instance {}: cannot start the thread that hears its cancellation: {e}", instance.instance_id());
             }
-            self.execute(&instance);
+            self.execute(&instance, presumed);
             // Its end is said: stop reading (even if the broker does not hang up now).
             let _ = stop.shutdown(std::net::Shutdown::Read);
         });
@@ -662,12 +709,13 @@ impl Remote {
     /// Queues a run handed over the feed for a run thread (at most [`RUN_THREADS`], started
     /// as needed; each ends when the queue is empty).
     fn queue_run(self: &Arc<Self>, run: HandedRun) {
+        let presumed = self.presume();
         let mut handed = lock(&self.handed);
         if self.is_closed() || handed.queue.len() >= HANDED_QUEUE {
             log::warn!(target: "btb", "instance {} was handed to this process, which has {} runs waiting already: not taken", run.instance_id, handed.queue.len());
             return;
         }
-        handed.queue.push_back(run);
+        handed.queue.push_back((run, presumed));
         if handed.threads >= RUN_THREADS {
             return;
         }
@@ -684,8 +732,8 @@ impl Remote {
                     }
                     next
                 };
-                let Some(run) = next else { return };
-                remote.run_handed(run);
+                let Some((run, presumed)) = next else { return };
+                remote.run_handed(run, presumed);
             }
         });
         if let Err(e) = spawned {
@@ -723,9 +771,101 @@ impl Remote {
         instance
     }
 
+    /// This process's handlers changed, or it stopped presuming: a handed run waiting for its
+    /// handler looks again.
+    fn handlers_moved(&self) {
+        lock(&self.offered.0).changes += 1;
+        self.offered.1.notify_all();
+    }
+
+    /// A run was handed to this process: counted as taken on presumption if it presumes (under
+    /// the lock `stop_presuming` flips the flag under, so `serve_activation` waits for it).
+    fn presume(self: &Arc<Self>) -> Option<Presumed> {
+        let mut offered = lock(&self.offered.0);
+        if !self.presuming.load(Ordering::Acquire) {
+            return None;
+        }
+        offered.presumed += 1;
+        Some(Presumed(Arc::downgrade(self)))
+    }
+
+    /// Stops taking runs before their handlers are registered (`serve_activation` was called):
+    /// the broker is told, and a run waiting for its handler looks a last time. (`close` needs
+    /// no call: a waiting run sees the system closed.)
+    fn stop_presuming(&self) {
+        let was = {
+            let _offered = lock(&self.offered.0);
+            self.presuming.swap(false, Ordering::AcqRel)
+        };
+        if was {
+            self.send_offer();
+            self.handlers_moved();
+        }
+    }
+
+    /// Waits until the runs taken on presumption have ended (`false` at `deadline`): the
+    /// broker's count of what is left for this process does not see them.
+    fn await_presumed(&self, deadline: Instant) -> bool {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (offered, waited) = self
+            .offered
+            .1
+            .wait_timeout_while(lock(&self.offered.0), left, |o| o.presumed > 0)
+            .unwrap_or_else(PoisonError::into_inner);
+        drop(offered);
+        !waited.timed_out()
+    }
+
+    /// The handler of a run handed to this process while it presumed (it was started for
+    /// background work and handed the run before registering its handlers): waits until the
+    /// handler is registered, the process serves or closes, or the activation timeout passes.
+    fn await_handler(&self, record: &TaskRecord) -> std::result::Result<crate::Handler, String> {
+        let deadline = Instant::now()
+            + Duration::from_millis(u64::from(self.options.policy.activation_timeout_ms));
+        let why = loop {
+            let seen = lock(&self.offered.0).changes;
+            let found = crate::broker::resolve(&self.handlers, record, true);
+            if found.is_ok() {
+                return found;
+            }
+            if self.is_closed() {
+                break "closed".to_owned();
+            }
+            if !self.presuming.load(Ordering::Acquire) {
+                break "called serve_activation".to_owned();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (count, waited) = self
+                .offered
+                .1
+                .wait_timeout_while(lock(&self.offered.0), left, |o| o.changes == seen)
+                .unwrap_or_else(PoisonError::into_inner);
+            drop(count);
+            if waited.timed_out() {
+                break format!(
+                    "let its activation timeout ({} ms) pass",
+                    self.options.policy.activation_timeout_ms
+                );
+            }
+        };
+        crate::broker::resolve(&self.handlers, record, true).map_err(|e| {
+            format!(
+                "{e} (in process {}, which was started for it and {why} without registering one)",
+                std::process::id()
+            )
+        })
+    }
+
     /// Runs a handed instance with this process's handler for it, and ends it.
-    fn execute(&self, instance: &crate::Instance) {
-        match crate::broker::resolve(&self.handlers, instance.task().record(), true) {
+    /// `presumed`: it was handed while this process presumed (counted until it ends).
+    fn execute(&self, instance: &crate::Instance, presumed: Option<Presumed>) {
+        let record = instance.task().record();
+        let mut resolved = crate::broker::resolve(&self.handlers, record, true);
+        let presumed = presumed.filter(|_| resolved.is_err());
+        if presumed.is_some() {
+            resolved = self.await_handler(record);
+        }
+        match resolved {
             Ok(crate::Handler::Call(run)) => {
                 let call = AppCall::enter();
                 let result =
@@ -742,12 +882,14 @@ impl Remote {
                 "the handler in client process {} is a pull-queue handler, which only the broker's process serves",
                 std::process::id()
             )),
+            Err(message) if presumed.is_some() => instance.report_failure(message),
             Err(message) => instance.report_failure(format!(
                 "{message} (in client process {}, which offered to run it)",
                 std::process::id()
             )),
         }
         let _ = instance.finish_run();
+        drop(presumed); // ended: `serve_activation` may go on
     }
 
     /// Delivers one notice to this process's handlers (on the feed thread, no lock held).
@@ -834,8 +976,10 @@ impl Remote {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        // After the flag: a `serve_activation` that wakes finds the system closed, and returns.
+        // After the flag: a `serve_activation` that wakes finds the system closed, and returns;
+        // a run waiting for its handler fails.
         self.stir();
+        self.handlers_moved();
         let deadline = Instant::now()
             + Duration::from_millis(u64::from(self.options.policy.grace_ms))
             + crate::broker::CLOSE_MARGIN;
@@ -1079,6 +1223,7 @@ impl Backend for Remote {
 
     fn offer(self: Arc<Self>) {
         self.send_offer();
+        self.handlers_moved();
     }
 
     fn register(self: Arc<Self>, builder: &crate::model::Builder) -> Result<Arc<TaskRecord>> {
@@ -1217,7 +1362,13 @@ impl Backend for Remote {
         }
         self.serving.fetch_add(1, Ordering::SeqCst);
         let _serving = Serving(&self.serving);
+        // What it serves is what it registered: a run it took before that and has no handler
+        // for fails now, and the broker hands it nothing more on presumption.
+        self.stop_presuming();
         let deadline = std::time::Instant::now() + timeout;
+        if !self.await_presumed(deadline) {
+            return Ok(false);
+        }
         loop {
             // Read before asking: what happens during the question wakes the wait below.
             let seen = *lock(&self.activity.0);

@@ -230,3 +230,135 @@ fn a_run_fails_when_the_app_cannot_start_or_does_not_offer_its_handler_in_time()
     );
     sys.close().unwrap(); // and ends the app it started
 }
+
+/// Waits (up to [`DEADLINE`]) until this process holds the run file of a run handed to it — a
+/// file named `<instance>.<pid>` beside the store (SPEC §11), claimed before it says hello.
+fn await_own_run_file(store: &Path) -> bool {
+    use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
+    let dir = PathBuf::from(format!("{}.runs", store.display()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let suffix = format!(".{}", std::process::id());
+    let mine = || {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .any(|e| e.unwrap().file_name().to_string_lossy().ends_with(&suffix))
+    };
+    let watch = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK).unwrap();
+    inotify::add_watch(&watch, &dir, WatchFlags::CREATE | WatchFlags::MOVED_TO).unwrap();
+    let until = std::time::Instant::now() + DEADLINE;
+    let mut buf = [std::mem::MaybeUninit::uninit(); 1024];
+    while !mine() {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let timeout = rustix::event::Timespec::try_from(left).unwrap();
+        let mut fds = [rustix::event::PollFd::new(
+            &watch,
+            rustix::event::PollFlags::IN,
+        )];
+        let _ = rustix::event::poll(&mut fds, Some(&timeout));
+        let mut reader = inotify::Reader::new(&watch, &mut buf);
+        while reader.next().is_ok() {}
+    }
+    true
+}
+
+/// An app started for background work that takes its time: it opens its system, waits until
+/// the broker has handed it the run (its run file is there: handed during the open, before any
+/// handler is registered), then — `register` — registers its run function, or not, and serves.
+fn activated_app_registering_late(register: bool) {
+    if std::env::var("BTB_ACTIVATION").as_deref() != Ok("1") {
+        return;
+    }
+    let store = PathBuf::from(std::env::var("BTB_STORE").unwrap());
+    let app_id = std::env::var("BTB_APP_ID").unwrap();
+    let sys = System::open(SystemOptions {
+        manifest: Some(manifest(&app_id, vec!["/bin/false".into()])),
+        store: StoreLocation::File(store.clone()),
+        simulated: true,
+        ..SystemOptions::default()
+    })
+    .unwrap();
+    let handed = await_own_run_file(&store);
+    if register {
+        sys.register_entry_point(
+            EP,
+            Some(Handler::Call(Arc::new(|i: &Instance| {
+                i.set_output(&serde_json::json!({"served_by": std::process::id()}))
+                    .unwrap();
+            }))),
+        )
+        .unwrap();
+    }
+    let served = sys.serve_activation(DEADLINE).unwrap();
+    sys.close().unwrap();
+    std::fs::write(
+        store.with_file_name("app.fifo"),
+        format!("handed_before_registering={handed} served={served}\n"),
+    )
+    .unwrap();
+}
+
+#[test]
+#[ignore = "the app process that an_activated_app_is_handed_its_run_… starts"]
+fn activated_app_registering_late_with_handler() {
+    activated_app_registering_late(true);
+}
+
+#[test]
+#[ignore = "the app process that a_run_handed_to_an_activated_app_… starts"]
+fn activated_app_registering_late_without_handler() {
+    activated_app_registering_late(false);
+}
+
+/// Runs the broker with `activate` = `app`, fires, and returns the run's completion and the
+/// app's report.
+fn activate_late(app: &str, tag: &str) -> (Completion, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("btb.sqlite3");
+    let fifo = dir.path().join("app.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let (tx, report) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::read_to_string(fifo).unwrap());
+    });
+    let app_id = format!("org.example.activation.{tag}.p{}", std::process::id());
+    let sys = open(&store, &app_id, this_binary_as(app), Clock::Real, 30_000);
+    let (reg, done) = request_sync(&sys, serde_json::json!({}));
+    let c = recv(&done, "the run in the activated app");
+    let report = report
+        .recv_timeout(DEADLINE)
+        .expect("the activated app to finish serving and exit");
+    assert!(sys.wait_idle(DEADLINE).unwrap());
+    assert_eq!(reg.history().unwrap().len(), 1, "one run");
+    sys.close().unwrap();
+    (c, report)
+}
+
+#[test]
+fn an_activated_app_is_handed_its_run_during_its_open_and_runs_it_once_it_registers_its_handler() {
+    let (c, report) = activate_late("activated_app_registering_late_with_handler", "late");
+    assert_eq!(c.outcome, TaskOutcome::Succeeded, "{c:?}");
+    assert_ne!(
+        c.output.as_ref().unwrap()["served_by"].as_u64().unwrap(),
+        u64::from(std::process::id()),
+        "it ran in the app"
+    );
+    assert_eq!(report, "handed_before_registering=true served=true\n");
+}
+
+#[test]
+fn a_run_handed_to_an_activated_app_that_serves_without_its_handler_fails_saying_so() {
+    let (c, report) = activate_late("activated_app_registering_late_without_handler", "none");
+    assert_eq!(c.outcome, TaskOutcome::Failed, "{c:?}");
+    let m = c.message.unwrap();
+    assert!(
+        m.starts_with("no handler for entry point \"app.Sync\"")
+            && m.ends_with(
+                "which was started for it and called serve_activation without registering one)"
+            ),
+        "{m}"
+    );
+    assert_eq!(report, "handed_before_registering=true served=true\n");
+}

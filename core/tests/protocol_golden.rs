@@ -225,6 +225,7 @@ fn v1() -> Vec<(&'static str, Frame)> {
                     activation: vec![None, Some("g".into())],
                     resolver: true,
                     starts: false, // a v1 offer: its client runs what it is handed at once
+                    activated: false,
                 },
             }),
         ),
@@ -470,6 +471,18 @@ fn v2() -> Vec<(&'static str, Frame)> {
     vec![
         ("request_uninstall", Req(Request::Uninstall)),
         ("reply_uninstalled", Rep(Reply::Uninstalled { tasks: 2 })),
+        (
+            "request_offer_activated",
+            Req(Request::Offer {
+                offer: Offer {
+                    entry_points: vec![],
+                    activation: vec![],
+                    resolver: false,
+                    starts: true,
+                    activated: true, // the app the broker started, before its handlers
+                },
+            }),
+        ),
         (
             "to_host_welcome_task",
             Th(ToHost::Welcome {

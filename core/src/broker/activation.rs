@@ -108,6 +108,10 @@ impl Broker {
         match started {
             Ok((pid, fd)) => {
                 log::info!(target: "btb", "started the app for background work (pid {pid}): {}", argv.join(" "));
+                // Its first offer (during its open) takes the runs it was started for.
+                if let Some(broadcast) = self.broadcast.get() {
+                    broadcast.set_activated(pid);
+                }
                 let watched = fd.try_clone();
                 st.activation = Some(Activation {
                     pid,
@@ -150,6 +154,9 @@ impl Broker {
         let mut st = self.lock();
         if st.activation.as_ref().is_some_and(|a| a.pid == pid) {
             st.activation = None;
+            if let Some(broadcast) = self.broadcast.get() {
+                broadcast.set_activated(0);
+            }
         }
         log::info!(target: "btb", "the activated app (pid {pid}) exited with {status}");
         self.fail_parked(

@@ -209,6 +209,7 @@ impl ControlListener {
                 on_offer: Default::default(),
                 health: Default::default(),
                 hands: 0.into(),
+                activated: 0.into(),
             })
         })
         .map_err(|e| cleanup(Error::state(format!("cannot create an eventfd: {e}"))))?;

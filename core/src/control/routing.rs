@@ -38,6 +38,9 @@ pub struct Broadcast {
     pub(super) health: std::sync::Mutex<std::collections::HashMap<u32, Health>>,
     /// Counts runs handed to clients (round robin: the client handed one least recently first).
     pub(super) hands: std::sync::atomic::AtomicU64,
+    /// The pid of the app process the broker started for background work (0: none): its offer
+    /// may say [`Offer::activated`].
+    pub(super) activated: std::sync::atomic::AtomicU32,
 }
 
 /// Notices waiting for the serving thread, in bytes: past this, [`Broadcast::send`] waits for the
@@ -151,6 +154,7 @@ impl Broadcast {
         fit: u8,
         besides: &[u32],
     ) -> (Option<Picked>, usize) {
+        let activated = self.activated.load(std::sync::atomic::Ordering::Acquire);
         let offers = locked(&self.offers);
         let health = locked(&self.health);
         let best = offers
@@ -158,9 +162,15 @@ impl Broadcast {
             .filter(|(_, (pid, _))| !besides.contains(pid))
             .map(|(conn, (pid, offer))| {
                 let h = health.get(pid).copied().unwrap_or_default();
+                // The app started for background work takes what it was started for before it
+                // registers its handlers — as a resolver would: a handler by name comes first.
+                let fit = match offer.covers(entry_point, group) {
+                    0 if offer.activated && *pid == activated => 1,
+                    fit => fit,
+                };
                 (
                     (
-                        offer.covers(entry_point, group),
+                        fit,
                         !h.stalled,
                         std::cmp::Reverse(h.unstarted),
                         std::cmp::Reverse(h.last_hand),
@@ -178,6 +188,12 @@ impl Broadcast {
             .max_by_key(|(rank, _)| *rank)
             .map(|(_, picked)| picked);
         (best, offers.len())
+    }
+
+    /// The app process the broker started for background work is `pid` (0: none now).
+    pub fn set_activated(&self, pid: u32) {
+        self.activated
+            .store(pid, std::sync::atomic::Ordering::Release);
     }
 
     /// A run is being handed to client process `pid` (settle it with [`Broadcast::settle`]).
@@ -261,5 +277,62 @@ impl Broadcast {
     /// Whether any connection subscribed.
     pub fn has_subscribers(&self) -> bool {
         self.subscribers.load(std::sync::atomic::Ordering::Acquire) > 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn broadcast() -> Broadcast {
+        Broadcast {
+            queue: Default::default(),
+            drained: Default::default(),
+            wake: rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap(),
+            subscribers: 0.into(),
+            offers: Default::default(),
+            attaching: Default::default(),
+            ready: Default::default(),
+            on_offer: Default::default(),
+            health: Default::default(),
+            hands: 0.into(),
+            activated: 0.into(),
+        }
+    }
+
+    fn offer(entry_points: &[&str], activated: bool) -> Offer {
+        Offer {
+            entry_points: entry_points.iter().map(|e| (*e).to_owned()).collect(),
+            starts: true,
+            activated,
+            ..Offer::default()
+        }
+    }
+
+    #[test]
+    fn only_the_process_the_broker_started_takes_runs_before_offering_their_handlers() {
+        let b = broadcast();
+        // Both say `activated` (a child of the started app inherits its environment).
+        locked(&b.offers).insert(1, (100, offer(&[], true)));
+        locked(&b.offers).insert(2, (200, offer(&[], true)));
+        assert_eq!(b.pick(Some("a.Run"), None, 1, &[]).0, None, "none started");
+        b.set_activated(200);
+        let picked = b.pick(Some("a.Run"), None, 1, &[]).0.unwrap();
+        assert_eq!(picked.pid, 200);
+        assert_eq!(
+            b.pick(None, Some("g"), 1, &[]).0.unwrap().pid,
+            200,
+            "a group's too"
+        );
+        assert_eq!(
+            b.pick(Some("a.Run"), None, 2, &[]).0,
+            None,
+            "as a resolver, not by name"
+        );
+        // A process offering the handler by name comes first.
+        locked(&b.offers).insert(3, (300, offer(&["a.Run"], false)));
+        assert_eq!(b.pick(Some("a.Run"), None, 1, &[]).0.unwrap().pid, 300);
+        b.set_activated(0);
+        assert_eq!(b.pick(Some("b.Run"), None, 1, &[]).0, None, "it exited");
     }
 }

@@ -156,6 +156,12 @@ pub struct Offer {
     /// client does not start in time ([`START_TIMEOUT`]) and give it to another client.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub starts: bool,
+    /// The process was started by the broker for background work (`activate`, SPEC §12) and
+    /// does not serve yet: it takes the runs it was started for before its handlers are
+    /// registered, and runs each once its handler is (an optional field of version 2). The
+    /// broker honours it only from the process it started.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub activated: bool,
 }
 
 impl Offer {
