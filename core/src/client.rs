@@ -245,6 +245,35 @@ impl Remote {
         Ok(Ok(remote))
     }
 
+    /// For a process its broker started for background work (`BTB_ACTIVATION=1`, and the store
+    /// it opens is the `BTB_STORE` that broker named): the store, as held by that broker — so
+    /// `connect` greets the broker at once and probes the store (open, header, lock) only if it
+    /// does not answer. `None` otherwise, and when the path cannot be resolved.
+    pub(crate) fn held_by_activator(manifest: &Manifest, options: &SystemOptions) -> Option<Held> {
+        let app_id = manifest.app_id();
+        if !started_for_background_work(app_id) {
+            return None;
+        }
+        let path = match &options.store {
+            crate::store::StoreLocation::File(path) => path.clone(),
+            crate::store::StoreLocation::Default => {
+                crate::store::StoreLocation::default_path(app_id).ok()?
+            }
+            crate::store::StoreLocation::Memory => return None,
+        };
+        if std::env::var_os("BTB_STORE")? != path.as_os_str() {
+            return None;
+        }
+        let canonical = std::fs::canonicalize(&path).ok()?;
+        Some(Held {
+            canonical,
+            error: Error::store(
+                &path.display().to_string(),
+                "is in use by the btb broker that started this process for background work",
+            ),
+        })
+    }
+
     /// The process id of the broker this client talks to.
     pub(crate) fn broker_pid(&self) -> u32 {
         self.broker_pid.load(Ordering::Relaxed)

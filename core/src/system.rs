@@ -102,6 +102,18 @@ impl System {
             )
         })?;
         options.policy.validate()?;
+        // Started by its broker for background work (SPEC §12): that broker is asked first, and
+        // the store is probed only if it does not answer.
+        if let Some(held) = Remote::held_by_activator(&manifest, &options) {
+            return Ok(
+                match Remote::connect(manifest.clone(), options.clone(), held)? {
+                    Ok(remote) => System::owning(remote),
+                    Err(store) => {
+                        System::owning(Broker::open(manifest, &options, store, Default::default())?)
+                    }
+                },
+            );
+        }
         let store =
             match Store::try_open(&options.store, manifest.app_id(), options.policy.durability)? {
                 Ok(store) => store,

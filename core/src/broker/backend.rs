@@ -10,7 +10,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::handlers::{CompletedFn, Handlers, ProgressFn};
-use super::{Broker, Event};
+use super::{Broker, Event, Instance};
 use crate::clock::Clock;
 use crate::control::Filter;
 use crate::error::{Error, ErrorKind, Result};
@@ -265,8 +265,26 @@ impl Backend for Broker {
             return Ok(ApplicationTriggerResult::DisabledByPolicy);
         }
         let result = Broker::request(&self, &mut st, trigger_id, arguments);
+        // A run that only the app `activate` names can take starts it from here, before the
+        // worker wakes to the same finding: one thread hop less before the app's start (SPEC §12).
+        let activating: Vec<Instance> = if st.activation.is_none()
+            && !st.jobs.is_empty()
+            && self.manifest().activate().is_some()
+        {
+            st.jobs.iter().map(|job| job.instance.clone()).collect()
+        } else {
+            Vec::new()
+        };
+        let queued = self.writer.last();
+        drop(st);
+        if !activating.is_empty() {
+            let manifest = self.manifest();
+            if activating.iter().any(|i| self.activates_for(&manifest, i)) {
+                self.activate();
+            }
+        }
         // ALLOWED is said once the fire is on disk (latched, or its run's start marker).
-        self.acknowledge(st)?;
+        self.acknowledge_written(queued)?;
         Ok(result)
     }
 

@@ -561,6 +561,12 @@ impl Broker {
     pub(crate) fn acknowledge(&self, st: Locked<'_>) -> Result<()> {
         let queued = self.writer.last();
         drop(st);
+        self.acknowledge_written(queued)
+    }
+
+    /// [`Self::acknowledge`] once the lock is released: waits for the writes queued up to
+    /// `queued` (`writer.last()` taken under the lock).
+    pub(crate) fn acknowledge_written(&self, queued: u64) -> Result<()> {
         if !self.durable() {
             return Ok(());
         }

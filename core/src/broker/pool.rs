@@ -167,7 +167,11 @@ impl Broker {
     /// Whether a run will wait for a handler that only the app started by `activate` can offer:
     /// the manifest has `activate`, and nothing can run it now — no `exec` host, no handler here
     /// (nor a resolver, which fails it instead), no client process's offer.
-    fn activates_for(&self, manifest: &crate::manifest::Manifest, instance: &Instance) -> bool {
+    pub(super) fn activates_for(
+        &self,
+        manifest: &crate::manifest::Manifest,
+        instance: &Instance,
+    ) -> bool {
         if manifest.activate().is_none() {
             return false;
         }
