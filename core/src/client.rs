@@ -119,6 +119,33 @@ impl Drop for Presumed {
 /// A handed run's instance, for the runner, with its count if it was taken on presumption.
 type ForRunner = (crate::Instance, Option<Presumed>);
 
+/// What a process with `handlers` can run (what `offer` tells the broker); `activated`: it was
+/// started for background work and does not serve yet.
+fn offer_of(h: &Handlers, activated: bool) -> crate::control::Offer {
+    // Pull-queue handlers are served by `next_event`, which only a broker's process has.
+    let callable = |handler: &crate::Handler| matches!(handler, crate::Handler::Call(_));
+    let mut activation: Vec<Option<String>> = h
+        .activation
+        .iter()
+        .filter(|(_, handler)| callable(handler))
+        .map(|(key, _)| key.clone())
+        .collect();
+    // The process-wide handlers of task groups (objects bound by use) too.
+    activation.extend(crate::broker::groups::with_handlers().into_iter().map(Some));
+    crate::control::Offer {
+        entry_points: h
+            .entry_points
+            .iter()
+            .filter(|(_, handler)| callable(handler))
+            .map(|(name, _)| name.clone())
+            .collect(),
+        activation,
+        resolver: h.resolver.is_some(),
+        starts: true,
+        activated,
+    }
+}
+
 /// Whether this process was started by the broker of `app_id` for background work.
 fn started_for_background_work(app_id: &str) -> bool {
     std::env::var_os("BTB_ACTIVATION").is_some_and(|v| v == "1")
@@ -211,11 +238,17 @@ impl Remote {
         held: Held,
     ) -> Result<std::result::Result<Arc<Remote>, Store>> {
         let canonical = held.canonical.to_string_lossy().into_owned();
-        let (client, greeted) = match reach(&manifest, &options, &canonical, held.error)? {
+        // What it offers before it registers anything: the handlers of task groups (process-wide),
+        // and whether its broker started it for background work.
+        let offer = offer_of(
+            &Handlers::default(),
+            started_for_background_work(manifest.app_id()),
+        );
+        let (client, greeted) = match reach(&manifest, &options, &canonical, held.error, &offer)? {
             Ok(reached) => reached,
             Err(store) => return Ok(Err(store)),
         };
-        let presuming = started_for_background_work(manifest.app_id());
+        let presuming = offer.activated;
         let remote = Arc::new(Remote {
             broker_pid: AtomicU32::new(client.broker_pid),
             manifest: Arc::new(manifest),
@@ -444,7 +477,14 @@ impl Remote {
                 Err(e) => return Err(e), // stopped or stuck: the next call tries again
             }
         }
-        match reach(&self.manifest, &self.options, &self.canonical, held.error)? {
+        let offer = self.current_offer();
+        match reach(
+            &self.manifest,
+            &self.options,
+            &self.canonical,
+            held.error,
+            &offer,
+        )? {
             Ok((client, greeted)) => {
                 self.broker_pid.store(client.broker_pid, Ordering::Relaxed);
                 *lock(&self.conn) = Some(client);
@@ -505,7 +545,10 @@ impl Remote {
     fn start_feed(self: &Arc<Self>, greeted: Greeted) -> Result<()> {
         let feed = greeted.feed?.welcome()?.subscribed()?;
         *lock(&self.feed_socket) = feed.socket().ok();
-        self.send_offer();
+        // Offered with the greeting: again only if the handlers changed since.
+        if self.current_offer() != greeted.offer {
+            self.send_offer();
+        }
         let generation = self.feed_generation.fetch_add(1, Ordering::AcqRel) + 1;
         self.feed_live.store(true, Ordering::Release);
         self.start_runner(generation, greeted.ready);
@@ -529,31 +572,7 @@ impl Remote {
 
     /// What this process can run now (what `offer` tells the broker).
     pub(crate) fn current_offer(&self) -> crate::control::Offer {
-        {
-            let h = self.handlers();
-            // Pull-queue handlers are served by `next_event`, which only a broker's process has.
-            let callable = |handler: &crate::Handler| matches!(handler, crate::Handler::Call(_));
-            let mut activation: Vec<Option<String>> = h
-                .activation
-                .iter()
-                .filter(|(_, handler)| callable(handler))
-                .map(|(key, _)| key.clone())
-                .collect();
-            // The process-wide handlers of task groups (objects bound by use) too.
-            activation.extend(crate::broker::groups::with_handlers().into_iter().map(Some));
-            crate::control::Offer {
-                entry_points: h
-                    .entry_points
-                    .iter()
-                    .filter(|(_, handler)| callable(handler))
-                    .map(|(name, _)| name.clone())
-                    .collect(),
-                activation,
-                resolver: h.resolver.is_some(),
-                starts: true,
-                activated: self.presuming.load(Ordering::Acquire),
-            }
-        }
+        offer_of(&self.handlers(), self.presuming.load(Ordering::Acquire))
     }
 
     /// Claims the run file of a run handed to this process (`runfile.rs`); `None` when it cannot
@@ -1081,13 +1100,31 @@ fn answer_locally(broker: &Arc<Broker>, request: &Request) -> Result<Reply> {
 struct Greeted {
     feed: Result<Greeting>,
     ready: Result<Greeting>,
+    /// The offer sent on the feed with its hello and subscription.
+    offer: crate::control::Offer,
 }
 
 impl Greeted {
-    fn send(app_id: &str) -> Greeted {
+    /// Greets the feed — its subscription and this process's offer in the same write, so that
+    /// the broker knows what it runs (an app it started for background work: that it takes the
+    /// runs it was started for, SPEC §12) before its first answer is read — and a ready
+    /// connection.
+    fn send(app_id: &str, offer: crate::control::Offer) -> Greeted {
+        // The ready connection first: a run the offer brings at once finds it pooled.
+        let ready = Client::greet(app_id, true, &[Request::Ready]);
         Greeted {
-            feed: Client::greet(app_id, false, &[Request::Subscribe]),
-            ready: Client::greet(app_id, true, &[Request::Ready]),
+            feed: Client::greet(
+                app_id,
+                false,
+                &[
+                    Request::Subscribe,
+                    Request::Offer {
+                        offer: offer.clone(),
+                    },
+                ],
+            ),
+            ready,
+            offer,
         }
     }
 }
@@ -1101,6 +1138,7 @@ fn reach(
     options: &SystemOptions,
     canonical: &str,
     in_use: Error,
+    offer: &crate::control::Offer,
 ) -> Result<std::result::Result<(Client, Greeted), Store>> {
     let app_id = manifest.app_id();
     let deadline = Instant::now() + REACH_TIMEOUT;
@@ -1108,7 +1146,7 @@ fn reach(
     loop {
         let reached = Client::greet(app_id, true, &[]).and_then(|request| {
             // A broker is there: the other two connections are greeted before its answer is read.
-            let greeted = Greeted::send(app_id);
+            let greeted = Greeted::send(app_id, offer.clone());
             Ok((request.welcome()?, greeted))
         });
         let why = match reached {
