@@ -76,6 +76,21 @@ fn request_sync(
     (reg, rx)
 }
 
+/// The app's system, opened as an app started by the broker opens it (the store it names in
+/// `BTB_STORE`), and that store.
+fn open_as_activated() -> (System, PathBuf) {
+    let store = PathBuf::from(std::env::var("BTB_STORE").unwrap());
+    let app_id = std::env::var("BTB_APP_ID").unwrap();
+    let sys = System::open(SystemOptions {
+        manifest: Some(manifest(&app_id, vec!["/bin/false".into()])),
+        store: StoreLocation::File(store.clone()),
+        simulated: true,
+        ..SystemOptions::default()
+    })
+    .unwrap();
+    (sys, store)
+}
+
 /// The app, as `activate` starts it (active only with `BTB_ACTIVATION=1`): opens its system
 /// as a client of the broker, offers its run function, serves, and says how it ended in
 /// `<store dir>/app.fifo`.
@@ -97,15 +112,7 @@ fn activated_app() {
         .map(|mask| u64::from_str_radix(mask.trim(), 16).unwrap())
         .unwrap();
     let own_group = rustix::process::getpgrp() == rustix::process::getpid();
-    let store = PathBuf::from(std::env::var("BTB_STORE").unwrap());
-    let app_id = std::env::var("BTB_APP_ID").unwrap();
-    let sys = System::open(SystemOptions {
-        manifest: Some(manifest(&app_id, vec!["/bin/false".into()])),
-        store: StoreLocation::File(store.clone()),
-        simulated: true,
-        ..SystemOptions::default()
-    })
-    .unwrap();
+    let (sys, store) = open_as_activated();
     let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = Arc::clone(&runs);
     sys.register_entry_point(
@@ -271,15 +278,7 @@ fn activated_app_registering_late(register: bool) {
     if std::env::var("BTB_ACTIVATION").as_deref() != Ok("1") {
         return;
     }
-    let store = PathBuf::from(std::env::var("BTB_STORE").unwrap());
-    let app_id = std::env::var("BTB_APP_ID").unwrap();
-    let sys = System::open(SystemOptions {
-        manifest: Some(manifest(&app_id, vec!["/bin/false".into()])),
-        store: StoreLocation::File(store.clone()),
-        simulated: true,
-        ..SystemOptions::default()
-    })
-    .unwrap();
+    let (sys, store) = open_as_activated();
     let handed = await_own_run_file(&store);
     if register {
         sys.register_entry_point(

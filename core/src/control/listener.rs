@@ -197,21 +197,7 @@ impl ControlListener {
             0,
             rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
         )
-        .map(|wake| {
-            Arc::new(Broadcast {
-                queue: Default::default(),
-                drained: Default::default(),
-                wake,
-                subscribers: 0.into(),
-                offers: Default::default(),
-                attaching: Default::default(),
-                ready: Default::default(),
-                on_offer: Default::default(),
-                health: Default::default(),
-                hands: 0.into(),
-                activated: 0.into(),
-            })
-        })
+        .map(|wake| Arc::new(Broadcast::new(wake)))
         .map_err(|e| cleanup(Error::state(format!("cannot create an eventfd: {e}"))))?;
 
         let answerers = rustix::event::eventfd(

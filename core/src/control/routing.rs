@@ -107,6 +107,23 @@ pub(super) fn locked<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T>
 }
 
 impl Broadcast {
+    /// An empty one, which wakes the serving thread through `wake` (an eventfd).
+    pub(super) fn new(wake: OwnedFd) -> Broadcast {
+        Broadcast {
+            queue: Default::default(),
+            drained: Default::default(),
+            wake,
+            subscribers: 0.into(),
+            offers: Default::default(),
+            attaching: Default::default(),
+            ready: Default::default(),
+            on_offer: Default::default(),
+            health: Default::default(),
+            hands: 0.into(),
+            activated: 0.into(),
+        }
+    }
+
     /// Sets what is called when a client offers what it can run (once).
     pub fn set_on_offer(&self, f: Box<dyn Fn() + Send + Sync>) {
         let _ = self.on_offer.set(std::sync::Arc::from(f));
@@ -285,19 +302,7 @@ mod tests {
     use super::*;
 
     fn broadcast() -> Broadcast {
-        Broadcast {
-            queue: Default::default(),
-            drained: Default::default(),
-            wake: rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap(),
-            subscribers: 0.into(),
-            offers: Default::default(),
-            attaching: Default::default(),
-            ready: Default::default(),
-            on_offer: Default::default(),
-            health: Default::default(),
-            hands: 0.into(),
-            activated: 0.into(),
-        }
+        Broadcast::new(rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC).unwrap())
     }
 
     fn offer(entry_points: &[&str], activated: bool) -> Offer {
