@@ -217,6 +217,10 @@ fn read_runs(
             ToHost::Canceled { reason } => {
                 if let Some(instance) = &current {
                     instance.canceled_by_broker(crate::link::cancellation_reason(reason));
+                    // A run waiting for its handler hears it too.
+                    if let Some(remote) = remote.upgrade() {
+                        remote.handlers_moved();
+                    }
                 }
             }
             ToHost::Welcome { .. } | ToHost::Refused { .. } => return, // not on this connection
@@ -536,7 +540,15 @@ impl Remote {
         log::info!(target: "btb", "app {:?}: the broker (pid {}) went away; this process (pid {}) is the broker now",
             self.manifest.app_id(), self.broker_pid(), std::process::id());
         self.broker_pid.store(std::process::id(), Ordering::Relaxed);
+        // Runs handed here before that wait for their handler in the broker's table now.
+        let weak = Arc::downgrade(self);
+        let _ = broker.on_handlers.set(Box::new(move || {
+            if let Some(remote) = weak.upgrade() {
+                remote.handlers_moved();
+            }
+        }));
         let _ = self.taken.set(broker);
+        self.handlers_moved();
         self.stir(); // a `serve_activation` waiting goes on with this process's broker
         Ok(())
     }
@@ -563,8 +575,11 @@ impl Remote {
     /// Tells the broker what this process can run (after its handlers changed, and on each new
     /// feed). Best effort: a broker that is gone hears it from the next feed.
     pub(crate) fn send_offer(&self) {
-        let offer = self.current_offer();
-        if let Some(socket) = lock(&self.feed_socket).as_ref() {
+        // Built under the socket's lock: offers go out in the order of what they say (the last
+        // one written says whether this process still presumes).
+        let socket = lock(&self.feed_socket);
+        if let Some(socket) = socket.as_ref() {
+            let offer = self.current_offer();
             let _ = socket.set_write_timeout(Some(crate::control::CLIENT_TIMEOUT));
             let _ = crate::protocol::write_frame(&mut &*socket, &Request::Offer { offer });
         }
@@ -743,6 +758,7 @@ impl Remote {
                 .spawn_scoped(scope, || {
                     crate::link::hear_cancellations(&mut reader, |reason| {
                         instance.canceled_by_broker(reason);
+                        self.handlers_moved(); // a run waiting for its handler hears it too
                     });
                 });
             if let Err(e) = hearing {
@@ -867,17 +883,29 @@ impl Remote {
     /// The handler of a run handed to this process while it presumed (it was started for
     /// background work and handed the run before registering its handlers): waits until the
     /// handler is registered, the process serves or closes, or the activation timeout passes.
-    fn await_handler(&self, record: &TaskRecord) -> std::result::Result<crate::Handler, String> {
+    fn await_handler(
+        &self,
+        instance: &crate::Instance,
+    ) -> std::result::Result<crate::Handler, String> {
+        let record = instance.task().record();
         let deadline = Instant::now()
             + Duration::from_millis(u64::from(self.options.policy.activation_timeout_ms));
+        // This process's handlers, or the broker's it became (they moved there).
+        let resolve = || match self.taken.get() {
+            Some(broker) => crate::broker::resolve(Backend::handler_table(&**broker), record, true),
+            None => crate::broker::resolve(&self.handlers, record, true),
+        };
         let why = loop {
             let seen = lock(&self.offered.0).changes;
-            let found = crate::broker::resolve(&self.handlers, record, true);
+            let found = resolve();
             if found.is_ok() {
                 return found;
             }
             if self.is_closed() {
                 break "closed".to_owned();
+            }
+            if instance.canceled() {
+                break "was canceled".to_owned();
             }
             if !self.presuming.load(Ordering::Acquire) {
                 break "called serve_activation".to_owned();
@@ -896,7 +924,7 @@ impl Remote {
                 );
             }
         };
-        crate::broker::resolve(&self.handlers, record, true).map_err(|e| {
+        resolve().map_err(|e| {
             format!(
                 "{e} (in process {}, which was started for it and {why} without registering one)",
                 std::process::id()
@@ -911,7 +939,7 @@ impl Remote {
         let mut resolved = crate::broker::resolve(&self.handlers, record, true);
         let presumed = presumed.filter(|_| resolved.is_err());
         if presumed.is_some() {
-            resolved = self.await_handler(record);
+            resolved = self.await_handler(instance);
         }
         match resolved {
             Ok(crate::Handler::Call(run)) => {
@@ -930,6 +958,8 @@ impl Remote {
                 "the handler in client process {} is a pull-queue handler, which only the broker's process serves",
                 std::process::id()
             )),
+            // Canceled while it waited: it ends canceled, no failure of its own.
+            Err(_) if presumed.is_some() && instance.canceled() => {}
             Err(message) if presumed.is_some() => instance.report_failure(message),
             Err(message) => instance.report_failure(format!(
                 "{message} (in client process {}, which offered to run it)",
@@ -1217,6 +1247,7 @@ impl crate::broker::groups::GroupObserver for Remote {
         if self.taken.get().is_none() {
             self.send_offer();
         }
+        self.handlers_moved(); // a run waiting for a group's handler looks again
     }
 }
 

@@ -238,18 +238,27 @@ fn a_run_fails_when_the_app_cannot_start_or_does_not_offer_its_handler_in_time()
     sys.close().unwrap(); // and ends the app it started
 }
 
+/// How many run files of this process are beside the store (SPEC §11).
+fn own_run_files(store: &Path) -> usize {
+    let suffix = format!(".{}", std::process::id());
+    std::fs::read_dir(format!("{}.runs", store.display()))
+        .map(|dir| {
+            dir.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(&suffix))
+            })
+            .count()
+        })
+        .unwrap_or(0)
+}
+
 /// Waits (up to [`DEADLINE`]) until this process holds the run file of a run handed to it — a
 /// file named `<instance>.<pid>` beside the store (SPEC §11), claimed before it says hello.
 fn await_own_run_file(store: &Path) -> bool {
     use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
     let dir = PathBuf::from(format!("{}.runs", store.display()));
     std::fs::create_dir_all(&dir).unwrap();
-    let suffix = format!(".{}", std::process::id());
-    let mine = || {
-        std::fs::read_dir(&dir)
-            .unwrap()
-            .any(|e| e.unwrap().file_name().to_string_lossy().ends_with(&suffix))
-    };
+    let mine = || own_run_files(store) > 0;
     let watch = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK).unwrap();
     inotify::add_watch(&watch, &dir, WatchFlags::CREATE | WatchFlags::MOVED_TO).unwrap();
     let until = std::time::Instant::now() + DEADLINE;
@@ -280,6 +289,7 @@ fn activated_app_registering_late(register: bool) {
     }
     let (sys, store) = open_as_activated();
     let handed = await_own_run_file(&store);
+    let held = own_run_files(&store);
     if register {
         sys.register_entry_point(
             EP,
@@ -294,7 +304,7 @@ fn activated_app_registering_late(register: bool) {
     sys.close().unwrap();
     std::fs::write(
         store.with_file_name("app.fifo"),
-        format!("handed_before_registering={handed} served={served}\n"),
+        format!("handed_before_registering={handed} held={held} served={served}\n"),
     )
     .unwrap();
 }
@@ -314,6 +324,12 @@ fn activated_app_registering_late_without_handler() {
 /// Runs the broker with `activate` = `app`, fires, and returns the run's completion and the
 /// app's report.
 fn activate_late(app: &str, tag: &str) -> (Completion, String) {
+    let (mut runs, report) = activate_late_n(app, tag, 1);
+    (runs.remove(0), report)
+}
+
+/// [`activate_late`] with `n` tasks fired at once: their runs' completions, by task.
+fn activate_late_n(app: &str, tag: &str, n: usize) -> (Vec<Completion>, String) {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("btb.sqlite3");
     let fifo = dir.path().join("app.fifo");
@@ -324,15 +340,41 @@ fn activate_late(app: &str, tag: &str) -> (Completion, String) {
     });
     let app_id = format!("org.example.activation.{tag}.p{}", std::process::id());
     let sys = open(&store, &app_id, this_binary_as(app), Clock::Real, 30_000);
-    let (reg, done) = request_sync(&sys, serde_json::json!({}));
-    let c = recv(&done, "the run in the activated app");
+    let (tx, done) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let mut regs = Vec::new();
+    for i in 0..n {
+        let mut b = Builder::new();
+        b.name = Some(format!("sync{i}"));
+        b.task_entry_point = Some(EP.into());
+        b.set_trigger(Trigger::application());
+        regs.push(sys.register(&b).unwrap());
+    }
+    for reg in &regs {
+        let tx = tx.lock().unwrap().clone();
+        let tx = std::sync::Mutex::new(tx);
+        reg.add_completed(Arc::new(move |r: &Registration, c: &Completion| {
+            let _ = tx.lock().unwrap().send((r.task_id(), c.clone()));
+        }))
+        .unwrap();
+        assert_eq!(
+            reg.request(None).unwrap(),
+            ApplicationTriggerResult::Allowed
+        );
+    }
+    let mut runs: Vec<(uuid::Uuid, Completion)> = (0..n)
+        .map(|_| recv(&done, "a run in the activated app"))
+        .collect();
     let report = report
         .recv_timeout(DEADLINE)
         .expect("the activated app to finish serving and exit");
     assert!(sys.wait_idle(DEADLINE).unwrap());
-    assert_eq!(reg.history().unwrap().len(), 1, "one run");
+    for reg in &regs {
+        assert_eq!(reg.history().unwrap().len(), 1, "one run each");
+    }
     sys.close().unwrap();
-    (c, report)
+    runs.sort_by_key(|(id, _)| regs.iter().position(|r| r.task_id() == *id));
+    (runs.into_iter().map(|(_, c)| c).collect(), report)
 }
 
 #[test]
@@ -344,7 +386,22 @@ fn an_activated_app_is_handed_its_run_during_its_open_and_runs_it_once_it_regist
         u64::from(std::process::id()),
         "it ran in the app"
     );
-    assert_eq!(report, "handed_before_registering=true served=true\n");
+    assert_eq!(
+        report,
+        "handed_before_registering=true held=1 served=true\n"
+    );
+}
+
+#[test]
+fn of_several_runs_waiting_for_an_activated_app_one_is_handed_before_it_offers_and_all_run() {
+    let (runs, report) = activate_late_n("activated_app_registering_late_with_handler", "many", 3);
+    for c in &runs {
+        assert_eq!(c.outcome, TaskOutcome::Succeeded, "{c:?}");
+    }
+    assert_eq!(
+        report, "handed_before_registering=true held=1 served=true\n",
+        "one run on presumption, the others once the app offered their handler"
+    );
 }
 
 #[test]
@@ -359,5 +416,8 @@ fn a_run_handed_to_an_activated_app_that_serves_without_its_handler_fails_saying
             ),
         "{m}"
     );
-    assert_eq!(report, "handed_before_registering=true served=true\n");
+    assert_eq!(
+        report,
+        "handed_before_registering=true held=1 served=true\n"
+    );
 }

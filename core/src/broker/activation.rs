@@ -103,15 +103,16 @@ impl Broker {
                 }
             }
         });
+        // Before the lock (nothing blocks there), long before the app can have connected: its
+        // first offer takes the runs it was started for.
+        if let (Ok((pid, _)), Some(broadcast)) = (&started, self.broadcast.get()) {
+            broadcast.set_activated(*pid);
+        }
         let now = self.clock.now_ms();
         let mut st = self.lock();
         match started {
             Ok((pid, fd)) => {
                 log::info!(target: "btb", "started the app for background work (pid {pid}): {}", argv.join(" "));
-                // Its first offer (during its open) takes the runs it was started for.
-                if let Some(broadcast) = self.broadcast.get() {
-                    broadcast.set_activated(pid);
-                }
                 let watched = fd.try_clone();
                 st.activation = Some(Activation {
                     pid,

@@ -221,6 +221,9 @@ impl Backend for Broker {
 
     fn offer(self: Arc<Self>) {
         self.handlers_changed();
+        if let Some(hook) = self.on_handlers.get() {
+            hook();
+        }
     }
 
     fn register(self: Arc<Self>, builder: &Builder) -> Result<Arc<TaskRecord>> {

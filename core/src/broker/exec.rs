@@ -656,6 +656,17 @@ impl Broker {
             if instance.life().done {
                 return Ok(()); // abandoned before it started
             }
+            // On presumption (the app started for it, before it offers the handler): one run at
+            // a time, on its ready connection; another waits, parked, for the app's offer.
+            let one_at_a_time = || {
+                format!(
+                    "and the app started for background work (pid {pid}) takes one run at a time                      until it offers the handler"
+                )
+            };
+            if picked.presumed && !broadcast.presume() {
+                return Err(one_at_a_time());
+            }
+            let _presumed = Unpresume(picked.presumed.then_some(broadcast));
             broadcast.handing(pid);
             let mut hand = Some(Hand {
                 broadcast,
@@ -707,6 +718,9 @@ impl Broker {
             }
             if instance.life().done {
                 return Ok(()); // abandoned meanwhile
+            }
+            if picked.presumed {
+                return Err(one_at_a_time()); // its ready connection went meanwhile
             }
             let attached = broadcast.hand_run(
                 picked.conn,
@@ -872,6 +886,17 @@ impl Broker {
         if let Some(dir) = &self.run_files {
             let path = crate::runfile::path(dir, instance.instance_id(), pid);
             self.writer.enqueue(super::writer::Write::Forget(path));
+        }
+    }
+}
+
+/// Gives the hand-over on presumption back when a run that held it is settled.
+struct Unpresume<'a>(Option<&'a crate::control::Broadcast>);
+
+impl Drop for Unpresume<'_> {
+    fn drop(&mut self) {
+        if let Some(broadcast) = self.0 {
+            broadcast.unpresume();
         }
     }
 }

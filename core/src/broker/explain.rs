@@ -125,7 +125,7 @@ impl Broker {
     }
 
     /// How many runs a process that offers `offer` is still to serve: those that wait for a
-    /// handler it offers, and those of such tasks going now (a run of a broker that died, still
+    /// handler it offers (or waited, and wait for a free slot now), and those of such tasks going now (a run of a broker that died, still
     /// going on in a client, included).
     pub(crate) fn waiting_for(&self, offer: &crate::control::Offer) -> Result<usize> {
         let st = self.open_state()?;
@@ -135,10 +135,11 @@ impl Broker {
                 r.task_group.as_ref().map(|g| g.id.as_str()),
             ) > 0
         };
+        // Waiting for a handler, or found one and not dispatched yet (no free slot).
         let parked = st
             .pending
             .iter()
-            .filter(|(_, p)| p.needs_handler.is_some())
+            .filter(|(_, p)| p.needs_handler.is_some() || p.parked_run.is_some())
             .filter(|(id, _)| st.registry.get(id).is_some_and(|r| covered(r)))
             .count();
         let running = st

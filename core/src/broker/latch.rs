@@ -166,11 +166,19 @@ impl Broker {
             .map(|(id, _)| *id)
             .collect();
         let mut any = false;
+        let mut presumed = false;
         for task_id in parked {
-            let found = st
+            let source = st
                 .registry
                 .get(&task_id)
-                .is_some_and(|record| self.has_handler(record));
+                .and_then(|record| self.handler_source(record));
+            // On presumption one run at a time (`Broadcast::presume`): the others keep waiting
+            // for the app's offer of their handlers.
+            let found = match source {
+                Some(false) => true,
+                Some(true) => !std::mem::replace(&mut presumed, true),
+                None => false,
+            };
             if found && let Some(p) = st.pending.get_mut(&task_id) {
                 p.needs_handler = None;
                 p.park_deadline = None;
@@ -186,17 +194,23 @@ impl Broker {
     /// Whether some process can run a task now: a handler of this process by name (no resolver:
     /// a broker with one never lets a run wait), or a client process's offer.
     pub(super) fn has_handler(&self, record: &TaskRecord) -> bool {
-        super::resolve(&self.handlers, record, false).is_ok()
-            || self.broadcast.get().is_some_and(|b| {
-                b.pick(
-                    record.task_entry_point.as_deref(),
-                    record.task_group.as_ref().map(|g| g.id.as_str()),
-                    1,
-                    &[],
-                )
-                .0
-                .is_some()
-            })
+        self.handler_source(record).is_some()
+    }
+
+    /// Who can run a task now: `Some(false)` a handler of this process by name or a client
+    /// process's offer, `Some(true)` only the app started for background work, on presumption
+    /// (`Offer::activated`), `None` nobody.
+    fn handler_source(&self, record: &TaskRecord) -> Option<bool> {
+        if super::resolve(&self.handlers, record, false).is_ok() {
+            return Some(false);
+        }
+        let (picked, _) = self.broadcast.get()?.pick(
+            record.task_entry_point.as_deref(),
+            record.task_group.as_ref().map(|g| g.id.as_str()),
+            1,
+            &[],
+        );
+        picked.map(|p| p.presumed)
     }
 
     /// Whether every condition of a registration holds now (a maintenance trigger also needs AC).

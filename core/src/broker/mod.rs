@@ -350,6 +350,9 @@ pub(crate) struct Broker {
     pub(crate) unreachable: std::sync::OnceLock<Error>,
     /// Where progress and completion go for client processes (set once the listener is bound).
     pub(crate) broadcast: std::sync::OnceLock<Arc<crate::control::Broadcast>>,
+    /// Called (no lock held) when this process's handlers change: a client that became this
+    /// broker wakes the runs it was handed before and that wait for their handler.
+    pub(crate) on_handlers: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 /// The process that opened a system: its id and how many forks its memory had gone through
@@ -510,6 +513,7 @@ impl Broker {
             listener: Mutex::new(None),
             unreachable: std::sync::OnceLock::new(),
             broadcast: std::sync::OnceLock::new(),
+            on_handlers: std::sync::OnceLock::new(),
         })
     }
 

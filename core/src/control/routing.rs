@@ -41,6 +41,9 @@ pub struct Broadcast {
     /// The pid of the app process the broker started for background work (0: none): its offer
     /// may say [`Offer::activated`].
     pub(super) activated: std::sync::atomic::AtomicU32,
+    /// A run is handed to that process on presumption and not settled: one at a time, on its
+    /// ready connection (the others wait, parked, for its offer of their handlers).
+    pub(super) presumed: std::sync::atomic::AtomicBool,
 }
 
 /// Notices waiting for the serving thread, in bytes: past this, [`Broadcast::send`] waits for the
@@ -96,6 +99,9 @@ pub struct Picked {
     pub starts: bool,
     /// It let a start deadline pass and showed no sign of life since.
     pub stalled: bool,
+    /// Picked on presumption: the app the broker started, before it offered this handler
+    /// ([`Offer::activated`]); hand it the run with [`Broadcast::presume`].
+    pub presumed: bool,
 }
 
 /// Where a client's connection for a run goes: the connection and the bytes it sent after its
@@ -121,6 +127,7 @@ impl Broadcast {
             health: Default::default(),
             hands: 0.into(),
             activated: 0.into(),
+            presumed: false.into(),
         }
     }
 
@@ -171,8 +178,23 @@ impl Broadcast {
         fit: u8,
         besides: &[u32],
     ) -> (Option<Picked>, usize) {
-        let activated = self.activated.load(std::sync::atomic::Ordering::Acquire);
+        // Presumption, only while no run handed on it is unsettled and the app has a ready
+        // connection for the next.
+        let activated = match self.activated.load(std::sync::atomic::Ordering::Acquire) {
+            0 => 0,
+            _ if self.presumed.load(std::sync::atomic::Ordering::Acquire) => 0,
+            pid => pid,
+        };
         let offers = locked(&self.offers);
+        let activated = if activated != 0
+            && locked(&self.ready)
+                .get(&activated)
+                .is_some_and(|conns| !conns.is_empty())
+        {
+            activated
+        } else {
+            0
+        };
         let health = locked(&self.health);
         let best = offers
             .iter()
@@ -181,10 +203,9 @@ impl Broadcast {
                 let h = health.get(pid).copied().unwrap_or_default();
                 // The app started for background work takes what it was started for before it
                 // registers its handlers — as a resolver would: a handler by name comes first.
-                let fit = match offer.covers(entry_point, group) {
-                    0 if offer.activated && *pid == activated => 1,
-                    fit => fit,
-                };
+                let covers = offer.covers(entry_point, group);
+                let presumed = covers == 0 && offer.activated && *pid == activated;
+                let fit = if presumed { 1 } else { covers };
                 (
                     (
                         fit,
@@ -198,6 +219,7 @@ impl Broadcast {
                         pid: *pid,
                         starts: offer.starts,
                         stalled: h.stalled,
+                        presumed,
                     },
                 )
             })
@@ -211,6 +233,25 @@ impl Broadcast {
     pub fn set_activated(&self, pid: u32) {
         self.activated
             .store(pid, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Takes the one hand-over on presumption (`false`: another run holds it); give it back
+    /// with [`Broadcast::unpresume`] once that run is settled.
+    pub fn presume(&self) -> bool {
+        self.presumed
+            .compare_exchange(
+                false,
+                true,
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    /// The run handed on presumption is settled (started, ended, or never handed).
+    pub fn unpresume(&self) {
+        self.presumed
+            .store(false, std::sync::atomic::Ordering::Release);
     }
 
     /// A run is being handed to client process `pid` (settle it with [`Broadcast::settle`]).
@@ -322,8 +363,23 @@ mod tests {
         locked(&b.offers).insert(2, (200, offer(&[], true)));
         assert_eq!(b.pick(Some("a.Run"), None, 1, &[]).0, None, "none started");
         b.set_activated(200);
+        assert_eq!(
+            b.pick(Some("a.Run"), None, 1, &[]).0,
+            None,
+            "no ready connection to hand it on"
+        );
+        let (ready, _peer) = UnixStream::pair().unwrap();
+        locked(&b.ready)
+            .entry(200)
+            .or_default()
+            .push((0, ready, Decoder::default()));
         let picked = b.pick(Some("a.Run"), None, 1, &[]).0.unwrap();
-        assert_eq!(picked.pid, 200);
+        assert_eq!((picked.pid, picked.presumed), (200, true));
+        // One run at a time on presumption.
+        assert!(b.presume());
+        assert_eq!(b.pick(Some("a.Run"), None, 1, &[]).0, None, "one is out");
+        assert!(!b.presume());
+        b.unpresume();
         assert_eq!(
             b.pick(None, Some("g"), 1, &[]).0.unwrap().pid,
             200,
@@ -336,7 +392,8 @@ mod tests {
         );
         // A process offering the handler by name comes first.
         locked(&b.offers).insert(3, (300, offer(&["a.Run"], false)));
-        assert_eq!(b.pick(Some("a.Run"), None, 1, &[]).0.unwrap().pid, 300);
+        let picked = b.pick(Some("a.Run"), None, 1, &[]).0.unwrap();
+        assert_eq!((picked.pid, picked.presumed), (300, false));
         b.set_activated(0);
         assert_eq!(b.pick(Some("b.Run"), None, 1, &[]).0, None, "it exited");
     }

@@ -585,6 +585,10 @@ impl Server {
         let mut attached = Vec::new();
         let mut unsubscribed = false;
         let mut unpooled = Vec::new();
+        // The app started for background work can be handed a run on presumption only once it
+        // has a ready connection: the runs that wait are tried again then.
+        let activated = broadcast.activated.load(std::sync::atomic::Ordering::Acquire);
+        let mut activated_ready = false;
         self.conns.retain_mut(|c| {
             let mut keep = Self::flush_one(c, now);
             if keep && c.ready && !c.pooled && c.out.is_empty() {
@@ -597,6 +601,7 @@ impl Server {
                             .push((c.id, stream, rest));
                         broadcast.alive(c.pid);
                         c.pooled = true;
+                        activated_ready |= activated != 0 && c.pid == activated;
                     }
                     Err(_) => keep = false,
                 }
@@ -618,6 +623,9 @@ impl Server {
             }
             keep
         });
+        if activated_ready && let Some(on_offer) = broadcast.on_offer.get() {
+            self.answerers.submit(Job::Offered(Arc::clone(on_offer)));
+        }
         for (instance_id, stream, rest) in attached {
             let waiting = locked(&broadcast.attaching).remove(&instance_id);
             if let (Some((_, tx)), Ok(stream)) = (waiting, stream) {
