@@ -39,6 +39,25 @@ fn open(
     clock: Clock,
     timeout_ms: u32,
 ) -> System {
+    open_with(
+        store,
+        app_id,
+        activate,
+        clock,
+        Policy {
+            activation_timeout_ms: timeout_ms,
+            ..Policy::default()
+        },
+    )
+}
+
+fn open_with(
+    store: &Path,
+    app_id: &str,
+    activate: Vec<String>,
+    clock: Clock,
+    policy: Policy,
+) -> System {
     System::open(SystemOptions {
         manifest: Some(manifest(app_id, activate)),
         store: StoreLocation::File(store.to_owned()),
@@ -46,8 +65,7 @@ fn open(
         simulated: true,
         policy: Policy {
             durability: Durability::Normal,
-            activation_timeout_ms: timeout_ms,
-            ..Policy::default()
+            ..policy
         },
         ..SystemOptions::default()
     })
@@ -255,15 +273,20 @@ fn own_run_files(store: &Path) -> usize {
 /// Waits (up to [`DEADLINE`]) until this process holds the run file of a run handed to it — a
 /// file named `<instance>.<pid>` beside the store (SPEC §11), claimed before it says hello.
 fn await_own_run_file(store: &Path) -> bool {
-    use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
     let dir = PathBuf::from(format!("{}.runs", store.display()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mine = || own_run_files(store) > 0;
+    await_in(&dir, || own_run_files(store) > 0)
+}
+
+/// Waits (up to [`DEADLINE`], with inotify on `dir`, made if missing) until `done` holds; `done`
+/// is asked again after each file created or moved into `dir`.
+fn await_in(dir: &Path, done: impl Fn() -> bool) -> bool {
+    use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
+    std::fs::create_dir_all(dir).unwrap();
     let watch = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK).unwrap();
-    inotify::add_watch(&watch, &dir, WatchFlags::CREATE | WatchFlags::MOVED_TO).unwrap();
+    inotify::add_watch(&watch, dir, WatchFlags::CREATE | WatchFlags::MOVED_TO).unwrap();
     let until = std::time::Instant::now() + DEADLINE;
     let mut buf = [std::mem::MaybeUninit::uninit(); 1024];
-    while !mine() {
+    while !done() {
         let left = until.saturating_duration_since(std::time::Instant::now());
         if left.is_zero() {
             return false;
@@ -307,6 +330,95 @@ fn activated_app_registering_late(register: bool) {
         format!("handed_before_registering={handed} held={held} served={served}\n"),
     )
     .unwrap();
+}
+
+/// An app started for a run that is canceled while the app holds it, before it registers its
+/// run function: it waits for its run file, then for `<store dir>/go` (the test's, once the run
+/// ended), then registers and serves.
+#[test]
+#[ignore = "the app process that a_run_an_activated_app_holds_before_registering_… starts"]
+fn activated_app_registering_after_go() {
+    if std::env::var("BTB_ACTIVATION").as_deref() != Ok("1") {
+        return;
+    }
+    let (sys, store) = open_as_activated();
+    let handed = await_own_run_file(&store);
+    let dir = store.parent().unwrap().join("signals");
+    let go = await_in(&dir, || dir.join("go").exists());
+    sys.register_entry_point(EP, Some(Handler::Call(Arc::new(|_: &Instance| {}))))
+        .unwrap();
+    let served = sys.serve_activation(DEADLINE).unwrap();
+    sys.close().unwrap();
+    std::fs::write(
+        store.with_file_name("app.fifo"),
+        format!("handed={handed} go={go} served={served}\n"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_run_an_activated_app_holds_before_registering_its_handler_ends_canceled_when_canceled() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("btb.sqlite3");
+    let fifo = dir.path().join("app.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let (tx, report) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::read_to_string(fifo).unwrap());
+    });
+    let app_id = format!("org.example.activation.cancel.p{}", std::process::id());
+    // A grace longer than the test waits: the run must end because the app heard the
+    // cancellation, not because the broker gave up on it.
+    let sys = open_with(
+        &store,
+        &app_id,
+        this_binary_as("activated_app_registering_after_go"),
+        Clock::Real,
+        Policy {
+            grace_ms: 60_000,
+            ..Policy::default()
+        },
+    );
+    sys.set_state(SystemConditionType::InternetAvailable, true)
+        .unwrap();
+    let mut b = Builder::new();
+    b.name = Some("sync".into());
+    b.task_entry_point = Some(EP.into());
+    b.set_trigger(Trigger::application());
+    b.add_condition(SystemConditionType::InternetAvailable as u32);
+    b.cancel_on_condition_loss = true;
+    let reg = sys.register(&b).unwrap();
+    let (done_tx, done) = mpsc::channel();
+    let done_tx = std::sync::Mutex::new(done_tx);
+    reg.add_completed(Arc::new(move |_: &Registration, c: &Completion| {
+        let _ = done_tx.lock().unwrap().send(c.clone());
+    }))
+    .unwrap();
+    assert_eq!(
+        reg.request(None).unwrap(),
+        ApplicationTriggerResult::Allowed
+    );
+    // Handed to the app (its run file is there), which has registered nothing: canceled.
+    let runs = PathBuf::from(format!("{}.runs", store.display()));
+    assert!(await_in(&runs, || std::fs::read_dir(&runs)
+        .unwrap()
+        .next()
+        .is_some()));
+    sys.set_state(SystemConditionType::InternetAvailable, false)
+        .unwrap();
+    let c = recv(&done, "the canceled run");
+    assert_eq!(c.outcome, TaskOutcome::Canceled, "{c:?}");
+    assert_eq!(c.reason, Some(CancellationReason::ConditionLoss), "{c:?}");
+    let signals = dir.path().join("signals");
+    std::fs::create_dir_all(&signals).unwrap();
+    std::fs::write(signals.join("go"), "").unwrap();
+    let report = report
+        .recv_timeout(DEADLINE)
+        .expect("the activated app to finish serving and exit");
+    assert_eq!(report, "handed=true go=true served=true\n");
+    assert!(sys.wait_idle(DEADLINE).unwrap());
+    assert_eq!(reg.history().unwrap().len(), 1, "one run, canceled");
+    sys.close().unwrap();
 }
 
 #[test]

@@ -587,7 +587,9 @@ impl Server {
         let mut unpooled = Vec::new();
         // The app started for background work can be handed a run on presumption only once it
         // has a ready connection: the runs that wait are tried again then.
-        let activated = broadcast.activated.load(std::sync::atomic::Ordering::Acquire);
+        let activated = broadcast
+            .activated
+            .load(std::sync::atomic::Ordering::Acquire);
         let mut activated_ready = false;
         self.conns.retain_mut(|c| {
             let mut keep = Self::flush_one(c, now);
