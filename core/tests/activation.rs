@@ -156,13 +156,7 @@ fn activated_app() {
 fn activation_starts_the_app_which_serves_the_run_and_exits() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("btb.sqlite3");
-    let fifo = dir.path().join("app.fifo");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
-    let (tx, report) = mpsc::channel();
-    let reading = fifo.clone();
-    std::thread::spawn(move || {
-        let _ = tx.send(std::fs::read_to_string(reading).unwrap());
-    });
+    let report = app_reports(dir.path());
     let app_id = format!("org.example.activation.p{}", std::process::id());
     // A descriptor without close-on-exec and a blocked signal, which btb's threads (started
     // from this one) inherit: the app must get neither.
@@ -323,13 +317,11 @@ fn activated_app_registering_late(register: bool) {
         )
         .unwrap();
     }
-    let served = sys.serve_activation(DEADLINE).unwrap();
-    sys.close().unwrap();
-    std::fs::write(
-        store.with_file_name("app.fifo"),
-        format!("handed_before_registering={handed} held={held} served={served}\n"),
-    )
-    .unwrap();
+    serve_and_report(
+        sys,
+        &store,
+        &format!("handed_before_registering={handed} held={held}"),
+    );
 }
 
 /// An app started for a run that is canceled while the app holds it, before it registers its
@@ -347,25 +339,37 @@ fn activated_app_registering_after_go() {
     let go = await_in(&dir, || dir.join("go").exists());
     sys.register_entry_point(EP, Some(Handler::Call(Arc::new(|_: &Instance| {}))))
         .unwrap();
+    serve_and_report(sys, &store, &format!("handed={handed} go={go}"));
+}
+
+/// The activated app's end: serves, closes, and writes `report` and whether it served to
+/// `<store dir>/app.fifo` (read by [`app_reports`]).
+fn serve_and_report(sys: System, store: &Path, report: &str) {
     let served = sys.serve_activation(DEADLINE).unwrap();
     sys.close().unwrap();
     std::fs::write(
         store.with_file_name("app.fifo"),
-        format!("handed={handed} go={go} served={served}\n"),
+        format!("{report} served={served}\n"),
     )
     .unwrap();
+}
+
+/// The activated app's report (`<dir>/app.fifo`, a FIFO made here), read on a thread.
+fn app_reports(dir: &Path) -> mpsc::Receiver<String> {
+    let fifo = dir.join("app.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let (tx, report) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::read_to_string(fifo).unwrap());
+    });
+    report
 }
 
 #[test]
 fn a_run_an_activated_app_holds_before_registering_its_handler_ends_canceled_when_canceled() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("btb.sqlite3");
-    let fifo = dir.path().join("app.fifo");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
-    let (tx, report) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(std::fs::read_to_string(fifo).unwrap());
-    });
+    let report = app_reports(dir.path());
     let app_id = format!("org.example.activation.cancel.p{}", std::process::id());
     // A grace longer than the test waits: the run must end because the app heard the
     // cancellation, not because the broker gave up on it.
@@ -444,12 +448,7 @@ fn activate_late(app: &str, tag: &str) -> (Completion, String) {
 fn activate_late_n(app: &str, tag: &str, n: usize) -> (Vec<Completion>, String) {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("btb.sqlite3");
-    let fifo = dir.path().join("app.fifo");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
-    let (tx, report) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(std::fs::read_to_string(fifo).unwrap());
-    });
+    let report = app_reports(dir.path());
     let app_id = format!("org.example.activation.{tag}.p{}", std::process::id());
     let sys = open(&store, &app_id, this_binary_as(app), Clock::Real, 30_000);
     let (tx, done) = mpsc::channel();
