@@ -93,6 +93,18 @@ impl Proc {
         let status = self.child.wait().unwrap();
         assert!(status.success(), "child failed: {status}");
     }
+
+    /// Says `line` (its cue to end), waits for it to exit successfully, and checks that none of
+    /// the lines it printed since they were last read contains `absent`.
+    pub fn ends_without(&mut self, line: &str, absent: &str) {
+        self.tell(line);
+        self.wait_success();
+        let lines: Vec<String> = self.take_lines().try_iter().collect();
+        assert!(
+            !lines.iter().any(|l| l.contains(absent)),
+            "no {absent:?} line: {lines:?}"
+        );
+    }
 }
 
 impl Drop for Proc {
