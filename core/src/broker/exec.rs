@@ -660,7 +660,8 @@ impl Broker {
             // a time, on its ready connection; another waits, parked, for the app's offer.
             let one_at_a_time = || {
                 format!(
-                    "and the app started for background work (pid {pid}) takes one run at a time                      until it offers the handler"
+                    "and the app started for background work (pid {pid}) takes one run at a time \
+                     until it offers the handler"
                 )
             };
             if picked.presumed && !broadcast.presume() {
