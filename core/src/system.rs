@@ -103,25 +103,18 @@ impl System {
         })?;
         options.policy.validate()?;
         // Started by its broker for background work (SPEC §12): that broker is asked first, and
-        // the store is probed only if it does not answer.
-        if let Some(held) = Remote::held_by_activator(&manifest, &options) {
-            return Ok(
-                match Remote::connect(manifest.clone(), options.clone(), held)? {
-                    Ok(remote) => System::owning(remote),
-                    Err(store) => {
-                        System::owning(Broker::open(manifest, &options, store, Default::default())?)
-                    }
-                },
-            );
-        }
-        let store =
-            match Store::try_open(&options.store, manifest.app_id(), options.policy.durability)? {
-                Ok(store) => store,
-                Err(held) => match Remote::connect(manifest.clone(), options.clone(), held)? {
-                    Ok(remote) => return Ok(System::owning(remote)),
-                    Err(store) => store, // its holder went away meanwhile
-                },
-            };
+        // the store is probed only if it does not answer (`Remote::connect`).
+        let probed = match Remote::held_by_activator(&manifest, &options) {
+            Some(held) => Err(held),
+            None => Store::try_open(&options.store, manifest.app_id(), options.policy.durability)?,
+        };
+        let store = match probed {
+            Ok(store) => store,
+            Err(held) => match Remote::connect(manifest.clone(), options.clone(), held)? {
+                Ok(remote) => return Ok(System::owning(remote)),
+                Err(store) => store, // its holder went away meanwhile
+            },
+        };
         let broker = Broker::open(manifest, &options, store, Default::default())?;
         Ok(System::owning(broker))
     }

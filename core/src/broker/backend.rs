@@ -270,21 +270,22 @@ impl Backend for Broker {
         let result = Broker::request(&self, &mut st, trigger_id, arguments);
         // A run that only the app `activate` names can take starts it from here, before the
         // worker wakes to the same finding: one thread hop less before the app's start (SPEC §12).
-        let activating: Vec<Instance> = if st.activation.is_none()
-            && !st.jobs.is_empty()
-            && self.manifest().activate().is_some()
-        {
-            st.jobs.iter().map(|job| job.instance.clone()).collect()
-        } else {
-            Vec::new()
-        };
+        let activating: Option<(Arc<Manifest>, Vec<Instance>)> =
+            if st.activation.is_none() && !st.jobs.is_empty() {
+                let manifest = self.manifest();
+                manifest.activate().is_some().then(|| {
+                    let jobs = st.jobs.iter().map(|job| job.instance.clone()).collect();
+                    (manifest, jobs)
+                })
+            } else {
+                None
+            };
         let queued = self.writer.last();
         drop(st);
-        if !activating.is_empty() {
-            let manifest = self.manifest();
-            if activating.iter().any(|i| self.activates_for(&manifest, i)) {
-                self.activate();
-            }
+        if let Some((manifest, jobs)) = activating
+            && jobs.iter().any(|i| self.activates_for(&manifest, i))
+        {
+            self.activate();
         }
         // ALLOWED is said once the fire is on disk (latched, or its run's start marker).
         self.acknowledge_written(queued)?;

@@ -125,8 +125,8 @@ impl Broker {
     }
 
     /// How many runs a process that offers `offer` is still to serve: those that wait for a
-    /// handler it offers (or waited, and wait for a free slot now), and those of such tasks going now (a run of a broker that died, still
-    /// going on in a client, included).
+    /// handler it offers (or waited, and wait for a free slot now), and those of such tasks going
+    /// now (a run of a broker that died, still going on in a client, included).
     pub(crate) fn waiting_for(&self, offer: &crate::control::Offer) -> Result<usize> {
         let st = self.open_state()?;
         let covered = |r: &TaskRecord| {
