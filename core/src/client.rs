@@ -880,6 +880,15 @@ impl Remote {
         !waited.timed_out()
     }
 
+    /// What runs `record` here: this process's handlers, or — once it took the store over — the
+    /// broker's it became (they moved there).
+    fn resolve_current(&self, record: &TaskRecord) -> std::result::Result<crate::Handler, String> {
+        match self.taken.get() {
+            Some(broker) => crate::broker::resolve(Backend::handler_table(&**broker), record, true),
+            None => crate::broker::resolve(&self.handlers, record, true),
+        }
+    }
+
     /// The handler of a run handed to this process while it presumed (it was started for
     /// background work and handed the run before registering its handlers): waits until the
     /// handler is registered, the process serves or closes, or the activation timeout passes.
@@ -890,11 +899,7 @@ impl Remote {
         let record = instance.task().record();
         let deadline = Instant::now()
             + Duration::from_millis(u64::from(self.options.policy.activation_timeout_ms));
-        // This process's handlers, or the broker's it became (they moved there).
-        let resolve = || match self.taken.get() {
-            Some(broker) => crate::broker::resolve(Backend::handler_table(&**broker), record, true),
-            None => crate::broker::resolve(&self.handlers, record, true),
-        };
+        let resolve = || self.resolve_current(record);
         let why = loop {
             let seen = lock(&self.offered.0).changes;
             let found = resolve();
@@ -936,7 +941,7 @@ impl Remote {
     /// `presumed`: it was handed while this process presumed (counted until it ends).
     fn execute(&self, instance: &crate::Instance, presumed: Option<Presumed>) {
         let record = instance.task().record();
-        let mut resolved = crate::broker::resolve(&self.handlers, record, true);
+        let mut resolved = self.resolve_current(record);
         let presumed = presumed.filter(|_| resolved.is_err());
         if presumed.is_some() {
             resolved = self.await_handler(instance);
